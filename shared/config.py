@@ -1,0 +1,299 @@
+"""Validated configs: dataclass defaults < YAML file < command line.
+
+A package describes its configuration as a (possibly nested) dataclass. `parse_config` builds an argparse parser
+from it, so `--help` lists every key with its type and default, then resolves the values in this order::
+
+    dataclass defaults  <  YAML file given with -c/--config  <  --key value flags on the command line
+
+Nested dataclasses are addressed with dots on the command line (`--optim.lr 0.1`) and as nested mappings in
+YAML. An unknown key (in YAML or on the command line) is an error that lists the valid keys; a value of the
+wrong type is an error naming the key. Booleans take `--flag` / `--no-flag` on the command line.
+
+Example::
+
+    @dataclass
+    class Config:
+        epochs: int = 10
+        lr: float = 0.1
+        model: str = "emo_1m"
+
+    cfg = parse_config(Config)          # python train.py -c configs/x.yaml --lr 0.05
+    save_config(cfg, run_dir / "config.yaml")
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "build_parser",
+    "config_from_dict",
+    "config_to_dict",
+    "load_yaml",
+    "parse_config",
+    "save_config",
+]
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: unknown key, wrong type, unreadable file."""
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _fields(schema: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = get_type_hints(schema)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(schema) if f.init}
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where it is lossless (int -> float, list -> tuple)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"config key '{key}': expected {len(args)} values, got {len(value)}: {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple or tp is tuple else items
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def config_from_dict(schema: type[T], values: Mapping[str, Any], base: T | None = None, prefix: str = "") -> T:
+    """Build a `schema` instance from a (nested) mapping, on top of `base` (or the dataclass defaults).
+
+    Raises:
+        ConfigError: on an unknown key (the message lists the valid keys) or a value of the wrong type.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section '{prefix or '<root>'}' must be a mapping, got {values!r}")
+    fields = _fields(schema)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f" in section '{prefix.rstrip('.')}'" if prefix else ""
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(repr(prefix + k) for k in unknown)}"
+            f"{where}; valid keys: {', '.join(prefix + k for k in fields)}"
+        )
+    kwargs = {}
+    for name, (_field, tp) in fields.items():
+        current = getattr(base, name) if base is not None else _MISSING
+        if name in values:
+            if _is_dataclass_type(tp):
+                kwargs[name] = config_from_dict(tp, values[name], current if current is not _MISSING else None,
+                                                prefix=f"{prefix}{name}.")
+            else:
+                kwargs[name] = _coerce(values[name], tp, prefix + name)
+        elif current is not _MISSING:
+            kwargs[name] = current
+    return schema(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples become lists), safe for YAML/JSON and `torch.load(weights_only=True)`."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return plain(cfg)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file, a syntax error or a non-mapping top level is a `ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically: temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def _flat_fields(schema: type, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
+    """(dotted key, type, default, help) for every leaf field of a nested dataclass."""
+    out = []
+    defaults = schema()
+    for name, (field, tp) in _fields(schema).items():
+        key = prefix + name
+        if _is_dataclass_type(tp):
+            out.extend(_flat_fields(tp, key + "."))
+        else:
+            out.append((key, tp, getattr(defaults, name), field.metadata.get("help", "")))
+    return out
+
+
+def _parse_cli_value(text: str) -> Any:
+    """A command-line string as YAML scalar (so `0.1`, `true`, `null`, `[1, 2]` work); plain text otherwise."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _leaf_type(tp: Any) -> Any:
+    """The non-None member of Optional[X], else `tp`."""
+    if get_origin(tp) in (Union, types.UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return tp
+
+
+def build_parser(schema: type, description: str | None = None, add_help: bool = True) -> argparse.ArgumentParser:
+    """An argparse parser with `-c/--config` and one `--key` option per (dotted) config field."""
+    parser = argparse.ArgumentParser(description=description, add_help=add_help,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-c", "--config", default=None, metavar="YAML", help="YAML file with config values")
+    group = parser.add_argument_group("config keys (override the YAML file)")
+    for key, tp, default, help_text in _flat_fields(schema):
+        dest = key.replace(".", "__")
+        leaf = _leaf_type(tp)
+        help_text = f"{help_text} ({_type_name(tp)})".strip()
+        if leaf is bool:
+            group.add_argument(f"--{key}", dest=dest, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=f"{help_text}; default {default}")
+        elif get_origin(leaf) in (list, tuple) or leaf in (list, tuple):
+            group.add_argument(f"--{key}", dest=dest, nargs="*", default=argparse.SUPPRESS, metavar="V",
+                               help=f"{help_text}; default {default}")
+        else:
+            group.add_argument(f"--{key}", dest=dest, default=argparse.SUPPRESS, metavar="V",
+                               help=f"{help_text}; default {default}")
+    return parser
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def parse_config(schema: type[T], argv: Sequence[str] | None = None, description: str | None = None,
+                 default_config: str | Path | None = None) -> T:
+    """Resolve a config from defaults, an optional YAML file and command-line flags (CLI > YAML > defaults).
+
+    Args:
+        schema: the config dataclass (may nest dataclasses).
+        argv: command-line arguments (default: `sys.argv[1:]`).
+        description: text for `--help`.
+        default_config: YAML file used when `-c/--config` is not given (e.g. the package's configs/default.yaml).
+
+    Raises:
+        SystemExit: with argparse's usage message, listing the valid keys, on an unknown command-line flag;
+            with a message naming the key on a wrong type.
+    """
+    parser = build_parser(schema, description)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        valid = ", ".join("--" + k for k, *_ in _flat_fields(schema))
+        parser.error(f"unknown argument(s) {' '.join(unknown)}; valid config keys: {valid}")
+    yaml_path = args.config if args.config is not None else default_config
+    try:
+        cfg = config_from_dict(schema, load_yaml(yaml_path)) if yaml_path is not None else schema()
+        overrides = {}
+        for key, tp, _, _ in _flat_fields(schema):
+            dest = key.replace(".", "__")
+            if hasattr(args, dest):
+                raw = getattr(args, dest)
+                if isinstance(raw, list):
+                    value = [_parse_cli_value(v) for v in raw]
+                elif isinstance(raw, str) and (_leaf_type(tp) is not str or raw in ("null", "None")):
+                    value = _parse_cli_value(raw)
+                else:
+                    value = raw
+                overrides[key] = value
+        return config_from_dict(schema, _nest(overrides), base=cfg)
+    except ConfigError as err:
+        parser.error(str(err))
+    raise AssertionError("unreachable")  # parser.error exits
+

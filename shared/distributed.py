@@ -1,0 +1,124 @@
+"""Process-group set-up for `torchrun`, seeding per rank, and small collective helpers.
+
+`init_distributed()` reads the variables torchrun exports (RANK, WORLD_SIZE, LOCAL_RANK). Without them it returns a
+plain single-process context, so one script runs both ways::
+
+    python train.py                                   # one process
+    torchrun --standalone --nproc_per_node=2 train.py # DDP: nccl on CUDA, gloo on CPU
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistContext",
+    "all_reduce_mean",
+    "barrier",
+    "cleanup_distributed",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_main_process",
+    "seed_everything",
+    "seed_worker",
+]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process runs: its rank, the world size and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None, backend: str | None = None) -> DistContext:
+    """Initialise the default process group when launched by torchrun, else return a single-process context.
+
+    Args:
+        device: "cuda", "cpu" or None (CUDA when available).
+        backend: process-group backend; default nccl on CUDA, gloo on CPU.
+    """
+    want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if want_cuda and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{device}' requested but CUDA is not available to torch")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if want_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend or ("nccl" if want_cuda else "gloo"),
+                                device_id=dev if want_cuda else None)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def cleanup_distributed() -> None:
+    """Destroy the process group if one is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor | float) -> float:
+    """Mean of a scalar over all ranks (the value itself in a single process)."""
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if get_world_size() > 1:
+        backend = dist.get_backend()
+        if backend == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        t = t / get_world_size()
+    return float(t)
+
+
+def seed_everything(seed: int, rank: int = 0) -> int:
+    """Seed python, numpy and torch (CPU and CUDA) with `seed + rank`; returns the seed used."""
+    s = seed + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    return s
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: derive python/numpy seeds from the worker's torch seed (set by the loader)."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)

@@ -1,0 +1,68 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from shared.training import NonFiniteLossError, check_finite, warmup_cosine_schedule
+
+
+def test_rng_state_round_trip_through_safe_loader(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    save_checkpoint({"rng": capture_rng_state()}, tmp_path / "c.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])  # weights_only=True inside
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left behind
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="bad.pt"):
+        load_checkpoint(bad)
+
+
+def test_check_finite_names_the_step():
+    check_finite(torch.tensor(1.0), step=3)
+    with pytest.raises(NonFiniteLossError, match="at step 17"):
+        check_finite(torch.tensor(float("nan")), step=17)
+    with pytest.raises(NonFiniteLossError):
+        check_finite(torch.tensor([1.0, float("inf")]), step=0)
+
+
+def test_warmup_cosine_schedule_values():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = warmup_cosine_schedule(opt, total_steps=10, warmup_steps=4, min_lr=0.1, warmup_lr=0.0)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    # cosine from 1.0 at step 4 to 0.1 at step 10
+    assert lrs[7] == pytest.approx(0.1 + 0.45 * (1 + np.cos(np.pi * 3 / 6)))
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1, abs=1e-9)  # lr(10) = min_lr

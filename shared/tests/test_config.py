@@ -1,0 +1,105 @@
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from shared.config import ConfigError, config_from_dict, config_to_dict, load_yaml, parse_config, save_config
+
+
+@dataclass
+class Optim:
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class Cfg:
+    epochs: int = 10
+    name: str = "emo_1m"
+    amp: bool = False
+    ema: float | None = 0.9998
+    pretrained: str | None = None
+    milestones: list[int] = field(default_factory=lambda: [105, 115])
+    optim: Optim = field(default_factory=Optim)
+
+
+def write(tmp_path, data):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def test_precedence_cli_over_yaml_over_defaults(tmp_path):
+    path = write(tmp_path, {"epochs": 20, "optim": {"lr": 0.5}, "name": "from_yaml"})
+    cfg = parse_config(Cfg, ["-c", path, "--optim.lr", "0.05", "--amp", "--milestones", "1", "2", "3"])
+    assert cfg.epochs == 20  # YAML over default
+    assert cfg.optim.lr == 0.05  # CLI over YAML
+    assert cfg.name == "from_yaml"
+    assert cfg.optim.betas == (0.9, 0.999)  # default kept
+    assert cfg.amp is True and cfg.milestones == [1, 2, 3]
+    assert parse_config(Cfg, ["--no-amp"]).amp is False
+
+
+def test_default_config_file_is_used_without_c(tmp_path):
+    path = write(tmp_path, {"epochs": 3})
+    assert parse_config(Cfg, [], default_config=path).epochs == 3
+    assert parse_config(Cfg, ["--epochs", "4"], default_config=path).epochs == 4
+
+
+def test_optional_values_and_null(tmp_path):
+    cfg = parse_config(Cfg, ["--ema", "null", "--pretrained", "w.pth"])
+    assert cfg.ema is None and cfg.pretrained == "w.pth"
+    assert parse_config(Cfg, ["--pretrained", "null"]).pretrained is None
+    assert parse_config(Cfg, ["--name", "123"]).name == "123"  # a str field keeps digits as text
+
+
+def test_unknown_yaml_key_lists_valid_keys(tmp_path):
+    path = write(tmp_path, {"epohcs": 3})
+    with pytest.raises(SystemExit), pytest.raises(ConfigError):
+        parse_config(Cfg, ["-c", path])
+    with pytest.raises(ConfigError, match=r"unknown config key 'epohcs'.*valid keys: epochs, name"):
+        config_from_dict(Cfg, {"epohcs": 3})
+    with pytest.raises(ConfigError, match=r"'optim.lrr'.*valid keys: optim.lr, optim.betas"):
+        config_from_dict(Cfg, {"optim": {"lrr": 3}})
+
+
+def test_unknown_cli_key_is_an_error_listing_keys(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(Cfg, ["--epohcs", "3"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--epohcs" in err and "--epochs" in err and "--optim.lr" in err
+
+
+def test_wrong_type_names_the_key(capsys):
+    with pytest.raises(ConfigError, match="config key 'epochs': expected an integer"):
+        config_from_dict(Cfg, {"epochs": "ten"})
+    with pytest.raises(ConfigError, match="config key 'optim.betas': expected 2 values"):
+        config_from_dict(Cfg, {"optim": {"betas": [0.9]}})
+    with pytest.raises(ConfigError, match="'amp': expected true/false"):
+        config_from_dict(Cfg, {"amp": 1})
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, ["--epochs", "1.5"])
+    assert "config key 'epochs'" in capsys.readouterr().err
+    assert config_from_dict(Cfg, {"optim": {"lr": 1}}).optim.lr == 1.0  # int -> float is lossless
+
+
+def test_bad_yaml_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_yaml(tmp_path / "missing.yaml")
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(lst)
+
+
+def test_save_round_trip(tmp_path):
+    cfg = parse_config(Cfg, ["--optim.lr", "0.3", "--epochs", "7"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = parse_config(Cfg, ["-c", str(path)])
+    assert again == cfg
+    assert config_to_dict(cfg)["optim"] == {"lr": 0.3, "betas": [0.9, 0.999]}

@@ -1,0 +1,90 @@
+"""Small training utilities every package uses: AMP, EMA, the non-finite loss guard, a warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Literal
+
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+
+__all__ = [
+    "AmpDtype",
+    "ModelEmaV3",
+    "NonFiniteLossError",
+    "autocast",
+    "check_finite",
+    "make_grad_scaler",
+    "unwrap_model",
+    "warmup_cosine_schedule",
+]
+
+AmpDtype = Literal["none", "bf16", "fp16"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss is NaN or infinite; the message names the step."""
+
+
+def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
+    """Stop the run with a clear message when `loss` is NaN/inf (the last good checkpoint stays on disk)."""
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLossError(
+            f"non-finite {what} ({loss.detach().float().cpu().tolist()}) at step {step}; stopping. "
+            "The last checkpoint written before this step is intact; lower the learning rate or disable fp16 AMP."
+        )
+
+
+def autocast(device: torch.device, amp: AmpDtype = "none") -> contextlib.AbstractContextManager:
+    """`torch.autocast` for bf16/fp16, a no-op context for "none"."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(device: torch.device, amp: AmpDtype = "none") -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16 (bf16 and fp32 need none); its state goes into checkpoints."""
+    return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DDP / torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                           min_lr: float = 0.0, warmup_lr: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up from `warmup_lr` to each group's base lr, then cosine down to `min_lr`.
+
+    Args:
+        optimizer: its param groups' current `lr` are the base (peak) learning rates.
+        total_steps: number of optimizer steps of the whole run.
+        warmup_steps: length of the linear warm-up.
+        min_lr: final learning rate (absolute, the same for every group).
+        warmup_lr: learning rate at step 0 (absolute).
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    bases = [g["lr"] for g in optimizer.param_groups]
+
+    def factor(base: float):
+        def f(step: int) -> float:
+            if base == 0:
+                return 0.0
+            if step < warmup_steps:
+                return (warmup_lr + (base - warmup_lr) * step / warmup_steps) / base
+            t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            return (min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * t))) / base
+
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(b) for b in bases])
