@@ -1,0 +1,456 @@
+"""The supervised image-classification loop the backbone papers (emo, pvg) share.
+
+A timm-registered model trained on an ImageFolder tree (ImageNet's `train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`
+layout, or the embedded synthetic set in the same layout) with the timm-style recipe: AdamW (or SGD) with the
+linear lr scaling rule, per-step warm-up + cosine schedule, label smoothing, RandAugment, optional Mixup/CutMix,
+EMA of the weights, gradient clipping, AMP. Evaluates the raw and the EMA model (top-1/top-5) every epoch.
+
+Runs the same in one process and under `torchrun` (DDP, nccl on CUDA, gloo on CPU). Checkpoints hold the whole
+training state, so `resume` continues exactly where a killed run stopped (bit-identical on CPU).
+
+A package uses it as::
+
+    @dataclass
+    class Config(ClassificationConfig):     # may override defaults / add fields
+        model: str = "emo_1m"
+
+    metrics = run_classification(parse_config(Config, default_config=...), package="emo", config_name="default")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.datasets import ImageFolder
+
+from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from shared.config import config_to_dict, save_config
+from shared.distributed import (
+    DistContext,
+    all_reduce_mean,
+    cleanup_distributed,
+    init_distributed,
+    seed_everything,
+    seed_worker,
+)
+from shared.logger import RunLogger, make_run_dir
+from shared.metrics import topk_accuracy
+from shared.training import (
+    AmpDtype,
+    ModelEmaV3,
+    autocast,
+    check_finite,
+    make_grad_scaler,
+    unwrap_model,
+    warmup_cosine_schedule,
+)
+
+__all__ = [
+    "ClassificationConfig",
+    "DataConfig",
+    "EpochHook",
+    "build_classification_model",
+    "build_loaders",
+    "evaluate",
+    "evaluate_checkpoint",
+    "run_classification",
+    "train_one_epoch",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are augmented."""
+
+    root: str = field(default="", metadata={"help": "ImageFolder root holding <train_split>/ and <val_split>/"})
+    train_split: str = "train"
+    val_split: str = "val"
+    synthetic: bool = field(default=False, metadata={"help": "write/use the embedded synthetic ImageFolder set"})
+    synthetic_classes: int = 10
+    synthetic_train_per_class: int = 64
+    synthetic_val_per_class: int = 16
+    synthetic_image_size: int = 64
+    img_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    train_interpolation: str = "random"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    re_prob: float = 0.0
+    batch_size: int = field(default=256, metadata={"help": "images per process"})
+    eval_batch_size: int = 256
+    workers: int = 8
+
+
+@dataclass
+class ClassificationConfig:
+    """The recipe of a supervised classification run (defaults: the timm/EMO-style ImageNet recipe)."""
+
+    model: str = field(default="", metadata={"help": "timm model name"})
+    pretrained: str | None = field(default=None, metadata={"help": "local checkpoint file to initialise from"})
+    num_classes: int | None = field(default=None, metadata={"help": "default: number of class folders"})
+    drop_path: float = 0.0
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 300
+    warmup_epochs: int = 20
+    opt: str = "adamw"
+    lr: float = 6e-3
+    lr_base_batch: int = field(default=2048, metadata={"help": "lr is given for this global batch; scaled linearly"})
+    min_lr: float = 1e-6
+    warmup_lr: float = 1e-6
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    opt_betas: tuple[float, float] = (0.9, 0.999)
+    opt_eps: float = 1e-8
+    clip_grad: float | None = 5.0
+    smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    ema_decay: float | None = field(default=0.9998, metadata={"help": "per-step EMA decay; null disables EMA"})
+    amp: AmpDtype = "none"
+    channels_last: bool = False
+    compile: bool = False
+    device: str | None = field(default=None, metadata={"help": "cuda / cpu (default: cuda when available)"})
+    seed: int = 0
+    output_dir: str | None = field(default=None, metadata={"help": "run folder (default runs/<pkg>/<config>/<time>)"})
+    resume: str | None = field(default=None, metadata={"help": "last.pt of a run to continue"})
+    log_interval: int = 50
+    tensorboard: bool = True
+
+
+EpochHook = Callable[[int, dict[str, Any]], None]
+
+
+def _ensure_synthetic(cfg: DataConfig) -> str:
+    from shared.synthetic import synthetic_root, write_imagefolder
+
+    root = synthetic_root() / (f"imagefolder_c{cfg.synthetic_classes}_n{cfg.synthetic_train_per_class}"
+                               f"_v{cfg.synthetic_val_per_class}_s{cfg.synthetic_image_size}")
+    write_imagefolder(root, num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
+                      val_per_class=cfg.synthetic_val_per_class, image_size=cfg.synthetic_image_size, seed=0)
+    return str(root)
+
+
+def _image_folder(root: Path, split: str, transform: Callable) -> ImageFolder:
+    path = root / split
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"image folder not found: {path}. Expected the ImageNet layout {root}/{split}/<class>/<image> "
+            "(see `python -m shared.datasets info imagenet1k`), or set data.synthetic=true for the embedded set."
+        )
+    return ImageFolder(str(path), transform=transform)
+
+
+def build_loaders(cfg: DataConfig, ctx: DistContext, seed: int) -> tuple[DataLoader, DataLoader, int]:
+    """Train and val loaders sharded over the ranks; returns (train, val, number of classes)."""
+    root = Path(_ensure_synthetic(cfg) if cfg.synthetic else cfg.root)
+    train_tf = create_transform(
+        cfg.img_size, is_training=True, scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+        auto_augment=cfg.auto_augment, interpolation=cfg.train_interpolation, mean=cfg.mean, std=cfg.std,
+        re_prob=cfg.re_prob,
+    )
+    val_tf = create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation, mean=cfg.mean,
+                              std=cfg.std, crop_pct=cfg.crop_pct)
+    train_set = _image_folder(root, cfg.train_split, train_tf)
+    val_set = _image_folder(root, cfg.val_split, val_tf)
+    if train_set.classes != val_set.classes:
+        raise ValueError(f"class folders differ between {root / cfg.train_split} and {root / cfg.val_split}")
+    # An explicit DistributedSampler (also with one process) makes the order a function of (seed, epoch) only,
+    # which is what an exact resume needs.
+    train_sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                       seed=seed, drop_last=True)
+    val_sampler = DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+    common = dict(num_workers=cfg.workers, pin_memory=ctx.device.type == "cuda", worker_init_fn=seed_worker,
+                  persistent_workers=False)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True,
+                              generator=torch.Generator(), **common)
+    val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size, sampler=val_sampler, **common)
+    if len(train_loader) == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} x {ctx.world_size} processes exceeds the "
+                         f"{len(train_set)} training images in {root / cfg.train_split}")
+    return train_loader, val_loader, len(train_set.classes)
+
+
+def build_classification_model(cfg: ClassificationConfig, num_classes: int) -> nn.Module:
+    """`timm.create_model(cfg.model)`, initialised from `cfg.pretrained` (a local file) when given."""
+    kwargs: dict[str, Any] = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path)
+    if cfg.pretrained:
+        if not Path(cfg.pretrained).is_file():
+            raise FileNotFoundError(f"pretrained checkpoint not found: {cfg.pretrained}")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(cfg.pretrained)))
+    return timm.create_model(cfg.model, **kwargs)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module, ctx: DistContext,
+                    epoch: int, step: int, cfg: ClassificationConfig, logger: RunLogger,
+                    scaler: torch.amp.GradScaler, ema: ModelEmaV3 | None = None,
+                    mixup: Mixup | None = None) -> tuple[dict[str, float], int]:
+    """One pass over `loader`; returns (epoch statistics, global step after the epoch)."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    seen = 0
+    t0 = time.perf_counter()
+    bar = logger.progress(loader, desc=f"epoch {epoch}", total=len(loader))
+    for images, targets in bar:
+        images = images.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if mixup is not None:
+            images, targets = mixup(images, targets)
+        with autocast(ctx.device, cfg.amp):
+            loss = criterion(model(images), targets)
+        check_finite(loss, step)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.clip_grad is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model, step=step)
+        step += 1
+        loss_sum += loss.detach().double() * images.shape[0]
+        seen += images.shape[0]
+        if step % cfg.log_interval == 0:
+            lr = optimizer.param_groups[0]["lr"]
+            logger.scalars({"loss": loss.item(), "lr": lr}, step, prefix="train/")
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}",
+                                img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}")
+    elapsed = time.perf_counter() - t0
+    stats = {
+        "train_loss": all_reduce_mean(loss_sum / max(seen, 1)),
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_img_s": seen * ctx.world_size / elapsed,
+        "epoch_time_s": elapsed,
+    }
+    return stats, step
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDtype = "none",
+             channels_last: bool = False) -> dict[str, float]:
+    """Top-1/top-5 accuracy (percent) and mean cross-entropy over the whole (sharded) loader."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss sum, top1 hits, top5 hits, count
+    for images, targets in loader:
+        images = images.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(ctx.device, amp):
+            logits = model(images)
+        n = images.shape[0]
+        top1, top5 = topk_accuracy(logits.float(), targets, topk=(1, 5))
+        totals += torch.tensor([F.cross_entropy(logits.float(), targets, reduction="sum").item(),
+                                top1 * n / 100, top5 * n / 100, n], dtype=torch.float64, device=ctx.device)
+    if ctx.distributed:
+        torch.distributed.all_reduce(totals)
+    loss_sum, hit1, hit5, count = totals.tolist()
+    # DistributedSampler pads the last shard by repeating samples; with many samples per rank the effect is
+    # at most world_size-1 images, the same convention as timm and torchvision references.
+    return {"top1": 100 * hit1 / count, "top5": 100 * hit5 / count, "loss": loss_sum / count}
+
+
+def _training_state(model: nn.Module, optimizer, scheduler, scaler, ema, epoch: int, step: int,
+                    cfg: ClassificationConfig, best: dict[str, float]) -> dict[str, Any]:
+    return {
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "ema": ema.module.state_dict() if ema is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "best": best,
+        "rng": capture_rng_state(),
+        "config": config_to_dict(cfg),
+    }
+
+
+def run_classification(cfg: ClassificationConfig, package: str, config_name: str = "default",
+                       on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
+    """Train and evaluate; returns (and writes to `metrics.json`) the final metrics.
+
+    Args:
+        cfg: the resolved config.
+        package: name of the calling package (for the run folder).
+        config_name: name of the config (for the run folder).
+        on_epoch_end: called as `hook(epoch, row)` after each epoch's checkpoint is on disk.
+    """
+    if not cfg.model:
+        raise ValueError("config key 'model' is empty: name a timm model, e.g. emo_1m")
+    ctx = init_distributed(cfg.device)
+    try:
+        return _run(cfg, ctx, package, config_name, on_epoch_end)
+    finally:
+        cleanup_distributed()
+
+
+def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name: str,
+         on_epoch_end: EpochHook | None) -> dict[str, Any]:
+    seed_everything(cfg.seed, ctx.rank)
+    resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
+    if cfg.output_dir:
+        out_dir = Path(cfg.output_dir)
+    elif cfg.resume:
+        out_dir = Path(cfg.resume).parent
+    else:
+        out_dir = make_run_dir(package, config_name)
+    logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
+    if ctx.is_main:
+        save_config(cfg, out_dir / "config.yaml")
+    logger.info(f"run folder {out_dir} | {ctx.world_size} process(es) on {ctx.device}")
+
+    train_loader, val_loader, found_classes = build_loaders(cfg.data, ctx, cfg.seed)
+    num_classes = cfg.num_classes or found_classes
+    model = build_classification_model(cfg, num_classes).to(ctx.device)
+    if not cfg.pretrained and resume_state is None:
+        logger.info(f"{cfg.model}: random initialisation (no pretrained file given)")
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    global_batch = cfg.data.batch_size * ctx.world_size
+    lr = cfg.lr * global_batch / cfg.lr_base_batch
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum, **(
+                                        dict(betas=cfg.opt_betas, eps=cfg.opt_eps) if "adam" in cfg.opt else {}))
+    steps_per_epoch = len(train_loader)
+    scheduler = warmup_cosine_schedule(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
+                                       min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr)
+    scaler = make_grad_scaler(ctx.device, cfg.amp)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                      label_smoothing=cfg.smoothing, num_classes=num_classes)
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif cfg.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    logger.info(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters, "
+                f"{num_classes} classes, global batch {global_batch}, lr {lr:.3g}, {steps_per_epoch} steps/epoch")
+
+    start_epoch, step, best = 0, 0, {"top1": -math.inf, "epoch": -1}
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        if ema is not None and resume_state["ema"] is not None:
+            ema.module.load_state_dict(resume_state["ema"])
+        start_epoch, step, best = resume_state["epoch"] + 1, resume_state["step"], resume_state["best"]
+        restore_rng_state(resume_state["rng"])
+        logger.info(f"resumed from {cfg.resume} at epoch {start_epoch}, step {step}")
+
+    train_model: nn.Module = model
+    if ctx.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    row: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # worker seeds: a function of the epoch
+        stats, step = train_one_epoch(train_model, train_loader, optimizer, scheduler, criterion, ctx, epoch, step,
+                                      cfg, logger, scaler, ema, mixup)
+        row = {**stats, **evaluate(model, val_loader, ctx, cfg.amp, cfg.channels_last)}
+        if ema is not None:
+            row.update({f"ema_{k}": v for k, v in evaluate(ema.module, val_loader, ctx, cfg.amp,
+                                                            cfg.channels_last).items()})
+        score = row["ema_top1"] if ema is not None else row["top1"]
+        is_best = score > best["top1"]
+        if is_best:
+            best = {"top1": score, "epoch": epoch}
+        if ctx.is_main:
+            state = _training_state(model, optimizer, scheduler, scaler, ema, epoch, step, cfg, best)
+            save_checkpoint(state, out_dir / "last.pt")
+            if is_best:
+                save_checkpoint(state, out_dir / "best.pt")
+        logger.log_epoch(epoch, row)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    metrics = {
+        "model": cfg.model,
+        "epochs": cfg.epochs,
+        "last": {k: v for k, v in row.items() if "top" in k or "loss" in k},
+        "best_top1": best["top1"],
+        "best_epoch": best["epoch"],
+        "evaluated": "ema" if ema is not None else "raw",
+        "run_dir": str(out_dir),
+    }
+    logger.write_metrics(metrics)
+    logger.info(f"done: best top-1 {best['top1']:.2f} at epoch {best['epoch']} ({metrics['evaluated']} weights)")
+    logger.close()
+    return metrics
+
+
+def evaluate_checkpoint(cfg: ClassificationConfig, checkpoint: str | Path, package: str,
+                        use_ema: bool = True) -> dict[str, Any]:
+    """Evaluate a training checkpoint (`last.pt`/`best.pt`; EMA weights when present and `use_ema`) or a plain
+    state_dict (e.g. published weights) on the validation split; writes `metrics.json` into `cfg.output_dir`,
+    by default `<checkpoint folder>/eval/`."""
+    ctx = init_distributed(cfg.device)
+    try:
+        state = load_checkpoint(checkpoint)
+        weights, which = state, "state_dict"
+        if "model" in state and isinstance(state["model"], dict):
+            weights, which = state["model"], "model"
+            if use_ema and state.get("ema") is not None:
+                weights, which = state["ema"], "ema"
+        _, val_loader, found_classes = build_loaders(cfg.data, ctx, cfg.seed)
+        model = build_classification_model(dataclasses.replace(cfg, pretrained=None),
+                                           cfg.num_classes or found_classes).to(ctx.device)
+        model.load_state_dict(weights)
+        out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(checkpoint).parent / "eval"
+        logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name="eval")
+        result = evaluate(model, val_loader, ctx, cfg.amp, cfg.channels_last)
+        metrics = {"model": cfg.model, "checkpoint": str(checkpoint), "weights": which, **result}
+        logger.write_metrics(metrics)
+        logger.info(f"{cfg.model} [{which}] top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  "
+                    f"loss {result['loss']:.4f}")
+        logger.close()
+        return metrics
+    finally:
+        cleanup_distributed()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """`python -m shared.classification --model NAME --data.root DIR ...`: any timm model on any ImageFolder set."""
+    from shared.config import parse_config
+
+    cfg = parse_config(ClassificationConfig, argv, description="Supervised classification of a timm model.")
+    return run_classification(cfg, package="classification", config_name=cfg.model or "model")
+
+
+if __name__ == "__main__":
+    main()

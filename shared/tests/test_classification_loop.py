@@ -1,0 +1,154 @@
+"""The shared classification loop: exact resume, the non-finite guard, and two-process DDP on CPU (gloo)."""
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.models import register_model
+
+from shared.checkpoint import load_checkpoint
+from shared.classification import ClassificationConfig, DataConfig, run_classification
+from shared.training import NonFiniteLossError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """Two colour classes, 16 train + 4 val images each, 24x24 px."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (24, 24, 3)) + np.array(colour) * rng.uniform(0.6, 1.0)
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def tiny_cfg(root: Path, out: Path, **kw) -> ClassificationConfig:
+    data = DataConfig(root=str(root), img_size=16, crop_pct=1.0, batch_size=8, eval_batch_size=8, workers=0,
+                      auto_augment="rand-m9-mstd0.5-inc1")
+    base = ClassificationConfig(model="test_resnet", data=data, epochs=2, warmup_epochs=1, lr=0.01,
+                                lr_base_batch=8, ema_decay=0.9, output_dir=str(out), tensorboard=False,
+                                log_interval=1, device="cpu", drop_path=0.1)
+    return dataclasses.replace(base, **kw)
+
+
+def assert_same_tensors(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"tensor differs at {where}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_is_bit_identical(tiny_folder, tmp_path):
+    full = run_classification(tiny_cfg(tiny_folder, tmp_path / "full"), "test")
+
+    def kill_after_first_epoch(epoch, row):
+        if epoch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_classification(tiny_cfg(tiny_folder, tmp_path / "cut"), "test", on_epoch_end=kill_after_first_epoch)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 0
+    resumed = run_classification(tiny_cfg(tiny_folder, tmp_path / "cut", resume=str(tmp_path / "cut" / "last.pt")),
+                                 "test")
+
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")
+    for key in ("model", "ema", "optimizer", "scheduler", "scaler", "epoch", "step", "rng"):
+        assert_same_tensors(a[key], b[key], key)
+    assert full["last"] == resumed["last"]
+    timing = ("train_img_s", "epoch_time_s")
+    rows_full, rows_cut = (list(csv.DictReader((tmp_path / d / "log.csv").read_text().splitlines()))
+                           for d in ("full", "cut"))
+    assert [r["epoch"] for r in rows_cut] == ["0", "1"]  # one row per epoch, no duplicate after the resume
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows_cut] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rows_full]
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert metrics["evaluated"] == "ema" and 0 <= metrics["best_top1"] <= 100
+    assert (tmp_path / "full" / "config.yaml").is_file() and (tmp_path / "full" / "best.pt").is_file()
+
+
+POISON = {"on": False}
+
+
+class NanProbe(torch.nn.Module):
+    """A tiny classifier whose output turns NaN once POISON['on'] is set."""
+
+    def __init__(self, num_classes: int = 2, **kwargs):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                       torch.nn.Linear(4, num_classes))
+
+    def forward(self, x):
+        out = self.net(x)
+        return out * float("nan") if POISON["on"] else out
+
+
+@register_model
+def nan_probe_test(pretrained=False, **kwargs):
+    kwargs.pop("drop_path_rate", None)
+    kwargs.pop("pretrained_cfg", None)
+    kwargs.pop("pretrained_cfg_overlay", None)
+    return NanProbe(**kwargs)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_folder, tmp_path):
+    def poison_after_first_epoch(epoch, row):
+        POISON["on"] = True
+
+    cfg = tiny_cfg(tiny_folder, tmp_path, model="nan_probe_test")
+    try:
+        with pytest.raises(NonFiniteLossError, match="at step 4"):  # first step of epoch 1 (4 steps per epoch)
+            run_classification(cfg, "test", on_epoch_end=poison_after_first_epoch)
+    finally:
+        POISON["on"] = False
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image folder not found.*shared.datasets info imagenet1k"):
+        run_classification(tiny_cfg(tmp_path / "nowhere", tmp_path / "out"), "test")
+
+
+def test_ddp_two_processes_gloo(tiny_folder, tmp_path):
+    """torchrun with two CPU processes: the global batch doubles, so each epoch has half the steps."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "shared.classification", "--model", "test_resnet", "--data.root", str(tiny_folder),
+           "--data.img_size", "16", "--data.crop_pct", "1.0", "--data.batch_size", "4", "--data.eval_batch_size", "4",
+           "--data.workers", "0", "--epochs", "2", "--warmup_epochs", "0", "--lr_base_batch", "8",
+           "--output_dir", str(out), "--no-tensorboard", "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es) on cpu" in (out / "train.log").read_text()
+    state = load_checkpoint(out / "last.pt")
+    assert state["step"] == 2 * (32 // (2 * 4))  # 2 epochs x 4 steps with the global batch of 8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["last"]["top1"] <= 100
+    assert len((out / "log.csv").read_text().splitlines()) == 3  # written once (rank 0), header + 2 epochs
