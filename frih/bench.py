@@ -1,0 +1,199 @@
+"""Benchmark FRIH: inference latency / images/s at 256, 1024, 2048 px, K-means cost, training-step images/s.
+
+    python bench.py                          # CPU: full-resolution inference at 256, low-res mode at 1024/2048
+    python -m frih.bench --device cuda       # CUDA: full resolution at 256/1024/2048, fp32 + fp16/bf16 AMP,
+                                             # channels-last; add --compile for torch.compile
+    python bench.py --models frih256 issam256 --sizes 256 512 --modes full --iters 5
+
+Prints a Markdown table (and writes it as JSON with --out). Latency is the mean wall time of `--iters` calls after
+`--warmup` calls, with cuda.synchronize; "peak MB" is torch.cuda.max_memory_allocated on CUDA and the process's peak
+RSS on CPU (cumulative over the run, so it only grows). Full-resolution FRIH at 2048 px costs about 64x the 256 px
+cost; the low-res mode runs the network at 256 px and applies the change at full size (frih/inference.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from frih.inference import Harmonizer
+from frih.losses import FRIHLoss
+from frih.model import count_parameters, create_model, normalize_image
+from frih.submasks import kmeans_submasks
+from shared.training import autocast
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _timeit(fn, device: torch.device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def _inputs(batch: int, size: int, device: torch.device, fg: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    comp = torch.rand(batch, 3, size, size, generator=g).to(device)
+    mask = torch.zeros(batch, 1, size, size, device=device)
+    side = int(size * fg**0.5)
+    mask[:, :, (size - side) // 2 : (size + side) // 2, (size - side) // 2 : (size + side) // 2] = 1.0
+    return comp, mask
+
+
+def bench_inference(model_name: str, size: int, mode: str, batch: int, amp: str, channels_last: bool, compile_: bool,
+                    device: torch.device, warmup: int, iters: int) -> dict:
+    model = create_model(model_name).to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_:
+        model = torch.compile(model)
+        model.size_divisor = model._orig_mod.size_divisor
+    harmonizer = Harmonizer(model, device, mode=mode, lowres_size=256, amp=amp)
+    comp, mask = _inputs(batch, size, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = _timeit(lambda: harmonizer.predict(comp, mask, return_coarse=False), device, warmup, iters)
+    return {"what": "inference", "model": model_name, "size": size, "mode": mode, "batch": batch, "amp": amp,
+            "channels_last": channels_last, "compile": compile_, "ms": 1000 * seconds,
+            "images_per_s": batch / seconds, "peak_mb": _peak_mb(device)}
+
+
+def bench_kmeans(size: int, batch: int, device: torch.device, warmup: int, iters: int, k: int = 3) -> dict:
+    comp, mask = _inputs(batch, size, device)
+    seconds = _timeit(lambda: kmeans_submasks(comp * 255, mask, k), device, warmup, iters)
+    return {"what": "kmeans", "model": f"K={k}, 10 iters, 25% fg", "size": size, "mode": "-", "batch": batch,
+            "amp": "none", "channels_last": False, "compile": False, "ms": 1000 * seconds,
+            "images_per_s": batch / seconds, "peak_mb": _peak_mb(device)}
+
+
+def bench_train_step(model_name: str, size: int, batch: int, amp: str, device: torch.device, warmup: int,
+                     iters: int) -> dict:
+    model = create_model(model_name).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = FRIHLoss(module_weight=1.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    comp, mask = _inputs(batch, size, device)
+    comp, target = normalize_image(comp), normalize_image(comp.flip(-1))
+
+    def step() -> None:
+        with autocast(device, amp):
+            out = model(comp, mask)
+        loss, _ = criterion(out, target, mask)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = _timeit(step, device, warmup, iters)
+    return {"what": "train step", "model": model_name, "size": size, "mode": "-", "batch": batch, "amp": amp,
+            "channels_last": False, "compile": False, "ms": 1000 * seconds, "images_per_s": batch / seconds,
+            "peak_mb": _peak_mb(device)}
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = "| what | model | size | mode | batch | amp | ch-last | compile | ms | images/s | peak MB |"
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r['what']} | {r['model']} | {r['size']} | {r['mode']} | {r['batch']} | {r['amp']} | "
+                     f"{'yes' if r['channels_last'] else 'no'} | {'yes' if r['compile'] else 'no'} | {r['ms']:.1f} | "
+                     f"{r['images_per_s']:.2f} | {r['peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--models", nargs="+", default=["frih256", "issam256"])
+    p.add_argument("--sizes", nargs="+", type=int, default=None, help="default: 256 1024 2048")
+    p.add_argument("--modes", nargs="+", default=None, choices=("full", "lowres"),
+                   help="default: CUDA full+lowres at every size; CPU full at 256 and lowres at 1024/2048")
+    p.add_argument("--amp", nargs="+", default=None, choices=("none", "fp16", "bf16"),
+                   help="default: none on CPU; none fp16 bf16 on CUDA")
+    p.add_argument("--channels_last", action="store_true", help="also run channels-last (default on CUDA)")
+    p.add_argument("--compile", action="store_true", help="also run torch.compile'd (slow first call)")
+    p.add_argument("--batch", type=int, default=1, help="inference batch")
+    p.add_argument("--train_batch", type=int, default=None, help="default: 16 on CUDA, 2 on CPU")
+    p.add_argument("--warmup", type=int, default=None, help="default: 3 on CUDA, 1 on CPU")
+    p.add_argument("--iters", type=int, default=None, help="default: 20 on CUDA, 2 on CPU")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no_train", action="store_true", help="skip the training-step benchmark")
+    p.add_argument("--out", default=None, help="write the rows as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = get_args_parser().parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench.py: --device cuda requested but CUDA is not available to torch")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    sizes = args.sizes or [256, 1024, 2048]
+    amps = args.amp or (["none", "fp16", "bf16"] if cuda else ["none"])
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    iters = args.iters or (20 if cuda else 2)
+    layouts = [False, True] if (cuda or args.channels_last) else [False]
+    compiles = [False, True] if args.compile else [False]
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"frih bench on {name}, torch {torch.__version__}")
+    for m in args.models:
+        print(f"  {m}: {count_parameters(create_model(m)):,} parameters")
+    rows = []
+    for m in args.models:
+        for size in sizes:
+            modes = args.modes or (["full", "lowres"] if cuda else (["full"] if size <= 256 else ["lowres"]))
+            for mode in modes:
+                if mode == "lowres" and size <= 256:
+                    continue
+                for amp in amps:
+                    for cl in layouts:
+                        for comp in compiles:
+                            rows.append(bench_inference(m, size, mode, args.batch, amp, cl, comp, device, warmup,
+                                                        iters))
+                            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    for size, batch in ((256, 16), (1024, 1), (2048, 1)):
+        rows.append(bench_kmeans(size, batch, device, warmup, iters))
+        print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    if not args.no_train:
+        train_batch = args.train_batch or (16 if cuda else 2)
+        for m in args.models:
+            for amp in amps:
+                rows.append(bench_train_step(m, 256, train_batch, amp, device, warmup, iters))
+                print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(format_rows(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

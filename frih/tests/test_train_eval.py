@@ -1,0 +1,91 @@
+"""train.py / eval.py end to end on a micro configuration, resume equality, and (slow) the embedded default's claim."""
+
+import json
+
+import pytest
+import torch
+
+from frih import eval as frih_eval
+from frih import train as frih_train
+from shared.checkpoint import load_checkpoint
+
+
+def _argv(out, data_root, epochs=2, extra=()):
+    return ["--output_dir", str(out), "--device", "cpu", "--threads", "1",
+            "--model.stage1_ch", "4", "--model.module_ch", "4", "--model.fpm_ch", "8",
+            "--data.crop_size", "32", "--data.eval_size", "32", "--data.num_workers", "0",
+            "--data.synthetic_size", "48", "--data.synthetic_num_real", "4", "--data.synthetic_root", str(data_root),
+            "--optim.batch_size", "4", "--optim.epochs", str(epochs), "--optim.milestones", "1",
+            "--eval_batch_size", "8", "--num_grid_images", "2", *extra]
+
+
+def test_train_writes_the_run_folder_and_eval_reproduces_its_metrics(tmp_path):
+    out = tmp_path / "run"
+    metrics = frih_train.main(_argv(out, tmp_path / "data"))
+    for name in ("config.yaml", "log.csv", "train.log", "metrics.json", "last.pt", "best.pt", "per_image.csv",
+                 "before_after.png", "results.md"):
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in ("mse", "fmse", "psnr", "psnr_255", "fpsnr", "composite_mse", "stage1_mse", "frih_mse"):
+        assert key in on_disk
+    assert on_disk["mse"] == pytest.approx(metrics["frih_mse"])
+    assert set(on_disk["summary"]["frih"]) >= {"HCOCO", "HAdobe5k", "HFlickr", "Hday2night", "All", "fg0-5"}
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 1 and state["scheduler"]["last_epoch"] == 2
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # x0.1 after the milestone
+    ev = frih_eval.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path / "ev"), "--threads", "1",
+                         "--data.num_workers", "0"])
+    for key in ("mse", "fmse", "psnr", "composite_mse", "stage1_mse"):
+        assert ev[key] == pytest.approx(on_disk[key], rel=1e-5), key
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+
+
+def test_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path):
+    data = tmp_path / "data"
+    frih_train.main(_argv(tmp_path / "full", data, epochs=2))
+    frih_train.main(_argv(tmp_path / "part", data, epochs=1))
+    frih_train.main(_argv(tmp_path / "part", data, epochs=2, extra=("--resume", str(tmp_path / "part" / "last.pt"))))
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    with pytest.raises(SystemExit):
+        frih_train.main(["--output_dir", str(tmp_path), "--model.clusters", "3"])
+
+
+@pytest.mark.slow
+def test_embedded_default_beats_the_composite_baseline(tmp_path):
+    """The README claim: `python train.py` (configs/default.yaml) lowers MSE and fMSE below composite-as-output."""
+    m = frih_train.main(["--output_dir", str(tmp_path / "default")])
+    assert m["frih_mse"] < 0.9 * m["composite_mse"]
+    assert m["frih_fmse"] < 0.9 * m["composite_fmse"]
+
+
+@pytest.mark.parametrize("name", ["issam_iharmony4", "idih_iharmony4", "frih_iharmony4"])
+def test_paper_recipes_hold_the_reference_schedule(name):
+    from frih.model import build_model, count_parameters
+    from shared.config import config_from_dict, load_yaml
+
+    cfg = config_from_dict(frih_train.Config, load_yaml(frih_train.PACKAGE_DIR / "configs" / f"{name}.yaml"))
+    assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.eps, cfg.optim.weight_decay) == (1e-3, (0.9, 0.999),
+                                                                                             1e-8, 0.0)
+    assert (cfg.optim.batch_size, cfg.optim.epochs, list(cfg.optim.milestones), cfg.optim.gamma) == (
+        16, 120, [105, 115], 0.1)
+    assert (cfg.data.crop_size, tuple(cfg.data.crop_scale), cfg.data.flip_p, cfg.data.eval_size) == (
+        256, (0.5, 1.0), 0.5, 256)
+    assert cfg.data.keep_background_prob == 0.05 and cfg.data.root is not None  # never silently synthetic
+    expected = {"issam_iharmony4": 2_185_340, "idih_iharmony4": 8_301_284, "frih_iharmony4": 12_004_951}[name]
+    assert count_parameters(build_model(cfg.model)) == expected
+    assert cfg.loss.min_area == (1000.0 if name.startswith("issam") else 100.0)
+
+
+def test_recipe_without_the_dataset_names_the_missing_path(tmp_path):
+    recipe = frih_train.PACKAGE_DIR / "configs" / "frih_iharmony4.yaml"
+    with pytest.raises(FileNotFoundError, match="python -m shared.datasets info iharmony4") as err:
+        frih_train.main(["-c", str(recipe), "--data.root", str(tmp_path / "iHarmony4"), "--output_dir",
+                         str(tmp_path / "run"), "--device", "cpu"])
+    assert str(tmp_path / "iHarmony4") in str(err.value)
