@@ -55,7 +55,6 @@ $(addprefix test-,$(ALL_PKGS)): test-%: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
 
 demo: setup
 	$(PY) -m shared.demo $(PKGS)
