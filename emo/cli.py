@@ -1,0 +1,59 @@
+"""Command-line helpers of the training and evaluation scripts (run-folder naming, evaluation config resolution)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from shared.checkpoint import load_checkpoint
+from shared.config import parse_config
+
+__all__ = ['config_name', 'parse_eval_config']
+
+T = TypeVar('T')
+
+
+def _preparse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-c', '--config', default=None)
+    parser.add_argument('--checkpoint', default=None)
+    parser.add_argument('--output_dir', default=None)
+    return parser.parse_known_args(list(argv))[0]
+
+
+def config_name(argv: Sequence[str] | None, default: str = 'default') -> str:
+    """Name of a run's config for its run folder: the stem of ``-c FILE``, else ``default``."""
+    config = _preparse(sys.argv[1:] if argv is None else argv).config
+    return Path(config).stem if config else default
+
+
+def parse_eval_config(schema: type[T], argv: Sequence[str] | None, default_config: Path,
+                      description: str) -> tuple[T, dict[str, Any] | None]:
+    """Resolve an evaluation config and load the checkpoint it names (``--checkpoint``).
+
+    Precedence: command-line flags > ``-c FILE`` > the config stored in the checkpoint (a training run's own, without
+    its ``output_dir``/``resume``) > ``default_config`` > dataclass defaults. ``output_dir`` is taken from the command
+    line only (else None: the caller writes next to the checkpoint), never from a training config.
+
+    Returns:
+        (config, loaded checkpoint or None when no ``--checkpoint`` was given).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = _preparse(argv)
+    checkpoint = load_checkpoint(pre.checkpoint) if pre.checkpoint else None
+    stored = checkpoint.get('config') if isinstance(checkpoint, Mapping) else None
+    with tempfile.TemporaryDirectory() as tmp:
+        if pre.config is None and isinstance(stored, Mapping):
+            default_config = Path(tmp) / 'checkpoint_config.yaml'
+            stored = {k: v for k, v in stored.items() if k not in ('output_dir', 'resume')}
+            default_config.write_text(yaml.safe_dump(stored, sort_keys=False))
+        cfg = parse_config(schema, argv, description=description, default_config=default_config)
+    if pre.output_dir is None:
+        cfg = dataclasses.replace(cfg, output_dir=None)
+    return cfg, checkpoint

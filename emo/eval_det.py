@@ -1,0 +1,89 @@
+"""Evaluate a RetinaNet-EMO checkpoint of ``train_det.py`` on the COCO val split (or the synthetic set).
+
+    python -m emo.eval_det --checkpoint runs/emo/retinanet_default/<time>/last.pt
+    python -m emo.eval_det -c emo/configs/retinanet_emo_1m_coco_1x.yaml --checkpoint last.pt --data.root data/coco
+
+COCO bbox AP, AP50, AP75, APs, APm, APl (and AR, per-class AP) through ``shared.metrics.coco_evaluate``
+(pycocotools), as fractions in ``metrics.json`` (``--output_dir``, default ``<checkpoint folder>/eval/``) and in
+percent on the console. Without ``-c`` the checkpoint's own config (model, data, resize) is used; command-line flags
+override it. torchrun-ready: the val images are split over the ranks and the detections gathered.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ''):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from emo.cli import parse_eval_config
+from emo.train_det import (
+    DEFAULT_DET_CONFIG,
+    DetectionConfig,
+    build_detection_datasets,
+    build_detector,
+    coco_summary,
+    evaluate,
+    val_loader,
+)
+from shared.checkpoint import load_checkpoint
+from shared.distributed import cleanup_distributed, init_distributed
+from shared.logger import RunLogger
+
+__all__ = ['DetEvalConfig', 'evaluate_checkpoint', 'main']
+
+
+@dataclass
+class DetEvalConfig(DetectionConfig):
+    """The detection training config plus the checkpoint to evaluate."""
+
+    checkpoint: str = field(default='', metadata={'help': 'train_det.py checkpoint (last.pt / best.pt)'})
+
+
+def evaluate_checkpoint(cfg: DetEvalConfig, checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the detector of ``cfg.checkpoint`` on the val split; writes and returns the metrics."""
+    if not cfg.checkpoint:
+        raise ValueError('--checkpoint PATH is required')
+    ctx = init_distributed(cfg.device)
+    try:
+        checkpoint = load_checkpoint(cfg.checkpoint) if checkpoint is None else checkpoint
+        if not isinstance(checkpoint.get('model'), Mapping):
+            raise ValueError(f"{cfg.checkpoint} is not a train_det.py checkpoint (no 'model' state_dict)")
+        _, val_set = build_detection_datasets(cfg.data)
+        stored_ids = checkpoint.get('categories', {}).get('ids')
+        if stored_ids is not None and list(stored_ids) != val_set.cat_ids:
+            raise ValueError(f'{cfg.checkpoint} was trained on category ids {stored_ids}, but '
+                             f'{val_set.annotation_file} has {val_set.cat_ids}')
+        model = build_detector(cfg, cfg.num_classes or val_set.num_classes, load_pretrained=False).to(ctx.device)
+        model.load_state_dict(checkpoint['model'], strict=True)
+        out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / 'eval'
+        logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name='eval')
+        coco = evaluate(model, val_loader(val_set, cfg.data, ctx), val_set, ctx, cfg.amp)
+        metrics = {'model': f'retinanet_{cfg.model}', 'checkpoint': str(cfg.checkpoint),
+                   'images': len(val_set), **coco}
+        logger.write_metrics(metrics)
+        logger.info(f'RetinaNet-{cfg.model} COCO bbox (x100): {coco_summary(coco)}  '
+                    f"[{len(val_set)} images, {coco['num_detections']} detections]")
+        logger.info(f"metrics written to {out_dir / 'metrics.json'}")
+        logger.close()
+        return metrics
+    finally:
+        cleanup_distributed()
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Resolve the config (flags > ``-c`` > the checkpoint's own config > the default) and evaluate."""
+    cfg, checkpoint = parse_eval_config(DetEvalConfig, argv, DEFAULT_DET_CONFIG,
+                                        'Evaluate a RetinaNet-EMO checkpoint on the COCO val split.')
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
+    return evaluate_checkpoint(cfg, checkpoint)
+
+
+if __name__ == '__main__':
+    main()

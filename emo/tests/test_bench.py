@@ -1,0 +1,30 @@
+"""bench.py on the tiny variant: one row per configuration, with positive throughput and no error."""
+import pytest
+
+from emo.bench import main
+
+ARGS = ['--models', 'emo_test', '--device', 'cpu', '--img-size', '32', '--batch-size', '2', '--steps', '1',
+        '--warmup', '1']
+
+
+def _check(rows, modes, capsys):
+    assert [(r['mode'], r['amp'], r['channels_last'], r['compile']) for r in rows] == [
+        (mode, 'none', 'off', 'off') for mode in modes]
+    for row in rows:
+        assert 'error' not in row, row
+        assert row['img_s'] > 0 and row['ms_step'] > 0 and row['peak_mib'] >= 0
+    out = capsys.readouterr().out
+    assert 'img/s' in out and out.count('emo_test') == len(modes)
+
+
+def test_bench_rows_in_process(capsys):
+    rows = main([*ARGS, '--modes', 'infer', 'train', '--no-isolate'])
+    _check(rows, ['infer', 'train'], capsys)
+
+
+@pytest.mark.slow
+def test_bench_rows_isolated(capsys):
+    """The CPU default: a spawned process per configuration (imports torch again, hence slow)."""
+    rows = main([*ARGS, '--modes', 'train', '--isolate'])
+    _check(rows, ['train'], capsys)
+    assert rows[0]['peak_mib'] > 0  # a fresh process has no cached memory to reuse

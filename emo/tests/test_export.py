@@ -1,0 +1,38 @@
+"""ONNX export (torch.onnx dynamo exporter) checked against PyTorch in onnxruntime."""
+import pytest
+import timm
+import torch
+
+import emo  # noqa: F401  (registers the models)
+from emo.export_onnx import export_onnx, main, max_abs_diff_onnxruntime
+
+pytest.importorskip('onnx')
+pytest.importorskip('onnxscript')
+pytest.importorskip('onnxruntime')
+
+
+def test_export_tiny_variant_cli(tmp_path, capsys):
+    """The CLI with an official-style checkpoint, at an input size whose stage-3 map (5 x 5) needs the EW-MHSA
+    padding; the returned diff is onnxruntime vs PyTorch on the loaded weights."""
+    torch.manual_seed(0)
+    model = timm.create_model('emo_test')
+    for m in model.modules():  # non-trivial BN statistics, so the checkpoint differs from the default init
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    ckpt = tmp_path / 'net.pth'
+    torch.save({'net': {}, 'net_E': model.state_dict()}, ckpt)
+    out = tmp_path / 'emo_test.onnx'
+    diff = main(['--model', 'emo_test', '--checkpoint', str(ckpt), '--out', str(out), '--img-size', '80'])
+    assert out.is_file() and not (tmp_path / 'emo_test.onnx.data').exists()  # weights embedded
+    assert diff < 1e-4
+    assert 'max abs diff' in capsys.readouterr().out
+    # the exported graph holds the checkpoint's weights, not a fresh init
+    assert max_abs_diff_onnxruntime(model.eval(), out, img_size=80, seed=1) < 1e-4
+
+
+@pytest.mark.slow
+def test_export_emo_1m(tmp_path):
+    model = timm.create_model('emo_1m').eval()
+    out = export_onnx(model, tmp_path / 'emo_1m.onnx', img_size=224)
+    assert max_abs_diff_onnxruntime(model, out, img_size=224) < 1e-4
