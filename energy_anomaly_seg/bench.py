@@ -1,0 +1,155 @@
+"""Throughput of SLEEG: OoD-head training iterations/s, test images/s with and without multi-scale + flip, and the
+time of pixel-level AP + AUROC + FPR95 over 2x10^8 pixels (the size of FS Lost & Found val) via ``shared.metrics``.
+
+    python bench.py                          # CPU: the embedded-default variant at its sizes + the metric timing
+    python bench.py --device cuda            # CUDA: the paper's R101 at 512x1024 crops / 2048x1024 tests, AMP variants
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from energy_anomaly_seg.model import SLEEG_VARIANTS, create_sleeg
+from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool
+from energy_anomaly_seg.sleeg import SLEEGSettings, predict_anomaly_maps, sleeg_losses
+from shared.metrics import auroc, average_precision, fpr_at_tpr
+from shared.training import autocast
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def bench_train(variant: str, device: torch.device, batch: int, size: tuple[int, int], steps: int, amp: str,
+                channels_last: bool) -> float:
+    """OoD-head iterations/s: pool + paste, frozen segmentor forward, refinement, TAE + TORE, backward, SGD step."""
+    torch.manual_seed(0)
+    model = create_sleeg(variant).to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.patch_head.parameters(), lr=0.01, momentum=0.9)
+    pool, g = AnomalyPatchPool(), torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, *size, device=device)
+    labels = torch.randint(0, 19, (batch, *size), device=device)
+    settings = SLEEGSettings(refine_warmup_iters=0)
+    times = []
+    for i in range(steps + 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        x = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+        with autocast(device, amp):
+            loss, _ = sleeg_losses(model, x, labels, pool, g, settings, i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1.0 / (sum(times[2:]) / steps)  # two warm-up steps
+
+
+def bench_test(variant: str, device: torch.device, size: tuple[int, int], images: int, multi_scale: bool,
+               amp: str) -> float:
+    """Test images/s at the original size `size`: one pass, or 4 scales x flip (8 passes)."""
+    model = create_sleeg(variant).to(device).eval()
+    image = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
+    scales, flip = ((0.75, 1.0, 1.25, 1.5), True) if multi_scale else ((1.0,), False)
+    img_scale = (size[1], size[0])
+    with autocast(device, amp):
+        predict_anomaly_maps(model, image, img_scale, scales, flip)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(images):
+            predict_anomaly_maps(model, image, img_scale, scales, flip)
+        _sync(device)
+    return images / (time.perf_counter() - t0)
+
+
+def bench_metrics(pixels: int, device: torch.device) -> dict[str, float]:
+    """Seconds for AP, AUROC and FPR95 (strict) over `pixels` float32 scores with uint8 labels (1 % anomaly, 5 %
+    void = 255), as eval.py pools them."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(pixels, dtype=torch.uint8)
+    u = torch.rand(pixels, generator=g)
+    labels[u < 0.01] = 1
+    labels[u > 0.95] = 255
+    scores = torch.randn(pixels, generator=g) + 2.0 * (labels == 1)
+    scores, labels = scores.to(device), labels.to(device)
+    out = {}
+    cpu0 = time.process_time()
+    for name, fn in (("AP", average_precision), ("AUROC", auroc),
+                     ("FPR95", lambda s, y, ignore_index: fpr_at_tpr(s, y, 0.95, True, ignore_index))):
+        _sync(device)
+        t0 = time.perf_counter()
+        out[f"{name}_value"] = fn(scores, labels, ignore_index=255)
+        _sync(device)
+        out[f"{name}_s"] = time.perf_counter() - t0
+    out["total_s"] = out["AP_s"] + out["AUROC_s"] + out["FPR95_s"]
+    out["total_cpu_s"] = time.process_time() - cpu0  # all threads of this process
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variant", default=None, choices=sorted(SLEEG_VARIANTS),
+                        help="default: deeplabv3_r18_d8_tiny on CPU, deeplabv3_r101_d8 on CUDA")
+    parser.add_argument("--train-size", type=int, nargs=2, default=None, help="crop H W (CPU 64 128, CUDA 512 1024)")
+    parser.add_argument("--test-size", type=int, nargs=2, default=None, help="image H W (CPU 128 256, CUDA 1024 2048)")
+    parser.add_argument("--batch-size", type=int, default=None, help="CPU 8, CUDA 8 (the paper's total batch)")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--test-images", type=int, default=3)
+    parser.add_argument("--metric-pixels", type=float, default=2e8)
+    parser.add_argument("--skip-models", action="store_true", help="only the metric timing")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the models (0: default)")
+    args = parser.parse_args(argv)
+    default_threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    variant = args.variant or ("deeplabv3_r101_d8" if cuda else "deeplabv3_r18_d8_tiny")
+    train_size = tuple(args.train_size or ((512, 1024) if cuda else (64, 128)))
+    test_size = tuple(args.test_size or ((1024, 2048) if cuda else (128, 256)))
+    batch = args.batch_size or 8
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"SLEEG bench on {where}, torch {torch.__version__}, sleeg_{variant}")
+    rows = []
+    if not args.skip_models:
+        modes = [("fp32", "none", False)] + ([("bf16", "bf16", False), ("bf16 channels-last", "bf16", True)]
+                                             if cuda else [])
+        for label, amp, cl in modes:
+            it_s = bench_train(variant, device, batch, train_size, args.steps, amp, cl)
+            single = bench_test(variant, device, test_size, args.test_images, False, amp)
+            multi = bench_test(variant, device, test_size, args.test_images, True, amp)
+            rows.append((label, it_s, it_s * batch, single, multi, _peak_mb(device)))
+        print(f"\ntrain: batch {batch} x {train_size[0]}x{train_size[1]} crops; test: {test_size[0]}x{test_size[1]} "
+              "images (multi-scale = 0.75/1.0/1.25/1.5 x flip, 8 passes)")
+        print(f"{'mode':<20}{'train it/s':>11}{'train img/s':>12}{'test img/s':>11}{'test MS+flip img/s':>20}"
+              f"{'peak MB':>9}")
+        for label, it_s, img_s, single, multi, mb in rows:
+            print(f"{label:<20}{it_s:>11.3f}{img_s:>12.2f}{single:>11.3f}{multi:>20.3f}{mb:>9.0f}")
+    torch.set_num_threads(default_threads)  # the metrics use every core
+    m = bench_metrics(int(args.metric_pixels), device)
+    print(f"\nmetrics over {int(args.metric_pixels):.2e} pixels (shared.metrics, exact, as eval.py calls it): "
+          f"AP {m['AP_s']:.1f} s, AUROC {m['AUROC_s']:.1f} s, FPR95 {m['FPR95_s']:.1f} s, total {m['total_s']:.1f} s "
+          f"wall, {m['total_cpu_s']:.1f} s CPU ({torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""End to end on a tiny synthetic set: train.py (both phases) -> files, eval.py, exact resume; the embedded default
+(slow) beats the energy baseline."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from energy_anomaly_seg import eval as eval_module
+from energy_anomaly_seg import train as train_module
+
+TINY = [
+    "--model.variant", "deeplabv3_r18_d8_test", "--device", "cpu", "--log_interval", "2", "--ckpt_interval", "2",
+    "--synthetic.height", "32", "--synthetic.width", "64", "--synthetic.n_train", "6", "--synthetic.n_val", "2",
+    "--synthetic.n_anomaly", "2", "--data.img_scale", "64", "32", "--data.crop_size", "32", "64",
+    "--data.batch_size", "2", "--segmentor.train.iters", "3", "--optim.iters", "4", "--objective.refine_warmup_iters",
+    "2", "--eval.img_scale", "64", "32", "--eval.scales", "1.0", "--no-eval.flip", "--eval.vis_images", "1",
+]
+
+
+@pytest.fixture
+def tiny_args(tmp_path):
+    return [*TINY, "--synthetic.root", str(tmp_path / "synthetic")]
+
+
+@pytest.fixture
+def keep_every_checkpoint(monkeypatch):
+    """Also keep a copy of last.pt per (phase, iteration), to resume from the middle of a run."""
+    original = train_module.save_checkpoint
+
+    def save(state, path):
+        out = original(state, path)
+        if path.name == "last.pt":
+            shutil.copy(path, path.with_name(f"{state['phase']}_{state['iteration']}.pt"))
+        return out
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+
+
+def test_train_writes_run_folder_and_eval_reproduces_metrics(tmp_path, tiny_args):
+    out = tmp_path / "run"
+    metrics = train_module.main([*tiny_args, "--output_dir", str(out)])
+    for name in ("config.yaml", "log.csv", "metrics.json", "last.pt", "train.log", "curves_synthetic_fs_static.png"):
+        assert (out / name).is_file(), name
+    assert list((out / "vis" / "synthetic_fs_static").glob("*.png"))
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["phase"] == "ood_head" and state["iteration"] == 4
+    saved = json.loads((out / "metrics.json").read_text())
+    for method in ("msp", "energy", "sleeg"):
+        for metric in ("AP", "AUROC", "FPR95"):
+            assert 0 <= saved[f"{method}_{metric}"] <= 100
+    assert "segmentor_mIoU" in saved
+    evaluated = eval_module.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path / "eval")])
+    assert evaluated["sleeg_AP"] == pytest.approx(metrics["sleeg_AP"])
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["energy_FPR95"] == pytest.approx(
+        metrics["energy_FPR95"])
+
+
+def test_resumed_runs_end_where_an_uninterrupted_run_does(tmp_path, tiny_args, keep_every_checkpoint):
+    full = tmp_path / "full"
+    train_module.main([*tiny_args, "--output_dir", str(full), "--eval.datasets"])
+    final = torch.load(full / "last.pt", weights_only=True)["model"]
+    for checkpoint in ("ood_head_2.pt", "segmentor_2.pt"):
+        resumed = tmp_path / checkpoint
+        train_module.main([*tiny_args, "--output_dir", str(resumed), "--eval.datasets", "--resume",
+                           str(full / checkpoint)])
+        again = torch.load(resumed / "last.pt", weights_only=True)["model"]
+        assert all(torch.equal(final[k], again[k]) for k in final), checkpoint
+
+
+def test_train_segmentor_checkpoint_feeds_sleeg(tmp_path):
+    from energy_anomaly_seg import train_segmentor
+
+    seg_args = [*TINY[:TINY.index("--segmentor.train.iters")], "--synthetic.root", str(tmp_path / "s"),
+                "--data.dataset", "synthetic", "--data.num_workers", "0"]
+    seg_out = tmp_path / "segmentor"
+    metrics = train_segmentor.main([*seg_args, "--output_dir", str(seg_out), "--optim.iters", "2",
+                                    "--allow_random_init", "--optim.lr", "0.05"])
+    assert 0 <= metrics["mIoU"] <= 100 and (seg_out / "last.pt").is_file()
+    with pytest.raises(ValueError, match="backbone_pretrained"):  # the Cityscapes recipe never starts from random
+        train_segmentor.main([*seg_args, "--output_dir", str(tmp_path / "x"), "--optim.iters", "1"])
+    run = tmp_path / "sleeg"
+    train_module.main([*seg_args, "--output_dir", str(run), "--segmentor.checkpoint", str(seg_out / "last.pt"),
+                       "--optim.iters", "2", "--eval.datasets"])
+    segmentor = torch.load(seg_out / "last.pt", weights_only=True)["model"]
+    sleeg = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(segmentor[k], sleeg[k]) for k in segmentor)  # frozen: unchanged by head training
+    assert any(k.startswith("patch_head.") for k in sleeg) and not any(k.startswith("patch_head.") for k in segmentor)
+
+
+def test_missing_segmentor_is_an_error(tmp_path, tiny_args):
+    with pytest.raises(ValueError, match="never runs on a random segmentor"):
+        train_module.main([*tiny_args, "--output_dir", str(tmp_path / "x"), "--segmentor.train.iters", "0"])
+
+
+@pytest.mark.slow
+def test_embedded_default_sleeg_beats_energy(tmp_path):
+    metrics = train_module.main(["--output_dir", str(tmp_path / "default")])
+    assert metrics["sleeg_AP"] > metrics["energy_AP"]
+    assert metrics["sleeg_AP"] > metrics["msp_AP"]
+
+
+def test_every_recipe_yaml_is_a_valid_config():
+    from pathlib import Path
+
+    from energy_anomaly_seg.train_segmentor import SegmentorTrainConfig
+    from shared.config import config_from_dict, load_yaml
+
+    configs = Path(train_module.__file__).parent / "configs"
+    parsed = {p.stem: config_from_dict(SegmentorTrainConfig if p.stem.startswith("segmentor") else
+                                       train_module.TrainConfig, load_yaml(p)) for p in configs.glob("*.yaml")}
+    assert set(parsed) == {"default", "cityscapes_r101", "cityscapes_r101_released_code", "segmentor_r101_40k"}
+    paper, code = parsed["cityscapes_r101"], parsed["cityscapes_r101_released_code"]
+    assert (paper.objective.margin, paper.optim.iters, paper.objective.refine_warmup_iters) == (15.0, 40000, 6000)
+    assert (code.objective.margin, code.optim.iters, code.objective.refine_warmup_iters) == (20.0, 80000, 0)
+    assert (paper.eval.score_formula, paper.eval.score_weight) == ("paper", 0.5)
+    assert (code.eval.score_formula, code.eval.score_weight) == ("code", 0.3)
