@@ -19,12 +19,16 @@ __all__ = ['config_name', 'parse_eval_config']
 T = TypeVar('T')
 
 
-def _preparse(argv: Sequence[str]) -> argparse.Namespace:
+def _preparser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument('-c', '--config', default=None)
     parser.add_argument('--checkpoint', default=None)
     parser.add_argument('--output_dir', default=None)
-    return parser.parse_known_args(list(argv))[0]
+    return parser
+
+
+def _preparse(argv: Sequence[str]) -> argparse.Namespace:
+    return _preparser().parse_known_args(list(argv))[0]
 
 
 def config_name(argv: Sequence[str] | None, default: str = 'default') -> str:
@@ -37,15 +41,18 @@ def parse_eval_config(schema: type[T], argv: Sequence[str] | None, default_confi
                       description: str) -> tuple[T, dict[str, Any] | None]:
     """Resolve an evaluation config and load the checkpoint it names (``--checkpoint``).
 
-    Precedence: command-line flags > ``-c FILE`` > the config stored in the checkpoint (a training run's own, without
-    its ``output_dir``/``resume``) > ``default_config`` > dataclass defaults. ``output_dir`` is taken from the command
-    line only (else None: the caller writes next to the checkpoint), never from a training config.
+    The YAML layer is ``-c FILE`` if given, else the config stored in the checkpoint (the training run's own, without
+    its ``output_dir``/``resume``), else ``default_config``; it overrides the dataclass defaults and command-line
+    flags override it. ``output_dir`` comes from the command line only (else None: the caller writes next to the
+    checkpoint), never from a training config.
 
     Returns:
-        (config, loaded checkpoint or None when no ``--checkpoint`` was given).
+        (config, loaded checkpoint); a missing ``--checkpoint`` is a usage error (exit status 2).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = _preparse(argv)
+    if not pre.checkpoint and not {'-h', '--help'} & set(argv):
+        _preparser().error('--checkpoint PATH is required')
     checkpoint = load_checkpoint(pre.checkpoint) if pre.checkpoint else None
     stored = checkpoint.get('config') if isinstance(checkpoint, Mapping) else None
     with tempfile.TemporaryDirectory() as tmp:

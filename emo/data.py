@@ -1,12 +1,8 @@
-"""Data of the EMO experiments: the COCO 2017 reader and mmdet's aspect-ratio grouped sampler for RetinaNet, and a
-compatibility fix for timm's RandAugment on current Pillow.
+"""Data of the EMO experiments: the COCO 2017 reader and mmdet's aspect-ratio grouped sampler for RetinaNet.
 
 ImageNet classification data is read by ``shared.classification`` (torchvision ``ImageFolder`` on
-``<root>/train/<wnid>/*.JPEG`` and ``<root>/val/<wnid>/*.JPEG`` with timm's transforms). The recipe's RandAugment
-(``rand-m9-mstd0.5-inc1``) asks Pillow to posterize to 0 bits whenever the sampled magnitude reaches 10 (one image
-in about 650, so in every ImageNet epoch); current Pillow (13.0.0 here) raises there, older Pillow returned a black
-image, which is
-what the official runs (timm 0.6.5, PyTorch 1.10 era) got. :func:`allow_zero_bit_posterize` restores that behaviour.
+``<root>/train/<wnid>/*.JPEG`` and ``<root>/val/<wnid>/*.JPEG`` with timm's transforms;
+``shared.augment`` keeps the recipe's RandAugment working on current Pillow).
 
 COCO layout (``python -m shared.datasets info coco2017``)::
 
@@ -31,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.functional import pil_to_tensor
@@ -40,32 +36,11 @@ __all__ = [
     'COCO_LAYOUT',
     'CocoDetectionDataset',
     'GroupedDistributedSampler',
-    'allow_zero_bit_posterize',
     'detection_collate',
-    'posterize',
 ]
 
 COCO_LAYOUT = ('<root>/train2017/*.jpg, <root>/val2017/*.jpg, <root>/annotations/instances_train2017.json, '
                '<root>/annotations/instances_val2017.json')
-
-
-def posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
-    """timm's posterize op with the result older Pillow gave for 0 bits: every channel value & 0, a black image."""
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size)
-    return ImageOps.posterize(img, bits_to_keep)
-
-
-def allow_zero_bit_posterize() -> None:
-    """Make timm's (Rand/Auto)Augment posterize ops accept 0 bits on any Pillow (idempotent; affects transforms
-    built afterwards). Needed by ``rand-m9-mstd0.5-inc1``: magnitude 10 maps to ``PosterizeIncreasing`` with 0 bits.
-    """
-    from timm.data import auto_augment
-
-    for name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
-        auto_augment.NAME_TO_OP[name] = posterize
 
 
 def _missing(path: Path, what: str) -> FileNotFoundError:

@@ -32,7 +32,7 @@ import torch
 
 import emo  # noqa: F401  (registers the EMO models with timm)
 from emo.cli import config_name
-from emo.data import allow_zero_bit_posterize
+from shared.augment import allow_zero_bit_posterize
 from shared.classification import ClassificationConfig, run_classification
 from shared.config import parse_config
 

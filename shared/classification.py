@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.datasets import ImageFolder
 
+from shared.augment import allow_zero_bit_posterize
 from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from shared.config import config_to_dict, save_config
 from shared.distributed import (
@@ -166,6 +167,7 @@ def _image_folder(root: Path, split: str, transform: Callable) -> ImageFolder:
 def build_loaders(cfg: DataConfig, ctx: DistContext, seed: int) -> tuple[DataLoader, DataLoader, int]:
     """Train and val loaders sharded over the ranks; returns (train, val, number of classes)."""
     root = Path(_ensure_synthetic(cfg) if cfg.synthetic else cfg.root)
+    allow_zero_bit_posterize()  # rand-m9-mstd0.5-inc1 posterizes to 0 bits, which current Pillow rejects
     train_tf = create_transform(
         cfg.img_size, is_training=True, scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
         auto_augment=cfg.auto_augment, interpolation=cfg.train_interpolation, mean=cfg.mean, std=cfg.std,

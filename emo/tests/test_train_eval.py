@@ -17,8 +17,8 @@ from timm.optim import create_optimizer_v2
 import emo  # noqa: F401  (registers the models)
 from emo import eval as emo_eval
 from emo import train as emo_train
-from emo.data import allow_zero_bit_posterize
 from emo.tests.test_weights import OFFICIAL_SHAPES, synthetic_checkpoint
+from shared.augment import allow_zero_bit_posterize
 from shared.checkpoint import load_checkpoint
 from shared.classification import build_classification_model, build_loaders, evaluate
 from shared.distributed import init_distributed
@@ -134,7 +134,12 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown config key 'data.rooot'" in err and 'data.root' in err
     with pytest.raises(SystemExit):
-        emo_eval.main(['--epochs', 'three'])
+        emo_eval.main([])
+    assert '--checkpoint PATH is required' in capsys.readouterr().err
+    ckpt = tmp_path / 'weights.pt'
+    torch.save(timm.create_model('emo_test').state_dict(), ckpt)
+    with pytest.raises(SystemExit):
+        emo_eval.main(['--checkpoint', str(ckpt), '--epochs', 'three'])
     assert "config key 'epochs': expected an integer" in capsys.readouterr().err
 
 
@@ -166,3 +171,15 @@ def test_train_py_runs_as_a_script_from_the_package_folder():
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert '--data.root' in result.stdout and '--drop_path' in result.stdout
+
+
+def test_unwrap_recognises_training_checkpoint_layouts():
+    """emo.weights (used by build_retinanet's pretrained_backbone) prefers the EMA of a train.py checkpoint."""
+    from emo.weights import unwrap_state_dict
+
+    raw, ema = {'a': torch.zeros(1)}, {'a': torch.ones(1)}
+    assert unwrap_state_dict({'model': raw, 'ema': ema, 'optimizer': {}, 'epoch': 3})['a'].item() == 1
+    assert unwrap_state_dict({'model': raw, 'ema': ema}, use_ema=False)['a'].item() == 0
+    assert unwrap_state_dict({'model': raw, 'ema': None})['a'].item() == 0  # trained with ema_decay: null
+    assert unwrap_state_dict({'model': raw, 'model_ema': ema})['a'].item() == 1
+    assert unwrap_state_dict({'net': raw, 'net_E': ema})['a'].item() == 1
