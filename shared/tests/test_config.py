@@ -103,3 +103,13 @@ def test_save_round_trip(tmp_path):
     again = parse_config(Cfg, ["-c", str(path)])
     assert again == cfg
     assert config_to_dict(cfg)["optim"] == {"lr": 0.3, "betas": [0.9, 0.999]}
+
+
+def test_exponent_without_dot_is_a_float(tmp_path):
+    # PyYAML reads 5e-4 as a string; a float field accepts it, a malformed number stays an error
+    assert parse_config(Cfg, ["--optim.lr", "5e-4"]).optim.lr == 5e-4
+    assert config_from_dict(Cfg, {"optim": {"lr": "1E-3"}}).optim.lr == 1e-3
+    with pytest.raises(ConfigError, match="optim.lr"):
+        config_from_dict(Cfg, {"optim": {"lr": "5e-4x"}})
+    with pytest.raises(ConfigError, match="'epochs': expected an integer"):
+        config_from_dict(Cfg, {"epochs": "5e2"})
