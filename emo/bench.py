@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import emo.model  # noqa: F401  (registers the EMO models with timm)
+from shared.benchmark import synchronize
 
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -57,10 +58,6 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def bench_one(
@@ -113,11 +110,11 @@ def bench_one(
     with memory:  # the first steps allocate the activations and optimizer state: they count for the peak
         for _ in range(warmup):
             step()
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             step()
-        _sync(device)
+        synchronize(device)
         elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else memory.peak_delta
     return dict(img_s=batch_size * steps / elapsed, ms_step=1000 * elapsed / steps, peak_mib=peak / 2 ** 20)

@@ -8,7 +8,6 @@ time of pixel-level AP + AUROC + FPR95 over 2x10^8 pixels (the size of FS Lost &
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -21,19 +20,9 @@ import torch
 from energy_anomaly_seg.model import SLEEG_VARIANTS, create_sleeg
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool
 from energy_anomaly_seg.sleeg import SLEEGSettings, predict_anomaly_maps, sleeg_losses
+from shared.benchmark import peak_memory_mb, synchronize
 from shared.metrics import auroc, average_precision, fpr_at_tpr
 from shared.training import autocast
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def bench_train(variant: str, device: torch.device, batch: int, size: tuple[int, int], steps: int, amp: str,
@@ -50,7 +39,7 @@ def bench_train(variant: str, device: torch.device, batch: int, size: tuple[int,
     settings = SLEEGSettings(refine_warmup_iters=0)
     times = []
     for i in range(steps + 2):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         x = images.contiguous(memory_format=torch.channels_last) if channels_last else images
         with autocast(device, amp):
@@ -58,7 +47,7 @@ def bench_train(variant: str, device: torch.device, batch: int, size: tuple[int,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return 1.0 / (sum(times[2:]) / steps)  # two warm-up steps
 
@@ -72,11 +61,11 @@ def bench_test(variant: str, device: torch.device, size: tuple[int, int], images
     img_scale = (size[1], size[0])
     with autocast(device, amp):
         predict_anomaly_maps(model, image, img_scale, scales, flip)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         for _ in range(images):
             predict_anomaly_maps(model, image, img_scale, scales, flip)
-        _sync(device)
+        synchronize(device)
     return images / (time.perf_counter() - t0)
 
 
@@ -94,10 +83,10 @@ def bench_metrics(pixels: int, device: torch.device) -> dict[str, float]:
     cpu0 = time.process_time()
     for name, fn in (("AP", average_precision), ("AUROC", auroc),
                      ("FPR95", lambda s, y, ignore_index: fpr_at_tpr(s, y, 0.95, True, ignore_index))):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         out[f"{name}_value"] = fn(scores, labels, ignore_index=255)
-        _sync(device)
+        synchronize(device)
         out[f"{name}_s"] = time.perf_counter() - t0
     out["total_s"] = out["AP_s"] + out["AUROC_s"] + out["FPR95_s"]
     out["total_cpu_s"] = time.process_time() - cpu0  # all threads of this process
@@ -137,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             it_s = bench_train(variant, device, batch, train_size, args.steps, amp, cl)
             single = bench_test(variant, device, test_size, args.test_images, False, amp)
             multi = bench_test(variant, device, test_size, args.test_images, True, amp)
-            rows.append((label, it_s, it_s * batch, single, multi, _peak_mb(device)))
+            rows.append((label, it_s, it_s * batch, single, multi, peak_memory_mb(device)))
         print(f"\ntrain: batch {batch} x {train_size[0]}x{train_size[1]} crops; test: {test_size[0]}x{test_size[1]} "
               "images (multi-scale = 0.75/1.0/1.25/1.5 x flip, 8 passes)")
         print(f"{'mode':<20}{'train it/s':>11}{'train img/s':>12}{'test img/s':>11}{'test MS+flip img/s':>20}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -29,28 +28,18 @@ from frih.inference import Harmonizer
 from frih.losses import FRIHLoss
 from frih.model import count_parameters, create_model, normalize_image
 from frih.submasks import kmeans_submasks
+from shared.benchmark import peak_memory_mb, synchronize
 from shared.training import autocast
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _timeit(fn, device: torch.device, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - t0) / iters
 
 
@@ -78,7 +67,7 @@ def bench_inference(model_name: str, size: int, mode: str, batch: int, amp: str,
     seconds = _timeit(lambda: harmonizer.predict(comp, mask, return_coarse=False), device, warmup, iters)
     return {"what": "inference", "model": model_name, "size": size, "mode": mode, "batch": batch, "amp": amp,
             "channels_last": channels_last, "compile": compile_, "ms": 1000 * seconds,
-            "images_per_s": batch / seconds, "peak_mb": _peak_mb(device)}
+            "images_per_s": batch / seconds, "peak_mb": peak_memory_mb(device)}
 
 
 def bench_kmeans(size: int, batch: int, device: torch.device, warmup: int, iters: int, k: int = 3) -> dict:
@@ -86,7 +75,7 @@ def bench_kmeans(size: int, batch: int, device: torch.device, warmup: int, iters
     seconds = _timeit(lambda: kmeans_submasks(comp * 255, mask, k), device, warmup, iters)
     return {"what": "kmeans", "model": f"K={k}, 10 iters, 25% fg", "size": size, "mode": "-", "batch": batch,
             "amp": "none", "channels_last": False, "compile": False, "ms": 1000 * seconds,
-            "images_per_s": batch / seconds, "peak_mb": _peak_mb(device)}
+            "images_per_s": batch / seconds, "peak_mb": peak_memory_mb(device)}
 
 
 def bench_train_step(model_name: str, size: int, batch: int, amp: str, device: torch.device, warmup: int,
@@ -112,7 +101,7 @@ def bench_train_step(model_name: str, size: int, batch: int, amp: str, device: t
     seconds = _timeit(step, device, warmup, iters)
     return {"what": "train step", "model": model_name, "size": size, "mode": "-", "batch": batch, "amp": amp,
             "channels_last": False, "compile": False, "ms": 1000 * seconds, "images_per_s": batch / seconds,
-            "peak_mb": _peak_mb(device)}
+            "peak_mb": peak_memory_mb(device)}
 
 
 def format_rows(rows: list[dict]) -> str:
