@@ -21,7 +21,7 @@ from energy_anomaly_seg.model import SLEEG_VARIANTS, create_sleeg
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool
 from energy_anomaly_seg.sleeg import SLEEGSettings, predict_anomaly_maps, sleeg_losses
 from shared.benchmark import peak_memory_mb, synchronize
-from shared.metrics import auroc, average_precision, fpr_at_tpr
+from shared.metrics import ranking_metrics
 from shared.training import autocast
 
 
@@ -70,27 +70,24 @@ def bench_test(variant: str, device: torch.device, size: tuple[int, int], images
 
 
 def bench_metrics(pixels: int, device: torch.device) -> dict[str, float]:
-    """Seconds for AP, AUROC and FPR95 (strict) over `pixels` float32 scores with uint8 labels (1 % anomaly, 5 %
-    void = 255), as eval.py pools them."""
+    """Seconds for AP, AUROC and FPR95 (strict) together over `pixels` float32 scores with uint8 labels (1 % anomaly,
+    5 % void = 255), as eval.py pools them (``shared.metrics.ranking_metrics``: one sort for the three)."""
     g = torch.Generator().manual_seed(0)
     labels = torch.zeros(pixels, dtype=torch.uint8)
     u = torch.rand(pixels, generator=g)
     labels[u < 0.01] = 1
     labels[u > 0.95] = 255
     scores = torch.randn(pixels, generator=g) + 2.0 * (labels == 1)
+    del u
     scores, labels = scores.to(device), labels.to(device)
-    out = {}
     cpu0 = time.process_time()
-    for name, fn in (("AP", average_precision), ("AUROC", auroc),
-                     ("FPR95", lambda s, y, ignore_index: fpr_at_tpr(s, y, 0.95, True, ignore_index))):
-        synchronize(device)
-        t0 = time.perf_counter()
-        out[f"{name}_value"] = fn(scores, labels, ignore_index=255)
-        synchronize(device)
-        out[f"{name}_s"] = time.perf_counter() - t0
-    out["total_s"] = out["AP_s"] + out["AUROC_s"] + out["FPR95_s"]
-    out["total_cpu_s"] = time.process_time() - cpu0  # all threads of this process
-    return out
+    synchronize(device)
+    t0 = time.perf_counter()
+    values = ranking_metrics(scores, labels, tpr=0.95, strict=True, ignore_index=255)
+    synchronize(device)
+    return {"AP_value": values["average_precision"], "AUROC_value": values["auroc"],
+            "FPR95_value": values["fpr_at_tpr"], "total_s": time.perf_counter() - t0,
+            "total_cpu_s": time.process_time() - cpu0}  # CPU time of all threads of this process
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,9 +132,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{label:<20}{it_s:>11.3f}{img_s:>12.2f}{single:>11.3f}{multi:>20.3f}{mb:>9.0f}")
     torch.set_num_threads(default_threads)  # the metrics use every core
     m = bench_metrics(int(args.metric_pixels), device)
-    print(f"\nmetrics over {int(args.metric_pixels):.2e} pixels (shared.metrics, exact, as eval.py calls it): "
-          f"AP {m['AP_s']:.1f} s, AUROC {m['AUROC_s']:.1f} s, FPR95 {m['FPR95_s']:.1f} s, total {m['total_s']:.1f} s "
-          f"wall, {m['total_cpu_s']:.1f} s CPU ({torch.get_num_threads()} threads)")
+    print(f"\nAP + AUROC + FPR95 over {int(args.metric_pixels):.2e} pixels (shared.metrics.ranking_metrics, exact, as "
+          f"eval.py calls it): {m['total_s']:.1f} s wall, {m['total_cpu_s']:.1f} s CPU ({torch.get_num_threads()} "
+          f"threads)")
 
 
 if __name__ == "__main__":

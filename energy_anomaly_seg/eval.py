@@ -42,7 +42,7 @@ from energy_anomaly_seg.visualization import plot_curves, save_anomaly_panel
 from shared.config import parse_config
 from shared.distributed import init_distributed
 from shared.logger import RunLogger
-from shared.metrics import auroc, average_precision, fpr_at_tpr, precision_recall_curve, roc_curve
+from shared.metrics import precision_recall_curve, ranking_metrics, roc_curve
 
 __all__ = ["EvalConfig", "evaluate_anomaly", "evaluate_datasets", "format_results", "main", "pixel_metrics",
            "resolve_datasets"]
@@ -120,10 +120,10 @@ def evaluate_anomaly(model: SLEEG, dataset: AnomalySegmentationDataset, ecfg: Ev
 
 def pixel_metrics(scores: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> dict[str, float]:
     """AP, AUROC and FPR95 (the first ROC point with TPR > 0.95, as the released evaluator) in percent, computed by
-    ``shared.metrics`` over every pixel whose label is not `ignore_index`."""
-    return {"AP": 100 * average_precision(scores, labels, ignore_index=ignore_index),
-            "AUROC": 100 * auroc(scores, labels, ignore_index=ignore_index),
-            "FPR95": 100 * fpr_at_tpr(scores, labels, tpr=0.95, strict=True, ignore_index=ignore_index)}
+    ``shared.metrics.ranking_metrics`` (one sort for the three) over every pixel whose label is not `ignore_index`."""
+    values = ranking_metrics(scores, labels, tpr=0.95, strict=True, ignore_index=ignore_index)
+    return {"AP": 100 * values["average_precision"], "AUROC": 100 * values["auroc"],
+            "FPR95": 100 * values["fpr_at_tpr"]}
 
 
 def _decimate(x: torch.Tensor | np.ndarray, points: int = 4000) -> np.ndarray:

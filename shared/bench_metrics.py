@@ -2,15 +2,15 @@
 
     python -m shared.bench_metrics [--n 100000000] [--device cpu|cuda] [--scores randn distinct]
 
-Measures ``auroc``, ``average_precision`` and ``fpr_at_tpr`` on ``n`` float32 scores with bool labels (10 %
-positives), and ``aupro`` on 100 float32 maps of 224x224 (median of 3 runs after a warm-up). Score kinds:
-``randn`` (normal scores shifted by the label; about half of 10^8 float32 values are distinct) and ``distinct``
-(every score distinct, the worst case for the tie-run scan). Each measurement runs in a fresh process
-(``--worker METRIC``), so the CPU peak is that process's maximum resident set size: the torch runtime, the inputs
-(0.5 GB for 10^8 scores and labels) and the metric. On CUDA the peak is ``torch.cuda.max_memory_allocated``,
-inputs included. "CPU s" is the process CPU time of the metric (all threads): on a machine shared with other jobs
-the wall time can be several times what an idle machine gives. Without ``--device`` it runs on the CPU, and on CUDA
-too when available.
+Measures ``auroc``, ``average_precision``, ``fpr_at_tpr`` and ``ranking_metrics`` (the three from one sort) on
+``n`` float32 scores with bool labels (10 % positives), and ``aupro`` on 100 float32 maps of 224x224 (median of 3
+runs after a warm-up). Score kinds: ``randn`` (normal scores shifted by the label; about half of 10^8 float32 values
+are distinct) and ``distinct`` (every score distinct, the worst case for the tie-run scan). Each measurement runs in
+a fresh process (``--worker METRIC``), so the CPU peak is that process's maximum resident set size: the torch
+runtime, the inputs (0.5 GB for 10^8 scores and labels) and the metric. On CUDA the peak is
+``torch.cuda.max_memory_allocated``, inputs included. "CPU s" is the process CPU time of the metric (all threads): on
+a machine shared with other jobs the wall time can be several times what an idle machine gives. Without ``--device``
+it runs on the CPU, and on CUDA too when available.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from shared.metrics import aupro, auroc, average_precision, fpr_at_tpr
+from shared.metrics import aupro, auroc, average_precision, fpr_at_tpr, ranking_metrics
 
-RANKING_METRICS = {"auroc": auroc, "average_precision": average_precision, "fpr_at_tpr": fpr_at_tpr}
+RANKING_METRICS = {"auroc": auroc, "average_precision": average_precision, "fpr_at_tpr": fpr_at_tpr,
+                   "ranking_metrics": ranking_metrics}
 _CHUNK = 1 << 22
 
 

@@ -9,6 +9,7 @@ Anomaly / out-of-distribution detection (:mod:`shared.metrics.anomaly`), exact a
     auroc -- area under the ROC curve (``roc_auc_score``).
     average_precision -- step-wise AP (``average_precision_score``).
     fpr_at_tpr -- FPR at the first ROC point with TPR >= (or >) a target, e.g. FPR95.
+    ranking_metrics -- the three above from one sort (segmentation-scale test sets).
     aupro -- normalised area under the per-region-overlap curve up to an FPR limit (MVTec AD / 3D-AD).
 
 Detection (:mod:`shared.metrics.detection`):
@@ -19,7 +20,15 @@ Image harmonization (:mod:`shared.metrics.harmonization`):
     harmonization_metrics -- per-image MSE, fMSE, PSNR, fPSNR (saic-vul protocol).
 """
 
-from shared.metrics.anomaly import aupro, auroc, average_precision, fpr_at_tpr, precision_recall_curve, roc_curve
+from shared.metrics.anomaly import (
+    aupro,
+    auroc,
+    average_precision,
+    fpr_at_tpr,
+    precision_recall_curve,
+    ranking_metrics,
+    roc_curve,
+)
 from shared.metrics.classification import topk_accuracy
 from shared.metrics.detection import coco_evaluate, expected_calibration_error
 from shared.metrics.harmonization import harmonization_metrics
@@ -33,6 +42,7 @@ __all__ = [
     "fpr_at_tpr",
     "harmonization_metrics",
     "precision_recall_curve",
+    "ranking_metrics",
     "roc_curve",
     "topk_accuracy",
 ]

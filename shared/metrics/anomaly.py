@@ -336,9 +336,7 @@ def fpr_at_tpr(
     Raises:
         ValueError: ``tpr`` out of range, or as :func:`roc_curve`.
     """
-    if not (0.0 <= tpr < 1.0 if strict else 0.0 < tpr <= 1.0):
-        allowed = "[0, 1) with strict=True" if strict else "(0, 1] with strict=False"
-        raise ValueError(f"fpr_at_tpr: tpr must be in {allowed}, got {tpr}")
+    _check_tpr(tpr, strict)
     runs, _, n_pos, n_neg = _ranked_runs(scores, labels, ignore_index, "fpr_at_tpr")
     hits_per_chunk = (
         (fps, (tps.double() / n_pos > tpr if strict else tps.double() / n_pos >= tpr).nonzero())
@@ -347,6 +345,56 @@ def fpr_at_tpr(
     # The last ROC point has TPR 1, which reaches any allowed target, so next() always finds a chunk.
     fps, hits = next(chunk for chunk in hits_per_chunk if chunk[1].numel())
     return int(fps[hits[0, 0]]) / n_neg
+
+
+def ranking_metrics(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    tpr: float = 0.95,
+    strict: bool = False,
+    ignore_index: int | None = None,
+) -> dict[str, float]:
+    """AUROC, average precision and FPR at a TPR from one sort and one scan of the scores.
+
+    Equal to calling :func:`auroc`, :func:`average_precision` and :func:`fpr_at_tpr` separately (same exact
+    arithmetic), at a third of the cost: each of those validates, packs and sorts the scores again, which dominates
+    at the 10^8-10^9 pixels of a segmentation test set.
+
+    Args:
+        scores: anomaly scores, any shape (flattened); higher = more anomalous.
+        labels: 1 = positive (anomaly), 0 = negative; same number of entries as ``scores``.
+        tpr: target true positive rate of ``fpr_at_tpr``.
+        strict: require TPR strictly above ``tpr`` (see :func:`fpr_at_tpr`).
+        ignore_index: label value whose entries are dropped.
+
+    Returns:
+        ``{"auroc": ..., "average_precision": ..., "fpr_at_tpr": ...}``, each in [0, 1].
+
+    Raises:
+        ValueError: ``tpr`` out of range, or as :func:`roc_curve`.
+    """
+    _check_tpr(tpr, strict)
+    runs, _, n_pos, n_neg = _ranked_runs(scores, labels, ignore_index, "ranking_metrics")
+    twice_area = 0
+    precision_sum = 0.0
+    fpr = None
+    for counts, tps, fps, prev_tps, prev_fps in runs:
+        twice_area += int(((fps - prev_fps) * (tps + prev_tps)).sum())
+        precision_sum += float(torch.dot((tps - prev_tps).double(), tps.double() / counts))
+        if fpr is None:
+            rate = tps.double() / n_pos
+            hits = (rate > tpr if strict else rate >= tpr).nonzero()
+            if hits.numel():
+                fpr = int(fps[hits[0, 0]]) / n_neg
+    # The last ROC point has TPR 1, which reaches any allowed target, so fpr is set by the end of the scan.
+    return {"auroc": twice_area / (2 * n_pos * n_neg), "average_precision": precision_sum / n_pos,
+            "fpr_at_tpr": fpr}
+
+
+def _check_tpr(tpr: float, strict: bool) -> None:
+    if not (0.0 <= tpr < 1.0 if strict else 0.0 < tpr <= 1.0):
+        allowed = "[0, 1) with strict=True" if strict else "(0, 1] with strict=False"
+        raise ValueError(f"fpr_at_tpr: tpr must be in {allowed}, got {tpr}")
 
 
 def aupro(

@@ -15,7 +15,15 @@ from scipy import ndimage
 from sklearn import metrics as skm
 
 from shared.metrics import anomaly
-from shared.metrics.anomaly import aupro, auroc, average_precision, fpr_at_tpr, precision_recall_curve, roc_curve
+from shared.metrics.anomaly import (
+    aupro,
+    auroc,
+    average_precision,
+    fpr_at_tpr,
+    precision_recall_curve,
+    ranking_metrics,
+    roc_curve,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,6 +66,10 @@ def test_ranking_metrics_match_sklearn(request, dtype, ties, chunked):
         assert fpr_at_tpr(scores, labels, tpr=tpr) == sklearn_fpr_at_tpr(scores, labels, tpr, strict=False)
     for tpr in (0.0, 0.5, 0.95):
         assert fpr_at_tpr(scores, labels, tpr=tpr, strict=True) == sklearn_fpr_at_tpr(scores, labels, tpr, True)
+    for strict in (False, True):
+        together = ranking_metrics(scores, labels, tpr=0.95, strict=strict)
+        assert together == {"auroc": auroc(scores, labels), "average_precision": average_precision(scores, labels),
+                            "fpr_at_tpr": fpr_at_tpr(scores, labels, tpr=0.95, strict=strict)}
 
     fpr, tpr, thresholds = roc_curve(scores, labels)
     ref_fpr, ref_tpr, ref_thresholds = skm.roc_curve(labels, scores, drop_intermediate=False)
@@ -146,9 +158,21 @@ def test_hand_made_roc_fpr95_strict_and_not_strict():
     tied = scores.copy()
     tied[12:24] = tied[12]
     assert fpr_at_tpr(tied, labels, 0.95) == pytest.approx(5 / 9)
+    assert ranking_metrics(scores, labels, 0.95, strict=True)["fpr_at_tpr"] == pytest.approx(5 / 9)
 
 
-@pytest.mark.parametrize("metric", [auroc, average_precision, fpr_at_tpr, roc_curve, precision_recall_curve])
+def test_ranking_metrics_fpr_found_in_a_later_chunk(small_chunks):
+    # With 7-entry chunks the TPR target is first reached several chunks into the scan; the chunks before it must
+    # still count towards AUROC and AP.
+    scores, labels = make_scores(seed=5, n=120, ties=True)
+    together = ranking_metrics(scores, labels, tpr=0.95)
+    assert together["fpr_at_tpr"] == sklearn_fpr_at_tpr(scores, labels, 0.95, strict=False)
+    assert together["auroc"] == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+    assert together["average_precision"] == pytest.approx(skm.average_precision_score(labels, scores), abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", [auroc, average_precision, fpr_at_tpr, ranking_metrics, roc_curve,
+                                    precision_recall_curve])
 def test_invalid_ranking_inputs_raise(metric):
     with pytest.raises(ValueError, match="both classes.*0 positive"):
         metric(np.arange(5.0), np.zeros(5))
@@ -172,6 +196,8 @@ def test_fpr_at_tpr_rejects_unreachable_targets():
         fpr_at_tpr(scores, labels, tpr=1.0, strict=True)
     with pytest.raises(ValueError, match="tpr must be in"):
         fpr_at_tpr(scores, labels, tpr=0.0)
+    with pytest.raises(ValueError, match="tpr must be in"):
+        ranking_metrics(scores, labels, tpr=1.0, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,7 +346,7 @@ def test_aupro_speed_100_maps_224():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("metric", ["auroc", "average_precision", "fpr_at_tpr"])
+@pytest.mark.parametrize("metric", ["auroc", "average_precision", "fpr_at_tpr", "ranking_metrics"])
 def test_1e8_scores_time_and_memory(metric):
     # A fresh process builds 10^8 float32 scores (normal, shifted by the label; about half of them distinct) and bool
     # labels, 0.5 GB, and times one metric. The all-distinct worst case is measured by shared.bench_metrics.
