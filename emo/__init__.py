@@ -4,7 +4,19 @@ Importing this package registers ``emo_1m``, ``emo_2m``, ``emo_5m``, ``emo_6m`` 
 ``timm.create_model("emo_1m")`` works. Scripts: ``train.py``/``eval.py`` (ImageNet classification),
 ``train_det.py``/``eval_det.py`` (COCO RetinaNet), ``export_onnx.py``, ``bench.py``.
 """
-from emo.model import EMO, ConvNormAct, LayerNorm2d, MSPatchEmb, emo_1m, emo_2m, emo_5m, emo_6m, emo_test, iRMB
+from emo.model import (
+    EMO,
+    ConvNormAct,
+    LayerNorm2d,
+    MSPatchEmb,
+    emo_1m,
+    emo_2m,
+    emo_5m,
+    emo_6m,
+    emo_test,
+    fuse_batchnorm,
+    iRMB,
+)
 from emo.weights import OFFICIAL_CHECKPOINTS, checkpoint_filter_fn, load_official_checkpoint, unwrap_state_dict
 
 __all__ = [
@@ -19,6 +31,7 @@ __all__ = [
     'emo_5m',
     'emo_6m',
     'emo_test',
+    'fuse_batchnorm',
     'iRMB',
     'load_official_checkpoint',
     'unwrap_state_dict',

@@ -1,11 +1,11 @@
 """Throughput and peak memory of the EMO models: inference and one training step (forward, backward, AdamW step).
 
     python emo/bench.py [--models emo_1m emo_5m] [--device cpu|cuda] [--batch-size 32] [--amp none bf16 fp16]
-                        [--channels-last off on] [--compile off on] [--modes infer train]
+                        [--channels-last off on] [--compile off on] [--fuse-bn off on] [--modes infer train]
 
 Every combination of the --amp / --channels-last / --compile values is run for every model and mode, and printed as
 a table. Defaults: CPU runs fp32 eager only, each configuration in a fresh process (--isolate); CUDA runs
-fp32/bf16/fp16 x channels-last off/on x compile off/on in one process.
+fp32/bf16/fp16 x channels-last off/on x compile off/on x (inference) BatchNorm folding off/on in one process.
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and, on CPU, the peak resident-set growth from just
 after model creation over the warm-up and timed steps, sampled every 2 ms (an approximation: the allocator's
 caching and the sampling both affect it).
@@ -28,7 +28,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import emo.model  # noqa: F401  (registers the EMO models with timm)
+from emo.model import fuse_batchnorm  # importing emo.model registers the EMO models with timm
 from shared.benchmark import synchronize
 
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -71,10 +71,13 @@ def bench_one(
         compile_model: bool,
         steps: int,
         warmup: int,
+        fuse_bn: bool = False,
 ) -> dict[str, float]:
     """Time ``steps`` iterations after ``warmup``; return img/s, ms/step and peak memory in MiB."""
     torch.manual_seed(0)
     model = timm.create_model(model_name).to(device)
+    if fuse_bn:  # inference only: fold the BatchNorms into the convs (emo.model.fuse_batchnorm)
+        fuse_batchnorm(model.eval())
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     x = torch.randn(batch_size, 3, img_size, img_size, device=device).to(memory_format=memory_format)
@@ -146,6 +149,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='default: off on (CUDA), off (CPU)')
     parser.add_argument('--compile', nargs='+', default=None, choices=['off', 'on'],
                         help='default: off on (CUDA), off (CPU)')
+    parser.add_argument('--fuse-bn', nargs='+', default=None, choices=['off', 'on'],
+                        help='inference with the BatchNorms folded into the convs (default: off on, CUDA; off, CPU)')
     parser.add_argument('--steps', type=int, default=None, help='timed steps (default: 50 CUDA, 3 CPU)')
     parser.add_argument('--warmup', type=int, default=None, help='untimed steps (default: 10 CUDA, 1 CPU)')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
@@ -167,6 +172,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     amps = args.amp or (['none', 'bf16', 'fp16'] if cuda else ['none'])
     cls = args.channels_last or (['off', 'on'] if cuda else ['off'])
     compiles = args.compile or (['off', 'on'] if cuda else ['off'])
+    fuses = args.fuse_bn or (['off', 'on'] if cuda else ['off'])
     steps = args.steps if args.steps is not None else (50 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     if cuda:
@@ -178,15 +184,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f'{args.img_size}px, {steps} timed steps after {warmup} warm-up'
           f'{", one process per configuration" if isolate else ""}')
 
-    header = f"{'model':<8} {'mode':<5} {'amp':<4} {'ch-last':<7} {'compile':<7} {'img/s':>9} {'ms/step':>9} " \
-             f"{'peak MiB':>9}"
+    header = f"{'model':<8} {'mode':<5} {'amp':<4} {'ch-last':<7} {'compile':<7} {'fuse-bn':<7} {'img/s':>9} " \
+             f"{'ms/step':>9} {'peak MiB':>9}"
     print(header)
     print('-' * len(header))
     rows = []
-    for name, mode, amp, cl, comp in itertools.product(args.models, args.modes, amps, cls, compiles):
-        row = dict(model=name, mode=mode, amp=amp, channels_last=cl, compile=comp)
+    for name, mode, amp, cl, comp, fuse in itertools.product(args.models, args.modes, amps, cls, compiles, fuses):
+        if mode == 'train' and fuse == 'on':
+            continue  # folding running statistics is for inference only
+        row = dict(model=name, mode=mode, amp=amp, channels_last=cl, compile=comp, fuse_bn=fuse)
         config = dict(model_name=name, device=device, mode=mode, batch_size=batch_size, img_size=args.img_size,
-                      amp=amp, channels_last=cl == 'on', compile_model=comp == 'on', steps=steps, warmup=warmup)
+                      amp=amp, channels_last=cl == 'on', compile_model=comp == 'on', steps=steps, warmup=warmup,
+                      fuse_bn=fuse == 'on')
         try:
             row.update(bench_isolated(args.threads, **config) if isolate else bench_one(**config))
             result = f"{row['img_s']:>9.1f} {row['ms_step']:>9.1f} {row['peak_mib']:>9.0f}"
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row['error'] = f'{type(e).__name__}: {e}'
             result = f"error: {row['error'][:80]}"
         rows.append(row)
-        print(f'{name:<8} {mode:<5} {amp:<4} {cl:<7} {comp:<7} {result}', flush=True)
+        print(f'{name:<8} {mode:<5} {amp:<4} {cl:<7} {comp:<7} {fuse:<7} {result}', flush=True)
         if cuda:
             torch.cuda.empty_cache()
     return rows

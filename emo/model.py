@@ -32,7 +32,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from emo.weights import OFFICIAL_CHECKPOINTS, checkpoint_filter_fn
 
-__all__ = ['EMO', 'ConvNormAct', 'LayerNorm2d', 'MSPatchEmb', 'iRMB']
+__all__ = ['EMO', 'ConvNormAct', 'LayerNorm2d', 'MSPatchEmb', 'fuse_batchnorm', 'iRMB']
 
 
 class LayerNorm2d(nn.Module):
@@ -464,6 +464,58 @@ class EMO(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+@torch.no_grad()
+def fold_bn_after_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One conv (with bias) equal to ``bn(conv(x))`` with the BN's running statistics (eval mode)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+@torch.no_grad()
+def fold_bn_before_conv1x1(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
+    """One 1x1 conv (with bias) equal to ``conv(bn(x))``: the BN's per-channel affine map moves into the weights."""
+    if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0):
+        raise ValueError('only an ungrouped, unpadded 1x1 conv can absorb a preceding BatchNorm')
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 1, conv.stride, bias=True,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.view(1, -1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=shift.device)
+    fused.bias.copy_(bias + conv.weight.flatten(1) @ shift)
+    return fused
+
+
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm of an EMO into a neighbouring conv, for inference; returns ``model``, changed in place.
+
+    Folded: the stem conv's BN, the BN after each depthwise ``conv_local``, and the pre-norm BN of the attention-free
+    iRMBs (stages 0-2, where the norm only feeds the 1x1 ``v`` conv). Not folded: the LayerNorms of stages 3-4 and a
+    BN that feeds attention (its normalised input is also the attention's values and is zero-padded). The outputs
+    equal the unfused eval-mode model's up to float rounding; the state_dict no longer matches the official layout,
+    so fuse after loading weights and never train or save the fused model as a checkpoint.
+    """
+    if model.training:
+        raise RuntimeError('fuse_batchnorm folds running statistics: call model.eval() first')
+    for module in list(model.modules()):
+        if isinstance(module, ConvNormAct) and isinstance(module.norm, nn.BatchNorm2d):
+            module.conv, module.norm = fold_bn_after_conv(module.conv, module.norm), nn.Identity()
+        elif isinstance(module, MSPatchEmb):
+            for branch in module.convs:
+                if isinstance(branch[1], nn.BatchNorm2d):
+                    branch[0], branch[1] = fold_bn_after_conv(branch[0], branch[1]), nn.Identity()
+        elif (isinstance(module, iRMB) and not module.attn_s and isinstance(module.norm, nn.BatchNorm2d)
+              and isinstance(module.v, ConvNormAct)):
+            module.v.conv, module.norm = fold_bn_before_conv1x1(module.norm, module.v.conv), nn.Identity()
+    return model
 
 
 def _create_emo(variant: str, pretrained: bool = False, **kwargs) -> EMO:

@@ -22,6 +22,12 @@ def test_bench_rows_in_process(capsys):
     _check(rows, ['infer', 'train'], capsys)
 
 
+def test_bench_fuse_bn_rows_are_inference_only(capsys):
+    rows = main([*ARGS, '--modes', 'infer', 'train', '--fuse-bn', 'off', 'on', '--no-isolate'])
+    assert [(r['mode'], r['fuse_bn']) for r in rows] == [('infer', 'off'), ('infer', 'on'), ('train', 'off')]
+    assert all('error' not in r and r['img_s'] > 0 for r in rows), rows
+
+
 @pytest.mark.slow
 def test_bench_rows_isolated(capsys):
     """The CPU default: a spawned process per configuration (imports torch again, hence slow)."""

@@ -13,7 +13,7 @@ from timm.models import group_parameters
 from torch.utils.flop_counter import FlopCounterMode
 
 import emo
-from emo.model import EMO, LayerNorm2d, MSPatchEmb, grid_partition, grid_unpartition, iRMB
+from emo.model import EMO, LayerNorm2d, MSPatchEmb, fuse_batchnorm, grid_partition, grid_unpartition, iRMB
 
 DATA = Path(__file__).resolve().parent / 'data'
 OFFICIAL_SHAPES = DATA / 'emo_official_state_dict_shapes.json'
@@ -266,6 +266,41 @@ def test_fused_and_explicit_attention_agree():
         fused = model(x)
         _set_fused_attn(model, False)
         torch.testing.assert_close(model(x), fused, atol=1e-5, rtol=1e-4)
+
+
+def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics and affine parameters, so that folding them is actually exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.3)
+
+
+@pytest.mark.parametrize(('variant', 'hw'), [('emo_test', (96, 96)), ('emo_test', (80, 50)), ('emo_1m', (224, 224))])
+def test_fuse_batchnorm_keeps_outputs(variant, hw):
+    torch.manual_seed(0)
+    model = timm.create_model(variant).eval()
+    _randomise_batchnorm(model)
+    x = torch.randn(2, 3, *hw)
+    before = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        reference = model(x)
+        fused = fuse_batchnorm(model)
+        out = fused(x)
+    remaining = [name for name, m in fused.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    # only the pre-norms that feed attention stay; EMO's attention stages use LayerNorm, so none is left
+    assert before > 0 and remaining == [], (before, remaining)
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_fuse_batchnorm_refuses_training_mode():
+    with pytest.raises(RuntimeError, match='eval'):
+        fuse_batchnorm(timm.create_model('emo_test'))
 
 
 def test_forward_features_head_and_classifier():
