@@ -120,6 +120,13 @@ class ClassificationConfig:
     lr_base_batch: int = field(default=2048, metadata={"help": "lr is given for this global batch; scaled linearly"})
     min_lr: float = 1e-6
     warmup_lr: float = 1e-6
+    warmup_prefix: bool = field(default=True, metadata={
+        "help": "cosine starts after the warm-up (true) or runs over the whole run from step 0 (false, timm default)"})
+    lr_noise: tuple[float, float] | None = field(default=None, metadata={
+        "help": "timm lr_noise: (start, end) fractions of the run with a noisy lr multiplier; null: none"})
+    lr_noise_pct: float = 0.67
+    lr_noise_std: float = 1.0
+    lr_noise_seed: int = 42
     weight_decay: float = 0.05
     momentum: float = 0.9
     opt_betas: tuple[float, float] = (0.9, 0.999)
@@ -344,7 +351,9 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name:
                                         dict(betas=cfg.opt_betas, eps=cfg.opt_eps) if "adam" in cfg.opt else {}))
     steps_per_epoch = len(train_loader)
     scheduler = warmup_cosine_schedule(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
-                                       min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr)
+                                       min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_prefix=cfg.warmup_prefix,
+                                       noise_range=cfg.lr_noise, noise_pct=cfg.lr_noise_pct,
+                                       noise_std=cfg.lr_noise_std, noise_seed=cfg.lr_noise_seed)
     scaler = make_grad_scaler(ctx.device, cfg.amp)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
     mixup = None

@@ -16,6 +16,7 @@ __all__ = [
     "NonFiniteLossError",
     "autocast",
     "check_finite",
+    "lr_noise_factor",
     "make_grad_scaler",
     "unwrap_model",
     "warmup_cosine_schedule",
@@ -61,8 +62,20 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def lr_noise_factor(step: int, seed: int = 42, pct: float = 0.67, std: float = 1.0) -> float:
+    """timm's ``lr_noise`` multiplier ``1 + n`` of one step: n ~ N(0, std) from a generator seeded with
+    ``seed + step``, redrawn until ``|n| < pct`` (timm ``Scheduler._calculate_noise``, noise_type 'normal')."""
+    generator = torch.Generator().manual_seed(seed + step)
+    while True:
+        noise = torch.randn(1, generator=generator).item() * std
+        if abs(noise) < pct:
+            return 1.0 + noise
+
+
 def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                           min_lr: float = 0.0, warmup_lr: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+                           min_lr: float = 0.0, warmup_lr: float = 0.0, warmup_prefix: bool = True,
+                           noise_range: tuple[float, float] | None = None, noise_pct: float = 0.67,
+                           noise_std: float = 1.0, noise_seed: int = 42) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up from `warmup_lr` to each group's base lr, then cosine down to `min_lr`.
 
     Args:
@@ -71,19 +84,37 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, w
         warmup_steps: length of the linear warm-up.
         min_lr: final learning rate (absolute, the same for every group).
         warmup_lr: learning rate at step 0 (absolute).
+        warmup_prefix: True: the cosine starts at the end of the warm-up, ``t = (step - W) / (T - W)`` (timm
+            ``warmup_prefix=True``). False: timm's default, the cosine runs over the whole run from step 0,
+            ``t = step / T``, and the warm-up only overrides its first W steps (so the lr jumps from the warm-up's
+            end to the cosine's value there, slightly below the peak).
+        noise_range: timm ``lr_noise`` as fractions of `total_steps` ``(start, end)``: for ``start * T <= step <
+            end * T`` the lr is multiplied by :func:`lr_noise_factor` (the noise is a function of the step, so a
+            resumed run gets the same values). None: no noise.
+        noise_pct, noise_std, noise_seed: timm's ``lr_noise_pct``, ``lr_noise_std``, ``seed`` of the noise.
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if noise_range is not None and not 0.0 <= noise_range[0] <= noise_range[1]:
+        raise ValueError(f"noise_range must be (start, end) fractions with 0 <= start <= end, got {noise_range}")
     bases = [g["lr"] for g in optimizer.param_groups]
+    noise_start, noise_end = (noise_range[0] * total_steps, noise_range[1] * total_steps) if noise_range else (0, 0)
 
     def factor(base: float):
         def f(step: int) -> float:
             if base == 0:
                 return 0.0
             if step < warmup_steps:
-                return (warmup_lr + (base - warmup_lr) * step / warmup_steps) / base
-            t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-            return (min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * t))) / base
+                lr = warmup_lr + (base - warmup_lr) * step / warmup_steps
+            else:
+                if warmup_prefix:
+                    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+                else:
+                    t = min(1.0, step / total_steps)
+                lr = min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * t))
+            if noise_start <= step < noise_end:
+                lr *= lr_noise_factor(step, noise_seed, noise_pct, noise_std)
+            return lr / base
 
         return f
 
