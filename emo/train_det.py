@@ -38,7 +38,7 @@ from torchvision.models.detection import RetinaNet
 from emo.cli import config_name
 from emo.data import CocoDetectionDataset, GroupedDistributedSampler, detection_collate
 from emo.detection import build_retinanet
-from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_last_and_best
 from shared.config import config_to_dict, parse_config, save_config
 from shared.distributed import (
     DistContext,
@@ -407,9 +407,7 @@ def _run(cfg: DetectionConfig, ctx: DistContext, config_name: str,
             logger.info(f'epoch {epoch} COCO bbox (x100): {coco_summary(coco)}')
         if ctx.is_main:
             state = _training_state(model, optimizer, scheduler, scaler, epoch, step, cfg, best, train_set)
-            save_checkpoint(state, out_dir / 'last.pt')
-            if is_best:
-                save_checkpoint(state, out_dir / 'best.pt')
+            save_last_and_best(state, out_dir, is_best)
         logger.log_epoch(epoch, row)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)

@@ -28,7 +28,7 @@ from frih.evaluation import evaluate_harmonizer, flat_metrics, format_table, sav
 from frih.inference import Harmonizer
 from frih.losses import FRIHLoss
 from frih.model import FRIHConfig, build_model, count_parameters, normalize_image
-from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_last_and_best
 from shared.config import config_to_dict, parse_config, save_config
 from shared.distributed import (
     barrier,
@@ -289,10 +289,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                          "step": step, "best_mse": best_mse, "rng": capture_rng_state(),
                          "config": config_to_dict(cfg)}
-                if "test_mse" in stats and stats["test_mse"] < best_mse:
+                is_best = "test_mse" in stats and stats["test_mse"] < best_mse
+                if is_best:
                     best_mse = state["best_mse"] = stats["test_mse"]
-                    save_checkpoint(state, out_dir / "best.pt")
-                save_checkpoint(state, out_dir / "last.pt")
+                save_last_and_best(state, out_dir, is_best)
             barrier()
 
         metrics: dict[str, Any] = {}

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["capture_rng_state", "load_checkpoint", "restore_rng_state", "save_checkpoint"]
+__all__ = ["capture_rng_state", "load_checkpoint", "restore_rng_state", "save_checkpoint", "save_last_and_best"]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -35,6 +36,24 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def save_last_and_best(state: dict[str, Any], out_dir: str | Path, is_best: bool) -> Path:
+    """Write `out_dir/last.pt` atomically and, when `is_best`, the same bytes to `out_dir/best.pt`.
+
+    The state is serialized once; best.pt is an atomic copy of last.pt. Returns the path of last.pt.
+    """
+    last = save_checkpoint(state, Path(out_dir) / "last.pt")
+    if is_best:
+        best = last.with_name("best.pt")
+        tmp = best.with_name(f".best.pt.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(last, tmp)
+            os.replace(tmp, best)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return last
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.datasets import ImageFolder
 
 from shared.augment import allow_zero_bit_posterize
-from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_last_and_best
 from shared.config import config_to_dict, save_config
 from shared.distributed import (
     DistContext,
@@ -403,9 +403,7 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name:
             best = {"top1": score, "epoch": epoch}
         if ctx.is_main:
             state = _training_state(model, optimizer, scheduler, scaler, ema, epoch, step, cfg, best)
-            save_checkpoint(state, out_dir / "last.pt")
-            if is_best:
-                save_checkpoint(state, out_dir / "best.pt")
+            save_last_and_best(state, out_dir, is_best)
         logger.log_epoch(epoch, row)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)

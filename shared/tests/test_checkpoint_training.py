@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from shared.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    save_last_and_best,
+)
 from shared.training import NonFiniteLossError, check_finite, warmup_cosine_schedule
 
 
@@ -33,6 +39,16 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
     assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left behind
+
+
+def test_save_last_and_best(tmp_path):
+    save_last_and_best({"epoch": 0}, tmp_path, is_best=True)
+    save_last_and_best({"epoch": 1}, tmp_path, is_best=False)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 0
+    save_last_and_best({"epoch": 2}, tmp_path, is_best=True)
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
 def test_load_errors_name_the_file(tmp_path):
