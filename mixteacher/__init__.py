@@ -1,0 +1,56 @@
+"""MixTeacher (CVPR 2023, arXiv 2303.09061): mining promising labels with a mixed-scale teacher for semi-supervised
+object detection, on torchvision's Faster R-CNN R50-FPN."""
+
+from mixteacher.augment import ViewConfig, box_transform, make_view, transform_boxes, transform_points
+from mixteacher.data import CocoDetection, CocoImages, SemiBatchSampler, SemiSupervisedDataset, voc_to_coco
+from mixteacher.losses import fast_rcnn_loss, soft_teacher_weights
+from mixteacher.mining import score_promotion
+from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
+from mixteacher.model import (
+    DetectorConfig,
+    MixedScaleFasterRCNN,
+    ScaleGate,
+    build_detector,
+    crop_to,
+    downscale_image_list,
+    load_backbone_weights,
+    mix_pyramids,
+)
+from mixteacher.teacher import PseudoLabels, box_jitter_uncertainty, ema_update, unsup_weight
+
+__all__ = [
+    "DEMO_INFO",
+    "CocoDetection",
+    "CocoImages",
+    "DetectorConfig",
+    "MixTeacher",
+    "MixTeacherSettings",
+    "MixedScaleFasterRCNN",
+    "PseudoLabels",
+    "ScaleGate",
+    "SemiBatchSampler",
+    "SemiSupervisedDataset",
+    "ViewConfig",
+    "box_jitter_uncertainty",
+    "box_transform",
+    "build_detector",
+    "crop_to",
+    "downscale_image_list",
+    "ema_update",
+    "fast_rcnn_loss",
+    "load_backbone_weights",
+    "make_view",
+    "mix_pyramids",
+    "score_promotion",
+    "soft_teacher_weights",
+    "transform_boxes",
+    "transform_points",
+    "unsup_weight",
+    "voc_to_coco",
+]
+
+DEMO_INFO = {
+    "task": "semi-supervised object detection (MixTeacher, Faster R-CNN FPN)",
+    "dataset": "synthetic COCO 2017-format shapes, 10 % labeled (STAC split) + 90 % unlabeled",
+    "metrics": ["AP", "AP50", "APs", "APm", "APl", "supervised_AP"],
+}

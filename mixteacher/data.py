@@ -1,0 +1,348 @@
+"""Data of the MixTeacher experiments: COCO-format readers, the labeled/unlabeled batch sampler, VOC -> COCO json.
+
+Layouts (``python -m shared.datasets info coco2017`` / ``info voc``)::
+
+    COCO 2017                                        VOC07 + VOC12 (COCO-format jsons, as the released configs)
+    <root>/train2017/*.jpg                           <root>/VOCdevkit/VOC2007/JPEGImages/*.jpg
+    <root>/val2017/*.jpg                             <root>/VOCdevkit/VOC2012/JPEGImages/*.jpg
+    <root>/unlabeled2017/*.jpg            (full)     <root>/annotations_json/voc07_trainval.json
+    <root>/annotations/instances_{train,val}2017.json  <root>/annotations_json/voc12_trainval.json
+    <root>/annotations/image_info_unlabeled2017.json   <root>/annotations_json/voc07_test.json
+    <root>/annotations/semi_supervised/instances_train2017.{fold}@{percent}[-unlabeled].json
+
+The partial splits are written by ``shared.datasets.coco_partial`` (STAC/SoftTeacher sampling) when missing; the
+VOC jsons by :func:`voc_to_coco` (``python -m mixteacher.data voc --root <root>``). Category ids map to contiguous
+labels 1..K in sorted id order (0 is background, torchvision's convention). Unlabeled sets are read from their
+``images`` list only: annotations present in a ``-unlabeled`` split are never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms.functional import pil_to_tensor
+
+from mixteacher.augment import ViewConfig, box_transform, make_view, transform_boxes
+
+__all__ = [
+    "COCO_LAYOUT",
+    "VOC_CLASSES",
+    "CocoDetection",
+    "CocoImages",
+    "SemiBatchSampler",
+    "SemiSupervisedDataset",
+    "eval_collate",
+    "partial_split_files",
+    "semi_collate",
+    "voc_to_coco",
+]
+
+COCO_LAYOUT = ("<root>/train2017/*.jpg, <root>/val2017/*.jpg, <root>/annotations/instances_train2017.json, "
+               "<root>/annotations/instances_val2017.json (+ unlabeled2017/ and annotations/"
+               "image_info_unlabeled2017.json for COCO full; VOC: VOCdevkit/ + annotations_json/*.json)")
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
+def _missing(path: Path, what: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} not found: {path}. Expected the layout {COCO_LAYOUT}; see `python -m shared.datasets info "
+        "coco2017` (or `info voc`), or set data.synthetic=true for the embedded synthetic set.")
+
+
+def _load_coco(annotation_file: Path) -> COCO:
+    if not annotation_file.is_file():
+        raise _missing(annotation_file, "annotation file")
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return COCO(str(annotation_file))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{annotation_file} is not a COCO json: {err!r}") from err
+
+
+def _read_image(path: Path, info: dict[str, Any]) -> torch.Tensor:
+    try:
+        with Image.open(path) as img:
+            image = img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise RuntimeError(f"cannot read image {path}: {err}") from err
+    if "width" in info and image.size != (info["width"], info["height"]):
+        raise ValueError(f"{path} is {image.size[0]}x{image.size[1]} but its json says {info['width']}x"
+                         f"{info['height']}")
+    return pil_to_tensor(image).float().div_(255)
+
+
+class CocoDetection(Dataset):
+    """Images and boxes of a COCO instances json (mmdet ``CocoDataset`` filtering: crowd/ignore boxes and boxes
+    under 1 px dropped; for training, images without a usable box are left out).
+
+    Items: ``(image (3, H, W) in [0, 1], {"boxes": (n, 4) xyxy, "labels": (n,) in 1..K, "image_id": int})``.
+    """
+
+    def __init__(self, image_dir: str | Path, annotation_file: str | Path, train: bool = False,
+                 categories: Sequence[int] | None = None):
+        self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
+        self.coco = _load_coco(self.annotation_file)
+        if not self.image_dir.is_dir():
+            raise _missing(self.image_dir, "image folder")
+        self.cat_ids = list(categories) if categories is not None else sorted(self.coco.getCatIds())
+        self.category_names = [self.coco.cats[c]["name"] if c in self.coco.cats else str(c) for c in self.cat_ids]
+        self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
+        ids = sorted(self.coco.getImgIds())
+        if train:
+            ids = [i for i in ids if len(self.boxes(i)[0])]
+        self.ids = ids
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def boxes(self, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and not a.get("ignore")]
+        for ann in anns:
+            if ann["category_id"] not in self.label_of:
+                raise ValueError(f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
+                                 f"{ann['category_id']}, which is not in 'categories'")
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
+        keep = (xywh[:, 2] >= 1) & (xywh[:, 3] >= 1)
+        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        return boxes[keep], labels[keep]
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        boxes, labels = self.boxes(image_id)
+        return _read_image(self.image_dir / info["file_name"], info), boxes, labels, image_id
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image, boxes, labels, image_id = self.load(index)
+        return image, {"boxes": boxes, "labels": labels, "image_id": image_id}
+
+
+class CocoImages(Dataset):
+    """The images of a COCO json (``images`` list only, annotations ignored): an unlabeled pool."""
+
+    def __init__(self, image_dir: str | Path, annotation_file: str | Path, exclude_ids: set[int] | None = None):
+        self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
+        if not self.annotation_file.is_file():
+            raise _missing(self.annotation_file, "image list json")
+        if not self.image_dir.is_dir():
+            raise _missing(self.image_dir, "image folder")
+        with open(self.annotation_file) as f:
+            images = json.load(f).get("images")
+        if not isinstance(images, list):
+            raise ValueError(f"{self.annotation_file} has no 'images' list")
+        self.images = [im for im in images if not exclude_ids or im["id"] not in exclude_ids]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        info = self.images[index]
+        return _read_image(self.image_dir / info["file_name"], info), info["id"]
+
+
+class SemiSupervisedDataset(Dataset):
+    """Labeled items (one labeled view) and unlabeled items (weak + strong view with the matrix weak -> strong),
+    addressed by ``(kind, index, seed)`` from :class:`SemiBatchSampler`; augmentations are seeded by ``seed`` so a
+    batch is a function of the iteration (exact resume, any number of workers)."""
+
+    def __init__(self, labeled: CocoDetection, unlabeled: Sequence[CocoImages], labeled_view: ViewConfig,
+                 weak_view: ViewConfig, strong_view: ViewConfig):
+        self.labeled = labeled
+        self.unlabeled = list(unlabeled)
+        self.offsets = [0]
+        for part in self.unlabeled:
+            self.offsets.append(self.offsets[-1] + len(part))
+        self.labeled_view, self.weak_view, self.strong_view = labeled_view, weak_view, strong_view
+
+    @property
+    def num_unlabeled(self) -> int:
+        return self.offsets[-1]
+
+    def __len__(self) -> int:
+        return len(self.labeled) + self.num_unlabeled
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        kind, index, seed = key
+        g = torch.Generator().manual_seed(seed)
+        if kind == 0:
+            image, boxes, labels, image_id = self.labeled.load(index)
+            view, matrix = make_view(image, self.labeled_view, g)
+            boxes = transform_boxes(boxes, matrix, clip_to=tuple(view.shape[-2:])).float()
+            keep = ((boxes[:, 2:] - boxes[:, :2]) >= 1).all(dim=1)
+            return {"kind": 0, "image": view, "target": {"boxes": boxes[keep], "labels": labels[keep],
+                                                          "image_id": image_id}}
+        part = next(i for i in range(len(self.unlabeled)) if index < self.offsets[i + 1])
+        image, image_id = self.unlabeled[part].load(index - self.offsets[part])
+        weak, m_weak = make_view(image, self.weak_view, g)
+        strong, m_strong = make_view(image, self.strong_view, g)
+        return {"kind": 1, "weak": weak, "strong": strong, "weak_to_strong": box_transform(m_weak, m_strong),
+                "image_id": image_id}
+
+
+def semi_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Lists of labeled images/targets and of weak/strong unlabeled views, (n, 3, 3) weak -> strong matrices."""
+    labeled = [it for it in items if it["kind"] == 0]
+    unlabeled = [it for it in items if it["kind"] == 1]
+    return {
+        "labeled_images": [it["image"] for it in labeled],
+        "labeled_targets": [it["target"] for it in labeled],
+        "weak_images": [it["weak"] for it in unlabeled],
+        "strong_images": [it["strong"] for it in unlabeled],
+        "weak_to_strong": torch.stack([it["weak_to_strong"] for it in unlabeled]) if unlabeled else
+        torch.zeros(0, 3, 3, dtype=torch.float64),
+        "unlabeled_ids": [it["image_id"] for it in unlabeled],
+    }
+
+
+def eval_collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list, list]:
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Per-GPU batches mixing labeled and unlabeled images (SoftTeacher's ``SemiBalanceSampler``, ``by_prob``).
+
+    Each iteration draws the labeled count of this rank's batch from the ``sample_ratio`` probabilities with at
+    least one item of each kind (``1 + Binomial(batch - 2, p_labeled)``); with no unlabeled pool (or ratio 0) the
+    batch is all labeled. Each kind is an endless stream of per-epoch permutations sharded over the ranks. Everything
+    is a function of (``seed``, rank, iteration), so ``start_iter`` resumes exactly.
+
+    Yields lists of ``(kind, index, augmentation seed)``, ``kind`` 0 = labeled, 1 = unlabeled.
+    """
+
+    def __init__(self, num_labeled: int, num_unlabeled: int, batch_size: int, sample_ratio: Sequence[float],
+                 num_iters: int, world_size: int = 1, rank: int = 0, seed: int = 0, start_iter: int = 0):
+        if num_labeled == 0:
+            raise ValueError("no labeled image to train on")
+        self.sizes = (num_labeled, num_unlabeled)
+        self.batch_size, self.num_iters, self.start_iter = batch_size, num_iters, start_iter
+        self.world_size, self.rank, self.seed = world_size, rank, seed
+        total = float(sum(sample_ratio))
+        self.p_labeled = sample_ratio[0] / total if total > 0 else 1.0
+        self.semi = num_unlabeled > 0 and self.p_labeled < 1.0 and batch_size >= 2
+        self._perms: dict[int, tuple[int, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return self.num_iters - self.start_iter
+
+    def _counts(self, g: torch.Generator) -> tuple[int, int]:
+        if not self.semi:
+            return self.batch_size, 0
+        n_labeled = 1 + int((torch.rand(self.batch_size - 2, generator=g) < self.p_labeled).sum())
+        return n_labeled, self.batch_size - n_labeled
+
+    def _stream_index(self, kind: int, position: int) -> int:
+        size = self.sizes[kind]
+        per_rank = math.ceil(size / self.world_size)
+        epoch, offset = divmod(position, per_rank)
+        if self._perms.get(kind, (None,))[0] != epoch:  # one permutation per stream epoch, cached
+            perm = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed * 7919 + kind * 104729
+                                                                                + epoch))
+            self._perms[kind] = (epoch, perm.repeat(math.ceil(per_rank * self.world_size / size)))  # pad per rank
+        return int(self._perms[kind][1][self.rank * per_rank + offset])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        positions = [0, 0]
+        for it in range(self.num_iters):
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + it) * 131 + self.rank)
+            counts = self._counts(g)
+            if it < self.start_iter:
+                positions = [positions[0] + counts[0], positions[1] + counts[1]]
+                continue
+            batch = []
+            for kind in (0, 1):
+                for _ in range(counts[kind]):
+                    batch.append((kind, self._stream_index(kind, positions[kind]),
+                                  int(torch.randint(2**31 - 1, (), generator=g))))
+                    positions[kind] += 1
+            yield batch
+
+
+def partial_split_files(train_annotations: Path, percent: float, fold: int, seed_offset: int, split_dir: Path,
+                        is_main: bool = True) -> tuple[Path, Path]:
+    """The (labeled, unlabeled) jsons of a partial split, written by ``shared.datasets.coco_partial`` if missing."""
+    from shared.datasets.coco_partial import partial_split_paths, write_partial_splits
+
+    labeled, unlabeled = partial_split_paths(train_annotations, percent, fold, split_dir)
+    if not (labeled.is_file() and unlabeled.is_file()):
+        if not is_main:
+            raise FileNotFoundError(f"{labeled} missing: rank 0 writes it, start the run again")
+        if not train_annotations.is_file():
+            raise _missing(train_annotations, "train annotation file")
+        write_partial_splits(train_annotations, [percent], [fold], seed_offset, split_dir)
+    return labeled, unlabeled
+
+
+def voc_to_coco(voc_root: str | Path, year: str, split: str, out_file: str | Path,
+                use_difficult: bool = False) -> Path:
+    """Convert ``VOCdevkit/VOC{year}/Annotations`` of ``ImageSets/Main/{split}.txt`` to a COCO instances json.
+
+    ``file_name`` is relative to the VOCdevkit folder (``VOC2007/JPEGImages/000005.jpg``), category ids 1..20 in
+    ``VOC_CLASSES`` order, boxes converted from VOC's 1-based inclusive pixels to xywh (x - 1, y - 1, w, h);
+    ``difficult`` objects become ``iscrowd=1`` (ignored by the loader and the evaluator) unless ``use_difficult``.
+    """
+    devkit = Path(voc_root)
+    folder = devkit / f"VOC{year}"
+    ids_file = folder / "ImageSets" / "Main" / f"{split}.txt"
+    if not ids_file.is_file():
+        raise FileNotFoundError(f"{ids_file} not found: expected <root>/VOCdevkit/VOC{year}/ with Annotations/, "
+                                "JPEGImages/ and ImageSets/Main/ (see `python -m shared.datasets info voc`)")
+    images, annotations = [], []
+    for image_id, name in enumerate(ids_file.read_text().split(), start=1):
+        root = ET.parse(folder / "Annotations" / f"{name}.xml").getroot()
+        size = root.find("size")
+        images.append({"id": int(f"{year}{image_id:06d}"), "file_name": f"VOC{year}/JPEGImages/{name}.jpg",
+                       "width": int(size.findtext("width")), "height": int(size.findtext("height"))})
+        for obj in root.iter("object"):
+            box = obj.find("bndbox")
+            x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            difficult = int(obj.findtext("difficult") or 0)
+            w, h = x1 - x0 + 1, y1 - y0 + 1
+            annotations.append({"id": len(annotations) + 1, "image_id": images[-1]["id"],
+                                "category_id": VOC_CLASSES.index(obj.findtext("name").strip()) + 1,
+                                "bbox": [x0 - 1, y0 - 1, w, h], "area": w * h,
+                                "iscrowd": int(difficult and not use_difficult)})
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"info": {"description": f"VOC{year} {split}"}, "licenses": [], "images": images,
+                               "annotations": annotations,
+                               "categories": [{"id": i + 1, "name": n} for i, n in enumerate(VOC_CLASSES)]}))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mixteacher.data voc --root data/voc``: write annotations_json/voc07_trainval, voc12_trainval,
+    voc07_test."""
+    parser = argparse.ArgumentParser(prog="python -m mixteacher.data")
+    parser.add_argument("command", choices=["voc"])
+    parser.add_argument("--root", required=True, help="folder holding VOCdevkit/")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    for year, split, name in (("2007", "trainval", "voc07_trainval"), ("2012", "trainval", "voc12_trainval"),
+                              ("2007", "test", "voc07_test")):
+        path = voc_to_coco(root / "VOCdevkit", year, split, root / "annotations_json" / f"{name}.json")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

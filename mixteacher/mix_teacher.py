@@ -1,0 +1,275 @@
+"""MixTeacher (Liu et al., CVPR 2023, arXiv 2303.09061): a mixed-scale mean teacher with a three-scale student and
+promising label mining, on SoftTeacher's pseudo-labelling (released ``ssod/models/soft_teacher_simple_msi.py``).
+
+One training step (:meth:`MixTeacher.forward`):
+
+1. the EMA teacher detects on the weak view of each unlabeled image with its *mixed*-scale features; detections with
+   score >= 0.5 become pseudo boxes, each with its box-jitter regression uncertainty;
+2. labeled images: the student's Faster R-CNN losses at the regular, down-scaled and mixed scales, averaged;
+3. unlabeled images (strong view, pseudo boxes mapped with the recorded view matrices): per scale, the RPN loss on
+   pseudo boxes with score >= 0.9, the R-CNN classification loss on boxes with score >= 0.9 (plus mined positives at
+   the regular scale) with the teacher's background probability weighting the negatives, and the R-CNN regression
+   loss on boxes with uncertainty < 0.02; averaged over the scales and weighted by the burn-in ramp.
+
+``method="supervised"`` gives the supervised-only baseline with the same detector (labeled data, regular scale).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchvision.models.detection.image_list import ImageList
+
+from mixteacher.losses import soft_teacher_weights
+from mixteacher.mining import score_promotion
+from mixteacher.model import SCALES, MixedScaleFasterRCNN, scale_factors
+from mixteacher.teacher import PseudoLabels, box_jitter_uncertainty, ema_update, map_boxes, unsup_weight
+
+__all__ = ["LOSS_KEYS", "MixTeacher", "MixTeacherSettings"]
+
+LOSS_KEYS = ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
+
+
+@dataclass
+class MixTeacherSettings:
+    """Method hyper-parameters (defaults: the released COCO-partial config; mining thresholds are our choice, see
+    the README's fidelity notes)."""
+
+    train_scales: list[str] = field(default_factory=lambda: ["regular", "down", "mixed"], metadata={
+        "help": "student scales (labeled and unlabeled losses averaged over them)"})
+    teacher_scale: str = field(default="mixed", metadata={"help": "scale of the teacher's pseudo-labelling"})
+    ema_momentum: float = 0.999
+    unsup_weight: float = field(default=4.0, metadata={"help": "lambda_u (COCO partial 4.0, full and VOC 2.0)"})
+    unsup_start: int = field(default=5000, metadata={"help": "burn-in: unsupervised weight 0 before this step"})
+    unsup_warmup: int = field(default=2000, metadata={"help": "linear ramp length after unsup_start"})
+    initial_score_thr: float = 0.5
+    rpn_score_thr: float = 0.9
+    cls_score_thr: float = 0.9
+    reg_uncertainty_thr: float = 0.02
+    jitter_times: int = 10
+    jitter_scale: float = 0.06
+    min_pseudo_size: float = 0.0
+    mining: bool = field(default=True, metadata={"help": "promising label mining (score promotion)"})
+    mine_score_thr: float = field(default=0.5, metadata={"help": "low-confidence pseudo boxes: this < score < cls"})
+    mining_diff_thr: float = field(default=0.1, metadata={"help": "promote when p_mixed(c) - p_regular(c) > this"})
+    mining_iou_thr: float = 0.5
+    mining_features: str = field(default="student", metadata={
+        "help": "student: teacher head on student regular/mixed features (released code); teacher: on the "
+                "teacher's own features of the weak view (paper figure)"})
+
+
+class MixTeacher(nn.Module):
+    """Student, EMA teacher and the MixTeacher losses.
+
+    Args:
+        student: the detector being trained.
+        settings: method hyper-parameters.
+        method: ``"mixteacher"`` or ``"supervised"`` (labeled losses only; no teacher forward).
+    """
+
+    def __init__(self, student: MixedScaleFasterRCNN, settings: MixTeacherSettings | None = None,
+                 method: str = "mixteacher"):
+        super().__init__()
+        if method not in ("mixteacher", "supervised"):
+            raise ValueError(f"method must be 'mixteacher' or 'supervised', got {method!r}")
+        self.settings = settings or MixTeacherSettings()
+        unknown = set(self.settings.train_scales) - set(SCALES)
+        if unknown or not self.settings.train_scales:
+            raise ValueError(f"train_scales must be a non-empty subset of {SCALES}, got {self.settings.train_scales}")
+        if self.settings.mining_features not in ("student", "teacher"):
+            raise ValueError(f"mining_features must be 'student' or 'teacher', got {self.settings.mining_features!r}")
+        self.method = method
+        self.student = student
+        self.teacher = copy.deepcopy(student)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> MixTeacher:
+        super().train(mode)
+        self.teacher.eval()  # the teacher always runs its test-time RPN/R-CNN settings
+        return self
+
+    def update_teacher(self, step: int) -> float:
+        """EMA step of the teacher (call after the optimizer step); returns the momentum used."""
+        return ema_update(self.teacher, self.student, self.settings.ema_momentum, step)
+
+    # ---------------------------------------------------------------------------------------------- labeled
+
+    def supervised_loss(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """Faster R-CNN losses of labeled images, averaged over the student's training scales."""
+        student = self.student
+        image_list, _ = student.preprocess(images)
+        scales = self.settings.train_scales if self.method == "mixteacher" else ["regular"]
+        feats = student.extract_features(image_list, scales)
+        boxes = [t["boxes"] for t in targets]
+        labels = [t["labels"] for t in targets]
+        total: dict[str, torch.Tensor] = {}
+        for scale in scales:
+            scaled, features = feats[scale]
+            scaled_boxes = self._to_scale(boxes, image_list, scaled)
+            for k, v in student.supervised_losses(scaled, features, scaled_boxes, labels).items():
+                total[k] = total.get(k, 0.0) + v / len(scales)
+        return total
+
+    # -------------------------------------------------------------------------------------------- teacher
+
+    @torch.no_grad()
+    def pseudo_label(self, weak_images: list[torch.Tensor]
+                     ) -> tuple[list[PseudoLabels], ImageList, dict[str, tuple[ImageList, OrderedDict]]]:
+        """Teacher detections on the weak views (score >= ``initial_score_thr``) with their jitter uncertainty.
+
+        Returns the pseudo labels (weak-view coordinates), the weak image list and the teacher's features.
+        """
+        s, teacher = self.settings, self.teacher
+        image_list, _ = teacher.preprocess(weak_images)
+        scales = [s.teacher_scale]
+        if s.mining and s.mining_features == "teacher":
+            scales = sorted({s.teacher_scale, "regular", "mixed"})
+        feats = teacher.extract_features(image_list, scales)
+        scaled, features = feats[s.teacher_scale]
+        detections = teacher.detect(scaled, features)
+        factors = scale_factors(image_list, scaled)
+        kept = []
+        for det in detections:
+            wh = det["boxes"][:, 2:] - det["boxes"][:, :2]
+            kept.append((det["scores"] >= s.initial_score_thr) & (wh > s.min_pseudo_size).all(dim=1))
+        boxes = [det["boxes"][k] for det, k in zip(detections, kept)]
+        labels = torch.cat([det["labels"][k] for det, k in zip(detections, kept)])
+        owner = torch.cat([torch.full((len(b),), i, device=labels.device) for i, b in enumerate(boxes)])
+        owner_t = owner.repeat(s.jitter_times)  # row order of the (times, N) jitter copies, flattened
+        order = torch.cat([torch.where(owner_t == i)[0] for i in range(len(boxes))])
+
+        def regress(flat: torch.Tensor) -> torch.Tensor:
+            # one R-CNN pass for the jittered copies of every image; outputs put back in the input order
+            decoded = teacher.roi_predict(features, [flat[owner_t == i] for i in range(len(boxes))],
+                                          scaled.image_sizes)[1]
+            out = torch.empty_like(decoded)
+            out[order] = decoded
+            return out
+
+        uncertainty = box_jitter_uncertainty(torch.cat(boxes), labels, regress, s.jitter_times, s.jitter_scale)
+        pseudo = [PseudoLabels(b / factors[i], labels[owner == i], det["scores"][k], uncertainty[owner == i])
+                  for i, (b, det, k) in enumerate(zip(boxes, detections, kept))]
+        return pseudo, image_list, feats
+
+    # ------------------------------------------------------------------------------------------ unlabeled
+
+    @staticmethod
+    def _to_scale(boxes: list[torch.Tensor], regular: ImageList, scaled: ImageList) -> list[torch.Tensor]:
+        if scaled is regular:
+            return boxes
+        factors = scale_factors(regular, scaled)
+        return [b * factors[i] for i, b in enumerate(boxes)]
+
+    def _mine(self, proposals: list[torch.Tensor], cls_boxes: list[torch.Tensor], cls_labels: list[torch.Tensor],
+              low: list[PseudoLabels], low_weak_boxes: list[torch.Tensor], strong: ImageList,
+              student_feats: dict, teacher_feats: dict, weak: ImageList, to_weak: torch.Tensor,
+              ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], int]:
+        """Promising label mining on the regular-scale proposals; returns per-image (index, labels, boxes)."""
+        s, teacher = self.settings, self.teacher
+        mined, count = [], 0
+        for i, props in enumerate(proposals):
+            assigned, _ = self.student.assign(props, cls_boxes[i], cls_labels[i])
+            candidates = torch.where(assigned == 0)[0]
+            if len(low[i]) == 0 or len(candidates) == 0:
+                mined.append((candidates[:0], cls_labels[i][:0], props[:0]))
+                continue
+            boxes = props[candidates]
+            if s.mining_features == "student":
+                ref_feats = OrderedDict((k, v[i:i + 1]) for k, v in student_feats["regular"][1].items())
+                tgt_feats = OrderedDict((k, v[i:i + 1]) for k, v in student_feats["mixed"][1].items())
+                size, low_boxes = [strong.image_sizes[i]], low[i].boxes
+            else:  # the teacher's own features of the weak view; candidates mapped into it
+                boxes = map_boxes(boxes, to_weak[i], weak.image_sizes[i])
+                ref_feats = OrderedDict((k, v[i:i + 1]) for k, v in teacher_feats["regular"][1].items())
+                tgt_feats = OrderedDict((k, v[i:i + 1]) for k, v in teacher_feats["mixed"][1].items())
+                size, low_boxes = [weak.image_sizes[i]], low_weak_boxes[i]
+            with torch.no_grad():
+                ref_probs, ref_decoded = teacher.roi_predict(ref_feats, [boxes], size)
+                tgt_probs, _ = teacher.roi_predict(tgt_feats, [boxes], size)
+                ref_cls = ref_probs[:, 1:].argmax(dim=1) + 1
+                ref_boxes = ref_decoded[torch.arange(len(boxes), device=boxes.device), ref_cls]
+                promoted, match = score_promotion(ref_probs, tgt_probs, ref_boxes, low_boxes, low[i].labels,
+                                                  s.mining_diff_thr, s.mining_iou_thr)
+            index = candidates[promoted]
+            mined.append((index, low[i].labels[match[promoted]], low[i].boxes[match[promoted]]))
+            count += int(promoted.sum())
+        return mined, count
+
+    def unsupervised_loss(self, weak_images: list[torch.Tensor], strong_images: list[torch.Tensor],
+                          weak_to_strong: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """MixTeacher's unsupervised losses (averaged over the training scales) and pseudo-label statistics."""
+        s, student = self.settings, self.student
+        pseudo_weak, weak, teacher_feats = self.pseudo_label(weak_images)
+        strong, _ = student.preprocess(strong_images)
+        to_weak = torch.linalg.inv(weak_to_strong.double())
+        pseudo = [PseudoLabels(map_boxes(p.boxes, weak_to_strong[i], strong.image_sizes[i]), p.labels, p.scores,
+                               p.uncertainty) for i, p in enumerate(pseudo_weak)]
+        pseudo = [p.select(((p.boxes[:, 2:] - p.boxes[:, :2]) > 0).all(dim=1)) for p in pseudo]
+        rpn_set = [p.select(p.scores >= s.rpn_score_thr) for p in pseudo]
+        cls_set = [p.select(p.scores >= s.cls_score_thr) for p in pseudo]
+        reg_set = [p.select(p.uncertainty < s.reg_uncertainty_thr) for p in pseudo]
+        mining = s.mining and {"regular", "mixed"} <= set(s.train_scales)
+        low_keep = [(p.scores > s.mine_score_thr) & (p.scores < s.cls_score_thr) for p in pseudo]
+        low = [p.select(k) for p, k in zip(pseudo, low_keep)]
+        low_weak = [p.boxes[k] for p, k in zip(pseudo_weak, low_keep)]
+        t_scaled, t_features = teacher_feats[s.teacher_scale]
+        t_factors = scale_factors(weak, t_scaled)
+
+        feats = student.extract_features(strong, s.train_scales)
+        total: dict[str, torch.Tensor] = {}
+        mined_count = 0
+        for scale in s.train_scales:
+            scaled, features = feats[scale]
+            to_scale = scale_factors(strong, scaled)
+            proposals, losses = student.rpn_forward(scaled, features, [p.boxes * to_scale[i] for i, p in
+                                                                       enumerate(rpn_set)])
+            cls_boxes = [p.boxes * to_scale[i] for i, p in enumerate(cls_set)]
+            cls_labels = [p.labels for p in cls_set]
+            mined = None
+            if mining and scale == "regular":
+                mined, mined_count = self._mine(proposals, cls_boxes, cls_labels, low, low_weak, strong, feats,
+                                                teacher_feats, weak, to_weak)
+            sampled = student.sample_rois(proposals, cls_boxes, cls_labels, mined)
+            # the teacher's background probability of each sampled RoI, mapped into the teacher's view
+            with torch.no_grad():
+                teacher_boxes = [map_boxes(b / to_scale[i], to_weak[i], weak.image_sizes[i]) * t_factors[i]
+                                 for i, b in enumerate(sampled.boxes)]
+                bg = self.teacher.roi_predict(t_features, teacher_boxes, t_scaled.image_sizes)[0][:, 0]
+            losses["rcnn_cls"] = student.rcnn_loss(features, scaled.image_sizes, sampled,
+                                                   soft_teacher_weights(sampled.labels, bg))["rcnn_cls"]
+            reg_sampled = student.sample_rois(proposals, [p.boxes * to_scale[i] for i, p in enumerate(reg_set)],
+                                              [p.labels for p in reg_set])
+            losses["rcnn_box"] = student.rcnn_loss(features, scaled.image_sizes, reg_sampled, box_only=True)["rcnn_box"]
+            for k, v in losses.items():
+                total[k] = total.get(k, 0.0) + v / len(s.train_scales)
+        stats = {"pseudo_boxes": sum(len(p) for p in cls_set) / max(len(pseudo), 1),
+                 "reg_boxes": sum(len(p) for p in reg_set) / max(len(pseudo), 1),
+                 "mined": mined_count / max(len(pseudo), 1)}
+        return total, stats
+
+    # ---------------------------------------------------------------------------------------------- step
+
+    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss of one batch at ``step`` and the logged values."""
+        logs: dict[str, float] = {}
+        loss = torch.zeros((), device=next(self.student.parameters()).device)
+        if batch["labeled_images"]:
+            sup = self.supervised_loss(batch["labeled_images"], batch["labeled_targets"])
+            loss = loss + sum(sup.values())
+            logs.update({f"sup_{k}": float(v.detach()) for k, v in sup.items()})
+        if self.method == "mixteacher" and batch["weak_images"]:
+            weight = unsup_weight(step, self.settings.unsup_start, self.settings.unsup_warmup,
+                                  self.settings.unsup_weight)
+            unsup, stats = self.unsupervised_loss(batch["weak_images"], batch["strong_images"],
+                                                  batch["weak_to_strong"])
+            loss = loss + weight * sum(unsup.values())
+            logs.update({f"unsup_{k}": float(v.detach()) for k, v in unsup.items()})
+            logs.update(stats)
+            logs["unsup_weight"] = weight
+        return loss, logs
+

@@ -1,0 +1,528 @@
+"""Mixed-scale Faster R-CNN of MixTeacher (Liu et al., CVPR 2023, https://arxiv.org/abs/2303.09061).
+
+torchvision's Faster R-CNN components (ResNet + FPN P2-P6, RPN, RoI heads), configured like the paper's mmdetection
+``faster_rcnn_r50_caffe_fpn`` detector, with the hooks the method needs:
+
+* :class:`ScaleGate` (the released code's ``SELayer``, g(theta_g) in the paper figure): one gate shared by the four
+  fused levels, pool -> Linear(2C -> 2C/16) -> ReLU -> Linear(-> 2) -> softmax, i.e. two scalar weights per image
+  and level.
+* :func:`downscale_image_list` and :func:`mix_pyramids`: the "-" scale (nearest 0.5x of the padded, normalised
+  batch, re-padded to a multiple of 32) and the "x" pyramid P2x = P2+, Pix = w+ Pi+ + w- crop(P(i-1)-), i = 3..6
+  (released ``MSInputFasterRCNN``).
+* :class:`MixedScaleFasterRCNN`: per-scale features in and out (``extract_features``), RPN per scale with any
+  targets, RoI sampling with extra (mined) positives (``sample_rois``), full per-class probabilities and decoded
+  boxes on arbitrary boxes (``roi_predict``), per-RoI classification weights in the R-CNN loss, detection at the
+  regular or mixed test scale.
+
+Labels follow torchvision: 0 is background, 1..K the foreground classes (mmdetection puts background at index K).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, box_iou
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from mixteacher.losses import fast_rcnn_loss
+
+__all__ = [
+    "CAFFE_MEAN_BGR",
+    "SCALES",
+    "DetectorConfig",
+    "MixedScaleFasterRCNN",
+    "ResNetBody",
+    "SampledRoIs",
+    "ScaleGate",
+    "build_detector",
+    "crop_to",
+    "downscale_image_list",
+    "load_backbone_weights",
+    "mix_pyramids",
+]
+
+SCALES = ("regular", "down", "mixed")
+CAFFE_MEAN_BGR = (103.530, 116.280, 123.675)  # detectron2 caffe ResNet-50, BGR 0-255, std 1
+TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
+_STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+# --------------------------------------------------------------------------------------------------- backbone
+
+
+def _norm_layer(kind: str):
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d
+    if kind == "bn":
+        return nn.BatchNorm2d
+    if kind == "gn":
+        return lambda channels: nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
+    raise ValueError(f"norm must be 'frozen_bn', 'bn' or 'gn', got {kind!r}")
+
+
+class ResNetBody(nn.Module):
+    """ResNet stem + four stages with torchvision's block classes and parameter names (``conv1``, ``bn1``,
+    ``layer1`` ... ``layer4``), so torchvision and mmdetection ResNet checkpoints load key for key.
+
+    Args:
+        depth: 10, 18, 34 (basic blocks), 50 or 101 (bottlenecks).
+        base_width: channels of the stem and of stage 1 (64 in the paper; smaller for the embedded default).
+        norm: ``frozen_bn`` (the paper: BN frozen, mmdet ``requires_grad=False, norm_eval=True``), ``bn`` or ``gn``.
+        caffe_style: put the stride of a bottleneck on its 1x1 conv (mmdetection ``style='caffe'``, the
+            detectron2 R-50 the paper starts from) instead of the 3x3 conv (torchvision / ``style='pytorch'``).
+        frozen_stages: freeze the stem and stages 1..frozen_stages (mmdetection ``frozen_stages=1``); -1: none.
+    """
+
+    def __init__(self, depth: int = 50, base_width: int = 64, norm: str = "frozen_bn", caffe_style: bool = True,
+                 frozen_stages: int = 1):
+        super().__init__()
+        if depth not in _STAGE_BLOCKS:
+            raise ValueError(f"depth must be one of {sorted(_STAGE_BLOCKS)}, got {depth}")
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
+        norm_layer = _norm_layer(norm)
+        block = Bottleneck if depth >= 50 else BasicBlock
+        self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
+        self.bn1 = norm_layer(base_width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = base_width
+        self.out_channels: list[int] = []
+        for i, num_blocks in enumerate(_STAGE_BLOCKS[depth]):
+            planes, stride = base_width * 2**i, 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or inplanes != planes * block.expansion:
+                downsample = nn.Sequential(nn.Conv2d(inplanes, planes * block.expansion, 1, stride, bias=False),
+                                           norm_layer(planes * block.expansion))
+            blocks = [block(inplanes, planes, stride, downsample, norm_layer=norm_layer)]
+            inplanes = planes * block.expansion
+            blocks += [block(inplanes, planes, norm_layer=norm_layer) for _ in range(num_blocks - 1)]
+            if caffe_style and block is Bottleneck and stride != 1:
+                blocks[0].conv1.stride, blocks[0].conv2.stride = (stride, stride), (1, 1)
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            self.out_channels.append(inplanes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.frozen_stages = frozen_stages
+        self._freeze()
+
+    def _freeze(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        for module in [self.conv1, self.bn1] + [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]:
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
+    """Load an ImageNet ResNet checkpoint into ``body`` (strict; ``fc.*`` ignored).
+
+    Accepts a plain state dict (torchvision ``resnet50-*.pth``), ``{"state_dict": ...}`` (mmcv, e.g. the converted
+    detectron2 ``resnet50_caffe``) or ``{"model": ...}``, optionally with a ``backbone.`` prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone checkpoint not found: {path}. The paper uses mmdetection's open-mmlab://detectron2/"
+            "resnet50_caffe (https://download.openmmlab.com/pretrain/third_party/resnet50_msra-5891d200.pth); "
+            "torchvision's resnet50-0676ba61.pth works with caffe_style: false and pixel_style: pytorch")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {k.removeprefix("backbone.").removeprefix("body."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    try:
+        missing, unexpected = body.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{path} does not match the ResNet body: {err}") from err
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the ResNet body: missing {missing[:8]}, unexpected {unexpected[:8]}")
+
+
+# --------------------------------------------------------------------------------------------- mixed scale
+
+
+class ScaleGate(nn.Module):
+    """The gate g(theta_g) fusing a regular level with the down-scaled level of the same resolution.
+
+    concat(P_i+, P_(i-1)-) -> global average pool -> Linear(2C, 2C/reduction, no bias) -> ReLU ->
+    Linear(2C/reduction, 2, no bias) -> softmax: weights (w+, w-) per image, scalars multiplying whole maps
+    (released ``SELayer``; kaiming_uniform(a=1) init).
+    """
+
+    def __init__(self, channels: int = 256, reduction: int = 16):
+        super().__init__()
+        hidden = max(1, 2 * channels // reduction)
+        self.fc1 = nn.Linear(2 * channels, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, 2, bias=False)
+        for layer in (self.fc1, self.fc2):
+            nn.init.kaiming_uniform_(layer.weight, a=1)
+
+    def forward(self, regular: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+        """Weights (N, 2): column 0 for the regular map, column 1 for the down-scaled one; rows sum to 1."""
+        pooled = torch.cat([regular, down], dim=1).mean(dim=(2, 3))
+        return self.fc2(F.relu(self.fc1(pooled))).softmax(dim=1)
+
+
+def crop_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Top-left crop of ``x`` to the spatial size of ``reference`` (the down-scaled batch is padded to /32 again)."""
+    h, w = reference.shape[-2:]
+    if x.shape[-2] < h or x.shape[-1] < w:
+        raise ValueError(f"cannot crop a {tuple(x.shape[-2:])} map to {(h, w)}")
+    return x[..., :h, :w]
+
+
+def mix_pyramids(regular: OrderedDict[str, torch.Tensor], down: OrderedDict[str, torch.Tensor],
+                 gate: ScaleGate) -> OrderedDict[str, torch.Tensor]:
+    """The mixed pyramid: level 0 (P2) regular only; level i >= 1 fuses regular level i with down level i-1."""
+    names = list(regular.keys())
+    mixed = OrderedDict([(names[0], regular[names[0]])])
+    for finer, name in itertools.pairwise(names):
+        low = crop_to(down[finer], regular[name])
+        weights = gate(regular[name], low)
+        mixed[name] = weights[:, 0, None, None, None] * regular[name] + weights[:, 1, None, None, None] * low
+    return mixed
+
+
+def _round_half_up(x: int) -> int:
+    return int(x * 0.5 + 0.5)
+
+
+def downscale_image_list(images: ImageList, size_divisible: int = 32) -> ImageList:
+    """The "-" scale: nearest 0.5x of the padded, normalised batch, zero-padded to a multiple of ``size_divisible``;
+    image sizes become round(h / 2), round(w / 2) (released ``MSInputFasterRCNN.resize_info``)."""
+    small = F.interpolate(images.tensors, scale_factor=0.5, mode="nearest")
+    h, w = small.shape[-2:]
+    ph, pw = -h % size_divisible, -w % size_divisible
+    small = F.pad(small, (0, pw, 0, ph))
+    sizes = [(_round_half_up(h_), _round_half_up(w_)) for h_, w_ in images.image_sizes]
+    return ImageList(small, sizes)
+
+
+def scale_factors(source: ImageList, target: ImageList) -> torch.Tensor:
+    """Per image (sx, sy, sx, sy) that maps boxes of ``source`` image coordinates into ``target`` ones."""
+    factors = [(wt / ws, ht / hs, wt / ws, ht / hs)
+               for (hs, ws), (ht, wt) in zip(source.image_sizes, target.image_sizes)]
+    return torch.tensor(factors, dtype=source.tensors.dtype, device=source.tensors.device)
+
+
+# ------------------------------------------------------------------------------------------------ detector
+
+
+class DetectionTransform(GeneralizedRCNNTransform):
+    """torchvision's transform with a caffe option: RGB [0, 1] input -> BGR 0-255 minus the caffe mean (std 1)."""
+
+    def __init__(self, min_size: int, max_size: int, pixel_style: str = "caffe", size_divisible: int = 32):
+        if pixel_style == "caffe":
+            mean, std = list(CAFFE_MEAN_BGR), [1.0, 1.0, 1.0]
+        elif pixel_style == "pytorch":
+            mean, std = list(TORCHVISION_MEAN_RGB), list(TORCHVISION_STD_RGB)
+        else:
+            raise ValueError(f"pixel_style must be 'caffe' or 'pytorch', got {pixel_style!r}")
+        super().__init__(min_size, max_size, mean, std, size_divisible=size_divisible)
+        self.pixel_style = pixel_style
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if self.pixel_style == "caffe":
+            image = image.flip(0) * 255.0
+        return super().normalize(image)
+
+
+class RPN(RegionProposalNetwork):
+    """torchvision's RPN with the box loss selectable: smooth L1 with ``box_loss_beta`` (torchvision 1/9) or L1
+    (beta 0, mmdetection's ``L1Loss``)."""
+
+    box_loss_beta: float = 1.0 / 9
+
+    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+        pos, neg = self.fg_bg_sampler(labels)
+        pos = torch.where(torch.cat(pos))[0]
+        sampled = torch.cat([pos, torch.where(torch.cat(neg))[0]])
+        objectness = objectness.flatten()
+        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
+        box_loss = F.smooth_l1_loss(pred_bbox_deltas[pos], regression_targets[pos], beta=self.box_loss_beta,
+                                    reduction="sum") / max(sampled.numel(), 1)
+        cls_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
+        return cls_loss, box_loss
+
+
+@dataclass
+class DetectorConfig:
+    """Detector settings (defaults: the paper's Faster R-CNN R50-caffe FPN, mmdetection 2.x values)."""
+
+    depth: int = 50
+    base_width: int = 64
+    norm: str = "frozen_bn"
+    caffe_style: bool = True
+    pixel_style: str = "caffe"
+    frozen_stages: int = 1
+    fpn_channels: int = 256
+    gate_reduction: int = 16
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 1000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    roi_output_size: int = 7
+    roi_sampling_ratio: int = 0
+    representation_size: int = 1024
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = 1e-3
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    box_loss_beta: float = 0.0
+    min_size: int = 800
+    max_size: int = 1333
+
+
+@dataclass
+class SampledRoIs:
+    """RoIs sampled for the R-CNN loss of one batch: per-image boxes, and concatenated labels (0 = background),
+    regression targets, matched target boxes and whether a positive was mined."""
+
+    boxes: list[torch.Tensor]
+    labels: torch.Tensor
+    regression_targets: torch.Tensor
+    matched_boxes: torch.Tensor
+    mined: torch.Tensor
+
+
+class MixedScaleFasterRCNN(nn.Module):
+    """Faster R-CNN (ResNet-FPN P2-P6) running at the regular, down-scaled (0.5x) and mixed scale.
+
+    ``forward(images)`` in eval mode returns torchvision-style detections in original image coordinates at
+    ``self.test_scale`` (``"regular"`` or ``"mixed"``); training code uses the component methods.
+    """
+
+    def __init__(self, num_classes: int, cfg: DetectorConfig | None = None, test_scale: str = "regular"):
+        super().__init__()
+        cfg = cfg or DetectorConfig()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        body = ResNetBody(cfg.depth, cfg.base_width, cfg.norm, cfg.caffe_style, cfg.frozen_stages)
+        self.backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)}, body.out_channels,
+                                        cfg.fpn_channels, extra_blocks=LastLevelMaxPool())
+        for m in self.backbone.fpn.modules():  # mmdetection's FPN init
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.anchor_ratios),) *
+                                  len(cfg.anchor_sizes))
+        self.rpn = RPN(anchors, RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
+                       cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh, cfg.rpn_batch_size_per_image,
+                       cfg.rpn_positive_fraction,
+                       {"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_pre_nms_top_n_test},
+                       {"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
+                       cfg.rpn_nms_thresh, score_thresh=0.0)
+        self.rpn.box_loss_beta = cfg.box_loss_beta
+        pool = MultiScaleRoIAlign(["0", "1", "2", "3"], cfg.roi_output_size, cfg.roi_sampling_ratio)
+        head = TwoMLPHead(cfg.fpn_channels * cfg.roi_output_size**2, cfg.representation_size)
+        self.roi_heads = RoIHeads(pool, head, FastRCNNPredictor(cfg.representation_size, num_classes + 1),
+                                  cfg.box_fg_iou_thresh, cfg.box_bg_iou_thresh, cfg.box_batch_size_per_image,
+                                  cfg.box_positive_fraction, None, cfg.box_score_thresh, cfg.box_nms_thresh,
+                                  cfg.box_detections_per_img)
+        self.gate = ScaleGate(cfg.fpn_channels, cfg.gate_reduction)
+        self.transform = DetectionTransform(cfg.min_size, cfg.max_size, cfg.pixel_style)
+        self.test_scale = test_scale
+
+    # ---- inputs and features
+
+    def preprocess(self, images: Sequence[torch.Tensor], targets: list[dict] | None = None,
+                   resize: bool = False) -> tuple[ImageList, list[dict] | None]:
+        """Normalise, optionally resize (to ``min_size``/``max_size``; training views are sized by the data
+        pipeline), and batch with zero padding to a multiple of 32."""
+        out, new_targets = [], [] if targets is not None else None
+        for i, image in enumerate(images):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"images must be (3, H, W) tensors, got {tuple(image.shape)}")
+            image = self.transform.normalize(image)
+            target = targets[i] if targets is not None else None
+            if resize:
+                image, target = self.transform.resize(image, target)
+            out.append(image)
+            if new_targets is not None:
+                new_targets.append(target)
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in out]
+        return ImageList(self.transform.batch_images(out, self.transform.size_divisible), sizes), new_targets
+
+    def extract_features(self, images: ImageList, scales: Sequence[str] = ("regular",)
+                         ) -> dict[str, tuple[ImageList, OrderedDict[str, torch.Tensor]]]:
+        """Features of the requested scales: ``{scale: (image list of that scale, FPN levels '0'..'pool')}``.
+        "regular" and "mixed" use the regular image list; "down" the 0.5x one."""
+        unknown = set(scales) - set(SCALES)
+        if unknown:
+            raise ValueError(f"unknown scale(s) {sorted(unknown)}; valid: {SCALES}")
+        out = {}
+        regular = self.backbone(images.tensors) if {"regular", "mixed"} & set(scales) else None
+        if {"down", "mixed"} & set(scales):
+            small = downscale_image_list(images, self.transform.size_divisible)
+            down = self.backbone(small.tensors)
+            if "down" in scales:
+                out["down"] = (small, down)
+            if "mixed" in scales:
+                out["mixed"] = (images, mix_pyramids(regular, down, self.gate))
+        if "regular" in scales:
+            out["regular"] = (images, regular)
+        return out
+
+    # ---- heads
+
+    def roi_forward(self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
+                    image_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """R-CNN head on arbitrary boxes: class logits (N, K+1) and box deltas (N, 4(K+1))."""
+        pooled = self.roi_heads.box_roi_pool(features, boxes, image_sizes)
+        return self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
+
+    def roi_predict(self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
+                    image_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full softmax over the K+1 classes (N, K+1) and class-specific decoded boxes (N, K+1, 4)."""
+        logits, deltas = self.roi_forward(features, boxes, image_sizes)
+        # decoded in float32: fp16 cannot hold pixel coordinates of 1333-px images to sub-pixel precision
+        decoded = self.roi_heads.box_coder.decode(deltas.float(), [b.float() for b in boxes])
+        return logits.float().softmax(-1), decoded.reshape(logits.shape[0], -1, 4)
+
+    def detect(self, images: ImageList, features: OrderedDict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Test-time RPN + R-CNN + per-class NMS; boxes in ``images`` coordinates, labels 1..K."""
+        was_training = self.rpn.training
+        self.rpn.eval()
+        proposals, _ = self.rpn(images, features)
+        self.rpn.train(was_training)
+        logits, deltas = self.roi_forward(features, proposals, images.image_sizes)
+        boxes, scores, labels = self.roi_heads.postprocess_detections(logits, deltas, proposals, images.image_sizes)
+        return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(boxes, scores, labels)]
+
+    def rpn_forward(self, images: ImageList, features: OrderedDict[str, torch.Tensor],
+                    gt_boxes: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Training RPN: proposals (detached) and the RPN losses against ``gt_boxes`` (may be empty)."""
+        proposals, losses = self.rpn(images, features, [{"boxes": b} for b in gt_boxes])
+        return proposals, {"rpn_cls": losses["loss_objectness"], "rpn_box": losses["loss_rpn_box_reg"]}
+
+    def assign(self, proposals: torch.Tensor, gt_boxes: torch.Tensor,
+               gt_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """R-CNN assignment of one image's proposals: labels (0 background, -1 ignored) and matched target boxes."""
+        if gt_boxes.numel() == 0:
+            return (torch.zeros(len(proposals), dtype=torch.int64, device=proposals.device),
+                    torch.zeros_like(proposals))
+        matched = self.roi_heads.proposal_matcher(box_iou(gt_boxes, proposals))
+        labels = gt_labels[matched.clamp(min=0)].to(torch.int64)
+        labels[matched == self.roi_heads.proposal_matcher.BELOW_LOW_THRESHOLD] = 0
+        labels[matched == self.roi_heads.proposal_matcher.BETWEEN_THRESHOLDS] = -1
+        return labels, gt_boxes[matched.clamp(min=0)]
+
+    def sample_rois(self, proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor],
+                    mined: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> SampledRoIs:
+        """Assign proposals to targets, turn mined proposals into positives, add the targets as proposals and draw
+        the positive/negative sample (``box_batch_size_per_image`` at ``box_positive_fraction``).
+
+        ``mined[i] = (proposal indices, labels, target boxes)`` for image i: applied *before* sampling, as mmdet
+        adds mined positives to the assign result before its sampler runs.
+        """
+        per_labels, per_boxes, per_matched, per_mined = [], [], [], []
+        for i, (props, boxes, labels) in enumerate(zip(proposals, gt_boxes, gt_labels)):
+            assigned, matched = self.assign(props, boxes, labels)
+            flag = torch.zeros(len(props), dtype=torch.bool, device=props.device)
+            if mined is not None and len(mined[i][0]):
+                index, mined_labels, mined_boxes = mined[i]
+                assigned[index], matched[index], flag[index] = mined_labels, mined_boxes, True
+            gt_assigned = labels.to(torch.int64)  # targets added as proposals are positives of themselves
+            per_boxes.append(torch.cat([props, boxes]))
+            per_labels.append(torch.cat([assigned, gt_assigned]))
+            per_matched.append(torch.cat([matched, boxes]))
+            per_mined.append(torch.cat([flag, torch.zeros(len(boxes), dtype=torch.bool, device=props.device)]))
+        pos, neg = self.roi_heads.fg_bg_sampler(per_labels)
+        keep = [torch.where(p | n)[0] for p, n in zip(pos, neg)]
+        boxes = [b[k] for b, k in zip(per_boxes, keep)]
+        labels = torch.cat([lab[k] for lab, k in zip(per_labels, keep)])
+        matched = torch.cat([m[k] for m, k in zip(per_matched, keep)])
+        mined_flag = torch.cat([m[k] for m, k in zip(per_mined, keep)])
+        targets = self.roi_heads.box_coder.encode_single(matched, torch.cat(boxes)) if matched.numel() else \
+            matched.new_zeros((0, 4))
+        return SampledRoIs(boxes, labels, targets, matched, mined_flag)
+
+    def rcnn_loss(self, features: OrderedDict[str, torch.Tensor], image_sizes: list[tuple[int, int]],
+                  sampled: SampledRoIs, cls_weights: torch.Tensor | None = None,
+                  box_only: bool = False) -> dict[str, torch.Tensor]:
+        """R-CNN classification and regression losses of sampled RoIs (per-RoI classification weights optional).
+
+        ``box_only``: only the regression loss, computed on the positives alone (it is a sum over positives divided
+        by the number of sampled RoIs, so the negatives' head pass is skipped without changing the value).
+        """
+        if not box_only:
+            logits, deltas = self.roi_forward(features, sampled.boxes, image_sizes)
+            cls, box = fast_rcnn_loss(logits, deltas, sampled.labels, sampled.regression_targets, cls_weights,
+                                      beta=self.cfg.box_loss_beta)
+            return {"rcnn_cls": cls, "rcnn_box": box}
+        positive = sampled.labels > 0
+        owner = torch.cat([torch.full((len(b),), i, device=positive.device) for i, b in enumerate(sampled.boxes)])
+        boxes = torch.cat(sampled.boxes)
+        pos_boxes = [boxes[positive & (owner == i)] for i in range(len(sampled.boxes))]
+        logits, deltas = self.roi_forward(features, pos_boxes, image_sizes)
+        order = torch.cat([torch.where(positive & (owner == i))[0] for i in range(len(sampled.boxes))])
+        _, box = fast_rcnn_loss(logits, deltas, sampled.labels[order], sampled.regression_targets[order],
+                                beta=self.cfg.box_loss_beta)
+        return {"rcnn_box": box * len(order) / max(len(sampled.labels), 1)}
+
+    def supervised_losses(self, images: ImageList, features: OrderedDict[str, torch.Tensor],
+                          gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The four Faster R-CNN losses of one scale (labels 1..K)."""
+        proposals, losses = self.rpn_forward(images, features, gt_boxes)
+        sampled = self.sample_rois(proposals, gt_boxes, gt_labels)
+        losses.update(self.rcnn_loss(features, images.image_sizes, sampled))
+        return losses
+
+    # ---- inference
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[torch.Tensor], scale: str | None = None) -> list[dict[str, torch.Tensor]]:
+        """Detections in original image coordinates at the regular or mixed test scale."""
+        scale = scale or self.test_scale
+        if scale not in ("regular", "mixed", "down"):
+            raise ValueError(f"test scale must be 'regular', 'mixed' or 'down', got {scale!r}")
+        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        image_list, _ = self.preprocess(images, resize=True)
+        scaled, features = self.extract_features(image_list, (scale,))[scale]
+        detections = self.detect(scaled, features)
+        return self.transform.postprocess(detections, scaled.image_sizes, original)
+
+    def forward(self, images: Sequence[torch.Tensor], scale: str | None = None) -> list[dict[str, torch.Tensor]]:
+        return self.predict(images, scale)
+
+
+def build_detector(num_classes: int, cfg: DetectorConfig | None = None, pretrained_backbone: str | None = None,
+                   test_scale: str = "regular") -> MixedScaleFasterRCNN:
+    """The detector, with the backbone loaded from ``pretrained_backbone`` when given."""
+    model = MixedScaleFasterRCNN(num_classes, cfg, test_scale)
+    if pretrained_backbone:
+        load_backbone_weights(model.backbone.body, pretrained_backbone)
+    return model
