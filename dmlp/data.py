@@ -1,0 +1,107 @@
+"""DMLP's data set-up: CIFAR-10/100 (real or the embedded synthetic set) or Clothing1M, noisy labels, meta split.
+
+Everything is read through :mod:`shared.noisy.data` (official layouts). The embedded default writes a synthetic
+CIFAR-10 set in the real pickle layout under ``synthetic_root()/dmlp_cifar10_n<train>_t<test>`` (cached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from dmlp.purifier import meta_split
+from shared.label_noise import NoisyLabels
+from shared.noisy.data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    CifarTrainTransform,
+    Clothing1M,
+    Normalize,
+    clothing1m_transforms,
+    load_cifar,
+    noisy_labels_for,
+)
+
+__all__ = ["DataConfig", "NoisyTask", "build_task"]
+
+
+@dataclass
+class DataConfig:
+    """Dataset, noise and meta split."""
+
+    dataset: Literal["cifar10", "cifar100", "clothing1m"] = "cifar10"
+    root: str | None = field(default=None, metadata={"help": "dataset root; null = the embedded synthetic CIFAR set"})
+    synthetic_train_size: int = 5000
+    synthetic_test_size: int = 1000
+    image_size: int = field(default=32, metadata={"help": "CIFAR images are resized once to this side"})
+    noise_type: Literal["sym", "asym"] = "sym"
+    noise_rate: float = 0.5
+    noise_seed: int = 0
+    noise_file: str | None = field(default=None, metadata={
+        "help": "noisy-label file (created if missing); null: <run folder>/noisy_labels.json"})
+    meta_size: int = field(default=1000, metadata={"help": "CIFAR: clean meta samples split off the training set"})
+    meta_seed: int = field(default=0, metadata={"help": "seed of the meta split (released code: unseeded)"})
+    num_workers: int = 0
+
+
+@dataclass
+class NoisyTask:
+    """What the stages need: images, labels, the meta split and the transforms."""
+
+    train_source: Any
+    test_source: Any
+    test_labels: torch.Tensor
+    noisy_labels: torch.Tensor
+    clean_labels: torch.Tensor | None
+    num_classes: int
+    meta_source: Any
+    meta_labels: torch.Tensor
+    meta_indices: torch.Tensor | None  # CIFAR: rows of the training set used as meta set (with clean labels)
+    train_indices: torch.Tensor  # rows that are purified
+    train_transform: Callable
+    eval_transform: Callable
+    batch_transform: Callable | None  # for in-memory tensors (feature extraction)
+    noise: NoisyLabels | None = None
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train_source, torch.Tensor)
+
+
+def _synthetic_root(cfg: DataConfig) -> Path:
+    from shared.synthetic import synthetic_root, write_cifar
+
+    classes = 10 if cfg.dataset == "cifar10" else 100
+    root = synthetic_root() / f"dmlp_{cfg.dataset}_n{cfg.synthetic_train_size}_t{cfg.synthetic_test_size}"
+    return write_cifar(root, classes, train_size=cfg.synthetic_train_size, test_size=cfg.synthetic_test_size, seed=0)
+
+
+def build_task(cfg: DataConfig, run_dir: Path, write_noise: bool = True) -> NoisyTask:
+    """Load the dataset, the noisy labels (drawn once, persisted) and the meta split."""
+    if cfg.dataset == "clothing1m":
+        if cfg.root is None:
+            raise ValueError("Clothing1M has no embedded synthetic set: pass --data.root (see "
+                             "`python -m shared.datasets info clothing1m`)")
+        train, val, test = (Clothing1M(cfg.root, split) for split in ("train", "val", "test"))
+        eval_tf = clothing1m_transforms(train=False)
+        return NoisyTask(train, test, test.labels, train.labels, None, 14, val, val.labels, None,
+                         torch.arange(len(train)), clothing1m_transforms(train=True), eval_tf, None)
+    classes = 10 if cfg.dataset == "cifar10" else 100
+    root = Path(cfg.root) if cfg.root is not None else _synthetic_root(cfg)
+    size = cfg.image_size
+    train = load_cifar(root, classes, True, size)
+    test = load_cifar(root, classes, False, size)
+    noise_path = Path(cfg.noise_file) if cfg.noise_file else run_dir / "noisy_labels.json"
+    noise = noisy_labels_for(train.labels, cfg.noise_type, cfg.noise_rate, classes, cfg.noise_seed,
+                             noise_path if write_noise or noise_path.is_file() else None)
+    meta_idx, rest_idx = meta_split(len(train), cfg.meta_size, cfg.meta_seed)
+    normalize = Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes])
+    train_tf = CifarTrainTransform(classes, padding=max(1, size // 8))
+    return NoisyTask(train.images, test.images, test.labels, torch.from_numpy(np.array(noise.noisy)), train.labels,
+                     classes, train.images[meta_idx], train.labels[meta_idx], meta_idx, rest_idx, train_tf, normalize,
+                     normalize, noise)

@@ -1,0 +1,158 @@
+"""The DMLP chain end to end on the synthetic CIFAR-format set: outputs, eval, exact resume, DDP, the default."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dmlp.train as dmlp_train
+from dmlp import eval as dmlp_eval
+from shared.checkpoint import load_checkpoint
+from shared.label_noise import load_noisy_labels
+from shared.noisy.data import load_label_file
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--data.synthetic_train_size", "600", "--data.synthetic_test_size", "200", "--data.image_size", "16",
+        "--data.meta_size", "150", "--data.noise_rate", "0.8",
+        "--ssl.width", "4", "--ssl.epochs", "1", "--ssl.batch_size", "64", "--ssl.optimizer", "adam",
+        "--ssl.lr", "0.003", "--ssl.warmup_epochs", "0", "--ssl.proj_dim", "16",
+        "--purifier.epochs", "3", "--purifier.ipc_batch", "225", "--purifier.eac_batch", "100",
+        "--retrain.width", "4", "--retrain.init", "ssl", "--retrain.supervised.epochs", "2",
+        "--retrain.supervised.batch_size", "50", "--retrain.supervised.milestones", "1",
+        "--device", "cpu", "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def chain_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chain")
+    torch.set_num_threads(1)
+    metrics = dmlp_train.main([*TINY, "--retrain.baselines", "ce_noisy", "meta_only", "--output_dir", str(out)])
+    return out, metrics
+
+
+def test_chain_writes_every_stage_output(chain_run):
+    out, _metrics = chain_run
+    for name in ("config.yaml", "ssl.pt", "features.pt", "purifier.pt", "purified_labels.json", "noisy_labels.json",
+                 "last.pt", "metrics.json", "retrain_dmlp_naive.pt", "retrain_ce_noisy.pt", "retrain_meta_only.pt"):
+        assert (out / name).is_file(), name
+    written = json.loads((out / "metrics.json").read_text())
+    for key in ("label_acc_noisy", "label_acc_purified", "test_acc_ce_noisy", "test_acc_meta_only",
+                "test_acc_dmlp_naive"):
+        assert 0 <= written[key] <= 100, key
+    assert 10 <= written["label_acc_noisy"] <= 35  # 80 % symmetric over 10 classes: about 28 % correct
+    # purified labels: noise-file format, meta rows carry their true labels, soft rows sum to one
+    record = load_label_file(out / "purified_labels.json", expected_length=600)
+    legacy = load_noisy_labels(out / "purified_labels.json", expected_length=600)
+    assert (record.labels == legacy.noisy).all()
+    meta = load_checkpoint(out / "last.pt")["meta_indices"].numpy()
+    assert (record.labels[meta] == record.clean[meta]).all()
+    assert abs(record.soft.sum(1) - 1).max() < 1e-4
+
+
+def test_eval_recomputes_the_test_accuracies(chain_run, tmp_path):
+    out, metrics = chain_run
+    evaluated = dmlp_eval.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path), "--device",
+                                "cpu"])
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == pytest.approx(evaluated)
+    for key in ("test_acc_ce_noisy", "test_acc_meta_only", "test_acc_dmlp_naive", "label_acc_noisy",
+                "label_acc_purified"):
+        assert evaluated[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+class Killed(Exception):
+    pass
+
+
+def _copy_stage_outputs(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("ssl.pt", "features.pt", "purifier.pt", "purified_labels.json", "noisy_labels.json"):
+        shutil.copy(src / name, dst / name)
+
+
+def test_retraining_resumes_where_an_uninterrupted_run_ends(chain_run, tmp_path, monkeypatch):
+    out, _ = chain_run
+    args = [*TINY, "--stages", "retrain", "--retrain.supervised.epochs", "3"]
+    _copy_stage_outputs(out, tmp_path / "full")
+    full = dmlp_train.main([*args, "--output_dir", str(tmp_path / "full")])
+    _copy_stage_outputs(out, tmp_path / "cut")
+    original = dmlp_train.train_supervised
+
+    def killed_after_first_epoch(*a, **kw):
+        def hook(epoch, row):
+            if epoch == 0:
+                raise Killed
+
+        if kw["tag"] != "dmlp_naive":  # the baselines of default.yaml run first, uninterrupted
+            return original(*a, **kw)
+        return original(*a, **{**kw, "on_epoch_end": hook})
+
+    monkeypatch.setattr(dmlp_train, "train_supervised", killed_after_first_epoch)
+    with pytest.raises(Killed):
+        dmlp_train.main([*args, "--output_dir", str(tmp_path / "cut")])
+    monkeypatch.setattr(dmlp_train, "train_supervised", original)
+    assert load_checkpoint(tmp_path / "cut" / "retrain_dmlp_naive.pt")["epoch"] == 0
+    resumed = dmlp_train.main([*args, "--resume", str(tmp_path / "cut" / "last.pt")])
+    assert resumed["test_acc_dmlp_naive"] == full["test_acc_dmlp_naive"]
+    a = load_checkpoint(tmp_path / "full" / "retrain_dmlp_naive.pt")
+    b = load_checkpoint(tmp_path / "cut" / "retrain_dmlp_naive.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["tracker"] == b["tracker"]
+
+
+def test_bad_input_is_a_clear_error(chain_run, tmp_path):
+    out, _ = chain_run
+    (tmp_path / "run").mkdir()
+    shutil.copy(out / "noisy_labels.json", tmp_path / "short.json")
+    content = json.loads((tmp_path / "short.json").read_text())
+    content["noisy"], content["clean"] = content["noisy"][:-1], content["clean"][:-1]
+    content.pop("realised_rate")
+    (tmp_path / "short.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="holds 599 labels, the dataset has 600"):
+        dmlp_train.main([*TINY, "--data.noise_file", str(tmp_path / "short.json"), "--output_dir",
+                         str(tmp_path / "run")])
+    with pytest.raises(ValueError, match="unknown stage"):
+        dmlp_train.main([*TINY, "--stages", "features", "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(FileNotFoundError, match="(?s)CIFAR-10.*shared.datasets info cifar10"):
+        dmlp_train.main([*TINY, "--data.root", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "run")])
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo_retraining(chain_run, tmp_path):
+    out, _ = chain_run
+    run = tmp_path / "ddp"
+    _copy_stage_outputs(out, run)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dmlp.train",
+           *TINY, "--stages", "retrain", "--retrain.supervised.batch_size", "25", "--output_dir", str(run)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es) on cpu" in (run / "train.log").read_text()
+    state = load_checkpoint(run / "retrain_dmlp_naive.pt")
+    assert state["step"] == 2 * (600 // (2 * 25))  # 2 epochs, global batch 50 split over two processes
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["test_acc_dmlp_naive"] <= 100
+
+
+@pytest.mark.slow
+def test_embedded_default_meets_the_acceptance_margins(tmp_path):
+    """`python -m dmlp.train` (configs/default.yaml) at 80 % symmetric noise, then `python -m dmlp.eval`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "default"
+    proc = subprocess.run([sys.executable, "-m", "dmlp.train", "--output_dir", str(out), "--no-tensorboard"],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "label accuracy, purified" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "dmlp.eval", "--checkpoint", str(out / "last.pt"), "--output_dir",
+                           str(out / "eval")], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "eval" / "metrics.json").read_text())
+    assert m["label_acc_purified"] >= m["label_acc_noisy"] + 30
+    assert m["test_acc_dmlp_naive"] >= m["test_acc_ce_noisy"] + 10
+    assert m["test_acc_dmlp_naive"] >= m["test_acc_meta_only"] - 3

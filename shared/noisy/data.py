@@ -1,0 +1,364 @@
+"""Datasets of the noisy-label packages (dmlp, anm, crema): CIFAR-10/100 and Clothing1M in their official layouts.
+
+* CIFAR: the "python version" pickles (``<root>/cifar-10-batches-py`` / ``<root>/cifar-100-python``), read into
+  memory as uint8 ``N x 3 x H x W`` tensors. The real archives and the synthetic ones written by
+  :func:`shared.synthetic.write_cifar` are read by the same code. The noisy training labels come from a noisy-label
+  file (:mod:`shared.label_noise` format, DivideMix protocol), created on first use and re-read afterwards, so every
+  network and every epoch share one noise draw (DivideMix persists ``<r>_<mode>.json`` the same way).
+* Clothing1M: the official key lists (``noisy_train_key_list.txt`` with ``noisy_label_kv.txt`` for training,
+  ``clean_val_key_list.txt`` / ``clean_test_key_list.txt`` with ``clean_label_kv.txt`` for the clean validation and
+  test splits), images read from ``<root>/images/...`` on demand.
+* :class:`ViewDataset` turns an indexable image source into ``(view_1, ..., view_k, index)`` samples, which is
+  what the DivideMix engine and the supervised trainer consume (labels and clean probabilities are looked up by
+  index on the trainer side, so the label set can change between epochs without rebuilding datasets).
+* Label files: :func:`save_label_file` / :func:`load_label_file` write and read (hard + optional soft) training
+  labels. With clean labels known the file is exactly the :mod:`shared.label_noise` format (readable by
+  :func:`shared.label_noise.load_noisy_labels`) plus optional ``soft`` and ``source`` fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from shared.datasets import require_dataset
+from shared.label_noise import NoisyLabels, asymmetric_noise, load_noisy_labels, save_noisy_labels, symmetric_noise
+
+__all__ = [
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "CLOTHING1M_MEAN",
+    "CLOTHING1M_STD",
+    "CifarSplit",
+    "CifarTrainTransform",
+    "Clothing1M",
+    "LabelFile",
+    "Normalize",
+    "ViewDataset",
+    "balanced_subset",
+    "clothing1m_transforms",
+    "load_cifar",
+    "load_label_file",
+    "noisy_labels_for",
+    "save_label_file",
+]
+
+CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.507, 0.487, 0.441)}  # DivideMix dataloader_cifar.py
+CIFAR_STD = {10: (0.2023, 0.1994, 0.2010), 100: (0.267, 0.256, 0.276)}
+CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)  # DivideMix dataloader_clothing1M.py
+CLOTHING1M_STD = (0.3113, 0.3192, 0.3214)
+_LABEL_FILE_FORMAT = "shared.label_noise/v1"
+
+
+@dataclass
+class CifarSplit:
+    """One CIFAR split in memory: ``images`` uint8 ``N x 3 x H x W`` and int64 ``labels`` (the true labels)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle, encoding="latin1")
+    except Exception as error:  # truncated or foreign file: name it
+        raise ValueError(f"could not read CIFAR batch {path}: {error}") from error
+
+
+def load_cifar(root: str | Path, num_classes: int, train: bool, image_size: int | None = None) -> CifarSplit:
+    """Read a CIFAR-10/100 split from the official pickles under ``root`` (torchvision's ``root``).
+
+    Args:
+        root: folder holding ``cifar-10-batches-py/`` or ``cifar-100-python/``.
+        num_classes: 10 or 100.
+        train: training (50 000 real images) or test split (10 000).
+        image_size: resize the images once (antialiased bilinear) to this side, e.g. 16 for the tiny CPU default;
+            ``None`` keeps 32.
+    """
+    if num_classes not in (10, 100):
+        raise ValueError(f"num_classes must be 10 or 100, got {num_classes}")
+    name = "cifar10" if num_classes == 10 else "cifar100"
+    root = require_dataset(name, root)
+    if num_classes == 10:
+        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        batches = [_unpickle(root / "cifar-10-batches-py" / n) for n in names]
+        label_key = "labels"
+    else:
+        batches = [_unpickle(root / "cifar-100-python" / ("train" if train else "test"))]
+        label_key = "fine_labels"
+    data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
+    labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise ValueError(f"{root}: CIFAR batches hold data of shape {data.shape} and {len(labels)} labels; "
+                         "expected (N, 3072) and N labels")
+    images = torch.from_numpy(data).view(-1, 3, 32, 32)
+    if image_size is not None and image_size != 32:
+        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
+                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return CifarSplit(images.contiguous(), torch.from_numpy(labels), num_classes)
+
+
+def noisy_labels_for(clean: Sequence[int] | np.ndarray | torch.Tensor, noise_type: str, rate: float,
+                     num_classes: int, seed: int, path: str | Path | None = None) -> NoisyLabels:
+    """The noisy training labels of a DivideMix-protocol run: read ``path`` if it exists, else draw and save.
+
+    Args:
+        clean: true training labels.
+        noise_type: ``"sym"`` / ``"symmetric"`` or ``"asym"`` / ``"asymmetric"``.
+        rate: nominal noise rate r (DivideMix's ``r``).
+        num_classes: 10 or 100 for CIFAR (selects the asymmetric map).
+        seed: seed of the noise draw.
+        path: noise file; an existing file must hold ``len(clean)`` labels and the same clean labels.
+    """
+    clean = np.asarray(torch.as_tensor(clean).cpu().numpy(), dtype=np.int64)
+    if path is not None and Path(path).is_file():
+        loaded = load_noisy_labels(path, expected_length=len(clean))
+        if not np.array_equal(loaded.clean, clean):
+            raise ValueError(f"{path}: its clean labels differ from the dataset's; the file belongs to another "
+                             "dataset or split (delete it to draw new noise)")
+        return loaded
+    kind = {"sym": "symmetric", "asym": "asymmetric"}.get(noise_type, noise_type)
+    if kind == "symmetric":
+        result = symmetric_noise(clean, rate, num_classes, seed=seed)
+    elif kind == "asymmetric":
+        result = asymmetric_noise(clean, rate, dataset=f"cifar{num_classes}", seed=seed)
+    else:
+        raise ValueError(f"noise_type must be 'sym' or 'asym', got {noise_type!r}")
+    if path is not None:
+        save_noisy_labels(path, result)
+    return result
+
+
+@dataclass
+class LabelFile:
+    """Training labels read from a label file: hard ``labels``, optional ``soft`` (N x C) and ``clean`` labels."""
+
+    labels: np.ndarray
+    num_classes: int
+    soft: np.ndarray | None = None
+    clean: np.ndarray | None = None
+    source: str = ""
+
+
+def save_label_file(path: str | Path, labels: Any, num_classes: int, clean: Any | None = None,
+                    soft: Any | None = None, source: str = "", noise: NoisyLabels | None = None) -> Path:
+    """Write training labels (e.g. purified ones) in the noise-file format.
+
+    With ``clean`` labels the file is a :mod:`shared.label_noise` file whose "noisy" field holds ``labels``
+    (recipe fields copied from ``noise`` when given), so ``load_noisy_labels`` reads it; ``soft`` (N x C) and
+    ``source`` are extra fields. Without clean labels (Clothing1M) "clean" is ``null``; read it with
+    :func:`load_label_file`.
+    """
+    path = Path(path)
+    labels = np.asarray(torch.as_tensor(labels).cpu().numpy(), dtype=np.int64)
+    if clean is not None:
+        recipe = noise or NoisyLabels(labels, np.asarray(clean), "symmetric", 0.0, 0, num_classes, "fixed")
+        record = NoisyLabels(labels, np.asarray(torch.as_tensor(clean).cpu().numpy()), recipe.noise_type,
+                             recipe.rate, recipe.seed, num_classes, recipe.selection, recipe.dataset)
+        save_noisy_labels(path, record)
+        content = json.loads(path.read_text())
+    else:
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"labels must lie in [0, {num_classes})")
+        content = {"format": _LABEL_FILE_FORMAT, "noise_type": "real", "num_classes": num_classes,
+                   "noisy": labels.tolist(), "clean": None}
+    if soft is not None:
+        soft = np.asarray(torch.as_tensor(soft).detach().cpu().numpy(), dtype=np.float64)
+        if soft.shape != (len(labels), num_classes):
+            raise ValueError(f"soft labels must have shape {(len(labels), num_classes)}, got {soft.shape}")
+        content["soft"] = np.round(soft, 6).tolist()
+    content["source"] = source
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content))
+    os.replace(tmp, path)
+    return path
+
+
+def load_label_file(path: str | Path, expected_length: int | None = None) -> LabelFile:
+    """Read a label file written by :func:`save_label_file` or :func:`shared.label_noise.save_noisy_labels`.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (naming the file) for a wrong format or a
+    length different from ``expected_length``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path}")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(content, dict) or content.get("format") != _LABEL_FILE_FORMAT:
+        raise ValueError(f"{path}: not a label file (expected 'format': {_LABEL_FILE_FORMAT!r})")
+    if content.get("clean") is not None:
+        record = load_noisy_labels(path, expected_length)
+        labels, clean, num_classes = record.noisy, record.clean, record.num_classes
+    else:
+        labels, clean, num_classes = np.asarray(content["noisy"], dtype=np.int64), None, int(content["num_classes"])
+        if expected_length is not None and len(labels) != expected_length:
+            raise ValueError(f"{path}: holds {len(labels)} labels, the dataset has {expected_length}")
+    soft = None
+    if content.get("soft") is not None:
+        soft = np.asarray(content["soft"], dtype=np.float32)
+        if soft.shape != (len(labels), num_classes):
+            raise ValueError(f"{path}: soft labels of shape {soft.shape}, expected {(len(labels), num_classes)}")
+    return LabelFile(labels, num_classes, soft, clean, str(content.get("source", "")))
+
+
+class Normalize:
+    """uint8 or [0, 1] image tensor (``... x 3 x H x W``) -> float, normalised with per-channel mean and std."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        return (image - self.mean.to(image.device)) / self.std.to(image.device)
+
+
+class CifarTrainTransform:
+    """DivideMix's CIFAR training augmentation on a uint8 ``3 x H x W`` tensor: RandomCrop(padding) + flip + norm.
+
+    Zero padding and the crop offset/flip are drawn from torch's global generator (so a resumed run replays them).
+    """
+
+    def __init__(self, num_classes: int, padding: int = 4, hflip: bool = True):
+        self.padding = padding
+        self.hflip = hflip
+        self.normalize = Normalize(CIFAR_MEAN[num_classes], CIFAR_STD[num_classes])
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        p = self.padding
+        if p:
+            h, w = image.shape[-2:]
+            padded = F.pad(image, (p, p, p, p))
+            top, left = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
+            image = padded[..., top:top + h, left:left + w]
+        if self.hflip and bool(torch.rand(()) < 0.5):
+            image = image.flip(-1)
+        return self.normalize(image)
+
+
+class ViewDataset(Dataset):
+    """``(view_1, ..., view_k, index)`` samples of an indexable image source, each view an independent transform.
+
+    Args:
+        source: anything with ``__len__`` and ``__getitem__`` returning one image (a uint8 tensor for CIFAR, a
+            PIL image for Clothing1M).
+        transform: image -> normalised float tensor.
+        num_views: views per sample (DivideMix: 2 for the labeled and unlabeled loaders, 1 otherwise).
+        indices: restrict to these sample indices (the returned ``index`` is the original one).
+    """
+
+    def __init__(self, source: Any, transform: Callable[[Any], torch.Tensor], num_views: int = 1,
+                 indices: Sequence[int] | np.ndarray | None = None):
+        self.source = source
+        self.transform = transform
+        self.num_views = num_views
+        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple:
+        index = int(self.indices[position])
+        image = self.source[index]
+        return (*(self.transform(image) for _ in range(self.num_views)), index)
+
+
+def balanced_subset(labels: Sequence[int] | np.ndarray, num_samples: int, num_classes: int,
+                    generator: np.random.Generator) -> np.ndarray:
+    """DivideMix's Clothing1M epoch sample: ``num_samples`` indices, an equal share of each (noisy) class.
+
+    DivideMix shuffles the noisy training set each epoch and keeps the first ``num_samples / C`` images of every
+    class (``dataloader_clothing1M.py``); classes with fewer images contribute all they have.
+    """
+    labels = np.asarray(labels)
+    per_class = num_samples // num_classes
+    order = generator.permutation(len(labels))
+    chosen = [order[labels[order] == c][:per_class] for c in range(num_classes)]
+    return np.sort(np.concatenate(chosen))
+
+
+class Clothing1M:
+    """Clothing1M in its official layout (``python -m shared.datasets info clothing1m``).
+
+    Args:
+        root: the dataset root (``images/``, the key lists and the label kv files side by side).
+        split: ``"train"`` (noisy_train_key_list + noisy labels, 1M images), ``"val"`` (clean_val_key_list, 14 313
+            images) or ``"test"`` (clean_test_key_list, 10 526 images), the latter two with clean labels.
+        loader: path -> image (default: PIL RGB).
+    """
+
+    num_classes = 14
+
+    def __init__(self, root: str | Path, split: str = "train", loader: Callable[[Path], Any] | None = None):
+        self.root = require_dataset("clothing1m", root)
+        files = {"train": ("noisy_train_key_list.txt", "noisy_label_kv.txt"),
+                 "val": ("clean_val_key_list.txt", "clean_label_kv.txt"),
+                 "test": ("clean_test_key_list.txt", "clean_label_kv.txt")}
+        if split not in files:
+            raise ValueError(f"split must be one of {sorted(files)}, got {split!r}")
+        key_file, label_file = files[split]
+        table = self._read_kv(self.root / label_file)
+        keys = [line.strip() for line in (self.root / key_file).read_text().splitlines() if line.strip()]
+        missing = [k for k in keys if k not in table]
+        if missing:
+            raise ValueError(f"{self.root / key_file}: {len(missing)} keys have no label in {label_file}, "
+                             f"e.g. {missing[0]}")
+        self.keys = keys
+        self.labels = torch.tensor([table[k] for k in keys], dtype=torch.int64)
+        self.loader = loader or self._pil_loader
+
+    @staticmethod
+    def _read_kv(path: Path) -> dict[str, int]:
+        table = {}
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or not 0 <= int(parts[1]) < 14:
+                raise ValueError(f"{path}:{number}: expected '<key> <label 0..13>', got {line!r}")
+            table[parts[0]] = int(parts[1])
+        return table
+
+    @staticmethod
+    def _pil_loader(path: Path) -> Any:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except OSError as error:
+            raise OSError(f"could not read Clothing1M image {path}: {error}") from error
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.loader(self.root / self.keys[index])
+
+
+def clothing1m_transforms(train: bool) -> Callable[[Any], torch.Tensor]:
+    """DivideMix's Clothing1M transforms: Resize 256, RandomCrop 224 + flip (train) / CenterCrop 224 (test)."""
+    from torchvision import transforms as T
+
+    ops = [T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip()] if train else [T.Resize(256), T.CenterCrop(224)]
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD)])
+
