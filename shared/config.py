@@ -262,6 +262,17 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def _parse_flow_list(text: str, key: str) -> list[Any]:
+    """A list given on the command line in YAML flow form, e.g. ``"[ssl, purify]"`` or ``"[0.42, 0.9]"``."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config key '{key}': cannot read {text!r} as a list: {err}") from err
+    if not isinstance(value, list):
+        raise ConfigError(f"config key '{key}': expected a list such as [a, b], got {text!r}")
+    return [_parse_cli_value(v) if isinstance(v, str) else v for v in value]
+
+
 def parse_config(schema: type[T], argv: Sequence[str] | None = None, description: str | None = None,
                  default_config: str | Path | None = None) -> T:
     """Resolve a config from defaults, an optional YAML file and command-line flags (CLI > YAML > defaults).
@@ -289,7 +300,11 @@ def parse_config(schema: type[T], argv: Sequence[str] | None = None, description
             dest = key.replace(".", "__")
             if hasattr(args, dest):
                 raw = getattr(args, dest)
-                if isinstance(raw, list):
+                if isinstance(raw, list) and len(raw) == 1 and raw[0].strip() in ("null", "None"):
+                    value = None  # --key null: an optional list switched off
+                elif isinstance(raw, list) and len(raw) == 1 and raw[0].strip().startswith("["):
+                    value = _parse_flow_list(raw[0], key)  # --key "[a, b]", the YAML flow form
+                elif isinstance(raw, list):
                     value = [_parse_cli_value(v) for v in raw]
                 elif isinstance(raw, str) and (_leaf_type(tp) is not str or raw in ("null", "None")):
                     value = _parse_cli_value(raw)

@@ -20,6 +20,7 @@ class Cfg:
     ema: float | None = 0.9998
     pretrained: str | None = None
     milestones: list[int] = field(default_factory=lambda: [105, 115])
+    noise: tuple[float, float] | None = None
     optim: Optim = field(default_factory=Optim)
 
 
@@ -38,6 +39,17 @@ def test_precedence_cli_over_yaml_over_defaults(tmp_path):
     assert cfg.optim.betas == (0.9, 0.999)  # default kept
     assert cfg.amp is True and cfg.milestones == [1, 2, 3]
     assert parse_config(Cfg, ["--no-amp"]).amp is False
+
+
+def test_list_flags_in_yaml_flow_form_and_null():
+    assert parse_config(Cfg, ["--milestones", "[1, 2, 3]"]).milestones == [1, 2, 3]
+    assert parse_config(Cfg, ["--noise", "[0.42, 0.9]"]).noise == (0.42, 0.9)
+    assert parse_config(Cfg, ["--noise", "0.42", "0.9"]).noise == (0.42, 0.9)
+    assert parse_config(Cfg, ["--noise", "null"]).noise is None
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, ["--milestones", "[1, x]"])  # wrong element type names the key
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, ["--milestones", "[1, 2"])  # not a list
 
 
 def test_default_config_file_is_used_without_c(tmp_path):
