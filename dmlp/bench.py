@@ -28,22 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from dmlp.purifier import DMLPPurifier, PurifierConfig
-from shared.benchmark import peak_memory_mb, synchronize
+from shared.benchmark import peak_memory_mb, seconds_per_call, synchronize
 from shared.noisy.data import CIFAR_MEAN, CIFAR_STD
 from shared.noisy.dividemix import co_guess, co_refine, linear_rampup, mixmatch, mixmatch_losses, uniform_prior_penalty
 from shared.noisy.models import PreActResNet18
 from shared.noisy.simclr import SimCLR, SimCLRAugment, nt_xent_loss
-
-
-def _time(fn, device: torch.device, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - t0) / iters
 
 
 def bench_purifier(rows: int, dim: int, device: torch.device, warmup: int, iters: int) -> list[dict]:
@@ -56,9 +45,9 @@ def bench_purifier(rows: int, dim: int, device: torch.device, warmup: int, iters
     purifier = DMLPPurifier(x, y, xv, yv, 10, cfg, device)
     synchronize(device)
     setup = time.perf_counter() - t0
-    ipc = _time(lambda: purifier.ipc_step(0), device, warmup, iters)
-    eac = _time(lambda: purifier.eac_steps(0), device, warmup, iters)
-    epoch = _time(purifier.run_epoch, device, 1, max(1, iters // 5))
+    ipc = seconds_per_call(lambda: purifier.ipc_step(0), device, warmup, iters)
+    eac = seconds_per_call(lambda: purifier.eac_steps(0), device, warmup, iters)
+    epoch = seconds_per_call(purifier.run_epoch, device, 1, max(1, iters // 5))
     shape = f"{rows} x {dim}, {len(purifier.batches)} batches"
     return [{"what": "purifier IPC step", "shape": shape, "per_s": 1 / ipc, "unit": "steps/s"},
             {"what": "purifier EAC pass (14 steps)", "shape": shape, "per_s": 1 / eac, "unit": "passes/s"},
@@ -78,7 +67,7 @@ def bench_simclr(width: int, size: int, batch: int, device: torch.device, warmup
         loss.backward()
         opt.step()
 
-    sec = _time(step, device, warmup, iters)
+    sec = seconds_per_call(step, device, warmup, iters)
     return {"what": "SimCLR train step", "shape": f"PreAct R18 w{width}, {size} px, batch {batch}",
             "per_s": batch / sec, "unit": "img/s"}
 
@@ -106,7 +95,7 @@ def bench_dividemix(width: int, size: int, batch: int, device: torch.device, war
         loss.backward()
         opt.step()
 
-    sec = _time(step, device, warmup, iters)
+    sec = seconds_per_call(step, device, warmup, iters)
     return {"what": "DivideMix MixMatch step", "shape": f"PreAct R18 w{width}, {size} px, batch {batch}",
             "per_s": batch / sec, "unit": "labeled img/s"}
 

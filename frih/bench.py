@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -28,19 +27,8 @@ from frih.inference import Harmonizer
 from frih.losses import FRIHLoss
 from frih.model import count_parameters, create_model, normalize_image
 from frih.submasks import kmeans_submasks
-from shared.benchmark import peak_memory_mb, synchronize
+from shared.benchmark import peak_memory_mb, seconds_per_call
 from shared.training import autocast
-
-
-def _timeit(fn, device: torch.device, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - t0) / iters
 
 
 def _inputs(batch: int, size: int, device: torch.device, fg: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +52,7 @@ def bench_inference(model_name: str, size: int, mode: str, batch: int, amp: str,
     comp, mask = _inputs(batch, size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = _timeit(lambda: harmonizer.predict(comp, mask, return_coarse=False), device, warmup, iters)
+    seconds = seconds_per_call(lambda: harmonizer.predict(comp, mask, return_coarse=False), device, warmup, iters)
     return {"what": "inference", "model": model_name, "size": size, "mode": mode, "batch": batch, "amp": amp,
             "channels_last": channels_last, "compile": compile_, "ms": 1000 * seconds,
             "images_per_s": batch / seconds, "peak_mb": peak_memory_mb(device)}
@@ -72,7 +60,7 @@ def bench_inference(model_name: str, size: int, mode: str, batch: int, amp: str,
 
 def bench_kmeans(size: int, batch: int, device: torch.device, warmup: int, iters: int, k: int = 3) -> dict:
     comp, mask = _inputs(batch, size, device)
-    seconds = _timeit(lambda: kmeans_submasks(comp * 255, mask, k), device, warmup, iters)
+    seconds = seconds_per_call(lambda: kmeans_submasks(comp * 255, mask, k), device, warmup, iters)
     return {"what": "kmeans", "model": f"K={k}, 10 iters, 25% fg", "size": size, "mode": "-", "batch": batch,
             "amp": "none", "channels_last": False, "compile": False, "ms": 1000 * seconds,
             "images_per_s": batch / seconds, "peak_mb": peak_memory_mb(device)}
@@ -98,7 +86,7 @@ def bench_train_step(model_name: str, size: int, batch: int, amp: str, device: t
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = _timeit(step, device, warmup, iters)
+    seconds = seconds_per_call(step, device, warmup, iters)
     return {"what": "train step", "model": model_name, "size": size, "mode": "-", "batch": batch, "amp": amp,
             "channels_last": False, "compile": False, "ms": 1000 * seconds, "images_per_s": batch / seconds,
             "peak_mb": peak_memory_mb(device)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -24,7 +23,7 @@ import torch
 
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
 from mixteacher.model import DetectorConfig, MixedScaleFasterRCNN
-from shared.benchmark import peak_memory_mb, synchronize
+from shared.benchmark import peak_memory_mb, seconds_per_call
 from shared.training import autocast
 
 __all__ = ["main"]
@@ -61,15 +60,6 @@ def _forced_detect(h: int, w: int):
     return detect
 
 
-def _time(fn, iters: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - t0) / iters
 
 
 def run(device: torch.device, cfg: DetectorConfig, h: int, w: int, n_labeled: int, n_unlabeled: int, iters: int,
@@ -96,7 +86,7 @@ def run(device: torch.device, cfg: DetectorConfig, h: int, w: int, n_labeled: in
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = _time(step, iters, warmup, device)
+        seconds = seconds_per_call(step, device, warmup, iters)
         label = (f"train step {method_name} ({n_labeled} labeled" +
                  (f" + {n_unlabeled} unlabeled)" if method_name == "mixteacher" else ")"))
         rows.append((label, "s/iter", seconds, peak_memory_mb(device)))
@@ -110,7 +100,7 @@ def run(device: torch.device, cfg: DetectorConfig, h: int, w: int, n_labeled: in
             with torch.no_grad(), autocast(device, amp):
                 teacher.predict(images, scale)
 
-        seconds = _time(infer, iters, warmup, device)
+        seconds = seconds_per_call(infer, device, warmup, iters)
         rows.append((f"teacher inference, {scale} scale", "images/s", len(images) / seconds, peak_memory_mb(device)))
     return rows
 
