@@ -1,0 +1,167 @@
+"""Per-stage cost of the M3DM / LSFA pipeline: feature extraction, FPS + grouping, coreset, kNN scoring, one-class SVM
+fit, AUPRO. Prints a table (and writes it as JSON with --output).
+
+    python bench.py                      # paper sizes (ViT-B/8 + Point-MAE, 300k x 1152 bank): meant for a GPU
+    python bench.py --quick              # reduced sizes for a CPU (what the README reports for the 2-core machine)
+    python bench.py --device cuda --amp bf16
+
+Random weights and random data: the figures are costs, not accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from lsfa.memory_bank import (
+    LateFusion,
+    greedy_coreset,
+    nearest_neighbours,
+    reweighted_image_score,
+    sparse_random_projection,
+)
+from lsfa.model import FeatureExtractor, LSFAAdaptors, create_point_encoder, create_rgb_backbone
+from lsfa.point_ops import group_points
+from shared.benchmark import peak_memory_mb, synchronize
+from shared.metrics import aupro
+from shared.training import autocast
+
+__all__ = ["main"]
+
+SIZES = {
+    # name: rgb variant, point variant, images per batch, points per cloud, bank rows, knn bank rows, ocsvm images,
+    # aupro maps, patches per image, grid
+    "paper": dict(rgb="dino_vitb8", point="point_mae", batch=8, points=30_000, bank=300_000, knn_bank=100_000,
+                  ocsvm_images=200, aupro_maps=150, patches=3136, grid=56, dim=1152),
+    "quick": dict(rgb="vit_tiny8_d2", point="point_mae_tiny", batch=4, points=10_000, bank=20_000, knn_bank=10_000,
+                  ocsvm_images=20, aupro_maps=40, patches=784, grid=28, dim=1152),
+}
+
+
+def _timed(fn, device: torch.device, repeats: int = 1) -> float:
+    fn()  # warm-up
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def _organised_cloud(batch: int, points: int, device: torch.device) -> torch.Tensor:
+    """(B, 3, 224, 224) clouds with ``points`` valid pixels (a centred square object on a zero background)."""
+    side = int(points**0.5)
+    xyz = torch.zeros(batch, 3, 224, 224, device=device)
+    lo = (224 - side) // 2
+    yy, xx = torch.meshgrid(torch.arange(side, device=device), torch.arange(side, device=device), indexing="ij")
+    xyz[:, 0, lo:lo + side, lo:lo + side] = xx * 1e-3
+    xyz[:, 1, lo:lo + side, lo:lo + side] = yy * 1e-3
+    xyz[:, 2, lo:lo + side, lo:lo + side] = 0.4 + 0.01 * torch.sin(xx / 9.0) + 1e-4 * torch.rand(side, side,
+                                                                                                   device=device)
+    return xyz
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced sizes for a CPU")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--output", default=None, help="write the rows as JSON")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    s = SIZES["quick" if args.quick else "paper"]
+    torch.manual_seed(0)
+    rows: list[dict] = []
+
+    def add(stage: str, size: str, seconds: float, unit: str, per_second: float | None) -> None:
+        rows.append({"stage": stage, "size": size, "seconds": seconds, "throughput": per_second, "unit": unit,
+                     "peak_mb": peak_memory_mb(device)})
+        rate = f"{per_second:10.2f} {unit}" if per_second is not None else " " * 11 + unit
+        print(f"{stage:<28}{size:<44}{seconds:10.3f} s{rate:>22}   peak {peak_memory_mb(device):9.0f} MB",
+              flush=True)
+
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"{torch.get_num_threads()} threads, amp {args.amp}, sizes {'quick' if args.quick else 'paper'}")
+    extractor = FeatureExtractor(create_rgb_backbone(s["rgb"]), create_point_encoder(s["point"]),
+                                 grid=s["grid"]).to(device)
+    images = torch.randn(s["batch"], 3, 224, 224, device=device)
+    xyz = _organised_cloud(s["batch"], s["points"], device)
+    with torch.no_grad(), autocast(device, args.amp):
+        t = _timed(lambda: extractor.rgb_features(images), device)
+        add("rgb features", f"{s['rgb']}, batch {s['batch']}", t, "img/s", s["batch"] / t)
+        t = _timed(lambda: extractor.xyz_features(xyz), device)
+        add("xyz features (full PFA)", f"{s['point']}, {s['points']} pts, batch {s['batch']}", t, "img/s",
+            s["batch"] / t)
+        pts = xyz.flatten(2).transpose(1, 2)[:, (xyz.abs().sum(1).flatten(1) > 0)[0]].contiguous()
+        v = extractor.point_encoder.variant
+        t = _timed(lambda: group_points(pts, v.num_group, v.group_size), device)
+        add("FPS + kNN grouping", f"{v.num_group} x {v.group_size} of {pts.shape[1]} pts, batch {s['batch']}", t,
+            "img/s", s["batch"] / t)
+    adaptors = LSFAAdaptors(extractor.xyz_dim, extractor.rgb_dim).to(device)
+    tokens_x = torch.randn(s["batch"], s["grid"] ** 2, extractor.xyz_dim, device=device)
+    tokens_r = torch.randn(s["batch"], s["grid"] ** 2, extractor.rgb_dim, device=device)
+
+    def adaptor_step() -> None:
+        with autocast(device, args.amp):
+            x, r = adaptors(tokens_x, tokens_r)
+            loss = adaptors.xyz_head(x).mean() + adaptors.rgb_head(r).mean()
+        loss.backward()
+
+    t = _timed(adaptor_step, device)
+    add("adaptor train step", f"{s['grid'] ** 2} tokens, batch {s['batch']}", t, "img/s", s["batch"] / t)
+    bank = torch.randn(s["bank"], s["dim"], device=device)
+    n_core = s["bank"] // 10
+    t0 = time.perf_counter()
+    projected = sparse_random_projection(bank, 0.9)
+    synchronize(device)
+    t_proj = time.perf_counter() - t0
+    dtype = torch.float16 if device.type == "cuda" else None
+    t0 = time.perf_counter()
+    greedy_coreset(projected, n_core, dtype=dtype)
+    synchronize(device)
+    add("coreset 10 % (proj + greedy)", f"{s['bank']} x {s['dim']} -> {n_core} (JL {projected.shape[1]})",
+        t_proj + time.perf_counter() - t0, "", None)
+    del projected
+    knn_bank = bank[: s["knn_bank"]].clone()
+    del bank
+    patches = torch.randn(s["patches"], s["dim"], device=device)
+
+    def knn() -> None:
+        d, i = nearest_neighbours(patches, knn_bank, k=1, chunk=1024)
+        reweighted_image_score(patches, knn_bank, d[:, 0], i[:, 0])
+
+    t = _timed(knn, device, repeats=3)
+    add("kNN scoring + re-weighting", f"{s['patches']} patches vs {s['knn_bank']} rows x {s['dim']}", t,
+        "img/s", 1.0 / t)
+    n = s["ocsvm_images"]
+    img_vec, pix_vec = torch.rand(n, 2), torch.rand(n, 2, 224, 224)
+    t0 = time.perf_counter()
+    LateFusion().fit(img_vec, pix_vec)
+    add("one-class SVM fit (2 SVMs)", f"{n} images + {n * 224 * 224} pixels x 2", time.perf_counter() - t0, "",
+        None)
+    m = s["aupro_maps"]
+    maps = torch.rand(m, 224, 224)
+    masks = torch.zeros(m, 224, 224, dtype=torch.bool)
+    masks[: m // 2, 60:90, 60:100] = True
+    maps[masks] += 0.5
+    t0 = time.perf_counter()
+    aupro(maps, masks, 0.3)
+    add("AUPRO@0.3 (exact)", f"{m} maps of 224 x 224", time.perf_counter() - t0, "", None)
+    if args.output:
+        Path(args.output).write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

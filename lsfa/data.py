@@ -1,0 +1,155 @@
+"""MVTec 3D-AD / Eyecandies loaders (the M3DM / LSFA protocol: 224 x 224 evaluation).
+
+The official MVTec 3D-AD tree (after ``python -m lsfa.preprocess``), and Eyecandies after its conversion to the same
+tree (``python -m lsfa.preprocess --dataset eyecandies``), are read by one :class:`MVTec3DDataset`:
+
+    <root>/<class>/train/good/{rgb/NNN.png, xyz/NNN.tiff}
+    <root>/<class>/test/<defect or good>/{rgb/NNN.png, xyz/NNN.tiff, gt/NNN.png}
+
+* rgb: RGB png, resized to 224 with bicubic interpolation, ImageNet mean / std;
+* xyz: organised point cloud, H x W x 3 float tiff (0, 0, 0 = no point), resized to 224 with nearest interpolation;
+* gt: png mask, nearest-resized to 224 and binarised at 0.5 (all zero for good test images).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    "EYECANDIES_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MVTEC3D_CLASSES",
+    "MVTec3DDataset",
+    "denormalize",
+    "patch_rotation",
+    "read_rgb",
+    "read_xyz",
+    "resolve_classes",
+]
+
+MVTEC3D_CLASSES = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire")
+EYECANDIES_CLASSES = ("CandyCane", "ChocolateCookie", "ChocolatePraline", "Confetto", "GummyBear", "HazelnutTruffle",
+                      "LicoriceSandwich", "Lollipop", "Marshmallow", "PeppermintCandy")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+LAYOUT = ("<root>/<class>/train/good/{rgb/NNN.png, xyz/NNN.tiff}\n"
+          "<root>/<class>/test/<good|defect>/{rgb/NNN.png, xyz/NNN.tiff, gt/NNN.png}")
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An RGB png as uint8 (H, W, 3); an unreadable file is an error naming it."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot read RGB image {path}: {err}") from err
+
+
+def read_xyz(path: str | Path) -> np.ndarray:
+    """An organised point cloud tiff as float32 (H, W, 3); an unreadable or mis-shaped file is an error naming it."""
+    try:
+        xyz = tifffile.imread(str(path))
+    except Exception as err:  # tifffile raises several exception types for corrupt files
+        raise OSError(f"cannot read xyz tiff {path}: {err}") from err
+    if xyz.ndim != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"{path}: expected an H x W x 3 organised point cloud, got shape {xyz.shape}")
+    return np.nan_to_num(xyz.astype(np.float32), nan=0.0)
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised (B, 3, H, W) -> [0, 1]."""
+    mean = images.new_tensor(IMAGENET_MEAN)[:, None, None]
+    std = images.new_tensor(IMAGENET_STD)[:, None, None]
+    return (images * std + mean).clamp(0, 1)
+
+
+def patch_rotation(images: torch.Tensor, cell: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """LSFA's patch-rotation augmentation: cut (B, C, H, W) into cell x cell squares (56 x 56 cells of 4 px at 224)
+    and rotate each by k * 90 degrees, k ~ U{0, 1, 2, 3} independently per cell."""
+    b, c, h, w = images.shape
+    gh, gw = h // cell, w // cell
+    cells = images.reshape(b, c, gh, cell, gw, cell).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, cell, cell)
+    k = torch.randint(0, 4, (cells.shape[0],), generator=generator).to(images.device)
+    out = cells.clone()
+    for quarter in (1, 2, 3):  # four masked rotations of the whole batch, not a loop over cells
+        sel = k == quarter
+        out[sel] = torch.rot90(cells[sel], quarter, dims=(2, 3))
+    return out.reshape(b, gh, gw, c, cell, cell).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def resolve_classes(root: str | Path, classes: list[str] | None) -> list[str]:
+    """The class folders to use: ``classes`` if given, else every folder under ``root`` with a ``train/`` tree."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist. Expected layout:\n{LAYOUT}\n"
+                                f"See `python -m shared.datasets info mvtec3d` (or eyecandies) and README Recipes.")
+    if classes:
+        return list(classes)
+    found = sorted(d.name for d in root.iterdir() if (d / "train").is_dir())
+    if not found:
+        raise FileNotFoundError(f"no class folder with a train/ tree under {root}. Expected layout:\n{LAYOUT}")
+    return found
+
+
+class MVTec3DDataset(Dataset):
+    """One class of MVTec 3D-AD (or converted Eyecandies), split ``train`` (good only) or ``test``.
+
+    Items: ``rgb`` (3, S, S) normalised float, ``xyz`` (3, S, S) float (0 = no point), ``mask`` (S, S) float 0/1,
+    ``label`` (0 good / 1 defect), ``defect`` (folder name), ``path`` (the rgb file).
+    """
+
+    def __init__(self, root: str | Path, class_name: str, split: str = "train", image_size: int = 224,
+                 max_samples: int | None = None):
+        if split not in ("train", "test", "validation"):
+            raise ValueError(f"split must be train, validation or test, got {split!r}")
+        self.root, self.class_name, self.split, self.image_size = Path(root), class_name, split, image_size
+        split_dir = self.root / class_name / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"{split_dir} does not exist. Expected layout:\n{LAYOUT}\n"
+                                    f"(see `python -m shared.datasets info mvtec3d` and README Recipes)")
+        self.samples: list[tuple[Path, Path, Path | None, str]] = []
+        for defect in sorted(os.listdir(split_dir)):
+            rgb_dir, xyz_dir, gt_dir = (split_dir / defect / sub for sub in ("rgb", "xyz", "gt"))
+            if not rgb_dir.is_dir() or not xyz_dir.is_dir():
+                raise FileNotFoundError(f"{split_dir / defect} must hold rgb/ and xyz/ folders. Layout:\n{LAYOUT}")
+            for rgb in sorted(rgb_dir.glob("*.png")):
+                xyz = xyz_dir / (rgb.stem + ".tiff")
+                if not xyz.is_file():
+                    raise FileNotFoundError(f"{xyz} is missing (paired with {rgb})")
+                gt = gt_dir / rgb.name if defect != "good" else None
+                if gt is not None and not gt.is_file():
+                    raise FileNotFoundError(f"ground-truth mask {gt} is missing (paired with {rgb})")
+                self.samples.append((rgb, xyz, gt, defect))
+        if not self.samples:
+            raise FileNotFoundError(f"no rgb/*.png samples under {split_dir}. Expected layout:\n{LAYOUT}")
+        if max_samples is not None:
+            self.samples = self.samples[:max_samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        rgb_path, xyz_path, gt_path, defect = self.samples[index]
+        s = self.image_size
+        rgb = torch.from_numpy(read_rgb(rgb_path).copy()).permute(2, 0, 1)[None].float() / 255.0
+        rgb = F.interpolate(rgb, size=(s, s), mode="bicubic", align_corners=False)[0]
+        rgb = (rgb - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        xyz = torch.from_numpy(read_xyz(xyz_path)).permute(2, 0, 1)[None]
+        xyz = F.interpolate(xyz, size=(s, s), mode="nearest")[0]
+        if gt_path is not None:
+            gt = torch.from_numpy(np.asarray(Image.open(gt_path).convert("L"), dtype=np.float32) / 255.0)
+            mask = (F.interpolate(gt[None, None], size=(s, s), mode="nearest")[0, 0] > 0.5).float()
+        else:
+            mask = torch.zeros(s, s)
+        return {"rgb": rgb, "xyz": xyz, "mask": mask, "label": int(defect != "good"), "defect": defect,
+                "path": str(rgb_path)}

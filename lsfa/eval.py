@@ -1,0 +1,142 @@
+"""Score LSFA (adapted features) and the M3DM-style baseline (frozen features) with per-class memory banks.
+
+    python eval.py --checkpoint runs/lsfa/default/<time>/last.pt [--output_dir DIR] [-c configs/NAME.yaml] [--k v]
+
+Settings come from the checkpoint's config, then ``-c``, then the command line. Per class: banks from the training
+images, late fusion (two SGD one-class SVMs), I-AUROC / P-AUROC / AUPRO@0.3 through ``shared.metrics``. Prints a
+README-style table; writes ``metrics.json``, ``overlays/<method>_<class>.png`` and ``roc_<method>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from lsfa.data import MVTec3DDataset, resolve_classes
+from lsfa.model import LSFAAdaptors
+from lsfa.scoring import ScoringSettings, SplitFeatures, class_metrics, extract_features, score_class
+from shared.logger import RunLogger
+
+__all__ = ["METHODS", "evaluate_classes", "format_table", "main"]
+
+METHODS = {"lsfa": "LSFA", "m3dm": "M3DM (no adaptors)"}
+METRICS = ("i_auroc", "p_auroc", "aupro")
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def format_table(metrics: dict[str, float], classes: list[str], methods: list[str]) -> str:
+    """Per-class rows x (method, metric) columns, as in the README."""
+    short = {"lsfa": "LSFA", "m3dm": "M3DM"}
+    header = f"{'class':<12}" + "".join(f"{short[m] + ' ' + k:>17}" for m in methods for k in
+                                         ("I-AUROC", "P-AUROC", "AUPRO@0.3"))
+    lines = [header]
+    for c in [*classes, "mean"]:
+        row = f"{c:<12}"
+        for m in methods:
+            for k in METRICS:
+                row += f"{metrics.get(f'{m}/{c}/{k}' if c != 'mean' else f'{m}_{k}_mean', float('nan')):>17.3f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def evaluate_classes(extractor, adaptors: LSFAAdaptors | None, root: str | Path, classes: list[str],
+                     scoring: ScoringSettings, methods: list[str], device: torch.device, batch_size: int = 8,
+                     image_size: int = 224, max_train_samples: int | None = None,
+                     train_cache: dict[str, SplitFeatures] | None = None, output_dir: Path | None = None,
+                     logger: RunLogger | None = None, vis_images: int = 4) -> dict[str, float]:
+    """Score every class with every method; returns flat metrics (``<method>/<class>/<metric>`` and means)."""
+    if "lsfa" in methods and adaptors is None:
+        raise ValueError("evaluate_classes: method 'lsfa' needs trained adaptors")
+    say = logger.info if logger is not None else print
+    metrics: dict[str, float] = {}
+    curves: dict[str, list] = {m: [] for m in methods}
+    extractor.eval()
+    if adaptors is not None:
+        adaptors.eval()
+    for c in classes:
+        t0 = time.perf_counter()
+        train = (train_cache or {}).get(c) or extract_features(
+            extractor, MVTec3DDataset(root, c, "train", image_size, max_train_samples), batch_size, device)
+        test_set = MVTec3DDataset(root, c, "test", image_size)
+        test = extract_features(extractor, test_set, batch_size, device)
+        for m in methods:
+            out = score_class(train, test, adaptors if m == "lsfa" else None, scoring, device)
+            for k, v in class_metrics(out["image"], out["map"], test.labels, test.masks).items():
+                metrics[f"{m}/{c}/{k}"] = v
+            curves[m].append((c, out["image"], test.labels))
+            if output_dir is not None and vis_images > 0:
+                from lsfa.visualization import save_overlays
+
+                save_overlays(test_set, out["map"], test.masks, output_dir / "overlays" / f"{m}_{c}.png", vis_images)
+        say(f"{c}: " + "  ".join(f"{METHODS[m]} I-AUROC {metrics[f'{m}/{c}/i_auroc']:.3f} "
+                                 f"AUPRO {metrics[f'{m}/{c}/aupro']:.3f}" for m in methods)
+            + f"  ({time.perf_counter() - t0:.0f} s)")
+    for m in methods:
+        for k in METRICS:
+            metrics[f"{m}_{k}_mean"] = _mean([metrics[f"{m}/{c}/{k}"] for c in classes])
+    if output_dir is not None:
+        from lsfa.visualization import plot_roc
+
+        for m in methods:
+            plot_roc(curves[m], output_dir / f"roc_{m}.png", METHODS[m])
+    say("\n" + format_table(metrics, classes, methods))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    from lsfa.train import TrainConfig, build_extractor, load_adaptors, resolve_root
+    from shared.checkpoint import load_checkpoint
+    from shared.config import config_from_dict, parse_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--checkpoint", required=True)
+    args, rest = pre.parse_known_args(argv)
+    state = load_checkpoint(args.checkpoint, map_location="cpu")
+    for key in ("config", "adaptors"):
+        if key not in state:
+            raise KeyError(f"{args.checkpoint}: no '{key}' entry; expected a checkpoint written by lsfa/train.py")
+    base = config_from_dict(TrainConfig, state["config"])
+    import tempfile
+
+    import yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(state["config"], f)
+        base_yaml = f.name
+    cfg = parse_config(TrainConfig, rest if any(a in ("-c", "--config") for a in rest) else
+                       ["-c", base_yaml, *rest], description=__doc__.splitlines()[0])
+    Path(base_yaml).unlink(missing_ok=True)
+    del base
+    out = Path(cfg.output_dir) if cfg.output_dir and "--output_dir" in rest else Path(args.checkpoint).parent / "eval"
+    logger = RunLogger(out, tensorboard=False, name="eval")
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    extractor = build_extractor(cfg, state.get("backbones"), logger).to(device)
+    adaptors = load_adaptors(cfg, extractor, state["adaptors"], args.checkpoint).to(device)
+    root = resolve_root(cfg)
+    classes = resolve_classes(root, cfg.data.classes)
+    metrics = evaluate_classes(extractor, adaptors, root, classes, cfg.scoring, cfg.eval.methods, device,
+                               cfg.data.batch_size, cfg.data.image_size, cfg.data.max_train_samples,
+                               output_dir=out, logger=logger, vis_images=cfg.eval.vis_images)
+    logger.write_metrics(metrics)
+    logger.info(f"wrote {out / 'metrics.json'}")
+    logger.close()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

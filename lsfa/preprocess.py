@@ -1,0 +1,237 @@
+"""Dataset preparation for M3DM / LSFA (non-destructive: writes a new tree unless ``--in_place``).
+
+    python -m lsfa.preprocess --root data/mvtec3d --output data/mvtec3d_preprocessed
+    python -m lsfa.preprocess --dataset eyecandies --root data/eyecandies --output data/eyecandies_preprocessed
+
+MVTec 3D-AD (M3DM ``utils/preprocessing.py``), per sample:
+
+1. RANSAC plane fit (Open3D ``segment_plane``: distance 0.004, ransac_n 50, 1000 iterations) on the points of a
+   10-pixel border strip of the organised cloud;
+2. zero every point (and its RGB) closer than 0.005 to the plane;
+3. zero-pad xyz, rgb and gt to a square whose side is the larger of H, W rounded up to the next multiple of 100;
+4. DBSCAN (eps 0.006, min_points 30) on the remaining points; keep the largest cluster, zero the rest.
+
+Eyecandies (M3DM ``utils/preprocess_eyecandies.py``, with its ``os.path.join(root, '/train/data')`` path bug fixed
+and the background written as (0, 0, 0)): depth png -> metres with ``info_depth.yaml``, back-projection through
+inv(K @ pose) with focal 711.11 and the principal point at the image centre, background removal in a frame rotated
+onto the table, axis swap (x, z, y) and scaling by (0.1, -0.1, 0.1); RGB = ``image_4.png``; test samples with a
+non-empty mask go to ``test/bad``, the others to ``test/good``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from lsfa.data import read_rgb, read_xyz
+
+__all__ = ["EYECANDIES_FOCAL_LENGTH", "convert_eyecandies", "depth_to_pointcloud", "main", "pad_to_square",
+           "preprocess_mvtec3d", "preprocess_sample", "remove_background_plane", "remove_eyecandies_background"]
+
+EYECANDIES_FOCAL_LENGTH = 711.11
+
+
+def remove_background_plane(xyz: np.ndarray, rgb: np.ndarray | None = None, border: int = 10,
+                            fit_distance: float = 0.004, remove_distance: float = 0.005, ransac_n: int = 50,
+                            iterations: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fit a plane to the border strip with RANSAC and zero every point (and pixel) within ``remove_distance``."""
+    import open3d as o3d
+
+    h, w, _ = xyz.shape
+    strip = np.zeros((h, w), bool)
+    strip[:border], strip[-border:], strip[:, :border], strip[:, -border:] = True, True, True, True
+    valid = np.abs(xyz).sum(-1) > 0
+    border_points = xyz[strip & valid].astype(np.float64)
+    if len(border_points) < ransac_n:
+        raise ValueError(f"remove_background_plane: only {len(border_points)} valid points in the {border}-px border "
+                         f"strip, fewer than ransac_n={ransac_n}")
+    o3d.utility.random.seed(seed)
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(border_points))
+    (a, b, c, d), _ = cloud.segment_plane(distance_threshold=fit_distance, ransac_n=ransac_n,
+                                          num_iterations=iterations)
+    distance = np.abs(xyz @ np.array([a, b, c]) + d) / math.sqrt(a * a + b * b + c * c)
+    background = (distance < remove_distance) | ~valid
+    xyz = np.where(background[..., None], 0.0, xyz).astype(np.float32)
+    if rgb is not None:
+        rgb = np.where(background[..., None], 0, rgb).astype(np.uint8)
+    return xyz, rgb
+
+
+def pad_to_square(array: np.ndarray, multiple: int = 100) -> np.ndarray:
+    """Zero-pad (H, W, ...) at the bottom / right to S x S, S = max(ceil(H / 100), ceil(W / 100)) * 100."""
+    h, w = array.shape[:2]
+    side = max(math.ceil(h / multiple), math.ceil(w / multiple)) * multiple
+    pad = [(0, side - h), (0, side - w)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad)
+
+
+def keep_largest_cluster(xyz: np.ndarray, eps: float = 0.006, min_points: int = 30) -> np.ndarray:
+    """DBSCAN (Open3D) on the non-zero points; zero every point outside the largest cluster."""
+    import open3d as o3d
+
+    valid = np.abs(xyz).sum(-1) > 0
+    if not valid.any():
+        return xyz
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[valid].astype(np.float64)))
+    labels = np.asarray(cloud.cluster_dbscan(eps=eps, min_points=min_points))
+    if (labels >= 0).any():
+        keep = labels == np.bincount(labels[labels >= 0]).argmax()
+    else:
+        keep = np.zeros_like(labels, bool)
+    out = xyz.copy()
+    flat = out.reshape(-1, 3)
+    flat[np.flatnonzero(valid.reshape(-1))[~keep]] = 0.0
+    return out
+
+
+def preprocess_sample(xyz: np.ndarray, rgb: np.ndarray, gt: np.ndarray | None = None, **plane_kwargs
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The four M3DM steps on one sample (plane removal, square padding, largest DBSCAN cluster)."""
+    xyz, rgb = remove_background_plane(xyz, rgb, **plane_kwargs)
+    xyz, rgb = pad_to_square(xyz), pad_to_square(rgb)
+    gt = pad_to_square(gt) if gt is not None else None
+    xyz = keep_largest_cluster(xyz)
+    return xyz, rgb, gt
+
+
+def preprocess_mvtec3d(root: str | Path, output: str | Path | None, in_place: bool = False,
+                       classes: list[str] | None = None) -> Path:
+    """Preprocess every ``<class>/<split>/<defect>`` sample of an MVTec 3D-AD tree into ``output`` (or in place)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MVTec 3D-AD root {root} not found (python -m shared.datasets info mvtec3d)")
+    if in_place:
+        out_root = root
+    elif output is None:
+        raise ValueError("give --output DIR (a new tree) or --in_place")
+    else:
+        out_root = Path(output)
+        if out_root.resolve() == root.resolve():
+            raise ValueError("--output equals --root; pass --in_place to overwrite the dataset")
+    rgb_files = sorted(root.glob("*/*/*/rgb/*.png"))
+    if classes:
+        rgb_files = [p for p in rgb_files if p.relative_to(root).parts[0] in classes]
+    if not rgb_files:
+        raise FileNotFoundError(f"no <class>/<split>/<defect>/rgb/*.png under {root}")
+    for rgb_path in rgb_files:
+        sample_dir = rgb_path.parent.parent
+        xyz_path = sample_dir / "xyz" / (rgb_path.stem + ".tiff")
+        gt_path = sample_dir / "gt" / rgb_path.name
+        gt = np.asarray(Image.open(gt_path)) if gt_path.is_file() else None
+        xyz, rgb, gt = preprocess_sample(read_xyz(xyz_path), read_rgb(rgb_path), gt)
+        target = out_root / sample_dir.relative_to(root)
+        for sub in ("rgb", "xyz") + (("gt",) if gt is not None else ()):
+            (target / sub).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(target / "xyz" / xyz_path.name, xyz, photometric="rgb")
+        Image.fromarray(rgb).save(target / "rgb" / rgb_path.name)
+        if gt is not None:
+            Image.fromarray(gt).save(target / "gt" / rgb_path.name)
+    return out_root
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Eyecandies
+
+
+def depth_to_pointcloud(depth_png: np.ndarray, depth_min: float, depth_max: float, pose: np.ndarray,
+                        focal: float = EYECANDIES_FOCAL_LENGTH) -> np.ndarray:
+    """16-bit depth (H, W) -> (H*W, 3) points: depth in metres, back-projected through inv(K @ pose) applied to
+    (u, v, 1, 1 / depth) and scaled by the depth (the Eyecandies recipe), vectorised."""
+    depth = depth_png.astype(np.float64) / 65535.0 * (depth_max - depth_min) + depth_min
+    h, w = depth.shape
+    k = np.array([[focal, 0, w / 2, 0], [0, focal, h / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    v, u = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    vectors = np.stack([u.ravel(), v.ravel(), np.ones(h * w), 1.0 / depth.ravel()], 0)
+    points = (np.linalg.inv(k @ pose) @ vectors).T * depth.reshape(-1, 1)
+    return points[:, :3]
+
+
+def remove_eyecandies_background(points: np.ndarray, width: int) -> np.ndarray:
+    """Rotate the cloud so the table is level (using the points one row-width from the start and end), drop points
+    above the table (y > -0.02), too far (z > 1.8) or too wide (|x| > 1), rotate back, swap axes to (x, z, y) and
+    scale by (0.1, -0.1, 0.1). Background points become (0, 0, 0) (the release writes a constant non-zero point)."""
+    first, last = points[width], points[-width]
+    dz, dy = first[1] - last[1], first[2] - last[2]
+    norm = math.hypot(dz, dy)
+    cos_t, sin_t = dy / norm, dz / norm
+    rotation = np.array([[1, 0, 0], [0, cos_t, -sin_t], [0, sin_t, cos_t]])
+    origin = np.array([0.0, last[1], last[2]])
+    local = (points - origin) @ rotation.T
+    background = (local[:, 1] > -0.02) | (local[:, 2] > 1.8) | (np.abs(local[:, 0]) > 1)
+    out = (local @ rotation + origin)[:, [0, 2, 1]] * np.array([0.1, -0.1, 0.1])
+    out[background] = 0.0
+    return out
+
+
+def _eyecandies_sample(data_dir: Path, sample_id: str) -> tuple[np.ndarray, Path]:
+    import yaml
+
+    depth_path = data_dir / f"{sample_id}_depth.png"
+    info = yaml.safe_load((data_dir / f"{sample_id}_info_depth.yaml").read_text())
+    pose = np.loadtxt(data_dir / f"{sample_id}_pose.txt")
+    depth = np.asarray(Image.open(depth_path))
+    points = depth_to_pointcloud(depth, info["normalization"]["min"], info["normalization"]["max"], pose)
+    h, w = depth.shape
+    xyz = remove_eyecandies_background(points, w).reshape(h, w, 3).astype(np.float32)
+    return xyz, data_dir / f"{sample_id}_image_4.png"
+
+
+def convert_eyecandies(root: str | Path, output: str | Path, classes: list[str] | None = None) -> Path:
+    """Convert ``<root>/<Class>/{train,test_public}/data`` into the MVTec-3D-like tree read by MVTec3DDataset."""
+    root, output = Path(root), Path(output)
+    class_dirs = [root / c for c in classes] if classes else sorted(d for d in root.iterdir() if d.is_dir())
+    for class_dir in class_dirs:
+        for split, target_split in (("train", "train"), ("test_public", "test")):
+            data_dir = class_dir / split / "data"
+            if not data_dir.is_dir():
+                raise FileNotFoundError(f"{data_dir} not found; expected <root>/<Class>/{{train,test_public}}/data "
+                                        f"(python -m shared.datasets info eyecandies)")
+            for depth_path in sorted(data_dir.glob("*_depth.png")):
+                sample_id = depth_path.name[: -len("_depth.png")]
+                xyz, rgb_path = _eyecandies_sample(data_dir, sample_id)
+                name = sample_id.zfill(3)
+                if target_split == "train":
+                    folder, mask = output / class_dir.name / "train" / "good", None
+                else:
+                    mask = np.asarray(Image.open(data_dir / f"{sample_id}_mask.png").convert("L"))
+                    folder = output / class_dir.name / "test" / ("bad" if mask.any() else "good")
+                for sub in ("rgb", "xyz") + (("gt",) if mask is not None else ()):
+                    (folder / sub).mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(folder / "xyz" / f"{name}.tiff", xyz, photometric="rgb")
+                shutil.copyfile(rgb_path, folder / "rgb" / f"{name}.png")
+                if mask is not None:
+                    Image.fromarray(((mask > 0) * 255).astype(np.uint8)).save(folder / "gt" / f"{name}.png")
+    return output
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=("mvtec3d", "eyecandies"), default="mvtec3d")
+    parser.add_argument("--root", required=True, help="the downloaded dataset")
+    parser.add_argument("--output", default=None, help="new tree to write (default <root>_preprocessed)")
+    parser.add_argument("--in_place", action="store_true", help="overwrite the files of --root (MVTec 3D-AD only)")
+    parser.add_argument("--classes", nargs="*", default=None)
+    args = parser.parse_args(argv)
+    output = args.output or (None if args.in_place else str(Path(args.root).resolve()) + "_preprocessed")
+    if args.dataset == "eyecandies":
+        if args.in_place:
+            parser.error("--in_place is not supported for Eyecandies (it is a format conversion)")
+        out = convert_eyecandies(args.root, output, args.classes)
+    else:
+        out = preprocess_mvtec3d(args.root, output, args.in_place, args.classes)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Per-class memory-bank scoring of LSFA (adapted features) and of the M3DM-style baseline (frozen features).
+
+For one class (the release's ``PatchCore/m3dm_runner.py`` + ``features_double_lib.py``):
+
+1. patch tokens of every training image: LSFA = adapted xyz (g x g) and adapted rgb (the ViT map replicated to
+   g x g); M3DM = frozen xyz (g x g) and frozen rgb (the ViT's own 28 x 28);
+2. scalar normalisation of both banks (release: mean of the xyz bank and std of the rgb bank for both);
+3. greedy k-centre coreset after a sparse random projection (xyz: 10 %; rgb: 10 % of the reduced xyz bank in the
+   release);
+4. test image -> per-modality re-weighted image score and min-distance map (upsampled, blurred);
+5. decision-layer fusion: two SGD one-class SVMs fit on the training images' [s_xyz, 0.1 s_rgb] vectors and on all
+   their pixels' [map_xyz, 0.1 map_rgb]; or a single modality.
+
+Metrics (``shared.metrics``): I-AUROC over image scores, P-AUROC over all pixels, AUPRO@0.3 (exact curve).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lsfa.adaptation import pool_to_grid, tokens
+from lsfa.memory_bank import LateFusion, ModalityBank, blur_anomaly_map
+from lsfa.model import FeatureExtractor, LSFAAdaptors
+from shared.metrics import aupro, auroc
+
+__all__ = ["ScoringSettings", "SplitFeatures", "class_metrics", "extract_features", "score_class", "split_tokens"]
+
+
+@dataclass
+class ScoringSettings:
+    """Memory-bank and fusion settings (defaults: the release)."""
+
+    coreset_ratio: float = 0.1
+    rgb_coreset_rule: str = "released"  # "released": 10 % of the reduced xyz bank | "ratio": 10 % of the rgb bank
+    normalization: str = "released"  # "released": mean(xyz bank), std(rgb bank) for both | "per_modality"
+    blur: str = "pil_uint8"  # "pil_uint8" (release) | "gaussian"
+    blur_sigma: float = 4.0
+    fusion: str = "ocsvm"  # "ocsvm" (decision-layer fusion) | "xyz" | "rgb" (single bank) | "sum"
+    xyz_weight: float = 1.0
+    rgb_weight: float = 0.1
+    projection_eps: float = 0.9
+    seed: int = 0
+    image_size: int = 224
+
+
+@dataclass
+class SplitFeatures:
+    """Frozen features and labels of one split of one class (CPU tensors)."""
+
+    xyz: torch.Tensor  # (N, C_x, g, g)
+    rgb: torch.Tensor  # (N, C_r, g_r, g_r) at the ViT's own resolution
+    valid: torch.Tensor  # (N, g, g)
+    masks: torch.Tensor  # (N, S, S)
+    labels: torch.Tensor  # (N,)
+    defects: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def extract_features(extractor: FeatureExtractor, dataset: Dataset, batch_size: int, device: torch.device,
+                     num_workers: int = 0) -> SplitFeatures:
+    """Run the frozen extractors over a dataset (features stored on the CPU)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    parts: dict[str, list] = {k: [] for k in ("xyz", "rgb", "valid", "masks", "labels", "defects", "paths")}
+    for batch in loader:
+        rgb, xyz = batch["rgb"].to(device), batch["xyz"].to(device)
+        xyz_feats, valid = extractor.xyz_features(xyz)
+        parts["xyz"].append(xyz_feats.cpu())
+        parts["valid"].append(valid.cpu())
+        parts["rgb"].append(extractor.rgb_features(rgb).cpu())
+        parts["masks"].append(batch["mask"])
+        parts["labels"].append(torch.as_tensor(batch["label"]))
+        parts["defects"] += list(batch["defect"])
+        parts["paths"] += list(batch["path"])
+    return SplitFeatures(*(torch.cat(parts[k]) for k in ("xyz", "rgb", "valid", "masks", "labels")),
+                         defects=parts["defects"], paths=parts["paths"])
+
+
+@torch.no_grad()
+def split_tokens(feats: SplitFeatures, adaptors: LSFAAdaptors | None, device: torch.device, batch_size: int = 8
+                 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Tokens of a split: LSFA (adaptors given) = adapted xyz and adapted rgb on the xyz grid; M3DM = frozen xyz and
+    frozen rgb at the ViT resolution. Returns (xyz (N, P_x, C_x), rgb (N, P_r, C_r), g_x, g_r) on ``device``."""
+    grid = feats.xyz.shape[-1]
+    xs, rs = [], []
+    for start in range(0, feats.xyz.shape[0], batch_size):
+        x = feats.xyz[start:start + batch_size].to(device)
+        r = feats.rgb[start:start + batch_size].to(device)
+        if adaptors is not None:
+            r = pool_to_grid(r, grid)
+            xs.append(adaptors.adapt_xyz(tokens(x)))
+            rs.append(adaptors.adapt_rgb(tokens(r)))
+        else:
+            xs.append(tokens(x))
+            rs.append(tokens(r))
+    rgb_grid = grid if adaptors is not None else feats.rgb.shape[-1]
+    return torch.cat(xs), torch.cat(rs), grid, rgb_grid
+
+
+def _normalisation(x_bank: torch.Tensor, r_bank: torch.Tensor, mode: str) -> tuple[float, float, float, float]:
+    if mode == "released":
+        mean, std = float(x_bank.mean()), float(r_bank.std())
+        return mean, std, mean, std
+    if mode == "per_modality":
+        return float(x_bank.mean()), float(x_bank.std()), float(r_bank.mean()), float(r_bank.std())
+    raise ValueError(f"normalization must be 'released' or 'per_modality', got {mode!r}")
+
+
+def _score_split(bank: ModalityBank, toks: torch.Tensor, grid: int, s: ScoringSettings, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    scores, dists = [], []
+    for image in toks:
+        score, dist = bank.score(image, eps)
+        scores.append(score)
+        dists.append(dist.reshape(grid, grid))
+    maps = blur_anomaly_map(torch.stack(dists), s.image_size, s.blur_sigma, s.blur)
+    return torch.stack(scores).cpu(), maps.cpu()
+
+
+def score_class(train: SplitFeatures, test: SplitFeatures, adaptors: LSFAAdaptors | None, settings: ScoringSettings,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """Fit the banks on ``train``, score ``test``; returns fused and per-modality image scores and maps."""
+    s = settings
+    if s.fusion not in ("ocsvm", "xyz", "rgb", "sum"):
+        raise ValueError(f"fusion must be ocsvm, xyz, rgb or sum, got {s.fusion!r}")
+    x_tr, r_tr, gx, gr = split_tokens(train, adaptors, device)
+    x_te, r_te, _, _ = split_tokens(test, adaptors, device)
+    x_bank, r_bank = x_tr.reshape(-1, x_tr.shape[-1]), r_tr.reshape(-1, r_tr.shape[-1])
+    xm, xs, rm, rs = _normalisation(x_bank, r_bank, s.normalization)
+    coreset_dtype = torch.float16 if device.type == "cuda" else None
+    bank_x = ModalityBank(s.coreset_ratio, s.projection_eps, s.seed, coreset_dtype).fit((x_bank - xm) / xs)
+    rgb_size = None
+    if s.rgb_coreset_rule == "released":
+        rgb_size = int(s.coreset_ratio * bank_x.bank.shape[0])
+    elif s.rgb_coreset_rule != "ratio":
+        raise ValueError(f"rgb_coreset_rule must be 'released' or 'ratio', got {s.rgb_coreset_rule!r}")
+    bank_r = ModalityBank(s.coreset_ratio, s.projection_eps, s.seed + 1, coreset_dtype).fit((r_bank - rm) / rs,
+                                                                                            rgb_size)
+    eps = 1e-5 if s.fusion in ("xyz", "rgb") else 0.0  # M3DM's single-bank variants add 1e-5 to the denominator
+    out: dict[str, torch.Tensor] = {}
+    te_x_img, te_x_map = _score_split(bank_x, (x_te - xm) / xs, gx, s, eps)
+    te_r_img, te_r_map = _score_split(bank_r, (r_te - rm) / rs, gr, s, eps)
+    out.update(xyz_image=te_x_img, xyz_map=te_x_map, rgb_image=te_r_img, rgb_map=te_r_map)
+    if s.fusion == "ocsvm":
+        tr_x_img, tr_x_map = _score_split(bank_x, (x_tr - xm) / xs, gx, s, eps)
+        tr_r_img, tr_r_map = _score_split(bank_r, (r_tr - rm) / rs, gr, s, eps)
+        w = torch.tensor([s.xyz_weight, s.rgb_weight])
+        fusion = LateFusion().fit(torch.stack([tr_x_img, tr_r_img], 1) * w,
+                                  torch.stack([tr_x_map, tr_r_map], 1) * w[:, None, None])
+        out["image"], out["map"] = fusion.score(torch.stack([te_x_img, te_r_img], 1) * w,
+                                                torch.stack([te_x_map, te_r_map], 1) * w[:, None, None])
+    elif s.fusion == "sum":
+        out["image"] = s.xyz_weight * te_x_img + s.rgb_weight * te_r_img
+        out["map"] = s.xyz_weight * te_x_map + s.rgb_weight * te_r_map
+    else:
+        out["image"], out["map"] = out[f"{s.fusion}_image"], out[f"{s.fusion}_map"]
+    out["bank_sizes"] = torch.tensor([bank_x.bank.shape[0], bank_r.bank.shape[0], x_bank.shape[0], r_bank.shape[0]])
+    return out
+
+
+def class_metrics(image_scores: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+                  ) -> dict[str, float]:
+    """I-AUROC, P-AUROC and AUPRO@0.3 of one class (NaN where a metric is undefined, e.g. no defect)."""
+    nan = float("nan")
+    has_both = bool((labels == 1).any() and (labels == 0).any())
+    return {"i_auroc": auroc(image_scores, labels) if has_both else nan,
+            "p_auroc": auroc(maps, masks.bool()) if bool(masks.any()) else nan,
+            "aupro": aupro(maps, masks.bool(), fpr_limit=0.3) if bool(masks.any()) else nan}

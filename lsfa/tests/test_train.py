@@ -1,0 +1,74 @@
+"""End to end: train.py on a tiny synthetic tree, eval.py re-scores the checkpoint; the embedded default (slow)."""
+
+import json
+
+import pytest
+import torch
+
+from lsfa import eval as lsfa_eval
+from lsfa import train as lsfa_train
+
+TINY = ["--device", "cpu", "--data.dataset", "synthetic", "--data.classes", "cookie", "--data.batch_size", "2",
+        "--synthetic.num_train", "4", "--synthetic.num_test_good", "2", "--synthetic.num_test_per_defect", "1",
+        "--synthetic.size", "120", "--backbone.rgb_variant", "vit_test8", "--backbone.point_variant",
+        "point_mae_test", "--backbone.grid", "14", "--adaptor.num_heads", "2", "--adaptor.proj_dim", "8",
+        "--adaptor.patch_queue", "300", "--adaptor.global_queue", "4", "--loss.compactness_start_iteration", "1",
+        "--loss.compactness_min_fill", "100", "--optim.epochs", "2", "--optim.accum_iter", "1",
+        "--eval.vis_images", "1"]
+
+
+@pytest.fixture()
+def synthetic_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHETIC_DATA_ROOT", str(tmp_path / "synthetic"))
+    return tmp_path
+
+
+def test_train_then_eval_reproduces_the_metrics(synthetic_root):
+    out = synthetic_root / "run"
+    metrics = lsfa_train.main([*TINY, "--output_dir", str(out)])
+    for key in ("lsfa_i_auroc_mean", "lsfa_aupro_mean", "m3dm_p_auroc_mean", "lsfa/cookie/aupro"):
+        assert 0.0 <= metrics[key] <= 1.0
+    for name in ("config.yaml", "log.csv", "metrics.json", "last.pt", "roc_lsfa.png", "overlays/lsfa_cookie.png"):
+        assert (out / name).is_file(), name
+    assert (synthetic_root / "synthetic" / "lsfa_mvtec3d_preprocessed" / "cookie" / "test").is_dir()
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and "xyz_block.attn.qkv.weight" in state["adaptors"] and state["backbones"]
+    again = lsfa_eval.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(out / "eval")])
+    written = json.loads((out / "eval" / "metrics.json").read_text())
+    for key in ("lsfa_i_auroc_mean", "lsfa_aupro_mean", "m3dm_i_auroc_mean", "lsfa/cookie/p_auroc"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6) and written[key] == pytest.approx(again[key])
+
+
+def test_checkpoint_without_adaptor_keys_is_an_error(synthetic_root):
+    out = synthetic_root / "run"
+    lsfa_train.main([*TINY, "--optim.epochs", "1", "--output_dir", str(out), "--eval.methods", "m3dm"])
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    state["adaptors"].pop("rgb_head.weight")
+    torch.save(state, out / "broken.pt")
+    with pytest.raises(KeyError, match="rgb_head.weight"):
+        lsfa_eval.main(["--checkpoint", str(out / "broken.pt"), "--output_dir", str(out / "eval")])
+
+
+def test_paper_recipe_refuses_random_backbones(synthetic_root):
+    with pytest.raises(FileNotFoundError, match="pointmae_pretrain.pth"):
+        lsfa_train.main(["-c", str(lsfa_train.DEFAULT_CONFIG.parent / "mvtec3d_lsfa.yaml"), "--device", "cpu",
+                         "--data.dataset", "synthetic", "--data.classes", "cookie",
+                         "--backbone.point_checkpoint", "null", "--backbone.rgb_checkpoint", "null",
+                         "--output_dir", str(synthetic_root / "r")])
+
+
+@pytest.fixture(scope="module")
+def embedded_default_metrics(tmp_path_factory):
+    return lsfa_train.main(["--output_dir", str(tmp_path_factory.mktemp("lsfa") / "run")])
+
+
+@pytest.mark.slow
+def test_embedded_default_localises_the_synthetic_defects(embedded_default_metrics):
+    assert embedded_default_metrics["lsfa_aupro_mean"] >= 0.6
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="acceptance target of issue 4 not met yet: mean I-AUROC 0.672 < 0.8 with the "
+                   "random tiny Point-MAE of the embedded default (README, Results)")
+def test_embedded_default_detects_the_synthetic_defects(embedded_default_metrics):
+    assert embedded_default_metrics["lsfa_i_auroc_mean"] >= 0.8
