@@ -1,14 +1,3 @@
-"""Run this package's tests single-threaded: its tiny convolutions gain nothing from a second thread, and OpenMP
-threads slow down by several times when the two cores are shared with other processes (the previous thread count is
-restored after each test, so other packages' tests are unaffected)."""
+"""energy_anomaly_seg test fixtures: one intra-op thread per test (see shared/testing.py for why)."""
 
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)

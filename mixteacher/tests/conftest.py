@@ -1,18 +1,9 @@
-"""Run this package's tests single-threaded (tiny convolutions gain nothing from a second thread, and the two cores
-are shared); the previous thread count is restored after each test."""
+"""mixteacher test fixtures: one intra-op thread per test (see shared/testing.py for why), a tiny detector config."""
 
 import pytest
-import torch
 
 from mixteacher.model import DetectorConfig
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture

@@ -22,14 +22,7 @@ from shared.noisy.dividemix import (
 from shared.noisy.features import extract_features
 from shared.noisy.models import PreActResNet18, preact_resnet18, resnet50_noisy
 from shared.noisy.simclr import SimCLR, SimCLRAugment, load_ssl_checkpoint, nt_xent_loss
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def test_sharpen_matches_hand_computation():

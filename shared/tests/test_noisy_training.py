@@ -12,17 +12,10 @@ from shared.noisy.data import CIFAR_MEAN, CIFAR_STD, CifarTrainTransform, Normal
 from shared.noisy.dividemix import DivideMix, DivideMixConfig
 from shared.noisy.models import PreActResNet18
 from shared.noisy.supervised import SupervisedConfig, train_supervised
+from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)
 from shared.training import NonFiniteLossError
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _toy_images(n=64, seed=0):
