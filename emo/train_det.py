@@ -50,7 +50,7 @@ from shared.distributed import (
 )
 from shared.logger import RunLogger, make_run_dir
 from shared.metrics import coco_evaluate
-from shared.training import AmpDtype, autocast, check_finite, make_grad_scaler, unwrap_model
+from shared.training import AmpDtype, autocast, make_grad_scaler, optimizer_step, unwrap_model
 
 __all__ = [
     'DEFAULT_DET_CONFIG',
@@ -222,14 +222,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         with autocast(ctx.device, cfg.amp):
             losses = model(images, targets)
         loss = losses['classification'] + losses['bbox_regression']
-        check_finite(loss, step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.clip_grad is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(loss, optimizer, scaler, step, cfg.clip_grad, model.parameters())
         scheduler.step()
         step += 1
         n = len(images)

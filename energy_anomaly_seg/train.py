@@ -50,7 +50,7 @@ from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_st
 from shared.config import config_to_dict, parse_config, save_config
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, make_run_dir
-from shared.training import autocast, check_finite, make_grad_scaler
+from shared.training import autocast, make_grad_scaler, optimizer_step
 
 __all__ = ["AnomalyConfig", "ObjectiveConfig", "OptimConfig", "SegmentorConfig", "TrainConfig", "get_args_parser",
            "main"]
@@ -305,11 +305,7 @@ class Trainer:
             labels = batch["label"].to(ctx.device, non_blocking=True)
             with autocast(ctx.device, cfg.amp):
                 loss, logs = sleeg_losses(model, images, labels, pool, generator, settings, iteration, ood_head=head)
-            check_finite(loss, iteration, "SLEEG loss")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(loss, optimizer, scaler, iteration, what="SLEEG loss")
             seen += images.shape[0] * ctx.world_size
             done = iteration + 1
             if done % cfg.log_interval == 0 or done == cfg.optim.iters:

@@ -43,7 +43,7 @@ from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_st
 from shared.config import config_to_dict, parse_config, save_config
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything, seed_worker
 from shared.logger import RunLogger, make_run_dir
-from shared.training import autocast, check_finite, make_grad_scaler, unwrap_model
+from shared.training import autocast, make_grad_scaler, optimizer_step, unwrap_model
 
 __all__ = [
     "DataConfig",
@@ -207,11 +207,7 @@ def train_segmentor(model: DeepLabV3, optim: SegOptimConfig, batches: Iterator[d
             seg, aux = forward(images)
             losses = segmentation_loss(seg.float(), aux.float(), labels, optim.aux_weight, IGNORE_INDEX,
                                        optim.ce_average)
-        check_finite(losses["loss"], iteration, f"{log_prefix} loss")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(losses["loss"], optimizer, scaler, iteration, what=f"{log_prefix} loss")
         seen += images.shape[0] * ctx.world_size
         done = iteration + 1
         if done % log_interval == 0 or done == optim.iters:

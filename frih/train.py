@@ -38,7 +38,7 @@ from shared.distributed import (
     seed_worker,
 )
 from shared.logger import RunLogger, make_run_dir
-from shared.training import autocast, check_finite, make_grad_scaler, unwrap_model
+from shared.training import autocast, make_grad_scaler, optimizer_step, unwrap_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -157,11 +157,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: FRIHLoss, loader: DataLoa
         with autocast(device, cfg.amp):
             outputs = model(comp, mask)
         loss, parts = criterion(outputs, target, mask)  # FN-MSE casts to float32 (AMP-safe)
-        check_finite(loss, step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(loss, optimizer, scaler, step)
         step += 1
         n_batches += 1
         n_images += comp.shape[0]

@@ -48,7 +48,7 @@ from shared.config import config_from_dict, config_to_dict, parse_config, save_c
 from shared.distributed import DistContext, all_reduce_mean, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, make_run_dir
 from shared.metrics import coco_evaluate
-from shared.training import AmpDtype, autocast, check_finite, make_grad_scaler
+from shared.training import AmpDtype, autocast, make_grad_scaler, optimizer_step
 
 __all__ = ["DataConfig", "TrainConfig", "build_datasets", "evaluate", "main", "run", "step_schedule",
            "train_one_epoch"]
@@ -228,14 +228,7 @@ def train_one_epoch(model: nn.Module, method: MixTeacher, batches, optimizer: to
         batch = _to_device(next(batches), ctx.device)
         with autocast(ctx.device, cfg.amp):
             loss, logs = model(batch, step)
-        check_finite(loss, step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.clip_grad is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(method.student.parameters(), cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(loss, optimizer, scaler, step, cfg.clip_grad, method.student.parameters())
         scheduler.step()
         method.update_teacher(step)
         step += 1

@@ -54,8 +54,8 @@ from shared.training import (
     AmpDtype,
     ModelEmaV3,
     autocast,
-    check_finite,
     make_grad_scaler,
+    optimizer_step,
     unwrap_model,
     warmup_cosine_schedule,
 )
@@ -232,14 +232,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             images, targets = mixup(images, targets)
         with autocast(ctx.device, cfg.amp):
             loss = criterion(model(images), targets)
-        check_finite(loss, step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.clip_grad is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(loss, optimizer, scaler, step, cfg.clip_grad, model.parameters())
         scheduler.step()
         if ema is not None:
             ema.update(model, step=step)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "check_finite",
     "lr_noise_factor",
     "make_grad_scaler",
+    "optimizer_step",
     "unwrap_model",
     "warmup_cosine_schedule",
 ]
@@ -36,6 +38,32 @@ def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
             f"non-finite {what} ({loss.detach().float().cpu().tolist()}) at step {step}; stopping. "
             "The last checkpoint written before this step is intact; lower the learning rate or disable fp16 AMP."
         )
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int,
+                   clip_grad: float | None = None, parameters: Iterable[torch.Tensor] | None = None,
+                   what: str = "loss") -> None:
+    """One optimizer update from `loss`: non-finite guard, zero_grad, scaled backward, optional clipping of the
+    global L2 norm of `parameters` at `clip_grad` (after unscaling), scaler step and update.
+
+    Args:
+        loss: the scalar to minimise.
+        optimizer, scaler: as built by the training loop (`make_grad_scaler`; a disabled scaler is a plain step).
+        step: global step, named in the error of :func:`check_finite`.
+        clip_grad: max global gradient norm, or None for no clipping.
+        parameters: what to clip (required with `clip_grad`).
+        what: name of the loss in the non-finite error.
+    """
+    check_finite(loss, step, what)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad is not None:
+        if parameters is None:
+            raise ValueError("optimizer_step: clip_grad needs the parameters to clip")
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(parameters, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def autocast(device: torch.device, amp: AmpDtype = "none") -> contextlib.AbstractContextManager:

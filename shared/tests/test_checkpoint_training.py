@@ -11,7 +11,7 @@ from shared.checkpoint import (
     save_checkpoint,
     save_last_and_best,
 )
-from shared.training import NonFiniteLossError, check_finite, warmup_cosine_schedule
+from shared.training import NonFiniteLossError, check_finite, optimizer_step, warmup_cosine_schedule
 
 
 def test_rng_state_round_trip_through_safe_loader(tmp_path):
@@ -103,3 +103,16 @@ def test_warmup_cosine_schedule_equals_timm(warmup_prefix, noise):
         assert ours_opt.param_groups[0]["lr"] == pytest.approx(timm_opt.param_groups[0]["lr"], rel=1e-9), step
         ours_opt.step()
         ours.step()
+
+
+def test_optimizer_step_clips_and_guards():
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    optimizer_step((w * torch.tensor([30.0, 40.0])).sum(), opt, scaler, step=0, clip_grad=5.0, parameters=[w])
+    assert torch.allclose(w.detach(), torch.tensor([-3.0, -4.0]))  # gradient (30, 40) clipped to norm 5
+    with pytest.raises(NonFiniteLossError, match="SLEEG loss.*step 7"):
+        optimizer_step(w.sum() * float("nan"), opt, scaler, step=7, what="SLEEG loss")
+    assert torch.allclose(w.detach(), torch.tensor([-3.0, -4.0]))  # no update from the bad loss
+    with pytest.raises(ValueError, match="parameters"):
+        optimizer_step(w.sum(), opt, scaler, step=1, clip_grad=1.0)
