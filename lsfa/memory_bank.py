@@ -49,7 +49,10 @@ def sparse_random_projection(features: torch.Tensor, eps: float = 0.9, seed: int
     nonzero = torch.rand(d, k, generator=g) < density
     sign = torch.where(torch.rand(d, k, generator=g) < 0.5, -1.0, 1.0)
     matrix = (nonzero * sign * math.sqrt(1.0 / density) / math.sqrt(k)).to(features.device, features.dtype)
-    return torch.cat([features[i:i + chunk] @ matrix for i in range(0, n, chunk)])
+    out = features.new_empty(n, k)  # filled chunk by chunk: no second copy of the projected bank
+    for i in range(0, n, chunk):
+        torch.mm(features[i:i + chunk], matrix, out=out[i:i + chunk])
+    return out
 
 
 def greedy_coreset(features: torch.Tensor, num_samples: int, start: int = 0, dtype: torch.dtype | None = None
@@ -64,7 +67,8 @@ def greedy_coreset(features: torch.Tensor, num_samples: int, start: int = 0, dty
     n = features.shape[0]
     num_samples = max(1, min(num_samples, n))
     x = features.to(dtype) if dtype is not None else features
-    sq = x.float().square().sum(1)
+    # Squared norms accumulated in float32 at least, without a float32 copy of a half-precision bank.
+    sq = torch.linalg.vector_norm(x, dim=1, dtype=torch.promote_types(x.dtype, torch.float32)).square_().float()
     selected = torch.empty(num_samples, dtype=torch.long, device=x.device)
     min_dist = torch.full((n,), float("inf"), device=x.device)
     current = torch.tensor(start, device=x.device)
@@ -84,16 +88,20 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, ch
     Returns:
         (distances (Q, k), indices (Q, k)), sorted by increasing distance.
     """
-    bank_sq = bank.square().sum(1)
+    bank_sq = torch.linalg.vector_norm(bank, dim=1).square_()  # no squared copy of the bank
     out_d, out_i = [], []
     for qs in range(0, queries.shape[0], chunk):
         q = queries[qs:qs + chunk]
         q_sq = q.square().sum(1, keepdim=True)
         best_d = best_i = None
         for bs in range(0, bank.shape[0], bank_chunk):
-            d = (q_sq - 2.0 * q @ bank[bs:bs + bank_chunk].T + bank_sq[bs:bs + bank_chunk]).clamp_min_(0.0)
+            # One (chunk, bank_chunk) buffer: |b|^2 - 2 q.b, then + |q|^2 in place.
+            d = torch.addmm(bank_sq[None, bs:bs + bank_chunk], q, bank[bs:bs + bank_chunk].T, alpha=-2.0)
+            d.add_(q_sq).clamp_min_(0.0)
             kk = min(k, d.shape[1])
-            val, idx = torch.topk(d, kk, dim=1, largest=False)
+            # min() needs no buffer beside d; CUDA's topk over 100k-wide rows allocates a second block of d's size.
+            val, idx = d.min(1, keepdim=True) if kk == 1 else torch.topk(d, kk, dim=1, largest=False)
+            del d  # free this block before the next one is allocated: one block alive at a time
             idx = idx + bs
             if best_d is not None:
                 val, order = torch.topk(torch.cat([best_d, val], 1), min(k, best_d.shape[1] + kk), dim=1,

@@ -206,6 +206,12 @@ def _binary_labels(labels: torch.Tensor, metric: str, ignore_index: int | None) 
     return positive
 
 
+def _ratio(counts: torch.Tensor, total: int | float) -> torch.Tensor:
+    """``counts / total`` in float64, correctly rounded on every device: CUDA turns a division by a Python scalar
+    into a multiplication by its reciprocal, which can differ from the CPU in the last bit (and move a threshold)."""
+    return counts.double() / torch.tensor(float(total), dtype=torch.float64, device=counts.device)
+
+
 def roc_curve(
     scores: ArrayLike, labels: ArrayLike, ignore_index: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -227,8 +233,8 @@ def roc_curve(
     counts, tps, fps, _, _ = _concat_runs(runs)
     thresholds = scores_at(counts - 1)
     start = torch.zeros(1, dtype=torch.float64, device=tps.device)
-    fpr = torch.cat([start, fps.double() / n_neg])
-    tpr = torch.cat([start, tps.double() / n_pos])
+    fpr = torch.cat([start, _ratio(fps, n_neg)])
+    tpr = torch.cat([start, _ratio(tps, n_pos)])
     return fpr, tpr, torch.cat([start + torch.inf, thresholds.double()])
 
 
@@ -254,7 +260,7 @@ def precision_recall_curve(
     counts, tps, _, _, _ = _concat_runs(runs)
     thresholds = scores_at(counts - 1)
     precision = tps.double() / counts
-    recall = tps.double() / n_pos
+    recall = _ratio(tps, n_pos)
     last = torch.ones(1, dtype=torch.float64, device=tps.device)
     return torch.cat([precision.flip(0), last]), torch.cat([recall.flip(0), last - 1]), thresholds.double().flip(0)
 
@@ -339,7 +345,7 @@ def fpr_at_tpr(
     _check_tpr(tpr, strict)
     runs, _, n_pos, n_neg = _ranked_runs(scores, labels, ignore_index, "fpr_at_tpr")
     hits_per_chunk = (
-        (fps, (tps.double() / n_pos > tpr if strict else tps.double() / n_pos >= tpr).nonzero())
+        (fps, (_ratio(tps, n_pos) > tpr if strict else _ratio(tps, n_pos) >= tpr).nonzero())
         for _, tps, fps, _, _ in runs
     )
     # The last ROC point has TPR 1, which reaches any allowed target, so next() always finds a chunk.
@@ -382,7 +388,7 @@ def ranking_metrics(
         twice_area += int(((fps - prev_fps) * (tps + prev_tps)).sum())
         precision_sum += float(torch.dot((tps - prev_tps).double(), tps.double() / counts))
         if fpr is None:
-            rate = tps.double() / n_pos
+            rate = _ratio(tps, n_pos)
             hits = (rate > tpr if strict else rate >= tpr).nonzero()
             if hits.numel():
                 fpr = int(fps[hits[0, 0]]) / n_neg
@@ -487,7 +493,7 @@ def aupro(
         bins = torch.searchsorted(grid, scores.double(), right=True) - 1
         totals = [tuple(torch.bincount(bins, weights=inc.double(), minlength=num_thresholds).flip(0).cumsum(0)
                         for inc in increments(region_ids))]
-    curve = ((fp_counts.double() / num_normal, (overlap_sums / num_regions).clamp_(max=1.0))
+    curve = ((_ratio(fp_counts, num_normal), (overlap_sums / num_regions).clamp_(max=1.0))
              for fp_counts, overlap_sums in totals)
     return _area_up_to(curve, fpr_limit) / fpr_limit
 
