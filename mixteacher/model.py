@@ -431,7 +431,7 @@ class MixedScaleFasterRCNN(nn.Module):
     def assign(self, proposals: torch.Tensor, gt_boxes: torch.Tensor,
                gt_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """R-CNN assignment of one image's proposals: labels (0 background, -1 ignored) and matched target boxes."""
-        if gt_boxes.numel() == 0:
+        if gt_boxes.numel() == 0 or proposals.numel() == 0:  # the RPN can leave an image without proposals
             return (torch.zeros(len(proposals), dtype=torch.int64, device=proposals.device),
                     torch.zeros_like(proposals))
         matched = self.roi_heads.proposal_matcher(box_iou(gt_boxes, proposals))

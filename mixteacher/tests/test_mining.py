@@ -43,3 +43,15 @@ def test_mined_proposals_become_positives_before_sampling(tiny_detector_cfg):
     row0 = int(torch.where((boxes == proposals[0]).all(1))[0][0])
     assert sampled.labels[row0] == 0 and not sampled.mined[row0]
     assert int(sampled.mined.sum()) == 1
+
+
+def test_an_image_without_proposals_is_sampled_from_its_targets(tiny_detector_cfg):
+    """The RPN can remove every proposal of an image (seen at paper size with random weights and bf16 on CUDA): the
+    targets, added as proposals, are then the only positives, and the other image is unaffected."""
+    model = MixedScaleFasterRCNN(3, tiny_detector_cfg)
+    gt_boxes, gt_labels = torch.tensor([[60.0, 60.0, 90.0, 90.0]]), torch.tensor([3])
+    proposals = [torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 10.0, 10.0], [61.0, 60.0, 90.0, 90.0]])]
+    sampled = model.sample_rois(proposals, [gt_boxes, gt_boxes], [gt_labels, gt_labels])
+    assert sampled.boxes[0].tolist() == gt_boxes.tolist()
+    assert len(sampled.boxes[1]) == 3
+    assert sampled.labels.tolist().count(3) == 3 and sampled.labels.tolist().count(0) == 1
