@@ -36,6 +36,7 @@ from lsfa.model import (
 from lsfa.point_ops import farthest_point_sample, group_points, knn_indices, three_nn_interpolate
 from lsfa.scoring import ScoringSettings, class_metrics, extract_features, score_class
 from lsfa.synthetic import ensure_synthetic_mvtec3d
+from lsfa.uff import UnsupervisedFeatureFusion, load_uff_checkpoint, save_uff_checkpoint, train_uff
 
 __all__ = [
     "DEMO_INFO",
@@ -53,6 +54,7 @@ __all__ = [
     "ModalityBank",
     "PointMAEEncoder",
     "ScoringSettings",
+    "UnsupervisedFeatureFusion",
     "blur_anomaly_map",
     "class_metrics",
     "compactness_loss",
@@ -69,14 +71,17 @@ __all__ = [
     "knn_indices",
     "load_dino_checkpoint",
     "load_point_mae_checkpoint",
+    "load_uff_checkpoint",
     "lsfa_loss",
     "nearest_neighbours",
     "patch_rotation",
     "reweighted_image_score",
     "rotation_consistency_loss",
+    "save_uff_checkpoint",
     "score_class",
     "sparse_random_projection",
     "three_nn_interpolate",
+    "train_uff",
 ]
 
 DEMO_INFO = {

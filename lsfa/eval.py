@@ -5,6 +5,10 @@
 Settings come from the checkpoint's config, then ``-c``, then the command line. Per class: banks from the training
 images, late fusion (two SGD one-class SVMs), I-AUROC / P-AUROC / AUPRO@0.3 through ``shared.metrics``. Prints a
 README-style table; writes ``metrics.json``, ``overlays/<method>_<class>.png`` and ``roc_<method>.png``.
+
+Methods (``eval.methods``): ``lsfa`` (adapted features, two banks), ``m3dm`` (frozen features, xyz + rgb banks) and
+``m3dm_triple`` (M3DM's full method: + the UFF fusion bank; needs ``backbone.uff_checkpoint``, the UFF saved in the
+run's checkpoint, or ``uff.train: true``).
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import torch
 from lsfa.data import MVTec3DDataset, resolve_classes
 from lsfa.model import LSFAAdaptors
 from lsfa.scoring import ScoringSettings, SplitFeatures, class_metrics, extract_features, score_class
+from lsfa.uff import UnsupervisedFeatureFusion
 from shared.logger import RunLogger
 
 __all__ = ["METHODS", "evaluate_classes", "format_table", "main"]
 
-METHODS = {"lsfa": "LSFA", "m3dm": "M3DM (no adaptors)"}
+METHODS = {"lsfa": "LSFA", "m3dm": "M3DM (no adaptors)", "m3dm_triple": "M3DM + fusion bank"}
 METRICS = ("i_auroc", "p_auroc", "aupro")
 
 
@@ -38,7 +43,7 @@ def _mean(values: list[float]) -> float:
 
 def format_table(metrics: dict[str, float], classes: list[str], methods: list[str]) -> str:
     """Per-class rows x (method, metric) columns, as in the README."""
-    short = {"lsfa": "LSFA", "m3dm": "M3DM"}
+    short = {"lsfa": "LSFA", "m3dm": "M3DM", "m3dm_triple": "M3DM+F"}
     header = f"{'class':<12}" + "".join(f"{short[m] + ' ' + k:>17}" for m in methods for k in
                                          ("I-AUROC", "P-AUROC", "AUPRO@0.3"))
     lines = [header]
@@ -55,10 +60,16 @@ def evaluate_classes(extractor, adaptors: LSFAAdaptors | None, root: str | Path,
                      scoring: ScoringSettings, methods: list[str], device: torch.device, batch_size: int = 8,
                      image_size: int = 224, max_train_samples: int | None = None,
                      train_cache: dict[str, SplitFeatures] | None = None, output_dir: Path | None = None,
-                     logger: RunLogger | None = None, vis_images: int = 4) -> dict[str, float]:
+                     logger: RunLogger | None = None, vis_images: int = 4,
+                     uff: UnsupervisedFeatureFusion | None = None) -> dict[str, float]:
     """Score every class with every method; returns flat metrics (``<method>/<class>/<metric>`` and means)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"evaluate_classes: unknown method(s) {unknown}; choose from {sorted(METHODS)}")
     if "lsfa" in methods and adaptors is None:
         raise ValueError("evaluate_classes: method 'lsfa' needs trained adaptors")
+    if "m3dm_triple" in methods and uff is None:
+        raise ValueError("evaluate_classes: method 'm3dm_triple' needs a UFF module (lsfa.uff)")
     say = logger.info if logger is not None else print
     metrics: dict[str, float] = {}
     curves: dict[str, list] = {m: [] for m in methods}
@@ -72,7 +83,8 @@ def evaluate_classes(extractor, adaptors: LSFAAdaptors | None, root: str | Path,
         test_set = MVTec3DDataset(root, c, "test", image_size)
         test = extract_features(extractor, test_set, batch_size, device)
         for m in methods:
-            out = score_class(train, test, adaptors if m == "lsfa" else None, scoring, device)
+            out = score_class(train, test, adaptors if m == "lsfa" else None, scoring, device,
+                              uff if m == "m3dm_triple" else None)
             for k, v in class_metrics(out["image"], out["map"], test.labels, test.masks).items():
                 metrics[f"{m}/{c}/{k}"] = v
             curves[m].append((c, out["image"], test.labels))
@@ -96,7 +108,7 @@ def evaluate_classes(extractor, adaptors: LSFAAdaptors | None, root: str | Path,
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    from lsfa.train import TrainConfig, build_extractor, load_adaptors, resolve_root
+    from lsfa.train import TrainConfig, build_extractor, build_uff, load_adaptors, resolve_root
     from shared.checkpoint import load_checkpoint
     from shared.config import config_from_dict, parse_config
 
@@ -129,9 +141,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     adaptors = load_adaptors(cfg, extractor, state["adaptors"], args.checkpoint).to(device)
     root = resolve_root(cfg)
     classes = resolve_classes(root, cfg.data.classes)
+    uff = (build_uff(cfg, extractor, root, classes, device, logger, state.get("uff"), out)
+           if "m3dm_triple" in cfg.eval.methods else None)
     metrics = evaluate_classes(extractor, adaptors, root, classes, cfg.scoring, cfg.eval.methods, device,
                                cfg.data.batch_size, cfg.data.image_size, cfg.data.max_train_samples,
-                               output_dir=out, logger=logger, vis_images=cfg.eval.vis_images)
+                               output_dir=out, logger=logger, vis_images=cfg.eval.vis_images, uff=uff)
     logger.write_metrics(metrics)
     logger.info(f"wrote {out / 'metrics.json'}")
     logger.close()

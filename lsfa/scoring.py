@@ -11,6 +11,12 @@ For one class (the release's ``PatchCore/m3dm_runner.py`` + ``features_double_li
 5. decision-layer fusion: two SGD one-class SVMs fit on the training images' [s_xyz, 0.1 s_rgb] vectors and on all
    their pixels' [map_xyz, 0.1 map_rgb]; or a single modality.
 
+M3DM's full method (``DINO+Point_MAE+Fusion``, the release's ``TripleFeatures``) adds a third bank when a UFF module
+(:mod:`lsfa.uff`) is given: fused frozen tokens on the xyz grid (rgb pooled to it), normalised with the same
+mean(xyz bank) / std(rgb bank), coreset 10 % of the reduced xyz bank, and 3-d fusion vectors
+[1.0 s_xyz, 0.1 s_rgb, 1.0 s_fus]; the release then keeps only the xyz coreset rows without any exact zero and
+appends one zero vector (``triple_zero_row``).
+
 Metrics (``shared.metrics``): I-AUROC over image scores, P-AUROC over all pixels, AUPRO@0.3 (exact curve).
 """
 
@@ -24,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from lsfa.adaptation import pool_to_grid, tokens
 from lsfa.memory_bank import LateFusion, ModalityBank, blur_anomaly_map
 from lsfa.model import FeatureExtractor, LSFAAdaptors
+from lsfa.uff import UnsupervisedFeatureFusion, fuse_feature_maps
 from shared.metrics import aupro, auroc
 
 __all__ = ["ScoringSettings", "SplitFeatures", "class_metrics", "extract_features", "score_class", "split_tokens"]
@@ -41,6 +48,8 @@ class ScoringSettings:
     fusion: str = "ocsvm"  # "ocsvm" (decision-layer fusion) | "xyz" | "rgb" (single bank) | "sum"
     xyz_weight: float = 1.0
     rgb_weight: float = 0.1
+    fusion_weight: float = 1.0  # M3DM triple: weight of the fusion bank's score and map (--fusion_s_lambda)
+    triple_zero_row: bool = True  # M3DM triple: keep the xyz coreset rows without any zero, append a zero vector
     projection_eps: float = 0.9
     seed: int = 0
     image_size: int = 224
@@ -120,12 +129,24 @@ def _score_split(bank: ModalityBank, toks: torch.Tensor, grid: int, s: ScoringSe
     return torch.stack(scores).cpu(), maps.cpu()
 
 
+def _released_zero_row(bank: torch.Tensor) -> torch.Tensor:
+    """M3DM ``TripleFeatures.run_coreset``: keep the (normalised) xyz coreset rows whose entries are all non-zero,
+    then append one zero vector."""
+    return torch.cat([bank[(bank != 0).all(1)], bank.new_zeros(1, bank.shape[1])])
+
+
 def score_class(train: SplitFeatures, test: SplitFeatures, adaptors: LSFAAdaptors | None, settings: ScoringSettings,
-                device: torch.device) -> dict[str, torch.Tensor]:
-    """Fit the banks on ``train``, score ``test``; returns fused and per-modality image scores and maps."""
+                device: torch.device, uff: UnsupervisedFeatureFusion | None = None) -> dict[str, torch.Tensor]:
+    """Fit the banks on ``train``, score ``test``; returns fused and per-modality image scores and maps.
+
+    ``uff`` (M3DM baseline only, ``adaptors`` None) adds the third, fusion bank of M3DM's full method; its image
+    scores and maps are returned as ``fusion_image`` / ``fusion_map`` and enter the late fusion as a third column.
+    """
     s = settings
     if s.fusion not in ("ocsvm", "xyz", "rgb", "sum"):
         raise ValueError(f"fusion must be ocsvm, xyz, rgb or sum, got {s.fusion!r}")
+    if uff is not None and adaptors is not None:
+        raise ValueError("score_class: the fusion bank belongs to the M3DM baseline (frozen features); LSFA has none")
     x_tr, r_tr, gx, gr = split_tokens(train, adaptors, device)
     x_te, r_te, _, _ = split_tokens(test, adaptors, device)
     x_bank, r_bank = x_tr.reshape(-1, x_tr.shape[-1]), r_tr.reshape(-1, r_tr.shape[-1])
@@ -140,24 +161,40 @@ def score_class(train: SplitFeatures, test: SplitFeatures, adaptors: LSFAAdaptor
     bank_r = ModalityBank(s.coreset_ratio, s.projection_eps, s.seed + 1, coreset_dtype).fit((r_bank - rm) / rs,
                                                                                             rgb_size)
     eps = 1e-5 if s.fusion in ("xyz", "rgb") else 0.0  # M3DM's single-bank variants add 1e-5 to the denominator
+    # (name, bank, normalised train tokens, normalised test tokens, grid, weight) per memory bank
+    banks = [("xyz", bank_x, (x_tr - xm) / xs, (x_te - xm) / xs, gx, s.xyz_weight),
+             ("rgb", bank_r, (r_tr - rm) / rs, (r_te - rm) / rs, gr, s.rgb_weight)]
+    sizes = [bank_x.bank.shape[0], bank_r.bank.shape[0], x_bank.shape[0], r_bank.shape[0]]
+    if uff is not None:
+        f_tr = fuse_feature_maps(uff, train.xyz, train.rgb, device)
+        f_te = fuse_feature_maps(uff, test.xyz, test.rgb, device)
+        f_bank = f_tr.reshape(-1, f_tr.shape[-1])
+        # the release normalises the fusion bank with mean(xyz bank) / std(rgb bank) too
+        fm, fs = (xm, xs) if s.normalization == "released" else (float(f_bank.mean()), float(f_bank.std()))
+        fusion_size = int(s.coreset_ratio * bank_x.bank.shape[0]) if s.rgb_coreset_rule == "released" else None
+        bank_f = ModalityBank(s.coreset_ratio, s.projection_eps, s.seed + 2, coreset_dtype).fit((f_bank - fm) / fs,
+                                                                                                fusion_size)
+        if s.triple_zero_row:  # after all three coresets, whose sizes come from the reduced xyz bank
+            bank_x.bank = _released_zero_row(bank_x.bank)
+        banks.append(("fusion", bank_f, (f_tr - fm) / fs, (f_te - fm) / fs, gx, s.fusion_weight))
+        sizes = [bank_x.bank.shape[0], bank_r.bank.shape[0], bank_f.bank.shape[0], x_bank.shape[0], r_bank.shape[0],
+                 f_bank.shape[0]]
     out: dict[str, torch.Tensor] = {}
-    te_x_img, te_x_map = _score_split(bank_x, (x_te - xm) / xs, gx, s, eps)
-    te_r_img, te_r_map = _score_split(bank_r, (r_te - rm) / rs, gr, s, eps)
-    out.update(xyz_image=te_x_img, xyz_map=te_x_map, rgb_image=te_r_img, rgb_map=te_r_map)
+    for name, bank, _, te, grid, _ in banks:
+        out[f"{name}_image"], out[f"{name}_map"] = _score_split(bank, te, grid, s, eps)
     if s.fusion == "ocsvm":
-        tr_x_img, tr_x_map = _score_split(bank_x, (x_tr - xm) / xs, gx, s, eps)
-        tr_r_img, tr_r_map = _score_split(bank_r, (r_tr - rm) / rs, gr, s, eps)
-        w = torch.tensor([s.xyz_weight, s.rgb_weight])
-        fusion = LateFusion().fit(torch.stack([tr_x_img, tr_r_img], 1) * w,
-                                  torch.stack([tr_x_map, tr_r_map], 1) * w[:, None, None])
-        out["image"], out["map"] = fusion.score(torch.stack([te_x_img, te_r_img], 1) * w,
-                                                torch.stack([te_x_map, te_r_map], 1) * w[:, None, None])
+        w = torch.tensor([b[5] for b in banks])
+        train_scores = [_score_split(bank, tr, grid, s, eps) for _, bank, tr, _, grid, _ in banks]
+        fusion = LateFusion().fit(torch.stack([img for img, _ in train_scores], 1) * w,
+                                  torch.stack([m for _, m in train_scores], 1) * w[:, None, None])
+        out["image"], out["map"] = fusion.score(torch.stack([out[f"{b[0]}_image"] for b in banks], 1) * w,
+                                                torch.stack([out[f"{b[0]}_map"] for b in banks], 1) * w[:, None, None])
     elif s.fusion == "sum":
-        out["image"] = s.xyz_weight * te_x_img + s.rgb_weight * te_r_img
-        out["map"] = s.xyz_weight * te_x_map + s.rgb_weight * te_r_map
+        out["image"] = sum(b[5] * out[f"{b[0]}_image"] for b in banks)
+        out["map"] = sum(b[5] * out[f"{b[0]}_map"] for b in banks)
     else:
         out["image"], out["map"] = out[f"{s.fusion}_image"], out[f"{s.fusion}_map"]
-    out["bank_sizes"] = torch.tensor([bank_x.bank.shape[0], bank_r.bank.shape[0], x_bank.shape[0], r_bank.shape[0]])
+    out["bank_sizes"] = torch.tensor(sizes)
     return out
 
 

@@ -38,13 +38,21 @@ from lsfa.model import (
 )
 from lsfa.scoring import ScoringSettings, extract_features
 from lsfa.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_mvtec3d
+from lsfa.uff import (
+    UFFSettings,
+    UnsupervisedFeatureFusion,
+    load_uff_checkpoint,
+    save_uff_checkpoint,
+    train_uff,
+    uff_token_pairs,
+)
 from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from shared.config import config_to_dict, parse_config, save_config
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, make_run_dir
 from shared.training import autocast, check_finite, make_grad_scaler
 
-__all__ = ["BackboneConfig", "DataConfig", "EvalConfig", "OptimConfig", "TrainConfig", "build_extractor",
+__all__ = ["BackboneConfig", "DataConfig", "EvalConfig", "OptimConfig", "TrainConfig", "build_extractor", "build_uff",
            "get_args_parser", "load_adaptors", "main", "resolve_root", "train_one_epoch"]
 
 PACKAGE = "lsfa"
@@ -85,6 +93,8 @@ class BackboneConfig:
     point_centre: bool = field(default=False, metadata={"help": "centre each cloud on its centroid first"})
     masked_pool: bool = field(default=False, metadata={
         "help": "pool xyz features over the valid pixels only (M3DM / release: empty pixels count as zeros)"})
+    uff_checkpoint: str | None = field(default=None, metadata={
+        "help": "M3DM's UFF weights (uff_pretrained.pth, {'model': ...}) for method m3dm_triple"})
 
 
 @dataclass
@@ -134,6 +144,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    uff: UFFSettings = field(default_factory=UFFSettings)
 
 
 def get_args_parser():
@@ -192,6 +203,54 @@ def load_adaptors(cfg: TrainConfig, extractor: FeatureExtractor, state: dict, so
     adaptors = build_adaptors(cfg, extractor)
     load_state_dict_strict(adaptors, state, f"{source} ['adaptors']")
     return adaptors
+
+
+def build_uff(cfg: TrainConfig, extractor: FeatureExtractor, root: Path, classes: list[str], device: torch.device,
+              logger: RunLogger | None = None, saved: dict | None = None, out_dir: Path | None = None,
+              train_cache: dict | None = None) -> UnsupervisedFeatureFusion:
+    """The UFF of method ``m3dm_triple``: ``backbone.uff_checkpoint`` (strict), else the one saved in a run
+    checkpoint (``saved``), else pre-trained (``uff.train``) on the frozen features of the training images of all
+    classes (``train_cache``: class -> SplitFeatures, or extracted batch by batch) and written to
+    ``out_dir/uff_pretrained.pth`` in M3DM's layout. Never random weights."""
+    say = logger.info if logger is not None else print
+    u = cfg.uff
+    module = UnsupervisedFeatureFusion(extractor.xyz_dim, extractor.rgb_dim, u.mlp_ratio, u.head_dim)
+    if cfg.backbone.uff_checkpoint:
+        load_uff_checkpoint(module, cfg.backbone.uff_checkpoint)
+        say(f"UFF loaded from {cfg.backbone.uff_checkpoint}")
+        return module.to(device).eval()
+    if saved is not None:
+        load_state_dict_strict(module, saved, "checkpoint['uff']")
+        return module.to(device).eval()
+    if not u.train:
+        raise FileNotFoundError("method m3dm_triple needs UFF weights: set backbone.uff_checkpoint (M3DM's "
+                                "uff_pretrained.pth) or pass --uff.train to pre-train one on the training images "
+                                "of all classes")
+    if train_cache:
+        xyz_maps = torch.cat([train_cache[c].xyz for c in classes])
+        rgb_maps = torch.cat([train_cache[c].rgb for c in classes])
+
+        def source(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return uff_token_pairs(xyz_maps[idx], rgb_maps[idx], u.rgb_pairing)
+        num_images = xyz_maps.shape[0]
+    else:
+        images = ConcatDataset([MVTec3DDataset(root, c, "train", cfg.data.image_size, cfg.data.max_train_samples)
+                                for c in classes])
+
+        def source(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            items = [images[int(i)] for i in idx]
+            xyz_f, _ = extractor.xyz_features(torch.stack([it["xyz"] for it in items]).to(device))
+            rgb_f = extractor.rgb_features(torch.stack([it["rgb"] for it in items]).to(device))
+            return uff_token_pairs(xyz_f, rgb_f, u.rgb_pairing)
+        num_images = len(images)
+    t0 = time.perf_counter()
+    say(f"pre-training the UFF on {num_images} training images ({u.epochs} epochs, batch {u.batch_size} x "
+        f"accumulation {u.accum_iter}, lr {u.lr})")
+    module, optimizer = train_uff(source, num_images, extractor.xyz_dim, extractor.rgb_dim, u, device, cfg.amp, say)
+    if out_dir is not None:
+        path = save_uff_checkpoint(module, Path(out_dir) / "uff_pretrained.pth", u.epochs - 1, optimizer, u)
+        say(f"UFF trained in {time.perf_counter() - t0:.0f} s, wrote {path}")
+    return module
 
 
 class _ClassLabelled(Dataset):
@@ -350,12 +409,15 @@ def run(cfg: TrainConfig, ctx: DistContext, config_name: str = "default") -> dic
         restore_rng_state(resume["rng"])
         start_epoch, iteration = int(resume["epoch"]), int(resume["iteration"])
         logger.info(f"resumed {cfg.resume} at epoch {start_epoch}")
+    uff_state = resume.get("uff") if resume else None  # a UFF trained by this run (not one read from a file)
+
     def save(epochs_done: int) -> None:
         save_checkpoint({"adaptors": core.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "queues": queues.state_dict(),
                          "generator": generator.get_state(), "loader_generator": loader_gen.get_state(),
                          "rng": capture_rng_state(), "epoch": epochs_done, "iteration": iteration,
-                         "config": config_to_dict(cfg), "backbones": random_backbones}, out / "last.pt")
+                         "config": config_to_dict(cfg), "backbones": random_backbones, "uff": uff_state},
+                        out / "last.pt")
 
     t_train = time.perf_counter()
     if start_epoch >= cfg.optim.epochs and ctx.is_main:  # nothing to train (the M3DM baseline recipes)
@@ -371,9 +433,15 @@ def run(cfg: TrainConfig, ctx: DistContext, config_name: str = "default") -> dic
     metrics: dict[str, float] = {}
     if ctx.is_main:
         logger.info(f"adaptors trained for {cfg.optim.epochs} epochs ({iteration} iterations) in {train_seconds:.0f} s")
+        uff = None
+        if "m3dm_triple" in cfg.eval.methods:
+            uff = build_uff(cfg, extractor, root, classes, ctx.device, logger, uff_state, out, per_class_cache)
+            if not cfg.backbone.uff_checkpoint and uff_state is None:  # trained here: keep it with the run
+                uff_state = uff.state_dict()
+                save(max(start_epoch, cfg.optim.epochs))
         metrics = evaluate_classes(extractor, core, root, classes, cfg.scoring, cfg.eval.methods, ctx.device,
                                    cfg.data.batch_size, cfg.data.image_size, cfg.data.max_train_samples,
-                                   per_class_cache, out, logger, cfg.eval.vis_images)
+                                   per_class_cache, out, logger, cfg.eval.vis_images, uff)
         metrics.update(train_seconds=train_seconds, total_seconds=time.perf_counter() - t_start)
         logger.info(f"total {metrics['total_seconds']:.0f} s")
     logger.write_metrics(metrics)
