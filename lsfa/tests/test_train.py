@@ -68,7 +68,5 @@ def test_embedded_default_localises_the_synthetic_defects(embedded_default_metri
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="acceptance target of issue 4 not met yet: mean I-AUROC 0.672 < 0.8 with the "
-                   "random tiny Point-MAE of the embedded default (README, Results)")
 def test_embedded_default_detects_the_synthetic_defects(embedded_default_metrics):
     assert embedded_default_metrics["lsfa_i_auroc_mean"] >= 0.8
