@@ -10,8 +10,8 @@ above, 1 mm pixel pitch, ~0.45 m from the sensor, depth noise) with a Lambert-sh
 Pose (shift, rotation, scale), surface relief and texture vary per sample; the table plane has the fixed tilt of
 one scanner rig (``RIG_TILT``) up to a small per-scan jitter. Test defects, with pixel masks:
 
-* geometric (xyz; visible in RGB only through shading): ``bump`` (Gaussian +2.5..4 mm), ``dent`` (Gaussian
-  -2.5..4 mm), ``crack`` (a 3-segment polyline, 2-3 px wide, 2.5..3.5 mm deep);
+* geometric (xyz; visible in RGB only through shading): ``bump`` (Gaussian +5..8 mm, sigma 6..9 mm), ``dent``
+  (the same, -5..8 mm), ``crack`` (a 3-segment polyline, 3-5 px wide, 4..6 mm deep);
 * colour-only (rgb): ``stain`` (a soft blob of a saturated colour that no class has, no geometry change).
 
 Files follow MVTec 3D-AD: ``<class>/train/good/{rgb,xyz}``, ``<class>/test/<good|defect>/{rgb,xyz,gt}``; xyz tiffs
