@@ -14,7 +14,7 @@ import yaml
 from shared.checkpoint import load_checkpoint
 from shared.config import parse_config
 
-__all__ = ['config_name', 'parse_eval_config']
+__all__ = ['parse_eval_config']
 
 T = TypeVar('T')
 
@@ -29,12 +29,6 @@ def _preparser() -> argparse.ArgumentParser:
 
 def _preparse(argv: Sequence[str]) -> argparse.Namespace:
     return _preparser().parse_known_args(list(argv))[0]
-
-
-def config_name(argv: Sequence[str] | None, default: str = 'default') -> str:
-    """Name of a run's config for its run folder: the stem of ``-c FILE``, else ``default``."""
-    config = _preparse(sys.argv[1:] if argv is None else argv).config
-    return Path(config).stem if config else default
 
 
 def parse_eval_config(schema: type[T], argv: Sequence[str] | None, default_config: Path,

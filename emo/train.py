@@ -31,10 +31,9 @@ if __package__ in (None, ''):
 import torch
 
 import emo  # noqa: F401  (registers the EMO models with timm)
-from emo.cli import config_name
 from shared.augment import allow_zero_bit_posterize
 from shared.classification import ClassificationConfig, run_classification
-from shared.config import parse_config
+from shared.config import config_name, parse_config
 
 __all__ = ['DEFAULT_CONFIG', 'OFFICIAL_DROP_PATH', 'EMOTrainConfig', 'load_train_config', 'main', 'resolve_drop_path']
 

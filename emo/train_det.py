@@ -35,11 +35,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.models.detection import RetinaNet
 
-from emo.cli import config_name
 from emo.data import CocoDetectionDataset, GroupedDistributedSampler, detection_collate
 from emo.detection import build_retinanet
 from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_last_and_best
-from shared.config import config_to_dict, parse_config, save_config
+from shared.config import config_name, config_to_dict, parse_config, save_config
 from shared.distributed import (
     DistContext,
     all_reduce_mean,

@@ -47,7 +47,7 @@ from energy_anomaly_seg.train_segmentor import (
     train_segmentor,
 )
 from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from shared.config import config_to_dict, parse_config, save_config
+from shared.config import config_name, config_to_dict, parse_config, save_config
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, make_run_dir
 from shared.training import autocast, make_grad_scaler, optimizer_step
@@ -151,16 +151,6 @@ def make_pool(cfg: AnomalyConfig) -> AnomalyPatchPool:
                             cfg.polygon, cfg.hull_points, cfg.harris_k)
 
 
-def _config_name(argv: list[str]) -> str:
-    """The -c/--config file's stem (the run folder is runs/<pkg>/<config name>/<time>), "default" without one."""
-    for i, arg in enumerate(argv):
-        if arg in ("-c", "--config") and i + 1 < len(argv):
-            return Path(argv[i + 1]).stem
-        if arg.startswith("--config="):
-            return Path(arg.split("=", 1)[1]).stem
-    return "default"
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(TrainConfig, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
@@ -168,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return Trainer(cfg, ctx, _config_name(argv)).run()
+        return Trainer(cfg, ctx, config_name(argv)).run()
     finally:
         cleanup_distributed()
 

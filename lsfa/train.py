@@ -47,7 +47,7 @@ from lsfa.uff import (
     uff_token_pairs,
 )
 from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from shared.config import config_to_dict, parse_config, save_config
+from shared.config import config_name, config_to_dict, parse_config, save_config
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, make_run_dir
 from shared.training import autocast, check_finite, make_grad_scaler
@@ -323,15 +323,6 @@ def train_one_epoch(adaptors: nn.Module, core: LSFAAdaptors, extractor: FeatureE
     return iteration
 
 
-def _config_name(argv: list[str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg in ("-c", "--config") and i + 1 < len(argv):
-            return Path(argv[i + 1]).stem
-        if arg.startswith("--config="):
-            return Path(arg.split("=", 1)[1]).stem
-    return "default"
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(TrainConfig, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
@@ -339,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         torch.set_num_threads(cfg.num_threads)
     ctx = init_distributed(None if cfg.device == "auto" else cfg.device)
     try:
-        return run(cfg, ctx, _config_name(argv))
+        return run(cfg, ctx, config_name(argv))
     finally:
         cleanup_distributed()
 

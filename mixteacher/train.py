@@ -44,7 +44,7 @@ from mixteacher.data import (
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
 from mixteacher.model import DetectorConfig, MixedScaleFasterRCNN, build_detector
 from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from shared.config import config_from_dict, config_to_dict, parse_config, save_config
+from shared.config import config_from_dict, config_name, config_to_dict, parse_config, save_config
 from shared.distributed import DistContext, all_reduce_mean, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, make_run_dir
 from shared.metrics import coco_evaluate
@@ -463,17 +463,9 @@ def config_from_checkpoint(state: dict[str, Any]) -> TrainConfig:
     return config_from_dict(TrainConfig, state["config"])
 
 
-def _config_name(argv: Sequence[str] | None) -> str:
-    args = list(sys.argv[1:] if argv is None else argv)
-    for flag in ("-c", "--config"):
-        if flag in args and args.index(flag) + 1 < len(args):
-            return Path(args[args.index(flag) + 1]).stem
-    return "default"
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train with the resolved config; returns the metrics written to ``metrics.json``."""
-    return run(load_config(argv), _config_name(argv))
+    return run(load_config(argv), config_name(argv))
 
 
 if __name__ == "__main__":

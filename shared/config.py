@@ -37,6 +37,7 @@ __all__ = [
     "ConfigError",
     "build_parser",
     "config_from_dict",
+    "config_name",
     "config_to_dict",
     "load_yaml",
     "parse_config",
@@ -271,6 +272,17 @@ def _parse_flow_list(text: str, key: str) -> list[Any]:
     if not isinstance(value, list):
         raise ConfigError(f"config key '{key}': expected a list such as [a, b], got {text!r}")
     return [_parse_cli_value(v) if isinstance(v, str) else v for v in value]
+
+
+def config_name(argv: Sequence[str] | None = None, default: str = "default") -> str:
+    """The stem of the ``-c/--config`` file in ``argv`` (default ``sys.argv[1:]``), else ``default``: the run folder
+    is ``runs/<package>/<config name>/<time>``. Accepts ``-c F``, ``-cF``, ``--config F`` and ``--config=F``."""
+    import sys
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", default=None)
+    config = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))[0].config
+    return Path(config).stem if config else default
 
 
 def parse_config(schema: type[T], argv: Sequence[str] | None = None, description: str | None = None,

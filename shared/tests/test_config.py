@@ -3,7 +3,15 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from shared.config import ConfigError, config_from_dict, config_to_dict, load_yaml, parse_config, save_config
+from shared.config import (
+    ConfigError,
+    config_from_dict,
+    config_name,
+    config_to_dict,
+    load_yaml,
+    parse_config,
+    save_config,
+)
 
 
 @dataclass
@@ -125,3 +133,13 @@ def test_exponent_without_dot_is_a_float(tmp_path):
         config_from_dict(Cfg, {"optim": {"lr": "5e-4x"}})
     with pytest.raises(ConfigError, match="'epochs': expected an integer"):
         config_from_dict(Cfg, {"epochs": "5e2"})
+
+
+def test_config_name_is_the_stem_of_the_config_file(monkeypatch):
+    for argv in (["-c", "configs/coco_1pct.yaml"], ["--config", "a/coco_1pct.yaml", "--seed", "3"],
+                 ["--config=coco_1pct.yml"], ["-cconfigs/coco_1pct.yaml"], ["--seed", "1", "-c", "coco_1pct.yaml"]):
+        assert config_name(argv) == "coco_1pct", argv
+    assert config_name(["--seed", "1"]) == "default"
+    assert config_name([], default="retinanet_default") == "retinanet_default"
+    monkeypatch.setattr("sys.argv", ["train.py", "-c", "x/voc.yaml"])
+    assert config_name() == "voc" and config_name(None) == "voc"
