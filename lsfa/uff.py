@@ -14,7 +14,7 @@ entirely non-zero count; T = 1 and the cross-entropy is multiplied by 2T (``Feat
 Key names and the checkpoint layout follow the release (``models/feature_fusion.py``, ``fusion_pretrain.py``,
 ``utils/misc.py::save_model``): ``{"model": state_dict, "optimizer": ..., "epoch": ..., "scaler": ..., "args": ...}``
 with the keys ``xyz_norm.*``, ``xyz_mlp.fc1.*``, ``xyz_mlp.fc2.*``, ``rgb_norm.*``, ``rgb_mlp.fc{1,2}.*``,
-``rgb_head.*`` and ``xyz_head.*``; M3DM reads ``torch.load(path)["model"]``.
+``rgb_head.*`` and ``xyz_head.*``; M3DM reads the file's ``"model"`` entry.
 """
 
 from __future__ import annotations
