@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -277,8 +278,6 @@ def _parse_flow_list(text: str, key: str) -> list[Any]:
 def config_name(argv: Sequence[str] | None = None, default: str = "default") -> str:
     """The stem of the ``-c/--config`` file in ``argv`` (default ``sys.argv[1:]``), else ``default``: the run folder
     is ``runs/<package>/<config name>/<time>``. Accepts ``-c F``, ``-cF``, ``--config F`` and ``--config=F``."""
-    import sys
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-c", "--config", default=None)
     config = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))[0].config
