@@ -9,21 +9,74 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["capture_rng_state", "load_checkpoint", "restore_rng_state", "save_checkpoint", "save_last_and_best"]
+__all__ = [
+    "CheckpointError",
+    "NonFiniteStateError",
+    "capture_rng_state",
+    "find_nonfinite",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+    "save_last_and_best",
+]
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+class CheckpointError(RuntimeError):
+    """A file that is not a checkpoint of the expected package: missing, unreadable, foreign or incomplete."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist."""
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A state to be saved holds NaN/inf values (the previous checkpoint on disk is left as it was)."""
+
+
+def _floating_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            yield prefix or "<root>", obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _floating_tensors(value, f"{prefix}[{i}]")
+
+
+def find_nonfinite(state: Any, limit: int = 5) -> list[str]:
+    """Key paths (e.g. ``model.head.weight``) of up to `limit` floating tensors in `state` holding NaN or inf."""
+    bad = []
+    for name, tensor in _floating_tensors(state):
+        if not bool(torch.isfinite(tensor.detach()).all()):
+            bad.append(name)
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, allow_nonfinite: bool = False) -> Path:
     """Write `state` to `path` atomically: a temp file in the same folder, fsync, then rename over the target.
 
-    A crash while writing leaves the previous checkpoint intact.
+    A crash while writing leaves the previous checkpoint intact. A state whose floating tensors (weights, optimizer
+    moments, EMA, ...) hold NaN or inf is refused with :class:`NonFiniteStateError` before anything is written, so a
+    diverged run never replaces its last good checkpoint (`allow_nonfinite` for states where inf is meaningful).
     """
     path = Path(path)
+    if not allow_nonfinite:
+        bad = find_nonfinite(state)
+        if bad:
+            raise NonFiniteStateError(
+                f"refusing to write {path}: non-finite values in {', '.join(bad)}. The training diverged (lower the "
+                f"learning rate or disable fp16 AMP); {path.name} on disk, if any, is the last good state.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -41,7 +94,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 def save_last_and_best(state: dict[str, Any], out_dir: str | Path, is_best: bool) -> Path:
     """Write `out_dir/last.pt` atomically and, when `is_best`, the same bytes to `out_dir/best.pt`.
 
-    The state is serialized once; best.pt is an atomic copy of last.pt. Returns the path of last.pt.
+    The state is serialized once; best.pt is an atomic copy of last.pt. Returns the path of last.pt. A state with
+    non-finite tensors is refused (:func:`save_checkpoint`).
     """
     last = save_checkpoint(state, Path(out_dir) / "last.pt")
     if is_best:
@@ -56,15 +110,54 @@ def save_last_and_best(state: dict[str, Any], out_dir: str | Path, is_best: bool
     return last
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with the safe unpickler (`weights_only=True`); a missing file names the path."""
+def _unreadable_reason(err: Exception) -> str:
+    text = str(err)
+    if text.startswith("Weights only load failed"):
+        lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
+        detail = next((ln.split("WeightsUnpickler error:")[-1].strip() or "unsupported content" for ln in lines
+                       if not ln.startswith(("Check the documentation", "Please file an issue", "Re-running"))),
+                      "unsupported content")
+        return (f"holds objects that the safe unpickler refuses ({detail}); checkpoints of this project hold tensors, "
+                "numbers, strings, lists and dicts only")
+    first_line = text.splitlines()[0] if text else "no detail"
+    return f"is not a file written by torch.save ({type(err).__name__}: {first_line})"
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, package: str | None = None,
+                    required: Iterable[str] = ()) -> dict[str, Any]:
+    """Load a checkpoint with the safe unpickler (`weights_only=True`) and check that it is the expected kind.
+
+    Args:
+        path: the file.
+        map_location: as for `torch.load`.
+        package: the package that must have written it; named in every error, and compared with the ``"package"``
+            entry that the training scripts store (a checkpoint naming another package is refused).
+        required: top-level keys the caller is about to read (e.g. ``("model", "optimizer")``).
+
+    Raises:
+        CheckpointError: ``not a <package> checkpoint: <why>`` for a missing file (also a ``FileNotFoundError``), a
+            file torch cannot read with the safe unpickler (text, a foreign pickle, a truncated file), a top level
+            that is not a dict, another package's checkpoint, or missing required keys. Nothing is written.
+    """
     path = Path(path)
+    what = f"not a {package} checkpoint" if package else "not a checkpoint"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        kind = "is a folder" if path.is_dir() else "does not exist"
+        raise CheckpointNotFoundError(f"{what}: checkpoint not found: {path} {kind}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt or foreign pickle: say which file
-        raise RuntimeError(f"could not load checkpoint {path}: {err}") from err
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # text, foreign or truncated pickle: name the file and the reason
+        raise CheckpointError(f"{what}: {path} {_unreadable_reason(err)}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what}: {path} holds a {type(state).__name__}, not a dict of training state")
+    writer = state.get("package")
+    if package is not None and isinstance(writer, str) and writer != package:
+        raise CheckpointError(f"{what}: {path} was written by package '{writer}'")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"{what}: {path} lacks the key(s) {', '.join(map(repr, missing))} "
+                              f"(it holds {', '.join(map(repr, sorted(map(str, state))[:12])) or 'nothing'})")
+    return state
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -22,14 +23,123 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["RunLogger", "make_run_dir", "write_json"]
+__all__ = ["RunDirError", "RunLogger", "claim_run_dir", "make_run_dir", "resolve_run_dir", "write_json"]
 
 T = TypeVar("T")
 
 
+RUN_MARKER = "RUN.json"
+#: Config keys that may change between the runs of one folder (where and how fast it runs, not what it computes).
+RUN_LEVEL_KEYS = frozenset({"output_dir", "resume", "device", "threads", "num_threads", "torch_threads",
+                            "tensorboard", "log_interval", "print_freq", "num_workers", "workers"})
+
+
+class RunDirError(RuntimeError):
+    """A run folder that belongs to another package or to a different config."""
+
+
+def _broadcast_path(path: Path | None) -> Path:
+    """Rank 0's `path` on every rank (a no-op without an initialised process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [str(path) if path is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        return Path(box[0])
+    assert path is not None
+    return path
+
+
 def make_run_dir(package: str, config_name: str, root: str | Path = "runs") -> Path:
-    """`runs/<package>/<config_name>/<time stamp>/` (not created here; rank 0 creates it)."""
-    return Path(root) / package / config_name / time.strftime("%Y%m%d-%H%M%S")
+    """Create and return a new, empty `runs/<package>/<config_name>/<YYYYmmdd-HHMMSS>[-N]/`.
+
+    The folder is created with ``exist_ok=False``, so two runs started in the same second get two folders (the
+    second one gets the suffix ``-1``, then ``-2`` ...). Under torchrun rank 0 creates it and every rank gets its name.
+    """
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    path = None
+    if not distributed or dist.get_rank() == 0:
+        parent = Path(root) / package / config_name
+        parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for attempt in range(10_000):
+            candidate = parent / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+            try:
+                candidate.mkdir(exist_ok=False)
+            except FileExistsError:
+                continue
+            path = candidate
+            break
+        else:
+            raise RunDirError(f"could not create a new run folder under {parent}")
+    return _broadcast_path(path)
+
+
+def resolve_run_dir(package: str, config_name: str, output_dir: str | Path | None = None,
+                    resume: str | Path | None = None) -> Path:
+    """The run folder: `output_dir` when given, else the folder of the `resume` checkpoint, else a new
+    :func:`make_run_dir` folder."""
+    if output_dir:
+        return Path(output_dir)
+    if resume:
+        return Path(resume).parent
+    return make_run_dir(package, config_name)
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            if key in RUN_LEVEL_KEYS and not prefix:
+                continue
+            name = f"{prefix}{key}"
+            if key not in old or key not in new:
+                out.append(name)
+            else:
+                out.extend(_differences(old[key], new[key], name + "."))
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def claim_run_dir(out_dir: str | Path, package: str, config: Mapping[str, Any], resume: bool = False,
+                  is_main: bool = True) -> Path:
+    """Check that `out_dir` may hold this run, then record the owner in ``out_dir/RUN.json``.
+
+    Refused with :class:`RunDirError` before anything is written: a folder recorded for another package, a folder
+    whose recorded config has other keys (another package's or another script's), and, for a new run (not
+    `resume`), a folder recorded with a different config (its checkpoints and cached stages would be mixed with
+    this run's). Run-level keys (:data:`RUN_LEVEL_KEYS`) may differ. A resumed run may change other values (e.g.
+    more epochs); the folder's record is then updated.
+    """
+    out_dir = Path(out_dir)
+    marker = out_dir / RUN_MARKER
+    config = json.loads(json.dumps(_jsonable(dict(config))))
+    if marker.is_file():
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise RunDirError(f"{marker} is unreadable ({err}); choose another --output_dir") from err
+        owner, stored = record.get("package"), record.get("config", {})
+        if owner != package:
+            raise RunDirError(f"{out_dir} holds a run of package '{owner}', not {package}; choose another "
+                              "--output_dir (nothing was written)")
+        if set(stored) != set(config):
+            raise RunDirError(f"{out_dir} holds a run of another {package} script or config schema (keys differ: "
+                              f"{', '.join(sorted(set(stored) ^ set(config)))}); choose another --output_dir")
+        changed = _differences(stored, config)
+        if changed and not resume:
+            raise RunDirError(
+                f"{out_dir} already holds a {package} run with a different config ({', '.join(changed[:8])}); its "
+                "checkpoints and cached stages would be mixed with this run's. Choose another --output_dir, resume "
+                "it with --resume, or delete the folder.")
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(f".{RUN_MARKER}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"package": package, "config": config}, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, marker)
+    return out_dir
 
 
 def _jsonable(v: Any) -> Any:

@@ -17,6 +17,8 @@ __all__ = [
     "NonFiniteLossError",
     "autocast",
     "check_finite",
+    "check_finite_gradients",
+    "check_finite_parameters",
     "lr_noise_factor",
     "make_grad_scaler",
     "optimizer_step",
@@ -40,11 +42,49 @@ def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
         )
 
 
+def _first_nonfinite(named: Iterable[tuple[str, torch.Tensor | None]]) -> str | None:
+    named = [(n, t) for n, t in named if t is not None]
+    if not named:
+        return None
+    flags = torch.stack([torch.isfinite(t.detach()).all() for _, t in named]).cpu()
+    bad = (~flags).nonzero()
+    return named[int(bad[0])][0] if len(bad) else None
+
+
+def check_finite_gradients(parameters: Iterable[torch.Tensor] | nn.Module, step: int, what: str = "loss") -> None:
+    """Stop the run when a gradient holds NaN/inf (the loss itself can be finite while its gradient is not)."""
+    named = parameters.named_parameters() if isinstance(parameters, nn.Module) else \
+        ((f"parameter {i}", p) for i, p in enumerate(parameters))
+    name = _first_nonfinite((n, p.grad) for n, p in named)
+    if name is not None:
+        raise NonFiniteLossError(
+            f"non-finite gradient of {what} in {name} at step {step}; stopping before the optimizer step. The last "
+            "checkpoint written before this step is intact; lower the learning rate or disable fp16 AMP.")
+
+
+def check_finite_parameters(parameters: Iterable[torch.Tensor] | nn.Module, step: int, what: str = "model") -> None:
+    """Stop the run when a parameter (or buffer of a module) holds NaN/inf, e.g. after a step with a huge lr."""
+    if isinstance(parameters, nn.Module):
+        named = [*parameters.named_parameters(), *((n, b) for n, b in parameters.named_buffers()
+                                                   if b.is_floating_point())]
+    else:
+        named = [(f"parameter {i}", p) for i, p in enumerate(parameters)]
+    name = _first_nonfinite(named)
+    if name is not None:
+        raise NonFiniteLossError(
+            f"non-finite value in {what} {name} after step {step}; stopping. The last checkpoint written before this "
+            "step is intact; lower the learning rate or disable fp16 AMP.")
+
+
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int,
                    clip_grad: float | None = None, parameters: Iterable[torch.Tensor] | None = None,
                    what: str = "loss") -> None:
     """One optimizer update from `loss`: non-finite guard, zero_grad, scaled backward, optional clipping of the
     global L2 norm of `parameters` at `clip_grad` (after unscaling), scaler step and update.
+
+    Without an active fp16 scaler the gradients of the optimizer's parameters are checked before the step (a
+    finite loss can have a non-finite gradient), and the parameters after it; with fp16 the scaler itself skips
+    steps with inf/NaN gradients, as designed.
 
     Args:
         loss: the scalar to minimise.
@@ -62,6 +102,12 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
             raise ValueError("optimizer_step: clip_grad needs the parameters to clip")
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(parameters, clip_grad)
+    if not scaler.is_enabled():
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        check_finite_gradients(params, step, what)
+        optimizer.step()
+        check_finite_parameters(params, step, "parameters of the optimizer")
+        return
     scaler.step(optimizer)
     scaler.update()
 
