@@ -175,13 +175,29 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file, a syntax error or a non-mapping top level is a `ConfigError`."""
+    """Read a YAML mapping; a missing file, a syntax error, a key given twice or a non-mapping top level is a
+    `ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if data is None:
@@ -235,15 +251,19 @@ def build_parser(schema: type, description: str | None = None, add_help: bool = 
     """An argparse parser with `-c/--config` and one `--key` option per (dotted) config field."""
     parser = argparse.ArgumentParser(description=description, add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("-c", "--config", default=None, metavar="YAML", help="YAML file with config values")
+    parser.add_argument("-c", "--config", default=None, metavar="YAML",
+                        help="YAML recipe; it replaces configs/default.yaml (omitted keys take the built-in defaults)")
     group = parser.add_argument_group("config keys (override the YAML file)")
     for key, tp, default, help_text in _flat_fields(schema):
         dest = key.replace(".", "__")
         leaf = _leaf_type(tp)
         help_text = f"{help_text} ({_type_name(tp)})".strip()
         if leaf is bool:
-            group.add_argument(f"--{key}", dest=dest, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=f"{help_text}; default {default}")
+            group.add_argument(f"--{key}", dest=dest, nargs="?", const=True, type=_parse_bool, metavar="BOOL",
+                               default=argparse.SUPPRESS, help=f"{help_text}; default {default} (--{key} alone, or "
+                               f"--{key} true|false, or --no-{key})")
+            group.add_argument(f"--no-{key}", dest=dest, action="store_false", default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS)
         elif get_origin(leaf) in (list, tuple) or leaf in (list, tuple):
             group.add_argument(f"--{key}", dest=dest, nargs="*", default=argparse.SUPPRESS, metavar="V",
                                help=f"{help_text}; default {default}")
@@ -251,6 +271,19 @@ def build_parser(schema: type, description: str | None = None, add_help: bool = 
             group.add_argument(f"--{key}", dest=dest, default=argparse.SUPPRESS, metavar="V",
                                help=f"{help_text}; default {default}")
     return parser
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _parse_bool(text: str) -> bool:
+    """``--flag true`` / ``--flag false`` (also yes/no, on/off, 1/0) for a boolean key."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -293,6 +326,8 @@ def parse_config(schema: type[T], argv: Sequence[str] | None = None, description
         argv: command-line arguments (default: `sys.argv[1:]`).
         description: text for `--help`.
         default_config: YAML file used when `-c/--config` is not given (e.g. the package's configs/default.yaml).
+            A ``-c`` file replaces it (it does not layer on top of it): keys the ``-c`` file omits take the
+            dataclass defaults, so a recipe file is complete on its own.
 
     Raises:
         SystemExit: with argparse's usage message, listing the valid keys, on an unknown command-line flag;

@@ -58,8 +58,8 @@ def coco_evaluate(
         detection at all, every metric that has ground truth is 0.0.
 
     Raises:
-        ValueError: unknown ``iou_type``, a ground-truth annotation or detection missing a required key, or a
-            detection whose image or category is not in the ground truth.
+        ValueError: unknown ``iou_type``, a ground-truth annotation or detection missing a required key, a
+            detection whose image or category is not in the ground truth, or a NaN/inf score or box.
     """
     if iou_type not in _GT_KEYS:
         raise ValueError(f"coco_evaluate: iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -119,11 +119,26 @@ def _load_detections(
         if det["category_id"] not in category_ids:
             raise ValueError(f"coco_evaluate: detection with category_id {det['category_id']}, not in the ground "
                              "truth categories")
+        _check_finite_detection(det, iou_type)
         result = dict(det)
         if iou_type == "segm":
             result.pop("bbox", None)
         results.append(result)
     return results
+
+
+def _check_finite_detection(det: dict[str, Any], iou_type: str) -> None:
+    """Refuse a NaN/inf score or box: pycocotools gives a NaN box IoU 0 with nothing but counts it in the ranking,
+    and an image whose only detection is a NaN box can even score AP 1.0."""
+    values = [det["score"]] + (list(det["bbox"]) if iou_type == "bbox" else [])
+    if iou_type == "bbox" and len(det["bbox"]) != 4:
+        raise ValueError(f"coco_evaluate: detection bbox must be [x, y, w, h], got {det['bbox']}")
+    try:
+        finite = all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"coco_evaluate: detection with a non-numeric score or box: {det}") from err
+    if not finite:
+        raise ValueError(f"coco_evaluate: detection with a non-finite score or box (the model diverged?): {det}")
 
 
 def _empty_results(gt: COCO) -> COCO:
