@@ -110,6 +110,8 @@ def _print_verify(name: str, report: VerifyReport) -> None:
         print(f"present   {filename} (no published checksum)")
     for filename in report.absent_files:
         print(f"absent    {filename} (only needed until it is unpacked)")
+    for failure in report.structure_failures:
+        print(f"WRONG     {failure}")
     if report.ok:
         print(f"{name}: OK under {report.root}")
     else:

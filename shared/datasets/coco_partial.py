@@ -108,13 +108,65 @@ def partial_split(coco: dict, percent: float, fold: int, seed_offset: int = 0,
     return with_parts(labeled_images, labeled_anns), with_parts(unlabeled_images, unlabeled_anns)
 
 
-def partial_split_paths(ann_path: str | Path, percent: float, fold: int,
-                        out_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Return the (labelled, unlabelled) output paths for ``ann_path``, e.g. ``instances_train2017.1@10.json``."""
+def partial_split_paths(ann_path: str | Path, percent: float, fold: int, out_dir: str | Path | None = None,
+                        seed_offset: int = 0) -> tuple[Path, Path]:
+    """Return the (labelled, unlabelled) output paths for ``ann_path``, e.g. ``instances_train2017.1@10.json``.
+
+    A non-zero ``seed_offset`` is part of the name (``instances_train2017.1@10+s7.json``), so splits drawn with
+    different offsets never share a file; offset 0 keeps the published names."""
     ann_path = Path(ann_path)
     folder = Path(out_dir) if out_dir is not None else ann_path.parent
-    stem = f"{ann_path.stem}.{fold}@{_format_percent(percent)}"
+    stem = f"{ann_path.stem}.{fold}@{_format_percent(percent)}" + (f"+s{seed_offset}" if seed_offset else "")
     return folder / f"{stem}.json", folder / f"{stem}-unlabeled.json"
+
+
+#: Top-level key of a split file recording how it was made (pycocotools and mmdet ignore unknown top-level keys).
+RECIPE_KEY = "partial_split_recipe"
+
+
+def _source_fingerprint(ann_path: Path) -> dict[str, object]:
+    from shared.datasets.download import file_digest
+
+    return {"source": ann_path.name, "source_size": ann_path.stat().st_size,
+            "source_sha256": file_digest(ann_path, "sha256")}
+
+
+def split_recipe(ann_path: str | Path, percent: float, fold: int, seed_offset: int = 0,
+                 sampling: str = "softteacher") -> dict[str, object]:
+    """What a split file is made from: the arguments and the size and SHA-256 of the source annotation file."""
+    return {"percent": float(percent), "fold": int(fold), "seed_offset": int(seed_offset), "sampling": sampling,
+            **_source_fingerprint(Path(ann_path))}
+
+
+def _stored_recipe(path: Path) -> dict | None:
+    try:
+        with open(path) as handle:
+            return json.load(handle).get(RECIPE_KEY)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def ensure_partial_split(ann_path: str | Path, percent: float, fold: int, seed_offset: int = 0,
+                         out_dir: str | Path | None = None, sampling: str = "softteacher") -> tuple[Path, Path]:
+    """The (labelled, unlabelled) files of one split, reused only when their recorded recipe (arguments and the
+    source file's size and SHA-256) equals this call's; written (again) otherwise.
+
+    Raises:
+        FileNotFoundError: the source annotation file is missing.
+        ValueError: the source is not valid JSON (e.g. truncated).
+    """
+    ann_path = Path(ann_path)
+    if not ann_path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {ann_path}")
+    labeled, unlabeled = partial_split_paths(ann_path, percent, fold, out_dir, seed_offset)
+    if labeled.is_file() and unlabeled.is_file():
+        stored = _stored_recipe(labeled)
+        if stored is not None and stored.get("source_size") == ann_path.stat().st_size:
+            recipe = split_recipe(ann_path, percent, fold, seed_offset, sampling)
+            if stored == recipe and _stored_recipe(unlabeled) == recipe:
+                return labeled, unlabeled
+    write_partial_splits(ann_path, [percent], [fold], seed_offset, out_dir, sampling)
+    return labeled, unlabeled
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -139,13 +191,19 @@ def write_partial_splits(ann_path: str | Path, percents: Sequence[float], folds:
             coco = json.load(handle)
     except json.JSONDecodeError as error:
         raise ValueError(f"{ann_path} is not valid JSON: {error}") from error
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise ValueError(f"{ann_path} is not a COCO instances file (no 'images' list)")
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+    source = _source_fingerprint(ann_path)
     written = []
     for percent in percents:
         for fold in folds:
             labeled, unlabeled = partial_split(coco, percent, fold, seed_offset, sampling)
-            labeled_path, unlabeled_path = partial_split_paths(ann_path, percent, fold, out_dir)
+            recipe = {"percent": float(percent), "fold": int(fold), "seed_offset": int(seed_offset),
+                      "sampling": sampling, **source}
+            labeled[RECIPE_KEY] = unlabeled[RECIPE_KEY] = recipe
+            labeled_path, unlabeled_path = partial_split_paths(ann_path, percent, fold, out_dir, seed_offset)
             _write_json(labeled_path, labeled)
             _write_json(unlabeled_path, unlabeled)
             print(f"{labeled_path.name}: {len(labeled['images'])} images, {len(labeled['annotations'])} annotations; "

@@ -42,6 +42,7 @@ __all__ = [
     "ManualDownloadRequired",
     "UnsafeArchiveError",
     "VerifyReport",
+    "check_content",
     "download_dataset",
     "download_file",
     "file_digest",
@@ -103,10 +104,11 @@ class VerifyReport:
     verified_files: list[str] = field(default_factory=list)
     unverifiable_files: list[str] = field(default_factory=list)
     absent_files: list[str] = field(default_factory=list)
+    structure_failures: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.missing_paths and not self.checksum_failures
+        return not self.missing_paths and not self.checksum_failures and not self.structure_failures
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def _fetch_http(url: str, part: Path, offset: int, timeout: float) -> None:
 
 
 def download_file(url: str, dest: str | Path, checksum: str | None = None, size: int | None = None,
-                  timeout: float = 60.0) -> Path:
+                  timeout: float = 60.0, allow_unverified_http: bool = False) -> Path:
     """Download ``url`` to ``dest``, resuming a previous partial download, and verify it.
 
     The bytes are written to ``dest`` + ``.part``; an existing ``.part`` file is continued with an HTTP Range
@@ -223,11 +225,16 @@ def download_file(url: str, dest: str | Path, checksum: str | None = None, size:
         checksum: ``"md5:<hex>"`` or ``"sha256:<hex>"``, or ``None`` when no checksum is published.
         size: expected size in bytes, if known.
         timeout: socket timeout in seconds.
+        allow_unverified_http: a plain ``http://`` URL without a checksum is refused (nothing would authenticate
+            the bytes); set this to accept such a file anyway.
 
     Returns:
         ``dest`` as a :class:`~pathlib.Path`.
     """
     dest = Path(dest)
+    if urllib.parse.urlparse(url).scheme == "http" and checksum is None and not allow_unverified_http:
+        raise DatasetDownloadError(f"refusing to download {url}: plain http and no published checksum, so nothing "
+                                   "would verify the bytes; fetch it over https or check it by hand")
     if dest.is_file():
         if checksum is not None:
             verify_checksum(dest, checksum)
@@ -348,17 +355,44 @@ def _extract_zip(archive: Path, scratch: str) -> None:
                 shutil.copyfileobj(source, out, _CHUNK)
 
 
+def _merge_conflicts(source: Path, target: Path) -> list[str]:
+    """Paths where ``source`` and ``target`` disagree on the kind of entry (a file against a folder)."""
+    conflicts = []
+    for entry in sorted(source.iterdir()):
+        destination = target / entry.name
+        if not (destination.exists() or destination.is_symlink()):
+            continue
+        entry_dir = entry.is_dir() and not entry.is_symlink()
+        dest_dir = destination.is_dir() and not destination.is_symlink()
+        if entry_dir and dest_dir:
+            conflicts.extend(_merge_conflicts(entry, destination))
+        elif entry_dir != dest_dir:
+            conflicts.append(str(destination))
+    return conflicts
+
+
 def _merge_move(source: Path, target: Path) -> None:
-    """Move the contents of ``source`` into ``target``, merging folders that exist on both sides."""
+    """Move the contents of ``source`` into ``target``, merging folders that exist on both sides.
+
+    A file of the archive replaces a file of the same name; a file where ``target`` has a folder (or the other way
+    round) is refused before anything is moved, so an archive can never delete a folder of the dataset root.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    conflicts = _merge_conflicts(source, target)
+    if conflicts:
+        raise UnsafeArchiveError(f"unpacking would replace a folder by a file (or a file by a folder) at "
+                                 f"{', '.join(conflicts[:5])}; nothing was moved. Move that entry away first.")
+    _move_entries(source, target)
+
+
+def _move_entries(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for entry in sorted(source.iterdir()):
         destination = target / entry.name
         if entry.is_dir() and not entry.is_symlink() and destination.is_dir() and not destination.is_symlink():
-            _merge_move(entry, destination)
+            _move_entries(entry, destination)
         else:
-            if destination.is_dir() and not destination.is_symlink():
-                shutil.rmtree(destination)
-            elif destination.is_symlink() or destination.exists():
+            if destination.is_symlink() or destination.exists():
                 destination.unlink()
             os.replace(entry, destination)
 
@@ -505,8 +539,17 @@ def download_dataset(name: str, root: str | Path, only: str | None = None,
     return report
 
 
+def _count_entries(folder: Path, kind: str) -> int:
+    if kind == "dirs":
+        with os.scandir(folder) as entries:
+            return sum(1 for e in entries if e.is_dir())
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
 def verify_dataset(name: str, root: str | Path, rehash: bool = False) -> VerifyReport:
-    """Check that the required paths of ``name`` exist under ``root`` and that archives present there verify.
+    """Check that the required paths of ``name`` exist under ``root``, that archives and unpacked files present
+    there match their published checksums, and that the folder counts (e.g. ImageNet's 1000 classes, 50 000
+    validation images) are right.
 
     Checksums already verified by an earlier run are not recomputed unless the file changed or ``rehash`` is set.
     """
@@ -518,10 +561,11 @@ def verify_dataset(name: str, root: str | Path, rehash: bool = False) -> VerifyR
         return report
     report.missing_paths = _missing_paths(info, root)
     state = _load_state(root)
-    for remote in info.files:
+    for remote in (*info.files, *info.content_files):
         path = root / remote.filename
         if not path.is_file():
-            report.absent_files.append(remote.filename)
+            if remote in info.files:
+                report.absent_files.append(remote.filename)
             continue
         try:
             if _verify_local(path, remote, state, rehash=rehash):
@@ -530,10 +574,44 @@ def verify_dataset(name: str, root: str | Path, rehash: bool = False) -> VerifyR
                 report.unverifiable_files.append(remote.filename)
         except ChecksumError as error:
             report.checksum_failures.append(f"{remote.filename}: expected {error.expected}, got {error.actual}")
+    for folder, kind, expected in info.expected_counts:
+        path = root / folder
+        if path.is_dir():
+            found = _count_entries(path, kind)
+            if found != expected:
+                what = "sub-folders" if kind == "dirs" else "files"
+                report.structure_failures.append(f"{folder}: {found} {what}, expected {expected}")
     if report.verified_files:
         with contextlib.suppress(OSError):  # a read-only dataset folder is fine: the cache only saves re-hashing
             _save_state(root, state)
     return report
+
+
+_SYNTHETIC_MARKER = "_SYNTHETIC.json"
+_CONTENT_CHECKED: dict[tuple[str, str], tuple[int, int]] = {}
+
+
+def check_content(name: str, root: str | Path) -> None:
+    """Compare the unpacked files of ``name`` under ``root`` with their published checksums (loaders call this).
+
+    Each file is hashed once per process while its size and modification time stay the same. A synthetic tree
+    written by :mod:`shared.synthetic` (``_SYNTHETIC.json`` in the root or beside the file) is not the published
+    data and is not compared: its protection is the loader's own (e.g. CIFAR's restricted unpickler).
+
+    Raises:
+        ChecksumError: naming the first file whose digest differs (corrupt, truncated or replaced).
+    """
+    root = Path(root)
+    for remote in get_dataset(name).content_files:
+        path = root / remote.filename
+        if not path.is_file() or (root / _SYNTHETIC_MARKER).is_file() or (path.parent / _SYNTHETIC_MARKER).is_file():
+            continue
+        stat = path.stat()
+        key, stamp = (name, str(path.resolve())), (stat.st_size, stat.st_mtime_ns)
+        if _CONTENT_CHECKED.get(key) == stamp:
+            continue
+        verify_checksum(path, remote.checksum)
+        _CONTENT_CHECKED[key] = stamp
 
 
 def require_dataset(name: str, root: str | Path) -> Path:

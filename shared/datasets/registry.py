@@ -6,7 +6,12 @@ manual steps.
 
 Provenance of every URL and checksum is written next to it (``RemoteFile.source``). Where no checksum is
 published anywhere we could read, ``checksum`` is ``None`` and the source says "not published"; nothing here is
-computed by us from a download.
+computed by us from a download. No source of these datasets publishes SHA-256 digests, so the registered checksums
+are the published md5 values (each ``source`` names where it was read); md5 detects corruption and truncation but is
+not collision-resistant. Plain-http URLs remain where the host serves nothing else that we could confirm: COCO's
+``images.cocodataset.org`` presents the certificate of s3.amazonaws.com over https (a hostname mismatch), and the
+ETH and DHBW hosts of Fishyscapes / Lost and Found could not be checked from here; every one of them has a checksum,
+and ``download_file`` refuses a plain-http file without one.
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ class DatasetInfo:
         layout: the directory tree under the dataset root, with exact names.
         required_paths: paths relative to the root that must exist; ``verify`` and ``require_dataset`` check them.
         notes: conventions and pitfalls the loaders must know about.
+        content_files: unpacked files with a published checksum (``filename`` relative to the root, ``url``
+            None); ``verify`` and :func:`shared.datasets.check_content` (called by loaders) compare them.
+        expected_counts: ``(folder, kind, n)`` structure checks of ``verify``: ``kind`` ``"dirs"`` counts the
+            sub-folders of ``folder``, ``"files"`` the files below it (recursively).
     """
 
     name: str
@@ -84,6 +93,8 @@ class DatasetInfo:
     required_paths: tuple[str, ...]
     manual: tuple[str, ...] = ()
     notes: str = ""
+    content_files: tuple[RemoteFile, ...] = ()
+    expected_counts: tuple[tuple[str, str, int], ...] = ()
     downloadable: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +114,8 @@ class DatasetInfo:
 
 
 _TORCHVISION_CIFAR = "pytorch/vision torchvision/datasets/cifar.py (torchvision 0.29.1: url, tgz_md5)"
+_TORCHVISION_CIFAR_FILES = ("pytorch/vision torchvision/datasets/cifar.py (torchvision 0.29.1: train_list, test_list, "
+                            "meta md5 of the unpacked files; md5 is the only checksum published)")
 _TORCHVISION_VOC = "pytorch/vision torchvision/datasets/voc.py (torchvision 0.29.1: DATASET_YEAR_DICT)"
 _TORCHVISION_IMAGENET = "pytorch/vision torchvision/datasets/imagenet.py (torchvision 0.29.1: ARCHIVE_META)"
 _PADDLE_COCO = ("URL: cocodataset.org download page and google-research/ssl_detection DATA.md; md5: "
@@ -160,6 +173,8 @@ def _registry() -> dict[str, DatasetInfo]:
             ),
             required_paths=("train", "val"),
             notes="Read with torchvision.datasets.ImageFolder(<root>/train) / (<root>/val): classes sorted by wnid.",
+            expected_counts=(("train", "dirs", 1000), ("val", "dirs", 1000), ("train", "files", 1_281_167),
+                             ("val", "files", 50_000)),
         ),
         DatasetInfo(
             name="coco2017",
@@ -263,7 +278,18 @@ def _registry() -> dict[str, DatasetInfo]:
             required_paths=tuple(f"cifar-10-batches-py/{n}" for n in
                                  ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                                   "test_batch", "batches.meta")),
-            notes="Read with torchvision.datasets.CIFAR10(<root>) or by unpickling the batches (encoding='latin1').",
+            notes=("Read by shared.noisy.load_cifar: each batch is checked against its published md5 (once per "
+                   "process) and unpickled with a restricted unpickler that builds only numpy arrays, lists, dicts and "
+                   "strings."),
+            content_files=tuple(
+                RemoteFile(f"cifar-10-batches-py/{name}", None, f"md5:{digest}", source=_TORCHVISION_CIFAR_FILES)
+                for name, digest in (("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+                                     ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                                     ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+                                     ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                                     ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+                                     ("test_batch", "40351d587109b95175f43aff81a1287e"),
+                                     ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888"))),
         ),
         DatasetInfo(
             name="cifar100",
@@ -286,6 +312,11 @@ def _registry() -> dict[str, DatasetInfo]:
                 "    meta    (b'fine_label_names', b'coarse_label_names')"
             ),
             required_paths=("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+            content_files=tuple(
+                RemoteFile(f"cifar-100-python/{name}", None, f"md5:{digest}", source=_TORCHVISION_CIFAR_FILES)
+                for name, digest in (("train", "16019d7e3df5f24257cddd939b257f8d"),
+                                     ("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
+                                     ("meta", "7973b15100ade9c7d40fb424638fde48"))),
         ),
         DatasetInfo(
             name="clothing1m",

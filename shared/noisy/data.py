@@ -18,20 +18,21 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from shared.datasets import require_dataset
+from shared.datasets import check_content, require_dataset
 from shared.label_noise import NoisyLabels, asymmetric_noise, load_noisy_labels, save_noisy_labels, symmetric_noise
 
 __all__ = [
@@ -72,12 +73,39 @@ class CifarSplit:
         return len(self.labels)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR batches that can build numpy arrays and plain containers only.
+
+    The real batches (pickled by Python 2) and the synthetic ones need exactly ``numpy``'s array reconstruction
+    (``_reconstruct``, ``ndarray``, ``dtype``) and, in Python 3 protocol-2 files, ``_codecs.encode`` for bytes; any
+    other global (``os.system``, ``builtins.eval``, ...) is refused, so a batch file cannot run code.
+    """
+
+    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
+        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],  # numpy's own function
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("numpy._core"):  # numpy >= 2 writes numpy._core for what numpy 1 calls numpy.core
+            module = "numpy.core" + module[len("numpy._core"):]
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR batch (only numpy arrays, "
+                                     "lists, dicts, numbers and strings are)")
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
-            return pickle.load(handle, encoding="latin1")
-    except Exception as error:  # truncated or foreign file: name it
+            batch = _CifarUnpickler(handle, encoding="latin1").load()
+    except Exception as error:  # truncated, foreign or malicious file: name it
         raise ValueError(f"could not read CIFAR batch {path}: {error}") from error
+    if not isinstance(batch, dict):
+        raise ValueError(f"could not read CIFAR batch {path}: it holds a {type(batch).__name__}, not a dict")
+    return batch
 
 
 def load_cifar(root: str | Path, num_classes: int, train: bool, image_size: int | None = None) -> CifarSplit:
@@ -94,6 +122,7 @@ def load_cifar(root: str | Path, num_classes: int, train: bool, image_size: int 
         raise ValueError(f"num_classes must be 10 or 100, got {num_classes}")
     name = "cifar10" if num_classes == 10 else "cifar100"
     root = require_dataset(name, root)
+    check_content(name, root)
     if num_classes == 10:
         names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
         batches = [_unpickle(root / "cifar-10-batches-py" / n) for n in names]
@@ -123,16 +152,21 @@ def noisy_labels_for(clean: Sequence[int] | np.ndarray | torch.Tensor, noise_typ
         rate: nominal noise rate r (DivideMix's ``r``).
         num_classes: 10 or 100 for CIFAR (selects the asymmetric map).
         seed: seed of the noise draw.
-        path: noise file; an existing file must hold ``len(clean)`` labels and the same clean labels.
+        path: noise file, re-read when it exists: it must hold ``len(clean)`` labels, the same clean labels and the
+            same recipe (noise type, rate, seed); a file drawn with another recipe is refused, never reused.
     """
     clean = np.asarray(torch.as_tensor(clean).cpu().numpy(), dtype=np.int64)
+    kind = {"sym": "symmetric", "asym": "asymmetric"}.get(noise_type, noise_type)
     if path is not None and Path(path).is_file():
         loaded = load_noisy_labels(path, expected_length=len(clean))
         if not np.array_equal(loaded.clean, clean):
             raise ValueError(f"{path}: its clean labels differ from the dataset's; the file belongs to another "
                              "dataset or split (delete it to draw new noise)")
+        if (loaded.noise_type, float(loaded.rate), int(loaded.seed)) != (kind, float(rate), int(seed)):
+            raise ValueError(f"{path} holds {loaded.noise_type} noise at rate {loaded.rate} (seed {loaded.seed}), "
+                             f"but {kind} noise at rate {rate} (seed {seed}) was asked for; it is not reused. Use "
+                             "another output folder, or delete the file to draw the new noise there.")
         return loaded
-    kind = {"sym": "symmetric", "asym": "asymmetric"}.get(noise_type, noise_type)
     if kind == "symmetric":
         result = symmetric_noise(clean, rate, num_classes, seed=seed)
     elif kind == "asymmetric":

