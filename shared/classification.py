@@ -48,7 +48,7 @@ from shared.distributed import (
     seed_everything,
     seed_worker,
 )
-from shared.logger import RunLogger, make_run_dir
+from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.metrics import topk_accuracy
 from shared.training import (
     AmpDtype,
@@ -168,7 +168,17 @@ def _image_folder(root: Path, split: str, transform: Callable) -> ImageFolder:
             f"image folder not found: {path}. Expected the ImageNet layout {root}/{split}/<class>/<image> "
             "(see `python -m shared.datasets info imagenet1k`), or set data.synthetic=true for the embedded set."
         )
-    return ImageFolder(str(path), transform=transform)
+    return _NamedErrorImageFolder(str(path), transform=transform)
+
+
+class _NamedErrorImageFolder(ImageFolder):
+    """`ImageFolder` whose error for an unreadable or corrupt image names the file."""
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        try:
+            return super().__getitem__(index)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for truncated or foreign files
+            raise OSError(f"cannot read image {self.samples[index][0]}: {err}") from err
 
 
 def build_loaders(cfg: DataConfig, ctx: DistContext, seed: int) -> tuple[DataLoader, DataLoader, int]:
@@ -202,14 +212,82 @@ def build_loaders(cfg: DataConfig, ctx: DistContext, seed: int) -> tuple[DataLoa
     return train_loader, val_loader, len(train_set.classes)
 
 
-def build_classification_model(cfg: ClassificationConfig, num_classes: int) -> nn.Module:
-    """`timm.create_model(cfg.model)`, initialised from `cfg.pretrained` (a local file) when given."""
+_WRAPPERS = (("net_E", "net"), ("state_dict_ema", "state_dict"), ("model_ema", "model"), ("ema", "model"))
+
+
+def _pretrained_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a weights file: a plain state dict or a trainer checkpoint (EMA weights preferred,
+    as timm and the official EMO trainer store them), with ``module.`` prefixes removed."""
+    state = load_checkpoint(path)
+    for ema_key, key in _WRAPPERS:
+        picked = state.get(ema_key) if isinstance(state.get(ema_key), dict) else state.get(key)
+        if isinstance(picked, dict):
+            state = picked
+            break
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def check_pretrained_loaded(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Verify that `model` holds the weights of `path` for every key except its classifier.
+
+    timm's loader turns non-strict when the class count differs from the file's, so a file of another model
+    would "load" nothing without an error; this check makes that a failure.
+
+    Returns:
+        (loaded keys, keys of the classifier left at their initialisation).
+
+    Raises:
+        ValueError: naming the keys that are missing from the file, have another shape, or were not loaded.
+    """
+    classifier = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    file_state = _pretrained_weights(path)
+    loaded, skipped, missing, wrong_shape, not_loaded = [], [], [], [], []
+    for key, tensor in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        is_head = any(key == h or key.startswith(h + ".") for h in heads)
+        source = file_state.get(key)
+        if source is None or source.shape != tensor.shape:
+            if is_head:
+                skipped.append(key)
+            elif source is None:
+                missing.append(key)
+            else:
+                wrong_shape.append(f"{key} {tuple(source.shape)} vs {tuple(tensor.shape)}")
+        elif not torch.equal(source.to(tensor.device, tensor.dtype), tensor):
+            not_loaded.append(key)
+        else:
+            loaded.append(key)
+    problems = [f"{len(v)} {what}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}" for what, v in
+                (("keys missing from the file", missing), ("keys with another shape", wrong_shape),
+                 ("keys not loaded", not_loaded)) if v]
+    if problems:
+        raise ValueError(f"pretrained file {path} does not fit the model ({'; '.join(problems)}). Only the "
+                         f"classifier ({', '.join(heads) or 'none declared'}) may be replaced; check the file "
+                         "and the model name.")
+    return loaded, skipped
+
+
+def build_classification_model(cfg: ClassificationConfig, num_classes: int,
+                               log: Callable[[str], None] | None = None) -> nn.Module:
+    """`timm.create_model(cfg.model)`, initialised from `cfg.pretrained` (a local file) when given.
+
+    The pretrained file must provide every weight of the model except the classifier (which is replaced when the
+    class count differs): :func:`check_pretrained_loaded`. The loaded and replaced keys go to `log`.
+    """
     kwargs: dict[str, Any] = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path)
     if cfg.pretrained:
         if not Path(cfg.pretrained).is_file():
             raise FileNotFoundError(f"pretrained checkpoint not found: {cfg.pretrained}")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(cfg.pretrained)))
-    return timm.create_model(cfg.model, **kwargs)
+    model = timm.create_model(cfg.model, **kwargs)
+    if cfg.pretrained:
+        loaded, replaced = check_pretrained_loaded(model, cfg.pretrained)
+        if log is not None:
+            log(f"{cfg.model}: loaded {len(loaded)} tensors from {cfg.pretrained}; classifier left at its "
+                f"initialisation: {', '.join(replaced) or 'none'}")
+    return model
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -280,9 +358,13 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDty
     return {"top1": 100 * hit1 / count, "top5": 100 * hit5 / count, "loss": loss_sum / count}
 
 
+_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "best", "rng")
+
+
 def _training_state(model: nn.Module, optimizer, scheduler, scaler, ema, epoch: int, step: int,
-                    cfg: ClassificationConfig, best: dict[str, float]) -> dict[str, Any]:
+                    cfg: ClassificationConfig, best: dict[str, float], package: str) -> dict[str, Any]:
     return {
+        "package": package,
         "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -318,13 +400,9 @@ def run_classification(cfg: ClassificationConfig, package: str, config_name: str
 def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name: str,
          on_epoch_end: EpochHook | None) -> dict[str, Any]:
     seed_everything(cfg.seed, ctx.rank)
-    resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
-    if cfg.output_dir:
-        out_dir = Path(cfg.output_dir)
-    elif cfg.resume:
-        out_dir = Path(cfg.resume).parent
-    else:
-        out_dir = make_run_dir(package, config_name)
+    resume_state = load_checkpoint(cfg.resume, package=package, required=_STATE_KEYS) if cfg.resume else None
+    out_dir = resolve_run_dir(package, config_name, cfg.output_dir, cfg.resume)
+    claim_run_dir(out_dir, package, config_to_dict(cfg), resume=resume_state is not None, is_main=ctx.is_main)
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
     if ctx.is_main:
         save_config(cfg, out_dir / "config.yaml")
@@ -332,7 +410,7 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name:
 
     train_loader, val_loader, found_classes = build_loaders(cfg.data, ctx, cfg.seed)
     num_classes = cfg.num_classes or found_classes
-    model = build_classification_model(cfg, num_classes).to(ctx.device)
+    model = build_classification_model(cfg, num_classes, logger.info).to(ctx.device)
     if not cfg.pretrained and resume_state is None:
         logger.info(f"{cfg.model}: random initialisation (no pretrained file given)")
     if cfg.channels_last:
@@ -395,7 +473,7 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name:
         if is_best:
             best = {"top1": score, "epoch": epoch}
         if ctx.is_main:
-            state = _training_state(model, optimizer, scheduler, scaler, ema, epoch, step, cfg, best)
+            state = _training_state(model, optimizer, scheduler, scaler, ema, epoch, step, cfg, best, package)
             save_last_and_best(state, out_dir, is_best)
         logger.log_epoch(epoch, row)
         if on_epoch_end is not None:
@@ -423,7 +501,7 @@ def evaluate_checkpoint(cfg: ClassificationConfig, checkpoint: str | Path, packa
     by default `<checkpoint folder>/eval/`."""
     ctx = init_distributed(cfg.device)
     try:
-        state = load_checkpoint(checkpoint)
+        state = load_checkpoint(checkpoint, package=package)
         weights, which = state, "state_dict"
         if "model" in state and isinstance(state["model"], dict):
             weights, which = state["model"], "model"
