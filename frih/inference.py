@@ -123,10 +123,7 @@ def load_model_from_checkpoint(path: str | Path,
     from shared.checkpoint import load_checkpoint
     from shared.config import config_from_dict
 
-    state = load_checkpoint(path, map_location="cpu")
-    if "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a frih training checkpoint (keys: {sorted(state)}); expected 'model' and "
-                         "'config'")
+    state = load_checkpoint(path, map_location="cpu", package="frih", required=("model", "config"))
     model_cfg = config_from_dict(FRIHConfig, state["config"]["model"])
     model = build_model(model_cfg, init=False)
     model.load_state_dict(state["model"])

@@ -37,7 +37,7 @@ from shared.distributed import (
     seed_everything,
     seed_worker,
 )
-from shared.logger import RunLogger, make_run_dir
+from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, make_grad_scaler, optimizer_step, unwrap_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -128,6 +128,9 @@ def build_eval_loader(data: DataConfig, root: Path, batch_size: int, split: str 
                       collate_fn=collate)
 
 
+_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "best_mse", "rng")
+
+
 def load_stage1_weights(model: torch.nn.Module, path: str) -> None:
     """Load an iSSAM/iDIH state_dict (raw, or under "model"/"state_dict") into stage 1 (or the stage-1-only model)."""
     state = load_checkpoint(path)
@@ -204,7 +207,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     ctx = init_distributed(cfg.device)
     device = ctx.device
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else make_run_dir("frih", cfg.name)
+    resume = load_checkpoint(cfg.resume, package="frih", required=_STATE_KEYS) if cfg.resume else None
+    out_dir = resolve_run_dir("frih", cfg.name, cfg.output_dir, cfg.resume)
+    claim_run_dir(out_dir, "frih", config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
     logger = RunLogger(out_dir, is_main=ctx.is_main)
     wall0 = time.perf_counter()
     try:
@@ -247,8 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         scaler = make_grad_scaler(device, cfg.amp)
         criterion = FRIHLoss(cfg.loss.min_area, cfg.loss.final_weight, cfg.loss.coarse_weight, cfg.loss.module_weight)
         start_epoch, step, best_mse = 0, 0, float("inf")
-        if cfg.resume:
-            state = load_checkpoint(cfg.resume)
+        if resume is not None:
+            state = resume
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -281,10 +286,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 stats.update({f"test_{k}": evaluation[0][main_row]["All"][k] for k in ("mse", "fmse", "psnr")})
             logger.log_epoch(epoch, stats)
             if ctx.is_main:
-                state = {"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                         "step": step, "best_mse": best_mse, "rng": capture_rng_state(),
-                         "config": config_to_dict(cfg)}
+                state = {"package": "frih", "model": unwrap_model(model).state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "best_mse": best_mse,
+                         "rng": capture_rng_state(), "config": config_to_dict(cfg)}
                 is_best = "test_mse" in stats and stats["test_mse"] < best_mse
                 if is_best:
                     best_mse = state["best_mse"] = stats["test_mse"]

@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--checkpoint", required=True)
     args, rest = pre.parse_known_args(argv)
-    state = load_checkpoint(args.checkpoint, map_location="cpu")
-    for key in ("config", "adaptors"):
-        if key not in state:
-            raise KeyError(f"{args.checkpoint}: no '{key}' entry; expected a checkpoint written by lsfa/train.py")
+    state = load_checkpoint(args.checkpoint, map_location="cpu", package="lsfa", required=("config", "adaptors"))
     base = config_from_dict(TrainConfig, state["config"])
     import tempfile
 

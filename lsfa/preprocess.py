@@ -136,7 +136,44 @@ def preprocess_mvtec3d(root: str | Path, output: str | Path | None, in_place: bo
         Image.fromarray(rgb).save(target / "rgb" / rgb_path.name)
         if gt is not None:
             Image.fromarray(gt).save(target / "gt" / rgb_path.name)
+    write_preprocessed_marker(out_root, "mvtec3d", root, sorted({p.relative_to(root).parts[0] for p in rgb_files}))
     return out_root
+
+
+#: Written last into a tree made by this module; ``lsfa/train.py`` refuses a real-data root without it.
+PREPROCESSED_MARKER = "LSFA_PREPROCESSED.json"
+PREPROCESSOR_VERSION = 1
+
+
+def write_preprocessed_marker(out_root: Path, dataset: str, source: Path, classes: list[str]) -> Path:
+    """Record that ``out_root`` holds preprocessed samples (dataset, source root, classes, preprocessor version)."""
+    import json
+
+    marker = out_root / PREPROCESSED_MARKER
+    marker.write_text(json.dumps({"preprocessor": "lsfa.preprocess", "version": PREPROCESSOR_VERSION,
+                                  "dataset": dataset, "source": str(source.resolve()), "classes": classes},
+                                 indent=1) + "\n")
+    return marker
+
+
+def check_preprocessed(root: Path, dataset: str) -> None:
+    """Refuse a real-data root that ``python -m lsfa.preprocess`` did not write (e.g. the raw download, whose
+    clouds still hold the table plane), or one written for another dataset or by an older preprocessor."""
+    import json
+
+    marker = root / PREPROCESSED_MARKER
+    hint = (f"run `python -m lsfa.preprocess --dataset {dataset} --root <raw root> --output {root}` first, or pass "
+            "--data.require_preprocessed false for a tree preprocessed by M3DM's own script")
+    if not marker.is_file():
+        raise FileNotFoundError(f"{root} has no {PREPROCESSED_MARKER}: it is not a tree written by lsfa.preprocess "
+                                f"(a raw {dataset} tree keeps the table plane in its point clouds); {hint}")
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{marker} is unreadable ({err}); {hint}") from err
+    if record.get("dataset") != dataset or record.get("version") != PREPROCESSOR_VERSION:
+        raise ValueError(f"{root} was preprocessed for dataset {record.get('dataset')!r} by preprocessor version "
+                         f"{record.get('version')}, but {dataset!r} version {PREPROCESSOR_VERSION} is needed; {hint}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,6 +248,7 @@ def convert_eyecandies(root: str | Path, output: str | Path, classes: list[str] 
                 shutil.copyfile(rgb_path, folder / "rgb" / f"{name}.png")
                 if mask is not None:
                     Image.fromarray(((mask > 0) * 255).astype(np.uint8)).save(folder / "gt" / f"{name}.png")
+    write_preprocessed_marker(output, "eyecandies", root, [d.name for d in class_dirs])
     return output
 
 

@@ -36,6 +36,7 @@ from lsfa.model import (
     create_rgb_backbone,
     load_state_dict_strict,
 )
+from lsfa.preprocess import check_preprocessed
 from lsfa.scoring import ScoringSettings, extract_features
 from lsfa.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_mvtec3d
 from lsfa.uff import (
@@ -49,7 +50,7 @@ from lsfa.uff import (
 from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from shared.config import config_name, config_to_dict, parse_config, save_config
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
-from shared.logger import RunLogger, make_run_dir
+from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, check_finite, make_grad_scaler
 
 __all__ = ["BackboneConfig", "DataConfig", "EvalConfig", "OptimConfig", "TrainConfig", "build_extractor", "build_uff",
@@ -70,6 +71,8 @@ class DataConfig:
     max_train_samples: int | None = field(default=400, metadata={"help": "per class (the release's max_sample)"})
     cache_features: bool = field(default=False, metadata={
         "help": "keep the frozen training features in memory (extracted once, reused every epoch and for banks)"})
+    require_preprocessed: bool = field(default=True, metadata={
+        "help": "refuse a real-data root without the LSFA_PREPROCESSED.json marker of python -m lsfa.preprocess"})
 
 
 @dataclass
@@ -166,7 +169,12 @@ def resolve_root(cfg: TrainConfig) -> Path:
     if not cfg.data.root:
         raise FileNotFoundError(f"data.root is not set: pass --data.root DIR, the preprocessed {cfg.data.dataset} "
                                 f"tree (python -m lsfa.preprocess; python -m shared.datasets info {cfg.data.dataset})")
-    return Path(cfg.data.root)
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root {root} does not exist (python -m shared.datasets info {cfg.data.dataset})")
+    if cfg.data.require_preprocessed:
+        check_preprocessed(root, cfg.data.dataset)
+    return root
 
 
 def build_extractor(cfg: TrainConfig, backbones: dict | None = None, logger: RunLogger | None = None
@@ -335,14 +343,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         cleanup_distributed()
 
 
+_STATE_KEYS = ("adaptors", "optimizer", "scaler", "queues", "generator", "loader_generator", "rng", "epoch",
+               "iteration", "config")
+
+
 def run(cfg: TrainConfig, ctx: DistContext, config_name: str = "default") -> dict[str, float]:
     t_start = time.perf_counter()
-    out = Path(cfg.output_dir) if cfg.output_dir else make_run_dir(PACKAGE, config_name)
+    resume = load_checkpoint(cfg.resume, map_location="cpu", package=PACKAGE, required=_STATE_KEYS) \
+        if cfg.resume else None
+    out = resolve_run_dir(PACKAGE, config_name, cfg.output_dir, cfg.resume)
+    claim_run_dir(out, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
     logger = RunLogger(out, is_main=ctx.is_main)
     if ctx.is_main:
         save_config(cfg, out / "config.yaml")
     seed_everything(cfg.seed, ctx.rank)
-    resume = load_checkpoint(cfg.resume, map_location="cpu") if cfg.resume else None
     extractor = build_extractor(cfg, resume.get("backbones") if resume else None, logger).to(ctx.device)
     root = resolve_root(cfg)
     classes = resolve_classes(root, cfg.data.classes)
@@ -403,7 +417,7 @@ def run(cfg: TrainConfig, ctx: DistContext, config_name: str = "default") -> dic
     uff_state = resume.get("uff") if resume else None  # a UFF trained by this run (not one read from a file)
 
     def save(epochs_done: int) -> None:
-        save_checkpoint({"adaptors": core.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint({"package": PACKAGE, "adaptors": core.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "queues": queues.state_dict(),
                          "generator": generator.get_state(), "loader_generator": loader_gen.get_state(),
                          "rng": capture_rng_state(), "epoch": epochs_done, "iteration": iteration,
