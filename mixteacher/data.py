@@ -279,17 +279,18 @@ class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
 def partial_split_files(train_annotations: Path, percent: float, fold: int, seed_offset: int, split_dir: Path,
                         is_main: bool = True) -> tuple[Path, Path]:
-    """The (labeled, unlabeled) jsons of a partial split, written by ``shared.datasets.coco_partial`` if missing."""
-    from shared.datasets.coco_partial import partial_split_paths, write_partial_splits
+    """The (labeled, unlabeled) jsons of a partial split, written by ``shared.datasets.coco_partial`` unless files
+    made from the same recipe (percent, fold, seed offset, and the source file's size and SHA-256) exist."""
+    from shared.datasets.coco_partial import ensure_partial_split, partial_split_paths
 
-    labeled, unlabeled = partial_split_paths(train_annotations, percent, fold, split_dir)
-    if not (labeled.is_file() and unlabeled.is_file()):
-        if not is_main:
+    if not is_main:
+        labeled, unlabeled = partial_split_paths(train_annotations, percent, fold, split_dir, seed_offset)
+        if not (labeled.is_file() and unlabeled.is_file()):
             raise FileNotFoundError(f"{labeled} missing: rank 0 writes it, start the run again")
-        if not train_annotations.is_file():
-            raise _missing(train_annotations, "train annotation file")
-        write_partial_splits(train_annotations, [percent], [fold], seed_offset, split_dir)
-    return labeled, unlabeled
+        return labeled, unlabeled
+    if not train_annotations.is_file():
+        raise _missing(train_annotations, "train annotation file")
+    return ensure_partial_split(train_annotations, percent, fold, seed_offset, split_dir)
 
 
 def voc_to_coco(voc_root: str | Path, year: str, split: str, out_file: str | Path,

@@ -8,7 +8,9 @@ VOC number, as in the released code).
 The config stored in the checkpoint is used; ``--key value`` flags override it (e.g. another ``data.root``).
 Writes ``metrics.json`` (headline keys ``AP``, ``AP50``, ... for the teacher at ``report_scale``, one block per
 model and scale, and the supervised baseline's numbers when the run folder has them) into ``output_dir``
-(default ``<checkpoint folder>/eval``).
+(default ``<checkpoint folder>/eval``). A file that is not a MixTeacher checkpoint (missing, not written by
+``torch.save``, another package's, incomplete) is refused with ``shared.checkpoint.CheckpointError`` before anything
+is written.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ import torch
 
 from mixteacher.train import (
     COCO_KEYS,
+    MODEL_KEYS,
     TrainConfig,
     build_datasets,
     coco_summary,
     comparison_table,
     evaluate,
     headline,
+    read_checkpoint,
     val_loader,
 )
-from shared.checkpoint import load_checkpoint
 from shared.config import config_from_dict, config_to_dict, parse_config
 from shared.distributed import cleanup_distributed, init_distributed
 from shared.logger import write_json
@@ -60,7 +63,7 @@ def evaluate_checkpoint(checkpoint: str | Path, argv: Sequence[str] = (), output
                         ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (overrides in ``argv``) and write ``metrics.json``; returns the metrics."""
     checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint, MODEL_KEYS)  # a foreign or incomplete file is refused before any output
     base = config_from_dict(TrainConfig, state["config"])
     cfg = base
     if argv:  # overrides on top of the checkpoint's config

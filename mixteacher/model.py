@@ -406,11 +406,14 @@ class MixedScaleFasterRCNN(nn.Module):
 
     def roi_predict(self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
                     image_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full softmax over the K+1 classes (N, K+1) and class-specific decoded boxes (N, K+1, 4)."""
+        """Full softmax over the K+1 classes (N, K+1) and class-specific decoded boxes (N, K+1, 4).
+
+        Zero boxes (for one image or the whole batch) give (0, K+1) and (0, K+1, 4): a diverging or untrained RPN
+        can leave every image without proposals and a teacher without detections."""
         logits, deltas = self.roi_forward(features, boxes, image_sizes)
         # decoded in float32: fp16 cannot hold pixel coordinates of 1333-px images to sub-pixel precision
         decoded = self.roi_heads.box_coder.decode(deltas.float(), [b.float() for b in boxes])
-        return logits.float().softmax(-1), decoded.reshape(logits.shape[0], -1, 4)
+        return logits.float().softmax(-1), decoded.reshape(logits.shape[0], logits.shape[1], 4)
 
     def detect(self, images: ImageList, features: OrderedDict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Test-time RPN + R-CNN + per-class NMS; boxes in ``images`` coordinates, labels 1..K."""

@@ -11,6 +11,12 @@ updated every iteration, evaluation of the teacher and the student at the regula
 ``checkpoint_interval``), TensorBoard scalars, ``last.pt``/``best.pt`` and ``metrics.json``; ``--resume last.pt``
 continues exactly. With ``compare_supervised`` (embedded default) a supervised-only run of the same length follows in
 ``<run>/supervised/`` and both are printed side by side.
+
+Before anything is written, a ``--resume`` file is read and checked (:func:`read_checkpoint`: a missing, unreadable,
+foreign or incomplete file is a ``CheckpointError``), and the run folder (and its ``supervised/`` sub-folder) is
+claimed with ``shared.logger.claim_run_dir`` (``RUN.json``: a folder of another package or of a different config is
+refused). A non-finite loss, gradient, parameter or EMA-teacher value stops the run with an error naming the step;
+the last checkpoint on disk stays as it was.
 """
 
 from __future__ import annotations
@@ -43,18 +49,23 @@ from mixteacher.data import (
 )
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
 from mixteacher.model import DetectorConfig, MixedScaleFasterRCNN, build_detector
-from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_last_and_best
 from shared.config import config_from_dict, config_name, config_to_dict, parse_config, save_config
 from shared.distributed import DistContext, all_reduce_mean, cleanup_distributed, init_distributed, seed_everything
-from shared.logger import RunLogger, make_run_dir
+from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.metrics import coco_evaluate
-from shared.training import AmpDtype, autocast, make_grad_scaler, optimizer_step
+from shared.training import AmpDtype, autocast, check_finite_parameters, make_grad_scaler, optimizer_step
 
-__all__ = ["DataConfig", "TrainConfig", "build_datasets", "evaluate", "main", "run", "step_schedule",
-           "train_one_epoch"]
+__all__ = ["MODEL_KEYS", "RESUME_KEYS", "DataConfig", "TrainConfig", "build_datasets", "evaluate", "main",
+           "read_checkpoint", "run", "step_schedule", "train_one_epoch"]
 
+PACKAGE = "mixteacher"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+#: what evaluation and visualisation read from a checkpoint
+MODEL_KEYS = ("student", "teacher", "config", "num_classes", "categories", "step")
+#: what ``--resume`` reads
+RESUME_KEYS = (*MODEL_KEYS, "optimizer", "scheduler", "scaler", "best", "rng")
 
 
 @dataclass
@@ -231,6 +242,8 @@ def train_one_epoch(model: nn.Module, method: MixTeacher, batches, optimizer: to
         optimizer_step(loss, optimizer, scaler, step, cfg.clip_grad, method.student.parameters())
         scheduler.step()
         method.update_teacher(step)
+        # the student is checked by optimizer_step; the EMA teacher makes the pseudo labels and is checkpointed
+        check_finite_parameters(method.teacher, step, "EMA teacher")
         step += 1
         images += len(batch["labeled_images"]) + len(batch["weak_images"])
         logs["loss"] = float(loss.detach())
@@ -311,9 +324,20 @@ def headline(results: dict[str, dict[str, Any]], cfg: TrainConfig) -> tuple[str,
 # -------------------------------------------------------------------------------------------------- run
 
 
+def read_checkpoint(path: str | Path, required: Sequence[str] = RESUME_KEYS) -> dict[str, Any]:
+    """A MixTeacher checkpoint (CPU tensors, safe unpickler), checked before anything else happens.
+
+    Raises:
+        shared.checkpoint.CheckpointError: ``not a mixteacher checkpoint: <why>`` for a missing file, a file that is
+            not a checkpoint (text, a truncated or foreign pickle), another package's checkpoint or one that lacks
+            any of ``required``.
+    """
+    return load_checkpoint(path, "cpu", package=PACKAGE, required=required)
+
+
 def _state(method: MixTeacher, optimizer, scheduler, scaler, step: int, cfg: TrainConfig, best: dict,
            dataset: CocoDetection) -> dict[str, Any]:
-    return {"student": method.student.state_dict(), "teacher": method.teacher.state_dict(),
+    return {"package": PACKAGE, "student": method.student.state_dict(), "teacher": method.teacher.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "best": best, "rng": capture_rng_state(), "config": config_to_dict(cfg),
             "num_classes": dataset.num_classes,
@@ -321,25 +345,35 @@ def _state(method: MixTeacher, optimizer, scheduler, scaler, step: int, cfg: Tra
 
 
 def run(cfg: TrainConfig, config_name: str = "default") -> dict[str, Any]:
-    """Train and evaluate (then the supervised comparison when asked); returns the metrics of ``metrics.json``."""
+    """Train and evaluate (then the supervised comparison when asked); returns the metrics of ``metrics.json``.
+
+    Nothing is written before the ``--resume`` checkpoint is read and the run folder is claimed."""
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
+    compare = cfg.compare_supervised and cfg.method == "mixteacher"
+    # a resumed run takes its weights from the checkpoint, the supervised comparison always starts from the backbone
+    if (not cfg.resume or compare) and cfg.pretrained_backbone is None and not cfg.allow_random_backbone:
+        raise ValueError("the recipes fine-tune an ImageNet-pretrained ResNet: pass --pretrained_backbone PATH "
+                         "(mmdetection's detectron2 resnet50_caffe, resnet50_msra-5891d200.pth), or set "
+                         "allow_random_backbone: true to train from random initialisation")
+    resume = read_checkpoint(cfg.resume) if cfg.resume else None
     ctx = init_distributed(cfg.device)
     try:
-        if cfg.output_dir:
-            out_dir = Path(cfg.output_dir)
-        elif cfg.resume:
-            out_dir = Path(cfg.resume).parent
-        else:
-            out_dir = make_run_dir("mixteacher", config_name)
-        metrics = _run(cfg, ctx, out_dir)
-        if cfg.compare_supervised and cfg.method == "mixteacher":
+        out_dir = resolve_run_dir(PACKAGE, config_name, cfg.output_dir, cfg.resume)
+        sup_cfg = None
+        if compare:
             # same iterations, the same expected number of labeled images per batch, labeled data only
             labeled_per_batch = cfg.data.batch_size * cfg.data.sample_ratio[0] / sum(cfg.data.sample_ratio)
             sup_cfg = replace(cfg, method="supervised", compare_supervised=False, resume=None,
                               output_dir=str(out_dir / "supervised"),
                               data=replace(cfg.data, batch_size=max(1, round(labeled_per_batch)),
                                            sample_ratio=(1.0, 0.0)))
+        claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
+        if sup_cfg is not None:  # the comparison is redone from scratch; a resumed run may redo it with new values
+            claim_run_dir(out_dir / "supervised", PACKAGE, config_to_dict(sup_cfg), resume=resume is not None,
+                          is_main=ctx.is_main)
+        metrics = _run(cfg, ctx, out_dir, resume)
+        if sup_cfg is not None:
             sup = _run(sup_cfg, ctx, out_dir / "supervised")
             metrics["supervised"] = sup["last"]
             metrics.update({f"supervised_{k}": sup["last"][k] for k in COCO_KEYS})
@@ -366,13 +400,8 @@ def comparison_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _run(cfg: TrainConfig, ctx: DistContext, out_dir: Path) -> dict[str, Any]:
+def _run(cfg: TrainConfig, ctx: DistContext, out_dir: Path, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     seed_everything(cfg.seed, ctx.rank)
-    resume = load_checkpoint(cfg.resume) if cfg.resume else None
-    if resume is None and cfg.pretrained_backbone is None and not cfg.allow_random_backbone:
-        raise ValueError("the recipes fine-tune an ImageNet-pretrained ResNet: pass --pretrained_backbone PATH "
-                         "(mmdetection's detectron2 resnet50_caffe, resnet50_msra-5891d200.pth), or set "
-                         "allow_random_backbone: true to train from random initialisation")
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
     if ctx.is_main:
         save_config(cfg, out_dir / "config.yaml")
@@ -432,11 +461,9 @@ def _run(cfg: TrainConfig, ctx: DistContext, out_dir: Path) -> dict[str, Any]:
             is_best = main_metrics["AP"] > best["AP"]
             if is_best:
                 best = {"AP": main_metrics["AP"], "step": step}
-        if ctx.is_main:
-            state = _state(method, optimizer, scheduler, scaler, step, cfg, best, train_set.labeled)
-            save_checkpoint(state, out_dir / "last.pt")
-            if is_best:
-                save_checkpoint(state, out_dir / "best.pt")
+        if ctx.is_main:  # refused (NonFiniteStateError) if any tensor is NaN/inf: last.pt stays the last good one
+            save_last_and_best(_state(method, optimizer, scheduler, scaler, step, cfg, best, train_set.labeled),
+                               out_dir, is_best)
         logger.log_epoch(step, row)
     if not results:  # resumed at the end: evaluate once so metrics.json is complete
         results = evaluate_all(method, eval_loader, val_set, ctx, cfg)

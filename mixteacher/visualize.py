@@ -26,8 +26,7 @@ from mixteacher.data import SemiSupervisedDataset
 from mixteacher.mix_teacher import MixTeacher
 from mixteacher.model import build_detector
 from mixteacher.teacher import map_boxes
-from mixteacher.train import build_datasets, config_from_checkpoint
-from shared.checkpoint import load_checkpoint
+from mixteacher.train import MODEL_KEYS, build_datasets, config_from_checkpoint, read_checkpoint
 
 __all__ = ["draw_boxes", "main"]
 
@@ -74,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser.add_argument("--scale", choices=["regular", "mixed"], default="regular")
     parser.add_argument("--score_thr", type=float, default=0.3)
     args = parser.parse_args(argv)
-    state = load_checkpoint(args.checkpoint)
+    state = read_checkpoint(args.checkpoint, MODEL_KEYS)  # a foreign or incomplete file is refused before any output
     cfg = config_from_checkpoint(state)
     out = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "visualize"
     out.mkdir(parents=True, exist_ok=True)
