@@ -103,6 +103,16 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+#: What a run leaves in its folder before it has produced anything worth protecting.
+_SETUP_FILES = (RUN_MARKER, "config.yaml", "train.log")
+
+
+def _holds_results(out_dir: Path) -> bool:
+    """True when `out_dir` holds more than the set-up files of a run (checkpoints, caches, metrics, logs)."""
+    return any(p.name not in _SETUP_FILES and not p.name.startswith("events.out.tfevents")
+               for p in out_dir.iterdir())
+
+
 def claim_run_dir(out_dir: str | Path, package: str, config: Mapping[str, Any], resume: bool = False,
                   is_main: bool = True) -> Path:
     """Check that `out_dir` may hold this run, then record the owner in ``out_dir/RUN.json``.
@@ -110,8 +120,9 @@ def claim_run_dir(out_dir: str | Path, package: str, config: Mapping[str, Any], 
     Refused with :class:`RunDirError` before anything is written: a folder recorded for another package, a folder
     whose recorded config has other keys (another package's or another script's), and, for a new run (not
     `resume`), a folder recorded with a different config (its checkpoints and cached stages would be mixed with
-    this run's). Run-level keys (:data:`RUN_LEVEL_KEYS`) may differ. A resumed run may change other values (e.g.
-    more epochs); the folder's record is then updated.
+    this run's) unless the folder holds only the set-up files of a run that stopped before producing anything
+    (e.g. a wrong data root). Run-level keys (:data:`RUN_LEVEL_KEYS`) may differ. A resumed run may change other
+    values (e.g. more epochs); the folder's record is then updated.
     """
     out_dir = Path(out_dir)
     marker = out_dir / RUN_MARKER
@@ -129,7 +140,7 @@ def claim_run_dir(out_dir: str | Path, package: str, config: Mapping[str, Any], 
             raise RunDirError(f"{out_dir} holds a run of another {package} script or config schema (keys differ: "
                               f"{', '.join(sorted(set(stored) ^ set(config)))}); choose another --output_dir")
         changed = _differences(stored, config)
-        if changed and not resume:
+        if changed and not resume and _holds_results(out_dir):
             raise RunDirError(
                 f"{out_dir} already holds a {package} run with a different config ({', '.join(changed[:8])}); its "
                 "checkpoints and cached stages would be mixed with this run's. Choose another --output_dir, resume "

@@ -187,7 +187,10 @@ def test_resume_from_another_packages_run_is_refused_before_anything_is_written(
 
 def test_a_run_folder_of_another_package_or_config_is_refused(tmp_path):
     run = tmp_path / "run"
-    claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 2})
+    claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.2, "threads": 2})
+    (run / "config.yaml").write_text("lr: 0.2\n")
+    claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 2})  # nothing produced yet: a corrected rerun
+    (run / "last.pt").write_bytes(b"results")
     claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 1})  # run-level keys may change
     with pytest.raises(RunDirError, match="package 'emo', not dmlp"):
         claim_run_dir(run, "dmlp", {"epochs": 3, "lr": 0.1, "threads": 2})
