@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dmlp.purifier import meta_split
-from shared.label_noise import NoisyLabels
+from shared.label_noise import NoisyLabels, save_noisy_labels
 from shared.noisy.data import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -27,7 +27,7 @@ from shared.noisy.data import (
     noisy_labels_for,
 )
 
-__all__ = ["DataConfig", "NoisyTask", "build_task"]
+__all__ = ["DataConfig", "NoisyTask", "build_task", "noise_path", "save_noise"]
 
 
 @dataclass
@@ -81,8 +81,27 @@ def _synthetic_root(cfg: DataConfig) -> Path:
     return write_cifar(root, classes, train_size=cfg.synthetic_train_size, test_size=cfg.synthetic_test_size, seed=0)
 
 
-def build_task(cfg: DataConfig, run_dir: Path, write_noise: bool = True) -> NoisyTask:
-    """Load the dataset, the noisy labels (drawn once, persisted) and the meta split."""
+def noise_path(cfg: DataConfig, run_dir: Path | None) -> Path | None:
+    """The noise file: ``data.noise_file``, else ``<run folder>/noisy_labels.json`` (None: no run folder yet)."""
+    if cfg.noise_file:
+        return Path(cfg.noise_file)
+    return run_dir / "noisy_labels.json" if run_dir is not None else None
+
+
+def save_noise(cfg: DataConfig, task: NoisyTask, run_dir: Path) -> None:
+    """Persist the noise draw of ``task`` when its noise file does not exist yet (rank 0, after the folder check)."""
+    path = noise_path(cfg, run_dir)
+    if task.noise is not None and path is not None and not path.is_file():
+        save_noisy_labels(path, task.noise)
+
+
+def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) -> NoisyTask:
+    """Load the dataset, the noisy labels (drawn once, persisted) and the meta split.
+
+    An existing noise file is read and must match the dataset and the noise recipe (type, rate, seed): a file drawn
+    with another recipe is refused, never reused. With ``write_noise=False`` nothing is written (a missing noise
+    file is drawn in memory; :func:`save_noise` persists it).
+    """
     if cfg.dataset == "clothing1m":
         if cfg.root is None:
             raise ValueError("Clothing1M has no embedded synthetic set: pass --data.root (see "
@@ -96,9 +115,9 @@ def build_task(cfg: DataConfig, run_dir: Path, write_noise: bool = True) -> Nois
     size = cfg.image_size
     train = load_cifar(root, classes, True, size)
     test = load_cifar(root, classes, False, size)
-    noise_path = Path(cfg.noise_file) if cfg.noise_file else run_dir / "noisy_labels.json"
+    path = noise_path(cfg, run_dir)
     noise = noisy_labels_for(train.labels, cfg.noise_type, cfg.noise_rate, classes, cfg.noise_seed,
-                             noise_path if write_noise or noise_path.is_file() else None)
+                             path if path is not None and (write_noise or path.is_file()) else None)
     meta_idx, rest_idx = meta_split(len(train), cfg.meta_size, cfg.meta_seed)
     normalize = Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes])
     train_tf = CifarTrainTransform(classes, padding=max(1, size // 8))

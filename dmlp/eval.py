@@ -74,9 +74,7 @@ def evaluate_run(state: dict[str, Any], run_dir: Path, data_root: str | None = N
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     checkpoint = Path(args.checkpoint)
-    state = load_checkpoint(checkpoint)
-    if "models" not in state or "config" not in state:
-        raise ValueError(f"{checkpoint}: not a dmlp run bundle (missing 'models'/'config'); pass the run's last.pt")
+    state = load_checkpoint(checkpoint, package="dmlp", required=("models", "config"))  # pass the run's last.pt
     torch.set_num_threads(state["config"].get("threads") or torch.get_num_threads())
     metrics = evaluate_run(state, checkpoint.parent, args.data_root, args.device)
     out = Path(args.output_dir) if args.output_dir else checkpoint.parent / "eval"

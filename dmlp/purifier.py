@@ -23,9 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmlp.losses import eac_loss, ipc_meta_loss
-from shared.training import check_finite
+from shared.training import NonFiniteLossError, check_finite, check_finite_gradients, check_finite_parameters
 
-__all__ = ["DMLPPurifier", "PurifierConfig", "closed_form_solver", "meta_split", "ridge_gram_cholesky"]
+__all__ = ["DMLPPurifier", "PurifierConfig", "PurifierDivergedError", "closed_form_solver", "meta_split",
+           "ridge_gram_cholesky"]
+
+
+class PurifierDivergedError(NonFiniteLossError):
+    """The label matrix Y (or the EAC classifier) became non-finite or left any plausible range."""
 
 
 @dataclass
@@ -53,6 +58,9 @@ class PurifierConfig:
     ema_momentum: float = 0.9
     ema_period: int = field(default=1, metadata={"help": "feedback every this many epochs"})
     ema_start_epoch: int = field(default=1, metadata={"help": "first epoch with feedback"})
+    max_label_magnitude: float | None = field(default=100.0, metadata={
+        "help": "stop when max |Y| exceeds this (Y starts one-hot; Adam moves it by about lr per step, so a "
+                "runaway lr gives finite but meaningless labels); null: no bound"})
 
 
 def ridge_gram_cholesky(features: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -155,7 +163,9 @@ class DMLPPurifier:
         check_finite(terms["total"], self.step, "IPC meta loss")
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
+        check_finite_gradients([self.labels], self.step, "IPC meta loss (gradient w.r.t. the label matrix Y)")
         self.optimizer.step()
+        self.check_labels("IPC step")
         self.step += 1
         self.last_weights = weights.detach()
         return {k: v.item() for k, v in terms.items()}
@@ -173,7 +183,9 @@ class DMLPPurifier:
             check_finite(terms["total"], self.step, "EAC loss")
             self.eac_optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
+            check_finite_gradients(self.classifier, self.step, "EAC loss")
             self.eac_optimizer.step()
+            check_finite_parameters(self.classifier, self.step, "EAC classifier")
             total += terms["total"].item()
         return total / len(chunks)
 
@@ -184,6 +196,22 @@ class DMLPPurifier:
         probs = F.softmax(self.classifier(self.x[rows]), dim=1)
         m = self.cfg.ema_momentum
         self.labels[rows] = m * self.labels[rows] + (1 - m) * probs
+        self.check_labels("EAC feedback")
+
+    @torch.no_grad()
+    def check_labels(self, after: str) -> None:
+        """Stop (:class:`PurifierDivergedError`) when Y holds NaN/inf or exceeds ``cfg.max_label_magnitude``."""
+        peak = self.labels.detach().abs().max().item()
+        if not math.isfinite(peak):
+            raise PurifierDivergedError(
+                f"non-finite label estimates (the label matrix Y holds NaN/inf) after the {after} at step {self.step}; "
+                "stopping before they are saved. Lower --purifier.lr (or --purifier.eac_lr).")
+        bound = self.cfg.max_label_magnitude
+        if bound is not None and peak > bound:
+            raise PurifierDivergedError(
+                f"the label matrix Y diverged after the {after} at step {self.step}: max |Y| = {peak:.3g} > "
+                f"purifier.max_label_magnitude {bound:g} (Y starts one-hot and Adam moves it by about lr = "
+                f"{self.cfg.lr:g} per step; its argmax is no longer a label estimate). Lower --purifier.lr.")
 
     def feedback_due(self, epoch: int) -> bool:
         cfg = self.cfg

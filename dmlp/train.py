@@ -5,19 +5,24 @@
     python -m dmlp.train -c dmlp/configs/cifar10_sym80_dividemix.yaml --data.root /data/cifar
     torchrun --nproc_per_node=2 -m dmlp.train -c dmlp/configs/cifar10_sym80.yaml --data.root /data/cifar
 
-Stages (``--stages``, any subset in order; a stage whose output exists in the run folder is reused):
+Stages (``--stages``, any subset in order; a stage whose output exists in the run folder is reused when it records
+the same config fragment and data digests as this run would write, otherwise it is rebuilt, see dmlp/provenance.py):
   ssl      SimCLR on the training images (CIFAR) or an external checkpoint (``--ssl.checkpoint``) -> ssl.pt
   purify   frozen features -> IPC + EAC -> purified_labels.json (hard + soft, noise-file format), purifier.pt
   retrain  DMLP-Naive (CE on the purified labels) or DMLP-DivideMix, plus the baselines ``retrain.baselines``
            (CE on the noisy labels, CE on the meta set only) -> last.pt, metrics.json
 Under torchrun the ssl and purify stages run on rank 0 (the others wait); the CE retraining runs DDP.
+``--resume PATH`` must name a dmlp checkpoint of the run (its last.pt or a stage file); anything else is refused
+before the run writes anything. A non-finite (or diverged) stage stops with an error naming the stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,12 +33,13 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from dmlp.data import DataConfig, NoisyTask, build_task
+from dmlp.data import DataConfig, NoisyTask, build_task, save_noise
+from dmlp.provenance import PACKAGE, digest, load_stage_file, reusable, source_digest, stamp, verify_resume_file
 from dmlp.purifier import DMLPPurifier, PurifierConfig
-from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from shared.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from shared.config import config_to_dict, parse_config, save_config
 from shared.distributed import DistContext, barrier, cleanup_distributed, init_distributed, seed_everything
-from shared.logger import RunLogger, make_run_dir
+from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.noisy.data import CIFAR_MEAN, CIFAR_STD, load_label_file, save_label_file
 from shared.noisy.dividemix import DivideMix, DivideMixConfig
 from shared.noisy.features import extract_features
@@ -41,7 +47,7 @@ from shared.noisy.metrics import label_accuracy
 from shared.noisy.models import build_backbone
 from shared.noisy.simclr import SimCLR, SimCLRAugment, load_ssl_checkpoint, train_simclr_epoch
 from shared.noisy.supervised import SupervisedConfig, train_supervised
-from shared.training import warmup_cosine_schedule
+from shared.training import NonFiniteLossError, check_finite_parameters, warmup_cosine_schedule
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STAGES = ("ssl", "purify", "retrain")
@@ -101,8 +107,9 @@ class Config:
     purifier: PurifierConfig = field(default_factory=PurifierConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     output_dir: str | None = None
-    resume: str | None = field(default=None, metadata={"help": "a run's last.pt (or any file in its folder): "
-                                                                "reuse its finished stages, continue the others"})
+    resume: str | None = field(default=None, metadata={
+        "help": "a run's last.pt (or another dmlp checkpoint in its folder, e.g. retrain_dmlp_naive.pt of an "
+                "interrupted run): reuse its finished stages, continue the others"})
     seed: int = 0
     device: str | None = None
     amp: Literal["none"] = field(default="none", metadata={"help": "AMP is not used (tiny linear purifier; the "
@@ -116,6 +123,31 @@ def build_network(arch: str, num_classes: int, width: int) -> torch.nn.Module:
     return build_backbone(arch, num_classes, width)
 
 
+class StageDivergedError(NonFiniteLossError):
+    """A stage (ssl, purify, retrain) met NaN/inf values or diverged; the message starts with the stage's name."""
+
+
+@contextlib.contextmanager
+def stage_guard(stage: str) -> Iterator[None]:
+    """Re-raise a non-finite loss/gradient/parameter/state error of ``stage`` as :class:`StageDivergedError`."""
+    try:
+        yield
+    except StageDivergedError:
+        raise
+    except FloatingPointError as err:  # NonFiniteLossError (and subclasses), shared.checkpoint.NonFiniteStateError
+        raise StageDivergedError(f"{stage} stage: {err}") from err
+
+
+def _without(section: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in keys}
+
+
+def ssl_made_from(cfg: Config, task: NoisyTask) -> dict[str, Any]:
+    """What ssl.pt / ssl_state.pt depend on: the SimCLR recipe, the seed and the training images."""
+    section = _without(config_to_dict(cfg)["ssl"], "checkpoint", "feature_batch_size", "standardize_features")
+    return {"stage": "ssl", "ssl": section, "seed": cfg.seed, "images": source_digest(task.train_source)}
+
+
 # ------------------------------------------------------------------------------------------------------ stage 1
 def run_ssl(cfg: Config, task: NoisyTask, out_dir: Path, device: torch.device, logger: RunLogger) -> torch.nn.Module:
     """Return the frozen encoder: external checkpoint, a finished ssl.pt, or SimCLR training (resumable)."""
@@ -125,10 +157,13 @@ def run_ssl(cfg: Config, task: NoisyTask, out_dir: Path, device: torch.device, l
         load_ssl_checkpoint(target, cfg.ssl.checkpoint)
         logger.info(f"ssl: encoder loaded from {cfg.ssl.checkpoint}")
         return encoder
+    made_from = ssl_made_from(cfg, task)
     if (out_dir / "ssl.pt").is_file():
-        encoder.load_state_dict(load_checkpoint(out_dir / "ssl.pt")["encoder"])
-        logger.info(f"ssl: reusing {out_dir / 'ssl.pt'}")
-        return encoder
+        state = load_stage_file(out_dir / "ssl.pt", ("encoder",))
+        if reusable(state, made_from, out_dir / "ssl.pt", logger.info):
+            encoder.load_state_dict(state["encoder"])
+            logger.info(f"ssl: reusing {out_dir / 'ssl.pt'}")
+            return encoder
     if "ssl" not in cfg.stages:
         raise FileNotFoundError(f"stage 'ssl' is not selected and {out_dir / 'ssl.pt'} does not exist; add 'ssl' to "
                                 "--stages or pass --ssl.checkpoint")
@@ -148,8 +183,12 @@ def run_ssl(cfg: Config, task: NoisyTask, out_dir: Path, device: torch.device, l
                             jitter_strength=c.jitter_strength, gray_prob=c.gray_prob)
     start, step = 0, 0
     state_path = out_dir / "ssl_state.pt"
+    state = None
     if state_path.is_file():
-        state = load_checkpoint(state_path)
+        state = load_stage_file(state_path, ("model", "optimizer", "scheduler", "epoch", "step", "rng"))
+        if not reusable(state, made_from, state_path, logger.info):
+            state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -162,22 +201,36 @@ def run_ssl(cfg: Config, task: NoisyTask, out_dir: Path, device: torch.device, l
     for epoch in range(start, c.epochs):
         loss, step, img_s = train_simclr_epoch(model, images, augment, optimizer, c.batch_size, c.temperature, step,
                                                device, scheduler)
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-                         "rng": capture_rng_state()}, state_path)
+        check_finite_parameters(model, step, "SimCLR model")
+        save_checkpoint(stamp({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                               "rng": capture_rng_state()}, made_from), state_path)
         ssl_logger.log_epoch(epoch, {"simclr_loss": loss, "img_s": img_s, "lr": optimizer.param_groups[0]["lr"]})
     ssl_logger.close()
-    save_checkpoint({"encoder": encoder.state_dict(), "arch": c.arch, "width": c.width}, out_dir / "ssl.pt")
+    # A runaway lr can leave finite weights whose features are constant: refuse them before ssl.pt is written.
+    check_features({"train": extract_features(encoder, images[:256], task.batch_transform, c.feature_batch_size,
+                                              device)})
+    save_checkpoint(stamp({"encoder": encoder.state_dict(), "arch": c.arch, "width": c.width}, made_from),
+                    out_dir / "ssl.pt")
     return encoder
 
 
 # ------------------------------------------------------------------------------------------------------ stage 2
-def features_of(cfg: Config, task: NoisyTask, encoder: torch.nn.Module, out_dir: Path,
-                device: torch.device) -> dict[str, torch.Tensor]:
-    """Frozen features of the training, meta and test sets (cached in features.pt)."""
+def features_of(cfg: Config, task: NoisyTask, encoder: torch.nn.Module, out_dir: Path, device: torch.device,
+                logger: RunLogger) -> dict[str, torch.Tensor]:
+    """Frozen features of the training, meta and test sets (cached in features.pt; see :func:`check_features`)."""
     path = out_dir / "features.pt"
+    splits = ("train", "test") if task.in_memory else ("train", "meta", "test")
+    sources = [task.train_source, task.test_source] if task.in_memory else [task.train_source, task.meta_source,
+                                                                            task.test_source]
+    made_from = {"stage": "features", "encoder": digest(encoder.state_dict()),
+                 "images": [source_digest(s) for s in sources]}
     if path.is_file():
-        return load_checkpoint(path)
+        state = load_stage_file(path, splits)
+        if reusable(state, made_from, path, logger.info):
+            feats = {k: state[k] for k in splits}
+            check_features(feats)
+            return feats
     bs = cfg.ssl.feature_batch_size
     if task.in_memory:
         train = extract_features(encoder, task.train_source, task.batch_transform, bs, device)
@@ -190,8 +243,23 @@ def features_of(cfg: Config, task: NoisyTask, encoder: torch.nn.Module, out_dir:
                                     cfg.data.num_workers)
 
         feats = {"train": run(task.train_source), "meta": run(task.meta_source), "test": run(task.test_source)}
-    save_checkpoint(feats, path)
+    check_features(feats)
+    save_checkpoint(stamp(feats, made_from), path)
     return feats
+
+
+def check_features(feats: dict[str, torch.Tensor]) -> None:
+    """The encoder's output must be finite and not collapsed (every feature equal for all training images, as after
+    a runaway SimCLR lr); otherwise the ssl stage stops here instead of the purifier failing on its input."""
+    for split, x in feats.items():
+        if not bool(torch.isfinite(x).all()):
+            raise StageDivergedError(f"ssl stage: the encoder's {split} features hold NaN/inf; the SSL encoder "
+                                     "diverged (lower --ssl.lr) or --ssl.checkpoint holds broken weights")
+    train = feats["train"]
+    if len(train) > 1 and bool((train.amax(0) == train.amin(0)).all()):
+        raise StageDivergedError(f"ssl stage: the encoder collapsed: its {train.shape[1]} features are identical for "
+                                 f"all {len(train)} training images, so nothing can be purified from them (lower "
+                                 "--ssl.lr, or check --ssl.checkpoint)")
 
 
 def run_purify(cfg: Config, task: NoisyTask, feats: dict[str, torch.Tensor], out_dir: Path, device: torch.device,
@@ -207,11 +275,17 @@ def run_purify(cfg: Config, task: NoisyTask, feats: dict[str, torch.Tensor], out
         mean, std = x_t.mean(0), x_t.std(0).clamp_min(1e-6)
         x_t, x_v, x_test = ((x - mean) / std for x in (x_t, x_v, x_test))
     noisy = task.noisy_labels[task.train_indices]
+    recipe = _without(config_to_dict(cfg)["purifier"], "epochs", "max_label_magnitude")
+    made_from = {"stage": "purify", "purifier": recipe, "standardize_features": cfg.ssl.standardize_features,
+                 "seed": cfg.seed, "features": digest(train_feats, feats.get("meta")),
+                 "labels": digest(noisy, task.meta_labels, task.train_indices, task.meta_indices)}
     purifier = DMLPPurifier(x_t, noisy, x_v, task.meta_labels, task.num_classes, cfg.purifier, device, cfg.seed)
     state_path = out_dir / "purifier.pt"
     if state_path.is_file():
-        purifier.load_state_dict(load_checkpoint(state_path)["purifier"])
-        logger.info(f"purify: resumed at epoch {purifier.epoch}")
+        state = load_stage_file(state_path, ("purifier",))
+        if reusable(state, made_from, state_path, logger.info):
+            purifier.load_state_dict(state["purifier"])
+            logger.info(f"purify: resumed at epoch {purifier.epoch}")
     clean = task.clean_labels[task.train_indices] if task.clean_labels is not None else None
     plog = RunLogger(out_dir / "purify", tensorboard=False, name="purify")
     t0 = time.perf_counter()
@@ -222,7 +296,7 @@ def run_purify(cfg: Config, task: NoisyTask, feats: dict[str, torch.Tensor], out
             row["label_acc"] = label_accuracy(purifier.hard_labels(), clean)
         if epoch % 10 == 9 or purifier.epoch == cfg.purifier.epochs:
             row.update(purifier.linear_probe_accuracy(x_test, task.test_labels))
-        save_checkpoint({"purifier": purifier.state_dict()}, state_path)
+        save_checkpoint(stamp({"purifier": purifier.state_dict()}, made_from), state_path)
         plog.log_epoch(epoch, row)
     plog.close()
     elapsed = time.perf_counter() - t0
@@ -253,7 +327,7 @@ def _init_model(cfg: Config, task: NoisyTask, out_dir: Path, device: torch.devic
         if cfg.ssl.checkpoint:
             load_ssl_checkpoint(model.body if r.arch == "resnet50" else model, cfg.ssl.checkpoint)
         else:
-            encoder = load_checkpoint(out_dir / "ssl.pt")["encoder"]
+            encoder = load_stage_file(out_dir / "ssl.pt", ("encoder",))["encoder"]
             missing = model.load_state_dict(encoder, strict=False).missing_keys
             if any(not k.startswith(("linear", "body.fc")) for k in missing):
                 raise ValueError(f"ssl.pt does not match retrain.arch/width: missing {missing[:3]}")
@@ -263,6 +337,34 @@ def _init_model(cfg: Config, task: NoisyTask, out_dir: Path, device: torch.devic
                              "ResNet-50 weights)")
         load_ssl_checkpoint(model.body if r.arch == "resnet50" else model, r.pretrained)
     return model.to(device)
+
+
+def retrain_made_from(cfg: Config, task: NoisyTask, tag: str, labels: Any, indices: Any,
+                      out_dir: Path) -> dict[str, Any]:
+    """What retrain_<tag>.pt depends on: the retraining recipe (epochs excluded: more epochs continue a finished
+    run), the seed, the training images, the labels and rows it trains on, and the initial weights."""
+    r = config_to_dict(cfg)["retrain"]
+    recipe = {k: r[k] for k in ("arch", "width", "init", "pretrained")}
+    if tag == "dmlp_dividemix":
+        recipe["dividemix"] = _without(r["dividemix"], "epochs", "eval_batch_size", "num_workers")
+    else:
+        recipe["supervised"] = _without(r["supervised"], "epochs", "eval_batch_size", "num_workers")
+    if cfg.retrain.init == "ssl":
+        init = (f"ssl checkpoint {cfg.ssl.checkpoint}" if cfg.ssl.checkpoint else
+                digest(load_stage_file(out_dir / "ssl.pt", ("encoder",))["encoder"]))
+    else:
+        init = cfg.retrain.pretrained if cfg.retrain.init == "pretrained" else "scratch"
+    return {"stage": f"retrain_{tag}", "retrain": recipe, "seed": cfg.seed, "images": source_digest(task.train_source),
+            "labels": digest(labels, indices), "init": init}
+
+
+class _StampedDivideMix(DivideMix):
+    """DivideMix whose checkpoints carry dmlp's package entry and the ``made_from`` record of the stage."""
+
+    made_from: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return stamp(super().state_dict(), self.made_from)
 
 
 def _retrain_labels(cfg: Config, task: NoisyTask, out_dir: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -275,7 +377,10 @@ def run_one(tag: str, cfg: Config, task: NoisyTask, labels: Any, indices: Any, o
             logger: RunLogger) -> tuple[dict[str, Any], torch.nn.Module]:
     """One CE retraining (resumed from / skipped by its checkpoint retrain_<tag>.pt)."""
     path = out_dir / f"retrain_{tag}.pt"
-    state = load_checkpoint(path) if path.is_file() else None
+    made_from = retrain_made_from(cfg, task, tag, labels, indices, out_dir)
+    state = load_stage_file(path, ("model", "epoch", "tracker")) if path.is_file() else None
+    if state is not None and not reusable(state, made_from, path, logger.info):
+        state = None
     model = _init_model(cfg, task, out_dir, ctx.device)
     sup = cfg.retrain.supervised
     if state is not None and state["epoch"] >= sup.epochs - 1:
@@ -286,7 +391,8 @@ def run_one(tag: str, cfg: Config, task: NoisyTask, labels: Any, indices: Any, o
     sub = RunLogger(out_dir / tag, is_main=ctx.is_main, tensorboard=False, name=f"retrain_{tag}")
     result = train_supervised(model, task.train_source, labels, task.train_transform, task.test_source,
                               task.test_labels, task.eval_transform, sup, ctx, sub, path, indices=indices,
-                              resume_state=state, seed=cfg.seed, tag=tag)
+                              resume_state=state, seed=cfg.seed, tag=tag,
+                              extra_state={"package": PACKAGE, "made_from": made_from})
     sub.close()
     return result, model
 
@@ -323,15 +429,19 @@ def run_retrain(cfg: Config, task: NoisyTask, out_dir: Path, ctx: DistContext,
         if ctx.distributed:
             raise ValueError("retrain.mode=dividemix runs in one process (its GMM co-divide needs the whole set)")
         path = out_dir / "retrain_dmlp_dividemix.pt"
-        state = load_checkpoint(path) if path.is_file() else None
+        made_from = retrain_made_from(cfg, task, "dmlp_dividemix", hard, None, out_dir)
+        state = load_stage_file(path, ("net1", "net2", "epoch")) if path.is_file() else None
+        if state is not None and not reusable(state, made_from, path, logger.info):
+            state = None
         nets = [_init_model(cfg, task, out_dir, ctx.device) for _ in range(2)]
         if r.init == "scratch":
             torch.manual_seed(cfg.seed + 1)
             nets[1] = _init_model(cfg, task, out_dir, ctx.device)
         sub = RunLogger(out_dir / "dmlp_dividemix", tensorboard=False, name="retrain_dividemix")
-        engine = DivideMix(nets[0], nets[1], task.train_source, hard, task.num_classes, task.train_transform,
-                           task.eval_transform, task.test_source, task.test_labels, r.dividemix, ctx.device, sub,
-                           clean_labels=task.clean_labels, seed=cfg.seed)
+        engine = _StampedDivideMix(nets[0], nets[1], task.train_source, hard, task.num_classes,
+                                   task.train_transform, task.eval_transform, task.test_source, task.test_labels,
+                                   r.dividemix, ctx.device, sub, clean_labels=task.clean_labels, seed=cfg.seed)
+        engine.made_from = made_from
         result = engine.fit(path, state)
         sub.close()
         metrics.update({"test_acc_dmlp_dividemix": result["last"], "best_test_acc_dmlp_dividemix": result["best"]})
@@ -340,12 +450,29 @@ def run_retrain(cfg: Config, task: NoisyTask, out_dir: Path, ctx: DistContext,
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def _out_dir(cfg: Config) -> Path:
-    if cfg.output_dir:
-        return Path(cfg.output_dir)
+def claimed_config(cfg: Config) -> dict[str, Any]:
+    """The config recorded in the run folder's RUN.json; ``stages`` is left out (which stages run now is not part
+    of what the folder holds: each stage file records its own provenance)."""
+    return _without(config_to_dict(cfg), "stages")
+
+
+def prepare_run(cfg: Config, ctx: DistContext) -> tuple[Path, NoisyTask]:
+    """Check everything that can be checked before the run folder is touched, then claim it.
+
+    Order: the --resume file is read and verified (a missing, text or foreign file is refused), the data and an
+    existing noise file are read (a noise file of another recipe is refused), the folder's RUN.json is checked
+    (another package's folder or another config is refused); only then is anything written.
+    """
     if cfg.resume:
-        return Path(cfg.resume).parent
-    return make_run_dir("dmlp", cfg.name)
+        verify_resume_file(cfg.resume, set(config_to_dict(cfg)))
+        if cfg.output_dir and Path(cfg.output_dir).resolve() != Path(cfg.resume).resolve().parent:
+            raise ValueError(f"--resume {cfg.resume} belongs to the run folder {Path(cfg.resume).parent}, but "
+                             f"--output_dir is {cfg.output_dir}; give one of them")
+    known_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.resume).parent if cfg.resume else None
+    task = build_task(cfg.data, known_dir, write_noise=False)
+    out_dir = resolve_run_dir(PACKAGE, cfg.name, cfg.output_dir, cfg.resume)
+    claim_run_dir(out_dir, PACKAGE, claimed_config(cfg), resume=bool(cfg.resume), is_main=ctx.is_main)
+    return out_dir, task
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -357,35 +484,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ctx = init_distributed(cfg.device)
-    out_dir = _out_dir(cfg)
+    try:
+        out_dir, task = prepare_run(cfg, ctx)
+    except BaseException:
+        cleanup_distributed()
+        raise
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
     wall0 = time.perf_counter()
     try:
         seed_everything(cfg.seed, 0)
         if ctx.is_main:
             save_config(cfg, out_dir / "config.yaml")
+            save_noise(cfg.data, task, out_dir)
         logger.info(f"run folder {out_dir} | {ctx.world_size} process(es) on {ctx.device}")
-        task = build_task(cfg.data, out_dir, write_noise=ctx.is_main)
         metrics: dict[str, Any] = {"dataset": cfg.data.dataset if cfg.data.root else f"synthetic {cfg.data.dataset}",
                                    "noise": f"{cfg.data.noise_type} {cfg.data.noise_rate}"}
         if task.clean_labels is not None:
             metrics["label_acc_noisy_all"] = label_accuracy(task.noisy_labels, task.clean_labels)
         if ctx.is_main and ("purify" in cfg.stages or "ssl" in cfg.stages):
-            encoder = run_ssl(cfg, task, out_dir, ctx.device, logger)
+            with stage_guard("ssl"):
+                encoder = run_ssl(cfg, task, out_dir, ctx.device, logger)
             if "purify" in cfg.stages:
-                feats = features_of(cfg, task, encoder, out_dir, ctx.device)
-                metrics.update(run_purify(cfg, task, feats, out_dir, ctx.device, logger))
+                with stage_guard("ssl"):
+                    feats = features_of(cfg, task, encoder, out_dir, ctx.device, logger)
+                with stage_guard("purify"):
+                    metrics.update(run_purify(cfg, task, feats, out_dir, ctx.device, logger))
         barrier()
         task = build_task(cfg.data, out_dir, write_noise=False) if ctx.rank else task
         states: dict[str, Any] = {}
         if "retrain" in cfg.stages:
             seed_everything(cfg.seed, ctx.rank)
-            retrain_metrics, states = run_retrain(cfg, task, out_dir, ctx, logger)
+            with stage_guard("retrain"):
+                retrain_metrics, states = run_retrain(cfg, task, out_dir, ctx, logger)
             metrics.update(retrain_metrics)
         metrics["wall_time_s"] = time.perf_counter() - wall0
         if ctx.is_main:
             purified = out_dir / "purified_labels.json"
-            bundle = {"config": config_to_dict(cfg), "models": states, "metrics": {
+            bundle = {"package": PACKAGE, "config": config_to_dict(cfg), "models": states, "metrics": {
                 k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not (
                     isinstance(v, float) and math.isnan(v))}}
             if purified.is_file():

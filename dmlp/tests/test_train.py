@@ -97,7 +97,8 @@ def test_retraining_resumes_where_an_uninterrupted_run_ends(chain_run, tmp_path,
         dmlp_train.main([*args, "--output_dir", str(tmp_path / "cut")])
     monkeypatch.setattr(dmlp_train, "train_supervised", original)
     assert load_checkpoint(tmp_path / "cut" / "retrain_dmlp_naive.pt")["epoch"] == 0
-    resumed = dmlp_train.main([*args, "--resume", str(tmp_path / "cut" / "last.pt")])
+    # the interrupted run has no last.pt yet: --resume names its interrupted stage file (read and verified)
+    resumed = dmlp_train.main([*args, "--resume", str(tmp_path / "cut" / "retrain_dmlp_naive.pt")])
     assert resumed["test_acc_dmlp_naive"] == full["test_acc_dmlp_naive"]
     a = load_checkpoint(tmp_path / "full" / "retrain_dmlp_naive.pt")
     b = load_checkpoint(tmp_path / "cut" / "retrain_dmlp_naive.pt")
