@@ -11,7 +11,7 @@ PKGS := $(foreach p,$(ALL_PKGS),$(if $(wildcard $(p)/__init__.py),$(p)))
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system-deps test-all lint bench gpu-check demo clean help \
+.PHONY: setup system-deps test-all test-slow lint bench gpu-check demo clean help \
         $(addprefix test-,$(ALL_PKGS)) $(addprefix demo-,$(ALL_PKGS))
 
 help:
@@ -19,7 +19,8 @@ help:
 	@echo "make test-all     fast tests of shared and every package (one pytest process)"
 	@echo "make demo         train + eval every package on its embedded synthetic data, then a summary table"
 	@echo "make test-<pkg>   / demo-<pkg>   one package ($(PKGS))"
-	@echo "make lint         ruff"
+	@echo "make test-slow    the slow tier (end-to-end runs, DDP, 10^8-score metrics; under 30 min on 2 cores)"
+	@echo "make lint         ruff check (incl. complexity <= 15) + ruff format --check"
 	@echo "make bench        every package's bench.py on CPU (and CUDA when present)"
 	@echo "make gpu-check    gpu-marked tests + benches on CUDA (fails without CUDA)"
 
@@ -55,6 +56,10 @@ $(addprefix test-,$(ALL_PKGS)): test-%: setup
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test-slow: setup
+	$(PY) -m pytest shared $(PKGS) -q --runslow -m "slow" --durations=15
 
 demo: setup
 	$(PY) -m shared.demo $(PKGS)

@@ -17,7 +17,13 @@ from emo.model import (
     fuse_batchnorm,
     iRMB,
 )
-from emo.weights import OFFICIAL_CHECKPOINTS, checkpoint_filter_fn, load_official_checkpoint, unwrap_state_dict
+from emo.weights import (
+    OFFICIAL_CHECKPOINTS,
+    checkpoint_filter_fn,
+    download_official_checkpoint,
+    load_official_checkpoint,
+    unwrap_state_dict,
+)
 
 __all__ = [
     'EMO',
@@ -26,6 +32,7 @@ __all__ = [
     'LayerNorm2d',
     'MSPatchEmb',
     'checkpoint_filter_fn',
+    'download_official_checkpoint',
     'emo_1m',
     'emo_2m',
     'emo_5m',

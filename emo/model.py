@@ -21,16 +21,25 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, get_act_layer, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import (
+    DropPath,
+    SelectAdaptivePool2d,
+    get_act_layer,
+    register_notrace_function,
+    trunc_normal_,
+    use_fused_attn,
+)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
+from torch.jit import Final
 
-from emo.weights import OFFICIAL_CHECKPOINTS, checkpoint_filter_fn
+from emo.weights import OFFICIAL_CHECKPOINTS, checkpoint_filter_fn, download_official_checkpoint
 
 __all__ = ['EMO', 'ConvNormAct', 'LayerNorm2d', 'MSPatchEmb', 'fuse_batchnorm', 'iRMB']
 
@@ -158,13 +167,86 @@ def grid_unpartition(x: torch.Tensor, batch_size: int, n1: int, n2: int, h1: int
     return x.reshape(batch_size, num_heads * head_dim, h1 * n1, w1 * n2)
 
 
+# The three helpers below hold every shape-dependent step of EW-MHSA (padding to whole windows, the group grid,
+# the crop), so that they are leaves of an FX trace: torch.fx.wrap makes plain torch.fx.symbolic_trace (and
+# torchvision's create_feature_extractor) record them as single calls instead of tracing Python control flow on
+# shapes; register_notrace_function does the same for timm's FX feature extraction. They are TorchScript-compatible,
+# so an FX graph that calls them can be scripted too.
+
+
+@register_notrace_function
+@torch.fx.wrap
+def pad_to_window_multiple(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Zero-pad an NCHW map at the bottom/right to a multiple of ``window_size`` (unchanged if ``window_size <= 0``)."""
+    if window_size <= 0:
+        return x
+    H, W = x.shape[-2], x.shape[-1]
+    pad_b, pad_r = (window_size - H % window_size) % window_size, (window_size - W % window_size) % window_size
+    if pad_b > 0 or pad_r > 0:
+        x = F.pad(x, (0, pad_r, 0, pad_b))
+    return x
+
+
+@register_notrace_function
+@torch.fx.wrap
+def crop_to_size_of(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Crop an NCHW map at the bottom/right to the height and width of ``reference`` (undoes the window padding)."""
+    return x[:, :, :reference.shape[-2], :reference.shape[-1]]
+
+
+@register_notrace_function
+@torch.fx.wrap
+def grid_attention(
+        qk: torch.Tensor,
+        v: torch.Tensor,
+        num_heads: int,
+        window_size: int,
+        scale: float,
+        dropout_p: float = 0.0,
+        fused: bool = True,
+) -> torch.Tensor:
+    """Multi-head attention within each dilated group of EW-MHSA.
+
+    Args:
+        qk: (B, 2 * num_heads * d_qk, H, W) queries and keys, H and W multiples of the window (see
+            :func:`pad_to_window_multiple`).
+        v: (B, num_heads * d_v, H, W) values.
+        window_size: Tokens per group side; <= 0 makes the whole map one group.
+        scale: Logit scale (``d_qk ** -0.5``).
+        dropout_p: Dropout on the attention weights (pass 0 in eval mode).
+        fused: ``F.scaled_dot_product_attention`` instead of the explicit ``softmax(q k^T * scale) @ v``.
+    Returns:
+        (B, num_heads * d_v, H, W).
+    """
+    B, H, W = v.shape[0], v.shape[-2], v.shape[-1]
+    win_h, win_w = (H, W) if window_size <= 0 else (window_size, window_size)
+    n1, n2 = H // win_h, W // win_w
+    q, k = grid_partition(qk, 2, num_heads, n1, n2).unbind(0)
+    v = grid_partition(v, 1, num_heads, n1, n2)[0]
+    if fused:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    else:
+        attn = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)
+        if dropout_p > 0.0:
+            attn = F.dropout(attn, dropout_p)
+        out = attn @ v
+    return grid_unpartition(out, B, n1, n2, win_h, win_w)
+
+
 class iRMB(nn.Module):
     """Inverted Residual Mobile Block: the paper's instantiation of its Meta Mobile Block.
 
     ``x -> norm -> [EW-MHSA with expanding v | v (1x1 expand + act)] -> (+) DW conv (BN, SiLU) -> SE -> 1x1 proj``,
     with the inner residual around the depthwise conv and the outer residual only when ``has_skip`` holds
     (``dim_in == dim_out`` and stride 1). Module names match the official state_dict.
+
+    The attention attributes (``window_size``, ``num_heads``, ``scale``, ...) exist on every block, with
+    ``num_heads == 0`` where there is no attention; ``attn_s`` and ``has_skip`` are TorchScript constants, so a
+    scripted attention-free block compiles without the attention branch (it has no ``qk`` submodule).
     """
+    attn_s: Final[bool]
+    has_skip: Final[bool]
+    attn_pre: Final[bool]
 
     def __init__(
             self,
@@ -193,17 +275,18 @@ class iRMB(nn.Module):
         dim_mid = int(dim_in * exp_ratio)
         self.has_skip = has_skip and dim_in == dim_out and stride == 1
         self.attn_s = attn_s
+        self.dim_head = dim_head
+        self.window_size = window_size
+        self.scale = dim_head ** -0.5
+        self.attn_pre = attn_pre
+        self.fused_attn = use_fused_attn()
+        self.num_heads = 0
         if attn_s:
             if dim_in % dim_head:
                 raise ValueError(f'dim_in {dim_in} must be divisible by dim_head {dim_head}')
             self.num_heads = dim_in // dim_head
             if not attn_pre and dim_mid % self.num_heads:
                 raise ValueError(f'attn_pre=False needs dim_mid {dim_mid} divisible by {self.num_heads} heads')
-            self.dim_head = dim_head
-            self.window_size = window_size
-            self.scale = dim_head ** -0.5
-            self.attn_pre = attn_pre
-            self.fused_attn = use_fused_attn()
             self.qk = ConvNormAct(dim_in, dim_in * 2, bias=qkv_bias)
             self.v = ConvNormAct(dim_in, dim_mid, bias=qkv_bias, act_layer=act_layer)
             self.attn_drop = nn.Dropout(attn_drop)
@@ -219,36 +302,27 @@ class iRMB(nn.Module):
         self.proj = ConvNormAct(dim_mid, dim_out)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.fused_attn:
-            return F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        return attn @ v
-
     def ew_mhsa(self, x: torch.Tensor) -> torch.Tensor:
         """Expanded Window MHSA on the normed input; returns the dim_mid-channel output of ``v``."""
-        B, _, H, W = x.shape
-        win_h, win_w = (H, W) if self.window_size <= 0 else (self.window_size, self.window_size)
-        pad_b, pad_r = (win_h - H % win_h) % win_h, (win_w - W % win_w) % win_w
-        if pad_b or pad_r:
-            x = F.pad(x, (0, pad_r, 0, pad_b))
-        n1, n2 = (H + pad_b) // win_h, (W + pad_r) // win_w
-        # qk and v are 1x1 convs, so applying them before the partition is the same as after it
-        q, k = grid_partition(self.qk(x), 2, self.num_heads, n1, n2).unbind(0)
+        # qk (and v when attn_pre=False) run on the zero-padded map, as officially: their biases reach the padding
+        padded = pad_to_window_multiple(x, self.window_size)
+        dropout_p = self.attn_drop.p if self.training else 0.0
         if self.attn_pre:
-            out = self._attention(q, k, grid_partition(x, 1, self.num_heads, n1, n2)[0])
-            out = grid_unpartition(out, B, n1, n2, win_h, win_w)[:, :, :H, :W]
-            return self.v(out)
-        v = grid_partition(self.v(x), 1, self.num_heads, n1, n2)[0]
-        out = self._attention(q, k, v)
-        return grid_unpartition(out, B, n1, n2, win_h, win_w)[:, :, :H, :W]
+            out = grid_attention(
+                self.qk(padded), padded, self.num_heads, self.window_size, self.scale, dropout_p, self.fused_attn)
+            # v is a 1x1 conv + act: applying it after the crop equals the official order (v on the padded groups)
+            return self.v(crop_to_size_of(out, x))
+        out = grid_attention(
+            self.qk(padded), self.v(padded), self.num_heads, self.window_size, self.scale, dropout_p, self.fused_attn)
+        return crop_to_size_of(out, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.norm(x)
-        x = self.ew_mhsa(x) if self.attn_s else self.v(x)
+        if self.attn_s:
+            x = self.ew_mhsa(x)
+        else:
+            x = self.v(x)
         if self.has_skip:
             x = x + self.se(self.conv_local(x))
         else:
@@ -292,7 +366,9 @@ class EMO(nn.Module):
         Args:
             in_chans: Number of input image channels.
             num_classes: Number of classifier classes (0 for no classifier).
-            global_pool: 'avg' (official) or 'max'.
+            global_pool: Global pooling before the classifier: 'avg' (official), 'max', 'avgmax', 'catavgmax' (doubles
+                the classifier's input width), their 'fast*' forms, or '' for none (needs num_classes=0; the
+                head then returns the unpooled map).
             depths: Number of iRMBs per stage 1-4.
             stem_dim: Channels of the stem (stage0).
             embed_dims: Output channels of stages 1-4.
@@ -310,10 +386,7 @@ class EMO(nn.Module):
             drop_rate: Dropout before the classifier (not in the official code, 0 by default).
         """
         super().__init__()
-        if global_pool not in ('avg', 'max'):
-            raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
         self.num_classes = num_classes
-        self.global_pool = global_pool
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.grad_checkpointing = False
         dprs = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
@@ -346,8 +419,9 @@ class EMO(nn.Module):
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2), module=f'stage{i + 1}'))
 
         self.norm = _norm_layer(norm_layers[-1], embed_dims[-1])
+        self.global_pool, head = _create_classifier(self.num_features, num_classes, global_pool)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = head
         self.apply(self._init_weights)
 
     @staticmethod
@@ -357,6 +431,9 @@ class EMO(nn.Module):
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    # TorchScript compiles properties and has no list-of-modules type; scripted code calls stage1 ... stage4 by name
+    __jit_unused_properties__ = ('stages',)
 
     @property
     def stages(self) -> list[nn.Sequential]:
@@ -379,12 +456,18 @@ class EMO(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier (timm semantics).
+
+        Args:
+            num_classes: New class count; 0 gives an identity head (``forward`` returns the pooled features).
+            global_pool: None keeps the current pooling; '' disables it (only with ``num_classes=0``: ``forward``
+                then returns the unpooled (B, C, H/32, W/32) map); otherwise a pool type of
+                ``timm.layers.SelectAdaptivePool2d`` ('avg', 'max', 'avgmax', 'catavgmax', 'fast...').
+        """
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.global_pool, self.head = _create_classifier(self.num_features, num_classes, global_pool)
         self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('avg', 'max'):
-                raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def set_window_size(self, window_size: int | Sequence[int]) -> None:
         """Change the EW-MHSA window size (per stage 1-4, or one for all); weights are unaffected.
@@ -452,18 +535,45 @@ class EMO(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and stages 1-4, then the final norm: the unpooled (B, num_features, H/32, W/32) map."""
         x = self.stage0(x)
-        for stage in self.stages:
-            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for stage in self.stages:
+                x = checkpoint_seq(stage, x)
+        else:
+            x = self.stage1(x)
+            x = self.stage2(x)
+            x = self.stage3(x)
+            x = self.stage4(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3)) if self.global_pool == 'avg' else x.amax((2, 3))
+        """Global pooling (none if ``global_pool=''``), dropout, then the classifier unless ``pre_logits``."""
+        x = self.global_pool(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _create_classifier(
+        num_features: int,
+        num_classes: int,
+        global_pool: str,
+) -> tuple[SelectAdaptivePool2d, nn.Module]:
+    """timm's pooling + Linear classifier, validated: a clear ValueError instead of timm's assertions."""
+    try:
+        # flatten only when pooling: with global_pool='' the map passes through unchanged (timm's convention)
+        pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+    except (AssertionError, AttributeError) as e:
+        raise ValueError(
+            f"unknown global_pool {global_pool!r}: expected '' (no pooling), 'avg', 'max', 'avgmax', 'catavgmax' "
+            "or a 'fast' form of them") from e
+    if not global_pool and num_classes > 0:
+        raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
+    head = nn.Linear(num_features * pool.feat_mult(), num_classes) if num_classes > 0 else nn.Identity()
+    return pool, head
 
 
 @torch.no_grad()
@@ -518,8 +628,27 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def _official_weights_overlay(variant: str, kwargs: dict) -> None:
+    """Point ``pretrained=True`` at the verified, per-variant cached copy of the official checkpoint.
+
+    timm would fetch the cfg's URL with ``torch.hub.load_state_dict_from_url``: hash check off, and all four
+    variants cached under the same name ``net.pth``. When the resolved cfg would do that for one of the official
+    URLs (no ``file``, ``state_dict`` or hub id given), the file is fetched by ``download_official_checkpoint``
+    instead and handed to timm as ``pretrained_cfg_overlay['file']``.
+    """
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    official = {url: name for name, url in OFFICIAL_CHECKPOINTS.items()}
+    if cfg.file or cfg.state_dict or cfg.hf_hub_id or cfg.source or cfg.url not in official:
+        return
+    path = download_official_checkpoint(official[cfg.url], cache_dir=kwargs.get('cache_dir'))
+    kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(path))
+
+
 def _create_emo(variant: str, pretrained: bool = False, **kwargs) -> EMO:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    if pretrained:
+        _official_weights_overlay(variant, kwargs)
     return build_model_with_cfg(
         EMO, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,

@@ -19,8 +19,6 @@ labels 1..K in sorted id order (0 is background, torchvision's convention). Unla
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import sys
@@ -30,12 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
-from pycocotools.coco import COCO
 from torch.utils.data import Dataset, Sampler
-from torchvision.transforms.functional import pil_to_tensor
 
 from mixteacher.augment import ViewConfig, box_transform, make_view, transform_boxes
+from shared.detection import CocoDetection, CocoImages
 
 __all__ = [
     "COCO_LAYOUT",
@@ -44,7 +40,6 @@ __all__ = [
     "CocoImages",
     "SemiBatchSampler",
     "SemiSupervisedDataset",
-    "eval_collate",
     "partial_split_files",
     "semi_collate",
     "voc_to_coco",
@@ -61,102 +56,6 @@ def _missing(path: Path, what: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"{what} not found: {path}. Expected the layout {COCO_LAYOUT}; see `python -m shared.datasets info "
         "coco2017` (or `info voc`), or set data.synthetic=true for the embedded synthetic set.")
-
-
-def _load_coco(annotation_file: Path) -> COCO:
-    if not annotation_file.is_file():
-        raise _missing(annotation_file, "annotation file")
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            return COCO(str(annotation_file))
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{annotation_file} is not a COCO json: {err!r}") from err
-
-
-def _read_image(path: Path, info: dict[str, Any]) -> torch.Tensor:
-    try:
-        with Image.open(path) as img:
-            image = img.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise RuntimeError(f"cannot read image {path}: {err}") from err
-    if "width" in info and image.size != (info["width"], info["height"]):
-        raise ValueError(f"{path} is {image.size[0]}x{image.size[1]} but its json says {info['width']}x"
-                         f"{info['height']}")
-    return pil_to_tensor(image).float().div_(255)
-
-
-class CocoDetection(Dataset):
-    """Images and boxes of a COCO instances json (mmdet ``CocoDataset`` filtering: crowd/ignore boxes and boxes
-    under 1 px dropped; for training, images without a usable box are left out).
-
-    Items: ``(image (3, H, W) in [0, 1], {"boxes": (n, 4) xyxy, "labels": (n,) in 1..K, "image_id": int})``.
-    """
-
-    def __init__(self, image_dir: str | Path, annotation_file: str | Path, train: bool = False,
-                 categories: Sequence[int] | None = None):
-        self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
-        self.coco = _load_coco(self.annotation_file)
-        if not self.image_dir.is_dir():
-            raise _missing(self.image_dir, "image folder")
-        self.cat_ids = list(categories) if categories is not None else sorted(self.coco.getCatIds())
-        self.category_names = [self.coco.cats[c]["name"] if c in self.coco.cats else str(c) for c in self.cat_ids]
-        self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
-        ids = sorted(self.coco.getImgIds())
-        if train:
-            ids = [i for i in ids if len(self.boxes(i)[0])]
-        self.ids = ids
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.cat_ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def boxes(self, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and not a.get("ignore")]
-        for ann in anns:
-            if ann["category_id"] not in self.label_of:
-                raise ValueError(f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
-                                 f"{ann['category_id']}, which is not in 'categories'")
-        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
-        keep = (xywh[:, 2] >= 1) & (xywh[:, 3] >= 1)
-        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
-        return boxes[keep], labels[keep]
-
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        image_id = self.ids[index]
-        info = self.coco.imgs[image_id]
-        boxes, labels = self.boxes(image_id)
-        return _read_image(self.image_dir / info["file_name"], info), boxes, labels, image_id
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        image, boxes, labels, image_id = self.load(index)
-        return image, {"boxes": boxes, "labels": labels, "image_id": image_id}
-
-
-class CocoImages(Dataset):
-    """The images of a COCO json (``images`` list only, annotations ignored): an unlabeled pool."""
-
-    def __init__(self, image_dir: str | Path, annotation_file: str | Path, exclude_ids: set[int] | None = None):
-        self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
-        if not self.annotation_file.is_file():
-            raise _missing(self.annotation_file, "image list json")
-        if not self.image_dir.is_dir():
-            raise _missing(self.image_dir, "image folder")
-        with open(self.annotation_file) as f:
-            images = json.load(f).get("images")
-        if not isinstance(images, list):
-            raise ValueError(f"{self.annotation_file} has no 'images' list")
-        self.images = [im for im in images if not exclude_ids or im["id"] not in exclude_ids]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        info = self.images[index]
-        return _read_image(self.image_dir / info["file_name"], info), info["id"]
 
 
 class SemiSupervisedDataset(Dataset):
@@ -211,11 +110,6 @@ def semi_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         torch.zeros(0, 3, 3, dtype=torch.float64),
         "unlabeled_ids": [it["image_id"] for it in unlabeled],
     }
-
-
-def eval_collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list, list]:
-    images, targets = zip(*batch)
-    return list(images), list(targets)
 
 
 class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):

@@ -35,15 +35,15 @@ if __package__ in (None, ""):
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from mixteacher.augment import ViewConfig
 from mixteacher.data import (
+    COCO_LAYOUT,
     CocoDetection,
     CocoImages,
     SemiBatchSampler,
     SemiSupervisedDataset,
-    eval_collate,
     partial_split_files,
     semi_collate,
 )
@@ -51,9 +51,10 @@ from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
 from mixteacher.model import DetectorConfig, MixedScaleFasterRCNN, build_detector
 from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_last_and_best
 from shared.config import config_from_dict, config_name, config_to_dict, parse_config, save_config
+from shared.detection import COCO_METRIC_KEYS as COCO_KEYS
+from shared.detection import coco_detections, coco_summary, evaluate_detections, sharded_loader
 from shared.distributed import DistContext, all_reduce_mean, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
-from shared.metrics import coco_evaluate
 from shared.training import AmpDtype, autocast, check_finite_parameters, make_grad_scaler, optimizer_step
 
 __all__ = ["MODEL_KEYS", "RESUME_KEYS", "DataConfig", "TrainConfig", "build_datasets", "evaluate", "main",
@@ -61,7 +62,6 @@ __all__ = ["MODEL_KEYS", "RESUME_KEYS", "DataConfig", "TrainConfig", "build_data
 
 PACKAGE = "mixteacher"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
-COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 #: what evaluation and visualisation read from a checkpoint
 MODEL_KEYS = ("student", "teacher", "config", "num_classes", "categories", "step")
 #: what ``--resume`` reads
@@ -185,13 +185,14 @@ def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervis
         unlabeled.append(CocoImages(root / data.train_images, unlabeled_file))
     else:
         labeled_file = train_ann
-    labeled = CocoDetection(root / data.train_images, labeled_file, train=True)
+    labeled = CocoDetection(root / data.train_images, labeled_file, train=True, label_offset=1, layout=COCO_LAYOUT)
     if len(data.unlabeled_images) != len(data.unlabeled_annotations):
         raise ValueError("data.unlabeled_images and data.unlabeled_annotations need one entry each per pool, got "
                          f"{data.unlabeled_images} and {data.unlabeled_annotations}")
     for image_dir, image_list in zip(data.unlabeled_images, data.unlabeled_annotations):
         unlabeled.append(CocoImages(root / image_dir, root / image_list))
-    val = CocoDetection(root / data.val_images, root / data.val_annotations, categories=labeled.cat_ids)
+    val = CocoDetection(root / data.val_images, root / data.val_annotations, label_offset=1, categories=labeled.cat_ids,
+                        layout=COCO_LAYOUT)
     if len(labeled) == 0:
         raise ValueError(f"no labeled image with a usable box in {labeled_file}")
     return SemiSupervisedDataset(labeled, unlabeled, *_views(data)), val
@@ -264,10 +265,7 @@ def train_one_epoch(model: nn.Module, method: MixTeacher, batches, optimizer: to
 
 def val_loader(dataset: CocoDetection, cfg: DataConfig, ctx: DistContext) -> DataLoader:
     """Every val image once over the ranks."""
-    shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
-    # its own generator: creating the iterator must not draw from the global RNG (exact resume)
-    return DataLoader(shard, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=min(cfg.workers, 2),
-                      collate_fn=eval_collate, generator=torch.Generator())
+    return sharded_loader(dataset, cfg.eval_batch_size, ctx, workers=min(cfg.workers, 2))
 
 
 @torch.no_grad()
@@ -280,23 +278,9 @@ def evaluate(model: MixedScaleFasterRCNN, loader: DataLoader, dataset: CocoDetec
     for images, targets in loader:
         with autocast(ctx.device, amp):
             outputs = model.predict([im.to(ctx.device) for im in images], scale)
-        for output, target in zip(outputs, targets):
-            boxes = output["boxes"].float().cpu()
-            boxes[:, 2:] -= boxes[:, :2]
-            cats = [dataset.cat_ids[int(lab) - 1] for lab in output["labels"].cpu()]
-            detections += [{"image_id": target["image_id"], "category_id": c, "bbox": b, "score": s}
-                           for b, s, c in zip(boxes.tolist(), output["scores"].float().cpu().tolist(), cats)]
+        detections += coco_detections(outputs, targets, dataset.cat_ids, label_offset=1)
     model.train(was_training)
-    if ctx.distributed:
-        gathered: list[Any] = [None] * ctx.world_size
-        dist.all_gather_object(gathered, detections)
-        detections = [d for part in gathered for d in part]
-    result: list[Any] = [coco_evaluate(dataset.coco, detections) if ctx.is_main else None]
-    if ctx.distributed:
-        dist.broadcast_object_list(result, src=0)
-    metrics = result[0]
-    metrics["num_detections"] = len(detections)
-    return metrics
+    return evaluate_detections(detections, dataset.coco, ctx)
 
 
 def evaluate_all(method: MixTeacher, loader: DataLoader, dataset: CocoDetection, ctx: DistContext,
@@ -306,11 +290,6 @@ def evaluate_all(method: MixTeacher, loader: DataLoader, dataset: CocoDetection,
                                                                               "student": method.student}
     return {f"{name}_{scale}": evaluate(model, loader, dataset, ctx, scale, cfg.amp)
             for name, model in models.items() for scale in cfg.test_scales}
-
-
-def coco_summary(metrics: dict[str, Any]) -> str:
-    """``AP 12.3  AP50 ...`` in percent."""
-    return "  ".join(f"{k} {100 * metrics[k]:.1f}" if metrics[k] == metrics[k] else f"{k} n/a" for k in COCO_KEYS)
 
 
 def headline(results: dict[str, dict[str, Any]], cfg: TrainConfig) -> tuple[str, dict[str, Any]]:

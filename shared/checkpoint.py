@@ -23,8 +23,10 @@ __all__ = [
     "find_nonfinite",
     "load_checkpoint",
     "restore_rng_state",
+    "restore_training_state",
     "save_checkpoint",
     "save_last_and_best",
+    "training_state",
 ]
 
 
@@ -183,3 +185,50 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _component_state(obj: Any) -> Any:
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    if hasattr(obj, "state_dict") and callable(obj.state_dict):
+        from shared.training import unwrap_model  # local: shared.training imports nothing from here
+
+        return unwrap_model(obj).state_dict() if isinstance(obj, torch.nn.Module) else obj.state_dict()
+    return obj
+
+
+def training_state(package: str, config: Any = None, **components: Any) -> dict[str, Any]:
+    """A full training checkpoint: ``package``, the resolved ``config`` (a dataclass or dict), the global RNG states,
+    and one entry per keyword: a module (its unwrapped state dict), an optimizer / scheduler / GradScaler / queue
+    (``state_dict()``), a ``torch.Generator`` (its state), ``None``, or a plain value (epoch, step, best ...).
+
+    ``restore_training_state(state, **the same objects)`` restores it exactly."""
+    from shared.config import config_to_dict
+
+    state: dict[str, Any] = {"package": package}
+    if config is not None:
+        state["config"] = config if isinstance(config, dict) else config_to_dict(config)
+    state.update({name: None if obj is None else _component_state(obj) for name, obj in components.items()})
+    state["rng"] = capture_rng_state()
+    return state
+
+
+def restore_training_state(state: dict[str, Any], strict: bool = True, **components: Any) -> None:
+    """Load ``state`` (from :func:`training_state`) into the given objects, then the global RNG states.
+
+    An object given as ``None``, or whose entry is ``None`` (e.g. no EMA), is skipped; plain values (epoch, step)
+    are read by the caller from ``state`` directly. Modules load strictly unless ``strict`` is False.
+    """
+    from shared.training import unwrap_model
+
+    for name, obj in components.items():
+        if obj is None or state.get(name) is None:
+            continue
+        if isinstance(obj, torch.Generator):
+            obj.set_state(state[name])
+        elif isinstance(obj, torch.nn.Module):
+            unwrap_model(obj).load_state_dict(state[name], strict=strict)
+        else:
+            obj.load_state_dict(state[name])
+    if "rng" in state:
+        restore_rng_state(state["rng"])

@@ -14,7 +14,7 @@ A package uses it as::
     class Config(ClassificationConfig):     # may override defaults / add fields
         model: str = "emo_1m"
 
-    metrics = run_classification(parse_config(Config, default_config=...), package="emo", config_name="default")
+    metrics = run_classification(parse_config(Config, default_config=...), package="emo")
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.datasets import ImageFolder
 
 from shared.augment import allow_zero_bit_posterize
-from shared.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_last_and_best
-from shared.config import config_to_dict, save_config
+from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
+from shared.config import RunConfig, config_to_dict, save_config
 from shared.distributed import (
     DistContext,
     all_reduce_mean,
@@ -56,7 +56,6 @@ from shared.training import (
     autocast,
     make_grad_scaler,
     optimizer_step,
-    unwrap_model,
     warmup_cosine_schedule,
 )
 
@@ -105,8 +104,10 @@ class DataConfig:
 
 
 @dataclass
-class ClassificationConfig:
-    """The recipe of a supervised classification run (defaults: the timm/EMO-style ImageNet recipe)."""
+class ClassificationConfig(RunConfig):
+    """The recipe of a supervised classification run (defaults: the timm/EMO-style ImageNet recipe); the run-level
+    settings (``output_dir``, ``resume``, ``seed``, ``device``, ``amp``, ``threads``, intervals in epochs) come
+    from :class:`shared.config.RunConfig`."""
 
     model: str = field(default="", metadata={"help": "timm model name"})
     pretrained: str | None = field(default=None, metadata={"help": "local checkpoint file to initialise from"})
@@ -137,15 +138,9 @@ class ClassificationConfig:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     ema_decay: float | None = field(default=0.9998, metadata={"help": "per-step EMA decay; null disables EMA"})
-    amp: AmpDtype = "none"
     channels_last: bool = False
     compile: bool = False
-    device: str | None = field(default=None, metadata={"help": "cuda / cpu (default: cuda when available)"})
-    seed: int = 0
-    output_dir: str | None = field(default=None, metadata={"help": "run folder (default runs/<pkg>/<config>/<time>)"})
-    resume: str | None = field(default=None, metadata={"help": "last.pt of a run to continue"})
-    log_interval: int = 50
-    tensorboard: bool = True
+    eval_interval: int = field(default=1, metadata={"help": "evaluate every N epochs (and after the last)"})
 
 
 EpochHook = Callable[[int, dict[str, Any]], None]
@@ -334,7 +329,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDtype = "none",
+def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDtype = "off",
              channels_last: bool = False) -> dict[str, float]:
     """Top-1/top-5 accuracy (percent) and mean cross-entropy over the whole (sharded) loader."""
     model.eval()
@@ -361,58 +356,55 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDty
 _STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "best", "rng")
 
 
-def _training_state(model: nn.Module, optimizer, scheduler, scaler, ema, epoch: int, step: int,
-                    cfg: ClassificationConfig, best: dict[str, float], package: str) -> dict[str, Any]:
-    return {
-        "package": package,
-        "model": unwrap_model(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "ema": ema.module.state_dict() if ema is not None else None,
-        "epoch": epoch,
-        "step": step,
-        "best": best,
-        "rng": capture_rng_state(),
-        "config": config_to_dict(cfg),
-    }
-
-
-def run_classification(cfg: ClassificationConfig, package: str, config_name: str = "default",
+def run_classification(cfg: ClassificationConfig, package: str, config_name: str | None = None,
                        on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
     """Train and evaluate; returns (and writes to `metrics.json`) the final metrics.
 
     Args:
-        cfg: the resolved config.
-        package: name of the calling package (for the run folder).
-        config_name: name of the config (for the run folder).
+        cfg: the resolved config (its ``name`` names the run folder ``runs/<package>/<name>/<time>``).
+        package: name of the calling package (run folder, checkpoint owner).
+        config_name: TRANSITION: replaces ``cfg.name`` (callers that still pass the run name separately).
         on_epoch_end: called as `hook(epoch, row)` after each epoch's checkpoint is on disk.
     """
+    if config_name is not None:
+        cfg = dataclasses.replace(cfg, name=config_name)
     if not cfg.model:
         raise ValueError("config key 'model' is empty: name a timm model, e.g. emo_1m")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     ctx = init_distributed(cfg.device)
     try:
-        return _run(cfg, ctx, package, config_name, on_epoch_end)
+        return _run(cfg, ctx, package, on_epoch_end)
     finally:
         cleanup_distributed()
 
 
-def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name: str,
-         on_epoch_end: EpochHook | None) -> dict[str, Any]:
-    seed_everything(cfg.seed, ctx.rank)
-    resume_state = load_checkpoint(cfg.resume, package=package, required=_STATE_KEYS) if cfg.resume else None
-    out_dir = resolve_run_dir(package, config_name, cfg.output_dir, cfg.resume)
-    claim_run_dir(out_dir, package, config_to_dict(cfg), resume=resume_state is not None, is_main=ctx.is_main)
-    logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
-    if ctx.is_main:
-        save_config(cfg, out_dir / "config.yaml")
-    logger.info(f"run folder {out_dir} | {ctx.world_size} process(es) on {ctx.device}")
+@dataclass
+class _Training:
+    """Everything one classification run updates."""
 
-    train_loader, val_loader, found_classes = build_loaders(cfg.data, ctx, cfg.seed)
-    num_classes = cfg.num_classes or found_classes
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    criterion: nn.Module
+
+
+def _criterion(cfg: ClassificationConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                      label_smoothing=cfg.smoothing, num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    if cfg.smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(cfg.smoothing)
+    return None, nn.CrossEntropyLoss()
+
+
+def _build_training(cfg: ClassificationConfig, ctx: DistContext, num_classes: int, steps_per_epoch: int,
+                    logger: RunLogger) -> _Training:
     model = build_classification_model(cfg, num_classes, logger.info).to(ctx.device)
-    if not cfg.pretrained and resume_state is None:
-        logger.info(f"{cfg.model}: random initialisation (no pretrained file given)")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     global_batch = cfg.data.batch_size * ctx.world_size
@@ -420,41 +412,53 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name:
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, **(
                                         dict(betas=cfg.opt_betas, eps=cfg.opt_eps) if "adam" in cfg.opt else {}))
-    steps_per_epoch = len(train_loader)
     scheduler = warmup_cosine_schedule(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
                                        min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_prefix=cfg.warmup_prefix,
                                        noise_range=cfg.lr_noise, noise_pct=cfg.lr_noise_pct,
                                        noise_std=cfg.lr_noise_std, noise_seed=cfg.lr_noise_seed)
-    scaler = make_grad_scaler(ctx.device, cfg.amp)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
-    mixup = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                      label_smoothing=cfg.smoothing, num_classes=num_classes)
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    elif cfg.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
+    mixup, criterion = _criterion(cfg, num_classes)
     logger.info(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters, "
                 f"{num_classes} classes, global batch {global_batch}, lr {lr:.3g}, {steps_per_epoch} steps/epoch")
+    return _Training(model, optimizer, scheduler, make_grad_scaler(ctx.device, cfg.amp), ema, mixup, criterion)
+
+
+def _evaluate_row(t: _Training, val_loader: DataLoader, ctx: DistContext, cfg: ClassificationConfig
+                  ) -> dict[str, float]:
+    row = evaluate(t.model, val_loader, ctx, cfg.amp, cfg.channels_last)
+    if t.ema is not None:
+        row.update({f"ema_{k}": v for k, v in evaluate(t.ema.module, val_loader, ctx, cfg.amp,
+                                                        cfg.channels_last).items()})
+    return row
+
+
+def _run(cfg: ClassificationConfig, ctx: DistContext, package: str,
+         on_epoch_end: EpochHook | None) -> dict[str, Any]:
+    seed_everything(cfg.seed, ctx.rank)
+    resume_state = load_checkpoint(cfg.resume, package=package, required=_STATE_KEYS) if cfg.resume else None
+    out_dir = resolve_run_dir(package, cfg.name or "default", cfg.output_dir, cfg.resume)
+    claim_run_dir(out_dir, package, config_to_dict(cfg), resume=resume_state is not None, is_main=ctx.is_main)
+    logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
+    if ctx.is_main:
+        save_config(cfg, out_dir / "config.yaml")
+    logger.info(f"run folder {out_dir} | {ctx.world_size} process(es) on {ctx.device}")
+
+    train_loader, val_loader, found_classes = build_loaders(cfg.data, ctx, cfg.seed)
+    t = _build_training(cfg, ctx, cfg.num_classes or found_classes, len(train_loader), logger)
+    if not cfg.pretrained and resume_state is None:
+        logger.info(f"{cfg.model}: random initialisation (no pretrained file given)")
 
     start_epoch, step, best = 0, 0, {"top1": -math.inf, "epoch": -1}
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        if ema is not None and resume_state["ema"] is not None:
-            ema.module.load_state_dict(resume_state["ema"])
+        restore_training_state(resume_state, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
+                               scaler=t.scaler, ema=t.ema.module if t.ema is not None else None)
         start_epoch, step, best = resume_state["epoch"] + 1, resume_state["step"], resume_state["best"]
-        restore_rng_state(resume_state["rng"])
         logger.info(f"resumed from {cfg.resume} at epoch {start_epoch}, step {step}")
 
-    train_model: nn.Module = model
+    train_model: nn.Module = t.model
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+            t.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
 
@@ -462,18 +466,22 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name:
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.sampler.set_epoch(epoch)
         train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # worker seeds: a function of the epoch
-        stats, step = train_one_epoch(train_model, train_loader, optimizer, scheduler, criterion, ctx, epoch, step,
-                                      cfg, logger, scaler, ema, mixup)
-        row = {**stats, **evaluate(model, val_loader, ctx, cfg.amp, cfg.channels_last)}
-        if ema is not None:
-            row.update({f"ema_{k}": v for k, v in evaluate(ema.module, val_loader, ctx, cfg.amp,
-                                                            cfg.channels_last).items()})
-        score = row["ema_top1"] if ema is not None else row["top1"]
-        is_best = score > best["top1"]
-        if is_best:
-            best = {"top1": score, "epoch": epoch}
-        if ctx.is_main:
-            state = _training_state(model, optimizer, scheduler, scaler, ema, epoch, step, cfg, best, package)
+        stats, step = train_one_epoch(train_model, train_loader, t.optimizer, t.scheduler, t.criterion, ctx, epoch,
+                                      step, cfg, logger, t.scaler, t.ema, t.mixup)
+        last = epoch == cfg.epochs - 1
+        is_best = False
+        row = dict(stats)
+        if last or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0):
+            row.update(_evaluate_row(t, val_loader, ctx, cfg))
+            score = row["ema_top1"] if t.ema is not None else row["top1"]
+            is_best = score > best["top1"]
+            if is_best:
+                best = {"top1": score, "epoch": epoch}
+        if ctx.is_main and (last or is_best or (cfg.checkpoint_interval
+                                                and (epoch + 1) % cfg.checkpoint_interval == 0)):
+            state = training_state(package, cfg, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
+                                   scaler=t.scaler, ema=t.ema.module if t.ema is not None else None, epoch=epoch,
+                                   step=step, best=best)
             save_last_and_best(state, out_dir, is_best)
         logger.log_epoch(epoch, row)
         if on_epoch_end is not None:
@@ -485,7 +493,7 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, config_name:
         "last": {k: v for k, v in row.items() if "top" in k or "loss" in k},
         "best_top1": best["top1"],
         "best_epoch": best["epoch"],
-        "evaluated": "ema" if ema is not None else "raw",
+        "evaluated": "ema" if t.ema is not None else "raw",
         "run_dir": str(out_dir),
     }
     logger.write_metrics(metrics)
@@ -524,13 +532,17 @@ def evaluate_checkpoint(cfg: ClassificationConfig, checkpoint: str | Path, packa
         cleanup_distributed()
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`python -m shared.classification --model NAME --data.root DIR ...`: any timm model on any ImageFolder set."""
+def parse_args(argv: list[str] | None = None) -> ClassificationConfig:
+    """The config of ``python -m shared.classification --model NAME --data.root DIR ...``."""
     from shared.config import parse_config
 
-    cfg = parse_config(ClassificationConfig, argv, description="Supervised classification of a timm model.")
-    return run_classification(cfg, package="classification", config_name=cfg.model or "model")
+    return parse_config(ClassificationConfig, argv, description="Supervised classification of a timm model.")
+
+
+def main(cfg: ClassificationConfig) -> dict[str, Any]:
+    """Any timm model on any ImageFolder set."""
+    return run_classification(cfg, package="classification")
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -35,13 +35,17 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 __all__ = [
+    "AmpMode",
     "ConfigError",
+    "DeviceName",
+    "RunConfig",
     "build_parser",
     "config_from_dict",
     "config_name",
     "config_to_dict",
     "load_yaml",
     "parse_config",
+    "parse_eval_config",
     "save_config",
 ]
 
@@ -52,6 +56,45 @@ _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 class ConfigError(ValueError):
     """An invalid configuration: unknown key, wrong type, unreadable file."""
+
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+AmpMode = Literal["off", "bf16", "fp16"]
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The run-level settings every training config inherits, one name each in every package.
+
+    A package's config is ``@dataclass class TrainConfig(RunConfig): ...``; it may change a default by declaring
+    the field again (e.g. ``log_interval: int = 20``) but never adds another name for one of these settings.
+    ``eval_interval`` and ``checkpoint_interval`` count the loop's own unit (epochs or iterations, said in the
+    package's help text); 0 means "only at the end".
+    """
+
+    output_dir: str | None = dataclasses.field(default=None, metadata={
+        "help": "run folder (default runs/<package>/<name>/<time>)"})
+    name: str | None = dataclasses.field(default=None, metadata={
+        "help": "run name, the middle part of the default run folder (default: the -c file's stem, else 'default')"})
+    resume: str | None = dataclasses.field(default=None, metadata={"help": "last.pt of a run to continue"})
+    seed: int = 0
+    device: DeviceName = dataclasses.field(default="auto", metadata={"help": "auto: cuda when available"})
+    amp: AmpMode = dataclasses.field(default="off", metadata={"help": "mixed precision: off, bf16 or fp16"})
+    threads: int | None = dataclasses.field(default=None, metadata={
+        "help": "torch intra-op CPU threads (null: torch's default)"})
+    log_interval: int = dataclasses.field(default=50, metadata={"help": "progress/log line every N steps"})
+    eval_interval: int = dataclasses.field(default=0, metadata={"help": "evaluate every N epochs/iterations "
+                                                                        "(0: at the end)"})
+    checkpoint_interval: int = dataclasses.field(default=1, metadata={
+        "help": "write last.pt every N epochs/iterations (and at the end)"})
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("log_interval", "eval_interval", "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key '{name}' must be >= 0, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"config key 'threads' must be >= 1 or null, got {self.threads}")
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -87,8 +130,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
-        if value in get_args(tp):
+        if value in get_args(tp) and not (isinstance(value, bool) and True not in get_args(tp)):
             return value
+        if value is False and "off" in get_args(tp):
+            return "off"  # YAML 1.1 reads a bare `off` as false
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -190,10 +235,39 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+BASE_KEY = "_base_"
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``; nested mappings merge key by key, everything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) \
+            else value
+    return out
+
+
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping; a missing file, a syntax error, a key given twice or a non-mapping top level is a
-    `ConfigError`."""
+    `ConfigError`.
+
+    A file may start with ``_base_: other.yaml`` (a path relative to the file): the base is read first (bases may
+    have bases; a cycle is an error) and this file's keys are merged on top of it, nested sections key by key.
+    """
     path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"config files include each other in a cycle: {cycle}")
+    data = _read_yaml_mapping(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: {BASE_KEY} must be a file name, got {base!r}")
+    return _merge(load_yaml(path.parent / base, (*_chain, path.resolve())), data)
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -318,7 +392,7 @@ def config_name(argv: Sequence[str] | None = None, default: str = "default") -> 
 
 
 def parse_config(schema: type[T], argv: Sequence[str] | None = None, description: str | None = None,
-                 default_config: str | Path | None = None) -> T:
+                 default_config: str | Path | None = None, base_values: Mapping[str, Any] | None = None) -> T:
     """Resolve a config from defaults, an optional YAML file and command-line flags (CLI > YAML > defaults).
 
     Args:
@@ -327,7 +401,9 @@ def parse_config(schema: type[T], argv: Sequence[str] | None = None, description
         description: text for `--help`.
         default_config: YAML file used when `-c/--config` is not given (e.g. the package's configs/default.yaml).
             A ``-c`` file replaces it (it does not layer on top of it): keys the ``-c`` file omits take the
-            dataclass defaults, so a recipe file is complete on its own.
+            dataclass defaults (or its ``_base_`` file's values), so a recipe file is complete on its own.
+        base_values: values that stand in for the YAML file when no ``-c`` is given (e.g. the config stored in a
+            checkpoint, see :func:`parse_eval_config`).
 
     Raises:
         SystemExit: with argparse's usage message, listing the valid keys, on an unknown command-line flag;
@@ -338,9 +414,12 @@ def parse_config(schema: type[T], argv: Sequence[str] | None = None, description
     if unknown:
         valid = ", ".join("--" + k for k, *_ in _flat_fields(schema))
         parser.error(f"unknown argument(s) {' '.join(unknown)}; valid config keys: {valid}")
-    yaml_path = args.config if args.config is not None else default_config
+    yaml_path = args.config if args.config is not None else (None if base_values is not None else default_config)
     try:
-        cfg = config_from_dict(schema, load_yaml(yaml_path)) if yaml_path is not None else schema()
+        if yaml_path is not None:
+            cfg = config_from_dict(schema, load_yaml(yaml_path))
+        else:
+            cfg = config_from_dict(schema, base_values) if base_values is not None else schema()
         overrides = {}
         for key, tp, _, _ in _flat_fields(schema):
             dest = key.replace(".", "__")
@@ -357,8 +436,24 @@ def parse_config(schema: type[T], argv: Sequence[str] | None = None, description
                 else:
                     value = raw
                 overrides[key] = value
-        return config_from_dict(schema, _nest(overrides), base=cfg)
+        cfg = config_from_dict(schema, _nest(overrides), base=cfg)
+        if isinstance(cfg, RunConfig) and cfg.name is None:
+            cfg = dataclasses.replace(cfg, name=Path(args.config).stem if args.config else "default")
+        return cfg
     except ConfigError as err:
         parser.error(str(err))
     raise AssertionError("unreachable")  # parser.error exits
 
+
+def parse_eval_config(schema: type[T], stored: Mapping[str, Any], argv: Sequence[str] | None = None,
+                      description: str | None = None, ignore: Sequence[str] = ()) -> T:
+    """The config of an evaluation: the training config stored in a checkpoint, then ``-c`` / ``--key`` overrides.
+
+    Args:
+        schema: the training config dataclass.
+        stored: ``checkpoint["config"]`` (a plain nested dict).
+        argv: command-line arguments (the caller removes its own, e.g. ``--checkpoint``).
+        ignore: top-level keys of ``stored`` to drop first (e.g. a field a newer version removed).
+    """
+    values = {k: v for k, v in stored.items() if k not in ignore}
+    return parse_config(schema, argv, description, base_values=values)

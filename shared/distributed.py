@@ -53,10 +53,10 @@ def init_distributed(device: str | None = None, backend: str | None = None) -> D
     """Initialise the default process group when launched by torchrun, else return a single-process context.
 
     Args:
-        device: "cuda", "cpu" or None (CUDA when available).
+        device: "cuda", "cpu", or "auto" / None (CUDA when available).
         backend: process-group backend; default nccl on CUDA, gloo on CPU.
     """
-    want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
     if want_cuda and not torch.cuda.is_available():
         raise RuntimeError(f"device '{device}' requested but CUDA is not available to torch")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-__all__ = ["single_torch_thread", "torch_threads"]
+__all__ = ["assert_same_tensors", "single_torch_thread", "torch_threads", "write_tiny_imagefolder"]
 
 
 @contextmanager
@@ -36,3 +40,34 @@ def single_torch_thread() -> Iterator[None]:
     """Autouse fixture: every test of the importing conftest's folder runs on one intra-op thread."""
     with torch_threads(1):
         yield
+
+
+def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
+    """Assert that two nested states (dicts, lists, tensors, numbers) are equal to the bit; names the first
+    difference (e.g. ``.model.head.weight``)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"tensor differs at {where}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"keys differ at {where}"
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"length differs at {where}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{a!r} != {b!r} at {where}"
+
+
+def write_tiny_imagefolder(root: Path, train_per_class: int = 16, val_per_class: int = 4, size: int = 24,
+                           seed: int = 0) -> Path:
+    """Two colour classes (reddish, bluish) in the ImageFolder layout ``root/{train,val}/class{0,1}/*.png``."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, 3)) + np.array(colour) * rng.uniform(0.6, 1.0)
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root

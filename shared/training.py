@@ -26,7 +26,7 @@ __all__ = [
     "warmup_cosine_schedule",
 ]
 
-AmpDtype = Literal["none", "bf16", "fp16"]
+AmpDtype = Literal["off", "bf16", "fp16"]  # the values of shared.config.RunConfig.amp
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -112,15 +112,17 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
     scaler.update()
 
 
-def autocast(device: torch.device, amp: AmpDtype = "none") -> contextlib.AbstractContextManager:
-    """`torch.autocast` for bf16/fp16, a no-op context for "none"."""
-    if amp == "none":
+def autocast(device: torch.device, amp: AmpDtype = "off") -> contextlib.AbstractContextManager:
+    """`torch.autocast` for bf16/fp16, a no-op context for "off"."""
+    if amp in ("off", "none"):  # TRANSITION: "none" until every package says "off"
         return contextlib.nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be 'off', 'bf16' or 'fp16', got {amp!r}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_grad_scaler(device: torch.device, amp: AmpDtype = "none") -> torch.amp.GradScaler:
+def make_grad_scaler(device: torch.device, amp: AmpDtype = "off") -> torch.amp.GradScaler:
     """A GradScaler that is active only for fp16 (bf16 and fp32 need none); its state goes into checkpoints."""
     return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
 

@@ -1,5 +1,6 @@
 """Official checkpoint loading: synthetic checkpoints with the official keys and shapes, in every accepted layout,
 through load_official_checkpoint and through timm's pretrained machinery (offline)."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -8,7 +9,15 @@ import timm
 import torch
 
 import emo  # noqa: F401  (registers the models)
-from emo.weights import checkpoint_filter_fn, load_official_checkpoint, unwrap_state_dict
+from emo.weights import (
+    OFFICIAL_CHECKPOINT_GIT_SHA1,
+    OFFICIAL_CHECKPOINTS,
+    checkpoint_filter_fn,
+    git_blob_sha1,
+    load_official_checkpoint,
+    official_cache_file_name,
+    unwrap_state_dict,
+)
 
 OFFICIAL_SHAPES = Path(__file__).resolve().parent / 'data' / 'emo_official_state_dict_shapes.json'
 
@@ -123,3 +132,116 @@ def test_weights_only_rejects_pickled_objects(tmp_path):
 def test_missing_file_names_the_official_location(tmp_path):
     with pytest.raises(FileNotFoundError, match='zhangzjn/EMO'):
         load_official_checkpoint(timm.create_model('emo_test'), tmp_path / 'absent.pth')
+
+
+# ---- pretrained=True without a local file: verified download, one cache file per variant (no network) ------------
+
+
+def _git_hash_object(data: bytes) -> str:
+    """Independent of emo.weights: what ``git hash-object`` prints for a file holding ``data``."""
+    return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+
+
+class FakeDownload:
+    """Stands in for ``torch.hub.download_url_to_file`` (which timm's URL loading and emo's download both call):
+    writes the bytes registered for a URL and records each call."""
+
+    def __init__(self, files_by_url):
+        self.files_by_url = files_by_url
+        self.calls = []
+
+    def __call__(self, url, dst, hash_prefix=None, progress=True):
+        self.calls.append((url, Path(dst).name))
+        Path(dst).write_bytes(self.files_by_url[url])
+
+
+def _checkpoint_bytes(shapes, seed, tmp_path):
+    path = tmp_path / f'source_{seed}.pth'
+    torch.save(synthetic_checkpoint(shapes, seed=seed), path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    """An empty torch hub folder (timm's cache is <hub>/checkpoints) and no Hugging Face access."""
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    hub = tmp_path / 'hub'
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(hub))
+    return hub
+
+
+def test_git_blob_sha1_matches_git_hash_object(tmp_path):
+    for data, known in [(b'', 'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391'),
+                        (b'hello\n', 'ce013625030ba8dba906f756967f9e9ca394464a')]:  # `git hash-object` of each
+        path = tmp_path / 'f'
+        path.write_bytes(data)
+        assert git_blob_sha1(path) == known == _git_hash_object(data)
+    # the published checksums are 40-digit git object ids, one per variant, all different
+    assert set(OFFICIAL_CHECKPOINT_GIT_SHA1) == set(OFFICIAL_CHECKPOINTS)
+    assert len(set(OFFICIAL_CHECKPOINT_GIT_SHA1.values())) == 4
+    assert all(len(h) == 40 and int(h, 16) >= 0 for h in OFFICIAL_CHECKPOINT_GIT_SHA1.values())
+
+
+def test_pretrained_download_is_verified_and_cached_per_variant(official_shapes, hub_dir, tmp_path, monkeypatch):
+    # EMO-1M and EMO-2M: the pair that collided in timm's shared `net.pth` cache entry
+    variants = ['emo_1m', 'emo_2m']
+    checkpoints = {v: synthetic_checkpoint(official_shapes[v], seed=i) for i, v in enumerate(variants)}
+    files = {}
+    for v in variants:
+        torch.save(checkpoints[v], tmp_path / 'source.pth')
+        files[OFFICIAL_CHECKPOINTS[v]] = (tmp_path / 'source.pth').read_bytes()
+        # stand-in for the published checksum, which a synthetic file cannot have
+        monkeypatch.setitem(OFFICIAL_CHECKPOINT_GIT_SHA1, v, _git_hash_object(files[OFFICIAL_CHECKPOINTS[v]]))
+    download = FakeDownload(files)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    for v in variants:
+        assert_loaded(timm.create_model(v, pretrained=True), checkpoints[v])
+    assert [url for url, _ in download.calls] == [OFFICIAL_CHECKPOINTS[v] for v in variants]
+    cached = sorted(p.name for p in (hub_dir / 'checkpoints').iterdir())
+    assert cached == [official_cache_file_name(v) for v in variants]
+    assert len({official_cache_file_name(v) for v in OFFICIAL_CHECKPOINTS}) == 4
+    assert all(official_cache_file_name(v).startswith(f'{v}_in1k-') for v in OFFICIAL_CHECKPOINTS)
+    # a second load reads the verified cache, without downloading again
+    model = timm.create_model('emo_2m', pretrained=True, num_classes=10)
+    assert len(download.calls) == 2
+    torch.testing.assert_close(model.stage4[1].qk.conv.weight, checkpoints['emo_2m']['stage4.1.qk.conv.weight'])
+    # timm's cache_dir argument is honoured
+    other = tmp_path / 'other_cache'
+    timm.create_model('emo_1m', pretrained=True, cache_dir=other)
+    assert [p.name for p in other.iterdir()] == [official_cache_file_name('emo_1m')]
+
+
+def test_download_with_wrong_checksum_is_rejected(official_shapes, hub_dir, tmp_path, monkeypatch):
+    url = OFFICIAL_CHECKPOINTS['emo_1m']
+    download = FakeDownload({url: _checkpoint_bytes(official_shapes['emo_1m'], 0, tmp_path)})
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    with pytest.raises(RuntimeError, match='checksum mismatch') as error:
+        timm.create_model('emo_1m', pretrained=True)
+    message = str(error.value)
+    assert url in message and OFFICIAL_CHECKPOINT_GIT_SHA1['emo_1m'] in message
+    assert official_cache_file_name('emo_1m') in message
+    assert len(download.calls) == 1
+    # nothing unverified stays in the cache: a retry downloads again
+    assert list((hub_dir / 'checkpoints').iterdir()) == []
+
+
+def test_corrupt_cached_file_is_reported_not_loaded(hub_dir, monkeypatch):
+    cache = hub_dir / 'checkpoints'
+    cache.mkdir(parents=True)
+    (cache / official_cache_file_name('emo_5m')).write_bytes(b'truncated')
+    download = FakeDownload({})
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    with pytest.raises(RuntimeError, match=f'cached checkpoint is corrupt.*{official_cache_file_name("emo_5m")}'):
+        timm.create_model('emo_5m', pretrained=True)
+    assert download.calls == []
+
+
+def test_local_file_never_downloads(official_shapes, hub_dir, tmp_path, monkeypatch):
+    download = FakeDownload({})
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    sd = synthetic_checkpoint(official_shapes['emo_6m'], seed=5)
+    path = tmp_path / 'net.pth'
+    torch.save(sd, path)
+    model = timm.create_model('emo_6m', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert_loaded(model, sd)
+    assert download.calls == [] and not (hub_dir / 'checkpoints').exists()

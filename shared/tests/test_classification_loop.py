@@ -8,14 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from timm.models import register_model
 
 from shared.checkpoint import load_checkpoint
 from shared.classification import ClassificationConfig, DataConfig, run_classification
+from shared.testing import assert_same_tensors, write_tiny_imagefolder
 from shared.training import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,16 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
     """Two colour classes, 16 train + 4 val images each, 24x24 px."""
-    root = tmp_path_factory.mktemp("imagefolder")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("val", 4)):
-        for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (24, 24, 3)) + np.array(colour) * rng.uniform(0.6, 1.0)
-                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i}.png")
-    return root
+    return write_tiny_imagefolder(tmp_path_factory.mktemp("imagefolder"))
 
 
 def tiny_cfg(root: Path, out: Path, **kw) -> ClassificationConfig:
@@ -43,20 +33,6 @@ def tiny_cfg(root: Path, out: Path, **kw) -> ClassificationConfig:
                                 lr_base_batch=8, ema_decay=0.9, output_dir=str(out), tensorboard=False,
                                 log_interval=1, device="cpu", drop_path=0.1)
     return dataclasses.replace(base, **kw)
-
-
-def assert_same_tensors(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"tensor differs at {where}"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same_tensors(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_tensors(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 class Killed(Exception):

@@ -32,6 +32,7 @@ from shared.logger import RunDirError, claim_run_dir, make_run_dir
 from shared.metrics import coco_evaluate
 from shared.noisy.data import load_cifar, noisy_labels_for
 from shared.synthetic import write_cifar
+from shared.testing import write_tiny_imagefolder
 from shared.training import NonFiniteLossError, check_finite_parameters, make_grad_scaler, optimizer_step
 
 
@@ -146,16 +147,7 @@ def test_a_text_file_or_a_foreign_checkpoint_is_not_a_checkpoint(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("imagefolder")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
-        for c, colour in enumerate(((200, 40, 40), (40, 40, 200))):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (16, 16, 3)) + np.array(colour)
-                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
+    return write_tiny_imagefolder(tmp_path_factory.mktemp("imagefolder"), train_per_class=8, size=16)
 
 
 def _tiny_cfg(root: Path, out: Path, **kw) -> ClassificationConfig:

@@ -1,0 +1,282 @@
+"""COCO-format detection data and evaluation shared by the detection packages (emo's RetinaNet, mixteacher's Faster
+R-CNN; calibrated_teacher and pvg next).
+
+* :class:`CocoDetection`: images and boxes of one ``instances_*.json`` (mmdet's ``CocoDataset`` filtering).
+* :class:`CocoImages`: only the images of a json (an unlabeled pool).
+* :class:`GroupedDistributedSampler`: mmdet's aspect-ratio grouped sampler.
+* :func:`sharded_loader`: every evaluation image once over the ranks.
+* :func:`coco_detections` + :func:`evaluate_detections`: model outputs -> COCO results, gathered from every rank
+  and scored once with pycocotools; :func:`coco_summary`: the paper-style one-line summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+from pycocotools.coco import COCO
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision.transforms.functional import pil_to_tensor
+
+from shared.distributed import DistContext
+from shared.metrics import coco_evaluate
+
+__all__ = [
+    "COCO_LAYOUT",
+    "COCO_METRIC_KEYS",
+    "CocoDetection",
+    "CocoImages",
+    "GroupedDistributedSampler",
+    "coco_detections",
+    "coco_summary",
+    "detection_collate",
+    "evaluate_detections",
+    "load_coco",
+    "read_image",
+    "sharded_loader",
+]
+
+COCO_LAYOUT = ("<root>/train2017/*.jpg, <root>/val2017/*.jpg, <root>/annotations/instances_train2017.json, "
+               "<root>/annotations/instances_val2017.json")
+COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _missing(path: Path, what: str, layout: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} not found: {path}. Expected the layout {layout} (see `python -m shared.datasets info coco2017`), "
+        "or set data.synthetic=true for the embedded synthetic set.")
+
+
+def load_coco(annotation_file: str | Path, layout: str = COCO_LAYOUT) -> COCO:
+    """A pycocotools ``COCO`` of ``annotation_file``; a missing or malformed file is an error naming it."""
+    annotation_file = Path(annotation_file)
+    if not annotation_file.is_file():
+        raise _missing(annotation_file, "COCO annotation file", layout)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its loading progress
+        try:
+            return COCO(str(annotation_file))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{annotation_file} is not a COCO instances file: {err!r}") from err
+
+
+def read_image(path: Path, info: dict[str, Any]) -> torch.Tensor:
+    """An RGB image as float (3, H, W) in [0, 1]; an unreadable file or a size other than the json's is an error."""
+    try:
+        with Image.open(path) as img:
+            image = img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise RuntimeError(f"cannot read image {path}: {err}") from err
+    if "width" in info and image.size != (info["width"], info["height"]):
+        raise ValueError(f"{path} is {image.size[0]}x{image.size[1]} but its json says {info['width']}x"
+                         f"{info['height']}")
+    return pil_to_tensor(image).float().div_(255)
+
+
+class CocoDetection(Dataset):
+    """Images and boxes of one COCO split (``instances_*.json`` + its image folder), mmdet ``CocoDataset`` filtering.
+
+    Args:
+        image_dir: folder of the split's images.
+        annotation_file: the split's ``instances_*.json``.
+        train: leave out images without a usable box (``filter_empty_gt``) and, with ``min_size``, images whose
+            shorter side is below it; evaluation keeps every image.
+        label_offset: label of the first category: 0 for heads without a background class (RetinaNet), 1 for
+            Faster R-CNN (0 = background).
+        categories: category ids in label order (default: every id of the json, sorted).
+        min_size: smallest image side kept for training (mmdet ``min_size=32`` in RetinaNet configs; 0: none).
+        drop_outside: also drop boxes with no overlap with the image or a non-positive ``area`` (mmdet's
+            ``_parse_ann_info``); boxes under 1 px wide or high and crowd/ignore boxes are always dropped.
+        hflip: probability of a horizontal flip in ``__getitem__`` (training; mmdet ``RandomFlip``).
+        layout: the expected layout, named in missing-file errors.
+
+    Items are ``(image, target)``: a float (3, H, W) tensor in [0, 1] and ``{"boxes": (n, 4) xyxy float32,
+    "labels": (n,) int64, "image_id": int}``.
+    """
+
+    def __init__(self, image_dir: str | Path, annotation_file: str | Path, train: bool = False,
+                 label_offset: int = 0, categories: Sequence[int] | None = None, min_size: int = 0,
+                 drop_outside: bool = False, hflip: float = 0.0, layout: str = COCO_LAYOUT):
+        self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
+        self.coco = load_coco(self.annotation_file, layout)
+        if not self.image_dir.is_dir():
+            raise _missing(self.image_dir, "COCO image folder", layout)
+        self.cat_ids = list(categories) if categories is not None else sorted(self.coco.getCatIds())
+        self.category_names = [self.coco.cats[c]["name"] if c in self.coco.cats else str(c) for c in self.cat_ids]
+        self.label_offset = label_offset
+        self.label_of = {c: i + label_offset for i, c in enumerate(self.cat_ids)}
+        self.train, self.hflip, self.drop_outside = train, hflip, drop_outside
+        ids = sorted(self.coco.getImgIds())
+        if train:
+            imgs = self.coco.imgs
+            ids = [i for i in ids if min(imgs[i]["width"], imgs[i]["height"]) >= min_size and len(self.boxes(i)[0])]
+        self.ids = ids
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def aspect_groups(self) -> list[int]:
+        """1 for landscape images (width > height), 0 otherwise: mmdet's grouping flag."""
+        return [int(self.coco.imgs[i]["width"] > self.coco.imgs[i]["height"]) for i in self.ids]
+
+    def boxes(self, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The usable boxes (xyxy float32) and labels of an image."""
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and not a.get("ignore")]
+        for ann in anns:
+            if ann["category_id"] not in self.label_of:
+                raise ValueError(f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
+                                 f"{ann['category_id']}, which is not in 'categories'")
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
+        keep = (xywh[:, 2] >= 1) & (xywh[:, 3] >= 1)
+        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        if self.drop_outside:
+            info = self.coco.imgs[image_id]
+            inside_w = boxes[:, 2].clamp(max=info["width"]) - boxes[:, 0].clamp(min=0)
+            inside_h = boxes[:, 3].clamp(max=info["height"]) - boxes[:, 1].clamp(min=0)
+            area = torch.tensor([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=torch.float64)
+            keep &= (inside_w.clamp(min=0) * inside_h.clamp(min=0) > 0) & (area > 0)
+        return boxes[keep], labels[keep]
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(image, boxes, labels, image id) without augmentation."""
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        boxes, labels = self.boxes(image_id)
+        return read_image(self.image_dir / info["file_name"], info), boxes, labels, image_id
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image, boxes, labels, image_id = self.load(index)
+        if self.train and self.hflip > 0 and torch.rand(()).item() < self.hflip:
+            width = image.shape[-1]
+            image = image.flip(-1)
+            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        return image, {"boxes": boxes, "labels": labels, "image_id": image_id}
+
+
+class CocoImages(Dataset):
+    """The images of a COCO json (``images`` list only, annotations ignored): an unlabeled pool."""
+
+    def __init__(self, image_dir: str | Path, annotation_file: str | Path, exclude_ids: set[int] | None = None,
+                 layout: str = COCO_LAYOUT):
+        self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
+        if not self.annotation_file.is_file():
+            raise _missing(self.annotation_file, "image list json", layout)
+        if not self.image_dir.is_dir():
+            raise _missing(self.image_dir, "image folder", layout)
+        with open(self.annotation_file) as f:
+            images = json.load(f).get("images")
+        if not isinstance(images, list):
+            raise ValueError(f"{self.annotation_file} has no 'images' list")
+        self.images = [im for im in images if not exclude_ids or im["id"] not in exclude_ids]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        info = self.images[index]
+        return read_image(self.image_dir / info["file_name"], info), info["id"]
+
+
+def detection_collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list, list]:
+    """Lists of images and targets (torchvision detection models take lists)."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+class GroupedDistributedSampler(Sampler[int]):
+    """mmdet's ``DistributedGroupSampler``: every batch holds images of one aspect group (landscape or not).
+
+    Per epoch, with a generator seeded by ``seed + epoch``: each group is shuffled and padded by repetition to a
+    multiple of ``samples_per_gpu * num_replicas``, the concatenation is cut into batches of ``samples_per_gpu`` whose
+    order is shuffled, and rank r takes the r-th contiguous share. Use with ``DataLoader(batch_size=samples_per_gpu,
+    shuffle=False)``. One process is ``num_replicas=1, rank=0``.
+    """
+
+    def __init__(self, groups: Sequence[int], samples_per_gpu: int, num_replicas: int = 1, rank: int = 0,
+                 seed: int = 0):
+        if not groups:
+            raise ValueError("GroupedDistributedSampler: empty dataset")
+        self.groups = torch.as_tensor(list(groups), dtype=torch.int64)
+        self.samples_per_gpu = samples_per_gpu
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+        chunk = samples_per_gpu * num_replicas
+        self.total_size = sum(math.ceil(int(n) / chunk) * chunk for n in torch.bincount(self.groups) if n > 0)
+        self.num_samples = self.total_size // num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        chunk = self.samples_per_gpu * self.num_replicas
+        indices: list[int] = []
+        for group in torch.unique(self.groups).tolist():
+            members = torch.nonzero(self.groups == group).flatten()
+            members = members[torch.randperm(len(members), generator=gen)].tolist()
+            padded = math.ceil(len(members) / chunk) * chunk
+            indices += (members * math.ceil(padded / len(members)))[:padded]
+        batches = torch.randperm(len(indices) // self.samples_per_gpu, generator=gen).tolist()
+        indices = [indices[b * self.samples_per_gpu + j] for b in batches for j in range(self.samples_per_gpu)]
+        offset = self.num_samples * self.rank
+        return iter(indices[offset:offset + self.num_samples])
+
+
+def sharded_loader(dataset: Dataset, batch_size: int, ctx: DistContext, workers: int = 0) -> DataLoader:
+    """Every image of ``dataset`` exactly once over the ranks (rank r takes images r, r + world_size, ...).
+
+    The loader has its own generator, so creating its iterator draws nothing from the global RNG (exact resume)."""
+    shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=detection_collate, pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
+
+
+def coco_detections(outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[str, Any]],
+                    cat_ids: Sequence[int], label_offset: int = 0) -> list[dict[str, Any]]:
+    """COCO results (xywh boxes, COCO category ids) of a batch of torchvision-style outputs (xyxy boxes, labels
+    counted from ``label_offset``)."""
+    detections = []
+    for output, target in zip(outputs, targets):
+        boxes = output["boxes"].float().cpu()
+        boxes[:, 2:] -= boxes[:, :2]
+        cats = [cat_ids[int(label) - label_offset] for label in output["labels"].cpu()]
+        detections += [{"image_id": target["image_id"], "category_id": c, "bbox": b, "score": s}
+                       for b, s, c in zip(boxes.tolist(), output["scores"].float().cpu().tolist(), cats)]
+    return detections
+
+
+def evaluate_detections(detections: list[dict[str, Any]], coco: COCO, ctx: DistContext) -> dict[str, Any]:
+    """Gather every rank's detections, score them once with pycocotools on rank 0 and give every rank the result
+    (fractions, as :func:`shared.metrics.coco_evaluate`, plus ``num_detections``)."""
+    if ctx.distributed:
+        gathered: list[Any] = [None] * ctx.world_size
+        dist.all_gather_object(gathered, detections)
+        detections = [d for part in gathered for d in part]
+    result: list[Any] = [coco_evaluate(coco, detections) if ctx.is_main else None]
+    if ctx.distributed:
+        dist.broadcast_object_list(result, src=0)
+    metrics = result[0]
+    metrics["num_detections"] = len(detections)
+    return metrics
+
+
+def coco_summary(metrics: dict[str, Any], keys: Sequence[str] = COCO_METRIC_KEYS) -> str:
+    """``AP 34.4  AP50 54.2 ...`` in percent, as the papers' tables (``n/a`` for a NaN entry)."""
+    return "  ".join(f"{k} {100 * metrics[k]:.1f}" if metrics[k] == metrics[k] else f"{k} n/a" for k in keys)
