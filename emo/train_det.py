@@ -122,7 +122,7 @@ class DetectionConfig:
     score_thresh: float = 0.05
     detections_per_img: int = 100
     eval_interval: int = field(default=1, metadata={'help': 'evaluate every n epochs (and after the last)'})
-    amp: AmpDtype = 'none'
+    amp: AmpDtype = 'off'
     device: str | None = field(default=None, metadata={'help': 'cuda / cpu (default: cuda when available)'})
     torch_threads: int | None = field(default=None, metadata={
         'help': "intra-op CPU threads of each process (torch.set_num_threads); null: PyTorch's default"})
@@ -251,7 +251,7 @@ def val_loader(dataset: CocoDetectionDataset, cfg: DetDataConfig, ctx: DistConte
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoDetectionDataset, ctx: DistContext,
-             amp: AmpDtype = 'none') -> dict[str, Any]:
+             amp: AmpDtype = 'off') -> dict[str, Any]:
     """COCO bbox metrics of ``model`` on ``dataset`` (fractions, as ``shared.metrics.coco_evaluate`` returns them).
 
     Detections (boxes in original image coordinates, xywh, COCO category ids) are gathered from every rank and

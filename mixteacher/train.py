@@ -131,7 +131,7 @@ class TrainConfig:
     report_scale: str = field(default="regular", metadata={"help": "teacher scale of the headline AP numbers"})
     compare_supervised: bool = field(default=False, metadata={
         "help": "after training, run the supervised-only baseline of the same length and print both"})
-    amp: AmpDtype = "none"
+    amp: AmpDtype = "off"
     device: str | None = None
     torch_threads: int | None = None
     find_unused_parameters: bool = True
@@ -270,7 +270,7 @@ def val_loader(dataset: CocoDetection, cfg: DataConfig, ctx: DistContext) -> Dat
 
 @torch.no_grad()
 def evaluate(model: MixedScaleFasterRCNN, loader: DataLoader, dataset: CocoDetection, ctx: DistContext,
-             scale: str = "regular", amp: AmpDtype = "none") -> dict[str, Any]:
+             scale: str = "regular", amp: AmpDtype = "off") -> dict[str, Any]:
     """COCO bbox metrics (pycocotools via ``shared.metrics.coco_evaluate``) of ``model`` at a test scale."""
     was_training = model.training
     model.eval()

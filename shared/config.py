@@ -112,65 +112,80 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _wrong(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    options = get_args(tp)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(value, option, key)
+        except ConfigError:
+            continue
+    raise _wrong(key, _type_name(tp), value)
+
+
+def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
+    options = get_args(tp)
+    if value in options and not (isinstance(value, bool) and True not in options):  # True == 1 in Python
+        return value
+    if value is False and "off" in options:
+        return "off"  # YAML 1.1 reads a bare `off` as false
+    raise _wrong(key, _type_name(tp), value)
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise _wrong(key, "a list", value)
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"config key '{key}': expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    item_tp = args[0] if args else Any
+    items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple or tp is tuple else items
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is float and is_number:
+        return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads `5e-4`, without a dot, as a string
+    if tp is int and is_number and isinstance(value, int):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp not in (bool, float, int, str) and isinstance(tp, type) and isinstance(value, tp):
+        return value
+    expected = {bool: "true/false", float: "a number", int: "an integer", str: "a string"}.get(tp, _type_name(tp))
+    raise _wrong(key, expected, value)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting only where it is lossless (int -> float, list -> tuple)."""
     origin = get_origin(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        return _coerce_union(value, tp, key)
     if origin is Literal:
-        if value in get_args(tp) and not (isinstance(value, bool) and True not in get_args(tp)):
-            return value
-        if value is False and "off" in get_args(tp):
-            return "off"  # YAML 1.1 reads a bare `off` as false
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        return _coerce_literal(value, tp, key)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"config key '{key}': expected {len(args)} values, got {len(value)}: {value!r}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple or tp is tuple else items
+        return _coerce_sequence(value, tp, key)
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise _wrong(key, "a mapping", value)
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)  # PyYAML (YAML 1.1) reads `5e-4`, without a dot, as a string
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    return _coerce_scalar(value, tp, key)
 
 
 def config_from_dict(schema: type[T], values: Mapping[str, Any], base: T | None = None, prefix: str = "") -> T:

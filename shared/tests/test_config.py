@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -5,11 +6,13 @@ import yaml
 
 from shared.config import (
     ConfigError,
+    RunConfig,
     config_from_dict,
     config_name,
     config_to_dict,
     load_yaml,
     parse_config,
+    parse_eval_config,
     save_config,
 )
 
@@ -143,3 +146,50 @@ def test_config_name_is_the_stem_of_the_config_file(monkeypatch):
     assert config_name([], default="retinanet_default") == "retinanet_default"
     monkeypatch.setattr("sys.argv", ["train.py", "-c", "x/voc.yaml"])
     assert config_name() == "voc" and config_name(None) == "voc"
+
+
+# ------------------------------------------------------------------------------------------------ RunConfig, _base_
+@dataclasses.dataclass
+class _Optim:
+    lr: float = 0.1
+    momentum: float = 0.9
+
+
+@dataclasses.dataclass
+class _Train(RunConfig):
+    epochs: int = 3
+    optim: _Optim = dataclasses.field(default_factory=_Optim)
+    log_interval: int = 7  # a package may change a RunConfig default
+
+
+def test_a_recipe_may_start_from_a_base_and_bases_chain(tmp_path):
+    (tmp_path / "root.yaml").write_text("epochs: 5\noptim:\n  lr: 0.5\n  momentum: 0.8\nseed: 3\n")
+    (tmp_path / "mid.yaml").write_text("_base_: root.yaml\noptim:\n  lr: 0.2\n")
+    (tmp_path / "leaf.yaml").write_text("_base_: mid.yaml\nepochs: 9\n")
+    cfg = parse_config(_Train, ["-c", str(tmp_path / "leaf.yaml")])
+    assert (cfg.epochs, cfg.optim.lr, cfg.optim.momentum, cfg.seed, cfg.name) == (9, 0.2, 0.8, 3, "leaf")
+    assert cfg.log_interval == 7 and cfg.amp == "off" and cfg.device == "auto"
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_yaml(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("_base_: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_yaml(tmp_path / "c.yaml")
+
+
+def test_run_config_values_are_validated_and_yaml_off_is_amp_off(tmp_path):
+    (tmp_path / "x.yaml").write_text("amp: off\nthreads: 2\n")
+    cfg = parse_config(_Train, ["-c", str(tmp_path / "x.yaml"), "--device", "cpu"])
+    assert (cfg.amp, cfg.threads, cfg.device) == ("off", 2, "cpu")
+    with pytest.raises(SystemExit):
+        parse_config(_Train, ["--amp", "none"])
+    with pytest.raises(SystemExit):
+        parse_config(_Train, ["--threads", "0"])
+    assert parse_config(_Train, []).name == "default"
+
+
+def test_an_eval_config_starts_from_the_stored_training_config():
+    stored = config_to_dict(parse_config(_Train, ["--epochs", "11", "--optim.lr", "0.3", "--name", "run7"]))
+    cfg = parse_eval_config(_Train, stored, ["--optim.momentum", "0.5"])
+    assert (cfg.epochs, cfg.optim.lr, cfg.optim.momentum, cfg.name) == (11, 0.3, 0.5, "run7")
