@@ -131,6 +131,29 @@ _EYECANDIES_CLASSES = ("CandyCane", "ChocolateCookie", "ChocolatePraline", "Conf
 _IHARMONY4_SUBSETS = ("HCOCO", "HAdobe5k", "HFlickr", "Hday2night")
 
 
+def _cifar_info(classes: int, archive_md5: str, folder: str, files_layout: str,
+                content_md5: tuple[tuple[str, str], ...]) -> DatasetInfo:
+    """CIFAR-10 or CIFAR-100 (python version): one archive, its unpacked batches with their published md5."""
+    archive = f"cifar-{classes}-python.tar.gz"
+    return DatasetInfo(
+        name=f"cifar{classes}",
+        title=f"CIFAR-{classes} (python version)",
+        homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
+        citation="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, tech. report 2009",
+        used_by=("dmlp", "anm", "crema"),
+        size=f"{163 if classes == 10 else 161} MB ({archive})",
+        license="No explicit licence on the homepage; cite the technical report",
+        files=(RemoteFile(archive, f"https://www.cs.toronto.edu/~kriz/{archive}", f"md5:{archive_md5}",
+                          source=_TORCHVISION_CIFAR),),
+        layout=f"<root>/\n  {folder}/\n{files_layout}",
+        required_paths=tuple(f"{folder}/{name}" for name, _ in content_md5),
+        notes=("Read by shared.noisy.load_cifar: each batch is checked against its published md5 (once per process) "
+               "and unpickled with a restricted unpickler that builds only numpy arrays, lists, dicts and strings."),
+        content_files=tuple(RemoteFile(f"{folder}/{name}", None, f"md5:{digest}", source=_TORCHVISION_CIFAR_FILES)
+                            for name, digest in content_md5),
+    )
+
+
 def _registry() -> dict[str, DatasetInfo]:
     entries = [
         DatasetInfo(
@@ -254,69 +277,26 @@ def _registry() -> dict[str, DatasetInfo]:
             notes=("Standard sizes: VOC07 trainval 5,011, VOC12 trainval 11,540, VOC07 test 4,952 images. "
                    "MixTeacher evaluates VOC with the COCO evaluator on COCO-format JSONs it does not ship."),
         ),
-        DatasetInfo(
-            name="cifar10",
-            title="CIFAR-10 (python version)",
-            homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
-            citation="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, tech. report 2009",
-            used_by=("dmlp", "anm", "crema"),
-            size="163 MB (cifar-10-python.tar.gz)",
-            license="No explicit licence on the homepage; cite the technical report",
-            files=(
-                RemoteFile("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                           "md5:c58f30108f718f92721af3b95e74349a", source=_TORCHVISION_CIFAR),
-            ),
-            layout=(
-                "<root>/\n"
-                "  cifar-10-batches-py/\n"
-                "    data_batch_1 ... data_batch_5   (pickled dicts: b'data' uint8 (10000, 3072) RGB planes, "
-                "b'labels', b'filenames', b'batch_label')\n"
-                "    test_batch\n"
-                "    batches.meta                    (b'label_names', b'num_cases_per_batch', b'num_vis')\n"
-                "    readme.html"
-            ),
-            required_paths=tuple(f"cifar-10-batches-py/{n}" for n in
-                                 ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                                  "test_batch", "batches.meta")),
-            notes=("Read by shared.noisy.load_cifar: each batch is checked against its published md5 (once per "
-                   "process) and unpickled with a restricted unpickler that builds only numpy arrays, lists, dicts and "
-                   "strings."),
-            content_files=tuple(
-                RemoteFile(f"cifar-10-batches-py/{name}", None, f"md5:{digest}", source=_TORCHVISION_CIFAR_FILES)
-                for name, digest in (("data_batch_1", "c99cafc152244af753f735de768cd75f"),
-                                     ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
-                                     ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
-                                     ("data_batch_4", "634d18415352ddfa80567beed471001a"),
-                                     ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
-                                     ("test_batch", "40351d587109b95175f43aff81a1287e"),
-                                     ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888"))),
+        _cifar_info(
+            10, "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+            ("    data_batch_1 ... data_batch_5   (pickled dicts: b'data' uint8 (10000, 3072) RGB planes, "
+             "b'labels', b'filenames', b'batch_label')\n"
+             "    test_batch\n"
+             "    batches.meta                    (b'label_names', b'num_cases_per_batch', b'num_vis')\n"
+             "    readme.html"),
+            (("data_batch_1", "c99cafc152244af753f735de768cd75f"), ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+             ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"), ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+             ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"), ("test_batch", "40351d587109b95175f43aff81a1287e"),
+             ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888")),
         ),
-        DatasetInfo(
-            name="cifar100",
-            title="CIFAR-100 (python version)",
-            homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
-            citation="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, tech. report 2009",
-            used_by=("dmlp", "anm", "crema"),
-            size="161 MB (cifar-100-python.tar.gz)",
-            license="No explicit licence on the homepage; cite the technical report",
-            files=(
-                RemoteFile("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                           "md5:eb9058c3a382ffc7106e4002c42a8d85", source=_TORCHVISION_CIFAR),
-            ),
-            layout=(
-                "<root>/\n"
-                "  cifar-100-python/\n"
-                "    train   (pickled dict: b'data' uint8 (50000, 3072), b'fine_labels', b'coarse_labels', "
-                "b'filenames', b'batch_label')\n"
-                "    test    (same keys, 10000 images)\n"
-                "    meta    (b'fine_label_names', b'coarse_label_names')"
-            ),
-            required_paths=("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
-            content_files=tuple(
-                RemoteFile(f"cifar-100-python/{name}", None, f"md5:{digest}", source=_TORCHVISION_CIFAR_FILES)
-                for name, digest in (("train", "16019d7e3df5f24257cddd939b257f8d"),
-                                     ("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
-                                     ("meta", "7973b15100ade9c7d40fb424638fde48"))),
+        _cifar_info(
+            100, "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
+            ("    train   (pickled dict: b'data' uint8 (50000, 3072), b'fine_labels', b'coarse_labels', "
+             "b'filenames', b'batch_label')\n"
+             "    test    (same keys, 10000 images)\n"
+             "    meta    (b'fine_label_names', b'coarse_label_names')"),
+            (("train", "16019d7e3df5f24257cddd939b257f8d"), ("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
+             ("meta", "7973b15100ade9c7d40fb424638fde48")),
         ),
         DatasetInfo(
             name="clothing1m",

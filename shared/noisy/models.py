@@ -43,7 +43,24 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreActResNet18(nn.Module):
+class _FeatureClassifier(nn.Module):
+    """A backbone (``forward_features`` -> pooled features) with a linear head ``self.linear``."""
+
+    linear: nn.Module
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        features = self.forward_features(x)
+        logits = self.forward_head(features)
+        return (logits, features) if return_features else logits
+
+
+class PreActResNet18(_FeatureClassifier):
     """PreAct ResNet-18 for 32 x 32 inputs (any size works: pooling is global).
 
     Args:
@@ -71,21 +88,13 @@ class PreActResNet18(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
-        return (logits, features) if return_features else logits
-
 
 def preact_resnet18(num_classes: int = 10, width: int = 64, **kwargs) -> PreActResNet18:
     """PreAct ResNet-18 (DivideMix ``PreResNet.py`` layout)."""
     return PreActResNet18(num_classes=num_classes, width=width, **kwargs)
 
 
-class ResNet50Noisy(nn.Module):
+class ResNet50Noisy(_FeatureClassifier):
     """torchvision ResNet-50 with a feature output (2048-d) and a fresh ``num_classes`` head (Clothing1M: 14)."""
 
     def __init__(self, num_classes: int = 14, pretrained: str | Path | None = None):
@@ -104,14 +113,6 @@ class ResNet50Noisy(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
-        return (logits, features) if return_features else logits
 
 
 def resnet50_noisy(num_classes: int = 14, pretrained: str | Path | None = None) -> ResNet50Noisy:

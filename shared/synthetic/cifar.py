@@ -28,7 +28,7 @@ from __future__ import annotations
 import pickle
 import struct
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
@@ -173,23 +173,22 @@ def write_cifar(root: str | Path, num_classes: int = 10, train_size: int = 5000,
     return Path(root)
 
 
-class SyntheticCIFAR10(CIFAR10):
-    """``torchvision.datasets.CIFAR10`` for synthetic sets: same reader, md5 checks of the real files disabled."""
-
-    train_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in CIFAR10.test_list]
-    meta: ClassVar[dict[str, str | None]] = {**CIFAR10.meta, "md5": None}
-
-    def download(self) -> None:
-        raise RuntimeError("a synthetic CIFAR set is not downloaded; write it with shared.synthetic.write_cifar")
+def _refuse_download(self) -> None:
+    raise RuntimeError("a synthetic CIFAR set is not downloaded; write it with shared.synthetic.write_cifar")
 
 
-class SyntheticCIFAR100(CIFAR100):
-    """``torchvision.datasets.CIFAR100`` for synthetic sets: same reader, md5 checks of the real files disabled."""
+def _synthetic_reader(base: type) -> type:
+    """``base`` (torchvision's CIFAR10 / CIFAR100) with the md5 checks of the real files and downloading disabled."""
+    return type(f"Synthetic{base.__name__}", (base,), {
+        "__doc__": f"``torchvision.datasets.{base.__name__}`` for synthetic sets: same reader, md5 checks of the "
+                   "real files disabled (``check_integrity`` then only checks that each file exists).",
+        "__module__": __name__,
+        "train_list": [[name, None] for name, _ in base.train_list],
+        "test_list": [[name, None] for name, _ in base.test_list],
+        "meta": {**base.meta, "md5": None},
+        "download": _refuse_download,
+    })
 
-    train_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in CIFAR100.train_list]
-    test_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in CIFAR100.test_list]
-    meta: ClassVar[dict[str, str | None]] = {**CIFAR100.meta, "md5": None}
 
-    def download(self) -> None:
-        raise RuntimeError("a synthetic CIFAR set is not downloaded; write it with shared.synthetic.write_cifar")
+SyntheticCIFAR10: type[CIFAR10] = _synthetic_reader(CIFAR10)
+SyntheticCIFAR100: type[CIFAR100] = _synthetic_reader(CIFAR100)
