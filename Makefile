@@ -12,13 +12,14 @@ export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup system-deps test-all test-slow lint bench gpu-check demo clean help \
-        $(addprefix test-,$(ALL_PKGS)) $(addprefix demo-,$(ALL_PKGS))
+        $(addprefix test-,$(ALL_PKGS)) $(addprefix demo-,$(ALL_PKGS)) $(addprefix evidence-,$(ALL_PKGS))
 
 help:
 	@echo "make setup        create .venv and install everything (idempotent)"
 	@echo "make test-all     fast tests of shared and every package (one pytest process)"
 	@echo "make demo         train + eval every package on its embedded synthetic data, then a summary table"
 	@echo "make test-<pkg>   / demo-<pkg>   one package ($(PKGS))"
+	@echo "make evidence-<pkg>  the package's evidence run (writes evidence.json; the README table comes from it)"
 	@echo "make test-slow    the slow tier (end-to-end runs, DDP, 10^8-score metrics; under 30 min on 2 cores)"
 	@echo "make lint         ruff check (incl. complexity <= 15) + ruff format --check"
 	@echo "make bench        every package's bench.py on CPU (and CUDA when present)"
@@ -66,6 +67,11 @@ demo: setup
 
 $(addprefix demo-,$(ALL_PKGS)): demo-%: setup
 	$(PY) -m shared.demo $*
+
+# python -m <pkg>.evidence: the package's comparison (at most 30 min on 2 cores), writes evidence.json in its run folder
+$(addprefix evidence-,$(ALL_PKGS)): evidence-%: setup
+	@test -f $*/evidence.py || { echo "error: $* has no evidence.py yet"; exit 1; }
+	$(PY) -m $*.evidence
 
 bench: setup
 	$(PY) -m shared.bench_metrics --n 10000000

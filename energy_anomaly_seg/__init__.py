@@ -41,7 +41,9 @@ from energy_anomaly_seg.sleeg import (
     otsu_threshold,
     predict_anomaly_maps,
     refine_anomaly_labels,
+    refinement_score,
     sleeg_losses,
+    tore_guide,
 )
 
 __all__ = [
@@ -73,11 +75,13 @@ __all__ = [
     "otsu_threshold",
     "predict_anomaly_maps",
     "refine_anomaly_labels",
+    "refinement_score",
     "render_street_scene",
     "segmentation_loss",
     "sleeg_losses",
     "task_agnostic_loss",
     "task_oriented_residual_loss",
+    "tore_guide",
 ]
 
 DEMO_INFO = {

@@ -44,8 +44,8 @@ from shared.distributed import init_distributed
 from shared.logger import RunLogger
 from shared.metrics import precision_recall_curve, ranking_metrics, roc_curve
 
-__all__ = ["EvalConfig", "evaluate_anomaly", "evaluate_datasets", "format_results", "main", "pixel_metrics",
-           "resolve_datasets"]
+__all__ = ["EvalConfig", "check_eval_datasets", "evaluate_anomaly", "evaluate_datasets", "format_results", "main",
+           "pixel_metrics", "resolve_datasets"]
 
 METHOD_NAMES = {"msp": "max-softmax", "energy": "energy (JEM)", "sleeg": "SLEEG"}
 
@@ -62,6 +62,15 @@ class EvalConfig:
     score_weight: float = field(default=0.5, metadata={"help": "lambda (paper 0.5; code 0.3 static / 0.0 LAF)"})
     vis_images: int = field(default=8, metadata={"help": "per-image PNG panels written per dataset"})
     curve_pixels: int = field(default=2_000_000, metadata={"help": "random valid pixels drawn for the curve plots"})
+
+
+def check_eval_datasets(ecfg: EvalConfig) -> None:
+    """Fail early on an ``eval.datasets`` entry with an unknown layout, a missing root or no image/label pairs
+    (``train.py`` calls this before training; the error names the path, the layout and the download command)."""
+    for spec in ecfg.datasets:
+        if spec != "synthetic":
+            _, layout, root = parse_dataset_spec(spec)
+            AnomalySegmentationDataset(root, layout)  # lists the pairs only; images are read at evaluation
 
 
 def resolve_datasets(ecfg: EvalConfig, synthetic: SyntheticConfig) -> Iterator[tuple[str, AnomalySegmentationDataset]]:

@@ -4,7 +4,8 @@
   released ``otsu_thresholding`` / ``_refine_ood_gt``): per image, an Otsu threshold with 25 bins over the current
   anomaly score of the pasted pixels; pasted pixels at or below it become ignored (255).
 * :class:`SLEEGSettings` + :func:`sleeg_losses`: one training step of the OoD head: pool + paste self-generated
-  anomalies, frozen segmentor forward, refinement with the energy-guided score, TAE cross-entropy + 0.05 x TORE hinge.
+  anomalies, frozen segmentor forward, refinement (:func:`refinement_score`), TAE cross-entropy + 0.05 x TORE hinge
+  with its stop-gradient guide (:func:`tore_guide`).
 * :func:`anomaly_score`: the test-time score, the paper's eq. 9 A = log p_a(o=1|z) + lambda log p_t(o=1|z)
   = log_softmax(h)[1] + lambda (h[1] + JEM) (lambda = 0.5), or the released code's w h[1] + 1 - logsumexp(g)
   (w = 0.3 in the test config, 0.0 in the LAF config).
@@ -26,17 +27,23 @@ from energy_anomaly_seg.model import SLEEG
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool, PasteResult
 
 __all__ = [
+    "REFINE_SCORES",
     "SCORE_METHODS",
+    "TORE_GUIDES",
     "SLEEGSettings",
     "anomaly_score",
     "input_gradient_nudge",
     "otsu_threshold",
     "predict_anomaly_maps",
     "refine_anomaly_labels",
+    "refinement_score",
     "sleeg_losses",
+    "tore_guide",
 ]
 
 SCORE_METHODS = ("msp", "energy", "sleeg")
+REFINE_SCORES = ("paper", "released", "head_plus_energy")
+TORE_GUIDES = ("energy", "head_plus_energy")
 
 
 def otsu_threshold(values: torch.Tensor, weight: torch.Tensor | None = None, nbins: int = 25) -> torch.Tensor:
@@ -109,56 +116,106 @@ def anomaly_score(seg_logits: torch.Tensor, ood_logits: torch.Tensor | None, met
 
 @dataclass
 class SLEEGSettings:
-    """Hyper-parameters of one SLEEG training step (paper values by default; released-code values in comments)."""
+    """Hyper-parameters of one SLEEG training step (paper values by default; released-code values in comments).
+
+    ``refine_score`` (the score whose per-image Otsu split refines the pasted labels, computed under no_grad):
+
+    * ``paper`` (eq. 10): JEM alone for the first ``refine_warmup_iters`` iterations, then the estimated anomaly
+      likelihood A(x) of eq. 9, log_softmax(h)[1] + ``refine_lambda`` (h[1] + JEM);
+    * ``released``: JEM alone for the whole run. The released training forward calls the *parent* class's
+      ``_get_ood_segmentation_score`` (the energy estimator, 1 - logsumexp g; the constant does not move the Otsu
+      split), so the head never enters refinement; ``refine_warmup_iters`` is not used;
+    * ``head_plus_energy``: JEM during the warm-up, then JEM + ``head_plus_energy_weight`` h[1] (the release's
+      *test-time* estimator merge_weight h[1] + E with the train config's merge_weight 0.5, used for refinement).
+
+    ``tore_guide`` (the stop-gradient score S added to h[1] in the TORE hinge): ``energy`` = JEM (paper eq. 8 and the
+    released training forward, which passes the same energy-only score) or ``head_plus_energy`` = JEM +
+    ``head_plus_energy_weight`` h[1].
+    """
 
     pastes_per_image: int = 10
     noise_ratio: float = 0.1
     refine: bool = True
     otsu_bins: int = 25
-    refine_head_weight: float = 0.5  # S = JEM + w * h[1] for refinement (code: 0.5, the train config's merge_weight)
-    refine_warmup_iters: int = 6000  # paper: JEM alone for refinement during the first 6k iterations (code: 0)
-    tore_head_weight: float = 0.0  # guide = JEM + w * h[1] under stop-gradient (paper eq. 8: 0; code: 0.5)
+    refine_score: str = "paper"  # paper: JEM warm-up then A(x) (eq. 9-10); released: JEM throughout
+    refine_warmup_iters: int = 6000  # paper: JEM alone for refinement during the first 6k iterations
+    refine_lambda: float = 0.5  # lambda of A(x) (eq. 9; 0.5 in the paper)
+    tore_guide: str = "energy"  # paper eq. 8 and the released training forward: JEM
+    head_plus_energy_weight: float = 0.5  # w of JEM + w h[1] in the head_plus_energy options (merge_weight 0.5)
     margin: float = 15.0  # gamma (paper 15; code 20)
     tae_weight: float = 1.0
     tore_weight: float = 0.05
     ce_average: str = "all"  # mmseg 0.27 CrossEntropyLoss: mean over all pixels ("valid": non-ignored only)
     input_grad_nudge: bool = False  # code only: nudge the input along sign(dL_TORE/dx) before the real pass
 
+    def __post_init__(self) -> None:
+        if self.refine_score not in REFINE_SCORES:
+            raise ValueError(f"unknown refine_score {self.refine_score!r}; expected one of {REFINE_SCORES}")
+        if self.tore_guide not in TORE_GUIDES:
+            raise ValueError(f"unknown tore_guide {self.tore_guide!r}; expected one of {TORE_GUIDES}")
 
-def _scores_at(size: Sequence[int], seg_logits: torch.Tensor, ood_logits: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """JEM of the segmentation logits and h[1], both upsampled to `size` (as the released training forward)."""
+
+def _maps_at(size: Sequence[int], seg_logits: torch.Tensor, ood_logits: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """JEM of the segmentation logits and the two OoD-head logits, both upsampled to `size` (label resolution) as
+    the released training forward does before refinement and the hinge."""
     seg_up = F.interpolate(seg_logits.float(), size=size, mode="bilinear", align_corners=False)
-    h1 = F.interpolate(ood_logits.float(), size=size, mode="bilinear", align_corners=False)[:, 1]
-    return jem_energy(seg_up), h1  # float32 under AMP too: the hinge compares means of large maps
+    ood_up = F.interpolate(ood_logits.float(), size=size, mode="bilinear", align_corners=False)
+    return jem_energy(seg_up), ood_up  # float32 under AMP too: the hinge compares means of large maps
 
 
-def _refine(settings: SLEEGSettings, iteration: int, energy: torch.Tensor, h1: torch.Tensor,
+def refinement_score(settings: SLEEGSettings, iteration: int, energy: torch.Tensor, ood_logits: torch.Tensor
+                     ) -> torch.Tensor:
+    """The score (B, H, W) whose Otsu split refines the pasted labels at `iteration` (see :class:`SLEEGSettings`).
+
+    ``energy`` is JEM (B, H, W) and ``ood_logits`` the head's logits (B, 2, H, W), both at label resolution; the
+    result carries no gradient."""
+    ood_logits = ood_logits.detach()
+    if settings.refine_score == "released" or iteration < settings.refine_warmup_iters:
+        return energy
+    h1 = ood_logits[:, 1]
+    if settings.refine_score == "paper":
+        return ood_logits.log_softmax(dim=1)[:, 1] + settings.refine_lambda * (h1 + energy)
+    return energy + settings.head_plus_energy_weight * h1
+
+
+def tore_guide(settings: SLEEGSettings, energy: torch.Tensor, ood_logits: torch.Tensor) -> torch.Tensor:
+    """The stop-gradient guide S (B, H, W) of the TORE hinge
+    max(0, mean_normal(h1 + S) - mean_pasted(h1 + S) + gamma) (see :class:`SLEEGSettings`)."""
+    if settings.tore_guide == "energy":
+        return energy
+    return energy + settings.head_plus_energy_weight * ood_logits[:, 1].detach()
+
+
+def _refine(settings: SLEEGSettings, iteration: int, energy: torch.Tensor, ood_logits: torch.Tensor,
             ood_labels: torch.Tensor) -> torch.Tensor:
     if not settings.refine:
         return ood_labels
-    head_weight = 0.0 if iteration < settings.refine_warmup_iters else settings.refine_head_weight
     with torch.no_grad():
-        return refine_anomaly_labels(energy + head_weight * h1.detach(), ood_labels, settings.otsu_bins)
+        return refine_anomaly_labels(refinement_score(settings, iteration, energy, ood_logits), ood_labels,
+                                     settings.otsu_bins)
 
 
 def input_gradient_nudge(model: SLEEG, images: torch.Tensor, ood_labels: torch.Tensor, paste: PasteResult,
-                         settings: SLEEGSettings, iteration: int) -> torch.Tensor:
+                         settings: SLEEGSettings, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Released-code step not in the paper: one forward/backward of the TORE loss w.r.t. the input image, then
-    x += sign(grad) * (5e-6 per paste everywhere + 6e-5 per paste covering the pixel) (normalised units)."""
+    x += sign(grad) * (5e-6 per paste everywhere + 6e-5 per paste covering the pixel) (normalised units).
+
+    Returns the nudged images and this pass's refined labels: the released forward overwrites its ``ood_seg`` with
+    them, so the real pass refines the labels a second time (its Otsu split runs over the pixels still kept)."""
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         feats = model.forward_features(x)
         ood_logits = model.forward_ood(feats)
         with torch.no_grad():
             seg_logits = model.forward_head(feats)
-        energy, h1 = _scores_at(ood_labels.shape[-2:], seg_logits, ood_logits)
-        refined = _refine(settings, iteration, energy, h1, ood_labels)
-        guide = energy + settings.tore_head_weight * h1.detach()
-        loss = task_oriented_residual_loss(h1, guide, refined, settings.margin)
+        energy, ood_up = _maps_at(ood_labels.shape[-2:], seg_logits, ood_logits)
+        refined = _refine(settings, iteration, energy, ood_up, ood_labels)
+        loss = task_oriented_residual_loss(ood_up[:, 1], tore_guide(settings, energy, ood_up), refined,
+                                           settings.margin)
         grad, = torch.autograd.grad(loss, x)
     step = settings.pastes_per_image * 5e-6 + 6e-5 * paste.coverage[:, None].to(x.dtype)
-    return (images + grad.sign() * step).detach()
+    return (images + grad.sign() * step).detach(), refined
 
 
 def sleeg_losses(model: SLEEG, images: torch.Tensor, seg_labels: torch.Tensor, pool: AnomalyPatchPool,
@@ -172,17 +229,18 @@ def sleeg_losses(model: SLEEG, images: torch.Tensor, seg_labels: torch.Tensor, p
     pool.add(images, generator)
     images, _, ood_labels, paste = pool.paste(images, seg_labels, generator, settings.pastes_per_image,
                                               settings.noise_ratio)
+    labels_in = ood_labels
     if settings.input_grad_nudge:
-        images = input_gradient_nudge(model, images, ood_labels, paste, settings, iteration)
+        images, labels_in = input_gradient_nudge(model, images, ood_labels, paste, settings, iteration)
     with torch.no_grad():
         feats = model.forward_features(images)
         seg_logits = model.forward_head(feats)
     ood_logits = (ood_head or model.patch_head)(feats[model.patch_head.in_index].detach())
-    energy, h1 = _scores_at(ood_labels.shape[-2:], seg_logits, ood_logits)
-    refined = _refine(settings, iteration, energy, h1, ood_labels)
+    energy, ood_up = _maps_at(ood_labels.shape[-2:], seg_logits, ood_logits)
+    refined = _refine(settings, iteration, energy, ood_up, labels_in)
     loss_tae = task_agnostic_loss(ood_logits, refined, average=settings.ce_average)
-    guide = energy + settings.tore_head_weight * h1.detach()
-    loss_tore = task_oriented_residual_loss(h1, guide, refined, settings.margin)
+    loss_tore = task_oriented_residual_loss(ood_up[:, 1], tore_guide(settings, energy, ood_up), refined,
+                                            settings.margin)
     loss = settings.tae_weight * loss_tae + settings.tore_weight * loss_tore
     pasted = (ood_labels == 1).sum().clamp(min=1)
     logs = {"loss": loss.item(), "loss_tae": loss_tae.item(), "loss_tore": loss_tore.item(),

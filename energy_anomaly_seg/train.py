@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from energy_anomaly_seg.data import CityscapesSegmentation
-from energy_anomaly_seg.eval import EvalConfig, evaluate_datasets
+from energy_anomaly_seg.eval import EvalConfig, check_eval_datasets, evaluate_datasets
 from energy_anomaly_seg.mmseg_checkpoint import load_mmseg_checkpoint
 from energy_anomaly_seg.model import count_parameters, create_sleeg
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool
@@ -90,10 +91,17 @@ class AnomalyConfig:
 class ObjectiveConfig:
     refine: bool = field(default=True, metadata={"help": "likelihood-guided Otsu refinement of the pasted labels"})
     otsu_bins: int = 25
-    refine_head_weight: float = field(default=0.5, metadata={"help": "S = JEM + w h[1] for refinement"})
-    refine_warmup_iters: int = field(default=6000, metadata={"help": "JEM-only refinement first (paper 6000, code 0)"})
-    tore_head_weight: float = field(default=0.0, metadata={
-        "help": "stop-gradient guide JEM + w h[1] in the TORE hinge (paper eq. 8: 0, code: 0.5)"})
+    refine_score: Literal["paper", "released", "head_plus_energy"] = field(default="paper", metadata={
+        "help": "refinement score: 'paper' JEM for refine_warmup_iters then A(x) of eq. 9; 'released' JEM for the "
+                "whole run (the released training forward); 'head_plus_energy' JEM then JEM + w h[1]"})
+    refine_warmup_iters: int = field(default=6000, metadata={
+        "help": "JEM-only refinement first (paper 6000; unused by refine_score 'released')"})
+    refine_lambda: float = field(default=0.5, metadata={"help": "lambda of A(x) = log p_a + lambda log p_t (eq. 9)"})
+    tore_guide: Literal["energy", "head_plus_energy"] = field(default="energy", metadata={
+        "help": "stop-gradient guide S in the TORE hinge: 'energy' JEM (paper eq. 8 and released code) or "
+                "'head_plus_energy' JEM + w h[1]"})
+    head_plus_energy_weight: float = field(default=0.5, metadata={
+        "help": "w of JEM + w h[1] in the 'head_plus_energy' options (the train config's merge_weight 0.5)"})
     margin: float = field(default=15.0, metadata={"help": "TORE margin gamma (paper 15, code 20)"})
     tae_weight: float = 1.0
     tore_weight: float = 0.05
@@ -141,9 +149,12 @@ def get_args_parser():
 
 def settings_from_config(cfg: TrainConfig) -> SLEEGSettings:
     o = cfg.objective
-    return SLEEGSettings(cfg.anomalies.pastes_per_image, cfg.anomalies.noise_ratio, o.refine, o.otsu_bins,
-                         o.refine_head_weight, o.refine_warmup_iters, o.tore_head_weight, o.margin, o.tae_weight,
-                         o.tore_weight, o.ce_average, o.input_grad_nudge)
+    return SLEEGSettings(pastes_per_image=cfg.anomalies.pastes_per_image, noise_ratio=cfg.anomalies.noise_ratio,
+                         refine=o.refine, otsu_bins=o.otsu_bins, refine_score=o.refine_score,
+                         refine_warmup_iters=o.refine_warmup_iters, refine_lambda=o.refine_lambda,
+                         tore_guide=o.tore_guide, head_plus_energy_weight=o.head_plus_energy_weight, margin=o.margin,
+                         tae_weight=o.tae_weight, tore_weight=o.tore_weight, ce_average=o.ce_average,
+                         input_grad_nudge=o.input_grad_nudge)
 
 
 def make_pool(cfg: AnomalyConfig) -> AnomalyPatchPool:
@@ -188,6 +199,7 @@ class Trainer:
 
     def run(self) -> dict[str, float]:
         cfg, log = self.cfg, self.logger
+        check_eval_datasets(cfg.eval)  # a wrong name or path must stop the run before hours of training, not after
         log.info(f"SLEEG sleeg_{cfg.model.variant}: {count_parameters(self.model) / 1e6:.2f} M parameters, OoD head "
                  f"{count_parameters(self.model.patch_head)} trainable; device {self.ctx.device}, "
                  f"{self.ctx.world_size} process(es); run folder {self.out}")

@@ -89,6 +89,15 @@ def test_train_segmentor_checkpoint_feeds_sleeg(tmp_path):
     assert any(k.startswith("patch_head.") for k in sleeg) and not any(k.startswith("patch_head.") for k in segmentor)
 
 
+@pytest.mark.parametrize("spec, error", [("fs_static:{tmp}/missing", FileNotFoundError),
+                                         ("fishy:{tmp}", ValueError), ("fs_laf_val={tmp}", ValueError)])
+def test_bad_eval_dataset_stops_the_run_before_training(tmp_path, tiny_args, spec, error):
+    out = tmp_path / "run"
+    with pytest.raises(error, match="layout|not found"):
+        train_module.main([*tiny_args, "--output_dir", str(out), "--eval.datasets", spec.format(tmp=tmp_path)])
+    assert not (out / "last.pt").exists() and not (out / "log.csv").exists()  # nothing was trained
+
+
 def test_missing_segmentor_is_an_error(tmp_path, tiny_args):
     with pytest.raises(ValueError, match="never runs on a random segmentor"):
         train_module.main([*tiny_args, "--output_dir", str(tmp_path / "x"), "--segmentor.train.iters", "0"])
@@ -113,6 +122,11 @@ def test_every_recipe_yaml_is_a_valid_config():
     assert set(parsed) == {"default", "cityscapes_r101", "cityscapes_r101_released_code", "segmentor_r101_40k"}
     paper, code = parsed["cityscapes_r101"], parsed["cityscapes_r101_released_code"]
     assert (paper.objective.margin, paper.optim.iters, paper.objective.refine_warmup_iters) == (15.0, 40000, 6000)
-    assert (code.objective.margin, code.optim.iters, code.objective.refine_warmup_iters) == (20.0, 80000, 0)
+    assert (code.objective.margin, code.optim.iters) == (20.0, 80000)
+    # released training forward: the parent class's energy-only score for refinement and for the TORE guide
+    assert (paper.objective.refine_score, paper.objective.refine_lambda, paper.objective.tore_guide) == (
+        "paper", 0.5, "energy")
+    assert (code.objective.refine_score, code.objective.tore_guide) == ("released", "energy")
+    assert (parsed["default"].objective.refine_score, parsed["default"].objective.tore_guide) == ("paper", "energy")
     assert (paper.eval.score_formula, paper.eval.score_weight) == ("paper", 0.5)
     assert (code.eval.score_formula, code.eval.score_weight) == ("code", 0.3)
