@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -55,6 +56,19 @@ def bench_purifier(rows: int, dim: int, device: torch.device, warmup: int, iters
             {"what": "purifier set-up (Cholesky)", "shape": shape, "per_s": 1 / setup, "unit": "1/s"}]
 
 
+def _sgd_update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _backbone_row(what: str, step, width: int, size: int, batch: int, unit: str, device: torch.device, warmup: int,
+                  iters: int) -> dict:
+    """Time ``step`` (one training step on ``batch`` images) and describe it as a table row."""
+    sec = seconds_per_call(step, device, warmup, iters)
+    return {"what": what, "shape": f"PreAct R18 w{width}, {size} px, batch {batch}", "per_s": batch / sec, "unit": unit}
+
+
 def bench_simclr(width: int, size: int, batch: int, device: torch.device, warmup: int, iters: int) -> dict:
     model = SimCLR(PreActResNet18(0, width), 128).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -62,14 +76,9 @@ def bench_simclr(width: int, size: int, batch: int, device: torch.device, warmup
     images = torch.rand(batch, 3, size, size, device=device)
 
     def step():
-        loss = nt_xent_loss(model(aug(images)), model(aug(images)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _sgd_update(opt, nt_xent_loss(model(aug(images)), model(aug(images))))
 
-    sec = seconds_per_call(step, device, warmup, iters)
-    return {"what": "SimCLR train step", "shape": f"PreAct R18 w{width}, {size} px, batch {batch}",
-            "per_s": batch / sec, "unit": "img/s"}
+    return _backbone_row("SimCLR train step", step, width, size, batch, "img/s", device, warmup, iters)
 
 
 def bench_dividemix(width: int, size: int, batch: int, device: torch.device, warmup: int, iters: int) -> dict:
@@ -90,24 +99,24 @@ def bench_dividemix(width: int, size: int, batch: int, device: torch.device, war
         mixed, target, _ = mixmatch(torch.cat([x1, x2, u1, u2]), torch.cat([tx, tx, tu, tu]), 4.0)
         logits = net(mixed)
         lx, lu = mixmatch_losses(logits[:2 * batch], target[:2 * batch], logits[2 * batch:], target[2 * batch:])
-        loss = lx + linear_rampup(20, 10, 25) * lu + uniform_prior_penalty(logits)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _sgd_update(opt, lx + linear_rampup(20, 10, 25) * lu + uniform_prior_penalty(logits))
 
-    sec = seconds_per_call(step, device, warmup, iters)
-    return {"what": "DivideMix MixMatch step", "shape": f"PreAct R18 w{width}, {size} px, batch {batch}",
-            "per_s": batch / sec, "unit": "labeled img/s"}
+    return _backbone_row("DivideMix MixMatch step", step, width, size, batch, "labeled img/s", device, warmup, iters)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The benchmark's options (device, sizes, threads, iterations, JSON output)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes for a CPU smoke run")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads")
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--out", default=None, help="also write the rows as JSON")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    """Run the benchmarks, print the Markdown table, return the rows."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -129,4 +138,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -108,8 +108,10 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
                              "`python -m shared.datasets info clothing1m`)")
         train, val, test = (Clothing1M(cfg.root, split) for split in ("train", "val", "test"))
         eval_tf = clothing1m_transforms(train=False)
-        return NoisyTask(train, test, test.labels, train.labels, None, 14, val, val.labels, None,
-                         torch.arange(len(train)), clothing1m_transforms(train=True), eval_tf, None)
+        return NoisyTask(train_source=train, test_source=test, test_labels=test.labels, noisy_labels=train.labels,
+                         clean_labels=None, num_classes=14, meta_source=val, meta_labels=val.labels, meta_indices=None,
+                         train_indices=torch.arange(len(train)), train_transform=clothing1m_transforms(train=True),
+                         eval_transform=eval_tf, batch_transform=None)
     classes = 10 if cfg.dataset == "cifar10" else 100
     root = Path(cfg.root) if cfg.root is not None else _synthetic_root(cfg)
     size = cfg.image_size
@@ -121,6 +123,8 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
     meta_idx, rest_idx = meta_split(len(train), cfg.meta_size, cfg.meta_seed)
     normalize = Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes])
     train_tf = CifarTrainTransform(classes, padding=max(1, size // 8))
-    return NoisyTask(train.images, test.images, test.labels, torch.from_numpy(np.array(noise.noisy)), train.labels,
-                     classes, train.images[meta_idx], train.labels[meta_idx], meta_idx, rest_idx, train_tf, normalize,
-                     normalize, noise)
+    return NoisyTask(train_source=train.images, test_source=test.images, test_labels=test.labels,
+                     noisy_labels=torch.from_numpy(np.array(noise.noisy)), clean_labels=train.labels,
+                     num_classes=classes, meta_source=train.images[meta_idx], meta_labels=train.labels[meta_idx],
+                     meta_indices=meta_idx, train_indices=rest_idx, train_transform=train_tf, eval_transform=normalize,
+                     batch_transform=normalize, noise=noise)

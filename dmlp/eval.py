@@ -1,15 +1,19 @@
 """Re-evaluate a DMLP run from its last.pt: test accuracy of every retrained model, label accuracy of the labels.
 
-    python -m dmlp.eval --checkpoint runs/dmlp/default/<time>/last.pt [--output_dir DIR]
+    python -m dmlp.eval --checkpoint runs/dmlp/default/<time>/last.pt [--output_dir DIR] [--device cpu]
+    python -m dmlp.eval --checkpoint D/last.pt --data.root /data/cifar     # any config key of the run
 
-Rebuilds the test split from the config stored in the checkpoint (the same dataset root / synthetic set), so the
-numbers are recomputed, not copied. Writes metrics.json into --output_dir (default: <checkpoint folder>/eval/).
+Rebuilds the test split from the config stored in the checkpoint (the same dataset root / synthetic set; ``--key
+value`` overrides it, e.g. ``--data.root``), so the numbers are recomputed, not copied. Writes metrics.json into
+--output_dir (default: <checkpoint folder>/eval/).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,71 +22,96 @@ if __package__ in (None, ""):
 
 import torch
 
-from dmlp.data import build_task
-from dmlp.train import Config, build_network, summary
+from dmlp.config import Config, upgrade_stored_config
+from dmlp.data import NoisyTask, build_task
+from dmlp.provenance import PACKAGE
+from dmlp.stages import summary
 from shared.checkpoint import load_checkpoint
-from shared.config import config_from_dict
+from shared.config import parse_eval_config
 from shared.logger import write_json
 from shared.noisy.metrics import label_accuracy
+from shared.noisy.models import build_backbone
 from shared.noisy.supervised import evaluate_accuracy
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="last.pt of a dmlp run")
-    parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
-    parser.add_argument("--data_root", default=None, help="override the dataset root stored in the checkpoint")
-    parser.add_argument("--device", default=None)
-    return parser
+def label_accuracies(state: dict[str, Any]) -> dict[str, float]:
+    """Accuracy of the noisy and purified labels of a last.pt bundle on the purified rows (meta rows left out)."""
+    if "clean_labels" not in state:
+        return {}
+    clean, noisy = state["clean_labels"], state["noisy_labels"]
+    rows = torch.ones(len(clean), dtype=torch.bool)
+    if "meta_indices" in state:
+        rows[state["meta_indices"]] = False
+    metrics = {"label_acc_noisy": label_accuracy(noisy[rows], clean[rows])}
+    if "purified_labels" in state:
+        metrics["label_acc_purified"] = label_accuracy(state["purified_labels"][rows], clean[rows])
+    return metrics
 
 
-def evaluate_run(state: dict[str, Any], run_dir: Path, data_root: str | None = None,
-                 device: str | None = None) -> dict[str, Any]:
-    """Metrics of a last.pt bundle (recomputed)."""
-    cfg = config_from_dict(Config, state["config"])
-    if data_root is not None:
-        cfg.data.root = data_root
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    task = build_task(cfg.data, run_dir, write_noise=False)
-    metrics: dict[str, Any] = {}
-    if "clean_labels" in state:
-        clean, noisy = state["clean_labels"], state["noisy_labels"]
-        rows = torch.ones(len(clean), dtype=torch.bool)
-        if "meta_indices" in state:
-            rows[state["meta_indices"]] = False
-        metrics["label_acc_noisy"] = label_accuracy(noisy[rows], clean[rows])
-        if "purified_labels" in state:
-            metrics["label_acc_purified"] = label_accuracy(state["purified_labels"][rows], clean[rows])
+def evaluate(models: dict[str, torch.nn.Module], cfg: Config, task: NoisyTask,
+             device: torch.device) -> dict[str, float]:
+    """Test accuracy of each retrained model; the two DivideMix networks are tested as their ensemble."""
     r = cfg.retrain
-    models = {}
-    for tag, weights in state["models"].items():
-        model = build_network(r.arch, task.num_classes, r.width)
-        model.load_state_dict(weights)
-        models[tag] = model.to(dev)
+    metrics = {}
     for tag, model in models.items():
         if tag.startswith("dmlp_dividemix"):
             continue
         metrics[f"test_acc_{tag}"] = evaluate_accuracy(model, task.test_source, task.test_labels, task.eval_transform,
-                                                       dev, r.supervised.eval_batch_size)
+                                                       device, r.supervised.eval_batch_size)
     if "dmlp_dividemix_net1" in models:
         metrics["test_acc_dmlp_dividemix"] = evaluate_accuracy(
             [models["dmlp_dividemix_net1"], models["dmlp_dividemix_net2"]], task.test_source, task.test_labels,
-            task.eval_transform, dev, r.dividemix.eval_batch_size)
+            task.eval_transform, device, r.dividemix.eval_batch_size)
     return metrics
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = get_args_parser().parse_args(argv)
+def evaluate_run(state: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Metrics of a last.pt bundle (recomputed on the test split that ``cfg`` describes)."""
+    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    task = build_task(cfg.data, run_dir, write_noise=False)
+    models = {}
+    for tag, weights in state["models"].items():
+        model = build_backbone(cfg.retrain.arch, task.num_classes, cfg.retrain.width)
+        model.load_state_dict(weights)
+        models[tag] = model.to(device)
+    return {**label_accuracies(state), **evaluate(models, cfg, task, device)}
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation reads: the checkpoint (path and content), the run's config, and where metrics go."""
+
+    checkpoint: Path
+    state: dict[str, Any]
+    config: Config
+    output_dir: Path
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
+    """``--checkpoint`` and ``--output_dir``; the run's config is the one stored in the checkpoint, overridden by
+    ``-c FILE`` / ``--key value`` (:func:`shared.config.parse_eval_config`)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("--checkpoint", required=True, help="last.pt of a dmlp run")
+    parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
+    args, rest = parser.parse_known_args(argv)
     checkpoint = Path(args.checkpoint)
-    state = load_checkpoint(checkpoint, package="dmlp", required=("models", "config"))  # pass the run's last.pt
-    torch.set_num_threads(state["config"].get("threads") or torch.get_num_threads())
-    metrics = evaluate_run(state, checkpoint.parent, args.data_root, args.device)
+    state = load_checkpoint(checkpoint, package=PACKAGE, required=("models", "config"))  # pass the run's last.pt
+    cfg = parse_eval_config(Config, upgrade_stored_config(state["config"]), rest,
+                            description=__doc__.splitlines()[0])
     out = Path(args.output_dir) if args.output_dir else checkpoint.parent / "eval"
-    write_json(metrics, out / "metrics.json")
+    return Evaluation(checkpoint=checkpoint, state=state, config=cfg, output_dir=out)
+
+
+def main(ev: Evaluation) -> dict[str, Any]:
+    """Evaluate the checkpoint; writes <output_dir>/metrics.json and returns the metrics."""
+    if ev.config.threads:
+        torch.set_num_threads(ev.config.threads)
+    metrics = evaluate_run(ev.state, ev.config, ev.checkpoint.parent)
+    write_json(metrics, ev.output_dir / "metrics.json")
     print(summary(metrics))
-    print(f"wrote {out / 'metrics.json'}")
+    print(f"wrote {ev.output_dir / 'metrics.json'}")
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

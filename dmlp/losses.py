@@ -1,7 +1,7 @@
 """DMLP losses: the IPC meta loss L_val (Eq. 8) and the EAC classifier loss L_c (Eq. 10).
 
 Equation numbers are those of the paper's framework figure; the formulas are the ones of the released ``DMLP.py``
-(shared/papers/dmlp.md sections 2.3-2.4; the paper body was not available).
+(the paper body was not available; README, Fidelity notes, lists where this follows the release).
 """
 
 from __future__ import annotations

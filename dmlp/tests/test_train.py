@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import dmlp.stages as dmlp_stages
 import dmlp.train as dmlp_train
 from dmlp import eval as dmlp_eval
-from shared.checkpoint import load_checkpoint
+from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.label_noise import load_noisy_labels
 from shared.noisy.data import load_label_file
+from shared.testing import assert_same_tensors
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--data.synthetic_train_size", "600", "--data.synthetic_test_size", "200", "--data.image_size", "16",
@@ -27,11 +29,21 @@ TINY = ["--data.synthetic_train_size", "600", "--data.synthetic_test_size", "200
         "--device", "cpu", "--no-tensorboard"]
 
 
+def run_train(argv: list[str]) -> dict:
+    """``python -m dmlp.train ARGV`` in this process."""
+    return dmlp_train.main(dmlp_train.parse_args(argv))
+
+
+def run_eval(argv: list[str]) -> dict:
+    """``python -m dmlp.eval ARGV`` in this process."""
+    return dmlp_eval.main(dmlp_eval.parse_args(argv))
+
+
 @pytest.fixture(scope="module")
 def chain_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("chain")
     torch.set_num_threads(1)
-    metrics = dmlp_train.main([*TINY, "--retrain.baselines", "ce_noisy", "meta_only", "--output_dir", str(out)])
+    metrics = run_train([*TINY, "--retrain.baselines", "ce_noisy", "meta_only", "--output_dir", str(out)])
     return out, metrics
 
 
@@ -56,13 +68,26 @@ def test_chain_writes_every_stage_output(chain_run):
 
 def test_eval_recomputes_the_test_accuracies(chain_run, tmp_path):
     out, metrics = chain_run
-    evaluated = dmlp_eval.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path), "--device",
+    evaluated = run_eval(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path), "--device",
                                 "cpu"])
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == pytest.approx(evaluated)
     for key in ("test_acc_ce_noisy", "test_acc_meta_only", "test_acc_dmlp_naive", "label_acc_noisy",
                 "label_acc_purified"):
         assert evaluated[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+def test_eval_reads_the_config_of_an_older_last_pt(chain_run, tmp_path):
+    """A last.pt written before the run-level names were unified (device null, amp 'none', no *_interval keys)."""
+    out, metrics = chain_run
+    state = load_checkpoint(out / "last.pt")
+    state["config"] = {k: v for k, v in state["config"].items()
+                       if k not in ("log_interval", "eval_interval", "checkpoint_interval")}
+    state["config"].update(device=None, amp="none")
+    save_checkpoint(state, tmp_path / "last.pt")
+    shutil.copy(out / "noisy_labels.json", tmp_path / "noisy_labels.json")
+    evaluated = run_eval(["--checkpoint", str(tmp_path / "last.pt"), "--device", "cpu"])
+    assert evaluated["test_acc_dmlp_naive"] == pytest.approx(metrics["test_acc_dmlp_naive"], abs=1e-6)
 
 
 class Killed(Exception):
@@ -79,9 +104,9 @@ def test_retraining_resumes_where_an_uninterrupted_run_ends(chain_run, tmp_path,
     out, _ = chain_run
     args = [*TINY, "--stages", "retrain", "--retrain.supervised.epochs", "3"]
     _copy_stage_outputs(out, tmp_path / "full")
-    full = dmlp_train.main([*args, "--output_dir", str(tmp_path / "full")])
+    full = run_train([*args, "--output_dir", str(tmp_path / "full")])
     _copy_stage_outputs(out, tmp_path / "cut")
-    original = dmlp_train.train_supervised
+    original = dmlp_stages.train_supervised
 
     def killed_after_first_epoch(*a, **kw):
         def hook(epoch, row):
@@ -92,19 +117,41 @@ def test_retraining_resumes_where_an_uninterrupted_run_ends(chain_run, tmp_path,
             return original(*a, **kw)
         return original(*a, **{**kw, "on_epoch_end": hook})
 
-    monkeypatch.setattr(dmlp_train, "train_supervised", killed_after_first_epoch)
+    monkeypatch.setattr(dmlp_stages, "train_supervised", killed_after_first_epoch)
     with pytest.raises(Killed):
-        dmlp_train.main([*args, "--output_dir", str(tmp_path / "cut")])
-    monkeypatch.setattr(dmlp_train, "train_supervised", original)
+        run_train([*args, "--output_dir", str(tmp_path / "cut")])
+    monkeypatch.setattr(dmlp_stages, "train_supervised", original)
     assert load_checkpoint(tmp_path / "cut" / "retrain_dmlp_naive.pt")["epoch"] == 0
     # the interrupted run has no last.pt yet: --resume names its interrupted stage file (read and verified)
-    resumed = dmlp_train.main([*args, "--resume", str(tmp_path / "cut" / "retrain_dmlp_naive.pt")])
+    resumed = run_train([*args, "--resume", str(tmp_path / "cut" / "retrain_dmlp_naive.pt")])
     assert resumed["test_acc_dmlp_naive"] == full["test_acc_dmlp_naive"]
     a = load_checkpoint(tmp_path / "full" / "retrain_dmlp_naive.pt")
     b = load_checkpoint(tmp_path / "cut" / "retrain_dmlp_naive.pt")
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert_same_tensors(a["model"], b["model"], "model")
     assert a["tracker"] == b["tracker"]
+
+
+def test_simclr_resumes_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+    args = [*TINY, "--stages", "ssl", "--ssl.epochs", "2"]
+    run_train([*args, "--output_dir", str(tmp_path / "full")])
+    original = dmlp_stages.train_simclr_epoch
+    epochs_run = []
+
+    def killed_in_second_epoch(*a, **kw):
+        if epochs_run:
+            raise Killed
+        epochs_run.append(1)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(dmlp_stages, "train_simclr_epoch", killed_in_second_epoch)
+    with pytest.raises(Killed):
+        run_train([*args, "--output_dir", str(tmp_path / "cut")])
+    monkeypatch.setattr(dmlp_stages, "train_simclr_epoch", original)
+    assert load_checkpoint(tmp_path / "cut" / "ssl_state.pt")["epoch"] == 0
+    run_train([*args, "--resume", str(tmp_path / "cut" / "ssl_state.pt")])
+    assert "ssl: resumed SimCLR at epoch 1" in (tmp_path / "cut" / "train.log").read_text()
+    for name in ("ssl.pt", "ssl_state.pt"):
+        assert_same_tensors(load_checkpoint(tmp_path / "full" / name), load_checkpoint(tmp_path / "cut" / name), name)
 
 
 def test_bad_input_is_a_clear_error(chain_run, tmp_path):
@@ -116,15 +163,20 @@ def test_bad_input_is_a_clear_error(chain_run, tmp_path):
     content.pop("realised_rate")
     (tmp_path / "short.json").write_text(json.dumps(content))
     with pytest.raises(ValueError, match="holds 599 labels, the dataset has 600"):
-        dmlp_train.main([*TINY, "--data.noise_file", str(tmp_path / "short.json"), "--output_dir",
+        run_train([*TINY, "--data.noise_file", str(tmp_path / "short.json"), "--output_dir",
                          str(tmp_path / "run")])
+    with pytest.raises(ValueError, match="amp='bf16' is not supported by dmlp"):
+        run_train([*TINY, "--amp", "bf16", "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(ValueError, match="checkpoint_interval=2 is not supported by dmlp"):
+        run_train([*TINY, "--checkpoint_interval", "2", "--output_dir", str(tmp_path / "run")])
     with pytest.raises(ValueError, match="unknown stage"):
-        dmlp_train.main([*TINY, "--stages", "features", "--output_dir", str(tmp_path / "run")])
+        run_train([*TINY, "--stages", "features", "--output_dir", str(tmp_path / "run")])
     with pytest.raises(FileNotFoundError, match="(?s)CIFAR-10.*shared.datasets info cifar10"):
-        dmlp_train.main([*TINY, "--data.root", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "run")])
+        run_train([*TINY, "--data.root", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "run")])
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
 def test_ddp_two_processes_gloo_retraining(chain_run, tmp_path):
     out, _ = chain_run
     run = tmp_path / "ddp"

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import dmlp.train as dmlp_train
-from dmlp import eval as dmlp_eval
 from dmlp.purifier import DMLPPurifier, PurifierConfig, PurifierDivergedError
-from dmlp.tests.test_train import TINY
+from dmlp.stages import StageDivergedError
+from dmlp.tests.test_train import TINY, run_eval, run_train
 from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shared.training import NonFiniteLossError
 
@@ -36,7 +35,7 @@ def base_run(tmp_path_factory):
     """One finished tiny chain (ssl, purify, DMLP-Naive); tests work on copies of its folder."""
     out = tmp_path_factory.mktemp("dmlp_base") / "run"
     torch.set_num_threads(1)
-    metrics = dmlp_train.main([*TINY, "--output_dir", str(out)])
+    metrics = run_train([*TINY, "--output_dir", str(out)])
     return out, metrics
 
 
@@ -82,12 +81,12 @@ def test_resume_refuses_a_file_that_is_not_a_dmlp_checkpoint_before_writing(kind
     path = _bad_resume_file(kind, tmp_path)
     before = _snapshot(tmp_path)
     with pytest.raises(CheckpointError, match="not a dmlp checkpoint"):
-        dmlp_train.main([*TINY, "--resume", str(path)])
+        run_train([*TINY, "--resume", str(path)])
     assert _snapshot(tmp_path) == before  # no config.yaml, log, RUN.json, noise file; the emo run is untouched
     assert not (tmp_path / "runs").exists() and not (tmp_path / "never_made").exists()
     if kind == "emo_last":
         with pytest.raises(CheckpointError, match="written by package 'emo'"):
-            dmlp_eval.main(["--checkpoint", str(path), "--device", "cpu"])
+            run_eval(["--checkpoint", str(path), "--device", "cpu"])
 
 
 def test_resume_of_a_text_file_exits_non_zero(tmp_path):
@@ -102,7 +101,7 @@ def test_resume_of_a_text_file_exits_non_zero(tmp_path):
 
 def test_resume_from_a_dmlp_last_pt_reuses_every_stage(run_copy):
     run, metrics = run_copy
-    resumed = dmlp_train.main([*TINY, "--resume", str(run / "last.pt")])
+    resumed = run_train([*TINY, "--resume", str(run / "last.pt")])
     log = _log(run)
     assert "ssl: reusing" in log and "purify: resumed at epoch 3" in log and "dmlp_naive: finished run reused" in log
     assert "not reused" not in log
@@ -127,16 +126,16 @@ def test_another_noise_rate_in_an_existing_run_folder_is_refused(run_copy):
     run, _ = run_copy
     before = _snapshot(run)
     with pytest.raises(ValueError, match=r"noise at rate 0\.8.*rate 0\.2 .*was asked for"):
-        dmlp_train.main([*TINY, "--data.noise_rate", "0.2", "--output_dir", str(run)])
+        run_train([*TINY, "--data.noise_rate", "0.2", "--output_dir", str(run)])
     # also when resuming (where the folder check allows config changes): the noise file is not reused
     with pytest.raises(ValueError, match=r"rate 0\.2 .*was asked for"):
-        dmlp_train.main([*TINY, "--data.noise_rate", "0.2", "--resume", str(run / "last.pt")])
+        run_train([*TINY, "--data.noise_rate", "0.2", "--resume", str(run / "last.pt")])
     assert _snapshot(run) == before  # metrics.json, noisy_labels.json, last.pt unchanged
 
 
 def test_changed_ssl_epochs_rebuilds_ssl_and_everything_after_it(run_copy):
     run, _ = run_copy
-    dmlp_train.main([*TINY, "--ssl.epochs", "2", "--resume", str(run / "last.pt")])
+    run_train([*TINY, "--ssl.epochs", "2", "--resume", str(run / "last.pt")])
     log = _log(run)
     assert "ssl.pt: not reused, it was made from a different ssl.{epochs}; rebuilding this stage" in log
     assert "features.pt: not reused, it was made from a different encoder" in log
@@ -149,7 +148,7 @@ def test_changed_ssl_epochs_rebuilds_ssl_and_everything_after_it(run_copy):
 def test_changed_purifier_lr_rebuilds_the_purifier_but_reuses_ssl(run_copy):
     run, _ = run_copy
     old = load_checkpoint(run / "purifier.pt")["purifier"]["labels"]
-    dmlp_train.main([*TINY, "--purifier.lr", "0.02", "--resume", str(run / "last.pt")])
+    run_train([*TINY, "--purifier.lr", "0.02", "--resume", str(run / "last.pt")])
     log = _log(run)
     assert "ssl: reusing" in log and "features.pt: not reused" not in log
     assert "purifier.pt: not reused, it was made from a different purifier.{lr}; rebuilding this stage" in log
@@ -161,13 +160,13 @@ def test_changed_purifier_lr_rebuilds_the_purifier_but_reuses_ssl(run_copy):
 
 def test_changed_meta_split_rebuilds_the_purifier_from_its_data_fingerprint(run_copy):
     run, _ = run_copy
-    dmlp_train.main([*TINY, "--data.meta_seed", "1", "--stages", "ssl", "purify", "--resume", str(run / "last.pt")])
+    run_train([*TINY, "--data.meta_seed", "1", "--stages", "ssl", "purify", "--resume", str(run / "last.pt")])
     assert "purifier.pt: not reused, it was made from a different labels; rebuilding this stage" in _log(run)
 
 
 def test_changed_retrain_recipe_retrains(run_copy):
     run, _ = run_copy
-    dmlp_train.main([*TINY, "--retrain.supervised.lr", "0.05", "--stages", "retrain", "--resume",
+    run_train([*TINY, "--retrain.supervised.lr", "0.05", "--stages", "retrain", "--resume",
                      str(run / "retrain_dmlp_naive.pt")])
     log = _log(run)
     assert "retrain_dmlp_naive.pt: not reused, it was made from a different retrain.{supervised}" in log
@@ -180,7 +179,7 @@ def test_a_fresh_run_with_another_config_in_a_used_folder_is_refused(run_copy):
     run, _ = run_copy
     before = _snapshot(run)
     with pytest.raises(RunDirError, match="different config"):
-        dmlp_train.main([*TINY, "--purifier.lr", "0.02", "--output_dir", str(run)])
+        run_train([*TINY, "--purifier.lr", "0.02", "--output_dir", str(run)])
     assert _snapshot(run) == before
 
 
@@ -191,8 +190,8 @@ def _outputs(run: Path) -> set[str]:
 
 def test_purifier_at_a_huge_lr_stops_naming_its_stage(tmp_path):
     run = tmp_path / "run"
-    with pytest.raises(dmlp_train.StageDivergedError, match=r"^purify stage: the label matrix Y diverged") as err:
-        dmlp_train.main([*TINY, "--purifier.lr", "1e6", "--output_dir", str(run)])
+    with pytest.raises(StageDivergedError, match=r"^purify stage: the label matrix Y diverged") as err:
+        run_train([*TINY, "--purifier.lr", "1e6", "--output_dir", str(run)])
     assert isinstance(err.value, NonFiniteLossError)
     assert isinstance(err.value.__cause__, PurifierDivergedError)
     assert not {"purified_labels.json", "last.pt", "metrics.json", "purifier.pt"} & _outputs(run)
@@ -235,8 +234,8 @@ def test_purifier_guard_catches_non_finite_label_estimates():
                                              ("1e6", r"^ssl stage: the encoder collapsed")])
 def test_ssl_at_a_huge_lr_stops_naming_its_stage(lr, message, tmp_path):
     run = tmp_path / "run"
-    with pytest.raises(dmlp_train.StageDivergedError, match=message):
-        dmlp_train.main([*TINY, "--ssl.optimizer", "sgd", "--ssl.lr", lr, "--output_dir", str(run)])
+    with pytest.raises(StageDivergedError, match=message):
+        run_train([*TINY, "--ssl.optimizer", "sgd", "--ssl.lr", lr, "--output_dir", str(run)])
     assert not {"ssl.pt", "features.pt", "purified_labels.json", "last.pt", "metrics.json"} & _outputs(run)
 
 
@@ -245,10 +244,10 @@ def test_dividemix_checkpoint_names_dmlp_and_is_reused_only_for_its_recipe(run_c
     args = [*TINY, "--stages", "retrain", "--retrain.mode", "dividemix", "--retrain.dividemix.epochs", "2",
             "--retrain.dividemix.warmup_epochs", "1", "--retrain.dividemix.batch_size", "50",
             "--retrain.dividemix.warmup_batch_size", "100"]
-    dmlp_train.main([*args, "--resume", str(run / "last.pt")])
+    run_train([*args, "--resume", str(run / "last.pt")])
     state = load_checkpoint(run / "retrain_dmlp_dividemix.pt", package="dmlp")
     assert state["package"] == "dmlp" and state["made_from"]["retrain"]["dividemix"]["lr"] == 0.02
-    dmlp_train.main([*args, "--resume", str(run / "retrain_dmlp_dividemix.pt")])
+    run_train([*args, "--resume", str(run / "retrain_dmlp_dividemix.pt")])
     assert "retrain_dmlp_dividemix.pt: not reused" not in _log(run)
-    dmlp_train.main([*args, "--retrain.dividemix.lr", "0.01", "--resume", str(run / "last.pt")])
+    run_train([*args, "--retrain.dividemix.lr", "0.01", "--resume", str(run / "last.pt")])
     assert "retrain_dmlp_dividemix.pt: not reused, it was made from a different retrain.{dividemix}" in _log(run)
