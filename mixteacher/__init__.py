@@ -7,10 +7,12 @@ from mixteacher.losses import fast_rcnn_loss, soft_teacher_weights
 from mixteacher.mining import score_promotion
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
 from mixteacher.model import (
+    VARIANTS,
     DetectorConfig,
     MixedScaleFasterRCNN,
     ScaleGate,
     build_detector,
+    create_model,
     crop_to,
     downscale_image_list,
     load_backbone_weights,
@@ -20,6 +22,7 @@ from mixteacher.teacher import PseudoLabels, box_jitter_uncertainty, ema_update,
 
 __all__ = [
     "DEMO_INFO",
+    "VARIANTS",
     "CocoDetection",
     "CocoImages",
     "DetectorConfig",
@@ -34,6 +37,7 @@ __all__ = [
     "box_jitter_uncertainty",
     "box_transform",
     "build_detector",
+    "create_model",
     "crop_to",
     "downscale_image_list",
     "ema_update",

@@ -1,8 +1,8 @@
 """Benchmark: training iteration time (supervised-only step vs MixTeacher step), teacher inference images/s at the
 regular and the mixed test scale, and peak memory, on CPU and (when present) CUDA.
 
-    python mixteacher/bench.py --quick                 # embedded-default detector, 192 px images, CPU
-    python -m mixteacher.bench --device cuda --amp bf16 # paper detector (R50-FPN), 800 x 1216 images, 1 + 4 images
+    python mixteacher/bench.py --quick                 # embedded-default detector (r10_w16), 192 px images, CPU
+    python -m mixteacher.bench --device cuda --amp bf16 # paper detector (r50_fpn), 800 x 1216 images, 1 + 4 images
 
 A MixTeacher step is the teacher's mixed-scale pseudo-labelling with box jitter, the student's three-scale losses on
 the labeled and unlabeled images, backward, SGD and the EMA update; the supervised step is plain Faster R-CNN on the
@@ -12,8 +12,9 @@ with scores 0.95 / 0.7 / 0.6) so the unsupervised branch and mining run at full 
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -21,18 +22,26 @@ if __package__ in (None, ""):
 
 import torch
 
-from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
-from mixteacher.model import DetectorConfig, MixedScaleFasterRCNN
+from mixteacher.config import MixTeacherSettings
+from mixteacher.mix_teacher import MixTeacher
+from mixteacher.model import create_model
 from shared.benchmark import peak_memory_mb, seconds_per_call
+from shared.config import AmpMode, DeviceName, parse_config
 from shared.training import autocast
 
-__all__ = ["main"]
+__all__ = ["BenchConfig", "main", "parse_args", "run"]
 
-TINY = DetectorConfig(depth=10, base_width=16, norm="gn", caffe_style=False, pixel_style="pytorch", frozen_stages=-1,
-                      fpn_channels=64, anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n_train=500,
-                      rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=300,
-                      representation_size=256, roi_sampling_ratio=2, box_batch_size_per_image=64, min_size=192,
-                      max_size=240)
+
+@dataclass
+class BenchConfig:
+    """Benchmark settings (``--key value``)."""
+
+    device: DeviceName = "auto"
+    quick: bool = False
+    iters: int | None = None
+    warmup: int = 1
+    amp: AmpMode = "off"
+    threads: int | None = None
 
 
 def _batch(n_labeled: int, n_unlabeled: int, h: int, w: int, device: torch.device) -> dict:
@@ -60,16 +69,14 @@ def _forced_detect(h: int, w: int):
     return detect
 
 
-
-
-def run(device: torch.device, cfg: DetectorConfig, h: int, w: int, n_labeled: int, n_unlabeled: int, iters: int,
+def run(device: torch.device, variant: str, h: int, w: int, n_labeled: int, n_unlabeled: int, iters: int,
         warmup: int, amp: str, num_classes: int = 80) -> list[tuple[str, str, float, float]]:
-    """Rows (measurement, unit, value, peak memory MiB)."""
+    """Rows (measurement, unit, value, peak memory MiB) for the ``model.VARIANTS`` detector ``variant``."""
     rows = []
     batch = _batch(n_labeled, n_unlabeled, h, w, device)
     for method_name in ("supervised", "mixteacher"):
         torch.manual_seed(0)
-        method = MixTeacher(MixedScaleFasterRCNN(num_classes, cfg), MixTeacherSettings(unsup_start=0),
+        method = MixTeacher(create_model(variant, num_classes), MixTeacherSettings(unsup_start=0),
                             method_name).to(device).train()
         method.teacher.detect = _forced_detect(h, w)
         optimizer = torch.optim.SGD([p for p in method.student.parameters() if p.requires_grad], lr=1e-4,
@@ -105,26 +112,24 @@ def run(device: torch.device, cfg: DetectorConfig, h: int, w: int, n_labeled: in
     return rows
 
 
-def main(argv: list[str] | None = None) -> list[tuple[str, str, float, float]]:
-    parser = argparse.ArgumentParser(description="MixTeacher benchmark")
-    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    parser.add_argument("--quick", action="store_true", help="embedded-default detector, 192 x 240 images")
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        cfg, h, w, n_l, n_u, iters, classes = TINY, 192, 240, 2, 2, args.iters or 3, 6
+def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
+    return parse_config(BenchConfig, argv, description="MixTeacher benchmark (--quick: embedded-default detector, "
+                        "192 x 240 images; else the paper detector at 800 x 1216)")
+
+
+def main(cfg: BenchConfig) -> list[tuple[str, str, float, float]]:
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.quick:
+        variant, h, w, n_l, n_u, iters, classes = "r10_w16", 192, 240, 2, 2, cfg.iters or 3, 6
     else:
-        cfg, h, w, n_l, n_u, iters, classes = DetectorConfig(), 800, 1216, 1, 4, args.iters or 10, 80
-    rows = run(device, cfg, h, w, n_l, n_u, iters, args.warmup, args.amp, classes)
+        variant, h, w, n_l, n_u, iters, classes = "r50_fpn", 800, 1216, 1, 4, cfg.iters or 10, 80
+    rows = run(device, variant, h, w, n_l, n_u, iters, cfg.warmup, cfg.amp, classes)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
-    print(f"MixTeacher bench: {name}, {'tiny' if args.quick else 'R50-FPN'} detector, {h}x{w} images, amp "
-          f"{args.amp}, torch {torch.__version__}")
+    print(f"MixTeacher bench: {name}, {'tiny' if cfg.quick else 'R50-FPN'} detector, {h}x{w} images, amp "
+          f"{cfg.amp}, torch {torch.__version__}")
     print(f"{'measurement':<52}{'value':>12}  unit       {'peak MiB':>9}")
     for label, unit, value, memory in rows:
         print(f"{label:<52}{value:>12.3f}  {unit:<10} {memory:>9.0f}")
@@ -132,4 +137,4 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float, float]]:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -24,14 +24,18 @@ import math
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mixteacher.augment import ViewConfig, box_transform, make_view, transform_boxes
-from shared.detection import CocoDetection, CocoImages
+from mixteacher.config import DataConfig
+from shared.detection import CocoDetection, CocoImages, sharded_loader
+from shared.distributed import DistContext
 
 __all__ = [
     "COCO_LAYOUT",
@@ -40,8 +44,10 @@ __all__ = [
     "CocoImages",
     "SemiBatchSampler",
     "SemiSupervisedDataset",
+    "build_datasets",
     "partial_split_files",
     "semi_collate",
+    "val_loader",
     "voc_to_coco",
 ]
 
@@ -187,6 +193,64 @@ def partial_split_files(train_annotations: Path, percent: float, fold: int, seed
     return ensure_partial_split(train_annotations, percent, fold, seed_offset, split_dir)
 
 
+def _views(data: DataConfig) -> tuple[ViewConfig, ViewConfig, ViewConfig]:
+    base = ViewConfig(short_range=data.train_short_range, long_range=data.train_long_range, max_size=data.max_size,
+                      hflip=data.hflip)
+    return (replace(base, colour=True), replace(base, short_range=data.weak_short_range, long_range=(0, 0)),
+            replace(base, colour=True, geometric=True, erase=True))
+
+
+def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervisedDataset, CocoDetection]:
+    """(train set with its labeled and unlabeled parts, val set)."""
+    if data.synthetic:
+        from shared.synthetic import synthetic_root, write_coco_detection
+
+        root = synthetic_root() / (f"mixteacher_coco_n{data.synthetic_train}_v{data.synthetic_val}_u"
+                                   f"{data.synthetic_unlabeled}_s{data.synthetic_image_size}_c"
+                                   f"{data.synthetic_categories}")
+        if is_main:
+            write_coco_detection(root, num_train=data.synthetic_train, num_val=data.synthetic_val,
+                                 image_size=data.synthetic_image_size, num_categories=data.synthetic_categories,
+                                 num_unlabeled=data.synthetic_unlabeled, seed=0)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    else:
+        root = Path(data.root)
+        if not data.root or not root.is_dir():
+            raise FileNotFoundError(
+                f"dataset root {root!s} not found (data.root={data.root!r}). Expected the COCO 2017 layout: "
+                "<root>/train2017/, val2017/, annotations/instances_{train,val}2017.json (VOC: VOCdevkit/ + "
+                "annotations_json/); see `python -m shared.datasets info coco2017`.")
+    train_ann = root / data.train_annotations
+    unlabeled: list[CocoImages] = []
+    if data.percent is not None:
+        split = (train_ann, data.percent, data.fold, data.seed_offset, root / data.split_dir)
+        if is_main:  # rank 0 writes the split files when missing, the others wait and read them
+            partial_split_files(*split, is_main=True)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        labeled_file, unlabeled_file = partial_split_files(*split, is_main=False)
+        unlabeled.append(CocoImages(root / data.train_images, unlabeled_file))
+    else:
+        labeled_file = train_ann
+    labeled = CocoDetection(root / data.train_images, labeled_file, train=True, label_offset=1, layout=COCO_LAYOUT)
+    if len(data.unlabeled_images) != len(data.unlabeled_annotations):
+        raise ValueError("data.unlabeled_images and data.unlabeled_annotations need one entry each per pool, got "
+                         f"{data.unlabeled_images} and {data.unlabeled_annotations}")
+    for image_dir, image_list in zip(data.unlabeled_images, data.unlabeled_annotations):
+        unlabeled.append(CocoImages(root / image_dir, root / image_list))
+    val = CocoDetection(root / data.val_images, root / data.val_annotations, label_offset=1, categories=labeled.cat_ids,
+                        layout=COCO_LAYOUT)
+    if len(labeled) == 0:
+        raise ValueError(f"no labeled image with a usable box in {labeled_file}")
+    return SemiSupervisedDataset(labeled, unlabeled, *_views(data)), val
+
+
+def val_loader(dataset: CocoDetection, cfg: DataConfig, ctx: DistContext) -> DataLoader:
+    """Every val image once over the ranks."""
+    return sharded_loader(dataset, cfg.eval_batch_size, ctx, workers=min(cfg.workers, 2))
+
+
 def voc_to_coco(voc_root: str | Path, year: str, split: str, out_file: str | Path,
                 use_difficult: bool = False) -> Path:
     """Convert ``VOCdevkit/VOC{year}/Annotations`` of ``ImageSets/Main/{split}.txt`` to a COCO instances json.
@@ -224,13 +288,17 @@ def voc_to_coco(voc_root: str | Path, year: str, split: str, out_file: str | Pat
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mixteacher.data voc --root data/voc``: write annotations_json/voc07_trainval, voc12_trainval,
-    voc07_test."""
-    parser = argparse.ArgumentParser(prog="python -m mixteacher.data")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``voc --root DIR``: the folder holding ``VOCdevkit/``."""
+    parser = argparse.ArgumentParser(prog="python -m mixteacher.data", description="Write the COCO-format VOC jsons.")
     parser.add_argument("command", choices=["voc"])
     parser.add_argument("--root", required=True, help="folder holding VOCdevkit/")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``python -m mixteacher.data voc --root data/voc``: write annotations_json/voc07_trainval, voc12_trainval,
+    voc07_test."""
     root = Path(args.root)
     for year, split, name in (("2007", "trainval", "voc07_trainval"), ("2012", "trainval", "voc12_trainval"),
                               ("2007", "test", "voc07_test")):
@@ -240,4 +308,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(parse_args()))

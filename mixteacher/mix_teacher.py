@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
+from mixteacher.config import MixTeacherSettings
 from mixteacher.losses import soft_teacher_weights
 from mixteacher.mining import score_promotion
 from mixteacher.model import SCALES, MixedScaleFasterRCNN, scale_factors
@@ -32,34 +32,6 @@ from mixteacher.teacher import PseudoLabels, box_jitter_uncertainty, ema_update,
 __all__ = ["LOSS_KEYS", "MixTeacher", "MixTeacherSettings"]
 
 LOSS_KEYS = ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
-
-
-@dataclass
-class MixTeacherSettings:
-    """Method hyper-parameters (defaults: the released COCO-partial config; mining thresholds are our choice, see
-    the README's fidelity notes)."""
-
-    train_scales: list[str] = field(default_factory=lambda: ["regular", "down", "mixed"], metadata={
-        "help": "student scales (labeled and unlabeled losses averaged over them)"})
-    teacher_scale: str = field(default="mixed", metadata={"help": "scale of the teacher's pseudo-labelling"})
-    ema_momentum: float = 0.999
-    unsup_weight: float = field(default=4.0, metadata={"help": "lambda_u (COCO partial 4.0, full and VOC 2.0)"})
-    unsup_start: int = field(default=5000, metadata={"help": "burn-in: unsupervised weight 0 before this step"})
-    unsup_warmup: int = field(default=2000, metadata={"help": "linear ramp length after unsup_start"})
-    initial_score_thr: float = 0.5
-    rpn_score_thr: float = 0.9
-    cls_score_thr: float = 0.9
-    reg_uncertainty_thr: float = 0.02
-    jitter_times: int = 10
-    jitter_scale: float = 0.06
-    min_pseudo_size: float = 0.0
-    mining: bool = field(default=True, metadata={"help": "promising label mining (score promotion)"})
-    mine_score_thr: float = field(default=0.5, metadata={"help": "low-confidence pseudo boxes: this < score < cls"})
-    mining_diff_thr: float = field(default=0.1, metadata={"help": "promote when p_mixed(c) - p_regular(c) > this"})
-    mining_iou_thr: float = 0.5
-    mining_features: str = field(default="student", metadata={
-        "help": "student: teacher head on student regular/mixed features (released code); teacher: on the "
-                "teacher's own features of the weak view (paper figure)"})
 
 
 class MixTeacher(nn.Module):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -39,18 +39,22 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from mixteacher.config import DetectorConfig
 from mixteacher.losses import fast_rcnn_loss
 
 __all__ = [
     "CAFFE_MEAN_BGR",
     "SCALES",
+    "VARIANTS",
     "DetectorConfig",
     "MixedScaleFasterRCNN",
     "ResNetBody",
     "SampledRoIs",
     "ScaleGate",
     "build_detector",
+    "create_model",
     "crop_to",
+    "detector_config",
     "downscale_image_list",
     "load_backbone_weights",
     "mix_pyramids",
@@ -266,44 +270,6 @@ class RPN(RegionProposalNetwork):
                                     reduction="sum") / max(sampled.numel(), 1)
         cls_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
         return cls_loss, box_loss
-
-
-@dataclass
-class DetectorConfig:
-    """Detector settings (defaults: the paper's Faster R-CNN R50-caffe FPN, mmdetection 2.x values)."""
-
-    depth: int = 50
-    base_width: int = 64
-    norm: str = "frozen_bn"
-    caffe_style: bool = True
-    pixel_style: str = "caffe"
-    frozen_stages: int = 1
-    fpn_channels: int = 256
-    gate_reduction: int = 16
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 1000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
-    rpn_nms_thresh: float = 0.7
-    rpn_fg_iou_thresh: float = 0.7
-    rpn_bg_iou_thresh: float = 0.3
-    rpn_batch_size_per_image: int = 256
-    rpn_positive_fraction: float = 0.5
-    roi_output_size: int = 7
-    roi_sampling_ratio: int = 0
-    representation_size: int = 1024
-    box_fg_iou_thresh: float = 0.5
-    box_bg_iou_thresh: float = 0.5
-    box_batch_size_per_image: int = 512
-    box_positive_fraction: float = 0.25
-    box_score_thresh: float = 1e-3
-    box_nms_thresh: float = 0.5
-    box_detections_per_img: int = 100
-    box_loss_beta: float = 0.0
-    min_size: int = 800
-    max_size: int = 1333
 
 
 @dataclass
@@ -529,3 +495,38 @@ def build_detector(num_classes: int, cfg: DetectorConfig | None = None, pretrain
     if pretrained_backbone:
         load_backbone_weights(model.backbone.body, pretrained_backbone)
     return model
+
+
+#: The detectors this package offers (``create_model(name, num_classes=..., **DetectorConfig overrides)``):
+#: ``r50_fpn`` the paper's Faster R-CNN R50-caffe FPN (every recipe's ``detector`` section), ``r10_w16`` the
+#: embedded default's toy (configs/default.yaml, ``bench.py --quick``), ``tiny`` the detector of the unit tests.
+VARIANTS: dict[str, DetectorConfig] = {
+    "r50_fpn": DetectorConfig(),
+    "r10_w16": DetectorConfig(depth=10, base_width=16, norm="gn", caffe_style=False, pixel_style="pytorch",
+                              frozen_stages=-1, fpn_channels=64, anchor_sizes=(16, 32, 64, 128, 256),
+                              rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+                              rpn_post_nms_top_n_test=300, representation_size=256, roi_sampling_ratio=2,
+                              box_batch_size_per_image=64, min_size=192, max_size=240),
+    "tiny": DetectorConfig(depth=10, base_width=8, norm="gn", caffe_style=False, pixel_style="pytorch",
+                           frozen_stages=-1, fpn_channels=16, anchor_sizes=(16, 32, 64, 128, 256),
+                           rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100,
+                           rpn_post_nms_top_n_test=50, representation_size=32, roi_sampling_ratio=2,
+                           box_batch_size_per_image=32, min_size=96, max_size=128),
+}
+
+
+def detector_config(name: str, **overrides) -> DetectorConfig:
+    """The :class:`DetectorConfig` of variant ``name`` with ``overrides`` (DetectorConfig fields) applied."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown MixTeacher detector {name!r}; available: {', '.join(VARIANTS)}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(DetectorConfig)})
+    if unknown:
+        raise ValueError(f"unknown DetectorConfig field(s) {unknown}")
+    return replace(VARIANTS[name], **overrides)
+
+
+def create_model(name: str, num_classes: int = 80, pretrained_backbone: str | None = None,
+                 test_scale: str = "regular", **overrides) -> MixedScaleFasterRCNN:
+    """``create_model("r50_fpn", num_classes=80, pretrained_backbone="resnet50_msra-5891d200.pth")``: a
+    :data:`VARIANTS` detector, ``overrides`` (DetectorConfig fields, e.g. ``min_size=600``) applied."""
+    return build_detector(num_classes, detector_config(name, **overrides), pretrained_backbone, test_scale)

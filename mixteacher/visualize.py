@@ -11,10 +11,11 @@ into ``output_dir`` (default ``<checkpoint folder>/visualize``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,13 +23,15 @@ if __package__ in (None, ""):
 import torch
 from PIL import Image, ImageDraw
 
-from mixteacher.data import SemiSupervisedDataset
+from mixteacher.config import TrainConfig
+from mixteacher.data import SemiSupervisedDataset, build_datasets
+from mixteacher.engine import MODEL_KEYS, config_from_checkpoint, read_checkpoint
 from mixteacher.mix_teacher import MixTeacher
 from mixteacher.model import build_detector
 from mixteacher.teacher import map_boxes
-from mixteacher.train import MODEL_KEYS, build_datasets, config_from_checkpoint, read_checkpoint
+from shared.config import parse_config
 
-__all__ = ["draw_boxes", "main"]
+__all__ = ["VisualizeConfig", "draw_boxes", "main", "parse_args"]
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
@@ -64,55 +67,79 @@ def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, s
     return canvas
 
 
-def main(argv: Sequence[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(description="Draw MixTeacher predictions and pseudo labels.")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--output_dir", default=None)
-    parser.add_argument("--num_images", type=int, default=4)
-    parser.add_argument("--model", choices=["teacher", "student"], default="teacher")
-    parser.add_argument("--scale", choices=["regular", "mixed"], default="regular")
-    parser.add_argument("--score_thr", type=float, default=0.3)
-    args = parser.parse_args(argv)
-    state = read_checkpoint(args.checkpoint, MODEL_KEYS)  # a foreign or incomplete file is refused before any output
-    cfg = config_from_checkpoint(state)
-    out = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "visualize"
-    out.mkdir(parents=True, exist_ok=True)
-    train_set, val_set = build_datasets(cfg.data)
-    model_name = args.model if cfg.method == "mixteacher" else "student"
-    model = build_detector(state["num_classes"], cfg.detector)
-    model.load_state_dict(state[model_name])
-    model.eval()
-    names = state["categories"]["names"]
+@dataclass
+class VisualizeConfig:
+    """What to draw (``--key value`` on the command line)."""
+
+    checkpoint: str = ""
+    output_dir: str | None = None
+    num_images: int = 4
+    model: Literal["teacher", "student"] = "teacher"
+    scale: Literal["regular", "mixed"] = "regular"
+    score_thr: float = 0.3
+
+
+def parse_args(argv: Sequence[str] | None = None) -> VisualizeConfig:
+    """The drawing settings; ``--checkpoint`` is required."""
+    cfg = parse_config(VisualizeConfig, argv, description="Draw MixTeacher predictions and pseudo labels.")
+    if not cfg.checkpoint:
+        raise SystemExit("visualize: --checkpoint PATH is required")
+    return cfg
+
+
+def _draw_predictions(model, val_set, names: Sequence[str], cfg: VisualizeConfig, out: Path) -> list[Path]:
     written = []
-    for i in range(min(args.num_images, len(val_set))):
+    for i in range(min(cfg.num_images, len(val_set))):
         image, target = val_set[i]
-        det = model.predict([image], args.scale)[0]
-        keep = det["scores"] >= args.score_thr
+        det = model.predict([image], cfg.scale)[0]
+        keep = det["scores"] >= cfg.score_thr
         canvas = draw_boxes(image, target["boxes"], target["labels"], names=names,
                             dashed=torch.ones(len(target["boxes"]), dtype=torch.bool))
         draw_boxes(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names, canvas=canvas)
         written.append(out / f"predictions_{i}.png")
         canvas.save(written[-1])
-    if cfg.method == "mixteacher" and isinstance(train_set, SemiSupervisedDataset) and train_set.num_unlabeled:
-        method = MixTeacher(build_detector(state["num_classes"], cfg.detector), cfg.mixteacher)
-        method.teacher.load_state_dict(state["teacher"])
-        for i in range(min(args.num_images, train_set.num_unlabeled)):
-            item = train_set[(1, i, i)]
-            with torch.no_grad():
-                pseudo = method.pseudo_label([item["weak"]])[0][0]
-            confident = pseudo.scores >= cfg.mixteacher.cls_score_thr
-            weak = draw_boxes(item["weak"], pseudo.boxes, pseudo.labels, pseudo.scores, names, dashed=~confident)
-            strong_boxes = map_boxes(pseudo.boxes, item["weak_to_strong"], tuple(item["strong"].shape[-2:]))
-            strong = draw_boxes(item["strong"], strong_boxes, pseudo.labels, pseudo.scores, names,
-                                dashed=~confident)
-            pair = Image.new("RGB", (weak.width + strong.width + 8, max(weak.height, strong.height)), (255, 255, 255))
-            pair.paste(weak, (0, 0))
-            pair.paste(strong, (weak.width + 8, 0))
-            written.append(out / f"pseudo_labels_{i}.png")
-            pair.save(written[-1])
+    return written
+
+
+def _draw_pseudo_labels(state: dict, train_cfg: TrainConfig, train_set: SemiSupervisedDataset, names: Sequence[str],
+                        num_images: int, out: Path) -> list[Path]:
+    method = MixTeacher(build_detector(state["num_classes"], train_cfg.detector), train_cfg.mixteacher)
+    method.teacher.load_state_dict(state["teacher"])
+    written = []
+    for i in range(min(num_images, train_set.num_unlabeled)):
+        item = train_set[(1, i, i)]
+        with torch.no_grad():
+            pseudo = method.pseudo_label([item["weak"]])[0][0]
+        confident = pseudo.scores >= train_cfg.mixteacher.cls_score_thr
+        weak = draw_boxes(item["weak"], pseudo.boxes, pseudo.labels, pseudo.scores, names, dashed=~confident)
+        strong_boxes = map_boxes(pseudo.boxes, item["weak_to_strong"], tuple(item["strong"].shape[-2:]))
+        strong = draw_boxes(item["strong"], strong_boxes, pseudo.labels, pseudo.scores, names, dashed=~confident)
+        pair = Image.new("RGB", (weak.width + strong.width + 8, max(weak.height, strong.height)), (255, 255, 255))
+        pair.paste(weak, (0, 0))
+        pair.paste(strong, (weak.width + 8, 0))
+        written.append(out / f"pseudo_labels_{i}.png")
+        pair.save(written[-1])
+    return written
+
+
+def main(cfg: VisualizeConfig) -> list[Path]:
+    """Draw and write the PNGs; returns their paths."""
+    state = read_checkpoint(cfg.checkpoint, MODEL_KEYS)  # a foreign or incomplete file is refused before any output
+    train_cfg = config_from_checkpoint(state)
+    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / "visualize"
+    out.mkdir(parents=True, exist_ok=True)
+    train_set, val_set = build_datasets(train_cfg.data)
+    model_name = cfg.model if train_cfg.method == "mixteacher" else "student"
+    model = build_detector(state["num_classes"], train_cfg.detector)
+    model.load_state_dict(state[model_name])
+    model.eval()
+    names = state["categories"]["names"]
+    written = _draw_predictions(model, val_set, names, cfg, out)
+    if train_cfg.method == "mixteacher" and isinstance(train_set, SemiSupervisedDataset) and train_set.num_unlabeled:
+        written += _draw_pseudo_labels(state, train_cfg, train_set, names, cfg.num_images, out)
     print(f"wrote {len(written)} images to {out}")
     return written
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

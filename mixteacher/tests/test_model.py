@@ -2,16 +2,17 @@
 
 import itertools
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
 from torchvision.models.detection.image_list import ImageList
 
 from mixteacher.model import (
-    DetectorConfig,
     MixedScaleFasterRCNN,
     ResNetBody,
     ScaleGate,
+    create_model,
     crop_to,
     downscale_image_list,
     mix_pyramids,
@@ -117,7 +118,7 @@ def test_resnet50_fpn_parameter_count_matches_torchvision():
     """The paper's detector: torchvision's fasterrcnn_resnet50_fpn layout (+ the 2-layer gate)."""
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    ours = MixedScaleFasterRCNN(80)
+    ours = create_model("r50_fpn", num_classes=80)
     reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81)
     n_ours = sum(p.numel() for p in ours.parameters())
     # without downloaded weights torchvision uses trainable BatchNorm; ours is frozen (buffers, as the paper)
@@ -154,8 +155,8 @@ def test_torchvision_resnet_checkpoint_loads_key_for_key(tmp_path):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     torch.save({"state_dict": reference.state_dict()}, tmp_path / "r18.pth")
-    model = MixedScaleFasterRCNN(3, DetectorConfig(depth=18, caffe_style=False, fpn_channels=16,
-                                                   representation_size=16))
+    model = create_model("r50_fpn", num_classes=3, depth=18, caffe_style=False, fpn_channels=16,
+                         representation_size=16)
     load_backbone_weights(model.backbone.body, tmp_path / "r18.pth")
     x = torch.randn(1, 3, 64, 64)
     expected = reference.layer4(reference.layer3(reference.layer2(reference.layer1(
@@ -166,3 +167,18 @@ def test_torchvision_resnet_checkpoint_loads_key_for_key(tmp_path):
         load_backbone_weights(model.backbone.body, tmp_path / "bad.pth")
     with pytest.raises(FileNotFoundError, match="resnet50_caffe"):
         load_backbone_weights(model.backbone.body, tmp_path / "missing.pth")
+
+
+def test_variants_are_the_detectors_of_the_recipes_and_the_embedded_default():
+    from mixteacher.model import VARIANTS
+    from mixteacher.train import parse_args
+
+    assert parse_args([]).detector == VARIANTS["r10_w16"]  # configs/default.yaml
+    recipe = Path(__file__).parents[1] / "configs" / "coco_partial_10.yaml"
+    assert parse_args(["-c", str(recipe)]).detector == VARIANTS["r50_fpn"]
+    model = create_model("tiny", num_classes=3, min_size=64)
+    assert model.num_classes == 3 and model.cfg.min_size == 64 and model.cfg.fpn_channels == 16
+    with pytest.raises(ValueError, match="unknown MixTeacher detector"):
+        create_model("r200")
+    with pytest.raises(ValueError, match="unknown DetectorConfig field"):
+        create_model("tiny", widht=3)

@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixteacher import eval as mt_eval
-from mixteacher import train as mt_train
-from mixteacher import visualize as mt_visualize
-from mixteacher.data import partial_split_files
+from mixteacher.config import DataConfig
+from mixteacher.data import build_datasets, partial_split_files
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
 from mixteacher.model import MixedScaleFasterRCNN
 from mixteacher.teacher import box_jitter_uncertainty
-from mixteacher.tests.test_train import TINY
+from mixteacher.tests.test_train import TINY, eval_run, train_run, visualize_run
 from shared.checkpoint import CheckpointError, find_nonfinite, load_checkpoint
 from shared.datasets.coco_partial import RECIPE_KEY, labeled_image_indices
 from shared.logger import RunDirError
@@ -149,7 +147,7 @@ def test_diverging_lr_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp
     saves = _record_saves(monkeypatch)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"at step \d+|after step \d+") as err:
-        mt_train.main(["--output_dir", str(out), "--max_iters", "6", "--checkpoint_interval", "1",
+        train_run(["--output_dir", str(out), "--max_iters", "6", "--checkpoint_interval", "1",
                        "--eval_interval", "100", "--no-compare_supervised", "--lr", "1e6", "--warmup_iters", "0",
                        *TINY])
     assert saves, "the first step at lr 1e6 is finite and is checkpointed"
@@ -173,7 +171,7 @@ def test_nan_in_the_ema_teacher_stops_the_run_before_it_is_checkpointed(tmp_path
     monkeypatch.setattr(MixTeacher, "update_teacher", poisoned)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="EMA teacher .* after step 2"):
-        mt_train.main(["--output_dir", str(out), "--max_iters", "4", "--checkpoint_interval", "1",
+        train_run(["--output_dir", str(out), "--max_iters", "4", "--checkpoint_interval", "1",
                        "--eval_interval", "100", "--no-compare_supervised", *TINY])
     assert [load_checkpoint(p)["step"] for p, _ in saves[-1:]] == [2]
     assert (out / "last.pt").read_bytes() == saves[-1][1]
@@ -187,7 +185,7 @@ def test_nan_in_the_ema_teacher_stops_the_run_before_it_is_checkpointed(tmp_path
 def finished_run(tmp_path_factory) -> Path:
     """A one-iteration run of the embedded default's code path, with its supervised comparison."""
     out = tmp_path_factory.mktemp("mixteacher_reliability") / "run"
-    mt_train.main(["--output_dir", str(out), "--max_iters", "1", "--checkpoint_interval", "1",
+    train_run(["--output_dir", str(out), "--max_iters", "1", "--checkpoint_interval", "1",
                    "--eval_interval", "1", *TINY])
     return out
 
@@ -208,9 +206,9 @@ def test_resume_from_a_file_that_is_not_a_mixteacher_checkpoint_is_refused_befor
     path = _bad_checkpoints(tmp_path / "old")[kind]
     before = _snapshot(tmp_path)
     with pytest.raises(CheckpointError, match="not a mixteacher checkpoint"):
-        mt_train.main(["--resume", str(path), "--max_iters", "1", *TINY])  # run folder: the file's folder
+        train_run(["--resume", str(path), "--max_iters", "1", *TINY])  # run folder: the file's folder
     with pytest.raises(CheckpointError, match="not a mixteacher checkpoint"):
-        mt_train.main(["--resume", str(path), "--output_dir", str(tmp_path / "new"), "--max_iters", "1", *TINY])
+        train_run(["--resume", str(path), "--output_dir", str(tmp_path / "new"), "--max_iters", "1", *TINY])
     assert _snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["old"]
 
 
@@ -226,23 +224,23 @@ def test_checkpoints_record_the_package_and_tools_refuse_foreign_files(finished_
     before = _snapshot(tmp_path)
     for path in bad.values():
         with pytest.raises(CheckpointError, match="not a mixteacher checkpoint"):
-            mt_eval.main(["--checkpoint", str(path)])
+            eval_run(["--checkpoint", str(path)])
         with pytest.raises(CheckpointError, match="not a mixteacher checkpoint"):
-            mt_visualize.main(["--checkpoint", str(path)])
+            visualize_run(["--checkpoint", str(path)])
     assert _snapshot(tmp_path) == before  # no eval/ or visualize/ folder
 
 
 def test_a_run_folder_of_another_package_or_config_is_refused_before_writing(finished_run, tmp_path):
     before = _snapshot(finished_run)
     with pytest.raises(RunDirError, match="different config"):  # a fresh run with other values into the folder
-        mt_train.main(["--output_dir", str(finished_run), "--max_iters", "2", *TINY])
+        train_run(["--output_dir", str(finished_run), "--max_iters", "2", *TINY])
     assert _snapshot(finished_run) == before
     other = tmp_path / "emo_run"
     other.mkdir()
     (other / "RUN.json").write_text(json.dumps({"package": "emo", "config": {"epochs": 1}}))
     before = _snapshot(other)
     with pytest.raises(RunDirError, match="package 'emo'"):
-        mt_train.main(["--output_dir", str(other), "--max_iters", "1", *TINY])
+        train_run(["--output_dir", str(other), "--max_iters", "1", *TINY])
     assert _snapshot(other) == before
 
 
@@ -274,8 +272,8 @@ def test_another_seed_offset_in_an_existing_split_folder_gives_its_own_split(coc
     assert _image_ids(labeled7) != _image_ids(labeled0)
     assert sorted(_image_ids(labeled7) + _image_ids(unlabeled7)) == sorted(ids)
     # the train script's path: data.seed_offset reaches the split
-    data = mt_train.DataConfig(root=str(coco_root), percent=20, fold=1, seed_offset=7, workers=0)
-    train_set, _ = mt_train.build_datasets(data)
+    data = DataConfig(root=str(coco_root), percent=20, fold=1, seed_offset=7, workers=0)
+    train_set, _ = build_datasets(data)
     assert train_set.labeled.annotation_file == labeled7
     assert sorted(train_set.labeled.coco.getImgIds()) == _image_ids(labeled7)
 
@@ -300,8 +298,8 @@ def test_changed_or_truncated_train_annotations_are_read_again(coco_root):
 
 
 def test_embedded_synthetic_set_gets_its_split_with_a_recipe():
-    data = mt_train.DataConfig(synthetic=True, synthetic_train=20, synthetic_val=4, percent=20, fold=1, workers=0)
-    train_set, _ = mt_train.build_datasets(data)
+    data = DataConfig(synthetic=True, synthetic_train=20, synthetic_val=4, percent=20, fold=1, workers=0)
+    train_set, _ = build_datasets(data)
     from shared.datasets.download import file_digest
 
     recipe = json.loads(train_set.labeled.annotation_file.read_text())[RECIPE_KEY]
