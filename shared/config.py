@@ -346,7 +346,8 @@ def build_parser(schema: type, description: str | None = None, add_help: bool = 
     for key, tp, default, help_text in _flat_fields(schema):
         dest = key.replace(".", "__")
         leaf = _leaf_type(tp)
-        help_text = f"{help_text} ({_type_name(tp)})".strip()
+        help_text = f"{help_text} ({_type_name(tp)})".strip().replace("%", "%%")  # argparse formats help with %
+        default = str(default).replace("%", "%%")
         if leaf is bool:
             group.add_argument(f"--{key}", dest=dest, nargs="?", const=True, type=_parse_bool, metavar="BOOL",
                                default=argparse.SUPPRESS, help=f"{help_text}; default {default} (--{key} alone, or "

@@ -30,8 +30,9 @@ T = TypeVar("T")
 
 RUN_MARKER = "RUN.json"
 #: Config keys that may change between the runs of one folder (where and how fast it runs, not what it computes).
-RUN_LEVEL_KEYS = frozenset({"output_dir", "resume", "device", "threads", "num_threads", "torch_threads",
-                            "tensorboard", "log_interval", "print_freq", "num_workers", "workers"})
+RUN_LEVEL_KEYS = frozenset({"output_dir", "name", "resume", "device", "threads", "num_threads", "torch_threads",
+                            "tensorboard", "log_interval", "eval_interval", "checkpoint_interval", "print_freq",
+                            "num_workers", "workers"})
 
 
 class RunDirError(RuntimeError):
@@ -136,9 +137,10 @@ def claim_run_dir(out_dir: str | Path, package: str, config: Mapping[str, Any], 
         if owner != package:
             raise RunDirError(f"{out_dir} holds a run of package '{owner}', not {package}; choose another "
                               "--output_dir (nothing was written)")
-        if set(stored) != set(config):
+        schema_change = (set(stored) ^ set(config)) - RUN_LEVEL_KEYS  # run-level keys were renamed once (RunConfig)
+        if schema_change:
             raise RunDirError(f"{out_dir} holds a run of another {package} script or config schema (keys differ: "
-                              f"{', '.join(sorted(set(stored) ^ set(config)))}); choose another --output_dir")
+                              f"{', '.join(sorted(schema_change))}); choose another --output_dir")
         changed = _differences(stored, config)
         if changed and not resume and _holds_results(out_dir):
             raise RunDirError(
