@@ -1,6 +1,6 @@
 """FRIH: Fine-Grained Region-Aware Image Harmonization (AAAI 2024, arXiv 2205.06448) on an iSSAM / iDIH base.
 
-Public API: the networks (`FRIH`, `SSAMHarmonizer` = iSSAM, `DIHHarmonizer` = iDIH, `create_model`, named variants),
+Public API: the networks (`FRIH`, `SSAMHarmonizer` = iSSAM, `DIHHarmonizer` = iDIH, `VARIANTS` and `create_model`),
 the K-means region split (`kmeans_submasks`), the FN-MSE loss, the iHarmony4 loader and transforms, the synthetic
 iHarmony4-format generator and the any-resolution `Harmonizer`.
 """
@@ -10,17 +10,13 @@ from frih.inference import Harmonizer, load_model_from_checkpoint
 from frih.losses import FNMSELoss, FRIHLoss, fn_mse
 from frih.model import (
     FRIH,
+    VARIANTS,
     DIHHarmonizer,
     FRIHConfig,
     SSAMHarmonizer,
     build_model,
     count_parameters,
     create_model,
-    frih256,
-    frih_idih256,
-    frih_tiny,
-    idih256,
-    issam256,
     list_models,
 )
 from frih.submasks import kmeans_submasks
@@ -36,6 +32,7 @@ __all__ = [
     "DEMO_INFO",
     "FRIH",
     "SUBSETS",
+    "VARIANTS",
     "DIHHarmonizer",
     "EvalTransform",
     "FNMSELoss",
@@ -50,11 +47,6 @@ __all__ = [
     "create_model",
     "ensure_synthetic_iharmony4",
     "fn_mse",
-    "frih256",
-    "frih_idih256",
-    "frih_tiny",
-    "idih256",
-    "issam256",
     "kmeans_submasks",
     "list_models",
     "load_model_from_checkpoint",

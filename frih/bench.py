@@ -13,22 +13,46 @@ cost; the low-res mode runs the network at 256 px and applies the change at full
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from frih.inference import Harmonizer
+from frih.inference import Harmonizer, resolve_device
 from frih.losses import FRIHLoss
 from frih.model import count_parameters, create_model, normalize_image
 from frih.submasks import kmeans_submasks
 from shared.benchmark import peak_memory_mb, seconds_per_call
+from shared.config import AmpMode, DeviceName, parse_config
 from shared.training import autocast
+
+
+@dataclass
+class BenchConfig:
+    device: DeviceName = field(default="cpu", metadata={"help": "where to run (auto: cuda when available)"})
+    models: list[str] = field(default_factory=lambda: ["frih256", "issam256"], metadata={
+        "help": "names of frih.model.VARIANTS"})
+    sizes: list[int] | None = field(default=None, metadata={"help": "default: 256 1024 2048"})
+    modes: list[Literal["full", "lowres"]] | None = field(default=None, metadata={
+        "help": "default: CUDA full+lowres at every size; CPU full at 256 and lowres at 1024/2048"})
+    amp: list[AmpMode] | None = field(default=None, metadata={"help": "default: off on CPU; off fp16 bf16 on CUDA"})
+    channels_last: bool = field(default=False, metadata={"help": "also run channels-last (default on CUDA)"})
+    compile: bool = field(default=False, metadata={"help": "also run torch.compile'd (slow first call)"})
+    batch: int = field(default=1, metadata={"help": "inference batch"})
+    train_batch: int | None = field(default=None, metadata={"help": "default: 16 on CUDA, 2 on CPU"})
+    warmup: int | None = field(default=None, metadata={"help": "default: 3 on CUDA, 1 on CPU"})
+    iters: int | None = field(default=None, metadata={"help": "default: 20 on CUDA, 2 on CPU"})
+    threads: int | None = field(default=None, metadata={"help": "torch intra-op CPU threads"})
+    no_train: bool = field(default=False, metadata={"help": "skip the training-step benchmark"})
+    out: str | None = field(default=None, metadata={"help": "write the rows as JSON"})
 
 
 def _inputs(batch: int, size: int, device: torch.device, fg: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +86,7 @@ def bench_kmeans(size: int, batch: int, device: torch.device, warmup: int, iters
     comp, mask = _inputs(batch, size, device)
     seconds = seconds_per_call(lambda: kmeans_submasks(comp * 255, mask, k), device, warmup, iters)
     return {"what": "kmeans", "model": f"K={k}, 10 iters, 25% fg", "size": size, "mode": "-", "batch": batch,
-            "amp": "none", "channels_last": False, "compile": False, "ms": 1000 * seconds,
+            "amp": "off", "channels_last": False, "compile": False, "ms": 1000 * seconds,
             "images_per_s": batch / seconds, "peak_mb": peak_memory_mb(device)}
 
 
@@ -102,75 +126,65 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--models", nargs="+", default=["frih256", "issam256"])
-    p.add_argument("--sizes", nargs="+", type=int, default=None, help="default: 256 1024 2048")
-    p.add_argument("--modes", nargs="+", default=None, choices=("full", "lowres"),
-                   help="default: CUDA full+lowres at every size; CPU full at 256 and lowres at 1024/2048")
-    p.add_argument("--amp", nargs="+", default=None, choices=("none", "fp16", "bf16"),
-                   help="default: none on CPU; none fp16 bf16 on CUDA")
-    p.add_argument("--channels_last", action="store_true", help="also run channels-last (default on CUDA)")
-    p.add_argument("--compile", action="store_true", help="also run torch.compile'd (slow first call)")
-    p.add_argument("--batch", type=int, default=1, help="inference batch")
-    p.add_argument("--train_batch", type=int, default=None, help="default: 16 on CUDA, 2 on CPU")
-    p.add_argument("--warmup", type=int, default=None, help="default: 3 on CUDA, 1 on CPU")
-    p.add_argument("--iters", type=int, default=None, help="default: 20 on CUDA, 2 on CPU")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no_train", action="store_true", help="skip the training-step benchmark")
-    p.add_argument("--out", default=None, help="write the rows as JSON")
-    return p
+def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
+    return parse_config(BenchConfig, argv, description=__doc__.splitlines()[0])
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = get_args_parser().parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench.py: --device cuda requested but CUDA is not available to torch")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _settings(cfg: BenchConfig, cuda: bool) -> dict[str, Any]:
+    """The defaults that depend on the device, filled in: CUDA runs more and longer than CPU."""
+    return {"sizes": cfg.sizes or [256, 1024, 2048], "amps": cfg.amp or (["off", "fp16", "bf16"] if cuda else ["off"]),
+            "warmup": cfg.warmup if cfg.warmup is not None else (3 if cuda else 1),
+            "iters": cfg.iters or (20 if cuda else 2),
+            "layouts": [False, True] if (cuda or cfg.channels_last) else [False],
+            "compiles": [False, True] if cfg.compile else [False]}
+
+
+def _report(rows: list[dict]) -> None:
+    print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+
+
+def run_inference_benchmarks(cfg: BenchConfig, s: dict[str, Any], device: torch.device) -> list[dict]:
+    """Every (model, size, mode, amp, layout, compile) inference row; CPU runs lowres above 256 px only."""
+    rows = []
+    cuda = device.type == "cuda"
+    for m, size in itertools.product(cfg.models, s["sizes"]):
+        modes = cfg.modes or (["full", "lowres"] if cuda else (["full"] if size <= 256 else ["lowres"]))
+        for mode, amp, cl, comp in itertools.product(modes, s["amps"], s["layouts"], s["compiles"]):
+            if mode == "lowres" and size <= 256:
+                continue
+            rows.append(bench_inference(m, size, mode, cfg.batch, amp, cl, comp, device, s["warmup"], s["iters"]))
+            _report(rows)
+    return rows
+
+
+def main(cfg: BenchConfig) -> list[dict]:
+    """Run the benchmarks, print the table, write it as JSON with --out; returns the rows."""
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    sizes = args.sizes or [256, 1024, 2048]
-    amps = args.amp or (["none", "fp16", "bf16"] if cuda else ["none"])
-    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-    iters = args.iters or (20 if cuda else 2)
-    layouts = [False, True] if (cuda or args.channels_last) else [False]
-    compiles = [False, True] if args.compile else [False]
+    s = _settings(cfg, cuda)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"frih bench on {name}, torch {torch.__version__}")
-    for m in args.models:
+    for m in cfg.models:
         print(f"  {m}: {count_parameters(create_model(m)):,} parameters")
-    rows = []
-    for m in args.models:
-        for size in sizes:
-            modes = args.modes or (["full", "lowres"] if cuda else (["full"] if size <= 256 else ["lowres"]))
-            for mode in modes:
-                if mode == "lowres" and size <= 256:
-                    continue
-                for amp in amps:
-                    for cl in layouts:
-                        for comp in compiles:
-                            rows.append(bench_inference(m, size, mode, args.batch, amp, cl, comp, device, warmup,
-                                                        iters))
-                            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    rows = run_inference_benchmarks(cfg, s, device)
     for size, batch in ((256, 16), (1024, 1), (2048, 1)):
-        rows.append(bench_kmeans(size, batch, device, warmup, iters))
-        print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-    if not args.no_train:
-        train_batch = args.train_batch or (16 if cuda else 2)
-        for m in args.models:
-            for amp in amps:
-                rows.append(bench_train_step(m, 256, train_batch, amp, device, warmup, iters))
-                print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+        rows.append(bench_kmeans(size, batch, device, s["warmup"], s["iters"]))
+        _report(rows)
+    if not cfg.no_train:
+        train_batch = cfg.train_batch or (16 if cuda else 2)
+        for m, amp in itertools.product(cfg.models, s["amps"]):
+            rows.append(bench_train_step(m, 256, train_batch, amp, device, s["warmup"], s["iters"]))
+            _report(rows)
     print()
     print(format_rows(rows))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2))
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2))
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

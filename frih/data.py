@@ -69,28 +69,27 @@ def composite_to_mask_name(composite_name: str) -> str:
     return "_".join(tokens[:-1]) + ".png"
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; a missing or unreadable file is an error naming the file."""
+def _read_pixels(path: str | Path, what: str, mode: str | None = None) -> np.ndarray:
+    """The pixels of an image file (converted to PIL `mode` if given); a missing or unreadable file is an error
+    naming the file and `what` it is."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            return np.array(im.convert(mode) if mode else im)
     except Exception as err:  # PIL raises several types for corrupt files
-        raise OSError(f"cannot read image {path}: {err}") from err
+        raise OSError(f"cannot read {what} {path}: {err}") from err
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; a missing or unreadable file is an error naming the file."""
+    return _read_pixels(path, "image", "RGB")
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """(H, W) float32 in [0, 1]: the first channel of the PNG / 255 (saic-vul convention, not binarised)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask not found: {path}")
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except Exception as err:
-        raise OSError(f"cannot read mask {path}: {err}") from err
+    arr = _read_pixels(path, "mask")
     if arr.ndim == 3:
         arr = arr[..., 0]
     if arr.dtype == bool:

@@ -4,14 +4,17 @@
     python -m frih.eval --checkpoint best.pt --data.root /data/iHarmony4 --output_dir results/
 
 Prints the table and writes metrics.json (top level: the model's "All" MSE / fMSE / PSNR / PSNR_255 / fPSNR, each
-row's as <row>_<metric>, the nested summary), per_image.csv, results.md and before_after.png into `output_dir`
-(default `<checkpoint folder>/eval/`). The data settings default to the training run's (stored in the checkpoint);
-`--data.*` flags override them.
+row's as <row>_<metric>, the nested summary), per_image.csv, results.md and before_after.png into `--output_dir`
+(default `<checkpoint folder>/eval/`). The config is the training run's, stored in the checkpoint (data settings,
+threads ...); `-c` / `--key value` override it. Not taken from the training run (they keep their defaults unless
+given): output_dir, device (auto), amp (off), eval_batch_size (16) and num_grid_images (8).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,64 +23,72 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from torch.utils.data import DataLoader
 
-from frih.evaluation import evaluate_harmonizer, summarize
-from frih.inference import Harmonizer, load_model_from_checkpoint
-from frih.train import DataConfig, build_eval_loader, resolve_data_root, write_evaluation
-from shared.config import config_from_dict, parse_config
+from frih.config import PACKAGE, Config
+from frih.evaluation import evaluate_model, row_names, write_evaluation
+from frih.inference import Harmonizer, load_model_from_checkpoint, resolve_device
+from frih.loaders import build_eval_loader, resolve_data_root
+from shared.checkpoint import load_checkpoint
+from shared.config import parse_eval_config
+
+__all__ = ["EvalConfig", "evaluate", "main", "parse_args"]
+
+#: Keys of the stored training config that the evaluation does not inherit (they keep EvalConfig's defaults), and
+#: the keys that checkpoints written before the RunConfig names may hold (eval_every, log_every).
+NOT_INHERITED = ("output_dir", "device", "amp", "eval_batch_size", "num_grid_images", "eval_every", "log_every")
 
 
 @dataclass
-class EvalDataConfig:
-    """Overrides of the training run's data settings (null = keep the checkpoint's)."""
+class EvalConfig(Config):
+    """The training config (from the checkpoint) plus what the evaluation chooses."""
 
-    root: str | None = None
-    test_subsets: list[str] | None = None
-    eval_size: int | None = field(default=None, metadata={"help": "Resize side (0 = native resolution)"})
-    num_workers: int | None = None
-
-
-@dataclass
-class EvalConfig:
     checkpoint: str = field(default="", metadata={"help": "train.py checkpoint (last.pt / best.pt)"})
-    output_dir: str | None = field(default=None, metadata={"help": "default: <checkpoint folder>/eval"})
-    data: EvalDataConfig = field(default_factory=EvalDataConfig)
     split: str = "test"
     mode: Literal["full", "lowres"] = field(default="full", metadata={"help": "Harmonizer mode (see inference.py)"})
     lowres_size: int = 256
-    batch_size: int = 16
-    device: str | None = None
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: the training run's)"})
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    num_grid_images: int = 8
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config(EvalConfig, argv, description=__doc__.splitlines()[0])
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, cfg: EvalConfig, arch: str
+             ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The protocol on `loader` in the configured Harmonizer mode: (summary, per-image records, grid samples)."""
+    harmonizer = Harmonizer(model, device, mode=cfg.mode, lowres_size=cfg.lowres_size, amp=cfg.amp)
+    return evaluate_model(harmonizer, loader, arch, num_grid=cfg.num_grid_images)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
+    """The checkpoint's stored training config < `-c` recipe < `--key value` flags (see the module docstring)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--checkpoint", default="")
+    checkpoint = pre.parse_known_args(args)[0].checkpoint
+    stored: dict[str, Any] = {}
+    if checkpoint:
+        stored = load_checkpoint(checkpoint, package=PACKAGE, required=("model", "config"))["config"]
+    elif not {"-h", "--help"} & set(args):  # --help alone lists the keys
+        raise SystemExit("eval.py: --checkpoint PATH is required")
+    return parse_eval_config(EvalConfig, stored, args, description=__doc__.splitlines()[0], ignore=NOT_INHERITED)
+
+
+def main(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate `cfg.checkpoint`; writes and returns the metrics."""
     if not cfg.checkpoint:
         raise SystemExit("eval.py: --checkpoint PATH is required")
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     model, train_cfg = load_model_from_checkpoint(cfg.checkpoint, device)
-    threads = cfg.threads or train_cfg.get("threads")
-    if threads:
-        torch.set_num_threads(threads)
-    data = config_from_dict(DataConfig, train_cfg["data"])
-    overrides = {k: v for k, v in vars(cfg.data).items() if v is not None}
-    data = config_from_dict(DataConfig, overrides, base=data)
-    root = resolve_data_root(data)
-    loader = build_eval_loader(data, root, cfg.batch_size, cfg.split)
+    root = resolve_data_root(cfg.data)
+    loader = build_eval_loader(cfg.data, root, cfg.eval_batch_size, cfg.split)
     arch = train_cfg["model"]["arch"]
-    harmonizer = Harmonizer(model, device, mode=cfg.mode, lowres_size=cfg.lowres_size, amp=cfg.amp)
-    records, grid = evaluate_harmonizer(harmonizer, loader, stage1_name="stage1" if arch == "frih" else arch,
-                                        num_grid=cfg.num_grid_images)
+    summary, records, grid = evaluate(model, loader, device, cfg, arch)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).resolve().parent / "eval"
     extra = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "data_root": str(root), "mode": cfg.mode,
-             "eval_size": data.eval_size}
-    metrics = write_evaluation(out_dir, summarize(records), records, grid, main_row="frih" if arch == "frih" else arch,
-                               extra=extra)
+             "eval_size": cfg.data.eval_size}
+    metrics = write_evaluation(out_dir, summary, records, grid, main_row=row_names(arch)[1], extra=extra)
     print(f"wrote {out_dir / 'metrics.json'}")
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -1,4 +1,4 @@
-"""The saic-vul iHarmony4 evaluation protocol (frih.md section 4.1) and before/after grids.
+"""The saic-vul iHarmony4 evaluation protocol (README, "Results") and before/after grids.
 
 Per test image, at the evaluation size (256 x 256 resize of composite, real image and soft mask): the prediction is
 clamped to [0, 1] and scaled to 0-255 without rounding, then `shared.metrics.harmonization_metrics` gives MSE, fMSE
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from frih.inference import Harmonizer
+from shared.logger import write_json
 
-__all__ = ["FG_BINS", "METRICS", "evaluate_harmonizer", "format_table", "save_grid", "summarize", "write_per_image"]
+__all__ = ["FG_BINS", "METRICS", "evaluate_harmonizer", "evaluate_model", "flat_metrics", "format_table", "row_names",
+           "save_grid", "summarize", "write_evaluation", "write_per_image"]
 
 METRICS = ("mse", "fmse", "psnr", "psnr_255", "fpsnr", "fmse_binary")
 FG_BINS = (("fg0-5", 0.0, 0.05), ("fg5-15", 0.05, 0.15), ("fg15-100", 0.15, 1.0))
@@ -34,7 +36,7 @@ def image_metrics(pred01: torch.Tensor, target01: torch.Tensor, mask: torch.Tens
     """Per-image metrics of a batch: images (B, 3, H, W) in [0, 1] (scaled to 0-255 here), mask (B, 1, H, W).
 
     `shared.metrics.harmonization_metrics` (soft-mask fMSE, the reference) plus "fmse_binary", the fMSE with the
-    mask binarised at 0.5 (the variant other codebases use; frih.md 4.2).
+    mask binarised at 0.5 (the variant other codebases use; README, "Fidelity notes").
     """
     from shared.metrics import harmonization_metrics
 
@@ -83,6 +85,18 @@ def evaluate_harmonizer(harmonizer: Harmonizer, loader: Iterable[dict[str, Any]]
                          **{row: pred[i].permute(1, 2, 0).cpu().numpy() for row, pred in rows.items()},
                          "target": target[i].permute(1, 2, 0).cpu().numpy()})
     return records, grid
+
+
+def row_names(arch: str) -> tuple[str, str]:
+    """(stage-1 row, main row) of the result table: ("stage1", "frih") for FRIH, (arch, arch) for iSSAM / iDIH."""
+    return ("stage1", "frih") if arch == "frih" else (arch, arch)
+
+
+def evaluate_model(harmonizer: Harmonizer, loader: Iterable[dict[str, Any]], arch: str, num_grid: int = 8
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, np.ndarray]]]:
+    """The protocol on `loader` for a network of architecture `arch`: (summary, per-image records, grid samples)."""
+    records, grid = evaluate_harmonizer(harmonizer, loader, stage1_name=row_names(arch)[0], num_grid=num_grid)
+    return summarize(records), records, grid
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -160,3 +174,18 @@ def save_grid(samples: list[dict[str, np.ndarray]], path: str | Path, tile: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def write_evaluation(out_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]],
+                     grid: list[dict[str, np.ndarray]], main_row: str, extra: dict[str, Any],
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """metrics.json, per_image.csv, results.md and before_after.png into `out_dir`; logs the table. Returns the
+    metrics (:func:`flat_metrics` plus `extra`)."""
+    metrics = {**flat_metrics(summary, main_row), **extra}
+    write_json(metrics, out_dir / "metrics.json")
+    write_per_image(records, out_dir / "per_image.csv")
+    save_grid(grid, out_dir / "before_after.png")
+    table = format_table(summary)
+    log("\n" + table)
+    (out_dir / "results.md").write_text(table + "\n")
+    return metrics

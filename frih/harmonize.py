@@ -8,8 +8,8 @@ One image (the output keeps the composite's size, e.g. 1001x777)::
 A folder: either an iHarmony4-style folder (composite_images/ + masks/, masks found with the iHarmony4 name rule or
 by the composite's stem) or two folders::
 
-    python harmonize.py --checkpoint best.pt --input_dir my_set --out_dir harmonized/
-    python harmonize.py --checkpoint best.pt --composite_dir comps/ --mask_dir masks/ --out_dir harmonized/
+    python harmonize.py --checkpoint best.pt --input_dir my_set --output_dir harmonized/
+    python harmonize.py --checkpoint best.pt --composite_dir comps/ --mask_dir masks/ --output_dir harmonized/
 
 `--mode full` (default) runs the network at full resolution (padded to the network's multiple and cropped back);
 `--mode lowres --lowres_size 256` predicts at 256 and applies the upsampled colour change inside the full-resolution
@@ -18,10 +18,12 @@ mask (see frih/inference.py). The mask is read like iHarmony4's (first channel /
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,9 +32,29 @@ import torch
 from PIL import Image
 
 from frih.data import composite_to_mask_name, read_mask, read_rgb
-from frih.inference import Harmonizer, load_model_from_checkpoint
+from frih.inference import Harmonizer, load_model_from_checkpoint, resolve_device
+from shared.config import AmpMode, DeviceName, parse_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class HarmonizeConfig:
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "train.py checkpoint (default: the newest runs/frih/*/*/best.pt under the current folder or the "
+                "repository root)"})
+    composite: str | None = field(default=None, metadata={"help": "one composite image"})
+    mask: str | None = field(default=None, metadata={"help": "its foreground mask"})
+    out: str | None = field(default=None, metadata={"help": "output image (with --composite)"})
+    input_dir: str | None = field(default=None, metadata={"help": "folder with composite_images/ and masks/"})
+    composite_dir: str | None = field(default=None, metadata={"help": "folder of composites (with --mask_dir)"})
+    mask_dir: str | None = field(default=None, metadata={"help": "folder of masks (with --composite_dir)"})
+    output_dir: str | None = field(default=None, metadata={"help": "output folder (folder modes)"})
+    mode: Literal["full", "lowres"] = "full"
+    lowres_size: int = 256
+    device: DeviceName = field(default="auto", metadata={"help": "auto: cuda when available"})
+    amp: AmpMode = "off"
+    threads: int | None = field(default=None, metadata={"help": "torch intra-op CPU threads"})
 
 
 def find_mask(composite: Path, mask_dir: Path) -> Path:
@@ -64,7 +86,7 @@ def harmonize_file(harmonizer: Harmonizer, composite_path: Path, mask_path: Path
 
 
 def latest_checkpoint(roots: list[Path] | None = None) -> Path:
-    """The most recently written `runs/frih/<config>/<time>/best.pt`; an error says what to do when there is none."""
+    """The most recently written `runs/frih/<name>/<time>/best.pt`; an error says what to do when there is none."""
     roots = roots or [Path.cwd(), Path(__file__).resolve().parents[1], Path(__file__).resolve().parent]
     found = [p for root in roots for p in (root / "runs" / "frih").glob("*/*/best.pt")]
     if not found:
@@ -73,57 +95,44 @@ def latest_checkpoint(roots: list[Path] | None = None) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=None,
-                   help="train.py checkpoint (default: the newest runs/frih/*/*/best.pt under the current folder "
-                        "or the repository root)")
-    p.add_argument("--composite", help="one composite image")
-    p.add_argument("--mask", help="its foreground mask")
-    p.add_argument("--out", help="output image (with --composite)")
-    p.add_argument("--input_dir", help="folder with composite_images/ and masks/")
-    p.add_argument("--composite_dir", help="folder of composites (with --mask_dir)")
-    p.add_argument("--mask_dir", help="folder of masks (with --composite_dir)")
-    p.add_argument("--out_dir", help="output folder (folder modes)")
-    p.add_argument("--mode", choices=("full", "lowres"), default="full")
-    p.add_argument("--lowres_size", type=int, default=256)
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    return p
+def list_jobs(cfg: HarmonizeConfig) -> list[tuple[Path, Path, Path]]:
+    """(composite, mask, output) of every image to harmonize: the single image or each image of the folder."""
+    if cfg.composite:
+        if not (cfg.mask and cfg.out):
+            raise SystemExit("harmonize.py: --composite needs --mask and --out")
+        return [(Path(cfg.composite), Path(cfg.mask), Path(cfg.out))]
+    if cfg.input_dir:
+        comp_dir, mask_dir = Path(cfg.input_dir) / "composite_images", Path(cfg.input_dir) / "masks"
+    elif cfg.composite_dir and cfg.mask_dir:
+        comp_dir, mask_dir = Path(cfg.composite_dir), Path(cfg.mask_dir)
+    else:
+        raise SystemExit("harmonize.py: give --composite/--mask/--out, --input_dir, or --composite_dir/--mask_dir")
+    if not cfg.output_dir:
+        raise SystemExit("harmonize.py: folder mode needs --output_dir")
+    if not comp_dir.is_dir():
+        raise FileNotFoundError(f"composite folder not found: {comp_dir}")
+    composites = sorted(p for p in comp_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not composites:
+        raise FileNotFoundError(f"no images in {comp_dir}")
+    return [(c, find_mask(c, mask_dir), Path(cfg.output_dir) / (c.stem + ".png")) for c in composites]
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    args = get_args_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint()
-    if not args.checkpoint:
+def parse_args(argv: Sequence[str] | None = None) -> HarmonizeConfig:
+    return parse_config(HarmonizeConfig, argv, description=__doc__.splitlines()[0])
+
+
+def main(cfg: HarmonizeConfig) -> list[Path]:
+    """Harmonize the configured image(s); returns the written files."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else latest_checkpoint()
+    if not cfg.checkpoint:
         print(f"using {checkpoint}")
     model, _ = load_model_from_checkpoint(checkpoint, device)
-    harmonizer = Harmonizer(model, device, mode=args.mode, lowres_size=args.lowres_size, amp=args.amp)
-    if args.composite:
-        if not (args.mask and args.out):
-            raise SystemExit("harmonize.py: --composite needs --mask and --out")
-        jobs = [(Path(args.composite), Path(args.mask), Path(args.out))]
-    else:
-        if args.input_dir:
-            comp_dir, mask_dir = Path(args.input_dir) / "composite_images", Path(args.input_dir) / "masks"
-        elif args.composite_dir and args.mask_dir:
-            comp_dir, mask_dir = Path(args.composite_dir), Path(args.mask_dir)
-        else:
-            raise SystemExit("harmonize.py: give --composite/--mask/--out, --input_dir, or --composite_dir/--mask_dir")
-        if not args.out_dir:
-            raise SystemExit("harmonize.py: folder mode needs --out_dir")
-        if not comp_dir.is_dir():
-            raise FileNotFoundError(f"composite folder not found: {comp_dir}")
-        composites = sorted(p for p in comp_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not composites:
-            raise FileNotFoundError(f"no images in {comp_dir}")
-        jobs = [(c, find_mask(c, mask_dir), Path(args.out_dir) / (c.stem + ".png")) for c in composites]
+    harmonizer = Harmonizer(model, device, mode=cfg.mode, lowres_size=cfg.lowres_size, amp=cfg.amp)
     written = []
-    for comp, mask, out in jobs:
+    for comp, mask, out in list_jobs(cfg):
         t0 = time.perf_counter()
         w, h = harmonize_file(harmonizer, comp, mask, out)
         print(f"{comp} -> {out} ({w}x{h}, {time.perf_counter() - t0:.2f} s)")
@@ -132,4 +141,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

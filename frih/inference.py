@@ -5,7 +5,7 @@ Two modes (`Harmonizer(mode=...)`):
 * "full" (default): the whole image goes through the network at its own resolution, zero-padded (composite and
   mask, before normalisation, split evenly top/bottom and left/right as saic-vul's `PadToDivisor`) to a multiple of
   the network's `size_divisor`, then cropped back, so a 1001x777 input gives a 1001x777 output. Cost grows with
-  H*W (frih.md section 7).
+  H*W (README, "Performance").
 * "lowres": composite and mask are resized to `lowres_size` (bilinear with antialiasing), predicted there, and the
   predicted change (prediction - resized composite) is upsampled bilinearly and added to the full-resolution
   composite inside the full-resolution mask: out = composite + mask * up(pred_low - composite_low). The background
@@ -26,9 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frih.model import denormalize_image, normalize_image
+from frih.config import PACKAGE
+from frih.model import FRIHConfig, build_model, denormalize_image, normalize_image
+from shared.checkpoint import load_checkpoint
+from shared.config import AmpMode, DeviceName, config_from_dict
+from shared.training import autocast
 
-__all__ = ["Harmonizer", "load_model_from_checkpoint", "pad_to_multiple", "unpad"]
+__all__ = ["Harmonizer", "load_model_from_checkpoint", "pad_to_multiple", "resolve_device", "unpad"]
+
+
+def resolve_device(name: DeviceName) -> torch.device:
+    """The torch device of a config's `device` setting ("auto": CUDA when available); CUDA that torch cannot see is
+    an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available to torch")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def pad_to_multiple(x: torch.Tensor, divisor: int,
@@ -56,11 +68,11 @@ class Harmonizer:
         device: where to run.
         mode: "full" or "lowres" (see the module docstring).
         lowres_size: network resolution of the "lowres" mode.
-        amp: "none", "bf16" or "fp16" autocast.
+        amp: "off", "bf16" or "fp16" autocast.
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", mode: Literal["full", "lowres"] = "full",
-                 lowres_size: int = 256, amp: str = "none"):
+                 lowres_size: int = 256, amp: AmpMode = "off"):
         if mode not in ("full", "lowres"):
             raise ValueError(f"mode must be 'full' or 'lowres', got {mode!r}")
         self.device = torch.device(device)
@@ -71,8 +83,6 @@ class Harmonizer:
         self.size_divisor = int(getattr(model, "size_divisor", 1))
 
     def _run(self, composite: torch.Tensor, mask: torch.Tensor, return_coarse: bool) -> dict[str, torch.Tensor]:
-        from shared.training import autocast
-
         padded, pads = pad_to_multiple(composite, self.size_divisor)
         padded_mask, _ = pad_to_multiple(mask, self.size_divisor)
         with autocast(self.device, self.amp):
@@ -118,12 +128,11 @@ class Harmonizer:
 
 def load_model_from_checkpoint(path: str | Path,
                                device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network of a `train.py` checkpoint (weights_only load) -> (model in eval mode, config dict)."""
-    from frih.model import FRIHConfig, build_model
-    from shared.checkpoint import load_checkpoint
-    from shared.config import config_from_dict
+    """Rebuild the network of a `train.py` checkpoint (weights_only load) -> (model in eval mode, config dict).
 
-    state = load_checkpoint(path, map_location="cpu", package="frih", required=("model", "config"))
+    The network is :func:`frih.model.build_model` of the checkpoint's ``config["model"]`` (the architecture it was
+    trained with), without the initialisation that its weights replace."""
+    state = load_checkpoint(path, map_location="cpu", package=PACKAGE, required=("model", "config"))
     model_cfg = config_from_dict(FRIHConfig, state["config"]["model"])
     model = build_model(model_cfg, init=False)
     model.load_state_dict(state["model"])

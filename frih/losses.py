@@ -9,9 +9,9 @@ the squared error summed over all pixels and channels, normalised by the foregro
 It is computed in the networks' ImageNet-normalised space, as in the reference code. A_min = 100 is the iDIH /
 HRNet / DucoNet setting and this package's default; the released iSSAM config used the class default 1000.
 
-FRIH's loss terms and weights are not public [HYP, frih.md 1.3 item 5]: final output weight 1, stage-1 (coarse)
-output weight 1 (deep supervision) and the mean over modules of each module's output FN-MSE restricted to its submask,
-weight 1 (`train.py` LossConfig; the class defaults below leave the module term off).
+FRIH's loss terms and weights are not public [HYP, README "Fidelity notes", item 12]: final output weight 1, stage-1
+(coarse) output weight 1 (deep supervision) and the mean over modules of each module's output FN-MSE restricted to its
+submask, weight 1 (`frih.config.LossConfig`; the class defaults below leave the module term off).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ Representations for Image Harmonization` (WACV 2021), re-implemented from the fa
 `iharm/model/ops.py`, `iharm/mconfigs/base.py`). The module tree (and so the state_dict keys) mirrors that code:
 iSSAM256 has 2,185,340 parameters (reference: 2.185 M), iDIH256 8,301,284 (reference: 8.301 M).
 
-Stage 2 follows the paper's abstract; every layout detail is a design choice [HYP] (frih.md sections 1.3/1.4), each a
-field of `FRIHConfig`:
+Stage 2 follows the paper's abstract; every layout detail is a design choice [HYP] (README, "Fidelity notes"),
+each a field of `FRIHConfig`:
 
 * the foreground is split into K colour submasks by batched K-means (`frih.submasks`), on the composite
   (`cluster_on="composite"`, the abstract's wording) or on the coarse output;
@@ -43,6 +43,7 @@ __all__ = [
     "FRIH",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "VARIANTS",
     "DIHHarmonizer",
     "FRIHConfig",
     "FusionPredictionModule",
@@ -52,11 +53,6 @@ __all__ = [
     "count_parameters",
     "create_model",
     "denormalize_image",
-    "frih256",
-    "frih_idih256",
-    "frih_tiny",
-    "idih256",
-    "issam256",
     "list_models",
     "normalize_image",
     "xavier_gluon_init_",
@@ -626,66 +622,31 @@ def build_model(cfg: FRIHConfig, init: bool = True) -> nn.Module:
     return model
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Registry of named variants
-# --------------------------------------------------------------------------------------------------------------------
-
-_MODEL_PRESETS: dict[str, FRIHConfig] = {}
-
-
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a variant function (its name is the model name); it must accept FRIHConfig fields as overrides."""
-    _MODEL_PRESETS[fn.__name__] = fn.__defaults__[0] if fn.__defaults__ else FRIHConfig()
-    return fn
+#: The networks this package offers, by name: the stage-1 baselines, FRIH on either base, and a tiny test variant.
+VARIANTS: dict[str, FRIHConfig] = {
+    "issam256": FRIHConfig(arch="issam"),  # iSSAM256 (WACV 2021, `improved_ssam256`): 2,185,340 parameters
+    "idih256": FRIHConfig(arch="idih"),  # iDIH256 (WACV 2021, `improved_dih256`): 8,301,284 parameters
+    # FRIH on iSSAM256, K = 3 cascaded modules (depth 4, ch 39), FPM 64: 12,004,951 parameters (paper: 11.98 M)
+    "frih256": FRIHConfig(),
+    # FRIH on iDIH256 (the other reading of the 11.98 M budget): K = 3 cascaded ch-24 modules, FPM 32: 12,020,564
+    "frih_idih256": FRIHConfig(stage1="idih", module_ch=24, fpm_ch=32),
+    # tiny FRIH (iSSAM ch 8 stage 1, K = 3 ch-8 modules, FPM 16) for tests; the embedded default's architecture
+    "frih_tiny": FRIHConfig(stage1_ch=8, module_ch=8, fpm_ch=16),
+}
 
 
 def list_models() -> list[str]:
-    return sorted(_MODEL_PRESETS)
+    """The names :func:`create_model` accepts."""
+    return sorted(VARIANTS)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """`create_model("frih256", num_clusters=4)`: a registered variant with FRIHConfig fields overridden."""
-    if name not in _MODEL_PRESETS:
+    """`create_model("frih256", num_clusters=4)`: the variant `name` of :data:`VARIANTS` with FRIHConfig fields
+    overridden, built (and initialised) by :func:`build_model`."""
+    if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     valid = {f.name for f in fields(FRIHConfig)}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(f"unknown FRIHConfig field(s) {unknown}; valid: {sorted(valid)}")
-    return build_model(replace(_MODEL_PRESETS[name], **overrides))
-
-
-def _variant(preset: FRIHConfig, overrides: dict[str, Any]) -> nn.Module:
-    return build_model(replace(preset, **overrides))
-
-
-@register_model
-def issam256(preset: FRIHConfig = FRIHConfig(arch="issam"), **overrides: Any) -> nn.Module:  # noqa: B008
-    """iSSAM256 (WACV 2021, `improved_ssam256`): 2,185,340 parameters."""
-    return _variant(preset, overrides)
-
-
-@register_model
-def idih256(preset: FRIHConfig = FRIHConfig(arch="idih"), **overrides: Any) -> nn.Module:  # noqa: B008
-    """iDIH256 (WACV 2021, `improved_dih256`): 8,301,284 parameters."""
-    return _variant(preset, overrides)
-
-
-@register_model
-def frih256(preset: FRIHConfig = FRIHConfig(), **overrides: Any) -> nn.Module:  # noqa: B008
-    """FRIH on iSSAM256, K = 3 cascaded modules (depth 4, ch 39), FPM 64: 12,004,951 parameters (paper: 11.98 M)."""
-    return _variant(preset, overrides)
-
-
-@register_model
-def frih_idih256(preset: FRIHConfig = FRIHConfig(stage1="idih", module_ch=24, fpm_ch=32),  # noqa: B008
-                 **overrides: Any) -> nn.Module:
-    """FRIH on iDIH256 (the other reading of the 11.98 M budget): K = 3 cascaded ch-24 modules, FPM 32,
-    12,020,564 parameters."""
-    return _variant(preset, overrides)
-
-
-@register_model
-def frih_tiny(preset: FRIHConfig = FRIHConfig(stage1_ch=8, module_ch=8, fpm_ch=16),  # noqa: B008
-              **overrides: Any) -> nn.Module:
-    """A tiny FRIH (iSSAM ch 8 stage 1, K = 3 ch-8 modules) for tests and the CPU embedded default."""
-    return _variant(preset, overrides)
+    return build_model(replace(VARIANTS[name], **overrides))

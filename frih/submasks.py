@@ -2,8 +2,8 @@
 
 Paper: `FRIH: Fine-Grained Region-Aware Image Harmonization` - https://arxiv.org/abs/2205.06448 (AAAI 2024).
 The abstract says the input foreground mask "is adaptively clustered into several submasks by the corresponding
-pixel RGB values in the composite image". Everything below that sentence is a design choice [HYP] (fact sheet
-frih.md section 1.3, item 2); each choice is a keyword argument:
+pixel RGB values in the composite image". Everything below that sentence is a design choice [HYP] (README, "Fidelity
+notes", items 2-5); each choice is a keyword argument:
 
 * Points: the RGB values (0-255) of the pixels whose mask value is > `threshold` (resized masks are soft).
 * Initialisation (deterministic, no random numbers): the foreground pixel at each luminance quantile

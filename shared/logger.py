@@ -32,7 +32,9 @@ RUN_MARKER = "RUN.json"
 #: Config keys that may change between the runs of one folder (where and how fast it runs, not what it computes).
 RUN_LEVEL_KEYS = frozenset({"output_dir", "name", "resume", "device", "threads", "num_threads", "torch_threads",
                             "tensorboard", "log_interval", "eval_interval", "checkpoint_interval", "print_freq",
-                            "num_workers", "workers"})
+                            "num_workers", "workers",
+                            # names these settings had before shared.config.RunConfig, so older folders still resume
+                            "eval_every", "log_every", "ckpt_interval"})
 
 
 class RunDirError(RuntimeError):

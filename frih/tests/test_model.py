@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from frih.losses import FRIHLoss
 from frih.model import (
     FRIH,
+    VARIANTS,
     FRIHConfig,
     FusionPredictionModule,
     SSAMHarmonizer,
@@ -47,7 +48,7 @@ def test_compute_at_256_matches_the_reference_measurement(name, gmac):
     image, mask = _inputs(1, 256, 256)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(image, mask)
-    assert counter.get_total_flops() / 2e9 == pytest.approx(gmac, rel=5e-3)  # frih.md 7.1 (FLOP = 2 MAC)
+    assert counter.get_total_flops() / 2e9 == pytest.approx(gmac, rel=5e-3)  # README, Results (FLOP = 2 MAC)
 
 
 def test_issam256_layout():
@@ -175,10 +176,19 @@ def test_weight_sharing_compose_and_clustering_switches():
 
 
 def test_registry_and_config_errors():
-    assert {"issam256", "idih256", "frih256", "frih_idih256", "frih_tiny"} <= set(list_models())
+    assert list_models() == sorted(VARIANTS) == ["frih256", "frih_idih256", "frih_tiny", "idih256", "issam256"]
     with pytest.raises(ValueError, match="unknown model"):
         create_model("frih999")
     with pytest.raises(ValueError, match="unknown FRIHConfig field"):
         create_model("frih256", clusters=3)
     with pytest.raises(ValueError, match="num_clusters"):
         FRIH(FRIHConfig(num_clusters=0))
+
+
+@pytest.mark.parametrize(("recipe", "variant"), [("default", "frih_tiny"), ("frih_iharmony4", "frih256"),
+                                                 ("issam_iharmony4", "issam256"), ("idih_iharmony4", "idih256")])
+def test_recipes_train_the_named_variants(recipe, variant):
+    from frih.config import DEFAULT_CONFIG
+    from frih.train import parse_args
+
+    assert parse_args(["-c", str(DEFAULT_CONFIG.parent / f"{recipe}.yaml")]).model == VARIANTS[variant]

@@ -3,11 +3,17 @@
 import json
 
 import pytest
-import torch
 
 from frih import eval as frih_eval
 from frih import train as frih_train
-from shared.checkpoint import load_checkpoint
+from frih.config import DEFAULT_CONFIG, Config
+from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.config import config_to_dict
+from shared.testing import assert_same_tensors
+
+
+def _train(argv):
+    return frih_train.main(frih_train.parse_args(argv))
 
 
 def _argv(out, data_root, epochs=2, extra=()):
@@ -21,7 +27,7 @@ def _argv(out, data_root, epochs=2, extra=()):
 
 def test_train_writes_the_run_folder_and_eval_reproduces_its_metrics(tmp_path):
     out = tmp_path / "run"
-    metrics = frih_train.main(_argv(out, tmp_path / "data"))
+    metrics = _train(_argv(out, tmp_path / "data"))
     for name in ("config.yaml", "log.csv", "train.log", "metrics.json", "last.pt", "best.pt", "per_image.csv",
                  "before_after.png", "results.md"):
         assert (out / name).is_file(), name
@@ -33,8 +39,8 @@ def test_train_writes_the_run_folder_and_eval_reproduces_its_metrics(tmp_path):
     state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 1 and state["scheduler"]["last_epoch"] == 2
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # x0.1 after the milestone
-    ev = frih_eval.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path / "ev"), "--threads", "1",
-                         "--data.num_workers", "0"])
+    ev = frih_eval.main(frih_eval.parse_args(["--checkpoint", str(out / "last.pt"), "--output_dir",
+                                              str(tmp_path / "ev"), "--threads", "1", "--data.num_workers", "0"]))
     for key in ("mse", "fmse", "psnr", "composite_mse", "stage1_mse"):
         assert ev[key] == pytest.approx(on_disk[key], rel=1e-5), key
     assert (tmp_path / "ev" / "metrics.json").is_file()
@@ -42,25 +48,42 @@ def test_train_writes_the_run_folder_and_eval_reproduces_its_metrics(tmp_path):
 
 def test_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path):
     data = tmp_path / "data"
-    frih_train.main(_argv(tmp_path / "full", data, epochs=2))
-    frih_train.main(_argv(tmp_path / "part", data, epochs=1))
-    frih_train.main(_argv(tmp_path / "part", data, epochs=2, extra=("--resume", str(tmp_path / "part" / "last.pt"))))
-    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _train(_argv(tmp_path / "full", data, epochs=2))
+    _train(_argv(tmp_path / "part", data, epochs=1))
+    _train(_argv(tmp_path / "part", data, epochs=2, extra=("--resume", str(tmp_path / "part" / "last.pt"))))
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert a.keys() == b.keys() >= {"package", "config", "model", "optimizer", "scheduler", "scaler", "epoch", "step",
+                                    "best_mse", "rng"}
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step"):
+        assert_same_tensors(a[key], b[key], key)
+
+
+def test_eval_reads_a_checkpoint_written_before_the_run_config_names(tmp_path):
+    """Checkpoints store their config; one written with eval_every / log_every / amp "none" / device null still
+    evaluates, with the evaluation's own output_dir, device and amp."""
+    old = config_to_dict(Config())
+    for new_name, old_name in (("eval_interval", "eval_every"), ("log_interval", "log_every")):
+        old[old_name] = old.pop(new_name)
+    old.update(name="default", amp="none", device=None, output_dir="runs/elsewhere")
+    for key in ("checkpoint_interval", "tensorboard"):
+        del old[key]
+    save_checkpoint({"package": "frih", "model": {}, "config": old}, tmp_path / "old.pt")
+    cfg = frih_eval.parse_args(["--checkpoint", str(tmp_path / "old.pt"), "--data.eval_size", "64"])
+    assert (cfg.checkpoint, cfg.output_dir, cfg.device, cfg.amp, cfg.data.eval_size) == (
+        str(tmp_path / "old.pt"), None, "auto", "off", 64)
+    assert cfg.model == Config().model and cfg.log_interval == 20
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
     with pytest.raises(SystemExit):
-        frih_train.main(["--output_dir", str(tmp_path), "--model.clusters", "3"])
+        frih_train.parse_args(["--output_dir", str(tmp_path), "--model.clusters", "3"])
 
 
 @pytest.mark.slow
 def test_embedded_default_beats_the_composite_baseline(tmp_path):
     """The README claim: `python train.py` (configs/default.yaml) lowers MSE and fMSE below composite-as-output."""
-    m = frih_train.main(["--output_dir", str(tmp_path / "default")])
+    m = _train(["--output_dir", str(tmp_path / "default")])
     assert m["frih_mse"] < 0.9 * m["composite_mse"]
     assert m["frih_fmse"] < 0.9 * m["composite_fmse"]
 
@@ -68,9 +91,8 @@ def test_embedded_default_beats_the_composite_baseline(tmp_path):
 @pytest.mark.parametrize("name", ["issam_iharmony4", "idih_iharmony4", "frih_iharmony4"])
 def test_paper_recipes_hold_the_reference_schedule(name):
     from frih.model import build_model, count_parameters
-    from shared.config import config_from_dict, load_yaml
 
-    cfg = config_from_dict(frih_train.Config, load_yaml(frih_train.PACKAGE_DIR / "configs" / f"{name}.yaml"))
+    cfg = frih_train.parse_args(["-c", str(DEFAULT_CONFIG.parent / f"{name}.yaml")])
     assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.eps, cfg.optim.weight_decay) == (1e-3, (0.9, 0.999),
                                                                                              1e-8, 0.0)
     assert (cfg.optim.batch_size, cfg.optim.epochs, list(cfg.optim.milestones), cfg.optim.gamma) == (
@@ -84,8 +106,8 @@ def test_paper_recipes_hold_the_reference_schedule(name):
 
 
 def test_recipe_without_the_dataset_names_the_missing_path(tmp_path):
-    recipe = frih_train.PACKAGE_DIR / "configs" / "frih_iharmony4.yaml"
+    recipe = DEFAULT_CONFIG.parent / "frih_iharmony4.yaml"
     with pytest.raises(FileNotFoundError, match="python -m shared.datasets info iharmony4") as err:
-        frih_train.main(["-c", str(recipe), "--data.root", str(tmp_path / "iHarmony4"), "--output_dir",
-                         str(tmp_path / "run"), "--device", "cpu"])
+        _train(["-c", str(recipe), "--data.root", str(tmp_path / "iHarmony4"), "--output_dir",
+                str(tmp_path / "run"), "--device", "cpu"])
     assert str(tmp_path / "iHarmony4") in str(err.value)

@@ -22,7 +22,7 @@ def test_resume_refuses_what_is_not_a_frih_checkpoint(tmp_path, content):
         torch.save({"model": {}, "optimizer": {}, "epoch": 1}, path)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     with pytest.raises(CheckpointError, match="not a frih checkpoint"):
-        frih_train.main(["--resume", str(path), "--device", "cpu"])
+        frih_train.main(frih_train.parse_args(["--resume", str(path), "--device", "cpu"]))
     with pytest.raises(CheckpointError, match="not a frih checkpoint"):
         load_model_from_checkpoint(path)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
