@@ -1,6 +1,6 @@
 """Throughput and peak memory of the EMO models: inference and one training step (forward, backward, AdamW step).
 
-    python emo/bench.py [--models emo_1m emo_5m] [--device cpu|cuda] [--batch-size 32] [--amp none bf16 fp16]
+    python emo/bench.py [--models emo_1m emo_5m] [--device cpu|cuda] [--batch-size 32] [--amp off bf16 fp16]
                         [--channels-last off on] [--compile off on] [--fuse-bn off on] [--modes infer train]
 
 Every combination of the --amp / --channels-last / --compile values is run for every model and mode, and printed as
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from emo.model import fuse_batchnorm  # importing emo.model registers the EMO models with timm
-from shared.benchmark import synchronize
+from shared.benchmark import seconds_per_call
 
-AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 class PeakRSS:
@@ -111,16 +111,9 @@ def bench_one(
     else:
         memory = PeakRSS()
     with memory:  # the first steps allocate the activations and optimizer state: they count for the peak
-        for _ in range(warmup):
-            step()
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        synchronize(device)
-        elapsed = time.perf_counter() - start
+        seconds = seconds_per_call(step, device, warmup=warmup, iters=steps)
     peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else memory.peak_delta
-    return dict(img_s=batch_size * steps / elapsed, ms_step=1000 * elapsed / steps, peak_mib=peak / 2 ** 20)
+    return dict(img_s=batch_size / seconds, ms_step=1000 * seconds, peak_mib=peak / 2 ** 20)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -144,7 +137,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--batch-size', type=int, default=None, help='default: 256 on CUDA, 16 on CPU')
     parser.add_argument('--img-size', type=int, default=224)
     parser.add_argument('--amp', nargs='+', default=None, choices=list(AMP_DTYPES),
-                        help='default: none bf16 fp16 on CUDA, none on CPU')
+                        help='default: off bf16 fp16 on CUDA, off on CPU')
     parser.add_argument('--channels-last', nargs='+', default=None, choices=['off', 'on'],
                         help='default: off on (CUDA), off (CPU)')
     parser.add_argument('--compile', nargs='+', default=None, choices=['off', 'on'],
@@ -169,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     _set_threads(args.threads)
     isolate = args.isolate if args.isolate is not None else not cuda
     batch_size = args.batch_size if args.batch_size is not None else (256 if cuda else 16)
-    amps = args.amp or (['none', 'bf16', 'fp16'] if cuda else ['none'])
+    amps = args.amp or (['off', 'bf16', 'fp16'] if cuda else ['off'])
     cls = args.channels_last or (['off', 'on'] if cuda else ['off'])
     compiles = args.compile or (['off', 'on'] if cuda else ['off'])
     fuses = args.fuse_bn or (['off', 'on'] if cuda else ['off'])

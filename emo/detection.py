@@ -13,23 +13,39 @@ retinanet_emo_{1M,2M,5M}_fpn_1x_coco.py``, and their base ``_base_/models/retina
   strides 8-128; focal loss (alpha 0.25, gamma 2), L1 box loss on unit-std deltas, IoU thresholds 0.5/0.4;
   test: 1000 candidates per level, score > 0.05, NMS 0.5, 100 detections per image;
 * images resized to (1333, 800) keep-ratio, ImageNet mean/std, padded to a multiple of 32.
+
+:func:`build_detector` builds it from a :class:`emo.config.DetectionConfig`; :func:`evaluate` gives its COCO bbox
+metrics (used by ``train_det.py`` after every epoch and by ``eval_det.py``).
 """
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import timm
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
 
 import emo.model  # noqa: F401  (registers the EMO models with timm)
+from emo.config import DetectionConfig
 from emo.model import EMO
 from emo.weights import load_official_checkpoint
+from shared.detection import CocoDetection, coco_detections, evaluate_detections
+from shared.distributed import DistContext
+from shared.training import AmpDtype, autocast
 
-__all__ = ['RETINANET_WINDOW_SIZES', 'EMOFPNBackbone', 'LastLevelP6P7FromC5', 'build_retinanet']
+__all__ = [
+    'RETINANET_WINDOW_SIZES',
+    'EMOFPNBackbone',
+    'LastLevelP6P7FromC5',
+    'build_detector',
+    'build_retinanet',
+    'evaluate',
+]
 
 # window_sizes of the official RetinaNet configs (the base config says 10; the 1M and 2M configs override it to 7)
 RETINANET_WINDOW_SIZES = {'emo_1m': 7, 'emo_2m': 7, 'emo_5m': 10}
@@ -168,3 +184,34 @@ def build_retinanet(
     return RetinaNet(
         backbone, num_classes, min_size=min_size, max_size=max_size,
         anchor_generator=retinanet_anchor_generator(), detections_per_img=detections_per_img, **kwargs)
+
+
+def build_detector(cfg: DetectionConfig, num_classes: int, load_pretrained: bool = True) -> RetinaNet:
+    """:func:`build_retinanet` configured by ``cfg`` (the backbone checkpoint loaded when asked)."""
+    kwargs: dict[str, Any] = {}
+    if cfg.drop_path is not None:
+        kwargs['backbone_drop_path_rate'] = cfg.drop_path
+    pretrained = cfg.pretrained_backbone if load_pretrained else None
+    return build_retinanet(
+        cfg.model, num_classes=num_classes, pretrained_backbone=pretrained, window_size=cfg.window_size,
+        frozen_stages=cfg.frozen_stages, norm_eval=cfg.norm_eval, fpn_channels=cfg.fpn_channels,
+        min_size=cfg.data.min_size, max_size=cfg.data.max_size, detections_per_img=cfg.detections_per_img,
+        score_thresh=cfg.score_thresh, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoDetection, ctx: DistContext,
+             amp: AmpDtype = 'off') -> dict[str, Any]:
+    """COCO bbox metrics of ``model`` on ``dataset`` (fractions, as ``shared.metrics.coco_evaluate`` returns them).
+
+    Detections (boxes in original image coordinates, xywh, COCO category ids) are gathered from every rank and
+    evaluated once with pycocotools; every rank returns the same dict.
+    """
+    model.eval()
+    detections: list[dict[str, Any]] = []
+    for images, targets in loader:
+        images = [image.to(ctx.device, non_blocking=True) for image in images]
+        with autocast(ctx.device, amp):
+            outputs = model(images)
+        detections += coco_detections(outputs, targets, dataset.cat_ids)
+    return evaluate_detections(detections, dataset.coco, ctx)

@@ -13,7 +13,8 @@ Accepted checkpoints:
   reported as ``top1``/``top5``.
 
 The config (``-c``, or the checkpoint's, or configs/default.yaml) names the model and the data; its training keys
-are accepted and ignored. ``metrics.json`` goes to ``--output_dir`` (default ``<checkpoint folder>/eval/``).
+are accepted and ignored. A file that is not an emo checkpoint (another package's, text, missing) is refused before
+anything is written. ``metrics.json`` goes to ``--output_dir`` (default ``<checkpoint folder>/eval/``).
 """
 from __future__ import annotations
 
@@ -29,15 +30,15 @@ if __package__ in (None, ''):
 
 import torch
 
-from emo.cli import parse_eval_config
-from emo.train import DEFAULT_CONFIG, EMOTrainConfig
+import emo  # noqa: F401  (registers the EMO models with timm)
+from emo.config import DEFAULT_CONFIG, PACKAGE, EMOTrainConfig, parse_checkpoint_config
 from emo.weights import unwrap_state_dict
 from shared.checkpoint import load_checkpoint
 from shared.classification import build_classification_model, build_loaders, evaluate
 from shared.distributed import cleanup_distributed, init_distributed
 from shared.logger import RunLogger
 
-__all__ = ['EMOEvalConfig', 'checkpoint_weight_sets', 'evaluate_checkpoint', 'main']
+__all__ = ['EMOEvalConfig', 'checkpoint_weight_sets', 'main', 'parse_args']
 
 
 @dataclass
@@ -69,7 +70,13 @@ def checkpoint_weight_sets(checkpoint: Mapping[str, Any]) -> dict[str, dict[str,
 _PREFIX = {'ema': 'ema_', 'raw': '', 'weights': ''}
 
 
-def evaluate_checkpoint(cfg: EMOEvalConfig, checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def parse_args(argv: Sequence[str] | None = None) -> EMOEvalConfig:
+    """Resolve the config: flags > ``-c`` > the checkpoint's own config > configs/default.yaml."""
+    return parse_checkpoint_config(EMOEvalConfig, argv, DEFAULT_CONFIG, 'Evaluate an EMO checkpoint (EMA and raw '
+                                   'weights) on the validation split.')
+
+
+def main(cfg: EMOEvalConfig) -> dict[str, Any]:
     """Evaluate every weight set of ``cfg.checkpoint`` on the validation split; writes and returns the metrics.
 
     Keys: ``top1``, ``top5``, ``loss`` (raw weights or the single state_dict) and ``ema_top1``, ``ema_top5``,
@@ -77,10 +84,11 @@ def evaluate_checkpoint(cfg: EMOEvalConfig, checkpoint: Mapping[str, Any] | None
     """
     if not cfg.checkpoint:
         raise ValueError('--checkpoint PATH is required')
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     ctx = init_distributed(cfg.device)
     try:
-        checkpoint = load_checkpoint(cfg.checkpoint) if checkpoint is None else checkpoint
-        weight_sets = checkpoint_weight_sets(checkpoint)
+        weight_sets = checkpoint_weight_sets(load_checkpoint(cfg.checkpoint, package=PACKAGE))
         # only the validation split is needed: build the loaders with it as the training split too
         data = dataclasses.replace(cfg.data, train_split=cfg.data.val_split, batch_size=1)
         _, val_loader, found_classes = build_loaders(data, ctx, cfg.seed)
@@ -110,14 +118,5 @@ def evaluate_checkpoint(cfg: EMOEvalConfig, checkpoint: Mapping[str, Any] | None
         cleanup_distributed()
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Resolve the config (flags > ``-c`` > the checkpoint's own config > configs/default.yaml) and evaluate."""
-    cfg, checkpoint = parse_eval_config(EMOEvalConfig, argv, DEFAULT_CONFIG, 'Evaluate an EMO checkpoint (EMA and '
-                                        'raw weights) on the validation split.')
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(cfg.torch_threads)
-    return evaluate_checkpoint(cfg, checkpoint)
-
-
 if __name__ == '__main__':
-    main()
+    main(parse_args())

@@ -3,10 +3,11 @@
     python -m emo.eval_det --checkpoint runs/emo/retinanet_default/<time>/last.pt
     python -m emo.eval_det -c emo/configs/retinanet_emo_1m_coco_1x.yaml --checkpoint last.pt --data.root data/coco
 
-COCO bbox AP, AP50, AP75, APs, APm, APl (and AR, per-class AP) through ``shared.metrics.coco_evaluate``
+COCO bbox AP, AP50, AP75, APs, APm, APl (and AR, per-class AP) through ``shared.detection.evaluate_detections``
 (pycocotools), as fractions in ``metrics.json`` (``--output_dir``, default ``<checkpoint folder>/eval/``) and in
 percent on the console. Without ``-c`` the checkpoint's own config (model, data, resize) is used; command-line flags
-override it. torchrun-ready: the val images are split over the ranks and the detections gathered.
+override it. A file that is not an emo checkpoint is refused before anything is written. torchrun-ready: the val
+images are split over the ranks and the detections gathered.
 """
 from __future__ import annotations
 
@@ -21,21 +22,15 @@ if __package__ in (None, ''):
 
 import torch
 
-from emo.cli import parse_eval_config
-from emo.train_det import (
-    DEFAULT_DET_CONFIG,
-    DetectionConfig,
-    build_detection_datasets,
-    build_detector,
-    coco_summary,
-    evaluate,
-    val_loader,
-)
+from emo.config import DEFAULT_DET_CONFIG, PACKAGE, DetectionConfig, parse_checkpoint_config
+from emo.data import build_detection_datasets
+from emo.detection import build_detector, evaluate
 from shared.checkpoint import load_checkpoint
+from shared.detection import CocoDetection, coco_summary, sharded_loader
 from shared.distributed import cleanup_distributed, init_distributed
 from shared.logger import RunLogger
 
-__all__ = ['DetEvalConfig', 'evaluate_checkpoint', 'main']
+__all__ = ['DetEvalConfig', 'main', 'parse_args']
 
 
 @dataclass
@@ -45,25 +40,39 @@ class DetEvalConfig(DetectionConfig):
     checkpoint: str = field(default='', metadata={'help': 'train_det.py checkpoint (last.pt / best.pt)'})
 
 
-def evaluate_checkpoint(cfg: DetEvalConfig, checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _check_categories(checkpoint: Mapping[str, Any], path: str, val_set: CocoDetection) -> None:
+    """The checkpoint's category ids (in label order) must be the val annotations' ones."""
+    stored_ids = checkpoint.get('categories', {}).get('ids')
+    if stored_ids is not None and list(stored_ids) != val_set.cat_ids:
+        raise ValueError(f'{path} was trained on category ids {stored_ids}, but {val_set.annotation_file} has '
+                         f'{val_set.cat_ids}')
+
+
+def parse_args(argv: Sequence[str] | None = None) -> DetEvalConfig:
+    """Resolve the config (flags > ``-c`` > the checkpoint's own config > the default)."""
+    return parse_checkpoint_config(DetEvalConfig, argv, DEFAULT_DET_CONFIG,
+                                   'Evaluate a RetinaNet-EMO checkpoint on the COCO val split.')
+
+
+def main(cfg: DetEvalConfig) -> dict[str, Any]:
     """Evaluate the detector of ``cfg.checkpoint`` on the val split; writes and returns the metrics."""
     if not cfg.checkpoint:
         raise ValueError('--checkpoint PATH is required')
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     ctx = init_distributed(cfg.device)
     try:
-        checkpoint = load_checkpoint(cfg.checkpoint) if checkpoint is None else checkpoint
-        if not isinstance(checkpoint.get('model'), Mapping):
+        checkpoint = load_checkpoint(cfg.checkpoint, package=PACKAGE, required=('model',))
+        if not isinstance(checkpoint['model'], Mapping):
             raise ValueError(f"{cfg.checkpoint} is not a train_det.py checkpoint (no 'model' state_dict)")
         _, val_set = build_detection_datasets(cfg.data)
-        stored_ids = checkpoint.get('categories', {}).get('ids')
-        if stored_ids is not None and list(stored_ids) != val_set.cat_ids:
-            raise ValueError(f'{cfg.checkpoint} was trained on category ids {stored_ids}, but '
-                             f'{val_set.annotation_file} has {val_set.cat_ids}')
+        _check_categories(checkpoint, cfg.checkpoint, val_set)
         model = build_detector(cfg, cfg.num_classes or val_set.num_classes, load_pretrained=False).to(ctx.device)
         model.load_state_dict(checkpoint['model'], strict=True)
         out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / 'eval'
         logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name='eval')
-        coco = evaluate(model, val_loader(val_set, cfg.data, ctx), val_set, ctx, cfg.amp)
+        eval_loader = sharded_loader(val_set, cfg.data.eval_batch_size, ctx, workers=cfg.data.workers)
+        coco = evaluate(model, eval_loader, val_set, ctx, cfg.amp)
         metrics = {'model': f'retinanet_{cfg.model}', 'checkpoint': str(cfg.checkpoint),
                    'images': len(val_set), **coco}
         logger.write_metrics(metrics)
@@ -76,14 +85,5 @@ def evaluate_checkpoint(cfg: DetEvalConfig, checkpoint: Mapping[str, Any] | None
         cleanup_distributed()
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Resolve the config (flags > ``-c`` > the checkpoint's own config > the default) and evaluate."""
-    cfg, checkpoint = parse_eval_config(DetEvalConfig, argv, DEFAULT_DET_CONFIG,
-                                        'Evaluate a RetinaNet-EMO checkpoint on the COCO val split.')
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(cfg.torch_threads)
-    return evaluate_checkpoint(cfg, checkpoint)
-
-
 if __name__ == '__main__':
-    main()
+    main(parse_args())

@@ -4,7 +4,7 @@ Paper: `Rethinking Mobile Block for Efficient Attention-based Models` - https://
 (Zhang et al., ICCV 2023).
 
 Re-implemented from the facts of the official code at https://github.com/zhangzjn/EMO
-(`model/emo.py`, `model/basic_modules.py` read at commit 703e0b7; fact sheet checked at 27d9b40).
+(`model/emo.py`, `model/basic_modules.py` read at commit 703e0b7; see the README, Fidelity notes).
 The state_dict is key- and shape-identical to the released `resources/EMO_*/net.pth` checkpoints.
 
 Points that matter for loading the released weights and reproducing their accuracy:

@@ -1,11 +1,13 @@
-"""Fixtures of the emo tests."""
+"""Fixtures of the emo tests: one intra-op thread per test (``shared.testing``) and a temporary synthetic-data root."""
 import pytest
 
-from shared.testing import torch_threads
+from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope='module')
-def one_cpu_thread():
-    """Run a module's tiny training runs on one intra-op thread, then restore the setting (see shared/testing.py)."""
-    with torch_threads(1):
-        yield
+def synthetic_root(tmp_path_factory):
+    """Synthetic sets of a test module go to a temporary folder, not the repository's data/."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp('synthetic')
+        mp.setenv('SYNTHETIC_DATA_ROOT', str(root))
+        yield root

@@ -9,7 +9,7 @@ ARGS = ['--models', 'emo_test', '--device', 'cpu', '--img-size', '32', '--batch-
 
 def _check(rows, modes, capsys):
     assert [(r['mode'], r['amp'], r['channels_last'], r['compile']) for r in rows] == [
-        (mode, 'none', 'off', 'off') for mode in modes]
+        (mode, 'off', 'off', 'off') for mode in modes]
     for row in rows:
         assert 'error' not in row, row
         assert row['img_s'] > 0 and row['ms_step'] > 0 and row['peak_mib'] >= 0

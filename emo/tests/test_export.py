@@ -1,14 +1,13 @@
 """ONNX export (torch.onnx dynamo exporter) checked against PyTorch in onnxruntime."""
+import onnx  # noqa: F401  (hard dependencies of the exporter and its check: a broken install fails here)
+import onnxruntime  # noqa: F401
+import onnxscript  # noqa: F401
 import pytest
 import timm
 import torch
 
 import emo  # noqa: F401  (registers the models)
 from emo.export_onnx import export_onnx, main, max_abs_diff_onnxruntime
-
-pytest.importorskip('onnx')
-pytest.importorskip('onnxscript')
-pytest.importorskip('onnxruntime')
 
 
 def test_export_tiny_variant_cli(tmp_path, capsys):

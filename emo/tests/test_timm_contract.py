@@ -20,8 +20,6 @@ import emo
 from emo.model import EMO, iRMB
 
 pytestmark = [
-    # two threads on 2 shared cores make these many small forwards several times slower
-    pytest.mark.usefixtures('one_cpu_thread'),
     pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning'),
     # emitted by torch.fx's own GraphModule when scripted, and torchvision's note on train/eval node names
     pytest.mark.filterwarnings('ignore:The TorchScript type system:UserWarning'),

@@ -13,40 +13,32 @@ from torch import nn
 
 import emo  # noqa: F401  (registers the models)
 from emo import eval_det, train_det
-from emo.data import CocoDetectionDataset, GroupedDistributedSampler, detection_collate
+from emo.config import DetDataConfig
+from emo.data import build_detection_datasets, coco_split
 from emo.detection import build_retinanet
 from shared.checkpoint import load_checkpoint
+from shared.detection import CocoDetection, GroupedDistributedSampler, detection_collate
 from shared.distributed import init_distributed
-
-pytestmark = pytest.mark.usefixtures('one_cpu_thread')
 
 CONFIGS = Path(train_det.__file__).resolve().parent / 'configs'
 # 4 train / 2 val synthetic COCO images (192 px high, square or 1.25x wide), batch 2: 2-3 iterations per epoch
 TINY = ['--data.synthetic_train', '4', '--data.synthetic_val', '2', '--data.batch_size', '2',
         '--data.eval_batch_size', '2', '--data.workers', '0', '--device', 'cpu', '--no-tensorboard',
-        '--warmup_iters', '2', '--log_interval', '1', '--torch_threads', 'null']
-
-
-@pytest.fixture(scope='module')
-def synthetic_root(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        root = tmp_path_factory.mktemp('synthetic')
-        mp.setenv('SYNTHETIC_DATA_ROOT', str(root))
-        yield root
+        '--warmup_iters', '2', '--log_interval', '1', '--threads', 'null']
 
 
 def test_train_det_few_iterations_then_eval_det(synthetic_root, tmp_path):
-    metrics = train_det.main([*TINY, '--epochs', '1', '--output_dir', str(tmp_path)])
+    metrics = train_det.main(train_det.parse_args([*TINY, '--epochs', '1', '--output_dir', str(tmp_path)]))
     for name in ('config.yaml', 'log.csv', 'metrics.json', 'last.pt', 'best.pt'):
         assert (tmp_path / name).is_file(), name
     state = load_checkpoint(tmp_path / 'last.pt')
-    train_set, _ = train_det.build_detection_datasets(train_det.load_det_config(TINY).data)
+    train_set, _ = build_detection_datasets(train_det.parse_args(TINY).data)
     groups = train_set.aspect_groups()
     assert len(train_set) == 4 and 0 < sum(groups) < 4  # both aspect groups present
     # each aspect group is padded to whole batches of 2 (mmdet's grouped sampler)
     assert state['step'] == sum(math.ceil(n / 2) for n in (groups.count(0), groups.count(1))) and state['epoch'] == 0
     assert state['categories']['ids'] == [1, 2, 3, 5, 6, 7]  # non-contiguous COCO-style ids, mapped to 0..5
-    result = eval_det.main(['--checkpoint', str(tmp_path / 'last.pt')])
+    result = eval_det.main(eval_det.parse_args(['--checkpoint', str(tmp_path / 'last.pt')]))
     assert {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR100', 'per_class'} <= set(result)
     for key in ('AP', 'AP50', 'AP75', 'APs', 'APm'):
         assert 0.0 <= result[key] <= 1.0
@@ -60,8 +52,8 @@ class Killed(Exception):
 
 
 def test_train_det_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
-    cfg = train_det.load_det_config([*TINY, '--epochs', '2'])
-    train_det.run_detection(dataclasses.replace(cfg, output_dir=str(tmp_path / 'full')))
+    cfg = train_det.parse_args([*TINY, '--epochs', '2'])
+    train_det.main(dataclasses.replace(cfg, output_dir=str(tmp_path / 'full')))
 
     def kill_after_first_epoch(epoch, row):
         if epoch == 0:
@@ -69,9 +61,9 @@ def test_train_det_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
 
     cut = tmp_path / 'cut'
     with pytest.raises(Killed):
-        train_det.run_detection(dataclasses.replace(cfg, output_dir=str(cut)), on_epoch_end=kill_after_first_epoch)
+        train_det.main(dataclasses.replace(cfg, output_dir=str(cut)), on_epoch_end=kill_after_first_epoch)
     assert load_checkpoint(cut / 'last.pt')['epoch'] == 0
-    train_det.run_detection(dataclasses.replace(cfg, output_dir=str(cut), resume=str(cut / 'last.pt')))
+    train_det.main(dataclasses.replace(cfg, output_dir=str(cut), resume=str(cut / 'last.pt')))
     a, b = load_checkpoint(tmp_path / 'full' / 'last.pt'), load_checkpoint(cut / 'last.pt')
     assert a['step'] == b['step'] > 2 and a['epoch'] == b['epoch'] == 1
     for key, value in a['model'].items():
@@ -133,14 +125,14 @@ def _write_coco(root: Path, degenerate: bool = True) -> Path:
 
 def test_coco_reader_maps_categories_filters_and_flips(tmp_path):
     ann = _write_coco(tmp_path)
-    val = CocoDetectionDataset(tmp_path / 'images', ann, train=False)
+    val = coco_split(tmp_path / 'images', ann, train=False)
     assert val.ids == [1, 2, 3] and val.cat_ids == [3, 7] and val.category_names == ['cat', 'dog']
     image, target = val[0]
     assert image.shape == (3, 60, 80) and image.dtype == torch.float32 and image.max() <= 1
     assert target['boxes'].tolist() == [[10, 5, 40, 25]]  # crowd and sub-pixel boxes dropped
     assert target['labels'].tolist() == [1] and target['image_id'] == 1
     assert val[2][1]['boxes'].shape == (0, 4)
-    train = CocoDetectionDataset(tmp_path / 'images', ann, train=True, hflip=1.0)
+    train = coco_split(tmp_path / 'images', ann, train=True, hflip=1.0)
     assert train.ids == [1, 2]  # the image without a usable box is left out of training
     assert train.aspect_groups() == [1, 0]
     flipped_image, flipped = train[0]
@@ -150,12 +142,12 @@ def test_coco_reader_maps_categories_filters_and_flips(tmp_path):
 
 def test_coco_reader_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match='coco2017'):
-        CocoDetectionDataset(tmp_path / 'val2017', tmp_path / 'annotations' / 'instances_val2017.json')
+        coco_split(tmp_path / 'val2017', tmp_path / 'annotations' / 'instances_val2017.json')
     with pytest.raises(FileNotFoundError, match='coco2017'):
-        train_det.build_detection_datasets(train_det.DetDataConfig(root=str(tmp_path / 'coco')))
+        build_detection_datasets(DetDataConfig(root=str(tmp_path / 'coco')))
     ann = _write_coco(tmp_path)
     (tmp_path / 'images' / '2.png').write_bytes(b'not an image')
-    dataset = CocoDetectionDataset(tmp_path / 'images', ann)
+    dataset = coco_split(tmp_path / 'images', ann)
     with pytest.raises(RuntimeError, match=r'2\.png'):
         dataset[1]
 
@@ -181,7 +173,7 @@ def test_grouped_sampler_batches_one_aspect_group_and_shards_ranks():
 class _GroundTruthDetector(nn.Module):
     """Returns the ground truth of each image it is shown (in loader order) as detections with score 1."""
 
-    def __init__(self, dataset: CocoDetectionDataset):
+    def __init__(self, dataset: CocoDetection):
         super().__init__()
         self.targets = [dataset[i][1] for i in range(len(dataset))]
 
@@ -196,7 +188,7 @@ class _GroundTruthDetector(nn.Module):
 
 def test_evaluate_converts_detections_to_coco(tmp_path):
     ann = _write_coco(tmp_path, degenerate=False)
-    dataset = CocoDetectionDataset(tmp_path / 'images', ann)
+    dataset = coco_split(tmp_path / 'images', ann)
     ctx = init_distributed('cpu')
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=detection_collate)
     metrics = train_det.evaluate(_GroundTruthDetector(dataset), loader, dataset, ctx)
@@ -217,7 +209,7 @@ def test_pretrained_backbone_from_a_train_checkpoint_uses_its_ema(tmp_path):
 
 @pytest.mark.parametrize(('variant', 'window'), [('emo_1m', 7), ('emo_2m', 7), ('emo_5m', 10)])
 def test_retinanet_recipe_yaml_is_the_paper_recipe(variant, window):
-    cfg = train_det.load_det_config(['-c', str(CONFIGS / f'retinanet_{variant}_coco_1x.yaml')])
+    cfg = train_det.parse_args(['-c', str(CONFIGS / f'retinanet_{variant}_coco_1x.yaml')])
     assert (cfg.model, cfg.window_size, cfg.frozen_stages, cfg.norm_eval, cfg.fpn_channels) == (
         variant, window, 1, True, 256)
     assert (cfg.epochs, cfg.lr, cfg.lr_base_batch, cfg.weight_decay, cfg.no_decay_keys) == (
@@ -227,10 +219,10 @@ def test_retinanet_recipe_yaml_is_the_paper_recipe(variant, window):
     assert (cfg.data.batch_size * 8, cfg.data.min_size, cfg.data.max_size, cfg.data.hflip) == (32, 800, 1333, 0.5)
     assert (cfg.score_thresh, cfg.detections_per_img, cfg.allow_random_backbone) == (0.05, 100, False)
     with pytest.raises(ValueError, match='pretrained_backbone'):
-        train_det.run_detection(cfg)
+        train_det.main(cfg)
 
 
 def test_unknown_detection_config_key_is_an_error(capsys):
     with pytest.raises(SystemExit):
-        train_det.main(['--data.image_size', '64'])
+        train_det.parse_args(['--data.image_size', '64'])
     assert 'unknown argument' in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """ImageNet training/evaluation scripts: a tiny run of train.py re-evaluated by eval.py, official-layout checkpoints,
-the recipe YAMLs against the fact sheet, config validation, the optimizer's no-decay rule, the RandAugment fix."""
+the recipe YAMLs against the official configs (README, Recipes), config validation, the optimizer's no-decay rule, the
+RandAugment fix."""
 import json
 import math
 import subprocess
@@ -17,13 +18,12 @@ from timm.optim import create_optimizer_v2
 import emo  # noqa: F401  (registers the models)
 from emo import eval as emo_eval
 from emo import train as emo_train
+from emo.config import OFFICIAL_DROP_PATH
 from emo.tests.test_weights import OFFICIAL_SHAPES, synthetic_checkpoint
 from shared.augment import allow_zero_bit_posterize
 from shared.checkpoint import load_checkpoint
 from shared.classification import build_classification_model, build_loaders, evaluate
 from shared.distributed import init_distributed
-
-pytestmark = pytest.mark.usefixtures('one_cpu_thread')
 
 PKG = Path(emo_train.__file__).resolve().parent
 CONFIGS = PKG / 'configs'
@@ -31,21 +31,12 @@ CONFIGS = PKG / 'configs'
 TINY = ['--data.synthetic_train_per_class', '4', '--data.synthetic_val_per_class', '2',
         '--data.synthetic_image_size', '32', '--data.img_size', '32', '--data.batch_size', '8',
         '--data.eval_batch_size', '8', '--data.workers', '0', '--epochs', '1', '--warmup_epochs', '0',
-        '--device', 'cpu', '--no-tensorboard', '--torch_threads', 'null']
-
-
-@pytest.fixture(scope='module')
-def synthetic_root(tmp_path_factory):
-    """Synthetic sets of this module go to a temporary folder, not the repository's data/."""
-    with pytest.MonkeyPatch.context() as mp:
-        root = tmp_path_factory.mktemp('synthetic')
-        mp.setenv('SYNTHETIC_DATA_ROOT', str(root))
-        yield root
+        '--device', 'cpu', '--no-tensorboard', '--threads', 'null']
 
 
 def test_train_writes_run_folder_and_eval_reproduces_it(synthetic_root, tmp_path, capsys):
     out = tmp_path / 'run'
-    returned = emo_train.main([*TINY, '--output_dir', str(out)])
+    returned = emo_train.main(emo_train.parse_args([*TINY, '--output_dir', str(out)]))
     for name in ('config.yaml', 'log.csv', 'metrics.json', 'last.pt', 'best.pt', 'train.log'):
         assert (out / name).is_file(), name
     written = json.loads((out / 'metrics.json').read_text())
@@ -57,7 +48,7 @@ def test_train_writes_run_folder_and_eval_reproduces_it(synthetic_root, tmp_path
     assert state['epoch'] == 0 and state['step'] == 5  # 40 images / batch 8
     assert state['config']['model'] == 'emo_test' and state['config']['drop_path'] == 0.0
 
-    result = emo_eval.main(['--checkpoint', str(out / 'last.pt'), '--device', 'cpu'])
+    result = emo_eval.main(emo_eval.parse_args(['--checkpoint', str(out / 'last.pt'), '--device', 'cpu']))
     assert result['weights'] == ['ema', 'raw']
     for key in ('top1', 'top5', 'loss', 'ema_top1', 'ema_top5', 'ema_loss'):
         assert result[key] == pytest.approx(last[key], abs=1e-9), key
@@ -73,11 +64,12 @@ def test_official_trainer_layout_evaluates(synthetic_root, tmp_path):
     path = tmp_path / 'net.pth'
     torch.save({'net': raw, 'net_E': ema, 'epoch': 300}, path)
     args = [*TINY, '--model', 'emo_1m', '--num_classes', '1000']
-    result = emo_eval.main([*args, '--checkpoint', str(path), '--output_dir', str(tmp_path / 'eval')])
+    result = emo_eval.main(emo_eval.parse_args([*args, '--checkpoint', str(path), '--output_dir',
+                                                 str(tmp_path / 'eval')]))
     assert result['weights'] == ['ema', 'raw']
     assert (tmp_path / 'eval' / 'metrics.json').is_file()
 
-    cfg = emo_train.load_train_config(args)
+    cfg = emo_train.parse_args(args)
     ctx = init_distributed('cpu')
     _, val_loader, _ = build_loaders(cfg.data, ctx, cfg.seed)
     model = build_classification_model(cfg, 1000)
@@ -90,7 +82,8 @@ def test_official_trainer_layout_evaluates(synthetic_root, tmp_path):
 
     flat = tmp_path / 'flat.pth'
     torch.save(ema, flat)
-    single = emo_eval.main([*args, '--checkpoint', str(flat), '--output_dir', str(tmp_path / 'eval_flat')])
+    single = emo_eval.main(emo_eval.parse_args([*args, '--checkpoint', str(flat), '--output_dir',
+                                                 str(tmp_path / 'eval_flat')]))
     assert single['weights'] == ['weights'] and single['top1'] == pytest.approx(result['ema_top1'])
 
 
@@ -99,7 +92,7 @@ SHEET = {'emo_1m': 0.04036, 'emo_2m': 0.05, 'emo_5m': 0.05, 'emo_6m': 0.05}
 
 @pytest.mark.parametrize('variant', sorted(SHEET))
 def test_recipe_yaml_is_the_paper_recipe(variant):
-    cfg = emo_train.load_train_config(['-c', str(CONFIGS / f'{variant}_in1k.yaml')])
+    cfg = emo_train.parse_args(['-c', str(CONFIGS / f'{variant}_in1k.yaml')])
     assert cfg.model == variant and cfg.drop_path == SHEET[variant]
     assert (cfg.opt, cfg.lr, cfg.lr_base_batch, cfg.opt_betas, cfg.opt_eps) == ('adamw', 6e-3, 2048, (0.9, 0.999), 1e-8)
     assert (cfg.weight_decay, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.min_lr) == (0.05, 300, 20, 1e-6, 1e-6)
@@ -115,31 +108,31 @@ def test_recipe_yaml_is_the_paper_recipe(variant):
 
 
 def test_official_drop_path_table_matches_the_constructors():
-    for variant, rate in emo_train.OFFICIAL_DROP_PATH.items():
+    for variant, rate in OFFICIAL_DROP_PATH.items():
         model = timm.create_model(variant)
         assert max(m.drop_prob for m in model.modules() if isinstance(m, DropPath)) == pytest.approx(rate)
-    assert emo_train.load_train_config(['--model', 'emo_5m']).drop_path == 0.05  # null: the official rate
-    assert emo_train.load_train_config(['--model', 'emo_5m', '--drop_path', '0.1']).drop_path == 0.1
-    assert emo_train.load_train_config(['--model', 'emo_test']).drop_path == 0.0
+    assert emo_train.parse_args(['--model', 'emo_5m']).drop_path == 0.05  # null: the official rate
+    assert emo_train.parse_args(['--model', 'emo_5m', '--drop_path', '0.1']).drop_path == 0.1
+    assert emo_train.parse_args(['--model', 'emo_test']).drop_path == 0.0
 
 
 def test_unknown_config_key_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        emo_train.main(['--learning_rate', '0.1'])
+        emo_train.parse_args(['--learning_rate', '0.1'])
     assert 'unknown argument' in capsys.readouterr().err
     bad = tmp_path / 'bad.yaml'
     bad.write_text('model: emo_1m\ndata:\n  rooot: /data\n')
     with pytest.raises(SystemExit):
-        emo_train.main(['-c', str(bad)])
+        emo_train.parse_args(['-c', str(bad)])
     err = capsys.readouterr().err
     assert "unknown config key 'data.rooot'" in err and 'data.root' in err
     with pytest.raises(SystemExit):
-        emo_eval.main([])
+        emo_eval.parse_args([])
     assert '--checkpoint PATH is required' in capsys.readouterr().err
     ckpt = tmp_path / 'weights.pt'
     torch.save(timm.create_model('emo_test').state_dict(), ckpt)
     with pytest.raises(SystemExit):
-        emo_eval.main(['--checkpoint', str(ckpt), '--epochs', 'three'])
+        emo_eval.parse_args(['--checkpoint', str(ckpt), '--epochs', 'three'])
     assert "config key 'epochs': expected an integer" in capsys.readouterr().err
 
 
@@ -183,3 +176,13 @@ def test_unwrap_recognises_training_checkpoint_layouts():
     assert unwrap_state_dict({'model': raw, 'ema': None})['a'].item() == 0  # trained with ema_decay: null
     assert unwrap_state_dict({'model': raw, 'model_ema': ema})['a'].item() == 1
     assert unwrap_state_dict({'net': raw, 'net_E': ema})['a'].item() == 1
+
+
+def test_eval_reads_a_config_stored_before_the_run_level_renames(tmp_path):
+    """Checkpoints written before RunConfig stored ``torch_threads`` and ``device: null``; eval still resolves them."""
+    path = tmp_path / 'old.pt'
+    torch.save({'model': {}, 'config': {'model': 'emo_test', 'torch_threads': 1, 'device': None,
+                                        'output_dir': '/elsewhere', 'data': {'img_size': 32}}}, path)
+    cfg = emo_eval.parse_args(['--checkpoint', str(path)])
+    assert (cfg.model, cfg.threads, cfg.device, cfg.data.img_size, cfg.output_dir) == ('emo_test', 1, 'auto', 32, None)
+    assert emo_eval.parse_args(['--checkpoint', str(path), '--output_dir', 'here']).output_dir == 'here'

@@ -1,0 +1,166 @@
+"""The configs of the EMO scripts: ImageNet classification (``train.py``/``eval.py``) and COCO RetinaNet
+(``train_det.py``/``eval_det.py``), and how an evaluation resolves its config from a checkpoint.
+
+Every training config inherits :class:`shared.config.RunConfig` (``output_dir``, ``name``, ``resume``, ``seed``,
+``device``, ``amp``, ``threads``, ``log_interval``, ``eval_interval``, ``checkpoint_interval``, ``tensorboard``); the
+intervals count epochs in both loops.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shared.checkpoint import load_checkpoint
+from shared.classification import ClassificationConfig
+from shared.config import RunConfig, parse_config, parse_eval_config
+
+__all__ = [
+    'DEFAULT_CONFIG',
+    'DEFAULT_DET_CONFIG',
+    'OFFICIAL_DROP_PATH',
+    'PACKAGE',
+    'DetDataConfig',
+    'DetectionConfig',
+    'EMOTrainConfig',
+    'parse_checkpoint_config',
+    'resolve_drop_path',
+]
+
+PACKAGE = 'emo'
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
+DEFAULT_CONFIG = CONFIG_DIR / 'default.yaml'
+DEFAULT_DET_CONFIG = CONFIG_DIR / 'retinanet_default.yaml'
+
+# Maximum stochastic-depth rate of the official constructors (README, Fidelity notes); the same values are the
+# defaults of the timm constructors in emo.model. Other models (emo_test, any timm model) default to 0.
+OFFICIAL_DROP_PATH = {'emo_1m': 0.04036, 'emo_2m': 0.05, 'emo_5m': 0.05, 'emo_6m': 0.05}
+
+T = TypeVar('T')
+
+
+@dataclass
+class EMOTrainConfig(ClassificationConfig):
+    """`shared.classification.ClassificationConfig` with EMO's defaults.
+
+    The inherited defaults already are the EMO recipe (README, Recipes); this class names the model and makes the
+    drop-path rate default to the variant's official value. ``eval_interval`` and ``checkpoint_interval`` count
+    epochs.
+    """
+
+    model: str = field(default='emo_1m', metadata={'help': 'timm model (emo_1m, emo_2m, emo_5m, emo_6m, emo_test)'})
+    drop_path: float | None = field(default=None, metadata={
+        'help': "maximum stochastic-depth rate; null: the variant's official rate (0.04036 EMO-1M, 0.05 others)"})
+
+
+def resolve_drop_path(cfg: EMOTrainConfig) -> EMOTrainConfig:
+    """Replace ``drop_path: null`` by the official rate of ``cfg.model`` (0 for models without one)."""
+    if cfg.drop_path is not None:
+        return cfg
+    return dataclasses.replace(cfg, drop_path=OFFICIAL_DROP_PATH.get(cfg.model, 0.0))
+
+
+@dataclass
+class DetDataConfig:
+    """Where the COCO-format data is and how images are sized."""
+
+    root: str = field(default='', metadata={'help': 'COCO root holding train2017/, val2017/, annotations/'})
+    train_images: str = 'train2017'
+    train_annotations: str = 'annotations/instances_train2017.json'
+    val_images: str = 'val2017'
+    val_annotations: str = 'annotations/instances_val2017.json'
+    synthetic: bool = field(default=False, metadata={'help': 'write/use the embedded synthetic COCO-format set'})
+    synthetic_train: int = 24
+    synthetic_val: int = 8
+    synthetic_image_size: int = 192
+    synthetic_categories: int = 6
+    min_size: int = field(default=800, metadata={'help': 'shorter side after resizing (mmdet img_scale 1333x800)'})
+    max_size: int = field(default=1333, metadata={'help': 'longer side limit after resizing'})
+    hflip: float = 0.5
+    batch_size: int = field(default=4, metadata={'help': 'images per process'})
+    eval_batch_size: int = field(default=1, metadata={'help': 'images per process at evaluation (mmdet: 1)'})
+    workers: int = 4
+
+
+@dataclass
+class DetectionConfig(RunConfig):
+    """RetinaNet-EMO training (defaults: the paper's RetinaNet 1x recipe for EMO-1M, 8 GPUs x 4 images).
+
+    ``eval_interval`` and ``checkpoint_interval`` count epochs."""
+
+    model: str = field(default='emo_1m', metadata={'help': 'EMO backbone (emo_1m, emo_2m, emo_5m, emo_6m, emo_test)'})
+    pretrained_backbone: str | None = field(default=None, metadata={
+        'help': 'ImageNet checkpoint of the backbone: official net.pth or an emo.train checkpoint (EMA used)'})
+    allow_random_backbone: bool = field(default=False, metadata={
+        'help': 'train without pretrained_backbone (random init); the paper recipes need a pretrained one'})
+    num_classes: int | None = field(default=None, metadata={'help': 'default: categories of the train annotations'})
+    window_size: int | None = field(default=None, metadata={'help': 'EW-MHSA window; null: official (7 1M/2M, 10 5M)'})
+    drop_path: float | None = field(default=None, metadata={'help': "backbone drop path; null: the variant's official"})
+    frozen_stages: int = 1
+    norm_eval: bool = True
+    fpn_channels: int = 256
+    data: DetDataConfig = field(default_factory=DetDataConfig)
+    epochs: int = 12
+    lr: float = 2e-4
+    lr_base_batch: int = field(default=32, metadata={'help': 'lr is given for this global batch; scaled linearly'})
+    weight_decay: float = 0.05
+    no_decay_keys: list[str] = field(default_factory=lambda: ['norm'], metadata={
+        'help': 'parameters whose name contains one of these get no weight decay (mmdet paramwise custom_keys)'})
+    opt_betas: tuple[float, float] = (0.9, 0.999)
+    opt_eps: float = 1e-8
+    warmup_iters: int = 500
+    warmup_ratio: float = 1e-3
+    min_lr: float = 0.0
+    clip_grad: float | None = None
+    score_thresh: float = 0.05
+    detections_per_img: int = 100
+    eval_interval: int = field(default=1, metadata={'help': 'evaluate every N epochs (and after the last)'})
+
+
+#: Keys of a stored training config that an evaluation never takes over (where the run wrote, what it resumed).
+_NOT_INHERITED = ('output_dir', 'resume')
+
+
+def _upgrade(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A config stored before the run-level settings got RunConfig's names (``torch_threads``, ``device: null``)."""
+    values = dict(stored)
+    if 'torch_threads' in values:
+        values.setdefault('threads', values.pop('torch_threads'))
+    if 'device' in values and values['device'] is None:
+        values['device'] = 'auto'
+    return values
+
+
+def _preparse(argv: Sequence[str]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--checkpoint', default=None)
+    pre.add_argument('--output_dir', default=None)
+    args = pre.parse_known_args(list(argv))[0]
+    if not args.checkpoint and not {'-h', '--help'} & set(argv):
+        pre.error('--checkpoint PATH is required')
+    return args
+
+
+def parse_checkpoint_config(schema: type[T], argv: Sequence[str] | None, default_config: Path,
+                            description: str) -> T:
+    """The config of an evaluation script: ``-c FILE`` if given, else the config stored in ``--checkpoint`` (the
+    training run's own, without its ``output_dir``/``resume``), else ``default_config`` (a checkpoint without a
+    config, e.g. the released ``net.pth``); command-line flags override it. ``output_dir`` comes from the command
+    line only (else None: the caller writes next to the checkpoint).
+
+    The checkpoint is read and checked first: another package's checkpoint, a missing or an unreadable file is a
+    :class:`shared.checkpoint.CheckpointError` before anything is written. A missing ``--checkpoint`` is a usage
+    error (exit status 2).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = _preparse(argv)
+    stored = load_checkpoint(pre.checkpoint, package=PACKAGE).get('config') if pre.checkpoint else None
+    if isinstance(stored, Mapping):
+        cfg = parse_eval_config(schema, _upgrade(stored), argv, description, ignore=_NOT_INHERITED)
+    else:
+        cfg = parse_config(schema, argv, description, default_config=default_config)
+    return cfg if pre.output_dir is not None else dataclasses.replace(cfg, output_dir=None)
