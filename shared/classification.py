@@ -356,18 +356,15 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDty
 _STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "best", "rng")
 
 
-def run_classification(cfg: ClassificationConfig, package: str, config_name: str | None = None,
-                       on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
+def run_classification(cfg: ClassificationConfig, package: str, on_epoch_end: EpochHook | None = None
+                       ) -> dict[str, Any]:
     """Train and evaluate; returns (and writes to `metrics.json`) the final metrics.
 
     Args:
         cfg: the resolved config (its ``name`` names the run folder ``runs/<package>/<name>/<time>``).
         package: name of the calling package (run folder, checkpoint owner).
-        config_name: TRANSITION: replaces ``cfg.name`` (callers that still pass the run name separately).
         on_epoch_end: called as `hook(epoch, row)` after each epoch's checkpoint is on disk.
     """
-    if config_name is not None:
-        cfg = dataclasses.replace(cfg, name=config_name)
     if not cfg.model:
         raise ValueError("config key 'model' is empty: name a timm model, e.g. emo_1m")
     if cfg.threads:
