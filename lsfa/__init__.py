@@ -25,9 +25,12 @@ from lsfa.memory_bank import (
 from lsfa.model import (
     POINT_VARIANTS,
     RGB_VARIANTS,
+    VARIANTS,
     FeatureExtractor,
     LSFAAdaptors,
     PointMAEEncoder,
+    UnsupervisedFeatureFusion,
+    create_model,
     create_point_encoder,
     create_rgb_backbone,
     load_dino_checkpoint,
@@ -36,7 +39,7 @@ from lsfa.model import (
 from lsfa.point_ops import farthest_point_sample, group_points, knn_indices, three_nn_interpolate
 from lsfa.scoring import ScoringSettings, class_metrics, extract_features, score_class
 from lsfa.synthetic import ensure_synthetic_mvtec3d
-from lsfa.uff import UnsupervisedFeatureFusion, load_uff_checkpoint, save_uff_checkpoint, train_uff
+from lsfa.uff import load_uff_checkpoint, save_uff_checkpoint, train_uff
 
 __all__ = [
     "DEMO_INFO",
@@ -44,6 +47,7 @@ __all__ = [
     "MVTEC3D_CLASSES",
     "POINT_VARIANTS",
     "RGB_VARIANTS",
+    "VARIANTS",
     "AdaptationQueues",
     "AdaptationSettings",
     "FeatureExtractor",
@@ -58,6 +62,7 @@ __all__ = [
     "blur_anomaly_map",
     "class_metrics",
     "compactness_loss",
+    "create_model",
     "create_point_encoder",
     "create_rgb_backbone",
     "cross_modal_global_loss",

@@ -15,7 +15,9 @@ Released-code behaviours that differ from the intended semantics are switches of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,8 @@ from lsfa.losses import (
 )
 from lsfa.model import LSFAAdaptors
 
-__all__ = ["AdaptationQueues", "AdaptationSettings", "lsfa_loss", "pool_to_grid", "released_rgb_token_layout", "tokens"]
+__all__ = ["AdaptationQueues", "AdaptationSettings", "lr_at", "lsfa_loss", "pool_to_grid", "released_rgb_token_layout",
+           "tokens"]
 
 
 @dataclass
@@ -67,6 +70,23 @@ class AdaptationQueues:
     def load_state_dict(self, state: dict) -> None:
         for name, sub in state.items():
             getattr(self, name).load_state_dict(sub)
+
+
+class _Schedule(Protocol):
+    lr: float
+    min_lr: float
+    warmup_epochs: float
+    schedule_epochs: float
+
+
+def lr_at(step: float, cfg: _Schedule, iters_per_epoch: int) -> float:
+    """Per-iteration schedule of the release (adaptors and UFF pre-training): linear warm-up, then half-cycle cosine
+    over ``schedule_epochs``."""
+    epoch = step / iters_per_epoch
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * epoch / cfg.warmup_epochs
+    progress = (epoch - cfg.warmup_epochs) / max(cfg.schedule_epochs - cfg.warmup_epochs, 1e-9)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def tokens(feature_map: torch.Tensor) -> torch.Tensor:

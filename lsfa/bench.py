@@ -3,7 +3,7 @@ fit, AUPRO. Prints a table (and writes it as JSON with --output).
 
     python bench.py                      # paper sizes (ViT-B/8 + Point-MAE, 300k x 1152 bank): meant for a GPU
     python bench.py --quick              # reduced sizes for a CPU (what the README reports for the 2-core machine)
-    python bench.py --device cuda --amp bf16
+    python bench.py --device cuda --amp bf16     # --amp off (default), bf16 or fp16
 
 Random weights and random data: the figures are costs, not accuracies.
 """
@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -28,13 +29,13 @@ from lsfa.memory_bank import (
     reweighted_image_score,
     sparse_random_projection,
 )
-from lsfa.model import FeatureExtractor, LSFAAdaptors, create_point_encoder, create_rgb_backbone
+from lsfa.model import FeatureExtractor, create_model, create_point_encoder, create_rgb_backbone
 from lsfa.point_ops import group_points
-from shared.benchmark import peak_memory_mb, synchronize
+from shared.benchmark import peak_memory_mb, seconds_per_call, synchronize
 from shared.metrics import aupro
 from shared.training import autocast
 
-__all__ = ["main"]
+__all__ = ["main", "parse_args"]
 
 SIZES = {
     # name: rgb variant, point variant, images per batch, points per cloud, bank rows, knn bank rows, ocsvm images,
@@ -44,16 +45,6 @@ SIZES = {
     "quick": dict(rgb="vit_tiny8_d2", point="point_mae_tiny", batch=4, points=10_000, bank=20_000, knn_bank=10_000,
                   ocsvm_images=20, aupro_maps=40, patches=784, grid=28, dim=1152),
 }
-
-
-def _timed(fn, device: torch.device, repeats: int = 1) -> float:
-    fn()  # warm-up
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - t0) / repeats
 
 
 def _organised_cloud(batch: int, points: int, device: torch.device) -> torch.Tensor:
@@ -69,15 +60,19 @@ def _organised_cloud(batch: int, points: int, device: torch.device) -> torch.Ten
     return xyz
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes for a CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's)")
     parser.add_argument("--output", default=None, help="write the rows as JSON")
-    args = parser.parse_args(argv)
-    if args.threads:
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    """Time every stage; prints one row per stage and returns the rows."""
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     s = SIZES["quick" if args.quick else "paper"]
@@ -98,17 +93,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     images = torch.randn(s["batch"], 3, 224, 224, device=device)
     xyz = _organised_cloud(s["batch"], s["points"], device)
     with torch.no_grad(), autocast(device, args.amp):
-        t = _timed(lambda: extractor.rgb_features(images), device)
+        t = seconds_per_call(lambda: extractor.rgb_features(images), device)
         add("rgb features", f"{s['rgb']}, batch {s['batch']}", t, "img/s", s["batch"] / t)
-        t = _timed(lambda: extractor.xyz_features(xyz), device)
+        t = seconds_per_call(lambda: extractor.xyz_features(xyz), device)
         add("xyz features (full PFA)", f"{s['point']}, {s['points']} pts, batch {s['batch']}", t, "img/s",
             s["batch"] / t)
         pts = xyz.flatten(2).transpose(1, 2)[:, (xyz.abs().sum(1).flatten(1) > 0)[0]].contiguous()
         v = extractor.point_encoder.variant
-        t = _timed(lambda: group_points(pts, v.num_group, v.group_size), device)
+        t = seconds_per_call(lambda: group_points(pts, v.num_group, v.group_size), device)
         add("FPS + kNN grouping", f"{v.num_group} x {v.group_size} of {pts.shape[1]} pts, batch {s['batch']}", t,
             "img/s", s["batch"] / t)
-    adaptors = LSFAAdaptors(extractor.xyz_dim, extractor.rgb_dim).to(device)
+    adaptors = create_model("lsfa_adaptors", xyz_dim=extractor.xyz_dim, rgb_dim=extractor.rgb_dim).to(device)
     tokens_x = torch.randn(s["batch"], s["grid"] ** 2, extractor.xyz_dim, device=device)
     tokens_r = torch.randn(s["batch"], s["grid"] ** 2, extractor.rgb_dim, device=device)
 
@@ -118,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             loss = adaptors.xyz_head(x).mean() + adaptors.rgb_head(r).mean()
         loss.backward()
 
-    t = _timed(adaptor_step, device)
+    t = seconds_per_call(adaptor_step, device)
     add("adaptor train step", f"{s['grid'] ** 2} tokens, batch {s['batch']}", t, "img/s", s["batch"] / t)
     bank = torch.randn(s["bank"], s["dim"], device=device)
     n_core = s["bank"] // 10
@@ -141,7 +136,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         d, i = nearest_neighbours(patches, knn_bank, k=1, chunk=1024)
         reweighted_image_score(patches, knn_bank, d[:, 0], i[:, 0])
 
-    t = _timed(knn, device, repeats=3)
+    t = seconds_per_call(knn, device, iters=3)
     add("kNN scoring + re-weighting", f"{s['patches']} patches vs {s['knn_bank']} rows x {s['dim']}", t,
         "img/s", 1.0 / t)
     n = s["ocsvm_images"]
@@ -164,4 +159,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -2,9 +2,10 @@
 
     python eval.py --checkpoint runs/lsfa/default/<time>/last.pt [--output_dir DIR] [-c configs/NAME.yaml] [--k v]
 
-Settings come from the checkpoint's config, then ``-c``, then the command line. Per class: banks from the training
-images, late fusion (two SGD one-class SVMs), I-AUROC / P-AUROC / AUPRO@0.3 through ``shared.metrics``. Prints a
-README-style table; writes ``metrics.json``, ``overlays/<method>_<class>.png`` and ``roc_<method>.png``.
+Settings come from the checkpoint's config, then ``-c`` (which replaces it), then the command line. Per class: banks
+from the training images, late fusion (two SGD one-class SVMs), I-AUROC / P-AUROC / AUPRO@0.3 through
+``shared.metrics``. Prints a README-style table; writes ``metrics.json``, ``overlays/<method>_<class>.png`` and
+``roc_<method>.png`` into ``--output_dir`` (default ``<checkpoint folder>/eval``).
 
 Methods (``eval.methods``): ``lsfa`` (adapted features, two banks), ``m3dm`` (frozen features, xyz + rgb banks) and
 ``m3dm_triple`` (M3DM's full method: + the UFF fusion bank; needs ``backbone.uff_checkpoint``, the UFF saved in the
@@ -17,6 +18,8 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -24,13 +27,27 @@ if __package__ in (None, ""):
 
 import torch
 
+from lsfa.config import TrainConfig, upgrade_stored_config
 from lsfa.data import MVTec3DDataset, resolve_classes
-from lsfa.model import LSFAAdaptors
+from lsfa.model import FeatureExtractor, LSFAAdaptors, UnsupervisedFeatureFusion
+from lsfa.pipeline import build_extractor, build_uff, load_adaptors, resolve_root
 from lsfa.scoring import ScoringSettings, SplitFeatures, class_metrics, extract_features, score_class
-from lsfa.uff import UnsupervisedFeatureFusion
+from shared.checkpoint import load_checkpoint
+from shared.config import parse_config, parse_eval_config
 from shared.logger import RunLogger
 
-__all__ = ["METHODS", "evaluate_classes", "format_table", "main"]
+__all__ = ["METHODS", "CheckpointEvalConfig", "evaluate", "evaluate_classes", "format_table", "main", "parse_args"]
+
+PACKAGE = "lsfa"
+DESCRIPTION = __doc__.splitlines()[0]
+
+
+@dataclass
+class CheckpointEvalConfig(TrainConfig):
+    """The training config of the run (from its checkpoint) plus the checkpoint to score."""
+
+    checkpoint: str = field(default="", metadata={"help": "last.pt of a train.py run (required)"})
+
 
 METHODS = {"lsfa": "LSFA", "m3dm": "M3DM (no adaptors)", "m3dm_triple": "M3DM + fusion bank"}
 METRICS = ("i_auroc", "p_auroc", "aupro")
@@ -56,7 +73,7 @@ def format_table(metrics: dict[str, float], classes: list[str], methods: list[st
     return "\n".join(lines)
 
 
-def evaluate_classes(extractor, adaptors: LSFAAdaptors | None, root: str | Path, classes: list[str],
+def evaluate_classes(extractor: FeatureExtractor, adaptors: LSFAAdaptors | None, root: str | Path, classes: list[str],
                      scoring: ScoringSettings, methods: list[str], device: torch.device, batch_size: int = 8,
                      image_size: int = 224, max_train_samples: int | None = None,
                      train_cache: dict[str, SplitFeatures] | None = None, output_dir: Path | None = None,
@@ -79,8 +96,9 @@ def evaluate_classes(extractor, adaptors: LSFAAdaptors | None, root: str | Path,
     for c in classes:
         t0 = time.perf_counter()
         train = (train_cache or {}).get(c) or extract_features(
-            extractor, MVTec3DDataset(root, c, "train", image_size, max_train_samples), batch_size, device)
-        test_set = MVTec3DDataset(root, c, "test", image_size)
+            extractor, MVTec3DDataset(root, c, "train", image_size=image_size, max_samples=max_train_samples),
+            batch_size, device)
+        test_set = MVTec3DDataset(root, c, "test", image_size=image_size)
         test = extract_features(extractor, test_set, batch_size, device)
         for m in methods:
             out = score_class(train, test, adaptors if m == "lsfa" else None, scoring, device,
@@ -107,42 +125,50 @@ def evaluate_classes(extractor, adaptors: LSFAAdaptors | None, root: str | Path,
     return metrics
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    from lsfa.train import TrainConfig, build_extractor, build_uff, load_adaptors, resolve_root
-    from shared.checkpoint import load_checkpoint
-    from shared.config import config_from_dict, parse_config
-
-    argv = sys.argv[1:] if argv is None else argv
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--checkpoint", required=True)
-    args, rest = pre.parse_known_args(argv)
-    state = load_checkpoint(args.checkpoint, map_location="cpu", package="lsfa", required=("config", "adaptors"))
-    base = config_from_dict(TrainConfig, state["config"])
-    import tempfile
-
-    import yaml
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(state["config"], f)
-        base_yaml = f.name
-    cfg = parse_config(TrainConfig, rest if any(a in ("-c", "--config") for a in rest) else
-                       ["-c", base_yaml, *rest], description=__doc__.splitlines()[0])
-    Path(base_yaml).unlink(missing_ok=True)
-    del base
-    out = Path(cfg.output_dir) if cfg.output_dir and "--output_dir" in rest else Path(args.checkpoint).parent / "eval"
-    logger = RunLogger(out, tensorboard=False, name="eval")
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+def evaluate(cfg: CheckpointEvalConfig, state: dict, device: torch.device, out: Path, logger: RunLogger
+             ) -> dict[str, float]:
+    """Rebuild the extractor, the adaptors and (for ``m3dm_triple``) the UFF of a checkpoint and score every class."""
     extractor = build_extractor(cfg, state.get("backbones"), logger).to(device)
-    adaptors = load_adaptors(cfg, extractor, state["adaptors"], args.checkpoint).to(device)
+    adaptors = load_adaptors(cfg, extractor, state["adaptors"], cfg.checkpoint).to(device)
     root = resolve_root(cfg)
     classes = resolve_classes(root, cfg.data.classes)
-    uff = (build_uff(cfg, extractor, root, classes, device, logger, state.get("uff"), out)
+    uff = (build_uff(cfg, extractor, root, classes, device, logger=logger, saved=state.get("uff"), out_dir=out)
            if "m3dm_triple" in cfg.eval.methods else None)
-    metrics = evaluate_classes(extractor, adaptors, root, classes, cfg.scoring, cfg.eval.methods, device,
-                               cfg.data.batch_size, cfg.data.image_size, cfg.data.max_train_samples,
-                               output_dir=out, logger=logger, vis_images=cfg.eval.vis_images, uff=uff)
+    return evaluate_classes(extractor, adaptors, root, classes, cfg.scoring, cfg.eval.methods, device,
+                            batch_size=cfg.data.batch_size, image_size=cfg.data.image_size,
+                            max_train_samples=cfg.data.max_train_samples, output_dir=out, logger=logger,
+                            vis_images=cfg.eval.vis_images, uff=uff)
+
+
+def _load(path: str) -> dict:
+    return load_checkpoint(path, map_location="cpu", package=PACKAGE, required=("config", "adaptors"))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> CheckpointEvalConfig:
+    """The config stored in ``--checkpoint`` (run-level keys of older checkpoints renamed), then ``-c`` and
+    ``--key value`` overrides; the training run's ``output_dir`` and ``resume`` are not inherited."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        parse_config(CheckpointEvalConfig, argv, description=DESCRIPTION)  # prints the help and exits
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--checkpoint", required=True)
+    checkpoint = pre.parse_known_args(argv)[0].checkpoint
+    stored = upgrade_stored_config(_load(checkpoint)["config"])
+    return parse_eval_config(CheckpointEvalConfig, stored, argv, description=DESCRIPTION,
+                             ignore=("output_dir", "resume"))
+
+
+def main(cfg: CheckpointEvalConfig) -> dict[str, float]:
+    """Score the checkpoint ``cfg.checkpoint``; writes and returns the metrics."""
+    if not cfg.checkpoint:
+        raise ValueError("eval.py needs --checkpoint PATH (a last.pt of train.py)")
+    state = _load(cfg.checkpoint)
+    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / "eval"
+    logger = RunLogger(out, tensorboard=False, name="eval")
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    metrics = evaluate(cfg, state, device, out, logger)
     logger.write_metrics(metrics)
     logger.info(f"wrote {out / 'metrics.json'}")
     logger.close()
@@ -150,4 +176,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -9,6 +9,10 @@
   inverse-distance interpolation -> 224 x 224 grid -> AvgPool2d(3, stride 1) -> AdaptiveAvgPool2d(grid).
 * LSFA adaptors (Tu et al., ECCV 2024, arXiv 2401.03145): one pre-norm transformer block per modality over all
   tokens of an image, plus the projection heads used by the losses (``FeatureFusionBlock`` of the release).
+* M3DM's Unsupervised Feature Fusion (UFF, arXiv 2303.00601 Sec. 3.3): the fusion-bank module of the baseline.
+
+Build the trainable models with ``create_model(name, **overrides)`` (:data:`VARIANTS`), the frozen backbones with
+``create_rgb_backbone`` / ``create_point_encoder`` (README, Python API).
 
 Checkpoint loading is strict: :func:`load_point_mae_checkpoint` reads the official Point-MAE file
 (``{"base_model": {"MAE_encoder.*": ...}}``), :func:`load_dino_checkpoint` the official DINO / timm file; a missing
@@ -30,11 +34,14 @@ from lsfa.point_ops import group_points, three_nn_interpolate
 __all__ = [
     "POINT_VARIANTS",
     "RGB_VARIANTS",
+    "VARIANTS",
     "FeatureExtractor",
     "LSFAAdaptors",
     "PointMAEEncoder",
     "PointVariant",
     "TransformerBlock",
+    "UnsupervisedFeatureFusion",
+    "create_model",
     "create_point_encoder",
     "create_rgb_backbone",
     "init_weights",
@@ -422,3 +429,64 @@ class LSFAAdaptors(nn.Module):
 
     def forward(self, xyz_tokens: torch.Tensor, rgb_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.adapt_xyz(xyz_tokens), self.adapt_rgb(rgb_tokens)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# M3DM's Unsupervised Feature Fusion (the fusion bank of the baseline; pre-training in lsfa.uff)
+
+
+class UnsupervisedFeatureFusion(nn.Module):
+    """M3DM's UFF (``FeatureFusionBlock`` of the release): per modality LayerNorm + MLP, concatenated; two linear
+    contrastive heads. Torch's default initialisation, as the release (it applies no init function).
+
+    Args:
+        xyz_dim / rgb_dim: widths of the frozen point / RGB features (1152 / 768 in the paper).
+        mlp_ratio: hidden width of both MLPs as a multiple of their input (4).
+        head_dim: output of the contrastive heads (256).
+    """
+
+    def __init__(self, xyz_dim: int = 1152, rgb_dim: int = 768, mlp_ratio: float = 4.0, head_dim: int = 256):
+        super().__init__()
+        self.xyz_dim, self.rgb_dim = xyz_dim, rgb_dim
+        self.xyz_norm = nn.LayerNorm(xyz_dim)
+        self.xyz_mlp = Mlp(xyz_dim, int(xyz_dim * mlp_ratio))
+        self.rgb_norm = nn.LayerNorm(rgb_dim)
+        self.rgb_mlp = Mlp(rgb_dim, int(rgb_dim * mlp_ratio))
+        self.rgb_head = nn.Linear(rgb_dim, head_dim)
+        self.xyz_head = nn.Linear(xyz_dim, head_dim)
+
+    @property
+    def out_dim(self) -> int:
+        return self.xyz_dim + self.rgb_dim
+
+    def forward(self, xyz: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """(..., xyz_dim) and (..., rgb_dim) tokens of the same positions -> fused (..., xyz_dim + rgb_dim)."""
+        return torch.cat([self.xyz_mlp(self.xyz_norm(xyz)), self.rgb_mlp(self.rgb_norm(rgb))], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# variants
+
+
+#: The trainable models of the package by name: (class, constructor arguments). Their input widths are those of the
+#: frozen backbone pair they sit on (``RGB_VARIANTS`` / ``POINT_VARIANTS``): paper = DINO ViT-B/8 (768-d) +
+#: Point-MAE (1152-d); ``_tiny`` = the embedded default's ``vit_tiny8_d2`` (96-d) + ``point_mae_tiny`` (288-d);
+#: ``_test`` = the unit tests' ``vit_test8`` (24-d) + ``point_mae_test`` (48-d).
+VARIANTS: dict[str, tuple[type[nn.Module], dict]] = {
+    "lsfa_adaptors": (LSFAAdaptors, dict(xyz_dim=1152, rgb_dim=768, num_heads=12, proj_dim=512)),
+    "lsfa_adaptors_tiny": (LSFAAdaptors, dict(xyz_dim=288, rgb_dim=96, num_heads=12, proj_dim=128)),
+    "lsfa_adaptors_test": (LSFAAdaptors, dict(xyz_dim=48, rgb_dim=24, num_heads=2, proj_dim=8)),
+    "m3dm_uff": (UnsupervisedFeatureFusion, dict(xyz_dim=1152, rgb_dim=768, mlp_ratio=4.0, head_dim=256)),
+    "m3dm_uff_tiny": (UnsupervisedFeatureFusion, dict(xyz_dim=288, rgb_dim=96, mlp_ratio=4.0, head_dim=256)),
+    "m3dm_uff_test": (UnsupervisedFeatureFusion, dict(xyz_dim=48, rgb_dim=24, mlp_ratio=4.0, head_dim=256)),
+}
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """An LSFA adaptor pair or an M3DM UFF module of :data:`VARIANTS`, with constructor arguments overridden by
+    keyword (e.g. ``create_model("lsfa_adaptors", xyz_dim=extractor.xyz_dim, proj_dim=128)``). The frozen backbones
+    are built by :func:`create_rgb_backbone` and :func:`create_point_encoder` from their own variant tables."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(VARIANTS)}")
+    cls, kwargs = VARIANTS[name]
+    return cls(**{**kwargs, **overrides})

@@ -24,6 +24,7 @@ import argparse
 import math
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -36,7 +37,8 @@ from PIL import Image
 from lsfa.data import read_rgb, read_xyz
 
 __all__ = ["EYECANDIES_FOCAL_LENGTH", "convert_eyecandies", "depth_to_pointcloud", "main", "pad_to_square",
-           "preprocess_mvtec3d", "preprocess_sample", "remove_background_plane", "remove_eyecandies_background"]
+           "parse_args", "preprocess_mvtec3d", "preprocess_sample", "remove_background_plane",
+           "remove_eyecandies_background"]
 
 EYECANDIES_FOCAL_LENGTH = 711.11
 
@@ -140,7 +142,8 @@ def preprocess_mvtec3d(root: str | Path, output: str | Path | None, in_place: bo
     return out_root
 
 
-#: Written last into a tree made by this module; ``lsfa/train.py`` refuses a real-data root without it.
+#: Written last into a tree made by this module; `train.py` and `eval.py` (:func:`lsfa.pipeline.resolve_root`) refuse a
+#: real-data root without it.
 PREPROCESSED_MARKER = "LSFA_PREPROCESSED.json"
 PREPROCESSOR_VERSION = 1
 
@@ -252,7 +255,7 @@ def convert_eyecandies(root: str | Path, output: str | Path, classes: list[str] 
     return output
 
 
-def main(argv: list[str] | None = None) -> Path:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("mvtec3d", "eyecandies"), default="mvtec3d")
     parser.add_argument("--root", required=True, help="the downloaded dataset")
@@ -260,10 +263,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--in_place", action="store_true", help="overwrite the files of --root (MVTec 3D-AD only)")
     parser.add_argument("--classes", nargs="*", default=None)
     args = parser.parse_args(argv)
+    if args.dataset == "eyecandies" and args.in_place:
+        parser.error("--in_place is not supported for Eyecandies (it is a format conversion)")
+    return args
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Write the preprocessed tree; returns its root."""
     output = args.output or (None if args.in_place else str(Path(args.root).resolve()) + "_preprocessed")
     if args.dataset == "eyecandies":
-        if args.in_place:
-            parser.error("--in_place is not supported for Eyecandies (it is a format conversion)")
         out = convert_eyecandies(args.root, output, args.classes)
     else:
         out = preprocess_mvtec3d(args.root, output, args.in_place, args.classes)
@@ -272,4 +280,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -84,7 +84,7 @@ def extract_features(extractor: FeatureExtractor, dataset: Dataset, batch_size: 
         parts["labels"].append(torch.as_tensor(batch["label"]))
         parts["defects"] += list(batch["defect"])
         parts["paths"] += list(batch["path"])
-    return SplitFeatures(*(torch.cat(parts[k]) for k in ("xyz", "rgb", "valid", "masks", "labels")),
+    return SplitFeatures(**{k: torch.cat(parts[k]) for k in ("xyz", "rgb", "valid", "masks", "labels")},
                          defects=parts["defects"], paths=parts["paths"])
 
 

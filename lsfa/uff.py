@@ -1,4 +1,5 @@
-"""M3DM's Unsupervised Feature Fusion (UFF) module, its contrastive pre-training and its checkpoint format.
+"""M3DM's Unsupervised Feature Fusion (UFF): its contrastive pre-training and its checkpoint format (the module itself,
+:class:`lsfa.model.UnsupervisedFeatureFusion`, is re-exported here).
 
 M3DM (Wang et al., "Multimodal Industrial Anomaly Detection via Hybrid Fusion", CVPR 2023, arXiv 2303.00601,
 Sec. 3.3) fuses the frozen point and RGB patch features of the same position into one "fusion" feature that feeds
@@ -26,12 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from lsfa.adaptation import pool_to_grid, tokens
+from lsfa.adaptation import lr_at, pool_to_grid, tokens
 from lsfa.losses import info_nce
-from lsfa.model import Mlp, load_state_dict_strict
+from lsfa.model import UnsupervisedFeatureFusion, create_model, load_state_dict_strict
 from shared.checkpoint import save_checkpoint
+from shared.config import AmpMode
 from shared.training import autocast, check_finite, make_grad_scaler
 
 __all__ = ["UFFSettings", "UnsupervisedFeatureFusion", "fuse_feature_maps", "load_uff_checkpoint",
@@ -61,35 +62,6 @@ class UFFSettings:
     def schedule_epochs(self) -> float:
         """Length of the half-cycle cosine (the release: the number of epochs that run)."""
         return self.epochs
-
-
-class UnsupervisedFeatureFusion(nn.Module):
-    """M3DM's UFF (``FeatureFusionBlock`` of the release): per modality LayerNorm + MLP, concatenated; two linear
-    contrastive heads. Torch's default initialisation, as the release (it applies no init function).
-
-    Args:
-        xyz_dim / rgb_dim: widths of the frozen point / RGB features (1152 / 768 in the paper).
-        mlp_ratio: hidden width of both MLPs as a multiple of their input (4).
-        head_dim: output of the contrastive heads (256).
-    """
-
-    def __init__(self, xyz_dim: int = 1152, rgb_dim: int = 768, mlp_ratio: float = 4.0, head_dim: int = 256):
-        super().__init__()
-        self.xyz_dim, self.rgb_dim = xyz_dim, rgb_dim
-        self.xyz_norm = nn.LayerNorm(xyz_dim)
-        self.xyz_mlp = Mlp(xyz_dim, int(xyz_dim * mlp_ratio))
-        self.rgb_norm = nn.LayerNorm(rgb_dim)
-        self.rgb_mlp = Mlp(rgb_dim, int(rgb_dim * mlp_ratio))
-        self.rgb_head = nn.Linear(rgb_dim, head_dim)
-        self.xyz_head = nn.Linear(xyz_dim, head_dim)
-
-    @property
-    def out_dim(self) -> int:
-        return self.xyz_dim + self.rgb_dim
-
-    def forward(self, xyz: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        """(..., xyz_dim) and (..., rgb_dim) tokens of the same positions -> fused (..., xyz_dim + rgb_dim)."""
-        return torch.cat([self.xyz_mlp(self.xyz_norm(xyz)), self.rgb_mlp(self.rgb_norm(rgb))], dim=-1)
 
 
 def uff_contrastive_loss(module: UnsupervisedFeatureFusion, xyz: torch.Tensor, rgb: torch.Tensor,
@@ -150,7 +122,7 @@ def fuse_feature_maps(module: UnsupervisedFeatureFusion, xyz_maps: torch.Tensor,
 
 
 def train_uff(source: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], num_images: int, xyz_dim: int,
-              rgb_dim: int, settings: UFFSettings, device: torch.device, amp: str = "none",
+              rgb_dim: int, settings: UFFSettings, device: torch.device, amp: AmpMode = "off",
               log: Callable[[str], None] | None = print) -> tuple[UnsupervisedFeatureFusion, torch.optim.Optimizer]:
     """Pre-train a UFF on the frozen features of ``num_images`` normal training images (all classes).
 
@@ -161,13 +133,11 @@ def train_uff(source: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]
 
     Args:
         source: image indices (b,) -> paired tokens (b, P, xyz_dim), (b, P, rgb_dim) (:func:`uff_token_pairs`).
-        amp: "none", "bf16" or "fp16" (the release: fp16 autocast + GradScaler).
+        amp: "off", "bf16" or "fp16" (the release: fp16 autocast + GradScaler).
 
     Returns:
         (the trained module in eval mode, its optimizer).
     """
-    from lsfa.train import lr_at  # the adaptors' schedule (same warm-up + half-cycle cosine); lazy: no import cycle
-
     s = settings
     iters = num_images // s.batch_size
     if iters == 0:
@@ -176,7 +146,8 @@ def train_uff(source: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]
     accum = max(1, s.accum_iter)
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG stream stays untouched
         torch.manual_seed(s.seed)
-        module = UnsupervisedFeatureFusion(xyz_dim, rgb_dim, s.mlp_ratio, s.head_dim).to(device)
+        module = create_model("m3dm_uff", xyz_dim=xyz_dim, rgb_dim=rgb_dim, mlp_ratio=s.mlp_ratio,
+                              head_dim=s.head_dim).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
     scaler = make_grad_scaler(device, amp)
     generator = torch.Generator().manual_seed(s.seed)

@@ -9,6 +9,8 @@ from lsfa.model import (
     FeatureExtractor,
     LSFAAdaptors,
     PointMAEEncoder,
+    UnsupervisedFeatureFusion,
+    create_model,
     create_point_encoder,
     create_rgb_backbone,
     load_dino_checkpoint,
@@ -60,14 +62,27 @@ def test_dino_official_layout_loads_strictly(tmp_path):
 
 
 def test_adaptor_loading_refuses_missing_keys():
-    adaptors = LSFAAdaptors(24, 12, num_heads=4, proj_dim=8)
+    adaptors = create_model("lsfa_adaptors", xyz_dim=24, rgb_dim=12, num_heads=4, proj_dim=8)
     state = adaptors.state_dict()
     state.pop("xyz_block.attn.qkv.weight")
     with pytest.raises(KeyError, match="xyz_block.attn.qkv.weight"):
         load_state_dict_strict(LSFAAdaptors(24, 12, num_heads=4, proj_dim=8), state, "adaptors.pth")
-    paper = LSFAAdaptors()
+    paper = create_model("lsfa_adaptors")
     assert paper.xyz_block.attn.num_heads == 12 and paper.xyz_head.out_features == 512
     assert paper.rgb_block.mlp.fc1.out_features == 4 * 768
+
+
+@pytest.mark.parametrize(("suffix", "rgb", "point"), [("", "dino_vitb8", "point_mae"),
+                                                      ("_tiny", "vit_tiny8_d2", "point_mae_tiny"),
+                                                      ("_test", "vit_test8", "point_mae_test")])
+def test_model_variants_fit_their_backbone_pair(suffix, rgb, point):
+    rgb_dim, xyz_dim = create_rgb_backbone(rgb).embed_dim, POINT_VARIANTS[point].out_dim
+    for name, cls in (("lsfa_adaptors", LSFAAdaptors), ("m3dm_uff", UnsupervisedFeatureFusion)):
+        model = create_model(name + suffix)
+        assert type(model) is cls
+        assert (model.xyz_head.in_features, model.rgb_head.in_features) == (xyz_dim, rgb_dim)
+    with pytest.raises(ValueError, match="lsfa_adaptors_tiny"):
+        create_model("lsfa_adaptor")
 
 
 def test_feature_extractor_aligns_point_features_to_the_grid():

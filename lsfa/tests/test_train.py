@@ -7,6 +7,7 @@ import torch
 
 from lsfa import eval as lsfa_eval
 from lsfa import train as lsfa_train
+from lsfa.config import DEFAULT_CONFIG, upgrade_stored_config
 
 TINY = ["--device", "cpu", "--data.dataset", "synthetic", "--data.classes", "cookie", "--data.batch_size", "2",
         "--synthetic.num_train", "4", "--synthetic.num_test_good", "2", "--synthetic.num_test_per_defect", "1",
@@ -25,7 +26,7 @@ def synthetic_root(tmp_path, monkeypatch):
 
 def test_train_then_eval_reproduces_the_metrics(synthetic_root):
     out = synthetic_root / "run"
-    metrics = lsfa_train.main([*TINY, "--output_dir", str(out)])
+    metrics = lsfa_train.main(lsfa_train.parse_args([*TINY, "--output_dir", str(out)]))
     for key in ("lsfa_i_auroc_mean", "lsfa_aupro_mean", "m3dm_p_auroc_mean", "lsfa/cookie/aupro"):
         assert 0.0 <= metrics[key] <= 1.0
     for name in ("config.yaml", "log.csv", "metrics.json", "last.pt", "roc_lsfa.png", "overlays/lsfa_cookie.png"):
@@ -33,7 +34,8 @@ def test_train_then_eval_reproduces_the_metrics(synthetic_root):
     assert (synthetic_root / "synthetic" / "lsfa_mvtec3d_preprocessed" / "cookie" / "test").is_dir()
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2 and "xyz_block.attn.qkv.weight" in state["adaptors"] and state["backbones"]
-    again = lsfa_eval.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(out / "eval")])
+    again = lsfa_eval.main(lsfa_eval.parse_args(["--checkpoint", str(out / "last.pt"),
+                                                 "--output_dir", str(out / "eval")]))
     written = json.loads((out / "eval" / "metrics.json").read_text())
     for key in ("lsfa_i_auroc_mean", "lsfa_aupro_mean", "m3dm_i_auroc_mean", "lsfa/cookie/p_auroc"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6) and written[key] == pytest.approx(again[key])
@@ -41,25 +43,50 @@ def test_train_then_eval_reproduces_the_metrics(synthetic_root):
 
 def test_checkpoint_without_adaptor_keys_is_an_error(synthetic_root):
     out = synthetic_root / "run"
-    lsfa_train.main([*TINY, "--optim.epochs", "1", "--output_dir", str(out), "--eval.methods", "m3dm"])
+    lsfa_train.main(lsfa_train.parse_args([*TINY, "--optim.epochs", "1", "--output_dir", str(out),
+                                           "--eval.methods", "m3dm"]))
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     state["adaptors"].pop("rgb_head.weight")
     torch.save(state, out / "broken.pt")
     with pytest.raises(KeyError, match="rgb_head.weight"):
-        lsfa_eval.main(["--checkpoint", str(out / "broken.pt"), "--output_dir", str(out / "eval")])
+        lsfa_eval.main(lsfa_eval.parse_args(["--checkpoint", str(out / "broken.pt"),
+                                             "--output_dir", str(out / "eval")]))
 
 
 def test_paper_recipe_refuses_random_backbones(synthetic_root):
     with pytest.raises(FileNotFoundError, match="pointmae_pretrain.pth"):
-        lsfa_train.main(["-c", str(lsfa_train.DEFAULT_CONFIG.parent / "mvtec3d_lsfa.yaml"), "--device", "cpu",
-                         "--data.dataset", "synthetic", "--data.classes", "cookie",
-                         "--backbone.point_checkpoint", "null", "--backbone.rgb_checkpoint", "null",
-                         "--output_dir", str(synthetic_root / "r")])
+        lsfa_train.main(lsfa_train.parse_args([
+            "-c", str(DEFAULT_CONFIG.parent / "mvtec3d_lsfa.yaml"), "--device", "cpu", "--data.dataset", "synthetic",
+            "--data.classes", "cookie", "--backbone.point_checkpoint", "null", "--backbone.rgb_checkpoint", "null",
+            "--output_dir", str(synthetic_root / "r")]))
+
+
+def test_checkpoint_interval_counts_epochs(synthetic_root, monkeypatch):
+    saved = []
+    monkeypatch.setattr(lsfa_train, "save_checkpoint", lambda state, path: saved.append(state["epoch"]))
+    lsfa_train.main(lsfa_train.parse_args([*TINY, "--optim.epochs", "3", "--checkpoint_interval", "2",
+                                           "--eval.methods", "--output_dir", str(synthetic_root / "r")]))
+    assert saved == [2, 3]  # every 2 epochs and after the last one
+    saved.clear()
+    lsfa_train.main(lsfa_train.parse_args([*TINY, "--optim.epochs", "2", "--checkpoint_interval", "0",
+                                           "--eval.methods", "--output_dir", str(synthetic_root / "r0")]))
+    assert saved == [2]  # 0: only at the end
+
+
+def test_unsupported_run_settings_are_refused():
+    with pytest.raises(ValueError, match="eval_interval"):
+        lsfa_train.main(lsfa_train.parse_args([*TINY, "--eval_interval", "1"]))
+
+
+def test_configs_stored_by_older_checkpoints_take_todays_names():
+    old = {"num_threads": 0, "amp": "none", "seed": 3}
+    assert upgrade_stored_config(old) == {"threads": None, "amp": "off", "seed": 3}
+    assert upgrade_stored_config({"num_threads": 2, "amp": "bf16"}) == {"threads": 2, "amp": "bf16"}
 
 
 @pytest.fixture(scope="module")
 def embedded_default_metrics(tmp_path_factory):
-    return lsfa_train.main(["--output_dir", str(tmp_path_factory.mktemp("lsfa") / "run")])
+    return lsfa_train.main(lsfa_train.parse_args(["--output_dir", str(tmp_path_factory.mktemp("lsfa") / "run")]))
 
 
 @pytest.mark.slow

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from lsfa import scoring
+from lsfa.config import TrainConfig
+from lsfa.pipeline import build_uff
 from lsfa.scoring import ScoringSettings, SplitFeatures, score_class
-from lsfa.train import TrainConfig, build_uff
 from lsfa.uff import (
     UFFSettings,
     UnsupervisedFeatureFusion,
@@ -229,16 +230,18 @@ def test_train_py_pretrains_the_uff_and_eval_py_rescores_it(tmp_path, monkeypatc
     out = tmp_path / "run"
     args = [*TINY, "--optim.epochs", "0", "--eval.methods", "m3dm", "m3dm_triple", "--uff.train",
             "--uff.batch_size", "2", "--uff.accum_iter", "1", "--uff.epochs", "1", "--output_dir", str(out)]
-    metrics = lsfa_train.main(args)
+    metrics = lsfa_train.main(lsfa_train.parse_args(args))
     for key in ("m3dm_triple_i_auroc_mean", "m3dm_triple_aupro_mean", "m3dm_aupro_mean"):
         assert 0.0 <= metrics[key] <= 1.0
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     loaded = load_uff_checkpoint(UnsupervisedFeatureFusion(48, 24), out / "uff_pretrained.pth")  # 2 x 24, 24
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, state["uff"][k]), k
-    again = lsfa_eval.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(out / "eval")])
-    from_file = lsfa_eval.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(out / "eval2"),
-                                "--backbone.uff_checkpoint", str(out / "uff_pretrained.pth")])
+    again = lsfa_eval.main(lsfa_eval.parse_args(["--checkpoint", str(out / "last.pt"),
+                                                 "--output_dir", str(out / "eval")]))
+    from_file = lsfa_eval.main(lsfa_eval.parse_args([
+        "--checkpoint", str(out / "last.pt"), "--output_dir", str(out / "eval2"),
+        "--backbone.uff_checkpoint", str(out / "uff_pretrained.pth")]))
     for key in ("m3dm_triple_i_auroc_mean", "m3dm_triple_p_auroc_mean", "m3dm_triple_aupro_mean"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
         assert from_file[key] == pytest.approx(metrics[key], abs=1e-6)

@@ -31,7 +31,8 @@ def test_a_raw_tree_is_refused_and_a_preprocessed_one_accepted(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no {PREPROCESSED_MARKER}.*python -m lsfa.preprocess"):
         check_preprocessed(raw, "mvtec3d")
     with pytest.raises(FileNotFoundError, match="python -m lsfa.preprocess"):
-        lsfa_train.main(["--data.dataset", "mvtec3d", "--data.root", str(raw), "--output_dir", str(tmp_path / "r")])
+        lsfa_train.main(lsfa_train.parse_args(["--data.dataset", "mvtec3d", "--data.root", str(raw),
+                                               "--output_dir", str(tmp_path / "r")]))
     done = preprocess_mvtec3d(raw, tmp_path / "done")
     check_preprocessed(done, "mvtec3d")
     with pytest.raises(ValueError, match="preprocessed for dataset 'mvtec3d'"):
@@ -50,7 +51,7 @@ def test_resume_and_eval_refuse_what_is_not_an_lsfa_checkpoint(tmp_path, content
         torch.save({"model": {}, "optimizer": {}}, path)
     before = sorted(p.name for p in path.parent.iterdir())
     with pytest.raises(CheckpointError, match="not a lsfa checkpoint"):
-        lsfa_train.main(["--data.dataset", "synthetic", "--resume", str(path)])
+        lsfa_train.main(lsfa_train.parse_args(["--data.dataset", "synthetic", "--resume", str(path)]))
     with pytest.raises(CheckpointError, match="not a lsfa checkpoint"):
-        lsfa_eval.main(["--checkpoint", str(path)])
+        lsfa_eval.main(lsfa_eval.parse_args(["--checkpoint", str(path)]))
     assert sorted(p.name for p in path.parent.iterdir()) == before
