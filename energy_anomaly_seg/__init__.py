@@ -25,14 +25,14 @@ from energy_anomaly_seg.losses import (
 from energy_anomaly_seg.mmseg_checkpoint import load_backbone_pretrained, load_mmseg_checkpoint
 from energy_anomaly_seg.model import (
     SLEEG,
-    SLEEG_VARIANTS,
+    VARIANTS,
     ASPPHead,
     DeepLabV3,
     FCNHead,
     ResNetV1c,
     count_parameters,
     create_deeplabv3,
-    create_sleeg,
+    create_model,
 )
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool, convex_hull, harris_corner_points
 from energy_anomaly_seg.sleeg import (
@@ -50,7 +50,7 @@ __all__ = [
     "ANOMALY_LAYOUTS",
     "DEMO_INFO",
     "SLEEG",
-    "SLEEG_VARIANTS",
+    "VARIANTS",
     "ASPPHead",
     "AnomalyPatchPool",
     "AnomalySegmentationDataset",
@@ -64,7 +64,7 @@ __all__ = [
     "convex_hull",
     "count_parameters",
     "create_deeplabv3",
-    "create_sleeg",
+    "create_model",
     "cross_entropy",
     "ensure_synthetic_data",
     "harris_corner_points",

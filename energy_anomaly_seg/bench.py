@@ -17,7 +17,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from energy_anomaly_seg.model import SLEEG_VARIANTS, create_sleeg
+from energy_anomaly_seg.model import VARIANTS, create_model
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool
 from energy_anomaly_seg.sleeg import SLEEGSettings, predict_anomaly_maps, sleeg_losses
 from shared.benchmark import peak_memory_mb, synchronize
@@ -29,7 +29,7 @@ def bench_train(variant: str, device: torch.device, batch: int, size: tuple[int,
                 channels_last: bool) -> float:
     """OoD-head iterations/s: pool + paste, frozen segmentor forward, refinement, TAE + TORE, backward, SGD step."""
     torch.manual_seed(0)
-    model = create_sleeg(variant).to(device).train()
+    model = create_model(variant).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.patch_head.parameters(), lr=0.01, momentum=0.9)
@@ -55,7 +55,7 @@ def bench_train(variant: str, device: torch.device, batch: int, size: tuple[int,
 def bench_test(variant: str, device: torch.device, size: tuple[int, int], images: int, multi_scale: bool,
                amp: str) -> float:
     """Test images/s at the original size `size`: one pass, or 4 scales x flip (8 passes)."""
-    model = create_sleeg(variant).to(device).eval()
+    model = create_model(variant).to(device).eval()
     image = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
     scales, flip = ((0.75, 1.0, 1.25, 1.5), True) if multi_scale else ((1.0,), False)
     img_scale = (size[1], size[0])
@@ -93,7 +93,7 @@ def bench_metrics(pixels: int, device: torch.device) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variant", default=None, choices=sorted(SLEEG_VARIANTS),
+    parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                         help="default: deeplabv3_r18_d8_tiny on CPU, deeplabv3_r101_d8 on CUDA")
     parser.add_argument("--train-size", type=int, nargs=2, default=None, help="crop H W (CPU 64 128, CUDA 512 1024)")
     parser.add_argument("--test-size", type=int, nargs=2, default=None, help="image H W (CPU 128 256, CUDA 1024 2048)")
@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-images", type=int, default=3)
     parser.add_argument("--metric-pixels", type=float, default=2e8)
     parser.add_argument("--skip-models", action="store_true", help="only the metric timing")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the models (0: default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the models (default: torch's)")
     args = parser.parse_args(argv)
     default_threads = torch.get_num_threads()
-    if args.threads > 0:
+    if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"SLEEG bench on {where}, torch {torch.__version__}, sleeg_{variant}")
     rows = []
     if not args.skip_models:
-        modes = [("fp32", "none", False)] + ([("bf16", "bf16", False), ("bf16 channels-last", "bf16", True)]
+        modes = [("fp32", "off", False)] + ([("bf16", "bf16", False), ("bf16 channels-last", "bf16", True)]
                                              if cuda else [])
         for label, amp, cl in modes:
             it_s = bench_train(variant, device, batch, train_size, args.steps, amp, cl)

@@ -27,7 +27,10 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from scipy import ndimage
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from energy_anomaly_seg.config import DataConfig, SyntheticConfig
+from shared.distributed import DistContext, seed_worker
 
 __all__ = [
     "ANOMALY_LAYOUTS",
@@ -40,6 +43,7 @@ __all__ = [
     "CityscapesSegmentation",
     "InfiniteSeededSampler",
     "SegTrainTransform",
+    "build_train_loader",
     "collate_segmentation",
     "ensure_synthetic_data",
     "keep_ratio_size",
@@ -49,7 +53,9 @@ __all__ = [
     "read_image",
     "read_label",
     "render_street_scene",
+    "resolve_cityscapes_root",
     "synthetic_data_root",
+    "synthetic_roots",
 ]
 
 IGNORE_INDEX = 255
@@ -319,6 +325,14 @@ class AnomalyLayout:
     registry_name: str
 
 
+def _first_file(candidates: Sequence[Path], missing: str) -> Path:
+    """The first existing file of `candidates`; FileNotFoundError ``<missing>: looked for ...`` when none exists."""
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"{missing}: looked for {', '.join(str(c) for c in candidates)}")
+    return found
+
+
 def _pairs_by_suffix(img_dir: Path, gt_dir: Path, img_suffixes: Sequence[str], gt_suffix: str,
                      recursive: bool) -> list[tuple[Path, Path]]:
     """SLEEG's ``OODEvaluation`` pairing: every ``*<gt_suffix>`` under gt_dir, image at the mirrored path."""
@@ -327,10 +341,7 @@ def _pairs_by_suffix(img_dir: Path, gt_dir: Path, img_suffixes: Sequence[str], g
     for gt in sorted(gt_dir.glob(pattern)):
         stem = gt.name[: -len(gt_suffix)]
         candidates = [img_dir / gt.parent.relative_to(gt_dir) / (stem + s) for s in img_suffixes]
-        img = next((c for c in candidates if c.is_file()), None)
-        if img is None:
-            raise FileNotFoundError(f"no image for label {gt}: looked for {', '.join(str(c) for c in candidates)}")
-        pairs.append((img, gt))
+        pairs.append((_first_file(candidates, f"no image for label {gt}"), gt))
     return pairs
 
 
@@ -351,10 +362,7 @@ def _fs_laf_official(root: Path) -> list[tuple[Path, Path]]:
         sequence = name.rsplit("_", 2)[0]
         candidates = [root / "lostandfound" / "leftImg8bit" / split / sequence / f"{name}_leftImg8bit.png"
                       for split in ("train", "test")]
-        img = next((c for c in candidates if c.is_file()), None)
-        if img is None:
-            raise FileNotFoundError(f"no Lost and Found image for {gt}: looked for {', '.join(map(str, candidates))}")
-        pairs.append((img, gt))
+        pairs.append((_first_file(candidates, f"no Lost and Found image for {gt}"), gt))
     return pairs
 
 
@@ -710,3 +718,41 @@ def ensure_synthetic_data(root: str | Path | None = None, height: int = 128, wid
             shutil.rmtree(tmp, ignore_errors=True)
     return {"cityscapes": city, "fs_static": fishy / "fs_static"}
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# builders from the config (train.py, train_segmentor.py, eval.py)
+
+
+def synthetic_roots(synthetic: SyntheticConfig) -> dict[str, Path]:
+    """:func:`ensure_synthetic_data` with the settings of the ``synthetic`` config section."""
+    return ensure_synthetic_data(root=synthetic.root, height=synthetic.height, width=synthetic.width,
+                                 n_train=synthetic.n_train, n_val=synthetic.n_val, n_anomaly=synthetic.n_anomaly,
+                                 seed=synthetic.seed)
+
+
+def resolve_cityscapes_root(data: DataConfig, synthetic: SyntheticConfig) -> Path:
+    """The Cityscapes root, writing the synthetic scenes first when ``data.dataset == 'synthetic'``."""
+    if data.dataset == "synthetic":
+        return synthetic_roots(synthetic)["cityscapes"]
+    if data.dataset != "cityscapes":
+        raise ValueError(f"data.dataset must be 'cityscapes' or 'synthetic', got {data.dataset!r}")
+    return Path(data.root)
+
+
+def build_train_loader(data: DataConfig, synthetic: SyntheticConfig, ctx: DistContext, seed: int,
+                       start_iteration: int) -> Iterator[dict]:
+    """An endless iterator of training batches; batch i is the same whether or not the run was resumed."""
+    if data.batch_size % ctx.world_size:
+        raise ValueError(f"data.batch_size {data.batch_size} is not divisible by the {ctx.world_size} processes")
+    per_rank = data.batch_size // ctx.world_size
+    transform = SegTrainTransform(img_scale=tuple(data.img_scale), ratio_range=tuple(data.ratio_range),
+                                  crop_size=tuple(data.crop_size), cat_max_ratio=data.cat_max_ratio,
+                                  flip_prob=data.flip_prob, photometric=data.photometric)
+    dataset = CityscapesSegmentation(resolve_cityscapes_root(data, synthetic), data.split, transform)
+    sampler = InfiniteSeededSampler(len(dataset), seed=seed, start=start_iteration * per_rank, rank=ctx.rank,
+                                    world_size=ctx.world_size)
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=data.num_workers,
+                        collate_fn=collate_segmentation, worker_init_fn=seed_worker, drop_last=True,
+                        pin_memory=ctx.device.type == "cuda", persistent_workers=data.num_workers > 0)
+    return iter(loader)

@@ -43,6 +43,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from energy_anomaly_seg import train
 from shared.logger import make_run_dir
 
 PACKAGE = "energy_anomaly_seg"
@@ -71,9 +72,7 @@ BUDGET = ("per seed: one small DeepLabv3 (deeplabv3_r18_d8_tiny, random init) tr
 
 
 def _train(argv: list[str]) -> dict:
-    from energy_anomaly_seg import train as train_module
-
-    return train_module.main(argv)
+    return train.main(train.parse_args(argv))
 
 
 def _last_logged(run_dir: Path, keys: Sequence[str]) -> dict[str, float]:

@@ -127,14 +127,14 @@ def load_backbone_pretrained(model: nn.Module, checkpoint: str | Path | Mapping[
 def main(argv: list[str] | None = None) -> None:
     """``python -m energy_anomaly_seg.mmseg_checkpoint SRC [--variant NAME]``: check that an mmseg checkpoint loads
     strictly into the SLEEG model and report what it holds."""
-    from energy_anomaly_seg.model import SLEEG_VARIANTS, create_sleeg
+    from energy_anomaly_seg.model import VARIANTS, create_model
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("checkpoint")
-    parser.add_argument("--variant", default="deeplabv3_r101_d8", choices=sorted(SLEEG_VARIANTS))
+    parser.add_argument("--variant", default="deeplabv3_r101_d8", choices=sorted(VARIANTS))
     parser.add_argument("--num_classes", type=int, default=19)
     args = parser.parse_args(argv)
-    info = load_mmseg_checkpoint(create_sleeg(args.variant, num_classes=args.num_classes), args.checkpoint)
+    info = load_mmseg_checkpoint(create_model(args.variant, num_classes=args.num_classes), args.checkpoint)
     print(f"{args.checkpoint}: {info['loaded_keys']} tensors loaded strictly into sleeg_{args.variant}; "
           f"OoD head {'loaded' if info['ood_head_loaded'] else 'absent (segmentor-only file)'}")
 

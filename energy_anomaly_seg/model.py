@@ -32,7 +32,7 @@ from torch import nn
 
 __all__ = [
     "SLEEG",
-    "SLEEG_VARIANTS",
+    "VARIANTS",
     "ASPPHead",
     "BasicBlock",
     "Bottleneck",
@@ -42,7 +42,7 @@ __all__ = [
     "ResNetV1c",
     "count_parameters",
     "create_deeplabv3",
-    "create_sleeg",
+    "create_model",
 ]
 
 
@@ -319,10 +319,11 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-# name -> DeepLabV3 / SLEEG arguments. r101_d8 is the paper's segmentor; r18_d8 is mmseg's ResNet-18 DeepLabv3
-# (ASPP 128, aux 64); tiny is the embedded default (ResNet-18 layout at a quarter of the width, trainable from
-# scratch on two CPU cores in about a minute); test is for unit tests only.
-SLEEG_VARIANTS: dict[str, dict] = {
+# name -> DeepLabV3 / SLEEG arguments (README, Quick start). deeplabv3_r101_d8 is the paper's segmentor (19 Cityscapes
+# classes); r50_d8 and r18_d8 are mmseg's ResNet-50 / ResNet-18 DeepLabv3 (r18: ASPP 128, aux 64); r18_d8_tiny is the
+# embedded default (ResNet-18 layout at a quarter of the width, trainable from scratch on two CPU cores in about a
+# minute); r18_d8_test is for unit tests only.
+VARIANTS: dict[str, dict] = {
     "deeplabv3_r101_d8": dict(depth=101, stem_channels=64, base_channels=64, aspp_channels=512, aux_channels=256,
                               ood_channels=256),
     "deeplabv3_r50_d8": dict(depth=50, stem_channels=64, base_channels=64, aspp_channels=512, aux_channels=256,
@@ -336,19 +337,23 @@ SLEEG_VARIANTS: dict[str, dict] = {
 }
 
 
-def create_sleeg(variant: str = "deeplabv3_r101_d8", num_classes: int = 19, **kwargs) -> SLEEG:
-    """Build a SLEEG model (segmentor + OoD head) by variant name; `kwargs` override the variant's settings."""
-    if variant not in SLEEG_VARIANTS:
-        raise ValueError(f"unknown SLEEG variant {variant!r}; expected one of {sorted(SLEEG_VARIANTS)}")
-    return SLEEG(num_classes=num_classes, **{**SLEEG_VARIANTS[variant], **kwargs})
+def _variant(name: str) -> dict:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of {sorted(VARIANTS)}")
+    return {"num_classes": 19, **VARIANTS[name]}
 
 
-def create_deeplabv3(variant: str = "deeplabv3_r101_d8", num_classes: int = 19) -> DeepLabV3:
-    """The segmentor alone (no OoD head) of a SLEEG variant, e.g. for ``train_segmentor.py``."""
-    if variant not in SLEEG_VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(SLEEG_VARIANTS)}")
-    kwargs = {k: v for k, v in SLEEG_VARIANTS[variant].items() if k != "ood_channels"}
-    return DeepLabV3(num_classes=num_classes, **kwargs)
+def create_model(name: str, **overrides) -> SLEEG:
+    """The SLEEG model (segmentor + OoD head) of the variant `name` of :data:`VARIANTS`; `overrides` replace the
+    variant's arguments (e.g. ``num_classes``, ``segmentor_dropout_in_train``, any :class:`SLEEG` argument)."""
+    return SLEEG(**{**_variant(name), **overrides})
+
+
+def create_deeplabv3(name: str, **overrides) -> DeepLabV3:
+    """The segmentor alone (no OoD head) of the variant `name`, for ``train_segmentor.py``; its state dict has the
+    keys of :func:`create_model`'s segmentor."""
+    kwargs = {k: v for k, v in _variant(name).items() if k != "ood_channels"}
+    return DeepLabV3(**{**kwargs, **overrides})
 
 
 def _register(variant: str) -> Callable[..., SLEEG]:
@@ -358,10 +363,10 @@ def _register(variant: str) -> Callable[..., SLEEG]:
                              "with energy_anomaly_seg.load_mmseg_checkpoint(model, PATH)")
         for timm_key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # create_model's extras
             kwargs.pop(timm_key, None)
-        return create_sleeg(variant, **kwargs)
+        return create_model(variant, **kwargs)
 
     fn.__name__ = f"sleeg_{variant}"
-    fn.__doc__ = f"SLEEG with the {variant} segmentor ({SLEEG_VARIANTS[variant]})."
+    fn.__doc__ = f"SLEEG with the {variant} segmentor ({VARIANTS[variant]})."
     fn.__module__ = __name__
     return fn
 

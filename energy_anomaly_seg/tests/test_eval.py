@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from energy_anomaly_seg import eval as eval_module
+from energy_anomaly_seg import evaluation
+from energy_anomaly_seg.config import EvalConfig
 from energy_anomaly_seg.data import AnomalySegmentationDataset
-from energy_anomaly_seg.eval import EvalConfig, evaluate_anomaly
+from energy_anomaly_seg.evaluation import evaluate_anomaly
 
 
 def _maps_from_pixels(model, image, *args, **kwargs):
@@ -51,7 +52,7 @@ def _write(tmp_path, layout, void_value):
 
 @pytest.mark.parametrize("layout, void_value", [("fs_static", 255), ("fs_laf", 2)])
 def test_void_is_ignored_and_metrics_match_sklearn(tmp_path, monkeypatch, layout, void_value):
-    monkeypatch.setattr(eval_module, "predict_anomaly_maps", _maps_from_pixels)
+    monkeypatch.setattr(evaluation, "predict_anomaly_maps", _maps_from_pixels)
     dataset = _write(tmp_path, layout, void_value)
     result = evaluate_anomaly(torch.nn.Module(), dataset, EvalConfig(), "toy", out_dir=tmp_path / "out")
     _, _, scores, labels = _scene(void_value)
@@ -70,7 +71,7 @@ def test_void_is_ignored_and_metrics_match_sklearn(tmp_path, monkeypatch, layout
 
 
 def test_metrics_identical_for_255_and_2_void(tmp_path, monkeypatch):
-    monkeypatch.setattr(eval_module, "predict_anomaly_maps", _maps_from_pixels)
+    monkeypatch.setattr(evaluation, "predict_anomaly_maps", _maps_from_pixels)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a = evaluate_anomaly(torch.nn.Module(), _write(tmp_path / "a", "fs_static", 255), EvalConfig(), "a")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from energy_anomaly_seg.mmseg_checkpoint import load_backbone_pretrained, load_mmseg_checkpoint
-from energy_anomaly_seg.model import SLEEG_VARIANTS, create_sleeg
+from energy_anomaly_seg.model import VARIANTS, create_model
 
 
 def mmseg_layout(depth, stem=64, base=64, aspp=512, aux=256, ood=256, num_classes=19, with_head=True):
@@ -91,14 +91,14 @@ TEST_VARIANT = dict(depth=18, stem=8, base=8, aspp=8, aux=8, ood=8)
 
 
 def test_variant_settings_match_layout_helper():
-    v = SLEEG_VARIANTS["deeplabv3_r18_d8_test"]
+    v = VARIANTS["deeplabv3_r18_d8_test"]
     assert (v["depth"], v["stem_channels"], v["base_channels"], v["aspp_channels"], v["aux_channels"],
             v["ood_channels"]) == tuple(TEST_VARIANT.values())
 
 
 def test_r101_model_has_exactly_the_mmseg_keys_and_shapes():
     with torch.device("meta"):
-        model = create_sleeg("deeplabv3_r101_d8")
+        model = create_model("deeplabv3_r101_d8")
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == mmseg_layout(101)
 
@@ -107,7 +107,7 @@ def test_strict_load_of_random_mmseg_checkpoint(tmp_path):
     state = random_state(mmseg_layout(**TEST_VARIANT))
     path = tmp_path / "sleeg_mmseg.pth"
     torch.save(mmcv_file(state, prefix="module."), path)  # DDP-saved keys
-    model = create_sleeg("deeplabv3_r18_d8_test")
+    model = create_model("deeplabv3_r18_d8_test")
     info = load_mmseg_checkpoint(model, path, allow_missing_ood_head=False)
     assert info["ood_head_loaded"] and info["loaded_keys"] == len(state) and info["meta"]["iter"] == 40000
     loaded = model.state_dict()
@@ -117,14 +117,14 @@ def test_strict_load_of_random_mmseg_checkpoint(tmp_path):
 
 def test_segmentor_only_file_keeps_head_unless_required():
     state = random_state(mmseg_layout(**TEST_VARIANT, with_head=False), seed=1)
-    model = create_sleeg("deeplabv3_r18_d8_test")
+    model = create_model("deeplabv3_r18_d8_test")
     head_before = {k: v.clone() for k, v in model.patch_head.state_dict().items()}
     info = load_mmseg_checkpoint(model, mmcv_file(state))
     assert not info["ood_head_loaded"]
     assert all(torch.equal(model.patch_head.state_dict()[k], v) for k, v in head_before.items())
     assert torch.equal(model.state_dict()["backbone.stem.0.weight"], state["backbone.stem.0.weight"])
     with pytest.raises(KeyError, match=r"missing key\(s\): patch_head\.conv_seg\.bias"):
-        load_mmseg_checkpoint(create_sleeg("deeplabv3_r18_d8_test"), mmcv_file(state), allow_missing_ood_head=False)
+        load_mmseg_checkpoint(create_model("deeplabv3_r18_d8_test"), mmcv_file(state), allow_missing_ood_head=False)
 
 
 @pytest.mark.parametrize("corruption, message", [
@@ -140,7 +140,7 @@ def test_loader_is_strict(corruption, message):
         state["decode_head.conv_seg_extra.weight"] = torch.zeros(1)
     else:
         state["decode_head.conv_seg.weight"] = torch.zeros(20, 8, 1, 1)
-    model = create_sleeg("deeplabv3_r18_d8_test")
+    model = create_model("deeplabv3_r18_d8_test")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(KeyError, match=message):
         load_mmseg_checkpoint(model, mmcv_file(state))
@@ -151,7 +151,7 @@ def test_imagenet_v1c_backbone_loader():
     layout = mmseg_layout(**TEST_VARIANT)
     backbone = {k.removeprefix("backbone."): v for k, v in random_state(layout, 2).items() if k.startswith("backbone.")}
     backbone["fc.weight"], backbone["fc.bias"] = torch.zeros(1000, 64), torch.zeros(1000)
-    model = create_sleeg("deeplabv3_r18_d8_test")
+    model = create_model("deeplabv3_r18_d8_test")
     assert load_backbone_pretrained(model, {"state_dict": backbone}) == len(backbone) - 2
     assert torch.equal(model.backbone.layer4[1].bn2.running_var, backbone["layer4.1.bn2.running_var"])
     del backbone["layer1.0.conv1.weight"]

@@ -1,11 +1,12 @@
 """Architecture: shapes, output stride, parameter counts against hand/independent counts, freezing."""
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from energy_anomaly_seg.model import FCNHead, count_parameters, create_deeplabv3, create_sleeg
+from energy_anomaly_seg.model import VARIANTS, FCNHead, count_parameters, create_deeplabv3, create_model
 
 
 def test_ood_head_shapes_and_parameter_count():
@@ -21,7 +22,7 @@ def test_ood_head_shapes_and_parameter_count():
 
 def test_r101_backbone_matches_torchvision_resnet101_plus_deep_stem():
     with torch.device("meta"):
-        model = create_sleeg("deeplabv3_r101_d8")
+        model = create_model("deeplabv3_r101_d8")
         tv = torchvision.models.resnet101()
     tv_conv_params = count_parameters(tv) - (2048 * 1000 + 1000)  # drop the classifier
     # V1c deep stem (3x3 3->32, 32->32, 32->64 + three BNs) instead of the 7x7 3->64 conv + BN
@@ -35,7 +36,7 @@ def test_r101_backbone_matches_torchvision_resnet101_plus_deep_stem():
 
 
 def test_output_stride_8_and_dilations():
-    model = create_sleeg("deeplabv3_r18_d8_test").eval()
+    model = create_model("deeplabv3_r18_d8_test").eval()
     out = model(torch.randn(1, 3, 64, 96))
     assert out["seg_logits"].shape == (1, 19, 8, 12)
     assert out["ood_logits"].shape == (1, 2, 8, 12)
@@ -52,7 +53,7 @@ def test_output_stride_8_and_dilations():
 
 def test_segmentor_frozen_bn_eval_only_head_learns():
     torch.manual_seed(0)
-    model = create_sleeg("deeplabv3_r18_d8_test")
+    model = create_model("deeplabv3_r18_d8_test")
     model.train()
     assert model.patch_head.training and not model.backbone.training and not model.decode_head.training
     bn = model.backbone.layer1[0].bn1
@@ -70,6 +71,16 @@ def test_segmentor_frozen_bn_eval_only_head_learns():
 
 
 def test_timm_registration():
-    timm = pytest.importorskip("timm")
     model = timm.create_model("sleeg_deeplabv3_r18_d8_test")
     assert count_parameters(model.patch_head) == 64 * 8 * 9 + 2 * 8 + 2 * (8 * 8 * 9 + 2 * 8) + 8 * 2 + 2
+
+
+def test_create_model_builds_the_variants_with_overrides():
+    assert {"deeplabv3_r101_d8", "deeplabv3_r18_d8_tiny", "deeplabv3_r18_d8_test"} <= set(VARIANTS)
+    model = create_model("deeplabv3_r18_d8_test", num_classes=5, segmentor_dropout_in_train=True)
+    assert model.decode_head.conv_seg.out_channels == 5 and model.segmentor_dropout_in_train
+    assert create_model("deeplabv3_r18_d8_test").decode_head.conv_seg.out_channels == 19  # Cityscapes
+    segmentor = create_deeplabv3("deeplabv3_r18_d8_test")
+    assert set(segmentor.state_dict()) == {k for k in model.state_dict() if not k.startswith("patch_head.")}
+    with pytest.raises(ValueError, match="unknown variant"):
+        create_model("deeplabv3_r7")

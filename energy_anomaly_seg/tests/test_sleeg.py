@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from energy_anomaly_seg import sleeg as sleeg_module
 from energy_anomaly_seg.losses import jem_energy
-from energy_anomaly_seg.model import create_sleeg
+from energy_anomaly_seg.model import create_model
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool
 from energy_anomaly_seg.sleeg import (
     SLEEGSettings,
@@ -68,7 +68,7 @@ def _batch(seed=0, b=2, h=48, w=80):
 
 def test_training_step_updates_only_the_ood_head():
     torch.manual_seed(0)
-    model = create_sleeg("deeplabv3_r18_d8_test").train()
+    model = create_model("deeplabv3_r18_d8_test").train()
     images, labels = _batch()
     loss, logs = sleeg_losses(model, images, labels, AnomalyPatchPool(), torch.Generator().manual_seed(0),
                               SLEEGSettings(refine_warmup_iters=0), iteration=0)
@@ -201,7 +201,7 @@ def test_unknown_refine_score_or_tore_guide_is_an_error(capsys):
 
 def test_predict_maps_single_pass_matches_direct_computation():
     torch.manual_seed(0)
-    model = create_sleeg("deeplabv3_r18_d8_test").eval()
+    model = create_model("deeplabv3_r18_d8_test").eval()
     image = torch.randint(0, 256, (3, 40, 72), dtype=torch.uint8)
     maps = predict_anomaly_maps(model, image, img_scale=(72, 40), scales=[1.0], flip=False)
     x = sleeg_module.normalize_image(image)[None]

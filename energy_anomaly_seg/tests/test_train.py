@@ -9,14 +9,28 @@ import torch
 
 from energy_anomaly_seg import eval as eval_module
 from energy_anomaly_seg import train as train_module
+from energy_anomaly_seg import train_segmentor
+from shared.testing import assert_same_tensors
 
 TINY = [
-    "--model.variant", "deeplabv3_r18_d8_test", "--device", "cpu", "--log_interval", "2", "--ckpt_interval", "2",
+    "--model.variant", "deeplabv3_r18_d8_test", "--device", "cpu", "--log_interval", "2", "--checkpoint_interval", "2",
     "--synthetic.height", "32", "--synthetic.width", "64", "--synthetic.n_train", "6", "--synthetic.n_val", "2",
     "--synthetic.n_anomaly", "2", "--data.img_scale", "64", "32", "--data.crop_size", "32", "64",
     "--data.batch_size", "2", "--segmentor.train.iters", "3", "--optim.iters", "4", "--objective.refine_warmup_iters",
     "2", "--eval.img_scale", "64", "32", "--eval.scales", "1.0", "--no-eval.flip", "--eval.vis_images", "1",
 ]
+
+
+def train(argv):
+    return train_module.main(train_module.parse_args(argv))
+
+
+def train_segmentor_run(argv):
+    return train_segmentor.main(train_segmentor.parse_args(argv))
+
+
+def evaluate(argv):
+    return eval_module.main(eval_module.parse_args(argv))
 
 
 @pytest.fixture
@@ -40,7 +54,7 @@ def keep_every_checkpoint(monkeypatch):
 
 def test_train_writes_run_folder_and_eval_reproduces_metrics(tmp_path, tiny_args):
     out = tmp_path / "run"
-    metrics = train_module.main([*tiny_args, "--output_dir", str(out)])
+    metrics = train([*tiny_args, "--output_dir", str(out)])
     for name in ("config.yaml", "log.csv", "metrics.json", "last.pt", "train.log", "curves_synthetic_fs_static.png"):
         assert (out / name).is_file(), name
     assert list((out / "vis" / "synthetic_fs_static").glob("*.png"))
@@ -51,7 +65,7 @@ def test_train_writes_run_folder_and_eval_reproduces_metrics(tmp_path, tiny_args
         for metric in ("AP", "AUROC", "FPR95"):
             assert 0 <= saved[f"{method}_{metric}"] <= 100
     assert "segmentor_mIoU" in saved
-    evaluated = eval_module.main(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path / "eval")])
+    evaluated = evaluate(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path / "eval")])
     assert evaluated["sleeg_AP"] == pytest.approx(metrics["sleeg_AP"])
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["energy_FPR95"] == pytest.approx(
         metrics["energy_FPR95"])
@@ -59,29 +73,27 @@ def test_train_writes_run_folder_and_eval_reproduces_metrics(tmp_path, tiny_args
 
 def test_resumed_runs_end_where_an_uninterrupted_run_does(tmp_path, tiny_args, keep_every_checkpoint):
     full = tmp_path / "full"
-    train_module.main([*tiny_args, "--output_dir", str(full), "--eval.datasets"])
+    train([*tiny_args, "--output_dir", str(full), "--eval.datasets"])
     final = torch.load(full / "last.pt", weights_only=True)["model"]
     for checkpoint in ("ood_head_2.pt", "segmentor_2.pt"):
         resumed = tmp_path / checkpoint
-        train_module.main([*tiny_args, "--output_dir", str(resumed), "--eval.datasets", "--resume",
+        train([*tiny_args, "--output_dir", str(resumed), "--eval.datasets", "--resume",
                            str(full / checkpoint)])
         again = torch.load(resumed / "last.pt", weights_only=True)["model"]
-        assert all(torch.equal(final[k], again[k]) for k in final), checkpoint
+        assert_same_tensors(final, again, checkpoint)
 
 
 def test_train_segmentor_checkpoint_feeds_sleeg(tmp_path):
-    from energy_anomaly_seg import train_segmentor
-
     seg_args = [*TINY[:TINY.index("--segmentor.train.iters")], "--synthetic.root", str(tmp_path / "s"),
                 "--data.dataset", "synthetic", "--data.num_workers", "0"]
     seg_out = tmp_path / "segmentor"
-    metrics = train_segmentor.main([*seg_args, "--output_dir", str(seg_out), "--optim.iters", "2",
-                                    "--allow_random_init", "--optim.lr", "0.05"])
+    metrics = train_segmentor_run([*seg_args, "--output_dir", str(seg_out), "--optim.iters", "2",
+                                   "--allow_random_init", "--optim.lr", "0.05"])
     assert 0 <= metrics["mIoU"] <= 100 and (seg_out / "last.pt").is_file()
     with pytest.raises(ValueError, match="backbone_pretrained"):  # the Cityscapes recipe never starts from random
-        train_segmentor.main([*seg_args, "--output_dir", str(tmp_path / "x"), "--optim.iters", "1"])
+        train_segmentor_run([*seg_args, "--output_dir", str(tmp_path / "x"), "--optim.iters", "1"])
     run = tmp_path / "sleeg"
-    train_module.main([*seg_args, "--output_dir", str(run), "--segmentor.checkpoint", str(seg_out / "last.pt"),
+    train([*seg_args, "--output_dir", str(run), "--segmentor.checkpoint", str(seg_out / "last.pt"),
                        "--optim.iters", "2", "--eval.datasets"])
     segmentor = torch.load(seg_out / "last.pt", weights_only=True)["model"]
     sleeg = torch.load(run / "last.pt", weights_only=True)["model"]
@@ -94,18 +106,18 @@ def test_train_segmentor_checkpoint_feeds_sleeg(tmp_path):
 def test_bad_eval_dataset_stops_the_run_before_training(tmp_path, tiny_args, spec, error):
     out = tmp_path / "run"
     with pytest.raises(error, match="layout|not found"):
-        train_module.main([*tiny_args, "--output_dir", str(out), "--eval.datasets", spec.format(tmp=tmp_path)])
+        train([*tiny_args, "--output_dir", str(out), "--eval.datasets", spec.format(tmp=tmp_path)])
     assert not (out / "last.pt").exists() and not (out / "log.csv").exists()  # nothing was trained
 
 
 def test_missing_segmentor_is_an_error(tmp_path, tiny_args):
     with pytest.raises(ValueError, match="never runs on a random segmentor"):
-        train_module.main([*tiny_args, "--output_dir", str(tmp_path / "x"), "--segmentor.train.iters", "0"])
+        train([*tiny_args, "--output_dir", str(tmp_path / "x"), "--segmentor.train.iters", "0"])
 
 
 @pytest.mark.slow
 def test_embedded_default_sleeg_beats_energy(tmp_path):
-    metrics = train_module.main(["--output_dir", str(tmp_path / "default")])
+    metrics = train(["--output_dir", str(tmp_path / "default")])
     assert metrics["sleeg_AP"] > metrics["energy_AP"]
     assert metrics["sleeg_AP"] > metrics["msp_AP"]
 
@@ -113,12 +125,9 @@ def test_embedded_default_sleeg_beats_energy(tmp_path):
 def test_every_recipe_yaml_is_a_valid_config():
     from pathlib import Path
 
-    from energy_anomaly_seg.train_segmentor import SegmentorTrainConfig
-    from shared.config import config_from_dict, load_yaml
-
     configs = Path(train_module.__file__).parent / "configs"
-    parsed = {p.stem: config_from_dict(SegmentorTrainConfig if p.stem.startswith("segmentor") else
-                                       train_module.TrainConfig, load_yaml(p)) for p in configs.glob("*.yaml")}
+    parsed = {p.stem: (train_segmentor if p.stem.startswith("segmentor") else train_module).parse_args(["-c", str(p)])
+              for p in configs.glob("*.yaml")}
     assert set(parsed) == {"default", "cityscapes_r101", "cityscapes_r101_released_code", "segmentor_r101_40k"}
     paper, code = parsed["cityscapes_r101"], parsed["cityscapes_r101_released_code"]
     assert (paper.objective.margin, paper.optim.iters, paper.objective.refine_warmup_iters) == (15.0, 40000, 6000)
@@ -130,3 +139,15 @@ def test_every_recipe_yaml_is_a_valid_config():
     assert (parsed["default"].objective.refine_score, parsed["default"].objective.tore_guide) == ("paper", "energy")
     assert (paper.eval.score_formula, paper.eval.score_weight) == ("paper", 0.5)
     assert (code.eval.score_formula, code.eval.score_weight) == ("code", 0.3)
+
+
+def test_sleeg_settings_take_every_objective_key_by_name():
+    from dataclasses import fields
+
+    cfg = train_module.parse_args(["--objective.margin", "20", "--objective.refine_score", "released",
+                                   "--anomalies.pastes_per_image", "3"])
+    settings = train_module.sleeg_settings(cfg)
+    for f in fields(cfg.objective):
+        assert getattr(settings, f.name) == getattr(cfg.objective, f.name), f.name
+    assert (settings.margin, settings.refine_score, settings.pastes_per_image) == (20.0, "released", 3)
+    assert settings.noise_ratio == cfg.anomalies.noise_ratio
