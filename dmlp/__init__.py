@@ -11,10 +11,17 @@ from dmlp.purifier import DMLPPurifier, PurifierConfig, closed_form_solver, meta
 
 DEMO_INFO = {
     "task": "learning with noisy labels (meta label purification)",
-    "dataset": ("synthetic CIFAR-10-format set (5 000 train / 1 000 test, 16 px), 80 % symmetric noise, 1 000 clean "
-                "meta samples"),
-    "metrics": ["label_acc_noisy", "label_acc_purified", "test_acc_ce_noisy", "test_acc_meta_only",
-                "test_acc_dmlp_naive"],
+    "dataset": (
+        "synthetic CIFAR-10-format set (5 000 train / 1 000 test, 16 px), 80 % symmetric noise, 1 000 clean "
+        "meta samples"
+    ),
+    "metrics": [
+        "label_acc_noisy",
+        "label_acc_purified",
+        "test_acc_ce_noisy",
+        "test_acc_meta_only",
+        "test_acc_dmlp_naive",
+    ],
 }
 
 __all__ = [

@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -50,10 +46,12 @@ def bench_purifier(rows: int, dim: int, device: torch.device, warmup: int, iters
     eac = seconds_per_call(lambda: purifier.eac_steps(0), device, warmup, iters)
     epoch = seconds_per_call(purifier.run_epoch, device, 1, max(1, iters // 5))
     shape = f"{rows} x {dim}, {len(purifier.batches)} batches"
-    return [{"what": "purifier IPC step", "shape": shape, "per_s": 1 / ipc, "unit": "steps/s"},
-            {"what": "purifier EAC pass (14 steps)", "shape": shape, "per_s": 1 / eac, "unit": "passes/s"},
-            {"what": "purifier epoch (IPC+EAC+EMA)", "shape": shape, "per_s": 1 / epoch, "unit": "epochs/s"},
-            {"what": "purifier set-up (Cholesky)", "shape": shape, "per_s": 1 / setup, "unit": "1/s"}]
+    return [
+        {"what": "purifier IPC step", "shape": shape, "per_s": 1 / ipc, "unit": "steps/s"},
+        {"what": "purifier EAC pass (14 steps)", "shape": shape, "per_s": 1 / eac, "unit": "passes/s"},
+        {"what": "purifier epoch (IPC+EAC+EMA)", "shape": shape, "per_s": 1 / epoch, "unit": "epochs/s"},
+        {"what": "purifier set-up (Cholesky)", "shape": shape, "per_s": 1 / setup, "unit": "1/s"},
+    ]
 
 
 def _sgd_update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -62,8 +60,9 @@ def _sgd_update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.step()
 
 
-def _backbone_row(what: str, step, width: int, size: int, batch: int, unit: str, device: torch.device, warmup: int,
-                  iters: int) -> dict:
+def _backbone_row(
+    what: str, step, width: int, size: int, batch: int, unit: str, device: torch.device, warmup: int, iters: int
+) -> dict:
     """Time ``step`` (one training step on ``batch`` images) and describe it as a table row."""
     sec = seconds_per_call(step, device, warmup, iters)
     return {"what": what, "shape": f"PreAct R18 w{width}, {size} px, batch {batch}", "per_s": batch / sec, "unit": unit}
@@ -98,7 +97,7 @@ def bench_dividemix(width: int, size: int, batch: int, device: torch.device, war
             tu = co_guess([F.softmax(m(u), 1) for m in (net, other) for u in (u1, u2)], 0.5)
         mixed, target, _ = mixmatch(torch.cat([x1, x2, u1, u2]), torch.cat([tx, tx, tu, tu]), 4.0)
         logits = net(mixed)
-        lx, lu = mixmatch_losses(logits[:2 * batch], target[:2 * batch], logits[2 * batch:], target[2 * batch:])
+        lx, lu = mixmatch_losses(logits[: 2 * batch], target[: 2 * batch], logits[2 * batch :], target[2 * batch :])
         _sgd_update(opt, lx + linear_rampup(20, 10, 25) * lu + uniform_prior_penalty(logits))
 
     return _backbone_row("DivideMix MixMatch step", step, width, size, batch, "labeled img/s", device, warmup, iters)
@@ -127,8 +126,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     results.append(bench_simclr(width, size, batch, device, 1, iters))
     results.append(bench_dividemix(width, size, 64, device, 1, iters))
     peak = peak_memory_mb(device)
-    print(f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | peak memory "
-          f"{peak:.0f} MB")
+    print(
+        f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | peak memory {peak:.0f} MB"
+    )
     print("| what | shape | throughput |\n|---|---|---|")
     for r in results:
         print(f"| {r['what']} | {r['shape']} | {r['per_s']:.2f} {r['unit']} |")

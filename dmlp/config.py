@@ -19,8 +19,15 @@ from shared.config import RunConfig
 from shared.noisy.dividemix import DivideMixConfig
 from shared.noisy.supervised import SupervisedConfig
 
-__all__ = ["DEFAULT_CONFIG", "STAGES", "Config", "RetrainConfig", "SSLConfig", "check_run_settings",
-           "upgrade_stored_config"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "STAGES",
+    "Config",
+    "RetrainConfig",
+    "SSLConfig",
+    "check_run_settings",
+    "upgrade_stored_config",
+]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 STAGES = ("ssl", "purify", "retrain")
@@ -32,8 +39,10 @@ class SSLConfig:
 
     arch: Literal["preact_resnet18", "resnet50"] = "preact_resnet18"
     width: int = field(default=64, metadata={"help": "PreAct ResNet-18 stage-1 channels (64 = the paper size)"})
-    checkpoint: str | None = field(default=None, metadata={
-        "help": "external SSL weights (SimCLR/C2D ResNet-18, MoCo ResNet-50): skips SimCLR training"})
+    checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "external SSL weights (SimCLR/C2D ResNet-18, MoCo ResNet-50): skips SimCLR training"},
+    )
     epochs: int = 1000
     batch_size: int = 512
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -47,8 +56,9 @@ class SSLConfig:
     gray_prob: float = 0.2
     train_subset: int | None = field(default=None, metadata={"help": "SimCLR on the first N images only (CPU demo)"})
     feature_batch_size: int = 512
-    standardize_features: bool = field(default=True, metadata={
-        "help": "centre and scale the features (training statistics) before purification"})
+    standardize_features: bool = field(
+        default=True, metadata={"help": "centre and scale the features (training statistics) before purification"}
+    )
 
 
 @dataclass
@@ -58,15 +68,23 @@ class RetrainConfig:
     mode: Literal["naive", "dividemix"] = "naive"
     arch: Literal["preact_resnet18", "resnet50"] = "preact_resnet18"
     width: int = 64
-    init: Literal["scratch", "ssl", "pretrained"] = field(default="scratch", metadata={
-        "help": "scratch, the SSL encoder of stage 1 (C2D-style), or --retrain.pretrained (e.g. ImageNet R-50)"})
+    init: Literal["scratch", "ssl", "pretrained"] = field(
+        default="scratch",
+        metadata={
+            "help": "scratch, the SSL encoder of stage 1 (C2D-style), or --retrain.pretrained (e.g. ImageNet R-50)"
+        },
+    )
     pretrained: str | None = None
     include_meta: bool = field(default=True, metadata={"help": "meta samples rejoin training with clean labels"})
     soft_labels: bool = field(default=False, metadata={"help": "DMLP-Naive with the soft purified labels"})
-    label_file: str | None = field(default=None, metadata={
-        "help": "retrain on this label file instead of the purified one (e.g. purified labels downloaded)"})
-    baselines: list[str] = field(default_factory=list, metadata={
-        "help": "also train: ce_noisy (CE on the noisy labels), meta_only (CE on the clean meta set)"})
+    label_file: str | None = field(
+        default=None,
+        metadata={"help": "retrain on this label file instead of the purified one (e.g. purified labels downloaded)"},
+    )
+    baselines: list[str] = field(
+        default_factory=list,
+        metadata={"help": "also train: ce_noisy (CE on the noisy labels), meta_only (CE on the clean meta set)"},
+    )
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     dividemix: DivideMixConfig = field(default_factory=DivideMixConfig)
 
@@ -80,8 +98,9 @@ class Config(RunConfig):
     DivideMix epochs), so ``eval_interval`` and ``checkpoint_interval`` (unit: epochs) must be 1; ``log_interval``
     is not used (one log line per epoch); ``amp`` must be ``off`` (see README, Fidelity notes)."""
 
-    eval_interval: int = field(default=1, metadata={
-        "help": "evaluate every N epochs of each stage; dmlp supports 1 only"})
+    eval_interval: int = field(
+        default=1, metadata={"help": "evaluate every N epochs of each stage; dmlp supports 1 only"}
+    )
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     data: DataConfig = field(default_factory=DataConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
@@ -100,12 +119,16 @@ def check_run_settings(cfg: Config) -> None:
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; valid: {list(STAGES)}")
     if cfg.amp != "off":
-        raise ValueError(f"amp={cfg.amp!r} is not supported by dmlp: the purifier is a tiny linear model and the "
-                         "CE/DivideMix stages run in fp32 as released; use --amp off")
+        raise ValueError(
+            f"amp={cfg.amp!r} is not supported by dmlp: the purifier is a tiny linear model and the "
+            "CE/DivideMix stages run in fp32 as released; use --amp off"
+        )
     for key in ("eval_interval", "checkpoint_interval"):
         if getattr(cfg, key) != 1:
-            raise ValueError(f"{key}={getattr(cfg, key)} is not supported by dmlp: every stage tests and writes its "
-                             f"checkpoint after each of its epochs; use --{key} 1")
+            raise ValueError(
+                f"{key}={getattr(cfg, key)} is not supported by dmlp: every stage tests and writes its "
+                f"checkpoint after each of its epochs; use --{key} 1"
+            )
 
 
 def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:

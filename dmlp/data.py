@@ -42,8 +42,9 @@ class DataConfig:
     noise_type: Literal["sym", "asym"] = "sym"
     noise_rate: float = 0.5
     noise_seed: int = 0
-    noise_file: str | None = field(default=None, metadata={
-        "help": "noisy-label file (created if missing); null: <run folder>/noisy_labels.json"})
+    noise_file: str | None = field(
+        default=None, metadata={"help": "noisy-label file (created if missing); null: <run folder>/noisy_labels.json"}
+    )
     meta_size: int = field(default=1000, metadata={"help": "CIFAR: clean meta samples split off the training set"})
     meta_seed: int = field(default=0, metadata={"help": "seed of the meta split (released code: unseeded)"})
     num_workers: int = 0
@@ -104,27 +105,57 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
     """
     if cfg.dataset == "clothing1m":
         if cfg.root is None:
-            raise ValueError("Clothing1M has no embedded synthetic set: pass --data.root (see "
-                             "`python -m shared.datasets info clothing1m`)")
+            raise ValueError(
+                "Clothing1M has no embedded synthetic set: pass --data.root (see "
+                "`python -m shared.datasets info clothing1m`)"
+            )
         train, val, test = (Clothing1M(cfg.root, split) for split in ("train", "val", "test"))
         eval_tf = clothing1m_transforms(train=False)
-        return NoisyTask(train_source=train, test_source=test, test_labels=test.labels, noisy_labels=train.labels,
-                         clean_labels=None, num_classes=14, meta_source=val, meta_labels=val.labels, meta_indices=None,
-                         train_indices=torch.arange(len(train)), train_transform=clothing1m_transforms(train=True),
-                         eval_transform=eval_tf, batch_transform=None)
+        return NoisyTask(
+            train_source=train,
+            test_source=test,
+            test_labels=test.labels,
+            noisy_labels=train.labels,
+            clean_labels=None,
+            num_classes=14,
+            meta_source=val,
+            meta_labels=val.labels,
+            meta_indices=None,
+            train_indices=torch.arange(len(train)),
+            train_transform=clothing1m_transforms(train=True),
+            eval_transform=eval_tf,
+            batch_transform=None,
+        )
     classes = 10 if cfg.dataset == "cifar10" else 100
     root = Path(cfg.root) if cfg.root is not None else _synthetic_root(cfg)
     size = cfg.image_size
     train = load_cifar(root, classes, True, size)
     test = load_cifar(root, classes, False, size)
     path = noise_path(cfg, run_dir)
-    noise = noisy_labels_for(train.labels, cfg.noise_type, cfg.noise_rate, classes, cfg.noise_seed,
-                             path if path is not None and (write_noise or path.is_file()) else None)
+    noise = noisy_labels_for(
+        train.labels,
+        cfg.noise_type,
+        cfg.noise_rate,
+        classes,
+        cfg.noise_seed,
+        path if path is not None and (write_noise or path.is_file()) else None,
+    )
     meta_idx, rest_idx = meta_split(len(train), cfg.meta_size, cfg.meta_seed)
     normalize = Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes])
     train_tf = CifarTrainTransform(classes, padding=max(1, size // 8))
-    return NoisyTask(train_source=train.images, test_source=test.images, test_labels=test.labels,
-                     noisy_labels=torch.from_numpy(np.array(noise.noisy)), clean_labels=train.labels,
-                     num_classes=classes, meta_source=train.images[meta_idx], meta_labels=train.labels[meta_idx],
-                     meta_indices=meta_idx, train_indices=rest_idx, train_transform=train_tf, eval_transform=normalize,
-                     batch_transform=normalize, noise=noise)
+    return NoisyTask(
+        train_source=train.images,
+        test_source=test.images,
+        test_labels=test.labels,
+        noisy_labels=torch.from_numpy(np.array(noise.noisy)),
+        clean_labels=train.labels,
+        num_classes=classes,
+        meta_source=train.images[meta_idx],
+        meta_labels=train.labels[meta_idx],
+        meta_indices=meta_idx,
+        train_indices=rest_idx,
+        train_transform=train_tf,
+        eval_transform=normalize,
+        batch_transform=normalize,
+        noise=noise,
+    )

@@ -11,14 +11,10 @@ value`` overrides it, e.g. ``--data.root``), so the numbers are recomputed, not 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -48,20 +44,27 @@ def label_accuracies(state: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def evaluate(models: dict[str, torch.nn.Module], cfg: Config, task: NoisyTask,
-             device: torch.device) -> dict[str, float]:
+def evaluate(
+    models: dict[str, torch.nn.Module], cfg: Config, task: NoisyTask, device: torch.device
+) -> dict[str, float]:
     """Test accuracy of each retrained model; the two DivideMix networks are tested as their ensemble."""
     r = cfg.retrain
     metrics = {}
     for tag, model in models.items():
         if tag.startswith("dmlp_dividemix"):
             continue
-        metrics[f"test_acc_{tag}"] = evaluate_accuracy(model, task.test_source, task.test_labels, task.eval_transform,
-                                                       device, r.supervised.eval_batch_size)
+        metrics[f"test_acc_{tag}"] = evaluate_accuracy(
+            model, task.test_source, task.test_labels, task.eval_transform, device, r.supervised.eval_batch_size
+        )
     if "dmlp_dividemix_net1" in models:
         metrics["test_acc_dmlp_dividemix"] = evaluate_accuracy(
-            [models["dmlp_dividemix_net1"], models["dmlp_dividemix_net2"]], task.test_source, task.test_labels,
-            task.eval_transform, device, r.dividemix.eval_batch_size)
+            [models["dmlp_dividemix_net1"], models["dmlp_dividemix_net2"]],
+            task.test_source,
+            task.test_labels,
+            task.eval_transform,
+            device,
+            r.dividemix.eval_batch_size,
+        )
     return metrics
 
 
@@ -96,8 +99,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
     args, rest = parser.parse_known_args(argv)
     checkpoint = Path(args.checkpoint)
     state = load_checkpoint(checkpoint, package=PACKAGE, required=("models", "config"))  # pass the run's last.pt
-    cfg = parse_eval_config(Config, upgrade_stored_config(state["config"]), rest,
-                            description=__doc__.splitlines()[0])
+    cfg = parse_eval_config(Config, upgrade_stored_config(state["config"]), rest, description=__doc__.splitlines()[0])
     out = Path(args.output_dir) if args.output_dir else checkpoint.parent / "eval"
     return Evaluation(checkpoint=checkpoint, state=state, config=cfg, output_dir=out)
 

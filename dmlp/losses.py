@@ -19,8 +19,9 @@ def uniform_prior_kl(probs: torch.Tensor) -> torch.Tensor:
     return (u * (u.log() - probs.mean(0).log())).sum()
 
 
-def ipc_meta_loss(meta_outputs: torch.Tensor, meta_labels: torch.Tensor,
-                  batch_outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+def ipc_meta_loss(
+    meta_outputs: torch.Tensor, meta_labels: torch.Tensor, batch_outputs: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """L_val of IPC (Eq. 8) for the closed-form weights W(Y_B).
 
     Args:
@@ -39,8 +40,13 @@ def ipc_meta_loss(meta_outputs: torch.Tensor, meta_labels: torch.Tensor,
     return {"ce": ce, "sse": sse, "prior": prior, "total": ce + sse + prior}
 
 
-def eac_loss(logits: torch.Tensor, targets: torch.Tensor, conf_weight: float = 0.4, prior_weight: float = 1.0,
-             double_softmax: bool = False) -> dict[str, torch.Tensor]:
+def eac_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    conf_weight: float = 0.4,
+    prior_weight: float = 1.0,
+    double_softmax: bool = False,
+) -> dict[str, torch.Tensor]:
     """L_c of EAC (Eq. 10): CE + conf_weight * NegEnt + prior_weight * KL(u || p_bar).
 
     NegEnt = mean_i sum_c p_ic log p_ic (a confidence penalty: adding it pushes toward higher entropy).

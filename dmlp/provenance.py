@@ -125,7 +125,12 @@ def verify_resume_file(path: str | Path, config_keys: set[str]) -> dict[str, Any
     config = state.get("config")
     if "models" in state and isinstance(config, Mapping) and set(config) == config_keys:
         return state
-    what = (f"its config has other keys ({', '.join(sorted(map(str, set(config) ^ config_keys))[:6])})"
-            if isinstance(config, Mapping) else f"it holds {', '.join(sorted(map(str, state))[:8]) or 'nothing'}")
-    raise CheckpointError(f"not a {PACKAGE} checkpoint: {path} does not record that dmlp wrote it (no "
-                          f"'package': '{PACKAGE}' entry) and is not a dmlp last.pt: {what}")
+    what = (
+        f"its config has other keys ({', '.join(sorted(map(str, set(config) ^ config_keys))[:6])})"
+        if isinstance(config, Mapping)
+        else f"it holds {', '.join(sorted(map(str, state))[:8]) or 'nothing'}"
+    )
+    raise CheckpointError(
+        f"not a {PACKAGE} checkpoint: {path} does not record that dmlp wrote it (no "
+        f"'package': '{PACKAGE}' entry) and is not a dmlp last.pt: {what}"
+    )

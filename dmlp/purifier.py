@@ -25,8 +25,14 @@ from torch import nn
 from dmlp.losses import eac_loss, ipc_meta_loss
 from shared.training import NonFiniteLossError, check_finite, check_finite_gradients, check_finite_parameters
 
-__all__ = ["DMLPPurifier", "PurifierConfig", "PurifierDivergedError", "closed_form_solver", "meta_split",
-           "ridge_gram_cholesky"]
+__all__ = [
+    "DMLPPurifier",
+    "PurifierConfig",
+    "PurifierDivergedError",
+    "closed_form_solver",
+    "meta_split",
+    "ridge_gram_cholesky",
+]
 
 
 class PurifierDivergedError(NonFiniteLossError):
@@ -42,25 +48,33 @@ class PurifierConfig:
     lr: float = field(default=0.01, metadata={"help": "Adam lr on the label matrix Y"})
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 3e-4
-    ridge: float = field(default=1e-3, metadata={
-        "help": "lambda = ridge x mean diagonal of X_B^T X_B (0: the released plain least squares)"})
+    ridge: float = field(
+        default=1e-3,
+        metadata={"help": "lambda = ridge x mean diagonal of X_B^T X_B (0: the released plain least squares)"},
+    )
     eac: bool = field(default=True, metadata={"help": "train the EAC linear classifier"})
     eac_batch: int = 500
     eac_lr: float = 0.006
     eac_lr_late: float = field(default=0.0006, metadata={"help": "EAC lr from epoch eac_lr_drop_epoch on"})
     eac_lr_drop_epoch: int = 4
     eac_conf_weight: float = 0.4
-    eac_prior_weight: float = field(default=1.0, metadata={
-        "help": "prior penalty weight (released 2200 with double softmax; 1 with real logits)"})
+    eac_prior_weight: float = field(
+        default=1.0, metadata={"help": "prior penalty weight (released 2200 with double softmax; 1 with real logits)"}
+    )
     eac_double_softmax: bool = field(default=False, metadata={"help": "released double softmax in EAC"})
-    eac_feedback: bool = field(default=True, metadata={"help": "EMA of EAC predictions into Y (paper); false = "
-                                                                "released script (no feedback)"})
+    eac_feedback: bool = field(
+        default=True, metadata={"help": "EMA of EAC predictions into Y (paper); false = released script (no feedback)"}
+    )
     ema_momentum: float = 0.9
     ema_period: int = field(default=1, metadata={"help": "feedback every this many epochs"})
     ema_start_epoch: int = field(default=1, metadata={"help": "first epoch with feedback"})
-    max_label_magnitude: float | None = field(default=100.0, metadata={
-        "help": "stop when max |Y| exceeds this (Y starts one-hot; Adam moves it by about lr per step, so a "
-                "runaway lr gives finite but meaningless labels); null: no bound"})
+    max_label_magnitude: float | None = field(
+        default=100.0,
+        metadata={
+            "help": "stop when max |Y| exceeds this (Y starts one-hot; Adam moves it by about lr per step, so a "
+            "runaway lr gives finite but meaningless labels); null: no bound"
+        },
+    )
 
 
 def ridge_gram_cholesky(features: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -72,8 +86,9 @@ def ridge_gram_cholesky(features: torch.Tensor, ridge: float) -> torch.Tensor:
     return torch.linalg.cholesky(gram + ridge * scale * eye)
 
 
-def closed_form_solver(features: torch.Tensor, labels: torch.Tensor, ridge: float = 0.0,
-                       cholesky: torch.Tensor | None = None) -> torch.Tensor:
+def closed_form_solver(
+    features: torch.Tensor, labels: torch.Tensor, ridge: float = 0.0, cholesky: torch.Tensor | None = None
+) -> torch.Tensor:
     """W(Y) = argmin_W ||X W - Y||^2 + lambda ||W||^2 = (X^T X + lambda I)^-1 X^T Y (IPC Eq. 6), differentiable in Y.
 
     Args:
@@ -116,27 +131,40 @@ class DMLPPurifier:
         seed: seeds the EAC classifier's initialisation and chunk order.
     """
 
-    def __init__(self, train_features: torch.Tensor, noisy_labels: torch.Tensor, meta_features: torch.Tensor,
-                 meta_labels: torch.Tensor, num_classes: int, cfg: PurifierConfig, device: torch.device | str = "cpu",
-                 seed: int = 0):
+    def __init__(
+        self,
+        train_features: torch.Tensor,
+        noisy_labels: torch.Tensor,
+        meta_features: torch.Tensor,
+        meta_labels: torch.Tensor,
+        num_classes: int,
+        cfg: PurifierConfig,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ):
         self.cfg, self.num_classes, self.device = cfg, num_classes, torch.device(device)
         n, d = train_features.shape
         if len(noisy_labels) != n:
             raise ValueError(f"{n} training features but {len(noisy_labels)} noisy labels")
         if meta_features.shape[1] != d or len(meta_labels) != len(meta_features):
-            raise ValueError(f"meta features {tuple(meta_features.shape)} / labels {len(meta_labels)} do not match "
-                             f"the training features' dimension {d}")
+            raise ValueError(
+                f"meta features {tuple(meta_features.shape)} / labels {len(meta_labels)} do not match "
+                f"the training features' dimension {d}"
+            )
         if cfg.ridge == 0 and cfg.ipc_batch < d:
-            raise ValueError(f"ipc_batch {cfg.ipc_batch} < feature dimension {d}: plain least squares is singular; "
-                             "set ridge > 0 or a larger ipc_batch")
+            raise ValueError(
+                f"ipc_batch {cfg.ipc_batch} < feature dimension {d}: plain least squares is singular; "
+                "set ridge > 0 or a larger ipc_batch"
+            )
         self.x = train_features.to(self.device, torch.float32)
         self.xv = meta_features.to(self.device, torch.float32)
         self.yv = torch.as_tensor(meta_labels, dtype=torch.int64, device=self.device)
         self.noisy = torch.as_tensor(noisy_labels, dtype=torch.int64, device=self.device)
         self.labels = nn.Parameter(F.one_hot(self.noisy, num_classes).float())
         self.optimizer = torch.optim.Adam([self.labels], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.batches = [torch.arange(s, min(s + cfg.ipc_batch, n), device=self.device)
-                        for s in range(0, n, cfg.ipc_batch)]
+        self.batches = [
+            torch.arange(s, min(s + cfg.ipc_batch, n), device=self.device) for s in range(0, n, cfg.ipc_batch)
+        ]
         if len(self.batches) > 1 and len(self.batches[-1]) < d and cfg.ridge == 0:
             self.batches[-2] = torch.cat(self.batches[-2:])
             self.batches.pop()
@@ -148,8 +176,9 @@ class DMLPPurifier:
             bound = 1 / math.sqrt(d)
             self.classifier.weight.copy_(torch.empty(num_classes, d).uniform_(-bound, bound, generator=generator))
             self.classifier.bias.copy_(torch.empty(num_classes).uniform_(-bound, bound, generator=generator))
-        self.eac_optimizer = torch.optim.Adam(self.classifier.parameters(), lr=cfg.eac_lr, betas=cfg.betas,
-                                              weight_decay=cfg.weight_decay)
+        self.eac_optimizer = torch.optim.Adam(
+            self.classifier.parameters(), lr=cfg.eac_lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
         self.generator = generator
         self.epoch, self.step = 0, 0
         self.last_weights: torch.Tensor | None = None
@@ -178,8 +207,13 @@ class DMLPPurifier:
         total = 0.0
         chunks = order.split(self.cfg.eac_batch)
         for chunk in chunks:
-            terms = eac_loss(self.classifier(self.x[rows[chunk]]), targets[chunk], self.cfg.eac_conf_weight,
-                             self.cfg.eac_prior_weight, self.cfg.eac_double_softmax)
+            terms = eac_loss(
+                self.classifier(self.x[rows[chunk]]),
+                targets[chunk],
+                self.cfg.eac_conf_weight,
+                self.cfg.eac_prior_weight,
+                self.cfg.eac_double_softmax,
+            )
             check_finite(terms["total"], self.step, "EAC loss")
             self.eac_optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
@@ -205,13 +239,15 @@ class DMLPPurifier:
         if not math.isfinite(peak):
             raise PurifierDivergedError(
                 f"non-finite label estimates (the label matrix Y holds NaN/inf) after the {after} at step {self.step}; "
-                "stopping before they are saved. Lower --purifier.lr (or --purifier.eac_lr).")
+                "stopping before they are saved. Lower --purifier.lr (or --purifier.eac_lr)."
+            )
         bound = self.cfg.max_label_magnitude
         if bound is not None and peak > bound:
             raise PurifierDivergedError(
                 f"the label matrix Y diverged after the {after} at step {self.step}: max |Y| = {peak:.3g} > "
                 f"purifier.max_label_magnitude {bound:g} (Y starts one-hot and Adam moves it by about lr = "
-                f"{self.cfg.lr:g} per step; its argmax is no longer a label estimate). Lower --purifier.lr.")
+                f"{self.cfg.lr:g} per step; its argmax is no longer a label estimate). Lower --purifier.lr."
+            )
 
     def feedback_due(self, epoch: int) -> bool:
         cfg = self.cfg
@@ -258,9 +294,15 @@ class DMLPPurifier:
         return result
 
     def state_dict(self) -> dict[str, Any]:
-        return {"labels": self.labels.detach().cpu(), "optimizer": self.optimizer.state_dict(),
-                "classifier": self.classifier.state_dict(), "eac_optimizer": self.eac_optimizer.state_dict(),
-                "generator": self.generator.get_state(), "epoch": self.epoch, "step": self.step}
+        return {
+            "labels": self.labels.detach().cpu(),
+            "optimizer": self.optimizer.state_dict(),
+            "classifier": self.classifier.state_dict(),
+            "eac_optimizer": self.eac_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():

@@ -38,8 +38,16 @@ from shared.noisy.simclr import SimCLR, SimCLRAugment, load_ssl_checkpoint, trai
 from shared.noisy.supervised import train_supervised
 from shared.training import NonFiniteLossError, check_finite_parameters, warmup_cosine_schedule
 
-__all__ = ["StageDivergedError", "check_features", "features_of", "run_purify", "run_retrain", "run_ssl",
-           "stage_guard", "summary"]
+__all__ = [
+    "StageDivergedError",
+    "check_features",
+    "features_of",
+    "run_purify",
+    "run_retrain",
+    "run_ssl",
+    "stage_guard",
+    "summary",
+]
 
 
 class StageDivergedError(NonFiniteLossError):
@@ -84,21 +92,32 @@ def run_ssl(cfg: Config, task: NoisyTask, out_dir: Path, device: torch.device, l
             logger.info(f"ssl: reusing {out_dir / 'ssl.pt'}")
             return encoder
     if "ssl" not in cfg.stages:
-        raise FileNotFoundError(f"stage 'ssl' is not selected and {out_dir / 'ssl.pt'} does not exist; add 'ssl' to "
-                                "--stages or pass --ssl.checkpoint")
+        raise FileNotFoundError(
+            f"stage 'ssl' is not selected and {out_dir / 'ssl.pt'} does not exist; add 'ssl' to "
+            "--stages or pass --ssl.checkpoint"
+        )
     if not task.in_memory:
-        raise ValueError("SimCLR training is implemented for CIFAR; for Clothing1M pass the MoCo checkpoint with "
-                         "--ssl.checkpoint (the DMLP README names the published weights)")
+        raise ValueError(
+            "SimCLR training is implemented for CIFAR; for Clothing1M pass the MoCo checkpoint with "
+            "--ssl.checkpoint (the DMLP README names the published weights)"
+        )
     train_simclr(cfg, task, encoder, made_from, out_dir, device, logger)
     return encoder
 
 
-def train_simclr(cfg: Config, task: NoisyTask, encoder: torch.nn.Module, made_from: dict[str, Any], out_dir: Path,
-                 device: torch.device, logger: RunLogger) -> None:
+def train_simclr(
+    cfg: Config,
+    task: NoisyTask,
+    encoder: torch.nn.Module,
+    made_from: dict[str, Any],
+    out_dir: Path,
+    device: torch.device,
+    logger: RunLogger,
+) -> None:
     """SimCLR on the training images (resumed from ssl_state.pt when it was made from the same recipe), then the
     collapse check and ssl.pt."""
     c = cfg.ssl
-    images = task.train_source if c.train_subset is None else task.train_source[:c.train_subset]
+    images = task.train_source if c.train_subset is None else task.train_source[: c.train_subset]
     model = SimCLR(encoder, c.proj_dim).to(device)
     if c.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
@@ -106,8 +125,13 @@ def train_simclr(cfg: Config, task: NoisyTask, encoder: torch.nn.Module, made_fr
         optimizer = torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     steps = max(1, len(images) // c.batch_size)
     scheduler = warmup_cosine_schedule(optimizer, c.epochs * steps, c.warmup_epochs * steps)
-    augment = SimCLRAugment(CIFAR_MEAN[task.num_classes], CIFAR_STD[task.num_classes], scale=tuple(c.crop_scale),
-                            jitter_strength=c.jitter_strength, gray_prob=c.gray_prob)
+    augment = SimCLRAugment(
+        CIFAR_MEAN[task.num_classes],
+        CIFAR_STD[task.num_classes],
+        scale=tuple(c.crop_scale),
+        jitter_strength=c.jitter_strength,
+        gray_prob=c.gray_prob,
+    )
     start, step = 0, 0
     state_path = out_dir / "ssl_state.pt"
     state = None
@@ -123,30 +147,45 @@ def train_simclr(cfg: Config, task: NoisyTask, encoder: torch.nn.Module, made_fr
         logger.info(f"ssl: SimCLR from random initialisation on {len(images)} images, {c.epochs} epochs")
     ssl_logger = RunLogger(out_dir / "ssl", tensorboard=False, name="ssl")
     for epoch in range(start, c.epochs):
-        loss, step, img_s = train_simclr_epoch(model, images, augment, optimizer, c.batch_size, c.temperature, step,
-                                               device, scheduler)
+        loss, step, img_s = train_simclr_epoch(
+            model, images, augment, optimizer, c.batch_size, c.temperature, step, device, scheduler
+        )
         check_finite_parameters(model, step, "SimCLR model")
-        save_checkpoint(stamp(training_state(PACKAGE, model=model, optimizer=optimizer, scheduler=scheduler,
-                                             epoch=epoch, step=step), made_from), state_path)
+        save_checkpoint(
+            stamp(
+                training_state(PACKAGE, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=step),
+                made_from,
+            ),
+            state_path,
+        )
         ssl_logger.log_epoch(epoch, {"simclr_loss": loss, "img_s": img_s, "lr": optimizer.param_groups[0]["lr"]})
     ssl_logger.close()
     # A runaway lr can leave finite weights whose features are constant: refuse them before ssl.pt is written.
-    check_features({"train": extract_features(encoder, images[:256], task.batch_transform, c.feature_batch_size,
-                                              device)})
-    save_checkpoint(stamp({"encoder": encoder.state_dict(), "arch": c.arch, "width": c.width}, made_from),
-                    out_dir / "ssl.pt")
+    check_features(
+        {"train": extract_features(encoder, images[:256], task.batch_transform, c.feature_batch_size, device)}
+    )
+    save_checkpoint(
+        stamp({"encoder": encoder.state_dict(), "arch": c.arch, "width": c.width}, made_from), out_dir / "ssl.pt"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ stage 2
-def features_of(cfg: Config, task: NoisyTask, encoder: torch.nn.Module, out_dir: Path, device: torch.device,
-                logger: RunLogger) -> dict[str, torch.Tensor]:
+def features_of(
+    cfg: Config, task: NoisyTask, encoder: torch.nn.Module, out_dir: Path, device: torch.device, logger: RunLogger
+) -> dict[str, torch.Tensor]:
     """Frozen features of the training, meta and test sets (cached in features.pt; see :func:`check_features`)."""
     path = out_dir / "features.pt"
     splits = ("train", "test") if task.in_memory else ("train", "meta", "test")
-    sources = [task.train_source, task.test_source] if task.in_memory else [task.train_source, task.meta_source,
-                                                                            task.test_source]
-    made_from = {"stage": "features", "encoder": digest(encoder.state_dict()),
-                 "images": [source_digest(s) for s in sources]}
+    sources = (
+        [task.train_source, task.test_source]
+        if task.in_memory
+        else [task.train_source, task.meta_source, task.test_source]
+    )
+    made_from = {
+        "stage": "features",
+        "encoder": digest(encoder.state_dict()),
+        "images": [source_digest(s) for s in sources],
+    }
     if path.is_file():
         state = load_stage_file(path, splits)
         if reusable(state, made_from, path, logger.info):
@@ -161,8 +200,9 @@ def features_of(cfg: Config, task: NoisyTask, encoder: torch.nn.Module, out_dir:
         from shared.noisy.data import ViewDataset
 
         def run(source):
-            return extract_features(encoder, ViewDataset(source, task.eval_transform), None, bs, device,
-                                    cfg.data.num_workers)
+            return extract_features(
+                encoder, ViewDataset(source, task.eval_transform), None, bs, device, cfg.data.num_workers
+            )
 
         feats = {"train": run(task.train_source), "meta": run(task.meta_source), "test": run(task.test_source)}
     check_features(feats)
@@ -175,17 +215,22 @@ def check_features(feats: dict[str, torch.Tensor]) -> None:
     a runaway SimCLR lr); otherwise the ssl stage stops here instead of the purifier failing on its input."""
     for split, x in feats.items():
         if not bool(torch.isfinite(x).all()):
-            raise StageDivergedError(f"ssl stage: the encoder's {split} features hold NaN/inf; the SSL encoder "
-                                     "diverged (lower --ssl.lr) or --ssl.checkpoint holds broken weights")
+            raise StageDivergedError(
+                f"ssl stage: the encoder's {split} features hold NaN/inf; the SSL encoder "
+                "diverged (lower --ssl.lr) or --ssl.checkpoint holds broken weights"
+            )
     train = feats["train"]
     if len(train) > 1 and bool((train.amax(0) == train.amin(0)).all()):
-        raise StageDivergedError(f"ssl stage: the encoder collapsed: its {train.shape[1]} features are identical for "
-                                 f"all {len(train)} training images, so nothing can be purified from them (lower "
-                                 "--ssl.lr, or check --ssl.checkpoint)")
+        raise StageDivergedError(
+            f"ssl stage: the encoder collapsed: its {train.shape[1]} features are identical for "
+            f"all {len(train)} training images, so nothing can be purified from them (lower "
+            "--ssl.lr, or check --ssl.checkpoint)"
+        )
 
 
-def run_purify(cfg: Config, task: NoisyTask, feats: dict[str, torch.Tensor], out_dir: Path, device: torch.device,
-               logger: RunLogger) -> dict[str, Any]:
+def run_purify(
+    cfg: Config, task: NoisyTask, feats: dict[str, torch.Tensor], out_dir: Path, device: torch.device, logger: RunLogger
+) -> dict[str, Any]:
     """IPC + EAC on the frozen features (resumable per epoch), then export the purified labels."""
     train_feats = feats["train"]
     if task.meta_indices is not None:
@@ -198,9 +243,14 @@ def run_purify(cfg: Config, task: NoisyTask, feats: dict[str, torch.Tensor], out
         x_t, x_v, x_test = ((x - mean) / std for x in (x_t, x_v, x_test))
     noisy = task.noisy_labels[task.train_indices]
     recipe = _without(config_to_dict(cfg)["purifier"], "epochs", "max_label_magnitude")
-    made_from = {"stage": "purify", "purifier": recipe, "standardize_features": cfg.ssl.standardize_features,
-                 "seed": cfg.seed, "features": digest(train_feats, feats.get("meta")),
-                 "labels": digest(noisy, task.meta_labels, task.train_indices, task.meta_indices)}
+    made_from = {
+        "stage": "purify",
+        "purifier": recipe,
+        "standardize_features": cfg.ssl.standardize_features,
+        "seed": cfg.seed,
+        "features": digest(train_feats, feats.get("meta")),
+        "labels": digest(noisy, task.meta_labels, task.train_indices, task.meta_indices),
+    }
     purifier = DMLPPurifier(x_t, noisy, x_v, task.meta_labels, task.num_classes, cfg.purifier, device, cfg.seed)
     state_path = out_dir / "purifier.pt"
     if state_path.is_file():
@@ -230,14 +280,23 @@ def run_purify(cfg: Config, task: NoisyTask, feats: dict[str, torch.Tensor], out
     if task.meta_indices is not None:
         full_hard[task.meta_indices] = task.meta_labels
         full_soft[task.meta_indices] = torch.nn.functional.one_hot(task.meta_labels, task.num_classes).float()
-    save_label_file(out_dir / "purified_labels.json", full_hard, task.num_classes, clean=task.clean_labels,
-                    soft=full_soft, source="dmlp purifier (IPC + EAC)", noise=task.noise)
+    save_label_file(
+        out_dir / "purified_labels.json",
+        full_hard,
+        task.num_classes,
+        clean=task.clean_labels,
+        soft=full_soft,
+        source="dmlp purifier (IPC + EAC)",
+        noise=task.noise,
+    )
     result: dict[str, Any] = {"purify_time_s": elapsed, **purifier.linear_probe_accuracy(x_test, task.test_labels)}
     if clean is not None:
         result["label_acc_noisy"] = label_accuracy(noisy, clean)
         result["label_acc_purified"] = label_accuracy(hard, clean)
-        logger.info(f"purify: label accuracy {result['label_acc_noisy']:.2f}% (noisy) -> "
-                    f"{result['label_acc_purified']:.2f}% (purified) on {len(clean)} samples in {elapsed:.1f}s")
+        logger.info(
+            f"purify: label accuracy {result['label_acc_noisy']:.2f}% (noisy) -> "
+            f"{result['label_acc_purified']:.2f}% (purified) on {len(clean)} samples in {elapsed:.1f}s"
+        )
     return result
 
 
@@ -255,14 +314,16 @@ def _init_model(cfg: Config, task: NoisyTask, out_dir: Path, device: torch.devic
                 raise ValueError(f"ssl.pt does not match retrain.arch/width: missing {missing[:3]}")
     elif r.init == "pretrained":
         if not r.pretrained:
-            raise ValueError("retrain.init=pretrained needs --retrain.pretrained PATH (e.g. torchvision ImageNet "
-                             "ResNet-50 weights)")
+            raise ValueError(
+                "retrain.init=pretrained needs --retrain.pretrained PATH (e.g. torchvision ImageNet ResNet-50 weights)"
+            )
         load_ssl_checkpoint(model.body if r.arch == "resnet50" else model, r.pretrained)
     return model.to(device)
 
 
-def retrain_made_from(cfg: Config, task: NoisyTask, tag: str, labels: Any, indices: Any,
-                      out_dir: Path) -> dict[str, Any]:
+def retrain_made_from(
+    cfg: Config, task: NoisyTask, tag: str, labels: Any, indices: Any, out_dir: Path
+) -> dict[str, Any]:
     """What retrain_<tag>.pt depends on: the retraining recipe (epochs excluded: more epochs continue a finished
     run), the seed, the training images, the labels and rows it trains on, and the initial weights."""
     r = config_to_dict(cfg)["retrain"]
@@ -272,12 +333,21 @@ def retrain_made_from(cfg: Config, task: NoisyTask, tag: str, labels: Any, indic
     else:
         recipe["supervised"] = _without(r["supervised"], "epochs", "eval_batch_size", "num_workers")
     if cfg.retrain.init == "ssl":
-        init = (f"ssl checkpoint {cfg.ssl.checkpoint}" if cfg.ssl.checkpoint else
-                digest(load_stage_file(out_dir / "ssl.pt", ("encoder",))["encoder"]))
+        init = (
+            f"ssl checkpoint {cfg.ssl.checkpoint}"
+            if cfg.ssl.checkpoint
+            else digest(load_stage_file(out_dir / "ssl.pt", ("encoder",))["encoder"])
+        )
     else:
         init = cfg.retrain.pretrained if cfg.retrain.init == "pretrained" else "scratch"
-    return {"stage": f"retrain_{tag}", "retrain": recipe, "seed": cfg.seed, "images": source_digest(task.train_source),
-            "labels": digest(labels, indices), "init": init}
+    return {
+        "stage": f"retrain_{tag}",
+        "retrain": recipe,
+        "seed": cfg.seed,
+        "images": source_digest(task.train_source),
+        "labels": digest(labels, indices),
+        "init": init,
+    }
 
 
 class _StampedDivideMix(DivideMix):
@@ -295,8 +365,16 @@ def _retrain_labels(cfg: Config, task: NoisyTask, out_dir: Path) -> tuple[np.nda
     return record.labels, record.soft
 
 
-def run_one(tag: str, cfg: Config, task: NoisyTask, labels: Any, indices: Any, out_dir: Path, ctx: DistContext,
-            logger: RunLogger) -> tuple[dict[str, Any], torch.nn.Module]:
+def run_one(
+    tag: str,
+    cfg: Config,
+    task: NoisyTask,
+    labels: Any,
+    indices: Any,
+    out_dir: Path,
+    ctx: DistContext,
+    logger: RunLogger,
+) -> tuple[dict[str, Any], torch.nn.Module]:
     """One CE retraining (resumed from / skipped by its checkpoint retrain_<tag>.pt)."""
     path = out_dir / f"retrain_{tag}.pt"
     made_from = retrain_made_from(cfg, task, tag, labels, indices, out_dir)
@@ -311,16 +389,31 @@ def run_one(tag: str, cfg: Config, task: NoisyTask, labels: Any, indices: Any, o
         logger.info(f"{tag}: finished run reused from {path}")
         return {"best": t["best"], "best_epoch": t["best_epoch"], "last": t["last"], "epochs": sup.epochs}, model
     sub = RunLogger(out_dir / tag, is_main=ctx.is_main, tensorboard=False, name=f"retrain_{tag}")
-    result = train_supervised(model, task.train_source, labels, task.train_transform, task.test_source,
-                              task.test_labels, task.eval_transform, sup, ctx, sub, path, indices=indices,
-                              resume_state=state, seed=cfg.seed, tag=tag,
-                              extra_state={"package": PACKAGE, "made_from": made_from})
+    result = train_supervised(
+        model,
+        task.train_source,
+        labels,
+        task.train_transform,
+        task.test_source,
+        task.test_labels,
+        task.eval_transform,
+        sup,
+        ctx,
+        sub,
+        path,
+        indices=indices,
+        resume_state=state,
+        seed=cfg.seed,
+        tag=tag,
+        extra_state={"package": PACKAGE, "made_from": made_from},
+    )
     sub.close()
     return result, model
 
 
-def run_retrain(cfg: Config, task: NoisyTask, out_dir: Path, ctx: DistContext,
-                logger: RunLogger) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_retrain(
+    cfg: Config, task: NoisyTask, out_dir: Path, ctx: DistContext, logger: RunLogger
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Baselines and DMLP-Naive / DMLP-DivideMix; returns (metrics, model states)."""
     r = cfg.retrain
     hard, soft = _retrain_labels(cfg, task, out_dir)
@@ -360,9 +453,22 @@ def run_retrain(cfg: Config, task: NoisyTask, out_dir: Path, ctx: DistContext,
             torch.manual_seed(cfg.seed + 1)
             nets[1] = _init_model(cfg, task, out_dir, ctx.device)
         sub = RunLogger(out_dir / "dmlp_dividemix", tensorboard=False, name="retrain_dividemix")
-        engine = _StampedDivideMix(nets[0], nets[1], task.train_source, hard, task.num_classes,
-                                   task.train_transform, task.eval_transform, task.test_source, task.test_labels,
-                                   r.dividemix, ctx.device, sub, clean_labels=task.clean_labels, seed=cfg.seed)
+        engine = _StampedDivideMix(
+            nets[0],
+            nets[1],
+            task.train_source,
+            hard,
+            task.num_classes,
+            task.train_transform,
+            task.eval_transform,
+            task.test_source,
+            task.test_labels,
+            r.dividemix,
+            ctx.device,
+            sub,
+            clean_labels=task.clean_labels,
+            seed=cfg.seed,
+        )
         engine.made_from = made_from
         result = engine.fit(path, state)
         sub.close()
@@ -374,11 +480,14 @@ def run_retrain(cfg: Config, task: NoisyTask, out_dir: Path, ctx: DistContext,
 def summary(metrics: dict[str, Any]) -> str:
     """The result lines the embedded default prints."""
     lines = ["", "DMLP results"]
-    names = [("label_acc_noisy", "label accuracy, noisy labels"), ("label_acc_purified", "label accuracy, purified"),
-             ("test_acc_ce_noisy", "test accuracy, CE on noisy labels"),
-             ("test_acc_meta_only", "test accuracy, CE on the meta set only"),
-             ("test_acc_dmlp_naive", "test accuracy, DMLP-Naive"),
-             ("test_acc_dmlp_dividemix", "test accuracy, DMLP-DivideMix")]
+    names = [
+        ("label_acc_noisy", "label accuracy, noisy labels"),
+        ("label_acc_purified", "label accuracy, purified"),
+        ("test_acc_ce_noisy", "test accuracy, CE on noisy labels"),
+        ("test_acc_meta_only", "test accuracy, CE on the meta set only"),
+        ("test_acc_dmlp_naive", "test accuracy, DMLP-Naive"),
+        ("test_acc_dmlp_dividemix", "test accuracy, DMLP-DivideMix"),
+    ]
     for key, text in names:
         if key in metrics:
             lines.append(f"  {text:<42s} {metrics[key]:6.2f} %")

@@ -21,14 +21,10 @@ last.pt (what eval.py reads).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -61,8 +57,10 @@ def prepare_run(cfg: Config, ctx: DistContext) -> tuple[Path, NoisyTask]:
     if cfg.resume:
         verify_resume_file(cfg.resume, {*claimed_config(cfg), "stages"})
         if cfg.output_dir and Path(cfg.output_dir).resolve() != Path(cfg.resume).resolve().parent:
-            raise ValueError(f"--resume {cfg.resume} belongs to the run folder {Path(cfg.resume).parent}, but "
-                             f"--output_dir is {cfg.output_dir}; give one of them")
+            raise ValueError(
+                f"--resume {cfg.resume} belongs to the run folder {Path(cfg.resume).parent}, but "
+                f"--output_dir is {cfg.output_dir}; give one of them"
+            )
     known_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.resume).parent if cfg.resume else None
     task = build_task(cfg.data, known_dir, write_noise=False)
     out_dir = resolve_run_dir(PACKAGE, cfg.name, cfg.output_dir, cfg.resume)
@@ -70,11 +68,14 @@ def prepare_run(cfg: Config, ctx: DistContext) -> tuple[Path, NoisyTask]:
     return out_dir, task
 
 
-def run_stages(cfg: Config, task: NoisyTask, out_dir: Path, ctx: DistContext,
-               logger: RunLogger) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_stages(
+    cfg: Config, task: NoisyTask, out_dir: Path, ctx: DistContext, logger: RunLogger
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The selected stages in order; returns (metrics, the retrained models' state dicts)."""
-    metrics: dict[str, Any] = {"dataset": cfg.data.dataset if cfg.data.root else f"synthetic {cfg.data.dataset}",
-                               "noise": f"{cfg.data.noise_type} {cfg.data.noise_rate}"}
+    metrics: dict[str, Any] = {
+        "dataset": cfg.data.dataset if cfg.data.root else f"synthetic {cfg.data.dataset}",
+        "noise": f"{cfg.data.noise_type} {cfg.data.noise_rate}",
+    }
     if task.clean_labels is not None:
         metrics["label_acc_noisy_all"] = label_accuracy(task.noisy_labels, task.clean_labels)
     if ctx.is_main and ("purify" in cfg.stages or "ssl" in cfg.stages):
@@ -96,12 +97,18 @@ def run_stages(cfg: Config, task: NoisyTask, out_dir: Path, ctx: DistContext,
     return metrics, states
 
 
-def save_results(cfg: Config, task: NoisyTask, metrics: dict[str, Any], states: dict[str, Any],
-                 out_dir: Path) -> Path:
+def save_results(cfg: Config, task: NoisyTask, metrics: dict[str, Any], states: dict[str, Any], out_dir: Path) -> Path:
     """last.pt: the config, the retrained models, the finite metrics and the noisy / purified / clean labels."""
-    bundle = {"package": PACKAGE, "config": config_to_dict(cfg), "models": states, "metrics": {
-        k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not (
-            isinstance(v, float) and math.isnan(v))}}
+    bundle = {
+        "package": PACKAGE,
+        "config": config_to_dict(cfg),
+        "models": states,
+        "metrics": {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))
+        },
+    }
     purified = out_dir / "purified_labels.json"
     if purified.is_file():
         record = load_label_file(purified)

@@ -4,6 +4,7 @@ Importing this package registers ``emo_1m``, ``emo_2m``, ``emo_5m``, ``emo_6m`` 
 ``timm.create_model("emo_1m")`` works. Scripts: ``train.py``/``eval.py`` (ImageNet classification),
 ``train_det.py``/``eval_det.py`` (COCO RetinaNet), ``export_onnx.py``, ``bench.py``.
 """
+
 from emo.model import (
     EMO,
     ConvNormAct,

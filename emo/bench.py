@@ -10,18 +10,14 @@ Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and, on CPU, the peak
 after model creation over the warm-up and timed steps, sampled every 2 ms (an approximation: the allocator's
 caching and the sampling both affect it).
 """
+
 import argparse
 import concurrent.futures
 import itertools
 import multiprocessing
-import sys
 import threading
 import time
 from contextlib import nullcontext
-from pathlib import Path
-
-if __package__ in (None, ''):  # run as a file (python emo/bench.py): make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
 import timm
@@ -59,19 +55,18 @@ class PeakRSS:
         self._thread.join()
 
 
-
 def bench_one(
-        model_name: str,
-        device: torch.device,
-        mode: str,
-        batch_size: int,
-        img_size: int,
-        amp: str,
-        channels_last: bool,
-        compile_model: bool,
-        steps: int,
-        warmup: int,
-        fuse_bn: bool = False,
+    model_name: str,
+    device: torch.device,
+    mode: str,
+    batch_size: int,
+    img_size: int,
+    amp: str,
+    channels_last: bool,
+    compile_model: bool,
+    steps: int,
+    warmup: int,
+    fuse_bn: bool = False,
 ) -> dict[str, float]:
     """Time ``steps`` iterations after ``warmup``; return img/s, ms/step and peak memory in MiB."""
     torch.manual_seed(0)
@@ -113,7 +108,7 @@ def bench_one(
     with memory:  # the first steps allocate the activations and optimizer state: they count for the peak
         seconds = seconds_per_call(step, device, warmup=warmup, iters=steps)
     peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else memory.peak_delta
-    return dict(img_s=batch_size / seconds, ms_step=1000 * seconds, peak_mib=peak / 2 ** 20)
+    return dict(img_s=batch_size / seconds, ms_step=1000 * seconds, peak_mib=peak / 2**20)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -124,8 +119,9 @@ def _set_threads(threads: int | None) -> None:
 def bench_isolated(threads: int | None, **kwargs) -> dict[str, float]:
     """:func:`bench_one` in a fresh (spawned) process, so that no configuration inherits another's cached memory."""
     context = multiprocessing.get_context('spawn')
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_set_threads,
-                                                initargs=(threads,)) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=context, initializer=_set_threads, initargs=(threads,)
+    ) as pool:
         return pool.submit(bench_one, **kwargs).result()
 
 
@@ -136,20 +132,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
     parser.add_argument('--batch-size', type=int, default=None, help='default: 256 on CUDA, 16 on CPU')
     parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--amp', nargs='+', default=None, choices=list(AMP_DTYPES),
-                        help='default: off bf16 fp16 on CUDA, off on CPU')
-    parser.add_argument('--channels-last', nargs='+', default=None, choices=['off', 'on'],
-                        help='default: off on (CUDA), off (CPU)')
-    parser.add_argument('--compile', nargs='+', default=None, choices=['off', 'on'],
-                        help='default: off on (CUDA), off (CPU)')
-    parser.add_argument('--fuse-bn', nargs='+', default=None, choices=['off', 'on'],
-                        help='inference with the BatchNorms folded into the convs (default: off on, CUDA; off, CPU)')
+    parser.add_argument(
+        '--amp', nargs='+', default=None, choices=list(AMP_DTYPES), help='default: off bf16 fp16 on CUDA, off on CPU'
+    )
+    parser.add_argument(
+        '--channels-last', nargs='+', default=None, choices=['off', 'on'], help='default: off on (CUDA), off (CPU)'
+    )
+    parser.add_argument(
+        '--compile', nargs='+', default=None, choices=['off', 'on'], help='default: off on (CUDA), off (CPU)'
+    )
+    parser.add_argument(
+        '--fuse-bn',
+        nargs='+',
+        default=None,
+        choices=['off', 'on'],
+        help='inference with the BatchNorms folded into the convs (default: off on, CUDA; off, CPU)',
+    )
     parser.add_argument('--steps', type=int, default=None, help='timed steps (default: 50 CUDA, 3 CPU)')
     parser.add_argument('--warmup', type=int, default=None, help='untimed steps (default: 10 CUDA, 1 CPU)')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
-    parser.add_argument('--isolate', action=argparse.BooleanOptionalAction, default=None,
-                        help='run each configuration in a fresh process (default: on for CPU, where the peak-RSS '
-                             'measure needs it, off for CUDA)')
+    parser.add_argument(
+        '--isolate',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='run each configuration in a fresh process (default: on for CPU, where the peak-RSS '
+        'measure needs it, off for CUDA)',
+    )
     return parser
 
 
@@ -173,12 +181,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         hardware = torch.cuda.get_device_name(device)
     else:
         hardware = f'CPU, {torch.get_num_threads()} threads'
-    print(f'torch {torch.__version__}, timm {timm.__version__}, {hardware}; batch {batch_size}, '
-          f'{args.img_size}px, {steps} timed steps after {warmup} warm-up'
-          f'{", one process per configuration" if isolate else ""}')
+    print(
+        f'torch {torch.__version__}, timm {timm.__version__}, {hardware}; batch {batch_size}, '
+        f'{args.img_size}px, {steps} timed steps after {warmup} warm-up'
+        f'{", one process per configuration" if isolate else ""}'
+    )
 
-    header = f"{'model':<8} {'mode':<5} {'amp':<4} {'ch-last':<7} {'compile':<7} {'fuse-bn':<7} {'img/s':>9} " \
-             f"{'ms/step':>9} {'peak MiB':>9}"
+    header = (
+        f"{'model':<8} {'mode':<5} {'amp':<4} {'ch-last':<7} {'compile':<7} {'fuse-bn':<7} {'img/s':>9} "
+        f"{'ms/step':>9} {'peak MiB':>9}"
+    )
     print(header)
     print('-' * len(header))
     rows = []
@@ -186,9 +198,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if mode == 'train' and fuse == 'on':
             continue  # folding running statistics is for inference only
         row = dict(model=name, mode=mode, amp=amp, channels_last=cl, compile=comp, fuse_bn=fuse)
-        config = dict(model_name=name, device=device, mode=mode, batch_size=batch_size, img_size=args.img_size,
-                      amp=amp, channels_last=cl == 'on', compile_model=comp == 'on', steps=steps, warmup=warmup,
-                      fuse_bn=fuse == 'on')
+        config = dict(
+            model_name=name,
+            device=device,
+            mode=mode,
+            batch_size=batch_size,
+            img_size=args.img_size,
+            amp=amp,
+            channels_last=cl == 'on',
+            compile_model=comp == 'on',
+            steps=steps,
+            warmup=warmup,
+            fuse_bn=fuse == 'on',
+        )
         try:
             row.update(bench_isolated(args.threads, **config) if isolate else bench_one(**config))
             result = f"{row['img_s']:>9.1f} {row['ms_step']:>9.1f} {row['peak_mib']:>9.0f}"

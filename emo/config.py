@@ -5,6 +5,7 @@ Every training config inherits :class:`shared.config.RunConfig` (``output_dir``,
 ``device``, ``amp``, ``threads``, ``log_interval``, ``eval_interval``, ``checkpoint_interval``, ``tensorboard``); the
 intervals count epochs in both loops.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ class EMOTrainConfig(ClassificationConfig):
     """
 
     model: str = field(default='emo_1m', metadata={'help': 'timm model (emo_1m, emo_2m, emo_5m, emo_6m, emo_test)'})
-    drop_path: float | None = field(default=None, metadata={
-        'help': "maximum stochastic-depth rate; null: the variant's official rate (0.04036 EMO-1M, 0.05 others)"})
+    drop_path: float | None = field(
+        default=None,
+        metadata={
+            'help': "maximum stochastic-depth rate; null: the variant's official rate (0.04036 EMO-1M, 0.05 others)"
+        },
+    )
 
 
 def resolve_drop_path(cfg: EMOTrainConfig) -> EMOTrainConfig:
@@ -93,10 +98,16 @@ class DetectionConfig(RunConfig):
     ``eval_interval`` and ``checkpoint_interval`` count epochs."""
 
     model: str = field(default='emo_1m', metadata={'help': 'EMO backbone (emo_1m, emo_2m, emo_5m, emo_6m, emo_test)'})
-    pretrained_backbone: str | None = field(default=None, metadata={
-        'help': 'ImageNet checkpoint of the backbone: official net.pth or an emo.train checkpoint (EMA used)'})
-    allow_random_backbone: bool = field(default=False, metadata={
-        'help': 'train without pretrained_backbone (random init); the paper recipes need a pretrained one'})
+    pretrained_backbone: str | None = field(
+        default=None,
+        metadata={
+            'help': 'ImageNet checkpoint of the backbone: official net.pth or an emo.train checkpoint (EMA used)'
+        },
+    )
+    allow_random_backbone: bool = field(
+        default=False,
+        metadata={'help': 'train without pretrained_backbone (random init); the paper recipes need a pretrained one'},
+    )
     num_classes: int | None = field(default=None, metadata={'help': 'default: categories of the train annotations'})
     window_size: int | None = field(default=None, metadata={'help': 'EW-MHSA window; null: official (7 1M/2M, 10 5M)'})
     drop_path: float | None = field(default=None, metadata={'help': "backbone drop path; null: the variant's official"})
@@ -108,8 +119,12 @@ class DetectionConfig(RunConfig):
     lr: float = 2e-4
     lr_base_batch: int = field(default=32, metadata={'help': 'lr is given for this global batch; scaled linearly'})
     weight_decay: float = 0.05
-    no_decay_keys: list[str] = field(default_factory=lambda: ['norm'], metadata={
-        'help': 'parameters whose name contains one of these get no weight decay (mmdet paramwise custom_keys)'})
+    no_decay_keys: list[str] = field(
+        default_factory=lambda: ['norm'],
+        metadata={
+            'help': 'parameters whose name contains one of these get no weight decay (mmdet paramwise custom_keys)'
+        },
+    )
     opt_betas: tuple[float, float] = (0.9, 0.999)
     opt_eps: float = 1e-8
     warmup_iters: int = 500
@@ -145,8 +160,7 @@ def _preparse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def parse_checkpoint_config(schema: type[T], argv: Sequence[str] | None, default_config: Path,
-                            description: str) -> T:
+def parse_checkpoint_config(schema: type[T], argv: Sequence[str] | None, default_config: Path, description: str) -> T:
     """The config of an evaluation script: ``-c FILE`` if given, else the config stored in ``--checkpoint`` (the
     training run's own, without its ``output_dir``/``resume``), else ``default_config`` (a checkpoint without a
     config, e.g. the released ``net.pth``); command-line flags override it. ``output_dir`` comes from the command

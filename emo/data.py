@@ -18,6 +18,7 @@ lower than 1 pixel are dropped; the training set leaves out images without a usa
 pixels, and flips horizontally with probability ``hflip``. Images are float tensors in [0, 1]: resizing to
 1333 x 800, normalisation and padding happen inside torchvision's ``GeneralizedRCNNTransform``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,15 +32,23 @@ __all__ = ['MIN_TRAIN_IMAGE_SIZE', 'build_detection_datasets', 'coco_split']
 MIN_TRAIN_IMAGE_SIZE = 32
 
 
-def coco_split(image_dir: str | Path, annotation_file: str | Path, train: bool = False,
-               hflip: float = 0.0) -> CocoDetection:
+def coco_split(
+    image_dir: str | Path, annotation_file: str | Path, train: bool = False, hflip: float = 0.0
+) -> CocoDetection:
     """One COCO split read as the official RetinaNet configs read it (see the module docstring).
 
     Items are ``(image, target)``: a float (3, H, W) tensor in [0, 1] and ``{'boxes': (n, 4) xyxy float32,
     'labels': (n,) int64 in [0, K), 'image_id': int}``.
     """
-    return CocoDetection(image_dir, annotation_file, train=train, label_offset=0, min_size=MIN_TRAIN_IMAGE_SIZE,
-                         drop_outside=True, hflip=hflip)
+    return CocoDetection(
+        image_dir,
+        annotation_file,
+        train=train,
+        label_offset=0,
+        min_size=MIN_TRAIN_IMAGE_SIZE,
+        drop_outside=True,
+        hflip=hflip,
+    )
 
 
 def build_detection_datasets(cfg: DetDataConfig) -> tuple[CocoDetection, CocoDetection]:
@@ -47,10 +56,17 @@ def build_detection_datasets(cfg: DetDataConfig) -> tuple[CocoDetection, CocoDet
     if cfg.synthetic:
         from shared.synthetic import synthetic_root, write_coco_detection
 
-        root = synthetic_root() / (f'coco_n{cfg.synthetic_train}_v{cfg.synthetic_val}_s{cfg.synthetic_image_size}'
-                                   f'_c{cfg.synthetic_categories}')
-        write_coco_detection(root, num_train=cfg.synthetic_train, num_val=cfg.synthetic_val,
-                             image_size=cfg.synthetic_image_size, num_categories=cfg.synthetic_categories, seed=0)
+        root = synthetic_root() / (
+            f'coco_n{cfg.synthetic_train}_v{cfg.synthetic_val}_s{cfg.synthetic_image_size}_c{cfg.synthetic_categories}'
+        )
+        write_coco_detection(
+            root,
+            num_train=cfg.synthetic_train,
+            num_val=cfg.synthetic_val,
+            image_size=cfg.synthetic_image_size,
+            num_categories=cfg.synthetic_categories,
+            seed=0,
+        )
     else:
         root = Path(cfg.root)
     train = coco_split(root / cfg.train_images, root / cfg.train_annotations, train=True, hflip=cfg.hflip)

@@ -17,6 +17,7 @@ retinanet_emo_{1M,2M,5M}_fpn_1x_coco.py``, and their base ``_base_/models/retina
 :func:`build_detector` builds it from a :class:`emo.config.DetectionConfig`; :func:`evaluate` gives its COCO bbox
 metrics (used by ``train_det.py`` after every epoch and by ``eval_det.py``).
 """
+
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -60,10 +61,10 @@ class LastLevelP6P7FromC5(ExtraFPNBlock):
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
 
     def forward(
-            self,
-            results: list[torch.Tensor],
-            x: list[torch.Tensor],
-            names: list[str],
+        self,
+        results: list[torch.Tensor],
+        x: list[torch.Tensor],
+        names: list[str],
     ) -> tuple[list[torch.Tensor], list[str]]:
         p6 = self.p6(x[-1])
         p7 = self.p7(p6)
@@ -82,12 +83,12 @@ class EMOFPNBackbone(nn.Module):
     """
 
     def __init__(
-            self,
-            body: EMO,
-            in_indices: Sequence[int] = (1, 2, 3),
-            out_channels: int = 256,
-            frozen_stages: int = 1,
-            norm_eval: bool = True,
+        self,
+        body: EMO,
+        in_indices: Sequence[int] = (1, 2, 3),
+        out_channels: int = 256,
+        frozen_stages: int = 1,
+        norm_eval: bool = True,
     ):
         super().__init__()
         if not -1 <= frozen_stages <= 4:
@@ -97,7 +98,8 @@ class EMOFPNBackbone(nn.Module):
         self.body = body
         in_channels = [body.feature_info[i]['num_chs'] for i in self.in_indices]
         self.fpn = FeaturePyramidNetwork(
-            in_channels, out_channels, extra_blocks=LastLevelP6P7FromC5(in_channels[-1], out_channels))
+            in_channels, out_channels, extra_blocks=LastLevelP6P7FromC5(in_channels[-1], out_channels)
+        )
         # mmdet's FPN init (Xavier uniform, zero bias) rather than torchvision's kaiming_uniform(a=1)
         for m in self.fpn.modules():
             if isinstance(m, nn.Conv2d):
@@ -130,30 +132,31 @@ class EMOFPNBackbone(nn.Module):
 
 
 def retinanet_anchor_generator(
-        strides: Sequence[int] = (8, 16, 32, 64, 128),
-        octave_base_scale: float = 4.0,
-        scales_per_octave: int = 3,
-        ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    strides: Sequence[int] = (8, 16, 32, 64, 128),
+    octave_base_scale: float = 4.0,
+    scales_per_octave: int = 3,
+    ratios: Sequence[float] = (0.5, 1.0, 2.0),
 ) -> AnchorGenerator:
     """mmdet's RetinaNet anchors: sizes octave_base_scale * stride * 2^(k / scales_per_octave), unrounded."""
     sizes = tuple(
         tuple(octave_base_scale * stride * 2 ** (k / scales_per_octave) for k in range(scales_per_octave))
-        for stride in strides)
+        for stride in strides
+    )
     return AnchorGenerator(sizes, (tuple(ratios),) * len(strides))
 
 
 def build_retinanet(
-        variant: str = 'emo_1m',
-        num_classes: int = 80,
-        pretrained_backbone: str | None = None,
-        window_size: int | Sequence[int] | None = None,
-        frozen_stages: int = 1,
-        norm_eval: bool = True,
-        fpn_channels: int = 256,
-        min_size: int = 800,
-        max_size: int = 1333,
-        detections_per_img: int = 100,
-        **kwargs,
+    variant: str = 'emo_1m',
+    num_classes: int = 80,
+    pretrained_backbone: str | None = None,
+    window_size: int | Sequence[int] | None = None,
+    frozen_stages: int = 1,
+    norm_eval: bool = True,
+    fpn_channels: int = 256,
+    min_size: int = 800,
+    max_size: int = 1333,
+    detections_per_img: int = 100,
+    **kwargs,
 ) -> RetinaNet:
     """Build torchvision's RetinaNet with an EMO + FPN backbone as in the official RetinaNet 1x configs.
 
@@ -171,19 +174,26 @@ def build_retinanet(
         kwargs: Passed to :class:`torchvision.models.detection.RetinaNet` (e.g. ``score_thresh``) or, when they
             start with ``backbone_``, to ``timm.create_model`` for the EMO body (e.g. ``backbone_drop_path_rate``).
     """
-    body_kwargs = {k[len('backbone_'):]: kwargs.pop(k) for k in list(kwargs) if k.startswith('backbone_')}
+    body_kwargs = {k[len('backbone_') :]: kwargs.pop(k) for k in list(kwargs) if k.startswith('backbone_')}
     body = timm.create_model(variant, **body_kwargs)
     if not isinstance(body, EMO):
         raise ValueError(f'{variant} is not an EMO model')
     body.set_window_size(window_size if window_size is not None else RETINANET_WINDOW_SIZES.get(variant, 7))
     backbone = EMOFPNBackbone(
-        body, in_indices=(1, 2, 3), out_channels=fpn_channels, frozen_stages=frozen_stages, norm_eval=norm_eval)
+        body, in_indices=(1, 2, 3), out_channels=fpn_channels, frozen_stages=frozen_stages, norm_eval=norm_eval
+    )
     if pretrained_backbone is not None:
         load_official_checkpoint(backbone.body, pretrained_backbone, strict=True)
     # torchvision's defaults already match the config (score 0.05, NMS 0.5, IoU 0.5/0.4, 1000 per level)
     return RetinaNet(
-        backbone, num_classes, min_size=min_size, max_size=max_size,
-        anchor_generator=retinanet_anchor_generator(), detections_per_img=detections_per_img, **kwargs)
+        backbone,
+        num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        anchor_generator=retinanet_anchor_generator(),
+        detections_per_img=detections_per_img,
+        **kwargs,
+    )
 
 
 def build_detector(cfg: DetectionConfig, num_classes: int, load_pretrained: bool = True) -> RetinaNet:
@@ -193,15 +203,25 @@ def build_detector(cfg: DetectionConfig, num_classes: int, load_pretrained: bool
         kwargs['backbone_drop_path_rate'] = cfg.drop_path
     pretrained = cfg.pretrained_backbone if load_pretrained else None
     return build_retinanet(
-        cfg.model, num_classes=num_classes, pretrained_backbone=pretrained, window_size=cfg.window_size,
-        frozen_stages=cfg.frozen_stages, norm_eval=cfg.norm_eval, fpn_channels=cfg.fpn_channels,
-        min_size=cfg.data.min_size, max_size=cfg.data.max_size, detections_per_img=cfg.detections_per_img,
-        score_thresh=cfg.score_thresh, **kwargs)
+        cfg.model,
+        num_classes=num_classes,
+        pretrained_backbone=pretrained,
+        window_size=cfg.window_size,
+        frozen_stages=cfg.frozen_stages,
+        norm_eval=cfg.norm_eval,
+        fpn_channels=cfg.fpn_channels,
+        min_size=cfg.data.min_size,
+        max_size=cfg.data.max_size,
+        detections_per_img=cfg.detections_per_img,
+        score_thresh=cfg.score_thresh,
+        **kwargs,
+    )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoDetection, ctx: DistContext,
-             amp: AmpDtype = 'off') -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, dataset: CocoDetection, ctx: DistContext, amp: AmpDtype = 'off'
+) -> dict[str, Any]:
     """COCO bbox metrics of ``model`` on ``dataset`` (fractions, as ``shared.metrics.coco_evaluate`` returns them).
 
     Detections (boxes in original image coordinates, xywh, COCO category ids) are gathered from every rank and

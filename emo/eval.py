@@ -16,17 +16,14 @@ The config (``-c``, or the checkpoint's, or configs/default.yaml) names the mode
 are accepted and ignored. A file that is not an emo checkpoint (another package's, text, missing) is refused before
 anything is written. ``metrics.json`` goes to ``--output_dir`` (default ``<checkpoint folder>/eval/``).
 """
+
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ''):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -72,8 +69,9 @@ _PREFIX = {'ema': 'ema_', 'raw': '', 'weights': ''}
 
 def parse_args(argv: Sequence[str] | None = None) -> EMOEvalConfig:
     """Resolve the config: flags > ``-c`` > the checkpoint's own config > configs/default.yaml."""
-    return parse_checkpoint_config(EMOEvalConfig, argv, DEFAULT_CONFIG, 'Evaluate an EMO checkpoint (EMA and raw '
-                                   'weights) on the validation split.')
+    return parse_checkpoint_config(
+        EMOEvalConfig, argv, DEFAULT_CONFIG, 'Evaluate an EMO checkpoint (EMA and raw weights) on the validation split.'
+    )
 
 
 def main(cfg: EMOEvalConfig) -> dict[str, Any]:
@@ -92,24 +90,32 @@ def main(cfg: EMOEvalConfig) -> dict[str, Any]:
         # only the validation split is needed: build the loaders with it as the training split too
         data = dataclasses.replace(cfg.data, train_split=cfg.data.val_split, batch_size=1)
         _, val_loader, found_classes = build_loaders(data, ctx, cfg.seed)
-        model = build_classification_model(dataclasses.replace(cfg, pretrained=None, drop_path=0.0),
-                                           cfg.num_classes or found_classes).to(ctx.device)
+        model = build_classification_model(
+            dataclasses.replace(cfg, pretrained=None, drop_path=0.0), cfg.num_classes or found_classes
+        ).to(ctx.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / 'eval'
         logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name='eval')
-        metrics: dict[str, Any] = {'model': cfg.model, 'checkpoint': str(cfg.checkpoint),
-                                   'weights': sorted(weight_sets)}
+        metrics: dict[str, Any] = {
+            'model': cfg.model,
+            'checkpoint': str(cfg.checkpoint),
+            'weights': sorted(weight_sets),
+        }
         for name, state_dict in weight_sets.items():
             try:
                 model.load_state_dict(state_dict, strict=True)
             except RuntimeError as err:
-                raise RuntimeError(f'{cfg.checkpoint} ({name} weights) does not fit {cfg.model} with '
-                                   f'{cfg.num_classes or found_classes} classes: {err}') from err
+                raise RuntimeError(
+                    f'{cfg.checkpoint} ({name} weights) does not fit {cfg.model} with '
+                    f'{cfg.num_classes or found_classes} classes: {err}'
+                ) from err
             result = evaluate(model, val_loader, ctx, cfg.amp, cfg.channels_last)
             metrics.update({_PREFIX[name] + k: v for k, v in result.items()})
-            logger.info(f"{cfg.model} [{name}] top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  "
-                        f"loss {result['loss']:.4f}")
+            logger.info(
+                f"{cfg.model} [{name}] top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  "
+                f"loss {result['loss']:.4f}"
+            )
         logger.write_metrics(metrics)
         logger.info(f"metrics written to {out_dir / 'metrics.json'}")
         logger.close()

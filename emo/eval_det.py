@@ -9,16 +9,13 @@ percent on the console. Without ``-c`` the checkpoint's own config (model, data,
 override it. A file that is not an emo checkpoint is refused before anything is written. torchrun-ready: the val
 images are split over the ranks and the detections gathered.
 """
+
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ''):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -44,14 +41,16 @@ def _check_categories(checkpoint: Mapping[str, Any], path: str, val_set: CocoDet
     """The checkpoint's category ids (in label order) must be the val annotations' ones."""
     stored_ids = checkpoint.get('categories', {}).get('ids')
     if stored_ids is not None and list(stored_ids) != val_set.cat_ids:
-        raise ValueError(f'{path} was trained on category ids {stored_ids}, but {val_set.annotation_file} has '
-                         f'{val_set.cat_ids}')
+        raise ValueError(
+            f'{path} was trained on category ids {stored_ids}, but {val_set.annotation_file} has {val_set.cat_ids}'
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DetEvalConfig:
     """Resolve the config (flags > ``-c`` > the checkpoint's own config > the default)."""
-    return parse_checkpoint_config(DetEvalConfig, argv, DEFAULT_DET_CONFIG,
-                                   'Evaluate a RetinaNet-EMO checkpoint on the COCO val split.')
+    return parse_checkpoint_config(
+        DetEvalConfig, argv, DEFAULT_DET_CONFIG, 'Evaluate a RetinaNet-EMO checkpoint on the COCO val split.'
+    )
 
 
 def main(cfg: DetEvalConfig) -> dict[str, Any]:
@@ -73,11 +72,12 @@ def main(cfg: DetEvalConfig) -> dict[str, Any]:
         logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name='eval')
         eval_loader = sharded_loader(val_set, cfg.data.eval_batch_size, ctx, workers=cfg.data.workers)
         coco = evaluate(model, eval_loader, val_set, ctx, cfg.amp)
-        metrics = {'model': f'retinanet_{cfg.model}', 'checkpoint': str(cfg.checkpoint),
-                   'images': len(val_set), **coco}
+        metrics = {'model': f'retinanet_{cfg.model}', 'checkpoint': str(cfg.checkpoint), 'images': len(val_set), **coco}
         logger.write_metrics(metrics)
-        logger.info(f'RetinaNet-{cfg.model} COCO bbox (x100): {coco_summary(coco)}  '
-                    f"[{len(val_set)} images, {coco['num_detections']} detections]")
+        logger.info(
+            f'RetinaNet-{cfg.model} COCO bbox (x100): {coco_summary(coco)}  '
+            f"[{len(val_set)} images, {coco['num_detections']} detections]"
+        )
         logger.info(f"metrics written to {out_dir / 'metrics.json'}")
         logger.close()
         return metrics

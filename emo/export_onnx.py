@@ -7,12 +7,9 @@ EW-MHSA padding and grid partition depend on the feature-map size, so export at 
 ``onnxruntime`` is installed the exported graph is run on a random input and the max abs difference to PyTorch is
 printed.
 """
-import argparse
-import sys
-from pathlib import Path
 
-if __package__ in (None, ''):  # run as a file (python emo/export_onnx.py): make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import argparse
+from pathlib import Path
 
 import timm
 import torch
@@ -22,11 +19,11 @@ from emo.weights import load_official_checkpoint
 
 
 def export_onnx(
-        model: torch.nn.Module,
-        out: Path,
-        img_size: int = 224,
-        batch_size: int = 1,
-        opset: int | None = None,
+    model: torch.nn.Module,
+    out: Path,
+    img_size: int = 224,
+    batch_size: int = 1,
+    opset: int | None = None,
 ) -> Path:
     """Export ``model`` (eval mode) for a fixed (batch_size, 3, img_size, img_size) input, weights embedded."""
     model.eval()
@@ -35,13 +32,21 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
-            model, (example,), str(out), dynamo=True, opset_version=opset, external_data=False,
-            input_names=['input'], output_names=['logits'])
+            model,
+            (example,),
+            str(out),
+            dynamo=True,
+            opset_version=opset,
+            external_data=False,
+            input_names=['input'],
+            output_names=['logits'],
+        )
     return out
 
 
-def max_abs_diff_onnxruntime(model: torch.nn.Module, onnx_path: Path, img_size: int = 224, batch_size: int = 1,
-                             seed: int = 0) -> float:
+def max_abs_diff_onnxruntime(
+    model: torch.nn.Module, onnx_path: Path, img_size: int = 224, batch_size: int = 1, seed: int = 0
+) -> float:
     """Run ``onnx_path`` with onnxruntime (CPU) and PyTorch on the same random input; return the max abs diff."""
     import onnxruntime as ort
 
@@ -56,8 +61,9 @@ def max_abs_diff_onnxruntime(model: torch.nn.Module, onnx_path: Path, img_size: 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='emo_1m', help='registered EMO model name')
-    parser.add_argument('--checkpoint', default=None,
-                        help='official net.pth (or any EMO state_dict); random init if unset')
+    parser.add_argument(
+        '--checkpoint', default=None, help='official net.pth (or any EMO state_dict); random init if unset'
+    )
     parser.add_argument('--out', required=True, type=Path, help='output .onnx file')
     parser.add_argument('--img-size', default=224, type=int)
     parser.add_argument('--batch-size', default=1, type=int)
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> float | None:
     else:
         print(f'no --checkpoint: exporting a randomly initialised {args.model}')
     out = export_onnx(model, args.out, args.img_size, args.batch_size, args.opset)
-    print(f'wrote {out} ({out.stat().st_size / 2 ** 20:.2f} MiB)')
+    print(f'wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)')
     if args.no_verify:
         return None
     try:

@@ -16,6 +16,7 @@ Points that matter for loading the released weights and reproducing their accura
 * BatchNorm and LayerNorm use eps=1e-6; the depthwise conv is always BN + SiLU, even in the LN/GELU stages.
 * The first block of each stage (stride 2) doubles the expansion ratio and has no skip connection.
 """
+
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -56,8 +57,9 @@ class LayerNorm2d(nn.Module):
         self.norm = nn.LayerNorm(num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.norm.normalized_shape, self.norm.weight, self.norm.bias,
-                         self.norm.eps)
+        x = F.layer_norm(
+            x.permute(0, 2, 3, 1), self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps
+        )
         return x.permute(0, 3, 1, 2)
 
 
@@ -87,15 +89,15 @@ class ConvNormAct(nn.Module):
     """
 
     def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            kernel_size: int = 1,
-            stride: int = 1,
-            groups: int = 1,
-            bias: bool = False,
-            norm_layer: str = 'none',
-            act_layer: str = 'none',
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        norm_layer: str = 'none',
+        act_layer: str = 'none',
     ):
         super().__init__()
         padding = math.ceil((kernel_size - stride) / 2)
@@ -114,24 +116,26 @@ class MSPatchEmb(nn.Module):
     """
 
     def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            kernel_size: int = 3,
-            stride: int = 2,
-            dilations: Sequence[int] = (1,),
-            norm_layer: str = 'bn_2d',
-            act_layer: str = 'none',
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 3,
+        stride: int = 2,
+        dilations: Sequence[int] = (1,),
+        norm_layer: str = 'bn_2d',
+        act_layer: str = 'none',
     ):
         super().__init__()
         self.convs = nn.ModuleList()
         for dilation in dilations:
             padding = math.ceil(((kernel_size - 1) * dilation + 1 - stride) / 2)
-            self.convs.append(nn.Sequential(
-                nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, dilation, bias=True),
-                _norm_layer(norm_layer, out_chs),
-                _act_layer(act_layer),
-            ))
+            self.convs.append(
+                nn.Sequential(
+                    nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, dilation, bias=True),
+                    _norm_layer(norm_layer, out_chs),
+                    _act_layer(act_layer),
+                )
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.convs) == 1:
@@ -191,19 +195,19 @@ def pad_to_window_multiple(x: torch.Tensor, window_size: int) -> torch.Tensor:
 @torch.fx.wrap
 def crop_to_size_of(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Crop an NCHW map at the bottom/right to the height and width of ``reference`` (undoes the window padding)."""
-    return x[:, :, :reference.shape[-2], :reference.shape[-1]]
+    return x[:, :, : reference.shape[-2], : reference.shape[-1]]
 
 
 @register_notrace_function
 @torch.fx.wrap
 def grid_attention(
-        qk: torch.Tensor,
-        v: torch.Tensor,
-        num_heads: int,
-        window_size: int,
-        scale: float,
-        dropout_p: float = 0.0,
-        fused: bool = True,
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    num_heads: int,
+    window_size: int,
+    scale: float,
+    dropout_p: float = 0.0,
+    fused: bool = True,
 ) -> torch.Tensor:
     """Multi-head attention within each dilated group of EW-MHSA.
 
@@ -244,31 +248,32 @@ class iRMB(nn.Module):
     ``num_heads == 0`` where there is no attention; ``attn_s`` and ``has_skip`` are TorchScript constants, so a
     scripted attention-free block compiles without the attention branch (it has no ``qk`` submodule).
     """
+
     attn_s: Final[bool]
     has_skip: Final[bool]
     attn_pre: Final[bool]
 
     def __init__(
-            self,
-            dim_in: int,
-            dim_out: int,
-            norm_in: bool = True,
-            has_skip: bool = True,
-            exp_ratio: float = 1.0,
-            norm_layer: str = 'bn_2d',
-            act_layer: str = 'relu',
-            v_proj: bool = True,
-            dw_ks: int = 3,
-            stride: int = 1,
-            se_ratio: float = 0.0,
-            dim_head: int = 64,
-            window_size: int = 7,
-            attn_s: bool = True,
-            qkv_bias: bool = False,
-            attn_drop: float = 0.0,
-            proj_drop: float = 0.0,
-            drop_path: float = 0.0,
-            attn_pre: bool = False,
+        self,
+        dim_in: int,
+        dim_out: int,
+        norm_in: bool = True,
+        has_skip: bool = True,
+        exp_ratio: float = 1.0,
+        norm_layer: str = 'bn_2d',
+        act_layer: str = 'relu',
+        v_proj: bool = True,
+        dw_ks: int = 3,
+        stride: int = 1,
+        se_ratio: float = 0.0,
+        dim_head: int = 64,
+        window_size: int = 7,
+        attn_s: bool = True,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+        attn_pre: bool = False,
     ):
         super().__init__()
         self.norm = _norm_layer(norm_layer, dim_in) if norm_in else nn.Identity()
@@ -277,7 +282,7 @@ class iRMB(nn.Module):
         self.attn_s = attn_s
         self.dim_head = dim_head
         self.window_size = window_size
-        self.scale = dim_head ** -0.5
+        self.scale = dim_head**-0.5
         self.attn_pre = attn_pre
         self.fused_attn = use_fused_attn()
         self.num_heads = 0
@@ -295,9 +300,13 @@ class iRMB(nn.Module):
         else:
             self.v = nn.Identity()
         self.conv_local = ConvNormAct(
-            dim_mid, dim_mid, dw_ks, stride=stride, groups=dim_mid, norm_layer='bn_2d', act_layer='silu')
-        self.se = SqueezeExcite(dim_mid, rd_ratio=se_ratio, act_layer=get_act_layer(act_layer)) \
-            if se_ratio > 0.0 else nn.Identity()
+            dim_mid, dim_mid, dw_ks, stride=stride, groups=dim_mid, norm_layer='bn_2d', act_layer='silu'
+        )
+        self.se = (
+            SqueezeExcite(dim_mid, rd_ratio=se_ratio, act_layer=get_act_layer(act_layer))
+            if se_ratio > 0.0
+            else nn.Identity()
+        )
         self.proj_drop = nn.Dropout(proj_drop)
         self.proj = ConvNormAct(dim_mid, dim_out)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -309,11 +318,13 @@ class iRMB(nn.Module):
         dropout_p = self.attn_drop.p if self.training else 0.0
         if self.attn_pre:
             out = grid_attention(
-                self.qk(padded), padded, self.num_heads, self.window_size, self.scale, dropout_p, self.fused_attn)
+                self.qk(padded), padded, self.num_heads, self.window_size, self.scale, dropout_p, self.fused_attn
+            )
             # v is a 1x1 conv + act: applying it after the crop equals the official order (v on the padded groups)
             return self.v(crop_to_size_of(out, x))
         out = grid_attention(
-            self.qk(padded), self.v(padded), self.num_heads, self.window_size, self.scale, dropout_p, self.fused_attn)
+            self.qk(padded), self.v(padded), self.num_heads, self.window_size, self.scale, dropout_p, self.fused_attn
+        )
         return crop_to_size_of(out, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -340,27 +351,27 @@ class EMO(nn.Module):
     """
 
     def __init__(
-            self,
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            global_pool: str = 'avg',
-            depths: Sequence[int] = (2, 2, 8, 3),
-            stem_dim: int = 24,
-            embed_dims: Sequence[int] = (32, 48, 80, 168),
-            exp_ratios: Sequence[float] = (2.0, 2.5, 3.0, 3.5),
-            norm_layers: Sequence[str] = ('bn_2d', 'bn_2d', 'ln_2d', 'ln_2d'),
-            act_layers: Sequence[str] = ('silu', 'silu', 'gelu', 'gelu'),
-            dw_kss: Sequence[int] = (3, 3, 5, 5),
-            se_ratios: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
-            dim_heads: Sequence[int] = (16, 16, 20, 21),
-            window_sizes: Sequence[int] = (7, 7, 7, 7),
-            attn_ss: Sequence[bool] = (False, False, True, True),
-            qkv_bias: bool = True,
-            attn_pre: bool = True,
-            attn_drop_rate: float = 0.0,
-            proj_drop_rate: float = 0.0,
-            drop_path_rate: float = 0.0,
-            drop_rate: float = 0.0,
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = 'avg',
+        depths: Sequence[int] = (2, 2, 8, 3),
+        stem_dim: int = 24,
+        embed_dims: Sequence[int] = (32, 48, 80, 168),
+        exp_ratios: Sequence[float] = (2.0, 2.5, 3.0, 3.5),
+        norm_layers: Sequence[str] = ('bn_2d', 'bn_2d', 'ln_2d', 'ln_2d'),
+        act_layers: Sequence[str] = ('silu', 'silu', 'gelu', 'gelu'),
+        dw_kss: Sequence[int] = (3, 3, 5, 5),
+        se_ratios: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+        dim_heads: Sequence[int] = (16, 16, 20, 21),
+        window_sizes: Sequence[int] = (7, 7, 7, 7),
+        attn_ss: Sequence[bool] = (False, False, True, True),
+        qkv_bias: bool = True,
+        attn_pre: bool = True,
+        attn_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        drop_rate: float = 0.0,
     ):
         """
         Args:
@@ -394,9 +405,20 @@ class EMO(nn.Module):
         self.stage0 = nn.Sequential(
             MSPatchEmb(in_chans, stem_dim, kernel_size=dw_kss[0], stride=2, norm_layer=norm_layers[0]),
             iRMB(
-                stem_dim, stem_dim, norm_in=False, has_skip=False, exp_ratio=1, norm_layer=norm_layers[0],
-                act_layer=act_layers[0], v_proj=False, dw_ks=dw_kss[0], se_ratio=1.0, attn_s=False,
-                qkv_bias=qkv_bias, proj_drop=proj_drop_rate),
+                stem_dim,
+                stem_dim,
+                norm_in=False,
+                has_skip=False,
+                exp_ratio=1,
+                norm_layer=norm_layers[0],
+                act_layer=act_layers[0],
+                v_proj=False,
+                dw_ks=dw_kss[0],
+                se_ratio=1.0,
+                attn_s=False,
+                qkv_bias=qkv_bias,
+                proj_drop=proj_drop_rate,
+            ),
         )
         self.feature_info = []
         dim_prev = stem_dim
@@ -405,14 +427,29 @@ class EMO(nn.Module):
             blocks = []
             for j in range(depth):
                 first = j == 0
-                blocks.append(iRMB(
-                    dim_prev, embed_dims[i], norm_in=True, has_skip=not first,
-                    exp_ratio=exp_ratios[i] * 2 if first else exp_ratios[i],
-                    norm_layer=norm_layers[i], act_layer=act_layers[i], v_proj=True, dw_ks=dw_kss[i],
-                    stride=2 if first else 1, se_ratio=se_ratios[i], dim_head=dim_heads[i],
-                    window_size=window_sizes[i], attn_s=attn_ss[i] and not first, qkv_bias=qkv_bias,
-                    attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, drop_path=dprs[block_idx],
-                    attn_pre=attn_pre))
+                blocks.append(
+                    iRMB(
+                        dim_prev,
+                        embed_dims[i],
+                        norm_in=True,
+                        has_skip=not first,
+                        exp_ratio=exp_ratios[i] * 2 if first else exp_ratios[i],
+                        norm_layer=norm_layers[i],
+                        act_layer=act_layers[i],
+                        v_proj=True,
+                        dw_ks=dw_kss[i],
+                        stride=2 if first else 1,
+                        se_ratio=se_ratios[i],
+                        dim_head=dim_heads[i],
+                        window_size=window_sizes[i],
+                        attn_s=attn_ss[i] and not first,
+                        qkv_bias=qkv_bias,
+                        attn_drop=attn_drop_rate,
+                        proj_drop=proj_drop_rate,
+                        drop_path=dprs[block_idx],
+                        attn_pre=attn_pre,
+                    )
+                )
                 dim_prev = embed_dims[i]
                 block_idx += 1
             setattr(self, f'stage{i + 1}', nn.Sequential(*blocks))
@@ -481,13 +518,13 @@ class EMO(nn.Module):
                     block.window_size = size
 
     def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = 'NCHW',
+        intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Forward that also returns the outputs of stages 1-4 (strides 4, 8, 16, 32).
 
@@ -503,7 +540,7 @@ class EMO(nn.Module):
         if output_fmt != 'NCHW':
             raise ValueError('output_fmt must be NCHW')
         take_indices, max_index = feature_take_indices(4, indices)
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
         intermediates = []
         x = self.stage0(x)
         for idx, stage in enumerate(stages):
@@ -517,10 +554,10 @@ class EMO(nn.Module):
         return x, intermediates
 
     def prune_intermediate_layers(
-            self,
-            indices: int | list[int] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
+        self,
+        indices: int | list[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
     ) -> list[int]:
         """Drop the stages after the last one in ``indices`` (and optionally the final norm and the head)."""
         take_indices, max_index = feature_take_indices(4, indices)
@@ -558,9 +595,9 @@ class EMO(nn.Module):
 
 
 def _create_classifier(
-        num_features: int,
-        num_classes: int,
-        global_pool: str,
+    num_features: int,
+    num_classes: int,
+    global_pool: str,
 ) -> tuple[SelectAdaptivePool2d, nn.Module]:
     """timm's pooling + Linear classifier, validated: a clear ValueError instead of timm's assertions."""
     try:
@@ -569,7 +606,8 @@ def _create_classifier(
     except (AssertionError, AttributeError) as e:
         raise ValueError(
             f"unknown global_pool {global_pool!r}: expected '' (no pooling), 'avg', 'max', 'avgmax', 'catavgmax' "
-            "or a 'fast' form of them") from e
+            "or a 'fast' form of them"
+        ) from e
     if not global_pool and num_classes > 0:
         raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
     head = nn.Linear(num_features * pool.feat_mult(), num_classes) if num_classes > 0 else nn.Identity()
@@ -580,9 +618,19 @@ def _create_classifier(
 def fold_bn_after_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """One conv (with bias) equal to ``bn(conv(x))`` with the BN's running statistics (eval mode)."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
@@ -596,8 +644,15 @@ def fold_bn_before_conv1x1(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
         raise ValueError('only an ungrouped, unpadded 1x1 conv can absorb a preceding BatchNorm')
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     shift = bn.bias - bn.running_mean * scale
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 1, conv.stride, bias=True,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        1,
+        conv.stride,
+        bias=True,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     fused.weight.copy_(conv.weight * scale.view(1, -1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=shift.device)
     fused.bias.copy_(bias + conv.weight.flatten(1) @ shift)
@@ -622,8 +677,12 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
             for branch in module.convs:
                 if isinstance(branch[1], nn.BatchNorm2d):
                     branch[0], branch[1] = fold_bn_after_conv(branch[0], branch[1]), nn.Identity()
-        elif (isinstance(module, iRMB) and not module.attn_s and isinstance(module.norm, nn.BatchNorm2d)
-              and isinstance(module.v, ConvNormAct)):
+        elif (
+            isinstance(module, iRMB)
+            and not module.attn_s
+            and isinstance(module.norm, nn.BatchNorm2d)
+            and isinstance(module.v, ConvNormAct)
+        ):
             module.v.conv, module.norm = fold_bn_before_conv1x1(module.norm, module.v.conv), nn.Identity()
     return model
 
@@ -636,8 +695,11 @@ def _official_weights_overlay(variant: str, kwargs: dict) -> None:
     URLs (no ``file``, ``state_dict`` or hub id given), the file is fetched by ``download_official_checkpoint``
     instead and handed to timm as ``pretrained_cfg_overlay['file']``.
     """
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+    )
     official = {url: name for name, url in OFFICIAL_CHECKPOINTS.items()}
     if cfg.file or cfg.state_dict or cfg.hf_hub_id or cfg.source or cfg.url not in official:
         return
@@ -650,7 +712,9 @@ def _create_emo(variant: str, pretrained: bool = False, **kwargs) -> EMO:
     if pretrained:
         _official_weights_overlay(variant, kwargs)
     return build_model_with_cfg(
-        EMO, variant, pretrained,
+        EMO,
+        variant,
+        pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices),
         **kwargs,
@@ -660,10 +724,15 @@ def _create_emo(variant: str, pretrained: bool = False, **kwargs) -> EMO:
 def _cfg(url: str = '', **kwargs) -> dict:
     return {
         'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stage0.0.convs.0.0', 'classifier': 'head',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stage0.0.convs.0.0',
+        'classifier': 'head',
         # no licence file was found in the indexed copy of zhangzjn/EMO
         'license': 'unknown',
         'paper_ids': 'arXiv:2301.01146',
@@ -673,21 +742,28 @@ def _cfg(url: str = '', **kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    'emo_1m.in1k': _cfg(url=OFFICIAL_CHECKPOINTS['emo_1m']),
-    'emo_2m.in1k': _cfg(url=OFFICIAL_CHECKPOINTS['emo_2m']),
-    'emo_5m.in1k': _cfg(url=OFFICIAL_CHECKPOINTS['emo_5m']),
-    'emo_6m.in1k': _cfg(url=OFFICIAL_CHECKPOINTS['emo_6m']),
-    'emo_test.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        'emo_1m.in1k': _cfg(url=OFFICIAL_CHECKPOINTS['emo_1m']),
+        'emo_2m.in1k': _cfg(url=OFFICIAL_CHECKPOINTS['emo_2m']),
+        'emo_5m.in1k': _cfg(url=OFFICIAL_CHECKPOINTS['emo_5m']),
+        'emo_6m.in1k': _cfg(url=OFFICIAL_CHECKPOINTS['emo_6m']),
+        'emo_test.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
+    }
+)
 
 
 @register_model
 def emo_1m(pretrained: bool = False, **kwargs) -> EMO:
     """EMO-1M: 1.36 M params, 0.261 G MACs at 224, ImageNet top-1 71.5 (official EMA weights)."""
     model_args = dict(
-        depths=(2, 2, 8, 3), stem_dim=24, embed_dims=(32, 48, 80, 168), exp_ratios=(2.0, 2.5, 3.0, 3.5),
-        dim_heads=(16, 16, 20, 21), drop_path_rate=0.04036)
+        depths=(2, 2, 8, 3),
+        stem_dim=24,
+        embed_dims=(32, 48, 80, 168),
+        exp_ratios=(2.0, 2.5, 3.0, 3.5),
+        dim_heads=(16, 16, 20, 21),
+        drop_path_rate=0.04036,
+    )
     return _create_emo('emo_1m', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -695,8 +771,13 @@ def emo_1m(pretrained: bool = False, **kwargs) -> EMO:
 def emo_2m(pretrained: bool = False, **kwargs) -> EMO:
     """EMO-2M: 2.38 M params, 0.439 G MACs at 224, ImageNet top-1 75.1."""
     model_args = dict(
-        depths=(3, 3, 9, 3), stem_dim=24, embed_dims=(32, 48, 120, 200), exp_ratios=(2.0, 2.5, 3.0, 3.5),
-        dim_heads=(16, 16, 20, 20), drop_path_rate=0.05)
+        depths=(3, 3, 9, 3),
+        stem_dim=24,
+        embed_dims=(32, 48, 120, 200),
+        exp_ratios=(2.0, 2.5, 3.0, 3.5),
+        dim_heads=(16, 16, 20, 20),
+        drop_path_rate=0.05,
+    )
     return _create_emo('emo_2m', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -704,8 +785,13 @@ def emo_2m(pretrained: bool = False, **kwargs) -> EMO:
 def emo_5m(pretrained: bool = False, **kwargs) -> EMO:
     """EMO-5M: 5.11 M params, 0.903 G MACs at 224, ImageNet top-1 78.4."""
     model_args = dict(
-        depths=(3, 3, 9, 3), stem_dim=24, embed_dims=(48, 72, 160, 288), exp_ratios=(2.0, 3.0, 4.0, 4.0),
-        dim_heads=(24, 24, 32, 32), drop_path_rate=0.05)
+        depths=(3, 3, 9, 3),
+        stem_dim=24,
+        embed_dims=(48, 72, 160, 288),
+        exp_ratios=(2.0, 3.0, 4.0, 4.0),
+        dim_heads=(24, 24, 32, 32),
+        drop_path_rate=0.05,
+    )
     return _create_emo('emo_5m', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -713,8 +799,13 @@ def emo_5m(pretrained: bool = False, **kwargs) -> EMO:
 def emo_6m(pretrained: bool = False, **kwargs) -> EMO:
     """EMO-6M: 6.17 M params, 0.961 G MACs at 224, ImageNet top-1 79.0."""
     model_args = dict(
-        depths=(3, 3, 9, 3), stem_dim=24, embed_dims=(48, 72, 160, 320), exp_ratios=(2.0, 3.0, 4.0, 5.0),
-        dim_heads=(16, 24, 20, 32), drop_path_rate=0.05)
+        depths=(3, 3, 9, 3),
+        stem_dim=24,
+        embed_dims=(48, 72, 160, 320),
+        exp_ratios=(2.0, 3.0, 4.0, 5.0),
+        dim_heads=(16, 24, 20, 32),
+        drop_path_rate=0.05,
+    )
     return _create_emo('emo_6m', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -722,6 +813,10 @@ def emo_6m(pretrained: bool = False, **kwargs) -> EMO:
 def emo_test(pretrained: bool = False, **kwargs) -> EMO:
     """Tiny EMO for tests (same structure as the real variants, 2 heads in stage 3, 3 in stage 4)."""
     model_args = dict(
-        depths=(1, 1, 2, 2), stem_dim=8, embed_dims=(16, 24, 32, 48), exp_ratios=(2.0, 2.0, 2.0, 2.0),
-        dim_heads=(8, 8, 16, 16))
+        depths=(1, 1, 2, 2),
+        stem_dim=8,
+        embed_dims=(16, 24, 32, 48),
+        exp_ratios=(2.0, 2.0, 2.0, 2.0),
+        dim_heads=(8, 8, 16, 16),
+    )
     return _create_emo('emo_test', pretrained=pretrained, **dict(model_args, **kwargs))

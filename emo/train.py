@@ -17,16 +17,12 @@ unknown key is an error. The run folder (``runs/emo/<config>/<time>/`` unless ``
 ``eval_interval`` and ``checkpoint_interval`` count epochs. The loop (``train_one_epoch``, ``evaluate``) is
 ``shared.classification``'s.
 """
+
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ''):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import emo  # noqa: F401  (registers the EMO models with timm)
 from emo.config import DEFAULT_CONFIG, PACKAGE, EMOTrainConfig, resolve_drop_path
@@ -39,16 +35,23 @@ __all__ = ['main', 'parse_args']
 
 def _print_summary(metrics: dict[str, Any]) -> None:
     last = metrics['last']
-    parts = [f"{name} top-1 {last[prefix + 'top1']:.2f}  top-5 {last[prefix + 'top5']:.2f}"
-             for name, prefix in (('EMA', 'ema_'), ('raw', '')) if prefix + 'top1' in last]
+    parts = [
+        f"{name} top-1 {last[prefix + 'top1']:.2f}  top-5 {last[prefix + 'top5']:.2f}"
+        for name, prefix in (('EMA', 'ema_'), ('raw', ''))
+        if prefix + 'top1' in last
+    ]
     print(f"{metrics['model']} after {metrics['epochs']} epochs: " + ' | '.join(parts) + f"  ({metrics['run_dir']})")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> EMOTrainConfig:
     """Resolve the training config: dataclass defaults < YAML (``-c``, else configs/default.yaml) < command line;
     ``drop_path: null`` becomes the variant's official rate."""
-    cfg = parse_config(EMOTrainConfig, argv, description='Train EMO on ImageNet (or the synthetic ImageFolder set).',
-                       default_config=DEFAULT_CONFIG)
+    cfg = parse_config(
+        EMOTrainConfig,
+        argv,
+        description='Train EMO on ImageNet (or the synthetic ImageFolder set).',
+        default_config=DEFAULT_CONFIG,
+    )
     return resolve_drop_path(cfg)
 
 

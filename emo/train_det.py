@@ -18,18 +18,15 @@ The run folder gets ``config.yaml``, ``train.log``, ``log.csv``, TensorBoard sca
 (best COCO AP) and ``metrics.json``; ``--resume last.pt`` continues a run exactly (the file is read and checked
 before anything is written). ``eval_interval`` and ``checkpoint_interval`` count epochs.
 """
+
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ''):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
@@ -87,8 +84,14 @@ def detection_param_groups(model: nn.Module, weight_decay: float, no_decay_keys:
     return [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
 
 
-def mmdet_cosine_schedule(optimizer: torch.optim.Optimizer, epochs: int, iters_per_epoch: int, warmup_iters: int,
-                          warmup_ratio: float, min_lr: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+def mmdet_cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    iters_per_epoch: int,
+    warmup_iters: int,
+    warmup_ratio: float,
+    min_lr: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """mmcv's ``CosineAnnealingLrUpdaterHook`` (``by_epoch=True``) with ``warmup='linear'``, stepped per iteration.
 
     The regular lr of epoch e is ``min_lr + (base - min_lr) * (1 + cos(pi * e / epochs)) / 2``; during the first
@@ -130,39 +133,77 @@ def _build_training(cfg: DetectionConfig, ctx: DistContext, logger: RunLogger, p
     num_classes = cfg.num_classes or train_set.num_classes
     model = build_detector(cfg, num_classes, load_pretrained=pretrained).to(ctx.device)
     if pretrained:
-        logger.info(f'{cfg.model} backbone: ' + (f'loaded {cfg.pretrained_backbone}' if cfg.pretrained_backbone
-                                                 else 'random initialisation (no pretrained_backbone given)'))
-    sampler = GroupedDistributedSampler(train_set.aspect_groups(), cfg.data.batch_size, ctx.world_size, ctx.rank,
-                                        seed=cfg.seed)
-    train_loader = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler,
-                              num_workers=cfg.data.workers, collate_fn=detection_collate, worker_init_fn=seed_worker,
-                              pin_memory=ctx.device.type == 'cuda', generator=torch.Generator())
+        logger.info(
+            f'{cfg.model} backbone: '
+            + (
+                f'loaded {cfg.pretrained_backbone}'
+                if cfg.pretrained_backbone
+                else 'random initialisation (no pretrained_backbone given)'
+            )
+        )
+    sampler = GroupedDistributedSampler(
+        train_set.aspect_groups(), cfg.data.batch_size, ctx.world_size, ctx.rank, seed=cfg.seed
+    )
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.data.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.workers,
+        collate_fn=detection_collate,
+        worker_init_fn=seed_worker,
+        pin_memory=ctx.device.type == 'cuda',
+        generator=torch.Generator(),
+    )
     eval_loader = sharded_loader(val_set, cfg.data.eval_batch_size, ctx, workers=cfg.data.workers)
     global_batch = cfg.data.batch_size * ctx.world_size
     lr = cfg.lr * global_batch / cfg.lr_base_batch
-    optimizer = torch.optim.AdamW(detection_param_groups(model, cfg.weight_decay, cfg.no_decay_keys), lr=lr,
-                                  betas=cfg.opt_betas, eps=cfg.opt_eps)
+    optimizer = torch.optim.AdamW(
+        detection_param_groups(model, cfg.weight_decay, cfg.no_decay_keys), lr=lr, betas=cfg.opt_betas, eps=cfg.opt_eps
+    )
     steps_per_epoch = len(train_loader)
-    scheduler = mmdet_cosine_schedule(optimizer, cfg.epochs, steps_per_epoch, cfg.warmup_iters, cfg.warmup_ratio,
-                                      cfg.min_lr)
+    scheduler = mmdet_cosine_schedule(
+        optimizer, cfg.epochs, steps_per_epoch, cfg.warmup_iters, cfg.warmup_ratio, cfg.min_lr
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(f'RetinaNet-{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters '
-                f'({trainable / 1e6:.2f} M trainable), {num_classes} classes, {len(train_set)} train / '
-                f'{len(val_set)} val images, global batch {global_batch}, lr {lr:.3g}, {steps_per_epoch} steps/epoch')
-    return _Training(train_set, val_set, model, sampler, train_loader, eval_loader, optimizer, scheduler,
-                     make_grad_scaler(ctx.device, cfg.amp))
+    logger.info(
+        f'RetinaNet-{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters '
+        f'({trainable / 1e6:.2f} M trainable), {num_classes} classes, {len(train_set)} train / '
+        f'{len(val_set)} val images, global batch {global_batch}, lr {lr:.3g}, {steps_per_epoch} steps/epoch'
+    )
+    return _Training(
+        train_set,
+        val_set,
+        model,
+        sampler,
+        train_loader,
+        eval_loader,
+        optimizer,
+        scheduler,
+        make_grad_scaler(ctx.device, cfg.amp),
+    )
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device):
     images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-               for t in targets]
+    targets = [
+        {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+        for t in targets
+    ]
     return images, targets
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, ctx: DistContext, epoch: int, step: int,
-                    cfg: DetectionConfig, logger: RunLogger, scaler: torch.amp.GradScaler) -> tuple[dict, int]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ctx: DistContext,
+    epoch: int,
+    step: int,
+    cfg: DetectionConfig,
+    logger: RunLogger,
+    scaler: torch.amp.GradScaler,
+) -> tuple[dict, int]:
     """One pass over ``loader``; returns (epoch statistics, global step after the epoch)."""
     model.train()
     sums = torch.zeros(3, dtype=torch.float64)  # classification, box regression, images
@@ -177,21 +218,38 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         scheduler.step()
         step += 1
         n = len(images)
-        sums += torch.tensor([losses['classification'].item() * n, losses['bbox_regression'].item() * n, n],
-                             dtype=torch.float64)
+        sums += torch.tensor(
+            [losses['classification'].item() * n, losses['bbox_regression'].item() * n, n], dtype=torch.float64
+        )
         if step % cfg.log_interval == 0:
             lr = optimizer.param_groups[0]['lr']
-            logger.scalars({'loss': loss.item(), 'loss_cls': losses['classification'].item(),
-                            'loss_bbox': losses['bbox_regression'].item(), 'lr': lr}, step, prefix='train/')
+            logger.scalars(
+                {
+                    'loss': loss.item(),
+                    'loss_cls': losses['classification'].item(),
+                    'loss_bbox': losses['bbox_regression'].item(),
+                    'lr': lr,
+                },
+                step,
+                prefix='train/',
+            )
             if hasattr(bar, 'set_postfix'):
-                bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{lr:.2e}',
-                                img_s=f'{sums[2].item() * ctx.world_size / (time.perf_counter() - t0):.1f}')
+                bar.set_postfix(
+                    loss=f'{loss.item():.4f}',
+                    lr=f'{lr:.2e}',
+                    img_s=f'{sums[2].item() * ctx.world_size / (time.perf_counter() - t0):.1f}',
+                )
     elapsed = time.perf_counter() - t0
     seen = max(sums[2].item(), 1.0)
     loss_cls, loss_bbox = all_reduce_mean(sums[0] / seen), all_reduce_mean(sums[1] / seen)
-    return {'loss': loss_cls + loss_bbox, 'loss_cls': loss_cls, 'loss_bbox': loss_bbox,
-            'lr': optimizer.param_groups[0]['lr'], 'train_img_s': seen * ctx.world_size / elapsed,
-            'epoch_time_s': elapsed}, step
+    return {
+        'loss': loss_cls + loss_bbox,
+        'loss_cls': loss_cls,
+        'loss_bbox': loss_bbox,
+        'lr': optimizer.param_groups[0]['lr'],
+        'train_img_s': seen * ctx.world_size / elapsed,
+        'epoch_time_s': elapsed,
+    }, step
 
 
 def _open_run(cfg: DetectionConfig, ctx: DistContext) -> tuple[dict[str, Any] | None, Path, RunLogger]:
@@ -202,7 +260,8 @@ def _open_run(cfg: DetectionConfig, ctx: DistContext) -> tuple[dict[str, Any] | 
         raise ValueError(
             'the RetinaNet recipe fine-tunes an ImageNet-pretrained backbone: pass --pretrained_backbone PATH (the '
             "official net.pth, see emo.OFFICIAL_CHECKPOINTS, or an emo.train checkpoint), or set "
-            'allow_random_backbone: true to train from random initialisation')
+            'allow_random_backbone: true to train from random initialisation'
+        )
     out_dir = resolve_run_dir(PACKAGE, cfg.name or 'retinanet_default', cfg.output_dir, cfg.resume)
     claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume_state is not None, is_main=ctx.is_main)
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
@@ -213,9 +272,18 @@ def _open_run(cfg: DetectionConfig, ctx: DistContext) -> tuple[dict[str, Any] | 
 
 
 def _checkpoint(cfg: DetectionConfig, t: _Training, epoch: int, step: int, best: dict[str, Any]) -> dict[str, Any]:
-    return training_state(PACKAGE, cfg, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
-                          scaler=t.scaler, epoch=epoch, step=step, best=best,
-                          categories={'ids': list(t.train_set.cat_ids), 'names': list(t.train_set.category_names)})
+    return training_state(
+        PACKAGE,
+        cfg,
+        model=t.model,
+        optimizer=t.optimizer,
+        scheduler=t.scheduler,
+        scaler=t.scaler,
+        epoch=epoch,
+        step=step,
+        best=best,
+        categories={'ids': list(t.train_set.cat_ids), 'names': list(t.train_set.category_names)},
+    )
 
 
 def _train(cfg: DetectionConfig, ctx: DistContext, on_epoch_end: EpochHook | None) -> dict[str, Any]:
@@ -224,22 +292,25 @@ def _train(cfg: DetectionConfig, ctx: DistContext, on_epoch_end: EpochHook | Non
     t = _build_training(cfg, ctx, logger, pretrained=resume_state is None)
     start_epoch, step, best = 0, 0, {'AP': -math.inf, 'epoch': -1}
     if resume_state is not None:
-        restore_training_state(resume_state, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
-                               scaler=t.scaler)
+        restore_training_state(
+            resume_state, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler
+        )
         start_epoch, step, best = resume_state['epoch'] + 1, resume_state['step'], resume_state['best']
         logger.info(f'resumed from {cfg.resume} at epoch {start_epoch}, step {step}')
 
     train_model: nn.Module = t.model
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            t.model, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None)
+            t.model, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None
+        )
 
     coco: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         t.sampler.set_epoch(epoch)
         t.train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # worker seeds: a function of the epoch
-        row, step = train_one_epoch(train_model, t.train_loader, t.optimizer, t.scheduler, ctx, epoch, step, cfg,
-                                    logger, t.scaler)
+        row, step = train_one_epoch(
+            train_model, t.train_loader, t.optimizer, t.scheduler, ctx, epoch, step, cfg, logger, t.scaler
+        )
         last, is_best = epoch + 1 == cfg.epochs, False
         if last or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0):
             coco = evaluate(t.model, t.eval_loader, t.val_set, ctx, cfg.amp)
@@ -248,8 +319,9 @@ def _train(cfg: DetectionConfig, ctx: DistContext, on_epoch_end: EpochHook | Non
             if is_best:
                 best = {'AP': coco['AP'], 'epoch': epoch}
             logger.info(f'epoch {epoch} COCO bbox (x100): {coco_summary(coco)}')
-        if ctx.is_main and (last or is_best or (cfg.checkpoint_interval
-                                                and (epoch + 1) % cfg.checkpoint_interval == 0)):
+        if ctx.is_main and (
+            last or is_best or (cfg.checkpoint_interval and (epoch + 1) % cfg.checkpoint_interval == 0)
+        ):
             save_last_and_best(_checkpoint(cfg, t, epoch, step, best), out_dir, is_best)
         logger.log_epoch(epoch, row)
         if on_epoch_end is not None:
@@ -272,8 +344,12 @@ def _train(cfg: DetectionConfig, ctx: DistContext, on_epoch_end: EpochHook | Non
 
 def parse_args(argv: Sequence[str] | None = None) -> DetectionConfig:
     """Resolve the config: dataclass defaults < YAML (``-c``, else configs/retinanet_default.yaml) < command line."""
-    return parse_config(DetectionConfig, argv, description='Train RetinaNet-EMO on COCO (or the synthetic set).',
-                        default_config=DEFAULT_DET_CONFIG)
+    return parse_config(
+        DetectionConfig,
+        argv,
+        description='Train RetinaNet-EMO on COCO (or the synthetic set).',
+        default_config=DEFAULT_DET_CONFIG,
+    )
 
 
 def main(cfg: DetectionConfig, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:

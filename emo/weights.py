@@ -18,6 +18,7 @@ emo_1m_in1k-76c4282d.pth``, and verified against the checksum the official repos
 id of each ``net.pth`` in its tree (``git ls-tree 703e0b7 resources``; the files were added in that commit and are
 unchanged at 27d9b40). A file that does not match is deleted and reported; nothing unverified is loaded.
 """
+
 import hashlib
 import os
 import tempfile
@@ -67,7 +68,7 @@ def _strip_prefixes(key: str) -> str:
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
+                key, stripped = key[len(prefix) :], True
     return key
 
 
@@ -95,17 +96,14 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     """
     state_dict = unwrap_state_dict(state_dict)
     model_keys = model.state_dict().keys()
-    return {
-        k: v for k, v in state_dict.items()
-        if k in model_keys or not k.startswith(('norm.', 'head.'))
-    }
+    return {k: v for k, v in state_dict.items() if k in model_keys or not k.startswith(('norm.', 'head.'))}
 
 
 def load_official_checkpoint(
-        model: nn.Module,
-        path: str | Path,
-        use_ema: bool = True,
-        strict: bool = True,
+    model: nn.Module,
+    path: str | Path,
+    use_ema: bool = True,
+    strict: bool = True,
 ) -> nn.modules.module._IncompatibleKeys:
     """Load an official EMO checkpoint file into ``model`` (an :class:`emo.model.EMO`).
 
@@ -119,7 +117,8 @@ def load_official_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(
             f'checkpoint {path} not found; the official weights are published at '
-            f'{", ".join(OFFICIAL_CHECKPOINTS.values())}')
+            f'{", ".join(OFFICIAL_CHECKPOINTS.values())}'
+        )
     checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     state_dict = checkpoint_filter_fn(unwrap_state_dict(checkpoint, use_ema=use_ema), model)
     return model.load_state_dict(state_dict, strict=strict)
@@ -141,15 +140,17 @@ def official_cache_file_name(variant: str) -> str:
 
 
 def _checksum_error(variant: str, what: str, found: str) -> str:
-    return (f'{what} has git SHA-1 {found}, but the official {variant} checkpoint {OFFICIAL_CHECKPOINTS[variant]} '
-            f'has {OFFICIAL_CHECKPOINT_GIT_SHA1[variant]} (git ls-tree {OFFICIAL_COMMIT[:7]} resources/ in '
-            'github.com/zhangzjn/EMO)')
+    return (
+        f'{what} has git SHA-1 {found}, but the official {variant} checkpoint {OFFICIAL_CHECKPOINTS[variant]} '
+        f'has {OFFICIAL_CHECKPOINT_GIT_SHA1[variant]} (git ls-tree {OFFICIAL_COMMIT[:7]} resources/ in '
+        'github.com/zhangzjn/EMO)'
+    )
 
 
 def download_official_checkpoint(
-        variant: str,
-        cache_dir: str | Path | None = None,
-        progress: bool = True,
+    variant: str,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
 ) -> Path:
     """Path of the verified official checkpoint of ``variant``, downloaded into the cache on first use.
 
@@ -170,8 +171,10 @@ def download_official_checkpoint(
     if path.is_file():
         found = git_blob_sha1(path)
         if found != expected:
-            raise RuntimeError(f'the cached checkpoint is corrupt or not the official one: '
-                               f'{_checksum_error(variant, str(path), found)}; delete it to download again')
+            raise RuntimeError(
+                f'the cached checkpoint is corrupt or not the official one: '
+                f'{_checksum_error(variant, str(path), found)}; delete it to download again'
+            )
         return path
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=cache_dir)
     os.close(fd)
@@ -180,8 +183,10 @@ def download_official_checkpoint(
         torch.hub.download_url_to_file(OFFICIAL_CHECKPOINTS[variant], tmp, None, progress=progress)
         found = git_blob_sha1(tmp)
         if found != expected:
-            raise RuntimeError('checksum mismatch, nothing was loaded or cached: '
-                               + _checksum_error(variant, f'the download for {path}', found))
+            raise RuntimeError(
+                'checksum mismatch, nothing was loaded or cached: '
+                + _checksum_error(variant, f'the download for {path}', found)
+            )
         os.replace(tmp, path)  # atomic: the cache never holds a partial or unverified file
     finally:
         if os.path.exists(tmp):

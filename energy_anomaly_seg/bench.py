@@ -8,12 +8,7 @@ time of pixel-level AP + AUROC + FPR95 over 2x10^8 pixels (the size of FS Lost &
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -25,8 +20,9 @@ from shared.metrics import ranking_metrics
 from shared.training import autocast
 
 
-def bench_train(variant: str, device: torch.device, batch: int, size: tuple[int, int], steps: int, amp: str,
-                channels_last: bool) -> float:
+def bench_train(
+    variant: str, device: torch.device, batch: int, size: tuple[int, int], steps: int, amp: str, channels_last: bool
+) -> float:
     """OoD-head iterations/s: pool + paste, frozen segmentor forward, refinement, TAE + TORE, backward, SGD step."""
     torch.manual_seed(0)
     model = create_model(variant).to(device).train()
@@ -52,8 +48,9 @@ def bench_train(variant: str, device: torch.device, batch: int, size: tuple[int,
     return 1.0 / (sum(times[2:]) / steps)  # two warm-up steps
 
 
-def bench_test(variant: str, device: torch.device, size: tuple[int, int], images: int, multi_scale: bool,
-               amp: str) -> float:
+def bench_test(
+    variant: str, device: torch.device, size: tuple[int, int], images: int, multi_scale: bool, amp: str
+) -> float:
     """Test images/s at the original size `size`: one pass, or 4 scales x flip (8 passes)."""
     model = create_model(variant).to(device).eval()
     image = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
@@ -85,16 +82,24 @@ def bench_metrics(pixels: int, device: torch.device) -> dict[str, float]:
     t0 = time.perf_counter()
     values = ranking_metrics(scores, labels, tpr=0.95, strict=True, ignore_index=255)
     synchronize(device)
-    return {"AP_value": values["average_precision"], "AUROC_value": values["auroc"],
-            "FPR95_value": values["fpr_at_tpr"], "total_s": time.perf_counter() - t0,
-            "total_cpu_s": time.process_time() - cpu0}  # CPU time of all threads of this process
+    return {
+        "AP_value": values["average_precision"],
+        "AUROC_value": values["auroc"],
+        "FPR95_value": values["fpr_at_tpr"],
+        "total_s": time.perf_counter() - t0,
+        "total_cpu_s": time.process_time() - cpu0,
+    }  # CPU time of all threads of this process
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
-                        help="default: deeplabv3_r18_d8_tiny on CPU, deeplabv3_r101_d8 on CUDA")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        choices=sorted(VARIANTS),
+        help="default: deeplabv3_r18_d8_tiny on CPU, deeplabv3_r101_d8 on CUDA",
+    )
     parser.add_argument("--train-size", type=int, nargs=2, default=None, help="crop H W (CPU 64 128, CUDA 512 1024)")
     parser.add_argument("--test-size", type=int, nargs=2, default=None, help="image H W (CPU 128 256, CUDA 1024 2048)")
     parser.add_argument("--batch-size", type=int, default=None, help="CPU 8, CUDA 8 (the paper's total batch)")
@@ -117,24 +122,31 @@ def main(argv: list[str] | None = None) -> None:
     print(f"SLEEG bench on {where}, torch {torch.__version__}, sleeg_{variant}")
     rows = []
     if not args.skip_models:
-        modes = [("fp32", "off", False)] + ([("bf16", "bf16", False), ("bf16 channels-last", "bf16", True)]
-                                             if cuda else [])
+        modes = [("fp32", "off", False)] + (
+            [("bf16", "bf16", False), ("bf16 channels-last", "bf16", True)] if cuda else []
+        )
         for label, amp, cl in modes:
             it_s = bench_train(variant, device, batch, train_size, args.steps, amp, cl)
             single = bench_test(variant, device, test_size, args.test_images, False, amp)
             multi = bench_test(variant, device, test_size, args.test_images, True, amp)
             rows.append((label, it_s, it_s * batch, single, multi, peak_memory_mb(device)))
-        print(f"\ntrain: batch {batch} x {train_size[0]}x{train_size[1]} crops; test: {test_size[0]}x{test_size[1]} "
-              "images (multi-scale = 0.75/1.0/1.25/1.5 x flip, 8 passes)")
-        print(f"{'mode':<20}{'train it/s':>11}{'train img/s':>12}{'test img/s':>11}{'test MS+flip img/s':>20}"
-              f"{'peak MB':>9}")
+        print(
+            f"\ntrain: batch {batch} x {train_size[0]}x{train_size[1]} crops; test: {test_size[0]}x{test_size[1]} "
+            "images (multi-scale = 0.75/1.0/1.25/1.5 x flip, 8 passes)"
+        )
+        print(
+            f"{'mode':<20}{'train it/s':>11}{'train img/s':>12}{'test img/s':>11}{'test MS+flip img/s':>20}"
+            f"{'peak MB':>9}"
+        )
         for label, it_s, img_s, single, multi, mb in rows:
             print(f"{label:<20}{it_s:>11.3f}{img_s:>12.2f}{single:>11.3f}{multi:>20.3f}{mb:>9.0f}")
     torch.set_num_threads(default_threads)  # the metrics use every core
     m = bench_metrics(int(args.metric_pixels), device)
-    print(f"\nAP + AUROC + FPR95 over {int(args.metric_pixels):.2e} pixels (shared.metrics.ranking_metrics, exact, as "
-          f"eval.py calls it): {m['total_s']:.1f} s wall, {m['total_cpu_s']:.1f} s CPU ({torch.get_num_threads()} "
-          f"threads)")
+    print(
+        f"\nAP + AUROC + FPR95 over {int(args.metric_pixels):.2e} pixels (shared.metrics.ranking_metrics, exact, as "
+        f"eval.py calls it): {m['total_s']:.1f} s wall, {m['total_cpu_s']:.1f} s CPU ({torch.get_num_threads()} "
+        f"threads)"
+    )
 
 
 if __name__ == "__main__":

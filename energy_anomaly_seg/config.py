@@ -33,11 +33,12 @@ __all__ = [
 
 @dataclass
 class ModelConfig:
-    variant: str = field(default="deeplabv3_r101_d8", metadata={
-        "help": "a name of energy_anomaly_seg.model.VARIANTS"})
+    variant: str = field(default="deeplabv3_r101_d8", metadata={"help": "a name of energy_anomaly_seg.model.VARIANTS"})
     num_classes: int = 19
-    segmentor_dropout_in_train: bool = field(default=False, metadata={
-        "help": "keep the frozen decode head's Dropout2d active while training the OoD head (released code)"})
+    segmentor_dropout_in_train: bool = field(
+        default=False,
+        metadata={"help": "keep the frozen decode head's Dropout2d active while training the OoD head (released code)"},
+    )
 
 
 @dataclass
@@ -85,10 +86,15 @@ class SegOptimConfig:
 class SegmentorTrainConfig(RunConfig):
     """``train_segmentor.py``: the DeepLabv3 segmentor alone (mmseg's 40k-iteration Cityscapes recipe)."""
 
-    checkpoint_interval: int = field(default=4000, metadata={
-        "help": "write last.pt every N iterations (0: only at the end)"})
-    backbone_pretrained: str | None = field(default=None, metadata={
-        "help": "ImageNet ResNetV1c checkpoint (open-mmlab resnet101_v1c layout); required unless allow_random_init"})
+    checkpoint_interval: int = field(
+        default=4000, metadata={"help": "write last.pt every N iterations (0: only at the end)"}
+    )
+    backbone_pretrained: str | None = field(
+        default=None,
+        metadata={
+            "help": "ImageNet ResNetV1c checkpoint (open-mmlab resnet101_v1c layout); required unless allow_random_init"
+        },
+    )
     allow_random_init: bool = field(default=False, metadata={"help": "train from random init (no ImageNet weights)"})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,12 +104,17 @@ class SegmentorTrainConfig(RunConfig):
 
 @dataclass
 class SegmentorConfig:
-    checkpoint: str | None = field(default=None, metadata={
-        "help": "segmentor weights: the authors' mmseg iter_40000.pth or train_segmentor.py's last.pt"})
-    train: SegOptimConfig = field(default_factory=lambda: SegOptimConfig(iters=0), metadata={
-        "help": "train the segmentor in this run first when train.iters > 0 (embedded default)"})
-    allow_random_init: bool = field(default=False, metadata={
-        "help": "let segmentor training start from random weights (no ImageNet backbone)"})
+    checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "segmentor weights: the authors' mmseg iter_40000.pth or train_segmentor.py's last.pt"},
+    )
+    train: SegOptimConfig = field(
+        default_factory=lambda: SegOptimConfig(iters=0),
+        metadata={"help": "train the segmentor in this run first when train.iters > 0 (embedded default)"},
+    )
+    allow_random_init: bool = field(
+        default=False, metadata={"help": "let segmentor training start from random weights (no ImageNet backbone)"}
+    )
     backbone_pretrained: str | None = None
 
 
@@ -117,8 +128,12 @@ class AnomalyConfig:
     aspect_range: tuple[float, float] = (0.8, 1.2)
     pastes_per_image: int = 10
     noise_ratio: float = 0.1
-    polygon: str = field(default="convex_hull", metadata={
-        "help": "'convex_hull' of 15 random points (released code), 'harris' corners (paper), 'square' (ablation)"})
+    polygon: str = field(
+        default="convex_hull",
+        metadata={
+            "help": "'convex_hull' of 15 random points (released code), 'harris' corners (paper), 'square' (ablation)"
+        },
+    )
     hull_points: int = 15
     harris_k: float = 0.04
 
@@ -130,17 +145,28 @@ class ObjectiveConfig:
 
     refine: bool = field(default=True, metadata={"help": "likelihood-guided Otsu refinement of the pasted labels"})
     otsu_bins: int = 25
-    refine_score: Literal["paper", "released", "head_plus_energy"] = field(default="paper", metadata={
-        "help": "refinement score: 'paper' JEM for refine_warmup_iters then A(x) of eq. 9; 'released' JEM for the "
-                "whole run (the released training forward); 'head_plus_energy' JEM then JEM + w h[1]"})
-    refine_warmup_iters: int = field(default=6000, metadata={
-        "help": "JEM-only refinement first (paper 6000; unused by refine_score 'released')"})
+    refine_score: Literal["paper", "released", "head_plus_energy"] = field(
+        default="paper",
+        metadata={
+            "help": "refinement score: 'paper' JEM for refine_warmup_iters then A(x) of eq. 9; 'released' JEM for the "
+            "whole run (the released training forward); 'head_plus_energy' JEM then JEM + w h[1]"
+        },
+    )
+    refine_warmup_iters: int = field(
+        default=6000, metadata={"help": "JEM-only refinement first (paper 6000; unused by refine_score 'released')"}
+    )
     refine_lambda: float = field(default=0.5, metadata={"help": "lambda of A(x) = log p_a + lambda log p_t (eq. 9)"})
-    tore_guide: Literal["energy", "head_plus_energy"] = field(default="energy", metadata={
-        "help": "stop-gradient guide S in the TORE hinge: 'energy' JEM (paper eq. 8 and released code) or "
-                "'head_plus_energy' JEM + w h[1]"})
-    head_plus_energy_weight: float = field(default=0.5, metadata={
-        "help": "w of JEM + w h[1] in the 'head_plus_energy' options (the train config's merge_weight 0.5)"})
+    tore_guide: Literal["energy", "head_plus_energy"] = field(
+        default="energy",
+        metadata={
+            "help": "stop-gradient guide S in the TORE hinge: 'energy' JEM (paper eq. 8 and released code) or "
+            "'head_plus_energy' JEM + w h[1]"
+        },
+    )
+    head_plus_energy_weight: float = field(
+        default=0.5,
+        metadata={"help": "w of JEM + w h[1] in the 'head_plus_energy' options (the train config's merge_weight 0.5)"},
+    )
     margin: float = field(default=15.0, metadata={"help": "TORE margin gamma (paper 15, code 20)"})
     tae_weight: float = 1.0
     tore_weight: float = 0.05
@@ -160,9 +186,13 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    datasets: list[str] = field(default_factory=lambda: ["synthetic"], metadata={
-        "help": "'layout:path' or 'name=layout:path' per set (layouts: fs_static, fs_laf, fs_laf_official, "
-                "road_anomaly, smiyc, synboost), or 'synthetic' for the embedded anomaly set"})
+    datasets: list[str] = field(
+        default_factory=lambda: ["synthetic"],
+        metadata={
+            "help": "'layout:path' or 'name=layout:path' per set (layouts: fs_static, fs_laf, fs_laf_official, "
+            "road_anomaly, smiyc, synboost), or 'synthetic' for the embedded anomaly set"
+        },
+    )
     img_scale: tuple[int, int] = field(default=(2048, 1024), metadata={"help": "(W, H) test scale, keep ratio"})
     scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.25, 1.5])
     flip: bool = True
@@ -178,8 +208,10 @@ class TrainConfig(RunConfig):
 
     ``eval_interval`` N > 0 evaluates every N OoD-head iterations and keeps ``best.pt`` by SLEEG AP."""
 
-    checkpoint_interval: int = field(default=4000, metadata={
-        "help": "write last.pt every N iterations of each phase (0: only at the end of a phase)"})
+    checkpoint_interval: int = field(
+        default=4000,
+        metadata={"help": "write last.pt every N iterations of each phase (0: only at the end of a phase)"},
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

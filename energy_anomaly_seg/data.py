@@ -63,13 +63,46 @@ IGNORE_INDEX = 255
 CITYSCAPES_MEAN = (123.675, 116.28, 103.53)
 CITYSCAPES_STD = (58.395, 57.12, 57.375)
 CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation", "terrain",
-    "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
 )
 CITYSCAPES_PALETTE = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153), (250, 170, 30),
-    (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142),
-    (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
 )
 
 
@@ -144,13 +177,19 @@ class CityscapesSegmentation(Dataset):
     whatever the number of workers.
     """
 
-    LAYOUT = ("<root>/leftImg8bit/{split}/<city>/<city>_<seq>_<frame>_leftImg8bit.png\n"
-              "<root>/gtFine/{split}/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png  (19 train ids, 255 ignore; "
-              "made by cityscapesScripts csCreateTrainIdLabelImgs)")
+    LAYOUT = (
+        "<root>/leftImg8bit/{split}/<city>/<city>_<seq>_<frame>_leftImg8bit.png\n"
+        "<root>/gtFine/{split}/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png  (19 train ids, 255 ignore; "
+        "made by cityscapesScripts csCreateTrainIdLabelImgs)"
+    )
 
-    def __init__(self, root: str | Path, split: str = "train",
-                 transform: Callable[[torch.Tensor, torch.Tensor, np.random.Generator],
-                                     tuple[torch.Tensor, torch.Tensor]] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Callable[[torch.Tensor, torch.Tensor, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
+    ):
         self.root = Path(root)
         self.split = split
         self.transform = transform
@@ -161,7 +200,8 @@ class CityscapesSegmentation(Dataset):
             raise FileNotFoundError(
                 f"Cityscapes {split} split not found under {self.root} (missing {missing}).\n"
                 f"Expected layout:\n{self.LAYOUT.format(split=split)}\n"
-                "Download instructions: python -m shared.datasets info cityscapes")
+                "Download instructions: python -m shared.datasets info cityscapes"
+            )
         self.samples: list[tuple[Path, Path]] = []
         for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
             gt = gt_dir / img.parent.name / img.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
@@ -169,8 +209,9 @@ class CityscapesSegmentation(Dataset):
                 raise FileNotFoundError(f"label map missing for {img}: expected {gt} (run csCreateTrainIdLabelImgs)")
             self.samples.append((img, gt))
         if not self.samples:
-            raise FileNotFoundError(f"no *_leftImg8bit.png images under {img_dir}.\nExpected layout:\n"
-                                    f"{self.LAYOUT.format(split=split)}")
+            raise FileNotFoundError(
+                f"no *_leftImg8bit.png images under {img_dir}.\nExpected layout:\n{self.LAYOUT.format(split=split)}"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -218,8 +259,11 @@ class InfiniteSeededSampler(Sampler):
 
 
 def collate_segmentation(batch: list[dict]) -> dict:
-    return {"image": torch.stack([b["image"] for b in batch]), "label": torch.stack([b["label"] for b in batch]),
-            "name": [b["name"] for b in batch]}
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "label": torch.stack([b["label"] for b in batch]),
+        "name": [b["name"] for b in batch],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -248,8 +292,9 @@ class SegTrainTransform:
     flip_prob: float = 0.5
     photometric: bool = True
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ratio = rng.uniform(*self.ratio_range)
         target = (int(self.img_scale[0] * ratio), int(self.img_scale[1] * ratio))
         h, w = keep_ratio_size(image.shape[1], image.shape[2], target)
@@ -268,24 +313,27 @@ class SegTrainTransform:
             lab = F.pad(lab, (0, max(pad_w, 0), 0, max(pad_h, 0)), value=IGNORE_INDEX)
         return img, lab
 
-    def _random_crop(self, img: torch.Tensor, lab: torch.Tensor,
-                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _random_crop(
+        self, img: torch.Tensor, lab: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ch, cw = self.crop_size
 
         def bbox() -> tuple[int, int]:
-            return (int(rng.integers(0, max(img.shape[1] - ch, 0) + 1)),
-                    int(rng.integers(0, max(img.shape[2] - cw, 0) + 1)))
+            return (
+                int(rng.integers(0, max(img.shape[1] - ch, 0) + 1)),
+                int(rng.integers(0, max(img.shape[2] - cw, 0) + 1)),
+            )
 
         y, x = bbox()
         if self.cat_max_ratio < 1.0:
             for _ in range(10):  # mmseg: retry until no class covers >= cat_max_ratio of the labelled pixels
-                crop = lab[y:y + ch, x:x + cw]
+                crop = lab[y : y + ch, x : x + cw]
                 counts = torch.bincount(crop[crop != IGNORE_INDEX].flatten(), minlength=1)
                 counts = counts[counts > 0]
                 if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
                     break
                 y, x = bbox()
-        return img[:, y:y + ch, x:x + cw], lab[y:y + ch, x:x + cw]
+        return img[:, y : y + ch, x : x + cw], lab[y : y + ch, x : x + cw]
 
 
 def photometric_distortion(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -333,8 +381,9 @@ def _first_file(candidates: Sequence[Path], missing: str) -> Path:
     return found
 
 
-def _pairs_by_suffix(img_dir: Path, gt_dir: Path, img_suffixes: Sequence[str], gt_suffix: str,
-                     recursive: bool) -> list[tuple[Path, Path]]:
+def _pairs_by_suffix(
+    img_dir: Path, gt_dir: Path, img_suffixes: Sequence[str], gt_suffix: str, recursive: bool
+) -> list[tuple[Path, Path]]:
     """SLEEG's ``OODEvaluation`` pairing: every ``*<gt_suffix>`` under gt_dir, image at the mirrored path."""
     pattern = f"**/*{gt_suffix}" if recursive else f"*{gt_suffix}"
     pairs = []
@@ -350,8 +399,9 @@ def _fs_static(root: Path) -> list[tuple[Path, Path]]:
 
 
 def _fs_laf(root: Path) -> list[tuple[Path, Path]]:
-    return _pairs_by_suffix(root / "leftImg8bit", root / "ood", ("_leftImg8bit.png",), "_ood_segmentation.png",
-                            recursive=True)
+    return _pairs_by_suffix(
+        root / "leftImg8bit", root / "ood", ("_leftImg8bit.png",), "_ood_segmentation.png", recursive=True
+    )
 
 
 def _fs_laf_official(root: Path) -> list[tuple[Path, Path]]:
@@ -360,8 +410,10 @@ def _fs_laf_official(root: Path) -> list[tuple[Path, Path]]:
     for gt in sorted((root / "fishyscapes_lostandfound").glob("*_labels.png")):
         name = gt.name[: -len("_labels.png")].split("_", 1)[1]  # drop the 4-digit index
         sequence = name.rsplit("_", 2)[0]
-        candidates = [root / "lostandfound" / "leftImg8bit" / split / sequence / f"{name}_leftImg8bit.png"
-                      for split in ("train", "test")]
+        candidates = [
+            root / "lostandfound" / "leftImg8bit" / split / sequence / f"{name}_leftImg8bit.png"
+            for split in ("train", "test")
+        ]
         pairs.append((_first_file(candidates, f"no Lost and Found image for {gt}"), gt))
     return pairs
 
@@ -378,8 +430,9 @@ def _road_anomaly(root: Path) -> list[tuple[Path, Path]]:
 
 
 def _smiyc(root: Path) -> list[tuple[Path, Path]]:
-    return _pairs_by_suffix(root / "images", root / "labels_masks", (".jpg", ".png", ".webp"),
-                            "_labels_semantic.png", recursive=False)
+    return _pairs_by_suffix(
+        root / "images", root / "labels_masks", (".jpg", ".png", ".webp"), "_labels_semantic.png", recursive=False
+    )
 
 
 def _synboost(root: Path) -> list[tuple[Path, Path]]:
@@ -387,21 +440,46 @@ def _synboost(root: Path) -> list[tuple[Path, Path]]:
 
 
 ANOMALY_LAYOUTS: dict[str, AnomalyLayout] = {
-    "fs_static": AnomalyLayout("<root>/<id>_rgb.jpg|png + <root>/<id>_labels.png (0 normal, 1 anomaly, 255 void); "
-                               "SLEEG's data/segmentme/fs_static", _fs_static, "binary_void", "fishyscapes"),
-    "fs_laf": AnomalyLayout("<root>/leftImg8bit/**/<id>_leftImg8bit.png + <root>/ood/**/<id>_ood_segmentation.png "
-                            "(road-anomaly-benchmark dataset_FishyLAF, SLEEG's default)", _fs_laf, "binary_void",
-                            "fishyscapes"),
-    "fs_laf_official": AnomalyLayout("<root>/fishyscapes_lostandfound/<idx>_<seq>_<a>_<b>_labels.png + "
-                                     "<root>/lostandfound/leftImg8bit/{train,test}/<seq>/<seq>_<a>_<b>_leftImg8bit.png",
-                                     _fs_laf_official, "binary_void", "fishyscapes"),
-    "road_anomaly": AnomalyLayout("<root>/frames/<name>.jpg + <root>/frames/<name>.labels/labels_semantic.png "
-                                  "(original release: 2 = anomaly)", _road_anomaly, "road_anomaly", "road_anomaly"),
-    "smiyc": AnomalyLayout("<root>/images/<id>.jpg|png|webp + <root>/labels_masks/<id>_labels_semantic.png "
-                           "(SegmentMeIfYouCan dataset_AnomalyTrack / dataset_ObstacleTrack)", _smiyc, "binary_void",
-                           "smiyc"),
-    "synboost": AnomalyLayout("<root>/original/<id>.png + <root>/labels/<id>.png (SynBoost data_processed, as used "
-                              "by PEBAL)", _synboost, "binary_void", "fishyscapes"),
+    "fs_static": AnomalyLayout(
+        "<root>/<id>_rgb.jpg|png + <root>/<id>_labels.png (0 normal, 1 anomaly, 255 void); "
+        "SLEEG's data/segmentme/fs_static",
+        _fs_static,
+        "binary_void",
+        "fishyscapes",
+    ),
+    "fs_laf": AnomalyLayout(
+        "<root>/leftImg8bit/**/<id>_leftImg8bit.png + <root>/ood/**/<id>_ood_segmentation.png "
+        "(road-anomaly-benchmark dataset_FishyLAF, SLEEG's default)",
+        _fs_laf,
+        "binary_void",
+        "fishyscapes",
+    ),
+    "fs_laf_official": AnomalyLayout(
+        "<root>/fishyscapes_lostandfound/<idx>_<seq>_<a>_<b>_labels.png + "
+        "<root>/lostandfound/leftImg8bit/{train,test}/<seq>/<seq>_<a>_<b>_leftImg8bit.png",
+        _fs_laf_official,
+        "binary_void",
+        "fishyscapes",
+    ),
+    "road_anomaly": AnomalyLayout(
+        "<root>/frames/<name>.jpg + <root>/frames/<name>.labels/labels_semantic.png (original release: 2 = anomaly)",
+        _road_anomaly,
+        "road_anomaly",
+        "road_anomaly",
+    ),
+    "smiyc": AnomalyLayout(
+        "<root>/images/<id>.jpg|png|webp + <root>/labels_masks/<id>_labels_semantic.png "
+        "(SegmentMeIfYouCan dataset_AnomalyTrack / dataset_ObstacleTrack)",
+        _smiyc,
+        "binary_void",
+        "smiyc",
+    ),
+    "synboost": AnomalyLayout(
+        "<root>/original/<id>.png + <root>/labels/<id>.png (SynBoost data_processed, as used by PEBAL)",
+        _synboost,
+        "binary_void",
+        "fishyscapes",
+    ),
 }
 
 
@@ -429,8 +507,10 @@ class AnomalySegmentationDataset(Dataset):
         if layout not in ANOMALY_LAYOUTS:
             raise ValueError(f"unknown anomaly layout {layout!r}; expected one of {sorted(ANOMALY_LAYOUTS)}")
         self.root, self.layout = Path(root), ANOMALY_LAYOUTS[layout]
-        hint = (f"Expected layout '{layout}': {self.layout.description}\n"
-                f"Download instructions: python -m shared.datasets info {self.layout.registry_name}")
+        hint = (
+            f"Expected layout '{layout}': {self.layout.description}\n"
+            f"Download instructions: python -m shared.datasets info {self.layout.registry_name}"
+        )
         if not self.root.is_dir():
             raise FileNotFoundError(f"anomaly dataset not found: {self.root} does not exist.\n{hint}")
         try:
@@ -449,8 +529,11 @@ class AnomalySegmentationDataset(Dataset):
         label = normalize_anomaly_labels(read_label(gt_path), self.layout.label_scheme)
         if label.shape != image.shape[:2]:
             raise ValueError(f"{gt_path} has size {label.shape}, its image {img_path} {image.shape[:2]}")
-        return {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "label": torch.from_numpy(label),
-                "name": img_path.stem}
+        return {
+            "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+            "label": torch.from_numpy(label),
+            "name": img_path.stem,
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -474,8 +557,14 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return n / (n.std() + 1e-6)
 
 
-def _paint(img: np.ndarray, lab: np.ndarray, mask: np.ndarray, color: np.ndarray, label: int | None,
-           texture: np.ndarray | float = 0.0) -> None:
+def _paint(
+    img: np.ndarray,
+    lab: np.ndarray,
+    mask: np.ndarray,
+    color: np.ndarray,
+    label: int | None,
+    texture: np.ndarray | float = 0.0,
+) -> None:
     """Fill `mask` with `color` modulated by a multiplicative texture; set the label when given."""
     shade = np.atleast_1d(1.0 + (texture[mask] if isinstance(texture, np.ndarray) else texture))
     img[mask] = np.clip(color[None, :] * shade[:, None], 0, 255)
@@ -483,8 +572,7 @@ def _paint(img: np.ndarray, lab: np.ndarray, mask: np.ndarray, color: np.ndarray
         lab[mask] = label
 
 
-def render_street_scene(rng: np.random.Generator, height: int = 128, width: int = 256) -> tuple[np.ndarray,
-                                                                                                 np.ndarray]:
+def render_street_scene(rng: np.random.Generator, height: int = 128, width: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """A procedural street scene in perspective and its Cityscapes train-id labels (255 = ego vehicle / void).
 
     Sky, buildings with windows, trees, road with lane markings, sidewalks, terrain, poles, cars and people, each a
@@ -532,14 +620,15 @@ def render_street_scene(rng: np.random.Generator, height: int = 128, width: int 
         rest = below & ~road & ~sidewalk & (np.sign(xx - vx) == side)
         kind = rng.choice(["terrain", "vegetation", "building"])
         color = {"terrain": [120, 150, 80], "vegetation": [60, 110, 40], "building": [130, 115, 100]}[kind]
-        _paint(img, lab, rest, np.array(color, float) * rng.uniform(0.8, 1.2), TRAIN_ID[kind],
-               0.15 * coarse + 0.08 * fine)
-    _paint(img, lab, road, np.array([95, 92, 98]) * rng.uniform(0.8, 1.2), TRAIN_ID["road"],
-           0.06 * fine + 0.05 * coarse)
+        _paint(
+            img, lab, rest, np.array(color, float) * rng.uniform(0.8, 1.2), TRAIN_ID[kind], 0.15 * coarse + 0.08 * fine
+        )
+    _paint(
+        img, lab, road, np.array([95, 92, 98]) * rng.uniform(0.8, 1.2), TRAIN_ID["road"], 0.06 * fine + 0.05 * coarse
+    )
     dash = road & (np.abs(xx - vx) < 0.03 * road_half + 0.4) & (np.sin(14.0 / (depth + 0.08)) > 0.2)
     img[dash] = np.array([235, 235, 225])
-    _paint(img, lab, sidewalk, np.array([180, 165, 160]) * rng.uniform(0.85, 1.1), TRAIN_ID["sidewalk"],
-           0.05 * fine)
+    _paint(img, lab, sidewalk, np.array([180, 165, 160]) * rng.uniform(0.85, 1.1), TRAIN_ID["sidewalk"], 0.05 * fine)
     tiles = sidewalk & (np.sin(30.0 / (depth + 0.1)) > 0.9)
     img[tiles] *= 0.8
 
@@ -549,8 +638,7 @@ def render_street_scene(rng: np.random.Generator, height: int = 128, width: int 
         trunk = (np.abs(xx - cx) < max(1.0, r * 0.12)) & (yy >= cy) & (yy < horizon + 2)
         crown = (xx - cx) ** 2 + ((yy - cy) * 1.2) ** 2 < r**2 * (1 + 0.3 * coarse)
         _paint(img, lab, trunk, np.array([80, 60, 40.0]), TRAIN_ID["vegetation"])
-        _paint(img, lab, crown, np.array([50, 120, 45]) * rng.uniform(0.8, 1.2), TRAIN_ID["vegetation"],
-               0.25 * fine)
+        _paint(img, lab, crown, np.array([50, 120, 45]) * rng.uniform(0.8, 1.2), TRAIN_ID["vegetation"], 0.25 * fine)
 
     # poles at the outer edge of the sidewalks
     for side in (-1, 1):
@@ -621,7 +709,7 @@ def _foreign_object(rng: np.random.Generator, h: int, w: int, photos: list[np.nd
         photo = photos[int(rng.integers(len(photos)))]
         ch, cw = int(rng.integers(60, 200)), int(rng.integers(60, 200))
         y, x = int(rng.integers(0, photo.shape[0] - ch)), int(rng.integers(0, photo.shape[1] - cw))
-        crop = Image.fromarray(photo[y:y + ch, x:x + cw]).resize((w, h), Image.BILINEAR)
+        crop = Image.fromarray(photo[y : y + ch, x : x + cw]).resize((w, h), Image.BILINEAR)
         return np.asarray(crop, dtype=np.float32)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     c1, c2 = rng.choice([[255, 0, 200], [0, 230, 255], [255, 140, 0], [250, 250, 20], [140, 0, 255]], 2)
@@ -630,8 +718,9 @@ def _foreign_object(rng: np.random.Generator, h: int, w: int, photos: list[np.nd
     return np.where(stripes, np.array(c1, np.float32), np.array(c2, np.float32))
 
 
-def add_foreign_objects(rng: np.random.Generator, image: np.ndarray, seg_label: np.ndarray,
-                        photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def add_foreign_objects(
+    rng: np.random.Generator, image: np.ndarray, seg_label: np.ndarray, photos: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Paste 1-3 foreign objects (mostly on the road, sized by depth): Fishyscapes labels 0 / 1 / 255 void."""
     H, W = seg_label.shape
     img = image.astype(np.float32)
@@ -649,9 +738,9 @@ def add_foreign_objects(rng: np.random.Generator, image: np.ndarray, seg_label: 
         col = int(np.clip(cx - ow // 2, 0, W - ow))
         mask = _blob_mask(rng, oh, ow)
         texture = _foreign_object(rng, oh, ow, photos) * rng.uniform(0.7, 1.1)
-        region = img[row:row + oh, col:col + ow]
+        region = img[row : row + oh, col : col + ow]
         region[mask] = texture[mask]
-        ood[row:row + oh, col:col + ow][mask] = 1
+        ood[row : row + oh, col : col + ow][mask] = 1
     void = seg_label == IGNORE_INDEX
     hood_rows = void.all(1)  # keep the ego vehicle on top (objects stand in front of it, never on it)
     img[hood_rows] = image[hood_rows]
@@ -687,8 +776,15 @@ def _generate(tmp: Path, height: int, width: int, n_train: int, n_val: int, n_an
         _write_png(fishy_root / "fs_static" / f"synthville_{i:04d}_labels.png", ood)
 
 
-def ensure_synthetic_data(root: str | Path | None = None, height: int = 128, width: int = 256, n_train: int = 160,
-                          n_val: int = 40, n_anomaly: int = 24, seed: int = 0) -> dict[str, Path]:
+def ensure_synthetic_data(
+    root: str | Path | None = None,
+    height: int = 128,
+    width: int = 256,
+    n_train: int = 160,
+    n_val: int = 40,
+    n_anomaly: int = 24,
+    seed: int = 0,
+) -> dict[str, Path]:
     """Write (once, cached) the synthetic Cityscapes-format scenes and the Fishyscapes-Static-format anomaly set.
 
     Returns ``{"cityscapes": <root>/energy_anomaly_seg_cityscapes_<key>,
@@ -696,8 +792,9 @@ def ensure_synthetic_data(root: str | Path | None = None, height: int = 128, wid
     so another setting gets its own folder. Writing goes to a temp folder renamed into place (safe in parallel).
     """
     root = Path(root) if root is not None else synthetic_data_root()
-    params = dict(version=_SYNTH_VERSION, height=height, width=width, n_train=n_train, n_val=n_val,
-                  n_anomaly=n_anomaly, seed=seed)
+    params = dict(
+        version=_SYNTH_VERSION, height=height, width=width, n_train=n_train, n_val=n_val, n_anomaly=n_anomaly, seed=seed
+    )
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     city = root / f"energy_anomaly_seg_cityscapes_{key}"
     fishy = root / f"energy_anomaly_seg_fishyscapes_{key}"
@@ -719,16 +816,21 @@ def ensure_synthetic_data(root: str | Path | None = None, height: int = 128, wid
     return {"cityscapes": city, "fs_static": fishy / "fs_static"}
 
 
-
 # ---------------------------------------------------------------------------------------------------------------------
 # builders from the config (train.py, train_segmentor.py, eval.py)
 
 
 def synthetic_roots(synthetic: SyntheticConfig) -> dict[str, Path]:
     """:func:`ensure_synthetic_data` with the settings of the ``synthetic`` config section."""
-    return ensure_synthetic_data(root=synthetic.root, height=synthetic.height, width=synthetic.width,
-                                 n_train=synthetic.n_train, n_val=synthetic.n_val, n_anomaly=synthetic.n_anomaly,
-                                 seed=synthetic.seed)
+    return ensure_synthetic_data(
+        root=synthetic.root,
+        height=synthetic.height,
+        width=synthetic.width,
+        n_train=synthetic.n_train,
+        n_val=synthetic.n_val,
+        n_anomaly=synthetic.n_anomaly,
+        seed=synthetic.seed,
+    )
 
 
 def resolve_cityscapes_root(data: DataConfig, synthetic: SyntheticConfig) -> Path:
@@ -740,19 +842,34 @@ def resolve_cityscapes_root(data: DataConfig, synthetic: SyntheticConfig) -> Pat
     return Path(data.root)
 
 
-def build_train_loader(data: DataConfig, synthetic: SyntheticConfig, ctx: DistContext, seed: int,
-                       start_iteration: int) -> Iterator[dict]:
+def build_train_loader(
+    data: DataConfig, synthetic: SyntheticConfig, ctx: DistContext, seed: int, start_iteration: int
+) -> Iterator[dict]:
     """An endless iterator of training batches; batch i is the same whether or not the run was resumed."""
     if data.batch_size % ctx.world_size:
         raise ValueError(f"data.batch_size {data.batch_size} is not divisible by the {ctx.world_size} processes")
     per_rank = data.batch_size // ctx.world_size
-    transform = SegTrainTransform(img_scale=tuple(data.img_scale), ratio_range=tuple(data.ratio_range),
-                                  crop_size=tuple(data.crop_size), cat_max_ratio=data.cat_max_ratio,
-                                  flip_prob=data.flip_prob, photometric=data.photometric)
+    transform = SegTrainTransform(
+        img_scale=tuple(data.img_scale),
+        ratio_range=tuple(data.ratio_range),
+        crop_size=tuple(data.crop_size),
+        cat_max_ratio=data.cat_max_ratio,
+        flip_prob=data.flip_prob,
+        photometric=data.photometric,
+    )
     dataset = CityscapesSegmentation(resolve_cityscapes_root(data, synthetic), data.split, transform)
-    sampler = InfiniteSeededSampler(len(dataset), seed=seed, start=start_iteration * per_rank, rank=ctx.rank,
-                                    world_size=ctx.world_size)
-    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=data.num_workers,
-                        collate_fn=collate_segmentation, worker_init_fn=seed_worker, drop_last=True,
-                        pin_memory=ctx.device.type == "cuda", persistent_workers=data.num_workers > 0)
+    sampler = InfiniteSeededSampler(
+        len(dataset), seed=seed, start=start_iteration * per_rank, rank=ctx.rank, world_size=ctx.world_size
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=data.num_workers,
+        collate_fn=collate_segmentation,
+        worker_init_fn=seed_worker,
+        drop_last=True,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=data.num_workers > 0,
+    )
     return iter(loader)

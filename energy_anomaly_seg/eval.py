@@ -20,9 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 from energy_anomaly_seg.config import TrainConfig, upgrade_stored_config
@@ -62,17 +59,22 @@ def read_evaluation_checkpoint(path: str | Path) -> tuple[dict[str, Any], bool]:
     state = load_checkpoint(path, package=PACKAGE)
     if "config" in state and "model" in state:
         if state.get("phase") != "ood_head":
-            raise CheckpointError(f"{path} is a '{state.get('phase')}'-phase checkpoint: its OoD head is not trained "
-                                  "yet; resume train.py with --resume to finish the run")
+            raise CheckpointError(
+                f"{path} is a '{state.get('phase')}'-phase checkpoint: its OoD head is not trained "
+                "yet; resume train.py with --resume to finish the run"
+            )
         return state, True
     try:
         keys = unwrap_state_dict(state)
     except TypeError as err:
-        raise CheckpointError(f"not a {PACKAGE} checkpoint: {path} is neither a train.py checkpoint nor an mmseg "
-                              f"state dict ({err})") from err
+        raise CheckpointError(
+            f"not a {PACKAGE} checkpoint: {path} is neither a train.py checkpoint nor an mmseg state dict ({err})"
+        ) from err
     if not any(k.startswith("patch_head.") for k in keys):
-        raise CheckpointError(f"not a {PACKAGE} checkpoint: {path} has no 'config'/'model' entries (train.py) and "
-                              "no patch_head.* weights (the authors' SLEEG file)")
+        raise CheckpointError(
+            f"not a {PACKAGE} checkpoint: {path} has no 'config'/'model' entries (train.py) and "
+            "no patch_head.* weights (the authors' SLEEG file)"
+        )
     return state, False
 
 
@@ -99,8 +101,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
     if trained_here:
         cfg = parse_eval_config(TrainConfig, upgrade_stored_config(state["config"]), rest, description=DESCRIPTION)
     else:
-        cfg = parse_config(TrainConfig, rest, description=DESCRIPTION,
-                           default_config=CONFIG_DIR / "cityscapes_r101.yaml")
+        cfg = parse_config(
+            TrainConfig, rest, description=DESCRIPTION, default_config=CONFIG_DIR / "cityscapes_r101.yaml"
+        )
     out = Path(known.output_dir) if known.output_dir else checkpoint.resolve().parent / "eval"
     return Evaluation(checkpoint=checkpoint, state=state, trained_here=trained_here, config=cfg, output_dir=out)
 
@@ -118,8 +121,10 @@ def main(ev: Evaluation) -> dict[str, Any]:
         load_mmseg_checkpoint(model, ev.state, allow_missing_ood_head=False)
     model.to(ctx.device)
     logger = RunLogger(ev.output_dir, tensorboard=False, name="eval")  # after the weights loaded: nothing written else
-    logger.info(f"checkpoint {ev.checkpoint}: sleeg_{cfg.model.variant}, score '{cfg.eval.score_formula}' "
-                f"(weight {cfg.eval.score_weight}), scales {cfg.eval.scales}, flip {cfg.eval.flip}")
+    logger.info(
+        f"checkpoint {ev.checkpoint}: sleeg_{cfg.model.variant}, score '{cfg.eval.score_formula}' "
+        f"(weight {cfg.eval.score_weight}), scales {cfg.eval.scales}, flip {cfg.eval.flip}"
+    )
     metrics = evaluate(model, cfg, ev.output_dir, logger)
     metrics["checkpoint"] = str(ev.checkpoint)
     logger.write_metrics(metrics)

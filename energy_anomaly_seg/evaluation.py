@@ -29,8 +29,15 @@ from energy_anomaly_seg.visualization import plot_curves, save_anomaly_panel
 from shared.logger import RunLogger
 from shared.metrics import precision_recall_curve, ranking_metrics, roc_curve
 
-__all__ = ["METHOD_NAMES", "check_eval_datasets", "evaluate_anomaly", "evaluate_datasets", "format_results",
-           "pixel_metrics", "resolve_datasets"]
+__all__ = [
+    "METHOD_NAMES",
+    "check_eval_datasets",
+    "evaluate_anomaly",
+    "evaluate_datasets",
+    "format_results",
+    "pixel_metrics",
+    "resolve_datasets",
+]
 
 METHOD_NAMES = {"msp": "max-softmax", "energy": "energy (JEM)", "sleeg": "SLEEG"}
 
@@ -55,16 +62,23 @@ def resolve_datasets(ecfg: EvalConfig, synthetic: SyntheticConfig) -> Iterator[t
 
 
 @torch.no_grad()
-def evaluate_anomaly(model: SLEEG, dataset: AnomalySegmentationDataset, ecfg: EvalConfig, name: str = "dataset",
-                     out_dir: Path | None = None, logger: RunLogger | None = None) -> dict[str, float]:
+def evaluate_anomaly(
+    model: SLEEG,
+    dataset: AnomalySegmentationDataset,
+    ecfg: EvalConfig,
+    name: str = "dataset",
+    out_dir: Path | None = None,
+    logger: RunLogger | None = None,
+) -> dict[str, float]:
     """AP / AUROC / FPR95 (x100) of every score method on one dataset, pixels pooled over all images."""
     model.eval()
     labels, scores = [], {m: [] for m in SCORE_METHODS}
     iterator = logger.progress(range(len(dataset)), desc=name) if logger else range(len(dataset))
     for i in iterator:
         item = dataset[i]
-        maps = predict_anomaly_maps(model, item["image"], tuple(ecfg.img_scale), ecfg.scales, ecfg.flip,
-                                    ecfg.score_formula, ecfg.score_weight)
+        maps = predict_anomaly_maps(
+            model, item["image"], tuple(ecfg.img_scale), ecfg.scales, ecfg.flip, ecfg.score_formula, ecfg.score_weight
+        )
         labels.append(item["label"].flatten())
         for m in SCORE_METHODS:
             scores[m].append(maps[m].flatten().cpu())
@@ -73,10 +87,15 @@ def evaluate_anomaly(model: SLEEG, dataset: AnomalySegmentationDataset, ecfg: Ev
     label = torch.cat(labels)
     counts = torch.bincount(label.long(), minlength=256)
     if counts[0] == 0 or counts[1] == 0:
-        raise ValueError(f"{name}: evaluation needs normal (0) and anomaly (1) pixels, found {int(counts[0])} normal "
-                         f"and {int(counts[1])} anomaly pixels")
-    result: dict[str, float] = {"pixels": int(counts[0] + counts[1]), "anomaly_pixels": int(counts[1]),
-                                "void_pixels": int(counts[IGNORE_INDEX])}
+        raise ValueError(
+            f"{name}: evaluation needs normal (0) and anomaly (1) pixels, found {int(counts[0])} normal "
+            f"and {int(counts[1])} anomaly pixels"
+        )
+    result: dict[str, float] = {
+        "pixels": int(counts[0] + counts[1]),
+        "anomaly_pixels": int(counts[1]),
+        "void_pixels": int(counts[IGNORE_INDEX]),
+    }
     curves = {}
     generator = torch.Generator().manual_seed(0)
     valid = (label != IGNORE_INDEX).nonzero()[:, 0]
@@ -87,13 +106,19 @@ def evaluate_anomaly(model: SLEEG, dataset: AnomalySegmentationDataset, ecfg: Ev
         if out_dir is not None:
             fpr, tpr, _ = roc_curve(s[subset], label[subset])
             precision, recall, _ = precision_recall_curve(s[subset], label[subset])
-            curves[m] = {"fpr": _decimate(fpr), "tpr": _decimate(tpr), "precision": _decimate(precision),
-                         "recall": _decimate(recall),
-                         "label": f"{METHOD_NAMES[m]} AP {result[f'{m}_AP']:.1f} FPR95 {result[f'{m}_FPR95']:.1f}"}
+            curves[m] = {
+                "fpr": _decimate(fpr),
+                "tpr": _decimate(tpr),
+                "precision": _decimate(precision),
+                "recall": _decimate(recall),
+                "label": f"{METHOD_NAMES[m]} AP {result[f'{m}_AP']:.1f} FPR95 {result[f'{m}_FPR95']:.1f}",
+            }
     if out_dir is not None:
-        plot_curves(out_dir / f"curves_{name.replace(':', '_')}.png", curves,
-                    f"{name}: {len(dataset)} images, {result['pixels']} pixels (curves from a random subset of "
-                    f"{len(subset)})")
+        plot_curves(
+            out_dir / f"curves_{name.replace(':', '_')}.png",
+            curves,
+            f"{name}: {len(dataset)} images, {result['pixels']} pixels (curves from a random subset of {len(subset)})",
+        )
     return result
 
 
@@ -101,8 +126,11 @@ def pixel_metrics(scores: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     """AP, AUROC and FPR95 (the first ROC point with TPR > 0.95, as the released evaluator) in percent, computed by
     ``shared.metrics.ranking_metrics`` (one sort for the three) over every pixel whose label is not `ignore_index`."""
     values = ranking_metrics(scores, labels, tpr=0.95, strict=True, ignore_index=ignore_index)
-    return {"AP": 100 * values["average_precision"], "AUROC": 100 * values["auroc"],
-            "FPR95": 100 * values["fpr_at_tpr"]}
+    return {
+        "AP": 100 * values["average_precision"],
+        "AUROC": 100 * values["auroc"],
+        "FPR95": 100 * values["fpr_at_tpr"],
+    }
 
 
 def _decimate(x: torch.Tensor | np.ndarray, points: int = 4000) -> np.ndarray:
@@ -110,8 +138,13 @@ def _decimate(x: torch.Tensor | np.ndarray, points: int = 4000) -> np.ndarray:
     return x[np.linspace(0, len(x) - 1, min(points, len(x))).astype(np.int64)]
 
 
-def evaluate_datasets(model: SLEEG, ecfg: EvalConfig, synthetic: SyntheticConfig, out_dir: Path | None = None,
-                      logger: RunLogger | None = None) -> dict[str, float]:
+def evaluate_datasets(
+    model: SLEEG,
+    ecfg: EvalConfig,
+    synthetic: SyntheticConfig,
+    out_dir: Path | None = None,
+    logger: RunLogger | None = None,
+) -> dict[str, float]:
     """Evaluate every configured dataset; keys ``<dataset>/<method>_<metric>``, plus unprefixed keys for the first
     dataset (what ``make demo`` reads)."""
     metrics: dict[str, float] = {}
@@ -129,6 +162,7 @@ def evaluate_datasets(model: SLEEG, ecfg: EvalConfig, synthetic: SyntheticConfig
 def format_results(result: dict[str, float]) -> str:
     lines = [f"{'method':<14}{'FPR95 (%)':>10}{'AUROC (%)':>11}{'AP (%)':>9}"]
     for m in SCORE_METHODS:
-        lines.append(f"{METHOD_NAMES[m]:<14}{result[f'{m}_FPR95']:>10.2f}{result[f'{m}_AUROC']:>11.2f}"
-                     f"{result[f'{m}_AP']:>9.2f}")
+        lines.append(
+            f"{METHOD_NAMES[m]:<14}{result[f'{m}_FPR95']:>10.2f}{result[f'{m}_AUROC']:>11.2f}{result[f'{m}_AP']:>9.2f}"
+        )
     return "\n".join(lines)

@@ -64,11 +64,13 @@ ROWS: dict[str, list[str]] = {
     "released_refine": ["--objective.refine_score", "released"],
 }
 ABLATIONS = [name for name in ROWS if name != "sleeg"]
-BUDGET = ("per seed: one small DeepLabv3 (deeplabv3_r18_d8_tiny, random init) trained 200 iterations at batch 8 "
-          "(64x128 crops of 160 synthetic 256x128 scenes), frozen and shared by all rows; every trained row: 250 "
-          "OoD-head iterations at batch 8; evaluation on 24 synthetic Fishyscapes-Static-format images (256x128), "
-          "4 scales x flip, pixels pooled; CPU, 1 torch thread; same iterations for every row (baselines: no "
-          "training beyond the shared segmentor)")
+BUDGET = (
+    "per seed: one small DeepLabv3 (deeplabv3_r18_d8_tiny, random init) trained 200 iterations at batch 8 "
+    "(64x128 crops of 160 synthetic 256x128 scenes), frozen and shared by all rows; every trained row: 250 "
+    "OoD-head iterations at batch 8; evaluation on 24 synthetic Fishyscapes-Static-format images (256x128), "
+    "4 scales x flip, pixels pooled; CPU, 1 torch thread; same iterations for every row (baselines: no "
+    "training beyond the shared segmentor)"
+)
 
 
 def _train(argv: list[str]) -> dict:
@@ -92,12 +94,23 @@ def _common(seed: int, base_args: Sequence[str]) -> list[str]:
     return [*base_args, "--seed", str(seed), "--synthetic.seed", str(seed), "--eval.vis_images", "0"]
 
 
-def run_row(seed: int, row: str, segmentor: Path, run_dir: Path, lr: float, base_args: Sequence[str] = ()
-            ) -> dict[str, float]:
+def run_row(
+    seed: int, row: str, segmentor: Path, run_dir: Path, lr: float, base_args: Sequence[str] = ()
+) -> dict[str, float]:
     """Train and evaluate one row on the seed's segmentor; ``{"<row>/<metric>": value}`` (+ the baselines and the
     mechanism's logged quantities for ``sleeg``)."""
-    metrics = _train([*_common(seed, base_args), "--optim.lr", str(lr), *ROWS[row], "--resume", str(segmentor),
-                      "--output_dir", str(run_dir)])
+    metrics = _train(
+        [
+            *_common(seed, base_args),
+            "--optim.lr",
+            str(lr),
+            *ROWS[row],
+            "--resume",
+            str(segmentor),
+            "--output_dir",
+            str(run_dir),
+        ]
+    )
     result = {f"{row}/{m}": round(metrics[f"sleeg_{m}"], 4) for m in METRICS}
     if row == "sleeg":
         result["segmentor/mIoU"] = round(metrics["segmentor_mIoU"], 4)
@@ -108,8 +121,9 @@ def run_row(seed: int, row: str, segmentor: Path, run_dir: Path, lr: float, base
     return result
 
 
-def run_seed(seed: int, out_dir: Path, lr: float, rows: Sequence[str] = tuple(ROWS),
-             base_args: Sequence[str] = ()) -> dict[str, float]:
+def run_seed(
+    seed: int, out_dir: Path, lr: float, rows: Sequence[str] = tuple(ROWS), base_args: Sequence[str] = ()
+) -> dict[str, float]:
     """Train the shared segmentor and every row for one seed; returns ``{"<row>/<metric>": value}``."""
     segmentor = train_segmentor_once(seed, out_dir, base_args)
     result: dict[str, float] = {}
@@ -121,30 +135,39 @@ def run_seed(seed: int, out_dir: Path, lr: float, rows: Sequence[str] = tuple(RO
 def select_lr(seed: int, out_dir: Path, grid: Sequence[float], base_args: Sequence[str] = ()) -> dict:
     """SLEEG AP on the validation draw (one segmentor) for each head learning rate of `grid`; the best one wins."""
     segmentor = train_segmentor_once(seed, out_dir, base_args)
-    scores = {str(lr): run_row(seed, "sleeg", segmentor, out_dir / f"seed{seed}" / f"sleeg_lr{lr}", lr,
-                               base_args)["sleeg/AP"] for lr in grid}
+    scores = {
+        str(lr): run_row(seed, "sleeg", segmentor, out_dir / f"seed{seed}" / f"sleeg_lr{lr}", lr, base_args)["sleeg/AP"]
+        for lr in grid
+    }
     chosen = max(grid, key=lambda lr: scores[str(lr)])
-    return {"seed": seed, "selected_by": "sleeg/AP", "optim.lr": {"grid": list(grid), "sleeg/AP": scores,
-                                                                    "chosen": chosen}}
+    return {
+        "seed": seed,
+        "selected_by": "sleeg/AP",
+        "optim.lr": {"grid": list(grid), "sleeg/AP": scores, "chosen": chosen},
+    }
 
 
-def build_record(seeds: Sequence[int], per_seed: dict[int, dict[str, float]], validation: dict,
-                 command: str, seconds: float) -> dict:
+def build_record(
+    seeds: Sequence[int], per_seed: dict[int, dict[str, float]], validation: dict, command: str, seconds: float
+) -> dict:
     names = list(per_seed[seeds[0]])
     ablations = [name for name in ABLATIONS if f"{name}/AP" in per_seed[seeds[0]]]
     return {
         "package": PACKAGE,
         "claim": "SLEEG's OoD head (TAE + TORE trained on self-generated pastes with likelihood-guided refinement) "
-                 "segments anomalies with a higher AP than the frozen segmentor's energy (JEM) and max-softmax "
-                 "scores; the paper's ablations (TAE only, TORE only, square vs convex pastes, with and without "
-                 "refinement) are recorded alongside",
+        "segments anomalies with a higher AP than the frozen segmentor's energy (JEM) and max-softmax "
+        "scores; the paper's ablations (TAE only, TORE only, square vs convex pastes, with and without "
+        "refinement) are recorded alongside",
         "metric": "AP",
         "higher_is_better": True,
         "method": "sleeg",
         "baselines": list(BASELINES),
         "ablations": ablations,
-        "row_metrics": {"AP": "percent, higher is better", "FPR95": "percent, lower is better",
-                        "AUROC": "percent, higher is better"},
+        "row_metrics": {
+            "AP": "percent, higher is better",
+            "FPR95": "percent, lower is better",
+            "AUROC": "percent, higher is better",
+        },
         "rows_format": "'<row>/<metric>': one value per seed, in the order of 'seeds'",
         "seeds": list(seeds),
         "rows": {name: [per_seed[s][name] for s in seeds] for name in names},
@@ -164,8 +187,10 @@ def format_table(record: dict) -> str:
     """Markdown: mean ± sd over the seeds per row and metric, and SLEEG's paired differences (wins / seeds)."""
     rows, seeds = record["rows"], record["seeds"]
     names = [record["method"], *record["baselines"], *record.get("ablations", [])]
-    lines = [f"| row | {' | '.join(METRICS)} | paired Δ AP vs row (SLEEG − row) | SLEEG AP higher |",
-             "|---|" + "---|" * (len(METRICS) + 2)]
+    lines = [
+        f"| row | {' | '.join(METRICS)} | paired Δ AP vs row (SLEEG − row) | SLEEG AP higher |",
+        "|---|" + "---|" * (len(METRICS) + 2),
+    ]
     sleeg_ap = rows[f"{record['method']}/AP"]
     for name in names:
         cells = [_mean_sd(rows[f"{name}/{m}"]) for m in METRICS]
@@ -195,13 +220,21 @@ def compare_with_committed(record: dict, committed: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help=f"reported seeds (default {list(DEFAULT_SEEDS)}, which also writes {COMMITTED.name})")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"reported seeds (default {list(DEFAULT_SEEDS)}, which also writes {COMMITTED.name})",
+    )
     parser.add_argument("--validation-seed", type=int, default=VALIDATION_SEED)
     parser.add_argument("--lr-grid", type=float, nargs="+", default=list(LR_GRID))
-    parser.add_argument("--lr", type=float, default=None,
-                        help="skip the validation draw and use this head lr (default with --seeds: the committed "
-                             "record's choice)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="skip the validation draw and use this head lr (default with --seeds: the committed record's choice)",
+    )
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--output_dir", default=None, help="default runs/energy_anomaly_seg/evidence/<time>/")
     parser.add_argument("--table", metavar="EVIDENCE_JSON", help="print the README table of a record and exit")
@@ -224,16 +257,23 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"head lr {validation['optim.lr']['chosen']} from the committed record's validation draw")
     else:
         validation = select_lr(args.validation_seed, out / "validation", args.lr_grid, args.train_args)
-        print(f"validation draw (seed {args.validation_seed}): SLEEG AP {validation['optim.lr']['sleeg/AP']} -> "
-              f"head lr {validation['optim.lr']['chosen']}")
+        print(
+            f"validation draw (seed {args.validation_seed}): SLEEG AP {validation['optim.lr']['sleeg/AP']} -> "
+            f"head lr {validation['optim.lr']['chosen']}"
+        )
     lr = validation["optim.lr"]["chosen"]
     per_seed = {}
     for seed in seeds:
         start = time.perf_counter()
         per_seed[seed] = run_seed(seed, out, lr, args.rows, args.train_args)
-        print(f"seed {seed} ({time.perf_counter() - start:.0f} s): " + ", ".join(
-            f"{name} {per_seed[seed][f'{name}/AP']:.2f}" for name in ["sleeg", *BASELINES, *args.rows[1:]]
-            if f"{name}/AP" in per_seed[seed]))
+        print(
+            f"seed {seed} ({time.perf_counter() - start:.0f} s): "
+            + ", ".join(
+                f"{name} {per_seed[seed][f'{name}/AP']:.2f}"
+                for name in ["sleeg", *BASELINES, *args.rows[1:]]
+                if f"{name}/AP" in per_seed[seed]
+            )
+        )
     command = "python -m energy_anomaly_seg.evidence" + ("" if not argv else " " + " ".join(argv))
     record = build_record(seeds, per_seed, validation, command, time.perf_counter() - t0)
     (out / "evidence.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -246,8 +286,10 @@ def main(argv: list[str] | None = None) -> dict:
     elif COMMITTED.is_file():
         mismatches = compare_with_committed(record, json.loads(COMMITTED.read_text()))
         shared_seeds = sorted(set(seeds) & set(json.loads(COMMITTED.read_text())["seeds"]))
-        print(f"reproduction of the committed seeds {shared_seeds}: "
-              + ("identical" if not mismatches else f"{len(mismatches)} differences:\n" + "\n".join(mismatches)))
+        print(
+            f"reproduction of the committed seeds {shared_seeds}: "
+            + ("identical" if not mismatches else f"{len(mismatches)} differences:\n" + "\n".join(mismatches))
+        )
         record["reproduction_mismatches"] = mismatches
     return record
 

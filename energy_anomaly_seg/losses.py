@@ -30,8 +30,9 @@ def jem_energy(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return -torch.logsumexp(logits, dim=dim)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255,
-                  average: Average = "all") -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, average: Average = "all"
+) -> torch.Tensor:
     """Pixel cross-entropy; `logits` are resized (bilinear, align_corners=False) to the label size first, as mmseg's
     decode heads do. ``average`` is "all" (mmseg 0.27 default) or "valid" (non-ignored pixels only)."""
     if logits.shape[-2:] != labels.shape[-2:]:
@@ -43,14 +44,20 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     return loss.sum() / valid.clamp(min=1)
 
 
-def task_agnostic_loss(ood_logits: torch.Tensor, ood_labels: torch.Tensor, ignore_index: int = 255,
-                       average: Average = "all") -> torch.Tensor:
+def task_agnostic_loss(
+    ood_logits: torch.Tensor, ood_labels: torch.Tensor, ignore_index: int = 255, average: Average = "all"
+) -> torch.Tensor:
     """TAE: cross-entropy of the 2-class OoD head (B, 2, h, w) against 0 normal / 1 anomaly / 255 ignored labels."""
     return cross_entropy(ood_logits, ood_labels, ignore_index, average)
 
 
-def task_oriented_residual_loss(anomaly_logit: torch.Tensor, guide_score: torch.Tensor, ood_labels: torch.Tensor,
-                                margin: float = 15.0, eps: float = 1e-10) -> torch.Tensor:
+def task_oriented_residual_loss(
+    anomaly_logit: torch.Tensor,
+    guide_score: torch.Tensor,
+    ood_labels: torch.Tensor,
+    margin: float = 15.0,
+    eps: float = 1e-10,
+) -> torch.Tensor:
     """TORE hinge (paper eq. 6-8; released ``LikelihoodLoss``), averaged over the batch.
 
     Args:
@@ -65,14 +72,18 @@ def task_oriented_residual_loss(anomaly_logit: torch.Tensor, guide_score: torch.
     m = (anomaly_logit + guide_score.detach()).flatten(1)
     labels = ood_labels.flatten(1)
     normal, anomaly = (labels == 0).to(m.dtype), (labels == 1).to(m.dtype)
-    per_image = ((m * normal).sum(1) / (normal.sum(1) + eps) - (m * anomaly).sum(1) / (anomaly.sum(1) + eps)
-                 + margin)
+    per_image = (m * normal).sum(1) / (normal.sum(1) + eps) - (m * anomaly).sum(1) / (anomaly.sum(1) + eps) + margin
     return per_image.clamp(min=0).mean()
 
 
-def segmentation_loss(seg_logits: torch.Tensor, aux_logits: torch.Tensor | None, labels: torch.Tensor,
-                      aux_weight: float = 0.4, ignore_index: int = 255,
-                      average: Average = "all") -> dict[str, torch.Tensor]:
+def segmentation_loss(
+    seg_logits: torch.Tensor,
+    aux_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    aux_weight: float = 0.4,
+    ignore_index: int = 255,
+    average: Average = "all",
+) -> dict[str, torch.Tensor]:
     """DeepLabv3 training loss: CE(decode) + aux_weight * CE(auxiliary FCN head). Returns the parts and the total."""
     parts = {"loss_decode": cross_entropy(seg_logits, labels, ignore_index, average)}
     if aux_logits is not None:

@@ -42,7 +42,8 @@ def read_checkpoint(path: str | Path) -> Any:
             f"could not load {path} with torch.load(weights_only=True): {err}\n"
             "If the file is an mmcv checkpoint whose 'meta' holds non-tensor objects, extract the weights once in an "
             "environment you trust (for instance with mmcv's own checkpoint loader) and save only its tensors: "
-            "torch.save(checkpoint['state_dict'], DST); then pass DST here") from err
+            "torch.save(checkpoint['state_dict'], DST); then pass DST here"
+        ) from err
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -60,21 +61,28 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
             raise TypeError(f"state_dict entry {k!r} is a {type(v).__name__}, not a tensor")
         for prefix in _WRAPPERS:
             while k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 
 
-def _check(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
-           optional_prefixes: tuple[str, ...], source: str) -> set[str]:
+def _check(
+    model_state: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    optional_prefixes: tuple[str, ...],
+    source: str,
+) -> set[str]:
     """Raise on unexpected keys, missing keys (outside `optional_prefixes`) or shape mismatches; return the
     optional keys that were missing."""
     missing = set(model_state) - set(state)
     optional_missing = {k for k in missing if k.startswith(optional_prefixes)}
     missing -= optional_missing
     unexpected = set(state) - set(model_state)
-    wrong_shape = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(model_state[k].shape)}"
-                   for k in sorted(set(state) & set(model_state)) if state[k].shape != model_state[k].shape]
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(model_state[k].shape)}"
+        for k in sorted(set(state) & set(model_state))
+        if state[k].shape != model_state[k].shape
+    ]
     problems = []
     for what, keys in (("missing", sorted(missing)), ("unexpected", sorted(unexpected)), ("wrong shape", wrong_shape)):
         if keys:
@@ -85,8 +93,9 @@ def _check(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Te
     return optional_missing
 
 
-def load_mmseg_checkpoint(model: nn.Module, checkpoint: str | Path | Mapping[str, Any],
-                          allow_missing_ood_head: bool = True) -> dict[str, Any]:
+def load_mmseg_checkpoint(
+    model: nn.Module, checkpoint: str | Path | Mapping[str, Any], allow_missing_ood_head: bool = True
+) -> dict[str, Any]:
     """Strictly load an mmseg-layout checkpoint (segmentor, or segmentor + ``patch_head``) into `model`.
 
     Args:
@@ -135,8 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_classes", type=int, default=19)
     args = parser.parse_args(argv)
     info = load_mmseg_checkpoint(create_model(args.variant, num_classes=args.num_classes), args.checkpoint)
-    print(f"{args.checkpoint}: {info['loaded_keys']} tensors loaded strictly into sleeg_{args.variant}; "
-          f"OoD head {'loaded' if info['ood_head_loaded'] else 'absent (segmentor-only file)'}")
+    print(
+        f"{args.checkpoint}: {info['loaded_keys']} tensors loaded strictly into sleeg_{args.variant}; "
+        f"OoD head {'loaded' if info['ood_head_loaded'] else 'absent (segmentor-only file)'}"
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -86,8 +87,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -126,18 +128,29 @@ class ResNetV1c(nn.Module):
             uses d // 2.
     """
 
-    def __init__(self, depth: int = 101, stem_channels: int = 64, base_channels: int = 64,
-                 strides: Sequence[int] = (1, 2, 1, 1), dilations: Sequence[int] = (1, 1, 2, 4),
-                 contract_dilation: bool = True):
+    def __init__(
+        self,
+        depth: int = 101,
+        stem_channels: int = 64,
+        base_channels: int = 64,
+        strides: Sequence[int] = (1, 2, 1, 1),
+        dilations: Sequence[int] = (1, 1, 2, 4),
+        contract_dilation: bool = True,
+    ):
         super().__init__()
         if depth not in _ARCH:
             raise ValueError(f"unsupported ResNet depth {depth}; expected one of {sorted(_ARCH)}")
         block, stage_blocks = _ARCH[depth]
         half = stem_channels // 2
         self.stem = nn.Sequential(
-            nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
-            nn.Conv2d(half, half, 3, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
-            nn.Conv2d(half, stem_channels, 3, padding=1, bias=False), nn.BatchNorm2d(stem_channels),
+            nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, padding=1, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(half, stem_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_channels),
             nn.ReLU(inplace=True),
         )
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -151,8 +164,15 @@ class ResNetV1c(nn.Module):
             self.out_channels.append(inplanes)
 
     @staticmethod
-    def _make_layer(block: type[nn.Module], inplanes: int, planes: int, num_blocks: int, stride: int, dilation: int,
-                    contract_dilation: bool) -> nn.Sequential:
+    def _make_layer(
+        block: type[nn.Module],
+        inplanes: int,
+        planes: int,
+        num_blocks: int,
+        stride: int,
+        dilation: int,
+        contract_dilation: bool,
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -178,8 +198,15 @@ class ASPPHead(nn.Module):
     """DeepLabv3 head (Chen et al. 2017) with mmseg's names: ``image_pool``, ``aspp_modules``, ``bottleneck``,
     ``conv_seg``. The dilation-1 branch is a 1x1 conv, the others 3x3 atrous convs."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, dilations: Sequence[int] = (1, 12, 24, 36),
-                 dropout_ratio: float = 0.1, in_index: int = 3):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        dilations: Sequence[int] = (1, 12, 24, 36),
+        dropout_ratio: float = 0.1,
+        in_index: int = 3,
+    ):
         super().__init__()
         self.in_index = in_index
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvModule(in_channels, channels, 1))
@@ -204,14 +231,22 @@ class FCNHead(nn.Module):
     Used as the auxiliary head (1 conv on stage 3) and as SLEEG's OoD head (3 convs on stage 4, 2 classes).
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int = 1,
-                 dropout_ratio: float = 0.1, in_index: int = 3):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        num_convs: int = 1,
+        dropout_ratio: float = 0.1,
+        in_index: int = 3,
+    ):
         super().__init__()
         if num_convs < 1:
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
         self.in_index = in_index
-        self.convs = nn.Sequential(*(ConvModule(in_channels if i == 0 else channels, channels, 3, padding=1)
-                                     for i in range(num_convs)))
+        self.convs = nn.Sequential(
+            *(ConvModule(in_channels if i == 0 else channels, channels, 3, padding=1) for i in range(num_convs))
+        )
         self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
@@ -227,17 +262,26 @@ class DeepLabV3(nn.Module):
     head, ``forward`` the logits upsampled (bilinear, align_corners=False) to the input size.
     """
 
-    def __init__(self, depth: int = 101, num_classes: int = 19, stem_channels: int = 64, base_channels: int = 64,
-                 aspp_channels: int = 512, aspp_dilations: Sequence[int] = (1, 12, 24, 36), aux_channels: int = 256,
-                 dropout_ratio: float = 0.1):
+    def __init__(
+        self,
+        depth: int = 101,
+        num_classes: int = 19,
+        stem_channels: int = 64,
+        base_channels: int = 64,
+        aspp_channels: int = 512,
+        aspp_dilations: Sequence[int] = (1, 12, 24, 36),
+        aux_channels: int = 256,
+        dropout_ratio: float = 0.1,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.backbone = ResNetV1c(depth, stem_channels=stem_channels, base_channels=base_channels)
         c3, c4 = self.backbone.out_channels[2], self.backbone.out_channels[3]
         self.feature_channels = c4
         self.decode_head = ASPPHead(c4, aspp_channels, num_classes, aspp_dilations, dropout_ratio, in_index=3)
-        self.auxiliary_head = FCNHead(c3, aux_channels, num_classes, num_convs=1, dropout_ratio=dropout_ratio,
-                                      in_index=2)
+        self.auxiliary_head = FCNHead(
+            c3, aux_channels, num_classes, num_convs=1, dropout_ratio=dropout_ratio, in_index=2
+        )
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone(x)
@@ -268,12 +312,19 @@ class SLEEG(DeepLabV3):
 
     segment_part = ("backbone", "decode_head", "auxiliary_head")
 
-    def __init__(self, ood_channels: int = 256, ood_num_convs: int = 3, freeze_segmentor: bool = True,
-                 segmentor_dropout_in_train: bool = False, **kwargs):
+    def __init__(
+        self,
+        ood_channels: int = 256,
+        ood_num_convs: int = 3,
+        freeze_segmentor: bool = True,
+        segmentor_dropout_in_train: bool = False,
+        **kwargs,
+    ):
         dropout_ratio = kwargs.get("dropout_ratio", 0.1)
         super().__init__(**kwargs)
-        self.patch_head = FCNHead(self.feature_channels, ood_channels, 2, num_convs=ood_num_convs,
-                                  dropout_ratio=dropout_ratio, in_index=3)
+        self.patch_head = FCNHead(
+            self.feature_channels, ood_channels, 2, num_convs=ood_num_convs, dropout_ratio=dropout_ratio, in_index=3
+        )
         self.freeze_segmentor = freeze_segmentor
         self.segmentor_dropout_in_train = segmentor_dropout_in_train
         if freeze_segmentor:
@@ -324,16 +375,21 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 # embedded default (ResNet-18 layout at a quarter of the width, trainable from scratch on two CPU cores in about a
 # minute); r18_d8_test is for unit tests only.
 VARIANTS: dict[str, dict] = {
-    "deeplabv3_r101_d8": dict(depth=101, stem_channels=64, base_channels=64, aspp_channels=512, aux_channels=256,
-                              ood_channels=256),
-    "deeplabv3_r50_d8": dict(depth=50, stem_channels=64, base_channels=64, aspp_channels=512, aux_channels=256,
-                             ood_channels=256),
-    "deeplabv3_r18_d8": dict(depth=18, stem_channels=64, base_channels=64, aspp_channels=128, aux_channels=64,
-                             ood_channels=256),
-    "deeplabv3_r18_d8_tiny": dict(depth=18, stem_channels=16, base_channels=16, aspp_channels=32, aux_channels=16,
-                                  ood_channels=32),
-    "deeplabv3_r18_d8_test": dict(depth=18, stem_channels=8, base_channels=8, aspp_channels=8, aux_channels=8,
-                                  ood_channels=8),
+    "deeplabv3_r101_d8": dict(
+        depth=101, stem_channels=64, base_channels=64, aspp_channels=512, aux_channels=256, ood_channels=256
+    ),
+    "deeplabv3_r50_d8": dict(
+        depth=50, stem_channels=64, base_channels=64, aspp_channels=512, aux_channels=256, ood_channels=256
+    ),
+    "deeplabv3_r18_d8": dict(
+        depth=18, stem_channels=64, base_channels=64, aspp_channels=128, aux_channels=64, ood_channels=256
+    ),
+    "deeplabv3_r18_d8_tiny": dict(
+        depth=18, stem_channels=16, base_channels=16, aspp_channels=32, aux_channels=16, ood_channels=32
+    ),
+    "deeplabv3_r18_d8_test": dict(
+        depth=18, stem_channels=8, base_channels=8, aspp_channels=8, aux_channels=8, ood_channels=8
+    ),
 }
 
 
@@ -359,8 +415,10 @@ def create_deeplabv3(name: str, **overrides) -> DeepLabV3:
 def _register(variant: str) -> Callable[..., SLEEG]:
     def fn(pretrained: bool = False, **kwargs) -> SLEEG:
         if pretrained:
-            raise ValueError("no published weights are registered with timm; load the authors' mmseg checkpoint "
-                             "with energy_anomaly_seg.load_mmseg_checkpoint(model, PATH)")
+            raise ValueError(
+                "no published weights are registered with timm; load the authors' mmseg checkpoint "
+                "with energy_anomaly_seg.load_mmseg_checkpoint(model, PATH)"
+            )
         for timm_key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # create_model's extras
             kwargs.pop(timm_key, None)
         return create_model(variant, **kwargs)

@@ -91,8 +91,9 @@ def rasterize_convex_polygons(vertices: torch.Tensor, height: int, width: int) -
     return inside
 
 
-def harris_corner_points(patches: torch.Tensor, sizes: torch.Tensor, num_points: int, generator: torch.Generator,
-                         k: float = 0.04) -> torch.Tensor:
+def harris_corner_points(
+    patches: torch.Tensor, sizes: torch.Tensor, num_points: int, generator: torch.Generator, k: float = 0.04
+) -> torch.Tensor:
     """The ``num_points`` strongest Harris corners of each crop (3x3 Sobel gradients, 3x3 box window, response
     det - k trace^2, 5x5 non-maximum suppression), jittered by U(-0.5, 0.5) so the hull is in general position; crops
     with fewer corners are completed with uniformly random points.
@@ -155,9 +156,16 @@ class AnomalyPatchPool:
         harris_k: Harris response constant.
     """
 
-    def __init__(self, pool_size: int = 30, crops_per_image: int = 2, area_range: tuple[float, float] = (0.03, 0.06),
-                 aspect_range: tuple[float, float] = (0.8, 1.2), polygon: str = "convex_hull", hull_points: int = 15,
-                 harris_k: float = 0.04):
+    def __init__(
+        self,
+        pool_size: int = 30,
+        crops_per_image: int = 2,
+        area_range: tuple[float, float] = (0.03, 0.06),
+        aspect_range: tuple[float, float] = (0.8, 1.2),
+        polygon: str = "convex_hull",
+        hull_points: int = 15,
+        harris_k: float = 0.04,
+    ):
         if polygon not in POLYGON_KINDS:
             raise ValueError(f"unknown polygon kind {polygon!r}; expected one of {POLYGON_KINDS}")
         if hull_points < 3:
@@ -173,8 +181,10 @@ class AnomalyPatchPool:
 
     def max_crop_size(self, height: int, width: int) -> tuple[int, int]:
         area = self.area_range[1] * height * width
-        return (min(height, int(math.sqrt(area / self.aspect_range[0]))),
-                min(width, int(math.sqrt(area * self.aspect_range[1]))))
+        return (
+            min(height, int(math.sqrt(area / self.aspect_range[0]))),
+            min(width, int(math.sqrt(area * self.aspect_range[1]))),
+        )
 
     def __len__(self) -> int:
         return self.count
@@ -201,8 +211,9 @@ class AnomalyPatchPool:
         cols = (x0[:, None] + torch.arange(wm)).clamp(max=width - 1).to(dev)
         owner = torch.arange(b, device=dev).repeat_interleave(self.crops_per_image)
         crops = images[owner[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-        valid = (torch.arange(hm)[None, :, None] < hc[:, None, None]) & (torch.arange(wm)[None, None, :] <
-                                                                         wc[:, None, None])
+        valid = (torch.arange(hm)[None, :, None] < hc[:, None, None]) & (
+            torch.arange(wm)[None, None, :] < wc[:, None, None]
+        )
         crops = crops * valid[:, None].to(dev)
         sizes = torch.stack([hc, wc], dim=1)
         if self.polygon == "harris":
@@ -217,9 +228,15 @@ class AnomalyPatchPool:
         self.count = min(self.pool_size, self.count + len(slots))
 
     @torch.no_grad()
-    def paste(self, images: torch.Tensor, seg_labels: torch.Tensor, generator: torch.Generator,
-              pastes_per_image: int = 10, noise_ratio: float = 0.1,
-              ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PasteResult]:
+    def paste(
+        self,
+        images: torch.Tensor,
+        seg_labels: torch.Tensor,
+        generator: torch.Generator,
+        pastes_per_image: int = 10,
+        noise_ratio: float = 0.1,
+        ignore_index: int = 255,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PasteResult]:
         """Paste pooled crops as convex polygons into copies of `images` (B, 3, H, W) and `seg_labels` (B, H, W).
 
         Returns:
@@ -273,21 +290,31 @@ class AnomalyPatchPool:
         is_noise = noise.to(dev)[bi, pi]
         if is_noise.any():
             content[is_noise] = torch.randn(int(is_noise.sum()), content.shape[1], generator=generator).to(
-                dev, content.dtype)
+                dev, content.dtype
+            )
         images = images.clone()
         images[bi, :, yi, xi] = content.to(images.dtype)
         seg_labels = seg_labels.clone()
         seg_labels[pasted] = ignore_index
         ood_labels = pasted.long()
         vertices_img = vertices.view(b, p, -1, 2) + offsets.flip(-1)[:, :, None, :].float()
-        return images, seg_labels, ood_labels, PasteResult(vertices_img, num.view(b, p), winner, coverage, noise,
-                                                           source, offsets)
+        return (
+            images,
+            seg_labels,
+            ood_labels,
+            PasteResult(vertices_img, num.view(b, p), winner, coverage, noise, source, offsets),
+        )
 
     def state_dict(self) -> dict:
         """Tensors and numbers only (weights_only-loadable)."""
-        return {"patches": self.patches.cpu() if self.patches is not None else torch.empty(0),
-                "sizes": self.sizes.clone(), "corners": self.corners.clone(), "count": self.count,
-                "next_slot": self.next_slot, "image_size": list(self.image_size) if self.image_size else []}
+        return {
+            "patches": self.patches.cpu() if self.patches is not None else torch.empty(0),
+            "sizes": self.sizes.clone(),
+            "corners": self.corners.clone(),
+            "count": self.count,
+            "next_slot": self.next_slot,
+            "image_size": list(self.image_size) if self.image_size else [],
+        }
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         self.patches = state["patches"].to(device) if state["patches"].numel() else None

@@ -75,8 +75,9 @@ def otsu_threshold(values: torch.Tensor, weight: torch.Tensor | None = None, nbi
     return torch.where(empty, -torch.inf, threshold).to(values.dtype)
 
 
-def refine_anomaly_labels(score: torch.Tensor, ood_labels: torch.Tensor, nbins: int = 25,
-                          ignore_index: int = 255) -> torch.Tensor:
+def refine_anomaly_labels(
+    score: torch.Tensor, ood_labels: torch.Tensor, nbins: int = 25, ignore_index: int = 255
+) -> torch.Tensor:
     """Likelihood-guided refinement: pasted pixels (label 1) whose score is <= their image's Otsu threshold
     (computed over the pasted pixels only) become `ignore_index`; other labels are unchanged. (B, H, W) in and out."""
     b = score.shape[0]
@@ -88,8 +89,13 @@ def refine_anomaly_labels(score: torch.Tensor, ood_labels: torch.Tensor, nbins: 
     return refined.view_as(ood_labels)
 
 
-def anomaly_score(seg_logits: torch.Tensor, ood_logits: torch.Tensor | None, method: str = "sleeg",
-                  formula: str = "paper", weight: float = 0.5) -> torch.Tensor:
+def anomaly_score(
+    seg_logits: torch.Tensor,
+    ood_logits: torch.Tensor | None,
+    method: str = "sleeg",
+    formula: str = "paper",
+    weight: float = 0.5,
+) -> torch.Tensor:
     """Per-pixel anomaly score (higher = more anomalous) from logits (B, C, h, w) -> (B, h, w).
 
     Methods: ``msp`` 1 - max softmax probability; ``energy`` JEM = -logsumexp(g); ``sleeg`` the combined estimator:
@@ -155,8 +161,9 @@ class SLEEGSettings:
             raise ValueError(f"unknown tore_guide {self.tore_guide!r}; expected one of {TORE_GUIDES}")
 
 
-def _maps_at(size: Sequence[int], seg_logits: torch.Tensor, ood_logits: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def _maps_at(
+    size: Sequence[int], seg_logits: torch.Tensor, ood_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """JEM of the segmentation logits and the two OoD-head logits, both upsampled to `size` (label resolution) as
     the released training forward does before refinement and the hinge."""
     seg_up = F.interpolate(seg_logits.float(), size=size, mode="bilinear", align_corners=False)
@@ -164,8 +171,9 @@ def _maps_at(size: Sequence[int], seg_logits: torch.Tensor, ood_logits: torch.Te
     return jem_energy(seg_up), ood_up  # float32 under AMP too: the hinge compares means of large maps
 
 
-def refinement_score(settings: SLEEGSettings, iteration: int, energy: torch.Tensor, ood_logits: torch.Tensor
-                     ) -> torch.Tensor:
+def refinement_score(
+    settings: SLEEGSettings, iteration: int, energy: torch.Tensor, ood_logits: torch.Tensor
+) -> torch.Tensor:
     """The score (B, H, W) whose Otsu split refines the pasted labels at `iteration` (see :class:`SLEEGSettings`).
 
     ``energy`` is JEM (B, H, W) and ``ood_logits`` the head's logits (B, 2, H, W), both at label resolution; the
@@ -187,17 +195,25 @@ def tore_guide(settings: SLEEGSettings, energy: torch.Tensor, ood_logits: torch.
     return energy + settings.head_plus_energy_weight * ood_logits[:, 1].detach()
 
 
-def _refine(settings: SLEEGSettings, iteration: int, energy: torch.Tensor, ood_logits: torch.Tensor,
-            ood_labels: torch.Tensor) -> torch.Tensor:
+def _refine(
+    settings: SLEEGSettings, iteration: int, energy: torch.Tensor, ood_logits: torch.Tensor, ood_labels: torch.Tensor
+) -> torch.Tensor:
     if not settings.refine:
         return ood_labels
     with torch.no_grad():
-        return refine_anomaly_labels(refinement_score(settings, iteration, energy, ood_logits), ood_labels,
-                                     settings.otsu_bins)
+        return refine_anomaly_labels(
+            refinement_score(settings, iteration, energy, ood_logits), ood_labels, settings.otsu_bins
+        )
 
 
-def input_gradient_nudge(model: SLEEG, images: torch.Tensor, ood_labels: torch.Tensor, paste: PasteResult,
-                         settings: SLEEGSettings, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+def input_gradient_nudge(
+    model: SLEEG,
+    images: torch.Tensor,
+    ood_labels: torch.Tensor,
+    paste: PasteResult,
+    settings: SLEEGSettings,
+    iteration: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Released-code step not in the paper: one forward/backward of the TORE loss w.r.t. the input image, then
     x += sign(grad) * (5e-6 per paste everywhere + 6e-5 per paste covering the pixel) (normalised units).
 
@@ -211,24 +227,31 @@ def input_gradient_nudge(model: SLEEG, images: torch.Tensor, ood_labels: torch.T
             seg_logits = model.forward_head(feats)
         energy, ood_up = _maps_at(ood_labels.shape[-2:], seg_logits, ood_logits)
         refined = _refine(settings, iteration, energy, ood_up, ood_labels)
-        loss = task_oriented_residual_loss(ood_up[:, 1], tore_guide(settings, energy, ood_up), refined,
-                                           settings.margin)
-        grad, = torch.autograd.grad(loss, x)
+        loss = task_oriented_residual_loss(ood_up[:, 1], tore_guide(settings, energy, ood_up), refined, settings.margin)
+        (grad,) = torch.autograd.grad(loss, x)
     step = settings.pastes_per_image * 5e-6 + 6e-5 * paste.coverage[:, None].to(x.dtype)
     return (images + grad.sign() * step).detach(), refined
 
 
-def sleeg_losses(model: SLEEG, images: torch.Tensor, seg_labels: torch.Tensor, pool: AnomalyPatchPool,
-                 generator: torch.Generator, settings: SLEEGSettings, iteration: int,
-                 ood_head: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def sleeg_losses(
+    model: SLEEG,
+    images: torch.Tensor,
+    seg_labels: torch.Tensor,
+    pool: AnomalyPatchPool,
+    generator: torch.Generator,
+    settings: SLEEGSettings,
+    iteration: int,
+    ood_head: torch.nn.Module | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """One SLEEG step on a batch of normalised crops (B, 3, H, W) with Cityscapes labels (B, H, W).
 
     ``ood_head`` is the module to call for the OoD logits (the DDP wrapper of ``model.patch_head`` under torchrun).
     Returns the total loss (TAE + 0.05 TORE; gradient only into the OoD head) and logging values.
     """
     pool.add(images, generator)
-    images, _, ood_labels, paste = pool.paste(images, seg_labels, generator, settings.pastes_per_image,
-                                              settings.noise_ratio)
+    images, _, ood_labels, paste = pool.paste(
+        images, seg_labels, generator, settings.pastes_per_image, settings.noise_ratio
+    )
     labels_in = ood_labels
     if settings.input_grad_nudge:
         images, labels_in = input_gradient_nudge(model, images, ood_labels, paste, settings, iteration)
@@ -239,20 +262,31 @@ def sleeg_losses(model: SLEEG, images: torch.Tensor, seg_labels: torch.Tensor, p
     energy, ood_up = _maps_at(ood_labels.shape[-2:], seg_logits, ood_logits)
     refined = _refine(settings, iteration, energy, ood_up, labels_in)
     loss_tae = task_agnostic_loss(ood_logits, refined, average=settings.ce_average)
-    loss_tore = task_oriented_residual_loss(ood_up[:, 1], tore_guide(settings, energy, ood_up), refined,
-                                            settings.margin)
+    loss_tore = task_oriented_residual_loss(
+        ood_up[:, 1], tore_guide(settings, energy, ood_up), refined, settings.margin
+    )
     loss = settings.tae_weight * loss_tae + settings.tore_weight * loss_tore
     pasted = (ood_labels == 1).sum().clamp(min=1)
-    logs = {"loss": loss.item(), "loss_tae": loss_tae.item(), "loss_tore": loss_tore.item(),
-            "pasted_frac": float((ood_labels == 1).float().mean()),
-            "kept_after_refine": float((refined == 1).sum() / pasted)}
+    logs = {
+        "loss": loss.item(),
+        "loss_tae": loss_tae.item(),
+        "loss_tore": loss_tore.item(),
+        "pasted_frac": float((ood_labels == 1).float().mean()),
+        "kept_after_refine": float((refined == 1).sum() / pasted),
+    }
     return loss, logs
 
 
 @torch.no_grad()
-def predict_anomaly_maps(model: SLEEG, image: torch.Tensor, img_scale: tuple[int, int] = (2048, 1024),
-                         scales: Sequence[float] = (0.75, 1.0, 1.25, 1.5), flip: bool = True, formula: str = "paper",
-                         weight: float = 0.5) -> dict[str, torch.Tensor]:
+def predict_anomaly_maps(
+    model: SLEEG,
+    image: torch.Tensor,
+    img_scale: tuple[int, int] = (2048, 1024),
+    scales: Sequence[float] = (0.75, 1.0, 1.25, 1.5),
+    flip: bool = True,
+    formula: str = "paper",
+    weight: float = 0.5,
+) -> dict[str, torch.Tensor]:
     """Multi-scale + flip anomaly maps of one uint8 image (3, H, W) at its original resolution.
 
     Each pass rescales the image (keep ratio) to fit ``img_scale`` x ratio (mmseg ``MultiScaleFlipAug``), runs the

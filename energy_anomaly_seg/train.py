@@ -20,14 +20,10 @@ evaluation) and ``metrics.json`` (the evaluation of ``eval.datasets``, as ``eval
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
@@ -46,8 +42,17 @@ from shared.distributed import DistContext, cleanup_distributed, init_distribute
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, check_finite_parameters, make_grad_scaler, optimizer_step
 
-__all__ = ["TrainConfig", "evaluate", "main", "make_pool", "parse_args", "read_resume_state", "run_phases",
-           "sleeg_settings", "train_steps"]
+__all__ = [
+    "TrainConfig",
+    "evaluate",
+    "main",
+    "make_pool",
+    "parse_args",
+    "read_resume_state",
+    "run_phases",
+    "sleeg_settings",
+    "train_steps",
+]
 
 PACKAGE = "energy_anomaly_seg"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -58,14 +63,23 @@ OOD_HEAD_KEYS = ("pool", "generator")
 # builders ------------------------------------------------------------------------------------------------------------
 def sleeg_settings(cfg: TrainConfig) -> SLEEGSettings:
     """The OoD-head step's settings: every ``objective`` key plus the pastes of ``anomalies``."""
-    return SLEEGSettings(**dataclasses.asdict(cfg.objective), pastes_per_image=cfg.anomalies.pastes_per_image,
-                         noise_ratio=cfg.anomalies.noise_ratio)
+    return SLEEGSettings(
+        **dataclasses.asdict(cfg.objective),
+        pastes_per_image=cfg.anomalies.pastes_per_image,
+        noise_ratio=cfg.anomalies.noise_ratio,
+    )
 
 
 def make_pool(cfg: AnomalyConfig) -> AnomalyPatchPool:
-    return AnomalyPatchPool(pool_size=cfg.pool_size, crops_per_image=cfg.crops_per_image,
-                            area_range=tuple(cfg.area_range), aspect_range=tuple(cfg.aspect_range),
-                            polygon=cfg.polygon, hull_points=cfg.hull_points, harris_k=cfg.harris_k)
+    return AnomalyPatchPool(
+        pool_size=cfg.pool_size,
+        crops_per_image=cfg.crops_per_image,
+        area_range=tuple(cfg.area_range),
+        aspect_range=tuple(cfg.aspect_range),
+        polygon=cfg.polygon,
+        hull_points=cfg.hull_points,
+        harris_k=cfg.harris_k,
+    )
 
 
 def read_resume_state(path: str | Path) -> dict[str, Any]:
@@ -74,17 +88,24 @@ def read_resume_state(path: str | Path) -> dict[str, Any]:
     state = train_segmentor.read_resume_state(path)
     missing = [key for key in OOD_HEAD_KEYS if key not in state]
     if state["phase"] not in ("segmentor", "ood_head") or (state["phase"] == "ood_head" and missing):
-        raise CheckpointError(f"not a {PACKAGE} checkpoint: {path} has phase {state['phase']!r}"
-                              + (f" but lacks {', '.join(map(repr, missing))}" if missing else ""))
+        raise CheckpointError(
+            f"not a {PACKAGE} checkpoint: {path} has phase {state['phase']!r}"
+            + (f" but lacks {', '.join(map(repr, missing))}" if missing else "")
+        )
     if not any(key.startswith("patch_head.") for key in state["model"]):
-        raise CheckpointError(f"not a train.py checkpoint: {path} holds a segmentor without an OoD head "
-                              "(train_segmentor.py's last.pt); pass it as --segmentor.checkpoint instead")
+        raise CheckpointError(
+            f"not a train.py checkpoint: {path} holds a segmentor without an OoD head "
+            "(train_segmentor.py's last.pt); pass it as --segmentor.checkpoint instead"
+        )
     return state
 
 
 def build_model(cfg: TrainConfig, ctx: DistContext) -> SLEEG:
-    model = create_model(cfg.model.variant, num_classes=cfg.model.num_classes,
-                         segmentor_dropout_in_train=cfg.model.segmentor_dropout_in_train)
+    model = create_model(
+        cfg.model.variant,
+        num_classes=cfg.model.num_classes,
+        segmentor_dropout_in_train=cfg.model.segmentor_dropout_in_train,
+    )
     if ctx.distributed and ctx.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(ctx.device)
@@ -104,8 +125,10 @@ class Run:
     def save(self, name: str = "last.pt", **components: Any) -> None:
         """``training_state`` of the model, the metrics so far and `components` (phase, iteration, optimizer ...)."""
         if self.ctx.is_main:
-            save_checkpoint(training_state(PACKAGE, self.cfg, **components, model=self.model,
-                                           metrics=dict(self.metrics)), self.out / name)
+            save_checkpoint(
+                training_state(PACKAGE, self.cfg, **components, model=self.model, metrics=dict(self.metrics)),
+                self.out / name,
+            )
 
 
 def start_run(cfg: TrainConfig, ctx: DistContext, resuming: bool) -> Run:
@@ -125,8 +148,10 @@ def _initialise_backbone(run: Run) -> None:
     if cfg.segmentor.backbone_pretrained:
         load_backbone_pretrained(run.model, cfg.segmentor.backbone_pretrained)
     elif not cfg.segmentor.allow_random_init:
-        raise ValueError("segmentor training needs --segmentor.backbone_pretrained PATH (ImageNet ResNetV1c) "
-                         "or --segmentor.allow_random_init")
+        raise ValueError(
+            "segmentor training needs --segmentor.backbone_pretrained PATH (ImageNet ResNetV1c) "
+            "or --segmentor.allow_random_init"
+        )
     else:
         log.info("segmentor: training from random initialisation (no pretrained weights; embedded default)")
 
@@ -137,14 +162,18 @@ def prepare_segmentor(run: Run, state: dict[str, Any] | None) -> None:
     cfg, ctx, log, model = run.cfg, run.ctx, run.logger, run.model
     if state is None and cfg.segmentor.checkpoint:
         info = load_mmseg_checkpoint(model, cfg.segmentor.checkpoint, allow_missing_ood_head=True)
-        log.info(f"segmentor: {info['loaded_keys']} tensors from {cfg.segmentor.checkpoint} (strict)"
-                 + ("; it also held an OoD head, training continues from it" if info["ood_head_loaded"] else ""))
+        log.info(
+            f"segmentor: {info['loaded_keys']} tensors from {cfg.segmentor.checkpoint} (strict)"
+            + ("; it also held an OoD head, training continues from it" if info["ood_head_loaded"] else "")
+        )
         return
     seg_cfg = cfg.segmentor.train
     if seg_cfg.iters <= 0:
-        raise ValueError("no segmentor: pass --segmentor.checkpoint PATH (the authors' DeepLabv3 iter_40000.pth "
-                         "in mmseg layout, or train_segmentor.py's last.pt), or set segmentor.train.iters > 0 to "
-                         "train one in this run; SLEEG never runs on a random segmentor")
+        raise ValueError(
+            "no segmentor: pass --segmentor.checkpoint PATH (the authors' DeepLabv3 iter_40000.pth "
+            "in mmseg layout, or train_segmentor.py's last.pt), or set segmentor.train.iters > 0 to "
+            "train one in this run; SLEEG never runs on a random segmentor"
+        )
     if state is None:
         _initialise_backbone(run)
     model.set_segmentor_trainable(True)
@@ -160,16 +189,33 @@ def prepare_segmentor(run: Run, state: dict[str, Any] | None) -> None:
         run.save(phase="segmentor", iteration=iteration, optimizer=optimizer, scaler=scaler)
 
     t0 = time.perf_counter()
-    train_segmentor.train_steps(model, batches, optim=seg_cfg, run=cfg, optimizer=optimizer, scaler=scaler, ctx=ctx,
-                                logger=log, start_iteration=start, save=save)
+    train_segmentor.train_steps(
+        model,
+        batches,
+        optim=seg_cfg,
+        run=cfg,
+        optimizer=optimizer,
+        scaler=scaler,
+        ctx=ctx,
+        logger=log,
+        start_iteration=start,
+        save=save,
+    )
     model.set_segmentor_trainable(False)
     if ctx.is_main:
         val = CityscapesSegmentation(resolve_cityscapes_root(cfg.data, cfg.synthetic), cfg.data.val_split)
         seg_metrics = train_segmentor.evaluate(model, val, ctx.device, cfg.model.num_classes)
-        run.metrics.update({"segmentor_mIoU": seg_metrics["mIoU"], "segmentor_aAcc": seg_metrics["aAcc"],
-                            "segmentor_seconds": time.perf_counter() - t0})
-        log.info(f"segmentor trained in {time.perf_counter() - t0:.0f} s: {cfg.data.val_split} mIoU "
-                 f"{seg_metrics['mIoU']:.2f}, pixel accuracy {seg_metrics['aAcc']:.2f}")
+        run.metrics.update(
+            {
+                "segmentor_mIoU": seg_metrics["mIoU"],
+                "segmentor_aAcc": seg_metrics["aAcc"],
+                "segmentor_seconds": time.perf_counter() - t0,
+            }
+        )
+        log.info(
+            f"segmentor trained in {time.perf_counter() - t0:.0f} s: {cfg.data.val_split} mIoU "
+            f"{seg_metrics['mIoU']:.2f}, pixel accuracy {seg_metrics['aAcc']:.2f}"
+        )
 
 
 # phase 2 -------------------------------------------------------------------------------------------------------------
@@ -186,8 +232,15 @@ class HeadTraining:
 
     def checkpoint(self, run: Run, iteration: int, name: str = "last.pt") -> None:
         check_finite_parameters(run.model.patch_head, iteration - 1, "OoD head")  # BN statistics included
-        run.save(name, phase="ood_head", iteration=iteration, optimizer=self.optimizer, scaler=self.scaler,
-                 pool=self.pool, generator=self.generator)
+        run.save(
+            name,
+            phase="ood_head",
+            iteration=iteration,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            pool=self.pool,
+            generator=self.generator,
+        )
 
 
 def train_steps(run: Run, training: HeadTraining, batches: Iterator[dict], start: int) -> None:
@@ -205,14 +258,23 @@ def train_steps(run: Run, training: HeadTraining, batches: Iterator[dict], start
         images = batch["image"].to(ctx.device, non_blocking=True)
         labels = batch["label"].to(ctx.device, non_blocking=True)
         with autocast(ctx.device, cfg.amp):
-            loss, logs = sleeg_losses(model, images, labels, training.pool, training.generator, training.settings,
-                                      iteration, ood_head=training.head)
+            loss, logs = sleeg_losses(
+                model,
+                images,
+                labels,
+                training.pool,
+                training.generator,
+                training.settings,
+                iteration,
+                ood_head=training.head,
+            )
         optimizer_step(loss, training.optimizer, training.scaler, iteration, what="SLEEG loss")
         seen += images.shape[0] * ctx.world_size
         done = iteration + 1
         if train_segmentor.is_due(done, cfg.log_interval, iters):
-            log.log_epoch(done, {"phase": "ood_head", **logs, "lr": lr,
-                                 "img_per_s": seen / max(time.perf_counter() - t0, 1e-9)})
+            log.log_epoch(
+                done, {"phase": "ood_head", **logs, "lr": lr, "img_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+            )
         if train_segmentor.is_due(done, cfg.checkpoint_interval, iters):
             training.checkpoint(run, done)
         if cfg.eval_interval and done % cfg.eval_interval == 0 and done < iters and ctx.is_main:
@@ -235,29 +297,38 @@ def train_ood_head(run: Run, state: dict[str, Any] | None) -> None:
     cfg, ctx, model = run.cfg, run.ctx, run.model
     head: nn.Module = model.patch_head
     if ctx.distributed:
-        head = nn.parallel.DistributedDataParallel(head, device_ids=[ctx.device] if ctx.device.type == "cuda"
-                                                   else None)
+        head = nn.parallel.DistributedDataParallel(head, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
     training = HeadTraining(
         head=head,
-        optimizer=torch.optim.SGD(model.patch_head.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                  weight_decay=cfg.optim.weight_decay),
-        scaler=make_grad_scaler(ctx.device, cfg.amp), pool=make_pool(cfg.anomalies),
-        generator=torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank + 1), settings=sleeg_settings(cfg))
+        optimizer=torch.optim.SGD(
+            model.patch_head.parameters(),
+            lr=cfg.optim.lr,
+            momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
+        ),
+        scaler=make_grad_scaler(ctx.device, cfg.amp),
+        pool=make_pool(cfg.anomalies),
+        generator=torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank + 1),
+        settings=sleeg_settings(cfg),
+    )
     start = int(state["iteration"]) if state is not None else 0
     batches = build_train_loader(cfg.data, cfg.synthetic, ctx, cfg.seed + 1, start)  # before the RNG restore
     if state is not None:
         training.pool.load_state_dict(state["pool"], ctx.device)
-        restore_training_state(state, optimizer=training.optimizer, scaler=training.scaler,
-                               generator=training.generator)
+        restore_training_state(
+            state, optimizer=training.optimizer, scaler=training.scaler, generator=training.generator
+        )
     train_steps(run, training, batches, start)
 
 
 def run_phases(run: Run, state: dict[str, Any] | None) -> dict[str, Any]:
     """Restore a resumed state, phase 1, phase 2, the final evaluation; writes metrics.json."""
     cfg, log = run.cfg, run.logger
-    log.info(f"SLEEG sleeg_{cfg.model.variant}: {count_parameters(run.model) / 1e6:.2f} M parameters, OoD head "
-             f"{count_parameters(run.model.patch_head)} trainable; device {run.ctx.device}, "
-             f"{run.ctx.world_size} process(es); run folder {run.out}")
+    log.info(
+        f"SLEEG sleeg_{cfg.model.variant}: {count_parameters(run.model) / 1e6:.2f} M parameters, OoD head "
+        f"{count_parameters(run.model.patch_head)} trainable; device {run.ctx.device}, "
+        f"{run.ctx.world_size} process(es); run folder {run.out}"
+    )
     if state is not None:
         run.model.load_state_dict(state["model"])  # the RNG states are restored by the phase, after its loader
         run.metrics.update(state.get("metrics", {}))
@@ -276,8 +347,13 @@ def run_phases(run: Run, state: dict[str, Any] | None) -> dict[str, Any]:
 def evaluate(run: Run, write_outputs: bool = True) -> dict[str, Any]:
     """``eval.datasets`` through the protocol of :mod:`energy_anomaly_seg.evaluation` (as ``eval.py``)."""
     run.model.eval()
-    return evaluate_datasets(run.model, run.cfg.eval, run.cfg.synthetic, run.out if write_outputs else None,
-                             run.logger if write_outputs else None)
+    return evaluate_datasets(
+        run.model,
+        run.cfg.eval,
+        run.cfg.synthetic,
+        run.out if write_outputs else None,
+        run.logger if write_outputs else None,
+    )
 
 
 # command line --------------------------------------------------------------------------------------------------------

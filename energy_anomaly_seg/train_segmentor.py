@@ -22,9 +22,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,8 +61,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "segmentor_r101_4
 RESUME_KEYS = ("phase", "iteration", "model", "optimizer", "scaler", "rng")
 
 
-def read_resume_state(path: str | Path, map_location: str | torch.device = "cpu",
-                      required: Sequence[str] = RESUME_KEYS) -> dict[str, Any]:
+def read_resume_state(
+    path: str | Path, map_location: str | torch.device = "cpu", required: Sequence[str] = RESUME_KEYS
+) -> dict[str, Any]:
     """The checkpoint to resume from, read and checked before anything is written (``CheckpointError`` otherwise)."""
     return load_checkpoint(path, map_location=map_location, package=PACKAGE, required=required)
 
@@ -92,8 +90,9 @@ def segmentor_parameters(model: DeepLabV3) -> list[nn.Parameter]:
 
 
 def make_segmentor_optimizer(model: DeepLabV3, optim: SegOptimConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(segmentor_parameters(model), lr=optim.lr, momentum=optim.momentum,
-                           weight_decay=optim.weight_decay)
+    return torch.optim.SGD(
+        segmentor_parameters(model), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+    )
 
 
 def is_due(done: int, interval: int, last: int) -> bool:
@@ -101,10 +100,20 @@ def is_due(done: int, interval: int, last: int) -> bool:
     return (interval > 0 and done % interval == 0) or done == last
 
 
-def train_steps(model: DeepLabV3, batches: Iterator[dict], *, optim: SegOptimConfig, run: RunConfig,
-                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ctx: DistContext, logger: RunLogger,
-                start_iteration: int = 0, save: Callable[[int], None] | None = None,
-                log_prefix: str = "segmentor") -> None:
+def train_steps(
+    model: DeepLabV3,
+    batches: Iterator[dict],
+    *,
+    optim: SegOptimConfig,
+    run: RunConfig,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    ctx: DistContext,
+    logger: RunLogger,
+    start_iteration: int = 0,
+    save: Callable[[int], None] | None = None,
+    log_prefix: str = "segmentor",
+) -> None:
     """Iterations ``start_iteration .. optim.iters``: poly lr, CE(decode) + aux_weight CE(aux), SGD.
 
     ``run`` gives ``amp``, ``log_interval`` and ``checkpoint_interval`` (in iterations); ``save(iteration)`` is
@@ -112,12 +121,14 @@ def train_steps(model: DeepLabV3, batches: Iterator[dict], *, optim: SegOptimCon
     """
     forward = _SegmentorForward(model)
     if ctx.distributed:
-        forward = nn.parallel.DistributedDataParallel(forward, device_ids=[ctx.device] if ctx.device.type == "cuda"
-                                                      else None)
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[ctx.device] if ctx.device.type == "cuda" else None
+        )
     model.train()
     t0, seen = time.perf_counter(), 0
-    for iteration in logger.progress(range(start_iteration, optim.iters), desc=log_prefix,
-                                     total=optim.iters - start_iteration):
+    for iteration in logger.progress(
+        range(start_iteration, optim.iters), desc=log_prefix, total=optim.iters - start_iteration
+    ):
         lr = poly_lr(optim.lr, iteration, optim.iters, optim.power, optim.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -126,23 +137,32 @@ def train_steps(model: DeepLabV3, batches: Iterator[dict], *, optim: SegOptimCon
         labels = batch["label"].to(ctx.device, non_blocking=True)
         with autocast(ctx.device, run.amp):
             seg, aux = forward(images)
-            losses = segmentation_loss(seg.float(), aux.float(), labels, optim.aux_weight, IGNORE_INDEX,
-                                       optim.ce_average)
+            losses = segmentation_loss(
+                seg.float(), aux.float(), labels, optim.aux_weight, IGNORE_INDEX, optim.ce_average
+            )
         optimizer_step(losses["loss"], optimizer, scaler, iteration, what=f"{log_prefix} loss")
         seen += images.shape[0] * ctx.world_size
         done = iteration + 1
         if is_due(done, run.log_interval, optim.iters):
             elapsed = time.perf_counter() - t0
-            logger.log_epoch(done, {"phase": log_prefix, **{k: v.item() for k, v in losses.items()}, "lr": lr,
-                                    "img_per_s": seen / max(elapsed, 1e-9)})
+            logger.log_epoch(
+                done,
+                {
+                    "phase": log_prefix,
+                    **{k: v.item() for k, v in losses.items()},
+                    "lr": lr,
+                    "img_per_s": seen / max(elapsed, 1e-9),
+                },
+            )
         if save is not None and is_due(done, run.checkpoint_interval, optim.iters):
             check_finite_parameters(unwrap_model(model), iteration, log_prefix)  # BN statistics included
             save(done)
 
 
 @torch.no_grad()
-def evaluate(model: DeepLabV3, dataset: CityscapesSegmentation, device: torch.device,
-             num_classes: int = 19) -> dict[str, float]:
+def evaluate(
+    model: DeepLabV3, dataset: CityscapesSegmentation, device: torch.device, num_classes: int = 19
+) -> dict[str, float]:
     """Single-scale whole-image mIoU / pixel accuracy (percent) over the classes present in the ground truth."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -153,14 +173,18 @@ def evaluate(model: DeepLabV3, dataset: CityscapesSegmentation, device: torch.de
         pred = F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False).argmax(1)[0].cpu()
         label = item["label"]
         valid = label != IGNORE_INDEX
-        confusion += torch.bincount(label[valid] * num_classes + pred[valid],
-                                    minlength=num_classes**2).view(num_classes, num_classes)
+        confusion += torch.bincount(label[valid] * num_classes + pred[valid], minlength=num_classes**2).view(
+            num_classes, num_classes
+        )
     tp = confusion.diag().double()
     union = confusion.sum(0).double() + confusion.sum(1).double() - tp
     present = confusion.sum(1) > 0
     iou = tp / union.clamp(min=1)
-    return {"mIoU": 100 * float(iou[present].mean()), "aAcc": 100 * float(tp.sum() / confusion.sum().clamp(min=1)),
-            **{f"IoU_{c}": 100 * float(iou[c]) for c in range(num_classes) if present[c]}}
+    return {
+        "mIoU": 100 * float(iou[present].mean()),
+        "aAcc": 100 * float(tp.sum() / confusion.sum().clamp(min=1)),
+        **{f"IoU_{c}": 100 * float(iou[c]) for c in range(num_classes) if present[c]},
+    }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SegmentorTrainConfig:
@@ -168,18 +192,21 @@ def parse_args(argv: Sequence[str] | None = None) -> SegmentorTrainConfig:
     argv = list(sys.argv[1:] if argv is None else argv)
     if config_name(argv, default="") == "":  # name the run after the recipe it runs, not 'default'
         argv = ["-c", str(DEFAULT_CONFIG), *argv]
-    return parse_config(SegmentorTrainConfig, argv, description=__doc__.splitlines()[0],
-                        default_config=DEFAULT_CONFIG)
+    return parse_config(SegmentorTrainConfig, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
 
 
 def _initialise_backbone(model: DeepLabV3, cfg: SegmentorTrainConfig, logger: RunLogger) -> None:
     if cfg.backbone_pretrained:
-        logger.info(f"backbone: {load_backbone_pretrained(model, cfg.backbone_pretrained)} tensors from "
-                    f"{cfg.backbone_pretrained}")
+        logger.info(
+            f"backbone: {load_backbone_pretrained(model, cfg.backbone_pretrained)} tensors from "
+            f"{cfg.backbone_pretrained}"
+        )
     elif not cfg.allow_random_init:
-        raise ValueError("the Cityscapes recipe starts from ImageNet weights: pass --backbone_pretrained PATH "
-                         "(open-mmlab resnet101_v1c-e67eebb6.pth, https://download.openmmlab.com/pretrain/third_party/"
-                         "resnet101_v1c-e67eebb6.pth) or --allow_random_init to train from scratch")
+        raise ValueError(
+            "the Cityscapes recipe starts from ImageNet weights: pass --backbone_pretrained PATH "
+            "(open-mmlab resnet101_v1c-e67eebb6.pth, https://download.openmmlab.com/pretrain/third_party/"
+            "resnet101_v1c-e67eebb6.pth) or --allow_random_init to train from scratch"
+        )
     else:
         logger.info("backbone: random initialisation (no ImageNet weights)")
 
@@ -187,8 +214,9 @@ def _initialise_backbone(model: DeepLabV3, cfg: SegmentorTrainConfig, logger: Ru
 def main(cfg: SegmentorTrainConfig) -> dict[str, float]:
     """Train the segmentor, evaluate it on ``data.val_split``; returns (and writes) the metrics."""
     if cfg.eval_interval:
-        raise ValueError(f"eval_interval {cfg.eval_interval}: train_segmentor.py evaluates once, at the end "
-                         "(set eval_interval 0)")
+        raise ValueError(
+            f"eval_interval {cfg.eval_interval}: train_segmentor.py evaluates once, at the end (set eval_interval 0)"
+        )
     ctx = init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -221,11 +249,31 @@ def _run(cfg: SegmentorTrainConfig, ctx: DistContext, state: dict[str, Any] | No
 
     def save(iteration: int) -> None:
         if ctx.is_main:
-            save_checkpoint(training_state(PACKAGE, cfg, phase="segmentor", iteration=iteration, model=model,
-                                           optimizer=optimizer, scaler=scaler), out / "last.pt")
+            save_checkpoint(
+                training_state(
+                    PACKAGE,
+                    cfg,
+                    phase="segmentor",
+                    iteration=iteration,
+                    model=model,
+                    optimizer=optimizer,
+                    scaler=scaler,
+                ),
+                out / "last.pt",
+            )
 
-    train_steps(model, batches, optim=cfg.optim, run=cfg, optimizer=optimizer, scaler=scaler, ctx=ctx, logger=logger,
-                start_iteration=start, save=save)
+    train_steps(
+        model,
+        batches,
+        optim=cfg.optim,
+        run=cfg,
+        optimizer=optimizer,
+        scaler=scaler,
+        ctx=ctx,
+        logger=logger,
+        start_iteration=start,
+        save=save,
+    )
     metrics: dict[str, float] = {}
     if ctx.is_main:
         val = CityscapesSegmentation(resolve_cityscapes_root(cfg.data, cfg.synthetic), cfg.data.val_split)

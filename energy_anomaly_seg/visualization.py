@@ -38,8 +38,9 @@ def _ground_truth(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def save_anomaly_panel(path: str | Path, image: torch.Tensor, label: torch.Tensor,
-                       maps: dict[str, torch.Tensor]) -> Path:
+def save_anomaly_panel(
+    path: str | Path, image: torch.Tensor, label: torch.Tensor, maps: dict[str, torch.Tensor]
+) -> Path:
     """One PNG: image | ground truth (white anomaly, grey void) | segmentation | per-method heat-map overlays
     (0.5 image + 0.5 heat map), with a second row holding the raw heat maps."""
     img = image.permute(1, 2, 0).cpu().numpy().astype(np.uint8)

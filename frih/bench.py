@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -38,11 +34,14 @@ from shared.training import autocast
 @dataclass
 class BenchConfig:
     device: DeviceName = field(default="cpu", metadata={"help": "where to run (auto: cuda when available)"})
-    models: list[str] = field(default_factory=lambda: ["frih256", "issam256"], metadata={
-        "help": "names of frih.model.VARIANTS"})
+    models: list[str] = field(
+        default_factory=lambda: ["frih256", "issam256"], metadata={"help": "names of frih.model.VARIANTS"}
+    )
     sizes: list[int] | None = field(default=None, metadata={"help": "default: 256 1024 2048"})
-    modes: list[Literal["full", "lowres"]] | None = field(default=None, metadata={
-        "help": "default: CUDA full+lowres at every size; CPU full at 256 and lowres at 1024/2048"})
+    modes: list[Literal["full", "lowres"]] | None = field(
+        default=None,
+        metadata={"help": "default: CUDA full+lowres at every size; CPU full at 256 and lowres at 1024/2048"},
+    )
     amp: list[AmpMode] | None = field(default=None, metadata={"help": "default: off on CPU; off fp16 bf16 on CUDA"})
     channels_last: bool = field(default=False, metadata={"help": "also run channels-last (default on CUDA)"})
     compile: bool = field(default=False, metadata={"help": "also run torch.compile'd (slow first call)"})
@@ -64,8 +63,18 @@ def _inputs(batch: int, size: int, device: torch.device, fg: float = 0.25) -> tu
     return comp, mask
 
 
-def bench_inference(model_name: str, size: int, mode: str, batch: int, amp: str, channels_last: bool, compile_: bool,
-                    device: torch.device, warmup: int, iters: int) -> dict:
+def bench_inference(
+    model_name: str,
+    size: int,
+    mode: str,
+    batch: int,
+    amp: str,
+    channels_last: bool,
+    compile_: bool,
+    device: torch.device,
+    warmup: int,
+    iters: int,
+) -> dict:
     model = create_model(model_name).to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -77,21 +86,42 @@ def bench_inference(model_name: str, size: int, mode: str, batch: int, amp: str,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = seconds_per_call(lambda: harmonizer.predict(comp, mask, return_coarse=False), device, warmup, iters)
-    return {"what": "inference", "model": model_name, "size": size, "mode": mode, "batch": batch, "amp": amp,
-            "channels_last": channels_last, "compile": compile_, "ms": 1000 * seconds,
-            "images_per_s": batch / seconds, "peak_mb": peak_memory_mb(device)}
+    return {
+        "what": "inference",
+        "model": model_name,
+        "size": size,
+        "mode": mode,
+        "batch": batch,
+        "amp": amp,
+        "channels_last": channels_last,
+        "compile": compile_,
+        "ms": 1000 * seconds,
+        "images_per_s": batch / seconds,
+        "peak_mb": peak_memory_mb(device),
+    }
 
 
 def bench_kmeans(size: int, batch: int, device: torch.device, warmup: int, iters: int, k: int = 3) -> dict:
     comp, mask = _inputs(batch, size, device)
     seconds = seconds_per_call(lambda: kmeans_submasks(comp * 255, mask, k), device, warmup, iters)
-    return {"what": "kmeans", "model": f"K={k}, 10 iters, 25% fg", "size": size, "mode": "-", "batch": batch,
-            "amp": "off", "channels_last": False, "compile": False, "ms": 1000 * seconds,
-            "images_per_s": batch / seconds, "peak_mb": peak_memory_mb(device)}
+    return {
+        "what": "kmeans",
+        "model": f"K={k}, 10 iters, 25% fg",
+        "size": size,
+        "mode": "-",
+        "batch": batch,
+        "amp": "off",
+        "channels_last": False,
+        "compile": False,
+        "ms": 1000 * seconds,
+        "images_per_s": batch / seconds,
+        "peak_mb": peak_memory_mb(device),
+    }
 
 
-def bench_train_step(model_name: str, size: int, batch: int, amp: str, device: torch.device, warmup: int,
-                     iters: int) -> dict:
+def bench_train_step(
+    model_name: str, size: int, batch: int, amp: str, device: torch.device, warmup: int, iters: int
+) -> dict:
     model = create_model(model_name).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = FRIHLoss(module_weight=1.0)
@@ -111,18 +141,30 @@ def bench_train_step(model_name: str, size: int, batch: int, amp: str, device: t
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = seconds_per_call(step, device, warmup, iters)
-    return {"what": "train step", "model": model_name, "size": size, "mode": "-", "batch": batch, "amp": amp,
-            "channels_last": False, "compile": False, "ms": 1000 * seconds, "images_per_s": batch / seconds,
-            "peak_mb": peak_memory_mb(device)}
+    return {
+        "what": "train step",
+        "model": model_name,
+        "size": size,
+        "mode": "-",
+        "batch": batch,
+        "amp": amp,
+        "channels_last": False,
+        "compile": False,
+        "ms": 1000 * seconds,
+        "images_per_s": batch / seconds,
+        "peak_mb": peak_memory_mb(device),
+    }
 
 
 def format_rows(rows: list[dict]) -> str:
     head = "| what | model | size | mode | batch | amp | ch-last | compile | ms | images/s | peak MB |"
     lines = [head, "|" + "---|" * 11]
     for r in rows:
-        lines.append(f"| {r['what']} | {r['model']} | {r['size']} | {r['mode']} | {r['batch']} | {r['amp']} | "
-                     f"{'yes' if r['channels_last'] else 'no'} | {'yes' if r['compile'] else 'no'} | {r['ms']:.1f} | "
-                     f"{r['images_per_s']:.2f} | {r['peak_mb']:.0f} |")
+        lines.append(
+            f"| {r['what']} | {r['model']} | {r['size']} | {r['mode']} | {r['batch']} | {r['amp']} | "
+            f"{'yes' if r['channels_last'] else 'no'} | {'yes' if r['compile'] else 'no'} | {r['ms']:.1f} | "
+            f"{r['images_per_s']:.2f} | {r['peak_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -132,11 +174,14 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
 
 def _settings(cfg: BenchConfig, cuda: bool) -> dict[str, Any]:
     """The defaults that depend on the device, filled in: CUDA runs more and longer than CPU."""
-    return {"sizes": cfg.sizes or [256, 1024, 2048], "amps": cfg.amp or (["off", "fp16", "bf16"] if cuda else ["off"]),
-            "warmup": cfg.warmup if cfg.warmup is not None else (3 if cuda else 1),
-            "iters": cfg.iters or (20 if cuda else 2),
-            "layouts": [False, True] if (cuda or cfg.channels_last) else [False],
-            "compiles": [False, True] if cfg.compile else [False]}
+    return {
+        "sizes": cfg.sizes or [256, 1024, 2048],
+        "amps": cfg.amp or (["off", "fp16", "bf16"] if cuda else ["off"]),
+        "warmup": cfg.warmup if cfg.warmup is not None else (3 if cuda else 1),
+        "iters": cfg.iters or (20 if cuda else 2),
+        "layouts": [False, True] if (cuda or cfg.channels_last) else [False],
+        "compiles": [False, True] if cfg.compile else [False],
+    }
 
 
 def _report(rows: list[dict]) -> None:

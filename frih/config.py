@@ -34,8 +34,12 @@ class DataConfig:
     synthetic_size: int = field(default=96, metadata={"help": "synthetic tree: image side"})
     synthetic_num_real: int = field(default=32, metadata={"help": "synthetic tree: real images per subset"})
     synthetic_seed: int = 0
-    synthetic_root: str | None = field(default=None, metadata={
-        "help": "synthetic tree cache folder (null: <synthetic_root()>/frih_iharmony4_s<size>_n<num>_seed<seed>)"})
+    synthetic_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "synthetic tree cache folder (null: <synthetic_root()>/frih_iharmony4_s<size>_n<num>_seed<seed>)"
+        },
+    )
 
 
 @dataclass
@@ -73,5 +77,7 @@ class Config(RunConfig):
     num_grid_images: int = 8
     log_interval: int = field(default=20, metadata={"help": "TensorBoard training scalars every N steps"})
     eval_interval: int = field(default=0, metadata={"help": "evaluate every N epochs (0: only after the last)"})
-    checkpoint_interval: int = field(default=1, metadata={
-        "help": "write last.pt every N epochs (0: only at the end; best.pt whenever an evaluation improves)"})
+    checkpoint_interval: int = field(
+        default=1,
+        metadata={"help": "write last.pt every N epochs (0: only at the end; best.pt whenever an evaluation improves)"},
+    )

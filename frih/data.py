@@ -140,8 +140,15 @@ class IHarmony4Dataset(torch.utils.data.Dataset):
     Items are dicts with "composite", "mask", "target" plus "subset" and "name".
     """
 
-    def __init__(self, root: str | Path, subsets: Sequence[str] = SUBSETS, split: str = "train",
-                 transform: Any = None, split_source: str = "subset", check_files: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        subsets: Sequence[str] = SUBSETS,
+        split: str = "train",
+        transform: Any = None,
+        split_source: str = "subset",
+        check_files: bool = True,
+    ):
         self.root = Path(root)
         self.split = split
         self.transform = transform
@@ -176,8 +183,13 @@ class IHarmony4Dataset(torch.utils.data.Dataset):
 
     def _sample(self, subset: str, name: str) -> Sample:
         base = self.root / subset
-        return Sample(subset, name, base / "composite_images" / name, base / "masks" / composite_to_mask_name(name),
-                      base / "real_images" / composite_to_real_name(name))
+        return Sample(
+            subset,
+            name,
+            base / "composite_images" / name,
+            base / "masks" / composite_to_mask_name(name),
+            base / "real_images" / composite_to_real_name(name),
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -186,10 +198,15 @@ class IHarmony4Dataset(torch.utils.data.Dataset):
         s = self.samples[index]
         composite, mask, real = read_rgb(s.composite), read_mask(s.mask), read_rgb(s.real)
         if composite.shape != real.shape or mask.shape != composite.shape[:2]:
-            raise ValueError(f"{s.subset}/{s.name}: sizes differ: composite {composite.shape[:2]}, "
-                             f"mask {mask.shape}, real {real.shape[:2]}")
-        item = {"composite": composite, "mask": mask, "target": real} if self.transform is None else \
-            self.transform(composite, mask, real)
+            raise ValueError(
+                f"{s.subset}/{s.name}: sizes differ: composite {composite.shape[:2]}, "
+                f"mask {mask.shape}, real {real.shape[:2]}"
+            )
+        item = (
+            {"composite": composite, "mask": mask, "target": real}
+            if self.transform is None
+            else self.transform(composite, mask, real)
+        )
         item["subset"] = re.sub(r"_resized\d+$", "", s.subset)  # HAdobe5k_resized1024 reports as HAdobe5k
         item["name"] = s.name
         return item
@@ -249,9 +266,15 @@ class TrainTransform:
     `shared.distributed.seed_worker`, captured in checkpoints by `shared.checkpoint.capture_rng_state`).
     """
 
-    def __init__(self, size: int = 256, scale: tuple[float, float] = (0.5, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, keep_background_prob: float = 0.05,
-                 max_redraws: int = 100):
+    def __init__(
+        self,
+        size: int = 256,
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        keep_background_prob: float = 0.05,
+        max_redraws: int = 100,
+    ):
         self.size = size
         self.scale = scale
         self.ratio = ratio

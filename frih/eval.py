@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from torch.utils.data import DataLoader
 
@@ -49,8 +46,9 @@ class EvalConfig(Config):
     lowres_size: int = 256
 
 
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, cfg: EvalConfig, arch: str
-             ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+def evaluate(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, cfg: EvalConfig, arch: str
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """The protocol on `loader` in the configured Harmonizer mode: (summary, per-image records, grid samples)."""
     harmonizer = Harmonizer(model, device, mode=cfg.mode, lowres_size=cfg.lowres_size, amp=cfg.amp)
     return evaluate_model(harmonizer, loader, arch, num_grid=cfg.num_grid_images)
@@ -83,8 +81,13 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
     arch = train_cfg["model"]["arch"]
     summary, records, grid = evaluate(model, loader, device, cfg, arch)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).resolve().parent / "eval"
-    extra = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "data_root": str(root), "mode": cfg.mode,
-             "eval_size": cfg.data.eval_size}
+    extra = {
+        "checkpoint": str(cfg.checkpoint),
+        "split": cfg.split,
+        "data_root": str(root),
+        "mode": cfg.mode,
+        "eval_size": cfg.data.eval_size,
+    }
     metrics = write_evaluation(out_dir, summary, records, grid, main_row=row_names(arch)[1], extra=extra)
     print(f"wrote {out_dir / 'metrics.json'}")
     return metrics

@@ -25,8 +25,19 @@ from PIL import Image, ImageDraw
 from frih.inference import Harmonizer
 from shared.logger import write_json
 
-__all__ = ["FG_BINS", "METRICS", "evaluate_harmonizer", "evaluate_model", "flat_metrics", "format_table", "row_names",
-           "save_grid", "summarize", "write_evaluation", "write_per_image"]
+__all__ = [
+    "FG_BINS",
+    "METRICS",
+    "evaluate_harmonizer",
+    "evaluate_model",
+    "flat_metrics",
+    "format_table",
+    "row_names",
+    "save_grid",
+    "summarize",
+    "write_evaluation",
+    "write_per_image",
+]
 
 METRICS = ("mse", "fmse", "psnr", "psnr_255", "fpsnr", "fmse_binary")
 FG_BINS = (("fg0-5", 0.0, 0.05), ("fg5-15", 0.05, 0.15), ("fg15-100", 0.15, 1.0))
@@ -54,8 +65,9 @@ def _bin_of(ratio: float) -> str:
 
 
 @torch.no_grad()
-def evaluate_harmonizer(harmonizer: Harmonizer, loader: Iterable[dict[str, Any]], stage1_name: str = "stage1",
-                        num_grid: int = 8) -> tuple[list[dict[str, Any]], list[dict[str, np.ndarray]]]:
+def evaluate_harmonizer(
+    harmonizer: Harmonizer, loader: Iterable[dict[str, Any]], stage1_name: str = "stage1", num_grid: int = 8
+) -> tuple[list[dict[str, Any]], list[dict[str, np.ndarray]]]:
     """Score every image of `loader` for each row; returns (per-image records, grid samples).
 
     A record: {"row", "subset", "name", "fg_ratio", "mse", "fmse", "psnr", "psnr_255", "fpsnr"}.
@@ -81,9 +93,14 @@ def evaluate_harmonizer(harmonizer: Harmonizer, loader: Iterable[dict[str, Any]]
         for i in range(comp.shape[0]):
             if len(grid) >= num_grid:
                 break
-            grid.append({"title": f"{batch['subset'][i]}/{batch['name'][i]}", "mask": mask[i, 0].cpu().numpy(),
-                         **{row: pred[i].permute(1, 2, 0).cpu().numpy() for row, pred in rows.items()},
-                         "target": target[i].permute(1, 2, 0).cpu().numpy()})
+            grid.append(
+                {
+                    "title": f"{batch['subset'][i]}/{batch['name'][i]}",
+                    "mask": mask[i, 0].cpu().numpy(),
+                    **{row: pred[i].permute(1, 2, 0).cpu().numpy() for row, pred in rows.items()},
+                    "target": target[i].permute(1, 2, 0).cpu().numpy(),
+                }
+            )
     return records, grid
 
 
@@ -92,8 +109,9 @@ def row_names(arch: str) -> tuple[str, str]:
     return ("stage1", "frih") if arch == "frih" else (arch, arch)
 
 
-def evaluate_model(harmonizer: Harmonizer, loader: Iterable[dict[str, Any]], arch: str, num_grid: int = 8
-                   ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, np.ndarray]]]:
+def evaluate_model(
+    harmonizer: Harmonizer, loader: Iterable[dict[str, Any]], arch: str, num_grid: int = 8
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, np.ndarray]]]:
     """The protocol on `loader` for a network of architecture `arch`: (summary, per-image records, grid samples)."""
     records, grid = evaluate_harmonizer(harmonizer, loader, stage1_name=row_names(arch)[0], num_grid=num_grid)
     return summarize(records), records, grid
@@ -119,17 +137,21 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
 
 def format_table(summary: dict[str, dict[str, dict[str, float]]], groups: list[str] | None = None) -> str:
     """Markdown table: one line per (row, group) with the image count and every metric."""
-    lines = ["| output | group | images | MSE | fMSE | PSNR (max gt) | PSNR (255) | fPSNR | fMSE (binary mask) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| output | group | images | MSE | fMSE | PSNR (max gt) | PSNR (255) | fPSNR | fMSE (binary mask) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for row, by_group in summary.items():
         for group, vals in by_group.items():
             if groups is not None and group not in groups:
                 continue
             if not vals["count"]:
                 continue
-            lines.append(f"| {row} | {group} | {vals['count']} | {vals['mse']:.2f} | {vals['fmse']:.2f} | "
-                         f"{vals['psnr']:.2f} | {vals['psnr_255']:.2f} | {vals['fpsnr']:.2f} | "
-                         f"{vals['fmse_binary']:.2f} |")
+            lines.append(
+                f"| {row} | {group} | {vals['count']} | {vals['mse']:.2f} | {vals['fmse']:.2f} | "
+                f"{vals['psnr']:.2f} | {vals['psnr_255']:.2f} | {vals['fpsnr']:.2f} | "
+                f"{vals['fmse_binary']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -176,9 +198,15 @@ def save_grid(samples: list[dict[str, np.ndarray]], path: str | Path, tile: int 
     return path
 
 
-def write_evaluation(out_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]],
-                     grid: list[dict[str, np.ndarray]], main_row: str, extra: dict[str, Any],
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+def write_evaluation(
+    out_dir: Path,
+    summary: dict[str, Any],
+    records: list[dict[str, Any]],
+    grid: list[dict[str, np.ndarray]],
+    main_row: str,
+    extra: dict[str, Any],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """metrics.json, per_image.csv, results.md and before_after.png into `out_dir`; logs the table. Returns the
     metrics (:func:`flat_metrics` plus `extra`)."""
     metrics = {**flat_metrics(summary, main_row), **extra}

@@ -18,15 +18,11 @@ mask (see frih/inference.py). The mask is read like iHarmony4's (first channel /
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from PIL import Image
@@ -40,9 +36,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 @dataclass
 class HarmonizeConfig:
-    checkpoint: str | None = field(default=None, metadata={
-        "help": "train.py checkpoint (default: the newest runs/frih/*/*/best.pt under the current folder or the "
-                "repository root)"})
+    checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "train.py checkpoint (default: the newest runs/frih/*/*/best.pt under the current folder or the "
+            "repository root)"
+        },
+    )
     composite: str | None = field(default=None, metadata={"help": "one composite image"})
     mask: str | None = field(default=None, metadata={"help": "its foreground mask"})
     out: str | None = field(default=None, metadata={"help": "output image (with --composite)"})
@@ -69,16 +69,20 @@ def find_mask(composite: Path, mask_dir: Path) -> Path:
         candidate = None
     if candidate is not None and candidate.is_file():
         return candidate
-    raise FileNotFoundError(f"no mask for {composite} in {mask_dir} (tried the same stem and the iHarmony4 rule "
-                            "<id>_<fgid>_<k>.jpg -> <id>_<fgid>.png)")
+    raise FileNotFoundError(
+        f"no mask for {composite} in {mask_dir} (tried the same stem and the iHarmony4 rule "
+        "<id>_<fgid>_<k>.jpg -> <id>_<fgid>.png)"
+    )
 
 
 def harmonize_file(harmonizer: Harmonizer, composite_path: Path, mask_path: Path, out_path: Path) -> tuple[int, int]:
     composite = read_rgb(composite_path)
     mask = read_mask(mask_path)
     if mask.shape != composite.shape[:2]:
-        raise ValueError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but composite {composite_path} is "
-                         f"{composite.shape[1]}x{composite.shape[0]}")
+        raise ValueError(
+            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but composite {composite_path} is "
+            f"{composite.shape[1]}x{composite.shape[0]}"
+        )
     out = harmonizer.harmonize(composite, mask)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(out).save(out_path)
@@ -90,8 +94,10 @@ def latest_checkpoint(roots: list[Path] | None = None) -> Path:
     roots = roots or [Path.cwd(), Path(__file__).resolve().parents[1], Path(__file__).resolve().parent]
     found = [p for root in roots for p in (root / "runs" / "frih").glob("*/*/best.pt")]
     if not found:
-        raise FileNotFoundError("no --checkpoint given and no runs/frih/*/*/best.pt found under "
-                                f"{', '.join(str(r) for r in roots)}; train one (python train.py) or pass --checkpoint")
+        raise FileNotFoundError(
+            "no --checkpoint given and no runs/frih/*/*/best.pt found under "
+            f"{', '.join(str(r) for r in roots)}; train one (python train.py) or pass --checkpoint"
+        )
     return max(found, key=lambda p: p.stat().st_mtime)
 
 

@@ -43,8 +43,9 @@ def resolve_device(name: DeviceName) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def pad_to_multiple(x: torch.Tensor, divisor: int,
-                    value: float = 0.0) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def pad_to_multiple(
+    x: torch.Tensor, divisor: int, value: float = 0.0
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Zero-pad (B, C, H, W) so H and W are multiples of `divisor`; returns (padded, (top, bottom, left, right))."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % divisor, (-w) % divisor
@@ -71,8 +72,14 @@ class Harmonizer:
         amp: "off", "bf16" or "fp16" autocast.
     """
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", mode: Literal["full", "lowres"] = "full",
-                 lowres_size: int = 256, amp: AmpMode = "off"):
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        mode: Literal["full", "lowres"] = "full",
+        lowres_size: int = 256,
+        amp: AmpMode = "off",
+    ):
         if mode not in ("full", "lowres"):
             raise ValueError(f"mode must be 'full' or 'lowres', got {mode!r}")
         self.device = torch.device(device)
@@ -93,8 +100,9 @@ class Harmonizer:
         return result
 
     @torch.no_grad()
-    def predict(self, composite: torch.Tensor, mask: torch.Tensor,
-                return_coarse: bool = True) -> dict[str, torch.Tensor]:
+    def predict(
+        self, composite: torch.Tensor, mask: torch.Tensor, return_coarse: bool = True
+    ) -> dict[str, torch.Tensor]:
         """composite (B, 3, H, W) in [0, 1], mask (B, 1, H, W) in [0, 1] -> {"images"[, "coarse"]} in [0, 1].
 
         "coarse" (FRIH's stage-1 output) is returned for FRIH models when `return_coarse`.
@@ -126,8 +134,9 @@ class Harmonizer:
         return (out * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def load_model_from_checkpoint(path: str | Path,
-                               device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network of a `train.py` checkpoint (weights_only load) -> (model in eval mode, config dict).
 
     The network is :func:`frih.model.build_model` of the checkpoint's ``config["model"]`` (the architecture it was

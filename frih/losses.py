@@ -24,8 +24,13 @@ from torch import nn
 __all__ = ["FNMSELoss", "FRIHLoss", "fn_mse"]
 
 
-def fn_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, min_area: float = 100.0,
-           restrict_to_mask: bool = False) -> torch.Tensor:
+def fn_mse(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    min_area: float = 100.0,
+    restrict_to_mask: bool = False,
+) -> torch.Tensor:
     """Per-sample FN-MSE, shape (B,).
 
     Args:
@@ -64,23 +69,27 @@ class FRIHLoss(nn.Module):
     Returns (total loss, {term name: detached value}).
     """
 
-    def __init__(self, min_area: float = 100.0, final_weight: float = 1.0, coarse_weight: float = 1.0,
-                 module_weight: float = 0.0):
+    def __init__(
+        self, min_area: float = 100.0, final_weight: float = 1.0, coarse_weight: float = 1.0, module_weight: float = 0.0
+    ):
         super().__init__()
         self.min_area = min_area
         self.final_weight = final_weight
         self.coarse_weight = coarse_weight
         self.module_weight = module_weight
 
-    def forward(self, outputs: dict[str, Any], target: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, outputs: dict[str, Any], target: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         terms = {"final": (self.final_weight, fn_mse(outputs["images"], target, mask, self.min_area).mean())}
         if "coarse" in outputs and self.coarse_weight:
             terms["coarse"] = (self.coarse_weight, fn_mse(outputs["coarse"], target, mask, self.min_area).mean())
         if "module_images" in outputs and self.module_weight:
             subs = outputs["submasks"]
-            per_module = [fn_mse(img, target, subs[:, k : k + 1], self.min_area, restrict_to_mask=True).mean()
-                          for k, img in enumerate(outputs["module_images"])]
+            per_module = [
+                fn_mse(img, target, subs[:, k : k + 1], self.min_area, restrict_to_mask=True).mean()
+                for k, img in enumerate(outputs["module_images"])
+            ]
             terms["modules"] = (self.module_weight, torch.stack(per_module).mean())
         total = sum(w * v for w, v in terms.values())
         return total, {k: float(v.detach()) for k, (_, v) in terms.items()}

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from frih.submasks import kmeans_submasks
@@ -58,8 +59,8 @@ __all__ = [
     "xavier_gluon_init_",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN  # timm's constants, the torchvision values
+IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,8 +120,17 @@ def xavier_gluon_init_(module: nn.Module, magnitude: float = 1.0, rnd_type: str 
 class ConvBlock(nn.Module):
     """Conv2d -> BatchNorm2d (or identity) -> activation, held in `block` (saic `ConvBlock`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
-                 norm: bool = True, activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        norm: bool = True,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        bias: bool = True,
+    ):
         super().__init__()
         self.block = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias),
@@ -151,8 +161,8 @@ class UNetDoubleConv(nn.Module):
 
 
 class ChannelAttention(nn.Module):
-    """Channel gate: concat(global avg-pool, global max-pool) -> Linear(2C, max(C/16, 8)) -> ReLU -> Linear -> sigmoid.
-    """
+    """Channel gate: concat(global avg-pool, global max-pool) -> Linear(2C, max(C/16, 8)) -> ReLU -> Linear ->
+    sigmoid."""
 
     def __init__(self, in_channels: int):
         super().__init__()
@@ -207,8 +217,9 @@ class SpatialSeparatedAttention(nn.Module):
         self.mask_blurring = GaussianBlur(1, 7, 1.0, padding=3)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        mask = self.mask_blurring(F.interpolate(mask.to(x.dtype), size=x.shape[-2:], mode="bilinear",
-                                                align_corners=True))
+        mask = self.mask_blurring(
+            F.interpolate(mask.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=True)
+        )
         background = self.background_gate(x)
         foreground = self.learning_block(self.foreground_gate(x))
         mix = self.mix_gate(x)
@@ -238,8 +249,9 @@ class UNetUpBlock(nn.Module):
             ConvBlock(in_channels, out_channels, norm=False, activation=_relu),
         )
         self.convs = UNetDoubleConv(2 * out_channels, out_channels, norm=True)
-        self.attention = (SpatialSeparatedAttention(2 * out_channels, attention_mid_k)
-                          if attention_mid_k is not None else None)
+        self.attention = (
+            SpatialSeparatedAttention(2 * out_channels, attention_mid_k) if attention_mid_k is not None else None
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = torch.cat([skip, self.upconv(x)], dim=1)
@@ -261,10 +273,12 @@ class UNetEncoder(nn.Module):
         self.block_channels = chans
         self.block0 = UNetDownBlock(in_channels, chans[0], norm=batchnorm_from == 0, pool=True)
         self.block1 = UNetDownBlock(chans[0], chans[1], norm=0 <= batchnorm_from <= 1, pool=depth > 2)
-        self.blocks_connected = nn.ModuleDict({
-            f"block{i}": UNetDownBlock(chans[i - 1], chans[i], norm=0 <= batchnorm_from <= i, pool=i < depth - 1)
-            for i in range(2, depth)
-        })
+        self.blocks_connected = nn.ModuleDict(
+            {
+                f"block{i}": UNetDownBlock(chans[i - 1], chans[i], norm=0 <= batchnorm_from <= i, pool=i < depth - 1)
+                for i in range(2, depth)
+            }
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
@@ -284,8 +298,14 @@ class UNetDecoder(nn.Module):
     Image fusion: A = sigmoid(3 conv1x1(x)), out = A * input_image + (1 - A) * conv1x1_rgb(x) (normalised space).
     """
 
-    def __init__(self, depth: int, encoder_channels: list[int], attend_from: int = 2, attention_mid_k: float = 0.5,
-                 image_fusion: bool = True):
+    def __init__(
+        self,
+        depth: int,
+        encoder_channels: list[int],
+        attend_from: int = 2,
+        attention_mid_k: float = 0.5,
+        image_fusion: bool = True,
+    ):
         super().__init__()
         chans = list(encoder_channels)
         in_ch = chans.pop()
@@ -322,8 +342,10 @@ class UNetDecoder(nn.Module):
 def _check_size(x: torch.Tensor, divisor: int, name: str) -> None:
     h, w = x.shape[-2:]
     if h % divisor or w % divisor:
-        raise ValueError(f"{name}: input size {h}x{w} must be a multiple of {divisor}; pad it first "
-                         "(frih.inference.pad_to_multiple, or use frih.inference.Harmonizer)")
+        raise ValueError(
+            f"{name}: input size {h}x{w} must be a multiple of {divisor}; pad it first "
+            "(frih.inference.pad_to_multiple, or use frih.inference.Harmonizer)"
+        )
 
 
 class SSAMHarmonizer(nn.Module):
@@ -333,9 +355,17 @@ class SSAMHarmonizer(nn.Module):
     parameters. Input sides must be multiples of `size_divisor` = 2^(depth - 1).
     """
 
-    def __init__(self, depth: int = 4, ch: int = 32, in_channels: int = 4, batchnorm_from: int = 2,
-                 attend_from: int = 2, attention_mid_k: float = 0.5, image_fusion: bool = True,
-                 max_channels: int = 512):
+    def __init__(
+        self,
+        depth: int = 4,
+        ch: int = 32,
+        in_channels: int = 4,
+        batchnorm_from: int = 2,
+        attend_from: int = 2,
+        attention_mid_k: float = 0.5,
+        image_fusion: bool = True,
+        max_channels: int = 512,
+    ):
         super().__init__()
         self.depth = depth
         self.size_divisor = 2 ** (depth - 1)
@@ -371,8 +401,9 @@ class MaskedChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = F.interpolate(mask.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=True)
-        pooled = torch.cat([(x * mask).flatten(2).amax(2), (x * (1.0 - mask)).flatten(2).amax(2),
-                            x.flatten(2).mean(2)], dim=1)
+        pooled = torch.cat(
+            [(x * mask).flatten(2).amax(2), (x * (1.0 - mask)).flatten(2).amax(2), x.flatten(2).mean(2)], dim=1
+        )
         return self.attention_transform(pooled)[..., None, None] * x
 
 
@@ -401,8 +432,16 @@ class DIHHarmonizer(nn.Module):
     `PadToDivisor`), 256 for depth 7.
     """
 
-    def __init__(self, depth: int = 7, ch: int = 64, in_channels: int = 4, batchnorm_from: int = 2,
-                 attend_from: int = -1, image_fusion: bool = True, max_channels: int = 512):
+    def __init__(
+        self,
+        depth: int = 7,
+        ch: int = 64,
+        in_channels: int = 4,
+        batchnorm_from: int = 2,
+        attend_from: int = -1,
+        image_fusion: bool = True,
+        max_channels: int = 512,
+    ):
         super().__init__()
         self.depth = depth
         self.size_divisor = 2 ** (depth + 1)
@@ -417,8 +456,9 @@ class DIHHarmonizer(nn.Module):
             in_ch = out_ch
             if i % 2 == 0:
                 out_ch = min(2 * out_ch, max_channels)
-            enc.blocks_connected[f"block{i}"] = ConvBlock(in_ch, out_ch, 4, 2, int(i < depth - 1),
-                                                          norm=0 <= batchnorm_from <= i, activation=elu)
+            enc.blocks_connected[f"block{i}"] = ConvBlock(
+                in_ch, out_ch, 4, 2, int(i < depth - 1), norm=0 <= batchnorm_from <= i, activation=elu
+            )
             chans.append(out_ch)
         self.encoder = enc
         dec = nn.Module()
@@ -428,8 +468,9 @@ class DIHHarmonizer(nn.Module):
         self.level_channels: list[int] = []
         for d in range(depth):
             out_ch = rest.pop() if rest else in_ch // 2
-            dec.deconv_blocks.append(SEDeconvBlock(in_ch, out_ch, padding=0 if d == 0 else 1,
-                                                   with_se=0 <= attend_from <= d))
+            dec.deconv_blocks.append(
+                SEDeconvBlock(in_ch, out_ch, padding=0 if d == 0 else 1, with_se=0 <= attend_from <= d)
+            )
             self.level_channels.append(out_ch)
             in_ch = out_ch
         self.image_fusion = image_fusion
@@ -533,11 +574,23 @@ class FRIHConfig:
 
 def _stage1_kwargs(cfg: FRIHConfig) -> tuple[type[nn.Module], dict[str, Any], float]:
     if cfg.stage1 == "issam":
-        return SSAMHarmonizer, {"depth": cfg.stage1_depth or 4, "ch": cfg.stage1_ch or 32, "batchnorm_from": 2,
-                                "attend_from": (cfg.stage1_depth or 4) - 2, "attention_mid_k": 0.5,
-                                "image_fusion": True}, 1.0
-    return DIHHarmonizer, {"depth": cfg.stage1_depth or 7, "ch": cfg.stage1_ch or 64, "batchnorm_from": 2,
-                           "image_fusion": True}, 2.0
+        return (
+            SSAMHarmonizer,
+            {
+                "depth": cfg.stage1_depth or 4,
+                "ch": cfg.stage1_ch or 32,
+                "batchnorm_from": 2,
+                "attend_from": (cfg.stage1_depth or 4) - 2,
+                "attention_mid_k": 0.5,
+                "image_fusion": True,
+            },
+            1.0,
+        )
+    return (
+        DIHHarmonizer,
+        {"depth": cfg.stage1_depth or 7, "ch": cfg.stage1_ch or 64, "batchnorm_from": 2, "image_fusion": True},
+        2.0,
+    )
 
 
 class FRIH(nn.Module):
@@ -556,11 +609,20 @@ class FRIH(nn.Module):
         self.stage1 = stage1_cls(**stage1_kwargs)
         n_modules = 1 if cfg.share_weights else cfg.num_clusters
         attend_from = cfg.module_depth - 2 if cfg.module_attention else -1
-        self.refiners = nn.ModuleList([
-            SSAMHarmonizer(depth=cfg.module_depth, ch=cfg.module_ch, in_channels=4, batchnorm_from=2,
-                           attend_from=attend_from, attention_mid_k=0.5, image_fusion=True)
-            for _ in range(n_modules)
-        ])
+        self.refiners = nn.ModuleList(
+            [
+                SSAMHarmonizer(
+                    depth=cfg.module_depth,
+                    ch=cfg.module_ch,
+                    in_channels=4,
+                    batchnorm_from=2,
+                    attend_from=attend_from,
+                    attention_mid_k=0.5,
+                    image_fusion=True,
+                )
+                for _ in range(n_modules)
+            ]
+        )
         self.fpm = FusionPredictionModule(self.refiners[0].level_channels, cfg.num_clusters, cfg.fpm_ch)
         self.size_divisor = max(self.stage1.size_divisor, self.refiners[0].size_divisor)
 
@@ -568,8 +630,9 @@ class FRIH(nn.Module):
         """K-means submasks (B, K, H, W) of the composite (or of the coarse output), on 0-255 RGB, no gradient."""
         source = image if self.cfg.cluster_on == "composite" else coarse
         rgb = denormalize_image(source.detach().float()).clamp(0, 1) * 255.0
-        return kmeans_submasks(rgb, mask, self.cfg.num_clusters, self.cfg.kmeans_iters,
-                               self.cfg.mask_threshold).submasks.to(image.dtype)
+        return kmeans_submasks(
+            rgb, mask, self.cfg.num_clusters, self.cfg.kmeans_iters, self.cfg.mask_threshold
+        ).submasks.to(image.dtype)
 
     @property
     def has_unused_parameters(self) -> bool:

@@ -1,17 +1,13 @@
 """Data preparation: HAdobe5k pre-resize and the synthetic iHarmony4-format tree.
 
-    python -m frih.prepare_data resize-hadobe5k --src ROOT/HAdobe5k --dst ROOT/HAdobe5k_resized1024 [--max_side 1024]
-    python -m frih.prepare_data synthesize --root data/synthetic/my_tree [--size 96 --num_real 32 --seed 0]
+python -m frih.prepare_data resize-hadobe5k --src ROOT/HAdobe5k --dst ROOT/HAdobe5k_resized1024 [--max_side 1024]
+python -m frih.prepare_data synthesize --root data/synthetic/my_tree [--size 96 --num_real 32 --seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from frih.data import resize_hadobe5k
 from frih.synthetic import write_synthetic_iharmony4
@@ -34,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         counts = resize_hadobe5k(args.src, args.dst, args.max_side)
         print(f"wrote {args.dst}: {counts['resized']} resized, {counts['copied']} copied")
     else:
-        root = write_synthetic_iharmony4(args.root, image_size=args.size, num_real_per_subset=args.num_real,
-                                         seed=args.seed)
+        root = write_synthetic_iharmony4(
+            args.root, image_size=args.size, num_real_per_subset=args.num_real, seed=args.seed
+        )
         print(f"wrote {root}")
     return 0
 

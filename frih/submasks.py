@@ -51,13 +51,15 @@ class SubmaskResult:
 def _sq_distances(points: torch.Tensor, sq_norms: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """(B, N, K) squared Euclidean distances |x|^2 - 2 x.c + |c|^2 in one batched matmul (used for the argmin only;
     sklearn's KMeans does the same)."""
-    return torch.baddbmm(sq_norms[..., None] + centers.square().sum(-1)[:, None], points, centers.transpose(1, 2),
-                         alpha=-2.0)
+    return torch.baddbmm(
+        sq_norms[..., None] + centers.square().sum(-1)[:, None], points, centers.transpose(1, 2), alpha=-2.0
+    )
 
 
 @torch.no_grad()
-def kmeans_submasks(rgb: torch.Tensor, mask: torch.Tensor, num_clusters: int, iters: int = 10,
-                    threshold: float = 0.5) -> SubmaskResult:
+def kmeans_submasks(
+    rgb: torch.Tensor, mask: torch.Tensor, num_clusters: int, iters: int = 10, threshold: float = 0.5
+) -> SubmaskResult:
     """Cluster the foreground pixels of each image by colour into `num_clusters` hard submasks.
 
     Args:
@@ -107,7 +109,8 @@ def kmeans_submasks(rgb: torch.Tensor, mask: torch.Tensor, num_clusters: int, it
         assign = _sq_distances(pts, sq_norms, centers).argmin(-1)  # ties -> lowest index
         counts = torch.zeros(b, k_count, device=dev, dtype=points.dtype).scatter_add_(1, assign, weight)
         sums = torch.zeros(b, k_count, 3, device=dev, dtype=points.dtype).scatter_add_(
-            1, assign[..., None].expand(-1, -1, 3), pts * weight[..., None])
+            1, assign[..., None].expand(-1, -1, 3), pts * weight[..., None]
+        )
         means = sums / counts.clamp(min=1)[..., None]
         empty = counts == 0
         # Re-seed the first empty cluster of each image at its farthest foreground pixel (if any is > 0 away).

@@ -38,8 +38,9 @@ def source_images() -> dict[str, np.ndarray]:
     import skimage.data as skd
     from sklearn.datasets import load_sample_images
 
-    photos = {name: getattr(skd, name)() for name in ("astronaut", "coffee", "chelsea", "rocket",
-                                                       "immunohistochemistry")}
+    photos = {
+        name: getattr(skd, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+    }
     photos["motorcycle"] = skd.stereo_motorcycle()[0]
     sample = load_sample_images()
     for path, image in zip(sample.filenames, sample.images):
@@ -165,8 +166,14 @@ def _names(subset: str, index: int, rng: np.random.Generator) -> tuple[str, list
     return f"d{500 + index}-{int(rng.integers(10, 99))}", ["1", "2"]
 
 
-def write_synthetic_iharmony4(root: str | Path, image_size: int = 96, num_real_per_subset: int = 32,
-                              test_fraction: float = 0.25, seed: int = 0, subsets: tuple[str, ...] = SUBSETS) -> Path:
+def write_synthetic_iharmony4(
+    root: str | Path,
+    image_size: int = 96,
+    num_real_per_subset: int = 32,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    subsets: tuple[str, ...] = SUBSETS,
+) -> Path:
     """Write the synthetic tree under `root` (created; existing files are overwritten). Returns `root`."""
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -216,11 +223,16 @@ def default_synthetic_dir(name: str) -> Path:
     return Path(synthetic_root()) / name
 
 
-def ensure_synthetic_iharmony4(image_size: int = 96, num_real_per_subset: int = 32, seed: int = 0,
-                               root: str | Path | None = None) -> Path:
+def ensure_synthetic_iharmony4(
+    image_size: int = 96, num_real_per_subset: int = 32, seed: int = 0, root: str | Path | None = None
+) -> Path:
     """The cached synthetic tree for these parameters, generated on first use (atomically: temp folder + rename)."""
-    params = {"version": GENERATOR_VERSION, "image_size": image_size, "num_real_per_subset": num_real_per_subset,
-              "seed": seed}
+    params = {
+        "version": GENERATOR_VERSION,
+        "image_size": image_size,
+        "num_real_per_subset": num_real_per_subset,
+        "seed": seed,
+    }
     if root is None:
         root = default_synthetic_dir(f"frih_iharmony4_s{image_size}_n{num_real_per_subset}_seed{seed}")
     root = Path(root)

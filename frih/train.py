@@ -12,14 +12,10 @@ per_image.csv and before_after.png into the run folder runs/frih/<name>/<time>/ 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch.utils.data import DataLoader
@@ -36,8 +32,17 @@ from shared.distributed import DistContext, barrier, cleanup_distributed, init_d
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, make_grad_scaler, optimizer_step, unwrap_model
 
-__all__ = ["Config", "DataConfig", "LossConfig", "OptimConfig", "evaluate", "main", "parse_args",
-           "train_and_evaluate", "train_one_epoch"]
+__all__ = [
+    "Config",
+    "DataConfig",
+    "LossConfig",
+    "OptimConfig",
+    "evaluate",
+    "main",
+    "parse_args",
+    "train_and_evaluate",
+    "train_one_epoch",
+]
 
 _STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "best_mse", "rng")
 
@@ -51,9 +56,11 @@ def load_stage1_weights(model: torch.nn.Module, path: str) -> None:
     target = model.stage1 if hasattr(model, "stage1") else model
     missing, unexpected = target.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"{path} does not match the stage-1 network: missing keys {missing[:5]}"
-                           f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
-                           f"{'...' if len(unexpected) > 5 else ''}")
+        raise RuntimeError(
+            f"{path} does not match the stage-1 network: missing keys {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}"
+        )
 
 
 def build_training_model(cfg: Config, device: torch.device, logger: RunLogger) -> torch.nn.Module:
@@ -69,18 +76,24 @@ def build_training_model(cfg: Config, device: torch.device, logger: RunLogger) -
     return model
 
 
-def build_optimizer(optim: OptimConfig, model: torch.nn.Module
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+def build_optimizer(
+    optim: OptimConfig, model: torch.nn.Module
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
     """Adam and the per-epoch MultiStepLR schedule of the iSSAM/iDIH reference."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                 weight_decay=optim.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
     return optimizer, scheduler
 
 
 def build_criterion(loss: LossConfig) -> FRIHLoss:
-    return FRIHLoss(min_area=loss.min_area, final_weight=loss.final_weight, coarse_weight=loss.coarse_weight,
-                    module_weight=loss.module_weight)
+    return FRIHLoss(
+        min_area=loss.min_area,
+        final_weight=loss.final_weight,
+        coarse_weight=loss.coarse_weight,
+        module_weight=loss.module_weight,
+    )
 
 
 def wrap_for_training(model: torch.nn.Module, cfg: Config, ctx: DistContext) -> torch.nn.Module:
@@ -89,14 +102,25 @@ def wrap_for_training(model: torch.nn.Module, cfg: Config, ctx: DistContext) -> 
     if ctx.distributed:
         unused = getattr(model, "has_unused_parameters", False) and not cfg.loss.module_weight
         train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=unused)
+            train_model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=unused,
+        )
     return train_model
 
 
-def train_one_epoch(model: torch.nn.Module, criterion: FRIHLoss, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, device: torch.device, cfg: Config, epoch: int, step: int,
-                    logger: RunLogger) -> tuple[dict[str, float], int]:
+def train_one_epoch(
+    model: torch.nn.Module,
+    criterion: FRIHLoss,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    cfg: Config,
+    epoch: int,
+    step: int,
+    logger: RunLogger,
+) -> tuple[dict[str, float], int]:
     """One pass over `loader`; returns (mean loss terms, lr, images/s, seconds) and the global step after it."""
     model.train()
     totals: dict[str, float] = {}
@@ -125,8 +149,9 @@ def train_one_epoch(model: torch.nn.Module, criterion: FRIHLoss, loader: DataLoa
     return stats, step
 
 
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
-             cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+def evaluate(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, cfg: Config
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """saic-vul protocol on `loader` at full resolution: (summary, per-image records, grid samples)."""
     harmonizer = Harmonizer(unwrap_model(model), device, mode="full", amp=cfg.amp)
     return evaluate_model(harmonizer, loader, cfg.model.arch, num_grid=cfg.num_grid_images)
@@ -136,8 +161,9 @@ def _epoch_due(epoch: int, interval: int) -> bool:
     return bool(interval) and (epoch + 1) % interval == 0
 
 
-def train_and_evaluate(cfg: Config, ctx: DistContext, resume: dict[str, Any] | None, out_dir: Path,
-           logger: RunLogger) -> dict[str, Any]:
+def train_and_evaluate(
+    cfg: Config, ctx: DistContext, resume: dict[str, Any] | None, out_dir: Path, logger: RunLogger
+) -> dict[str, Any]:
     """Build data, model and optimizer, run (or resume) the epochs, evaluate, write the results (rank 0)."""
     wall0 = time.perf_counter()
     device = ctx.device
@@ -150,8 +176,10 @@ def train_and_evaluate(cfg: Config, ctx: DistContext, resume: dict[str, Any] | N
     model = build_training_model(cfg, device, logger)
     n_params = count_parameters(model)
     arch = f"frih ({cfg.model.stage1} stage 1)" if cfg.model.arch == "frih" else cfg.model.arch
-    logger.info(f"model {arch}: {n_params:,} parameters; {len(train_loader.dataset)} training composites from "
-                f"{root}; device {device}, world size {ctx.world_size}")
+    logger.info(
+        f"model {arch}: {n_params:,} parameters; {len(train_loader.dataset)} training composites from "
+        f"{root}; device {device}, world size {ctx.world_size}"
+    )
     optimizer, scheduler = build_optimizer(cfg.optim, model)
     scaler = make_grad_scaler(device, cfg.amp)
     criterion = build_criterion(cfg.loss)
@@ -168,8 +196,9 @@ def train_and_evaluate(cfg: Config, ctx: DistContext, resume: dict[str, Any] | N
             train_loader.sampler.set_epoch(epoch)
         else:
             generator.manual_seed(cfg.seed * 100003 + epoch)  # resumable shuffling
-        stats, step = train_one_epoch(train_model, criterion, train_loader, optimizer, scaler, device, cfg, epoch,
-                                      step, logger)
+        stats, step = train_one_epoch(
+            train_model, criterion, train_loader, optimizer, scaler, device, cfg, epoch, step, logger
+        )
         scheduler.step()
         last = epoch == cfg.optim.epochs - 1
         if ctx.is_main and (last or _epoch_due(epoch, cfg.eval_interval)):
@@ -182,8 +211,17 @@ def train_and_evaluate(cfg: Config, ctx: DistContext, resume: dict[str, Any] | N
             if is_best:
                 best_mse = stats["test_mse"]
             if is_best or last or _epoch_due(epoch, cfg.checkpoint_interval):
-                state = training_state(PACKAGE, cfg, model=model, optimizer=optimizer, scheduler=scheduler,
-                                       scaler=scaler, epoch=epoch, step=step, best_mse=best_mse)
+                state = training_state(
+                    PACKAGE,
+                    cfg,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    epoch=epoch,
+                    step=step,
+                    best_mse=best_mse,
+                )
                 save_last_and_best(state, out_dir, is_best)
         barrier()
 
@@ -191,10 +229,16 @@ def train_and_evaluate(cfg: Config, ctx: DistContext, resume: dict[str, Any] | N
         return {}
     if evaluation is None:  # resumed after the last epoch: evaluate the loaded weights
         evaluation = evaluate(model, test_loader, device, cfg)
-    extra = {"params": n_params, "epochs": cfg.optim.epochs, "steps": step,
-             "train_wall_s": time.perf_counter() - wall0, "device": str(device)}
-    metrics = write_evaluation(out_dir, *evaluation, main_row=row_names(cfg.model.arch)[1], extra=extra,
-                               log=logger.info)
+    extra = {
+        "params": n_params,
+        "epochs": cfg.optim.epochs,
+        "steps": step,
+        "train_wall_s": time.perf_counter() - wall0,
+        "device": str(device),
+    }
+    metrics = write_evaluation(
+        out_dir, *evaluation, main_row=row_names(cfg.model.arch)[1], extra=extra, log=logger.info
+    )
     logger.info(f"done in {extra['train_wall_s']:.0f} s; run folder {out_dir}")
     return metrics
 

@@ -31,8 +31,15 @@ from lsfa.losses import (
 )
 from lsfa.model import LSFAAdaptors
 
-__all__ = ["AdaptationQueues", "AdaptationSettings", "lr_at", "lsfa_loss", "pool_to_grid", "released_rgb_token_layout",
-           "tokens"]
+__all__ = [
+    "AdaptationQueues",
+    "AdaptationSettings",
+    "lr_at",
+    "lsfa_loss",
+    "pool_to_grid",
+    "released_rgb_token_layout",
+    "tokens",
+]
 
 
 @dataclass
@@ -57,8 +64,15 @@ class AdaptationSettings:
 class AdaptationQueues:
     """The four per-class queues of the IFC term (rgb / xyz patches, rgb / xyz global means), on one device."""
 
-    def __init__(self, num_classes: int, xyz_dim: int, rgb_dim: int, patch_capacity: int = 60_000,
-                 global_capacity: int = 100, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        num_classes: int,
+        xyz_dim: int,
+        rgb_dim: int,
+        patch_capacity: int = 60_000,
+        global_capacity: int = 100,
+        device: torch.device | str = "cpu",
+    ):
         self.rgb = FeatureQueue(num_classes, patch_capacity, rgb_dim, device)
         self.xyz = FeatureQueue(num_classes, patch_capacity, xyz_dim, device)
         self.rgb_global = FeatureQueue(num_classes, global_capacity, rgb_dim, device)
@@ -113,10 +127,18 @@ def _rgb_tokens(feature_map: torch.Tensor, layout: str) -> torch.Tensor:
     raise ValueError(f"rgb token layout must be 'aligned' or 'released', got {layout!r}")
 
 
-def lsfa_loss(adaptors: LSFAAdaptors, xyz: torch.Tensor, rgb: torch.Tensor, rgb_rotated: torch.Tensor,
-              valid: torch.Tensor, class_ids: torch.Tensor, queues: AdaptationQueues, iteration: int,
-              settings: AdaptationSettings, generator: torch.Generator | None = None
-              ) -> tuple[torch.Tensor, dict[str, float]]:
+def lsfa_loss(
+    adaptors: LSFAAdaptors,
+    xyz: torch.Tensor,
+    rgb: torch.Tensor,
+    rgb_rotated: torch.Tensor,
+    valid: torch.Tensor,
+    class_ids: torch.Tensor,
+    queues: AdaptationQueues,
+    iteration: int,
+    settings: AdaptationSettings,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The LSFA objective on one batch; pushes the batch into the queues afterwards.
 
     Args:
@@ -132,8 +154,11 @@ def lsfa_loss(adaptors: LSFAAdaptors, xyz: torch.Tensor, rgb: torch.Tensor, rgb_
     b = xyz.shape[0]
     x = adaptors.adapt_xyz(tokens(xyz))
     r = adaptors.adapt_rgb(_rgb_tokens(rgb, s.rgb_token_layout))
-    r_rot = adaptors.adapt_rgb(_rgb_tokens(rgb_rotated, "aligned") if s.rotated_token_layout == "aligned"
-                               else rgb_rotated.reshape(b, -1, rgb_rotated.shape[1]))
+    r_rot = adaptors.adapt_rgb(
+        _rgb_tokens(rgb_rotated, "aligned")
+        if s.rotated_token_layout == "aligned"
+        else rgb_rotated.reshape(b, -1, rgb_rotated.shape[1])
+    )
     q, k, q_rot = adaptors.rgb_head(r), adaptors.xyz_head(x), adaptors.rgb_head(r_rot)
     nz = valid.flatten(1)  # (B, N)
     flat_nz = torch.nonzero(nz.reshape(-1)).squeeze(1)
@@ -148,15 +173,17 @@ def lsfa_loss(adaptors: LSFAAdaptors, xyz: torch.Tensor, rgb: torch.Tensor, rgb_
         positions = torch.arange(flat_nz.numel(), device=flat_nz.device)
     else:
         raise ValueError(f"rotation_indexing must be 'nonzero' or 'released', got {s.rotation_indexing!r}")
-    loss_rot = rotation_consistency_loss(q_flat, q_rot_flat, positions, s.rotation_fraction, generator,
-                                         s.temperature)
+    loss_rot = rotation_consistency_loss(q_flat, q_rot_flat, positions, s.rotation_fraction, generator, s.temperature)
 
     weights = nz.float()
     counts = weights.sum(1).clamp_min(1.0)[:, None]
     g_rgb = (r * weights[..., None]).sum(1) / counts  # mean over non-empty tokens
     g_xyz = (x * weights[..., None]).sum(1) / counts
-    loss_global = (cross_modal_global_loss(adaptors.rgb_head(g_rgb), adaptors.xyz_head(g_xyz), s.temperature)
-                   if b > 1 else x.new_zeros(()))
+    loss_global = (
+        cross_modal_global_loss(adaptors.rgb_head(g_rgb), adaptors.xyz_head(g_xyz), s.temperature)
+        if b > 1
+        else x.new_zeros(())
+    )
 
     ifc_terms = []
     if iteration >= s.compactness_start_iteration:
@@ -168,8 +195,9 @@ def lsfa_loss(adaptors: LSFAAdaptors, xyz: torch.Tensor, rgb: torch.Tensor, rgb_
             term = term + compactness_loss(x[i][nz[i]], queues.xyz.entries(c), s.distance_cap)
             if queues.rgb_global.size(c) and queues.xyz_global.size(c):
                 term = term + s.compactness_global_weight * (
-                    compactness_loss(g_rgb[i:i + 1], queues.rgb_global.entries(c), s.distance_cap)
-                    + compactness_loss(g_xyz[i:i + 1], queues.xyz_global.entries(c), s.distance_cap))
+                    compactness_loss(g_rgb[i : i + 1], queues.rgb_global.entries(c), s.distance_cap)
+                    + compactness_loss(g_xyz[i : i + 1], queues.xyz_global.entries(c), s.distance_cap)
+                )
             ifc_terms.append(term)
     loss_ifc = torch.stack(ifc_terms).mean() if ifc_terms else x.new_zeros(())
 
@@ -177,13 +205,22 @@ def lsfa_loss(adaptors: LSFAAdaptors, xyz: torch.Tensor, rgb: torch.Tensor, rgb_
         c = int(class_ids[i])
         queues.rgb.push(c, r[i])
         queues.xyz.push(c, x[i][nz[i]])
-        queues.rgb_global.push(c, g_rgb[i:i + 1])
-        queues.xyz_global.push(c, g_xyz[i:i + 1])
+        queues.rgb_global.push(c, g_rgb[i : i + 1])
+        queues.xyz_global.push(c, g_xyz[i : i + 1])
 
-    total = (s.weight_cross_patch * loss_patch + s.weight_rotation * loss_rot + s.weight_compactness * loss_ifc
-             + s.weight_cross_global * loss_global)
-    return total, {"loss_cm_patch": loss_patch.item(), "loss_rot": loss_rot.item(), "loss_ifc": loss_ifc.item(),
-                   "loss_cm_global": loss_global.item(), "ifc_active": float(len(ifc_terms))}
+    total = (
+        s.weight_cross_patch * loss_patch
+        + s.weight_rotation * loss_rot
+        + s.weight_compactness * loss_ifc
+        + s.weight_cross_global * loss_global
+    )
+    return total, {
+        "loss_cm_patch": loss_patch.item(),
+        "loss_rot": loss_rot.item(),
+        "loss_ifc": loss_ifc.item(),
+        "loss_cm_global": loss_global.item(),
+        "ifc_active": float(len(ifc_terms)),
+    }
 
 
 def pool_to_grid(feature_map: torch.Tensor, grid: int) -> torch.Tensor:

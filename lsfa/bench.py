@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -40,10 +36,32 @@ __all__ = ["main", "parse_args"]
 SIZES = {
     # name: rgb variant, point variant, images per batch, points per cloud, bank rows, knn bank rows, ocsvm images,
     # aupro maps, patches per image, grid
-    "paper": dict(rgb="dino_vitb8", point="point_mae", batch=8, points=30_000, bank=300_000, knn_bank=100_000,
-                  ocsvm_images=200, aupro_maps=150, patches=3136, grid=56, dim=1152),
-    "quick": dict(rgb="vit_tiny8_d2", point="point_mae_tiny", batch=4, points=10_000, bank=20_000, knn_bank=10_000,
-                  ocsvm_images=20, aupro_maps=40, patches=784, grid=28, dim=1152),
+    "paper": dict(
+        rgb="dino_vitb8",
+        point="point_mae",
+        batch=8,
+        points=30_000,
+        bank=300_000,
+        knn_bank=100_000,
+        ocsvm_images=200,
+        aupro_maps=150,
+        patches=3136,
+        grid=56,
+        dim=1152,
+    ),
+    "quick": dict(
+        rgb="vit_tiny8_d2",
+        point="point_mae_tiny",
+        batch=4,
+        points=10_000,
+        bank=20_000,
+        knn_bank=10_000,
+        ocsvm_images=20,
+        aupro_maps=40,
+        patches=784,
+        grid=28,
+        dim=1152,
+    ),
 }
 
 
@@ -53,10 +71,11 @@ def _organised_cloud(batch: int, points: int, device: torch.device) -> torch.Ten
     xyz = torch.zeros(batch, 3, 224, 224, device=device)
     lo = (224 - side) // 2
     yy, xx = torch.meshgrid(torch.arange(side, device=device), torch.arange(side, device=device), indexing="ij")
-    xyz[:, 0, lo:lo + side, lo:lo + side] = xx * 1e-3
-    xyz[:, 1, lo:lo + side, lo:lo + side] = yy * 1e-3
-    xyz[:, 2, lo:lo + side, lo:lo + side] = 0.4 + 0.01 * torch.sin(xx / 9.0) + 1e-4 * torch.rand(side, side,
-                                                                                                   device=device)
+    xyz[:, 0, lo : lo + side, lo : lo + side] = xx * 1e-3
+    xyz[:, 1, lo : lo + side, lo : lo + side] = yy * 1e-3
+    xyz[:, 2, lo : lo + side, lo : lo + side] = (
+        0.4 + 0.01 * torch.sin(xx / 9.0) + 1e-4 * torch.rand(side, side, device=device)
+    )
     return xyz
 
 
@@ -80,29 +99,49 @@ def main(args: argparse.Namespace) -> list[dict]:
     rows: list[dict] = []
 
     def add(stage: str, size: str, seconds: float, unit: str, per_second: float | None) -> None:
-        rows.append({"stage": stage, "size": size, "seconds": seconds, "throughput": per_second, "unit": unit,
-                     "peak_mb": peak_memory_mb(device)})
+        rows.append(
+            {
+                "stage": stage,
+                "size": size,
+                "seconds": seconds,
+                "throughput": per_second,
+                "unit": unit,
+                "peak_mb": peak_memory_mb(device),
+            }
+        )
         rate = f"{per_second:10.2f} {unit}" if per_second is not None else " " * 11 + unit
-        print(f"{stage:<28}{size:<44}{seconds:10.3f} s{rate:>22}   peak {peak_memory_mb(device):9.0f} MB",
-              flush=True)
+        print(f"{stage:<28}{size:<44}{seconds:10.3f} s{rate:>22}   peak {peak_memory_mb(device):9.0f} MB", flush=True)
 
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"{torch.get_num_threads()} threads, amp {args.amp}, sizes {'quick' if args.quick else 'paper'}")
-    extractor = FeatureExtractor(create_rgb_backbone(s["rgb"]), create_point_encoder(s["point"]),
-                                 grid=s["grid"]).to(device)
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"{torch.get_num_threads()} threads, amp {args.amp}, sizes {'quick' if args.quick else 'paper'}"
+    )
+    extractor = FeatureExtractor(create_rgb_backbone(s["rgb"]), create_point_encoder(s["point"]), grid=s["grid"]).to(
+        device
+    )
     images = torch.randn(s["batch"], 3, 224, 224, device=device)
     xyz = _organised_cloud(s["batch"], s["points"], device)
     with torch.no_grad(), autocast(device, args.amp):
         t = seconds_per_call(lambda: extractor.rgb_features(images), device)
         add("rgb features", f"{s['rgb']}, batch {s['batch']}", t, "img/s", s["batch"] / t)
         t = seconds_per_call(lambda: extractor.xyz_features(xyz), device)
-        add("xyz features (full PFA)", f"{s['point']}, {s['points']} pts, batch {s['batch']}", t, "img/s",
-            s["batch"] / t)
+        add(
+            "xyz features (full PFA)",
+            f"{s['point']}, {s['points']} pts, batch {s['batch']}",
+            t,
+            "img/s",
+            s["batch"] / t,
+        )
         pts = xyz.flatten(2).transpose(1, 2)[:, (xyz.abs().sum(1).flatten(1) > 0)[0]].contiguous()
         v = extractor.point_encoder.variant
         t = seconds_per_call(lambda: group_points(pts, v.num_group, v.group_size), device)
-        add("FPS + kNN grouping", f"{v.num_group} x {v.group_size} of {pts.shape[1]} pts, batch {s['batch']}", t,
-            "img/s", s["batch"] / t)
+        add(
+            "FPS + kNN grouping",
+            f"{v.num_group} x {v.group_size} of {pts.shape[1]} pts, batch {s['batch']}",
+            t,
+            "img/s",
+            s["batch"] / t,
+        )
     adaptors = create_model("lsfa_adaptors", xyz_dim=extractor.xyz_dim, rgb_dim=extractor.rgb_dim).to(device)
     tokens_x = torch.randn(s["batch"], s["grid"] ** 2, extractor.xyz_dim, device=device)
     tokens_r = torch.randn(s["batch"], s["grid"] ** 2, extractor.rgb_dim, device=device)
@@ -125,8 +164,13 @@ def main(args: argparse.Namespace) -> list[dict]:
     t0 = time.perf_counter()
     greedy_coreset(projected, n_core, dtype=dtype)
     synchronize(device)
-    add("coreset 10 % (proj + greedy)", f"{s['bank']} x {s['dim']} -> {n_core} (JL {projected.shape[1]})",
-        t_proj + time.perf_counter() - t0, "", None)
+    add(
+        "coreset 10 % (proj + greedy)",
+        f"{s['bank']} x {s['dim']} -> {n_core} (JL {projected.shape[1]})",
+        t_proj + time.perf_counter() - t0,
+        "",
+        None,
+    )
     del projected
     knn_bank = bank[: s["knn_bank"]].clone()
     del bank
@@ -137,14 +181,18 @@ def main(args: argparse.Namespace) -> list[dict]:
         reweighted_image_score(patches, knn_bank, d[:, 0], i[:, 0])
 
     t = seconds_per_call(knn, device, iters=3)
-    add("kNN scoring + re-weighting", f"{s['patches']} patches vs {s['knn_bank']} rows x {s['dim']}", t,
-        "img/s", 1.0 / t)
+    add(
+        "kNN scoring + re-weighting",
+        f"{s['patches']} patches vs {s['knn_bank']} rows x {s['dim']}",
+        t,
+        "img/s",
+        1.0 / t,
+    )
     n = s["ocsvm_images"]
     img_vec, pix_vec = torch.rand(n, 2), torch.rand(n, 2, 224, 224)
     t0 = time.perf_counter()
     LateFusion().fit(img_vec, pix_vec)
-    add("one-class SVM fit (2 SVMs)", f"{n} images + {n * 224 * 224} pixels x 2", time.perf_counter() - t0, "",
-        None)
+    add("one-class SVM fit (2 SVMs)", f"{n} images + {n * 224 * 224} pixels x 2", time.perf_counter() - t0, "", None)
     m = s["aupro_maps"]
     maps = torch.rand(m, 224, 224)
     masks = torch.zeros(m, 224, 224, dtype=torch.bool)

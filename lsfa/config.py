@@ -18,8 +18,17 @@ from lsfa.scoring import ScoringSettings
 from lsfa.uff import UFFSettings
 from shared.config import RunConfig
 
-__all__ = ["DEFAULT_CONFIG", "AdaptorConfig", "BackboneConfig", "DataConfig", "EvalConfig", "OptimConfig",
-           "SyntheticConfig", "TrainConfig", "upgrade_stored_config"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "AdaptorConfig",
+    "BackboneConfig",
+    "DataConfig",
+    "EvalConfig",
+    "OptimConfig",
+    "SyntheticConfig",
+    "TrainConfig",
+    "upgrade_stored_config",
+]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
@@ -33,10 +42,18 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 0
     max_train_samples: int | None = field(default=400, metadata={"help": "per class (the release's max_sample)"})
-    cache_features: bool = field(default=False, metadata={
-        "help": "keep the frozen training features in memory (extracted once, reused every epoch and for banks)"})
-    require_preprocessed: bool = field(default=True, metadata={
-        "help": "refuse a real-data root without the LSFA_PREPROCESSED.json marker of python -m lsfa.preprocess"})
+    cache_features: bool = field(
+        default=False,
+        metadata={
+            "help": "keep the frozen training features in memory (extracted once, reused every epoch and for banks)"
+        },
+    )
+    require_preprocessed: bool = field(
+        default=True,
+        metadata={
+            "help": "refuse a real-data root without the LSFA_PREPROCESSED.json marker of python -m lsfa.preprocess"
+        },
+    )
 
 
 @dataclass
@@ -58,10 +75,14 @@ class BackboneConfig:
     grid: int = field(default=56, metadata={"help": "xyz feature grid side (56 = 3136 tokens)"})
     point_scale: float = field(default=1.0, metadata={"help": "multiply coordinates before the point encoder"})
     point_centre: bool = field(default=False, metadata={"help": "centre each cloud on its centroid first"})
-    masked_pool: bool = field(default=False, metadata={
-        "help": "pool xyz features over the valid pixels only (M3DM / release: empty pixels count as zeros)"})
-    uff_checkpoint: str | None = field(default=None, metadata={
-        "help": "M3DM's UFF weights (uff_pretrained.pth, {'model': ...}) for method m3dm_triple"})
+    masked_pool: bool = field(
+        default=False,
+        metadata={"help": "pool xyz features over the valid pixels only (M3DM / release: empty pixels count as zeros)"},
+    )
+    uff_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "M3DM's UFF weights (uff_pretrained.pth, {'model': ...}) for method m3dm_triple"},
+    )
 
 
 @dataclass
@@ -76,16 +97,21 @@ class AdaptorConfig:
 class OptimConfig:
     epochs: int = 2
     lr: float = 3e-4
-    weight_decay: float = field(default=0.01, metadata={"help": "torch AdamW default (the release never passes "
-                                                                "its --weight_decay 1.5e-6)"})
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "torch AdamW default (the release never passes its --weight_decay 1.5e-6)"}
+    )
     betas: tuple[float, float] = (0.9, 0.95)
     accum_iter: int = 16
     warmup_epochs: float = 1.0
     schedule_epochs: int = field(default=100, metadata={"help": "cosine length (release: 100 while 2 epochs run)"})
     min_lr: float = 0.0
-    released_zero_grad: bool = field(default=False, metadata={
-        "help": "zero the gradients every iteration as the release (accumulation then keeps 1/accum_iter of one "
-                "batch); default: proper accumulation"})
+    released_zero_grad: bool = field(
+        default=False,
+        metadata={
+            "help": "zero the gradients every iteration as the release (accumulation then keeps 1/accum_iter of one "
+            "batch); default: proper accumulation"
+        },
+    )
 
 
 @dataclass

@@ -37,13 +37,25 @@ __all__ = [
 ]
 
 MVTEC3D_CLASSES = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire")
-EYECANDIES_CLASSES = ("CandyCane", "ChocolateCookie", "ChocolatePraline", "Confetto", "GummyBear", "HazelnutTruffle",
-                      "LicoriceSandwich", "Lollipop", "Marshmallow", "PeppermintCandy")
+EYECANDIES_CLASSES = (
+    "CandyCane",
+    "ChocolateCookie",
+    "ChocolatePraline",
+    "Confetto",
+    "GummyBear",
+    "HazelnutTruffle",
+    "LicoriceSandwich",
+    "Lollipop",
+    "Marshmallow",
+    "PeppermintCandy",
+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-LAYOUT = ("<root>/<class>/train/good/{rgb/NNN.png, xyz/NNN.tiff}\n"
-          "<root>/<class>/test/<good|defect>/{rgb/NNN.png, xyz/NNN.tiff, gt/NNN.png}")
+LAYOUT = (
+    "<root>/<class>/train/good/{rgb/NNN.png, xyz/NNN.tiff}\n"
+    "<root>/<class>/test/<good|defect>/{rgb/NNN.png, xyz/NNN.tiff, gt/NNN.png}"
+)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -91,8 +103,10 @@ def resolve_classes(root: str | Path, classes: list[str] | None) -> list[str]:
     """The class folders to use: ``classes`` if given, else every folder under ``root`` with a ``train/`` tree."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} does not exist. Expected layout:\n{LAYOUT}\n"
-                                f"See `python -m shared.datasets info mvtec3d` (or eyecandies) and README Recipes.")
+        raise FileNotFoundError(
+            f"dataset root {root} does not exist. Expected layout:\n{LAYOUT}\n"
+            f"See `python -m shared.datasets info mvtec3d` (or eyecandies) and README Recipes."
+        )
     if classes:
         return list(classes)
     found = sorted(d.name for d in root.iterdir() if (d / "train").is_dir())
@@ -108,15 +122,23 @@ class MVTec3DDataset(Dataset):
     ``label`` (0 good / 1 defect), ``defect`` (folder name), ``path`` (the rgb file).
     """
 
-    def __init__(self, root: str | Path, class_name: str, split: str = "train", image_size: int = 224,
-                 max_samples: int | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        class_name: str,
+        split: str = "train",
+        image_size: int = 224,
+        max_samples: int | None = None,
+    ):
         if split not in ("train", "test", "validation"):
             raise ValueError(f"split must be train, validation or test, got {split!r}")
         self.root, self.class_name, self.split, self.image_size = Path(root), class_name, split, image_size
         split_dir = self.root / class_name / split
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"{split_dir} does not exist. Expected layout:\n{LAYOUT}\n"
-                                    f"(see `python -m shared.datasets info mvtec3d` and README Recipes)")
+            raise FileNotFoundError(
+                f"{split_dir} does not exist. Expected layout:\n{LAYOUT}\n"
+                f"(see `python -m shared.datasets info mvtec3d` and README Recipes)"
+            )
         self.samples: list[tuple[Path, Path, Path | None, str]] = []
         for defect in sorted(os.listdir(split_dir)):
             rgb_dir, xyz_dir, gt_dir = (split_dir / defect / sub for sub in ("rgb", "xyz", "gt"))
@@ -151,5 +173,11 @@ class MVTec3DDataset(Dataset):
             mask = (F.interpolate(gt[None, None], size=(s, s), mode="nearest")[0, 0] > 0.5).float()
         else:
             mask = torch.zeros(s, s)
-        return {"rgb": rgb, "xyz": xyz, "mask": mask, "label": int(defect != "good"), "defect": defect,
-                "path": str(rgb_path)}
+        return {
+            "rgb": rgb,
+            "xyz": xyz,
+            "mask": mask,
+            "label": int(defect != "good"),
+            "defect": defect,
+            "path": str(rgb_path),
+        }

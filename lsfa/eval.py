@@ -22,9 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 from lsfa.config import TrainConfig, upgrade_stored_config
@@ -61,8 +58,9 @@ def _mean(values: list[float]) -> float:
 def format_table(metrics: dict[str, float], classes: list[str], methods: list[str]) -> str:
     """Per-class rows x (method, metric) columns, as in the README."""
     short = {"lsfa": "LSFA", "m3dm": "M3DM", "m3dm_triple": "M3DM+F"}
-    header = f"{'class':<12}" + "".join(f"{short[m] + ' ' + k:>17}" for m in methods for k in
-                                         ("I-AUROC", "P-AUROC", "AUPRO@0.3"))
+    header = f"{'class':<12}" + "".join(
+        f"{short[m] + ' ' + k:>17}" for m in methods for k in ("I-AUROC", "P-AUROC", "AUPRO@0.3")
+    )
     lines = [header]
     for c in [*classes, "mean"]:
         row = f"{c:<12}"
@@ -73,12 +71,23 @@ def format_table(metrics: dict[str, float], classes: list[str], methods: list[st
     return "\n".join(lines)
 
 
-def evaluate_classes(extractor: FeatureExtractor, adaptors: LSFAAdaptors | None, root: str | Path, classes: list[str],
-                     scoring: ScoringSettings, methods: list[str], device: torch.device, batch_size: int = 8,
-                     image_size: int = 224, max_train_samples: int | None = None,
-                     train_cache: dict[str, SplitFeatures] | None = None, output_dir: Path | None = None,
-                     logger: RunLogger | None = None, vis_images: int = 4,
-                     uff: UnsupervisedFeatureFusion | None = None) -> dict[str, float]:
+def evaluate_classes(
+    extractor: FeatureExtractor,
+    adaptors: LSFAAdaptors | None,
+    root: str | Path,
+    classes: list[str],
+    scoring: ScoringSettings,
+    methods: list[str],
+    device: torch.device,
+    batch_size: int = 8,
+    image_size: int = 224,
+    max_train_samples: int | None = None,
+    train_cache: dict[str, SplitFeatures] | None = None,
+    output_dir: Path | None = None,
+    logger: RunLogger | None = None,
+    vis_images: int = 4,
+    uff: UnsupervisedFeatureFusion | None = None,
+) -> dict[str, float]:
     """Score every class with every method; returns flat metrics (``<method>/<class>/<metric>`` and means)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -96,13 +105,17 @@ def evaluate_classes(extractor: FeatureExtractor, adaptors: LSFAAdaptors | None,
     for c in classes:
         t0 = time.perf_counter()
         train = (train_cache or {}).get(c) or extract_features(
-            extractor, MVTec3DDataset(root, c, "train", image_size=image_size, max_samples=max_train_samples),
-            batch_size, device)
+            extractor,
+            MVTec3DDataset(root, c, "train", image_size=image_size, max_samples=max_train_samples),
+            batch_size,
+            device,
+        )
         test_set = MVTec3DDataset(root, c, "test", image_size=image_size)
         test = extract_features(extractor, test_set, batch_size, device)
         for m in methods:
-            out = score_class(train, test, adaptors if m == "lsfa" else None, scoring, device,
-                              uff if m == "m3dm_triple" else None)
+            out = score_class(
+                train, test, adaptors if m == "lsfa" else None, scoring, device, uff if m == "m3dm_triple" else None
+            )
             for k, v in class_metrics(out["image"], out["map"], test.labels, test.masks).items():
                 metrics[f"{m}/{c}/{k}"] = v
             curves[m].append((c, out["image"], test.labels))
@@ -110,9 +123,14 @@ def evaluate_classes(extractor: FeatureExtractor, adaptors: LSFAAdaptors | None,
                 from lsfa.visualization import save_overlays
 
                 save_overlays(test_set, out["map"], test.masks, output_dir / "overlays" / f"{m}_{c}.png", vis_images)
-        say(f"{c}: " + "  ".join(f"{METHODS[m]} I-AUROC {metrics[f'{m}/{c}/i_auroc']:.3f} "
-                                 f"AUPRO {metrics[f'{m}/{c}/aupro']:.3f}" for m in methods)
-            + f"  ({time.perf_counter() - t0:.0f} s)")
+        say(
+            f"{c}: "
+            + "  ".join(
+                f"{METHODS[m]} I-AUROC {metrics[f'{m}/{c}/i_auroc']:.3f} AUPRO {metrics[f'{m}/{c}/aupro']:.3f}"
+                for m in methods
+            )
+            + f"  ({time.perf_counter() - t0:.0f} s)"
+        )
     for m in methods:
         for k in METRICS:
             metrics[f"{m}_{k}_mean"] = _mean([metrics[f"{m}/{c}/{k}"] for c in classes])
@@ -125,19 +143,35 @@ def evaluate_classes(extractor: FeatureExtractor, adaptors: LSFAAdaptors | None,
     return metrics
 
 
-def evaluate(cfg: CheckpointEvalConfig, state: dict, device: torch.device, out: Path, logger: RunLogger
-             ) -> dict[str, float]:
+def evaluate(
+    cfg: CheckpointEvalConfig, state: dict, device: torch.device, out: Path, logger: RunLogger
+) -> dict[str, float]:
     """Rebuild the extractor, the adaptors and (for ``m3dm_triple``) the UFF of a checkpoint and score every class."""
     extractor = build_extractor(cfg, state.get("backbones"), logger).to(device)
     adaptors = load_adaptors(cfg, extractor, state["adaptors"], cfg.checkpoint).to(device)
     root = resolve_root(cfg)
     classes = resolve_classes(root, cfg.data.classes)
-    uff = (build_uff(cfg, extractor, root, classes, device, logger=logger, saved=state.get("uff"), out_dir=out)
-           if "m3dm_triple" in cfg.eval.methods else None)
-    return evaluate_classes(extractor, adaptors, root, classes, cfg.scoring, cfg.eval.methods, device,
-                            batch_size=cfg.data.batch_size, image_size=cfg.data.image_size,
-                            max_train_samples=cfg.data.max_train_samples, output_dir=out, logger=logger,
-                            vis_images=cfg.eval.vis_images, uff=uff)
+    uff = (
+        build_uff(cfg, extractor, root, classes, device, logger=logger, saved=state.get("uff"), out_dir=out)
+        if "m3dm_triple" in cfg.eval.methods
+        else None
+    )
+    return evaluate_classes(
+        extractor,
+        adaptors,
+        root,
+        classes,
+        cfg.scoring,
+        cfg.eval.methods,
+        device,
+        batch_size=cfg.data.batch_size,
+        image_size=cfg.data.image_size,
+        max_train_samples=cfg.data.max_train_samples,
+        output_dir=out,
+        logger=logger,
+        vis_images=cfg.eval.vis_images,
+        uff=uff,
+    )
 
 
 def _load(path: str) -> dict:
@@ -154,8 +188,9 @@ def parse_args(argv: Sequence[str] | None = None) -> CheckpointEvalConfig:
     pre.add_argument("--checkpoint", required=True)
     checkpoint = pre.parse_known_args(argv)[0].checkpoint
     stored = upgrade_stored_config(_load(checkpoint)["config"])
-    return parse_eval_config(CheckpointEvalConfig, stored, argv, description=DESCRIPTION,
-                             ignore=("output_dir", "resume"))
+    return parse_eval_config(
+        CheckpointEvalConfig, stored, argv, description=DESCRIPTION, ignore=("output_dir", "resume")
+    )
 
 
 def main(cfg: CheckpointEvalConfig) -> dict[str, float]:

@@ -18,8 +18,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FeatureQueue", "capped_distance", "compactness_loss", "cross_modal_global_loss", "cross_modal_patch_loss",
-           "info_nce", "rotation_consistency_loss"]
+__all__ = [
+    "FeatureQueue",
+    "capped_distance",
+    "compactness_loss",
+    "cross_modal_global_loss",
+    "cross_modal_patch_loss",
+    "info_nce",
+    "rotation_consistency_loss",
+]
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -35,8 +42,14 @@ def cross_modal_patch_loss(q_rgb: torch.Tensor, k_xyz: torch.Tensor, temperature
     return 0.5 * (info_nce(q_rgb, k_xyz, temperature) + info_nce(k_xyz, q_rgb, temperature))
 
 
-def rotation_consistency_loss(q: torch.Tensor, q_rot: torch.Tensor, positions: torch.Tensor, fraction: float = 1 / 6,
-                              generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+def rotation_consistency_loss(
+    q: torch.Tensor,
+    q_rot: torch.Tensor,
+    positions: torch.Tensor,
+    fraction: float = 1 / 6,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """InfoNCE(q[S], q_rot[S]) on a random subset S of ``len(positions) * fraction`` rows.
 
     Args:
@@ -62,7 +75,7 @@ def capped_distance(x: torch.Tensor, bank: torch.Tensor, cap: float = 50.0, chun
         x_sq = x.square().sum(1, keepdim=True)
         best_d, best_i = None, None
         for start in range(0, bank.shape[0], chunk):
-            m = bank[start:start + chunk]
+            m = bank[start : start + chunk]
             d2, i = (x_sq - 2.0 * x @ m.T + m.square().sum(1)).min(1)
             if best_d is None:
                 best_d, best_i = d2, i + start
@@ -82,8 +95,14 @@ class FeatureQueue:
         dim: feature width.
     """
 
-    def __init__(self, num_classes: int, capacity: int, dim: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        num_classes: int,
+        capacity: int,
+        dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
         self.buffer = torch.zeros(num_classes, capacity, dim, device=device, dtype=dtype)
         self.pointer = torch.zeros(num_classes, dtype=torch.long)
         self.count = torch.zeros(num_classes, dtype=torch.long)
@@ -92,7 +111,7 @@ class FeatureQueue:
     @torch.no_grad()
     def push(self, class_index: int, features: torch.Tensor) -> None:
         """Append (n, dim) rows to the class queue, overwriting the oldest when full."""
-        features = features.detach().to(self.buffer.dtype)[-self.capacity:]
+        features = features.detach().to(self.buffer.dtype)[-self.capacity :]
         n = features.shape[0]
         if n == 0:
             return

@@ -36,8 +36,9 @@ def jl_min_dim(n_samples: int, eps: float = 0.9) -> int:
     return int(4 * math.log(n_samples) / (eps**2 / 2 - eps**3 / 3))
 
 
-def sparse_random_projection(features: torch.Tensor, eps: float = 0.9, seed: int = 0, chunk: int = 65536
-                             ) -> torch.Tensor:
+def sparse_random_projection(
+    features: torch.Tensor, eps: float = 0.9, seed: int = 0, chunk: int = 65536
+) -> torch.Tensor:
     """Project (N, D) features to the JL dimension with sklearn's sparse distribution (density 1 / sqrt(D), entries
     +-sqrt(1 / density) / sqrt(k), 0 otherwise). Returns the input unchanged when k >= D."""
     n, d = features.shape
@@ -51,12 +52,13 @@ def sparse_random_projection(features: torch.Tensor, eps: float = 0.9, seed: int
     matrix = (nonzero * sign * math.sqrt(1.0 / density) / math.sqrt(k)).to(features.device, features.dtype)
     out = features.new_empty(n, k)  # filled chunk by chunk: no second copy of the projected bank
     for i in range(0, n, chunk):
-        torch.mm(features[i:i + chunk], matrix, out=out[i:i + chunk])
+        torch.mm(features[i : i + chunk], matrix, out=out[i : i + chunk])
     return out
 
 
-def greedy_coreset(features: torch.Tensor, num_samples: int, start: int = 0, dtype: torch.dtype | None = None
-                   ) -> torch.Tensor:
+def greedy_coreset(
+    features: torch.Tensor, num_samples: int, start: int = 0, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Greedy k-centre (farthest-point) selection: start at ``start``, then repeatedly take the point farthest (in
     Euclidean distance) from the selected set. Keeps one min-distance vector on the features' device; each step is
     one (N, d) pass. ``dtype`` (e.g. torch.float16 on CUDA, as the release) sets the compute precision.
@@ -81,8 +83,9 @@ def greedy_coreset(features: torch.Tensor, num_samples: int, start: int = 0, dty
     return selected
 
 
-def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096,
-                       bank_chunk: int = 262144) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbours(
+    queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096, bank_chunk: int = 262144
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k nearest bank rows of every query (Euclidean), chunked over queries and bank rows.
 
     Returns:
@@ -91,12 +94,12 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, ch
     bank_sq = torch.linalg.vector_norm(bank, dim=1).square_()  # no squared copy of the bank
     out_d, out_i = [], []
     for qs in range(0, queries.shape[0], chunk):
-        q = queries[qs:qs + chunk]
+        q = queries[qs : qs + chunk]
         q_sq = q.square().sum(1, keepdim=True)
         best_d = best_i = None
         for bs in range(0, bank.shape[0], bank_chunk):
             # One (chunk, bank_chunk) buffer: |b|^2 - 2 q.b, then + |q|^2 in place.
-            d = torch.addmm(bank_sq[None, bs:bs + bank_chunk], q, bank[bs:bs + bank_chunk].T, alpha=-2.0)
+            d = torch.addmm(bank_sq[None, bs : bs + bank_chunk], q, bank[bs : bs + bank_chunk].T, alpha=-2.0)
             d.add_(q_sq).clamp_min_(0.0)
             kk = min(k, d.shape[1])
             # min() needs no buffer beside d; CUDA's topk over 100k-wide rows allocates a second block of d's size.
@@ -104,8 +107,7 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, ch
             del d  # free this block before the next one is allocated: one block alive at a time
             idx = idx + bs
             if best_d is not None:
-                val, order = torch.topk(torch.cat([best_d, val], 1), min(k, best_d.shape[1] + kk), dim=1,
-                                        largest=False)
+                val, order = torch.topk(torch.cat([best_d, val], 1), min(k, best_d.shape[1] + kk), dim=1, largest=False)
                 idx = torch.gather(torch.cat([best_i, idx], 1), 1, order)
             best_d, best_i = val, idx
         out_d.append(best_d.sqrt())
@@ -113,8 +115,9 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, ch
     return torch.cat(out_d), torch.cat(out_i)
 
 
-def reweighted_image_score(patches: torch.Tensor, bank: torch.Tensor, min_dist: torch.Tensor,
-                           min_idx: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+def reweighted_image_score(
+    patches: torch.Tensor, bank: torch.Tensor, min_dist: torch.Tensor, min_idx: torch.Tensor, eps: float = 0.0
+) -> torch.Tensor:
     """PatchCore re-weighting of one image (M3DM ``compute_s_s_map``).
 
     s* = max_p min_m |P_p - M_m| at patch p*, m* its nearest bank entry; b1, b2 = the 2nd and 3rd nearest bank
@@ -132,8 +135,9 @@ def reweighted_image_score(patches: torch.Tensor, bank: torch.Tensor, min_dist: 
     return weight * s_star
 
 
-def blur_anomaly_map(patch_scores: torch.Tensor, size: int = 224, sigma: float = 4.0, mode: str = "pil_uint8"
-                     ) -> torch.Tensor:
+def blur_anomaly_map(
+    patch_scores: torch.Tensor, size: int = 224, sigma: float = 4.0, mode: str = "pil_uint8"
+) -> torch.Tensor:
     """(B, g, g) patch distances -> (B, size, size) maps: bilinear upsampling (align_corners False), then
 
     * ``pil_uint8`` (release): divide by the map max, quantise to 8 bits (ToPILImage), PIL GaussianBlur(radius=sigma),
@@ -171,8 +175,13 @@ class ModalityBank:
         seed: seed of the random projection.
     """
 
-    def __init__(self, coreset_ratio: float = 0.1, projection_eps: float = 0.9, seed: int = 0,
-                 coreset_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        coreset_ratio: float = 0.1,
+        projection_eps: float = 0.9,
+        seed: int = 0,
+        coreset_dtype: torch.dtype | None = None,
+    ):
         self.coreset_ratio, self.projection_eps, self.seed = coreset_ratio, projection_eps, seed
         self.coreset_dtype = coreset_dtype
         self.bank: torch.Tensor | None = None
@@ -188,8 +197,9 @@ class ModalityBank:
             self.bank = patches[greedy_coreset(projected, size, dtype=self.coreset_dtype)]
         return self
 
-    def score(self, patches: torch.Tensor, reweight_eps: float = 0.0, chunk: int = 4096
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(
+        self, patches: torch.Tensor, reweight_eps: float = 0.0, chunk: int = 4096
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(P, d) patches of one image -> (re-weighted image score, per-patch min distances (P,))."""
         if self.bank is None:
             raise RuntimeError("ModalityBank.score before fit")

@@ -140,11 +140,19 @@ class PointVariant:
 POINT_VARIANTS: dict[str, PointVariant] = {
     "point_mae": PointVariant(),
     # embedded default: random init, 3 blocks of width 96 (288-d features), 512 groups x 64 points
-    "point_mae_tiny": PointVariant(trans_dim=96, depth=3, num_heads=3, fetch_blocks=(0, 1, 2),
-                                   conv_widths=(32, 64, 128), num_group=256, group_size=96),
+    "point_mae_tiny": PointVariant(
+        trans_dim=96,
+        depth=3,
+        num_heads=3,
+        fetch_blocks=(0, 1, 2),
+        conv_widths=(32, 64, 128),
+        num_group=256,
+        group_size=96,
+    ),
     # unit tests
-    "point_mae_test": PointVariant(trans_dim=24, depth=2, num_heads=2, fetch_blocks=(0, 1),
-                                   conv_widths=(8, 16, 32), num_group=32, group_size=8),
+    "point_mae_test": PointVariant(
+        trans_dim=24, depth=2, num_heads=2, fetch_blocks=(0, 1), conv_widths=(8, 16, 32), num_group=32, group_size=8
+    ),
 }
 
 
@@ -157,10 +165,12 @@ class PointNetEmbedding(nn.Module):
     def __init__(self, out_dim: int, widths: tuple[int, int, int]):
         super().__init__()
         w0, w1, w2 = widths
-        self.first_conv = nn.Sequential(nn.Conv1d(3, w0, 1), nn.BatchNorm1d(w0), nn.ReLU(inplace=True),
-                                        nn.Conv1d(w0, w1, 1))
-        self.second_conv = nn.Sequential(nn.Conv1d(2 * w1, w2, 1), nn.BatchNorm1d(w2), nn.ReLU(inplace=True),
-                                         nn.Conv1d(w2, out_dim, 1))
+        self.first_conv = nn.Sequential(
+            nn.Conv1d(3, w0, 1), nn.BatchNorm1d(w0), nn.ReLU(inplace=True), nn.Conv1d(w0, w1, 1)
+        )
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(2 * w1, w2, 1), nn.BatchNorm1d(w2), nn.ReLU(inplace=True), nn.Conv1d(w2, out_dim, 1)
+        )
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         """groups (B, G, K, 3) -> tokens (B, G, out_dim)."""
@@ -209,8 +219,7 @@ class PointMAEEncoder(nn.Module):
                 feats.append(self.norm(x))
         return torch.cat(feats, dim=-1)
 
-    def forward(self, points: torch.Tensor, lengths: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, points: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """points (B, N, 3) (padded, ``lengths`` valid) -> (group features (B, G, out_dim), centres (B, G, 3))."""
         groups, centres, _ = group_points(points, self.variant.num_group, self.variant.group_size, lengths)
         return self.forward_groups(groups, centres), centres
@@ -252,9 +261,9 @@ def create_rgb_backbone(variant: str = "dino_vitb8", checkpoint: str | Path | No
 
 def rgb_patch_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Patch tokens of the last block after the final LayerNorm, CLS dropped: (B, C, H/p, W/p)."""
-    tokens = vit.forward_features(images)[:, getattr(vit, "num_prefix_tokens", 1):]
+    tokens = vit.forward_features(images)[:, getattr(vit, "num_prefix_tokens", 1) :]
     b, n, c = tokens.shape
-    side = round(n ** 0.5)
+    side = round(n**0.5)
     return tokens.transpose(1, 2).reshape(b, c, side, side)
 
 
@@ -277,12 +286,17 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
-              if tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
-        raise KeyError(f"{source}: checkpoint does not match {type(model).__name__}: missing keys {missing[:20]}"
-                       f"{' ...' if len(missing) > 20 else ''}; unexpected keys {unexpected[:20]}"
-                       f"{' ...' if len(unexpected) > 20 else ''}; shape mismatches {shapes[:10]}")
+        raise KeyError(
+            f"{source}: checkpoint does not match {type(model).__name__}: missing keys {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''}; unexpected keys {unexpected[:20]}"
+            f"{' ...' if len(unexpected) > 20 else ''}; shape mismatches {shapes[:10]}"
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -292,14 +306,16 @@ def load_point_mae_checkpoint(model: PointMAEEncoder, path: str | Path) -> None:
     every encoder key must be present (strict)."""
     state = _read_state(path)
     if "base_model" not in state:
-        raise KeyError(f"{path}: no 'base_model' entry; the official Point-MAE checkpoint holds "
-                       f"{{'base_model': {{'MAE_encoder.encoder.first_conv.0.weight': ...}}}}; "
-                       f"found {sorted(state)[:8]}")
+        raise KeyError(
+            f"{path}: no 'base_model' entry; the official Point-MAE checkpoint holds "
+            f"{{'base_model': {{'MAE_encoder.encoder.first_conv.0.weight': ...}}}}; "
+            f"found {sorted(state)[:8]}"
+        )
     encoder = {}
     for key, value in state["base_model"].items():
         key = key.removeprefix("module.")
         if key.startswith("MAE_encoder."):
-            encoder[key[len("MAE_encoder."):]] = value
+            encoder[key[len("MAE_encoder.") :]] = value
     load_state_dict_strict(model, encoder, str(path))
 
 
@@ -311,8 +327,11 @@ def load_dino_checkpoint(model: nn.Module, path: str | Path) -> None:
         if wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
             break
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()
-             if not k.startswith(("head.", "module.head."))}
+    state = {
+        k.removeprefix("module.").removeprefix("backbone."): v
+        for k, v in state.items()
+        if not k.startswith(("head.", "module.head."))
+    }
     load_state_dict_strict(model, state, str(path))
 
 
@@ -329,8 +348,15 @@ class FeatureExtractor(nn.Module):
             (28 x 28 at 224 px); LSFA replicates it to the xyz grid with AdaptiveAvgPool2d, M3DM scores it as is.
     """
 
-    def __init__(self, rgb_backbone: nn.Module, point_encoder: PointMAEEncoder, grid: int = 56,
-                 point_scale: float = 1.0, point_centre: bool = False, masked_pool: bool = False):
+    def __init__(
+        self,
+        rgb_backbone: nn.Module,
+        point_encoder: PointMAEEncoder,
+        grid: int = 56,
+        point_scale: float = 1.0,
+        point_centre: bool = False,
+        masked_pool: bool = False,
+    ):
         super().__init__()
         self.rgb_backbone = rgb_backbone.eval().requires_grad_(False)
         self.point_encoder = point_encoder.eval().requires_grad_(False)
@@ -367,8 +393,10 @@ class FeatureExtractor(nn.Module):
         valid = xyz.abs().sum(1).flatten(1) > 0  # (B, H*W)
         lengths = valid.sum(1)
         if int(lengths.min()) < self.point_encoder.variant.num_group:
-            raise ValueError(f"xyz_features: an image has {int(lengths.min())} valid points, fewer than the "
-                             f"{self.point_encoder.variant.num_group} groups of the point encoder")
+            raise ValueError(
+                f"xyz_features: an image has {int(lengths.min())} valid points, fewer than the "
+                f"{self.point_encoder.variant.num_group} groups of the point encoder"
+            )
         n_max = int(lengths.max())
         if self.point_centre or self.point_scale != 1.0:
             mask = valid.reshape(b, 1, h, w)
@@ -410,8 +438,9 @@ class LSFAAdaptors(nn.Module):
         proj_dim: output of the projection heads (512).
     """
 
-    def __init__(self, xyz_dim: int = 1152, rgb_dim: int = 768, num_heads: int = 12, proj_dim: int = 512,
-                 mlp_ratio: float = 4.0):
+    def __init__(
+        self, xyz_dim: int = 1152, rgb_dim: int = 768, num_heads: int = 12, proj_dim: int = 512, mlp_ratio: float = 4.0
+    ):
         super().__init__()
         self.xyz_block = TransformerBlock(xyz_dim, num_heads, mlp_ratio)
         self.rgb_block = TransformerBlock(rgb_dim, num_heads, mlp_ratio)

@@ -34,14 +34,23 @@ def resolve_root(cfg: TrainConfig) -> Path:
     """The dataset root: the cached synthetic tree (written if absent) or ``data.root``."""
     if cfg.data.dataset == "synthetic":
         s = cfg.synthetic
-        return ensure_synthetic_mvtec3d(None, preprocess=True, classes=list(cfg.data.classes or SYNTHETIC_CLASSES),
-                                        num_train=s.num_train, num_test_good=s.num_test_good,
-                                        num_test_per_defect=s.num_test_per_defect, size=s.size, seed=s.seed)
+        return ensure_synthetic_mvtec3d(
+            None,
+            preprocess=True,
+            classes=list(cfg.data.classes or SYNTHETIC_CLASSES),
+            num_train=s.num_train,
+            num_test_good=s.num_test_good,
+            num_test_per_defect=s.num_test_per_defect,
+            size=s.size,
+            seed=s.seed,
+        )
     if cfg.data.dataset not in ("mvtec3d", "eyecandies"):
         raise ValueError(f"data.dataset must be synthetic, mvtec3d or eyecandies, got {cfg.data.dataset!r}")
     if not cfg.data.root:
-        raise FileNotFoundError(f"data.root is not set: pass --data.root DIR, the preprocessed {cfg.data.dataset} "
-                                f"tree (python -m lsfa.preprocess; python -m shared.datasets info {cfg.data.dataset})")
+        raise FileNotFoundError(
+            f"data.root is not set: pass --data.root DIR, the preprocessed {cfg.data.dataset} "
+            f"tree (python -m lsfa.preprocess; python -m shared.datasets info {cfg.data.dataset})"
+        )
     root = Path(cfg.data.root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} does not exist (python -m shared.datasets info {cfg.data.dataset})")
@@ -50,8 +59,9 @@ def resolve_root(cfg: TrainConfig) -> Path:
     return root
 
 
-def build_extractor(cfg: TrainConfig, backbones: dict | None = None, logger: RunLogger | None = None
-                    ) -> FeatureExtractor:
+def build_extractor(
+    cfg: TrainConfig, backbones: dict | None = None, logger: RunLogger | None = None
+) -> FeatureExtractor:
     """Frozen backbones: from ``backbones`` (state dicts saved with a random-init run), the checkpoint files, or
     random initialisation when ``backbone.allow_random_init`` (never silently)."""
     b = cfg.backbone
@@ -61,25 +71,39 @@ def build_extractor(cfg: TrainConfig, backbones: dict | None = None, logger: Run
         load_state_dict_strict(rgb, backbones["rgb"], "checkpoint['backbones']['rgb']")
         load_state_dict_strict(point, backbones["point"], "checkpoint['backbones']['point']")
     else:
-        missing = [name for name, path in (("backbone.rgb_checkpoint (DINO ViT-B/8: dino_vitbase8_pretrain.pth)",
-                                            b.rgb_checkpoint),
-                                           ("backbone.point_checkpoint (Point-MAE: pointmae_pretrain.pth)",
-                                            b.point_checkpoint)) if not path]
+        missing = [
+            name
+            for name, path in (
+                ("backbone.rgb_checkpoint (DINO ViT-B/8: dino_vitbase8_pretrain.pth)", b.rgb_checkpoint),
+                ("backbone.point_checkpoint (Point-MAE: pointmae_pretrain.pth)", b.point_checkpoint),
+            )
+            if not path
+        ]
         if missing and not b.allow_random_init:
-            raise FileNotFoundError(f"no pretrained weights given for {', '.join(missing)}; M3DM / LSFA need them "
-                                    f"(see README Recipes for where they are published). Only the embedded default "
-                                    f"runs with --backbone.allow_random_init.")
+            raise FileNotFoundError(
+                f"no pretrained weights given for {', '.join(missing)}; M3DM / LSFA need them "
+                f"(see README Recipes for where they are published). Only the embedded default "
+                f"runs with --backbone.allow_random_init."
+            )
         if missing and logger is not None:
-            logger.info(f"RANDOM INITIALISATION of {', '.join(m.split(' ')[0] for m in missing)} "
-                        f"({b.rgb_variant}, {b.point_variant}): embedded default, no pretrained weights offline")
-    return FeatureExtractor(rgb, point, grid=b.grid, point_scale=b.point_scale, point_centre=b.point_centre,
-                            masked_pool=b.masked_pool)
+            logger.info(
+                f"RANDOM INITIALISATION of {', '.join(m.split(' ')[0] for m in missing)} "
+                f"({b.rgb_variant}, {b.point_variant}): embedded default, no pretrained weights offline"
+            )
+    return FeatureExtractor(
+        rgb, point, grid=b.grid, point_scale=b.point_scale, point_centre=b.point_centre, masked_pool=b.masked_pool
+    )
 
 
 def build_adaptors(cfg: TrainConfig, extractor: FeatureExtractor) -> LSFAAdaptors:
     """Freshly initialised adaptors for the extractor's feature widths (``adaptor.*`` keys)."""
-    return create_model("lsfa_adaptors", xyz_dim=extractor.xyz_dim, rgb_dim=extractor.rgb_dim,
-                        num_heads=cfg.adaptor.num_heads, proj_dim=cfg.adaptor.proj_dim)
+    return create_model(
+        "lsfa_adaptors",
+        xyz_dim=extractor.xyz_dim,
+        rgb_dim=extractor.rgb_dim,
+        num_heads=cfg.adaptor.num_heads,
+        proj_dim=cfg.adaptor.proj_dim,
+    )
 
 
 def load_adaptors(cfg: TrainConfig, extractor: FeatureExtractor, state: dict, source: str) -> LSFAAdaptors:
@@ -89,9 +113,14 @@ def load_adaptors(cfg: TrainConfig, extractor: FeatureExtractor, state: dict, so
     return adaptors
 
 
-def _uff_token_source(cfg: TrainConfig, extractor: FeatureExtractor, root: Path, classes: list[str],
-                      device: torch.device, train_cache: dict[str, SplitFeatures] | None
-                      ) -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], int]:
+def _uff_token_source(
+    cfg: TrainConfig,
+    extractor: FeatureExtractor,
+    root: Path,
+    classes: list[str],
+    device: torch.device,
+    train_cache: dict[str, SplitFeatures] | None,
+) -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], int]:
     """The UFF's training tokens: image indices -> paired (xyz, rgb) tokens, from the cached frozen features of the
     training images of all classes, or extracted batch by batch; and the number of images."""
     pairing = cfg.uff.rgb_pairing
@@ -101,29 +130,44 @@ def _uff_token_source(cfg: TrainConfig, extractor: FeatureExtractor, root: Path,
 
         def cached(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return uff_token_pairs(xyz_maps[idx], rgb_maps[idx], pairing)
+
         return cached, xyz_maps.shape[0]
-    images = ConcatDataset([MVTec3DDataset(root, c, "train", image_size=cfg.data.image_size,
-                                           max_samples=cfg.data.max_train_samples) for c in classes])
+    images = ConcatDataset(
+        [
+            MVTec3DDataset(root, c, "train", image_size=cfg.data.image_size, max_samples=cfg.data.max_train_samples)
+            for c in classes
+        ]
+    )
 
     def extracted(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         items = [images[int(i)] for i in idx]
         xyz_f, _ = extractor.xyz_features(torch.stack([it["xyz"] for it in items]).to(device))
         rgb_f = extractor.rgb_features(torch.stack([it["rgb"] for it in items]).to(device))
         return uff_token_pairs(xyz_f, rgb_f, pairing)
+
     return extracted, len(images)
 
 
-def build_uff(cfg: TrainConfig, extractor: FeatureExtractor, root: Path, classes: list[str], device: torch.device,
-              logger: RunLogger | None = None, saved: dict | None = None, out_dir: Path | None = None,
-              train_cache: dict[str, SplitFeatures] | None = None) -> UnsupervisedFeatureFusion:
+def build_uff(
+    cfg: TrainConfig,
+    extractor: FeatureExtractor,
+    root: Path,
+    classes: list[str],
+    device: torch.device,
+    logger: RunLogger | None = None,
+    saved: dict | None = None,
+    out_dir: Path | None = None,
+    train_cache: dict[str, SplitFeatures] | None = None,
+) -> UnsupervisedFeatureFusion:
     """The UFF of method ``m3dm_triple``: ``backbone.uff_checkpoint`` (strict), else the one saved in a run
     checkpoint (``saved``), else pre-trained (``uff.train``) on the frozen features of the training images of all
     classes (``train_cache``: class -> SplitFeatures, or extracted batch by batch) and written to
     ``out_dir/uff_pretrained.pth`` in M3DM's layout. Never random weights."""
     say = logger.info if logger is not None else print
     u = cfg.uff
-    module = create_model("m3dm_uff", xyz_dim=extractor.xyz_dim, rgb_dim=extractor.rgb_dim, mlp_ratio=u.mlp_ratio,
-                          head_dim=u.head_dim)
+    module = create_model(
+        "m3dm_uff", xyz_dim=extractor.xyz_dim, rgb_dim=extractor.rgb_dim, mlp_ratio=u.mlp_ratio, head_dim=u.head_dim
+    )
     if cfg.backbone.uff_checkpoint:
         load_uff_checkpoint(module, cfg.backbone.uff_checkpoint)
         say(f"UFF loaded from {cfg.backbone.uff_checkpoint}")
@@ -132,17 +176,23 @@ def build_uff(cfg: TrainConfig, extractor: FeatureExtractor, root: Path, classes
         load_state_dict_strict(module, saved, "checkpoint['uff']")
         return module.to(device).eval()
     if not u.train:
-        raise FileNotFoundError("method m3dm_triple needs UFF weights: set backbone.uff_checkpoint (M3DM's "
-                                "uff_pretrained.pth) or pass --uff.train to pre-train one on the training images "
-                                "of all classes")
+        raise FileNotFoundError(
+            "method m3dm_triple needs UFF weights: set backbone.uff_checkpoint (M3DM's "
+            "uff_pretrained.pth) or pass --uff.train to pre-train one on the training images "
+            "of all classes"
+        )
     source, num_images = _uff_token_source(cfg, extractor, root, classes, device, train_cache)
     t0 = time.perf_counter()
-    say(f"pre-training the UFF on {num_images} training images ({u.epochs} epochs, batch {u.batch_size} x "
-        f"accumulation {u.accum_iter}, lr {u.lr})")
-    module, optimizer = train_uff(source, num_images, extractor.xyz_dim, extractor.rgb_dim, settings=u, device=device,
-                                  amp=cfg.amp, log=say)
+    say(
+        f"pre-training the UFF on {num_images} training images ({u.epochs} epochs, batch {u.batch_size} x "
+        f"accumulation {u.accum_iter}, lr {u.lr})"
+    )
+    module, optimizer = train_uff(
+        source, num_images, extractor.xyz_dim, extractor.rgb_dim, settings=u, device=device, amp=cfg.amp, log=say
+    )
     if out_dir is not None:
-        path = save_uff_checkpoint(module, Path(out_dir) / "uff_pretrained.pth", epoch=u.epochs - 1,
-                                   optimizer=optimizer, settings=u)
+        path = save_uff_checkpoint(
+            module, Path(out_dir) / "uff_pretrained.pth", epoch=u.epochs - 1, optimizer=optimizer, settings=u
+        )
         say(f"UFF trained in {time.perf_counter() - t0:.0f} s, wrote {path}")
     return module

@@ -41,8 +41,9 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int, lengths: torch
     b, n, _ = points.shape
     smallest = int(lengths.min()) if lengths is not None else n
     if smallest < num_samples:
-        raise ValueError(f"farthest_point_sample: a cloud has {smallest} valid points, fewer than "
-                         f"num_samples={num_samples}")
+        raise ValueError(
+            f"farthest_point_sample: a cloud has {smallest} valid points, fewer than num_samples={num_samples}"
+        )
     coords = points.transpose(1, 2).contiguous()  # (B, 3, N): three contiguous planes
     if lengths is not None:
         # padding becomes a copy of point 0, the first centre: its distance to the selection is 0 from step one,
@@ -61,19 +62,23 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int, lengths: torch
         dist.addcmul_(coords[:, 2] - centre[:, 2], coords[:, 2] - centre[:, 2])
         torch.minimum(min_dist, dist, out=min_dist)
         current = min_dist.argmax(dim=1, keepdim=True)
-        index[:, i:i + 1] = current
+        index[:, i : i + 1] = current
     return index
 
 
 def _squared_distances(queries: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """(B, Q, C) x (B, N, C) -> (B, Q, N) squared Euclidean distances, clamped at 0 (matmul form)."""
-    d = (queries.square().sum(-1, keepdim=True) - 2.0 * queries @ points.transpose(1, 2)
-         + points.square().sum(-1)[:, None])
+    d = (
+        queries.square().sum(-1, keepdim=True)
+        - 2.0 * queries @ points.transpose(1, 2)
+        + points.square().sum(-1)[:, None]
+    )
     return d.clamp_min_(0.0)
 
 
-def knn_indices(queries: torch.Tensor, points: torch.Tensor, k: int, chunk: int = 1024,
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_indices(
+    queries: torch.Tensor, points: torch.Tensor, k: int, chunk: int = 1024, lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest neighbours of each query among the points, sorted by increasing distance.
 
     Args:
@@ -92,7 +97,7 @@ def knn_indices(queries: torch.Tensor, points: torch.Tensor, k: int, chunk: int 
         pad = torch.arange(n, device=points.device)[None, None] >= lengths[:, None, None]
     dists, idxs = [], []
     for start in range(0, queries.shape[1], chunk):
-        d = _squared_distances(queries[:, start:start + chunk], points)
+        d = _squared_distances(queries[:, start : start + chunk], points)
         if pad is not None:
             d = d.masked_fill(pad, float("inf"))
         value, index = torch.topk(d, k, dim=-1, largest=False, sorted=True)
@@ -101,8 +106,9 @@ def knn_indices(queries: torch.Tensor, points: torch.Tensor, k: int, chunk: int 
     return torch.cat(dists, 1), torch.cat(idxs, 1)
 
 
-def group_points(points: torch.Tensor, num_group: int, group_size: int,
-                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def group_points(
+    points: torch.Tensor, num_group: int, group_size: int, lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Point-MAE grouping: ``num_group`` FPS centres, ``group_size`` nearest neighbours each, centred.
 
     Returns:
@@ -115,8 +121,9 @@ def group_points(points: torch.Tensor, num_group: int, group_size: int,
     return neighbourhoods, centres, idx
 
 
-def three_nn_interpolate(targets: torch.Tensor, sources: torch.Tensor, features: torch.Tensor,
-                         chunk: int = 8192) -> torch.Tensor:
+def three_nn_interpolate(
+    targets: torch.Tensor, sources: torch.Tensor, features: torch.Tensor, chunk: int = 8192
+) -> torch.Tensor:
     """Interpolate source features onto target points with M3DM's 3-NN inverse-distance weights.
 
     Args:
@@ -130,7 +137,7 @@ def three_nn_interpolate(targets: torch.Tensor, sources: torch.Tensor, features:
     """
     out = []
     for start in range(0, targets.shape[1], chunk):
-        d2, idx = knn_indices(targets[:, start:start + chunk], sources, 3, chunk=chunk)
+        d2, idx = knn_indices(targets[:, start : start + chunk], sources, 3, chunk=chunk)
         w = 1.0 / (d2 + 1e-8)
         w = w / w.sum(-1, keepdim=True)
         out.append((gather_points(features, idx) * w[..., None]).sum(2))

@@ -23,12 +23,8 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import tifffile
@@ -36,16 +32,32 @@ from PIL import Image
 
 from lsfa.data import read_rgb, read_xyz
 
-__all__ = ["EYECANDIES_FOCAL_LENGTH", "convert_eyecandies", "depth_to_pointcloud", "main", "pad_to_square",
-           "parse_args", "preprocess_mvtec3d", "preprocess_sample", "remove_background_plane",
-           "remove_eyecandies_background"]
+__all__ = [
+    "EYECANDIES_FOCAL_LENGTH",
+    "convert_eyecandies",
+    "depth_to_pointcloud",
+    "main",
+    "pad_to_square",
+    "parse_args",
+    "preprocess_mvtec3d",
+    "preprocess_sample",
+    "remove_background_plane",
+    "remove_eyecandies_background",
+]
 
 EYECANDIES_FOCAL_LENGTH = 711.11
 
 
-def remove_background_plane(xyz: np.ndarray, rgb: np.ndarray | None = None, border: int = 10,
-                            fit_distance: float = 0.004, remove_distance: float = 0.005, ransac_n: int = 50,
-                            iterations: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+def remove_background_plane(
+    xyz: np.ndarray,
+    rgb: np.ndarray | None = None,
+    border: int = 10,
+    fit_distance: float = 0.004,
+    remove_distance: float = 0.005,
+    ransac_n: int = 50,
+    iterations: int = 1000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Fit a plane to the border strip with RANSAC and zero every point (and pixel) within ``remove_distance``."""
     import open3d as o3d
 
@@ -55,12 +67,13 @@ def remove_background_plane(xyz: np.ndarray, rgb: np.ndarray | None = None, bord
     valid = np.abs(xyz).sum(-1) > 0
     border_points = xyz[strip & valid].astype(np.float64)
     if len(border_points) < ransac_n:
-        raise ValueError(f"remove_background_plane: only {len(border_points)} valid points in the {border}-px border "
-                         f"strip, fewer than ransac_n={ransac_n}")
+        raise ValueError(
+            f"remove_background_plane: only {len(border_points)} valid points in the {border}-px border "
+            f"strip, fewer than ransac_n={ransac_n}"
+        )
     o3d.utility.random.seed(seed)
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(border_points))
-    (a, b, c, d), _ = cloud.segment_plane(distance_threshold=fit_distance, ransac_n=ransac_n,
-                                          num_iterations=iterations)
+    (a, b, c, d), _ = cloud.segment_plane(distance_threshold=fit_distance, ransac_n=ransac_n, num_iterations=iterations)
     distance = np.abs(xyz @ np.array([a, b, c]) + d) / math.sqrt(a * a + b * b + c * c)
     background = (distance < remove_distance) | ~valid
     xyz = np.where(background[..., None], 0.0, xyz).astype(np.float32)
@@ -96,8 +109,9 @@ def keep_largest_cluster(xyz: np.ndarray, eps: float = 0.006, min_points: int = 
     return out
 
 
-def preprocess_sample(xyz: np.ndarray, rgb: np.ndarray, gt: np.ndarray | None = None, **plane_kwargs
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def preprocess_sample(
+    xyz: np.ndarray, rgb: np.ndarray, gt: np.ndarray | None = None, **plane_kwargs
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The four M3DM steps on one sample (plane removal, square padding, largest DBSCAN cluster)."""
     xyz, rgb = remove_background_plane(xyz, rgb, **plane_kwargs)
     xyz, rgb = pad_to_square(xyz), pad_to_square(rgb)
@@ -106,8 +120,9 @@ def preprocess_sample(xyz: np.ndarray, rgb: np.ndarray, gt: np.ndarray | None = 
     return xyz, rgb, gt
 
 
-def preprocess_mvtec3d(root: str | Path, output: str | Path | None, in_place: bool = False,
-                       classes: list[str] | None = None) -> Path:
+def preprocess_mvtec3d(
+    root: str | Path, output: str | Path | None, in_place: bool = False, classes: list[str] | None = None
+) -> Path:
     """Preprocess every ``<class>/<split>/<defect>`` sample of an MVTec 3D-AD tree into ``output`` (or in place)."""
     root = Path(root)
     if not root.is_dir():
@@ -153,9 +168,19 @@ def write_preprocessed_marker(out_root: Path, dataset: str, source: Path, classe
     import json
 
     marker = out_root / PREPROCESSED_MARKER
-    marker.write_text(json.dumps({"preprocessor": "lsfa.preprocess", "version": PREPROCESSOR_VERSION,
-                                  "dataset": dataset, "source": str(source.resolve()), "classes": classes},
-                                 indent=1) + "\n")
+    marker.write_text(
+        json.dumps(
+            {
+                "preprocessor": "lsfa.preprocess",
+                "version": PREPROCESSOR_VERSION,
+                "dataset": dataset,
+                "source": str(source.resolve()),
+                "classes": classes,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return marker
 
 
@@ -165,26 +190,33 @@ def check_preprocessed(root: Path, dataset: str) -> None:
     import json
 
     marker = root / PREPROCESSED_MARKER
-    hint = (f"run `python -m lsfa.preprocess --dataset {dataset} --root <raw root> --output {root}` first, or pass "
-            "--data.require_preprocessed false for a tree preprocessed by M3DM's own script")
+    hint = (
+        f"run `python -m lsfa.preprocess --dataset {dataset} --root <raw root> --output {root}` first, or pass "
+        "--data.require_preprocessed false for a tree preprocessed by M3DM's own script"
+    )
     if not marker.is_file():
-        raise FileNotFoundError(f"{root} has no {PREPROCESSED_MARKER}: it is not a tree written by lsfa.preprocess "
-                                f"(a raw {dataset} tree keeps the table plane in its point clouds); {hint}")
+        raise FileNotFoundError(
+            f"{root} has no {PREPROCESSED_MARKER}: it is not a tree written by lsfa.preprocess "
+            f"(a raw {dataset} tree keeps the table plane in its point clouds); {hint}"
+        )
     try:
         record = json.loads(marker.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"{marker} is unreadable ({err}); {hint}") from err
     if record.get("dataset") != dataset or record.get("version") != PREPROCESSOR_VERSION:
-        raise ValueError(f"{root} was preprocessed for dataset {record.get('dataset')!r} by preprocessor version "
-                         f"{record.get('version')}, but {dataset!r} version {PREPROCESSOR_VERSION} is needed; {hint}")
+        raise ValueError(
+            f"{root} was preprocessed for dataset {record.get('dataset')!r} by preprocessor version "
+            f"{record.get('version')}, but {dataset!r} version {PREPROCESSOR_VERSION} is needed; {hint}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Eyecandies
 
 
-def depth_to_pointcloud(depth_png: np.ndarray, depth_min: float, depth_max: float, pose: np.ndarray,
-                        focal: float = EYECANDIES_FOCAL_LENGTH) -> np.ndarray:
+def depth_to_pointcloud(
+    depth_png: np.ndarray, depth_min: float, depth_max: float, pose: np.ndarray, focal: float = EYECANDIES_FOCAL_LENGTH
+) -> np.ndarray:
     """16-bit depth (H, W) -> (H*W, 3) points: depth in metres, back-projected through inv(K @ pose) applied to
     (u, v, 1, 1 / depth) and scaled by the depth (the Eyecandies recipe), vectorised."""
     depth = depth_png.astype(np.float64) / 65535.0 * (depth_max - depth_min) + depth_min
@@ -234,8 +266,10 @@ def convert_eyecandies(root: str | Path, output: str | Path, classes: list[str] 
         for split, target_split in (("train", "train"), ("test_public", "test")):
             data_dir = class_dir / split / "data"
             if not data_dir.is_dir():
-                raise FileNotFoundError(f"{data_dir} not found; expected <root>/<Class>/{{train,test_public}}/data "
-                                        f"(python -m shared.datasets info eyecandies)")
+                raise FileNotFoundError(
+                    f"{data_dir} not found; expected <root>/<Class>/{{train,test_public}}/data "
+                    f"(python -m shared.datasets info eyecandies)"
+                )
             for depth_path in sorted(data_dir.glob("*_depth.png")):
                 sample_id = depth_path.name[: -len("_depth.png")]
                 xyz, rgb_path = _eyecandies_sample(data_dir, sample_id)

@@ -69,8 +69,9 @@ class SplitFeatures:
 
 
 @torch.no_grad()
-def extract_features(extractor: FeatureExtractor, dataset: Dataset, batch_size: int, device: torch.device,
-                     num_workers: int = 0) -> SplitFeatures:
+def extract_features(
+    extractor: FeatureExtractor, dataset: Dataset, batch_size: int, device: torch.device, num_workers: int = 0
+) -> SplitFeatures:
     """Run the frozen extractors over a dataset (features stored on the CPU)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     parts: dict[str, list] = {k: [] for k in ("xyz", "rgb", "valid", "masks", "labels", "defects", "paths")}
@@ -84,20 +85,24 @@ def extract_features(extractor: FeatureExtractor, dataset: Dataset, batch_size: 
         parts["labels"].append(torch.as_tensor(batch["label"]))
         parts["defects"] += list(batch["defect"])
         parts["paths"] += list(batch["path"])
-    return SplitFeatures(**{k: torch.cat(parts[k]) for k in ("xyz", "rgb", "valid", "masks", "labels")},
-                         defects=parts["defects"], paths=parts["paths"])
+    return SplitFeatures(
+        **{k: torch.cat(parts[k]) for k in ("xyz", "rgb", "valid", "masks", "labels")},
+        defects=parts["defects"],
+        paths=parts["paths"],
+    )
 
 
 @torch.no_grad()
-def split_tokens(feats: SplitFeatures, adaptors: LSFAAdaptors | None, device: torch.device, batch_size: int = 8
-                 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+def split_tokens(
+    feats: SplitFeatures, adaptors: LSFAAdaptors | None, device: torch.device, batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Tokens of a split: LSFA (adaptors given) = adapted xyz and adapted rgb on the xyz grid; M3DM = frozen xyz and
     frozen rgb at the ViT resolution. Returns (xyz (N, P_x, C_x), rgb (N, P_r, C_r), g_x, g_r) on ``device``."""
     grid = feats.xyz.shape[-1]
     xs, rs = [], []
     for start in range(0, feats.xyz.shape[0], batch_size):
-        x = feats.xyz[start:start + batch_size].to(device)
-        r = feats.rgb[start:start + batch_size].to(device)
+        x = feats.xyz[start : start + batch_size].to(device)
+        r = feats.rgb[start : start + batch_size].to(device)
         if adaptors is not None:
             r = pool_to_grid(r, grid)
             xs.append(adaptors.adapt_xyz(tokens(x)))
@@ -118,8 +123,9 @@ def _normalisation(x_bank: torch.Tensor, r_bank: torch.Tensor, mode: str) -> tup
     raise ValueError(f"normalization must be 'released' or 'per_modality', got {mode!r}")
 
 
-def _score_split(bank: ModalityBank, toks: torch.Tensor, grid: int, s: ScoringSettings, eps: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _score_split(
+    bank: ModalityBank, toks: torch.Tensor, grid: int, s: ScoringSettings, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     scores, dists = [], []
     for image in toks:
         score, dist = bank.score(image, eps)
@@ -135,8 +141,14 @@ def _released_zero_row(bank: torch.Tensor) -> torch.Tensor:
     return torch.cat([bank[(bank != 0).all(1)], bank.new_zeros(1, bank.shape[1])])
 
 
-def score_class(train: SplitFeatures, test: SplitFeatures, adaptors: LSFAAdaptors | None, settings: ScoringSettings,
-                device: torch.device, uff: UnsupervisedFeatureFusion | None = None) -> dict[str, torch.Tensor]:
+def score_class(
+    train: SplitFeatures,
+    test: SplitFeatures,
+    adaptors: LSFAAdaptors | None,
+    settings: ScoringSettings,
+    device: torch.device,
+    uff: UnsupervisedFeatureFusion | None = None,
+) -> dict[str, torch.Tensor]:
     """Fit the banks on ``train``, score ``test``; returns fused and per-modality image scores and maps.
 
     ``uff`` (M3DM baseline only, ``adaptors`` None) adds the third, fusion bank of M3DM's full method; its image
@@ -158,12 +170,15 @@ def score_class(train: SplitFeatures, test: SplitFeatures, adaptors: LSFAAdaptor
         rgb_size = int(s.coreset_ratio * bank_x.bank.shape[0])
     elif s.rgb_coreset_rule != "ratio":
         raise ValueError(f"rgb_coreset_rule must be 'released' or 'ratio', got {s.rgb_coreset_rule!r}")
-    bank_r = ModalityBank(s.coreset_ratio, s.projection_eps, s.seed + 1, coreset_dtype).fit((r_bank - rm) / rs,
-                                                                                            rgb_size)
+    bank_r = ModalityBank(s.coreset_ratio, s.projection_eps, s.seed + 1, coreset_dtype).fit(
+        (r_bank - rm) / rs, rgb_size
+    )
     eps = 1e-5 if s.fusion in ("xyz", "rgb") else 0.0  # M3DM's single-bank variants add 1e-5 to the denominator
     # (name, bank, normalised train tokens, normalised test tokens, grid, weight) per memory bank
-    banks = [("xyz", bank_x, (x_tr - xm) / xs, (x_te - xm) / xs, gx, s.xyz_weight),
-             ("rgb", bank_r, (r_tr - rm) / rs, (r_te - rm) / rs, gr, s.rgb_weight)]
+    banks = [
+        ("xyz", bank_x, (x_tr - xm) / xs, (x_te - xm) / xs, gx, s.xyz_weight),
+        ("rgb", bank_r, (r_tr - rm) / rs, (r_te - rm) / rs, gr, s.rgb_weight),
+    ]
     sizes = [bank_x.bank.shape[0], bank_r.bank.shape[0], x_bank.shape[0], r_bank.shape[0]]
     if uff is not None:
         f_tr = fuse_feature_maps(uff, train.xyz, train.rgb, device)
@@ -172,23 +187,34 @@ def score_class(train: SplitFeatures, test: SplitFeatures, adaptors: LSFAAdaptor
         # the release normalises the fusion bank with mean(xyz bank) / std(rgb bank) too
         fm, fs = (xm, xs) if s.normalization == "released" else (float(f_bank.mean()), float(f_bank.std()))
         fusion_size = int(s.coreset_ratio * bank_x.bank.shape[0]) if s.rgb_coreset_rule == "released" else None
-        bank_f = ModalityBank(s.coreset_ratio, s.projection_eps, s.seed + 2, coreset_dtype).fit((f_bank - fm) / fs,
-                                                                                                fusion_size)
+        bank_f = ModalityBank(s.coreset_ratio, s.projection_eps, s.seed + 2, coreset_dtype).fit(
+            (f_bank - fm) / fs, fusion_size
+        )
         if s.triple_zero_row:  # after all three coresets, whose sizes come from the reduced xyz bank
             bank_x.bank = _released_zero_row(bank_x.bank)
         banks.append(("fusion", bank_f, (f_tr - fm) / fs, (f_te - fm) / fs, gx, s.fusion_weight))
-        sizes = [bank_x.bank.shape[0], bank_r.bank.shape[0], bank_f.bank.shape[0], x_bank.shape[0], r_bank.shape[0],
-                 f_bank.shape[0]]
+        sizes = [
+            bank_x.bank.shape[0],
+            bank_r.bank.shape[0],
+            bank_f.bank.shape[0],
+            x_bank.shape[0],
+            r_bank.shape[0],
+            f_bank.shape[0],
+        ]
     out: dict[str, torch.Tensor] = {}
     for name, bank, _, te, grid, _ in banks:
         out[f"{name}_image"], out[f"{name}_map"] = _score_split(bank, te, grid, s, eps)
     if s.fusion == "ocsvm":
         w = torch.tensor([b[5] for b in banks])
         train_scores = [_score_split(bank, tr, grid, s, eps) for _, bank, tr, _, grid, _ in banks]
-        fusion = LateFusion().fit(torch.stack([img for img, _ in train_scores], 1) * w,
-                                  torch.stack([m for _, m in train_scores], 1) * w[:, None, None])
-        out["image"], out["map"] = fusion.score(torch.stack([out[f"{b[0]}_image"] for b in banks], 1) * w,
-                                                torch.stack([out[f"{b[0]}_map"] for b in banks], 1) * w[:, None, None])
+        fusion = LateFusion().fit(
+            torch.stack([img for img, _ in train_scores], 1) * w,
+            torch.stack([m for _, m in train_scores], 1) * w[:, None, None],
+        )
+        out["image"], out["map"] = fusion.score(
+            torch.stack([out[f"{b[0]}_image"] for b in banks], 1) * w,
+            torch.stack([out[f"{b[0]}_map"] for b in banks], 1) * w[:, None, None],
+        )
     elif s.fusion == "sum":
         out["image"] = sum(b[5] * out[f"{b[0]}_image"] for b in banks)
         out["map"] = sum(b[5] * out[f"{b[0]}_map"] for b in banks)
@@ -198,11 +224,14 @@ def score_class(train: SplitFeatures, test: SplitFeatures, adaptors: LSFAAdaptor
     return out
 
 
-def class_metrics(image_scores: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
-                  ) -> dict[str, float]:
+def class_metrics(
+    image_scores: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+) -> dict[str, float]:
     """I-AUROC, P-AUROC and AUPRO@0.3 of one class (NaN where a metric is undefined, e.g. no defect)."""
     nan = float("nan")
     has_both = bool((labels == 1).any() and (labels == 0).any())
-    return {"i_auroc": auroc(image_scores, labels) if has_both else nan,
-            "p_auroc": auroc(maps, masks.bool()) if bool(masks.any()) else nan,
-            "aupro": aupro(maps, masks.bool(), fpr_limit=0.3) if bool(masks.any()) else nan}
+    return {
+        "i_auroc": auroc(image_scores, labels) if has_both else nan,
+        "p_auroc": auroc(maps, masks.bool()) if bool(masks.any()) else nan,
+        "aupro": aupro(maps, masks.bool(), fpr_limit=0.3) if bool(masks.any()) else nan,
+    }

@@ -48,8 +48,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarr
     return field / (field.std() + 1e-12)
 
 
-def _spots(rng: np.random.Generator, size: int, inside: np.ndarray, count: int, radius: tuple[float, float]
-           ) -> np.ndarray:
+def _spots(
+    rng: np.random.Generator, size: int, inside: np.ndarray, count: int, radius: tuple[float, float]
+) -> np.ndarray:
     """Soft round spots (0..1) at random places inside a mask."""
     ys, xs = np.nonzero(inside)
     pick = rng.choice(len(ys), size=count, replace=False)
@@ -96,8 +97,9 @@ def _object(rng: np.random.Generator, name: str, size: int) -> tuple[np.ndarray,
     return height, albedo
 
 
-def _defect(rng: np.random.Generator, kind: str, height: np.ndarray, albedo: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _defect(
+    rng: np.random.Generator, kind: str, height: np.ndarray, albedo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     size = height.shape[0]
     inner = ndimage.binary_erosion(height > 0.004, iterations=14)
     ys, xs = np.nonzero(inner)
@@ -138,8 +140,9 @@ def _defect(rng: np.random.Generator, kind: str, height: np.ndarray, albedo: np.
     return height, albedo, mask & (height > 0) | (mask & (kind == "stain"))
 
 
-def render_sample(rng: np.random.Generator, name: str, defect: str | None, size: int = 240
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_sample(
+    rng: np.random.Generator, name: str, defect: str | None, size: int = 240
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One raw scan: xyz (H, W, 3) float32 metres, rgb (H, W, 3) uint8, mask (H, W) bool."""
     height, albedo = _object(rng, name, size)
     mask = np.zeros((size, size), bool)
@@ -164,9 +167,15 @@ def render_sample(rng: np.random.Generator, name: str, defect: str | None, size:
     return xyz, rgb, mask
 
 
-def write_synthetic_mvtec3d(root: str | Path, classes: tuple[str, ...] = SYNTHETIC_CLASSES, num_train: int = 20,
-                            num_test_good: int = 8, num_test_per_defect: int = 4, size: int = 240, seed: int = 0
-                            ) -> None:
+def write_synthetic_mvtec3d(
+    root: str | Path,
+    classes: tuple[str, ...] = SYNTHETIC_CLASSES,
+    num_train: int = 20,
+    num_test_good: int = 8,
+    num_test_per_defect: int = 4,
+    size: int = 240,
+    seed: int = 0,
+) -> None:
     """Write the raw synthetic tree into ``root`` (no caching; see :func:`ensure_synthetic_mvtec3d`)."""
     root = Path(root)
     for ci, name in enumerate(classes):

@@ -13,14 +13,10 @@ backbones too when they are randomly initialised), ``metrics.json`` and the plot
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
@@ -39,13 +35,32 @@ from shared.distributed import DistContext, cleanup_distributed, init_distribute
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, check_finite, make_grad_scaler
 
-__all__ = ["AdaptorTraining", "build_loader", "build_training", "build_training_set", "cache_training_features",
-           "evaluate", "main", "parse_args", "train_one_epoch"]
+__all__ = [
+    "AdaptorTraining",
+    "build_loader",
+    "build_training",
+    "build_training_set",
+    "cache_training_features",
+    "evaluate",
+    "main",
+    "parse_args",
+    "train_one_epoch",
+]
 
 PACKAGE = "lsfa"
 #: What every ``last.pt`` of this script holds (``backbones`` and ``uff`` may be None).
-STATE_KEYS = ("adaptors", "optimizer", "scaler", "queues", "generator", "loader_generator", "rng", "epoch",
-              "iteration", "config")
+STATE_KEYS = (
+    "adaptors",
+    "optimizer",
+    "scaler",
+    "queues",
+    "generator",
+    "loader_generator",
+    "rng",
+    "epoch",
+    "iteration",
+    "config",
+)
 
 FeatureCache = dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -83,13 +98,31 @@ class AdaptorTraining:
     iteration: int = 0
 
     def state(self, cfg: TrainConfig) -> dict:
-        return training_state(PACKAGE, cfg, adaptors=self.core, optimizer=self.optimizer, scaler=self.scaler,
-                              queues=self.queues, generator=self.generator, loader_generator=self.loader_generator,
-                              epoch=self.epoch, iteration=self.iteration, backbones=self.backbones, uff=self.uff)
+        return training_state(
+            PACKAGE,
+            cfg,
+            adaptors=self.core,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            queues=self.queues,
+            generator=self.generator,
+            loader_generator=self.loader_generator,
+            epoch=self.epoch,
+            iteration=self.iteration,
+            backbones=self.backbones,
+            uff=self.uff,
+        )
 
     def resume(self, state: dict) -> None:
-        restore_training_state(state, adaptors=self.core, optimizer=self.optimizer, scaler=self.scaler,
-                               queues=self.queues, generator=self.generator, loader_generator=self.loader_generator)
+        restore_training_state(
+            state,
+            adaptors=self.core,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            queues=self.queues,
+            generator=self.generator,
+            loader_generator=self.loader_generator,
+        )
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
 
 
@@ -103,9 +136,14 @@ def build_training_set(cfg: TrainConfig, root: Path, classes: list[str]) -> list
     return parts
 
 
-def cache_training_features(cfg: TrainConfig, extractor: FeatureExtractor, parts: list[_ClassLabelled],
-                            classes: list[str], device: torch.device, logger: RunLogger
-                            ) -> tuple[FeatureCache | None, dict[str, SplitFeatures] | None]:
+def cache_training_features(
+    cfg: TrainConfig,
+    extractor: FeatureExtractor,
+    parts: list[_ClassLabelled],
+    classes: list[str],
+    device: torch.device,
+    logger: RunLogger,
+) -> tuple[FeatureCache | None, dict[str, SplitFeatures] | None]:
     """With ``data.cache_features``: the frozen features of every training image, extracted once, by item index
     (xyz, rgb pooled to the grid, validity) for the adaptor training and by class for the memory banks."""
     if not cfg.data.cache_features:
@@ -122,37 +160,67 @@ def cache_training_features(cfg: TrainConfig, extractor: FeatureExtractor, parts
     return cache, per_class
 
 
-def build_loader(cfg: TrainConfig, train_set: Dataset, ctx: DistContext
-                 ) -> tuple[DataLoader, DistributedSampler | None, torch.Generator]:
+def build_loader(
+    cfg: TrainConfig, train_set: Dataset, ctx: DistContext
+) -> tuple[DataLoader, DistributedSampler | None, torch.Generator]:
     """Shuffled batches (``data.batch_size`` in total over the processes, last partial batch dropped)."""
     sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True) if ctx.distributed else None
     loader_generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.data.batch_size // ctx.world_size, shuffle=sampler is None,
-                        sampler=sampler, num_workers=cfg.data.num_workers, drop_last=True, generator=loader_generator)
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.data.batch_size // ctx.world_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+        generator=loader_generator,
+    )
     if len(loader) == 0:
         raise ValueError(f"{len(train_set)} training images, fewer than one batch of {cfg.data.batch_size}")
     return loader, sampler, loader_generator
 
 
-def build_training(cfg: TrainConfig, ctx: DistContext, core: LSFAAdaptors, extractor: FeatureExtractor,
-                   num_classes: int, loader_generator: torch.Generator, backbones: dict | None) -> AdaptorTraining:
+def build_training(
+    cfg: TrainConfig,
+    ctx: DistContext,
+    core: LSFAAdaptors,
+    extractor: FeatureExtractor,
+    num_classes: int,
+    loader_generator: torch.Generator,
+    backbones: dict | None,
+) -> AdaptorTraining:
     """AdamW (the release's betas), the GradScaler of ``amp``, the per-class IFC queues and the loss generator."""
     adaptors: nn.Module = core
     if ctx.distributed:
-        adaptors = nn.parallel.DistributedDataParallel(core, device_ids=[ctx.device] if ctx.device.type == "cuda"
-                                                       else None)
-    optimizer = torch.optim.AdamW(core.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay)
-    queues = AdaptationQueues(num_classes, extractor.xyz_dim, extractor.rgb_dim, patch_capacity=cfg.adaptor.patch_queue,
-                              global_capacity=cfg.adaptor.global_queue, device=ctx.device)
-    return AdaptorTraining(core=core, adaptors=adaptors, optimizer=optimizer,
-                           scaler=make_grad_scaler(ctx.device, cfg.amp), queues=queues,
-                           generator=torch.Generator().manual_seed(cfg.seed + 1000 * ctx.rank),
-                           loader_generator=loader_generator, backbones=backbones)
+        adaptors = nn.parallel.DistributedDataParallel(
+            core, device_ids=[ctx.device] if ctx.device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(
+        core.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+    )
+    queues = AdaptationQueues(
+        num_classes,
+        extractor.xyz_dim,
+        extractor.rgb_dim,
+        patch_capacity=cfg.adaptor.patch_queue,
+        global_capacity=cfg.adaptor.global_queue,
+        device=ctx.device,
+    )
+    return AdaptorTraining(
+        core=core,
+        adaptors=adaptors,
+        optimizer=optimizer,
+        scaler=make_grad_scaler(ctx.device, cfg.amp),
+        queues=queues,
+        generator=torch.Generator().manual_seed(cfg.seed + 1000 * ctx.rank),
+        loader_generator=loader_generator,
+        backbones=backbones,
+    )
 
 
-def _batch_features(batch: dict, extractor: FeatureExtractor, cache: FeatureCache | None, device: torch.device
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch_features(
+    batch: dict, extractor: FeatureExtractor, cache: FeatureCache | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frozen (xyz, rgb on the grid, validity) of a batch: from the cache, else extracted now."""
     if cache is not None:
         return tuple(torch.stack([cache[int(j)][k] for j in batch["index"]]).to(device) for k in range(3))
@@ -160,8 +228,16 @@ def _batch_features(batch: dict, extractor: FeatureExtractor, cache: FeatureCach
     return feats["xyz"], feats["rgb"], feats["valid"]
 
 
-def train_one_epoch(t: AdaptorTraining, extractor: FeatureExtractor, loader: DataLoader, cfg: TrainConfig,
-                    ctx: DistContext, logger: RunLogger, epoch: int, cache: FeatureCache | None) -> None:
+def train_one_epoch(
+    t: AdaptorTraining,
+    extractor: FeatureExtractor,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    ctx: DistContext,
+    logger: RunLogger,
+    epoch: int,
+    cache: FeatureCache | None,
+) -> None:
     """One pass over the training images (``t.iteration`` counts the iterations of the whole run)."""
     t.adaptors.train()
     accum = max(1, cfg.optim.accum_iter)
@@ -175,8 +251,9 @@ def train_one_epoch(t: AdaptorTraining, extractor: FeatureExtractor, loader: Dat
         xyz_f, rgb_f, valid = _batch_features(batch, extractor, cache, ctx.device)
         rgb_rot = extractor.rgb_features(patch_rotation(rgb, generator=t.generator), extractor.grid)
         with autocast(ctx.device, cfg.amp):
-            loss, logs = lsfa_loss(t.core, xyz_f, rgb_f, rgb_rot, valid, batch["class_index"], t.queues, t.iteration,
-                                   cfg.loss, t.generator)
+            loss, logs = lsfa_loss(
+                t.core, xyz_f, rgb_f, rgb_rot, valid, batch["class_index"], t.queues, t.iteration, cfg.loss, t.generator
+            )
         check_finite(loss, t.iteration, "LSFA loss")
         if cfg.optim.released_zero_grad:
             t.optimizer.zero_grad(set_to_none=True)
@@ -192,12 +269,27 @@ def train_one_epoch(t: AdaptorTraining, extractor: FeatureExtractor, loader: Dat
         if cfg.log_interval and t.iteration % cfg.log_interval == 0:
             logger.scalars({"loss": loss.item(), "lr": lr, **logs}, t.iteration, prefix="train/")
     n = max(1, len(loader))
-    logger.log_epoch(epoch + 1, {**{k: v / n for k, v in sums.items()}, "lr": lr if n else 0.0,
-                                 "img_per_s": seen / max(time.perf_counter() - t0, 1e-9)})
+    logger.log_epoch(
+        epoch + 1,
+        {
+            **{k: v / n for k, v in sums.items()},
+            "lr": lr if n else 0.0,
+            "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+        },
+    )
 
 
-def fit(t: AdaptorTraining, extractor: FeatureExtractor, loader: DataLoader, sampler: DistributedSampler | None,
-        cache: FeatureCache | None, cfg: TrainConfig, ctx: DistContext, logger: RunLogger, out: Path) -> None:
+def fit(
+    t: AdaptorTraining,
+    extractor: FeatureExtractor,
+    loader: DataLoader,
+    sampler: DistributedSampler | None,
+    cache: FeatureCache | None,
+    cfg: TrainConfig,
+    ctx: DistContext,
+    logger: RunLogger,
+    out: Path,
+) -> None:
     """The epochs from ``t.epoch`` to ``optim.epochs``; ``last.pt`` every ``checkpoint_interval`` epochs and after
     the last one (also when there is nothing left to train: the M3DM baseline recipes train 0 epochs)."""
     if t.epoch >= cfg.optim.epochs and ctx.is_main:
@@ -212,28 +304,51 @@ def fit(t: AdaptorTraining, extractor: FeatureExtractor, loader: DataLoader, sam
             save_checkpoint(t.state(cfg), out / "last.pt")
 
 
-def evaluate(t: AdaptorTraining, extractor: FeatureExtractor, root: Path, classes: list[str], cfg: TrainConfig,
-             ctx: DistContext, logger: RunLogger, out: Path, train_cache: dict[str, SplitFeatures] | None
-             ) -> dict[str, float]:
+def evaluate(
+    t: AdaptorTraining,
+    extractor: FeatureExtractor,
+    root: Path,
+    classes: list[str],
+    cfg: TrainConfig,
+    ctx: DistContext,
+    logger: RunLogger,
+    out: Path,
+    train_cache: dict[str, SplitFeatures] | None,
+) -> dict[str, float]:
     """Memory banks and scores of every class (:func:`lsfa.eval.evaluate_classes`). For ``m3dm_triple`` the UFF is
     loaded, or pre-trained here and then kept in ``last.pt``."""
     uff = None
     if "m3dm_triple" in cfg.eval.methods:
-        uff = build_uff(cfg, extractor, root, classes, ctx.device, logger=logger, saved=t.uff, out_dir=out,
-                        train_cache=train_cache)
+        uff = build_uff(
+            cfg, extractor, root, classes, ctx.device, logger=logger, saved=t.uff, out_dir=out, train_cache=train_cache
+        )
         if not cfg.backbone.uff_checkpoint and t.uff is None:  # trained here: keep it with the run
             t.uff = uff.state_dict()
             save_checkpoint(t.state(cfg), out / "last.pt")
-    return evaluate_classes(extractor, t.core, root, classes, cfg.scoring, cfg.eval.methods, ctx.device,
-                            batch_size=cfg.data.batch_size, image_size=cfg.data.image_size,
-                            max_train_samples=cfg.data.max_train_samples, train_cache=train_cache, output_dir=out,
-                            logger=logger, vis_images=cfg.eval.vis_images, uff=uff)
+    return evaluate_classes(
+        extractor,
+        t.core,
+        root,
+        classes,
+        cfg.scoring,
+        cfg.eval.methods,
+        ctx.device,
+        batch_size=cfg.data.batch_size,
+        image_size=cfg.data.image_size,
+        max_train_samples=cfg.data.max_train_samples,
+        train_cache=train_cache,
+        output_dir=out,
+        logger=logger,
+        vis_images=cfg.eval.vis_images,
+        uff=uff,
+    )
 
 
 def _open_run(cfg: TrainConfig, ctx: DistContext) -> tuple[Path, RunLogger, dict | None]:
     """The checkpoint to resume (checked before anything is written), the claimed run folder and its logger."""
-    resume = load_checkpoint(cfg.resume, map_location="cpu", package=PACKAGE, required=STATE_KEYS) \
-        if cfg.resume else None
+    resume = (
+        load_checkpoint(cfg.resume, map_location="cpu", package=PACKAGE, required=STATE_KEYS) if cfg.resume else None
+    )
     out = resolve_run_dir(PACKAGE, cfg.name or "default", cfg.output_dir, cfg.resume)
     claim_run_dir(out, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
     logger = RunLogger(out, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
@@ -259,10 +374,12 @@ def _run(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     classes = resolve_classes(root, cfg.data.classes)
     backbones = _backbones_to_keep(cfg, extractor, resume)
     core = build_adaptors(cfg, extractor).to(ctx.device)
-    logger.info(f"LSFA: {cfg.backbone.rgb_variant} ({extractor.rgb_dim}-d) + {cfg.backbone.point_variant} "
-                f"({extractor.xyz_dim}-d), grid {cfg.backbone.grid}; adaptors "
-                f"{sum(p.numel() for p in core.parameters()) / 1e6:.2f} M parameters; classes {classes}; "
-                f"device {ctx.device}, {ctx.world_size} process(es); run folder {out}")
+    logger.info(
+        f"LSFA: {cfg.backbone.rgb_variant} ({extractor.rgb_dim}-d) + {cfg.backbone.point_variant} "
+        f"({extractor.xyz_dim}-d), grid {cfg.backbone.grid}; adaptors "
+        f"{sum(p.numel() for p in core.parameters()) / 1e6:.2f} M parameters; classes {classes}; "
+        f"device {ctx.device}, {ctx.world_size} process(es); run folder {out}"
+    )
     parts = build_training_set(cfg, root, classes)
     cache, per_class_cache = cache_training_features(cfg, extractor, parts, classes, ctx.device, logger)
     loader, sampler, loader_generator = build_loader(cfg, ConcatDataset(parts), ctx)
@@ -276,8 +393,9 @@ def _run(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     train_seconds = time.perf_counter() - t_train
     metrics: dict[str, float] = {}
     if ctx.is_main:
-        logger.info(f"adaptors trained for {cfg.optim.epochs} epochs ({t.iteration} iterations) in "
-                    f"{train_seconds:.0f} s")
+        logger.info(
+            f"adaptors trained for {cfg.optim.epochs} epochs ({t.iteration} iterations) in {train_seconds:.0f} s"
+        )
         metrics = evaluate(t, extractor, root, classes, cfg, ctx, logger, out, per_class_cache)
         metrics.update(train_seconds=train_seconds, total_seconds=time.perf_counter() - t_start)
         logger.info(f"total {metrics['total_seconds']:.0f} s")
@@ -288,16 +406,24 @@ def _run(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """The training config: ``configs/default.yaml`` (or ``-c FILE``), then ``--key value`` overrides."""
-    return parse_config(TrainConfig, argv, default_config=DEFAULT_CONFIG, description=(
-        f"{__doc__.splitlines()[0]} checkpoint_interval counts epochs; eval_interval must stay 0 (the banks are "
-        "built and scored once, after the last epoch)."))
+    return parse_config(
+        TrainConfig,
+        argv,
+        default_config=DEFAULT_CONFIG,
+        description=(
+            f"{__doc__.splitlines()[0]} checkpoint_interval counts epochs; eval_interval must stay 0 (the banks are "
+            "built and scored once, after the last epoch)."
+        ),
+    )
 
 
 def main(cfg: TrainConfig) -> dict[str, float]:
     """Train the adaptors, build the memory banks and score every class; returns the metrics ({} off rank 0)."""
     if cfg.eval_interval:
-        raise ValueError(f"eval_interval {cfg.eval_interval}: lsfa builds its memory banks and scores once, after "
-                         "the last epoch; leave eval_interval at 0 (re-score any last.pt with eval.py)")
+        raise ValueError(
+            f"eval_interval {cfg.eval_interval}: lsfa builds its memory banks and scores once, after "
+            "the last epoch; leave eval_interval at 0 (re-score any last.pt with eval.py)"
+        )
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     ctx = init_distributed(None if cfg.device == "auto" else cfg.device)

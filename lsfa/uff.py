@@ -35,8 +35,17 @@ from shared.checkpoint import save_checkpoint
 from shared.config import AmpMode
 from shared.training import autocast, check_finite, make_grad_scaler
 
-__all__ = ["UFFSettings", "UnsupervisedFeatureFusion", "fuse_feature_maps", "load_uff_checkpoint",
-           "released_uff_rgb_pairing", "save_uff_checkpoint", "train_uff", "uff_contrastive_loss", "uff_token_pairs"]
+__all__ = [
+    "UFFSettings",
+    "UnsupervisedFeatureFusion",
+    "fuse_feature_maps",
+    "load_uff_checkpoint",
+    "released_uff_rgb_pairing",
+    "save_uff_checkpoint",
+    "train_uff",
+    "uff_contrastive_loss",
+    "uff_token_pairs",
+]
 
 
 @dataclass
@@ -64,8 +73,9 @@ class UFFSettings:
         return self.epochs
 
 
-def uff_contrastive_loss(module: UnsupervisedFeatureFusion, xyz: torch.Tensor, rgb: torch.Tensor,
-                         temperature: float = 1.0) -> torch.Tensor:
+def uff_contrastive_loss(
+    module: UnsupervisedFeatureFusion, xyz: torch.Tensor, rgb: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """UFF pre-training loss: InfoNCE(rgb_head(rgb half), xyz_head(xyz half)) over the patches of a batch whose raw
     xyz feature is entirely non-zero (2T * CE, T = 1; one direction, rgb projections as queries, as the release).
 
@@ -73,8 +83,8 @@ def uff_contrastive_loss(module: UnsupervisedFeatureFusion, xyz: torch.Tensor, r
         xyz / rgb: (B, P, C_x) / (B, P, C_r) frozen tokens at the same P positions.
     """
     fused = module(xyz, rgb)
-    q = module.rgb_head(fused[..., module.xyz_dim:]).reshape(-1, module.rgb_head.out_features)
-    k = module.xyz_head(fused[..., :module.xyz_dim]).reshape(-1, module.xyz_head.out_features)
+    q = module.rgb_head(fused[..., module.xyz_dim :]).reshape(-1, module.rgb_head.out_features)
+    k = module.xyz_head(fused[..., : module.xyz_dim]).reshape(-1, module.xyz_head.out_features)
     keep = (xyz != 0).all(-1).reshape(-1)
     if int(keep.sum()) < 2:
         raise ValueError("uff_contrastive_loss: fewer than 2 patches with a non-zero xyz feature in the batch")
@@ -90,8 +100,9 @@ def released_uff_rgb_pairing(rgb_tokens: torch.Tensor) -> torch.Tensor:
     return rgb_tokens[:, (4 * (t % n) + t // n) % n]
 
 
-def uff_token_pairs(xyz_maps: torch.Tensor, rgb_maps: torch.Tensor, rgb_pairing: str = "aligned"
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def uff_token_pairs(
+    xyz_maps: torch.Tensor, rgb_maps: torch.Tensor, rgb_pairing: str = "aligned"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen maps (B, C_x, g, g) and (B, C_r, g_r, g_r) -> paired tokens (B, g*g, C_x), (B, g*g, C_r).
 
     ``aligned``: the rgb map is brought to the xyz grid by AdaptiveAvgPool2d (M3DM at test time); ``released``: the
@@ -101,29 +112,44 @@ def uff_token_pairs(xyz_maps: torch.Tensor, rgb_maps: torch.Tensor, rgb_pairing:
         return tokens(xyz_maps), tokens(pool_to_grid(rgb_maps, xyz_maps.shape[-1]))
     if rgb_pairing == "released":
         if xyz_maps.shape[-1] != 2 * rgb_maps.shape[-1]:
-            raise ValueError(f"rgb_pairing 'released' needs an xyz grid twice the rgb grid, got "
-                             f"{xyz_maps.shape[-1]} and {rgb_maps.shape[-1]}")
+            raise ValueError(
+                f"rgb_pairing 'released' needs an xyz grid twice the rgb grid, got "
+                f"{xyz_maps.shape[-1]} and {rgb_maps.shape[-1]}"
+            )
         return tokens(xyz_maps), released_uff_rgb_pairing(tokens(rgb_maps))
     raise ValueError(f"rgb_pairing must be 'aligned' or 'released', got {rgb_pairing!r}")
 
 
 @torch.no_grad()
-def fuse_feature_maps(module: UnsupervisedFeatureFusion, xyz_maps: torch.Tensor, rgb_maps: torch.Tensor,
-                      device: torch.device, batch_size: int = 8) -> torch.Tensor:
+def fuse_feature_maps(
+    module: UnsupervisedFeatureFusion,
+    xyz_maps: torch.Tensor,
+    rgb_maps: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 8,
+) -> torch.Tensor:
     """Fusion-bank tokens of a split (M3DM ``TripleFeatures``): rgb pooled to the xyz grid, fused per position.
     Returns (N, g*g, C_x + C_r) on ``device``."""
     module.eval()
     out = []
     for start in range(0, xyz_maps.shape[0], batch_size):
-        x, r = uff_token_pairs(xyz_maps[start:start + batch_size].to(device),
-                               rgb_maps[start:start + batch_size].to(device), "aligned")
+        x, r = uff_token_pairs(
+            xyz_maps[start : start + batch_size].to(device), rgb_maps[start : start + batch_size].to(device), "aligned"
+        )
         out.append(module(x, r))
     return torch.cat(out)
 
 
-def train_uff(source: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], num_images: int, xyz_dim: int,
-              rgb_dim: int, settings: UFFSettings, device: torch.device, amp: AmpMode = "off",
-              log: Callable[[str], None] | None = print) -> tuple[UnsupervisedFeatureFusion, torch.optim.Optimizer]:
+def train_uff(
+    source: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    num_images: int,
+    xyz_dim: int,
+    rgb_dim: int,
+    settings: UFFSettings,
+    device: torch.device,
+    amp: AmpMode = "off",
+    log: Callable[[str], None] | None = print,
+) -> tuple[UnsupervisedFeatureFusion, torch.optim.Optimizer]:
     """Pre-train a UFF on the frozen features of ``num_images`` normal training images (all classes).
 
     As ``fusion_pretrain.py`` + ``engine_fusion_pretrain.py``: one sample = all tokens of one image; shuffled
@@ -141,13 +167,15 @@ def train_uff(source: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]
     s = settings
     iters = num_images // s.batch_size
     if iters == 0:
-        raise ValueError(f"train_uff: {num_images} training images, fewer than one batch of {s.batch_size} "
-                         f"(uff.batch_size)")
+        raise ValueError(
+            f"train_uff: {num_images} training images, fewer than one batch of {s.batch_size} (uff.batch_size)"
+        )
     accum = max(1, s.accum_iter)
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG stream stays untouched
         torch.manual_seed(s.seed)
-        module = create_model("m3dm_uff", xyz_dim=xyz_dim, rgb_dim=rgb_dim, mlp_ratio=s.mlp_ratio,
-                              head_dim=s.head_dim).to(device)
+        module = create_model(
+            "m3dm_uff", xyz_dim=xyz_dim, rgb_dim=rgb_dim, mlp_ratio=s.mlp_ratio, head_dim=s.head_dim
+        ).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
     scaler = make_grad_scaler(device, amp)
     generator = torch.Generator().manual_seed(s.seed)
@@ -163,7 +191,7 @@ def train_uff(source: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]
                 lr = lr_at(i / iters + epoch, s, 1)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-            xyz, rgb = source(order[i * s.batch_size:(i + 1) * s.batch_size])
+            xyz, rgb = source(order[i * s.batch_size : (i + 1) * s.batch_size])
             with autocast(device, amp):
                 loss = uff_contrastive_loss(module, xyz.to(device), rgb.to(device), s.temperature)
             check_finite(loss, step, "UFF loss")
@@ -175,19 +203,35 @@ def train_uff(source: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]
             total += loss.item()
             step += 1
         if log is not None:
-            log(f"UFF epoch {epoch + 1}/{s.epochs}: loss {total / iters:.4g}  lr {lr:.3g}  "
-                f"{iters * s.batch_size / max(time.perf_counter() - t0, 1e-9):.1f} img/s")
+            log(
+                f"UFF epoch {epoch + 1}/{s.epochs}: loss {total / iters:.4g}  lr {lr:.3g}  "
+                f"{iters * s.batch_size / max(time.perf_counter() - t0, 1e-9):.1f} img/s"
+            )
     return module.eval(), optimizer
 
 
-def save_uff_checkpoint(module: UnsupervisedFeatureFusion, path: str | Path, epoch: int | None = None,
-                        optimizer: torch.optim.Optimizer | None = None, settings: UFFSettings | None = None) -> Path:
+def save_uff_checkpoint(
+    module: UnsupervisedFeatureFusion,
+    path: str | Path,
+    epoch: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    settings: UFFSettings | None = None,
+) -> Path:
     """Write a UFF checkpoint in the release's layout (``{"model", "optimizer", "epoch", "args"}``; ``args`` is a
     plain dict here, not an ``argparse.Namespace``, so that ``weights_only`` loading needs no allow-list)."""
-    state: dict = {"model": module.state_dict(), "epoch": -1 if epoch is None else epoch,
-                   "args": {"xyz_dim": module.xyz_dim, "rgb_dim": module.rgb_dim,
-                            **({} if settings is None else {k: list(v) if isinstance(v, tuple) else v
-                                                            for k, v in asdict(settings).items()})}}
+    state: dict = {
+        "model": module.state_dict(),
+        "epoch": -1 if epoch is None else epoch,
+        "args": {
+            "xyz_dim": module.xyz_dim,
+            "rgb_dim": module.rgb_dim,
+            **(
+                {}
+                if settings is None
+                else {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+            ),
+        },
+    }
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     return save_checkpoint(state, path)
@@ -199,9 +243,11 @@ def load_uff_checkpoint(module: UnsupervisedFeatureFusion, path: str | Path) -> 
     mis-shaped key is an error naming it (the release loads with ``strict=False``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"UFF checkpoint not found: {path}. Expected M3DM's fusion checkpoint "
-                                f"(fusion_pretrain.py output, {{'model': {{'xyz_norm.weight': ...}}, ...}}); "
-                                f"without one, train a UFF with --uff.train (README, fusion bank)")
+        raise FileNotFoundError(
+            f"UFF checkpoint not found: {path}. Expected M3DM's fusion checkpoint "
+            f"(fusion_pretrain.py output, {{'model': {{'xyz_norm.weight': ...}}, ...}}); "
+            f"without one, train a UFF with --uff.train (README, fusion bank)"
+        )
     # the release pickles its argparse.Namespace under "args": allow exactly that class besides tensors
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
@@ -210,7 +256,9 @@ def load_uff_checkpoint(module: UnsupervisedFeatureFusion, path: str | Path) -> 
             raise RuntimeError(f"could not load UFF checkpoint {path}: {err}") from err
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
-        raise KeyError(f"{path}: no 'model' entry; M3DM's UFF checkpoint holds {{'model': {{'xyz_norm.weight': ..., "
-                       f"'rgb_head.weight': ...}}, 'optimizer': ..., 'epoch': ...}}; found {found}")
+        raise KeyError(
+            f"{path}: no 'model' entry; M3DM's UFF checkpoint holds {{'model': {{'xyz_norm.weight': ..., "
+            f"'rgb_head.weight': ...}}, 'optimizer': ..., 'epoch': ...}}; found {found}"
+        )
     load_state_dict_strict(module, state["model"], str(path))
     return module

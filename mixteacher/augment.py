@@ -81,14 +81,17 @@ def transform_boxes(boxes: torch.Tensor, matrix: Matrix, clip_to: tuple[int, int
     if boxes.numel() == 0:
         return boxes.reshape(0, 4)
     x0, y0, x1, y1 = boxes.unbind(-1)
-    corners = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1), torch.stack([x0, y1], -1),
-                           torch.stack([x1, y1], -1)], dim=1)
+    corners = torch.stack(
+        [torch.stack([x0, y0], -1), torch.stack([x1, y0], -1), torch.stack([x0, y1], -1), torch.stack([x1, y1], -1)],
+        dim=1,
+    )
     moved = transform_points(corners, matrix)
     out = torch.cat([moved.amin(dim=1), moved.amax(dim=1)], dim=-1)
     if clip_to is not None:
         h, w = clip_to
-        out = torch.stack([out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w),
-                           out[:, 3].clamp(0, h)], dim=-1)
+        out = torch.stack(
+            [out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)], dim=-1
+        )
     return out
 
 
@@ -125,8 +128,9 @@ def _uniform(g: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=g))
 
 
-def _enhance(op: Callable[[torch.Tensor, float], torch.Tensor]) -> Callable[[torch.Tensor, torch.Generator],
-                                                                                torch.Tensor]:
+def _enhance(
+    op: Callable[[torch.Tensor, float], torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     return lambda image, g: op(image, _uniform(g, 0.1, 1.9))
 
 
@@ -146,25 +150,31 @@ COLOUR_OPS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] =
     "RandContrast": _enhance(TF.adjust_contrast),
     "RandBrightness": _enhance(TF.adjust_brightness),
     "RandSharpness": _enhance(TF.adjust_sharpness),
-    "RandPosterize": lambda image, g: _as_uint8(
-        lambda x: TF.posterize(x, int(torch.randint(4, 9, (), generator=g))))(image),
+    "RandPosterize": lambda image, g: _as_uint8(lambda x: TF.posterize(x, int(torch.randint(4, 9, (), generator=g))))(
+        image
+    ),
 }
 
 
 def _translate_x(h: int, w: int, g: torch.Generator, cfg: ViewConfig) -> Matrix:
-    return torch.tensor([[1.0, 0.0, _uniform(g, -cfg.translate, cfg.translate) * w], [0.0, 1.0, 0.0],
-                         [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return torch.tensor(
+        [[1.0, 0.0, _uniform(g, -cfg.translate, cfg.translate) * w], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
 
 
 def _translate_y(h: int, w: int, g: torch.Generator, cfg: ViewConfig) -> Matrix:
-    return torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, _uniform(g, -cfg.translate, cfg.translate) * h],
-                         [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return torch.tensor(
+        [[1.0, 0.0, 0.0], [0.0, 1.0, _uniform(g, -cfg.translate, cfg.translate) * h], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
 
 
 def _rotate(h: int, w: int, g: torch.Generator, cfg: ViewConfig) -> Matrix:
     a = math.radians(_uniform(g, -cfg.rotate, cfg.rotate))
-    linear = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]],
-                          dtype=torch.float64)
+    linear = torch.tensor(
+        [[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64
+    )
     return _about_centre(linear, h, w)
 
 
@@ -177,7 +187,10 @@ def _shear_xy(h: int, w: int, g: torch.Generator, cfg: ViewConfig) -> Matrix:
 
 
 GEOMETRIC_OPS: dict[str, Callable[[int, int, torch.Generator, ViewConfig], Matrix]] = {
-    "TranslateX": _translate_x, "TranslateY": _translate_y, "Rotate": _rotate, "ShearXY": _shear_xy,
+    "TranslateX": _translate_x,
+    "TranslateY": _translate_y,
+    "Rotate": _rotate,
+    "ShearXY": _shear_xy,
 }
 
 

@@ -62,8 +62,10 @@ class MixTeacherSettings:
     """Method hyper-parameters (defaults: the released COCO-partial config; mining thresholds are our choice, see
     the README's fidelity notes)."""
 
-    train_scales: list[str] = field(default_factory=lambda: ["regular", "down", "mixed"], metadata={
-        "help": "student scales (labeled and unlabeled losses averaged over them)"})
+    train_scales: list[str] = field(
+        default_factory=lambda: ["regular", "down", "mixed"],
+        metadata={"help": "student scales (labeled and unlabeled losses averaged over them)"},
+    )
     teacher_scale: str = field(default="mixed", metadata={"help": "scale of the teacher's pseudo-labelling"})
     ema_momentum: float = 0.999
     unsup_weight: float = field(default=4.0, metadata={"help": "lambda_u (COCO partial 4.0, full and VOC 2.0)"})
@@ -80,9 +82,13 @@ class MixTeacherSettings:
     mine_score_thr: float = field(default=0.5, metadata={"help": "low-confidence pseudo boxes: this < score < cls"})
     mining_diff_thr: float = field(default=0.1, metadata={"help": "promote when p_mixed(c) - p_regular(c) > this"})
     mining_iou_thr: float = 0.5
-    mining_features: str = field(default="student", metadata={
-        "help": "student: teacher head on student regular/mixed features (released code); teacher: on the "
-                "teacher's own features of the weak view (paper figure)"})
+    mining_features: str = field(
+        default="student",
+        metadata={
+            "help": "student: teacher head on student regular/mixed features (released code); teacher: on the "
+            "teacher's own features of the weak view (paper figure)"
+        },
+    )
 
 
 @dataclass
@@ -92,16 +98,22 @@ class DataConfig:
     root: str = field(default="", metadata={"help": "dataset root (COCO: train2017/, val2017/, annotations/)"})
     train_images: str = "train2017"
     train_annotations: str = "annotations/instances_train2017.json"
-    percent: float | None = field(default=10.0, metadata={
-        "help": "labeled percentage of train (STAC partial protocol); null: all of train is labeled"})
+    percent: float | None = field(
+        default=10.0,
+        metadata={"help": "labeled percentage of train (STAC partial protocol); null: all of train is labeled"},
+    )
     fold: int = field(default=1, metadata={"help": "partial-protocol fold (seed), 1..5"})
     seed_offset: int = 0
     sampling: Literal["softteacher", "stac"] = "softteacher"
     split_dir: str = "annotations/semi_supervised"
-    unlabeled_images: list[str] = field(default_factory=list, metadata={
-        "help": "image folders of extra unlabeled pools (unlabeled2017), relative to root or absolute"})
-    unlabeled_annotations: list[str] = field(default_factory=list, metadata={
-        "help": "their image-list jsons, one per folder (annotations/image_info_unlabeled2017.json)"})
+    unlabeled_images: list[str] = field(
+        default_factory=list,
+        metadata={"help": "image folders of extra unlabeled pools (unlabeled2017), relative to root or absolute"},
+    )
+    unlabeled_annotations: list[str] = field(
+        default_factory=list,
+        metadata={"help": "their image-list jsons, one per folder (annotations/image_info_unlabeled2017.json)"},
+    )
     val_images: str = "val2017"
     val_annotations: str = "annotations/instances_val2017.json"
     synthetic: bool = False
@@ -132,8 +144,10 @@ class TrainConfig(RunConfig):
     mixteacher: MixTeacherSettings = field(default_factory=MixTeacherSettings)
     data: DataConfig = field(default_factory=DataConfig)
     pretrained_backbone: str | None = field(default=None, metadata={"help": "ImageNet ResNet checkpoint"})
-    allow_random_backbone: bool = field(default=False, metadata={
-        "help": "train from random init (embedded default only; the recipes need a pretrained backbone)"})
+    allow_random_backbone: bool = field(
+        default=False,
+        metadata={"help": "train from random init (embedded default only; the recipes need a pretrained backbone)"},
+    )
     max_iters: int = 180_000
     lr: float = 0.01
     lr_base_batch: int = field(default=40, metadata={"help": "lr is given for this global batch; scaled linearly"})
@@ -144,12 +158,16 @@ class TrainConfig(RunConfig):
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
     clip_grad: float | None = None
-    eval_interval: int = field(default=4000, metadata={
-        "help": "evaluate teacher and student every N iterations (0: at the end only)"})
-    checkpoint_interval: int = field(default=4000, metadata={
-        "help": "write last.pt (and a log.csv row) every N iterations (0: at the end only)"})
+    eval_interval: int = field(
+        default=4000, metadata={"help": "evaluate teacher and student every N iterations (0: at the end only)"}
+    )
+    checkpoint_interval: int = field(
+        default=4000, metadata={"help": "write last.pt (and a log.csv row) every N iterations (0: at the end only)"}
+    )
     test_scales: list[str] = field(default_factory=lambda: ["regular", "mixed"])
     report_scale: str = field(default="regular", metadata={"help": "teacher scale of the headline AP numbers"})
-    compare_supervised: bool = field(default=False, metadata={
-        "help": "after training, run the supervised-only baseline of the same length and print both"})
+    compare_supervised: bool = field(
+        default=False,
+        metadata={"help": "after training, run the supervised-only baseline of the same length and print both"},
+    )
     find_unused_parameters: bool = True

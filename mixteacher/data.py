@@ -51,17 +51,40 @@ __all__ = [
     "voc_to_coco",
 ]
 
-COCO_LAYOUT = ("<root>/train2017/*.jpg, <root>/val2017/*.jpg, <root>/annotations/instances_train2017.json, "
-               "<root>/annotations/instances_val2017.json (+ unlabeled2017/ and annotations/"
-               "image_info_unlabeled2017.json for COCO full; VOC: VOCdevkit/ + annotations_json/*.json)")
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+COCO_LAYOUT = (
+    "<root>/train2017/*.jpg, <root>/val2017/*.jpg, <root>/annotations/instances_train2017.json, "
+    "<root>/annotations/instances_val2017.json (+ unlabeled2017/ and annotations/"
+    "image_info_unlabeled2017.json for COCO full; VOC: VOCdevkit/ + annotations_json/*.json)"
+)
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 def _missing(path: Path, what: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"{what} not found: {path}. Expected the layout {COCO_LAYOUT}; see `python -m shared.datasets info "
-        "coco2017` (or `info voc`), or set data.synthetic=true for the embedded synthetic set.")
+        "coco2017` (or `info voc`), or set data.synthetic=true for the embedded synthetic set."
+    )
 
 
 class SemiSupervisedDataset(Dataset):
@@ -69,8 +92,14 @@ class SemiSupervisedDataset(Dataset):
     addressed by ``(kind, index, seed)`` from :class:`SemiBatchSampler`; augmentations are seeded by ``seed`` so a
     batch is a function of the iteration (exact resume, any number of workers)."""
 
-    def __init__(self, labeled: CocoDetection, unlabeled: Sequence[CocoImages], labeled_view: ViewConfig,
-                 weak_view: ViewConfig, strong_view: ViewConfig):
+    def __init__(
+        self,
+        labeled: CocoDetection,
+        unlabeled: Sequence[CocoImages],
+        labeled_view: ViewConfig,
+        weak_view: ViewConfig,
+        strong_view: ViewConfig,
+    ):
         self.labeled = labeled
         self.unlabeled = list(unlabeled)
         self.offsets = [0]
@@ -93,14 +122,22 @@ class SemiSupervisedDataset(Dataset):
             view, matrix = make_view(image, self.labeled_view, g)
             boxes = transform_boxes(boxes, matrix, clip_to=tuple(view.shape[-2:])).float()
             keep = ((boxes[:, 2:] - boxes[:, :2]) >= 1).all(dim=1)
-            return {"kind": 0, "image": view, "target": {"boxes": boxes[keep], "labels": labels[keep],
-                                                          "image_id": image_id}}
+            return {
+                "kind": 0,
+                "image": view,
+                "target": {"boxes": boxes[keep], "labels": labels[keep], "image_id": image_id},
+            }
         part = next(i for i in range(len(self.unlabeled)) if index < self.offsets[i + 1])
         image, image_id = self.unlabeled[part].load(index - self.offsets[part])
         weak, m_weak = make_view(image, self.weak_view, g)
         strong, m_strong = make_view(image, self.strong_view, g)
-        return {"kind": 1, "weak": weak, "strong": strong, "weak_to_strong": box_transform(m_weak, m_strong),
-                "image_id": image_id}
+        return {
+            "kind": 1,
+            "weak": weak,
+            "strong": strong,
+            "weak_to_strong": box_transform(m_weak, m_strong),
+            "image_id": image_id,
+        }
 
 
 def semi_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -112,8 +149,9 @@ def semi_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "labeled_targets": [it["target"] for it in labeled],
         "weak_images": [it["weak"] for it in unlabeled],
         "strong_images": [it["strong"] for it in unlabeled],
-        "weak_to_strong": torch.stack([it["weak_to_strong"] for it in unlabeled]) if unlabeled else
-        torch.zeros(0, 3, 3, dtype=torch.float64),
+        "weak_to_strong": torch.stack([it["weak_to_strong"] for it in unlabeled])
+        if unlabeled
+        else torch.zeros(0, 3, 3, dtype=torch.float64),
         "unlabeled_ids": [it["image_id"] for it in unlabeled],
     }
 
@@ -129,8 +167,18 @@ class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
     Yields lists of ``(kind, index, augmentation seed)``, ``kind`` 0 = labeled, 1 = unlabeled.
     """
 
-    def __init__(self, num_labeled: int, num_unlabeled: int, batch_size: int, sample_ratio: Sequence[float],
-                 num_iters: int, world_size: int = 1, rank: int = 0, seed: int = 0, start_iter: int = 0):
+    def __init__(
+        self,
+        num_labeled: int,
+        num_unlabeled: int,
+        batch_size: int,
+        sample_ratio: Sequence[float],
+        num_iters: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        start_iter: int = 0,
+    ):
         if num_labeled == 0:
             raise ValueError("no labeled image to train on")
         self.sizes = (num_labeled, num_unlabeled)
@@ -155,8 +203,9 @@ class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
         per_rank = math.ceil(size / self.world_size)
         epoch, offset = divmod(position, per_rank)
         if self._perms.get(kind, (None,))[0] != epoch:  # one permutation per stream epoch, cached
-            perm = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed * 7919 + kind * 104729
-                                                                                + epoch))
+            perm = torch.randperm(
+                size, generator=torch.Generator().manual_seed(self.seed * 7919 + kind * 104729 + epoch)
+            )
             self._perms[kind] = (epoch, perm.repeat(math.ceil(per_rank * self.world_size / size)))  # pad per rank
         return int(self._perms[kind][1][self.rank * per_rank + offset])
 
@@ -171,14 +220,20 @@ class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
             batch = []
             for kind in (0, 1):
                 for _ in range(counts[kind]):
-                    batch.append((kind, self._stream_index(kind, positions[kind]),
-                                  int(torch.randint(2**31 - 1, (), generator=g))))
+                    batch.append(
+                        (
+                            kind,
+                            self._stream_index(kind, positions[kind]),
+                            int(torch.randint(2**31 - 1, (), generator=g)),
+                        )
+                    )
                     positions[kind] += 1
             yield batch
 
 
-def partial_split_files(train_annotations: Path, percent: float, fold: int, seed_offset: int, split_dir: Path,
-                        is_main: bool = True) -> tuple[Path, Path]:
+def partial_split_files(
+    train_annotations: Path, percent: float, fold: int, seed_offset: int, split_dir: Path, is_main: bool = True
+) -> tuple[Path, Path]:
     """The (labeled, unlabeled) jsons of a partial split, written by ``shared.datasets.coco_partial`` unless files
     made from the same recipe (percent, fold, seed offset, and the source file's size and SHA-256) exist."""
     from shared.datasets.coco_partial import ensure_partial_split, partial_split_paths
@@ -194,10 +249,14 @@ def partial_split_files(train_annotations: Path, percent: float, fold: int, seed
 
 
 def _views(data: DataConfig) -> tuple[ViewConfig, ViewConfig, ViewConfig]:
-    base = ViewConfig(short_range=data.train_short_range, long_range=data.train_long_range, max_size=data.max_size,
-                      hflip=data.hflip)
-    return (replace(base, colour=True), replace(base, short_range=data.weak_short_range, long_range=(0, 0)),
-            replace(base, colour=True, geometric=True, erase=True))
+    base = ViewConfig(
+        short_range=data.train_short_range, long_range=data.train_long_range, max_size=data.max_size, hflip=data.hflip
+    )
+    return (
+        replace(base, colour=True),
+        replace(base, short_range=data.weak_short_range, long_range=(0, 0)),
+        replace(base, colour=True, geometric=True, erase=True),
+    )
 
 
 def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervisedDataset, CocoDetection]:
@@ -205,13 +264,21 @@ def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervis
     if data.synthetic:
         from shared.synthetic import synthetic_root, write_coco_detection
 
-        root = synthetic_root() / (f"mixteacher_coco_n{data.synthetic_train}_v{data.synthetic_val}_u"
-                                   f"{data.synthetic_unlabeled}_s{data.synthetic_image_size}_c"
-                                   f"{data.synthetic_categories}")
+        root = synthetic_root() / (
+            f"mixteacher_coco_n{data.synthetic_train}_v{data.synthetic_val}_u"
+            f"{data.synthetic_unlabeled}_s{data.synthetic_image_size}_c"
+            f"{data.synthetic_categories}"
+        )
         if is_main:
-            write_coco_detection(root, num_train=data.synthetic_train, num_val=data.synthetic_val,
-                                 image_size=data.synthetic_image_size, num_categories=data.synthetic_categories,
-                                 num_unlabeled=data.synthetic_unlabeled, seed=0)
+            write_coco_detection(
+                root,
+                num_train=data.synthetic_train,
+                num_val=data.synthetic_val,
+                image_size=data.synthetic_image_size,
+                num_categories=data.synthetic_categories,
+                num_unlabeled=data.synthetic_unlabeled,
+                seed=0,
+            )
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
     else:
@@ -220,7 +287,8 @@ def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervis
             raise FileNotFoundError(
                 f"dataset root {root!s} not found (data.root={data.root!r}). Expected the COCO 2017 layout: "
                 "<root>/train2017/, val2017/, annotations/instances_{train,val}2017.json (VOC: VOCdevkit/ + "
-                "annotations_json/); see `python -m shared.datasets info coco2017`.")
+                "annotations_json/); see `python -m shared.datasets info coco2017`."
+            )
     train_ann = root / data.train_annotations
     unlabeled: list[CocoImages] = []
     if data.percent is not None:
@@ -235,12 +303,19 @@ def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervis
         labeled_file = train_ann
     labeled = CocoDetection(root / data.train_images, labeled_file, train=True, label_offset=1, layout=COCO_LAYOUT)
     if len(data.unlabeled_images) != len(data.unlabeled_annotations):
-        raise ValueError("data.unlabeled_images and data.unlabeled_annotations need one entry each per pool, got "
-                         f"{data.unlabeled_images} and {data.unlabeled_annotations}")
+        raise ValueError(
+            "data.unlabeled_images and data.unlabeled_annotations need one entry each per pool, got "
+            f"{data.unlabeled_images} and {data.unlabeled_annotations}"
+        )
     for image_dir, image_list in zip(data.unlabeled_images, data.unlabeled_annotations):
         unlabeled.append(CocoImages(root / image_dir, root / image_list))
-    val = CocoDetection(root / data.val_images, root / data.val_annotations, label_offset=1, categories=labeled.cat_ids,
-                        layout=COCO_LAYOUT)
+    val = CocoDetection(
+        root / data.val_images,
+        root / data.val_annotations,
+        label_offset=1,
+        categories=labeled.cat_ids,
+        layout=COCO_LAYOUT,
+    )
     if len(labeled) == 0:
         raise ValueError(f"no labeled image with a usable box in {labeled_file}")
     return SemiSupervisedDataset(labeled, unlabeled, *_views(data)), val
@@ -251,8 +326,7 @@ def val_loader(dataset: CocoDetection, cfg: DataConfig, ctx: DistContext) -> Dat
     return sharded_loader(dataset, cfg.eval_batch_size, ctx, workers=min(cfg.workers, 2))
 
 
-def voc_to_coco(voc_root: str | Path, year: str, split: str, out_file: str | Path,
-                use_difficult: bool = False) -> Path:
+def voc_to_coco(voc_root: str | Path, year: str, split: str, out_file: str | Path, use_difficult: bool = False) -> Path:
     """Convert ``VOCdevkit/VOC{year}/Annotations`` of ``ImageSets/Main/{split}.txt`` to a COCO instances json.
 
     ``file_name`` is relative to the VOCdevkit folder (``VOC2007/JPEGImages/000005.jpg``), category ids 1..20 in
@@ -263,28 +337,50 @@ def voc_to_coco(voc_root: str | Path, year: str, split: str, out_file: str | Pat
     folder = devkit / f"VOC{year}"
     ids_file = folder / "ImageSets" / "Main" / f"{split}.txt"
     if not ids_file.is_file():
-        raise FileNotFoundError(f"{ids_file} not found: expected <root>/VOCdevkit/VOC{year}/ with Annotations/, "
-                                "JPEGImages/ and ImageSets/Main/ (see `python -m shared.datasets info voc`)")
+        raise FileNotFoundError(
+            f"{ids_file} not found: expected <root>/VOCdevkit/VOC{year}/ with Annotations/, "
+            "JPEGImages/ and ImageSets/Main/ (see `python -m shared.datasets info voc`)"
+        )
     images, annotations = [], []
     for image_id, name in enumerate(ids_file.read_text().split(), start=1):
         root = ET.parse(folder / "Annotations" / f"{name}.xml").getroot()
         size = root.find("size")
-        images.append({"id": int(f"{year}{image_id:06d}"), "file_name": f"VOC{year}/JPEGImages/{name}.jpg",
-                       "width": int(size.findtext("width")), "height": int(size.findtext("height"))})
+        images.append(
+            {
+                "id": int(f"{year}{image_id:06d}"),
+                "file_name": f"VOC{year}/JPEGImages/{name}.jpg",
+                "width": int(size.findtext("width")),
+                "height": int(size.findtext("height")),
+            }
+        )
         for obj in root.iter("object"):
             box = obj.find("bndbox")
             x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
             difficult = int(obj.findtext("difficult") or 0)
             w, h = x1 - x0 + 1, y1 - y0 + 1
-            annotations.append({"id": len(annotations) + 1, "image_id": images[-1]["id"],
-                                "category_id": VOC_CLASSES.index(obj.findtext("name").strip()) + 1,
-                                "bbox": [x0 - 1, y0 - 1, w, h], "area": w * h,
-                                "iscrowd": int(difficult and not use_difficult)})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": images[-1]["id"],
+                    "category_id": VOC_CLASSES.index(obj.findtext("name").strip()) + 1,
+                    "bbox": [x0 - 1, y0 - 1, w, h],
+                    "area": w * h,
+                    "iscrowd": int(difficult and not use_difficult),
+                }
+            )
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"info": {"description": f"VOC{year} {split}"}, "licenses": [], "images": images,
-                               "annotations": annotations,
-                               "categories": [{"id": i + 1, "name": n} for i, n in enumerate(VOC_CLASSES)]}))
+    out.write_text(
+        json.dumps(
+            {
+                "info": {"description": f"VOC{year} {split}"},
+                "licenses": [],
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": i + 1, "name": n} for i, n in enumerate(VOC_CLASSES)],
+            }
+        )
+    )
     return out
 
 
@@ -300,8 +396,11 @@ def main(args: argparse.Namespace) -> int:
     """``python -m mixteacher.data voc --root data/voc``: write annotations_json/voc07_trainval, voc12_trainval,
     voc07_test."""
     root = Path(args.root)
-    for year, split, name in (("2007", "trainval", "voc07_trainval"), ("2012", "trainval", "voc12_trainval"),
-                              ("2007", "test", "voc07_test")):
+    for year, split, name in (
+        ("2007", "trainval", "voc07_trainval"),
+        ("2012", "trainval", "voc12_trainval"),
+        ("2007", "test", "voc07_test"),
+    ):
         path = voc_to_coco(root / "VOCdevkit", year, split, root / "annotations_json" / f"{name}.json")
         print(f"wrote {path}")
     return 0

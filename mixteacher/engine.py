@@ -57,8 +57,9 @@ def read_checkpoint(path: str | Path, required: Sequence[str] = RESUME_KEYS) -> 
     return load_checkpoint(path, "cpu", package=PACKAGE, required=required)
 
 
-def config_from_checkpoint(state: Mapping[str, Any], argv: Sequence[str] = (),
-                           description: str | None = None) -> TrainConfig:
+def config_from_checkpoint(
+    state: Mapping[str, Any], argv: Sequence[str] = (), description: str | None = None
+) -> TrainConfig:
     """The training config stored in a checkpoint, ``-c`` / ``--key value`` overrides in ``argv`` on top.
 
     Checkpoints of the earlier schema are read too: ``torch_threads`` becomes ``threads``, ``device: null``
@@ -82,8 +83,14 @@ def load_models(state: Mapping[str, Any], cfg: TrainConfig) -> dict[str, MixedSc
 
 
 @torch.no_grad()
-def evaluate_detector(model: MixedScaleFasterRCNN, loader: DataLoader, dataset: CocoDetection, ctx: DistContext,
-                      scale: str = "regular", amp: AmpDtype = "off") -> dict[str, Any]:
+def evaluate_detector(
+    model: MixedScaleFasterRCNN,
+    loader: DataLoader,
+    dataset: CocoDetection,
+    ctx: DistContext,
+    scale: str = "regular",
+    amp: AmpDtype = "off",
+) -> dict[str, Any]:
     """COCO bbox metrics (pycocotools via ``shared.detection.evaluate_detections``) of ``model`` at a test scale."""
     was_training = model.training
     model.eval()
@@ -96,11 +103,15 @@ def evaluate_detector(model: MixedScaleFasterRCNN, loader: DataLoader, dataset: 
     return evaluate_detections(detections, dataset.coco, ctx)
 
 
-def evaluate(models: Mapping[str, nn.Module], loader: DataLoader, dataset: CocoDetection, ctx: DistContext,
-             cfg: TrainConfig) -> dict[str, dict[str, Any]]:
+def evaluate(
+    models: Mapping[str, nn.Module], loader: DataLoader, dataset: CocoDetection, ctx: DistContext, cfg: TrainConfig
+) -> dict[str, dict[str, Any]]:
     """``{"teacher_regular": ..., "teacher_mixed": ..., "student_regular": ...}``: every model at every test scale."""
-    return {f"{name}_{scale}": evaluate_detector(model, loader, dataset, ctx, scale, cfg.amp)
-            for name, model in models.items() for scale in cfg.test_scales}
+    return {
+        f"{name}_{scale}": evaluate_detector(model, loader, dataset, ctx, scale, cfg.amp)
+        for name, model in models.items()
+        for scale in cfg.test_scales
+    }
 
 
 def headline(results: dict[str, dict[str, Any]], cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
@@ -116,8 +127,14 @@ def result_metrics(results: dict[str, dict[str, Any]], cfg: TrainConfig, **extra
     (without per-class APs), then ``per_class_AP`` of the headline."""
     name, main_metrics = headline(results, cfg)
     strip = {k: {n: v for n, v in m.items() if n != "per_class"} for k, m in results.items()}
-    return {**{k: main_metrics[k] for k in COCO_KEYS}, "headline": name, **extra, "last": strip[name], **strip,
-            "per_class_AP": main_metrics.get("per_class", {})}
+    return {
+        **{k: main_metrics[k] for k in COCO_KEYS},
+        "headline": name,
+        **extra,
+        "last": strip[name],
+        **strip,
+        "per_class_AP": main_metrics.get("per_class", {}),
+    }
 
 
 def add_supervised(metrics: dict[str, Any], supervised_last: dict[str, Any]) -> None:
@@ -133,7 +150,11 @@ def comparison_table(metrics: dict[str, Any]) -> str:
         rows.append(("supervised only (same iterations)", metrics["supervised"]))
     lines = [f"{'model':<40}" + "".join(f"{k:>7}" for k in ("AP", "AP50", "APs", "APm", "APl"))]
     for name, m in rows:
-        lines.append(f"{name:<40}" + "".join(
-            f"{100 * m[k]:7.1f}" if m.get(k) is not None and m[k] == m[k] else f"{'n/a':>7}"
-            for k in ("AP", "AP50", "APs", "APm", "APl")))
+        lines.append(
+            f"{name:<40}"
+            + "".join(
+                f"{100 * m[k]:7.1f}" if m.get(k) is not None and m[k] == m[k] else f"{'n/a':>7}"
+                for k in ("AP", "AP50", "APs", "APm", "APl")
+            )
+        )
     return "\n".join(lines)

@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -90,8 +86,9 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
     try:
         _, val_set = build_datasets(train_cfg.data, ctx.is_main)
         if list(val_set.cat_ids) != list(state["categories"]["ids"]):
-            raise ValueError(f"the checkpoint's categories {state['categories']['ids']} differ from the val set's "
-                             f"{val_set.cat_ids}")
+            raise ValueError(
+                f"the checkpoint's categories {state['categories']['ids']} differ from the val set's {val_set.cat_ids}"
+            )
         models = {name: model.to(ctx.device) for name, model in load_models(state, train_cfg).items()}
         results = evaluate(models, val_loader(val_set, train_cfg.data, ctx), val_set, ctx, train_cfg)
         if ctx.is_main:

@@ -20,9 +20,14 @@ import torch.nn.functional as F
 __all__ = ["fast_rcnn_loss", "soft_teacher_weights"]
 
 
-def fast_rcnn_loss(class_logits: torch.Tensor, box_regression: torch.Tensor, labels: torch.Tensor,
-                   regression_targets: torch.Tensor, cls_weights: torch.Tensor | None = None,
-                   beta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def fast_rcnn_loss(
+    class_logits: torch.Tensor,
+    box_regression: torch.Tensor,
+    labels: torch.Tensor,
+    regression_targets: torch.Tensor,
+    cls_weights: torch.Tensor | None = None,
+    beta: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """R-CNN classification and box losses.
 
     Args:

@@ -20,9 +20,15 @@ from torchvision.ops import box_iou
 __all__ = ["score_promotion"]
 
 
-def score_promotion(ref_probs: torch.Tensor, tgt_probs: torch.Tensor, ref_boxes: torch.Tensor,
-                    low_boxes: torch.Tensor, low_labels: torch.Tensor, diff_thr: float,
-                    iou_thr: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def score_promotion(
+    ref_probs: torch.Tensor,
+    tgt_probs: torch.Tensor,
+    ref_boxes: torch.Tensor,
+    low_boxes: torch.Tensor,
+    low_labels: torch.Tensor,
+    diff_thr: float,
+    iou_thr: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which candidates are promoted to positives.
 
     Args:
@@ -39,8 +45,10 @@ def score_promotion(ref_probs: torch.Tensor, tgt_probs: torch.Tensor, ref_boxes:
     """
     n = ref_probs.shape[0]
     if n == 0 or low_boxes.numel() == 0:
-        return (torch.zeros(n, dtype=torch.bool, device=ref_probs.device),
-                torch.full((n,), -1, dtype=torch.int64, device=ref_probs.device))
+        return (
+            torch.zeros(n, dtype=torch.bool, device=ref_probs.device),
+            torch.full((n,), -1, dtype=torch.int64, device=ref_probs.device),
+        )
     best_iou, best = box_iou(ref_boxes, low_boxes).max(dim=1)
     matched = best_iou >= iou_thr
     cls = low_labels[best].long()

@@ -43,8 +43,9 @@ class MixTeacher(nn.Module):
         method: ``"mixteacher"`` or ``"supervised"`` (labeled losses only; no teacher forward).
     """
 
-    def __init__(self, student: MixedScaleFasterRCNN, settings: MixTeacherSettings | None = None,
-                 method: str = "mixteacher"):
+    def __init__(
+        self, student: MixedScaleFasterRCNN, settings: MixTeacherSettings | None = None, method: str = "mixteacher"
+    ):
         super().__init__()
         if method not in ("mixteacher", "supervised"):
             raise ValueError(f"method must be 'mixteacher' or 'supervised', got {method!r}")
@@ -90,8 +91,9 @@ class MixTeacher(nn.Module):
     # -------------------------------------------------------------------------------------------- teacher
 
     @torch.no_grad()
-    def pseudo_label(self, weak_images: list[torch.Tensor]
-                     ) -> tuple[list[PseudoLabels], ImageList, dict[str, tuple[ImageList, OrderedDict]]]:
+    def pseudo_label(
+        self, weak_images: list[torch.Tensor]
+    ) -> tuple[list[PseudoLabels], ImageList, dict[str, tuple[ImageList, OrderedDict]]]:
         """Teacher detections on the weak views (score >= ``initial_score_thr``) with their jitter uncertainty.
 
         Returns the pseudo labels (weak-view coordinates), the weak image list and the teacher's features.
@@ -117,15 +119,18 @@ class MixTeacher(nn.Module):
 
         def regress(flat: torch.Tensor) -> torch.Tensor:
             # one R-CNN pass for the jittered copies of every image; outputs put back in the input order
-            decoded = teacher.roi_predict(features, [flat[owner_t == i] for i in range(len(boxes))],
-                                          scaled.image_sizes)[1]
+            decoded = teacher.roi_predict(
+                features, [flat[owner_t == i] for i in range(len(boxes))], scaled.image_sizes
+            )[1]
             out = torch.empty_like(decoded)
             out[order] = decoded
             return out
 
         uncertainty = box_jitter_uncertainty(torch.cat(boxes), labels, regress, s.jitter_times, s.jitter_scale)
-        pseudo = [PseudoLabels(b / factors[i], labels[owner == i], det["scores"][k], uncertainty[owner == i])
-                  for i, (b, det, k) in enumerate(zip(boxes, detections, kept))]
+        pseudo = [
+            PseudoLabels(b / factors[i], labels[owner == i], det["scores"][k], uncertainty[owner == i])
+            for i, (b, det, k) in enumerate(zip(boxes, detections, kept))
+        ]
         return pseudo, image_list, feats
 
     # ------------------------------------------------------------------------------------------ unlabeled
@@ -137,10 +142,19 @@ class MixTeacher(nn.Module):
         factors = scale_factors(regular, scaled)
         return [b * factors[i] for i, b in enumerate(boxes)]
 
-    def _mine(self, proposals: list[torch.Tensor], cls_boxes: list[torch.Tensor], cls_labels: list[torch.Tensor],
-              low: list[PseudoLabels], low_weak_boxes: list[torch.Tensor], strong: ImageList,
-              student_feats: dict, teacher_feats: dict, weak: ImageList, to_weak: torch.Tensor,
-              ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], int]:
+    def _mine(
+        self,
+        proposals: list[torch.Tensor],
+        cls_boxes: list[torch.Tensor],
+        cls_labels: list[torch.Tensor],
+        low: list[PseudoLabels],
+        low_weak_boxes: list[torch.Tensor],
+        strong: ImageList,
+        student_feats: dict,
+        teacher_feats: dict,
+        weak: ImageList,
+        to_weak: torch.Tensor,
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], int]:
         """Promising label mining on the regular-scale proposals; returns per-image (index, labels, boxes)."""
         s, teacher = self.settings, self.teacher
         mined, count = [], 0
@@ -152,35 +166,41 @@ class MixTeacher(nn.Module):
                 continue
             boxes = props[candidates]
             if s.mining_features == "student":
-                ref_feats = OrderedDict((k, v[i:i + 1]) for k, v in student_feats["regular"][1].items())
-                tgt_feats = OrderedDict((k, v[i:i + 1]) for k, v in student_feats["mixed"][1].items())
+                ref_feats = OrderedDict((k, v[i : i + 1]) for k, v in student_feats["regular"][1].items())
+                tgt_feats = OrderedDict((k, v[i : i + 1]) for k, v in student_feats["mixed"][1].items())
                 size, low_boxes = [strong.image_sizes[i]], low[i].boxes
             else:  # the teacher's own features of the weak view; candidates mapped into it
                 boxes = map_boxes(boxes, to_weak[i], weak.image_sizes[i])
-                ref_feats = OrderedDict((k, v[i:i + 1]) for k, v in teacher_feats["regular"][1].items())
-                tgt_feats = OrderedDict((k, v[i:i + 1]) for k, v in teacher_feats["mixed"][1].items())
+                ref_feats = OrderedDict((k, v[i : i + 1]) for k, v in teacher_feats["regular"][1].items())
+                tgt_feats = OrderedDict((k, v[i : i + 1]) for k, v in teacher_feats["mixed"][1].items())
                 size, low_boxes = [weak.image_sizes[i]], low_weak_boxes[i]
             with torch.no_grad():
                 ref_probs, ref_decoded = teacher.roi_predict(ref_feats, [boxes], size)
                 tgt_probs, _ = teacher.roi_predict(tgt_feats, [boxes], size)
                 ref_cls = ref_probs[:, 1:].argmax(dim=1) + 1
                 ref_boxes = ref_decoded[torch.arange(len(boxes), device=boxes.device), ref_cls]
-                promoted, match = score_promotion(ref_probs, tgt_probs, ref_boxes, low_boxes, low[i].labels,
-                                                  s.mining_diff_thr, s.mining_iou_thr)
+                promoted, match = score_promotion(
+                    ref_probs, tgt_probs, ref_boxes, low_boxes, low[i].labels, s.mining_diff_thr, s.mining_iou_thr
+                )
             index = candidates[promoted]
             mined.append((index, low[i].labels[match[promoted]], low[i].boxes[match[promoted]]))
             count += int(promoted.sum())
         return mined, count
 
-    def unsupervised_loss(self, weak_images: list[torch.Tensor], strong_images: list[torch.Tensor],
-                          weak_to_strong: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def unsupervised_loss(
+        self, weak_images: list[torch.Tensor], strong_images: list[torch.Tensor], weak_to_strong: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """MixTeacher's unsupervised losses (averaged over the training scales) and pseudo-label statistics."""
         s, student = self.settings, self.student
         pseudo_weak, weak, teacher_feats = self.pseudo_label(weak_images)
         strong, _ = student.preprocess(strong_images)
         to_weak = torch.linalg.inv(weak_to_strong.double())
-        pseudo = [PseudoLabels(map_boxes(p.boxes, weak_to_strong[i], strong.image_sizes[i]), p.labels, p.scores,
-                               p.uncertainty) for i, p in enumerate(pseudo_weak)]
+        pseudo = [
+            PseudoLabels(
+                map_boxes(p.boxes, weak_to_strong[i], strong.image_sizes[i]), p.labels, p.scores, p.uncertainty
+            )
+            for i, p in enumerate(pseudo_weak)
+        ]
         pseudo = [p.select(((p.boxes[:, 2:] - p.boxes[:, :2]) > 0).all(dim=1)) for p in pseudo]
         rpn_set = [p.select(p.scores >= s.rpn_score_thr) for p in pseudo]
         cls_set = [p.select(p.scores >= s.cls_score_thr) for p in pseudo]
@@ -198,30 +218,38 @@ class MixTeacher(nn.Module):
         for scale in s.train_scales:
             scaled, features = feats[scale]
             to_scale = scale_factors(strong, scaled)
-            proposals, losses = student.rpn_forward(scaled, features, [p.boxes * to_scale[i] for i, p in
-                                                                       enumerate(rpn_set)])
+            proposals, losses = student.rpn_forward(
+                scaled, features, [p.boxes * to_scale[i] for i, p in enumerate(rpn_set)]
+            )
             cls_boxes = [p.boxes * to_scale[i] for i, p in enumerate(cls_set)]
             cls_labels = [p.labels for p in cls_set]
             mined = None
             if mining and scale == "regular":
-                mined, mined_count = self._mine(proposals, cls_boxes, cls_labels, low, low_weak, strong, feats,
-                                                teacher_feats, weak, to_weak)
+                mined, mined_count = self._mine(
+                    proposals, cls_boxes, cls_labels, low, low_weak, strong, feats, teacher_feats, weak, to_weak
+                )
             sampled = student.sample_rois(proposals, cls_boxes, cls_labels, mined)
             # the teacher's background probability of each sampled RoI, mapped into the teacher's view
             with torch.no_grad():
-                teacher_boxes = [map_boxes(b / to_scale[i], to_weak[i], weak.image_sizes[i]) * t_factors[i]
-                                 for i, b in enumerate(sampled.boxes)]
+                teacher_boxes = [
+                    map_boxes(b / to_scale[i], to_weak[i], weak.image_sizes[i]) * t_factors[i]
+                    for i, b in enumerate(sampled.boxes)
+                ]
                 bg = self.teacher.roi_predict(t_features, teacher_boxes, t_scaled.image_sizes)[0][:, 0]
-            losses["rcnn_cls"] = student.rcnn_loss(features, scaled.image_sizes, sampled,
-                                                   soft_teacher_weights(sampled.labels, bg))["rcnn_cls"]
-            reg_sampled = student.sample_rois(proposals, [p.boxes * to_scale[i] for i, p in enumerate(reg_set)],
-                                              [p.labels for p in reg_set])
+            losses["rcnn_cls"] = student.rcnn_loss(
+                features, scaled.image_sizes, sampled, soft_teacher_weights(sampled.labels, bg)
+            )["rcnn_cls"]
+            reg_sampled = student.sample_rois(
+                proposals, [p.boxes * to_scale[i] for i, p in enumerate(reg_set)], [p.labels for p in reg_set]
+            )
             losses["rcnn_box"] = student.rcnn_loss(features, scaled.image_sizes, reg_sampled, box_only=True)["rcnn_box"]
             for k, v in losses.items():
                 total[k] = total.get(k, 0.0) + v / len(s.train_scales)
-        stats = {"pseudo_boxes": sum(len(p) for p in cls_set) / max(len(pseudo), 1),
-                 "reg_boxes": sum(len(p) for p in reg_set) / max(len(pseudo), 1),
-                 "mined": mined_count / max(len(pseudo), 1)}
+        stats = {
+            "pseudo_boxes": sum(len(p) for p in cls_set) / max(len(pseudo), 1),
+            "reg_boxes": sum(len(p) for p in reg_set) / max(len(pseudo), 1),
+            "mined": mined_count / max(len(pseudo), 1),
+        }
         return total, stats
 
     # ---------------------------------------------------------------------------------------------- step
@@ -235,13 +263,12 @@ class MixTeacher(nn.Module):
             loss = loss + sum(sup.values())
             logs.update({f"sup_{k}": float(v.detach()) for k, v in sup.items()})
         if self.method == "mixteacher" and batch["weak_images"]:
-            weight = unsup_weight(step, self.settings.unsup_start, self.settings.unsup_warmup,
-                                  self.settings.unsup_weight)
-            unsup, stats = self.unsupervised_loss(batch["weak_images"], batch["strong_images"],
-                                                  batch["weak_to_strong"])
+            weight = unsup_weight(
+                step, self.settings.unsup_start, self.settings.unsup_warmup, self.settings.unsup_weight
+            )
+            unsup, stats = self.unsupervised_loss(batch["weak_images"], batch["strong_images"], batch["weak_to_strong"])
             loss = loss + weight * sum(unsup.values())
             logs.update({f"unsup_{k}": float(v.detach()) for k, v in unsup.items()})
             logs.update(stats)
             logs["unsup_weight"] = weight
         return loss, logs
-

@@ -93,8 +93,14 @@ class ResNetBody(nn.Module):
         frozen_stages: freeze the stem and stages 1..frozen_stages (mmdetection ``frozen_stages=1``); -1: none.
     """
 
-    def __init__(self, depth: int = 50, base_width: int = 64, norm: str = "frozen_bn", caffe_style: bool = True,
-                 frozen_stages: int = 1):
+    def __init__(
+        self,
+        depth: int = 50,
+        base_width: int = 64,
+        norm: str = "frozen_bn",
+        caffe_style: bool = True,
+        frozen_stages: int = 1,
+    ):
         super().__init__()
         if depth not in _STAGE_BLOCKS:
             raise ValueError(f"depth must be one of {sorted(_STAGE_BLOCKS)}, got {depth}")
@@ -112,8 +118,10 @@ class ResNetBody(nn.Module):
             planes, stride = base_width * 2**i, 1 if i == 0 else 2
             downsample = None
             if stride != 1 or inplanes != planes * block.expansion:
-                downsample = nn.Sequential(nn.Conv2d(inplanes, planes * block.expansion, 1, stride, bias=False),
-                                           norm_layer(planes * block.expansion))
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes * block.expansion, 1, stride, bias=False),
+                    norm_layer(planes * block.expansion),
+                )
             blocks = [block(inplanes, planes, stride, downsample, norm_layer=norm_layer)]
             inplanes = planes * block.expansion
             blocks += [block(inplanes, planes, norm_layer=norm_layer) for _ in range(num_blocks - 1)]
@@ -150,7 +158,8 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
         raise FileNotFoundError(
             f"backbone checkpoint not found: {path}. The paper uses mmdetection's open-mmlab://detectron2/"
             "resnet50_caffe (https://download.openmmlab.com/pretrain/third_party/resnet50_msra-5891d200.pth); "
-            "torchvision's resnet50-0676ba61.pth works with caffe_style: false and pixel_style: pytorch")
+            "torchvision's resnet50-0676ba61.pth works with caffe_style: false and pixel_style: pytorch"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -198,8 +207,9 @@ def crop_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return x[..., :h, :w]
 
 
-def mix_pyramids(regular: OrderedDict[str, torch.Tensor], down: OrderedDict[str, torch.Tensor],
-                 gate: ScaleGate) -> OrderedDict[str, torch.Tensor]:
+def mix_pyramids(
+    regular: OrderedDict[str, torch.Tensor], down: OrderedDict[str, torch.Tensor], gate: ScaleGate
+) -> OrderedDict[str, torch.Tensor]:
     """The mixed pyramid: level 0 (P2) regular only; level i >= 1 fuses regular level i with down level i-1."""
     names = list(regular.keys())
     mixed = OrderedDict([(names[0], regular[names[0]])])
@@ -227,8 +237,9 @@ def downscale_image_list(images: ImageList, size_divisible: int = 32) -> ImageLi
 
 def scale_factors(source: ImageList, target: ImageList) -> torch.Tensor:
     """Per image (sx, sy, sx, sy) that maps boxes of ``source`` image coordinates into ``target`` ones."""
-    factors = [(wt / ws, ht / hs, wt / ws, ht / hs)
-               for (hs, ws), (ht, wt) in zip(source.image_sizes, target.image_sizes)]
+    factors = [
+        (wt / ws, ht / hs, wt / ws, ht / hs) for (hs, ws), (ht, wt) in zip(source.image_sizes, target.image_sizes)
+    ]
     return torch.tensor(factors, dtype=source.tensors.dtype, device=source.tensors.device)
 
 
@@ -266,8 +277,9 @@ class RPN(RegionProposalNetwork):
         sampled = torch.cat([pos, torch.where(torch.cat(neg))[0]])
         objectness = objectness.flatten()
         labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
-        box_loss = F.smooth_l1_loss(pred_bbox_deltas[pos], regression_targets[pos], beta=self.box_loss_beta,
-                                    reduction="sum") / max(sampled.numel(), 1)
+        box_loss = F.smooth_l1_loss(
+            pred_bbox_deltas[pos], regression_targets[pos], beta=self.box_loss_beta, reduction="sum"
+        ) / max(sampled.numel(), 1)
         cls_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
         return cls_loss, box_loss
 
@@ -297,35 +309,57 @@ class MixedScaleFasterRCNN(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         body = ResNetBody(cfg.depth, cfg.base_width, cfg.norm, cfg.caffe_style, cfg.frozen_stages)
-        self.backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)}, body.out_channels,
-                                        cfg.fpn_channels, extra_blocks=LastLevelMaxPool())
+        self.backbone = BackboneWithFPN(
+            body,
+            {f"layer{i}": str(i - 1) for i in range(1, 5)},
+            body.out_channels,
+            cfg.fpn_channels,
+            extra_blocks=LastLevelMaxPool(),
+        )
         for m in self.backbone.fpn.modules():  # mmdetection's FPN init
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.anchor_ratios),) *
-                                  len(cfg.anchor_sizes))
-        self.rpn = RPN(anchors, RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
-                       cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh, cfg.rpn_batch_size_per_image,
-                       cfg.rpn_positive_fraction,
-                       {"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_pre_nms_top_n_test},
-                       {"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
-                       cfg.rpn_nms_thresh, score_thresh=0.0)
+        anchors = AnchorGenerator(
+            tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.anchor_ratios),) * len(cfg.anchor_sizes)
+        )
+        self.rpn = RPN(
+            anchors,
+            RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
+            cfg.rpn_fg_iou_thresh,
+            cfg.rpn_bg_iou_thresh,
+            cfg.rpn_batch_size_per_image,
+            cfg.rpn_positive_fraction,
+            {"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_pre_nms_top_n_test},
+            {"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
+            cfg.rpn_nms_thresh,
+            score_thresh=0.0,
+        )
         self.rpn.box_loss_beta = cfg.box_loss_beta
         pool = MultiScaleRoIAlign(["0", "1", "2", "3"], cfg.roi_output_size, cfg.roi_sampling_ratio)
         head = TwoMLPHead(cfg.fpn_channels * cfg.roi_output_size**2, cfg.representation_size)
-        self.roi_heads = RoIHeads(pool, head, FastRCNNPredictor(cfg.representation_size, num_classes + 1),
-                                  cfg.box_fg_iou_thresh, cfg.box_bg_iou_thresh, cfg.box_batch_size_per_image,
-                                  cfg.box_positive_fraction, None, cfg.box_score_thresh, cfg.box_nms_thresh,
-                                  cfg.box_detections_per_img)
+        self.roi_heads = RoIHeads(
+            pool,
+            head,
+            FastRCNNPredictor(cfg.representation_size, num_classes + 1),
+            cfg.box_fg_iou_thresh,
+            cfg.box_bg_iou_thresh,
+            cfg.box_batch_size_per_image,
+            cfg.box_positive_fraction,
+            None,
+            cfg.box_score_thresh,
+            cfg.box_nms_thresh,
+            cfg.box_detections_per_img,
+        )
         self.gate = ScaleGate(cfg.fpn_channels, cfg.gate_reduction)
         self.transform = DetectionTransform(cfg.min_size, cfg.max_size, cfg.pixel_style)
         self.test_scale = test_scale
 
     # ---- inputs and features
 
-    def preprocess(self, images: Sequence[torch.Tensor], targets: list[dict] | None = None,
-                   resize: bool = False) -> tuple[ImageList, list[dict] | None]:
+    def preprocess(
+        self, images: Sequence[torch.Tensor], targets: list[dict] | None = None, resize: bool = False
+    ) -> tuple[ImageList, list[dict] | None]:
         """Normalise, optionally resize (to ``min_size``/``max_size``; training views are sized by the data
         pipeline), and batch with zero padding to a multiple of 32."""
         out, new_targets = [], [] if targets is not None else None
@@ -342,8 +376,9 @@ class MixedScaleFasterRCNN(nn.Module):
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in out]
         return ImageList(self.transform.batch_images(out, self.transform.size_divisible), sizes), new_targets
 
-    def extract_features(self, images: ImageList, scales: Sequence[str] = ("regular",)
-                         ) -> dict[str, tuple[ImageList, OrderedDict[str, torch.Tensor]]]:
+    def extract_features(
+        self, images: ImageList, scales: Sequence[str] = ("regular",)
+    ) -> dict[str, tuple[ImageList, OrderedDict[str, torch.Tensor]]]:
         """Features of the requested scales: ``{scale: (image list of that scale, FPN levels '0'..'pool')}``.
         "regular" and "mixed" use the regular image list; "down" the 0.5x one."""
         unknown = set(scales) - set(SCALES)
@@ -364,14 +399,16 @@ class MixedScaleFasterRCNN(nn.Module):
 
     # ---- heads
 
-    def roi_forward(self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
-                    image_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def roi_forward(
+        self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """R-CNN head on arbitrary boxes: class logits (N, K+1) and box deltas (N, 4(K+1))."""
         pooled = self.roi_heads.box_roi_pool(features, boxes, image_sizes)
         return self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
 
-    def roi_predict(self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
-                    image_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def roi_predict(
+        self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full softmax over the K+1 classes (N, K+1) and class-specific decoded boxes (N, K+1, 4).
 
         Zero boxes (for one image or the whole batch) give (0, K+1) and (0, K+1, 4): a diverging or untrained RPN
@@ -391,26 +428,35 @@ class MixedScaleFasterRCNN(nn.Module):
         boxes, scores, labels = self.roi_heads.postprocess_detections(logits, deltas, proposals, images.image_sizes)
         return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(boxes, scores, labels)]
 
-    def rpn_forward(self, images: ImageList, features: OrderedDict[str, torch.Tensor],
-                    gt_boxes: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    def rpn_forward(
+        self, images: ImageList, features: OrderedDict[str, torch.Tensor], gt_boxes: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Training RPN: proposals (detached) and the RPN losses against ``gt_boxes`` (may be empty)."""
         proposals, losses = self.rpn(images, features, [{"boxes": b} for b in gt_boxes])
         return proposals, {"rpn_cls": losses["loss_objectness"], "rpn_box": losses["loss_rpn_box_reg"]}
 
-    def assign(self, proposals: torch.Tensor, gt_boxes: torch.Tensor,
-               gt_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def assign(
+        self, proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """R-CNN assignment of one image's proposals: labels (0 background, -1 ignored) and matched target boxes."""
         if gt_boxes.numel() == 0 or proposals.numel() == 0:  # the RPN can leave an image without proposals
-            return (torch.zeros(len(proposals), dtype=torch.int64, device=proposals.device),
-                    torch.zeros_like(proposals))
+            return (
+                torch.zeros(len(proposals), dtype=torch.int64, device=proposals.device),
+                torch.zeros_like(proposals),
+            )
         matched = self.roi_heads.proposal_matcher(box_iou(gt_boxes, proposals))
         labels = gt_labels[matched.clamp(min=0)].to(torch.int64)
         labels[matched == self.roi_heads.proposal_matcher.BELOW_LOW_THRESHOLD] = 0
         labels[matched == self.roi_heads.proposal_matcher.BETWEEN_THRESHOLDS] = -1
         return labels, gt_boxes[matched.clamp(min=0)]
 
-    def sample_rois(self, proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor],
-                    mined: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> SampledRoIs:
+    def sample_rois(
+        self,
+        proposals: list[torch.Tensor],
+        gt_boxes: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+        mined: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    ) -> SampledRoIs:
         """Assign proposals to targets, turn mined proposals into positives, add the targets as proposals and draw
         the positive/negative sample (``box_batch_size_per_image`` at ``box_positive_fraction``).
 
@@ -435,13 +481,21 @@ class MixedScaleFasterRCNN(nn.Module):
         labels = torch.cat([lab[k] for lab, k in zip(per_labels, keep)])
         matched = torch.cat([m[k] for m, k in zip(per_matched, keep)])
         mined_flag = torch.cat([m[k] for m, k in zip(per_mined, keep)])
-        targets = self.roi_heads.box_coder.encode_single(matched, torch.cat(boxes)) if matched.numel() else \
-            matched.new_zeros((0, 4))
+        targets = (
+            self.roi_heads.box_coder.encode_single(matched, torch.cat(boxes))
+            if matched.numel()
+            else matched.new_zeros((0, 4))
+        )
         return SampledRoIs(boxes, labels, targets, matched, mined_flag)
 
-    def rcnn_loss(self, features: OrderedDict[str, torch.Tensor], image_sizes: list[tuple[int, int]],
-                  sampled: SampledRoIs, cls_weights: torch.Tensor | None = None,
-                  box_only: bool = False) -> dict[str, torch.Tensor]:
+    def rcnn_loss(
+        self,
+        features: OrderedDict[str, torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+        sampled: SampledRoIs,
+        cls_weights: torch.Tensor | None = None,
+        box_only: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """R-CNN classification and regression losses of sampled RoIs (per-RoI classification weights optional).
 
         ``box_only``: only the regression loss, computed on the positives alone (it is a sum over positives divided
@@ -449,8 +503,9 @@ class MixedScaleFasterRCNN(nn.Module):
         """
         if not box_only:
             logits, deltas = self.roi_forward(features, sampled.boxes, image_sizes)
-            cls, box = fast_rcnn_loss(logits, deltas, sampled.labels, sampled.regression_targets, cls_weights,
-                                      beta=self.cfg.box_loss_beta)
+            cls, box = fast_rcnn_loss(
+                logits, deltas, sampled.labels, sampled.regression_targets, cls_weights, beta=self.cfg.box_loss_beta
+            )
             return {"rcnn_cls": cls, "rcnn_box": box}
         positive = sampled.labels > 0
         owner = torch.cat([torch.full((len(b),), i, device=positive.device) for i, b in enumerate(sampled.boxes)])
@@ -458,12 +513,18 @@ class MixedScaleFasterRCNN(nn.Module):
         pos_boxes = [boxes[positive & (owner == i)] for i in range(len(sampled.boxes))]
         logits, deltas = self.roi_forward(features, pos_boxes, image_sizes)
         order = torch.cat([torch.where(positive & (owner == i))[0] for i in range(len(sampled.boxes))])
-        _, box = fast_rcnn_loss(logits, deltas, sampled.labels[order], sampled.regression_targets[order],
-                                beta=self.cfg.box_loss_beta)
+        _, box = fast_rcnn_loss(
+            logits, deltas, sampled.labels[order], sampled.regression_targets[order], beta=self.cfg.box_loss_beta
+        )
         return {"rcnn_box": box * len(order) / max(len(sampled.labels), 1)}
 
-    def supervised_losses(self, images: ImageList, features: OrderedDict[str, torch.Tensor],
-                          gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def supervised_losses(
+        self,
+        images: ImageList,
+        features: OrderedDict[str, torch.Tensor],
+        gt_boxes: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
         """The four Faster R-CNN losses of one scale (labels 1..K)."""
         proposals, losses = self.rpn_forward(images, features, gt_boxes)
         sampled = self.sample_rois(proposals, gt_boxes, gt_labels)
@@ -488,8 +549,12 @@ class MixedScaleFasterRCNN(nn.Module):
         return self.predict(images, scale)
 
 
-def build_detector(num_classes: int, cfg: DetectorConfig | None = None, pretrained_backbone: str | None = None,
-                   test_scale: str = "regular") -> MixedScaleFasterRCNN:
+def build_detector(
+    num_classes: int,
+    cfg: DetectorConfig | None = None,
+    pretrained_backbone: str | None = None,
+    test_scale: str = "regular",
+) -> MixedScaleFasterRCNN:
     """The detector, with the backbone loaded from ``pretrained_backbone`` when given."""
     model = MixedScaleFasterRCNN(num_classes, cfg, test_scale)
     if pretrained_backbone:
@@ -502,16 +567,44 @@ def build_detector(num_classes: int, cfg: DetectorConfig | None = None, pretrain
 #: embedded default's toy (configs/default.yaml, ``bench.py --quick``), ``tiny`` the detector of the unit tests.
 VARIANTS: dict[str, DetectorConfig] = {
     "r50_fpn": DetectorConfig(),
-    "r10_w16": DetectorConfig(depth=10, base_width=16, norm="gn", caffe_style=False, pixel_style="pytorch",
-                              frozen_stages=-1, fpn_channels=64, anchor_sizes=(16, 32, 64, 128, 256),
-                              rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
-                              rpn_post_nms_top_n_test=300, representation_size=256, roi_sampling_ratio=2,
-                              box_batch_size_per_image=64, min_size=192, max_size=240),
-    "tiny": DetectorConfig(depth=10, base_width=8, norm="gn", caffe_style=False, pixel_style="pytorch",
-                           frozen_stages=-1, fpn_channels=16, anchor_sizes=(16, 32, 64, 128, 256),
-                           rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100,
-                           rpn_post_nms_top_n_test=50, representation_size=32, roi_sampling_ratio=2,
-                           box_batch_size_per_image=32, min_size=96, max_size=128),
+    "r10_w16": DetectorConfig(
+        depth=10,
+        base_width=16,
+        norm="gn",
+        caffe_style=False,
+        pixel_style="pytorch",
+        frozen_stages=-1,
+        fpn_channels=64,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        rpn_pre_nms_top_n_train=500,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=300,
+        representation_size=256,
+        roi_sampling_ratio=2,
+        box_batch_size_per_image=64,
+        min_size=192,
+        max_size=240,
+    ),
+    "tiny": DetectorConfig(
+        depth=10,
+        base_width=8,
+        norm="gn",
+        caffe_style=False,
+        pixel_style="pytorch",
+        frozen_stages=-1,
+        fpn_channels=16,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50,
+        representation_size=32,
+        roi_sampling_ratio=2,
+        box_batch_size_per_image=32,
+        min_size=96,
+        max_size=128,
+    ),
 }
 
 
@@ -525,8 +618,9 @@ def detector_config(name: str, **overrides) -> DetectorConfig:
     return replace(VARIANTS[name], **overrides)
 
 
-def create_model(name: str, num_classes: int = 80, pretrained_backbone: str | None = None,
-                 test_scale: str = "regular", **overrides) -> MixedScaleFasterRCNN:
+def create_model(
+    name: str, num_classes: int = 80, pretrained_backbone: str | None = None, test_scale: str = "regular", **overrides
+) -> MixedScaleFasterRCNN:
     """``create_model("r50_fpn", num_classes=80, pretrained_backbone="resnet50_msra-5891d200.pth")``: a
     :data:`VARIANTS` detector, ``overrides`` (DetectorConfig fields, e.g. ``min_size=600``) applied."""
     return build_detector(num_classes, detector_config(name, **overrides), pretrained_backbone, test_scale)

@@ -51,8 +51,7 @@ def unsup_weight(step: int, start: int, warmup: int, weight: float) -> float:
     return weight * (step - start) / warmup
 
 
-def box_jitter(boxes: torch.Tensor, times: int, scale: float, generator: torch.Generator | None = None
-               ) -> torch.Tensor:
+def box_jitter(boxes: torch.Tensor, times: int, scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """``times`` Gaussian copies of each box: offsets with std ``scale`` x (w, h, w, h) (w, h at least 1).
     Returns (times, N, 4)."""
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0).repeat(1, 2)
@@ -60,9 +59,14 @@ def box_jitter(boxes: torch.Tensor, times: int, scale: float, generator: torch.G
     return boxes[None] + noise * wh[None] * scale
 
 
-def box_jitter_uncertainty(boxes: torch.Tensor, labels: torch.Tensor,
-                           regress: Callable[[torch.Tensor], torch.Tensor], times: int = 10, scale: float = 0.06,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+def box_jitter_uncertainty(
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    regress: Callable[[torch.Tensor], torch.Tensor],
+    times: int = 10,
+    scale: float = 0.06,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """SoftTeacher regression uncertainty of each pseudo box.
 
     The box is jittered ``times`` times (:func:`box_jitter`), every copy is refined by ``regress`` (N', 4) ->

@@ -24,15 +24,11 @@ error naming the step; the last checkpoint on disk stays as it was (README, Quic
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
@@ -64,15 +60,25 @@ from shared.distributed import DistContext, all_reduce_mean, cleanup_distributed
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir, write_json
 from shared.training import autocast, check_finite_parameters, make_grad_scaler, optimizer_step
 
-__all__ = ["TrainConfig", "build_method", "build_optimizer", "build_train_loader", "evaluate", "main", "parse_args",
-           "step_schedule", "train_steps"]
+__all__ = [
+    "TrainConfig",
+    "build_method",
+    "build_optimizer",
+    "build_train_loader",
+    "evaluate",
+    "main",
+    "parse_args",
+    "step_schedule",
+    "train_steps",
+]
 
 
 # ------------------------------------------------------------------------------------------------ builders
 
 
-def step_schedule(optimizer: torch.optim.Optimizer, steps: Sequence[int], gamma: float, warmup_iters: int,
-                  warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def step_schedule(
+    optimizer: torch.optim.Optimizer, steps: Sequence[int], gamma: float, warmup_iters: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """mmcv ``StepLrUpdaterHook`` with linear warm-up (per iteration): lr x gamma^(#steps passed), during warm-up
     multiplied by ``1 - (1 - i / warmup_iters) (1 - warmup_ratio)``."""
 
@@ -89,31 +95,46 @@ def _supervised_config(cfg: TrainConfig, out_dir: Path) -> TrainConfig:
     """The supervised-only comparison of a MixTeacher run: the same iterations and the same expected number of
     labeled images per batch, labeled data only, in ``<run>/supervised/``."""
     labeled_per_batch = cfg.data.batch_size * cfg.data.sample_ratio[0] / sum(cfg.data.sample_ratio)
-    return replace(cfg, method="supervised", compare_supervised=False, resume=None,
-                   output_dir=str(out_dir / "supervised"),
-                   data=replace(cfg.data, batch_size=max(1, round(labeled_per_batch)), sample_ratio=(1.0, 0.0)))
+    return replace(
+        cfg,
+        method="supervised",
+        compare_supervised=False,
+        resume=None,
+        output_dir=str(out_dir / "supervised"),
+        data=replace(cfg.data, batch_size=max(1, round(labeled_per_batch)), sample_ratio=(1.0, 0.0)),
+    )
 
 
 def _check_backbone(cfg: TrainConfig, compare: bool) -> None:
     # a resumed run takes its weights from the checkpoint, the supervised comparison always starts from the backbone
     if (not cfg.resume or compare) and cfg.pretrained_backbone is None and not cfg.allow_random_backbone:
-        raise ValueError("the recipes fine-tune an ImageNet-pretrained ResNet: pass --pretrained_backbone PATH "
-                         "(mmdetection's detectron2 resnet50_caffe, resnet50_msra-5891d200.pth), or set "
-                         "allow_random_backbone: true to train from random initialisation")
+        raise ValueError(
+            "the recipes fine-tune an ImageNet-pretrained ResNet: pass --pretrained_backbone PATH "
+            "(mmdetection's detectron2 resnet50_caffe, resnet50_msra-5891d200.pth), or set "
+            "allow_random_backbone: true to train from random initialisation"
+        )
 
 
-def build_method(cfg: TrainConfig, num_classes: int, ctx: DistContext, resume: dict[str, Any] | None,
-                 logger: RunLogger) -> MixTeacher:
+def build_method(
+    cfg: TrainConfig, num_classes: int, ctx: DistContext, resume: dict[str, Any] | None, logger: RunLogger
+) -> MixTeacher:
     """Student (backbone from ``pretrained_backbone`` unless resuming) and EMA teacher on the device."""
     student = build_detector(num_classes, cfg.detector, cfg.pretrained_backbone if resume is None else None)
     if resume is None:
-        logger.info("backbone: " + (f"loaded {cfg.pretrained_backbone}" if cfg.pretrained_backbone
-                                    else "random initialisation (no pretrained_backbone given)"))
+        logger.info(
+            "backbone: "
+            + (
+                f"loaded {cfg.pretrained_backbone}"
+                if cfg.pretrained_backbone
+                else "random initialisation (no pretrained_backbone given)"
+            )
+        )
     return MixTeacher(student, cfg.mixteacher, cfg.method).to(ctx.device)
 
 
-def build_optimizer(cfg: TrainConfig, method: MixTeacher, ctx: DistContext
-                    ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
+def build_optimizer(
+    cfg: TrainConfig, method: MixTeacher, ctx: DistContext
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
     """SGD on the student's trainable parameters, lr scaled linearly from ``lr_base_batch`` to the global batch."""
     lr = cfg.lr * cfg.data.batch_size * ctx.world_size / cfg.lr_base_batch
     params = [p for p in method.student.parameters() if p.requires_grad]
@@ -122,14 +143,30 @@ def build_optimizer(cfg: TrainConfig, method: MixTeacher, ctx: DistContext
     return optimizer, scheduler, make_grad_scaler(ctx.device, cfg.amp)
 
 
-def build_train_loader(cfg: TrainConfig, train_set: SemiSupervisedDataset, ctx: DistContext,
-                       start_iter: int) -> DataLoader:
+def build_train_loader(
+    cfg: TrainConfig, train_set: SemiSupervisedDataset, ctx: DistContext, start_iter: int
+) -> DataLoader:
     """One batch per iteration from ``start_iter`` on (a function of the seed and the iteration: exact resume)."""
     num_unlabeled = train_set.num_unlabeled if cfg.method == "mixteacher" else 0
-    sampler = SemiBatchSampler(len(train_set.labeled), num_unlabeled, cfg.data.batch_size, cfg.data.sample_ratio,
-                               cfg.max_iters, ctx.world_size, ctx.rank, cfg.seed, start_iter=start_iter)
-    return DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.workers, collate_fn=semi_collate,
-                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
+    sampler = SemiBatchSampler(
+        len(train_set.labeled),
+        num_unlabeled,
+        cfg.data.batch_size,
+        cfg.data.sample_ratio,
+        cfg.max_iters,
+        ctx.world_size,
+        ctx.rank,
+        cfg.seed,
+        start_iter=start_iter,
+    )
+    return DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        num_workers=cfg.data.workers,
+        collate_fn=semi_collate,
+        pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
 
 
 # -------------------------------------------------------------------------------------------------- loop
@@ -139,15 +176,26 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     out = dict(batch)
     for key in ("labeled_images", "weak_images", "strong_images"):
         out[key] = [im.to(device, non_blocking=True) for im in batch[key]]
-    out["labeled_targets"] = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-                              for t in batch["labeled_targets"]]
+    out["labeled_targets"] = [
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in batch["labeled_targets"]
+    ]
     out["weak_to_strong"] = batch["weak_to_strong"].to(device)
     return out
 
 
-def train_steps(model: nn.Module, method: MixTeacher, batches, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, ctx: DistContext,
-                step: int, num_steps: int, cfg: TrainConfig, logger: RunLogger) -> tuple[dict[str, float], int]:
+def train_steps(
+    model: nn.Module,
+    method: MixTeacher,
+    batches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    ctx: DistContext,
+    step: int,
+    num_steps: int,
+    cfg: TrainConfig,
+    logger: RunLogger,
+) -> tuple[dict[str, float], int]:
     """``num_steps`` iterations (one logging/checkpoint period); returns (mean logged values, global step)."""
     model.train()
     sums: dict[str, float] = {}
@@ -171,12 +219,20 @@ def train_steps(model: nn.Module, method: MixTeacher, batches, optimizer: torch.
             lr = optimizer.param_groups[0]["lr"]
             logger.scalars({**logs, "lr": lr}, step, prefix="train/")
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{lr:.2e}",
-                                img_s=f"{images * ctx.world_size / (time.perf_counter() - t0):.1f}")
+                bar.set_postfix(
+                    loss=f"{logs['loss']:.3f}",
+                    lr=f"{lr:.2e}",
+                    img_s=f"{images * ctx.world_size / (time.perf_counter() - t0):.1f}",
+                )
     elapsed = time.perf_counter() - t0
     row = {k: all_reduce_mean(v / num_steps) for k, v in sorted(sums.items())}
-    row.update({"lr": optimizer.param_groups[0]["lr"], "img_s": images * ctx.world_size / elapsed,
-                "s_per_iter": elapsed / num_steps})
+    row.update(
+        {
+            "lr": optimizer.param_groups[0]["lr"],
+            "img_s": images * ctx.world_size / elapsed,
+            "s_per_iter": elapsed / num_steps,
+        }
+    )
     return row, step
 
 
@@ -185,24 +241,43 @@ def train_steps(model: nn.Module, method: MixTeacher, batches, optimizer: torch.
 
 def _models(method: MixTeacher, cfg: TrainConfig) -> dict[str, nn.Module]:
     """What is evaluated: teacher and student (supervised: the student only)."""
-    return {"student": method.student} if cfg.method == "supervised" else {"teacher": method.teacher,
-                                                                           "student": method.student}
+    return (
+        {"student": method.student}
+        if cfg.method == "supervised"
+        else {"teacher": method.teacher, "student": method.student}
+    )
 
 
-def _describe(cfg: TrainConfig, method: MixTeacher, optimizer: torch.optim.Optimizer, train_set: SemiSupervisedDataset,
-              val_set: CocoDetection, ctx: DistContext) -> str:
+def _describe(
+    cfg: TrainConfig,
+    method: MixTeacher,
+    optimizer: torch.optim.Optimizer,
+    train_set: SemiSupervisedDataset,
+    val_set: CocoDetection,
+    ctx: DistContext,
+) -> str:
     params = [p for group in optimizer.param_groups for p in group["params"]]
     num_unlabeled = train_set.num_unlabeled if cfg.method == "mixteacher" else 0
-    return (f"{cfg.method}: {sum(p.numel() for p in method.student.parameters()) / 1e6:.2f} M parameters "
-            f"({sum(p.numel() for p in params) / 1e6:.2f} M trainable), {train_set.labeled.num_classes} classes, "
-            f"{len(train_set.labeled)} labeled / {num_unlabeled} unlabeled / {len(val_set)} val images, "
-            f"global batch {cfg.data.batch_size * ctx.world_size}, lr {optimizer.param_groups[0]['initial_lr']:.3g}, "
-            f"{cfg.max_iters} iterations")
+    return (
+        f"{cfg.method}: {sum(p.numel() for p in method.student.parameters()) / 1e6:.2f} M parameters "
+        f"({sum(p.numel() for p in params) / 1e6:.2f} M trainable), {train_set.labeled.num_classes} classes, "
+        f"{len(train_set.labeled)} labeled / {num_unlabeled} unlabeled / {len(val_set)} val images, "
+        f"global batch {cfg.data.batch_size * ctx.world_size}, lr {optimizer.param_groups[0]['initial_lr']:.3g}, "
+        f"{cfg.max_iters} iterations"
+    )
 
 
-def _evaluate_period(method: MixTeacher, loader: DataLoader, val_set: CocoDetection, ctx: DistContext,
-                     cfg: TrainConfig, step: int, row: dict[str, Any], best: dict[str, Any], logger: RunLogger
-                     ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], bool]:
+def _evaluate_period(
+    method: MixTeacher,
+    loader: DataLoader,
+    val_set: CocoDetection,
+    ctx: DistContext,
+    cfg: TrainConfig,
+    step: int,
+    row: dict[str, Any],
+    best: dict[str, Any],
+    logger: RunLogger,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], bool]:
     """Evaluate at ``step``: (results, best so far, whether this is the best)."""
     results = evaluate(_models(method, cfg), loader, val_set, ctx, cfg)
     _, main_metrics = headline(results, cfg)
@@ -225,8 +300,14 @@ def _train(cfg: TrainConfig, ctx: DistContext, out_dir: Path, resume: dict[str, 
     optimizer, scheduler, scaler = build_optimizer(cfg, method, ctx)
     step, best = 0, {"AP": -math.inf, "step": -1}
     if resume is not None:
-        restore_training_state(resume, student=method.student, teacher=method.teacher, optimizer=optimizer,
-                               scheduler=scheduler, scaler=scaler)
+        restore_training_state(
+            resume,
+            student=method.student,
+            teacher=method.teacher,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+        )
         step, best = resume["step"], resume["best"]
         logger.info(f"resumed from {cfg.resume} at step {step}")
     batches = iter(build_train_loader(cfg, train_set, ctx, step))
@@ -235,8 +316,10 @@ def _train(cfg: TrainConfig, ctx: DistContext, out_dir: Path, resume: dict[str, 
     model: nn.Module = method
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(
-            method, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters)
+            method,
+            device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=cfg.find_unused_parameters,
+        )
     results: dict[str, dict[str, Any]] = {}
     while step < cfg.max_iters:
         period = cfg.max_iters - step
@@ -247,11 +330,19 @@ def _train(cfg: TrainConfig, ctx: DistContext, out_dir: Path, resume: dict[str, 
         if step == cfg.max_iters or (cfg.eval_interval and step % cfg.eval_interval == 0):
             results, best, is_best = _evaluate_period(method, eval_loader, val_set, ctx, cfg, step, row, best, logger)
         if ctx.is_main:  # refused (NonFiniteStateError) if any tensor is NaN/inf: last.pt stays the last good one
-            state = training_state(PACKAGE, cfg, student=method.student, teacher=method.teacher,
-                                   optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=step, best=best,
-                                   num_classes=train_set.labeled.num_classes,
-                                   categories={"ids": list(train_set.labeled.cat_ids),
-                                               "names": list(train_set.labeled.category_names)})
+            state = training_state(
+                PACKAGE,
+                cfg,
+                student=method.student,
+                teacher=method.teacher,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                step=step,
+                best=best,
+                num_classes=train_set.labeled.num_classes,
+                categories={"ids": list(train_set.labeled.cat_ids), "names": list(train_set.labeled.category_names)},
+            )
             save_last_and_best(state, out_dir, is_best)
         logger.log_epoch(step, row)
     if not results:  # resumed at the end: evaluate once so metrics.json is complete
@@ -266,8 +357,12 @@ def _train(cfg: TrainConfig, ctx: DistContext, out_dir: Path, resume: dict[str, 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """dataclass defaults < YAML (``-c``, else configs/default.yaml) < command line; ``name`` is the -c file's stem."""
-    return parse_config(TrainConfig, argv, description="Train MixTeacher (CVPR 2023) on COCO/VOC/synthetic COCO.",
-                        default_config=DEFAULT_CONFIG)
+    return parse_config(
+        TrainConfig,
+        argv,
+        description="Train MixTeacher (CVPR 2023) on COCO/VOC/synthetic COCO.",
+        default_config=DEFAULT_CONFIG,
+    )
 
 
 def main(cfg: TrainConfig) -> dict[str, Any]:
@@ -285,8 +380,9 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         sup_cfg = _supervised_config(cfg, out_dir) if compare else None
         claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
         if sup_cfg is not None:  # the comparison is redone from scratch; a resumed run may redo it with new values
-            claim_run_dir(out_dir / "supervised", PACKAGE, config_to_dict(sup_cfg), resume=resume is not None,
-                          is_main=ctx.is_main)
+            claim_run_dir(
+                out_dir / "supervised", PACKAGE, config_to_dict(sup_cfg), resume=resume is not None, is_main=ctx.is_main
+            )
         metrics = _train(cfg, ctx, out_dir, resume)
         if sup_cfg is not None:
             add_supervised(metrics, _train(sup_cfg, ctx, out_dir / "supervised")["last"])

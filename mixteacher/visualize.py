@@ -11,14 +11,10 @@ into ``output_dir`` (default ``<checkpoint folder>/visualize``).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from PIL import Image, ImageDraw
@@ -33,17 +29,33 @@ from shared.config import parse_config
 
 __all__ = ["VisualizeConfig", "draw_boxes", "main", "parse_args"]
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+]
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray((image.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy())
 
 
-def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None = None,
-               names: Sequence[str] = (), dashed: torch.Tensor | None = None,
-               canvas: Image.Image | None = None) -> Image.Image:
+def draw_boxes(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor | None = None,
+    names: Sequence[str] = (),
+    dashed: torch.Tensor | None = None,
+    canvas: Image.Image | None = None,
+) -> Image.Image:
     """Draw xyxy boxes (labels 1..K) with class colours and optional scores on a (3, H, W) image in [0, 1]."""
     canvas = canvas or _to_pil(image)
     draw = ImageDraw.Draw(canvas)
@@ -53,10 +65,12 @@ def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, s
             x0, y0, x1, y1 = box
             for t in range(0, 100, 10):  # dashed outline: 5 % segments
                 a, b = t / 100, (t + 5) / 100
-                for p0, p1 in (((x0 + a * (x1 - x0), y0), (x0 + b * (x1 - x0), y0)),
-                               ((x0 + a * (x1 - x0), y1), (x0 + b * (x1 - x0), y1)),
-                               ((x0, y0 + a * (y1 - y0)), (x0, y0 + b * (y1 - y0))),
-                               ((x1, y0 + a * (y1 - y0)), (x1, y0 + b * (y1 - y0)))):
+                for p0, p1 in (
+                    ((x0 + a * (x1 - x0), y0), (x0 + b * (x1 - x0), y0)),
+                    ((x0 + a * (x1 - x0), y1), (x0 + b * (x1 - x0), y1)),
+                    ((x0, y0 + a * (y1 - y0)), (x0, y0 + b * (y1 - y0))),
+                    ((x1, y0 + a * (y1 - y0)), (x1, y0 + b * (y1 - y0))),
+                ):
                     draw.line([p0, p1], fill=colour, width=2)
         else:
             draw.rectangle(box, outline=colour, width=2)
@@ -93,16 +107,27 @@ def _draw_predictions(model, val_set, names: Sequence[str], cfg: VisualizeConfig
         image, target = val_set[i]
         det = model.predict([image], cfg.scale)[0]
         keep = det["scores"] >= cfg.score_thr
-        canvas = draw_boxes(image, target["boxes"], target["labels"], names=names,
-                            dashed=torch.ones(len(target["boxes"]), dtype=torch.bool))
+        canvas = draw_boxes(
+            image,
+            target["boxes"],
+            target["labels"],
+            names=names,
+            dashed=torch.ones(len(target["boxes"]), dtype=torch.bool),
+        )
         draw_boxes(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names, canvas=canvas)
         written.append(out / f"predictions_{i}.png")
         canvas.save(written[-1])
     return written
 
 
-def _draw_pseudo_labels(state: dict, train_cfg: TrainConfig, train_set: SemiSupervisedDataset, names: Sequence[str],
-                        num_images: int, out: Path) -> list[Path]:
+def _draw_pseudo_labels(
+    state: dict,
+    train_cfg: TrainConfig,
+    train_set: SemiSupervisedDataset,
+    names: Sequence[str],
+    num_images: int,
+    out: Path,
+) -> list[Path]:
     method = MixTeacher(build_detector(state["num_classes"], train_cfg.detector), train_cfg.mixteacher)
     method.teacher.load_state_dict(state["teacher"])
     written = []

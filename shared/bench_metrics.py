@@ -29,8 +29,12 @@ from scipy import ndimage
 
 from shared.metrics import aupro, auroc, average_precision, fpr_at_tpr, ranking_metrics
 
-RANKING_METRICS = {"auroc": auroc, "average_precision": average_precision, "fpr_at_tpr": fpr_at_tpr,
-                   "ranking_metrics": ranking_metrics}
+RANKING_METRICS = {
+    "auroc": auroc,
+    "average_precision": average_precision,
+    "fpr_at_tpr": fpr_at_tpr,
+    "ranking_metrics": ranking_metrics,
+}
 _CHUNK = 1 << 22
 
 
@@ -125,15 +129,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'metric':<18} {'n':>11} {'device':<6} {'scores':<8} {'seconds':>8} {'CPU s':>7} {'peak GiB':>9}  note")
     for device in devices:
         for metric, kind in jobs:
-            command = [sys.executable, "-m", "shared.bench_metrics", "--worker", metric, "--n", str(args.n),
-                       "--device", device, "--scores", kind if kind != "maps" else "randn"]
+            command = [
+                sys.executable,
+                "-m",
+                "shared.bench_metrics",
+                "--worker",
+                metric,
+                "--n",
+                str(args.n),
+                "--device",
+                device,
+                "--scores",
+                kind if kind != "maps" else "randn",
+            ]
             result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
             if device == "cuda":
                 peak, note = result["cuda_peak_gib"], "torch.cuda.max_memory_allocated, inputs included"
             else:
                 peak, note = result["peak_rss_gib"], f"max RSS; {result['rss_after_inputs_gib']:.2f} after inputs"
-            print(f"{metric:<18} {result['n']:>11} {device:<6} {result['scores']:<8} {result['seconds']:>8.2f} "
-                  f"{result['cpu_seconds']:>7.2f} {peak:>9.2f}  {note}")
+            print(
+                f"{metric:<18} {result['n']:>11} {device:<6} {result['scores']:<8} {result['seconds']:>8.2f} "
+                f"{result['cpu_seconds']:>7.2f} {peak:>9.2f}  {note}"
+            )
 
 
 if __name__ == "__main__":

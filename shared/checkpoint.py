@@ -78,7 +78,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, allow_nonfinite: bo
         if bad:
             raise NonFiniteStateError(
                 f"refusing to write {path}: non-finite values in {', '.join(bad)}. The training diverged (lower the "
-                f"learning rate or disable fp16 AMP); {path.name} on disk, if any, is the last good state.")
+                f"learning rate or disable fp16 AMP); {path.name} on disk, if any, is the last good state."
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -116,17 +117,29 @@ def _unreadable_reason(err: Exception) -> str:
     text = str(err)
     if text.startswith("Weights only load failed"):
         lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
-        detail = next((ln.split("WeightsUnpickler error:")[-1].strip() or "unsupported content" for ln in lines
-                       if not ln.startswith(("Check the documentation", "Please file an issue", "Re-running"))),
-                      "unsupported content")
-        return (f"holds objects that the safe unpickler refuses ({detail}); checkpoints of this project hold tensors, "
-                "numbers, strings, lists and dicts only")
+        detail = next(
+            (
+                ln.split("WeightsUnpickler error:")[-1].strip() or "unsupported content"
+                for ln in lines
+                if not ln.startswith(("Check the documentation", "Please file an issue", "Re-running"))
+            ),
+            "unsupported content",
+        )
+        return (
+            f"holds objects that the safe unpickler refuses ({detail}); checkpoints of this project hold tensors, "
+            "numbers, strings, lists and dicts only"
+        )
     first_line = text.splitlines()[0] if text else "no detail"
     return f"is not a file written by torch.save ({type(err).__name__}: {first_line})"
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, package: str | None = None,
-                    required: Iterable[str] = ()) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    package: str | None = None,
+    required: Iterable[str] = (),
+) -> dict[str, Any]:
     """Load a checkpoint with the safe unpickler (`weights_only=True`) and check that it is the expected kind.
 
     Args:
@@ -157,8 +170,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise CheckpointError(f"{what}: {path} was written by package '{writer}'")
     missing = [key for key in required if key not in state]
     if missing:
-        raise CheckpointError(f"{what}: {path} lacks the key(s) {', '.join(map(repr, missing))} "
-                              f"(it holds {', '.join(map(repr, sorted(map(str, state))[:12])) or 'nothing'})")
+        raise CheckpointError(
+            f"{what}: {path} lacks the key(s) {', '.join(map(repr, missing))} "
+            f"(it holds {', '.join(map(repr, sorted(map(str, state))[:12])) or 'nothing'})"
+        )
     return state
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-from timm.data import Mixup, create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from torch import nn
@@ -71,8 +71,8 @@ __all__ = [
     "train_one_epoch",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN  # timm's constants, the torchvision values
+IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 
 @dataclass
@@ -121,10 +121,17 @@ class ClassificationConfig(RunConfig):
     lr_base_batch: int = field(default=2048, metadata={"help": "lr is given for this global batch; scaled linearly"})
     min_lr: float = 1e-6
     warmup_lr: float = 1e-6
-    warmup_prefix: bool = field(default=True, metadata={
-        "help": "cosine starts after the warm-up (true) or runs over the whole run from step 0 (false, timm default)"})
-    lr_noise: tuple[float, float] | None = field(default=None, metadata={
-        "help": "timm lr_noise: (start, end) fractions of the run with a noisy lr multiplier; null: none"})
+    warmup_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "cosine starts after the warm-up (true) or runs over the whole run from step 0 "
+            "(false, timm default)"
+        },
+    )
+    lr_noise: tuple[float, float] | None = field(
+        default=None,
+        metadata={"help": "timm lr_noise: (start, end) fractions of the run with a noisy lr multiplier; null: none"},
+    )
     lr_noise_pct: float = 0.67
     lr_noise_std: float = 1.0
     lr_noise_seed: int = 42
@@ -149,10 +156,18 @@ EpochHook = Callable[[int, dict[str, Any]], None]
 def _ensure_synthetic(cfg: DataConfig) -> str:
     from shared.synthetic import synthetic_root, write_imagefolder
 
-    root = synthetic_root() / (f"imagefolder_c{cfg.synthetic_classes}_n{cfg.synthetic_train_per_class}"
-                               f"_v{cfg.synthetic_val_per_class}_s{cfg.synthetic_image_size}")
-    write_imagefolder(root, num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
-                      val_per_class=cfg.synthetic_val_per_class, image_size=cfg.synthetic_image_size, seed=0)
+    root = synthetic_root() / (
+        f"imagefolder_c{cfg.synthetic_classes}_n{cfg.synthetic_train_per_class}"
+        f"_v{cfg.synthetic_val_per_class}_s{cfg.synthetic_image_size}"
+    )
+    write_imagefolder(
+        root,
+        num_classes=cfg.synthetic_classes,
+        train_per_class=cfg.synthetic_train_per_class,
+        val_per_class=cfg.synthetic_val_per_class,
+        image_size=cfg.synthetic_image_size,
+        seed=0,
+    )
     return str(root)
 
 
@@ -181,29 +196,55 @@ def build_loaders(cfg: DataConfig, ctx: DistContext, seed: int) -> tuple[DataLoa
     root = Path(_ensure_synthetic(cfg) if cfg.synthetic else cfg.root)
     allow_zero_bit_posterize()  # rand-m9-mstd0.5-inc1 posterizes to 0 bits, which current Pillow rejects
     train_tf = create_transform(
-        cfg.img_size, is_training=True, scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
-        auto_augment=cfg.auto_augment, interpolation=cfg.train_interpolation, mean=cfg.mean, std=cfg.std,
+        cfg.img_size,
+        is_training=True,
+        scale=cfg.scale,
+        hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter,
+        auto_augment=cfg.auto_augment,
+        interpolation=cfg.train_interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
         re_prob=cfg.re_prob,
     )
-    val_tf = create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation, mean=cfg.mean,
-                              std=cfg.std, crop_pct=cfg.crop_pct)
+    val_tf = create_transform(
+        cfg.img_size,
+        is_training=False,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+        crop_pct=cfg.crop_pct,
+    )
     train_set = _image_folder(root, cfg.train_split, train_tf)
     val_set = _image_folder(root, cfg.val_split, val_tf)
     if train_set.classes != val_set.classes:
         raise ValueError(f"class folders differ between {root / cfg.train_split} and {root / cfg.val_split}")
     # An explicit DistributedSampler (also with one process) makes the order a function of (seed, epoch) only,
     # which is what an exact resume needs.
-    train_sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                       seed=seed, drop_last=True)
+    train_sampler = DistributedSampler(
+        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+    )
     val_sampler = DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-    common = dict(num_workers=cfg.workers, pin_memory=ctx.device.type == "cuda", worker_init_fn=seed_worker,
-                  persistent_workers=False)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True,
-                              generator=torch.Generator(), **common)
+    common = dict(
+        num_workers=cfg.workers,
+        pin_memory=ctx.device.type == "cuda",
+        worker_init_fn=seed_worker,
+        persistent_workers=False,
+    )
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=train_sampler,
+        drop_last=True,
+        generator=torch.Generator(),
+        **common,
+    )
     val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size, sampler=val_sampler, **common)
     if len(train_loader) == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} x {ctx.world_size} processes exceeds the "
-                         f"{len(train_set)} training images in {root / cfg.train_split}")
+        raise ValueError(
+            f"batch_size {cfg.batch_size} x {ctx.world_size} processes exceeds the "
+            f"{len(train_set)} training images in {root / cfg.train_split}"
+        )
     return train_loader, val_loader, len(train_set.classes)
 
 
@@ -254,18 +295,27 @@ def check_pretrained_loaded(model: nn.Module, path: str | Path) -> tuple[list[st
             not_loaded.append(key)
         else:
             loaded.append(key)
-    problems = [f"{len(v)} {what}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}" for what, v in
-                (("keys missing from the file", missing), ("keys with another shape", wrong_shape),
-                 ("keys not loaded", not_loaded)) if v]
+    problems = [
+        f"{len(v)} {what}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+        for what, v in (
+            ("keys missing from the file", missing),
+            ("keys with another shape", wrong_shape),
+            ("keys not loaded", not_loaded),
+        )
+        if v
+    ]
     if problems:
-        raise ValueError(f"pretrained file {path} does not fit the model ({'; '.join(problems)}). Only the "
-                         f"classifier ({', '.join(heads) or 'none declared'}) may be replaced; check the file "
-                         "and the model name.")
+        raise ValueError(
+            f"pretrained file {path} does not fit the model ({'; '.join(problems)}). Only the "
+            f"classifier ({', '.join(heads) or 'none declared'}) may be replaced; check the file "
+            "and the model name."
+        )
     return loaded, skipped
 
 
-def build_classification_model(cfg: ClassificationConfig, num_classes: int,
-                               log: Callable[[str], None] | None = None) -> nn.Module:
+def build_classification_model(
+    cfg: ClassificationConfig, num_classes: int, log: Callable[[str], None] | None = None
+) -> nn.Module:
     """`timm.create_model(cfg.model)`, initialised from `cfg.pretrained` (a local file) when given.
 
     The pretrained file must provide every weight of the model except the classifier (which is replaced when the
@@ -280,16 +330,28 @@ def build_classification_model(cfg: ClassificationConfig, num_classes: int,
     if cfg.pretrained:
         loaded, replaced = check_pretrained_loaded(model, cfg.pretrained)
         if log is not None:
-            log(f"{cfg.model}: loaded {len(loaded)} tensors from {cfg.pretrained}; classifier left at its "
-                f"initialisation: {', '.join(replaced) or 'none'}")
+            log(
+                f"{cfg.model}: loaded {len(loaded)} tensors from {cfg.pretrained}; classifier left at its "
+                f"initialisation: {', '.join(replaced) or 'none'}"
+            )
     return model
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module, ctx: DistContext,
-                    epoch: int, step: int, cfg: ClassificationConfig, logger: RunLogger,
-                    scaler: torch.amp.GradScaler, ema: ModelEmaV3 | None = None,
-                    mixup: Mixup | None = None) -> tuple[dict[str, float], int]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    criterion: nn.Module,
+    ctx: DistContext,
+    epoch: int,
+    step: int,
+    cfg: ClassificationConfig,
+    logger: RunLogger,
+    scaler: torch.amp.GradScaler,
+    ema: ModelEmaV3 | None = None,
+    mixup: Mixup | None = None,
+) -> tuple[dict[str, float], int]:
     """One pass over `loader`; returns (epoch statistics, global step after the epoch)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -316,8 +378,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             lr = optimizer.param_groups[0]["lr"]
             logger.scalars({"loss": loss.item(), "lr": lr}, step, prefix="train/")
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}",
-                                img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}")
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}",
+                    lr=f"{lr:.2e}",
+                    img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}",
+                )
     elapsed = time.perf_counter() - t0
     stats = {
         "train_loss": all_reduce_mean(loss_sum / max(seen, 1)),
@@ -329,8 +394,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDtype = "off",
-             channels_last: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDtype = "off", channels_last: bool = False
+) -> dict[str, float]:
     """Top-1/top-5 accuracy (percent) and mean cross-entropy over the whole (sharded) loader."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss sum, top1 hits, top5 hits, count
@@ -343,8 +409,11 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDty
             logits = model(images)
         n = images.shape[0]
         top1, top5 = topk_accuracy(logits.float(), targets, topk=(1, 5))
-        totals += torch.tensor([F.cross_entropy(logits.float(), targets, reduction="sum").item(),
-                                top1 * n / 100, top5 * n / 100, n], dtype=torch.float64, device=ctx.device)
+        totals += torch.tensor(
+            [F.cross_entropy(logits.float(), targets, reduction="sum").item(), top1 * n / 100, top5 * n / 100, n],
+            dtype=torch.float64,
+            device=ctx.device,
+        )
     if ctx.distributed:
         torch.distributed.all_reduce(totals)
     loss_sum, hit1, hit5, count = totals.tolist()
@@ -356,8 +425,9 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: AmpDty
 _STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "best", "rng")
 
 
-def run_classification(cfg: ClassificationConfig, package: str, on_epoch_end: EpochHook | None = None
-                       ) -> dict[str, Any]:
+def run_classification(
+    cfg: ClassificationConfig, package: str, on_epoch_end: EpochHook | None = None
+) -> dict[str, Any]:
     """Train and evaluate; returns (and writes to `metrics.json`) the final metrics.
 
     Args:
@@ -391,46 +461,68 @@ class _Training:
 
 def _criterion(cfg: ClassificationConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:
     if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                      label_smoothing=cfg.smoothing, num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            prob=cfg.mixup_prob,
+            label_smoothing=cfg.smoothing,
+            num_classes=num_classes,
+        )
         return mixup, SoftTargetCrossEntropy()
     if cfg.smoothing > 0:
         return None, LabelSmoothingCrossEntropy(cfg.smoothing)
     return None, nn.CrossEntropyLoss()
 
 
-def _build_training(cfg: ClassificationConfig, ctx: DistContext, num_classes: int, steps_per_epoch: int,
-                    logger: RunLogger) -> _Training:
+def _build_training(
+    cfg: ClassificationConfig, ctx: DistContext, num_classes: int, steps_per_epoch: int, logger: RunLogger
+) -> _Training:
     model = build_classification_model(cfg, num_classes, logger.info).to(ctx.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     global_batch = cfg.data.batch_size * ctx.world_size
     lr = cfg.lr * global_batch / cfg.lr_base_batch
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, **(
-                                        dict(betas=cfg.opt_betas, eps=cfg.opt_eps) if "adam" in cfg.opt else {}))
-    scheduler = warmup_cosine_schedule(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
-                                       min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_prefix=cfg.warmup_prefix,
-                                       noise_range=cfg.lr_noise, noise_pct=cfg.lr_noise_pct,
-                                       noise_std=cfg.lr_noise_std, noise_seed=cfg.lr_noise_seed)
+    optimizer = create_optimizer_v2(
+        model,
+        opt=cfg.opt,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        **(dict(betas=cfg.opt_betas, eps=cfg.opt_eps) if "adam" in cfg.opt else {}),
+    )
+    scheduler = warmup_cosine_schedule(
+        optimizer,
+        cfg.epochs * steps_per_epoch,
+        cfg.warmup_epochs * steps_per_epoch,
+        min_lr=cfg.min_lr,
+        warmup_lr=cfg.warmup_lr,
+        warmup_prefix=cfg.warmup_prefix,
+        noise_range=cfg.lr_noise,
+        noise_pct=cfg.lr_noise_pct,
+        noise_std=cfg.lr_noise_std,
+        noise_seed=cfg.lr_noise_seed,
+    )
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
     mixup, criterion = _criterion(cfg, num_classes)
-    logger.info(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters, "
-                f"{num_classes} classes, global batch {global_batch}, lr {lr:.3g}, {steps_per_epoch} steps/epoch")
+    logger.info(
+        f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters, "
+        f"{num_classes} classes, global batch {global_batch}, lr {lr:.3g}, {steps_per_epoch} steps/epoch"
+    )
     return _Training(model, optimizer, scheduler, make_grad_scaler(ctx.device, cfg.amp), ema, mixup, criterion)
 
 
-def _evaluate_row(t: _Training, val_loader: DataLoader, ctx: DistContext, cfg: ClassificationConfig
-                  ) -> dict[str, float]:
+def _evaluate_row(
+    t: _Training, val_loader: DataLoader, ctx: DistContext, cfg: ClassificationConfig
+) -> dict[str, float]:
     row = evaluate(t.model, val_loader, ctx, cfg.amp, cfg.channels_last)
     if t.ema is not None:
-        row.update({f"ema_{k}": v for k, v in evaluate(t.ema.module, val_loader, ctx, cfg.amp,
-                                                        cfg.channels_last).items()})
+        row.update(
+            {f"ema_{k}": v for k, v in evaluate(t.ema.module, val_loader, ctx, cfg.amp, cfg.channels_last).items()}
+        )
     return row
 
 
-def _run(cfg: ClassificationConfig, ctx: DistContext, package: str,
-         on_epoch_end: EpochHook | None) -> dict[str, Any]:
+def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, on_epoch_end: EpochHook | None) -> dict[str, Any]:
     seed_everything(cfg.seed, ctx.rank)
     resume_state = load_checkpoint(cfg.resume, package=package, required=_STATE_KEYS) if cfg.resume else None
     out_dir = resolve_run_dir(package, cfg.name or "default", cfg.output_dir, cfg.resume)
@@ -447,15 +539,22 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str,
 
     start_epoch, step, best = 0, 0, {"top1": -math.inf, "epoch": -1}
     if resume_state is not None:
-        restore_training_state(resume_state, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
-                               scaler=t.scaler, ema=t.ema.module if t.ema is not None else None)
+        restore_training_state(
+            resume_state,
+            model=t.model,
+            optimizer=t.optimizer,
+            scheduler=t.scheduler,
+            scaler=t.scaler,
+            ema=t.ema.module if t.ema is not None else None,
+        )
         start_epoch, step, best = resume_state["epoch"] + 1, resume_state["step"], resume_state["best"]
         logger.info(f"resumed from {cfg.resume} at epoch {start_epoch}, step {step}")
 
     train_model: nn.Module = t.model
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            t.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+            t.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
+        )
     if cfg.compile:
         train_model = torch.compile(train_model)
 
@@ -463,8 +562,21 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str,
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.sampler.set_epoch(epoch)
         train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # worker seeds: a function of the epoch
-        stats, step = train_one_epoch(train_model, train_loader, t.optimizer, t.scheduler, t.criterion, ctx, epoch,
-                                      step, cfg, logger, t.scaler, t.ema, t.mixup)
+        stats, step = train_one_epoch(
+            train_model,
+            train_loader,
+            t.optimizer,
+            t.scheduler,
+            t.criterion,
+            ctx,
+            epoch,
+            step,
+            cfg,
+            logger,
+            t.scaler,
+            t.ema,
+            t.mixup,
+        )
         last = epoch == cfg.epochs - 1
         is_best = False
         row = dict(stats)
@@ -474,11 +586,21 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str,
             is_best = score > best["top1"]
             if is_best:
                 best = {"top1": score, "epoch": epoch}
-        if ctx.is_main and (last or is_best or (cfg.checkpoint_interval
-                                                and (epoch + 1) % cfg.checkpoint_interval == 0)):
-            state = training_state(package, cfg, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
-                                   scaler=t.scaler, ema=t.ema.module if t.ema is not None else None, epoch=epoch,
-                                   step=step, best=best)
+        if ctx.is_main and (
+            last or is_best or (cfg.checkpoint_interval and (epoch + 1) % cfg.checkpoint_interval == 0)
+        ):
+            state = training_state(
+                package,
+                cfg,
+                model=t.model,
+                optimizer=t.optimizer,
+                scheduler=t.scheduler,
+                scaler=t.scaler,
+                ema=t.ema.module if t.ema is not None else None,
+                epoch=epoch,
+                step=step,
+                best=best,
+            )
             save_last_and_best(state, out_dir, is_best)
         logger.log_epoch(epoch, row)
         if on_epoch_end is not None:
@@ -499,8 +621,9 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str,
     return metrics
 
 
-def evaluate_checkpoint(cfg: ClassificationConfig, checkpoint: str | Path, package: str,
-                        use_ema: bool = True) -> dict[str, Any]:
+def evaluate_checkpoint(
+    cfg: ClassificationConfig, checkpoint: str | Path, package: str, use_ema: bool = True
+) -> dict[str, Any]:
     """Evaluate a training checkpoint (`last.pt`/`best.pt`; EMA weights when present and `use_ema`) or a plain
     state_dict (e.g. published weights) on the validation split; writes `metrics.json` into `cfg.output_dir`,
     by default `<checkpoint folder>/eval/`."""
@@ -513,16 +636,18 @@ def evaluate_checkpoint(cfg: ClassificationConfig, checkpoint: str | Path, packa
             if use_ema and state.get("ema") is not None:
                 weights, which = state["ema"], "ema"
         _, val_loader, found_classes = build_loaders(cfg.data, ctx, cfg.seed)
-        model = build_classification_model(dataclasses.replace(cfg, pretrained=None),
-                                           cfg.num_classes or found_classes).to(ctx.device)
+        model = build_classification_model(
+            dataclasses.replace(cfg, pretrained=None), cfg.num_classes or found_classes
+        ).to(ctx.device)
         model.load_state_dict(weights)
         out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(checkpoint).parent / "eval"
         logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name="eval")
         result = evaluate(model, val_loader, ctx, cfg.amp, cfg.channels_last)
         metrics = {"model": cfg.model, "checkpoint": str(checkpoint), "weights": which, **result}
         logger.write_metrics(metrics)
-        logger.info(f"{cfg.model} [{which}] top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  "
-                    f"loss {result['loss']:.4f}")
+        logger.info(
+            f"{cfg.model} [{which}] top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  loss {result['loss']:.4f}"
+        )
         logger.close()
         return metrics
     finally:

@@ -72,21 +72,29 @@ class RunConfig:
     package's help text); 0 means "only at the end".
     """
 
-    output_dir: str | None = dataclasses.field(default=None, metadata={
-        "help": "run folder (default runs/<package>/<name>/<time>)"})
-    name: str | None = dataclasses.field(default=None, metadata={
-        "help": "run name, the middle part of the default run folder (default: the -c file's stem, else 'default')"})
+    output_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "run folder (default runs/<package>/<name>/<time>)"}
+    )
+    name: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "run name, the middle part of the default run folder (default: the -c file's stem, else 'default')"
+        },
+    )
     resume: str | None = dataclasses.field(default=None, metadata={"help": "last.pt of a run to continue"})
     seed: int = 0
     device: DeviceName = dataclasses.field(default="auto", metadata={"help": "auto: cuda when available"})
     amp: AmpMode = dataclasses.field(default="off", metadata={"help": "mixed precision: off, bf16 or fp16"})
-    threads: int | None = dataclasses.field(default=None, metadata={
-        "help": "torch intra-op CPU threads (null: torch's default)"})
+    threads: int | None = dataclasses.field(
+        default=None, metadata={"help": "torch intra-op CPU threads (null: torch's default)"}
+    )
     log_interval: int = dataclasses.field(default=50, metadata={"help": "progress/log line every N steps"})
-    eval_interval: int = dataclasses.field(default=0, metadata={"help": "evaluate every N epochs/iterations "
-                                                                        "(0: at the end)"})
-    checkpoint_interval: int = dataclasses.field(default=1, metadata={
-        "help": "write last.pt every N epochs/iterations (and at the end)"})
+    eval_interval: int = dataclasses.field(
+        default=0, metadata={"help": "evaluate every N epochs/iterations (0: at the end)"}
+    )
+    checkpoint_interval: int = dataclasses.field(
+        default=1, metadata={"help": "write last.pt every N epochs/iterations (and at the end)"}
+    )
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
@@ -209,8 +217,9 @@ def config_from_dict(schema: type[T], values: Mapping[str, Any], base: T | None 
         current = getattr(base, name) if base is not None else _MISSING
         if name in values:
             if _is_dataclass_type(tp):
-                kwargs[name] = config_from_dict(tp, values[name], current if current is not _MISSING else None,
-                                                prefix=f"{prefix}{name}.")
+                kwargs[name] = config_from_dict(
+                    tp, values[name], current if current is not _MISSING else None, prefix=f"{prefix}{name}."
+                )
             else:
                 kwargs[name] = _coerce(values[name], tp, prefix + name)
         elif current is not _MISSING:
@@ -244,8 +253,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
-                    key_node.start_mark)
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -257,8 +266,9 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
     """``override`` on top of ``base``; nested mappings merge key by key, everything else is replaced."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) \
-            else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        )
     return out
 
 
@@ -338,10 +348,16 @@ def _leaf_type(tp: Any) -> Any:
 
 def build_parser(schema: type, description: str | None = None, add_help: bool = True) -> argparse.ArgumentParser:
     """An argparse parser with `-c/--config` and one `--key` option per (dotted) config field."""
-    parser = argparse.ArgumentParser(description=description, add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("-c", "--config", default=None, metavar="YAML",
-                        help="YAML recipe; it replaces configs/default.yaml (omitted keys take the built-in defaults)")
+    parser = argparse.ArgumentParser(
+        description=description, add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="YAML recipe; it replaces configs/default.yaml (omitted keys take the built-in defaults)",
+    )
     group = parser.add_argument_group("config keys (override the YAML file)")
     for key, tp, default, help_text in _flat_fields(schema):
         dest = key.replace(".", "__")
@@ -349,17 +365,32 @@ def build_parser(schema: type, description: str | None = None, add_help: bool = 
         help_text = f"{help_text} ({_type_name(tp)})".strip().replace("%", "%%")  # argparse formats help with %
         default = str(default).replace("%", "%%")
         if leaf is bool:
-            group.add_argument(f"--{key}", dest=dest, nargs="?", const=True, type=_parse_bool, metavar="BOOL",
-                               default=argparse.SUPPRESS, help=f"{help_text}; default {default} (--{key} alone, or "
-                               f"--{key} true|false, or --no-{key})")
-            group.add_argument(f"--no-{key}", dest=dest, action="store_false", default=argparse.SUPPRESS,
-                               help=argparse.SUPPRESS)
+            group.add_argument(
+                f"--{key}",
+                dest=dest,
+                nargs="?",
+                const=True,
+                type=_parse_bool,
+                metavar="BOOL",
+                default=argparse.SUPPRESS,
+                help=f"{help_text}; default {default} (--{key} alone, or --{key} true|false, or --no-{key})",
+            )
+            group.add_argument(
+                f"--no-{key}", dest=dest, action="store_false", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
         elif get_origin(leaf) in (list, tuple) or leaf in (list, tuple):
-            group.add_argument(f"--{key}", dest=dest, nargs="*", default=argparse.SUPPRESS, metavar="V",
-                               help=f"{help_text}; default {default}")
+            group.add_argument(
+                f"--{key}",
+                dest=dest,
+                nargs="*",
+                default=argparse.SUPPRESS,
+                metavar="V",
+                help=f"{help_text}; default {default}",
+            )
         else:
-            group.add_argument(f"--{key}", dest=dest, default=argparse.SUPPRESS, metavar="V",
-                               help=f"{help_text}; default {default}")
+            group.add_argument(
+                f"--{key}", dest=dest, default=argparse.SUPPRESS, metavar="V", help=f"{help_text}; default {default}"
+            )
     return parser
 
 
@@ -407,8 +438,13 @@ def config_name(argv: Sequence[str] | None = None, default: str = "default") -> 
     return Path(config).stem if config else default
 
 
-def parse_config(schema: type[T], argv: Sequence[str] | None = None, description: str | None = None,
-                 default_config: str | Path | None = None, base_values: Mapping[str, Any] | None = None) -> T:
+def parse_config(
+    schema: type[T],
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+    default_config: str | Path | None = None,
+    base_values: Mapping[str, Any] | None = None,
+) -> T:
     """Resolve a config from defaults, an optional YAML file and command-line flags (CLI > YAML > defaults).
 
     Args:
@@ -461,8 +497,13 @@ def parse_config(schema: type[T], argv: Sequence[str] | None = None, description
     raise AssertionError("unreachable")  # parser.error exits
 
 
-def parse_eval_config(schema: type[T], stored: Mapping[str, Any], argv: Sequence[str] | None = None,
-                      description: str | None = None, ignore: Sequence[str] = ()) -> T:
+def parse_eval_config(
+    schema: type[T],
+    stored: Mapping[str, Any],
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+    ignore: Sequence[str] = (),
+) -> T:
     """The config of an evaluation: the training config stored in a checkpoint, then ``-c`` / ``--key`` overrides.
 
     Args:

@@ -38,8 +38,10 @@ class DemoResult:
 def _stream(cmd: list[str], log_path: Path, prefix: str) -> int:
     """Run `cmd`, echoing its output with a prefix and keeping a copy in `log_path`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "a") as log, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, text=True) as proc:
+    with (
+        open(log_path, "a") as log,
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
+    ):
         log.write("$ " + " ".join(cmd) + "\n")
         for line in proc.stdout:
             log.write(line)
@@ -60,8 +62,23 @@ def run_package(package: str, out_root: Path) -> DemoResult:
     log_path.write_text("")
     t0 = time.perf_counter()
     ok = _stream([sys.executable, "-m", f"{package}.train", "--output_dir", str(out)], log_path, package) == 0
-    ok = ok and _stream([sys.executable, "-m", f"{package}.eval", "--checkpoint", str(out / "last.pt"),
-                         "--output_dir", str(out / "eval")], log_path, package) == 0
+    ok = (
+        ok
+        and _stream(
+            [
+                sys.executable,
+                "-m",
+                f"{package}.eval",
+                "--checkpoint",
+                str(out / "last.pt"),
+                "--output_dir",
+                str(out / "eval"),
+            ],
+            log_path,
+            package,
+        )
+        == 0
+    )
     seconds = time.perf_counter() - t0
     summary = f"FAILED, see {log_path}"
     if ok:

@@ -44,15 +44,18 @@ __all__ = [
     "sharded_loader",
 ]
 
-COCO_LAYOUT = ("<root>/train2017/*.jpg, <root>/val2017/*.jpg, <root>/annotations/instances_train2017.json, "
-               "<root>/annotations/instances_val2017.json")
+COCO_LAYOUT = (
+    "<root>/train2017/*.jpg, <root>/val2017/*.jpg, <root>/annotations/instances_train2017.json, "
+    "<root>/annotations/instances_val2017.json"
+)
 COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def _missing(path: Path, what: str, layout: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"{what} not found: {path}. Expected the layout {layout} (see `python -m shared.datasets info coco2017`), "
-        "or set data.synthetic=true for the embedded synthetic set.")
+        "or set data.synthetic=true for the embedded synthetic set."
+    )
 
 
 def load_coco(annotation_file: str | Path, layout: str = COCO_LAYOUT) -> COCO:
@@ -75,8 +78,9 @@ def read_image(path: Path, info: dict[str, Any]) -> torch.Tensor:
     except (OSError, ValueError) as err:
         raise RuntimeError(f"cannot read image {path}: {err}") from err
     if "width" in info and image.size != (info["width"], info["height"]):
-        raise ValueError(f"{path} is {image.size[0]}x{image.size[1]} but its json says {info['width']}x"
-                         f"{info['height']}")
+        raise ValueError(
+            f"{path} is {image.size[0]}x{image.size[1]} but its json says {info['width']}x{info['height']}"
+        )
     return pil_to_tensor(image).float().div_(255)
 
 
@@ -101,9 +105,18 @@ class CocoDetection(Dataset):
     "labels": (n,) int64, "image_id": int}``.
     """
 
-    def __init__(self, image_dir: str | Path, annotation_file: str | Path, train: bool = False,
-                 label_offset: int = 0, categories: Sequence[int] | None = None, min_size: int = 0,
-                 drop_outside: bool = False, hflip: float = 0.0, layout: str = COCO_LAYOUT):
+    def __init__(
+        self,
+        image_dir: str | Path,
+        annotation_file: str | Path,
+        train: bool = False,
+        label_offset: int = 0,
+        categories: Sequence[int] | None = None,
+        min_size: int = 0,
+        drop_outside: bool = False,
+        hflip: float = 0.0,
+        layout: str = COCO_LAYOUT,
+    ):
         self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
         self.coco = load_coco(self.annotation_file, layout)
         if not self.image_dir.is_dir():
@@ -135,8 +148,10 @@ class CocoDetection(Dataset):
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and not a.get("ignore")]
         for ann in anns:
             if ann["category_id"] not in self.label_of:
-                raise ValueError(f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
-                                 f"{ann['category_id']}, which is not in 'categories'")
+                raise ValueError(
+                    f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
+                    f"{ann['category_id']}, which is not in 'categories'"
+                )
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
         keep = (xywh[:, 2] >= 1) & (xywh[:, 3] >= 1)
@@ -168,8 +183,13 @@ class CocoDetection(Dataset):
 class CocoImages(Dataset):
     """The images of a COCO json (``images`` list only, annotations ignored): an unlabeled pool."""
 
-    def __init__(self, image_dir: str | Path, annotation_file: str | Path, exclude_ids: set[int] | None = None,
-                 layout: str = COCO_LAYOUT):
+    def __init__(
+        self,
+        image_dir: str | Path,
+        annotation_file: str | Path,
+        exclude_ids: set[int] | None = None,
+        layout: str = COCO_LAYOUT,
+    ):
         self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
         if not self.annotation_file.is_file():
             raise _missing(self.annotation_file, "image list json", layout)
@@ -204,8 +224,9 @@ class GroupedDistributedSampler(Sampler[int]):
     shuffle=False)``. One process is ``num_replicas=1, rank=0``.
     """
 
-    def __init__(self, groups: Sequence[int], samples_per_gpu: int, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0):
+    def __init__(
+        self, groups: Sequence[int], samples_per_gpu: int, num_replicas: int = 1, rank: int = 0, seed: int = 0
+    ):
         if not groups:
             raise ValueError("GroupedDistributedSampler: empty dataset")
         self.groups = torch.as_tensor(list(groups), dtype=torch.int64)
@@ -236,7 +257,7 @@ class GroupedDistributedSampler(Sampler[int]):
         batches = torch.randperm(len(indices) // self.samples_per_gpu, generator=gen).tolist()
         indices = [indices[b * self.samples_per_gpu + j] for b in batches for j in range(self.samples_per_gpu)]
         offset = self.num_samples * self.rank
-        return iter(indices[offset:offset + self.num_samples])
+        return iter(indices[offset : offset + self.num_samples])
 
 
 def sharded_loader(dataset: Dataset, batch_size: int, ctx: DistContext, workers: int = 0) -> DataLoader:
@@ -244,12 +265,23 @@ def sharded_loader(dataset: Dataset, batch_size: int, ctx: DistContext, workers:
 
     The loader has its own generator, so creating its iterator draws nothing from the global RNG (exact resume)."""
     shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=detection_collate, pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=detection_collate,
+        pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator(),
+    )
 
 
-def coco_detections(outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[str, Any]],
-                    cat_ids: Sequence[int], label_offset: int = 0) -> list[dict[str, Any]]:
+def coco_detections(
+    outputs: Sequence[dict[str, torch.Tensor]],
+    targets: Sequence[dict[str, Any]],
+    cat_ids: Sequence[int],
+    label_offset: int = 0,
+) -> list[dict[str, Any]]:
     """COCO results (xywh boxes, COCO category ids) of a batch of torchvision-style outputs (xyxy boxes, labels
     counted from ``label_offset``)."""
     detections = []
@@ -257,8 +289,10 @@ def coco_detections(outputs: Sequence[dict[str, torch.Tensor]], targets: Sequenc
         boxes = output["boxes"].float().cpu()
         boxes[:, 2:] -= boxes[:, :2]
         cats = [cat_ids[int(label) - label_offset] for label in output["labels"].cpu()]
-        detections += [{"image_id": target["image_id"], "category_id": c, "bbox": b, "score": s}
-                       for b, s, c in zip(boxes.tolist(), output["scores"].float().cpu().tolist(), cats)]
+        detections += [
+            {"image_id": target["image_id"], "category_id": c, "bbox": b, "score": s}
+            for b, s, c in zip(boxes.tolist(), output["scores"].float().cpu().tolist(), cats)
+        ]
     return detections
 
 

@@ -68,8 +68,9 @@ def init_distributed(device: str | None = None, backend: str | None = None) -> D
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=backend or ("nccl" if want_cuda else "gloo"),
-                                device_id=dev if want_cuda else None)
+        dist.init_process_group(
+            backend=backend or ("nccl" if want_cuda else "gloo"), device_id=dev if want_cuda else None
+        )
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

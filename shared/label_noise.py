@@ -56,16 +56,106 @@ CIFAR10_ASYMMETRIC_MAP: tuple[int, ...] = (0, 1, 0, 5, 7, 3, 6, 7, 8, 1)
 #: large_carnivores(8), beaver(4) -> aquatic_mammals(0). ``shared/tests/test_label_noise.py`` re-checks the table
 #: against the class names written by ``shared.synthetic.cifar``.
 CIFAR100_COARSE_LABELS: tuple[int, ...] = (
-    4, 1, 14, 8, 0, 6, 7, 7, 18, 3,
-    3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
-    6, 11, 5, 10, 7, 6, 13, 15, 3, 15,
-    0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
-    5, 19, 8, 8, 15, 13, 14, 17, 18, 10,
-    16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
-    10, 3, 2, 12, 12, 16, 12, 1, 9, 19,
-    2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
-    16, 19, 2, 4, 6, 19, 5, 5, 8, 19,
-    18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+    4,
+    1,
+    14,
+    8,
+    0,
+    6,
+    7,
+    7,
+    18,
+    3,
+    3,
+    14,
+    9,
+    18,
+    7,
+    11,
+    3,
+    9,
+    7,
+    11,
+    6,
+    11,
+    5,
+    10,
+    7,
+    6,
+    13,
+    15,
+    3,
+    15,
+    0,
+    11,
+    1,
+    10,
+    12,
+    14,
+    16,
+    9,
+    11,
+    5,
+    5,
+    19,
+    8,
+    8,
+    15,
+    13,
+    14,
+    17,
+    18,
+    10,
+    16,
+    4,
+    17,
+    4,
+    2,
+    0,
+    17,
+    4,
+    18,
+    17,
+    10,
+    3,
+    2,
+    12,
+    12,
+    16,
+    12,
+    1,
+    9,
+    19,
+    2,
+    10,
+    0,
+    1,
+    16,
+    12,
+    9,
+    13,
+    15,
+    13,
+    16,
+    19,
+    2,
+    4,
+    6,
+    19,
+    5,
+    5,
+    8,
+    19,
+    18,
+    1,
+    2,
+    15,
+    6,
+    0,
+    17,
+    8,
+    14,
+    13,
 )
 
 _FORMAT = "shared.label_noise/v1"
@@ -102,12 +192,12 @@ class NoisyLabels:
         noisy = np.asarray(self.noisy, dtype=np.int64)
         clean = np.asarray(self.clean, dtype=np.int64)
         if noisy.shape != clean.shape or noisy.ndim != 1:
-            raise ValueError(f"noisy and clean labels must be 1-D of equal length, got {noisy.shape} and "
-                             f"{clean.shape}")
+            raise ValueError(f"noisy and clean labels must be 1-D of equal length, got {noisy.shape} and {clean.shape}")
         for name, values in (("noisy", noisy), ("clean", clean)):
             if values.size and (values.min() < 0 or values.max() >= self.num_classes):
-                raise ValueError(f"{name} labels must lie in [0, {self.num_classes}), found "
-                                 f"[{values.min()}, {values.max()}]")
+                raise ValueError(
+                    f"{name} labels must lie in [0, {self.num_classes}), found [{values.min()}, {values.max()}]"
+                )
         if self.noise_type not in _NOISE_TYPES:
             raise ValueError(f"noise_type must be one of {_NOISE_TYPES}, got {self.noise_type!r}")
         if self.selection not in ("fixed", "bernoulli"):
@@ -177,8 +267,9 @@ def _select(rng: np.random.Generator, n: int, rate: float, selection: Selection)
     return np.flatnonzero(rng.random(n) < rate)
 
 
-def symmetric_noise(labels: Any, rate: float, num_classes: int, seed: int = 0,
-                    selection: Selection = "fixed") -> NoisyLabels:
+def symmetric_noise(
+    labels: Any, rate: float, num_classes: int, seed: int = 0, selection: Selection = "fixed"
+) -> NoisyLabels:
     """Symmetric noise: selected samples get a label drawn uniformly from **all** ``num_classes`` classes.
 
     The true class can be drawn again, so the realised rate is about ``rate * (num_classes - 1) / num_classes``.
@@ -218,22 +309,32 @@ def _coarse_table(clean: np.ndarray, coarse_labels: Any | None) -> np.ndarray:
         return table
     coarse = np.asarray(coarse_labels)
     if coarse.shape != clean.shape or (coarse.size and not np.issubdtype(coarse.dtype, np.integer)):
-        raise ValueError(f"coarse_labels must be integers with one entry per sample ({clean.shape}), "
-                         f"got {coarse.dtype} array of shape {coarse.shape}")
+        raise ValueError(
+            f"coarse_labels must be integers with one entry per sample ({clean.shape}), "
+            f"got {coarse.dtype} array of shape {coarse.shape}"
+        )
     pairs = np.unique(np.stack([clean, coarse.astype(np.int64)], axis=1), axis=0)
     fine_values, counts = np.unique(pairs[:, 0], return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"coarse_labels are inconsistent: fine class {int(fine_values[counts > 1][0])} appears with "
-                         f"several coarse labels")
+        raise ValueError(
+            f"coarse_labels are inconsistent: fine class {int(fine_values[counts > 1][0])} appears with "
+            f"several coarse labels"
+        )
     # Fine classes absent from this label set keep the standard superclass.
     table[pairs[:, 0]] = pairs[:, 1]
     return table
 
 
-def asymmetric_noise(labels: Any, rate: float, dataset: str | None = "cifar10", seed: int = 0,
-                     coarse_labels: Any | None = None, selection: Selection = "fixed",
-                     mapping: dict[int, int] | None = None,
-                     cifar100_groups: Literal["superclass", "consecutive"] = "superclass") -> NoisyLabels:
+def asymmetric_noise(
+    labels: Any,
+    rate: float,
+    dataset: str | None = "cifar10",
+    seed: int = 0,
+    coarse_labels: Any | None = None,
+    selection: Selection = "fixed",
+    mapping: dict[int, int] | None = None,
+    cifar100_groups: Literal["superclass", "consecutive"] = "superclass",
+) -> NoisyLabels:
     """Class-dependent ("asymmetric", "pair") noise: each selected sample is moved to a fixed target class.
 
     Args:
@@ -336,12 +437,21 @@ def load_noisy_labels(path: str | Path, expected_length: int | None = None) -> N
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     kind = type(content).__name__
     if kind == "list":
-        raise ValueError(f"{path}: a bare list of labels (DivideMix '<r>_<mode>.json' style) has no clean labels or "
-                         f"recipe; this function reads files written by save_noisy_labels")
+        raise ValueError(
+            f"{path}: a bare list of labels (DivideMix '<r>_<mode>.json' style) has no clean labels or "
+            f"recipe; this function reads files written by save_noisy_labels"
+        )
     if kind != "dict" or content.get("format") != _FORMAT:
         raise ValueError(f"{path}: not a noisy-label file (missing 'format': {_FORMAT!r})")
-    expected_types = {"noise_type": (str,), "rate": (int, float), "seed": (int,), "num_classes": (int,),
-                      "selection": (str,), "noisy": (list,), "clean": (list,)}
+    expected_types = {
+        "noise_type": (str,),
+        "rate": (int, float),
+        "seed": (int,),
+        "num_classes": (int,),
+        "selection": (str,),
+        "noisy": (list,),
+        "clean": (list,),
+    }
     missing = [key for key in expected_types if key not in content]
     if missing:
         raise ValueError(f"{path}: missing field {missing[0]!r}")
@@ -357,13 +467,22 @@ def load_noisy_labels(path: str | Path, expected_length: int | None = None) -> N
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in noisy + clean):
         raise ValueError(f"{path}: labels must be integers")
     try:
-        result = NoisyLabels(np.array(noisy, dtype=np.int64), np.array(clean, dtype=np.int64),
-                             content["noise_type"], float(content["rate"]), content["seed"], content["num_classes"],
-                             content["selection"], content.get("dataset"))
+        result = NoisyLabels(
+            np.array(noisy, dtype=np.int64),
+            np.array(clean, dtype=np.int64),
+            content["noise_type"],
+            float(content["rate"]),
+            content["seed"],
+            content["num_classes"],
+            content["selection"],
+            content.get("dataset"),
+        )
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
     stored = content.get("realised_rate")
     if stored is not None and abs(stored - result.realised_rate) > 1e-12:
-        raise ValueError(f"{path}: stored realised_rate {stored} does not match the labels "
-                         f"({result.realised_rate}); the file was edited or is corrupt")
+        raise ValueError(
+            f"{path}: stored realised_rate {stored} does not match the labels "
+            f"({result.realised_rate}); the file was edited or is corrupt"
+        )
     return result

@@ -30,11 +30,28 @@ T = TypeVar("T")
 
 RUN_MARKER = "RUN.json"
 #: Config keys that may change between the runs of one folder (where and how fast it runs, not what it computes).
-RUN_LEVEL_KEYS = frozenset({"output_dir", "name", "resume", "device", "threads", "num_threads", "torch_threads",
-                            "tensorboard", "log_interval", "eval_interval", "checkpoint_interval", "print_freq",
-                            "num_workers", "workers",
-                            # names these settings had before shared.config.RunConfig, so older folders still resume
-                            "eval_every", "log_every", "ckpt_interval"})
+RUN_LEVEL_KEYS = frozenset(
+    {
+        "output_dir",
+        "name",
+        "resume",
+        "device",
+        "threads",
+        "num_threads",
+        "torch_threads",
+        "tensorboard",
+        "log_interval",
+        "eval_interval",
+        "checkpoint_interval",
+        "print_freq",
+        "num_workers",
+        "workers",
+        # names these settings had before shared.config.RunConfig, so older folders still resume
+        "eval_every",
+        "log_every",
+        "ckpt_interval",
+    }
+)
 
 
 class RunDirError(RuntimeError):
@@ -80,8 +97,9 @@ def make_run_dir(package: str, config_name: str, root: str | Path = "runs") -> P
     return _broadcast_path(path)
 
 
-def resolve_run_dir(package: str, config_name: str, output_dir: str | Path | None = None,
-                    resume: str | Path | None = None) -> Path:
+def resolve_run_dir(
+    package: str, config_name: str, output_dir: str | Path | None = None, resume: str | Path | None = None
+) -> Path:
     """The run folder: `output_dir` when given, else the folder of the `resume` checkpoint, else a new
     :func:`make_run_dir` folder."""
     if output_dir:
@@ -112,12 +130,12 @@ _SETUP_FILES = (RUN_MARKER, "config.yaml", "train.log")
 
 def _holds_results(out_dir: Path) -> bool:
     """True when `out_dir` holds more than the set-up files of a run (checkpoints, caches, metrics, logs)."""
-    return any(p.name not in _SETUP_FILES and not p.name.startswith("events.out.tfevents")
-               for p in out_dir.iterdir())
+    return any(p.name not in _SETUP_FILES and not p.name.startswith("events.out.tfevents") for p in out_dir.iterdir())
 
 
-def claim_run_dir(out_dir: str | Path, package: str, config: Mapping[str, Any], resume: bool = False,
-                  is_main: bool = True) -> Path:
+def claim_run_dir(
+    out_dir: str | Path, package: str, config: Mapping[str, Any], resume: bool = False, is_main: bool = True
+) -> Path:
     """Check that `out_dir` may hold this run, then record the owner in ``out_dir/RUN.json``.
 
     Refused with :class:`RunDirError` before anything is written: a folder recorded for another package, a folder
@@ -137,18 +155,23 @@ def claim_run_dir(out_dir: str | Path, package: str, config: Mapping[str, Any], 
             raise RunDirError(f"{marker} is unreadable ({err}); choose another --output_dir") from err
         owner, stored = record.get("package"), record.get("config", {})
         if owner != package:
-            raise RunDirError(f"{out_dir} holds a run of package '{owner}', not {package}; choose another "
-                              "--output_dir (nothing was written)")
+            raise RunDirError(
+                f"{out_dir} holds a run of package '{owner}', not {package}; choose another "
+                "--output_dir (nothing was written)"
+            )
         schema_change = (set(stored) ^ set(config)) - RUN_LEVEL_KEYS  # run-level keys were renamed once (RunConfig)
         if schema_change:
-            raise RunDirError(f"{out_dir} holds a run of another {package} script or config schema (keys differ: "
-                              f"{', '.join(sorted(schema_change))}); choose another --output_dir")
+            raise RunDirError(
+                f"{out_dir} holds a run of another {package} script or config schema (keys differ: "
+                f"{', '.join(sorted(schema_change))}); choose another --output_dir"
+            )
         changed = _differences(stored, config)
         if changed and not resume and _holds_results(out_dir):
             raise RunDirError(
                 f"{out_dir} already holds a {package} run with a different config ({', '.join(changed[:8])}); its "
                 "checkpoints and cached stages would be mixed with this run's. Choose another --output_dir, resume "
-                "it with --resume, or delete the folder.")
+                "it with --resume, or delete the folder."
+            )
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_name(f".{RUN_MARKER}.{os.getpid()}.tmp")
@@ -224,8 +247,7 @@ class RunLogger:
         """A tqdm bar on rank 0 (plain iteration elsewhere and when stdout is not a terminal)."""
         if not self.is_main:
             return iterable
-        return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, leave=False,
-                    disable=not sys.stderr.isatty())
+        return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, leave=False, disable=not sys.stderr.isatty())
 
     def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
         """TensorBoard scalars at `step` (e.g. per-iteration loss and lr)."""
@@ -256,8 +278,10 @@ class RunLogger:
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self._csv_fields, extrasaction="ignore").writerow(row)
         self.scalars({k: v for k, v in values.items() if isinstance(v, (int, float))}, epoch, prefix="epoch/")
-        self.info(f"epoch {epoch}: " + "  ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()))
+        self.info(
+            f"epoch {epoch}: "
+            + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        )
 
     def write_metrics(self, metrics: Mapping[str, Any], filename: str = "metrics.json") -> Path | None:
         """Write the final metrics (atomically) into the run folder."""

@@ -59,8 +59,9 @@ def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
         assert a == b, f"{a!r} != {b!r} at {where}"
 
 
-def write_tiny_imagefolder(root: Path, train_per_class: int = 16, val_per_class: int = 4, size: int = 24,
-                           seed: int = 0) -> Path:
+def write_tiny_imagefolder(
+    root: Path, train_per_class: int = 16, val_per_class: int = 4, size: int = 24, seed: int = 0
+) -> Path:
     """Two colour classes (reddish, bluish) in the ImageFolder layout ``root/{train,val}/class{0,1}/*.png``."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", train_per_class), ("val", val_per_class)):

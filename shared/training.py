@@ -53,32 +53,45 @@ def _first_nonfinite(named: Iterable[tuple[str, torch.Tensor | None]]) -> str | 
 
 def check_finite_gradients(parameters: Iterable[torch.Tensor] | nn.Module, step: int, what: str = "loss") -> None:
     """Stop the run when a gradient holds NaN/inf (the loss itself can be finite while its gradient is not)."""
-    named = parameters.named_parameters() if isinstance(parameters, nn.Module) else \
-        ((f"parameter {i}", p) for i, p in enumerate(parameters))
+    named = (
+        parameters.named_parameters()
+        if isinstance(parameters, nn.Module)
+        else ((f"parameter {i}", p) for i, p in enumerate(parameters))
+    )
     name = _first_nonfinite((n, p.grad) for n, p in named)
     if name is not None:
         raise NonFiniteLossError(
             f"non-finite gradient of {what} in {name} at step {step}; stopping before the optimizer step. The last "
-            "checkpoint written before this step is intact; lower the learning rate or disable fp16 AMP.")
+            "checkpoint written before this step is intact; lower the learning rate or disable fp16 AMP."
+        )
 
 
 def check_finite_parameters(parameters: Iterable[torch.Tensor] | nn.Module, step: int, what: str = "model") -> None:
     """Stop the run when a parameter (or buffer of a module) holds NaN/inf, e.g. after a step with a huge lr."""
     if isinstance(parameters, nn.Module):
-        named = [*parameters.named_parameters(), *((n, b) for n, b in parameters.named_buffers()
-                                                   if b.is_floating_point())]
+        named = [
+            *parameters.named_parameters(),
+            *((n, b) for n, b in parameters.named_buffers() if b.is_floating_point()),
+        ]
     else:
         named = [(f"parameter {i}", p) for i, p in enumerate(parameters)]
     name = _first_nonfinite(named)
     if name is not None:
         raise NonFiniteLossError(
             f"non-finite value in {what} {name} after step {step}; stopping. The last checkpoint written before this "
-            "step is intact; lower the learning rate or disable fp16 AMP.")
+            "step is intact; lower the learning rate or disable fp16 AMP."
+        )
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int,
-                   clip_grad: float | None = None, parameters: Iterable[torch.Tensor] | None = None,
-                   what: str = "loss") -> None:
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    clip_grad: float | None = None,
+    parameters: Iterable[torch.Tensor] | None = None,
+    what: str = "loss",
+) -> None:
     """One optimizer update from `loss`: non-finite guard, zero_grad, scaled backward, optional clipping of the
     global L2 norm of `parameters` at `clip_grad` (after unscaling), scaler step and update.
 
@@ -114,7 +127,7 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
 
 def autocast(device: torch.device, amp: AmpDtype = "off") -> contextlib.AbstractContextManager:
     """`torch.autocast` for bf16/fp16, a no-op context for "off"."""
-    if amp in ("off", "none"):  # TRANSITION: "none" until every package says "off"
+    if amp == "off":
         return contextlib.nullcontext()
     if amp not in ("bf16", "fp16"):
         raise ValueError(f"amp must be 'off', 'bf16' or 'fp16', got {amp!r}")
@@ -148,10 +161,18 @@ def lr_noise_factor(step: int, seed: int = 42, pct: float = 0.67, std: float = 1
             return 1.0 + noise
 
 
-def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                           min_lr: float = 0.0, warmup_lr: float = 0.0, warmup_prefix: bool = True,
-                           noise_range: tuple[float, float] | None = None, noise_pct: float = 0.67,
-                           noise_std: float = 1.0, noise_seed: int = 42) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int = 0,
+    min_lr: float = 0.0,
+    warmup_lr: float = 0.0,
+    warmup_prefix: bool = True,
+    noise_range: tuple[float, float] | None = None,
+    noise_pct: float = 0.67,
+    noise_std: float = 1.0,
+    noise_seed: int = 42,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up from `warmup_lr` to each group's base lr, then cosine down to `min_lr`.
 
     Args:

@@ -42,8 +42,9 @@ def test_solver_gradient_wrt_labels_matches_finite_differences():
         return ipc_meta_loss(xv @ w, yv, x @ w)["total"]
 
     assert torch.autograd.gradcheck(meta_loss, (y0.clone().requires_grad_(),), eps=1e-6, atol=1e-5)
-    assert torch.autograd.gradcheck(lambda y: closed_form_solver(x, y, ridge=0.01),
-                                    (y0.clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda y: closed_form_solver(x, y, ridge=0.01), (y0.clone().requires_grad_(),), eps=1e-6, atol=1e-6
+    )
 
 
 def test_ipc_meta_loss_terms_match_hand_computation():
@@ -109,8 +110,9 @@ def test_ema_feedback_and_the_released_no_feedback_flag():
     probs = F.softmax(p.classifier(p.x[rows]), 1).detach()
     assert torch.allclose(p.labels.detach()[rows], 0.9 * before[rows] + 0.1 * probs)
     assert torch.equal(p.labels.detach()[p.batches[1]], before[p.batches[1]])
-    released = DMLPPurifier(x, y, xv, yv, 5, PurifierConfig(epochs=1, ipc_batch=200, eac_feedback=False,
-                                                           ema_start_epoch=0))
+    released = DMLPPurifier(
+        x, y, xv, yv, 5, PurifierConfig(epochs=1, ipc_batch=200, eac_feedback=False, ema_start_epoch=0)
+    )
     assert not released.feedback_due(0) and p.feedback_due(0)
 
 

@@ -19,14 +19,51 @@ from shared.noisy.data import load_label_file
 from shared.testing import assert_same_tensors
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--data.synthetic_train_size", "600", "--data.synthetic_test_size", "200", "--data.image_size", "16",
-        "--data.meta_size", "150", "--data.noise_rate", "0.8",
-        "--ssl.width", "4", "--ssl.epochs", "1", "--ssl.batch_size", "64", "--ssl.optimizer", "adam",
-        "--ssl.lr", "0.003", "--ssl.warmup_epochs", "0", "--ssl.proj_dim", "16",
-        "--purifier.epochs", "3", "--purifier.ipc_batch", "225", "--purifier.eac_batch", "100",
-        "--retrain.width", "4", "--retrain.init", "ssl", "--retrain.supervised.epochs", "2",
-        "--retrain.supervised.batch_size", "50", "--retrain.supervised.milestones", "1",
-        "--device", "cpu", "--no-tensorboard"]
+TINY = [
+    "--data.synthetic_train_size",
+    "600",
+    "--data.synthetic_test_size",
+    "200",
+    "--data.image_size",
+    "16",
+    "--data.meta_size",
+    "150",
+    "--data.noise_rate",
+    "0.8",
+    "--ssl.width",
+    "4",
+    "--ssl.epochs",
+    "1",
+    "--ssl.batch_size",
+    "64",
+    "--ssl.optimizer",
+    "adam",
+    "--ssl.lr",
+    "0.003",
+    "--ssl.warmup_epochs",
+    "0",
+    "--ssl.proj_dim",
+    "16",
+    "--purifier.epochs",
+    "3",
+    "--purifier.ipc_batch",
+    "225",
+    "--purifier.eac_batch",
+    "100",
+    "--retrain.width",
+    "4",
+    "--retrain.init",
+    "ssl",
+    "--retrain.supervised.epochs",
+    "2",
+    "--retrain.supervised.batch_size",
+    "50",
+    "--retrain.supervised.milestones",
+    "1",
+    "--device",
+    "cpu",
+    "--no-tensorboard",
+]
 
 
 def run_train(argv: list[str]) -> dict:
@@ -49,12 +86,28 @@ def chain_run(tmp_path_factory):
 
 def test_chain_writes_every_stage_output(chain_run):
     out, _metrics = chain_run
-    for name in ("config.yaml", "ssl.pt", "features.pt", "purifier.pt", "purified_labels.json", "noisy_labels.json",
-                 "last.pt", "metrics.json", "retrain_dmlp_naive.pt", "retrain_ce_noisy.pt", "retrain_meta_only.pt"):
+    for name in (
+        "config.yaml",
+        "ssl.pt",
+        "features.pt",
+        "purifier.pt",
+        "purified_labels.json",
+        "noisy_labels.json",
+        "last.pt",
+        "metrics.json",
+        "retrain_dmlp_naive.pt",
+        "retrain_ce_noisy.pt",
+        "retrain_meta_only.pt",
+    ):
         assert (out / name).is_file(), name
     written = json.loads((out / "metrics.json").read_text())
-    for key in ("label_acc_noisy", "label_acc_purified", "test_acc_ce_noisy", "test_acc_meta_only",
-                "test_acc_dmlp_naive"):
+    for key in (
+        "label_acc_noisy",
+        "label_acc_purified",
+        "test_acc_ce_noisy",
+        "test_acc_meta_only",
+        "test_acc_dmlp_naive",
+    ):
         assert 0 <= written[key] <= 100, key
     assert 10 <= written["label_acc_noisy"] <= 35  # 80 % symmetric over 10 classes: about 28 % correct
     # purified labels: noise-file format, meta rows carry their true labels, soft rows sum to one
@@ -68,12 +121,16 @@ def test_chain_writes_every_stage_output(chain_run):
 
 def test_eval_recomputes_the_test_accuracies(chain_run, tmp_path):
     out, metrics = chain_run
-    evaluated = run_eval(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path), "--device",
-                                "cpu"])
+    evaluated = run_eval(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path), "--device", "cpu"])
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == pytest.approx(evaluated)
-    for key in ("test_acc_ce_noisy", "test_acc_meta_only", "test_acc_dmlp_naive", "label_acc_noisy",
-                "label_acc_purified"):
+    for key in (
+        "test_acc_ce_noisy",
+        "test_acc_meta_only",
+        "test_acc_dmlp_naive",
+        "label_acc_noisy",
+        "label_acc_purified",
+    ):
         assert evaluated[key] == pytest.approx(metrics[key], abs=1e-6), key
 
 
@@ -81,8 +138,9 @@ def test_eval_reads_the_config_of_an_older_last_pt(chain_run, tmp_path):
     """A last.pt written before the run-level names were unified (device null, amp 'none', no *_interval keys)."""
     out, metrics = chain_run
     state = load_checkpoint(out / "last.pt")
-    state["config"] = {k: v for k, v in state["config"].items()
-                       if k not in ("log_interval", "eval_interval", "checkpoint_interval")}
+    state["config"] = {
+        k: v for k, v in state["config"].items() if k not in ("log_interval", "eval_interval", "checkpoint_interval")
+    }
     state["config"].update(device=None, amp="none")
     save_checkpoint(state, tmp_path / "last.pt")
     shutil.copy(out / "noisy_labels.json", tmp_path / "noisy_labels.json")
@@ -163,8 +221,7 @@ def test_bad_input_is_a_clear_error(chain_run, tmp_path):
     content.pop("realised_rate")
     (tmp_path / "short.json").write_text(json.dumps(content))
     with pytest.raises(ValueError, match="holds 599 labels, the dataset has 600"):
-        run_train([*TINY, "--data.noise_file", str(tmp_path / "short.json"), "--output_dir",
-                         str(tmp_path / "run")])
+        run_train([*TINY, "--data.noise_file", str(tmp_path / "short.json"), "--output_dir", str(tmp_path / "run")])
     with pytest.raises(ValueError, match="amp='bf16' is not supported by dmlp"):
         run_train([*TINY, "--amp", "bf16", "--output_dir", str(tmp_path / "run")])
     with pytest.raises(ValueError, match="checkpoint_interval=2 is not supported by dmlp"):
@@ -182,8 +239,22 @@ def test_ddp_two_processes_gloo_retraining(chain_run, tmp_path):
     run = tmp_path / "ddp"
     _copy_stage_outputs(out, run)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dmlp.train",
-           *TINY, "--stages", "retrain", "--retrain.supervised.batch_size", "25", "--output_dir", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dmlp.train",
+        *TINY,
+        "--stages",
+        "retrain",
+        "--retrain.supervised.batch_size",
+        "25",
+        "--output_dir",
+        str(run),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es) on cpu" in (run / "train.log").read_text()
@@ -198,12 +269,24 @@ def test_embedded_default_meets_the_acceptance_margins(tmp_path):
     """`python -m dmlp.train` (configs/default.yaml) at 80 % symmetric noise, then `python -m dmlp.eval`."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = tmp_path / "default"
-    proc = subprocess.run([sys.executable, "-m", "dmlp.train", "--output_dir", str(out), "--no-tensorboard"],
-                          env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dmlp.train", "--output_dir", str(out), "--no-tensorboard"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "label accuracy, purified" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "dmlp.eval", "--checkpoint", str(out / "last.pt"), "--output_dir",
-                           str(out / "eval")], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dmlp.eval", "--checkpoint", str(out / "last.pt"), "--output_dir", str(out / "eval")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "eval" / "metrics.json").read_text())
     assert m["label_acc_purified"] >= m["label_acc_noisy"] + 30

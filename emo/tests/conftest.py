@@ -1,4 +1,5 @@
 """Fixtures of the emo tests: one intra-op thread per test (``shared.testing``) and a temporary synthetic-data root."""
+
 import pytest
 
 from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)

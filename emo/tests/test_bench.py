@@ -1,15 +1,29 @@
 """bench.py on the tiny variant: one row per configuration, with positive throughput and no error."""
+
 import pytest
 
 from emo.bench import main
 
-ARGS = ['--models', 'emo_test', '--device', 'cpu', '--img-size', '32', '--batch-size', '2', '--steps', '1',
-        '--warmup', '1']
+ARGS = [
+    '--models',
+    'emo_test',
+    '--device',
+    'cpu',
+    '--img-size',
+    '32',
+    '--batch-size',
+    '2',
+    '--steps',
+    '1',
+    '--warmup',
+    '1',
+]
 
 
 def _check(rows, modes, capsys):
     assert [(r['mode'], r['amp'], r['channels_last'], r['compile']) for r in rows] == [
-        (mode, 'off', 'off', 'off') for mode in modes]
+        (mode, 'off', 'off', 'off') for mode in modes
+    ]
     for row in rows:
         assert 'error' not in row, row
         assert row['img_s'] > 0 and row['ms_step'] > 0 and row['peak_mib'] >= 0

@@ -1,4 +1,5 @@
 """EMO + FPN inside torchvision's RetinaNet (the paper's COCO RetinaNet 1x setting)."""
+
 import pytest
 import torch
 import torch.nn as nn

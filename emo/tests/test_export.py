@@ -1,4 +1,5 @@
 """ONNX export (torch.onnx dynamo exporter) checked against PyTorch in onnxruntime."""
+
 import onnx  # noqa: F401  (hard dependencies of the exporter and its check: a broken install fails here)
 import onnxruntime  # noqa: F401
 import onnxscript  # noqa: F401

@@ -1,5 +1,6 @@
 """EMO architecture: official state_dict layout, parameter counts and FLOPs against the paper, the dilated-grid
 EW-MHSA against an independent reference, and the timm model API."""
+
 import json
 import math
 from pathlib import Path
@@ -64,6 +65,7 @@ def test_flops_match_paper(variant):
     def hook(kind):
         def fn(module, inputs, output):
             norm_elems[kind] += output.numel()
+
         return fn
 
     for m in model.modules():
@@ -98,11 +100,11 @@ def reference_ew_mhsa(block: iRMB, x: torch.Tensor) -> torch.Tensor:
     for a in range(n1):
         for b in range(n2):
             for h in range(heads):
-                q = qk[:, h * d:(h + 1) * d, a::n1, b::n2].flatten(2)  # B, d, N
-                k = qk[:, C + h * d:C + (h + 1) * d, a::n1, b::n2].flatten(2)
-                v = xp[:, h * d:(h + 1) * d, a::n1, b::n2].flatten(2)
+                q = qk[:, h * d : (h + 1) * d, a::n1, b::n2].flatten(2)  # B, d, N
+                k = qk[:, C + h * d : C + (h + 1) * d, a::n1, b::n2].flatten(2)
+                v = xp[:, h * d : (h + 1) * d, a::n1, b::n2].flatten(2)
                 attn = (q.transpose(1, 2) @ k * block.scale).softmax(-1)  # B, N, N
-                out[:, h * d:(h + 1) * d, a::n1, b::n2] = (v @ attn.transpose(1, 2)).reshape(B, d, ws_h, ws_w)
+                out[:, h * d : (h + 1) * d, a::n1, b::n2] = (v @ attn.transpose(1, 2)).reshape(B, d, ws_h, ws_w)
     return block.v(out[:, :, :H, :W])
 
 
@@ -118,8 +120,19 @@ def reference_irmb(block: iRMB, x: torch.Tensor) -> torch.Tensor:
 
 def _attention_block(window_size=7, dim=80, dim_head=20, exp_ratio=3.0):
     torch.manual_seed(0)
-    block = iRMB(dim, dim, norm_layer='ln_2d', act_layer='gelu', exp_ratio=exp_ratio, dw_ks=5, dim_head=dim_head,
-                 window_size=window_size, attn_s=True, qkv_bias=True, attn_pre=True).eval()
+    block = iRMB(
+        dim,
+        dim,
+        norm_layer='ln_2d',
+        act_layer='gelu',
+        exp_ratio=exp_ratio,
+        dw_ks=5,
+        dim_head=dim_head,
+        window_size=window_size,
+        attn_s=True,
+        qkv_bias=True,
+        attn_pre=True,
+    ).eval()
     with torch.no_grad():  # non-trivial BN statistics so that the comparison covers them too
         block.conv_local.norm.running_mean.uniform_(-0.5, 0.5)
         block.conv_local.norm.running_var.uniform_(0.5, 2.0)
@@ -127,13 +140,16 @@ def _attention_block(window_size=7, dim=80, dim_head=20, exp_ratio=3.0):
 
 
 @pytest.mark.parametrize('fused', [False, True])
-@pytest.mark.parametrize('hw,window_size', [
-    ((14, 14), 7),   # stage 3 at 224: 2 x 2 groups at dilation 2, no padding
-    ((7, 7), 7),     # stage 4 at 224: one global window
-    ((16, 13), 7),   # stage 3 at 256 x 208: padded to 21 x 14 -> 3 x 2 groups, cropped back
-    ((9, 11), 0),    # window_size <= 0: the whole map
-    ((20, 20), 10),  # the RetinaNet window size
-])
+@pytest.mark.parametrize(
+    'hw,window_size',
+    [
+        ((14, 14), 7),  # stage 3 at 224: 2 x 2 groups at dilation 2, no padding
+        ((7, 7), 7),  # stage 4 at 224: one global window
+        ((16, 13), 7),  # stage 3 at 256 x 208: padded to 21 x 14 -> 3 x 2 groups, cropped back
+        ((9, 11), 0),  # window_size <= 0: the whole map
+        ((20, 20), 10),  # the RetinaNet window size
+    ],
+)
 def test_irmb_attention_matches_reference(hw, window_size, fused):
     block = _attention_block(window_size)
     block.fused_attn = fused
@@ -165,17 +181,33 @@ def test_contiguous_windows_would_differ():
 
 def test_attn_pre_false_path_runs_attention_on_v():
     torch.manual_seed(0)
-    block = iRMB(40, 40, norm_layer='ln_2d', act_layer='gelu', exp_ratio=2.0, dim_head=20, window_size=7,
-                 attn_s=True, qkv_bias=True, attn_pre=False).eval()
+    block = iRMB(
+        40,
+        40,
+        norm_layer='ln_2d',
+        act_layer='gelu',
+        exp_ratio=2.0,
+        dim_head=20,
+        window_size=7,
+        attn_s=True,
+        qkv_bias=True,
+        attn_pre=False,
+    ).eval()
     x = torch.randn(1, 40, 7, 7)
     with torch.no_grad():
         y = block.norm(x)
         q, k = block.qk(y).flatten(2).chunk(2, dim=1)
         v = block.v(y).flatten(2)
-        out = torch.cat([
-            v[:, h * 40:(h + 1) * 40] @ ((q[:, h * 20:(h + 1) * 20].transpose(1, 2) @ k[:, h * 20:(h + 1) * 20])
-                                          * block.scale).softmax(-1).transpose(1, 2)
-            for h in range(2)], dim=1).reshape(1, 80, 7, 7)
+        out = torch.cat(
+            [
+                v[:, h * 40 : (h + 1) * 40]
+                @ ((q[:, h * 20 : (h + 1) * 20].transpose(1, 2) @ k[:, h * 20 : (h + 1) * 20]) * block.scale)
+                .softmax(-1)
+                .transpose(1, 2)
+                for h in range(2)
+            ],
+            dim=1,
+        ).reshape(1, 80, 7, 7)
         expected = x + block.proj(out + block.conv_local(out))
         torch.testing.assert_close(block(x), expected, atol=2e-5, rtol=1e-4)
 
@@ -212,8 +244,9 @@ def test_norm_eps_is_1e6():
 def test_drop_path_schedule():
     """linspace(0, rate, 15) over the stage 1-4 blocks in order, stem excluded (EMO-1M: max 0.04036)."""
     model = timm.create_model('emo_1m')
-    rates = [b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.0
-             for stage in model.stages for b in stage]
+    rates = [
+        b.drop_path.drop_prob if hasattr(b.drop_path, 'drop_prob') else 0.0 for stage in model.stages for b in stage
+    ]
     assert rates == pytest.approx(torch.linspace(0, 0.04036, 15).tolist(), rel=1e-6)
     assert isinstance(model.stage0[1].drop_path, nn.Identity)
     assert timm.create_model('emo_5m').stage4[-1].drop_path.drop_prob == pytest.approx(0.05)
@@ -321,7 +354,11 @@ def test_features_only_and_forward_intermediates():
     x = torch.randn(1, 3, 64, 64)
     model = timm.create_model('emo_test').eval()
     assert [(f['num_chs'], f['reduction'], f['module']) for f in model.feature_info] == [
-        (16, 4, 'stage1'), (24, 8, 'stage2'), (32, 16, 'stage3'), (48, 32, 'stage4')]
+        (16, 4, 'stage1'),
+        (24, 8, 'stage2'),
+        (32, 16, 'stage3'),
+        (48, 32, 'stage4'),
+    ]
     features = timm.create_model('emo_test', features_only=True).eval()
     assert features.feature_info.channels() == [16, 24, 32, 48]
     assert features.feature_info.reduction() == [4, 8, 16, 32]

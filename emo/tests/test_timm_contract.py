@@ -7,6 +7,7 @@ pooling, ``forward_head(x, pre_logits)``, ``forward_intermediates``, ``features_
 ``pretrained_cfg``). Cheap checks run on every variant at 64 x 64, the backward pass through an FX graph and the
 scripted FX graph on the tiny ``emo_test``.
 """
+
 import copy
 
 import pytest
@@ -114,12 +115,15 @@ def test_default_head_keeps_the_official_order():
     assert torch.equal(out, expected)
 
 
-@pytest.mark.parametrize(('pool', 'reference', 'width'), [
-    ('max', lambda f: f.amax((2, 3)), 1),
-    ('avgmax', lambda f: 0.5 * (f.mean((2, 3)) + f.amax((2, 3))), 1),
-    ('catavgmax', lambda f: torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1), 2),
-    ('fast', lambda f: f.mean((2, 3)), 1),
-])
+@pytest.mark.parametrize(
+    ('pool', 'reference', 'width'),
+    [
+        ('max', lambda f: f.amax((2, 3)), 1),
+        ('avgmax', lambda f: 0.5 * (f.mean((2, 3)) + f.amax((2, 3))), 1),
+        ('catavgmax', lambda f: torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1), 2),
+        ('fast', lambda f: f.mean((2, 3)), 1),
+    ],
+)
 def test_other_timm_pool_types(pool, reference, width):
     model = _model(TINY)
     x = _input()
@@ -179,8 +183,11 @@ def test_fx_symbolic_trace_equals_eager(variant):
     x = _input()
     graph_module = torch.fx.symbolic_trace(model)
     # the shape-dependent EW-MHSA helpers are leaves (one call each), not traced-through control flow
-    leaf_calls = [n.target.__name__ for n in graph_module.graph.nodes if n.op == 'call_function'
-                  and getattr(n.target, '__module__', '') == 'emo.model']
+    leaf_calls = [
+        n.target.__name__
+        for n in graph_module.graph.nodes
+        if n.op == 'call_function' and getattr(n.target, '__module__', '') == 'emo.model'
+    ]
     attention_blocks = sum(isinstance(m, iRMB) and m.attn_s for m in model.modules())
     assert attention_blocks > 0
     assert sorted(set(leaf_calls)) == ['crop_to_size_of', 'grid_attention', 'pad_to_window_multiple']
@@ -259,7 +266,8 @@ def test_forward_intermediates(variant):
         last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
     torch.testing.assert_close(final, features, rtol=0, atol=0)
     assert [t.shape for t in intermediates] == [
-        (2, info['num_chs'], SIZE // info['reduction'], SIZE // info['reduction']) for info in model.feature_info]
+        (2, info['num_chs'], SIZE // info['reduction'], SIZE // info['reduction']) for info in model.feature_info
+    ]
     assert len(last_two) == 2
     torch.testing.assert_close(last_two[1], intermediates[3], rtol=0, atol=0)
 

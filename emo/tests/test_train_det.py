@@ -1,5 +1,6 @@
 """RetinaNet-EMO training/evaluation scripts: a 2-iteration run re-evaluated by eval_det.py, exact resume, the mmdet
 schedule and no-decay rule, the COCO reader and grouped sampler, the COCO conversion, the recipe YAMLs."""
+
 import dataclasses
 import json
 import math
@@ -22,9 +23,27 @@ from shared.distributed import init_distributed
 
 CONFIGS = Path(train_det.__file__).resolve().parent / 'configs'
 # 4 train / 2 val synthetic COCO images (192 px high, square or 1.25x wide), batch 2: 2-3 iterations per epoch
-TINY = ['--data.synthetic_train', '4', '--data.synthetic_val', '2', '--data.batch_size', '2',
-        '--data.eval_batch_size', '2', '--data.workers', '0', '--device', 'cpu', '--no-tensorboard',
-        '--warmup_iters', '2', '--log_interval', '1', '--threads', 'null']
+TINY = [
+    '--data.synthetic_train',
+    '4',
+    '--data.synthetic_val',
+    '2',
+    '--data.batch_size',
+    '2',
+    '--data.eval_batch_size',
+    '2',
+    '--data.workers',
+    '0',
+    '--device',
+    'cpu',
+    '--no-tensorboard',
+    '--warmup_iters',
+    '2',
+    '--log_interval',
+    '1',
+    '--threads',
+    'null',
+]
 
 
 def test_train_det_few_iterations_then_eval_det(synthetic_root, tmp_path):
@@ -75,8 +94,9 @@ def test_train_det_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
 def test_mmdet_cosine_schedule_with_linear_warmup():
     param = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=2.0)
-    scheduler = train_det.mmdet_cosine_schedule(optimizer, epochs=12, iters_per_epoch=10, warmup_iters=5,
-                                                warmup_ratio=1e-3)
+    scheduler = train_det.mmdet_cosine_schedule(
+        optimizer, epochs=12, iters_per_epoch=10, warmup_iters=5, warmup_ratio=1e-3
+    )
     lrs = []
     for _ in range(120):
         lrs.append(optimizer.param_groups[0]['lr'])
@@ -116,8 +136,11 @@ def _write_coco(root: Path, degenerate: bool = True) -> Path:
     ]
     if degenerate:
         annotations.append(dict(id=3, image_id=1, category_id=3, bbox=[50, 30, 0.5, 10], area=5, iscrowd=0))
-    content = dict(images=[dict(id=i, file_name=f'{i}.png', width=w, height=h) for i, (w, h) in sizes.items()],
-                   annotations=annotations, categories=[dict(id=3, name='cat'), dict(id=7, name='dog')])
+    content = dict(
+        images=[dict(id=i, file_name=f'{i}.png', width=w, height=h) for i, (w, h) in sizes.items()],
+        annotations=annotations,
+        categories=[dict(id=3, name='cat'), dict(id=7, name='dog')],
+    )
     path = root / 'instances.json'
     path.write_text(json.dumps(content))
     return path
@@ -181,8 +204,9 @@ class _GroundTruthDetector(nn.Module):
         outputs = []
         for _ in images:
             target = self.targets.pop(0)
-            outputs.append({'boxes': target['boxes'], 'labels': target['labels'],
-                            'scores': torch.ones(len(target['labels']))})
+            outputs.append(
+                {'boxes': target['boxes'], 'labels': target['labels'], 'scores': torch.ones(len(target['labels']))}
+            )
         return outputs
 
 
@@ -193,8 +217,10 @@ def test_evaluate_converts_detections_to_coco(tmp_path):
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=detection_collate)
     metrics = train_det.evaluate(_GroundTruthDetector(dataset), loader, dataset, ctx)
     assert metrics['AP'] == pytest.approx(1.0) and metrics['AP50'] == pytest.approx(1.0)
-    assert metrics['num_detections'] == 2 and metrics['per_class'] == {'cat': pytest.approx(1.0),
-                                                                        'dog': pytest.approx(1.0)}
+    assert metrics['num_detections'] == 2 and metrics['per_class'] == {
+        'cat': pytest.approx(1.0),
+        'dog': pytest.approx(1.0),
+    }
 
 
 def test_pretrained_backbone_from_a_train_checkpoint_uses_its_ema(tmp_path):
@@ -211,11 +237,26 @@ def test_pretrained_backbone_from_a_train_checkpoint_uses_its_ema(tmp_path):
 def test_retinanet_recipe_yaml_is_the_paper_recipe(variant, window):
     cfg = train_det.parse_args(['-c', str(CONFIGS / f'retinanet_{variant}_coco_1x.yaml')])
     assert (cfg.model, cfg.window_size, cfg.frozen_stages, cfg.norm_eval, cfg.fpn_channels) == (
-        variant, window, 1, True, 256)
+        variant,
+        window,
+        1,
+        True,
+        256,
+    )
     assert (cfg.epochs, cfg.lr, cfg.lr_base_batch, cfg.weight_decay, cfg.no_decay_keys) == (
-        12, 2e-4, 32, 0.05, ['norm'])
+        12,
+        2e-4,
+        32,
+        0.05,
+        ['norm'],
+    )
     assert (cfg.warmup_iters, cfg.warmup_ratio, cfg.min_lr, cfg.clip_grad, cfg.opt_betas) == (
-        500, 1e-3, 0.0, None, (0.9, 0.999))
+        500,
+        1e-3,
+        0.0,
+        None,
+        (0.9, 0.999),
+    )
     assert (cfg.data.batch_size * 8, cfg.data.min_size, cfg.data.max_size, cfg.data.hflip) == (32, 800, 1333, 0.5)
     assert (cfg.score_thresh, cfg.detections_per_img, cfg.allow_random_backbone) == (0.05, 100, False)
     with pytest.raises(ValueError, match='pretrained_backbone'):

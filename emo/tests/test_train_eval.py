@@ -1,6 +1,7 @@
 """ImageNet training/evaluation scripts: a tiny run of train.py re-evaluated by eval.py, official-layout checkpoints,
 the recipe YAMLs against the official configs (README, Recipes), config validation, the optimizer's no-decay rule, the
 RandAugment fix."""
+
 import json
 import math
 import subprocess
@@ -28,10 +29,31 @@ from shared.distributed import init_distributed
 PKG = Path(emo_train.__file__).resolve().parent
 CONFIGS = PKG / 'configs'
 # a tiny version of the embedded default: 10 classes x 4 train / 2 val images of 32 px, one epoch of 5 steps
-TINY = ['--data.synthetic_train_per_class', '4', '--data.synthetic_val_per_class', '2',
-        '--data.synthetic_image_size', '32', '--data.img_size', '32', '--data.batch_size', '8',
-        '--data.eval_batch_size', '8', '--data.workers', '0', '--epochs', '1', '--warmup_epochs', '0',
-        '--device', 'cpu', '--no-tensorboard', '--threads', 'null']
+TINY = [
+    '--data.synthetic_train_per_class',
+    '4',
+    '--data.synthetic_val_per_class',
+    '2',
+    '--data.synthetic_image_size',
+    '32',
+    '--data.img_size',
+    '32',
+    '--data.batch_size',
+    '8',
+    '--data.eval_batch_size',
+    '8',
+    '--data.workers',
+    '0',
+    '--epochs',
+    '1',
+    '--warmup_epochs',
+    '0',
+    '--device',
+    'cpu',
+    '--no-tensorboard',
+    '--threads',
+    'null',
+]
 
 
 def test_train_writes_run_folder_and_eval_reproduces_it(synthetic_root, tmp_path, capsys):
@@ -64,8 +86,9 @@ def test_official_trainer_layout_evaluates(synthetic_root, tmp_path):
     path = tmp_path / 'net.pth'
     torch.save({'net': raw, 'net_E': ema, 'epoch': 300}, path)
     args = [*TINY, '--model', 'emo_1m', '--num_classes', '1000']
-    result = emo_eval.main(emo_eval.parse_args([*args, '--checkpoint', str(path), '--output_dir',
-                                                 str(tmp_path / 'eval')]))
+    result = emo_eval.main(
+        emo_eval.parse_args([*args, '--checkpoint', str(path), '--output_dir', str(tmp_path / 'eval')])
+    )
     assert result['weights'] == ['ema', 'raw']
     assert (tmp_path / 'eval' / 'metrics.json').is_file()
 
@@ -82,8 +105,9 @@ def test_official_trainer_layout_evaluates(synthetic_root, tmp_path):
 
     flat = tmp_path / 'flat.pth'
     torch.save(ema, flat)
-    single = emo_eval.main(emo_eval.parse_args([*args, '--checkpoint', str(flat), '--output_dir',
-                                                 str(tmp_path / 'eval_flat')]))
+    single = emo_eval.main(
+        emo_eval.parse_args([*args, '--checkpoint', str(flat), '--output_dir', str(tmp_path / 'eval_flat')])
+    )
     assert single['weights'] == ['weights'] and single['top1'] == pytest.approx(result['ema_top1'])
 
 
@@ -101,9 +125,17 @@ def test_recipe_yaml_is_the_paper_recipe(variant):
     d = cfg.data
     assert not d.synthetic and d.batch_size * 8 == 2048  # 8 GPUs x 256: the official global batch, lr 6e-3
     assert (d.img_size, d.crop_pct, d.interpolation, math.floor(d.img_size / d.crop_pct)) == (
-        224, 0.875, 'bicubic', 256)
+        224,
+        0.875,
+        'bicubic',
+        256,
+    )
     assert (d.train_interpolation, d.auto_augment, d.color_jitter, d.re_prob) == (
-        'random', 'rand-m9-mstd0.5-inc1', 0.4, 0.0)
+        'random',
+        'rand-m9-mstd0.5-inc1',
+        0.4,
+        0.0,
+    )
     assert (d.scale, d.hflip) == ((0.08, 1.0), 0.5)
 
 
@@ -160,8 +192,9 @@ def test_zero_bit_posterize_gives_a_black_image():
 
 
 def test_train_py_runs_as_a_script_from_the_package_folder():
-    result = subprocess.run([sys.executable, 'train.py', '--help'], cwd=PKG, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, 'train.py', '--help'], cwd=PKG, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert '--data.root' in result.stdout and '--drop_path' in result.stdout
 
@@ -181,8 +214,19 @@ def test_unwrap_recognises_training_checkpoint_layouts():
 def test_eval_reads_a_config_stored_before_the_run_level_renames(tmp_path):
     """Checkpoints written before RunConfig stored ``torch_threads`` and ``device: null``; eval still resolves them."""
     path = tmp_path / 'old.pt'
-    torch.save({'model': {}, 'config': {'model': 'emo_test', 'torch_threads': 1, 'device': None,
-                                        'output_dir': '/elsewhere', 'data': {'img_size': 32}}}, path)
+    torch.save(
+        {
+            'model': {},
+            'config': {
+                'model': 'emo_test',
+                'torch_threads': 1,
+                'device': None,
+                'output_dir': '/elsewhere',
+                'data': {'img_size': 32},
+            },
+        },
+        path,
+    )
     cfg = emo_eval.parse_args(['--checkpoint', str(path)])
     assert (cfg.model, cfg.threads, cfg.device, cfg.data.img_size, cfg.output_dir) == ('emo_test', 1, 'auto', 32, None)
     assert emo_eval.parse_args(['--checkpoint', str(path), '--output_dir', 'here']).output_dir == 'here'

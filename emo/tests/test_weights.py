@@ -1,5 +1,6 @@
 """Official checkpoint loading: synthetic checkpoints with the official keys and shapes, in every accepted layout,
 through load_official_checkpoint and through timm's pretrained machinery (offline)."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -99,8 +100,9 @@ def test_timm_pretrained_from_local_file(official_shapes, tmp_path, monkeypatch)
     model10 = timm.create_model('emo_1m', pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(path)))
     assert model10.head.out_features == 10
     torch.testing.assert_close(model10.stage4[2].proj.conv.weight, sd['stage4.2.proj.conv.weight'])
-    features = timm.create_model('emo_1m', pretrained=True, features_only=True,
-                                 pretrained_cfg_overlay=dict(file=str(path)))
+    features = timm.create_model(
+        'emo_1m', pretrained=True, features_only=True, pretrained_cfg_overlay=dict(file=str(path))
+    )
     torch.testing.assert_close(features.stage3[1].qk.conv.weight, sd['stage3.1.qk.conv.weight'])
 
 
@@ -171,8 +173,10 @@ def hub_dir(tmp_path, monkeypatch):
 
 
 def test_git_blob_sha1_matches_git_hash_object(tmp_path):
-    for data, known in [(b'', 'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391'),
-                        (b'hello\n', 'ce013625030ba8dba906f756967f9e9ca394464a')]:  # `git hash-object` of each
+    for data, known in [
+        (b'', 'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391'),
+        (b'hello\n', 'ce013625030ba8dba906f756967f9e9ca394464a'),
+    ]:  # `git hash-object` of each
         path = tmp_path / 'f'
         path.write_bytes(data)
         assert git_blob_sha1(path) == known == _git_hash_object(data)

@@ -39,8 +39,9 @@ def test_void_255_and_2_both_become_void():
         assert set(np.unique(out)) == {0, 1, 255} and (out[5] == 255).all() and out[1, 2] == 1
     road = np.array([[0, 1, 2, 255]], np.uint8)  # Road Anomaly: 2 is the anomaly, 1 road is normal
     assert normalize_anomaly_labels(road, "road_anomaly").tolist() == [[0, 0, 1, 255]]
-    assert torch.equal(normalize_anomaly_labels(torch.tensor([2, 0, 1]), "binary_void"), torch.tensor([255, 0, 1],
-                                                                                                        dtype=torch.uint8))
+    assert torch.equal(
+        normalize_anomaly_labels(torch.tensor([2, 0, 1]), "binary_void"), torch.tensor([255, 0, 1], dtype=torch.uint8)
+    )
 
 
 @pytest.mark.parametrize("layout", ["fs_static", "fs_laf", "fs_laf_official", "road_anomaly", "smiyc", "synboost"])

@@ -11,8 +11,24 @@ from energy_anomaly_seg.tests.test_train import TINY
 
 def _tiny_record(tmp_path, name):
     out = tmp_path / name
-    evidence.main(["--seeds", "11", "--lr", "0.05", "--rows", "sleeg", "tae_only", "square_no_refine",
-                   "--output_dir", str(out), "--", *TINY, "--synthetic.root", str(tmp_path / "synthetic")])
+    evidence.main(
+        [
+            "--seeds",
+            "11",
+            "--lr",
+            "0.05",
+            "--rows",
+            "sleeg",
+            "tae_only",
+            "square_no_refine",
+            "--output_dir",
+            str(out),
+            "--",
+            *TINY,
+            "--synthetic.root",
+            str(tmp_path / "synthetic"),
+        ]
+    )
     return json.loads((out / "evidence.json").read_text()), out
 
 
@@ -38,9 +54,17 @@ def test_tiny_evidence_is_deterministic_and_reuses_the_segmentor(tmp_path):
 
 
 def test_table_and_reproduction_check():
-    record = {"method": "sleeg", "baselines": ["energy"], "ablations": ["tae_only"], "seeds": [1, 2, 3],
-              "rows": {f"{r}/{m}": v for r, v in (("sleeg", [3.0, 4.0, 5.0]), ("energy", [1.0, 4.5, 2.0]),
-                                                   ("tae_only", [2.0, 3.0, 4.0])) for m in ("AP", "FPR95", "AUROC")}}
+    record = {
+        "method": "sleeg",
+        "baselines": ["energy"],
+        "ablations": ["tae_only"],
+        "seeds": [1, 2, 3],
+        "rows": {
+            f"{r}/{m}": v
+            for r, v in (("sleeg", [3.0, 4.0, 5.0]), ("energy", [1.0, 4.5, 2.0]), ("tae_only", [2.0, 3.0, 4.0]))
+            for m in ("AP", "FPR95", "AUROC")
+        },
+    }
     table = evidence.format_table(record)
     assert "| energy | 2.50 ± 1.80 |" in table  # mean ± sample sd
     assert "| 1.50 ± 1.80 | 2 / 3 |" in table  # paired SLEEG - energy: 2.0, -0.5, 3.0

@@ -77,14 +77,22 @@ def mmseg_layout(depth, stem=64, base=64, aspp=512, aux=256, ood=256, num_classe
 
 def random_state(shapes, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {k: (torch.randint(0, 100, s, generator=g) if k.endswith("num_batches_tracked")
-                else torch.rand(s, generator=g) + 0.5) for k, s in shapes.items()}
+    return {
+        k: (
+            torch.randint(0, 100, s, generator=g)
+            if k.endswith("num_batches_tracked")
+            else torch.rand(s, generator=g) + 0.5
+        )
+        for k, s in shapes.items()
+    }
 
 
 def mmcv_file(state, prefix=""):
-    return {"meta": {"mmseg_version": "0.27.0", "iter": 40000, "CLASSES": ["road", "sidewalk"], "seed": 0},
-            "state_dict": {prefix + k: v for k, v in state.items()},
-            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "momentum": 0.9}]}}
+    return {
+        "meta": {"mmseg_version": "0.27.0", "iter": 40000, "CLASSES": ["road", "sidewalk"], "seed": 0},
+        "state_dict": {prefix + k: v for k, v in state.items()},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "momentum": 0.9}]},
+    }
 
 
 TEST_VARIANT = dict(depth=18, stem=8, base=8, aspp=8, aux=8, ood=8)
@@ -92,8 +100,14 @@ TEST_VARIANT = dict(depth=18, stem=8, base=8, aspp=8, aux=8, ood=8)
 
 def test_variant_settings_match_layout_helper():
     v = VARIANTS["deeplabv3_r18_d8_test"]
-    assert (v["depth"], v["stem_channels"], v["base_channels"], v["aspp_channels"], v["aux_channels"],
-            v["ood_channels"]) == tuple(TEST_VARIANT.values())
+    assert (
+        v["depth"],
+        v["stem_channels"],
+        v["base_channels"],
+        v["aspp_channels"],
+        v["aux_channels"],
+        v["ood_channels"],
+    ) == tuple(TEST_VARIANT.values())
 
 
 def test_r101_model_has_exactly_the_mmseg_keys_and_shapes():
@@ -127,11 +141,14 @@ def test_segmentor_only_file_keeps_head_unless_required():
         load_mmseg_checkpoint(create_model("deeplabv3_r18_d8_test"), mmcv_file(state), allow_missing_ood_head=False)
 
 
-@pytest.mark.parametrize("corruption, message", [
-    ("drop", r"1 missing key\(s\): backbone\.layer2\.0\.downsample\.1\.running_var"),
-    ("extra", r"1 unexpected key\(s\): decode_head\.conv_seg_extra\.weight"),
-    ("shape", r"wrong shape key\(s\): decode_head\.conv_seg\.weight: checkpoint \(20, 8, 1, 1\)"),
-])
+@pytest.mark.parametrize(
+    "corruption, message",
+    [
+        ("drop", r"1 missing key\(s\): backbone\.layer2\.0\.downsample\.1\.running_var"),
+        ("extra", r"1 unexpected key\(s\): decode_head\.conv_seg_extra\.weight"),
+        ("shape", r"wrong shape key\(s\): decode_head\.conv_seg\.weight: checkpoint \(20, 8, 1, 1\)"),
+    ],
+)
 def test_loader_is_strict(corruption, message):
     state = random_state(mmseg_layout(**TEST_VARIANT))
     if corruption == "drop":

@@ -111,7 +111,7 @@ def test_square_polygons_cover_the_whole_crop_box():
     _, _, ood, info = pool.paste(images, torch.zeros(1, 50, 80, dtype=torch.long), g, pastes_per_image=1)
     (r, c), (hc, wc) = info.offsets[0, 0].tolist(), pool.sizes[info.source[0, 0]].tolist()
     expected = torch.zeros(50, 80, dtype=torch.long)
-    expected[r:r + hc, c:c + wc] = 1
+    expected[r : r + hc, c : c + wc] = 1
     assert torch.equal(ood[0], expected)
 
 

@@ -70,8 +70,15 @@ def test_training_step_updates_only_the_ood_head():
     torch.manual_seed(0)
     model = create_model("deeplabv3_r18_d8_test").train()
     images, labels = _batch()
-    loss, logs = sleeg_losses(model, images, labels, AnomalyPatchPool(), torch.Generator().manual_seed(0),
-                              SLEEGSettings(refine_warmup_iters=0), iteration=0)
+    loss, logs = sleeg_losses(
+        model,
+        images,
+        labels,
+        AnomalyPatchPool(),
+        torch.Generator().manual_seed(0),
+        SLEEGSettings(refine_warmup_iters=0),
+        iteration=0,
+    )
     loss.backward()
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("patch_head"))
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.patch_head.parameters())
@@ -144,25 +151,37 @@ def _released_path_step(monkeypatch, iteration, **settings):
     monkeypatch.setattr(sleeg_module, "task_oriented_residual_loss", spy)
     model = _FixedOutputs(-JEM[:, None], torch.stack([H0, H1], dim=1))
     images = torch.zeros(1, 3, 2, 4)
-    _, logs = sleeg_losses(model, images, torch.zeros(1, 2, 4, dtype=torch.long), _FixedPastes(PASTED),
-                           torch.Generator(), SLEEGSettings(noise_ratio=0.0, **settings), iteration)
+    _, logs = sleeg_losses(
+        model,
+        images,
+        torch.zeros(1, 2, 4, dtype=torch.long),
+        _FixedPastes(PASTED),
+        torch.Generator(),
+        SLEEGSettings(noise_ratio=0.0, **settings),
+        iteration,
+    )
     assert seen["h1"][0] == H1[0].tolist()
     return seen["labels"][0], seen["guide"][0], logs
 
 
-@pytest.mark.parametrize("refine_score, tore_guide, iteration, mask, guide", [
-    ("paper", "energy", 9, MASK_JEM, GUIDE_ENERGY),  # paper, warm-up: JEM
-    ("paper", "energy", 10, MASK_A, GUIDE_ENERGY),  # paper after the warm-up: A(x) of eq. 9
-    ("released", "energy", 0, MASK_JEM, GUIDE_ENERGY),  # released forward: parent class's energy score
-    ("released", "energy", 10_000, MASK_JEM, GUIDE_ENERGY),  # ... for the whole run
-    ("head_plus_energy", "energy", 9, MASK_JEM, GUIDE_ENERGY),
-    ("head_plus_energy", "head_plus_energy", 10, MASK_HEAD_PLUS_ENERGY, GUIDE_HEAD_PLUS_ENERGY),
-    ("paper", "head_plus_energy", 10, MASK_A, GUIDE_HEAD_PLUS_ENERGY),
-])
-def test_refinement_mask_and_tore_guide_follow_the_setting(monkeypatch, refine_score, tore_guide, iteration, mask,
-                                                           guide):
-    labels, seen_guide, logs = _released_path_step(monkeypatch, iteration, refine_score=refine_score,
-                                                   tore_guide=tore_guide, refine_warmup_iters=10, margin=15.0)
+@pytest.mark.parametrize(
+    "refine_score, tore_guide, iteration, mask, guide",
+    [
+        ("paper", "energy", 9, MASK_JEM, GUIDE_ENERGY),  # paper, warm-up: JEM
+        ("paper", "energy", 10, MASK_A, GUIDE_ENERGY),  # paper after the warm-up: A(x) of eq. 9
+        ("released", "energy", 0, MASK_JEM, GUIDE_ENERGY),  # released forward: parent class's energy score
+        ("released", "energy", 10_000, MASK_JEM, GUIDE_ENERGY),  # ... for the whole run
+        ("head_plus_energy", "energy", 9, MASK_JEM, GUIDE_ENERGY),
+        ("head_plus_energy", "head_plus_energy", 10, MASK_HEAD_PLUS_ENERGY, GUIDE_HEAD_PLUS_ENERGY),
+        ("paper", "head_plus_energy", 10, MASK_A, GUIDE_HEAD_PLUS_ENERGY),
+    ],
+)
+def test_refinement_mask_and_tore_guide_follow_the_setting(
+    monkeypatch, refine_score, tore_guide, iteration, mask, guide
+):
+    labels, seen_guide, logs = _released_path_step(
+        monkeypatch, iteration, refine_score=refine_score, tore_guide=tore_guide, refine_warmup_iters=10, margin=15.0
+    )
     assert labels == mask
     assert torch.allclose(torch.tensor(seen_guide), torch.tensor(guide), atol=1e-6)
     # the hinge by hand: mean over normal pixels - mean over kept pasted pixels of h1 + guide, plus the margin
@@ -189,11 +208,14 @@ def test_unknown_refine_score_or_tore_guide_is_an_error(capsys):
     from energy_anomaly_seg.train import TrainConfig
     from shared.config import parse_config
 
-    for flags, message in ((["--objective.refine_score", "jem"],
-                            "'objective.refine_score': expected one of 'paper', 'released', 'head_plus_energy'"),
-                           (["--objective.tore_guide", "paper"],
-                            "'objective.tore_guide': expected one of 'energy', 'head_plus_energy'"),
-                           (["--objective.tore_head_weight", "0.5"], "tore_head_weight")):  # the old keys are gone
+    for flags, message in (
+        (
+            ["--objective.refine_score", "jem"],
+            "'objective.refine_score': expected one of 'paper', 'released', 'head_plus_energy'",
+        ),
+        (["--objective.tore_guide", "paper"], "'objective.tore_guide': expected one of 'energy', 'head_plus_energy'"),
+        (["--objective.tore_head_weight", "0.5"], "tore_head_weight"),
+    ):  # the old keys are gone
         with pytest.raises(SystemExit):
             parse_config(TrainConfig, flags)
         assert message in capsys.readouterr().err

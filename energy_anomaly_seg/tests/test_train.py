@@ -13,11 +13,46 @@ from energy_anomaly_seg import train_segmentor
 from shared.testing import assert_same_tensors
 
 TINY = [
-    "--model.variant", "deeplabv3_r18_d8_test", "--device", "cpu", "--log_interval", "2", "--checkpoint_interval", "2",
-    "--synthetic.height", "32", "--synthetic.width", "64", "--synthetic.n_train", "6", "--synthetic.n_val", "2",
-    "--synthetic.n_anomaly", "2", "--data.img_scale", "64", "32", "--data.crop_size", "32", "64",
-    "--data.batch_size", "2", "--segmentor.train.iters", "3", "--optim.iters", "4", "--objective.refine_warmup_iters",
-    "2", "--eval.img_scale", "64", "32", "--eval.scales", "1.0", "--no-eval.flip", "--eval.vis_images", "1",
+    "--model.variant",
+    "deeplabv3_r18_d8_test",
+    "--device",
+    "cpu",
+    "--log_interval",
+    "2",
+    "--checkpoint_interval",
+    "2",
+    "--synthetic.height",
+    "32",
+    "--synthetic.width",
+    "64",
+    "--synthetic.n_train",
+    "6",
+    "--synthetic.n_val",
+    "2",
+    "--synthetic.n_anomaly",
+    "2",
+    "--data.img_scale",
+    "64",
+    "32",
+    "--data.crop_size",
+    "32",
+    "64",
+    "--data.batch_size",
+    "2",
+    "--segmentor.train.iters",
+    "3",
+    "--optim.iters",
+    "4",
+    "--objective.refine_warmup_iters",
+    "2",
+    "--eval.img_scale",
+    "64",
+    "32",
+    "--eval.scales",
+    "1.0",
+    "--no-eval.flip",
+    "--eval.vis_images",
+    "1",
 ]
 
 
@@ -68,7 +103,8 @@ def test_train_writes_run_folder_and_eval_reproduces_metrics(tmp_path, tiny_args
     evaluated = evaluate(["--checkpoint", str(out / "last.pt"), "--output_dir", str(tmp_path / "eval")])
     assert evaluated["sleeg_AP"] == pytest.approx(metrics["sleeg_AP"])
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["energy_FPR95"] == pytest.approx(
-        metrics["energy_FPR95"])
+        metrics["energy_FPR95"]
+    )
 
 
 def test_resumed_runs_end_where_an_uninterrupted_run_does(tmp_path, tiny_args, keep_every_checkpoint):
@@ -77,32 +113,51 @@ def test_resumed_runs_end_where_an_uninterrupted_run_does(tmp_path, tiny_args, k
     final = torch.load(full / "last.pt", weights_only=True)["model"]
     for checkpoint in ("ood_head_2.pt", "segmentor_2.pt"):
         resumed = tmp_path / checkpoint
-        train([*tiny_args, "--output_dir", str(resumed), "--eval.datasets", "--resume",
-                           str(full / checkpoint)])
+        train([*tiny_args, "--output_dir", str(resumed), "--eval.datasets", "--resume", str(full / checkpoint)])
         again = torch.load(resumed / "last.pt", weights_only=True)["model"]
         assert_same_tensors(final, again, checkpoint)
 
 
 def test_train_segmentor_checkpoint_feeds_sleeg(tmp_path):
-    seg_args = [*TINY[:TINY.index("--segmentor.train.iters")], "--synthetic.root", str(tmp_path / "s"),
-                "--data.dataset", "synthetic", "--data.num_workers", "0"]
+    seg_args = [
+        *TINY[: TINY.index("--segmentor.train.iters")],
+        "--synthetic.root",
+        str(tmp_path / "s"),
+        "--data.dataset",
+        "synthetic",
+        "--data.num_workers",
+        "0",
+    ]
     seg_out = tmp_path / "segmentor"
-    metrics = train_segmentor_run([*seg_args, "--output_dir", str(seg_out), "--optim.iters", "2",
-                                   "--allow_random_init", "--optim.lr", "0.05"])
+    metrics = train_segmentor_run(
+        [*seg_args, "--output_dir", str(seg_out), "--optim.iters", "2", "--allow_random_init", "--optim.lr", "0.05"]
+    )
     assert 0 <= metrics["mIoU"] <= 100 and (seg_out / "last.pt").is_file()
     with pytest.raises(ValueError, match="backbone_pretrained"):  # the Cityscapes recipe never starts from random
         train_segmentor_run([*seg_args, "--output_dir", str(tmp_path / "x"), "--optim.iters", "1"])
     run = tmp_path / "sleeg"
-    train([*seg_args, "--output_dir", str(run), "--segmentor.checkpoint", str(seg_out / "last.pt"),
-                       "--optim.iters", "2", "--eval.datasets"])
+    train(
+        [
+            *seg_args,
+            "--output_dir",
+            str(run),
+            "--segmentor.checkpoint",
+            str(seg_out / "last.pt"),
+            "--optim.iters",
+            "2",
+            "--eval.datasets",
+        ]
+    )
     segmentor = torch.load(seg_out / "last.pt", weights_only=True)["model"]
     sleeg = torch.load(run / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(segmentor[k], sleeg[k]) for k in segmentor)  # frozen: unchanged by head training
     assert any(k.startswith("patch_head.") for k in sleeg) and not any(k.startswith("patch_head.") for k in segmentor)
 
 
-@pytest.mark.parametrize("spec, error", [("fs_static:{tmp}/missing", FileNotFoundError),
-                                         ("fishy:{tmp}", ValueError), ("fs_laf_val={tmp}", ValueError)])
+@pytest.mark.parametrize(
+    "spec, error",
+    [("fs_static:{tmp}/missing", FileNotFoundError), ("fishy:{tmp}", ValueError), ("fs_laf_val={tmp}", ValueError)],
+)
 def test_bad_eval_dataset_stops_the_run_before_training(tmp_path, tiny_args, spec, error):
     out = tmp_path / "run"
     with pytest.raises(error, match="layout|not found"):
@@ -126,15 +181,20 @@ def test_every_recipe_yaml_is_a_valid_config():
     from pathlib import Path
 
     configs = Path(train_module.__file__).parent / "configs"
-    parsed = {p.stem: (train_segmentor if p.stem.startswith("segmentor") else train_module).parse_args(["-c", str(p)])
-              for p in configs.glob("*.yaml")}
+    parsed = {
+        p.stem: (train_segmentor if p.stem.startswith("segmentor") else train_module).parse_args(["-c", str(p)])
+        for p in configs.glob("*.yaml")
+    }
     assert set(parsed) == {"default", "cityscapes_r101", "cityscapes_r101_released_code", "segmentor_r101_40k"}
     paper, code = parsed["cityscapes_r101"], parsed["cityscapes_r101_released_code"]
     assert (paper.objective.margin, paper.optim.iters, paper.objective.refine_warmup_iters) == (15.0, 40000, 6000)
     assert (code.objective.margin, code.optim.iters) == (20.0, 80000)
     # released training forward: the parent class's energy-only score for refinement and for the TORE guide
     assert (paper.objective.refine_score, paper.objective.refine_lambda, paper.objective.tore_guide) == (
-        "paper", 0.5, "energy")
+        "paper",
+        0.5,
+        "energy",
+    )
     assert (code.objective.refine_score, code.objective.tore_guide) == ("released", "energy")
     assert (parsed["default"].objective.refine_score, parsed["default"].objective.tore_guide) == ("paper", "energy")
     assert (paper.eval.score_formula, paper.eval.score_weight) == ("paper", 0.5)
@@ -144,8 +204,9 @@ def test_every_recipe_yaml_is_a_valid_config():
 def test_sleeg_settings_take_every_objective_key_by_name():
     from dataclasses import fields
 
-    cfg = train_module.parse_args(["--objective.margin", "20", "--objective.refine_score", "released",
-                                   "--anomalies.pastes_per_image", "3"])
+    cfg = train_module.parse_args(
+        ["--objective.margin", "20", "--objective.refine_score", "released", "--anomalies.pastes_per_image", "3"]
+    )
     settings = train_module.sleeg_settings(cfg)
     for f in fields(cfg.objective):
         assert getattr(settings, f.name) == getattr(cfg.objective, f.name), f.name

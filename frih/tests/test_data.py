@@ -22,18 +22,22 @@ from frih.synthetic import ensure_synthetic_iharmony4, write_synthetic_iharmony4
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    return ensure_synthetic_iharmony4(image_size=48, num_real_per_subset=4, seed=5,
-                                      root=tmp_path_factory.mktemp("syn") / "frih_iharmony4")
+    return ensure_synthetic_iharmony4(
+        image_size=48, num_real_per_subset=4, seed=5, root=tmp_path_factory.mktemp("syn") / "frih_iharmony4"
+    )
 
 
-@pytest.mark.parametrize(("composite", "real", "mask"), [
-    ("c108140_1698416_1.jpg", "c108140.jpg", "c108140_1698416.png"),
-    ("a3200_1_1.jpg", "a3200.jpg", "a3200_1.png"),
-    ("f4452_1_2.jpg", "f4452.jpg", "f4452_1.png"),
-    ("d573-56_1_6.jpg", "d573-56.jpg", "d573-56_1.png"),
-    ("d8915-20110321-090528_1_4.jpg", "d8915-20110321-090528.jpg", "d8915-20110321-090528_1.png"),
-    ("HCOCO/composite_images/c1_2_3.jpg", "c1.jpg", "c1_2.png"),
-])
+@pytest.mark.parametrize(
+    ("composite", "real", "mask"),
+    [
+        ("c108140_1698416_1.jpg", "c108140.jpg", "c108140_1698416.png"),
+        ("a3200_1_1.jpg", "a3200.jpg", "a3200_1.png"),
+        ("f4452_1_2.jpg", "f4452.jpg", "f4452_1.png"),
+        ("d573-56_1_6.jpg", "d573-56.jpg", "d573-56_1.png"),
+        ("d8915-20110321-090528_1_4.jpg", "d8915-20110321-090528.jpg", "d8915-20110321-090528_1.png"),
+        ("HCOCO/composite_images/c1_2_3.jpg", "c1.jpg", "c1_2.png"),
+    ],
+)
 def test_name_mapping_rules(composite, real, mask):
     assert composite_to_real_name(composite) == real
     assert composite_to_mask_name(composite) == mask
@@ -79,8 +83,9 @@ def test_dovenet_ihd_split_files_give_the_same_samples(synthetic_root, tmp_path)
         (tmp_path / "ihd_root" / subset).symlink_to(synthetic_root / subset, target_is_directory=True)
     (tmp_path / "ihd_root" / "IHD_test.txt").write_text("\n".join(lines) + "\n")
     ihd = IHarmony4Dataset(tmp_path / "ihd_root", ["HFlickr", "Hday2night"], "test", split_source="ihd")
-    expected = [s for s in IHarmony4Dataset(synthetic_root, SUBSETS, "test").samples
-                if s.subset in ("HFlickr", "Hday2night")]
+    expected = [
+        s for s in IHarmony4Dataset(synthetic_root, SUBSETS, "test").samples if s.subset in ("HFlickr", "Hday2night")
+    ]
     assert [(s.subset, s.name) for s in ihd.samples] == [(s.subset, s.name) for s in expected]
 
 
@@ -103,8 +108,11 @@ def test_synthetic_generator_is_deterministic_and_fills_the_fg_bins(tmp_path, sy
     again = write_synthetic_iharmony4(tmp_path / "again", image_size=48, num_real_per_subset=4, seed=5)
 
     def digest(root):
-        return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".jpg", ".png", ".txt")}
+        return {
+            p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix in (".jpg", ".png", ".txt")
+        }
 
     assert digest(again) == digest(synthetic_root)
     ratios = [float((np.asarray(Image.open(p)) > 127).mean()) for p in sorted(synthetic_root.rglob("masks/*.png"))]

@@ -49,8 +49,18 @@ def test_metric_values_by_hand():
 
 
 def _rec(row, subset, mse, ratio):
-    return {"row": row, "subset": subset, "name": f"{subset}_{mse}", "fg_ratio": ratio, "mse": mse, "fmse": 2 * mse,
-            "psnr": 30.0, "psnr_255": 31.0, "fpsnr": 20.0, "fmse_binary": 2 * mse}
+    return {
+        "row": row,
+        "subset": subset,
+        "name": f"{subset}_{mse}",
+        "fg_ratio": ratio,
+        "mse": mse,
+        "fmse": 2 * mse,
+        "psnr": 30.0,
+        "psnr_255": 31.0,
+        "fpsnr": 20.0,
+        "fmse_binary": 2 * mse,
+    }
 
 
 def test_all_is_image_weighted_and_bins_follow_the_reference_edges():
@@ -79,8 +89,15 @@ class _Shift(nn.Module):
 def test_evaluate_harmonizer_rows_on_a_known_model():
     target, mask = _images()
     composite = target.clone()
-    loader = [{"composite": composite, "mask": mask, "target": target, "subset": ["HCOCO", "HFlickr"],
-               "name": ["c1_1_1.jpg", "f1_1_1.jpg"]}]
+    loader = [
+        {
+            "composite": composite,
+            "mask": mask,
+            "target": target,
+            "subset": ["HCOCO", "HFlickr"],
+            "name": ["c1_1_1.jpg", "f1_1_1.jpg"],
+        }
+    ]
     records, grid = evaluate_harmonizer(Harmonizer(_Shift()), loader, num_grid=1)
     summary = summarize(records)
     assert list(summary) == ["composite", "stage1", "frih"]

@@ -33,15 +33,18 @@ def test_soft_mask_counts_fractionally_and_restriction():
     soft = mask * 0.5  # area 150 and 10
     assert torch.allclose(fn_mse(pred, target, soft, 100.0), torch.tensor([300 / 450, 1200 / 300]))
     # restricted to the mask: only the foreground error counts (0.25 * 3 * 300 * 1.0 for sample 0)
-    assert torch.allclose(fn_mse(pred, target, mask, 100.0, restrict_to_mask=True),
-                          torch.tensor([225 / 900, 60 / 300]))
+    assert torch.allclose(fn_mse(pred, target, mask, 100.0, restrict_to_mask=True), torch.tensor([225 / 900, 60 / 300]))
 
 
 def test_frih_loss_sums_weighted_terms():
     pred, target, mask = _pair()
     coarse = target + 0.25
-    outputs = {"images": pred, "coarse": coarse, "module_images": [pred, coarse],
-               "submasks": torch.cat([mask, torch.zeros_like(mask)], 1)}
+    outputs = {
+        "images": pred,
+        "coarse": coarse,
+        "module_images": [pred, coarse],
+        "submasks": torch.cat([mask, torch.zeros_like(mask)], 1),
+    }
     final = fn_mse(pred, target, mask).mean()
     coarse_term = fn_mse(coarse, target, mask).mean()
     total, parts = FRIHLoss(100.0, final_weight=1.0, coarse_weight=0.5)(outputs, target, mask)

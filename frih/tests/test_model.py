@@ -102,8 +102,13 @@ def test_fpm_per_level_projection_equals_upsample_concat_then_1x1():
         y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
         x = y if x is None else x + y
     # reference: upsample every map, concatenate per level in the same order, one 1x1 conv with the stacked weights
-    ups = torch.cat([F.interpolate(torch.cat([f[lv] for f in feats], 1), size=size, mode="bilinear",
-                                   align_corners=False) for lv in range(2)], 1)
+    ups = torch.cat(
+        [
+            F.interpolate(torch.cat([f[lv] for f in feats], 1), size=size, mode="bilinear", align_corners=False)
+            for lv in range(2)
+        ],
+        1,
+    )
     weight = torch.cat([p.weight for p in fpm.level_proj], 1)
     assert torch.allclose(F.conv2d(ups, weight), x, atol=1e-5)
 
@@ -185,8 +190,15 @@ def test_registry_and_config_errors():
         FRIH(FRIHConfig(num_clusters=0))
 
 
-@pytest.mark.parametrize(("recipe", "variant"), [("default", "frih_tiny"), ("frih_iharmony4", "frih256"),
-                                                 ("issam_iharmony4", "issam256"), ("idih_iharmony4", "idih256")])
+@pytest.mark.parametrize(
+    ("recipe", "variant"),
+    [
+        ("default", "frih_tiny"),
+        ("frih_iharmony4", "frih256"),
+        ("issam_iharmony4", "issam256"),
+        ("idih_iharmony4", "idih256"),
+    ],
+)
 def test_recipes_train_the_named_variants(recipe, variant):
     from frih.config import DEFAULT_CONFIG
     from frih.train import parse_args

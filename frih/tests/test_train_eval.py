@@ -17,19 +17,59 @@ def _train(argv):
 
 
 def _argv(out, data_root, epochs=2, extra=()):
-    return ["--output_dir", str(out), "--device", "cpu", "--threads", "1",
-            "--model.stage1_ch", "4", "--model.module_ch", "4", "--model.fpm_ch", "8",
-            "--data.crop_size", "32", "--data.eval_size", "32", "--data.num_workers", "0",
-            "--data.synthetic_size", "48", "--data.synthetic_num_real", "4", "--data.synthetic_root", str(data_root),
-            "--optim.batch_size", "4", "--optim.epochs", str(epochs), "--optim.milestones", "1",
-            "--eval_batch_size", "8", "--num_grid_images", "2", *extra]
+    return [
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--model.stage1_ch",
+        "4",
+        "--model.module_ch",
+        "4",
+        "--model.fpm_ch",
+        "8",
+        "--data.crop_size",
+        "32",
+        "--data.eval_size",
+        "32",
+        "--data.num_workers",
+        "0",
+        "--data.synthetic_size",
+        "48",
+        "--data.synthetic_num_real",
+        "4",
+        "--data.synthetic_root",
+        str(data_root),
+        "--optim.batch_size",
+        "4",
+        "--optim.epochs",
+        str(epochs),
+        "--optim.milestones",
+        "1",
+        "--eval_batch_size",
+        "8",
+        "--num_grid_images",
+        "2",
+        *extra,
+    ]
 
 
 def test_train_writes_the_run_folder_and_eval_reproduces_its_metrics(tmp_path):
     out = tmp_path / "run"
     metrics = _train(_argv(out, tmp_path / "data"))
-    for name in ("config.yaml", "log.csv", "train.log", "metrics.json", "last.pt", "best.pt", "per_image.csv",
-                 "before_after.png", "results.md"):
+    for name in (
+        "config.yaml",
+        "log.csv",
+        "train.log",
+        "metrics.json",
+        "last.pt",
+        "best.pt",
+        "per_image.csv",
+        "before_after.png",
+        "results.md",
+    ):
         assert (out / name).is_file(), name
     on_disk = json.loads((out / "metrics.json").read_text())
     for key in ("mse", "fmse", "psnr", "psnr_255", "fpsnr", "composite_mse", "stage1_mse", "frih_mse"):
@@ -39,8 +79,20 @@ def test_train_writes_the_run_folder_and_eval_reproduces_its_metrics(tmp_path):
     state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 1 and state["scheduler"]["last_epoch"] == 2
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # x0.1 after the milestone
-    ev = frih_eval.main(frih_eval.parse_args(["--checkpoint", str(out / "last.pt"), "--output_dir",
-                                              str(tmp_path / "ev"), "--threads", "1", "--data.num_workers", "0"]))
+    ev = frih_eval.main(
+        frih_eval.parse_args(
+            [
+                "--checkpoint",
+                str(out / "last.pt"),
+                "--output_dir",
+                str(tmp_path / "ev"),
+                "--threads",
+                "1",
+                "--data.num_workers",
+                "0",
+            ]
+        )
+    )
     for key in ("mse", "fmse", "psnr", "composite_mse", "stage1_mse"):
         assert ev[key] == pytest.approx(on_disk[key], rel=1e-5), key
     assert (tmp_path / "ev" / "metrics.json").is_file()
@@ -53,8 +105,11 @@ def test_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path):
     _train(_argv(tmp_path / "part", data, epochs=2, extra=("--resume", str(tmp_path / "part" / "last.pt"))))
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
-    assert a.keys() == b.keys() >= {"package", "config", "model", "optimizer", "scheduler", "scaler", "epoch", "step",
-                                    "best_mse", "rng"}
+    assert (
+        a.keys()
+        == b.keys()
+        >= {"package", "config", "model", "optimizer", "scheduler", "scaler", "epoch", "step", "best_mse", "rng"}
+    )
     for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step"):
         assert_same_tensors(a[key], b[key], key)
 
@@ -71,7 +126,12 @@ def test_eval_reads_a_checkpoint_written_before_the_run_config_names(tmp_path):
     save_checkpoint({"package": "frih", "model": {}, "config": old}, tmp_path / "old.pt")
     cfg = frih_eval.parse_args(["--checkpoint", str(tmp_path / "old.pt"), "--data.eval_size", "64"])
     assert (cfg.checkpoint, cfg.output_dir, cfg.device, cfg.amp, cfg.data.eval_size) == (
-        str(tmp_path / "old.pt"), None, "auto", "off", 64)
+        str(tmp_path / "old.pt"),
+        None,
+        "auto",
+        "off",
+        64,
+    )
     assert cfg.model == Config().model and cfg.log_interval == 20
 
 
@@ -93,12 +153,24 @@ def test_paper_recipes_hold_the_reference_schedule(name):
     from frih.model import build_model, count_parameters
 
     cfg = frih_train.parse_args(["-c", str(DEFAULT_CONFIG.parent / f"{name}.yaml")])
-    assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.eps, cfg.optim.weight_decay) == (1e-3, (0.9, 0.999),
-                                                                                             1e-8, 0.0)
+    assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.eps, cfg.optim.weight_decay) == (
+        1e-3,
+        (0.9, 0.999),
+        1e-8,
+        0.0,
+    )
     assert (cfg.optim.batch_size, cfg.optim.epochs, list(cfg.optim.milestones), cfg.optim.gamma) == (
-        16, 120, [105, 115], 0.1)
+        16,
+        120,
+        [105, 115],
+        0.1,
+    )
     assert (cfg.data.crop_size, tuple(cfg.data.crop_scale), cfg.data.flip_p, cfg.data.eval_size) == (
-        256, (0.5, 1.0), 0.5, 256)
+        256,
+        (0.5, 1.0),
+        0.5,
+        256,
+    )
     assert cfg.data.keep_background_prob == 0.05 and cfg.data.root is not None  # never silently synthetic
     expected = {"issam_iharmony4": 2_185_340, "idih_iharmony4": 8_301_284, "frih_iharmony4": 12_004_951}[name]
     assert count_parameters(build_model(cfg.model)) == expected
@@ -108,6 +180,16 @@ def test_paper_recipes_hold_the_reference_schedule(name):
 def test_recipe_without_the_dataset_names_the_missing_path(tmp_path):
     recipe = DEFAULT_CONFIG.parent / "frih_iharmony4.yaml"
     with pytest.raises(FileNotFoundError, match="python -m shared.datasets info iharmony4") as err:
-        _train(["-c", str(recipe), "--data.root", str(tmp_path / "iHarmony4"), "--output_dir",
-                str(tmp_path / "run"), "--device", "cpu"])
+        _train(
+            [
+                "-c",
+                str(recipe),
+                "--data.root",
+                str(tmp_path / "iHarmony4"),
+                "--output_dir",
+                str(tmp_path / "run"),
+                "--device",
+                "cpu",
+            ]
+        )
     assert str(tmp_path / "iHarmony4") in str(err.value)

@@ -93,7 +93,7 @@ def test_patch_rotation_rotates_each_cell():
     for b in range(2):
         for y in (0, 4):
             for x in (0, 4):
-                cell, new = image[b, :, y:y + 4, x:x + 4], out[b, :, y:y + 4, x:x + 4]
+                cell, new = image[b, :, y : y + 4, x : x + 4], out[b, :, y : y + 4, x : x + 4]
                 assert any(torch.equal(torch.rot90(cell, k, (1, 2)), new) for k in range(4))
 
 

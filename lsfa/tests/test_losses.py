@@ -89,6 +89,5 @@ def test_lsfa_loss_trains_and_fills_queues():
     assert logs1["ifc_active"] == 3 and logs1["loss_ifc"] > 0
     loss1.backward()
     assert all(p.grad is not None for p in adaptors.parameters())
-    manual = (logs1["loss_cm_patch"] + 0.05 * logs1["loss_rot"] + 0.9 * logs1["loss_ifc"]
-              + 0.1 * logs1["loss_cm_global"])
+    manual = logs1["loss_cm_patch"] + 0.05 * logs1["loss_rot"] + 0.9 * logs1["loss_ifc"] + 0.1 * logs1["loss_cm_global"]
     assert loss1.item() == pytest.approx(manual, rel=1e-5)

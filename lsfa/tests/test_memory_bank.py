@@ -46,8 +46,10 @@ def test_jl_dimension_and_projection_shape():
 
 def test_nearest_neighbours_chunked_equals_cdist():
     g = torch.Generator().manual_seed(2)
-    q, bank = torch.randn(37, 8, generator=g, dtype=torch.float64), torch.randn(101, 8, generator=g,
-                                                                                 dtype=torch.float64)
+    q, bank = (
+        torch.randn(37, 8, generator=g, dtype=torch.float64),
+        torch.randn(101, 8, generator=g, dtype=torch.float64),
+    )
     d, i = nearest_neighbours(q, bank, k=3, chunk=10, bank_chunk=17)
     full = torch.cdist(q, bank)
     ref_d, ref_i = torch.topk(full, 3, largest=False)

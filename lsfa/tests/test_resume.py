@@ -14,16 +14,36 @@ def test_resumed_training_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     args = [*TINY, "--optim.accum_iter", "2", "--eval.methods"]
     lsfa_train.main(lsfa_train.parse_args([*args, "--optim.epochs", "2", "--output_dir", str(tmp_path / "straight")]))
     lsfa_train.main(lsfa_train.parse_args([*args, "--optim.epochs", "1", "--output_dir", str(tmp_path / "first")]))
-    lsfa_train.main(lsfa_train.parse_args([*args, "--optim.epochs", "2", "--resume",
-                                           str(tmp_path / "first" / "last.pt"), "--output_dir",
-                                           str(tmp_path / "resumed")]))
+    lsfa_train.main(
+        lsfa_train.parse_args(
+            [
+                *args,
+                "--optim.epochs",
+                "2",
+                "--resume",
+                str(tmp_path / "first" / "last.pt"),
+                "--output_dir",
+                str(tmp_path / "resumed"),
+            ]
+        )
+    )
     straight = torch.load(tmp_path / "straight" / "last.pt", map_location="cpu", weights_only=True)
     first = torch.load(tmp_path / "first" / "last.pt", map_location="cpu", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "last.pt", map_location="cpu", weights_only=True)
     assert first["epoch"] == 1 and straight["epoch"] == resumed["epoch"] == 2
-    assert not torch.equal(first["adaptors"]["xyz_block.attn.qkv.weight"],
-                           straight["adaptors"]["xyz_block.attn.qkv.weight"])  # epoch 2 did train
-    for key in ("adaptors", "optimizer", "scaler", "queues", "generator", "loader_generator", "rng", "iteration",
-                "backbones"):
+    assert not torch.equal(
+        first["adaptors"]["xyz_block.attn.qkv.weight"], straight["adaptors"]["xyz_block.attn.qkv.weight"]
+    )  # epoch 2 did train
+    for key in (
+        "adaptors",
+        "optimizer",
+        "scaler",
+        "queues",
+        "generator",
+        "loader_generator",
+        "rng",
+        "iteration",
+        "backbones",
+    ):
         assert_same_tensors(straight[key], resumed[key], key)
     assert straight["optimizer"]["state"], "the optimizer state was saved"

@@ -9,13 +9,48 @@ from lsfa import eval as lsfa_eval
 from lsfa import train as lsfa_train
 from lsfa.config import DEFAULT_CONFIG, upgrade_stored_config
 
-TINY = ["--device", "cpu", "--data.dataset", "synthetic", "--data.classes", "cookie", "--data.batch_size", "2",
-        "--synthetic.num_train", "4", "--synthetic.num_test_good", "2", "--synthetic.num_test_per_defect", "1",
-        "--synthetic.size", "120", "--backbone.rgb_variant", "vit_test8", "--backbone.point_variant",
-        "point_mae_test", "--backbone.grid", "14", "--adaptor.num_heads", "2", "--adaptor.proj_dim", "8",
-        "--adaptor.patch_queue", "300", "--adaptor.global_queue", "4", "--loss.compactness_start_iteration", "1",
-        "--loss.compactness_min_fill", "100", "--optim.epochs", "2", "--optim.accum_iter", "1",
-        "--eval.vis_images", "1"]
+TINY = [
+    "--device",
+    "cpu",
+    "--data.dataset",
+    "synthetic",
+    "--data.classes",
+    "cookie",
+    "--data.batch_size",
+    "2",
+    "--synthetic.num_train",
+    "4",
+    "--synthetic.num_test_good",
+    "2",
+    "--synthetic.num_test_per_defect",
+    "1",
+    "--synthetic.size",
+    "120",
+    "--backbone.rgb_variant",
+    "vit_test8",
+    "--backbone.point_variant",
+    "point_mae_test",
+    "--backbone.grid",
+    "14",
+    "--adaptor.num_heads",
+    "2",
+    "--adaptor.proj_dim",
+    "8",
+    "--adaptor.patch_queue",
+    "300",
+    "--adaptor.global_queue",
+    "4",
+    "--loss.compactness_start_iteration",
+    "1",
+    "--loss.compactness_min_fill",
+    "100",
+    "--optim.epochs",
+    "2",
+    "--optim.accum_iter",
+    "1",
+    "--eval.vis_images",
+    "1",
+]
 
 
 @pytest.fixture()
@@ -34,8 +69,9 @@ def test_train_then_eval_reproduces_the_metrics(synthetic_root):
     assert (synthetic_root / "synthetic" / "lsfa_mvtec3d_preprocessed" / "cookie" / "test").is_dir()
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2 and "xyz_block.attn.qkv.weight" in state["adaptors"] and state["backbones"]
-    again = lsfa_eval.main(lsfa_eval.parse_args(["--checkpoint", str(out / "last.pt"),
-                                                 "--output_dir", str(out / "eval")]))
+    again = lsfa_eval.main(
+        lsfa_eval.parse_args(["--checkpoint", str(out / "last.pt"), "--output_dir", str(out / "eval")])
+    )
     written = json.loads((out / "eval" / "metrics.json").read_text())
     for key in ("lsfa_i_auroc_mean", "lsfa_aupro_mean", "m3dm_i_auroc_mean", "lsfa/cookie/p_auroc"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6) and written[key] == pytest.approx(again[key])
@@ -43,33 +79,75 @@ def test_train_then_eval_reproduces_the_metrics(synthetic_root):
 
 def test_checkpoint_without_adaptor_keys_is_an_error(synthetic_root):
     out = synthetic_root / "run"
-    lsfa_train.main(lsfa_train.parse_args([*TINY, "--optim.epochs", "1", "--output_dir", str(out),
-                                           "--eval.methods", "m3dm"]))
+    lsfa_train.main(
+        lsfa_train.parse_args([*TINY, "--optim.epochs", "1", "--output_dir", str(out), "--eval.methods", "m3dm"])
+    )
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     state["adaptors"].pop("rgb_head.weight")
     torch.save(state, out / "broken.pt")
     with pytest.raises(KeyError, match="rgb_head.weight"):
-        lsfa_eval.main(lsfa_eval.parse_args(["--checkpoint", str(out / "broken.pt"),
-                                             "--output_dir", str(out / "eval")]))
+        lsfa_eval.main(
+            lsfa_eval.parse_args(["--checkpoint", str(out / "broken.pt"), "--output_dir", str(out / "eval")])
+        )
 
 
 def test_paper_recipe_refuses_random_backbones(synthetic_root):
     with pytest.raises(FileNotFoundError, match="pointmae_pretrain.pth"):
-        lsfa_train.main(lsfa_train.parse_args([
-            "-c", str(DEFAULT_CONFIG.parent / "mvtec3d_lsfa.yaml"), "--device", "cpu", "--data.dataset", "synthetic",
-            "--data.classes", "cookie", "--backbone.point_checkpoint", "null", "--backbone.rgb_checkpoint", "null",
-            "--output_dir", str(synthetic_root / "r")]))
+        lsfa_train.main(
+            lsfa_train.parse_args(
+                [
+                    "-c",
+                    str(DEFAULT_CONFIG.parent / "mvtec3d_lsfa.yaml"),
+                    "--device",
+                    "cpu",
+                    "--data.dataset",
+                    "synthetic",
+                    "--data.classes",
+                    "cookie",
+                    "--backbone.point_checkpoint",
+                    "null",
+                    "--backbone.rgb_checkpoint",
+                    "null",
+                    "--output_dir",
+                    str(synthetic_root / "r"),
+                ]
+            )
+        )
 
 
 def test_checkpoint_interval_counts_epochs(synthetic_root, monkeypatch):
     saved = []
     monkeypatch.setattr(lsfa_train, "save_checkpoint", lambda state, path: saved.append(state["epoch"]))
-    lsfa_train.main(lsfa_train.parse_args([*TINY, "--optim.epochs", "3", "--checkpoint_interval", "2",
-                                           "--eval.methods", "--output_dir", str(synthetic_root / "r")]))
+    lsfa_train.main(
+        lsfa_train.parse_args(
+            [
+                *TINY,
+                "--optim.epochs",
+                "3",
+                "--checkpoint_interval",
+                "2",
+                "--eval.methods",
+                "--output_dir",
+                str(synthetic_root / "r"),
+            ]
+        )
+    )
     assert saved == [2, 3]  # every 2 epochs and after the last one
     saved.clear()
-    lsfa_train.main(lsfa_train.parse_args([*TINY, "--optim.epochs", "2", "--checkpoint_interval", "0",
-                                           "--eval.methods", "--output_dir", str(synthetic_root / "r0")]))
+    lsfa_train.main(
+        lsfa_train.parse_args(
+            [
+                *TINY,
+                "--optim.epochs",
+                "2",
+                "--checkpoint_interval",
+                "0",
+                "--eval.methods",
+                "--output_dir",
+                str(synthetic_root / "r0"),
+            ]
+        )
+    )
     assert saved == [2]  # 0: only at the end
 
 

@@ -32,14 +32,24 @@ XYZ, RGB = 6, 4
 def _official_state(xyz: int = XYZ, rgb: int = RGB, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights under the key names and shapes of M3DM's FeatureFusionBlock(xyz, rgb, mlp_ratio=4)."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {"xyz_norm.weight": (xyz,), "xyz_norm.bias": (xyz,),
-              "xyz_mlp.fc1.weight": (4 * xyz, xyz), "xyz_mlp.fc1.bias": (4 * xyz,),
-              "xyz_mlp.fc2.weight": (xyz, 4 * xyz), "xyz_mlp.fc2.bias": (xyz,),
-              "rgb_norm.weight": (rgb,), "rgb_norm.bias": (rgb,),
-              "rgb_mlp.fc1.weight": (4 * rgb, rgb), "rgb_mlp.fc1.bias": (4 * rgb,),
-              "rgb_mlp.fc2.weight": (rgb, 4 * rgb), "rgb_mlp.fc2.bias": (rgb,),
-              "rgb_head.weight": (256, rgb), "rgb_head.bias": (256,),
-              "xyz_head.weight": (256, xyz), "xyz_head.bias": (256,)}
+    shapes = {
+        "xyz_norm.weight": (xyz,),
+        "xyz_norm.bias": (xyz,),
+        "xyz_mlp.fc1.weight": (4 * xyz, xyz),
+        "xyz_mlp.fc1.bias": (4 * xyz,),
+        "xyz_mlp.fc2.weight": (xyz, 4 * xyz),
+        "xyz_mlp.fc2.bias": (xyz,),
+        "rgb_norm.weight": (rgb,),
+        "rgb_norm.bias": (rgb,),
+        "rgb_mlp.fc1.weight": (4 * rgb, rgb),
+        "rgb_mlp.fc1.bias": (4 * rgb,),
+        "rgb_mlp.fc2.weight": (rgb, 4 * rgb),
+        "rgb_mlp.fc2.bias": (rgb,),
+        "rgb_head.weight": (256, rgb),
+        "rgb_head.bias": (256,),
+        "xyz_head.weight": (256, xyz),
+        "xyz_head.bias": (256,),
+    }
     return {k: torch.randn(*s, generator=g) for k, s in shapes.items()}
 
 
@@ -47,8 +57,16 @@ def test_official_checkpoint_loads_strictly(tmp_path):
     state = _official_state()
     path = tmp_path / "uff_pretrained.pth"
     # the release's misc.save_model layout, with its argparse.Namespace under "args"
-    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 2,
-                "scaler": {"scale": 65536.0}, "args": argparse.Namespace(lr=0.003, accum_iter=16)}, path)
+    torch.save(
+        {
+            "model": state,
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 2,
+            "scaler": {"scale": 65536.0},
+            "args": argparse.Namespace(lr=0.003, accum_iter=16),
+        },
+        path,
+    )
     module = load_uff_checkpoint(UnsupervisedFeatureFusion(XYZ, RGB), path)
     for k, v in module.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -174,10 +192,17 @@ def test_triple_bank_scoring_adds_a_fusion_column(monkeypatch):
     quirk = score_class(train, test, None, ScoringSettings(coreset_ratio=0.5, image_size=16), cpu, uff=uff)
     assert quirk["bank_sizes"].tolist()[:3] == [49, 24, 24]
     torch.testing.assert_close(quirk["rgb_image"], double["rgb_image"])
-    summed = score_class(train, test, None, ScoringSettings(coreset_ratio=0.5, image_size=16, fusion="sum",
-                                                            triple_zero_row=False), cpu, uff=uff)
-    torch.testing.assert_close(summed["image"], double["xyz_image"] + 0.1 * double["rgb_image"]
-                               + summed["fusion_image"])
+    summed = score_class(
+        train,
+        test,
+        None,
+        ScoringSettings(coreset_ratio=0.5, image_size=16, fusion="sum", triple_zero_row=False),
+        cpu,
+        uff=uff,
+    )
+    torch.testing.assert_close(
+        summed["image"], double["xyz_image"] + 0.1 * double["rgb_image"] + summed["fusion_image"]
+    )
     with pytest.raises(ValueError, match="fusion bank"):
         score_class(train, test, torch.nn.Identity(), s, cpu, uff=uff)
 
@@ -228,8 +253,23 @@ def test_train_py_pretrains_the_uff_and_eval_py_rescores_it(tmp_path, monkeypatc
 
     monkeypatch.setenv("SYNTHETIC_DATA_ROOT", str(tmp_path / "synthetic"))
     out = tmp_path / "run"
-    args = [*TINY, "--optim.epochs", "0", "--eval.methods", "m3dm", "m3dm_triple", "--uff.train",
-            "--uff.batch_size", "2", "--uff.accum_iter", "1", "--uff.epochs", "1", "--output_dir", str(out)]
+    args = [
+        *TINY,
+        "--optim.epochs",
+        "0",
+        "--eval.methods",
+        "m3dm",
+        "m3dm_triple",
+        "--uff.train",
+        "--uff.batch_size",
+        "2",
+        "--uff.accum_iter",
+        "1",
+        "--uff.epochs",
+        "1",
+        "--output_dir",
+        str(out),
+    ]
     metrics = lsfa_train.main(lsfa_train.parse_args(args))
     for key in ("m3dm_triple_i_auroc_mean", "m3dm_triple_aupro_mean", "m3dm_aupro_mean"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -237,11 +277,21 @@ def test_train_py_pretrains_the_uff_and_eval_py_rescores_it(tmp_path, monkeypatc
     loaded = load_uff_checkpoint(UnsupervisedFeatureFusion(48, 24), out / "uff_pretrained.pth")  # 2 x 24, 24
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, state["uff"][k]), k
-    again = lsfa_eval.main(lsfa_eval.parse_args(["--checkpoint", str(out / "last.pt"),
-                                                 "--output_dir", str(out / "eval")]))
-    from_file = lsfa_eval.main(lsfa_eval.parse_args([
-        "--checkpoint", str(out / "last.pt"), "--output_dir", str(out / "eval2"),
-        "--backbone.uff_checkpoint", str(out / "uff_pretrained.pth")]))
+    again = lsfa_eval.main(
+        lsfa_eval.parse_args(["--checkpoint", str(out / "last.pt"), "--output_dir", str(out / "eval")])
+    )
+    from_file = lsfa_eval.main(
+        lsfa_eval.parse_args(
+            [
+                "--checkpoint",
+                str(out / "last.pt"),
+                "--output_dir",
+                str(out / "eval2"),
+                "--backbone.uff_checkpoint",
+                str(out / "uff_pretrained.pth"),
+            ]
+        )
+    )
     for key in ("m3dm_triple_i_auroc_mean", "m3dm_triple_p_auroc_mean", "m3dm_triple_aupro_mean"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
         assert from_file[key] == pytest.approx(metrics[key], abs=1e-6)

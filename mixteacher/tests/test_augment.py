@@ -23,8 +23,9 @@ def test_boxes_round_trip_between_weak_and_strong_views(seed):
     image = torch.rand(3, 100, 130)
     _, m_weak = make_view(image, WEAK, g)
     _, m_strong = make_view(image, STRONG_AXIS_ALIGNED, g)
-    boxes = torch.tensor([[3.0, 4.0, 50.0, 60.0], [10.5, 20.25, 99.0, 80.0], [0.0, 0.0, 130.0, 100.0]],
-                         dtype=torch.float64)
+    boxes = torch.tensor(
+        [[3.0, 4.0, 50.0, 60.0], [10.5, 20.25, 99.0, 80.0], [0.0, 0.0, 130.0, 100.0]], dtype=torch.float64
+    )
     weak_boxes = transform_boxes(boxes, m_weak)
     to_strong = box_transform(m_weak, m_strong)
     strong_boxes = transform_boxes(weak_boxes, to_strong)

@@ -10,8 +10,9 @@ from shared.synthetic import write_coco_detection
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
-    return write_coco_detection(tmp_path_factory.mktemp("coco"), num_train=60, num_val=2, image_size=192,
-                                num_categories=5)
+    return write_coco_detection(
+        tmp_path_factory.mktemp("coco"), num_train=60, num_val=2, image_size=192, num_categories=5
+    )
 
 
 def _ids(path):

@@ -10,13 +10,15 @@ def test_score_promotion_promotes_exactly_delta_above_threshold():
     # five candidate proposals, two low-confidence pseudo boxes (classes 2 and 1)
     low_boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 70.0, 70.0]])
     low_labels = torch.tensor([2, 1])
-    ref_boxes = torch.tensor([
-        [0.0, 0.0, 10.0, 10.0],    # matches box 0 (IoU 1)
-        [1.0, 0.0, 11.0, 10.0],    # matches box 0 (IoU 0.82)
-        [50.0, 50.0, 70.0, 72.0],  # matches box 1 (IoU 0.91)
-        [5.0, 5.0, 15.0, 15.0],    # IoU 0.14 with box 0: unmatched
-        [51.0, 51.0, 69.0, 69.0],  # matches box 1 (IoU 0.81)
-    ])
+    ref_boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # matches box 0 (IoU 1)
+            [1.0, 0.0, 11.0, 10.0],  # matches box 0 (IoU 0.82)
+            [50.0, 50.0, 70.0, 72.0],  # matches box 1 (IoU 0.91)
+            [5.0, 5.0, 15.0, 15.0],  # IoU 0.14 with box 0: unmatched
+            [51.0, 51.0, 69.0, 69.0],  # matches box 1 (IoU 0.81)
+        ]
+    )
     ref = torch.tensor([[0.5, 0.1, 0.4], [0.5, 0.1, 0.4], [0.4, 0.5, 0.1], [0.1, 0.1, 0.8], [0.3, 0.6, 0.1]])
     tgt = torch.tensor([[0.2, 0.1, 0.7], [0.45, 0.1, 0.45], [0.32, 0.58, 0.1], [0.0, 0.0, 1.0], [0.2, 0.71, 0.09]])
     # delta of the matched class:   +0.3         +0.05              +0.08         (unmatched)    +0.11
@@ -34,8 +36,9 @@ def test_mined_proposals_become_positives_before_sampling(tiny_detector_cfg):
     proposals = torch.tensor([[0.0, 0.0, 10.0, 10.0], [30.0, 30.0, 40.0, 40.0], [60.0, 60.0, 90.0, 90.0]])
     gt_boxes, gt_labels = torch.tensor([[60.0, 60.0, 90.0, 90.0]]), torch.tensor([3])
     mined_box = torch.tensor([[31.0, 30.0, 41.0, 40.0]])
-    sampled = model.sample_rois([proposals], [gt_boxes], [gt_labels],
-                                mined=[(torch.tensor([1]), torch.tensor([2]), mined_box)])
+    sampled = model.sample_rois(
+        [proposals], [gt_boxes], [gt_labels], mined=[(torch.tensor([1]), torch.tensor([2]), mined_box)]
+    )
     boxes = sampled.boxes[0]
     row = int(torch.where((boxes == proposals[1]).all(1))[0][0])
     assert sampled.labels[row] == 2 and sampled.mined[row]

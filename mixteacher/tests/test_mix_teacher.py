@@ -22,15 +22,24 @@ def _batch():
 def _fake_detect(images, features):
     """Teacher detections: one confident (0.95), two low-confidence (0.7, 0.6) boxes per image."""
     boxes = torch.tensor([[10.0, 10.0, 60.0, 50.0], [30.0, 40.0, 80.0, 90.0], [5.0, 50.0, 40.0, 90.0]])
-    return [{"boxes": boxes.clone(), "scores": torch.tensor([0.95, 0.7, 0.6]), "labels": torch.tensor([1, 2, 3])}
-            for _ in images.image_sizes]
+    return [
+        {"boxes": boxes.clone(), "scores": torch.tensor([0.95, 0.7, 0.6]), "labels": torch.tensor([1, 2, 3])}
+        for _ in images.image_sizes
+    ]
 
 
 @pytest.mark.parametrize("mining_features", ["student", "teacher"])
 def test_unsupervised_step_with_pseudo_labels(tiny_detector_cfg, monkeypatch, mining_features):
     torch.manual_seed(0)
-    settings = MixTeacherSettings(unsup_start=0, unsup_warmup=0, mining_diff_thr=-1.0, mine_score_thr=0.5,
-                                  mining_iou_thr=0.0, reg_uncertainty_thr=1e9, mining_features=mining_features)
+    settings = MixTeacherSettings(
+        unsup_start=0,
+        unsup_warmup=0,
+        mining_diff_thr=-1.0,
+        mine_score_thr=0.5,
+        mining_iou_thr=0.0,
+        reg_uncertainty_thr=1e9,
+        mining_features=mining_features,
+    )
     method = MixTeacher(MixedScaleFasterRCNN(3, tiny_detector_cfg), settings).train()
     monkeypatch.setattr(method.teacher, "detect", _fake_detect)
     loss, logs = method(_batch(), step=10)
@@ -51,8 +60,9 @@ def test_burn_in_gives_zero_unsupervised_weight(tiny_detector_cfg, monkeypatch):
     monkeypatch.setattr(method.teacher, "detect", _fake_detect)
     loss, logs = method(_batch(), step=50)
     assert logs["unsup_weight"] == 0.0
-    torch.testing.assert_close(loss.detach(), torch.tensor(sum(v for k, v in logs.items() if k.startswith("sup_"))),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        loss.detach(), torch.tensor(sum(v for k, v in logs.items() if k.startswith("sup_"))), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_supervised_method_trains_the_regular_scale_only(tiny_detector_cfg):

@@ -49,8 +49,9 @@ def test_mix_pyramids_uses_one_gate_per_level_and_image():
     for level, (finer, name) in enumerate(itertools.pairwise(names)):
         w = calls[level]
         assert mixed[name].shape == regular[name].shape
-        expected = w[:, 0, None, None, None] * regular[name] + w[:, 1, None, None, None] * crop_to(down[finer],
-                                                                                                  regular[name])
+        expected = w[:, 0, None, None, None] * regular[name] + w[:, 1, None, None, None] * crop_to(
+            down[finer], regular[name]
+        )
         torch.testing.assert_close(mixed[name], expected)
 
 
@@ -100,8 +101,10 @@ def test_down_levels_cover_and_align_with_the_next_regular_level(tiny_detector_c
     for finer, name in itertools.pairwise(names):
         assert down[finer].shape[-2] >= regular[name].shape[-2] and down[finer].shape[-1] >= regular[name].shape[-1]
         assert mixed[name].shape == regular[name].shape
-    assert feats["down"][0].image_sizes[0] == (int(images.image_sizes[0][0] * 0.5 + 0.5),
-                                               int(images.image_sizes[0][1] * 0.5 + 0.5))
+    assert feats["down"][0].image_sizes[0] == (
+        int(images.image_sizes[0][0] * 0.5 + 0.5),
+        int(images.image_sizes[0][1] * 0.5 + 0.5),
+    )
 
 
 def test_caffe_style_moves_the_stride_to_the_1x1_conv():
@@ -155,12 +158,14 @@ def test_torchvision_resnet_checkpoint_loads_key_for_key(tmp_path):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     torch.save({"state_dict": reference.state_dict()}, tmp_path / "r18.pth")
-    model = create_model("r50_fpn", num_classes=3, depth=18, caffe_style=False, fpn_channels=16,
-                         representation_size=16)
+    model = create_model("r50_fpn", num_classes=3, depth=18, caffe_style=False, fpn_channels=16, representation_size=16)
     load_backbone_weights(model.backbone.body, tmp_path / "r18.pth")
     x = torch.randn(1, 3, 64, 64)
-    expected = reference.layer4(reference.layer3(reference.layer2(reference.layer1(
-        reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))))))
+    expected = reference.layer4(
+        reference.layer3(
+            reference.layer2(reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))))
+        )
+    )
     torch.testing.assert_close(model.backbone.body(x)["3"], expected, rtol=1e-4, atol=1e-4)
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="does not match"):

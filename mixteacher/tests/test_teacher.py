@@ -31,8 +31,19 @@ def test_ema_update_equals_the_formula():
     assert ema_update(teacher, student, 0.999, step=3) == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize(("step", "expected"), [(0, 0.0), (4999, 0.0), (5000, 0.0), (5500, 1.0), (6000, 2.0),
-                                                (6999, 4.0 * 1999 / 2000), (7000, 4.0), (180000, 4.0)])
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 0.0),
+        (4999, 0.0),
+        (5000, 0.0),
+        (5500, 1.0),
+        (6000, 2.0),
+        (6999, 4.0 * 1999 / 2000),
+        (7000, 4.0),
+        (180000, 4.0),
+    ],
+)
 def test_burn_in_ramp(step, expected):
     assert unsup_weight(step, start=5000, warmup=2000, weight=4.0) == pytest.approx(expected)
 
@@ -45,15 +56,17 @@ def test_jitter_uncertainty_of_a_stable_head_is_zero():
     def stable(jittered):  # ignores its input: every copy regresses to the same box
         return fixed.repeat(jittered.shape[0] // 2, 1, 1)
 
-    unc = box_jitter_uncertainty(boxes, labels, stable, times=10, scale=0.06,
-                                 generator=torch.Generator().manual_seed(0))
+    unc = box_jitter_uncertainty(
+        boxes, labels, stable, times=10, scale=0.06, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(unc, torch.zeros(2))
 
     def identity(jittered):  # echoes the jittered box: uncertainty ~ the jitter scale
         return jittered[:, None, :].expand(-1, 3, 4)
 
-    unc = box_jitter_uncertainty(boxes, labels, identity, times=2000, scale=0.06,
-                                 generator=torch.Generator().manual_seed(0))
+    unc = box_jitter_uncertainty(
+        boxes, labels, identity, times=2000, scale=0.06, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(unc, torch.full((2,), 0.06), atol=4e-3, rtol=0)
 
 

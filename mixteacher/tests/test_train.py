@@ -23,13 +23,47 @@ from shared.checkpoint import load_checkpoint
 from shared.testing import assert_same_tensors
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--data.synthetic_train", "20", "--data.synthetic_val", "4", "--data.percent", "20",
-        "--data.workers", "0", "--detector.base_width", "8", "--detector.fpn_channels", "16",
-        "--detector.representation_size", "32", "--detector.box_batch_size_per_image", "32",
-        "--detector.rpn_pre_nms_top_n_train", "200", "--detector.rpn_post_nms_top_n_train", "100",
-        "--data.train_short_range", "96", "128", "--data.weak_short_range", "96", "128", "--data.max_size", "160",
-        "--detector.min_size", "128", "--detector.max_size", "160", "--no-tensorboard", "--log_interval", "1",
-        "--mixteacher.unsup_start", "0", "--mixteacher.unsup_warmup", "1"]
+TINY = [
+    "--data.synthetic_train",
+    "20",
+    "--data.synthetic_val",
+    "4",
+    "--data.percent",
+    "20",
+    "--data.workers",
+    "0",
+    "--detector.base_width",
+    "8",
+    "--detector.fpn_channels",
+    "16",
+    "--detector.representation_size",
+    "32",
+    "--detector.box_batch_size_per_image",
+    "32",
+    "--detector.rpn_pre_nms_top_n_train",
+    "200",
+    "--detector.rpn_post_nms_top_n_train",
+    "100",
+    "--data.train_short_range",
+    "96",
+    "128",
+    "--data.weak_short_range",
+    "96",
+    "128",
+    "--data.max_size",
+    "160",
+    "--detector.min_size",
+    "128",
+    "--detector.max_size",
+    "160",
+    "--no-tensorboard",
+    "--log_interval",
+    "1",
+    "--mixteacher.unsup_start",
+    "0",
+    "--mixteacher.unsup_warmup",
+    "1",
+]
 
 
 def train_run(argv: list[str]) -> dict:
@@ -51,8 +85,14 @@ def _pycocotools_ap(model, val_set) -> float:
         image, target = val_set[index]
         out = model.predict([image], "regular")[0]
         for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
-            detections.append({"image_id": target["image_id"], "category_id": val_set.cat_ids[label - 1],
-                               "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
+            detections.append(
+                {
+                    "image_id": target["image_id"],
+                    "category_id": val_set.cat_ids[label - 1],
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "score": score,
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(val_set.annotation_file))
         if not detections:
@@ -66,14 +106,24 @@ def _pycocotools_ap(model, val_set) -> float:
 
 def test_embedded_default_trains_and_evaluates_end_to_end(tmp_path):
     out = tmp_path / "run"
-    metrics = train_run(["--output_dir", str(out), "--max_iters", "2", "--checkpoint_interval", "2",
-                             "--eval_interval", "2", *TINY])
+    metrics = train_run(
+        ["--output_dir", str(out), "--max_iters", "2", "--checkpoint_interval", "2", "--eval_interval", "2", *TINY]
+    )
     for name in ("config.yaml", "log.csv", "metrics.json", "last.pt", "best.pt", "supervised/metrics.json"):
         assert (out / name).is_file(), name
     written = json.loads((out / "metrics.json").read_text())
     assert written["headline"] == "teacher_regular" and written["method"] == "mixteacher"
-    assert set(written) >= {"AP", "AP50", "APs", "APm", "APl", "teacher_mixed", "student_regular", "supervised",
-                            "supervised_AP"}
+    assert set(written) >= {
+        "AP",
+        "AP50",
+        "APs",
+        "APm",
+        "APl",
+        "teacher_mixed",
+        "student_regular",
+        "supervised",
+        "supervised_AP",
+    }
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 2 and set(state) >= {"student", "teacher", "optimizer", "scheduler", "rng"}
 
@@ -97,8 +147,16 @@ def test_unknown_key_and_missing_dataset_are_clear_errors(tmp_path):
     with pytest.raises(SystemExit):
         mt_train.parse_args(["--no_such_key", "1"])
     with pytest.raises(FileNotFoundError, match="COCO 2017 layout"):
-        train_run(["--output_dir", str(tmp_path), "--no-data.synthetic", "--data.root",
-                       str(tmp_path / "nope"), "--no-tensorboard"])
+        train_run(
+            [
+                "--output_dir",
+                str(tmp_path),
+                "--no-data.synthetic",
+                "--data.root",
+                str(tmp_path / "nope"),
+                "--no-tensorboard",
+            ]
+        )
     with pytest.raises(ValueError, match="pretrained_backbone"):
         train_run(["--output_dir", str(tmp_path), "--no-allow_random_backbone", "--no-tensorboard"])
 
@@ -124,10 +182,29 @@ def _env():
 @pytest.mark.ddp
 def test_ddp_two_processes_gloo(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "mixteacher.train", "--output_dir", str(out), "--max_iters", "3", "--checkpoint_interval", "3",
-           "--eval_interval", "3", "--no-compare_supervised", "--device", "cpu",
-           "--data.split_dir", str(tmp_path / "splits"), *TINY]  # fresh split files: rank 0 writes, rank 1 waits
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mixteacher.train",
+        "--output_dir",
+        str(out),
+        "--max_iters",
+        "3",
+        "--checkpoint_interval",
+        "3",
+        "--eval_interval",
+        "3",
+        "--no-compare_supervised",
+        "--device",
+        "cpu",
+        "--data.split_dir",
+        str(tmp_path / "splits"),
+        *TINY,
+    ]  # fresh split files: rank 0 writes, rank 1 waits
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -141,8 +218,19 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     common = ["--eval_interval", "4", "--no-compare_supervised", *TINY]
     train_run(["--output_dir", str(tmp_path / "full"), "--checkpoint_interval", "4", "--max_iters", "4", *common])
     train_run(["--output_dir", str(tmp_path / "part"), "--checkpoint_interval", "2", "--max_iters", "2", *common])
-    train_run(["--output_dir", str(tmp_path / "part"), "--checkpoint_interval", "2", "--max_iters", "4",
-                   "--resume", str(tmp_path / "part" / "last.pt"), *common])
+    train_run(
+        [
+            "--output_dir",
+            str(tmp_path / "part"),
+            "--checkpoint_interval",
+            "2",
+            "--max_iters",
+            "4",
+            "--resume",
+            str(tmp_path / "part" / "last.pt"),
+            *common,
+        ]
+    )
     full, part = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
     for key in ("student", "teacher", "optimizer", "scheduler", "step", "rng"):  # bit for bit
         assert_same_tensors(full[key], part[key], key)

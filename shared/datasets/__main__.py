@@ -82,8 +82,9 @@ def format_info(info: DatasetInfo) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m shared.datasets",
-                                     description="Registry, downloader and verifier of the real datasets.")
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.datasets", description="Registry, downloader and verifier of the real datasets."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="table of the registered datasets")
     info = commands.add_parser("info", help="everything about one dataset, including manual steps and layout")
@@ -99,19 +100,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_VERIFY_LINES = (  # (report field, tag, suffix) in the order they are printed
+    ("missing_paths", "MISSING", ""),
+    ("checksum_failures", "CORRUPT", ""),
+    ("verified_files", "ok", " (checksum)"),
+    ("unverifiable_files", "present", " (no published checksum)"),
+    ("absent_files", "absent", " (only needed until it is unpacked)"),
+    ("structure_failures", "WRONG", ""),
+)
+
+
 def _print_verify(name: str, report: VerifyReport) -> None:
-    for rel in report.missing_paths:
-        print(f"MISSING   {rel}")
-    for failure in report.checksum_failures:
-        print(f"CORRUPT   {failure}")
-    for filename in report.verified_files:
-        print(f"ok        {filename} (checksum)")
-    for filename in report.unverifiable_files:
-        print(f"present   {filename} (no published checksum)")
-    for filename in report.absent_files:
-        print(f"absent    {filename} (only needed until it is unpacked)")
-    for failure in report.structure_failures:
-        print(f"WRONG     {failure}")
+    for attribute, tag, suffix in _VERIFY_LINES:
+        for entry in getattr(report, attribute):
+            print(f"{tag:<10s}{entry}{suffix}")
     if report.ok:
         print(f"{name}: OK under {report.root}")
     else:
@@ -144,8 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ManualDownloadRequired, ChecksumError, DatasetDownloadError, UnsafeArchiveError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"{args.name}: done ({len(report.downloaded)} downloaded, {len(report.already_present)} already present, "
-          f"{len(report.extracted)} extracted) under {args.root}")
+    print(
+        f"{args.name}: done ({len(report.downloaded)} downloaded, {len(report.already_present)} already present, "
+        f"{len(report.extracted)} extracted) under {args.root}"
+    )
     if report.unverified:
         print(f"warning: no published checksum for {', '.join(report.unverified)}; integrity not verified")
     if info.manual and info.downloadable:

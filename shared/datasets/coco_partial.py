@@ -67,8 +67,9 @@ def _check_arguments(percent: float, fold: int, seed_offset: int, sampling: str)
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
 
 
-def labeled_image_indices(num_images: int, percent: float, fold: int, seed_offset: int = 0,
-                          sampling: str = "softteacher") -> np.ndarray:
+def labeled_image_indices(
+    num_images: int, percent: float, fold: int, seed_offset: int = 0, sampling: str = "softteacher"
+) -> np.ndarray:
     """Return the sorted positions (in the ``images`` list) of the labelled images of one split.
 
     See the module docstring for the exact sampling; the result equals the reference scripts' choice.
@@ -80,8 +81,9 @@ def labeled_image_indices(num_images: int, percent: float, fold: int, seed_offse
     return np.unique(chosen)
 
 
-def partial_split(coco: dict, percent: float, fold: int, seed_offset: int = 0,
-                  sampling: str = "softteacher") -> tuple[dict, dict]:
+def partial_split(
+    coco: dict, percent: float, fold: int, seed_offset: int = 0, sampling: str = "softteacher"
+) -> tuple[dict, dict]:
     """Split a COCO instances dict into (labelled, unlabelled) dicts for one ``percent`` and ``fold``.
 
     All other top-level keys (``info``, ``licenses``, ``categories``, ...) are copied to both outputs. Annotations go
@@ -108,8 +110,9 @@ def partial_split(coco: dict, percent: float, fold: int, seed_offset: int = 0,
     return with_parts(labeled_images, labeled_anns), with_parts(unlabeled_images, unlabeled_anns)
 
 
-def partial_split_paths(ann_path: str | Path, percent: float, fold: int, out_dir: str | Path | None = None,
-                        seed_offset: int = 0) -> tuple[Path, Path]:
+def partial_split_paths(
+    ann_path: str | Path, percent: float, fold: int, out_dir: str | Path | None = None, seed_offset: int = 0
+) -> tuple[Path, Path]:
     """Return the (labelled, unlabelled) output paths for ``ann_path``, e.g. ``instances_train2017.1@10.json``.
 
     A non-zero ``seed_offset`` is part of the name (``instances_train2017.1@10+s7.json``), so splits drawn with
@@ -127,15 +130,24 @@ RECIPE_KEY = "partial_split_recipe"
 def _source_fingerprint(ann_path: Path) -> dict[str, object]:
     from shared.datasets.download import file_digest
 
-    return {"source": ann_path.name, "source_size": ann_path.stat().st_size,
-            "source_sha256": file_digest(ann_path, "sha256")}
+    return {
+        "source": ann_path.name,
+        "source_size": ann_path.stat().st_size,
+        "source_sha256": file_digest(ann_path, "sha256"),
+    }
 
 
-def split_recipe(ann_path: str | Path, percent: float, fold: int, seed_offset: int = 0,
-                 sampling: str = "softteacher") -> dict[str, object]:
+def split_recipe(
+    ann_path: str | Path, percent: float, fold: int, seed_offset: int = 0, sampling: str = "softteacher"
+) -> dict[str, object]:
     """What a split file is made from: the arguments and the size and SHA-256 of the source annotation file."""
-    return {"percent": float(percent), "fold": int(fold), "seed_offset": int(seed_offset), "sampling": sampling,
-            **_source_fingerprint(Path(ann_path))}
+    return {
+        "percent": float(percent),
+        "fold": int(fold),
+        "seed_offset": int(seed_offset),
+        "sampling": sampling,
+        **_source_fingerprint(Path(ann_path)),
+    }
 
 
 def _stored_recipe(path: Path) -> dict | None:
@@ -146,8 +158,14 @@ def _stored_recipe(path: Path) -> dict | None:
         return None
 
 
-def ensure_partial_split(ann_path: str | Path, percent: float, fold: int, seed_offset: int = 0,
-                         out_dir: str | Path | None = None, sampling: str = "softteacher") -> tuple[Path, Path]:
+def ensure_partial_split(
+    ann_path: str | Path,
+    percent: float,
+    fold: int,
+    seed_offset: int = 0,
+    out_dir: str | Path | None = None,
+    sampling: str = "softteacher",
+) -> tuple[Path, Path]:
     """The (labelled, unlabelled) files of one split, reused only when their recorded recipe (arguments and the
     source file's size and SHA-256) equals this call's; written (again) otherwise.
 
@@ -176,9 +194,14 @@ def _write_json(path: Path, content: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_partial_splits(ann_path: str | Path, percents: Sequence[float], folds: Sequence[int],
-                         seed_offset: int = 0, out_dir: str | Path | None = None,
-                         sampling: str = "softteacher") -> list[tuple[Path, Path]]:
+def write_partial_splits(
+    ann_path: str | Path,
+    percents: Sequence[float],
+    folds: Sequence[int],
+    seed_offset: int = 0,
+    out_dir: str | Path | None = None,
+    sampling: str = "softteacher",
+) -> list[tuple[Path, Path]]:
     """Write the labelled/unlabelled files of every (percent, fold) pair; return their paths in that order."""
     ann_path = Path(ann_path)
     if not ann_path.is_file():
@@ -200,28 +223,41 @@ def write_partial_splits(ann_path: str | Path, percents: Sequence[float], folds:
     for percent in percents:
         for fold in folds:
             labeled, unlabeled = partial_split(coco, percent, fold, seed_offset, sampling)
-            recipe = {"percent": float(percent), "fold": int(fold), "seed_offset": int(seed_offset),
-                      "sampling": sampling, **source}
+            recipe = {
+                "percent": float(percent),
+                "fold": int(fold),
+                "seed_offset": int(seed_offset),
+                "sampling": sampling,
+                **source,
+            }
             labeled[RECIPE_KEY] = unlabeled[RECIPE_KEY] = recipe
             labeled_path, unlabeled_path = partial_split_paths(ann_path, percent, fold, out_dir, seed_offset)
             _write_json(labeled_path, labeled)
             _write_json(unlabeled_path, unlabeled)
-            print(f"{labeled_path.name}: {len(labeled['images'])} images, {len(labeled['annotations'])} annotations; "
-                  f"{unlabeled_path.name}: {len(unlabeled['images'])} images")
+            print(
+                f"{labeled_path.name}: {len(labeled['images'])} images, {len(labeled['annotations'])} annotations; "
+                f"{unlabeled_path.name}: {len(unlabeled['images'])} images"
+            )
             written.append((labeled_path, unlabeled_path))
     return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m shared.datasets.coco_partial",
-                                     description="STAC-protocol partial-label splits of a COCO instances file.")
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.datasets.coco_partial",
+        description="STAC-protocol partial-label splits of a COCO instances file.",
+    )
     parser.add_argument("--ann", required=True, help="path to instances_train2017.json (or any COCO instances file)")
     parser.add_argument("--percent", type=float, nargs="+", required=True, help="labelled percentages, e.g. 1 2 5 10")
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="folds = seeds (STAC: 1..5)")
     parser.add_argument("--seed-offset", type=int, default=0, help="added to the fold to form the seed (STAC: 0)")
-    parser.add_argument("--sampling", choices=SAMPLING_MODES, default="softteacher",
-                        help="softteacher: without replacement (MixTeacher); stac: with replacement (STAC's script)")
+    parser.add_argument(
+        "--sampling",
+        choices=SAMPLING_MODES,
+        default="softteacher",
+        help="softteacher: without replacement (MixTeacher); stac: with replacement (STAC's script)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: next to --ann)")
     args = parser.parse_args(argv)
     try:

@@ -35,23 +35,6 @@ from tqdm import tqdm
 
 from shared.datasets.registry import DatasetInfo, RemoteFile, get_dataset
 
-__all__ = [
-    "ChecksumError",
-    "DatasetDownloadError",
-    "DownloadReport",
-    "ManualDownloadRequired",
-    "UnsafeArchiveError",
-    "VerifyReport",
-    "check_content",
-    "download_dataset",
-    "download_file",
-    "file_digest",
-    "require_dataset",
-    "safe_extract",
-    "verify_checksum",
-    "verify_dataset",
-]
-
 _CHUNK = 1 << 20
 _STATE_FILE = ".shared_datasets_state.json"
 _USER_AGENT = "shared.datasets/1.0 (+python urllib)"
@@ -66,8 +49,10 @@ class ChecksumError(DatasetDownloadError):
 
     def __init__(self, path: Path, expected: str, actual: str) -> None:
         self.path, self.expected, self.actual = path, expected, actual
-        super().__init__(f"checksum mismatch for {path}: expected {expected}, got {actual}. The file was kept for "
-                         f"inspection; delete it and run the command again to download it afresh.")
+        super().__init__(
+            f"checksum mismatch for {path}: expected {expected}, got {actual}. The file was kept for "
+            f"inspection; delete it and run the command again to download it afresh."
+        )
 
 
 class UnsafeArchiveError(RuntimeError):
@@ -80,8 +65,10 @@ class ManualDownloadRequired(RuntimeError):
     def __init__(self, info: DatasetInfo, root: Path, missing: list[str]) -> None:
         self.info, self.root, self.missing = info, root, missing
         steps = "\n".join(f"  {i}. {step}" for i, step in enumerate(info.manual, 1))
-        super().__init__(f"{info.title} cannot be downloaded automatically (registration or licence acceptance "
-                         f"needed). Missing under {root}: {', '.join(missing)}\nManual steps:\n{steps}")
+        super().__init__(
+            f"{info.title} cannot be downloaded automatically (registration or licence acceptance "
+            f"needed). Missing under {root}: {', '.join(missing)}\nManual steps:\n{steps}"
+        )
 
 
 @dataclass
@@ -144,8 +131,16 @@ def verify_checksum(path: str | Path, checksum: str) -> None:
 
 
 def _progress_bar(name: str, total: int | None, initial: int) -> tqdm:
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                disable=not sys.stderr.isatty(), leave=False)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    )
 
 
 def _copy_stream(source: BinaryIO, target: BinaryIO, bar: tqdm) -> int:
@@ -163,10 +158,10 @@ def _fetch_file_url(url: str, part: Path, offset: int) -> None:
         raise DatasetDownloadError(f"cannot download {url}: {source_path} does not exist")
     total = source_path.stat().st_size
     if offset > total:
-        raise DatasetDownloadError(f"{part} ({offset} bytes) is larger than its source {url} ({total} bytes); "
-                                   f"delete {part} and run again")
-    with open(source_path, "rb") as source, open(part, "ab") as target, \
-            _progress_bar(part.name, total, offset) as bar:
+        raise DatasetDownloadError(
+            f"{part} ({offset} bytes) is larger than its source {url} ({total} bytes); delete {part} and run again"
+        )
+    with open(source_path, "rb") as source, open(part, "ab") as target, _progress_bar(part.name, total, offset) as bar:
         source.seek(offset)
         _copy_stream(source, target, bar)
 
@@ -189,8 +184,10 @@ def _fetch_http(url: str, part: Path, offset: int, timeout: float) -> None:
         if offset and status == 206:
             content_range = response.headers.get("Content-Range", "")
             if not content_range.startswith(f"bytes {offset}-"):
-                raise DatasetDownloadError(f"cannot resume {url}: server answered Content-Range {content_range!r} "
-                                           f"to a request starting at byte {offset}")
+                raise DatasetDownloadError(
+                    f"cannot resume {url}: server answered Content-Range {content_range!r} "
+                    f"to a request starting at byte {offset}"
+                )
             mode = "ab"
         elif status == 200:
             offset, mode = 0, "wb"  # no Range support (or a fresh download): start from the beginning
@@ -198,20 +195,30 @@ def _fetch_http(url: str, part: Path, offset: int, timeout: float) -> None:
             raise DatasetDownloadError(f"cannot download {url}: unexpected HTTP status {status}")
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None else None
-        with open(part, mode) as target, _progress_bar(part.name, None if expected is None else offset + expected,
-                                                       offset) as bar:
+        with (
+            open(part, mode) as target,
+            _progress_bar(part.name, None if expected is None else offset + expected, offset) as bar,
+        ):
             try:
                 received = _copy_stream(response, target, bar)
             except OSError as error:
-                raise DatasetDownloadError(f"download of {url} interrupted ({error}); run again to resume "
-                                           f"from {part}") from error
+                raise DatasetDownloadError(
+                    f"download of {url} interrupted ({error}); run again to resume from {part}"
+                ) from error
     if expected is not None and received != expected:
-        raise DatasetDownloadError(f"download of {url} ended after {received} of {expected} bytes; run again to "
-                                   f"resume from {part}")
+        raise DatasetDownloadError(
+            f"download of {url} ended after {received} of {expected} bytes; run again to resume from {part}"
+        )
 
 
-def download_file(url: str, dest: str | Path, checksum: str | None = None, size: int | None = None,
-                  timeout: float = 60.0, allow_unverified_http: bool = False) -> Path:
+def download_file(
+    url: str,
+    dest: str | Path,
+    checksum: str | None = None,
+    size: int | None = None,
+    timeout: float = 60.0,
+    allow_unverified_http: bool = False,
+) -> Path:
     """Download ``url`` to ``dest``, resuming a previous partial download, and verify it.
 
     The bytes are written to ``dest`` + ``.part``; an existing ``.part`` file is continued with an HTTP Range
@@ -233,8 +240,10 @@ def download_file(url: str, dest: str | Path, checksum: str | None = None, size:
     """
     dest = Path(dest)
     if urllib.parse.urlparse(url).scheme == "http" and checksum is None and not allow_unverified_http:
-        raise DatasetDownloadError(f"refusing to download {url}: plain http and no published checksum, so nothing "
-                                   "would verify the bytes; fetch it over https or check it by hand")
+        raise DatasetDownloadError(
+            f"refusing to download {url}: plain http and no published checksum, so nothing "
+            "would verify the bytes; fetch it over https or check it by hand"
+        )
     if dest.is_file():
         if checksum is not None:
             verify_checksum(dest, checksum)
@@ -380,8 +389,10 @@ def _merge_move(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     conflicts = _merge_conflicts(source, target)
     if conflicts:
-        raise UnsafeArchiveError(f"unpacking would replace a folder by a file (or a file by a folder) at "
-                                 f"{', '.join(conflicts[:5])}; nothing was moved. Move that entry away first.")
+        raise UnsafeArchiveError(
+            f"unpacking would replace a folder by a file (or a file by a folder) at "
+            f"{', '.join(conflicts[:5])}; nothing was moved. Move that entry away first."
+        )
     _move_entries(source, target)
 
 
@@ -470,8 +481,9 @@ def _missing_paths(info: DatasetInfo, root: Path) -> list[str]:
     return [rel for rel in info.required_paths if not (root / rel).exists()]
 
 
-def download_dataset(name: str, root: str | Path, only: str | None = None,
-                     log: Callable[[str], None] = print) -> DownloadReport:
+def download_dataset(
+    name: str, root: str | Path, only: str | None = None, log: Callable[[str], None] = print
+) -> DownloadReport:
     """Download, verify and unpack every file of dataset ``name`` that has a URL into ``root``.
 
     Files without a URL (registration-walled data) are used when the user has already placed them in ``root``:
@@ -534,8 +546,9 @@ def download_dataset(name: str, root: str | Path, only: str | None = None,
     if manual_missing or (missing and info.manual):
         raise ManualDownloadRequired(info, root, manual_missing + [p for p in missing if p not in manual_missing])
     if missing:
-        raise DatasetDownloadError(f"{info.title}: after download these paths are still missing under {root}: "
-                                   f"{', '.join(missing)}")
+        raise DatasetDownloadError(
+            f"{info.title}: after download these paths are still missing under {root}: {', '.join(missing)}"
+        )
     return report
 
 
@@ -628,5 +641,6 @@ def require_dataset(name: str, root: str | Path) -> Path:
         raise FileNotFoundError(
             f"{info.title} not found: expected {missing[0]}{more}.\n"
             f"Expected layout under {root}:\n{info.layout}\n"
-            f"See `python -m shared.datasets info {name}` for where to get it and how to lay it out.")
+            f"See `python -m shared.datasets info {name}` for where to get it and how to lay it out."
+        )
     return root

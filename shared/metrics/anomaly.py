@@ -81,8 +81,7 @@ def _sort_descending(
     Returns:
         The keys sorted ascending, and ``scores_at`` mapping positions in the sorted keys to their score values.
     """
-    if scores.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.bool, torch.uint8, torch.int8,
-                        torch.int16):
+    if scores.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.bool, torch.uint8, torch.int8, torch.int16):
         keys = torch.empty(scores.numel(), dtype=torch.int64, device=scores.device)
         for start in range(0, scores.numel(), _CHUNK):
             stop = start + _CHUNK
@@ -243,10 +242,7 @@ def precision_recall_curve(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact precision-recall curve in scikit-learn's ``precision_recall_curve`` layout (for plots).
 
-    Args:
-        scores: anomaly scores, any shape (flattened); higher = more anomalous.
-        labels: 1 = positive (anomaly), 0 = negative; same number of entries as ``scores``.
-        ignore_index: label value whose entries are dropped.
+    ``scores``, ``labels`` and ``ignore_index`` are those of :func:`roc_curve`.
 
     Returns:
         ``(precision, recall, thresholds)``, float64 tensors: thresholds increasing over the distinct scores,
@@ -272,16 +268,10 @@ def auroc(scores: ArrayLike, labels: ArrayLike, ignore_index: int | None = None)
     Mann-Whitney U statistic divided by #positives * #negatives). Computed in exact integer arithmetic (valid up
     to about 4e9 entries) and streamed over the sorted scores.
 
-    Args:
-        scores: anomaly scores, any shape (flattened); higher = more anomalous.
-        labels: 1 = positive (anomaly), 0 = negative; same number of entries as ``scores``.
-        ignore_index: label value whose entries are dropped.
+    ``scores``, ``labels`` and ``ignore_index`` are those of :func:`roc_curve`, and so are the errors it raises.
 
     Returns:
         AUROC in [0, 1].
-
-    Raises:
-        ValueError: as :func:`roc_curve`.
     """
     runs, _, n_pos, n_neg = _ranked_runs(scores, labels, ignore_index, "auroc")
     # Twice the trapezoid between consecutive points, in units of 1 / (P * N).
@@ -295,20 +285,15 @@ def average_precision(scores: ArrayLike, labels: ArrayLike, ignore_index: int | 
     ``P_n`` and ``R_n`` are precision and recall at the n-th distinct threshold (descending), ``R_0 = 0``. This is
     not the trapezoidal area under the PR curve (which is larger), nor an interpolated (VOC/COCO) AP.
 
-    Args:
-        scores: anomaly scores, any shape (flattened); higher = more anomalous.
-        labels: 1 = positive (anomaly), 0 = negative; same number of entries as ``scores``.
-        ignore_index: label value whose entries are dropped.
+    ``scores``, ``labels`` and ``ignore_index`` are those of :func:`roc_curve`, and so are the errors it raises.
 
     Returns:
         AP in [0, 1].
-
-    Raises:
-        ValueError: as :func:`roc_curve`.
     """
     runs, _, n_pos, _ = _ranked_runs(scores, labels, ignore_index, "average_precision")
-    total = sum(float(torch.dot((tps - prev_tps).double(), tps.double().div_(counts)))
-                for counts, tps, _, prev_tps, _ in runs)
+    total = sum(
+        float(torch.dot((tps - prev_tps).double(), tps.double().div_(counts))) for counts, tps, _, prev_tps, _ in runs
+    )
     return total / n_pos
 
 
@@ -367,11 +352,9 @@ def ranking_metrics(
     at the 10^8-10^9 pixels of a segmentation test set.
 
     Args:
-        scores: anomaly scores, any shape (flattened); higher = more anomalous.
-        labels: 1 = positive (anomaly), 0 = negative; same number of entries as ``scores``.
+        scores, labels, ignore_index: as :func:`roc_curve`.
         tpr: target true positive rate of ``fpr_at_tpr``.
         strict: require TPR strictly above ``tpr`` (see :func:`fpr_at_tpr`).
-        ignore_index: label value whose entries are dropped.
 
     Returns:
         ``{"auroc": ..., "average_precision": ..., "fpr_at_tpr": ...}``, each in [0, 1].
@@ -393,8 +376,7 @@ def ranking_metrics(
             if hits.numel():
                 fpr = int(fps[hits[0, 0]]) / n_neg
     # The last ROC point has TPR 1, which reaches any allowed target, so fpr is set by the end of the scan.
-    return {"auroc": twice_area / (2 * n_pos * n_neg), "average_precision": precision_sum / n_pos,
-            "fpr_at_tpr": fpr}
+    return {"auroc": twice_area / (2 * n_pos * n_neg), "average_precision": precision_sum / n_pos, "fpr_at_tpr": fpr}
 
 
 def _check_tpr(tpr: float, strict: bool) -> None:
@@ -487,14 +469,21 @@ def aupro(
         keys = keys[: int(torch.searchsorted(keys, next_code << payload_bits))]
         totals = ((fp_counts, overlap_sums) for _, fp_counts, overlap_sums in _tie_runs(keys, payload_bits, increments))
     else:
-        grid = torch.linspace(float(scores.min()), float(scores.max()), num_thresholds, dtype=torch.float64,
-                              device=scores.device)
+        grid = torch.linspace(
+            float(scores.min()), float(scores.max()), num_thresholds, dtype=torch.float64, device=scores.device
+        )
         # Index of the highest grid threshold <= score: the pixel is marked at that threshold and all lower ones.
         bins = torch.searchsorted(grid, scores.double(), right=True) - 1
-        totals = [tuple(torch.bincount(bins, weights=inc.double(), minlength=num_thresholds).flip(0).cumsum(0)
-                        for inc in increments(region_ids))]
-    curve = ((_ratio(fp_counts, num_normal), (overlap_sums / num_regions).clamp_(max=1.0))
-             for fp_counts, overlap_sums in totals)
+        totals = [
+            tuple(
+                torch.bincount(bins, weights=inc.double(), minlength=num_thresholds).flip(0).cumsum(0)
+                for inc in increments(region_ids)
+            )
+        ]
+    curve = (
+        (_ratio(fp_counts, num_normal), (overlap_sums / num_regions).clamp_(max=1.0))
+        for fp_counts, overlap_sums in totals
+    )
     return _area_up_to(curve, fpr_limit) / fpr_limit
 
 

@@ -42,8 +42,10 @@ def topk_accuracy(
             )
         targets = targets.argmax(dim=1)
     elif targets.shape != (num_samples,):
-        raise ValueError(f"topk_accuracy: targets must be ({num_samples},) or ({num_samples}, {num_classes}), "
-                         f"got {tuple(targets.shape)}")
+        raise ValueError(
+            f"topk_accuracy: targets must be ({num_samples},) or ({num_samples}, {num_classes}), "
+            f"got {tuple(targets.shape)}"
+        )
     if targets.is_floating_point() or targets.is_complex():
         raise ValueError(f"topk_accuracy: class-index targets must be integers, got {targets.dtype}")
     if ((targets < 0) | (targets >= num_classes)).any():

@@ -19,10 +19,14 @@ from shared.metrics._inputs import ArrayLike, to_tensor
 
 # Names of COCOeval.stats for bbox / segm evaluation, in order.
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-_GT_KEYS = {"bbox": ("image_id", "category_id", "bbox", "area", "iscrowd"),
-            "segm": ("image_id", "category_id", "segmentation", "area", "iscrowd")}
-_DETECTION_KEYS = {"bbox": ("image_id", "category_id", "bbox", "score"),
-                   "segm": ("image_id", "category_id", "segmentation", "score")}
+_GT_KEYS = {
+    "bbox": ("image_id", "category_id", "bbox", "area", "iscrowd"),
+    "segm": ("image_id", "category_id", "segmentation", "area", "iscrowd"),
+}
+_DETECTION_KEYS = {
+    "bbox": ("image_id", "category_id", "bbox", "score"),
+    "segm": ("image_id", "category_id", "segmentation", "score"),
+}
 
 
 def coco_evaluate(
@@ -91,8 +95,11 @@ def _load_ground_truth(coco_gt: COCO | dict[str, Any] | str | Path, iou_type: st
                 coco_gt = json.load(f)
         gt = COCO()
         # COCOeval writes "ignore" (and, for segm, RLE masks) into the annotation dicts: evaluate copies.
-        gt.dataset = {**coco_gt, "info": coco_gt.get("info", {}),
-                      "annotations": [dict(ann) for ann in coco_gt.get("annotations", [])]}
+        gt.dataset = {
+            **coco_gt,
+            "info": coco_gt.get("info", {}),
+            "annotations": [dict(ann) for ann in coco_gt.get("annotations", [])],
+        }
         gt.createIndex()
     for ann in gt.dataset.get("annotations", []):
         missing = [key for key in _GT_KEYS[iou_type] if key not in ann]
@@ -117,8 +124,9 @@ def _load_detections(
         if det["image_id"] not in image_ids:
             raise ValueError(f"coco_evaluate: detection for image_id {det['image_id']}, not in the ground truth")
         if det["category_id"] not in category_ids:
-            raise ValueError(f"coco_evaluate: detection with category_id {det['category_id']}, not in the ground "
-                             "truth categories")
+            raise ValueError(
+                f"coco_evaluate: detection with category_id {det['category_id']}, not in the ground truth categories"
+            )
         _check_finite_detection(det, iou_type)
         result = dict(det)
         if iou_type == "segm":
@@ -144,8 +152,12 @@ def _check_finite_detection(det: dict[str, Any], iou_type: str) -> None:
 def _empty_results(gt: COCO) -> COCO:
     """A results object with no detection (what ``loadRes([])`` would build if it did not raise)."""
     dt = COCO()
-    dt.dataset = {"info": {}, "images": list(gt.dataset["images"]),
-                  "categories": copy.deepcopy(gt.dataset["categories"]), "annotations": []}
+    dt.dataset = {
+        "info": {},
+        "images": list(gt.dataset["images"]),
+        "categories": copy.deepcopy(gt.dataset["categories"]),
+        "annotations": [],
+    }
     dt.createIndex()
     return dt
 
@@ -189,8 +201,10 @@ def expected_calibration_error(
     confidences = to_tensor(confidences, "confidences").reshape(-1).double()
     correct = to_tensor(correct, "correct").to(confidences.device).reshape(-1)
     if confidences.numel() == 0 or confidences.numel() != correct.numel():
-        raise ValueError(f"expected_calibration_error: need as many confidences ({confidences.numel()}) as "
-                         f"correctness flags ({correct.numel()}), at least one")
+        raise ValueError(
+            f"expected_calibration_error: need as many confidences ({confidences.numel()}) as "
+            f"correctness flags ({correct.numel()}), at least one"
+        )
     if n_bins < 1:
         raise ValueError(f"expected_calibration_error: n_bins must be at least 1, got {n_bins}")
     if not ((confidences >= 0) & (confidences <= 1)).all():

@@ -61,8 +61,10 @@ def harmonization_metrics(
     if mask.ndim in (2, 3):
         mask = mask.reshape(-1, 1, *mask.shape[-2:])
     if tuple(mask.shape) != expected:
-        raise ValueError(f"harmonization_metrics: mask {given} does not match images {tuple(pred.shape)}; expected "
-                         f"{expected} or {(expected[0], *expected[2:])}")
+        raise ValueError(
+            f"harmonization_metrics: mask {given} does not match images {tuple(pred.shape)}; expected "
+            f"{expected} or {(expected[0], *expected[2:])}"
+        )
     mask = mask.double()
     if mask.min() < 0 or mask.max() > 1:
         raise ValueError("harmonization_metrics: mask values must lie in [0, 1]")

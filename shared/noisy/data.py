@@ -90,11 +90,13 @@ class _CifarUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("numpy._core"):  # numpy >= 2 writes numpy._core for what numpy 1 calls numpy.core
-            module = "numpy.core" + module[len("numpy._core"):]
+            module = "numpy.core" + module[len("numpy._core") :]
         if (module, name) in self._ALLOWED:
             return self._ALLOWED[(module, name)]
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR batch (only numpy arrays, "
-                                     "lists, dicts, numbers and strings are)")
+        raise pickle.UnpicklingError(
+            f"global '{module}.{name}' is not allowed in a CIFAR batch (only numpy arrays, "
+            "lists, dicts, numbers and strings are)"
+        )
 
 
 def _unpickle(path: Path) -> dict[str, Any]:
@@ -133,17 +135,31 @@ def load_cifar(root: str | Path, num_classes: int, train: bool, image_size: int 
     data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
     labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise ValueError(f"{root}: CIFAR batches hold data of shape {data.shape} and {len(labels)} labels; "
-                         "expected (N, 3072) and N labels")
+        raise ValueError(
+            f"{root}: CIFAR batches hold data of shape {data.shape} and {len(labels)} labels; "
+            "expected (N, 3072) and N labels"
+        )
     images = torch.from_numpy(data).view(-1, 3, 32, 32)
     if image_size is not None and image_size != 32:
-        images = F.interpolate(images.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
-                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        images = (
+            F.interpolate(
+                images.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+            )
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
     return CifarSplit(images.contiguous(), torch.from_numpy(labels), num_classes)
 
 
-def noisy_labels_for(clean: Sequence[int] | np.ndarray | torch.Tensor, noise_type: str, rate: float,
-                     num_classes: int, seed: int, path: str | Path | None = None) -> NoisyLabels:
+def noisy_labels_for(
+    clean: Sequence[int] | np.ndarray | torch.Tensor,
+    noise_type: str,
+    rate: float,
+    num_classes: int,
+    seed: int,
+    path: str | Path | None = None,
+) -> NoisyLabels:
     """The noisy training labels of a DivideMix-protocol run: read ``path`` if it exists, else draw and save.
 
     Args:
@@ -160,12 +176,16 @@ def noisy_labels_for(clean: Sequence[int] | np.ndarray | torch.Tensor, noise_typ
     if path is not None and Path(path).is_file():
         loaded = load_noisy_labels(path, expected_length=len(clean))
         if not np.array_equal(loaded.clean, clean):
-            raise ValueError(f"{path}: its clean labels differ from the dataset's; the file belongs to another "
-                             "dataset or split (delete it to draw new noise)")
+            raise ValueError(
+                f"{path}: its clean labels differ from the dataset's; the file belongs to another "
+                "dataset or split (delete it to draw new noise)"
+            )
         if (loaded.noise_type, float(loaded.rate), int(loaded.seed)) != (kind, float(rate), int(seed)):
-            raise ValueError(f"{path} holds {loaded.noise_type} noise at rate {loaded.rate} (seed {loaded.seed}), "
-                             f"but {kind} noise at rate {rate} (seed {seed}) was asked for; it is not reused. Use "
-                             "another output folder, or delete the file to draw the new noise there.")
+            raise ValueError(
+                f"{path} holds {loaded.noise_type} noise at rate {loaded.rate} (seed {loaded.seed}), "
+                f"but {kind} noise at rate {rate} (seed {seed}) was asked for; it is not reused. Use "
+                "another output folder, or delete the file to draw the new noise there."
+            )
         return loaded
     if kind == "symmetric":
         result = symmetric_noise(clean, rate, num_classes, seed=seed)
@@ -189,8 +209,15 @@ class LabelFile:
     source: str = ""
 
 
-def save_label_file(path: str | Path, labels: Any, num_classes: int, clean: Any | None = None,
-                    soft: Any | None = None, source: str = "", noise: NoisyLabels | None = None) -> Path:
+def save_label_file(
+    path: str | Path,
+    labels: Any,
+    num_classes: int,
+    clean: Any | None = None,
+    soft: Any | None = None,
+    source: str = "",
+    noise: NoisyLabels | None = None,
+) -> Path:
     """Write training labels (e.g. purified ones) in the noise-file format.
 
     With ``clean`` labels the file is a :mod:`shared.label_noise` file whose "noisy" field holds ``labels``
@@ -202,15 +229,28 @@ def save_label_file(path: str | Path, labels: Any, num_classes: int, clean: Any 
     labels = np.asarray(torch.as_tensor(labels).cpu().numpy(), dtype=np.int64)
     if clean is not None:
         recipe = noise or NoisyLabels(labels, np.asarray(clean), "symmetric", 0.0, 0, num_classes, "fixed")
-        record = NoisyLabels(labels, np.asarray(torch.as_tensor(clean).cpu().numpy()), recipe.noise_type,
-                             recipe.rate, recipe.seed, num_classes, recipe.selection, recipe.dataset)
+        record = NoisyLabels(
+            labels,
+            np.asarray(torch.as_tensor(clean).cpu().numpy()),
+            recipe.noise_type,
+            recipe.rate,
+            recipe.seed,
+            num_classes,
+            recipe.selection,
+            recipe.dataset,
+        )
         save_noisy_labels(path, record)
         content = json.loads(path.read_text())
     else:
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"labels must lie in [0, {num_classes})")
-        content = {"format": _LABEL_FILE_FORMAT, "noise_type": "real", "num_classes": num_classes,
-                   "noisy": labels.tolist(), "clean": None}
+        content = {
+            "format": _LABEL_FILE_FORMAT,
+            "noise_type": "real",
+            "num_classes": num_classes,
+            "noisy": labels.tolist(),
+            "clean": None,
+        }
     if soft is not None:
         soft = np.asarray(torch.as_tensor(soft).detach().cpu().numpy(), dtype=np.float64)
         if soft.shape != (len(labels), num_classes):
@@ -283,7 +323,7 @@ class CifarTrainTransform:
             h, w = image.shape[-2:]
             padded = F.pad(image, (p, p, p, p))
             top, left = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
-            image = padded[..., top:top + h, left:left + w]
+            image = padded[..., top : top + h, left : left + w]
         if self.hflip and bool(torch.rand(()) < 0.5):
             image = image.flip(-1)
         return self.normalize(image)
@@ -300,8 +340,13 @@ class ViewDataset(Dataset):
         indices: restrict to these sample indices (the returned ``index`` is the original one).
     """
 
-    def __init__(self, source: Any, transform: Callable[[Any], torch.Tensor], num_views: int = 1,
-                 indices: Sequence[int] | np.ndarray | None = None):
+    def __init__(
+        self,
+        source: Any,
+        transform: Callable[[Any], torch.Tensor],
+        num_views: int = 1,
+        indices: Sequence[int] | np.ndarray | None = None,
+    ):
         self.source = source
         self.transform = transform
         self.num_views = num_views
@@ -316,8 +361,9 @@ class ViewDataset(Dataset):
         return (*(self.transform(image) for _ in range(self.num_views)), index)
 
 
-def balanced_subset(labels: Sequence[int] | np.ndarray, num_samples: int, num_classes: int,
-                    generator: np.random.Generator) -> np.ndarray:
+def balanced_subset(
+    labels: Sequence[int] | np.ndarray, num_samples: int, num_classes: int, generator: np.random.Generator
+) -> np.ndarray:
     """DivideMix's Clothing1M epoch sample: ``num_samples`` indices, an equal share of each (noisy) class.
 
     DivideMix shuffles the noisy training set each epoch and keeps the first ``num_samples / C`` images of every
@@ -344,9 +390,11 @@ class Clothing1M:
 
     def __init__(self, root: str | Path, split: str = "train", loader: Callable[[Path], Any] | None = None):
         self.root = require_dataset("clothing1m", root)
-        files = {"train": ("noisy_train_key_list.txt", "noisy_label_kv.txt"),
-                 "val": ("clean_val_key_list.txt", "clean_label_kv.txt"),
-                 "test": ("clean_test_key_list.txt", "clean_label_kv.txt")}
+        files = {
+            "train": ("noisy_train_key_list.txt", "noisy_label_kv.txt"),
+            "val": ("clean_val_key_list.txt", "clean_label_kv.txt"),
+            "test": ("clean_test_key_list.txt", "clean_label_kv.txt"),
+        }
         if split not in files:
             raise ValueError(f"split must be one of {sorted(files)}, got {split!r}")
         key_file, label_file = files[split]
@@ -354,8 +402,9 @@ class Clothing1M:
         keys = [line.strip() for line in (self.root / key_file).read_text().splitlines() if line.strip()]
         missing = [k for k in keys if k not in table]
         if missing:
-            raise ValueError(f"{self.root / key_file}: {len(missing)} keys have no label in {label_file}, "
-                             f"e.g. {missing[0]}")
+            raise ValueError(
+                f"{self.root / key_file}: {len(missing)} keys have no label in {label_file}, e.g. {missing[0]}"
+            )
         self.keys = keys
         self.labels = torch.tensor([table[k] for k in keys], dtype=torch.int64)
         self.loader = loader or self._pil_loader
@@ -395,4 +444,3 @@ def clothing1m_transforms(train: bool) -> Callable[[Any], torch.Tensor]:
 
     ops = [T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip()] if train else [T.Resize(256), T.CenterCrop(224)]
     return T.Compose([*ops, T.ToTensor(), T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD)])
-

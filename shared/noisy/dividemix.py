@@ -86,8 +86,10 @@ class DivideMixConfig:
     gmm_max_iter: int = 10
     gmm_tol: float = 1e-2
     gmm_reg_covar: float = 5e-4
-    epoch_samples: int | None = field(default=None, metadata={
-        "help": "Clothing1M: train each epoch on a class-balanced sample of this size (null: whole set)"})
+    epoch_samples: int | None = field(
+        default=None,
+        metadata={"help": "Clothing1M: train each epoch on a class-balanced sample of this size (null: whole set)"},
+    )
     num_workers: int = 0
     eval_batch_size: int = 512
 
@@ -104,16 +106,29 @@ def cifar_defaults(num_classes: int, noise_type: str, rate: float) -> DivideMixC
         lambda_u = 0.0 if asym or rate <= 0.2 else (50.0 if rate >= 0.9 else 25.0)
     else:
         lambda_u = 25.0 if rate <= 0.2 else 150.0
-    return DivideMixConfig(warmup_epochs=10 if num_classes == 10 else 30, lambda_u=lambda_u, asym_penalty=asym,
-                           loss_history=5 if rate >= 0.9 else 1)
+    return DivideMixConfig(
+        warmup_epochs=10 if num_classes == 10 else 30,
+        lambda_u=lambda_u,
+        asym_penalty=asym,
+        loss_history=5 if rate >= 0.9 else 1,
+    )
 
 
 def clothing1m_defaults() -> DivideMixConfig:
     """DivideMix's Clothing1M settings: batch 32, 1 000 batches per epoch, 80 epochs, lr 0.002 (/10 at 40),
     weight decay 1e-3, 1 warm-up epoch, alpha 0.5, lambda_u 0, p_threshold 0.5."""
-    return DivideMixConfig(epochs=80, warmup_epochs=1, batch_size=32, warmup_batch_size=32, lr=0.002,
-                           weight_decay=1e-3, lr_decay_epoch=40, alpha=0.5, lambda_u=0.0,
-                           epoch_samples=32 * 1000 * 2)
+    return DivideMixConfig(
+        epochs=80,
+        warmup_epochs=1,
+        batch_size=32,
+        warmup_batch_size=32,
+        lr=0.002,
+        weight_decay=1e-3,
+        lr_decay_epoch=40,
+        alpha=0.5,
+        lambda_u=0.0,
+        epoch_samples=32 * 1000 * 2,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- building blocks
@@ -128,8 +143,9 @@ def mixmatch_lambda(lam: float | torch.Tensor) -> float | torch.Tensor:
     return torch.maximum(lam, 1 - lam) if isinstance(lam, torch.Tensor) else max(lam, 1 - lam)
 
 
-def mixmatch(inputs: torch.Tensor, targets: torch.Tensor, alpha: float,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def mixmatch(
+    inputs: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """MixUp with lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), against a random permutation."""
     lam = float(np.random.beta(alpha, alpha)) if alpha > 0 else 1.0
     lam = mixmatch_lambda(lam)
@@ -137,8 +153,9 @@ def mixmatch(inputs: torch.Tensor, targets: torch.Tensor, alpha: float,
     return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm], lam
 
 
-def mixmatch_losses(logits_x: torch.Tensor, targets_x: torch.Tensor, logits_u: torch.Tensor,
-                    targets_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mixmatch_losses(
+    logits_x: torch.Tensor, targets_x: torch.Tensor, logits_u: torch.Tensor, targets_u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L_x = mean soft cross-entropy; L_u = mean over samples and classes of (softmax - target)^2."""
     lx = -(F.log_softmax(logits_x, dim=1) * targets_x).sum(1).mean()
     lu = ((F.softmax(logits_u, dim=1) - targets_u) ** 2).mean() if logits_u.numel() else logits_x.new_zeros(())
@@ -176,9 +193,16 @@ def co_guess(probs: list[torch.Tensor], temperature: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def per_sample_loss(model: nn.Module, source: Any, labels: torch.Tensor, transform: Callable[[Any], torch.Tensor],
-                    device: torch.device, indices: Any | None = None, batch_size: int = 512,
-                    num_workers: int = 0) -> torch.Tensor:
+def per_sample_loss(
+    model: nn.Module,
+    source: Any,
+    labels: torch.Tensor,
+    transform: Callable[[Any], torch.Tensor],
+    device: torch.device,
+    indices: Any | None = None,
+    batch_size: int = 512,
+    num_workers: int = 0,
+) -> torch.Tensor:
     """CE loss of every sample against its (noisy) label, model in eval mode, un-augmented images (``eval_train``)."""
     was_training = model.training
     model.eval()
@@ -190,8 +214,9 @@ def per_sample_loss(model: nn.Module, source: Any, labels: torch.Tensor, transfo
     return torch.cat(losses)
 
 
-def gmm_clean_probability(losses: torch.Tensor | np.ndarray, max_iter: int = 10, tol: float = 1e-2,
-                          reg_covar: float = 5e-4, seed: int = 0) -> np.ndarray:
+def gmm_clean_probability(
+    losses: torch.Tensor | np.ndarray, max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4, seed: int = 0
+) -> np.ndarray:
     """Min-max normalise the losses, fit a 2-component GMM, return the posterior of the low-mean component."""
     losses = np.asarray(torch.as_tensor(losses).float().numpy(), dtype=np.float64).reshape(-1)
     span = losses.max() - losses.min()
@@ -220,10 +245,23 @@ class DivideMix:
         seed: seeds the GMM and the Clothing1M epoch samples.
     """
 
-    def __init__(self, net1: nn.Module, net2: nn.Module, source: Any, labels: Any, num_classes: int,
-                 train_transform: Callable, eval_transform: Callable, test_source: Any, test_labels: Any,
-                 cfg: DivideMixConfig, device: torch.device, logger: RunLogger, clean_labels: Any | None = None,
-                 seed: int = 0):
+    def __init__(
+        self,
+        net1: nn.Module,
+        net2: nn.Module,
+        source: Any,
+        labels: Any,
+        num_classes: int,
+        train_transform: Callable,
+        eval_transform: Callable,
+        test_source: Any,
+        test_labels: Any,
+        cfg: DivideMixConfig,
+        device: torch.device,
+        logger: RunLogger,
+        clean_labels: Any | None = None,
+        seed: int = 0,
+    ):
         self.nets = [net1, net2]
         self.source, self.num_classes, self.cfg, self.device, self.logger = source, num_classes, cfg, device, logger
         self.labels = torch.as_tensor(np.array(labels), dtype=torch.int64)
@@ -231,18 +269,28 @@ class DivideMix:
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.test_source, self.test_labels = test_source, test_labels
         self.seed = seed
-        self.optimizers = [torch.optim.SGD(n.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                           weight_decay=cfg.weight_decay) for n in self.nets]
+        self.optimizers = [
+            torch.optim.SGD(n.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            for n in self.nets
+        ]
         self.loss_history: list[list[torch.Tensor]] = [[], []]
         self.tracker = AccuracyTracker()
         self.epoch, self.step = 0, 0
 
     # -- state
     def state_dict(self) -> dict[str, Any]:
-        return {"net1": self.nets[0].state_dict(), "net2": self.nets[1].state_dict(),
-                "opt1": self.optimizers[0].state_dict(), "opt2": self.optimizers[1].state_dict(),
-                "loss_history": [list(h) for h in self.loss_history], "tracker": self.tracker.state_dict(),
-                "epoch": self.epoch, "step": self.step, "rng": capture_rng_state(), "config": asdict(self.cfg)}
+        return {
+            "net1": self.nets[0].state_dict(),
+            "net2": self.nets[1].state_dict(),
+            "opt1": self.optimizers[0].state_dict(),
+            "opt2": self.optimizers[1].state_dict(),
+            "loss_history": [list(h) for h in self.loss_history],
+            "tracker": self.tracker.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": capture_rng_state(),
+            "config": asdict(self.cfg),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in range(2):
@@ -262,8 +310,9 @@ class DivideMix:
 
     def _loader(self, indices: np.ndarray, views: int, batch_size: int) -> DataLoader:
         dataset = ViewDataset(self.source, self.train_transform, views, indices)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.cfg.num_workers)
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=self.cfg.num_workers
+        )
 
     def warmup_epoch(self, k: int, indices: np.ndarray) -> float:
         """CE on the given labels (+ negative entropy for asymmetric noise) for network k."""
@@ -285,15 +334,22 @@ class DivideMix:
 
     def clean_probability(self, k: int, indices: np.ndarray) -> np.ndarray:
         """Co-divide input: network k's GMM clean probability of each sample in ``indices``."""
-        losses = per_sample_loss(self.nets[k], self.source, self.labels, self.eval_transform, self.device, indices,
-                                 self.cfg.eval_batch_size, self.cfg.num_workers)
+        losses = per_sample_loss(
+            self.nets[k],
+            self.source,
+            self.labels,
+            self.eval_transform,
+            self.device,
+            indices,
+            self.cfg.eval_batch_size,
+            self.cfg.num_workers,
+        )
         span = losses.max() - losses.min()
         normed = (losses - losses.min()) / (span if span > 0 else 1.0)
         if self.cfg.epoch_samples is None and self.cfg.loss_history > 1:
-            self.loss_history[k] = [*self.loss_history[k], normed][-self.cfg.loss_history:]
+            self.loss_history[k] = [*self.loss_history[k], normed][-self.cfg.loss_history :]
             normed = torch.stack(self.loss_history[k]).mean(0)
-        return gmm_clean_probability(normed, self.cfg.gmm_max_iter, self.cfg.gmm_tol, self.cfg.gmm_reg_covar,
-                                     self.seed)
+        return gmm_clean_probability(normed, self.cfg.gmm_max_iter, self.cfg.gmm_tol, self.cfg.gmm_reg_covar, self.seed)
 
     def train_epoch(self, k: int, epoch: int, indices: np.ndarray, prob: np.ndarray) -> dict[str, float]:
         """One DivideMix epoch of network k, using the clean probabilities ``prob`` from the other network."""
@@ -328,14 +384,14 @@ class DivideMix:
                         unl_iter = iter(unl_loader)
                         u1, u2, _ = next(unl_iter)
                     u1, u2 = u1.to(self.device), u2.to(self.device)
-                    targets_u = co_guess([F.softmax(m(u), 1) for m in (net, other) for u in (u1, u2)],
-                                         cfg.temperature)
+                    targets_u = co_guess([F.softmax(m(u), 1) for m in (net, other) for u in (u1, u2)], cfg.temperature)
                     inputs += [u1, u2]
                     targets += [targets_u, targets_u]
             mixed_input, mixed_target, _ = mixmatch(torch.cat(inputs), torch.cat(targets), cfg.alpha)
             logits = net(mixed_input)
-            lx, lu = mixmatch_losses(logits[:2 * batch], mixed_target[:2 * batch], logits[2 * batch:],
-                                     mixed_target[2 * batch:])
+            lx, lu = mixmatch_losses(
+                logits[: 2 * batch], mixed_target[: 2 * batch], logits[2 * batch :], mixed_target[2 * batch :]
+            )
             lamb = linear_rampup(epoch + batch_idx / num_iter, cfg.warmup_epochs, cfg.lambda_u, cfg.rampup_length)
             penalty = uniform_prior_penalty(logits)
             loss = lx + lamb * lu + penalty
@@ -363,11 +419,22 @@ class DivideMix:
 
     def test(self) -> float:
         """Accuracy of the two-network ensemble (sum of logits) on the clean test split."""
-        return evaluate_accuracy(self.nets, self.test_source, self.test_labels, self.eval_transform, self.device,
-                                 self.cfg.eval_batch_size, self.cfg.num_workers)
+        return evaluate_accuracy(
+            self.nets,
+            self.test_source,
+            self.test_labels,
+            self.eval_transform,
+            self.device,
+            self.cfg.eval_batch_size,
+            self.cfg.num_workers,
+        )
 
-    def fit(self, checkpoint_path: str | Path | None = None, resume_state: dict[str, Any] | None = None,
-            on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def fit(
+        self,
+        checkpoint_path: str | Path | None = None,
+        resume_state: dict[str, Any] | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Run (or continue) the whole schedule; returns best/last ensemble test accuracy."""
         start = 0
         if resume_state is not None:

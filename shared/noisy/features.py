@@ -12,8 +12,14 @@ __all__ = ["extract_features"]
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, data: torch.Tensor | Dataset, transform: Callable | None = None,
-                     batch_size: int = 512, device: torch.device | str = "cpu", num_workers: int = 0) -> torch.Tensor:
+def extract_features(
+    model: nn.Module,
+    data: torch.Tensor | Dataset,
+    transform: Callable | None = None,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> torch.Tensor:
     """Pooled features of every sample, in order, with the model in eval mode (BN running statistics).
 
     Args:
@@ -34,7 +40,7 @@ def extract_features(model: nn.Module, data: torch.Tensor | Dataset, transform: 
     chunks = []
     if isinstance(data, torch.Tensor):
         for start in range(0, len(data), batch_size):
-            batch = data[start:start + batch_size].to(device)
+            batch = data[start : start + batch_size].to(device)
             batch = transform(batch) if transform is not None else batch.float()
             chunks.append(model.forward_features(batch).float().cpu())
     else:

@@ -37,9 +37,16 @@ class SimCLRAugment:
         gray_prob: probability of converting to grey-scale.
     """
 
-    def __init__(self, mean, std, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), jitter_strength: float = 0.5, jitter_prob: float = 0.8,
-                 gray_prob: float = 0.2):
+    def __init__(
+        self,
+        mean,
+        std,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        jitter_strength: float = 0.5,
+        jitter_prob: float = 0.8,
+        gray_prob: float = 0.2,
+    ):
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.scale, self.ratio = scale, ratio
@@ -106,17 +113,26 @@ class SimCLR(nn.Module):
         super().__init__()
         self.encoder = encoder
         d = encoder.num_features
-        self.projector = nn.Sequential(nn.Linear(d, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True),
-                                       nn.Linear(d, proj_dim))
+        self.projector = nn.Sequential(
+            nn.Linear(d, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True), nn.Linear(d, proj_dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder.forward_features(x))
 
 
-def train_simclr_epoch(model: nn.Module, images: torch.Tensor, augment: SimCLRAugment,
-                       optimizer: torch.optim.Optimizer, batch_size: int, temperature: float, step: int,
-                       device: torch.device, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                       generator: torch.Generator | None = None) -> tuple[float, int, float]:
+def train_simclr_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    augment: SimCLRAugment,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    temperature: float,
+    step: int,
+    device: torch.device,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[float, int, float]:
     """One SimCLR epoch over ``images`` (uint8 ``N x 3 x H x W``, shuffled, last partial batch dropped).
 
     Returns (mean loss, global step, images per second).
@@ -127,7 +143,7 @@ def train_simclr_epoch(model: nn.Module, images: torch.Tensor, augment: SimCLRAu
     order = torch.randperm(len(images), generator=generator)
     total, count, t0 = 0.0, 0, time.perf_counter()
     for start in range(0, len(images) - batch_size + 1, batch_size):
-        batch = images[order[start:start + batch_size]].to(device).float() / 255
+        batch = images[order[start : start + batch_size]].to(device).float() / 255
         loss = nt_xent_loss(model(augment(batch)), model(augment(batch)), temperature)
         check_finite(loss, step, "SimCLR loss")
         optimizer.zero_grad(set_to_none=True)
@@ -142,8 +158,17 @@ def train_simclr_epoch(model: nn.Module, images: torch.Tensor, augment: SimCLRAu
     return total / max(count, 1), step, count / max(elapsed, 1e-9)
 
 
-_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.encoder.", "module.backbone.", "module.", "encoder.",
-             "backbone.", "model.", "body.")
+_PREFIXES = (
+    "module.encoder_q.",
+    "encoder_q.",
+    "module.encoder.",
+    "module.backbone.",
+    "module.",
+    "encoder.",
+    "backbone.",
+    "model.",
+    "body.",
+)
 _HEADS = ("fc.", "linear.", "projector.", "head.", "classifier.", "encoder_k.", "queue")
 
 
@@ -165,8 +190,10 @@ def load_ssl_checkpoint(model: nn.Module, path: str | Path, strict_backbone: boo
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"SSL checkpoint not found: {path}. For CIFAR train one with the SimCLR stage "
-                                "(dmlp: --stages ssl ...), or pass the SimCLR/C2D/MoCo file you downloaded.")
+        raise FileNotFoundError(
+            f"SSL checkpoint not found: {path}. For CIFAR train one with the SimCLR stage "
+            "(dmlp: --stages ssl ...), or pass the SimCLR/C2D/MoCo file you downloaded."
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "encoder"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -178,7 +205,7 @@ def load_ssl_checkpoint(model: nn.Module, path: str | Path, strict_backbone: boo
             continue
         for prefix in _PREFIXES:
             if name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
                 break
         if not name.startswith(_HEADS):
             cleaned[name] = value
@@ -186,8 +213,11 @@ def load_ssl_checkpoint(model: nn.Module, path: str | Path, strict_backbone: boo
     head_names = [k for k in target if k.startswith(_HEADS)]
     problems = [k for k in target if k not in head_names and (k not in cleaned or cleaned[k].shape != target[k].shape)]
     if strict_backbone and problems:
-        raise ValueError(f"{path}: {len(problems)} backbone weights missing or of another shape, e.g. {problems[:3]}; "
-                         f"found keys like {list(cleaned)[:5]}")
-    model.load_state_dict({k: v for k, v in cleaned.items() if k in target and v.shape == target[k].shape},
-                          strict=False)
+        raise ValueError(
+            f"{path}: {len(problems)} backbone weights missing or of another shape, e.g. {problems[:3]}; "
+            f"found keys like {list(cleaned)[:5]}"
+        )
+    model.load_state_dict(
+        {k: v for k, v in cleaned.items() if k in target and v.shape == target[k].shape}, strict=False
+    )
     return head_names

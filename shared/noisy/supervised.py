@@ -46,9 +46,15 @@ class SupervisedConfig:
 
 
 @torch.no_grad()
-def evaluate_accuracy(models: nn.Module | list[nn.Module], source: Any, labels: Any,
-                      transform: Callable[[Any], torch.Tensor], device: torch.device, batch_size: int = 512,
-                      num_workers: int = 0) -> float:
+def evaluate_accuracy(
+    models: nn.Module | list[nn.Module],
+    source: Any,
+    labels: Any,
+    transform: Callable[[Any], torch.Tensor],
+    device: torch.device,
+    batch_size: int = 512,
+    num_workers: int = 0,
+) -> float:
     """Top-1 accuracy (percent) of ``models`` (a list is an ensemble: summed logits, as DivideMix's test)."""
     models = models if isinstance(models, list) else [models]
     states = [m.training for m in models]
@@ -56,8 +62,10 @@ def evaluate_accuracy(models: nn.Module | list[nn.Module], source: Any, labels: 
         m.eval()
     labels = torch.as_tensor(np.array(labels), dtype=torch.int64)
     if isinstance(source, torch.Tensor):
-        batches = ((transform(source[s:s + batch_size]), torch.arange(s, min(s + batch_size, len(source))))
-                   for s in range(0, len(source), batch_size))
+        batches = (
+            (transform(source[s : s + batch_size]), torch.arange(s, min(s + batch_size, len(source))))
+            for s in range(0, len(source), batch_size)
+        )
     else:
         batches = DataLoader(ViewDataset(source, transform), batch_size=batch_size, num_workers=num_workers)
     hits = 0
@@ -69,12 +77,25 @@ def evaluate_accuracy(models: nn.Module | list[nn.Module], source: Any, labels: 
     return 100.0 * hits / len(labels)
 
 
-def train_supervised(model: nn.Module, source: Any, labels: Any, train_transform: Callable[[Any], torch.Tensor],
-                     test_source: Any, test_labels: Any, test_transform: Callable[[Any], torch.Tensor],
-                     cfg: SupervisedConfig, ctx: DistContext, logger: RunLogger, checkpoint_path: str | Path | None,
-                     indices: Any | None = None, resume_state: dict[str, Any] | None = None, seed: int = 0,
-                     tag: str = "ce", extra_state: dict[str, Any] | None = None,
-                     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def train_supervised(
+    model: nn.Module,
+    source: Any,
+    labels: Any,
+    train_transform: Callable[[Any], torch.Tensor],
+    test_source: Any,
+    test_labels: Any,
+    test_transform: Callable[[Any], torch.Tensor],
+    cfg: SupervisedConfig,
+    ctx: DistContext,
+    logger: RunLogger,
+    checkpoint_path: str | Path | None,
+    indices: Any | None = None,
+    resume_state: dict[str, Any] | None = None,
+    seed: int = 0,
+    tag: str = "ce",
+    extra_state: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train ``model`` with cross-entropy on ``labels`` and test it after every epoch.
 
     Args:
@@ -100,13 +121,17 @@ def train_supervised(model: nn.Module, source: Any, labels: Any, train_transform
     labels = torch.as_tensor(np.array(labels))  # a copy: label files give read-only arrays
     labels = labels.float() if labels.ndim == 2 else labels.long()
     dataset = ViewDataset(source, train_transform, 1, indices)
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
-                                 drop_last=True)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=True)
+    sampler = DistributedSampler(
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+    )
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True
+    )
     if len(loader) == 0:
-        raise ValueError(f"{tag}: batch_size {cfg.batch_size} x {ctx.world_size} processes exceeds the "
-                         f"{len(dataset)} training samples")
+        raise ValueError(
+            f"{tag}: batch_size {cfg.batch_size} x {ctx.world_size} processes exceeds the "
+            f"{len(dataset)} training samples"
+        )
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
     tracker, start_epoch, step = AccuracyTracker(), 0, 0
@@ -121,7 +146,8 @@ def train_supervised(model: nn.Module, source: Any, labels: Any, train_transform
     train_model = model
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+            model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
+        )
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         train_model.train()
@@ -143,16 +169,37 @@ def train_supervised(model: nn.Module, source: Any, labels: Any, train_transform
             seen += len(images)
         scheduler.step()
         elapsed = time.perf_counter() - t0
-        acc = evaluate_accuracy(unwrap_model(model), test_source, test_labels, test_transform, ctx.device,
-                                cfg.eval_batch_size, cfg.num_workers)
+        acc = evaluate_accuracy(
+            unwrap_model(model),
+            test_source,
+            test_labels,
+            test_transform,
+            ctx.device,
+            cfg.eval_batch_size,
+            cfg.num_workers,
+        )
         tracker.update(acc, epoch)
-        row = {"loss": all_reduce_mean(loss_sum / max(seen, 1)), "test_acc": acc,
-               "lr": optimizer.param_groups[0]["lr"], "img_s": seen * ctx.world_size / elapsed}
+        row = {
+            "loss": all_reduce_mean(loss_sum / max(seen, 1)),
+            "test_acc": acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "img_s": seen * ctx.world_size / elapsed,
+        }
         if ctx.is_main and checkpoint_path is not None:
-            save_checkpoint({"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "tracker": tracker.state_dict(), "epoch": epoch,
-                             "step": step, "rng": capture_rng_state(), "tag": tag, "extra": extra_state or {}},
-                            checkpoint_path)
+            save_checkpoint(
+                {
+                    "model": unwrap_model(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "tracker": tracker.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "rng": capture_rng_state(),
+                    "tag": tag,
+                    "extra": extra_state or {},
+                },
+                checkpoint_path,
+            )
         logger.log_epoch(epoch, row)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)

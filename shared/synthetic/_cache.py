@@ -47,8 +47,10 @@ def write_cached(root: str | Path, params: dict[str, Any], write: Callable[[Path
     if read_marker(root) == expected:
         return root
     if root.exists() and read_marker(root) is None and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists and is not a synthetic dataset (no {MARKER}); refusing to overwrite "
-                              f"it. Pass another root or remove it yourself.")
+        raise FileExistsError(
+            f"{root} exists and is not a synthetic dataset (no {MARKER}); refusing to overwrite "
+            f"it. Pass another root or remove it yourself."
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     stale = None

@@ -33,8 +33,12 @@ def _crescent() -> np.ndarray:
     inner_start = np.arctan2(-y, x - offset) + 2 * np.pi
     inner_end = np.arctan2(y, x - offset)
     inner_angles = np.linspace(inner_start, inner_end, 24)
-    points = np.concatenate([np.stack([np.cos(outer), np.sin(outer)], axis=1),
-                             np.stack([offset + inner * np.cos(inner_angles), inner * np.sin(inner_angles)], axis=1)])
+    points = np.concatenate(
+        [
+            np.stack([np.cos(outer), np.sin(outer)], axis=1),
+            np.stack([offset + inner * np.cos(inner_angles), inner * np.sin(inner_angles)], axis=1),
+        ]
+    )
     return points - (points.max(0) + points.min(0)) / 2
 
 
@@ -59,15 +63,30 @@ SHAPES: dict[str, np.ndarray] = {
     "square": _regular(4, np.pi / 4),
     "triangle": _regular(3, -np.pi / 2),
     "star": _star(),
-    "cross": _normalise([(-0.33, -1), (0.33, -1), (0.33, -0.33), (1, -0.33), (1, 0.33), (0.33, 0.33), (0.33, 1),
-                         (-0.33, 1), (-0.33, 0.33), (-1, 0.33), (-1, -0.33), (-0.33, -0.33)]),
+    "cross": _normalise(
+        [
+            (-0.33, -1),
+            (0.33, -1),
+            (0.33, -0.33),
+            (1, -0.33),
+            (1, 0.33),
+            (0.33, 0.33),
+            (0.33, 1),
+            (-0.33, 1),
+            (-0.33, 0.33),
+            (-1, 0.33),
+            (-1, -0.33),
+            (-0.33, -0.33),
+        ]
+    ),
     "ring": _regular(48),
     "crescent": _crescent(),
     "arrow": _normalise([(-1, -0.3), (0.15, -0.3), (0.15, -0.75), (1, 0), (0.15, 0.75), (0.15, 0.3), (-1, 0.3)]),
     "hexagon": _regular(6),
     "heart": _heart(),
-    "tee": _normalise([(-1, -1), (1, -1), (1, -0.45), (0.28, -0.45), (0.28, 1), (-0.28, 1), (-0.28, -0.45),
-                       (-1, -0.45)]),
+    "tee": _normalise(
+        [(-1, -1), (1, -1), (1, -0.45), (0.28, -0.45), (0.28, 1), (-0.28, 1), (-0.28, -0.45), (-1, -0.45)]
+    ),
 }
 RING_HOLE = 0.55
 #: Shapes whose outline is a single simple polygon (usable as a COCO segmentation).
@@ -82,8 +101,9 @@ def transform(shape: str, center: tuple[float, float], radius: float, angle: flo
     return SHAPES[shape] @ rotation.T * radius + np.asarray(center)
 
 
-def polygon_mask(outline: np.ndarray, height: int, width: int, hole: np.ndarray | None = None,
-                 supersample: int = 4) -> np.ndarray:
+def polygon_mask(
+    outline: np.ndarray, height: int, width: int, hole: np.ndarray | None = None, supersample: int = 4
+) -> np.ndarray:
     """Anti-aliased coverage mask (float32 in [0, 1], ``height`` x ``width``) of a polygon, optionally with a hole."""
     canvas = Image.new("L", (width * supersample, height * supersample), 0)
     draw = ImageDraw.Draw(canvas)
@@ -93,8 +113,9 @@ def polygon_mask(outline: np.ndarray, height: int, width: int, hole: np.ndarray 
     return np.asarray(canvas.resize((width, height), Image.BOX), dtype=np.float32) / 255.0
 
 
-def shape_mask(shape: str, size: int, center: tuple[float, float], radius: float, angle: float,
-               supersample: int = 4) -> np.ndarray:
+def shape_mask(
+    shape: str, size: int, center: tuple[float, float], radius: float, angle: float, supersample: int = 4
+) -> np.ndarray:
     """Anti-aliased coverage mask (float32 in [0, 1], ``size`` x ``size``) of one shape."""
     hole = transform(shape, center, radius * RING_HOLE, angle) if shape == "ring" else None
     return polygon_mask(transform(shape, center, radius, angle), size, size, hole, supersample)
@@ -130,8 +151,12 @@ def texture(kind: str, height: int, width: int, rng: np.random.Generator, scale:
     raise ValueError(f"unknown texture {kind!r}; valid: {TEXTURES}")
 
 
-def random_colour(rng: np.random.Generator, hue: float | None = None, saturation: tuple[float, float] = (0.4, 1.0),
-                  value: tuple[float, float] = (0.25, 1.0)) -> np.ndarray:
+def random_colour(
+    rng: np.random.Generator,
+    hue: float | None = None,
+    saturation: tuple[float, float] = (0.4, 1.0),
+    value: tuple[float, float] = (0.25, 1.0),
+) -> np.ndarray:
     """RGB colour in [0, 1]; the hue is drawn uniformly unless given."""
     h = rng.uniform() if hue is None else hue % 1.0
     return np.array(colorsys.hsv_to_rgb(h, rng.uniform(*saturation), rng.uniform(*value)), dtype=np.float32)
@@ -141,8 +166,9 @@ def _luma(rgb: np.ndarray) -> float:
     return float(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
 
 
-def contrasting_colour(rng: np.random.Generator, against: np.ndarray, min_luma_gap: float = 0.25,
-                       hue: float | None = None) -> np.ndarray:
+def contrasting_colour(
+    rng: np.random.Generator, against: np.ndarray, min_luma_gap: float = 0.25, hue: float | None = None
+) -> np.ndarray:
     """A random colour whose luma differs from ``against`` by at least ``min_luma_gap`` (best of 20 tries)."""
     best, best_gap = None, -1.0
     for _ in range(20):
@@ -155,13 +181,15 @@ def contrasting_colour(rng: np.random.Generator, against: np.ndarray, min_luma_g
     return best
 
 
-def cluttered_background(rng: np.random.Generator, height: int, width: int, lines: int,
-                         base: np.ndarray | None = None) -> np.ndarray:
+def cluttered_background(
+    rng: np.random.Generator, height: int, width: int, lines: int, base: np.ndarray | None = None
+) -> np.ndarray:
     """Smooth colour field plus random line clutter, float32 ``(H, W, 3)`` in [0, 1]."""
     base = random_colour(rng, saturation=(0.0, 0.6)) if base is None else base
     blobs = rng.uniform(-0.25, 0.25, size=(4, 4, 3)).astype(np.float32)
-    field = np.stack([np.asarray(Image.fromarray(blobs[..., c]).resize((width, height), Image.BICUBIC))
-                      for c in range(3)], axis=-1)
+    field = np.stack(
+        [np.asarray(Image.fromarray(blobs[..., c]).resize((width, height), Image.BICUBIC)) for c in range(3)], axis=-1
+    )
     canvas = Image.fromarray((np.clip(base + field, 0, 1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     for _ in range(lines):
@@ -171,8 +199,9 @@ def cluttered_background(rng: np.random.Generator, height: int, width: int, line
     return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
-def composite(image: np.ndarray, mask: np.ndarray, pattern: np.ndarray, colour: np.ndarray,
-              second_colour: np.ndarray) -> np.ndarray:
+def composite(
+    image: np.ndarray, mask: np.ndarray, pattern: np.ndarray, colour: np.ndarray, second_colour: np.ndarray
+) -> np.ndarray:
     """Paint ``colour``/``second_colour`` (chosen by ``pattern``) into ``image`` where ``mask`` covers it."""
     fill = pattern[..., None] * colour + (1 - pattern[..., None]) * second_colour
     return image * (1 - mask[..., None]) + fill * mask[..., None]
@@ -184,9 +213,17 @@ def to_uint8(image: np.ndarray, rng: np.random.Generator, noise_std: float) -> n
     return (np.clip(noisy, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def render_object_image(rng: np.random.Generator, size: int, shape: str, texture_kind: str,
-                        hue: float | None = None, distractors: int = 1, lines: int = 3,
-                        noise_std: float = 0.03, max_rotation: float = np.pi / 6) -> np.ndarray:
+def render_object_image(
+    rng: np.random.Generator,
+    size: int,
+    shape: str,
+    texture_kind: str,
+    hue: float | None = None,
+    distractors: int = 1,
+    lines: int = 3,
+    noise_std: float = 0.03,
+    max_rotation: float = np.pi / 6,
+) -> np.ndarray:
     """One classification image: a textured ``shape`` at random scale/rotation/position on a cluttered background.
 
     The object is rotated by up to ``max_rotation`` radians either way (objects are roughly upright, as in photos).

@@ -47,26 +47,142 @@ __all__ = [
 ]
 
 _VERSION = 1
-CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                                    "truck")
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 #: Fine label names in the order of the real ``meta`` file (alphabetical).
 CIFAR100_FINE_CLASSES: tuple[str, ...] = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
-    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 )
 CIFAR100_COARSE_CLASSES: tuple[str, ...] = (
-    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
-    "household_furniture", "insects", "large_carnivores", "large_man-made_outdoor_things",
-    "large_natural_outdoor_scenes", "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates",
-    "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+    "aquatic_mammals",
+    "fish",
+    "flowers",
+    "food_containers",
+    "fruit_and_vegetables",
+    "household_electrical_devices",
+    "household_furniture",
+    "insects",
+    "large_carnivores",
+    "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores",
+    "medium_mammals",
+    "non-insect_invertebrates",
+    "people",
+    "reptiles",
+    "small_mammals",
+    "trees",
+    "vehicles_1",
+    "vehicles_2",
 )
 _CIFAR_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "arrow", "hexagon", "heart")
 _SPLITS = {"train": 0, "test": 1}
@@ -121,32 +237,64 @@ def _write_cifar10(folder: Path, train_size: int, test_size: int, seed: int) -> 
     data, labels = _render_split(10, train_size, "train", seed)
     chunks = np.array_split(np.arange(train_size), 5)
     for number, chunk in enumerate(chunks, 1):
-        _dump_py2({b"batch_label": f"training batch {number} of 5".encode(),
-                   b"labels": labels[chunk].tolist(),
-                   b"data": data[chunk],
-                   b"filenames": _filenames(labels[chunk], CIFAR10_CLASSES, int(chunk[0]) if len(chunk) else 0)},
-                  folder / f"data_batch_{number}")
+        _dump_py2(
+            {
+                b"batch_label": f"training batch {number} of 5".encode(),
+                b"labels": labels[chunk].tolist(),
+                b"data": data[chunk],
+                b"filenames": _filenames(labels[chunk], CIFAR10_CLASSES, int(chunk[0]) if len(chunk) else 0),
+            },
+            folder / f"data_batch_{number}",
+        )
     test_data, test_labels = _render_split(10, test_size, "test", seed)
-    _dump_py2({b"batch_label": b"testing batch 1 of 1", b"labels": test_labels.tolist(), b"data": test_data,
-               b"filenames": _filenames(test_labels, CIFAR10_CLASSES, 0)}, folder / "test_batch")
-    _dump_py2({b"num_cases_per_batch": len(chunks[0]), b"label_names": [n.encode() for n in CIFAR10_CLASSES],
-               b"num_vis": 3072}, folder / "batches.meta")
+    _dump_py2(
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": test_labels.tolist(),
+            b"data": test_data,
+            b"filenames": _filenames(test_labels, CIFAR10_CLASSES, 0),
+        },
+        folder / "test_batch",
+    )
+    _dump_py2(
+        {
+            b"num_cases_per_batch": len(chunks[0]),
+            b"label_names": [n.encode() for n in CIFAR10_CLASSES],
+            b"num_vis": 3072,
+        },
+        folder / "batches.meta",
+    )
 
 
 def _write_cifar100(folder: Path, train_size: int, test_size: int, seed: int) -> None:
     coarse_table = np.array(CIFAR100_COARSE_LABELS)
-    for split, size, batch_label in (("train", train_size, b"training batch 1 of 1"),
-                                     ("test", test_size, b"testing batch 1 of 1")):
+    for split, size, batch_label in (
+        ("train", train_size, b"training batch 1 of 1"),
+        ("test", test_size, b"testing batch 1 of 1"),
+    ):
         data, labels = _render_split(100, size, split, seed)
-        _dump_py2({b"filenames": _filenames(labels, CIFAR100_FINE_CLASSES, 0), b"batch_label": batch_label,
-                   b"fine_labels": labels.tolist(), b"coarse_labels": coarse_table[labels].tolist(), b"data": data},
-                  folder / split)
-    _dump_py2({b"fine_label_names": [n.encode() for n in CIFAR100_FINE_CLASSES],
-               b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_CLASSES]}, folder / "meta")
+        _dump_py2(
+            {
+                b"filenames": _filenames(labels, CIFAR100_FINE_CLASSES, 0),
+                b"batch_label": batch_label,
+                b"fine_labels": labels.tolist(),
+                b"coarse_labels": coarse_table[labels].tolist(),
+                b"data": data,
+            },
+            folder / split,
+        )
+    _dump_py2(
+        {
+            b"fine_label_names": [n.encode() for n in CIFAR100_FINE_CLASSES],
+            b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_CLASSES],
+        },
+        folder / "meta",
+    )
 
 
-def write_cifar(root: str | Path, num_classes: int = 10, train_size: int = 5000, test_size: int = 1000,
-                seed: int = 0) -> Path:
+def write_cifar(
+    root: str | Path, num_classes: int = 10, train_size: int = 5000, test_size: int = 1000, seed: int = 0
+) -> Path:
     """Write (or reuse) a synthetic CIFAR set under ``root`` and return ``root``.
 
     ``root`` plays the role of torchvision's ``root``: the batches go to ``root/cifar-10-batches-py`` or
@@ -166,8 +314,14 @@ def write_cifar(root: str | Path, num_classes: int = 10, train_size: int = 5000,
     if train_size < min_train or test_size < 1:
         raise ValueError(f"train_size must be >= {min_train} and test_size >= 1, got {train_size}, {test_size}")
     base = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
-    params = {"generator": "shared.synthetic.cifar", "version": _VERSION, "num_classes": num_classes,
-              "train_size": train_size, "test_size": test_size, "seed": seed}
+    params = {
+        "generator": "shared.synthetic.cifar",
+        "version": _VERSION,
+        "num_classes": num_classes,
+        "train_size": train_size,
+        "test_size": test_size,
+        "seed": seed,
+    }
     writer = _write_cifar10 if num_classes == 10 else _write_cifar100
     write_cached(Path(root) / base, params, lambda folder: writer(folder, train_size, test_size, seed))
     return Path(root)
@@ -179,15 +333,19 @@ def _refuse_download(self) -> None:
 
 def _synthetic_reader(base: type) -> type:
     """``base`` (torchvision's CIFAR10 / CIFAR100) with the md5 checks of the real files and downloading disabled."""
-    return type(f"Synthetic{base.__name__}", (base,), {
-        "__doc__": f"``torchvision.datasets.{base.__name__}`` for synthetic sets: same reader, md5 checks of the "
-                   "real files disabled (``check_integrity`` then only checks that each file exists).",
-        "__module__": __name__,
-        "train_list": [[name, None] for name, _ in base.train_list],
-        "test_list": [[name, None] for name, _ in base.test_list],
-        "meta": {**base.meta, "md5": None},
-        "download": _refuse_download,
-    })
+    return type(
+        f"Synthetic{base.__name__}",
+        (base,),
+        {
+            "__doc__": f"``torchvision.datasets.{base.__name__}`` for synthetic sets: same reader, md5 checks of the "
+            "real files disabled (``check_integrity`` then only checks that each file exists).",
+            "__module__": __name__,
+            "train_list": [[name, None] for name, _ in base.train_list],
+            "test_list": [[name, None] for name, _ in base.test_list],
+            "meta": {**base.meta, "md5": None},
+            "download": _refuse_download,
+        },
+    )
 
 
 SyntheticCIFAR10: type[CIFAR10] = _synthetic_reader(CIFAR10)

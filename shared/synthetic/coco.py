@@ -37,13 +37,29 @@ from shared.synthetic._draw import (
 __all__ = ["COCO_SHAPES", "coco_category_id", "write_coco_detection"]
 
 _VERSION = 1
-COCO_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "crescent", "arrow", "hexagon",
-                                "heart", "tee")
+COCO_SHAPES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "crescent",
+    "arrow",
+    "hexagon",
+    "heart",
+    "tee",
+)
 _UNIT_AREA = {name: polygon_area(transform(name, (0.0, 0.0), 1.0, 0.0)) for name in COCO_SHAPES}
 _SMALL, _LARGE = 32**2, 96**2
 _SPLITS = {"train2017": 0, "val2017": 1, "unlabeled2017": 2}
-_INFO = {"description": "Synthetic COCO-format detection set (shared.synthetic.coco)", "url": "", "version": "1.0",
-         "year": 2017, "contributor": "shared.synthetic", "date_created": "2017/09/01"}
+_INFO = {
+    "description": "Synthetic COCO-format detection set (shared.synthetic.coco)",
+    "url": "",
+    "version": "1.0",
+    "year": 2017,
+    "contributor": "shared.synthetic",
+    "date_created": "2017/09/01",
+}
 _LICENSES = [{"id": 1, "name": "Synthetic data, no restrictions", "url": ""}]
 
 
@@ -53,8 +69,9 @@ def coco_category_id(index: int) -> int:
 
 
 def _categories(num_categories: int) -> list[dict[str, Any]]:
-    return [{"id": coco_category_id(k), "name": COCO_SHAPES[k], "supercategory": "shape"}
-            for k in range(num_categories)]
+    return [
+        {"id": coco_category_id(k), "name": COCO_SHAPES[k], "supercategory": "shape"} for k in range(num_categories)
+    ]
 
 
 def _overlaps(box: tuple[float, float, float, float], boxes: list[tuple[float, float, float, float]]) -> bool:
@@ -64,6 +81,7 @@ def _overlaps(box: tuple[float, float, float, float], boxes: list[tuple[float, f
 
 def _target_areas(rng: np.random.Generator, count: int, max_area: float) -> list[float]:
     """Areas for ``count`` objects: one per COCO range first (large first, as it is hardest to place), then any."""
+
     def log_uniform(low: float, high: float) -> float:
         return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
@@ -73,8 +91,9 @@ def _target_areas(rng: np.random.Generator, count: int, max_area: float) -> list
     return areas
 
 
-def _draw_image(rng: np.random.Generator, image_size: int, num_categories: int,
-                hues: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def _draw_image(
+    rng: np.random.Generator, image_size: int, num_categories: int, hues: np.ndarray
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     height = image_size
     width = image_size if rng.uniform() < 0.5 else round(1.25 * image_size)
     image = cluttered_background(rng, height, width, lines=int(rng.integers(4, 10)))
@@ -108,8 +127,9 @@ def _draw_image(rng: np.random.Generator, image_size: int, num_categories: int,
         x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
         x1, y1 = int(np.ceil(box[2])) + 1, int(np.ceil(box[3])) + 1
         mask = polygon_mask(outline - [x0, y0], y1 - y0, x1 - x0, supersample=2)
-        colour = random_colour(rng, hue=hues[category] + rng.uniform(-0.03, 0.03), saturation=(0.6, 1.0),
-                               value=(0.45, 1.0))
+        colour = random_colour(
+            rng, hue=hues[category] + rng.uniform(-0.03, 0.03), saturation=(0.6, 1.0), value=(0.45, 1.0)
+        )
         pattern = texture(str(rng.choice(["solid", "stripes"])), y1 - y0, x1 - x0, rng)
         fill = pattern[..., None] * colour + (1 - pattern[..., None]) * colour * 0.6
         crop = image[y0:y1, x0:x1]
@@ -122,15 +142,26 @@ def _annotation(ann_id: int, image_id: int, obj: dict[str, Any]) -> dict[str, An
     polygon = obj["polygon"]
     x0, y0 = polygon.min(0)
     x1, y1 = polygon.max(0)
-    return {"id": ann_id, "image_id": image_id, "category_id": coco_category_id(obj["category_index"]),
-            "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-            "area": round(polygon_area(polygon), 2), "iscrowd": 0,
-            "segmentation": [[round(float(v), 2) for v in polygon.reshape(-1)]]}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": coco_category_id(obj["category_index"]),
+        "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+        "area": round(polygon_area(polygon), 2),
+        "iscrowd": 0,
+        "segmentation": [[round(float(v), 2) for v in polygon.reshape(-1)]],
+    }
 
 
 def _image_entry(image_id: int, file_name: str, pixels: np.ndarray) -> dict[str, Any]:
-    return {"id": image_id, "file_name": file_name, "width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
-            "license": 1, "date_captured": "2017-01-01 00:00:00"}
+    return {
+        "id": image_id,
+        "file_name": file_name,
+        "width": int(pixels.shape[1]),
+        "height": int(pixels.shape[0]),
+        "license": 1,
+        "date_captured": "2017-01-01 00:00:00",
+    }
 
 
 def _dump(path: Path, content: dict[str, Any]) -> None:
@@ -138,8 +169,15 @@ def _dump(path: Path, content: dict[str, Any]) -> None:
         json.dump(content, handle)
 
 
-def write_coco_detection(root: str | Path, num_train: int = 24, num_val: int = 8, image_size: int = 320,
-                         num_categories: int = 6, num_unlabeled: int = 0, seed: int = 0) -> Path:
+def write_coco_detection(
+    root: str | Path,
+    num_train: int = 24,
+    num_val: int = 8,
+    image_size: int = 320,
+    num_categories: int = 6,
+    num_unlabeled: int = 0,
+    seed: int = 0,
+) -> Path:
     """Write (or reuse) a synthetic COCO 2017-format detection set under ``root`` and return ``root``.
 
     Layout: ``root/train2017/*.jpg``, ``root/val2017/*.jpg``, ``root/annotations/instances_train2017.json``,
@@ -162,9 +200,16 @@ def write_coco_detection(root: str | Path, num_train: int = 24, num_val: int = 8
         raise ValueError(f"image_size must be >= 192 so that COCO 'large' objects (area > 96^2) fit, got {image_size}")
     if num_train < 1 or num_val < 1 or num_unlabeled < 0:
         raise ValueError("num_train and num_val must be >= 1 and num_unlabeled >= 0")
-    params = {"generator": "shared.synthetic.coco", "version": _VERSION, "num_train": num_train, "num_val": num_val,
-              "image_size": image_size, "num_categories": num_categories, "num_unlabeled": num_unlabeled,
-              "seed": seed}
+    params = {
+        "generator": "shared.synthetic.coco",
+        "version": _VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": image_size,
+        "num_categories": num_categories,
+        "num_unlabeled": num_unlabeled,
+        "seed": seed,
+    }
     categories = _categories(num_categories)
     hues = np.arange(num_categories) / num_categories
 
@@ -187,11 +232,20 @@ def write_coco_detection(root: str | Path, num_train: int = 24, num_val: int = 8
                     ann_id += 1
                 image_id += 1
             if split == "unlabeled2017":
-                _dump(folder / "annotations" / "image_info_unlabeled2017.json",
-                      {"info": _INFO, "licenses": _LICENSES, "images": images})
+                _dump(
+                    folder / "annotations" / "image_info_unlabeled2017.json",
+                    {"info": _INFO, "licenses": _LICENSES, "images": images},
+                )
             else:
-                _dump(folder / "annotations" / f"instances_{split}.json",
-                      {"info": _INFO, "licenses": _LICENSES, "images": images, "annotations": annotations,
-                       "categories": categories})
+                _dump(
+                    folder / "annotations" / f"instances_{split}.json",
+                    {
+                        "info": _INFO,
+                        "licenses": _LICENSES,
+                        "images": images,
+                        "annotations": annotations,
+                        "categories": categories,
+                    },
+                )
 
     return write_cached(root, params, write)

@@ -23,8 +23,19 @@ from shared.synthetic._draw import TEXTURES, render_object_image
 __all__ = ["IMAGEFOLDER_SHAPES", "imagefolder_class_names", "write_imagefolder"]
 
 _VERSION = 1
-IMAGEFOLDER_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "arrow",
-                                       "hexagon", "heart", "tee")
+IMAGEFOLDER_SHAPES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "ring",
+    "crescent",
+    "arrow",
+    "hexagon",
+    "heart",
+    "tee",
+)
 _SPLITS = {"train": 0, "val": 1}
 
 
@@ -46,8 +57,14 @@ def imagefolder_class_names(num_classes: int) -> list[str]:
     return names
 
 
-def write_imagefolder(root: str | Path, num_classes: int = 10, train_per_class: int = 100, val_per_class: int = 25,
-                      image_size: int = 64, seed: int = 0) -> Path:
+def write_imagefolder(
+    root: str | Path,
+    num_classes: int = 10,
+    train_per_class: int = 100,
+    val_per_class: int = 25,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
     """Write (or reuse) a synthetic ImageFolder classification set under ``root`` and return ``root``.
 
     Layout: ``root/train/<class>/<class>_<i>.png`` and ``root/val/<class>/<class>_<i>.png`` plus the
@@ -67,9 +84,15 @@ def write_imagefolder(root: str | Path, num_classes: int = 10, train_per_class: 
         raise ValueError("train_per_class and val_per_class must be >= 1")
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
-    params = {"generator": "shared.synthetic.imagefolder", "version": _VERSION, "num_classes": num_classes,
-              "train_per_class": train_per_class, "val_per_class": val_per_class, "image_size": image_size,
-              "seed": seed}
+    params = {
+        "generator": "shared.synthetic.imagefolder",
+        "version": _VERSION,
+        "num_classes": num_classes,
+        "train_per_class": train_per_class,
+        "val_per_class": val_per_class,
+        "image_size": image_size,
+        "seed": seed,
+    }
 
     def write(folder: Path) -> None:
         for split, per_class in (("train", train_per_class), ("val", val_per_class)):

@@ -91,13 +91,32 @@ def test_warmup_cosine_schedule_equals_timm(warmup_prefix, noise):
 
     total, warmup, base = 200, 20, 6e-3
     ours_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
-    ours = warmup_cosine_schedule(ours_opt, total, warmup, min_lr=1e-6, warmup_lr=1e-6, warmup_prefix=warmup_prefix,
-                                  noise_range=noise, noise_pct=0.67, noise_std=1.0, noise_seed=42)
+    ours = warmup_cosine_schedule(
+        ours_opt,
+        total,
+        warmup,
+        min_lr=1e-6,
+        warmup_lr=1e-6,
+        warmup_prefix=warmup_prefix,
+        noise_range=noise,
+        noise_pct=0.67,
+        noise_std=1.0,
+        noise_seed=42,
+    )
     timm_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
     reference = CosineLRScheduler(
-        timm_opt, t_initial=total - warmup if warmup_prefix else total, lr_min=1e-6, warmup_t=warmup,
-        warmup_lr_init=1e-6, warmup_prefix=warmup_prefix, t_in_epochs=False,
-        noise_range_t=[n * total for n in noise] if noise else None, noise_pct=0.67, noise_std=1.0, noise_seed=42)
+        timm_opt,
+        t_initial=total - warmup if warmup_prefix else total,
+        lr_min=1e-6,
+        warmup_t=warmup,
+        warmup_lr_init=1e-6,
+        warmup_prefix=warmup_prefix,
+        t_in_epochs=False,
+        noise_range_t=[n * total for n in noise] if noise else None,
+        noise_pct=0.67,
+        noise_std=1.0,
+        noise_seed=42,
+    )
     for step in range(total):
         reference.step_update(step)
         assert ours_opt.param_groups[0]["lr"] == pytest.approx(timm_opt.param_groups[0]["lr"], rel=1e-9), step

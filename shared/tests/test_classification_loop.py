@@ -27,11 +27,29 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 def tiny_cfg(root: Path, out: Path, **kw) -> ClassificationConfig:
-    data = DataConfig(root=str(root), img_size=16, crop_pct=1.0, batch_size=8, eval_batch_size=8, workers=0,
-                      auto_augment="rand-m9-mstd0.5-inc1")
-    base = ClassificationConfig(model="test_resnet", data=data, epochs=2, warmup_epochs=1, lr=0.01,
-                                lr_base_batch=8, ema_decay=0.9, output_dir=str(out), tensorboard=False,
-                                log_interval=1, device="cpu", drop_path=0.1)
+    data = DataConfig(
+        root=str(root),
+        img_size=16,
+        crop_pct=1.0,
+        batch_size=8,
+        eval_batch_size=8,
+        workers=0,
+        auto_augment="rand-m9-mstd0.5-inc1",
+    )
+    base = ClassificationConfig(
+        model="test_resnet",
+        data=data,
+        epochs=2,
+        warmup_epochs=1,
+        lr=0.01,
+        lr_base_batch=8,
+        ema_decay=0.9,
+        output_dir=str(out),
+        tensorboard=False,
+        log_interval=1,
+        device="cpu",
+        drop_path=0.1,
+    )
     return dataclasses.replace(base, **kw)
 
 
@@ -49,8 +67,9 @@ def test_resume_after_kill_is_bit_identical(tiny_folder, tmp_path):
     with pytest.raises(Killed):
         run_classification(tiny_cfg(tiny_folder, tmp_path / "cut"), "test", on_epoch_end=kill_after_first_epoch)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 0
-    resumed = run_classification(tiny_cfg(tiny_folder, tmp_path / "cut", resume=str(tmp_path / "cut" / "last.pt")),
-                                 "test")
+    resumed = run_classification(
+        tiny_cfg(tiny_folder, tmp_path / "cut", resume=str(tmp_path / "cut" / "last.pt")), "test"
+    )
 
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "cut" / "last.pt")
@@ -58,11 +77,13 @@ def test_resume_after_kill_is_bit_identical(tiny_folder, tmp_path):
         assert_same_tensors(a[key], b[key], key)
     assert full["last"] == resumed["last"]
     timing = ("train_img_s", "epoch_time_s")
-    rows_full, rows_cut = (list(csv.DictReader((tmp_path / d / "log.csv").read_text().splitlines()))
-                           for d in ("full", "cut"))
+    rows_full, rows_cut = (
+        list(csv.DictReader((tmp_path / d / "log.csv").read_text().splitlines())) for d in ("full", "cut")
+    )
     assert [r["epoch"] for r in rows_cut] == ["0", "1"]  # one row per epoch, no duplicate after the resume
-    assert [{k: v for k, v in r.items() if k not in timing} for r in rows_cut] == \
-        [{k: v for k, v in r.items() if k not in timing} for r in rows_full]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows_cut] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows_full
+    ]
     metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert metrics["evaluated"] == "ema" and 0 <= metrics["best_top1"] <= 100
     assert (tmp_path / "full" / "config.yaml").is_file() and (tmp_path / "full" / "best.pt").is_file()
@@ -76,8 +97,9 @@ class NanProbe(torch.nn.Module):
 
     def __init__(self, num_classes: int = 2, **kwargs):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                       torch.nn.Linear(4, num_classes))
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, num_classes)
+        )
 
     def forward(self, x):
         out = self.net(x)
@@ -115,11 +137,40 @@ def test_ddp_two_processes_gloo(tiny_folder, tmp_path):
     """torchrun with two CPU processes: the global batch doubles, so each epoch has half the steps."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "shared.classification", "--model", "test_resnet", "--data.root", str(tiny_folder),
-           "--data.img_size", "16", "--data.crop_pct", "1.0", "--data.batch_size", "4", "--data.eval_batch_size", "4",
-           "--data.workers", "0", "--epochs", "2", "--warmup_epochs", "0", "--lr_base_batch", "8",
-           "--output_dir", str(out), "--no-tensorboard", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "shared.classification",
+        "--model",
+        "test_resnet",
+        "--data.root",
+        str(tiny_folder),
+        "--data.img_size",
+        "16",
+        "--data.crop_pct",
+        "1.0",
+        "--data.batch_size",
+        "4",
+        "--data.eval_batch_size",
+        "4",
+        "--data.workers",
+        "0",
+        "--epochs",
+        "2",
+        "--warmup_epochs",
+        "0",
+        "--lr_base_batch",
+        "8",
+        "--output_dir",
+        str(out),
+        "--no-tensorboard",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es) on cpu" in (out / "train.log").read_text()

@@ -27,10 +27,23 @@ def _fake_coco(num_images: int = 1000) -> dict:
     annotations = []
     for image in images:
         for _ in range(int(rng.integers(0, 4))):
-            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "category_id": 1,
-                                "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0})
-    return {"info": {"year": 2017}, "licenses": [], "images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": "thing", "supercategory": "x"}]}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "category_id": 1,
+                    "bbox": [1, 1, 5, 5],
+                    "area": 25,
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "info": {"year": 2017},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "thing", "supercategory": "x"}],
+    }
 
 
 @pytest.mark.parametrize("percent", [1, 2, 5, 10, 0.5])
@@ -76,8 +89,10 @@ def test_sampling_reproduces_the_reference_scripts() -> None:
 
 def test_paths_follow_the_stac_naming(tmp_path: Path) -> None:
     ann = tmp_path / "instances_train2017.json"
-    assert partial_split_paths(ann, 10, 1) == (tmp_path / "instances_train2017.1@10.json",
-                                               tmp_path / "instances_train2017.1@10-unlabeled.json")
+    assert partial_split_paths(ann, 10, 1) == (
+        tmp_path / "instances_train2017.1@10.json",
+        tmp_path / "instances_train2017.1@10-unlabeled.json",
+    )
     assert partial_split_paths(ann, 0.5, 2, out_dir=tmp_path / "semi")[0].name == "instances_train2017.2@0.5.json"
 
 
@@ -86,8 +101,9 @@ def test_cli_writes_every_split(tmp_path: Path, capsys: pytest.CaptureFixture) -
     ann.write_text(json.dumps(_fake_coco(200)))
     assert main(["--ann", str(ann), "--percent", "1", "10", "--folds", "1", "2", "--out", str(tmp_path / "semi")]) == 0
     written = sorted(p.name for p in (tmp_path / "semi").iterdir())
-    assert written == sorted(f"instances_train2017.{f}@{p}{s}.json" for f in (1, 2) for p in (1, 10)
-                             for s in ("", "-unlabeled"))
+    assert written == sorted(
+        f"instances_train2017.{f}@{p}{s}.json" for f in (1, 2) for p in (1, 10) for s in ("", "-unlabeled")
+    )
     labeled = json.loads((tmp_path / "semi" / "instances_train2017.2@10.json").read_text())
     assert len(labeled["images"]) == 20
     assert "instances_train2017.1@1.json: 2 images" in capsys.readouterr().out
@@ -111,8 +127,25 @@ def test_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
 def test_module_runs_without_preimport_warning(tmp_path: Path) -> None:
     ann = tmp_path / "instances_train2017.json"
     ann.write_text(json.dumps(_fake_coco(50)))
-    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "shared.datasets.coco_partial",
-                             "--ann", str(ann), "--percent", "10", "--folds", "1"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error::RuntimeWarning",
+            "-m",
+            "shared.datasets.coco_partial",
+            "--ann",
+            str(ann),
+            "--percent",
+            "10",
+            "--folds",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "instances_train2017.1@10-unlabeled.json").is_file()

@@ -139,8 +139,13 @@ def test_exponent_without_dot_is_a_float(tmp_path):
 
 
 def test_config_name_is_the_stem_of_the_config_file(monkeypatch):
-    for argv in (["-c", "configs/coco_1pct.yaml"], ["--config", "a/coco_1pct.yaml", "--seed", "3"],
-                 ["--config=coco_1pct.yml"], ["-cconfigs/coco_1pct.yaml"], ["--seed", "1", "-c", "coco_1pct.yaml"]):
+    for argv in (
+        ["-c", "configs/coco_1pct.yaml"],
+        ["--config", "a/coco_1pct.yaml", "--seed", "3"],
+        ["--config=coco_1pct.yml"],
+        ["-cconfigs/coco_1pct.yaml"],
+        ["--seed", "1", "-c", "coco_1pct.yaml"],
+    ):
         assert config_name(argv) == "coco_1pct", argv
     assert config_name(["--seed", "1"]) == "default"
     assert config_name([], default="retinanet_default") == "retinanet_default"

@@ -13,8 +13,21 @@ from shared.datasets.__main__ import format_info, main
 from shared.datasets.registry import RemoteFile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {"imagenet1k", "coco2017", "voc", "cifar10", "cifar100", "clothing1m", "mvtec3d", "eyecandies",
-            "cityscapes", "fishyscapes", "road_anomaly", "smiyc", "iharmony4"}
+EXPECTED = {
+    "imagenet1k",
+    "coco2017",
+    "voc",
+    "cifar10",
+    "cifar100",
+    "clothing1m",
+    "mvtec3d",
+    "eyecandies",
+    "cityscapes",
+    "fishyscapes",
+    "road_anomaly",
+    "smiyc",
+    "iharmony4",
+}
 WALLED = {"imagenet1k", "clothing1m", "mvtec3d", "eyecandies", "cityscapes", "iharmony4"}
 
 
@@ -100,9 +113,16 @@ def test_cli_info_mvtec3d_shows_layout_and_manual_steps(capsys: pytest.CaptureFi
     assert main(["info", "mvtec3d"]) == 0
     out = capsys.readouterr().out
     assert out.strip() == format_info(REGISTRY["mvtec3d"]).strip()
-    for expected in ("Manual download steps:", "https://www.mvtec.com/company/research/datasets/mvtec-3d-ad/downloads",
-                     "CC BY-NC-SA 4.0", "Expected layout:", "train/good/rgb/000.png", "test/<defect>/gt/000.png",
-                     "md5:d8bb2800fbf3ac88e798da6ae10dc819", "bagel/ cable_gland/"):
+    for expected in (
+        "Manual download steps:",
+        "https://www.mvtec.com/company/research/datasets/mvtec-3d-ad/downloads",
+        "CC BY-NC-SA 4.0",
+        "Expected layout:",
+        "train/good/rgb/000.png",
+        "test/<defect>/gt/000.png",
+        "md5:d8bb2800fbf3ac88e798da6ae10dc819",
+        "bagel/ cable_gland/",
+    ):
         assert expected in out
 
 
@@ -131,10 +151,22 @@ def test_cli_verify_exit_codes(capsys: pytest.CaptureFixture, tmp_path: Path) ->
 
 
 def test_module_entry_point_runs() -> None:
-    result = subprocess.run([sys.executable, "-m", "shared.datasets", "info", "mvtec3d"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.datasets", "info", "mvtec3d"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "Manual download steps:" in result.stdout and "Expected layout:" in result.stdout
-    bad = subprocess.run([sys.executable, "-m", "shared.datasets", "info", "nope"], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "shared.datasets", "info", "nope"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert bad.returncode == 2 and "Valid names" in bad.stderr

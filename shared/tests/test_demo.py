@@ -21,8 +21,7 @@ out = pathlib.Path(a.output_dir); out.mkdir(parents=True, exist_ok=True)
 def make_package(root, name, train, evaluate):
     pkg = root / name
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(
-        'DEMO_INFO = {"task": "toy task", "dataset": "toy set", "metrics": ["acc"]}\n')
+    (pkg / "__init__.py").write_text('DEMO_INFO = {"task": "toy task", "dataset": "toy set", "metrics": ["acc"]}\n')
     (pkg / "train.py").write_text(train)
     (pkg / "eval.py").write_text(evaluate)
 

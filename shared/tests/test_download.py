@@ -174,14 +174,18 @@ def _nothing_outside(tmp_path: Path, dest: Path) -> None:
     assert not dest.exists() or list(dest.iterdir()) == []
 
 
-@pytest.mark.parametrize("members", [
-    [_file_member("../evil")],
-    [_file_member("good/../../evil")],
-    [_file_member("/tmp/absolute-evil-shared-datasets-test")],
-    [_link_member("link", "..")],
-    [_link_member("link", "/etc")],
-    [_link_member("hard", "../evil", tarfile.LNKTYPE)],
-], ids=["dotdot", "nested-dotdot", "absolute", "symlink-up", "symlink-absolute", "hardlink-up"])
+@pytest.mark.parametrize(
+    "members",
+    [
+        [_file_member("../evil")],
+        [_file_member("good/../../evil")],
+        [_file_member("/tmp/absolute-evil-shared-datasets-test")],
+        [_link_member("link", "..")],
+        [_link_member("link", "/etc")],
+        [_link_member("hard", "../evil", tarfile.LNKTYPE)],
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink-up", "symlink-absolute", "hardlink-up"],
+)
 def test_malicious_tar_is_refused(tmp_path: Path, members: list[tarfile.TarInfo]) -> None:
     archive = _tar_with(tmp_path, "bad.tar.gz", [_file_member("fine.txt", b"ok"), *members])
     dest = tmp_path / "dest"
@@ -224,7 +228,7 @@ def test_malicious_zip_is_refused(tmp_path: Path, name: str) -> None:
 def test_zip_symlink_pointing_outside_is_refused(tmp_path: Path) -> None:
     archive = tmp_path / "link.zip"
     info = zipfile.ZipInfo("link")
-    info.external_attr = (0o120777 << 16)
+    info.external_attr = 0o120777 << 16
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr(info, "../../etc")
     with pytest.raises(UnsafeArchiveError, match="points outside"):
@@ -272,9 +276,18 @@ def _make_release(tmp_path: Path) -> tuple[Path, str]:
 @pytest.fixture()
 def toy_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
     archive, checksum = _make_release(tmp_path)
-    info = DatasetInfo(name="toy", title="Toy", homepage="", citation="", used_by=(), size="1 KB", license="",
-                       files=(RemoteFile("toy.tar.gz", archive.as_uri(), checksum),), layout="<root>/toy/...",
-                       required_paths=("toy/train", "toy/val"))
+    info = DatasetInfo(
+        name="toy",
+        title="Toy",
+        homepage="",
+        citation="",
+        used_by=(),
+        size="1 KB",
+        license="",
+        files=(RemoteFile("toy.tar.gz", archive.as_uri(), checksum),),
+        layout="<root>/toy/...",
+        required_paths=("toy/train", "toy/val"),
+    )
     monkeypatch.setitem(REGISTRY, "toy", info)
     return "toy", archive
 
@@ -310,12 +323,23 @@ def test_manual_dataset_raises_with_instructions(tmp_path: Path) -> None:
     assert "mvtec_3d_anomaly_detection.tar.xz" in message and "mvtec.com" in message
 
 
-def test_manual_archive_placed_by_user_is_verified_and_extracted(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_manual_archive_placed_by_user_is_verified_and_extracted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive, checksum = _make_release(tmp_path)
-    info = DatasetInfo(name="walled", title="Walled", homepage="", citation="", used_by=(), size="", license="",
-                       files=(RemoteFile("toy.tar.gz", None, checksum),), layout="", manual=("ask nicely",),
-                       required_paths=("toy/train",))
+    info = DatasetInfo(
+        name="walled",
+        title="Walled",
+        homepage="",
+        citation="",
+        used_by=(),
+        size="",
+        license="",
+        files=(RemoteFile("toy.tar.gz", None, checksum),),
+        layout="",
+        manual=("ask nicely",),
+        required_paths=("toy/train",),
+    )
     monkeypatch.setitem(REGISTRY, "walled", info)
     root = tmp_path / "root"
     with pytest.raises(dl.ManualDownloadRequired, match="ask nicely"):

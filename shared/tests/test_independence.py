@@ -6,8 +6,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PAPER_PACKAGES = ("lsfa", "pvg", "mixteacher", "calibrated_teacher", "dmlp", "anm", "energy_anomaly_seg", "emo",
-                  "crema", "frih")
+PAPER_PACKAGES = (
+    "lsfa",
+    "pvg",
+    "mixteacher",
+    "calibrated_teacher",
+    "dmlp",
+    "anm",
+    "energy_anomaly_seg",
+    "emo",
+    "crema",
+    "frih",
+)
 
 
 def imported_top_levels(path: Path) -> set[str]:

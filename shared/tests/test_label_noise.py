@@ -112,8 +112,7 @@ def test_cifar100_coarse_labels_given_define_the_groups() -> None:
 
 
 def test_cifar100_consecutive_groups_reproduce_elr_definition() -> None:
-    noisy = asymmetric_noise(CIFAR100, 0.5, "cifar100", seed=0, cifar100_groups="consecutive",
-                             selection="bernoulli")
+    noisy = asymmetric_noise(CIFAR100, 0.5, "cifar100", seed=0, cifar100_groups="consecutive", selection="bernoulli")
     for pair in noisy.transition_summary():
         source, target = map(int, pair.split("->"))
         assert target == source // 5 * 5 + (source + 1) % 5
@@ -150,7 +149,13 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     loaded = load_noisy_labels(path, expected_length=1000)
     assert np.array_equal(loaded.noisy, noisy.noisy) and np.array_equal(loaded.clean, noisy.clean)
     assert (loaded.noise_type, loaded.rate, loaded.seed, loaded.num_classes, loaded.selection, loaded.dataset) == (
-        "asymmetric", 0.4, 5, 10, "fixed", "cifar10")
+        "asymmetric",
+        0.4,
+        5,
+        10,
+        "fixed",
+        "cifar10",
+    )
     assert loaded.realised_rate == noisy.realised_rate
     assert loaded.transition_summary() == json.loads(path.read_text())["transitions"]
 
@@ -163,16 +168,19 @@ def _corrupt(tmp_path: Path, edit) -> Path:
     return path
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda c: c["noisy"].pop(), "99 noisy labels but 100 clean"),
-    (lambda c: c.pop("seed"), "missing field 'seed'"),
-    (lambda c: c.update(rate="0.5"), "field 'rate' has type str"),
-    (lambda c: c.update(noise_type="pair"), "noise_type must be one of"),
-    (lambda c: c["noisy"].__setitem__(0, 10), r"labels must lie in \[0, 10\)"),
-    (lambda c: c["noisy"].__setitem__(0, 1.5), "labels must be integers"),
-    (lambda c: c.update(format="other"), "not a noisy-label file"),
-    (lambda c: c.update(realised_rate=0.99), "does not match the labels"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda c: c["noisy"].pop(), "99 noisy labels but 100 clean"),
+        (lambda c: c.pop("seed"), "missing field 'seed'"),
+        (lambda c: c.update(rate="0.5"), "field 'rate' has type str"),
+        (lambda c: c.update(noise_type="pair"), "noise_type must be one of"),
+        (lambda c: c["noisy"].__setitem__(0, 10), r"labels must lie in \[0, 10\)"),
+        (lambda c: c["noisy"].__setitem__(0, 1.5), "labels must be integers"),
+        (lambda c: c.update(format="other"), "not a noisy-label file"),
+        (lambda c: c.update(realised_rate=0.99), "does not match the labels"),
+    ],
+)
 def test_load_rejects_bad_files(tmp_path: Path, edit, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_noisy_labels(_corrupt(tmp_path, edit))
@@ -192,20 +200,23 @@ def test_load_rejects_wrong_length_missing_file_and_plain_lists(tmp_path: Path) 
         load_noisy_labels(tmp_path / "broken.json")
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: symmetric_noise(CIFAR10, 1.5, 10), r"rate must be in \[0, 1\]"),
-    (lambda: symmetric_noise(CIFAR10, 0.2, 10, seed=-1), "seed must be a non-negative integer"),
-    (lambda: symmetric_noise(CIFAR10, 0.2, 5), r"labels must lie in \[0, 5\)"),
-    (lambda: symmetric_noise(CIFAR10.astype(float), 0.2, 10), "labels must be integers"),
-    (lambda: symmetric_noise(CIFAR10.reshape(2, -1), 0.2, 10), "1-D"),
-    (lambda: symmetric_noise(CIFAR10, 0.2, 1), "num_classes must be an integer >= 2"),
-    (lambda: symmetric_noise(CIFAR10, 0.2, 10, selection="exact"), "selection must be"),
-    (lambda: asymmetric_noise(CIFAR10, 0.2, "svhn"), "dataset must be 'cifar10', 'cifar100' or None"),
-    (lambda: asymmetric_noise(CIFAR100, 0.2, "cifar10"), r"labels must lie in \[0, 10\)"),
-    (lambda: asymmetric_noise(CIFAR10, 0.2, None), "needs a non-empty mapping"),
-    (lambda: asymmetric_noise(CIFAR100, 0.2, "cifar100", coarse_labels=[1, 2]), "one entry per sample"),
-    (lambda: asymmetric_noise(CIFAR100, 0.2, "cifar100", cifar100_groups="blocks"), "cifar100_groups must be"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: symmetric_noise(CIFAR10, 1.5, 10), r"rate must be in \[0, 1\]"),
+        (lambda: symmetric_noise(CIFAR10, 0.2, 10, seed=-1), "seed must be a non-negative integer"),
+        (lambda: symmetric_noise(CIFAR10, 0.2, 5), r"labels must lie in \[0, 5\)"),
+        (lambda: symmetric_noise(CIFAR10.astype(float), 0.2, 10), "labels must be integers"),
+        (lambda: symmetric_noise(CIFAR10.reshape(2, -1), 0.2, 10), "1-D"),
+        (lambda: symmetric_noise(CIFAR10, 0.2, 1), "num_classes must be an integer >= 2"),
+        (lambda: symmetric_noise(CIFAR10, 0.2, 10, selection="exact"), "selection must be"),
+        (lambda: asymmetric_noise(CIFAR10, 0.2, "svhn"), "dataset must be 'cifar10', 'cifar100' or None"),
+        (lambda: asymmetric_noise(CIFAR100, 0.2, "cifar10"), r"labels must lie in \[0, 10\)"),
+        (lambda: asymmetric_noise(CIFAR10, 0.2, None), "needs a non-empty mapping"),
+        (lambda: asymmetric_noise(CIFAR100, 0.2, "cifar100", coarse_labels=[1, 2]), "one entry per sample"),
+        (lambda: asymmetric_noise(CIFAR100, 0.2, "cifar100", cifar100_groups="blocks"), "cifar100_groups must be"),
+    ],
+)
 def test_invalid_inputs_are_rejected(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()

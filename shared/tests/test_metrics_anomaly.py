@@ -15,14 +15,13 @@ from scipy import ndimage
 from sklearn import metrics as skm
 
 from shared.metrics import anomaly
-from shared.metrics.anomaly import (
-    aupro,
-    auroc,
-    average_precision,
-    fpr_at_tpr,
-    precision_recall_curve,
-    ranking_metrics,
-    roc_curve,
+
+aupro, auroc, average_precision = anomaly.aupro, anomaly.auroc, anomaly.average_precision
+fpr_at_tpr, precision_recall_curve, ranking_metrics, roc_curve = (
+    anomaly.fpr_at_tpr,
+    anomaly.precision_recall_curve,
+    anomaly.ranking_metrics,
+    anomaly.roc_curve,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +51,12 @@ def small_chunks(monkeypatch):
 
 @pytest.mark.parametrize(
     ("dtype", "ties", "chunked"),
-    [(dtype, ties, False) for dtype in (np.float64, np.float32, np.float16, np.int64, np.int16)
-     for ties in (False, True)] + [(np.float32, True, True), (np.float64, True, True)],
+    [
+        (dtype, ties, False)
+        for dtype in (np.float64, np.float32, np.float16, np.int64, np.int16)
+        for ties in (False, True)
+    ]
+    + [(np.float32, True, True), (np.float64, True, True)],
 )
 def test_ranking_metrics_match_sklearn(request, dtype, ties, chunked):
     if chunked:
@@ -68,8 +71,11 @@ def test_ranking_metrics_match_sklearn(request, dtype, ties, chunked):
         assert fpr_at_tpr(scores, labels, tpr=tpr, strict=True) == sklearn_fpr_at_tpr(scores, labels, tpr, True)
     for strict in (False, True):
         together = ranking_metrics(scores, labels, tpr=0.95, strict=strict)
-        assert together == {"auroc": auroc(scores, labels), "average_precision": average_precision(scores, labels),
-                            "fpr_at_tpr": fpr_at_tpr(scores, labels, tpr=0.95, strict=strict)}
+        assert together == {
+            "auroc": auroc(scores, labels),
+            "average_precision": average_precision(scores, labels),
+            "fpr_at_tpr": fpr_at_tpr(scores, labels, tpr=0.95, strict=strict),
+        }
 
     fpr, tpr, thresholds = roc_curve(scores, labels)
     ref_fpr, ref_tpr, ref_thresholds = skm.roc_curve(labels, scores, drop_intermediate=False)
@@ -135,11 +141,14 @@ def test_ignore_index_drops_void_entries():
     with_void = np.where(void, 255, labels)
     keep = ~void
     assert auroc(scores, with_void, ignore_index=255) == pytest.approx(
-        skm.roc_auc_score(labels[keep], scores[keep]), abs=1e-12)
+        skm.roc_auc_score(labels[keep], scores[keep]), abs=1e-12
+    )
     assert average_precision(scores, with_void, ignore_index=255) == pytest.approx(
-        skm.average_precision_score(labels[keep], scores[keep]), abs=1e-12)
-    assert fpr_at_tpr(scores, with_void, ignore_index=255) == sklearn_fpr_at_tpr(scores[keep], labels[keep], 0.95,
-                                                                                  False)
+        skm.average_precision_score(labels[keep], scores[keep]), abs=1e-12
+    )
+    assert fpr_at_tpr(scores, with_void, ignore_index=255) == sklearn_fpr_at_tpr(
+        scores[keep], labels[keep], 0.95, False
+    )
     with pytest.raises(ValueError, match="found 255.*ignore_index"):
         auroc(scores, with_void)
 
@@ -171,8 +180,9 @@ def test_ranking_metrics_fpr_found_in_a_later_chunk(small_chunks):
     assert together["average_precision"] == pytest.approx(skm.average_precision_score(labels, scores), abs=1e-12)
 
 
-@pytest.mark.parametrize("metric", [auroc, average_precision, fpr_at_tpr, ranking_metrics, roc_curve,
-                                    precision_recall_curve])
+@pytest.mark.parametrize(
+    "metric", [auroc, average_precision, fpr_at_tpr, ranking_metrics, roc_curve, precision_recall_curve]
+)
 def test_invalid_ranking_inputs_raise(metric):
     with pytest.raises(ValueError, match="both classes.*0 positive"):
         metric(np.arange(5.0), np.zeros(5))
@@ -206,8 +216,12 @@ def test_fpr_at_tpr_rejects_unreachable_targets():
 
 def reference_pro_curve(maps, masks, thresholds=None):
     """Brute force: per-image 8-connected regions, FPR and per-region overlaps counted directly at each threshold."""
-    regions = [(i, labeled == r) for i, mask in enumerate(masks)
-               for labeled, count in [ndimage.label(mask, structure=np.ones((3, 3)))] for r in range(1, count + 1)]
+    regions = [
+        (i, labeled == r)
+        for i, mask in enumerate(masks)
+        for labeled, count in [ndimage.label(mask, structure=np.ones((3, 3)))]
+        for r in range(1, count + 1)
+    ]
     normal = masks == 0
     fprs, pros = [0.0], [0.0]
     for t in sorted(np.unique(maps) if thresholds is None else thresholds, reverse=True):
@@ -253,7 +267,8 @@ def test_aupro_matches_brute_force(dtype, ties):
         expected = official_trapezoid(fprs, pros, fpr_limit)
         assert aupro(maps, masks, fpr_limit=fpr_limit) == pytest.approx(expected, abs=1e-9)
         assert aupro(torch.from_numpy(maps), torch.from_numpy(masks).float(), fpr_limit) == pytest.approx(
-            expected, abs=1e-9)
+            expected, abs=1e-9
+        )
 
 
 def test_aupro_chunked_scan_matches_brute_force(small_chunks):
@@ -352,7 +367,11 @@ def test_1e8_scores_time_and_memory(metric):
     # labels, 0.5 GB, and times one metric. The all-distinct worst case is measured by shared.bench_metrics.
     out = subprocess.run(
         [sys.executable, "-m", "shared.bench_metrics", "--worker", metric, "--n", "100000000", "--scores", "randn"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=600,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     )
     result = json.loads(out.stdout)
     peak_children_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
@@ -374,4 +393,5 @@ def test_cuda_matches_cpu():
     maps, masks = torch.from_numpy(maps), torch.from_numpy(masks)
     assert aupro(maps.cuda(), masks.cuda()) == pytest.approx(aupro(maps, masks), abs=1e-12)
     assert aupro(maps.cuda(), masks.cuda(), num_thresholds=100) == pytest.approx(
-        aupro(maps, masks, num_thresholds=100), abs=1e-12)
+        aupro(maps, masks, num_thresholds=100), abs=1e-12
+    )

@@ -16,8 +16,9 @@ from pycocotools.cocoeval import COCOeval
 from shared.metrics import coco_evaluate, expected_calibration_error
 from shared.metrics.detection import COCO_STAT_NAMES
 
-CATEGORIES = [{"id": i, "name": name} for i, name in
-              enumerate(["person", "car", "dog", "cup", "kite", "unseen"], start=1)]
+CATEGORIES = [
+    {"id": i, "name": name} for i, name in enumerate(["person", "car", "dog", "cup", "kite", "unseen"], start=1)
+]
 
 
 def synthetic_gt(seed: int = 0, num_images: int = 8, with_segmentation: bool = False) -> dict:
@@ -30,8 +31,14 @@ def synthetic_gt(seed: int = 0, num_images: int = 8, with_segmentation: bool = F
             side = rng.choice([rng.uniform(8, 30), rng.uniform(34, 90), rng.uniform(100, 180)])
             w, h = side * rng.uniform(0.7, 1.3), side * rng.uniform(0.7, 1.3)
             x, y = rng.uniform(0, 400 - w), rng.uniform(0, 320 - h)
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.integers(1, 6)),
-                   "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(rng.integers(1, 6)),
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+            }
             if with_segmentation:
                 ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
             annotations.append(ann)
@@ -52,14 +59,24 @@ def jittered_detections(gt: dict, seed: int = 1) -> list[dict]:
         x, y, w, h = ann["bbox"]
         for _ in range(1 + (rng.random() < 0.2)):
             jitter = rng.normal(scale=0.08, size=4) * [w, h, w, h]
-            detections.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                               "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
-                               "score": float(rng.uniform(0.05, 1.0))})
+            detections.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": ann["category_id"],
+                    "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
+                    "score": float(rng.uniform(0.05, 1.0)),
+                }
+            )
     for image in gt["images"]:
         for _ in range(3):
-            detections.append({"image_id": image["id"], "category_id": int(rng.integers(1, 6)),
-                               "bbox": list(rng.uniform([0, 0, 5, 5], [330, 250, 60, 60])),
-                               "score": float(rng.uniform(0.05, 0.6))})
+            detections.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": int(rng.integers(1, 6)),
+                    "bbox": list(rng.uniform([0, 0, 5, 5], [330, 250, 60, 60])),
+                    "score": float(rng.uniform(0.05, 0.6)),
+                }
+            )
     return detections
 
 
@@ -92,8 +109,9 @@ def test_matches_pycocotools_directly():
     assert gt == gt_before and detections == detections_before  # the caller's data is left untouched
     # Per class: COCOeval restricted to that one category is an independent computation of the same number.
     for cat in CATEGORIES[:5]:
-        assert got["per_class"][cat["name"]] == pytest.approx(direct_cocoeval(gt, detections, cat_ids=[cat["id"]])[0],
-                                                              abs=1e-6)
+        assert got["per_class"][cat["name"]] == pytest.approx(
+            direct_cocoeval(gt, detections, cat_ids=[cat["id"]])[0], abs=1e-6
+        )
     assert math.isnan(got["per_class"]["unseen"])
 
 
@@ -128,8 +146,11 @@ def test_empty_detections_give_zero_where_there_is_ground_truth():
 
 def test_perfect_detections_give_ap_one():
     gt = synthetic_gt(seed=6)
-    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-                  for a in gt["annotations"] if not a["iscrowd"]]
+    detections = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
     got = coco_evaluate(gt, detections)
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         assert got[name] == pytest.approx(1.0), name
@@ -143,12 +164,19 @@ def test_segm_matches_pycocotools_directly():
     for ann in gt["annotations"][::2]:
         x, y, w, h = (np.array(ann["bbox"]) + rng.normal(scale=3, size=4)).clip(1)
         mask = np.zeros((320, 400), dtype=np.uint8, order="F")
-        mask[int(y):int(y + h), int(x):int(x + w)] = 1
+        mask[int(y) : int(y + h), int(x) : int(x + w)] = 1
         rle = mask_utils.encode(mask)
         rle["counts"] = rle["counts"].decode()
         # A bbox key too, as many detectors write: loadRes would replace the mask by the box if it stayed.
-        detections.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "segmentation": rle,
-                           "bbox": [0, 0, 1, 1], "score": float(rng.uniform(0.1, 1))})
+        detections.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "segmentation": rle,
+                "bbox": [0, 0, 1, 1],
+                "score": float(rng.uniform(0.1, 1)),
+            }
+        )
     got = coco_evaluate(gt, detections, iou_type="segm")
     without_bbox = [{k: v for k, v in d.items() if k != "bbox"} for d in detections]
     expected = direct_cocoeval(gt, without_bbox, iou_type="segm")
@@ -212,9 +240,9 @@ def test_ece_matches_brute_force_including_edges(n_bins):
     expected = brute_force_ece(confidences, correct, n_bins)
     assert expected > 0
     assert expected_calibration_error(confidences, correct, n_bins) == pytest.approx(expected, abs=1e-12)
-    assert expected_calibration_error(torch.from_numpy(confidences).float(), torch.from_numpy(correct).int(),
-                                      n_bins) == pytest.approx(
-        brute_force_ece(confidences.astype(np.float32).astype(np.float64), correct, n_bins), abs=1e-7)
+    assert expected_calibration_error(
+        torch.from_numpy(confidences).float(), torch.from_numpy(correct).int(), n_bins
+    ) == pytest.approx(brute_force_ece(confidences.astype(np.float32).astype(np.float64), correct, n_bins), abs=1e-7)
 
 
 def test_ece_hand_made():

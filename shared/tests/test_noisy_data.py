@@ -57,8 +57,7 @@ def test_label_file_round_trip_hard_and_soft(tmp_path):
     purified = clean.copy()
     purified[0] = 1
     soft = np.eye(3)[purified] * 0.9 + 0.1 / 3
-    path = save_label_file(tmp_path / "purified.json", purified, 3, clean=clean, soft=soft, source="test",
-                           noise=noise)
+    path = save_label_file(tmp_path / "purified.json", purified, 3, clean=clean, soft=soft, source="test", noise=noise)
     back = load_label_file(path, expected_length=12)
     assert np.array_equal(back.labels, purified) and np.array_equal(back.clean, clean)
     assert np.allclose(back.soft, soft, atol=1e-6) and back.source == "test"

@@ -51,8 +51,10 @@ def test_mixmatch_losses_and_penalties_match_hand_computation():
     logits_u = torch.tensor([[0.0, 0.0]])
     targets_u = torch.tensor([[1.0, 0.0]])
     lx, lu = mixmatch_losses(logits_x, targets_x, logits_u, targets_u)
-    ls = [[2 - math.log(math.exp(2) + 1), -math.log(math.exp(2) + 1)],
-          [-math.log(1 + math.e), 1 - math.log(1 + math.e)]]
+    ls = [
+        [2 - math.log(math.exp(2) + 1), -math.log(math.exp(2) + 1)],
+        [-math.log(1 + math.e), 1 - math.log(1 + math.e)],
+    ]
     expected_lx = -(0.75 * ls[0][0] + 0.25 * ls[0][1] + ls[1][1]) / 2
     assert lx.item() == pytest.approx(expected_lx, rel=1e-6)
     assert lu.item() == pytest.approx((0.25 + 0.25) / 2, rel=1e-6)  # (0.5-1)^2, (0.5-0)^2 over 2 entries
@@ -77,8 +79,12 @@ def test_co_refine_and_co_guess():
     w = torch.tensor([0.5])
     mixed = torch.tensor([0.6, 0.4])
     assert torch.allclose(co_refine(y, w, p, 0.5), (mixed**2 / (mixed**2).sum()).unsqueeze(0))
-    probs = [torch.tensor([[0.6, 0.4]]), torch.tensor([[0.4, 0.6]]), torch.tensor([[1.0, 0.0]]),
-             torch.tensor([[0.6, 0.4]])]
+    probs = [
+        torch.tensor([[0.6, 0.4]]),
+        torch.tensor([[0.4, 0.6]]),
+        torch.tensor([[1.0, 0.0]]),
+        torch.tensor([[0.6, 0.4]]),
+    ]
     m = torch.tensor([0.65, 0.35])
     assert torch.allclose(co_guess(probs, 0.5), (m**2 / (m**2).sum()).unsqueeze(0))
 

@@ -37,9 +37,21 @@ def _run(tmp, resume=None, hook=None, model=None):
     cfg = SupervisedConfig(epochs=3, batch_size=16, milestones=[2])
     logger = RunLogger(tmp, tensorboard=False, name="sup")
     try:
-        return train_supervised(model, images, labels, CifarTrainTransform(10, padding=1), images[:32], labels[:32],
-                                Normalize(CIFAR_MEAN[10], CIFAR_STD[10]), cfg, CPU, logger, tmp / "last.pt",
-                                resume_state=resume, on_epoch_end=hook), model
+        return train_supervised(
+            model,
+            images,
+            labels,
+            CifarTrainTransform(10, padding=1),
+            images[:32],
+            labels[:32],
+            Normalize(CIFAR_MEAN[10], CIFAR_STD[10]),
+            cfg,
+            CPU,
+            logger,
+            tmp / "last.pt",
+            resume_state=resume,
+            on_epoch_end=hook,
+        ), model
     finally:
         logger.close()
 
@@ -77,12 +89,24 @@ def test_supervised_soft_labels_and_batch_check(tmp_path):
     logger = RunLogger(tmp_path, tensorboard=False, name="soft")
     model = PreActResNet18(num_classes=2, width=4)
     norm = Normalize(CIFAR_MEAN[10], CIFAR_STD[10])
-    result = train_supervised(model, images, soft, norm, images, labels, norm, SupervisedConfig(epochs=1, batch_size=8),
-                              CPU, logger, None)
+    result = train_supervised(
+        model, images, soft, norm, images, labels, norm, SupervisedConfig(epochs=1, batch_size=8), CPU, logger, None
+    )
     assert 0 <= result["last"] <= 100
     with pytest.raises(ValueError, match="exceeds the 16 training samples"):
-        train_supervised(model, images, labels, norm, images, labels, norm, SupervisedConfig(epochs=1, batch_size=32),
-                         CPU, logger, None)
+        train_supervised(
+            model,
+            images,
+            labels,
+            norm,
+            images,
+            labels,
+            norm,
+            SupervisedConfig(epochs=1, batch_size=32),
+            CPU,
+            logger,
+            None,
+        )
     logger.close()
 
 
@@ -92,13 +116,38 @@ def test_dividemix_state_round_trip(tmp_path):
     torch.manual_seed(0)
     cfg = DivideMixConfig(epochs=2, warmup_epochs=1, batch_size=16, warmup_batch_size=16, lr=0.02)
     logger = RunLogger(tmp_path, tensorboard=False, name="dm")
-    engine = DivideMix(PreActResNet18(2, 4), PreActResNet18(2, 4), images, labels, 2, norm, norm, images, labels, cfg,
-                       torch.device("cpu"), logger, clean_labels=labels)
+    engine = DivideMix(
+        PreActResNet18(2, 4),
+        PreActResNet18(2, 4),
+        images,
+        labels,
+        2,
+        norm,
+        norm,
+        images,
+        labels,
+        cfg,
+        torch.device("cpu"),
+        logger,
+        clean_labels=labels,
+    )
     result = engine.fit(tmp_path / "dm.pt")
     state = torch.load(tmp_path / "dm.pt", weights_only=True)
     assert state["epoch"] == 1 and result["last"] == state["tracker"]["last"]
-    other = DivideMix(PreActResNet18(2, 4), PreActResNet18(2, 4), images, labels, 2, norm, norm, images, labels, cfg,
-                      torch.device("cpu"), logger)
+    other = DivideMix(
+        PreActResNet18(2, 4),
+        PreActResNet18(2, 4),
+        images,
+        labels,
+        2,
+        norm,
+        norm,
+        images,
+        labels,
+        cfg,
+        torch.device("cpu"),
+        logger,
+    )
     other.load_state_dict(copy.deepcopy(state))
     for a, b in zip(engine.nets[0].state_dict().values(), other.nets[0].state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -119,16 +168,49 @@ def test_dividemix_beats_ce_at_50_percent_symmetric_noise(tmp_path):
     np.random.seed(0)
     torch.manual_seed(0)
     ce_logger = RunLogger(tmp_path / "ce", tensorboard=False, name="ce")
-    ce, _ = train_supervised(PreActResNet18(10, 8), train.images, labels, aug, test.images, test.labels, norm,
-                             SupervisedConfig(epochs=epochs, batch_size=64, lr=0.02, milestones=[32]), CPU,
-                             ce_logger, None), None
+    ce, _ = (
+        train_supervised(
+            PreActResNet18(10, 8),
+            train.images,
+            labels,
+            aug,
+            test.images,
+            test.labels,
+            norm,
+            SupervisedConfig(epochs=epochs, batch_size=64, lr=0.02, milestones=[32]),
+            CPU,
+            ce_logger,
+            None,
+        ),
+        None,
+    )
     ce_logger.close()
     torch.manual_seed(0)
     nets = [PreActResNet18(10, 8), PreActResNet18(10, 8)]
-    cfg = DivideMixConfig(epochs=epochs, warmup_epochs=4, batch_size=64, warmup_batch_size=64, lr_decay_epoch=32,
-                          lambda_u=25, rampup_length=4)
+    cfg = DivideMixConfig(
+        epochs=epochs,
+        warmup_epochs=4,
+        batch_size=64,
+        warmup_batch_size=64,
+        lr_decay_epoch=32,
+        lambda_u=25,
+        rampup_length=4,
+    )
     dm_logger = RunLogger(tmp_path / "dm", tensorboard=False, name="dm")
-    dm = DivideMix(nets[0], nets[1], train.images, labels, 10, aug, norm, test.images, test.labels, cfg,
-                   torch.device("cpu"), dm_logger, clean_labels=train.labels).fit()
+    dm = DivideMix(
+        nets[0],
+        nets[1],
+        train.images,
+        labels,
+        10,
+        aug,
+        norm,
+        test.images,
+        test.labels,
+        cfg,
+        torch.device("cpu"),
+        dm_logger,
+        clean_labels=train.labels,
+    ).fit()
     dm_logger.close()
     assert dm["last"] > ce["last"], (dm, ce)

@@ -30,8 +30,11 @@ from shared.synthetic.cifar import CIFAR10_CLASSES, CIFAR100_FINE_CLASSES
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -48,8 +51,11 @@ def imagefolder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_imagefolder_is_read_by_torchvision(imagefolder: Path) -> None:
     train = ImageFolder(imagefolder / "train")
     val = ImageFolder(imagefolder / "val")
-    assert train.classes == imagefolder_class_names(3) == ["c000_circle_solid", "c001_square_stripes",
-                                                           "c002_triangle_checker"]
+    assert (
+        train.classes
+        == imagefolder_class_names(3)
+        == ["c000_circle_solid", "c001_square_stripes", "c002_triangle_checker"]
+    )
     assert len(train) == 12 and len(val) == 6
     assert [label for _, label in train.samples] == [0] * 4 + [1] * 4 + [2] * 4
     image, _ = train[0]
@@ -198,8 +204,15 @@ def test_cifar_classes_have_distinct_content(cifar_root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_coco_detection(tmp_path_factory.mktemp("coco") / "coco", num_train=6, num_val=3, image_size=256,
-                                num_categories=5, num_unlabeled=2, seed=0)
+    return write_coco_detection(
+        tmp_path_factory.mktemp("coco") / "coco",
+        num_train=6,
+        num_val=3,
+        image_size=256,
+        num_categories=5,
+        num_unlabeled=2,
+        seed=0,
+    )
 
 
 def test_coco_loads_in_pycocotools_with_all_area_ranges(coco_root: Path) -> None:
@@ -226,8 +239,9 @@ def test_coco_read_by_torchvision_and_registry(coco_root: Path) -> None:
     assert image.size == (dataset.coco.imgs[dataset.ids[0]]["width"], dataset.coco.imgs[dataset.ids[0]]["height"])
     assert targets and {"bbox", "category_id", "segmentation", "area"} <= set(targets[0])
     assert require_dataset("coco2017", coco_root) == coco_root
-    train_ids = {im["id"] for im in json.loads((coco_root / "annotations/instances_train2017.json").read_text())
-                 ["images"]}
+    train_ids = {
+        im["id"] for im in json.loads((coco_root / "annotations/instances_train2017.json").read_text())["images"]
+    }
     val_ids = {im["id"] for im in dataset.coco.dataset["images"]}
     assert train_ids.isdisjoint(val_ids)
 
@@ -239,8 +253,9 @@ def test_coco_unlabeled_split(coco_root: Path) -> None:
 
 
 def test_coco_is_deterministic(coco_root: Path, tmp_path: Path) -> None:
-    again = write_coco_detection(tmp_path / "coco", num_train=6, num_val=3, image_size=256, num_categories=5,
-                                 num_unlabeled=2, seed=0)
+    again = write_coco_detection(
+        tmp_path / "coco", num_train=6, num_val=3, image_size=256, num_categories=5, num_unlabeled=2, seed=0
+    )
     assert _digests(again) == _digests(coco_root)
 
 
@@ -258,8 +273,9 @@ def test_imagefolder_is_learnable_but_not_trivial(tmp_path: Path) -> None:
     """
     from torch import nn
 
-    root = write_imagefolder(tmp_path / "set", num_classes=10, train_per_class=500, val_per_class=40,
-                             image_size=32, seed=0)
+    root = write_imagefolder(
+        tmp_path / "set", num_classes=10, train_per_class=500, val_per_class=40, image_size=32, seed=0
+    )
 
     def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         dataset = ImageFolder(root / split)
@@ -273,8 +289,9 @@ def test_imagefolder_is_learnable_but_not_trivial(tmp_path: Path) -> None:
     def block(c_in: int, c_out: int) -> nn.Module:
         return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
 
-    model = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(128, 10))
+    model = nn.Sequential(
+        block(3, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10)
+    )
     epochs, batch = 12, 64
     steps_per_epoch = len(x_train) // batch
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -292,7 +309,7 @@ def test_imagefolder_is_learnable_but_not_trivial(tmp_path: Path) -> None:
     for epoch in range(epochs):
         order = torch.randperm(len(x_train), generator=generator)
         for step in range(steps_per_epoch):
-            index = order[step * batch:(step + 1) * batch]
+            index = order[step * batch : (step + 1) * batch]
             flip = torch.rand(()) < 0.5  # cheap augmentation: shapes are symmetric under flips up to rotation
             inputs = x_train[index].flip(-1) if flip else x_train[index]
             loss = nn.functional.cross_entropy(model(inputs), y_train[index])

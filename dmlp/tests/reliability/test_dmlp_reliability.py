@@ -54,8 +54,9 @@ def _foreign_emo_run(folder: Path) -> Path:
     (folder / "RUN.json").write_text(json.dumps({"package": "emo", "config": {"name": "emo_1m", "epochs": 3}}))
     (folder / "config.yaml").write_text("name: emo_1m\nepochs: 3\n")
     (folder / "metrics.json").write_text(json.dumps({"top1": 71.5}))
-    save_checkpoint({"package": "emo", "model": {"w": torch.ones(2)}, "epoch": 2, "config": {"name": "emo_1m"}},
-                    folder / "last.pt")
+    save_checkpoint(
+        {"package": "emo", "model": {"w": torch.ones(2)}, "epoch": 2, "config": {"name": "emo_1m"}}, folder / "last.pt"
+    )
     return folder / "last.pt"
 
 
@@ -70,8 +71,10 @@ def _bad_resume_file(kind: str, root: Path) -> Path:
         return _foreign_emo_run(root / "emo_run")
     # a torch file without a package entry that is not a dmlp last.pt (e.g. an older checkpoint of another package)
     (root / "legacy").mkdir()
-    torch.save({"model": {"w": torch.zeros(3)}, "optimizer": {}, "epoch": 5, "config": {"name": "x", "lr": 0.1}},
-               root / "legacy" / "last.pt")
+    torch.save(
+        {"model": {"w": torch.zeros(3)}, "optimizer": {}, "epoch": 5, "config": {"name": "x", "lr": 0.1}},
+        root / "legacy" / "last.pt",
+    )
     return root / "legacy" / "last.pt"
 
 
@@ -92,8 +95,14 @@ def test_resume_refuses_a_file_that_is_not_a_dmlp_checkpoint_before_writing(kind
 def test_resume_of_a_text_file_exits_non_zero(tmp_path):
     (tmp_path / "last.pt").write_text("not a checkpoint\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dmlp.train", *TINY, "--resume", str(tmp_path / "last.pt")],
-                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dmlp.train", *TINY, "--resume", str(tmp_path / "last.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "not a dmlp checkpoint" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
@@ -166,8 +175,17 @@ def test_changed_meta_split_rebuilds_the_purifier_from_its_data_fingerprint(run_
 
 def test_changed_retrain_recipe_retrains(run_copy):
     run, _ = run_copy
-    run_train([*TINY, "--retrain.supervised.lr", "0.05", "--stages", "retrain", "--resume",
-                     str(run / "retrain_dmlp_naive.pt")])
+    run_train(
+        [
+            *TINY,
+            "--retrain.supervised.lr",
+            "0.05",
+            "--stages",
+            "retrain",
+            "--resume",
+            str(run / "retrain_dmlp_naive.pt"),
+        ]
+    )
     log = _log(run)
     assert "retrain_dmlp_naive.pt: not reused, it was made from a different retrain.{supervised}" in log
     assert load_checkpoint(run / "retrain_dmlp_naive.pt")["extra"]["made_from"]["retrain"]["supervised"]["lr"] == 0.05
@@ -200,9 +218,26 @@ def test_purifier_at_a_huge_lr_stops_naming_its_stage(tmp_path):
 def test_purifier_at_a_huge_lr_exits_non_zero(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "dmlp.train", *TINY, "--purifier.lr", "1e6", "--stages", "ssl",
-                           "purify", "--output_dir", str(run)], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dmlp.train",
+            *TINY,
+            "--purifier.lr",
+            "1e6",
+            "--stages",
+            "ssl",
+            "purify",
+            "--output_dir",
+            str(run),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "StageDivergedError: purify stage:" in proc.stderr
     assert not {"purified_labels.json", "last.pt", "metrics.json"} & _outputs(run)
@@ -230,8 +265,9 @@ def test_purifier_guard_catches_non_finite_label_estimates():
     assert p.labels.detach().abs().max() < 5
 
 
-@pytest.mark.parametrize(("lr", "message"), [("1e20", r"^ssl stage: non-finite SimCLR loss"),
-                                             ("1e6", r"^ssl stage: the encoder collapsed")])
+@pytest.mark.parametrize(
+    ("lr", "message"), [("1e20", r"^ssl stage: non-finite SimCLR loss"), ("1e6", r"^ssl stage: the encoder collapsed")]
+)
 def test_ssl_at_a_huge_lr_stops_naming_its_stage(lr, message, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(StageDivergedError, match=message):
@@ -241,9 +277,21 @@ def test_ssl_at_a_huge_lr_stops_naming_its_stage(lr, message, tmp_path):
 
 def test_dividemix_checkpoint_names_dmlp_and_is_reused_only_for_its_recipe(run_copy):
     run, _ = run_copy
-    args = [*TINY, "--stages", "retrain", "--retrain.mode", "dividemix", "--retrain.dividemix.epochs", "2",
-            "--retrain.dividemix.warmup_epochs", "1", "--retrain.dividemix.batch_size", "50",
-            "--retrain.dividemix.warmup_batch_size", "100"]
+    args = [
+        *TINY,
+        "--stages",
+        "retrain",
+        "--retrain.mode",
+        "dividemix",
+        "--retrain.dividemix.epochs",
+        "2",
+        "--retrain.dividemix.warmup_epochs",
+        "1",
+        "--retrain.dividemix.batch_size",
+        "50",
+        "--retrain.dividemix.warmup_batch_size",
+        "100",
+    ]
     run_train([*args, "--resume", str(run / "last.pt")])
     state = load_checkpoint(run / "retrain_dmlp_dividemix.pt", package="dmlp")
     assert state["package"] == "dmlp" and state["made_from"]["retrain"]["dividemix"]["lr"] == 0.02

@@ -1,6 +1,7 @@
 """Reliability of the EMO scripts: a file that is not an emo checkpoint (missing, text, another package's, one that
 lacks the training state) is refused by ``--resume`` and by the evaluation scripts with the shared error, before
 anything is written; the checkpoints that train_det.py writes record their package and claim their run folder."""
+
 import json
 from pathlib import Path
 
@@ -28,14 +29,19 @@ def _bad_checkpoints(folder: Path) -> dict[str, Path]:
     return {'missing': folder / 'missing.pt', 'text': text, 'other_package': other, 'stateless': stateless}
 
 
-RESUME_ERRORS = {'missing': 'checkpoint not found', 'text': 'notes.pt holds objects that the safe unpickler refuses',
-                 'other_package': "written by package 'mixteacher'", 'stateless': 'lacks the key'}
+RESUME_ERRORS = {
+    'missing': 'checkpoint not found',
+    'text': 'notes.pt holds objects that the safe unpickler refuses',
+    'other_package': "written by package 'mixteacher'",
+    'stateless': 'lacks the key',
+}
 
 
 @pytest.mark.parametrize('kind', sorted(RESUME_ERRORS))
 @pytest.mark.parametrize('script', ['train_det', 'train'])
 def test_resume_from_a_file_that_is_not_an_emo_training_checkpoint_is_refused_before_writing(
-        tmp_path, monkeypatch, script, kind):
+    tmp_path, monkeypatch, script, kind
+):
     monkeypatch.chdir(tmp_path)  # a new runs/ folder would appear here
     path = _bad_checkpoints(tmp_path / 'old')[kind]
     module, tiny = (train_det, DET_TINY) if script == 'train_det' else (emo_train, CLS_TINY)
@@ -48,8 +54,7 @@ def test_resume_from_a_file_that_is_not_an_emo_training_checkpoint_is_refused_be
 
 @pytest.mark.parametrize('kind', ['missing', 'text', 'other_package'])
 @pytest.mark.parametrize('script', [emo_eval, eval_det], ids=['eval', 'eval_det'])
-def test_evaluation_refuses_a_file_that_is_not_an_emo_checkpoint_before_writing(tmp_path, monkeypatch, script,
-                                                                               kind):
+def test_evaluation_refuses_a_file_that_is_not_an_emo_checkpoint_before_writing(tmp_path, monkeypatch, script, kind):
     monkeypatch.chdir(tmp_path)
     path = _bad_checkpoints(tmp_path / 'old')[kind]
     before = _snapshot(tmp_path)

@@ -55,8 +55,9 @@ def test_resume_and_eval_refuse_what_is_not_a_checkpoint_before_anything_is_writ
         with pytest.raises(CheckpointError, match=PACKAGE_ERROR):
             script.main(script.parse_args(["--resume", str(path), "--device", "cpu"]))
         with pytest.raises(CheckpointError, match=PACKAGE_ERROR):
-            script.main(script.parse_args(["--resume", str(path), "--device", "cpu", "--output_dir",
-                                           str(tmp_path / "new")]))
+            script.main(
+                script.parse_args(["--resume", str(path), "--device", "cpu", "--output_dir", str(tmp_path / "new")])
+            )
     with pytest.raises(CheckpointError, match=PACKAGE_ERROR):
         eval_module.main(eval_module.parse_args(["--checkpoint", str(path)]))
     assert _snapshot(run) == before
@@ -67,10 +68,20 @@ def test_resume_and_eval_refuse_what_is_not_a_checkpoint_before_anything_is_writ
 def segmentor_checkpoint(tmp_path_factory) -> Path:
     """train_segmentor.py's last.pt (a segmentor without OoD head) and train.py's segmentor-phase last.pt."""
     root = tmp_path_factory.mktemp("eas_reliability")
-    seg_args = [*TINY[:TINY.index("--segmentor.train.iters")], "--synthetic.root", str(root / "synthetic"),
-                "--data.dataset", "synthetic", "--data.num_workers", "0"]
-    train_segmentor.main(train_segmentor.parse_args([*seg_args, "--output_dir", str(root / "segmentor"),
-                                                     "--optim.iters", "1", "--allow_random_init"]))
+    seg_args = [
+        *TINY[: TINY.index("--segmentor.train.iters")],
+        "--synthetic.root",
+        str(root / "synthetic"),
+        "--data.dataset",
+        "synthetic",
+        "--data.num_workers",
+        "0",
+    ]
+    train_segmentor.main(
+        train_segmentor.parse_args(
+            [*seg_args, "--output_dir", str(root / "segmentor"), "--optim.iters", "1", "--allow_random_init"]
+        )
+    )
     return root / "segmentor" / "last.pt"
 
 
@@ -78,8 +89,9 @@ def test_a_segmentor_file_is_refused_as_a_sleeg_resume_and_evaluation(tmp_path, 
     with pytest.raises(CheckpointError, match="--segmentor.checkpoint"):
         _train([*tiny_args, "--resume", str(segmentor_checkpoint), "--output_dir", str(tmp_path / "run")])
     with pytest.raises(CheckpointError, match="OoD head is not trained yet"):
-        eval_module.main(eval_module.parse_args(["--checkpoint", str(segmentor_checkpoint), "--output_dir",
-                                                 str(tmp_path / "eval")]))
+        eval_module.main(
+            eval_module.parse_args(["--checkpoint", str(segmentor_checkpoint), "--output_dir", str(tmp_path / "eval")])
+        )
     assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
 
 
@@ -117,16 +129,27 @@ def _assert_last_good_checkpoint_kept(saves: list[tuple[Path, bytes]], out: Path
     assert f"step {state['iteration']}" in str(error)  # the failing step is the one after the last checkpoint
 
 
-def test_diverging_head_lr_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_args,
-                                                                                monkeypatch):
+def test_diverging_head_lr_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_args, monkeypatch):
     """The reviewer's case replayed: at lr 1e6 the head's weights stay finite but its BatchNorm running variance
     overflows at step 2; that state was once written to last.pt. Now the run stops naming the step, and last.pt
     is the one written after step 1."""
     saves = _record_saves(monkeypatch)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"OoD head .* after step 2") as err:
-        _train([*tiny_args, "--output_dir", str(out), "--checkpoint_interval", "1", "--optim.iters", "6",
-                "--optim.lr", "1e6", "--eval.datasets"])
+        _train(
+            [
+                *tiny_args,
+                "--output_dir",
+                str(out),
+                "--checkpoint_interval",
+                "1",
+                "--optim.iters",
+                "6",
+                "--optim.lr",
+                "1e6",
+                "--eval.datasets",
+            ]
+        )
     _assert_last_good_checkpoint_kept(saves, out, err.value)
 
 
@@ -142,6 +165,16 @@ def test_nan_injected_in_the_ood_head_stops_the_run_before_it_is_checkpointed(tm
     monkeypatch.setattr(train_module, "sleeg_losses", poisoned)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="SLEEG loss .* at step 2") as err:
-        _train([*tiny_args, "--output_dir", str(out), "--checkpoint_interval", "1", "--optim.iters", "4",
-                "--eval.datasets"])
+        _train(
+            [
+                *tiny_args,
+                "--output_dir",
+                str(out),
+                "--checkpoint_interval",
+                "1",
+                "--optim.iters",
+                "4",
+                "--eval.datasets",
+            ]
+        )
     _assert_last_good_checkpoint_kept(saves, out, err.value)

@@ -31,8 +31,11 @@ def test_a_raw_tree_is_refused_and_a_preprocessed_one_accepted(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no {PREPROCESSED_MARKER}.*python -m lsfa.preprocess"):
         check_preprocessed(raw, "mvtec3d")
     with pytest.raises(FileNotFoundError, match="python -m lsfa.preprocess"):
-        lsfa_train.main(lsfa_train.parse_args(["--data.dataset", "mvtec3d", "--data.root", str(raw),
-                                               "--output_dir", str(tmp_path / "r")]))
+        lsfa_train.main(
+            lsfa_train.parse_args(
+                ["--data.dataset", "mvtec3d", "--data.root", str(raw), "--output_dir", str(tmp_path / "r")]
+            )
+        )
     done = preprocess_mvtec3d(raw, tmp_path / "done")
     check_preprocessed(done, "mvtec3d")
     with pytest.raises(ValueError, match="preprocessed for dataset 'mvtec3d'"):

@@ -75,8 +75,9 @@ def test_teacher_inference_without_proposals_gives_empty_detections(tiny_detecto
     method = MixTeacher(model, MixTeacherSettings())
     _without_proposals(method.teacher, (0, 1))
     pseudo, _, _ = method.pseudo_label(_images(torch.Generator().manual_seed(2)))
-    assert [(p.boxes.shape, p.labels.shape, p.scores.shape, p.uncertainty.shape) for p in pseudo] == \
-        [((0, 4), (0,), (0,), (0,))] * 2
+    assert [(p.boxes.shape, p.labels.shape, p.scores.shape, p.uncertainty.shape) for p in pseudo] == [
+        ((0, 4), (0,), (0,), (0,))
+    ] * 2
 
 
 def _detections_for(images_with: tuple[int, ...]):
@@ -85,30 +86,46 @@ def _detections_for(images_with: tuple[int, ...]):
 
     def detect(images, features):
         n = [3 if i in images_with else 0 for i in range(len(images.image_sizes))]
-        return [{"boxes": boxes[:k].clone(), "scores": torch.tensor([0.95, 0.7, 0.6])[:k],
-                 "labels": torch.tensor([1, 2, 3])[:k]} for k in n]
+        return [
+            {
+                "boxes": boxes[:k].clone(),
+                "scores": torch.tensor([0.95, 0.7, 0.6])[:k],
+                "labels": torch.tensor([1, 2, 3])[:k],
+            }
+            for k in n
+        ]
 
     return detect
 
 
 @pytest.mark.parametrize("mining_features", ["student", "teacher"])
 @pytest.mark.parametrize("empty", [(0,), (0, 1)], ids=["one_image", "whole_batch"])
-def test_student_losses_and_mining_with_zero_proposals_and_pseudo_boxes(tiny_detector_cfg, monkeypatch, empty,
-                                                                       mining_features):
+def test_student_losses_and_mining_with_zero_proposals_and_pseudo_boxes(
+    tiny_detector_cfg, monkeypatch, empty, mining_features
+):
     """Student proposals and teacher pseudo boxes missing for one image or all: teacher inference, the jitter
     uncertainty, mining, the teacher's background weighting and the student's losses still run, with finite
     losses and gradients."""
     torch.manual_seed(0)
-    settings = MixTeacherSettings(unsup_start=0, unsup_warmup=0, mining_diff_thr=-1.0, mining_iou_thr=0.0,
-                                  reg_uncertainty_thr=1e9, mining_features=mining_features)
+    settings = MixTeacherSettings(
+        unsup_start=0,
+        unsup_warmup=0,
+        mining_diff_thr=-1.0,
+        mining_iou_thr=0.0,
+        reg_uncertainty_thr=1e9,
+        mining_features=mining_features,
+    )
     method = MixTeacher(MixedScaleFasterRCNN(NUM_CLASSES, tiny_detector_cfg), settings).train()
     _without_proposals(method.student, empty)
     monkeypatch.setattr(method.teacher, "detect", _detections_for(tuple(i for i in (0, 1) if i not in empty)))
     g = torch.Generator().manual_seed(0)
-    batch = {"labeled_images": [torch.rand(3, 96, 128, generator=g)],
-             "labeled_targets": [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([2])}],
-             "weak_images": _images(g), "strong_images": _images(g),
-             "weak_to_strong": torch.eye(3, dtype=torch.float64).repeat(2, 1, 1)}
+    batch = {
+        "labeled_images": [torch.rand(3, 96, 128, generator=g)],
+        "labeled_targets": [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([2])}],
+        "weak_images": _images(g),
+        "strong_images": _images(g),
+        "weak_to_strong": torch.eye(3, dtype=torch.float64).repeat(2, 1, 1),
+    }
     loss, logs = method(batch, step=10)
     assert torch.isfinite(loss)
     assert logs["pseudo_boxes"] == (2 - len(empty)) / 2  # the confident box of each image that has one
@@ -147,9 +164,24 @@ def test_diverging_lr_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp
     saves = _record_saves(monkeypatch)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"at step \d+|after step \d+") as err:
-        train_run(["--output_dir", str(out), "--max_iters", "6", "--checkpoint_interval", "1",
-                       "--eval_interval", "100", "--no-compare_supervised", "--lr", "1e6", "--warmup_iters", "0",
-                       *TINY])
+        train_run(
+            [
+                "--output_dir",
+                str(out),
+                "--max_iters",
+                "6",
+                "--checkpoint_interval",
+                "1",
+                "--eval_interval",
+                "100",
+                "--no-compare_supervised",
+                "--lr",
+                "1e6",
+                "--warmup_iters",
+                "0",
+                *TINY,
+            ]
+        )
     assert saves, "the first step at lr 1e6 is finite and is checkpointed"
     path, written = saves[-1]
     assert path == out / "last.pt" and path.read_bytes() == written
@@ -171,8 +203,20 @@ def test_nan_in_the_ema_teacher_stops_the_run_before_it_is_checkpointed(tmp_path
     monkeypatch.setattr(MixTeacher, "update_teacher", poisoned)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="EMA teacher .* after step 2"):
-        train_run(["--output_dir", str(out), "--max_iters", "4", "--checkpoint_interval", "1",
-                       "--eval_interval", "100", "--no-compare_supervised", *TINY])
+        train_run(
+            [
+                "--output_dir",
+                str(out),
+                "--max_iters",
+                "4",
+                "--checkpoint_interval",
+                "1",
+                "--eval_interval",
+                "100",
+                "--no-compare_supervised",
+                *TINY,
+            ]
+        )
     assert [load_checkpoint(p)["step"] for p, _ in saves[-1:]] == [2]
     assert (out / "last.pt").read_bytes() == saves[-1][1]
     assert not find_nonfinite(load_checkpoint(out / "last.pt")["teacher"])
@@ -185,8 +229,9 @@ def test_nan_in_the_ema_teacher_stops_the_run_before_it_is_checkpointed(tmp_path
 def finished_run(tmp_path_factory) -> Path:
     """A one-iteration run of the embedded default's code path, with its supervised comparison."""
     out = tmp_path_factory.mktemp("mixteacher_reliability") / "run"
-    train_run(["--output_dir", str(out), "--max_iters", "1", "--checkpoint_interval", "1",
-                   "--eval_interval", "1", *TINY])
+    train_run(
+        ["--output_dir", str(out), "--max_iters", "1", "--checkpoint_interval", "1", "--eval_interval", "1", *TINY]
+    )
     return out
 
 
@@ -200,8 +245,7 @@ def _bad_checkpoints(folder: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["missing", "text", "other_package", "foreign"])
-def test_resume_from_a_file_that_is_not_a_mixteacher_checkpoint_is_refused_before_writing(tmp_path, monkeypatch,
-                                                                                         kind):
+def test_resume_from_a_file_that_is_not_a_mixteacher_checkpoint_is_refused_before_writing(tmp_path, monkeypatch, kind):
     monkeypatch.chdir(tmp_path)  # a new runs/ folder would appear here
     path = _bad_checkpoints(tmp_path / "old")[kind]
     before = _snapshot(tmp_path)
@@ -305,7 +349,13 @@ def test_embedded_synthetic_set_gets_its_split_with_a_recipe():
     recipe = json.loads(train_set.labeled.annotation_file.read_text())[RECIPE_KEY]
     train = Path(train_set.labeled.annotation_file).parents[1] / "instances_train2017.json"
     assert train_set.labeled.annotation_file.name == "instances_train2017.1@20.json"
-    assert recipe == {"percent": 20.0, "fold": 1, "seed_offset": 0, "sampling": "softteacher",
-                      "source": train.name, "source_size": train.stat().st_size,
-                      "source_sha256": file_digest(train, "sha256")}
+    assert recipe == {
+        "percent": 20.0,
+        "fold": 1,
+        "seed_offset": 0,
+        "sampling": "softteacher",
+        "source": train.name,
+        "source_size": train.stat().st_size,
+        "source_sha256": file_digest(train, "sha256"),
+    }
     assert len(train_set.labeled) + train_set.num_unlabeled == 20

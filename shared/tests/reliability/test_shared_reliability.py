@@ -152,8 +152,17 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 def _tiny_cfg(root: Path, out: Path, **kw) -> ClassificationConfig:
     data = DataConfig(root=str(root), img_size=16, crop_pct=1.0, batch_size=8, eval_batch_size=8, workers=0)
-    base = ClassificationConfig(model="resnet10t", data=data, epochs=1, warmup_epochs=0, lr=0.01, lr_base_batch=8,
-                                output_dir=str(out), tensorboard=False, device="cpu")
+    base = ClassificationConfig(
+        model="resnet10t",
+        data=data,
+        epochs=1,
+        warmup_epochs=0,
+        lr=0.01,
+        lr_base_batch=8,
+        output_dir=str(out),
+        tensorboard=False,
+        device="cpu",
+    )
     return dataclasses.replace(base, **kw)
 
 
@@ -195,8 +204,7 @@ def test_a_run_folder_of_another_package_or_config_is_refused(tmp_path):
 
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path):
     folders: list[Path] = []
-    threads = [threading.Thread(target=lambda: folders.append(make_run_dir("pkg", "cfg", tmp_path)))
-               for _ in range(8)]
+    threads = [threading.Thread(target=lambda: folders.append(make_run_dir("pkg", "cfg", tmp_path))) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -254,9 +262,11 @@ def test_a_non_finite_gradient_or_parameter_stops_before_damage():
 
 
 def test_a_nan_box_is_an_error_not_ap_1(tmp_path):
-    gt = {"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1, "name": "a"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16,
-                           "iscrowd": 0}]}
+    gt = {
+        "images": [{"id": 1, "width": 10, "height": 10}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0}],
+    }
     with pytest.raises(ValueError, match="non-finite score or box"):
         coco_evaluate(gt, [{"image_id": 1, "category_id": 1, "bbox": [float("nan"), 1, 4, 4], "score": 0.9}])
 
@@ -298,8 +308,11 @@ def test_the_recipe_of_a_split_file_is_checked(tmp_path):
     from shared.datasets.coco_partial import RECIPE_KEY, ensure_partial_split
 
     ann = tmp_path / "instances_train2017.json"
-    coco = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 8, "height": 8} for i in range(20)],
-            "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 8, "height": 8} for i in range(20)],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "a"}],
+    }
     ann.write_text(json.dumps(coco))
     first, _ = ensure_partial_split(ann, 10, 1, seed_offset=0)
     offset, _ = ensure_partial_split(ann, 10, 1, seed_offset=7)
