@@ -11,7 +11,10 @@ run). The previous thread count is restored after each test, so other packages' 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,9 @@ import pytest
 import torch
 from PIL import Image
 
-__all__ = ["assert_same_tensors", "single_torch_thread", "torch_threads", "write_tiny_imagefolder"]
+__all__ = ["assert_same_tensors", "run_torchrun", "single_torch_thread", "torch_threads", "write_tiny_imagefolder"]
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -72,3 +77,13 @@ def write_tiny_imagefolder(
                 img = rng.integers(0, 60, (size, size, 3)) + np.array(colour) * rng.uniform(0.6, 1.0)
                 Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
     return root
+
+
+def run_torchrun(module: str, args: Sequence[str], nproc: int = 2, timeout: float = 600) -> str:
+    """Run ``torchrun --standalone --nproc_per_node=nproc -m module args`` on CPU (gloo, one thread per process)
+    from the repository root; fail the test with the tail of its output unless it exits 0. Returns stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
+    proc = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout

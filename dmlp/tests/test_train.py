@@ -16,7 +16,7 @@ from dmlp import eval as dmlp_eval
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.label_noise import load_noisy_labels
 from shared.noisy.data import load_label_file
-from shared.testing import assert_same_tensors
+from shared.testing import assert_same_tensors, run_torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -238,25 +238,18 @@ def test_ddp_two_processes_gloo_retraining(chain_run, tmp_path):
     out, _ = chain_run
     run = tmp_path / "ddp"
     _copy_stage_outputs(out, run)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
+    run_torchrun(
         "dmlp.train",
-        *TINY,
-        "--stages",
-        "retrain",
-        "--retrain.supervised.batch_size",
-        "25",
-        "--output_dir",
-        str(run),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        [
+            *TINY,
+            "--stages",
+            "retrain",
+            "--retrain.supervised.batch_size",
+            "25",
+            "--output_dir",
+            str(run),
+        ],
+    )
     assert "2 process(es) on cpu" in (run / "train.log").read_text()
     state = load_checkpoint(run / "retrain_dmlp_naive.pt")
     assert state["step"] == 2 * (600 // (2 * 25))  # 2 epochs, global batch 50 split over two processes

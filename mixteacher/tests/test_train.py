@@ -4,9 +4,6 @@ pycocotools; config errors; the two-process gloo DDP smoke run and exact resume 
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ from mixteacher import visualize as mt_visualize
 from mixteacher.data import build_datasets
 from mixteacher.engine import config_from_checkpoint, load_models
 from shared.checkpoint import load_checkpoint
-from shared.testing import assert_same_tensors
+from shared.testing import assert_same_tensors, run_torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -172,41 +169,29 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
         train_run(["--output_dir", str(tmp_path), "--max_iters", "1", "--no-compare_supervised", *TINY])
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    env.pop("RANK", None)
-    return env
-
-
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_two_processes_gloo(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
+    run_torchrun(
         "mixteacher.train",
-        "--output_dir",
-        str(out),
-        "--max_iters",
-        "3",
-        "--checkpoint_interval",
-        "3",
-        "--eval_interval",
-        "3",
-        "--no-compare_supervised",
-        "--device",
-        "cpu",
-        "--data.split_dir",
-        str(tmp_path / "splits"),
-        *TINY,
-    ]  # fresh split files: rank 0 writes, rank 1 waits
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        [
+            "--output_dir",
+            str(out),
+            "--max_iters",
+            "3",
+            "--checkpoint_interval",
+            "3",
+            "--eval_interval",
+            "3",
+            "--no-compare_supervised",
+            "--device",
+            "cpu",
+            "--data.split_dir",
+            str(tmp_path / "splits"),
+            *TINY,
+        ],
+    )  # fresh split files: rank 0 writes, rank 1 waits
     metrics = json.loads((out / "metrics.json").read_text())
     assert "AP" in metrics and load_checkpoint(out / "last.pt")["step"] == 3
     assert "2 process(es)" in (out / "train.log").read_text()

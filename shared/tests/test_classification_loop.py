@@ -3,9 +3,6 @@
 import csv
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ from timm.models import register_model
 
 from shared.checkpoint import load_checkpoint
 from shared.classification import ClassificationConfig, DataConfig, run_classification
-from shared.testing import assert_same_tensors, write_tiny_imagefolder
+from shared.testing import assert_same_tensors, run_torchrun, write_tiny_imagefolder
 from shared.training import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,43 +133,36 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 def test_ddp_two_processes_gloo(tiny_folder, tmp_path):
     """torchrun with two CPU processes: the global batch doubles, so each epoch has half the steps."""
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
+    run_torchrun(
         "shared.classification",
-        "--model",
-        "test_resnet",
-        "--data.root",
-        str(tiny_folder),
-        "--data.img_size",
-        "16",
-        "--data.crop_pct",
-        "1.0",
-        "--data.batch_size",
-        "4",
-        "--data.eval_batch_size",
-        "4",
-        "--data.workers",
-        "0",
-        "--epochs",
-        "2",
-        "--warmup_epochs",
-        "0",
-        "--lr_base_batch",
-        "8",
-        "--output_dir",
-        str(out),
-        "--no-tensorboard",
-        "--device",
-        "cpu",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        [
+            "--model",
+            "test_resnet",
+            "--data.root",
+            str(tiny_folder),
+            "--data.img_size",
+            "16",
+            "--data.crop_pct",
+            "1.0",
+            "--data.batch_size",
+            "4",
+            "--data.eval_batch_size",
+            "4",
+            "--data.workers",
+            "0",
+            "--epochs",
+            "2",
+            "--warmup_epochs",
+            "0",
+            "--lr_base_batch",
+            "8",
+            "--output_dir",
+            str(out),
+            "--no-tensorboard",
+            "--device",
+            "cpu",
+        ],
+    )
     assert "2 process(es) on cpu" in (out / "train.log").read_text()
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 2 * (32 // (2 * 4))  # 2 epochs x 4 steps with the global batch of 8
