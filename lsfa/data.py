@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from shared.datasets.registry import EYECANDIES_CLASSES, MVTEC3D_CLASSES
+
 __all__ = [
     "EYECANDIES_CLASSES",
     "IMAGENET_MEAN",
@@ -36,19 +38,6 @@ __all__ = [
     "resolve_classes",
 ]
 
-MVTEC3D_CLASSES = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire")
-EYECANDIES_CLASSES = (
-    "CandyCane",
-    "ChocolateCookie",
-    "ChocolatePraline",
-    "Confetto",
-    "GummyBear",
-    "HazelnutTruffle",
-    "LicoriceSandwich",
-    "Lollipop",
-    "Marshmallow",
-    "PeppermintCandy",
-)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

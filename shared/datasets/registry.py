@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["REGISTRY", "DatasetInfo", "RemoteFile", "get_dataset", "list_datasets"]
+__all__ = [
+    "EYECANDIES_CLASSES",
+    "MVTEC3D_CLASSES",
+    "REGISTRY",
+    "DatasetInfo",
+    "RemoteFile",
+    "get_dataset",
+    "list_datasets",
+]
 
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".zip")
 
@@ -132,8 +140,8 @@ _COCO_UNLABELED = (
 )
 _PYTORCH_OOD = "kkirchheim/pytorch-ood src/pytorch_ood/dataset/img/{}.py (url and md5)"
 
-_MVTEC3D_CLASSES = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire")
-_EYECANDIES_CLASSES = (
+MVTEC3D_CLASSES = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire")
+EYECANDIES_CLASSES = (
     "CandyCane",
     "ChocolateCookie",
     "ChocolatePraline",
@@ -492,7 +500,7 @@ def _registry() -> dict[str, DatasetInfo]:
                 "sorted(os.listdir))"
             ),
             required_paths=tuple(
-                p for c in _MVTEC3D_CLASSES for p in (f"{c}/train/good/rgb", f"{c}/train/good/xyz", f"{c}/test")
+                p for c in MVTEC3D_CLASSES for p in (f"{c}/train/good/rgb", f"{c}/train/good/xyz", f"{c}/test")
             ),
             notes=(
                 "The archive unpacks to the ten class folders at the top level (as anomalib's MVTec3D datamodule "
@@ -540,7 +548,7 @@ def _registry() -> dict[str, DatasetInfo]:
                 "    test_public/data/   50 samples (25 good, 25 bad) with 00_mask.png and per-type masks\n"
                 "    test_private/data/  400 samples without annotations"
             ),
-            required_paths=tuple(p for c in _EYECANDIES_CLASSES for p in (f"{c}/train/data", f"{c}/test_public/data")),
+            required_paths=tuple(p for c in EYECANDIES_CLASSES for p in (f"{c}/train/data", f"{c}/test_public/data")),
             notes=(
                 "Depth png is normalised to 0..65535; metres = png / 65535 * (max - min) + min with min/max from "
                 "info_depth.yaml; focal length 711.11 px, principal point at the image centre."
