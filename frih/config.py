@@ -34,6 +34,13 @@ class DataConfig:
     synthetic_size: int = field(default=96, metadata={"help": "synthetic tree: image side"})
     synthetic_num_real: int = field(default=32, metadata={"help": "synthetic tree: real images per subset"})
     synthetic_seed: int = 0
+    synthetic_kind: Literal["mixed", "photos"] = field(
+        default="mixed",
+        metadata={
+            "help": "synthetic tree: 'mixed' (photos, tinted textures, drawn shapes) or 'photos' (the real-photo set: "
+            "scikit-image / scikit-learn photographs only, segment masks; frih.synthetic)"
+        },
+    )
     synthetic_root: str | None = field(
         default=None,
         metadata={
@@ -71,6 +78,13 @@ class Config(RunConfig):
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     stage1_pretrained: str | None = field(default=None, metadata={"help": "state_dict file for stage 1 (iSSAM/iDIH)"})
+    stage1_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "FRIH only: the first N of optim.epochs train stage 1 alone on its own FN-MSE (an in-run "
+            "warm start; stage 2 is not run and not updated); 0 = end to end from the first step (paper reading)"
+        },
+    )
     channels_last: bool = False
     compile: bool = False
     eval_batch_size: int = 16

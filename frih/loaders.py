@@ -25,6 +25,7 @@ def resolve_data_root(data: DataConfig, is_main: bool = True) -> Path:
         "num_real_per_subset": data.synthetic_num_real,
         "seed": data.synthetic_seed,
         "root": data.synthetic_root,
+        "kind": data.synthetic_kind,
     }
     if is_main:
         root = ensure_synthetic_iharmony4(**settings)

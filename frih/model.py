@@ -86,13 +86,32 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def xavier_gluon_init_(module: nn.Module, magnitude: float = 1.0, rnd_type: str = "gaussian") -> nn.Module:
+def xavier_gluon_init_(
+    module: nn.Module, magnitude: float = 1.0, rnd_type: str = "gaussian", blur_init: str = "gaussian"
+) -> nn.Module:
     """MXNet-Gluon Xavier init as used by saic-vul (`initializer.XavierGluon`, factor "avg").
 
     Conv/transposed-conv/linear weights ~ N(0, sqrt(magnitude / ((fan_in + fan_out) / 2))) (or the uniform of the
     same bound), biases 0; norm layers weight 1, bias 0. iSSAM uses magnitude 1.0, iDIH 2.0.
+
+    `blur_init="released"` reproduces a side effect of saic-vul's `model.apply(XavierGluon)`: the SSAM block's
+    Gaussian-blur kernel (a buffer named `weight` of a module the initializer also matches) is overwritten with the
+    same Xavier draw, i.e. N(0, sqrt(magnitude / 49)) for the (1, 1, 7, 7) kernel, a random signed "blur". The
+    default "gaussian" keeps the true Gaussian (README, "Fidelity notes").
     """
+    if blur_init not in ("gaussian", "released"):
+        raise ValueError(f"blur_init must be 'gaussian' or 'released', got {blur_init!r}")
     for m in module.modules():
+        if isinstance(m, GaussianBlur):
+            if blur_init == "released":
+                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(m.weight)
+                scale = math.sqrt(magnitude / ((fan_in + fan_out) / 2.0))
+                with torch.no_grad():
+                    if rnd_type == "uniform":
+                        m.weight.uniform_(-scale, scale)
+                    else:
+                        m.weight.normal_(0.0, scale)
+            continue
         if isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm):
             if m.weight is not None:
                 nn.init.ones_(m.weight)
@@ -570,6 +589,10 @@ class FRIHConfig:
     stage2_gate_bias: float = 0.0  # [HYP] init bias of the stage-2 fusion gates; 0 = saic-vul's init (gate 0.5),
     # 1 -> sigmoid(3) = 0.95 passes each module's input through at the start
     mask_threshold: float = 0.5  # foreground = mask > threshold for the clustering
+    use_fpm: bool = True  # False: the ablation "FRIH without the FPM" (final = the last module's output)
+    stop_gradient: bool = False  # [HYP] True: stage 2 reads a detached coarse image, so stage 1 learns only from
+    # its own (coarse) loss; False (paper reading): end-to-end
+    blur_init: Literal["gaussian", "released"] = "gaussian"  # SSAM mask-blur kernel at init (README, Fidelity notes)
 
 
 def _stage1_kwargs(cfg: FRIHConfig) -> tuple[type[nn.Module], dict[str, Any], float]:
@@ -623,7 +646,8 @@ class FRIH(nn.Module):
                 for _ in range(n_modules)
             ]
         )
-        self.fpm = FusionPredictionModule(self.refiners[0].level_channels, cfg.num_clusters, cfg.fpm_ch)
+        levels = self.refiners[0].level_channels
+        self.fpm = FusionPredictionModule(levels, cfg.num_clusters, cfg.fpm_ch) if cfg.use_fpm else None
         self.size_divisor = max(self.stage1.size_divisor, self.refiners[0].size_divisor)
 
     def split_regions(self, image: torch.Tensor, coarse: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -639,17 +663,21 @@ class FRIH(nn.Module):
         """True when the last module's image head feeds nothing (its output is neither cascaded into the FPM blend
         nor supervised): parallel modules, or an FPM blending with the coarse output / the composite. DDP then needs
         find_unused_parameters=True unless the per-module loss is on."""
-        return not (self.cfg.cascade == "cascaded" and self.cfg.fpm_blend == "last")
+        return self.cfg.use_fpm and not (self.cfg.cascade == "cascaded" and self.cfg.fpm_blend == "last")
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+    def forward(self, image: torch.Tensor, mask: torch.Tensor, stage1_only: bool = False) -> dict[str, Any]:
+        """`stage1_only`: run stage 1 alone and return {"images": coarse} (the in-run warm start of train.py)."""
         _check_size(image, self.size_divisor, "FRIH")
         coarse = self.stage1(image, mask)["images"]
+        if stage1_only:
+            return {"images": coarse}
+        stage2_input = coarse.detach() if self.cfg.stop_gradient else coarse
         submasks = self.split_regions(image, coarse, mask)
-        current = coarse
+        current = stage2_input
         module_images, module_features = [], []
         for k in range(self.cfg.num_clusters):
             refiner = self.refiners[0 if self.cfg.share_weights else k]
-            source = current if self.cfg.cascade == "cascaded" else coarse
+            source = current if self.cfg.cascade == "cascaded" else stage2_input
             sub = submasks[:, k : k + 1]
             out = refiner(source, sub)
             refined = out["images"]
@@ -658,14 +686,18 @@ class FRIH(nn.Module):
             module_images.append(refined)
             module_features.append(out["features"])
             current = refined
-        blend = {"composite": image, "coarse": coarse, "last": current}[self.cfg.fpm_blend]
-        final = self.fpm(module_features, blend)
+        if self.fpm is None:
+            final = current
+        else:
+            blend = {"composite": image, "coarse": stage2_input, "last": current}[self.cfg.fpm_blend]
+            final = self.fpm(module_features, blend)
         return {"images": final, "coarse": coarse, "module_images": module_images, "submasks": submasks}
 
 
 def build_model(cfg: FRIHConfig, init: bool = True) -> nn.Module:
     """Build the network `cfg` describes; `init` applies saic-vul's Xavier-Gluon init (iSSAM parts magnitude 1,
-    iDIH parts magnitude 2) and sets the stage-2 fusion-gate biases to `cfg.stage2_gate_bias`."""
+    iDIH parts magnitude 2) and sets the stage-2 fusion-gate biases to `cfg.stage2_gate_bias`. FRIH's stage 1 is
+    initialised from the RNG state at the call, exactly as `arch="issam"` / `"idih"` would be from that state."""
     if cfg.arch == "issam":
         cfg = replace(cfg, stage1="issam")
     elif cfg.arch == "idih":
@@ -673,14 +705,23 @@ def build_model(cfg: FRIHConfig, init: bool = True) -> nn.Module:
     stage1_cls, stage1_kwargs, magnitude = _stage1_kwargs(cfg)
     if cfg.arch in ("issam", "idih"):
         model = stage1_cls(**stage1_kwargs)
-        return xavier_gluon_init_(model, magnitude) if init else model
+        return xavier_gluon_init_(model, magnitude, blur_init=cfg.blur_init) if init else model
+    rng_state = torch.get_rng_state()
     model = FRIH(cfg)
     if init:
-        xavier_gluon_init_(model.stage1, magnitude)
-        xavier_gluon_init_(model.refiners, 1.0)
-        xavier_gluon_init_(model.fpm, 1.0)
+        # stage 1 gets exactly the weights the stage-1 network built alone from the same RNG state would get, so
+        # FRIH and its base baseline start from the same initialisation (README, Fidelity notes 20)
+        torch.set_rng_state(rng_state)
+        twin = xavier_gluon_init_(stage1_cls(**stage1_kwargs), magnitude, blur_init=cfg.blur_init)
+        model.stage1.load_state_dict(twin.state_dict())
+        del twin
+        xavier_gluon_init_(model.refiners, 1.0, blur_init=cfg.blur_init)
+        gates = [r.decoder.conv_attention for r in model.refiners]
+        if model.fpm is not None:
+            xavier_gluon_init_(model.fpm, 1.0)
+            gates.append(model.fpm.conv_attention)
         with torch.no_grad():
-            for gate in [r.decoder.conv_attention for r in model.refiners] + [model.fpm.conv_attention]:
+            for gate in gates:
                 gate.bias.fill_(cfg.stage2_gate_bias)
     return model
 

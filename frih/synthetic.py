@@ -27,9 +27,18 @@ from PIL import Image
 
 from frih.data import SUBSETS
 
-__all__ = ["default_synthetic_dir", "ensure_synthetic_iharmony4", "source_images", "write_synthetic_iharmony4"]
+__all__ = [
+    "PHOTO_NAMES",
+    "PHOTO_TEST_NAMES",
+    "default_synthetic_dir",
+    "ensure_synthetic_iharmony4",
+    "source_images",
+    "write_photo_iharmony4",
+    "write_synthetic_iharmony4",
+]
 
 GENERATOR_VERSION = 1
+PHOTO_GENERATOR_VERSION = 1
 _FG_RATIO_BINS = ((0.02, 0.05), (0.06, 0.15), (0.16, 0.55))
 
 
@@ -216,6 +225,81 @@ def write_synthetic_iharmony4(
     return root
 
 
+#: The real-photo set: colour photographs only (no textures, no drawn shapes), scikit-image's and scikit-learn's.
+PHOTO_NAMES = ("astronaut", "chelsea", "china", "coffee", "flower", "motorcycle", "rocket")
+#: Photos whose crops form the test split (held out from training: the test backgrounds are unseen scenes).
+PHOTO_TEST_NAMES = ("chelsea", "china")
+
+
+def _threshold_mask(image: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray | None:
+    """The connected region of an Otsu-thresholded (smoothed) luminance that holds a random pixel, holes filled;
+    None when that region's area is outside [ratio / 3, 3 ratio] of the image (the caller falls back to a segment)."""
+    from scipy.ndimage import binary_fill_holes, gaussian_filter
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label
+
+    lum = gaussian_filter(image.astype(np.float64) @ np.array([0.299, 0.587, 0.114]), 1.0)
+    binary = lum > threshold_otsu(lum)
+    if rng.random() < 0.5:
+        binary = ~binary
+    labels = label(binary, connectivity=1)
+    h, w = binary.shape
+    region = labels == labels[int(rng.integers(0, h)), int(rng.integers(0, w))]
+    if not binary[region].all():
+        return None
+    region = binary_fill_holes(region)
+    frac = region.mean()
+    return region if ratio / 3 <= frac <= min(3 * ratio, 0.6) else None
+
+
+def write_photo_iharmony4(
+    root: str | Path,
+    image_size: int = 64,
+    num_real_per_subset: int = 24,
+    seed: int = 0,
+    subsets: tuple[str, ...] = SUBSETS,
+) -> Path:
+    """The real-photo set under `root`: iHarmony4 layout, built as iHarmony4's HCOCO/HFlickr were.
+
+    Real images are random crops of the photographs of `PHOTO_NAMES`; the foreground is a region of the photograph
+    itself (a Felzenszwalb segment grown to a target area, or the connected Otsu-threshold region under a random
+    pixel), so background and foreground are both real; the composite is that foreground after the random colour
+    transfer of the mixed generator (`_colour_transfer`), the target the untouched photo crop. Crops of
+    `PHOTO_TEST_NAMES` form the test split, the other photos the training split. Deterministic for a given seed.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    sources = source_images()
+    for s_idx, subset in enumerate(subsets):
+        sub = root / subset
+        for folder in ("composite_images", "masks", "real_images"):
+            (sub / folder).mkdir(parents=True, exist_ok=True)
+        splits: dict[str, list[str]] = {"train": [], "test": []}
+        for i in range(num_real_per_subset):
+            src_name = PHOTO_NAMES[(i + s_idx) % len(PHOTO_NAMES)]
+            aspect = float(rng.choice([0.75, 1.0, 4 / 3]))
+            hw = (image_size, round(image_size * aspect / 4) * 4)
+            real = _random_crop(sources[src_name], hw, rng)
+            real_id, fg_ids = _names(subset, i, rng)
+            Image.fromarray(real).save(sub / "real_images" / f"{real_id}.jpg", quality=95, subsampling=0)
+            for j in range(int(rng.integers(1, 3))):
+                lo, hi = _FG_RATIO_BINS[int(rng.integers(0, len(_FG_RATIO_BINS)))]
+                ratio = rng.uniform(lo, hi)
+                mask = _threshold_mask(real, ratio, rng) if rng.random() < 0.5 else None
+                if mask is None:
+                    mask = _segment_mask(real, ratio, rng)
+                mask_name = f"{real_id}_{fg_ids[j]}"
+                Image.fromarray((mask * 255).astype(np.uint8)).save(sub / "masks" / f"{mask_name}.png")
+                for k in range(1, int(rng.integers(1, 3)) + 1):
+                    composite = _colour_transfer(real, mask, rng)
+                    name = f"{mask_name}_{k}.jpg"
+                    Image.fromarray(composite).save(sub / "composite_images" / name, quality=95, subsampling=0)
+                    splits["test" if src_name in PHOTO_TEST_NAMES else "train"].append(name)
+        for split, lines in splits.items():
+            (sub / f"{subset}_{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
 def default_synthetic_dir(name: str) -> Path:
     """`shared.synthetic.synthetic_root()/<name>` (`<repo>/data/synthetic/<name>` unless $SYNTHETIC_DATA_ROOT)."""
     from shared.synthetic import synthetic_root
@@ -224,23 +308,34 @@ def default_synthetic_dir(name: str) -> Path:
 
 
 def ensure_synthetic_iharmony4(
-    image_size: int = 96, num_real_per_subset: int = 32, seed: int = 0, root: str | Path | None = None
+    image_size: int = 96,
+    num_real_per_subset: int = 32,
+    seed: int = 0,
+    root: str | Path | None = None,
+    kind: str = "mixed",
 ) -> Path:
-    """The cached synthetic tree for these parameters, generated on first use (atomically: temp folder + rename)."""
+    """The cached synthetic tree for these parameters, generated on first use (atomically: temp folder + rename).
+    `kind`: "mixed" (`write_synthetic_iharmony4`) or "photos" (the real-photo set, `write_photo_iharmony4`)."""
+    if kind not in ("mixed", "photos"):
+        raise ValueError(f"kind must be 'mixed' or 'photos', got {kind!r}")
     params = {
         "version": GENERATOR_VERSION,
         "image_size": image_size,
         "num_real_per_subset": num_real_per_subset,
         "seed": seed,
     }
+    if kind == "photos":
+        params = {**params, "kind": kind, "photo_version": PHOTO_GENERATOR_VERSION}
     if root is None:
-        root = default_synthetic_dir(f"frih_iharmony4_s{image_size}_n{num_real_per_subset}_seed{seed}")
+        prefix = "frih_iharmony4" if kind == "mixed" else "frih_photos"
+        root = default_synthetic_dir(f"{prefix}_s{image_size}_n{num_real_per_subset}_seed{seed}")
     root = Path(root)
     marker = root / "frih_synthetic.json"
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return root
     tmp = root.with_name(root.name + f".tmp{np.random.default_rng().integers(1 << 30)}")
-    write_synthetic_iharmony4(tmp, image_size, num_real_per_subset, seed=seed)
+    writer = write_synthetic_iharmony4 if kind == "mixed" else write_photo_iharmony4
+    writer(tmp, image_size, num_real_per_subset, seed=seed)
     (tmp / "frih_synthetic.json").write_text(json.dumps(params))
     if root.exists():
         if marker.is_file() and json.loads(marker.read_text()) == params:  # another process finished first

@@ -101,6 +101,7 @@ def wrap_for_training(model: torch.nn.Module, cfg: Config, ctx: DistContext) -> 
     train_model = torch.compile(model) if cfg.compile else model
     if ctx.distributed:
         unused = getattr(model, "has_unused_parameters", False) and not cfg.loss.module_weight
+        unused = unused or (cfg.stage1_epochs > 0 and cfg.model.arch == "frih")
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model,
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
@@ -121,8 +122,13 @@ def train_one_epoch(
     step: int,
     logger: RunLogger,
 ) -> tuple[dict[str, float], int]:
-    """One pass over `loader`; returns (mean loss terms, lr, images/s, seconds) and the global step after it."""
+    """One pass over `loader`; returns (mean loss terms, lr, images/s, seconds) and the global step after it.
+
+    During the first `cfg.stage1_epochs` epochs of a FRIH run only stage 1 runs, trained on its own FN-MSE (logged
+    as "coarse"); stage 2 gets no gradient and Adam leaves it untouched.
+    """
     model.train()
+    stage1_only = cfg.model.arch == "frih" and epoch < cfg.stage1_epochs
     totals: dict[str, float] = {}
     n_batches, n_images, t0 = 0, 0, time.perf_counter()
     for batch in logger.progress(loader, desc=f"epoch {epoch}", total=len(loader)):
@@ -132,8 +138,10 @@ def train_one_epoch(
         if cfg.channels_last:
             comp, target, mask = (t.contiguous(memory_format=torch.channels_last) for t in (comp, target, mask))
         with autocast(device, cfg.amp):
-            outputs = model(comp, mask)
+            outputs = model(comp, mask, stage1_only=True) if stage1_only else model(comp, mask)
         loss, parts = criterion(outputs, target, mask)  # FN-MSE casts to float32 (AMP-safe)
+        if stage1_only:
+            parts = {"coarse": parts["final"]}
         optimizer_step(loss, optimizer, scaler, step)
         step += 1
         n_batches += 1
