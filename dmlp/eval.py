@@ -11,6 +11,7 @@ value`` overrides it, e.g. ``--data.root``), so the numbers are recomputed, not 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from dmlp.data import NoisyTask, build_task
 from dmlp.provenance import PACKAGE
 from dmlp.stages import summary
 from shared.checkpoint import load_checkpoint
-from shared.config import parse_eval_config
+from shared.config import parse_config, parse_eval_config
 from shared.logger import write_json
 from shared.noisy.metrics import label_accuracy
 from shared.noisy.models import build_backbone
@@ -96,6 +97,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
     parser.add_argument("--checkpoint", required=True, help="last.pt of a dmlp run")
     parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):  # the two flags above, then every config key that may be overridden
+        parser.print_help()
+        parse_config(Config, ["--help"], description="config keys (override the checkpoint's stored config)")
     args, rest = parser.parse_known_args(argv)
     checkpoint = Path(args.checkpoint)
     state = load_checkpoint(checkpoint, package=PACKAGE, required=("models", "config"))  # pass the run's last.pt

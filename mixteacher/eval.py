@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from mixteacher.engine import (
     read_checkpoint,
     result_metrics,
 )
+from shared.config import parse_config
 from shared.detection import coco_summary
 from shared.distributed import cleanup_distributed, init_distributed
 from shared.logger import write_json
@@ -63,6 +65,10 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     parser = argparse.ArgumentParser(description=DESCRIPTION, add_help=False)
     parser.add_argument("--checkpoint", required=True, help="last.pt or best.pt of a run")
     parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):  # the two flags above, then every config key that may be overridden
+        parser.print_help()
+        parse_config(TrainConfig, ["--help"], description="config keys (override the checkpoint's stored config)")
     args, rest = parser.parse_known_args(argv)
     state = read_checkpoint(args.checkpoint, MODEL_KEYS)
     cfg = config_from_checkpoint(state, rest, DESCRIPTION)

@@ -201,6 +201,16 @@ def test_every_training_script_prints_its_help(package, capsys):
         assert "--seed" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("package", PAPER_PACKAGES)
+def test_every_eval_script_prints_its_help_without_a_checkpoint(package, capsys):
+    for path in sorted((REPO / package).glob("eval.py")) + sorted((REPO / package).glob("eval_*.py")):
+        module = importlib.import_module(_module_name(path, REPO))
+        with pytest.raises(SystemExit) as exit_info:
+            module.parse_args(["--help"])
+        assert exit_info.value.code == 0, path.name
+        assert "--checkpoint" in capsys.readouterr().out, path.name
+
+
 def test_the_setting_check_catches_an_alias():
     @dataclasses.dataclass
     class Bad(RunConfig):
