@@ -31,7 +31,14 @@ from lsfa.pipeline import build_adaptors, build_extractor, build_uff, resolve_ro
 from lsfa.scoring import SplitFeatures, extract_features
 from shared.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from shared.config import config_to_dict, parse_config, save_config
-from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
+from shared.distributed import (
+    DistContext,
+    all_reduce_gradients,
+    broadcast_module,
+    cleanup_distributed,
+    init_distributed,
+    seed_everything,
+)
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, check_finite, make_grad_scaler
 
@@ -190,11 +197,10 @@ def build_training(
     backbones: dict | None,
 ) -> AdaptorTraining:
     """AdamW (the release's betas), the GradScaler of ``amp``, the per-class IFC queues and the loss generator."""
+    # The loss calls the adaptors' parts directly (lsfa_loss), never a module forward, so a DDP wrapper would not
+    # sync anything: rank 0's weights are broadcast here and the gradients averaged before every optimizer step.
+    broadcast_module(core)
     adaptors: nn.Module = core
-    if ctx.distributed:
-        adaptors = nn.parallel.DistributedDataParallel(
-            core, device_ids=[ctx.device] if ctx.device.type == "cuda" else None
-        )
     optimizer = torch.optim.AdamW(
         core.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
     )
@@ -259,6 +265,7 @@ def train_one_epoch(
             t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss / accum).backward()
         if (i + 1) % accum == 0 or i + 1 == len(loader):
+            all_reduce_gradients(t.core.parameters())
             t.scaler.step(t.optimizer)
             t.scaler.update()
             t.optimizer.zero_grad(set_to_none=True)
@@ -370,6 +377,7 @@ def _run(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     out, logger, resume = _open_run(cfg, ctx)
     seed_everything(cfg.seed, ctx.rank)
     extractor = build_extractor(cfg, resume.get("backbones") if resume else None, logger).to(ctx.device)
+    broadcast_module(extractor)  # randomly initialised backbones (embedded default) are rank 0's on every rank
     root = resolve_root(cfg)
     classes = resolve_classes(root, cfg.data.classes)
     backbones = _backbones_to_keep(cfg, extractor, resume)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,10 @@ import torch.distributed as dist
 
 __all__ = [
     "DistContext",
+    "all_reduce_gradients",
     "all_reduce_mean",
     "barrier",
+    "broadcast_module",
     "cleanup_distributed",
     "get_rank",
     "get_world_size",
@@ -107,6 +110,33 @@ def all_reduce_mean(value: torch.Tensor | float) -> float:
         dist.all_reduce(t)
         t = t / get_world_size()
     return float(t)
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s parameters and buffers into every rank's `module` (what DDP does at construction), for
+    loops that compute their loss outside a DDP forward. A no-op in one process."""
+    if get_world_size() > 1:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src)
+
+
+def all_reduce_gradients(parameters: Iterable[torch.Tensor]) -> None:
+    """Average the gradients of `parameters` over the ranks, in one flat bucket (DDP's reduction, for loops whose
+    loss does not go through a DDP forward, so DDP's hooks never fire). Parameters without a gradient count as
+    zero on that rank. A no-op in one process."""
+    world = get_world_size()
+    if world == 1:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(g).clone()
+        offset += n
 
 
 def seed_everything(seed: int, rank: int = 0) -> int:

@@ -8,6 +8,7 @@ import torch
 from lsfa import eval as lsfa_eval
 from lsfa import train as lsfa_train
 from lsfa.config import DEFAULT_CONFIG, upgrade_stored_config
+from shared.testing import run_torchrun
 
 TINY = [
     "--device",
@@ -175,3 +176,15 @@ def test_embedded_default_localises_the_synthetic_defects(embedded_default_metri
 @pytest.mark.slow
 def test_embedded_default_detects_the_synthetic_defects(embedded_default_metrics):
     assert embedded_default_metrics["lsfa_i_auroc_mean"] >= 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_torchrun_two_processes_train_with_synced_adaptors(synthetic_root):
+    """The loss bypasses a DDP forward, so train.py broadcasts rank 0's weights and averages the gradients itself
+    (shared.distributed); two gloo processes must run end to end."""
+    out = synthetic_root / "ddp"
+    run_torchrun("lsfa.train", [*TINY, "--output_dir", str(out), "--threads", "1"])
+    assert "2 process(es)" in (out / "train.log").read_text()
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and all(torch.isfinite(v).all() for v in state["adaptors"].values())

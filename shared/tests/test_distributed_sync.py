@@ -1,0 +1,46 @@
+"""shared.distributed.broadcast_module / all_reduce_gradients on two gloo processes: after them every rank holds
+rank 0's weights and the mean of the ranks' gradients (what DDP does), for loops whose loss bypasses a DDP forward."""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from shared.distributed import all_reduce_gradients, broadcast_module
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(100 + rank)  # different initialisation on each rank, as seed_everything(seed, rank) gives
+        layer = torch.nn.Linear(3, 2)
+        broadcast_module(layer)
+        x = torch.full((4, 3), float(rank + 1))  # different data per rank
+        layer(x).sum().backward()
+        layer.bias.grad = None if rank == 1 else layer.bias.grad  # a parameter without a gradient counts as zero
+        all_reduce_gradients(layer.parameters())
+        results[rank] = (layer.weight.detach().clone(), layer.weight.grad.clone(), layer.bias.grad.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_ranks_hold_rank_0s_weights_and_the_mean_gradient():
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)
+    (w0, gw0, gb0), (w1, gw1, gb1) = results[0], results[1]
+    torch.manual_seed(100)
+    assert torch.equal(w0, torch.nn.Linear(3, 2).weight.detach()) and torch.equal(w0, w1)
+    # d sum / d W = sum over the 4 rows of x: rank 0 rows of 1s -> 4, rank 1 rows of 2s -> 8; the mean is 6
+    assert torch.equal(gw0, torch.full((2, 3), 6.0)) and torch.equal(gw0, gw1)
+    assert torch.equal(gb0, torch.full((2,), 2.0)) and torch.equal(gb0, gb1)  # (4 + 0) / 2
