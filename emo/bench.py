@@ -6,6 +6,12 @@
 Every combination of the --amp / --channels-last / --compile values is run for every model and mode, and printed as
 a table. Defaults: CPU runs fp32 eager only, each configuration in a fresh process (--isolate); CUDA runs
 fp32/bf16/fp16 x channels-last off/on x compile off/on x (inference) BatchNorm folding off/on in one process.
+With ``--official PATH`` (a checkout of https://github.com/zhangzjn/EMO, never part of this project) it instead
+compares this package's models with the official code, side by side in one process; see :func:`compare_official`:
+
+    python -m emo.bench --official PATH [--models emo_1m emo_5m] [--batch-sizes 1 16] [--channels-last off on]
+                        [--compile off on] [--amp off bf16] [--modes infer train] [--rounds 7]
+
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and, on CPU, the peak resident-set growth from just
 after model creation over the warm-up and timed steps, sampled every 2 ms (an approximation: the allocator's
 caching and the sampling both affect it).
@@ -13,11 +19,16 @@ caching and the sampling both affect it).
 
 import argparse
 import concurrent.futures
+import copy
+import importlib
 import itertools
 import multiprocessing
+import statistics
+import sys
 import threading
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import psutil
 import timm
@@ -158,6 +169,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         help='run each configuration in a fresh process (default: on for CPU, where the peak-RSS '
         'measure needs it, off for CUDA)',
     )
+    parser.add_argument(
+        '--official',
+        default=None,
+        metavar='PATH',
+        help='compare with the official code in this checkout of github.com/zhangzjn/EMO (see compare_official)',
+    )
+    parser.add_argument(
+        '--batch-sizes', type=int, nargs='+', default=None, help='--official: default 1 16 (CPU), 1 16 256 (CUDA)'
+    )
+    parser.add_argument('--rounds', type=int, default=7, help='--official: interleaved timing rounds (median)')
     return parser
 
 
@@ -168,6 +189,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cuda = args.device == 'cuda'
     device = torch.device(args.device)
     _set_threads(args.threads)
+    if args.official is not None:
+        if args.models == get_args_parser().get_default('models'):
+            args.models = ['emo_1m', 'emo_5m']
+        return compare_official(args)
     isolate = args.isolate if args.isolate is not None else not cuda
     batch_size = args.batch_size if args.batch_size is not None else (256 if cuda else 16)
     amps = args.amp or (['off', 'bf16', 'fp16'] if cuda else ['off'])
@@ -221,6 +246,144 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f'{name:<8} {mode:<5} {amp:<4} {cl:<7} {comp:<7} {fuse:<7} {result}', flush=True)
         if cuda:
             torch.cuda.empty_cache()
+    return rows
+
+
+# ---- side by side with the official code ------------------------------------------------------------------------
+
+# timm modules the official code (written for timm 0.6) imports under names that timm 1.x moved; aliased to the
+# very same modules under their new names (nothing is reimplemented or stubbed).
+_TIMM_MOVED = {
+    'timm.models.layers.activations': 'timm.layers.activations',
+    'timm.models.layers.weight_init': 'timm.layers.weight_init',
+    'timm.models.efficientnet_blocks': 'timm.models._efficientnet_blocks',
+    'timm.models.efficientnet_builder': 'timm.models._efficientnet_builder',
+}
+
+
+def load_official(path: str | Path):
+    """Import ``model/emo.py`` of an official checkout (it needs ``einops`` and ``cv2``, imported by its modules)."""
+    path = Path(path).resolve()
+    if not (path / 'model' / 'emo.py').is_file():
+        raise SystemExit(f'--official {path}: no model/emo.py (expected a checkout of github.com/zhangzjn/EMO)')
+    for old, new in _TIMM_MOVED.items():
+        if old not in sys.modules:
+            try:
+                importlib.import_module(old)
+            except ImportError:
+                sys.modules[old] = importlib.import_module(new)
+    sys.path.insert(0, str(path))  # the official code imports itself as the top-level packages `model` and `util`
+    try:
+        return importlib.import_module('model.emo')
+    except ImportError as e:
+        raise SystemExit(f'the official code needs a package this environment lacks: {e}') from e
+
+
+class _Logits(torch.nn.Module):
+    """The official EMO returns ``{'out': logits, 'out_kd': logits}``; this returns the logits."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)['out']
+
+
+def _make_step(model, mode, x, target, dtype, device, compile_model):
+    runner = torch.compile(model) if compile_model else model
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    if mode == 'infer':
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), autocast:
+                runner(x)
+
+        return step
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(runner(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def compare_official(args: argparse.Namespace) -> list[dict]:
+    """Official vs ours, same weights, every configuration timed interleaved (A B, B A, ...) in this process.
+
+    For each model both networks are built, the official weights (its random init) are loaded into ours with
+    ``strict=True`` and the eval-mode logits compared (a mismatch is an error). Each configuration then gets
+    fresh copies of both, ``warmup`` untimed steps each, and ``rounds`` rounds of ``steps`` steps each, alternating
+    which model goes first; the reported time is the median round. ratio = our img/s / official img/s.
+    """
+    official = load_official(args.official)
+    cuda = args.device == 'cuda'
+    device = torch.device(args.device)
+    batch_sizes = args.batch_sizes or ([1, 16, 256] if cuda else [1, 16])
+    amps = args.amp or (['off', 'bf16', 'fp16'] if cuda else ['off'])
+    cls = args.channels_last or ['off', 'on']
+    compiles = args.compile or (['off', 'on'] if cuda else ['off'])
+    steps = args.steps if args.steps is not None else (20 if cuda else 2)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    hardware = torch.cuda.get_device_name(device) if cuda else f'CPU, {torch.get_num_threads()} threads'
+    print(
+        f'torch {torch.__version__}, timm {timm.__version__}, {hardware}; {args.img_size}px; median of {args.rounds} '
+        f'interleaved rounds of {steps} steps after {warmup} warm-up; official: {args.official}'
+    )
+    header = (
+        f"{'model':<7} {'mode':<5} {'batch':>5} {'amp':<4} {'ch-last':<7} {'compile':<7} "
+        f"{'official img/s':>14} {'ours img/s':>10} {'ratio':>6}"
+    )
+    rows = []
+    for name in args.models:
+        torch.manual_seed(0)
+        ref = _Logits(getattr(official, name.upper())()).to(device).eval()
+        ours = timm.create_model(name).to(device).eval()
+        ours.load_state_dict(ref.model.state_dict(), strict=True)
+        with torch.inference_mode():
+            x = torch.randn(2, 3, args.img_size, args.img_size, device=device)
+            diff = (ref(x) - ours(x)).abs().max().item()
+        print(f'{name}: same weights, eval logits max |official - ours| = {diff:.2e}')
+        if diff > 1e-3:
+            raise SystemExit(f'{name}: outputs differ from the official model ({diff:.2e})')
+        print(header)
+        print('-' * len(header))
+        for mode, bs, amp, cl, comp in itertools.product(args.modes, batch_sizes, amps, cls, compiles):
+            row = dict(model=name, mode=mode, batch_size=bs, amp=amp, channels_last=cl, compile=comp)
+            memory_format = torch.channels_last if cl == 'on' else torch.contiguous_format
+            x = torch.randn(bs, 3, args.img_size, args.img_size, device=device).to(memory_format=memory_format)
+            target = torch.randint(0, 1000, (bs,), device=device)
+            try:
+                fns = {}
+                for key, model in (('official', ref), ('ours', ours)):
+                    model = copy.deepcopy(model).to(memory_format=memory_format)
+                    fns[key] = _make_step(model, mode, x, target, AMP_DTYPES[amp], device, comp == 'on')
+                    for _ in range(warmup):
+                        fns[key]()
+                times = {'official': [], 'ours': []}
+                for r in range(args.rounds):
+                    for key in ('official', 'ours') if r % 2 == 0 else ('ours', 'official'):
+                        times[key].append(seconds_per_call(fns[key], device, warmup=0, iters=steps))
+                for key in times:
+                    row[f'{key}_img_s'] = bs / statistics.median(times[key])
+                row['ratio'] = row['ours_img_s'] / row['official_img_s']
+                result = f"{row['official_img_s']:>14.1f} {row['ours_img_s']:>10.1f} {row['ratio']:>5.2f}x"
+            except Exception as e:  # report the failing configuration and go on with the others
+                row['error'] = f'{type(e).__name__}: {e}'
+                result = f"error: {row['error'][:80]}"
+            rows.append(row)
+            print(f'{name:<7} {mode:<5} {bs:>5} {amp:<4} {cl:<7} {comp:<7} {result}', flush=True)
+            del fns
+            if cuda:
+                torch.cuda.empty_cache()
     return rows
 
 

@@ -77,13 +77,25 @@ def _norm_layer(name: str, num_channels: int) -> nn.Module:
     return _NORM_LAYERS[name](num_channels)
 
 
-def _act_layer(name: str) -> nn.Module:
-    # timm's 'gelu' is the exact (erf) GELU and 'silu' is nn.SiLU, as in the official get_act
-    return nn.Identity() if name == 'none' else get_act_layer(name)()
+def _act_layer(name: str, inplace: bool = False) -> nn.Module:
+    # timm's 'gelu' is the exact (erf) GELU and 'silu' is nn.SiLU, as in the official get_act. In place (as the
+    # official ConvNormAct) where the input is a fresh conv / norm output that nothing else reads: no new buffer.
+    return nn.Identity() if name == 'none' else get_act_layer(name)(inplace=inplace)
+
+
+def _keep_modules() -> bool:
+    """True under an FX trace or TorchScript: run conv -> BN as modules, not :meth:`ConvNormAct._conv_bn_eval`."""
+    if torch.jit.is_scripting():
+        return True
+    else:
+        return torch.fx._symbolic_trace.is_fx_tracing()
 
 
 class ConvNormAct(nn.Module):
     """Conv2d -> norm -> act with the official submodule names ``conv`` / ``norm`` / ``act``.
+
+    In eval mode a BatchNorm is folded into the conv on the fly (``fold_bn``; the modules and state_dict are
+    unchanged); :func:`fuse_batchnorm` does it once, for good.
 
     Padding is ``ceil((kernel_size - stride) / 2)`` as in the official code (k3s1/k3s2 -> 1, k5s1/k5s2 -> 2).
     """
@@ -103,10 +115,27 @@ class ConvNormAct(nn.Module):
         padding = math.ceil((kernel_size - stride) / 2)
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=bias)
         self.norm = _norm_layer(norm_layer, out_chs)
-        self.act = _act_layer(act_layer)
+        self.act = _act_layer(act_layer, inplace=True)
+        self.fold_bn = norm_layer == 'bn_2d'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # an FX trace keeps the modules (its graph must stay right in both train and eval mode), and so does
+        # TorchScript (a scripted BatchNorm does not expose eps)
+        if self.fold_bn and not self.training and not _keep_modules():
+            return self.act(self._conv_bn_eval(x))
         return self.act(self.norm(self.conv(x)))
+
+    @torch.jit.unused
+    def _conv_bn_eval(self, x: torch.Tensor) -> torch.Tensor:
+        """``norm(conv(x))`` in eval mode as one conv: the BN's running statistics folded into the conv weights on
+        the fly (a few thousand weights), which saves a full read and write of the activation map."""
+        conv, bn = self.conv, self.norm
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+        return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class MSPatchEmb(nn.Module):
@@ -138,6 +167,10 @@ class MSPatchEmb(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The whole network runs channels-last from here on (each op keeps its input's layout): oneDNN's convs,
+        # depthwise ones above all, are several times faster on NHWC than on NCHW; LayerNorm2d and the EW-MHSA
+        # partition read it without an extra copy. A no-op when the input already is channels-last.
+        x = x.contiguous(memory_format=torch.channels_last)
         if len(self.convs) == 1:
             return self.convs[0](x)
         return torch.stack([conv(x) for conv in self.convs], dim=-1).mean(-1)
@@ -167,8 +200,9 @@ def grid_unpartition(x: torch.Tensor, batch_size: int, n1: int, n2: int, h1: int
     """Inverse of :func:`grid_partition` for one chunk: (B * n1 * n2, heads, h1 * w1, d) -> (B, heads * d, H, W)."""
     _, num_heads, _, head_dim = x.shape
     x = x.reshape(batch_size, n1, n2, num_heads, h1, w1, head_dim)
-    x = x.permute(0, 3, 6, 4, 1, 5, 2)  # B, heads, head_dim, h1, n1, w1, n2
-    return x.reshape(batch_size, num_heads * head_dim, h1 * n1, w1 * n2)
+    x = x.permute(0, 4, 1, 5, 2, 3, 6)  # B, h1, n1, w1, n2, heads, head_dim: one copy into NHWC order
+    # returned as an NCHW view of channels-last memory, the layout the convs after it run fastest in
+    return x.reshape(batch_size, h1 * n1, w1 * n2, num_heads * head_dim).permute(0, 3, 1, 2)
 
 
 # The three helpers below hold every shape-dependent step of EW-MHSA (padding to whole windows, the group grid,
@@ -673,6 +707,7 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     for module in list(model.modules()):
         if isinstance(module, ConvNormAct) and isinstance(module.norm, nn.BatchNorm2d):
             module.conv, module.norm = fold_bn_after_conv(module.conv, module.norm), nn.Identity()
+            module.fold_bn = False
         elif isinstance(module, MSPatchEmb):
             for branch in module.convs:
                 if isinstance(branch[1], nn.BatchNorm2d):
