@@ -88,28 +88,7 @@ def bench_one(
     model = model.to(memory_format=memory_format)
     x = torch.randn(batch_size, 3, img_size, img_size, device=device).to(memory_format=memory_format)
     target = torch.randint(0, model.num_classes, (batch_size,), device=device)
-    dtype = AMP_DTYPES[amp]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    runner = torch.compile(model) if compile_model else model
-
-    if mode == 'infer':
-        model.eval()
-
-        def step() -> None:
-            with torch.inference_mode(), autocast:
-                runner(x)
-    else:
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = F.cross_entropy(runner(x), target)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+    step = _make_step(model, mode, x, target, AMP_DTYPES[amp], device, compile_model)
 
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
@@ -291,6 +270,7 @@ class _Logits(torch.nn.Module):
 
 
 def _make_step(model, mode, x, target, dtype, device, compile_model):
+    """One timed step: an inference forward, or forward + backward + AdamW step (GradScaler for fp16)."""
     runner = torch.compile(model) if compile_model else model
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     if mode == 'infer':

@@ -116,38 +116,18 @@ def test_dividemix_state_round_trip(tmp_path):
     torch.manual_seed(0)
     cfg = DivideMixConfig(epochs=2, warmup_epochs=1, batch_size=16, warmup_batch_size=16, lr=0.02)
     logger = RunLogger(tmp_path, tensorboard=False, name="dm")
-    engine = DivideMix(
-        PreActResNet18(2, 4),
-        PreActResNet18(2, 4),
-        images,
-        labels,
-        2,
-        norm,
-        norm,
-        images,
-        labels,
-        cfg,
-        torch.device("cpu"),
-        logger,
-        clean_labels=labels,
-    )
+
+    def make(**kwargs) -> DivideMix:
+        nets = PreActResNet18(2, 4), PreActResNet18(2, 4)
+        return DivideMix(
+            *nets, images, labels, 2, norm, norm, images, labels, cfg, torch.device("cpu"), logger, **kwargs
+        )
+
+    engine = make(clean_labels=labels)
     result = engine.fit(tmp_path / "dm.pt")
     state = torch.load(tmp_path / "dm.pt", weights_only=True)
     assert state["epoch"] == 1 and result["last"] == state["tracker"]["last"]
-    other = DivideMix(
-        PreActResNet18(2, 4),
-        PreActResNet18(2, 4),
-        images,
-        labels,
-        2,
-        norm,
-        norm,
-        images,
-        labels,
-        cfg,
-        torch.device("cpu"),
-        logger,
-    )
+    other = make()
     other.load_state_dict(copy.deepcopy(state))
     for a, b in zip(engine.nets[0].state_dict().values(), other.nets[0].state_dict().values(), strict=True):
         assert torch.equal(a, b)
