@@ -164,6 +164,19 @@ def _colour_transfer(image: np.ndarray, mask: np.ndarray, rng: np.random.Generat
     return composite
 
 
+def _write_composites(
+    sub: Path, real: np.ndarray, mask: np.ndarray, mask_name: str, rng: np.random.Generator
+) -> list[str]:
+    """Save the mask and 1-2 colour-transferred composites of one foreground (iHarmony4 names); return their names."""
+    Image.fromarray((mask * 255).astype(np.uint8)).save(sub / "masks" / f"{mask_name}.png")
+    names = []
+    for k in range(1, int(rng.integers(1, 3)) + 1):
+        composite = _colour_transfer(real, mask, rng)
+        names.append(f"{mask_name}_{k}.jpg")
+        Image.fromarray(composite).save(sub / "composite_images" / names[-1], quality=95, subsampling=0)
+    return names
+
+
 def _names(subset: str, index: int, rng: np.random.Generator) -> tuple[str, list[str]]:
     """Real-image id and foreground-id generator in the subset's naming scheme."""
     if subset == "HCOCO":
@@ -213,13 +226,8 @@ def write_synthetic_iharmony4(
                 mask = _segment_mask(real, ratio, rng) if kind == "segment" else _shape_mask(hw, ratio, kind, rng)
                 if mask.sum() < 4:  # degenerate draw: fall back to an ellipse
                     mask = _shape_mask(hw, max(ratio, 0.02), "ellipse", rng)
-                mask_name = f"{real_id}_{fg_ids[j]}"
-                Image.fromarray((mask * 255).astype(np.uint8)).save(sub / "masks" / f"{mask_name}.png")
-                for k in range(1, int(rng.integers(1, 3)) + 1):
-                    composite = _colour_transfer(real, mask, rng)
-                    name = f"{mask_name}_{k}.jpg"
-                    Image.fromarray(composite).save(sub / "composite_images" / name, quality=95, subsampling=0)
-                    splits["test" if i in test_ids else "train"].append(name)
+                split = "test" if i in test_ids else "train"
+                splits[split] += _write_composites(sub, real, mask, f"{real_id}_{fg_ids[j]}", rng)
         for split, lines in splits.items():
             (sub / f"{subset}_{split}.txt").write_text("\n".join(lines) + "\n")
     return root
@@ -288,13 +296,8 @@ def write_photo_iharmony4(
                 mask = _threshold_mask(real, ratio, rng) if rng.random() < 0.5 else None
                 if mask is None:
                     mask = _segment_mask(real, ratio, rng)
-                mask_name = f"{real_id}_{fg_ids[j]}"
-                Image.fromarray((mask * 255).astype(np.uint8)).save(sub / "masks" / f"{mask_name}.png")
-                for k in range(1, int(rng.integers(1, 3)) + 1):
-                    composite = _colour_transfer(real, mask, rng)
-                    name = f"{mask_name}_{k}.jpg"
-                    Image.fromarray(composite).save(sub / "composite_images" / name, quality=95, subsampling=0)
-                    splits["test" if src_name in PHOTO_TEST_NAMES else "train"].append(name)
+                split = "test" if src_name in PHOTO_TEST_NAMES else "train"
+                splits[split] += _write_composites(sub, real, mask, f"{real_id}_{fg_ids[j]}", rng)
         for split, lines in splits.items():
             (sub / f"{subset}_{split}.txt").write_text("\n".join(lines) + "\n")
     return root
