@@ -2,7 +2,8 @@
 
 Importing this package registers ``emo_1m``, ``emo_2m``, ``emo_5m``, ``emo_6m`` and ``emo_test`` with timm, so
 ``timm.create_model("emo_1m")`` works. Scripts: ``train.py``/``eval.py`` (ImageNet classification),
-``train_det.py``/``eval_det.py`` (COCO RetinaNet), ``export_onnx.py``, ``bench.py``.
+``train_det.py``/``eval_det.py`` (COCO RetinaNet), ``train_ssdlite.py``/``eval_ssdlite.py`` (COCO SSDLite, 320 px),
+``train_seg.py``/``eval_seg.py`` (ADE20K DeepLabv3 / PSPNet), ``export_onnx.py``, ``bench.py``.
 """
 
 from emo.model import (

@@ -2,6 +2,11 @@
 
     python emo/bench.py [--models emo_1m emo_5m] [--device cpu|cuda] [--batch-size 32] [--amp off bf16 fp16]
                         [--channels-last off on] [--compile off on] [--fuse-bn off on] [--modes infer train]
+                        [--task classification|ssdlite|deeplabv3|pspnet]
+
+``--task`` times the whole dense model with the EMO backbone instead of the classifier: SSDLite at 320 x 320 (80
+classes; a training step is the SSD loss on one box per image) or DeepLabv3 / PSPNet with the auxiliary head at
+512 x 512 (150 classes; the decode + 0.4 x auxiliary cross entropy on random labels).
 
 Every combination of the --amp / --channels-last / --compile values is run for every model and mode, and printed as
 a table. Defaults: CPU runs fp32 eager only, each configuration in a fresh process (--isolate); CUDA runs
@@ -39,6 +44,8 @@ from emo.model import fuse_batchnorm  # importing emo.model registers the EMO mo
 from shared.benchmark import seconds_per_call
 
 AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+TASKS = ('classification', 'ssdlite', 'deeplabv3', 'pspnet')
+DEFAULT_IMG_SIZE = {'classification': 224, 'ssdlite': 320, 'deeplabv3': 512, 'pspnet': 512}
 
 
 class PeakRSS:
@@ -78,17 +85,15 @@ def bench_one(
     steps: int,
     warmup: int,
     fuse_bn: bool = False,
+    task: str = 'classification',
 ) -> dict[str, float]:
     """Time ``steps`` iterations after ``warmup``; return img/s, ms/step and peak memory in MiB."""
     torch.manual_seed(0)
-    model = timm.create_model(model_name).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model, x, loss_fn = _task_model(task, model_name, batch_size, img_size, device, memory_format)
     if fuse_bn:  # inference only: fold the BatchNorms into the convs (emo.model.fuse_batchnorm)
         fuse_batchnorm(model.eval())
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    x = torch.randn(batch_size, 3, img_size, img_size, device=device).to(memory_format=memory_format)
-    target = torch.randint(0, model.num_classes, (batch_size,), device=device)
-    step = _make_step(model, mode, x, target, AMP_DTYPES[amp], device, compile_model)
+    step = _make_step(model, mode, x, None, AMP_DTYPES[amp], device, compile_model, loss_fn)
 
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
@@ -121,7 +126,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
     parser.add_argument('--batch-size', type=int, default=None, help='default: 256 on CUDA, 16 on CPU')
-    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--img-size', type=int, default=None, help='default: 224, 320 (ssdlite), 512 (segmentation)')
+    parser.add_argument('--task', default='classification', choices=TASKS, help='model around the EMO backbone')
     parser.add_argument(
         '--amp', nargs='+', default=None, choices=list(AMP_DTYPES), help='default: off bf16 fp16 on CUDA, off on CPU'
     )
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cuda = args.device == 'cuda'
     device = torch.device(args.device)
     _set_threads(args.threads)
+    if args.img_size is None:
+        args.img_size = DEFAULT_IMG_SIZE[args.task]
     if args.official is not None:
         if args.models == get_args_parser().get_default('models'):
             args.models = ['emo_1m', 'emo_5m']
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             steps=steps,
             warmup=warmup,
             fuse_bn=fuse == 'on',
+            task=args.task,
         )
         try:
             row.update(bench_isolated(args.threads, **config) if isolate else bench_one(**config))
@@ -269,8 +278,42 @@ class _Logits(torch.nn.Module):
         return self.model(x)['out']
 
 
-def _make_step(model, mode, x, target, dtype, device, compile_model):
-    """One timed step: an inference forward, or forward + backward + AdamW step (GradScaler for fp16)."""
+def _task_model(task, model_name, batch_size, img_size, device, memory_format):
+    """(model, input, loss function of the model) of ``task`` with the EMO backbone ``model_name``."""
+    shape = (batch_size, 3, img_size, img_size)
+    if task == 'classification':
+        model = timm.create_model(model_name).to(device).to(memory_format=memory_format)
+        target = torch.randint(0, model.num_classes, (batch_size,), device=device)
+        x = torch.randn(shape, device=device).to(memory_format=memory_format)
+        return model, x, lambda out_fn: F.cross_entropy(out_fn(x), target)
+    if task == 'ssdlite':
+        from emo.ssdlite import build_ssdlite
+
+        model = build_ssdlite(model_name, num_classes=80).to(device)
+        images = list(torch.rand(shape, device=device))
+        box = torch.tensor([[0.2, 0.3, 0.7, 0.8]], device=device) * img_size
+        targets = [{'boxes': box, 'labels': torch.tensor([1], device=device)}] * batch_size
+        return model, images, lambda out_fn: sum(out_fn(images, targets).values())
+    if task in ('deeplabv3', 'pspnet'):
+        from emo.segmentation import build_segmentor, segmentation_loss
+
+        model = build_segmentor(model_name, task, num_classes=150).to(device).to(memory_format=memory_format)
+        x = torch.rand(shape, device=device).to(memory_format=memory_format)
+        labels = torch.randint(0, 150, (batch_size, img_size, img_size), device=device)
+
+        def seg_loss(out_fn):
+            decode, aux = out_fn(x)
+            return segmentation_loss(decode, labels) + 0.4 * segmentation_loss(aux, labels)
+
+        return model, x, seg_loss
+    raise ValueError(f'unknown task {task!r}, expected one of {TASKS}')
+
+
+def _make_step(model, mode, x, target, dtype, device, compile_model, loss_fn=None):
+    """One timed step: an inference forward, or forward + backward + AdamW step (GradScaler for fp16).
+
+    ``loss_fn(runner)`` computes the training loss of a dense model; None: cross entropy of ``runner(x)`` and
+    ``target`` (classification)."""
     runner = torch.compile(model) if compile_model else model
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     if mode == 'infer':
@@ -288,7 +331,7 @@ def _make_step(model, mode, x, target, dtype, device, compile_model):
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = F.cross_entropy(runner(x), target)
+            loss = loss_fn(runner) if loss_fn is not None else F.cross_entropy(runner(x), target)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

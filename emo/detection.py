@@ -43,6 +43,7 @@ __all__ = [
     'RETINANET_WINDOW_SIZES',
     'EMOFPNBackbone',
     'LastLevelP6P7FromC5',
+    'apply_frozen_stages',
     'build_detector',
     'build_retinanet',
     'evaluate',
@@ -50,6 +51,22 @@ __all__ = [
 
 # window_sizes of the official RetinaNet configs (the base config says 10; the 1M and 2M configs override it to 7)
 RETINANET_WINDOW_SIZES = {'emo_1m': 7, 'emo_2m': 7, 'emo_5m': 10}
+
+
+def apply_frozen_stages(body: EMO, frozen_stages: int, norm_eval: bool) -> None:
+    """The official backbone's ``frozen_stages`` and ``norm_eval``: stage0 ... stage{frozen_stages} in eval mode
+    with ``requires_grad=False`` (-1: none), and with ``norm_eval`` every BatchNorm of ``body`` in eval mode."""
+    if not -1 <= frozen_stages <= 4:
+        raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
+    for i in range(frozen_stages + 1):
+        stage = getattr(body, f'stage{i}')
+        stage.eval()
+        for param in stage.parameters():
+            param.requires_grad = False
+    if norm_eval:
+        for m in body.modules():
+            if isinstance(m, _BatchNorm):
+                m.eval()
 
 
 class LastLevelP6P7FromC5(ExtraFPNBlock):
@@ -91,8 +108,6 @@ class EMOFPNBackbone(nn.Module):
         norm_eval: bool = True,
     ):
         super().__init__()
-        if not -1 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
         self.in_indices = list(in_indices)
         body.prune_intermediate_layers(self.in_indices, prune_norm=True, prune_head=True)
         self.body = body
@@ -108,22 +123,11 @@ class EMOFPNBackbone(nn.Module):
         self.out_channels = out_channels
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self._freeze_stages()
-
-    def _freeze_stages(self) -> None:
-        for i in range(self.frozen_stages + 1):
-            stage = getattr(self.body, f'stage{i}')
-            stage.eval()
-            for param in stage.parameters():
-                param.requires_grad = False
+        apply_frozen_stages(self.body, frozen_stages, norm_eval=False)
 
     def train(self, mode: bool = True) -> 'EMOFPNBackbone':
         super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.body.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
+        apply_frozen_stages(self.body, self.frozen_stages, norm_eval=mode and self.norm_eval)
         return self
 
     def forward(self, x: torch.Tensor) -> 'OrderedDict[str, torch.Tensor]':
@@ -222,7 +226,8 @@ def build_detector(cfg: DetectionConfig, num_classes: int, load_pretrained: bool
 def evaluate(
     model: nn.Module, loader: DataLoader, dataset: CocoDetection, ctx: DistContext, amp: AmpDtype = 'off'
 ) -> dict[str, Any]:
-    """COCO bbox metrics of ``model`` on ``dataset`` (fractions, as ``shared.metrics.coco_evaluate`` returns them).
+    """COCO bbox metrics of a torchvision detector (RetinaNet, SSD) on ``dataset`` (fractions, as
+    ``shared.metrics.coco_evaluate`` returns them); predicted labels count from ``dataset.label_offset``.
 
     Detections (boxes in original image coordinates, xywh, COCO category ids) are gathered from every rank and
     evaluated once with pycocotools; every rank returns the same dict.
@@ -233,5 +238,5 @@ def evaluate(
         images = [image.to(ctx.device, non_blocking=True) for image in images]
         with autocast(ctx.device, amp):
             outputs = model(images)
-        detections += coco_detections(outputs, targets, dataset.cat_ids)
+        detections += coco_detections(outputs, targets, dataset.cat_ids, dataset.label_offset)
     return evaluate_detections(detections, dataset.coco, ctx)

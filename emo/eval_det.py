@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from emo.config import DEFAULT_DET_CONFIG, PACKAGE, DetectionConfig, parse_checkpoint_config
-from emo.data import build_detection_datasets
-from emo.detection import build_detector, evaluate
+from emo.config import DEFAULT_DET_CONFIG, PACKAGE, DetectionConfig, DetectorConfig, parse_checkpoint_config
+from emo.detection import evaluate
+from emo.train_det import detector_parts
 from shared.checkpoint import load_checkpoint
 from shared.detection import CocoDetection, coco_summary, sharded_loader
 from shared.distributed import cleanup_distributed, init_distributed
@@ -53,8 +53,10 @@ def parse_args(argv: Sequence[str] | None = None) -> DetEvalConfig:
     )
 
 
-def main(cfg: DetEvalConfig) -> dict[str, Any]:
-    """Evaluate the detector of ``cfg.checkpoint`` on the val split; writes and returns the metrics."""
+def main(cfg: DetectorConfig) -> dict[str, Any]:
+    """Evaluate the detector of ``cfg.checkpoint`` on the val split; writes and returns the metrics.
+
+    ``cfg`` is a :class:`DetEvalConfig` or an ``eval_ssdlite.py`` config (a detector config with ``checkpoint``)."""
     if not cfg.checkpoint:
         raise ValueError('--checkpoint PATH is required')
     if cfg.threads:
@@ -64,18 +66,30 @@ def main(cfg: DetEvalConfig) -> dict[str, Any]:
         checkpoint = load_checkpoint(cfg.checkpoint, package=PACKAGE, required=('model',))
         if not isinstance(checkpoint['model'], Mapping):
             raise ValueError(f"{cfg.checkpoint} is not a train_det.py checkpoint (no 'model' state_dict)")
-        _, val_set = build_detection_datasets(cfg.data)
+        parts = detector_parts(cfg)
+        _, val_set = parts.build_datasets(cfg.data)
         _check_categories(checkpoint, cfg.checkpoint, val_set)
-        model = build_detector(cfg, cfg.num_classes or val_set.num_classes, load_pretrained=False).to(ctx.device)
-        model.load_state_dict(checkpoint['model'], strict=True)
+        num_classes = cfg.num_classes or val_set.num_classes
+        model = parts.build_model(cfg, num_classes, load_pretrained=False).to(ctx.device)
+        try:
+            model.load_state_dict(checkpoint['model'], strict=True)
+        except RuntimeError as e:
+            raise ValueError(
+                f'{cfg.checkpoint} does not fit {parts.name}-{cfg.model} ({num_classes} classes): {e}'
+            ) from e
         out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / 'eval'
         logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name='eval')
         eval_loader = sharded_loader(val_set, cfg.data.eval_batch_size, ctx, workers=cfg.data.workers)
         coco = evaluate(model, eval_loader, val_set, ctx, cfg.amp)
-        metrics = {'model': f'retinanet_{cfg.model}', 'checkpoint': str(cfg.checkpoint), 'images': len(val_set), **coco}
+        metrics = {
+            'model': f'{parts.name}_{cfg.model}',
+            'checkpoint': str(cfg.checkpoint),
+            'images': len(val_set),
+            **coco,
+        }
         logger.write_metrics(metrics)
         logger.info(
-            f'RetinaNet-{cfg.model} COCO bbox (x100): {coco_summary(coco)}  '
+            f'{parts.name}-{cfg.model} COCO bbox (x100): {coco_summary(coco)}  '
             f"[{len(val_set)} images, {coco['num_detections']} detections]"
         )
         logger.info(f"metrics written to {out_dir / 'metrics.json'}")

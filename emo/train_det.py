@@ -17,6 +17,9 @@ split after every epoch (``shared.detection.evaluate_detections``). The model is
 The run folder gets ``config.yaml``, ``train.log``, ``log.csv``, TensorBoard scalars, ``last.pt``/``best.pt``
 (best COCO AP) and ``metrics.json``; ``--resume last.pt`` continues a run exactly (the file is read and checked
 before anything is written). ``eval_interval`` and ``checkpoint_interval`` count epochs.
+
+``train_ssdlite.py`` runs this same loop for SSDLite-EMO (:func:`detector_parts` picks the model and data builders
+from the config's type).
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from torchvision.models.detection import RetinaNet
+from torch.utils.data import DataLoader, Dataset
 
-from emo.config import DEFAULT_DET_CONFIG, PACKAGE, DetectionConfig
-from emo.data import build_detection_datasets
+from emo.config import DEFAULT_DET_CONFIG, PACKAGE, DetectionConfig, DetectorConfig, SSDLiteConfig
+from emo.data import build_detection_datasets, build_ssdlite_datasets
 from emo.detection import build_detector, evaluate
+from emo.ssdlite import build_ssdlite_detector
 from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
 from shared.config import config_to_dict, parse_config, save_config
 from shared.detection import (
@@ -58,7 +61,9 @@ from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, make_grad_scaler, optimizer_step
 
 __all__ = [
+    'DetectorParts',
     'detection_param_groups',
+    'detector_parts',
     'evaluate',
     'main',
     'mmdet_cosine_schedule',
@@ -112,13 +117,31 @@ def mmdet_cosine_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(b) for b in bases])
 
 
+@dataclass(frozen=True)
+class DetectorParts:
+    """How one detector of this package is built from its config: its name and its model and data builders."""
+
+    name: str
+    build_model: Callable[..., nn.Module]
+    build_datasets: Callable[[Any], tuple[Dataset, CocoDetection]]
+
+
+def detector_parts(cfg: DetectorConfig) -> DetectorParts:
+    """RetinaNet for a :class:`DetectionConfig`, SSDLite for an :class:`SSDLiteConfig`."""
+    if isinstance(cfg, SSDLiteConfig):
+        return DetectorParts('ssdlite', build_ssdlite_detector, build_ssdlite_datasets)
+    if isinstance(cfg, DetectionConfig):
+        return DetectorParts('retinanet', build_detector, build_detection_datasets)
+    raise TypeError(f'no detector for a {type(cfg).__name__}')
+
+
 @dataclass
 class _Training:
     """Everything one detection run reads and updates."""
 
-    train_set: CocoDetection
+    train_set: Dataset
     val_set: CocoDetection
-    model: RetinaNet
+    model: nn.Module
     sampler: GroupedDistributedSampler
     train_loader: DataLoader
     eval_loader: DataLoader
@@ -127,11 +150,12 @@ class _Training:
     scaler: torch.amp.GradScaler
 
 
-def _build_training(cfg: DetectionConfig, ctx: DistContext, logger: RunLogger, pretrained: bool) -> _Training:
+def _build_training(cfg: DetectorConfig, ctx: DistContext, logger: RunLogger, pretrained: bool) -> _Training:
     """Datasets, detector (backbone checkpoint loaded when ``pretrained``), loaders, AdamW and its schedule."""
-    train_set, val_set = build_detection_datasets(cfg.data)
+    parts = detector_parts(cfg)
+    train_set, val_set = parts.build_datasets(cfg.data)
     num_classes = cfg.num_classes or train_set.num_classes
-    model = build_detector(cfg, num_classes, load_pretrained=pretrained).to(ctx.device)
+    model = parts.build_model(cfg, num_classes, load_pretrained=pretrained).to(ctx.device)
     if pretrained:
         logger.info(
             f'{cfg.model} backbone: '
@@ -166,7 +190,7 @@ def _build_training(cfg: DetectionConfig, ctx: DistContext, logger: RunLogger, p
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
-        f'RetinaNet-{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters '
+        f'{parts.name}-{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters '
         f'({trainable / 1e6:.2f} M trainable), {num_classes} classes, {len(train_set)} train / '
         f'{len(val_set)} val images, global batch {global_batch}, lr {lr:.3g}, {steps_per_epoch} steps/epoch'
     )
@@ -200,7 +224,7 @@ def train_one_epoch(
     ctx: DistContext,
     epoch: int,
     step: int,
-    cfg: DetectionConfig,
+    cfg: DetectorConfig,
     logger: RunLogger,
     scaler: torch.amp.GradScaler,
 ) -> tuple[dict, int]:
@@ -252,17 +276,19 @@ def train_one_epoch(
     }, step
 
 
-def _open_run(cfg: DetectionConfig, ctx: DistContext) -> tuple[dict[str, Any] | None, Path, RunLogger]:
+def _open_run(cfg: DetectorConfig, ctx: DistContext) -> tuple[dict[str, Any] | None, Path, RunLogger]:
     """Read and check the resume checkpoint and the backbone requirement, then claim the run folder: every refusal
     comes before anything is written."""
     resume_state = load_checkpoint(cfg.resume, package=PACKAGE, required=STATE_KEYS) if cfg.resume else None
     if resume_state is None and cfg.pretrained_backbone is None and not cfg.allow_random_backbone:
         raise ValueError(
-            'the RetinaNet recipe fine-tunes an ImageNet-pretrained backbone: pass --pretrained_backbone PATH (the '
-            "official net.pth, see emo.OFFICIAL_CHECKPOINTS, or an emo.train checkpoint), or set "
+            f'the {detector_parts(cfg).name} recipe fine-tunes an ImageNet-pretrained backbone: pass '
+            '--pretrained_backbone PATH (the official net.pth, see emo.OFFICIAL_CHECKPOINTS, or an emo.train '
+            'checkpoint), or set '
             'allow_random_backbone: true to train from random initialisation'
         )
-    out_dir = resolve_run_dir(PACKAGE, cfg.name or 'retinanet_default', cfg.output_dir, cfg.resume)
+    default_name = f'{detector_parts(cfg).name}_default'
+    out_dir = resolve_run_dir(PACKAGE, cfg.name or default_name, cfg.output_dir, cfg.resume)
     claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume_state is not None, is_main=ctx.is_main)
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
     if ctx.is_main:
@@ -271,7 +297,7 @@ def _open_run(cfg: DetectionConfig, ctx: DistContext) -> tuple[dict[str, Any] | 
     return resume_state, out_dir, logger
 
 
-def _checkpoint(cfg: DetectionConfig, t: _Training, epoch: int, step: int, best: dict[str, Any]) -> dict[str, Any]:
+def _checkpoint(cfg: DetectorConfig, t: _Training, epoch: int, step: int, best: dict[str, Any]) -> dict[str, Any]:
     return training_state(
         PACKAGE,
         cfg,
@@ -286,7 +312,7 @@ def _checkpoint(cfg: DetectionConfig, t: _Training, epoch: int, step: int, best:
     )
 
 
-def _train(cfg: DetectionConfig, ctx: DistContext, on_epoch_end: EpochHook | None) -> dict[str, Any]:
+def _train(cfg: DetectorConfig, ctx: DistContext, on_epoch_end: EpochHook | None) -> dict[str, Any]:
     seed_everything(cfg.seed, ctx.rank)
     resume_state, out_dir, logger = _open_run(cfg, ctx)
     t = _build_training(cfg, ctx, logger, pretrained=resume_state is None)
@@ -328,7 +354,7 @@ def _train(cfg: DetectionConfig, ctx: DistContext, on_epoch_end: EpochHook | Non
             on_epoch_end(epoch, row)
 
     metrics = {
-        'model': f'retinanet_{cfg.model}',
+        'model': f'{detector_parts(cfg).name}_{cfg.model}',
         'epochs': cfg.epochs,
         'last': {k: v for k, v in coco.items() if k != 'per_class'},
         'per_class_AP': coco.get('per_class', {}),
@@ -352,7 +378,7 @@ def parse_args(argv: Sequence[str] | None = None) -> DetectionConfig:
     )
 
 
-def main(cfg: DetectionConfig, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
+def main(cfg: DetectorConfig, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
     """Train and evaluate; returns (and writes to ``metrics.json``) the final metrics.
 
     Args:

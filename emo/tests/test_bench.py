@@ -48,3 +48,11 @@ def test_bench_rows_isolated(capsys):
     rows = main([*ARGS, '--modes', 'train', '--isolate'])
     _check(rows, ['train'], capsys)
     assert rows[0]['peak_mib'] > 0  # a fresh process has no cached memory to reuse
+
+
+@pytest.mark.parametrize('task', ['ssdlite', 'deeplabv3', 'pspnet'])
+def test_bench_dense_task_rows(task, capsys):
+    args = [*ARGS[:4], '--batch-size', '2', '--steps', '1', '--warmup', '0', '--img-size', '64']
+    rows = main([*args, '--task', task, '--modes', 'train', '--no-isolate'])
+    assert [r['mode'] for r in rows] == ['train']
+    assert all('error' not in r and r['img_s'] > 0 for r in rows), rows

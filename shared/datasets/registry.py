@@ -317,6 +317,56 @@ def _registry() -> dict[str, DatasetInfo]:
             ),
         ),
         DatasetInfo(
+            name="ade20k",
+            title="ADE20K scene parsing (SceneParsing / ADEChallengeData2016, 150 classes)",
+            homepage="http://sceneparsing.csail.mit.edu/",
+            citation=(
+                "Zhou et al., Scene Parsing through ADE20K Dataset, CVPR 2017; Zhou et al., Semantic Understanding of "
+                "Scenes through the ADE20K Dataset, IJCV 2019"
+            ),
+            used_by=("emo",),
+            size="about 923 MB (ADEChallengeData2016.zip; 20,210 train / 2,000 val images)",
+            license="MIT CSAIL terms: images from LabelMe / SUN / Places under their own terms; annotations BSD-3",
+            files=(
+                RemoteFile(
+                    "ADEChallengeData2016.zip",
+                    "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
+                    None,
+                    extract_to=".",
+                    source=(
+                        "URL: sceneparsing.csail.mit.edu download link, also mmsegmentation docs/en/user_guides/"
+                        "2_dataset_prepare.md; no md5/sha256 is published"
+                    ),
+                ),
+            ),
+            layout=(
+                "<root>/ADEChallengeData2016/   (as the zip unpacks; the loaders take <root>)\n"
+                "  images/training/ADE_train_00000001.jpg ...        (20,210 RGB jpg)\n"
+                "  images/validation/ADE_val_00000001.jpg ...        (2,000 RGB jpg)\n"
+                "  annotations/training/ADE_train_00000001.png ...   (8-bit label png, same stem as the image;\n"
+                "  annotations/validation/ADE_val_00000001.png ...    0 = other/unlabelled, 1..150 = objectInfo150)\n"
+                "  objectInfo150.txt  sceneCategories.txt"
+            ),
+            required_paths=(
+                "ADEChallengeData2016/images/training",
+                "ADEChallengeData2016/images/validation",
+                "ADEChallengeData2016/annotations/training",
+                "ADEChallengeData2016/annotations/validation",
+            ),
+            expected_counts=(
+                ("ADEChallengeData2016/images/training", "files", 20210),
+                ("ADEChallengeData2016/images/validation", "files", 2000),
+                ("ADEChallengeData2016/annotations/training", "files", 20210),
+                ("ADEChallengeData2016/annotations/validation", "files", 2000),
+            ),
+            notes=(
+                "Reduce-zero-label convention (mmseg reduce_zero_label=True, used by every ADE20K table of the "
+                "mmseg era): label 0 ('other objects' / unlabelled) becomes the ignore index 255 and labels "
+                "1..150 become the training classes 0..149; mIoU is over these 150 classes. Labels are read with "
+                "PIL (a palette or L png); an image and its label share the stem."
+            ),
+        ),
+        DatasetInfo(
             name="voc",
             title="PASCAL VOC 2007 + 2012",
             homepage="http://host.robots.ox.ac.uk/pascal/VOC/",

@@ -18,6 +18,10 @@ Detection (:mod:`shared.metrics.detection`):
 
 Image harmonization (:mod:`shared.metrics.harmonization`):
     harmonization_metrics -- per-image MSE, fMSE, PSNR, fPSNR (saic-vul protocol).
+
+Semantic segmentation (:mod:`shared.metrics.segmentation`):
+    confusion_matrix -- the split-level confusion matrix, ignored pixels left out.
+    segmentation_metrics -- aAcc, mIoU, mAcc and per-class IoU / Acc (mmseg convention).
 """
 
 from shared.metrics.anomaly import (
@@ -32,17 +36,20 @@ from shared.metrics.anomaly import (
 from shared.metrics.classification import topk_accuracy
 from shared.metrics.detection import coco_evaluate, expected_calibration_error
 from shared.metrics.harmonization import harmonization_metrics
+from shared.metrics.segmentation import confusion_matrix, segmentation_metrics
 
 __all__ = [
     "aupro",
     "auroc",
     "average_precision",
     "coco_evaluate",
+    "confusion_matrix",
     "expected_calibration_error",
     "fpr_at_tpr",
     "harmonization_metrics",
     "precision_recall_curve",
     "ranking_metrics",
     "roc_curve",
+    "segmentation_metrics",
     "topk_accuracy",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shared.synthetic._cache import MARKER, read_marker
+from shared.synthetic._cache import MARKER, read_marker, write_cached
 from shared.synthetic.cifar import SyntheticCIFAR10, SyntheticCIFAR100, write_cifar
 from shared.synthetic.coco import write_coco_detection
 from shared.synthetic.imagefolder import imagefolder_class_names, write_imagefolder
@@ -28,6 +28,7 @@ __all__ = [
     "imagefolder_class_names",
     "read_marker",
     "synthetic_root",
+    "write_cached",
     "write_cifar",
     "write_coco_detection",
     "write_imagefolder",

@@ -14,6 +14,7 @@ from shared.datasets.registry import RemoteFile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {
+    "ade20k",
     "imagenet1k",
     "coco2017",
     "voc",
