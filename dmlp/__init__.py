@@ -6,14 +6,14 @@ datasets live in the shared noisy-label engine `shared.noisy`.
 """
 
 from dmlp.data import DataConfig, NoisyTask, build_task
-from dmlp.losses import eac_loss, ipc_meta_loss, uniform_prior_kl
+from dmlp.losses import eac_loss, ipc_meta_loss
 from dmlp.purifier import DMLPPurifier, PurifierConfig, closed_form_solver, meta_split, ridge_gram_cholesky
 
 DEMO_INFO = {
     "task": "learning with noisy labels (meta label purification)",
     "dataset": (
-        "synthetic CIFAR-10-format set (5 000 train / 1 000 test, 16 px), 80 % symmetric noise, 1 000 clean "
-        "meta samples"
+        "synthetic CIFAR-10-format set (5 000 train / 1 000 test, 16 px), 80 % symmetric noise, 100 clean "
+        "meta samples (2 %)"
     ),
     "metrics": [
         "label_acc_noisy",
@@ -36,5 +36,4 @@ __all__ = [
     "ipc_meta_loss",
     "meta_split",
     "ridge_gram_cholesky",
-    "uniform_prior_kl",
 ]

@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -86,7 +85,7 @@ def bench_dividemix(width: int, size: int, batch: int, device: torch.device, war
     x1, x2, u1, u2 = (torch.randn(batch, 3, size, size, device=device) for _ in range(4))
     onehot = F.one_hot(torch.randint(0, 10, (batch,)), 10).float().to(device)
     w = torch.rand(batch, device=device)
-    np.random.seed(0)
+    generator = torch.Generator().manual_seed(0)  # the engine's MixMatch draws come from the run's generator
 
     def step():
         net.train()
@@ -95,7 +94,7 @@ def bench_dividemix(width: int, size: int, batch: int, device: torch.device, war
             px = (F.softmax(net(x1), 1) + F.softmax(net(x2), 1)) / 2
             tx = co_refine(onehot, w, px, 0.5)
             tu = co_guess([F.softmax(m(u), 1) for m in (net, other) for u in (u1, u2)], 0.5)
-        mixed, target, _ = mixmatch(torch.cat([x1, x2, u1, u2]), torch.cat([tx, tx, tu, tu]), 4.0)
+        mixed, target, _ = mixmatch(torch.cat([x1, x2, u1, u2]), torch.cat([tx, tx, tu, tu]), 4.0, generator)
         logits = net(mixed)
         lx, lu = mixmatch_losses(logits[: 2 * batch], target[: 2 * batch], logits[2 * batch :], target[2 * batch :])
         _sgd_update(opt, lx + linear_rampup(20, 10, 25) * lu + uniform_prior_penalty(logits))

@@ -132,8 +132,17 @@ def check_run_settings(cfg: Config) -> None:
 
 
 def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The config stored in a checkpoint of an older dmlp, in today's names (device null -> auto, amp none -> off)."""
+    """The config stored in a checkpoint of an older dmlp, in today's names (device null -> auto, amp none -> off,
+    data.meta_size -> data.meta_fraction)."""
     values = dict(stored)
+    data = values.get("data")
+    if isinstance(data, dict) and "meta_size" in data:  # before issue 16 the meta set was a count
+        data = dict(data)
+        size = data.pop("meta_size")
+        train_size = data.get("synthetic_train_size") if data.get("root") is None else 50000
+        if data.get("dataset") != "clothing1m" and train_size:
+            data["meta_fraction"] = size / train_size
+        values["data"] = data
     if values.get("device", "auto") is None:
         values["device"] = "auto"
     if values.get("amp") == "none":

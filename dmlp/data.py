@@ -27,7 +27,7 @@ from shared.noisy.data import (
     noisy_labels_for,
 )
 
-__all__ = ["DataConfig", "NoisyTask", "build_task", "noise_path", "save_noise"]
+__all__ = ["DataConfig", "NoisyTask", "build_task", "meta_size_for", "noise_path", "save_noise"]
 
 
 @dataclass
@@ -45,7 +45,12 @@ class DataConfig:
     noise_file: str | None = field(
         default=None, metadata={"help": "noisy-label file (created if missing); null: <run folder>/noisy_labels.json"}
     )
-    meta_size: int = field(default=1000, metadata={"help": "CIFAR: clean meta samples split off the training set"})
+    meta_fraction: float = field(
+        default=0.02,
+        metadata={
+            "help": "CIFAR: share of the training set split off as the clean meta set (paper: 1 000 of 50 000 = 2 %)"
+        },
+    )
     meta_seed: int = field(default=0, metadata={"help": "seed of the meta split (released code: unseeded)"})
     num_workers: int = 0
 
@@ -80,6 +85,13 @@ def _synthetic_root(cfg: DataConfig) -> Path:
     classes = 10 if cfg.dataset == "cifar10" else 100
     root = synthetic_root() / f"dmlp_{cfg.dataset}_n{cfg.synthetic_train_size}_t{cfg.synthetic_test_size}"
     return write_cifar(root, classes, train_size=cfg.synthetic_train_size, test_size=cfg.synthetic_test_size, seed=0)
+
+
+def meta_size_for(cfg: DataConfig, num_train: int) -> int:
+    """round(meta_fraction x N) clean meta samples (at least 1); an out-of-range fraction is an error."""
+    if not 0 < cfg.meta_fraction < 1:
+        raise ValueError(f"data.meta_fraction must lie in (0, 1), got {cfg.meta_fraction}")
+    return max(1, round(cfg.meta_fraction * num_train))
 
 
 def noise_path(cfg: DataConfig, run_dir: Path | None) -> Path | None:
@@ -140,7 +152,7 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
         cfg.noise_seed,
         path if path is not None and (write_noise or path.is_file()) else None,
     )
-    meta_idx, rest_idx = meta_split(len(train), cfg.meta_size, cfg.meta_seed)
+    meta_idx, rest_idx = meta_split(len(train), meta_size_for(cfg, len(train)), cfg.meta_seed)
     normalize = Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes])
     train_tf = CifarTrainTransform(classes, padding=max(1, size // 8))
     return NoisyTask(

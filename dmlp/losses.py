@@ -9,14 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["eac_loss", "ipc_meta_loss", "uniform_prior_kl"]
+from shared.noisy.dividemix import uniform_prior_kl
 
-
-def uniform_prior_kl(probs: torch.Tensor) -> torch.Tensor:
-    """KL(u || p_bar) = sum_c u_c log(u_c / p_bar_c), p_bar = the batch mean of ``probs`` (``B x C``)."""
-    num_classes = probs.shape[1]
-    u = torch.full((num_classes,), 1.0 / num_classes, dtype=probs.dtype, device=probs.device)
-    return (u * (u.log() - probs.mean(0).log())).sum()
+__all__ = ["eac_loss", "ipc_meta_loss"]
 
 
 def ipc_meta_loss(

@@ -41,7 +41,7 @@ class PurifierDivergedError(NonFiniteLossError):
 
 @dataclass
 class PurifierConfig:
-    """IPC + EAC hyper-parameters (defaults: the released CIFAR script, with the paper's EMA feedback on)."""
+    """IPC + EAC hyper-parameters (defaults: the released CIFAR script; the paper's EMA feedback is an option, off)."""
 
     epochs: int = 100
     ipc_batch: int = field(default=7000, metadata={"help": "contiguous rows per IPC step (49 000 / 7 = 7 batches)"})
@@ -52,6 +52,7 @@ class PurifierConfig:
         default=1e-3,
         metadata={"help": "lambda = ridge x mean diagonal of X_B^T X_B (0: the released plain least squares)"},
     )
+    ipc: bool = field(default=True, metadata={"help": "IPC steps on Y (false: the EAC-only ablation)"})
     eac: bool = field(default=True, metadata={"help": "train the EAC linear classifier"})
     eac_batch: int = 500
     eac_lr: float = 0.006
@@ -63,7 +64,11 @@ class PurifierConfig:
     )
     eac_double_softmax: bool = field(default=False, metadata={"help": "released double softmax in EAC"})
     eac_feedback: bool = field(
-        default=True, metadata={"help": "EMA of EAC predictions into Y (paper); false = released script (no feedback)"}
+        default=False,
+        metadata={
+            "help": "EMA of the EAC predictions into Y (drawn in the paper's figure, momentum and period unknown); "
+            "false = the released script, where the feedback is dead code"
+        },
     )
     ema_momentum: float = 0.9
     ema_period: int = field(default=1, metadata={"help": "feedback every this many epochs"})
@@ -151,6 +156,8 @@ class DMLPPurifier:
                 f"meta features {tuple(meta_features.shape)} / labels {len(meta_labels)} do not match "
                 f"the training features' dimension {d}"
             )
+        if not (cfg.ipc or cfg.eac):
+            raise ValueError("purifier.ipc and purifier.eac are both false: nothing would correct the labels")
         if cfg.ridge == 0 and cfg.ipc_batch < d:
             raise ValueError(
                 f"ipc_batch {cfg.ipc_batch} < feature dimension {d}: plain least squares is singular; "
@@ -254,15 +261,17 @@ class DMLPPurifier:
         return cfg.eac and cfg.eac_feedback and epoch >= cfg.ema_start_epoch and epoch % cfg.ema_period == 0
 
     def run_epoch(self) -> dict[str, float]:
-        """One pass over the contiguous batches in fixed order: IPC step, EAC steps, optional EMA feedback."""
+        """One pass over the contiguous batches in fixed order: IPC step, EAC steps, optional EMA feedback (either
+        corrector can be switched off for the ablations)."""
         epoch, cfg = self.epoch, self.cfg
         lr = cfg.eac_lr if epoch < cfg.eac_lr_drop_epoch else cfg.eac_lr_late
         for group in self.eac_optimizer.param_groups:
             group["lr"] = lr
         sums: dict[str, float] = {}
         for b in range(len(self.batches)):
-            for key, value in self.ipc_step(b).items():
-                sums[f"ipc_{key}"] = sums.get(f"ipc_{key}", 0.0) + value
+            if cfg.ipc:
+                for key, value in self.ipc_step(b).items():
+                    sums[f"ipc_{key}"] = sums.get(f"ipc_{key}", 0.0) + value
             if cfg.eac:
                 sums["eac_loss"] = sums.get("eac_loss", 0.0) + self.eac_steps(b)
                 if self.feedback_due(epoch):

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmlp.losses import eac_loss, ipc_meta_loss, uniform_prior_kl
+from dmlp.losses import eac_loss, ipc_meta_loss
 from dmlp.purifier import DMLPPurifier, PurifierConfig, closed_form_solver, meta_split, ridge_gram_cholesky
 from shared.label_noise import symmetric_noise
+from shared.noisy.dividemix import uniform_prior_kl
 from shared.noisy.metrics import label_accuracy
 
 
@@ -102,7 +103,7 @@ def _planted(n=3000, n_meta=300, d=16, classes=5, seed=0):
 
 def test_ema_feedback_and_the_released_no_feedback_flag():
     x, y, xv, yv = _planted(n=400, n_meta=100)
-    cfg = PurifierConfig(epochs=1, ipc_batch=200, eac_batch=100, ema_start_epoch=0)
+    cfg = PurifierConfig(epochs=1, ipc_batch=200, eac_batch=100, ema_start_epoch=0, eac_feedback=True)
     p = DMLPPurifier(x, y, xv, yv, 5, cfg)
     before = p.labels.detach().clone()
     p.ema_feedback(0)
@@ -111,8 +112,8 @@ def test_ema_feedback_and_the_released_no_feedback_flag():
     assert torch.allclose(p.labels.detach()[rows], 0.9 * before[rows] + 0.1 * probs)
     assert torch.equal(p.labels.detach()[p.batches[1]], before[p.batches[1]])
     released = DMLPPurifier(
-        x, y, xv, yv, 5, PurifierConfig(epochs=1, ipc_batch=200, eac_feedback=False, ema_start_epoch=0)
-    )
+        x, y, xv, yv, 5, PurifierConfig(epochs=1, ipc_batch=200, ema_start_epoch=0)
+    )  # the default: the released script's (dead) feedback
     assert not released.feedback_due(0) and p.feedback_due(0)
 
 
@@ -131,6 +132,8 @@ def test_ipc_batches_are_contiguous_and_state_round_trips():
 
 
 def test_purifier_cleans_80_percent_symmetric_noise_on_planted_features():
+    """Default purifier (IPC + EAC, no feedback), 160 IPC steps: >= 15 points (measured 35.0 % -> 51.4 %; the margin
+    was 30 points while the guessed EMA feedback was on by default, see README "Fidelity notes")."""
     x, y, xv, yv = _planted()
     noise = symmetric_noise(y.numpy(), 0.8, 5, seed=0)
     noisy = torch.from_numpy(noise.noisy.copy())
@@ -139,6 +142,45 @@ def test_purifier_cleans_80_percent_symmetric_noise_on_planted_features():
     for _ in range(cfg.epochs):
         p.run_epoch()
     before, after = label_accuracy(noisy, y), label_accuracy(p.hard_labels(), y)
-    assert after >= before + 30, (before, after)
+    assert after >= before + 15, (before, after)
     soft = p.soft_labels()
     assert torch.allclose(soft.sum(1), torch.ones(len(y))) and (soft >= 0).all()
+
+
+def _planted_ipc_alone(solver=None):
+    """IPC only (EAC and its feedback off), 80 % symmetric noise on planted 16-d features, 100 clean meta rows."""
+    import dmlp.purifier as purifier_module
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(5, 16, generator=g) * 1.5
+    y = torch.arange(1600) % 5
+    y = y[torch.randperm(1600, generator=g)]
+    x = centers[y] + torch.randn(1600, 16, generator=g)
+    x, y, xv, yv = x[:1500], y[:1500], x[1500:], y[1500:]
+    noisy = torch.from_numpy(symmetric_noise(y.numpy(), 0.8, 5, seed=0).noisy.copy())
+    cfg = PurifierConfig(epochs=100, ipc_batch=500, lr=0.05, eac=False, eac_feedback=False)
+    original = purifier_module.closed_form_solver
+    if solver is not None:
+        purifier_module.closed_form_solver = solver
+    try:
+        p = DMLPPurifier(x, noisy, xv, yv, 5, cfg)
+        for _ in range(cfg.epochs):
+            stats = p.run_epoch()
+    finally:
+        purifier_module.closed_form_solver = original
+    assert "eac_loss" not in stats
+    return label_accuracy(noisy, y), label_accuracy(p.hard_labels(), y)
+
+
+def test_ipc_alone_purifies_planted_features():
+    """IPC alone lifts label accuracy by >= 30 points (measured: 34.9 % -> 78.1 %)."""
+    before, after = _planted_ipc_alone()
+    assert after >= before + 30, (before, after)
+
+
+def test_ipc_alone_margin_fails_when_the_solve_is_replaced_by_identity():
+    """The same run with W = X^T Y (the closed-form solve replaced by the identity) stays at the noisy accuracy, so
+    the margin of the test above measures IPC's solve (measured: 34.9 % -> 34.7 %)."""
+    before, after = _planted_ipc_alone(lambda f, labels, ridge=0.0, cholesky=None: f.transpose(-1, -2) @ labels)
+    assert after < before + 30, (before, after)
+    assert abs(after - before) < 5

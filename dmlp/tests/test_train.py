@@ -26,8 +26,8 @@ TINY = [
     "200",
     "--data.image_size",
     "16",
-    "--data.meta_size",
-    "150",
+    "--data.meta_fraction",
+    "0.25",
     "--data.noise_rate",
     "0.8",
     "--ssl.width",
@@ -282,6 +282,8 @@ def test_embedded_default_meets_the_acceptance_margins(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "eval" / "metrics.json").read_text())
-    assert m["label_acc_purified"] >= m["label_acc_noisy"] + 30
-    assert m["test_acc_dmlp_naive"] >= m["test_acc_ce_noisy"] + 10
-    assert m["test_acc_dmlp_naive"] >= m["test_acc_meta_only"] - 3
+    # measured with the issue-16 defaults (2 % meta, no EMA feedback): 27.57 -> 38.14 % labels; test accuracy
+    # CE-on-noisy 48.90, meta-only 22.20, DMLP-Naive 52.00 (the margins were +30 / +10 with 20 % meta and feedback)
+    assert m["label_acc_purified"] >= m["label_acc_noisy"] + 8
+    assert m["test_acc_dmlp_naive"] >= m["test_acc_ce_noisy"] + 1
+    assert m["test_acc_dmlp_naive"] >= m["test_acc_meta_only"] + 15

@@ -11,6 +11,8 @@
 * :class:`ViewDataset` turns an indexable image source into ``(view_1, ..., view_k, index)`` samples, which is
   what the DivideMix engine and the supervised trainer consume (labels and clean probabilities are looked up by
   index on the trainer side, so the label set can change between epochs without rebuilding datasets).
+* :func:`write_digits_cifar`: scikit-learn's ``digits`` (1 797 real handwritten 8 x 8 digits, shipped inside the
+  scikit-learn wheel) written in the CIFAR-10 pickle layout, so :func:`load_cifar` reads real images offline.
 * Label files: :func:`save_label_file` / :func:`load_label_file` write and read (hard + optional soft) training
   labels. With clean labels known the file is exactly the :mod:`shared.label_noise` format (readable by
   :func:`shared.label_noise.load_noisy_labels`) plus optional ``soft`` and ``source`` fields.
@@ -52,6 +54,7 @@ __all__ = [
     "load_label_file",
     "noisy_labels_for",
     "save_label_file",
+    "write_digits_cifar",
 ]
 
 CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.507, 0.487, 0.441)}  # DivideMix dataloader_cifar.py
@@ -335,21 +338,25 @@ class ViewDataset(Dataset):
     Args:
         source: anything with ``__len__`` and ``__getitem__`` returning one image (a uint8 tensor for CIFAR, a
             PIL image for Clothing1M).
-        transform: image -> normalised float tensor.
-        num_views: views per sample (DivideMix: 2 for the labeled and unlabeled loaders, 1 otherwise).
+        transform: image -> normalised float tensor, applied ``num_views`` times; or a list of transforms, one
+            per view (e.g. ANM's AutoAugment and RandAugment views), which sets the number of views.
+        num_views: views per sample when ``transform`` is one callable (DivideMix: 2 for the labeled and
+            unlabeled loaders, 1 otherwise).
         indices: restrict to these sample indices (the returned ``index`` is the original one).
     """
 
     def __init__(
         self,
         source: Any,
-        transform: Callable[[Any], torch.Tensor],
+        transform: Callable[[Any], torch.Tensor] | Sequence[Callable[[Any], torch.Tensor]],
         num_views: int = 1,
         indices: Sequence[int] | np.ndarray | None = None,
     ):
         self.source = source
-        self.transform = transform
-        self.num_views = num_views
+        self.transforms = list(transform) if isinstance(transform, (list, tuple)) else [transform] * num_views
+        if not self.transforms:
+            raise ValueError("ViewDataset needs at least one view")
+        self.num_views = len(self.transforms)
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -358,7 +365,7 @@ class ViewDataset(Dataset):
     def __getitem__(self, position: int) -> tuple:
         index = int(self.indices[position])
         image = self.source[index]
-        return (*(self.transform(image) for _ in range(self.num_views)), index)
+        return (*(transform(image) for transform in self.transforms), index)
 
 
 def balanced_subset(
@@ -444,3 +451,52 @@ def clothing1m_transforms(train: bool) -> Callable[[Any], torch.Tensor]:
 
     ops = [T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip()] if train else [T.Resize(256), T.CenterCrop(224)]
     return T.Compose([*ops, T.ToTensor(), T.Normalize(CLOTHING1M_MEAN, CLOTHING1M_STD)])
+
+
+DIGITS_VERSION = 1
+
+
+def _dump_cifar_batch(content: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(content, handle, protocol=2)
+
+
+def write_digits_cifar(root: str | Path, test_size: int = 297, seed: int = 0) -> Path:
+    """Write (or reuse) scikit-learn's digits in the CIFAR-10 "python version" layout under ``root`` and return it.
+
+    Each 8 x 8 image (values 0..16) is scaled to 0..255, enlarged to 32 x 32 by repeating every pixel 4 x 4 and
+    copied to the three channels; the 1 797 images are shuffled with ``seed`` and the last ``test_size`` form the
+    test batch, the others the five training batches (``root/cifar-10-batches-py``, with the synthetic-set marker,
+    so the published CIFAR checksums are not applied). Read it with ``load_cifar(root, 10, train, image_size=8)``
+    for the native resolution.
+    """
+    from sklearn.datasets import load_digits
+
+    from shared.synthetic import write_cached
+
+    def write(folder: Path) -> None:
+        digits = load_digits()
+        order = np.random.default_rng(seed).permutation(len(digits.target))
+        if not 0 < test_size < len(order) - 5:
+            raise ValueError(f"test_size must lie in (0, {len(order) - 5}), got {test_size}")
+        images = np.round(digits.images[order] * (255.0 / 16.0)).astype(np.uint8)
+        images = images.repeat(4, axis=1).repeat(4, axis=2)  # N x 32 x 32
+        data = np.repeat(images.reshape(len(order), 1, 1024), 3, axis=1).reshape(len(order), 3072)
+        labels = digits.target[order].astype(np.int64)
+        train_rows = np.arange(len(order) - test_size)
+        for number, chunk in enumerate(np.array_split(train_rows, 5), 1):
+            _dump_cifar_batch(
+                {"batch_label": f"training batch {number} of 5", "labels": labels[chunk].tolist(), "data": data[chunk]},
+                folder / f"data_batch_{number}",
+            )
+        test_rows = np.arange(len(order) - test_size, len(order))
+        _dump_cifar_batch(
+            {"batch_label": "testing batch 1 of 1", "labels": labels[test_rows].tolist(), "data": data[test_rows]},
+            folder / "test_batch",
+        )
+        _dump_cifar_batch({"label_names": [str(d) for d in range(10)], "num_vis": 3072}, folder / "batches.meta")
+
+    params = {"generator": "shared.noisy.data.write_digits_cifar", "version": DIGITS_VERSION, "test_size": test_size}
+    params["seed"] = seed
+    write_cached(Path(root) / "cifar-10-batches-py", params, write)
+    return Path(root)

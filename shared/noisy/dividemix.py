@@ -9,17 +9,20 @@ Two networks; each epoch, for each network k in (1, 2):
      with temperature T; *label co-guessing* on U: the mean softmax of both networks over two augmentations,
      sharpened;
   3. *MixMatch*: lambda ~ Beta(alpha, alpha), lambda' = max(lambda, 1 - lambda), inputs and targets mixed with a
-     random permutation of the concatenated batch;
+     random permutation of the concatenated batch (both drawn from the run's own generator);
   4. loss = L_x (soft CE on the mixed labeled part) + lambda_u(t) L_u (MSE of probabilities on the mixed
      unlabeled part; lambda_u ramped linearly over 16 epochs after warm-up) + the uniform-prior penalty
      KL(u || mean softmax).
 Warm-up trains both networks with CE on the noisy labels (plus the negative-entropy confidence penalty for
-asymmetric noise). Test prediction: the sum of both networks' logits.
+asymmetric noise and always on Clothing1M). Test prediction: the sum of both networks' logits.
 
 Defaults (:func:`cifar_defaults`, :func:`clothing1m_defaults`) follow the released DivideMix scripts
-(``Train_cifar.py``, ``Train_clothing1M.py``; see shared/papers/anm.md section 3-4 and dmlp.md section 7).
+(``Train_cifar.py``, ``Train_clothing1M.py``; shared/noisy/README.md, "DivideMix settings").
 The engine reads images through :class:`shared.noisy.data.ViewDataset`; labels and clean probabilities live in
 tensors indexed by sample, so a package can hand in any label file (e.g. DMLP's purified labels).
+
+:class:`DivideMix` is built to be subclassed (anm, crema): ``train_epoch`` is a sequence of overridable steps,
+listed in shared/noisy/README.md, "Extending the engine".
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import betaincinv
 from sklearn.mixture import GaussianMixture
 from torch import nn
 from torch.utils.data import DataLoader
@@ -48,6 +52,7 @@ from shared.training import check_finite
 __all__ = [
     "DivideMix",
     "DivideMixConfig",
+    "MixBatch",
     "cifar_defaults",
     "clothing1m_defaults",
     "co_guess",
@@ -59,7 +64,9 @@ __all__ = [
     "mixmatch_losses",
     "neg_entropy",
     "per_sample_loss",
+    "sample_beta",
     "sharpen",
+    "uniform_prior_kl",
     "uniform_prior_penalty",
 ]
 
@@ -81,17 +88,45 @@ class DivideMixConfig:
     rampup_length: int = 16
     p_threshold: float = 0.5
     temperature: float = 0.5
-    asym_penalty: bool = field(default=False, metadata={"help": "negative-entropy penalty in warm-up (asym noise)"})
+    asym_penalty: bool = field(
+        default=False,
+        metadata={"help": "negative-entropy confidence penalty in warm-up (CIFAR asym noise; always on Clothing1M)"},
+    )
     loss_history: int = field(default=1, metadata={"help": "average the GMM input over this many epochs (5 at 90%)"})
     gmm_max_iter: int = 10
     gmm_tol: float = 1e-2
     gmm_reg_covar: float = 5e-4
     epoch_samples: int | None = field(
         default=None,
-        metadata={"help": "Clothing1M: train each epoch on a class-balanced sample of this size (null: whole set)"},
+        metadata={
+            "help": "Clothing1M: each network's co-divide (eval_train) set is a fresh class-balanced sample of this "
+            "size per epoch (num_batches x batch_size = 32 000); null: the whole training set"
+        },
+    )
+    warmup_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Clothing1M: each network warms up on a class-balanced sample of this size "
+            "(num_batches x batch_size x 2 = 64 000); null: the whole training set"
+        },
+    )
+    mix_forward: Literal["all", "labeled"] = field(
+        default="all",
+        metadata={
+            "help": "all: forward every mixed row (Train_cifar.py); labeled: mix over all 4B rows but forward only "
+            "the first 2B (Train_clothing1M.py: no L_u, penalty over 2B); needs lambda_u = 0"
+        },
     )
     num_workers: int = 0
     eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.mix_forward not in ("all", "labeled"):
+            raise ValueError(f"mix_forward must be 'all' or 'labeled', got {self.mix_forward!r}")
+        if self.mix_forward == "labeled" and self.lambda_u != 0:
+            raise ValueError(
+                f"mix_forward='labeled' drops the unlabeled loss, so lambda_u must be 0 (got {self.lambda_u})"
+            )
 
 
 def cifar_defaults(num_classes: int, noise_type: str, rate: float) -> DivideMixConfig:
@@ -115,19 +150,26 @@ def cifar_defaults(num_classes: int, noise_type: str, rate: float) -> DivideMixC
 
 
 def clothing1m_defaults() -> DivideMixConfig:
-    """DivideMix's Clothing1M settings: batch 32, 1 000 batches per epoch, 80 epochs, lr 0.002 (/10 at 40),
-    weight decay 1e-3, 1 warm-up epoch, alpha 0.5, lambda_u 0, p_threshold 0.5."""
+    """DivideMix's ``Train_clothing1M.py``: batch 32 (warm-up 64), num_batches 1 000, epochs 0..80 (81 loops, the
+    first one warm-up), lr 0.002 (/10 from epoch 40), weight decay 1e-3, alpha 0.5, lambda_u 0, p_threshold 0.5.
+
+    Per epoch each network warms up on a class-balanced sample of 1 000 x 32 x 2 = 64 000 images (CE + the
+    confidence penalty, always), and later divides a fresh class-balanced sample of 1 000 x 32 = 32 000 images
+    (``eval_train``); the mixed batch is drawn over all 4B rows but only the first 2B are forwarded (no L_u)."""
     return DivideMixConfig(
-        epochs=80,
+        epochs=81,
         warmup_epochs=1,
         batch_size=32,
-        warmup_batch_size=32,
+        warmup_batch_size=64,
         lr=0.002,
         weight_decay=1e-3,
         lr_decay_epoch=40,
         alpha=0.5,
         lambda_u=0.0,
-        epoch_samples=32 * 1000 * 2,
+        asym_penalty=True,
+        epoch_samples=1000 * 32,
+        warmup_samples=1000 * 32 * 2,
+        mix_forward="labeled",
     )
 
 
@@ -143,14 +185,32 @@ def mixmatch_lambda(lam: float | torch.Tensor) -> float | torch.Tensor:
     return torch.maximum(lam, 1 - lam) if isinstance(lam, torch.Tensor) else max(lam, 1 - lam)
 
 
+def sample_beta(alpha: float, generator: torch.Generator | None = None) -> float:
+    """One draw of Beta(alpha, alpha) from ``generator`` (inverse CDF of a uniform draw); 1.0 when alpha <= 0."""
+    if alpha <= 0:
+        return 1.0
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    return float(betaincinv(alpha, alpha, u))
+
+
 def mixmatch(
-    inputs: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator | None = None
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    generator: torch.Generator | None = None,
+    num_forward: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """MixUp with lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), against a random permutation."""
-    lam = float(np.random.beta(alpha, alpha)) if alpha > 0 else 1.0
-    lam = mixmatch_lambda(lam)
+    """MixUp with lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), against a random permutation.
+
+    Lambda and the permutation come from ``generator`` (the run's own; torch's global generator when None).
+    ``num_forward`` keeps only the first rows of the mixed batch (their partners are drawn from all rows), as
+    ``Train_clothing1M.py`` does with its 2B labeled rows.
+    """
+    lam = mixmatch_lambda(sample_beta(alpha, generator))
     perm = torch.randperm(inputs.shape[0], generator=generator).to(inputs.device)
-    return lam * inputs + (1 - lam) * inputs[perm], lam * targets + (1 - lam) * targets[perm], lam
+    rows = slice(0, inputs.shape[0] if num_forward is None else num_forward)
+    perm = perm[rows]
+    return lam * inputs[rows] + (1 - lam) * inputs[perm], lam * targets[rows] + (1 - lam) * targets[perm], lam
 
 
 def mixmatch_losses(
@@ -162,12 +222,16 @@ def mixmatch_losses(
     return lx, lu
 
 
+def uniform_prior_kl(probs: torch.Tensor) -> torch.Tensor:
+    """KL(u || p_bar) = sum_c (1/C) log((1/C) / p_bar_c), p_bar = the batch mean of ``probs`` (``B x C``)."""
+    num_classes = probs.shape[1]
+    prior = torch.full((num_classes,), 1.0 / num_classes, device=probs.device, dtype=probs.dtype)
+    return (prior * (prior.log() - probs.mean(0).log())).sum()
+
+
 def uniform_prior_penalty(logits: torch.Tensor) -> torch.Tensor:
-    """KL(u || p_bar) = sum_c (1/C) log((1/C) / p_bar_c), p_bar = batch mean of the softmax (DivideMix's penalty)."""
-    num_classes = logits.shape[1]
-    prior = torch.full((num_classes,), 1.0 / num_classes, device=logits.device, dtype=logits.dtype)
-    mean = F.softmax(logits, dim=1).mean(0)
-    return (prior * (prior.log() - mean.log())).sum()
+    """DivideMix's penalty: :func:`uniform_prior_kl` of the softmax of ``logits``."""
+    return uniform_prior_kl(F.softmax(logits, dim=1))
 
 
 def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -227,11 +291,58 @@ def gmm_clean_probability(
 
 
 # ------------------------------------------------------------------------------------------------------ trainer
+@dataclass
+class MixBatch:
+    """What one DivideMix step mixes: input groups and one target per group, plus what produced them.
+
+    ``labeled`` / ``unlabeled`` are lists of input groups (each ``B x ...`` on the device) and
+    ``labeled_targets`` / ``unlabeled_targets`` the matching ``B x C`` targets; MixMatch concatenates
+    ``labeled + unlabeled`` in that order, L_x covers the labeled rows and L_u the unlabeled ones. A hook may
+    append groups (e.g. masked images with modulated targets) to either side.
+
+    Attributes:
+        views_x, views_u: every view the loaders delivered for the labeled / unlabeled items (device tensors).
+        index_x, index_u: their sample indices (CPU int64).
+        w_x, w_u: their clean probabilities (from the other network's co-divide).
+        targets_x: co-refined targets of the labeled items; targets_u: co-guessed targets of the unlabeled ones.
+        feature_maps_x, feature_maps_u: the trained network's last feature maps of the first guessing view
+            (``B x C x h x w``, no grad), when :attr:`DivideMix.need_feature_maps` is set; else None.
+        extras: free room for a subclass (e.g. masking ratios for its loss).
+    """
+
+    labeled: list[torch.Tensor]
+    labeled_targets: list[torch.Tensor]
+    unlabeled: list[torch.Tensor]
+    unlabeled_targets: list[torch.Tensor]
+    views_x: list[torch.Tensor]
+    views_u: list[torch.Tensor]
+    index_x: torch.Tensor
+    index_u: torch.Tensor | None
+    w_x: torch.Tensor
+    w_u: torch.Tensor | None
+    targets_x: torch.Tensor
+    targets_u: torch.Tensor | None
+    feature_maps_x: torch.Tensor | None = None
+    feature_maps_u: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_labeled_rows(self) -> int:
+        return sum(int(g.shape[0]) for g in self.labeled)
+
+    def inputs(self) -> torch.Tensor:
+        return torch.cat([*self.labeled, *self.unlabeled])
+
+    def targets(self) -> torch.Tensor:
+        return torch.cat([*self.labeled_targets, *self.unlabeled_targets])
+
+
 class DivideMix:
-    """The two-network DivideMix trainer on one process.
+    """The two-network DivideMix trainer on one process, built from overridable steps.
 
     Args:
-        net1, net2: the two networks (same architecture, different initialisation), on ``device``.
+        net1, net2: the two networks (same architecture, different initialisation), on ``device``; they follow the
+            model API of :mod:`shared.noisy.models` (``forward_feature_map``, ``pool``, ``forward_head``).
         source: training images (uint8 tensor or indexable image source).
         labels: the training labels it treats as noisy (``N``), e.g. a noise file's or DMLP's purified labels.
         num_classes: C.
@@ -242,8 +353,17 @@ class DivideMix:
         device: where to train.
         logger: run logger.
         clean_labels: true training labels when known (synthetic noise), only for the label-quality log.
-        seed: seeds the GMM and the Clothing1M epoch samples.
+        seed: seeds the GMM, the Clothing1M epoch samples and the run's MixMatch generator.
+
+    Class attributes a subclass may change:
+        guess_views: which loaded views feed co-refinement and co-guessing (default the two views).
+        mix_views: which loaded views enter MixMatch as input groups (default the same two).
+        need_feature_maps: hand the trained network's feature maps of the first guessing view to the batch.
     """
+
+    guess_views: tuple[int, ...] = (0, 1)
+    mix_views: tuple[int, ...] = (0, 1)
+    need_feature_maps: bool = False
 
     def __init__(
         self,
@@ -269,6 +389,7 @@ class DivideMix:
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.test_source, self.test_labels = test_source, test_labels
         self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
         self.optimizers = [
             torch.optim.SGD(n.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             for n in self.nets
@@ -289,6 +410,7 @@ class DivideMix:
             "epoch": self.epoch,
             "step": self.step,
             "rng": capture_rng_state(),
+            "mix_generator": self.generator.get_state(),
             "config": asdict(self.cfg),
         }
 
@@ -300,41 +422,60 @@ class DivideMix:
         self.tracker.load_state_dict(state["tracker"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         restore_rng_state(state["rng"])
+        if "mix_generator" in state:
+            self.generator.set_state(state["mix_generator"])
 
-    # -- pieces
-    def _epoch_indices(self, epoch: int) -> np.ndarray:
-        if self.cfg.epoch_samples is None:
+    # -- data
+    def view_transforms(self, role: str) -> list[Callable]:
+        """The per-item views a loader delivers: ``role`` is "warmup" (default one view), "labeled" or "unlabeled"
+        (default two views). Each entry is an image -> tensor transform; override to add views (ANM: 6)."""
+        if role not in ("warmup", "labeled", "unlabeled"):
+            raise ValueError(f"role must be warmup, labeled or unlabeled, got {role!r}")
+        return [self.train_transform] * (1 if role == "warmup" else 2)
+
+    def _balanced(self, size: int | None, epoch: int, k: int, salt: int) -> np.ndarray:
+        if size is None:
             return np.arange(len(self.labels))
-        rng = np.random.default_rng([self.seed, epoch])
-        return balanced_subset(self.labels.numpy(), self.cfg.epoch_samples, self.num_classes, rng)
+        rng = np.random.default_rng([self.seed, epoch, k, salt])
+        return balanced_subset(self.labels.numpy(), size, self.num_classes, rng)
 
-    def _loader(self, indices: np.ndarray, views: int, batch_size: int) -> DataLoader:
-        dataset = ViewDataset(self.source, self.train_transform, views, indices)
+    def warmup_indices(self, epoch: int, k: int) -> np.ndarray:
+        """Samples network k warms up on in ``epoch`` (``cfg.warmup_samples``: a fresh class-balanced draw)."""
+        return self._balanced(self.cfg.warmup_samples, epoch, k, 0)
+
+    def divide_indices(self, epoch: int, k: int) -> np.ndarray:
+        """Samples network k's co-divide covers in ``epoch`` (``cfg.epoch_samples``: a fresh class-balanced draw)."""
+        return self._balanced(self.cfg.epoch_samples, epoch, k, 1)
+
+    def _loader(self, indices: np.ndarray, role: str, batch_size: int) -> DataLoader:
+        dataset = ViewDataset(self.source, self.view_transforms(role), indices=indices)
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=self.cfg.num_workers
         )
 
+    # -- warm-up
+    def warmup_loss(self, k: int, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """CE on the given labels (+ the negative-entropy confidence penalty when ``cfg.asym_penalty``)."""
+        loss = F.cross_entropy(logits, targets)
+        return loss + neg_entropy(logits) if self.cfg.asym_penalty else loss
+
     def warmup_epoch(self, k: int, indices: np.ndarray) -> float:
-        """CE on the given labels (+ negative entropy for asymmetric noise) for network k."""
-        net, opt = self.nets[k], self.optimizers[k]
+        """One warm-up pass of network k over ``indices`` (batch ``cfg.warmup_batch_size``)."""
+        net = self.nets[k]
         net.train()
         total, count = 0.0, 0
-        for images, index in self._loader(indices, 1, self.cfg.warmup_batch_size):
-            logits = net(images.to(self.device))
-            loss = F.cross_entropy(logits, self.labels[index].to(self.device))
-            if self.cfg.asym_penalty:
-                loss = loss + neg_entropy(logits)
+        for *views, index in self._loader(indices, "warmup", self.cfg.warmup_batch_size):
+            logits = net(views[0].to(self.device))
+            loss = self.warmup_loss(k, logits, self.labels[index].to(self.device))
             check_finite(loss, self.step, "DivideMix warm-up loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self.step += 1
+            self.optimizer_step(k, loss, warmup=True)
             total, count = total + loss.item() * len(index), count + len(index)
         return total / max(count, 1)
 
-    def clean_probability(self, k: int, indices: np.ndarray) -> np.ndarray:
-        """Co-divide input: network k's GMM clean probability of each sample in ``indices``."""
-        losses = per_sample_loss(
+    # -- co-divide
+    def sample_losses(self, k: int, indices: np.ndarray) -> torch.Tensor:
+        """``eval_train``: network k's per-sample CE on the un-augmented images of ``indices``."""
+        return per_sample_loss(
             self.nets[k],
             self.source,
             self.labels,
@@ -344,6 +485,10 @@ class DivideMix:
             self.cfg.eval_batch_size,
             self.cfg.num_workers,
         )
+
+    def clean_probability(self, k: int, indices: np.ndarray) -> np.ndarray:
+        """Network k's GMM clean probability of each sample in ``indices`` (min-max normalised loss, history)."""
+        losses = self.sample_losses(k, indices)
         span = losses.max() - losses.min()
         normed = (losses - losses.min()) / (span if span > 0 else 1.0)
         if self.cfg.epoch_samples is None and self.cfg.loss_history > 1:
@@ -351,9 +496,144 @@ class DivideMix:
             normed = torch.stack(self.loss_history[k]).mean(0)
         return gmm_clean_probability(normed, self.cfg.gmm_max_iter, self.cfg.gmm_tol, self.cfg.gmm_reg_covar, self.seed)
 
+    def co_divide(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(indices, clean probability) of each network's division; network k then trains on entry 1 - k."""
+        divisions = []
+        for k in range(2):
+            indices = self.divide_indices(epoch, k)
+            divisions.append((indices, self.clean_probability(k, indices)))
+        return divisions
+
+    # -- one training step, in pieces
+    def _predict(self, net: nn.Module, x: torch.Tensor, keep_map: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not keep_map:
+            return F.softmax(net(x), 1), None
+        fmap = net.forward_feature_map(x)
+        return F.softmax(net.forward_head(net.pool(fmap)), 1), fmap
+
+    @torch.no_grad()
+    def prepare_batch(
+        self,
+        k: int,
+        views_x: list[torch.Tensor],
+        index_x: torch.Tensor,
+        views_u: list[torch.Tensor] | None,
+        index_u: torch.Tensor | None,
+        weights: torch.Tensor,
+    ) -> MixBatch:
+        """Label co-refinement of the labeled items and co-guessing of the unlabeled ones (no grad).
+
+        ``weights`` holds every sample's clean probability (indexed by sample). The guessing views are
+        :attr:`guess_views`, the MixMatch groups :attr:`mix_views`, each paired with the refined / guessed target.
+        """
+        net, other = self.nets[k], self.nets[1 - k]
+        cfg = self.cfg
+        onehot = F.one_hot(self.labels[index_x], self.num_classes).float().to(self.device)
+        w_x = weights[index_x].to(self.device)
+        keep = self.need_feature_maps
+        probs, fmap_x = [], None
+        for i, v in enumerate(self.guess_views):
+            p, fmap = self._predict(net, views_x[v], keep and i == 0)
+            probs.append(p)
+            fmap_x = fmap if i == 0 else fmap_x
+        targets_x = co_refine(onehot, w_x, torch.stack(probs).mean(0), cfg.temperature)
+        batch = MixBatch(
+            labeled=[views_x[v] for v in self.mix_views],
+            labeled_targets=[targets_x] * len(self.mix_views),
+            unlabeled=[],
+            unlabeled_targets=[],
+            views_x=views_x,
+            views_u=views_u or [],
+            index_x=index_x,
+            index_u=index_u,
+            w_x=w_x,
+            w_u=None,
+            targets_x=targets_x,
+            targets_u=None,
+            feature_maps_x=fmap_x,
+        )
+        if views_u is not None:
+            probs, fmap_u = [], None
+            for model in (net, other):
+                for i, v in enumerate(self.guess_views):
+                    p, fmap = self._predict(model, views_u[v], keep and model is net and i == 0)
+                    probs.append(p)
+                    fmap_u = fmap if fmap is not None else fmap_u
+            batch.targets_u = co_guess(probs, cfg.temperature)
+            batch.w_u = weights[index_u].to(self.device)
+            batch.feature_maps_u = fmap_u
+            batch.unlabeled = [views_u[v] for v in self.mix_views]
+            batch.unlabeled_targets = [batch.targets_u] * len(self.mix_views)
+        return batch
+
+    def augment_batch(self, k: int, batch: MixBatch) -> MixBatch:
+        """Hook: append extra input groups with their targets before MixMatch (identity by default)."""
+        return batch
+
+    def mixmatch(self, batch: MixBatch) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """MixMatch over ``labeled + unlabeled`` with the run's generator; with ``cfg.mix_forward == "labeled"`` only
+        the labeled rows are kept (their partners come from all rows)."""
+        num_forward = batch.num_labeled_rows if self.cfg.mix_forward == "labeled" else None
+        return mixmatch(batch.inputs(), batch.targets(), self.cfg.alpha, self.generator, num_forward)
+
+    def extra_loss(
+        self, k: int, batch: MixBatch, logits: torch.Tensor, mixed_target: torch.Tensor
+    ) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Hook: an auxiliary loss term added to the DivideMix loss, with its log values (none by default)."""
+        return None, {}
+
+    def compute_loss(
+        self, k: int, batch: MixBatch, logits: torch.Tensor, mixed_target: torch.Tensor, progress: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_x + lambda_u(progress) L_u + KL(u || mean softmax) + :meth:`extra_loss`; returns (loss, log values).
+
+        ``progress`` is the fractional epoch (epoch + batch / iterations) of the lambda_u ramp-up.
+        """
+        cfg = self.cfg
+        n = batch.num_labeled_rows
+        lx, lu = mixmatch_losses(logits[:n], mixed_target[:n], logits[n:], mixed_target[n:])
+        lamb = linear_rampup(progress, cfg.warmup_epochs, cfg.lambda_u, cfg.rampup_length)
+        penalty = uniform_prior_penalty(logits)
+        loss = lx + lamb * lu + penalty
+        stats = {"lx": lx.item(), "lu": lu.item(), "penalty": penalty.item()}
+        extra, extra_stats = self.extra_loss(k, batch, logits, mixed_target)
+        if extra is not None:
+            loss = loss + extra
+            stats.update(extra_stats)
+        return loss, stats
+
+    def optimizer_step(self, k: int, loss: torch.Tensor, warmup: bool = False) -> None:
+        """Backward and one SGD step of network k (override for gradient clipping, AMP, extra modules)."""
+        opt = self.optimizers[k]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        self.step += 1
+
+    def train_step(
+        self,
+        k: int,
+        views_x: list[torch.Tensor],
+        index_x: torch.Tensor,
+        views_u: list[torch.Tensor] | None,
+        index_u: torch.Tensor | None,
+        weights: torch.Tensor,
+        progress: float,
+    ) -> dict[str, float]:
+        """prepare_batch -> augment_batch -> mixmatch -> forward -> compute_loss -> optimizer_step."""
+        batch = self.prepare_batch(k, views_x, index_x, views_u, index_u, weights)
+        batch = self.augment_batch(k, batch)
+        mixed_input, mixed_target, _ = self.mixmatch(batch)
+        logits = self.nets[k](mixed_input)
+        loss, stats = self.compute_loss(k, batch, logits, mixed_target, progress)
+        check_finite(loss, self.step, "DivideMix loss")
+        self.optimizer_step(k, loss)
+        return stats
+
     def train_epoch(self, k: int, epoch: int, indices: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-        """One DivideMix epoch of network k, using the clean probabilities ``prob`` from the other network."""
-        cfg, net, other, opt = self.cfg, self.nets[k], self.nets[1 - k], self.optimizers[k]
+        """One DivideMix epoch of network k, using the clean probabilities ``prob`` (of ``indices``) from the other
+        network."""
+        cfg, net, other = self.cfg, self.nets[k], self.nets[1 - k]
         labeled = prob > cfg.p_threshold
         lab_idx, unl_idx = indices[labeled], indices[~labeled]
         weights = torch.zeros(len(self.labels))
@@ -361,54 +641,39 @@ class DivideMix:
         if len(lab_idx) < cfg.batch_size:
             self.logger.info(f"net{k + 1}: only {len(lab_idx)} labeled samples; skipping the epoch")
             return {"labeled": float(len(lab_idx))}
-        lab_loader = self._loader(lab_idx, 2, cfg.batch_size)
-        unl_loader = self._loader(unl_idx, 2, cfg.batch_size) if len(unl_idx) >= cfg.batch_size else None
+        lab_loader = self._loader(lab_idx, "labeled", cfg.batch_size)
+        unl_loader = self._loader(unl_idx, "unlabeled", cfg.batch_size) if len(unl_idx) >= cfg.batch_size else None
         unl_iter = iter(unl_loader) if unl_loader is not None else None
         net.train()
         other.eval()
         num_iter = len(lab_loader)
-        sums = {"lx": 0.0, "lu": 0.0, "penalty": 0.0}
-        for batch_idx, (x1, x2, index) in enumerate(lab_loader):
-            x1, x2 = x1.to(self.device), x2.to(self.device)
-            batch = x1.shape[0]
-            onehot = F.one_hot(self.labels[index], self.num_classes).float().to(self.device)
-            w = weights[index].to(self.device)
-            with torch.no_grad():
-                px = (F.softmax(net(x1), 1) + F.softmax(net(x2), 1)) / 2
-                targets_x = co_refine(onehot, w, px, cfg.temperature)
-                inputs, targets = [x1, x2], [targets_x, targets_x]
-                if unl_iter is not None:
-                    try:
-                        u1, u2, _ = next(unl_iter)
-                    except StopIteration:
-                        unl_iter = iter(unl_loader)
-                        u1, u2, _ = next(unl_iter)
-                    u1, u2 = u1.to(self.device), u2.to(self.device)
-                    targets_u = co_guess([F.softmax(m(u), 1) for m in (net, other) for u in (u1, u2)], cfg.temperature)
-                    inputs += [u1, u2]
-                    targets += [targets_u, targets_u]
-            mixed_input, mixed_target, _ = mixmatch(torch.cat(inputs), torch.cat(targets), cfg.alpha)
-            logits = net(mixed_input)
-            lx, lu = mixmatch_losses(
-                logits[: 2 * batch], mixed_target[: 2 * batch], logits[2 * batch :], mixed_target[2 * batch :]
+        sums: dict[str, float] = {}
+        for batch_idx, (*views_x, index_x) in enumerate(lab_loader):
+            views_u, index_u = None, None
+            if unl_iter is not None:
+                try:
+                    *views_u, index_u = next(unl_iter)
+                except StopIteration:
+                    unl_iter = iter(unl_loader)
+                    *views_u, index_u = next(unl_iter)
+                views_u = [v.to(self.device) for v in views_u]
+            stats = self.train_step(
+                k,
+                [v.to(self.device) for v in views_x],
+                index_x,
+                views_u,
+                index_u,
+                weights,
+                epoch + batch_idx / num_iter,
             )
-            lamb = linear_rampup(epoch + batch_idx / num_iter, cfg.warmup_epochs, cfg.lambda_u, cfg.rampup_length)
-            penalty = uniform_prior_penalty(logits)
-            loss = lx + lamb * lu + penalty
-            check_finite(loss, self.step, "DivideMix loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self.step += 1
-            sums["lx"] += lx.item()
-            sums["lu"] += lu.item()
-            sums["penalty"] += penalty.item()
-        stats = {key: value / num_iter for key, value in sums.items()}
-        stats["labeled"] = float(len(lab_idx))
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+        result = {key: value / num_iter for key, value in sums.items()}
+        result["labeled"] = float(len(lab_idx))
         if self.clean is not None:
             quality = label_precision_recall(labeled, self.labels[indices], self.clean[indices])
-            stats.update({"labeled_precision": quality["precision"], "labeled_recall": quality["recall"]})
-        return stats
+            result.update({"labeled_precision": quality["precision"], "labeled_recall": quality["recall"]})
+        return result
 
     def adjust_lr(self, epoch: int) -> float:
         lr = self.cfg.lr * (0.1 if epoch >= self.cfg.lr_decay_epoch else 1.0)
@@ -429,6 +694,20 @@ class DivideMix:
             self.cfg.num_workers,
         )
 
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Warm-up or co-divide + one training pass of each network; returns the epoch's log values."""
+        row: dict[str, Any] = {}
+        if epoch < self.cfg.warmup_epochs:
+            for k in range(2):
+                row[f"warmup_loss{k + 1}"] = self.warmup_epoch(k, self.warmup_indices(epoch, k))
+            return row
+        divisions = self.co_divide(epoch)
+        for k in range(2):  # net k learns from the division of the other network
+            indices, prob = divisions[1 - k]
+            stats = self.train_epoch(k, epoch, indices, prob)
+            row.update({f"{key}{k + 1}": value for key, value in stats.items()})
+        return row
+
     def fit(
         self,
         checkpoint_path: str | Path | None = None,
@@ -442,17 +721,8 @@ class DivideMix:
             start = self.epoch + 1
         for epoch in range(start, self.cfg.epochs):
             t0 = time.perf_counter()
-            lr = self.adjust_lr(epoch)
-            indices = self._epoch_indices(epoch)
-            row: dict[str, Any] = {"lr": lr}
-            if epoch < self.cfg.warmup_epochs:
-                for k in range(2):
-                    row[f"warmup_loss{k + 1}"] = self.warmup_epoch(k, indices)
-            else:
-                probs = [self.clean_probability(k, indices) for k in range(2)]
-                for k in range(2):  # net k learns from the division of the other network
-                    stats = self.train_epoch(k, epoch, indices, probs[1 - k])
-                    row.update({f"{key}{k + 1}": value for key, value in stats.items()})
+            row: dict[str, Any] = {"lr": self.adjust_lr(epoch)}
+            row.update(self.run_epoch(epoch))
             acc = self.test()
             self.tracker.update(acc, epoch)
             self.epoch = epoch

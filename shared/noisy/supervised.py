@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from shared.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from shared.distributed import DistContext, all_reduce_mean
 from shared.logger import RunLogger
-from shared.noisy.data import ViewDataset
+from shared.noisy.data import ViewDataset, balanced_subset
 from shared.noisy.metrics import AccuracyTracker
 from shared.training import check_finite, unwrap_model
 
@@ -41,6 +41,13 @@ class SupervisedConfig:
     weight_decay: float = 5e-4
     milestones: list[int] = field(default_factory=lambda: [150], metadata={"help": "lr x gamma at these epochs"})
     gamma: float = 0.1
+    epoch_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "train each epoch on a fresh class-balanced sample (by the given labels) of this size, e.g. "
+            "Clothing1M's per-epoch budget; null: every sample every epoch"
+        },
+    )
     num_workers: int = 0
     eval_batch_size: int = 512
 
@@ -120,18 +127,31 @@ def train_supervised(
     """
     labels = torch.as_tensor(np.array(labels))  # a copy: label files give read-only arrays
     labels = labels.float() if labels.ndim == 2 else labels.long()
-    dataset = ViewDataset(source, train_transform, 1, indices)
-    sampler = DistributedSampler(
-        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
-    )
-    loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True
-    )
-    if len(loader) == 0:
-        raise ValueError(
-            f"{tag}: batch_size {cfg.batch_size} x {ctx.world_size} processes exceeds the "
-            f"{len(dataset)} training samples"
+    pool = np.arange(len(labels)) if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def epoch_loader(epoch: int) -> tuple[DataLoader, DistributedSampler]:
+        chosen = pool
+        if cfg.epoch_samples is not None:  # a function of (seed, epoch) only: identical on every rank and on resume
+            hard = (labels.argmax(1) if labels.ndim == 2 else labels)[pool].numpy()
+            num_classes = int(labels.shape[1]) if labels.ndim == 2 else int(labels.max()) + 1
+            picked = balanced_subset(hard, cfg.epoch_samples, num_classes, np.random.default_rng([seed, epoch]))
+            chosen = pool[picked]
+        dataset = ViewDataset(source, train_transform, 1, chosen)
+        sampler = DistributedSampler(
+            dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
         )
+        sampler.set_epoch(epoch)
+        loader = DataLoader(
+            dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True
+        )
+        if len(loader) == 0:
+            raise ValueError(
+                f"{tag}: batch_size {cfg.batch_size} x {ctx.world_size} processes exceeds the "
+                f"{len(dataset)} training samples"
+            )
+        return loader, sampler
+
+    loader, _ = epoch_loader(0)  # checks the batch size before anything is trained
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
     tracker, start_epoch, step = AccuracyTracker(), 0, 0
@@ -149,7 +169,7 @@ def train_supervised(
             model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
         )
     for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
+        loader, _ = epoch_loader(epoch)
         train_model.train()
         loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
         for images, index in logger.progress(loader, desc=f"{tag} epoch {epoch}", total=len(loader)):

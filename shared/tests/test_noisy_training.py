@@ -194,3 +194,28 @@ def test_dividemix_beats_ce_at_50_percent_symmetric_noise(tmp_path):
     ).fit()
     dm_logger.close()
     assert dm["last"] > ce["last"], (dm, ce)
+
+
+def test_supervised_epoch_samples_draws_a_balanced_budget_per_epoch(tmp_path):
+    """``epoch_samples``: each epoch trains on a fresh class-balanced sample of that size (Clothing1M's budget)."""
+    images, labels = _toy_images(64)
+    rows = []
+    logger = RunLogger(tmp_path, tensorboard=False, name="budget")
+    torch.manual_seed(0)
+    train_supervised(
+        PreActResNet18(num_classes=2, width=4),
+        images,
+        labels,
+        Normalize(CIFAR_MEAN[10], CIFAR_STD[10]),
+        images[:16],
+        labels[:16],
+        Normalize(CIFAR_MEAN[10], CIFAR_STD[10]),
+        SupervisedConfig(epochs=2, batch_size=8, epoch_samples=16),
+        CPU,
+        logger,
+        tmp_path / "last.pt",
+        on_epoch_end=lambda epoch, row: rows.append(row),
+    )
+    logger.close()
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 2 * (16 // 8)  # 16 samples per epoch, not 64
