@@ -39,6 +39,9 @@ class DataConfig:
     root: str | None = field(default=None, metadata={"help": "preprocessed tree (python -m lsfa.preprocess)"})
     classes: list[str] = field(default_factory=list, metadata={"help": "classes to use (empty: all under root)"})
     image_size: int = 224
+    rgb_resize: str = field(
+        default="pil", metadata={"help": "pil (M3DM: PIL bicubic) | torch (bicubic without antialiasing)"}
+    )
     batch_size: int = 8
     num_workers: int = 0
     max_train_samples: int | None = field(default=400, metadata={"help": "per class (the release's max_sample)"})
@@ -67,7 +70,10 @@ class SyntheticConfig:
 
 @dataclass
 class BackboneConfig:
-    rgb_variant: str = field(default="dino_vitb8", metadata={"help": "dino_vitb8 (paper), dino_vits8, vit_tiny8_d2"})
+    rgb_variant: str = field(
+        default="dino_vitb8",
+        metadata={"help": "dino_vitb8 (paper), dino_vits8, vit_tiny8_d2, imagenet_mobilenet_v2 (evidence)"},
+    )
     rgb_checkpoint: str | None = field(default=None, metadata={"help": "dino_vitbase8_pretrain.pth (DINO / timm)"})
     point_variant: str = field(default="point_mae", metadata={"help": "point_mae (paper), point_mae_tiny"})
     point_checkpoint: str | None = field(default=None, metadata={"help": "pointmae_pretrain.pth (Point-MAE)"})
@@ -87,6 +93,10 @@ class BackboneConfig:
 
 @dataclass
 class AdaptorConfig:
+    init: str = field(
+        default="torch_default",
+        metadata={"help": "torch_default (the release: PyTorch's default init) | trunc_normal (std 0.02, zero bias)"},
+    )
     num_heads: int = 12
     proj_dim: int = 512
     patch_queue: int = field(default=60_000, metadata={"help": "IFC patch queue entries per class"})
@@ -118,6 +128,13 @@ class OptimConfig:
 class EvalConfig:
     methods: list[str] = field(default_factory=lambda: ["lsfa", "m3dm"])
     vis_images: int = 4
+    aupro: str = field(
+        default="exact",
+        metadata={
+            "help": "AUPRO@0.3 of the table: exact (the full curve) | m3dm (M3DM's 100 rank thresholds, the papers'); "
+            "both are written to metrics.json"
+        },
+    )
 
 
 @dataclass

@@ -47,7 +47,8 @@ class CheckpointEvalConfig(TrainConfig):
 
 
 METHODS = {"lsfa": "LSFA", "m3dm": "M3DM (no adaptors)", "m3dm_triple": "M3DM + fusion bank"}
-METRICS = ("i_auroc", "p_auroc", "aupro")
+METRICS = ("i_auroc", "p_auroc", "aupro", "aupro_exact", "aupro_m3dm")
+TABLE_METRICS = ("i_auroc", "p_auroc", "aupro")
 
 
 def _mean(values: list[float]) -> float:
@@ -65,7 +66,7 @@ def format_table(metrics: dict[str, float], classes: list[str], methods: list[st
     for c in [*classes, "mean"]:
         row = f"{c:<12}"
         for m in methods:
-            for k in METRICS:
+            for k in TABLE_METRICS:
                 row += f"{metrics.get(f'{m}/{c}/{k}' if c != 'mean' else f'{m}_{k}_mean', float('nan')):>17.3f}"
         lines.append(row)
     return "\n".join(lines)
@@ -87,6 +88,8 @@ def evaluate_classes(
     logger: RunLogger | None = None,
     vis_images: int = 4,
     uff: UnsupervisedFeatureFusion | None = None,
+    rgb_resize: str = "pil",
+    aupro_method: str = "exact",
 ) -> dict[str, float]:
     """Score every class with every method; returns flat metrics (``<method>/<class>/<metric>`` and means)."""
     unknown = [m for m in methods if m not in METHODS]
@@ -106,17 +109,19 @@ def evaluate_classes(
         t0 = time.perf_counter()
         train = (train_cache or {}).get(c) or extract_features(
             extractor,
-            MVTec3DDataset(root, c, "train", image_size=image_size, max_samples=max_train_samples),
+            MVTec3DDataset(
+                root, c, "train", image_size=image_size, max_samples=max_train_samples, rgb_resize=rgb_resize
+            ),
             batch_size,
             device,
         )
-        test_set = MVTec3DDataset(root, c, "test", image_size=image_size)
+        test_set = MVTec3DDataset(root, c, "test", image_size=image_size, rgb_resize=rgb_resize)
         test = extract_features(extractor, test_set, batch_size, device)
         for m in methods:
             out = score_class(
                 train, test, adaptors if m == "lsfa" else None, scoring, device, uff if m == "m3dm_triple" else None
             )
-            for k, v in class_metrics(out["image"], out["map"], test.labels, test.masks).items():
+            for k, v in class_metrics(out["image"], out["map"], test.labels, test.masks, aupro_method).items():
                 metrics[f"{m}/{c}/{k}"] = v
             curves[m].append((c, out["image"], test.labels))
             if output_dir is not None and vis_images > 0:
@@ -139,7 +144,8 @@ def evaluate_classes(
 
         for m in methods:
             plot_roc(curves[m], output_dir / f"roc_{m}.png", METHODS[m])
-    say("\n" + format_table(metrics, classes, methods))
+    say(f"\nAUPRO@0.3 in the table: {aupro_method} (metrics.json has aupro_exact and aupro_m3dm)")
+    say(format_table(metrics, classes, methods))
     return metrics
 
 
@@ -171,6 +177,8 @@ def evaluate(
         logger=logger,
         vis_images=cfg.eval.vis_images,
         uff=uff,
+        rgb_resize=cfg.data.rgb_resize,
+        aupro_method=cfg.eval.aupro,
     )
 
 

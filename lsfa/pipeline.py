@@ -13,6 +13,7 @@ from torch.utils.data import ConcatDataset
 from lsfa.config import TrainConfig
 from lsfa.data import MVTec3DDataset
 from lsfa.model import (
+    BUILTIN_PRETRAINED_RGB,
     FeatureExtractor,
     LSFAAdaptors,
     UnsupervisedFeatureFusion,
@@ -74,7 +75,10 @@ def build_extractor(
         missing = [
             name
             for name, path in (
-                ("backbone.rgb_checkpoint (DINO ViT-B/8: dino_vitbase8_pretrain.pth)", b.rgb_checkpoint),
+                (
+                    "backbone.rgb_checkpoint (DINO ViT-B/8: dino_vitbase8_pretrain.pth)",
+                    b.rgb_checkpoint or b.rgb_variant in BUILTIN_PRETRAINED_RGB,
+                ),
                 ("backbone.point_checkpoint (Point-MAE: pointmae_pretrain.pth)", b.point_checkpoint),
             )
             if not path
@@ -103,6 +107,7 @@ def build_adaptors(cfg: TrainConfig, extractor: FeatureExtractor) -> LSFAAdaptor
         rgb_dim=extractor.rgb_dim,
         num_heads=cfg.adaptor.num_heads,
         proj_dim=cfg.adaptor.proj_dim,
+        init=cfg.adaptor.init,
     )
 
 
@@ -134,7 +139,14 @@ def _uff_token_source(
         return cached, xyz_maps.shape[0]
     images = ConcatDataset(
         [
-            MVTec3DDataset(root, c, "train", image_size=cfg.data.image_size, max_samples=cfg.data.max_train_samples)
+            MVTec3DDataset(
+                root,
+                c,
+                "train",
+                image_size=cfg.data.image_size,
+                max_samples=cfg.data.max_train_samples,
+                rgb_resize=cfg.data.rgb_resize,
+            )
             for c in classes
         ]
     )

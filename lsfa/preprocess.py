@@ -7,9 +7,11 @@ MVTec 3D-AD (M3DM ``utils/preprocessing.py``), per sample:
 
 1. RANSAC plane fit (Open3D ``segment_plane``: distance 0.004, ransac_n 50, 1000 iterations) on the points of a
    10-pixel border strip of the organised cloud;
-2. zero every point (and its RGB) closer than 0.005 to the plane;
-3. zero-pad xyz, rgb and gt to a square whose side is the larger of H, W rounded up to the next multiple of 100;
-4. DBSCAN (eps 0.006, min_points 30) on the remaining points; keep the largest cluster, zero the rest.
+2. zero every point (and its RGB pixel) closer than 0.005 to the plane; pixels without a point keep their RGB;
+3. zero-pad xyz, rgb and gt, centred (``pad_cropped_pc``), to a square whose side is the larger of H, W rounded up
+   to the next multiple of 100;
+4. DBSCAN (eps 0.006, min_points 30) on the present points (all three coordinates non-zero); keep the most frequent
+   label, zero the other points and their RGB pixels.
 
 Eyecandies (M3DM ``utils/preprocess_eyecandies.py``, with its ``os.path.join(root, '/train/data')`` path bug fixed
 and the background written as (0, 0, 0)): depth png -> metres with ``info_depth.yaml``, back-projection through
@@ -34,8 +36,14 @@ from lsfa.data import read_rgb, read_xyz
 
 __all__ = [
     "EYECANDIES_FOCAL_LENGTH",
+    "PREPROCESSED_MARKER",
+    "check_preprocessed",
     "convert_eyecandies",
+    "dbscan_labels",
     "depth_to_pointcloud",
+    "fit_border_plane",
+    "has_point",
+    "keep_largest_cluster",
     "main",
     "pad_to_square",
     "parse_args",
@@ -43,9 +51,62 @@ __all__ = [
     "preprocess_sample",
     "remove_background_plane",
     "remove_eyecandies_background",
+    "zero_outside_largest_cluster",
+    "zero_plane_points",
 ]
 
 EYECANDIES_FOCAL_LENGTH = 711.11
+
+
+def has_point(xyz: np.ndarray) -> np.ndarray:
+    """M3DM's test for a present point: all three coordinates non-zero (``np.all(pc != 0, axis=1)``)."""
+    return (xyz != 0).all(-1)
+
+
+def fit_border_plane(
+    xyz: np.ndarray,
+    border: int = 10,
+    fit_distance: float = 0.004,
+    ransac_n: int = 50,
+    iterations: int = 1000,
+    seed: int = 0,
+) -> np.ndarray:
+    """RANSAC plane (a, b, c, d), unit normal, fit by Open3D to the present points of a ``border``-pixel strip."""
+    import open3d as o3d
+
+    h, w, _ = xyz.shape
+    strip = np.zeros((h, w), bool)
+    strip[:border], strip[-border:], strip[:, :border], strip[:, -border:] = True, True, True, True
+    border_points = xyz[strip & has_point(xyz)].astype(np.float64)
+    if len(border_points) < ransac_n:
+        raise ValueError(
+            f"remove_background_plane: only {len(border_points)} valid points in the {border}-px border "
+            f"strip, fewer than ransac_n={ransac_n}"
+        )
+    o3d.utility.random.seed(seed)
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(border_points))
+    plane, _ = cloud.segment_plane(distance_threshold=fit_distance, ransac_n=ransac_n, num_iterations=iterations)
+    return np.asarray(plane, np.float64)
+
+
+def zero_plane_points(
+    xyz: np.ndarray,
+    rgb: np.ndarray | None,
+    plane: np.ndarray,
+    remove_distance: float = 0.005,
+    zero_rgb_without_depth: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Zero every point, and its RGB pixel, whose distance ``|(a, b, c, d) . (x, y, z, 1)|`` to the plane is below
+    ``remove_distance`` (M3DM ``remove_plane``). A pixel without a point (0, 0, 0) keeps its RGB, as in M3DM, unless
+    ``zero_rgb_without_depth`` (this package's earlier behaviour, README Fidelity notes)."""
+    a, b, c, d = (float(v) for v in plane)
+    distance = np.abs(xyz.astype(np.float64) @ np.array([a, b, c]) + d) / math.sqrt(a * a + b * b + c * c)
+    on_plane = distance < remove_distance
+    xyz = np.where(on_plane[..., None], 0.0, xyz).astype(np.float32)
+    if rgb is not None:
+        blank = on_plane | ~has_point(xyz) if zero_rgb_without_depth else on_plane
+        rgb = np.where(blank[..., None], 0, rgb).astype(np.uint8)
+    return xyz, rgb
 
 
 def remove_background_plane(
@@ -57,73 +118,86 @@ def remove_background_plane(
     ransac_n: int = 50,
     iterations: int = 1000,
     seed: int = 0,
+    zero_rgb_without_depth: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Fit a plane to the border strip with RANSAC and zero every point (and pixel) within ``remove_distance``."""
-    import open3d as o3d
-
-    h, w, _ = xyz.shape
-    strip = np.zeros((h, w), bool)
-    strip[:border], strip[-border:], strip[:, :border], strip[:, -border:] = True, True, True, True
-    valid = np.abs(xyz).sum(-1) > 0
-    border_points = xyz[strip & valid].astype(np.float64)
-    if len(border_points) < ransac_n:
-        raise ValueError(
-            f"remove_background_plane: only {len(border_points)} valid points in the {border}-px border "
-            f"strip, fewer than ransac_n={ransac_n}"
-        )
-    o3d.utility.random.seed(seed)
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(border_points))
-    (a, b, c, d), _ = cloud.segment_plane(distance_threshold=fit_distance, ransac_n=ransac_n, num_iterations=iterations)
-    distance = np.abs(xyz @ np.array([a, b, c]) + d) / math.sqrt(a * a + b * b + c * c)
-    background = (distance < remove_distance) | ~valid
-    xyz = np.where(background[..., None], 0.0, xyz).astype(np.float32)
-    if rgb is not None:
-        rgb = np.where(background[..., None], 0, rgb).astype(np.uint8)
-    return xyz, rgb
+    plane = fit_border_plane(xyz, border, fit_distance, ransac_n, iterations, seed)
+    return zero_plane_points(xyz, rgb, plane, remove_distance, zero_rgb_without_depth)
 
 
-def pad_to_square(array: np.ndarray, multiple: int = 100) -> np.ndarray:
-    """Zero-pad (H, W, ...) at the bottom / right to S x S, S = max(ceil(H / 100), ceil(W / 100)) * 100."""
+def pad_to_square(array: np.ndarray, multiple: int = 100, centred: bool = True) -> np.ndarray:
+    """Zero-pad (H, W, ...) to S x S, S = max(ceil(H / 100), ceil(W / 100)) * 100: centred as M3DM's
+    ``pad_cropped_pc`` (the odd pixel at the bottom / right), or all at the bottom / right (``centred=False``)."""
     h, w = array.shape[:2]
     side = max(math.ceil(h / multiple), math.ceil(w / multiple)) * multiple
-    pad = [(0, side - h), (0, side - w)] + [(0, 0)] * (array.ndim - 2)
+    top, left = ((side - h) // 2, (side - w) // 2) if centred else (0, 0)
+    pad = [(top, side - h - top), (left, side - w - left)] + [(0, 0)] * (array.ndim - 2)
     return np.pad(array, pad)
 
 
-def keep_largest_cluster(xyz: np.ndarray, eps: float = 0.006, min_points: int = 30) -> np.ndarray:
-    """DBSCAN (Open3D) on the non-zero points; zero every point outside the largest cluster."""
+def dbscan_labels(points: np.ndarray, eps: float = 0.006, min_points: int = 30) -> np.ndarray:
+    """Open3D DBSCAN cluster labels of (N, 3) points (-1 = noise)."""
     import open3d as o3d
 
-    valid = np.abs(xyz).sum(-1) > 0
-    if not valid.any():
-        return xyz
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[valid].astype(np.float64)))
-    labels = np.asarray(cloud.cluster_dbscan(eps=eps, min_points=min_points))
-    if (labels >= 0).any():
-        keep = labels == np.bincount(labels[labels >= 0]).argmax()
-    else:
-        keep = np.zeros_like(labels, bool)
-    out = xyz.copy()
-    flat = out.reshape(-1, 3)
-    flat[np.flatnonzero(valid.reshape(-1))[~keep]] = 0.0
-    return out
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+    return np.asarray(cloud.cluster_dbscan(eps=eps, min_points=min_points))
+
+
+def zero_outside_largest_cluster(
+    xyz: np.ndarray, rgb: np.ndarray | None, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """M3DM ``connected_components_cleaning`` given the DBSCAN ``labels`` of the present points (row-major order):
+    keep the most frequent label (noise, -1, counts as a label there too), zero every other point and its RGB."""
+    present = np.flatnonzero(has_point(xyz).reshape(-1))
+    if len(labels) != len(present):
+        raise ValueError(f"{len(labels)} DBSCAN labels for {len(present)} present points")
+    xyz, rgb = xyz.copy(), None if rgb is None else rgb.copy()
+    if not len(present):
+        return xyz, rgb
+    ids, counts = np.unique(labels, return_counts=True)
+    outliers = present[labels != ids[np.argmax(counts)]]
+    xyz.reshape(-1, 3)[outliers] = 0.0
+    if rgb is not None:
+        rgb.reshape(-1, rgb.shape[-1])[outliers] = 0
+    return xyz, rgb
+
+
+def keep_largest_cluster(
+    xyz: np.ndarray, rgb: np.ndarray | None = None, eps: float = 0.006, min_points: int = 30
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """DBSCAN (Open3D) on the present points; zero every point (and RGB pixel) outside the largest cluster."""
+    present = has_point(xyz)
+    labels = dbscan_labels(xyz[present], eps, min_points) if present.any() else np.zeros(0, np.int64)
+    return zero_outside_largest_cluster(xyz, rgb, labels)
 
 
 def preprocess_sample(
-    xyz: np.ndarray, rgb: np.ndarray, gt: np.ndarray | None = None, **plane_kwargs
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    gt: np.ndarray | None = None,
+    centred_padding: bool = True,
+    zero_rgb_without_depth: bool = False,
+    **plane_kwargs,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The four M3DM steps on one sample (plane removal, square padding, largest DBSCAN cluster)."""
-    xyz, rgb = remove_background_plane(xyz, rgb, **plane_kwargs)
-    xyz, rgb = pad_to_square(xyz), pad_to_square(rgb)
-    gt = pad_to_square(gt) if gt is not None else None
-    xyz = keep_largest_cluster(xyz)
+    """The four M3DM steps on one sample (plane removal, square padding, largest DBSCAN cluster); the RGB image is
+    zeroed where the plane and the DBSCAN outliers were removed, as M3DM's ``preprocess_pc``."""
+    xyz, rgb = remove_background_plane(xyz, rgb, zero_rgb_without_depth=zero_rgb_without_depth, **plane_kwargs)
+    xyz, rgb = pad_to_square(xyz, centred=centred_padding), pad_to_square(rgb, centred=centred_padding)
+    gt = pad_to_square(gt, centred=centred_padding) if gt is not None else None
+    xyz, rgb = keep_largest_cluster(xyz, rgb)
     return xyz, rgb, gt
 
 
 def preprocess_mvtec3d(
-    root: str | Path, output: str | Path | None, in_place: bool = False, classes: list[str] | None = None
+    root: str | Path,
+    output: str | Path | None,
+    in_place: bool = False,
+    classes: list[str] | None = None,
+    centred_padding: bool = True,
+    zero_rgb_without_depth: bool = False,
 ) -> Path:
-    """Preprocess every ``<class>/<split>/<defect>`` sample of an MVTec 3D-AD tree into ``output`` (or in place)."""
+    """Preprocess every ``<class>/<split>/<defect>`` sample of an MVTec 3D-AD tree into ``output`` (or in place).
+    ``centred_padding`` / ``zero_rgb_without_depth``: see :func:`preprocess_sample` (README, Fidelity notes)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"MVTec 3D-AD root {root} not found (python -m shared.datasets info mvtec3d)")
@@ -145,7 +219,9 @@ def preprocess_mvtec3d(
         xyz_path = sample_dir / "xyz" / (rgb_path.stem + ".tiff")
         gt_path = sample_dir / "gt" / rgb_path.name
         gt = np.asarray(Image.open(gt_path)) if gt_path.is_file() else None
-        xyz, rgb, gt = preprocess_sample(read_xyz(xyz_path), read_rgb(rgb_path), gt)
+        xyz, rgb, gt = preprocess_sample(
+            read_xyz(xyz_path), read_rgb(rgb_path), gt, centred_padding, zero_rgb_without_depth
+        )
         target = out_root / sample_dir.relative_to(root)
         for sub in ("rgb", "xyz") + (("gt",) if gt is not None else ()):
             (target / sub).mkdir(parents=True, exist_ok=True)
@@ -160,7 +236,7 @@ def preprocess_mvtec3d(
 #: Written last into a tree made by this module; `train.py` and `eval.py` (:func:`lsfa.pipeline.resolve_root`) refuse a
 #: real-data root without it.
 PREPROCESSED_MARKER = "LSFA_PREPROCESSED.json"
-PREPROCESSOR_VERSION = 1
+PREPROCESSOR_VERSION = 2  # 2: M3DM's centred padding and RGB masking (1: bottom / right, RGB zeroed without depth)
 
 
 def write_preprocessed_marker(out_root: Path, dataset: str, source: Path, classes: list[str]) -> Path:
@@ -228,11 +304,14 @@ def depth_to_pointcloud(
     return points[:, :3]
 
 
-def remove_eyecandies_background(points: np.ndarray, width: int) -> np.ndarray:
-    """Rotate the cloud so the table is level (using the points one row-width from the start and end), drop points
+def remove_eyecandies_background(points: np.ndarray, anchor: int = 256) -> np.ndarray:
+    """Rotate the cloud so the table is level (using the points ``pc[anchor]`` and ``pc[-anchor]`` of the flattened
+    cloud, M3DM's ``pc[256]`` / ``pc[-256]``: the middle of the first and last rows of a 512-px image), drop points
     above the table (y > -0.02), too far (z > 1.8) or too wide (|x| > 1), rotate back, swap axes to (x, z, y) and
     scale by (0.1, -0.1, 0.1). Background points become (0, 0, 0) (the release writes a constant non-zero point)."""
-    first, last = points[width], points[-width]
+    if len(points) <= anchor:
+        raise ValueError(f"remove_eyecandies_background: {len(points)} points, but the anchor pc[{anchor}] is needed")
+    first, last = points[anchor], points[-anchor]
     dz, dy = first[1] - last[1], first[2] - last[2]
     norm = math.hypot(dz, dy)
     cos_t, sin_t = dy / norm, dz / norm
@@ -254,7 +333,7 @@ def _eyecandies_sample(data_dir: Path, sample_id: str) -> tuple[np.ndarray, Path
     depth = np.asarray(Image.open(depth_path))
     points = depth_to_pointcloud(depth, info["normalization"]["min"], info["normalization"]["max"], pose)
     h, w = depth.shape
-    xyz = remove_eyecandies_background(points, w).reshape(h, w, 3).astype(np.float32)
+    xyz = remove_eyecandies_background(points).reshape(h, w, 3).astype(np.float32)
     return xyz, data_dir / f"{sample_id}_image_4.png"
 
 
@@ -296,6 +375,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="new tree to write (default <root>_preprocessed)")
     parser.add_argument("--in_place", action="store_true", help="overwrite the files of --root (MVTec 3D-AD only)")
     parser.add_argument("--classes", nargs="*", default=None)
+    parser.add_argument(
+        "--bottom_right_padding", action="store_true", help="pad at the bottom / right (M3DM: centred; MVTec 3D-AD)"
+    )
+    parser.add_argument(
+        "--zero_rgb_without_depth",
+        action="store_true",
+        help="also zero the RGB of pixels without a point (M3DM keeps them; MVTec 3D-AD)",
+    )
     args = parser.parse_args(argv)
     if args.dataset == "eyecandies" and args.in_place:
         parser.error("--in_place is not supported for Eyecandies (it is a format conversion)")
@@ -308,7 +395,9 @@ def main(args: argparse.Namespace) -> Path:
     if args.dataset == "eyecandies":
         out = convert_eyecandies(args.root, output, args.classes)
     else:
-        out = preprocess_mvtec3d(args.root, output, args.in_place, args.classes)
+        out = preprocess_mvtec3d(
+            args.root, output, args.in_place, args.classes, not args.bottom_right_padding, args.zero_rgb_without_depth
+        )
     print(f"wrote {out}")
     return out
 

@@ -197,7 +197,7 @@ def write_synthetic_mvtec3d(
 def ensure_synthetic_mvtec3d(root: str | Path | None = None, preprocess: bool = True, **params) -> Path:
     """Write (once, cached) the raw synthetic tree and, with ``preprocess``, its preprocessed copy; return the root
     to read (``<synthetic_root>/lsfa_mvtec3d[_preprocessed]``). Regenerated only when the parameters change."""
-    from lsfa.preprocess import preprocess_mvtec3d
+    from lsfa.preprocess import PREPROCESSOR_VERSION, preprocess_mvtec3d
 
     raw = Path(root) if root is not None else synthetic_root() / "lsfa_mvtec3d"
     full = {"generator": "lsfa.synthetic", "version": VERSION, **params}
@@ -205,5 +205,5 @@ def ensure_synthetic_mvtec3d(root: str | Path | None = None, preprocess: bool = 
     if not preprocess:
         return raw
     done = raw.parent / (raw.name + "_preprocessed")
-    write_cached(done, {**full, "preprocessed": True}, lambda folder: preprocess_mvtec3d(raw, folder))
+    write_cached(done, {**full, "preprocessed": PREPROCESSOR_VERSION}, lambda folder: preprocess_mvtec3d(raw, folder))
     return done

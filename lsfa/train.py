@@ -137,7 +137,14 @@ def build_training_set(cfg: TrainConfig, root: Path, classes: list[str]) -> list
     """The training images of every class, labelled with the class index (for the class-conditional queues)."""
     parts, offset = [], 0
     for ci, c in enumerate(classes):
-        ds = MVTec3DDataset(root, c, "train", image_size=cfg.data.image_size, max_samples=cfg.data.max_train_samples)
+        ds = MVTec3DDataset(
+            root,
+            c,
+            "train",
+            image_size=cfg.data.image_size,
+            max_samples=cfg.data.max_train_samples,
+            rgb_resize=cfg.data.rgb_resize,
+        )
         parts.append(_ClassLabelled(ds, ci, offset))
         offset += len(ds)
     return parts
@@ -348,6 +355,8 @@ def evaluate(
         logger=logger,
         vis_images=cfg.eval.vis_images,
         uff=uff,
+        rgb_resize=cfg.data.rgb_resize,
+        aupro_method=cfg.eval.aupro,
     )
 
 

@@ -79,7 +79,9 @@ def test_preprocessing_removes_a_synthetic_plane():
     full, rgb3, gt = preprocess_sample(xyz, rgb, np.zeros((size, size), np.uint8))
     assert full.shape == (200, 200, 3) and rgb3.shape == (200, 200, 3) and gt.shape == (200, 200)
     kept = np.abs(full).sum(-1) > 0
-    assert kept[:size, :size][bump].all() and kept.sum() == bump.sum()
+    off = (200 - size) // 2  # centred padding, M3DM's pad_cropped_pc
+    assert kept[off : off + size, off : off + size][bump].all() and kept.sum() == bump.sum()
+    assert (rgb3[off + 5, off + 5] == 0).all()  # the DBSCAN outlier's pixel is zeroed with it (M3DM)
     assert pad_to_square(np.zeros((230, 120))).shape == (300, 300)
     # the synthetic scans lose their table too
     scan, scan_rgb, _ = render_sample(rng, "cookie", None, size=160)
@@ -110,12 +112,12 @@ def test_eyecandies_conversion(tmp_path):
         data = tmp_path / "raw" / "Candy" / split / "data"
         data.mkdir(parents=True)
         for sid in ids:
-            Image.fromarray(np.full((16, 16), 30000, np.uint16)).save(data / f"{sid}_depth.png")
+            Image.fromarray(np.full((32, 32), 30000, np.uint16)).save(data / f"{sid}_depth.png")
             (data / f"{sid}_info_depth.yaml").write_text(yaml.safe_dump({"normalization": {"min": 0.5, "max": 1.5}}))
             np.savetxt(data / f"{sid}_pose.txt", np.eye(4))
-            Image.new("RGB", (16, 16), (200, 10, 10)).save(data / f"{sid}_image_4.png")
+            Image.new("RGB", (32, 32), (200, 10, 10)).save(data / f"{sid}_image_4.png")
             if split == "test_public":
-                mask = np.zeros((16, 16), np.uint8)
+                mask = np.zeros((32, 32), np.uint8)
                 if sid == "01":
                     mask[4:8, 4:8] = 255
                 Image.fromarray(mask).save(data / f"{sid}_mask.png")

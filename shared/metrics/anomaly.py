@@ -23,6 +23,7 @@ inputs the float32 path needs 8 bytes per entry plus one chunk of work space, wh
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -390,8 +391,12 @@ def aupro(
     gt_masks: ArrayLike,
     fpr_limit: float = 0.3,
     num_thresholds: int | None = None,
+    method: str = "exact",
 ) -> float:
     """Normalised area under the per-region-overlap (PRO) curve up to an FPR limit (MVTec AD / MVTec 3D-AD).
+
+    ``method="exact"`` (default) is the curve described below; ``method="m3dm"`` is M3DM's ``au_pro_util``
+    (``calculate_au_pro``, used by M3DM, LSFA and the papers that compare with them), see :func:`_aupro_m3dm`.
 
     Follows the official MVTec evaluation code (``generic_util.compute_pro`` + ``trapezoid``):
 
@@ -415,7 +420,8 @@ def aupro(
         num_thresholds: None for the exact curve over every distinct score; otherwise that many thresholds evenly
             spaced from the minimum to the maximum score (an approximation, ``score >= t`` as well; M3DM's
             ``au_pro_util``, which LSFA uses, instead takes 100 thresholds at evenly spaced ranks of the sorted
-            anomaly-free scores).
+            anomaly-free scores: ``method="m3dm"``).
+        method: ``"exact"`` or ``"m3dm"`` (``num_thresholds`` then defaults to M3DM's 100).
 
     Returns:
         AUPRO in [0, 1].
@@ -433,6 +439,8 @@ def aupro(
         )
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"aupro: fpr_limit must be in (0, 1], got {fpr_limit}")
+    if method not in ("exact", "m3dm"):
+        raise ValueError(f"aupro: method must be 'exact' or 'm3dm', got {method!r}")
     if num_thresholds is not None and num_thresholds < 2:
         raise ValueError(f"aupro: num_thresholds must be None or at least 2, got {num_thresholds}")
     if maps.is_floating_point() and torch.isnan(maps).any():
@@ -454,6 +462,8 @@ def aupro(
     region_weights = torch.from_numpy(np.concatenate([[0.0], 1.0 / sizes[1:]])).to(maps.device)
     region_ids = torch.from_numpy(regions).to(maps.device).reshape(-1)
     scores = maps.reshape(-1)
+    if method == "m3dm":
+        return _aupro_m3dm(scores, region_ids, region_weights, num_regions, fpr_limit, num_thresholds or 100)
 
     def increments(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Anomaly-free pixels count towards the FPR; a pixel of region r adds 1 / |r| to the sum of overlaps.
@@ -485,6 +495,51 @@ def aupro(
         for fp_counts, overlap_sums in totals
     )
     return _area_up_to(curve, fpr_limit) / fpr_limit
+
+
+def _aupro_m3dm(
+    scores: torch.Tensor,
+    region_ids: torch.Tensor,
+    region_weights: torch.Tensor,
+    num_regions: int,
+    fpr_limit: float,
+    num_thresholds: int,
+) -> float:
+    """M3DM's ``compute_pro`` + ``trapezoid`` (``utils/au_pro_util.py``), vectorised.
+
+    - The anomaly-free scores are sorted ascending (n of them); the thresholds are the scores at the ranks
+      ``np.linspace(0, n - 1, num_thresholds, dtype=int)`` (truncated to integers).
+    - At the threshold of rank ``pos``: FPR = 1 - (pos + 1) / n (the rank, not the count of scores above it, so
+      ties are not merged) and PRO = mean over all regions of the fraction of the region's pixels with score
+      ``> t`` (strictly).
+    - The point (1, 1) is added, the curve taken in increasing FPR (it starts at the highest threshold's FPR, 0,
+      not at the origin) and integrated with the trapezoid rule up to ``fpr_limit``, with a linearly interpolated
+      end point when the limit is not on the curve; divided by ``fpr_limit``.
+    """
+    normal = region_ids == 0
+    ok_sorted = torch.sort(scores[normal].double()).values
+    n = ok_sorted.numel()
+    positions = np.linspace(0, n - 1, num=num_thresholds, dtype=int)
+    thresholds = ok_sorted[torch.from_numpy(positions).to(scores.device)]
+    # A region pixel counts for every threshold strictly below its score: the thresholds are non-decreasing, so
+    # those are the first ``searchsorted(thresholds, score, side="left")`` of them.
+    anomalous = ~normal
+    above = torch.searchsorted(thresholds, scores[anomalous].double().contiguous(), right=False)
+    weights = torch.index_select(region_weights, 0, region_ids[anomalous])
+    per_count = torch.bincount(above, weights=weights, minlength=num_thresholds + 1)
+    # PRO at threshold k = sum of the weights of pixels whose count exceeds k
+    pro = per_count.flip(0).cumsum(0).flip(0)[1:] / num_regions
+    fpr = 1.0 - (positions + 1) / n
+    x = np.concatenate([fpr[::-1], [1.0]])
+    y = np.concatenate([pro.cpu().numpy()[::-1], [1.0]])
+    correction = 0.0
+    if fpr_limit not in x:
+        ins = bisect.bisect(x.tolist(), fpr_limit)
+        y_limit = y[ins - 1] + (y[ins] - y[ins - 1]) * (fpr_limit - x[ins - 1]) / (x[ins] - x[ins - 1])
+        correction = 0.5 * (y_limit + y[ins - 1]) * (fpr_limit - x[ins - 1])
+    keep = x <= fpr_limit
+    x, y = x[keep], y[keep]
+    return float((np.sum(0.5 * (y[1:] + y[:-1]) * (x[1:] - x[:-1])) + correction) / fpr_limit)
 
 
 def _area_up_to(curve: Iterable[tuple[torch.Tensor, torch.Tensor]], limit: float) -> float:

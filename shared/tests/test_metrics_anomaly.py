@@ -316,6 +316,53 @@ def test_aupro_binned_thresholds():
     assert aupro(maps, masks, num_thresholds=2000) == pytest.approx(aupro(maps, masks), abs=2e-3)
 
 
+def m3dm_pro_curve(maps, masks, num_thresholds=100):
+    """Brute-force port of M3DM's ``compute_pro``: every anomaly-free score sorted ascending; thresholds at the ranks
+    ``np.linspace(0, n - 1, num_thresholds, dtype=int)``; FPR = 1 - (rank + 1) / n; PRO = mean over all 8-connected
+    regions of the fraction of pixels with score > t; (1, 1) added; increasing FPR."""
+    components, ok = [], []
+    for prediction, mask in zip(maps, masks):
+        labeled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        ok.extend(prediction[labeled == 0].tolist())
+        components += [prediction[labeled == k + 1] for k in range(count)]
+    ok = sorted(ok)
+    fprs, pros = [1.0], [1.0]
+    for pos in np.linspace(0, len(ok) - 1, num=num_thresholds, dtype=int):
+        t = ok[pos]
+        fprs.append(1.0 - (pos + 1) / len(ok))
+        pros.append(sum(sum(1 for v in comp if v > t) / len(comp) for comp in components) / len(components))
+    return fprs[::-1], pros[::-1]
+
+
+@pytest.mark.parametrize(
+    "seed, ties, num_thresholds, limit",
+    [(0, False, 100, 0.3), (1, True, 100, 0.3), (2, False, 37, 0.3), (3, True, 100, 0.05), (4, False, 100, 1.0)],
+)
+def test_aupro_m3dm_matches_its_brute_force_port(seed, ties, num_thresholds, limit):
+    maps, masks = make_maps(seed, ties=ties)
+    fprs, pros = m3dm_pro_curve(maps, masks, num_thresholds)
+    expected = official_trapezoid(np.array(fprs), np.array(pros), limit)
+    kwargs = {} if num_thresholds == 100 else {"num_thresholds": num_thresholds}
+    got = aupro(maps, masks, fpr_limit=limit, method="m3dm", **kwargs)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert abs(got - aupro(maps, masks, fpr_limit=limit)) < 0.05  # the two definitions are close, not equal
+
+
+def test_aupro_m3dm_differs_from_the_exact_curve_on_ties():
+    # rank-based FPRs: 10 tied anomaly-free scores are 10 curve points for M3DM, one for the exact curve
+    maps = np.zeros((1, 4, 5))
+    masks = np.zeros((1, 4, 5), bool)
+    masks[0, 0, :2] = True
+    maps[0, 0, :2] = [1.0, 0.0]
+    fprs, pros = m3dm_pro_curve(maps, masks, 100)
+    assert aupro(maps, masks, 0.3, method="m3dm") == pytest.approx(
+        official_trapezoid(np.array(fprs), np.array(pros), 0.3)
+    )
+    assert aupro(maps, masks, 0.3, method="m3dm") != pytest.approx(aupro(maps, masks, 0.3))
+    with pytest.raises(ValueError, match="method"):
+        aupro(maps, masks, method="mvtec")
+
+
 def test_aupro_invalid_inputs():
     maps, masks = make_maps(seed=1)
     with pytest.raises(ValueError, match="no anomalous pixel"):
