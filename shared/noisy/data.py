@@ -27,7 +27,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -461,13 +461,16 @@ def _dump_cifar_batch(content: dict[str, Any], path: Path) -> None:
         pickle.dump(content, handle, protocol=2)
 
 
-def write_digits_cifar(root: str | Path, test_size: int = 297, seed: int = 0) -> Path:
+def write_digits_cifar(
+    root: str | Path, test_size: int = 297, seed: int = 0, upsample: Literal["nearest", "bilinear"] = "nearest"
+) -> Path:
     """Write (or reuse) scikit-learn's digits in the CIFAR-10 "python version" layout under ``root`` and return it.
 
-    Each 8 x 8 image (values 0..16) is scaled to 0..255, enlarged to 32 x 32 by repeating every pixel 4 x 4 and
-    copied to the three channels; the 1 797 images are shuffled with ``seed`` and the last ``test_size`` form the
-    test batch, the others the five training batches (``root/cifar-10-batches-py``, with the synthetic-set marker,
-    so the published CIFAR checksums are not applied). Read it with ``load_cifar(root, 10, train, image_size=8)``
+    Each 8 x 8 image (values 0..16) is scaled to 0..255, enlarged to 32 x 32 (``nearest``: every pixel repeated
+    4 x 4; ``bilinear``: torch's bilinear resize without corner alignment, rounded) and copied to the three
+    channels; the 1 797 images are shuffled with ``seed`` and the last ``test_size`` form the test batch, the others
+    the five training batches (``root/cifar-10-batches-py``, with the synthetic-set marker, so the published CIFAR
+    checksums are not applied). Read it with ``load_cifar(root, 10, train, image_size=8)``
     for the native resolution.
     """
     from sklearn.datasets import load_digits
@@ -479,8 +482,13 @@ def write_digits_cifar(root: str | Path, test_size: int = 297, seed: int = 0) ->
         order = np.random.default_rng(seed).permutation(len(digits.target))
         if not 0 < test_size < len(order) - 5:
             raise ValueError(f"test_size must lie in (0, {len(order) - 5}), got {test_size}")
-        images = np.round(digits.images[order] * (255.0 / 16.0)).astype(np.uint8)
-        images = images.repeat(4, axis=1).repeat(4, axis=2)  # N x 32 x 32
+        if upsample == "nearest":
+            images = np.round(digits.images[order] * (255.0 / 16.0)).astype(np.uint8)
+            images = images.repeat(4, axis=1).repeat(4, axis=2)  # N x 32 x 32
+        else:
+            scaled = torch.from_numpy(digits.images[order]).float().mul(255 / 16).unsqueeze(1)
+            scaled = F.interpolate(scaled, size=(32, 32), mode="bilinear", align_corners=False)
+            images = scaled.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
         data = np.repeat(images.reshape(len(order), 1, 1024), 3, axis=1).reshape(len(order), 3072)
         labels = digits.target[order].astype(np.int64)
         train_rows = np.arange(len(order) - test_size)
@@ -498,5 +506,9 @@ def write_digits_cifar(root: str | Path, test_size: int = 297, seed: int = 0) ->
 
     params = {"generator": "shared.noisy.data.write_digits_cifar", "version": DIGITS_VERSION, "test_size": test_size}
     params["seed"] = seed
+    if upsample not in ("nearest", "bilinear"):
+        raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+    if upsample != "nearest":  # the nearest-neighbour marker keeps its earlier form: existing folders stay valid
+        params["upsample"] = upsample
     write_cached(Path(root) / "cifar-10-batches-py", params, write)
     return Path(root)

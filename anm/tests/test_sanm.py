@@ -1,0 +1,169 @@
+"""SANM on the DivideMix engine: the 12-group MixMatch batch, the loss terms, the mechanism, resume and the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anm.masking import MaskerConfig
+from anm.model import create_model
+from anm.sanm import SANM
+from shared.logger import RunLogger
+from shared.noisy.dividemix import DivideMixConfig
+
+
+class _Tag:
+    """A view transform that returns a constant image tagged with its view number (to track groups)."""
+
+    def __init__(self, tag: float):
+        self.tag = tag
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image.float() / 255 + self.tag
+
+
+def _engine(tmp_path, views: int = 6, **kwargs) -> SANM:
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (40, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (40,))
+    tags = [_Tag(10.0 * (i + 1)) for i in range(views)]
+    nets = [create_model("supce_resnet18_tiny", 10) for _ in range(2)]
+    return SANM(
+        *nets,
+        images,
+        labels,
+        10,
+        tags[0],
+        _Tag(0.0),
+        images[:8],
+        labels[:8],
+        DivideMixConfig(epochs=2, warmup_epochs=1, batch_size=4, warmup_batch_size=8),
+        torch.device("cpu"),
+        RunLogger(tmp_path, tensorboard=False),
+        seed=0,
+        views={"warmup": tags[:1], "labeled": tags, "unlabeled": tags},
+        **kwargs,
+    )
+
+
+def _batch(engine: SANM):
+    b = 4
+    base = torch.rand(b, 3, 32, 32)
+    views_x = [base + 10.0 * (i + 1) for i in range(6)]
+    views_u = [base - 10.0 * (i + 1) for i in range(6)]
+    weights = torch.linspace(0.0, 1.0, 40)
+    prepared = engine.prepare_batch(0, views_x, torch.arange(b), views_u, torch.arange(b, 2 * b), weights)
+    return views_x, views_u, engine.augment_batch(0, prepared)
+
+
+def test_twelve_group_batch_composition(tmp_path) -> None:
+    engine = _engine(tmp_path)
+    views_x, views_u, batch = _batch(engine)
+    assert len(batch.labeled) == len(batch.unlabeled) == 6
+    assert batch.inputs().shape[0] == 12 * 4 and batch.num_labeled_rows == 6 * 4
+    for i in range(4):  # xp, xp2, xs1, xs2 (and the unlabeled ones) with the unmodulated targets
+        assert torch.equal(batch.labeled[i], views_x[i]) and torch.equal(batch.unlabeled[i], views_u[i])
+        assert torch.equal(batch.labeled_targets[i], batch.targets_x)
+        assert torch.equal(batch.unlabeled_targets[i], batch.targets_u)
+    for masked, source in (
+        (batch.labeled[4], views_x[4]),
+        (batch.labeled[5], views_x[4]),
+        (batch.unlabeled[4], views_u[4]),
+        (batch.unlabeled[5], views_u[4]),
+    ):
+        changed = (masked != source).any(1)
+        assert changed.any() and changed.float().mean() < 0.10  # x_max / x_min: the guessing view x with one box
+    for targets, base in ((batch.labeled_targets[4], batch.targets_x), (batch.unlabeled_targets[4], batch.targets_u)):
+        drop = (base - targets).gather(1, base.argmax(1, keepdim=True)).squeeze(1)
+        assert (drop >= 0.02 - 1e-6).all() and (drop <= 0.10 + 1e-6).all()
+        torch.testing.assert_close(targets.sum(1), torch.ones(4))
+    assert torch.equal(batch.labeled_targets[4], batch.labeled_targets[5])  # CIFAR: one ratio for x_max and x_min
+    assert batch.feature_maps_x.shape == (4, 64, 4, 4)
+
+
+def test_loss_has_the_reconstruction_term_and_no_masking_means_dividemix(tmp_path) -> None:
+    engine = _engine(tmp_path)
+    _, _, batch = _batch(engine)
+    logits = engine.nets[0](batch.inputs())
+    loss, stats = engine.compute_loss(0, batch, logits, batch.targets(), progress=1.5)
+    assert {"lx", "lu", "penalty", "l_rec", "mask_ratio"} <= set(stats)
+    plain = stats["lx"] + engine.cfg.lambda_u * (0.5 / 16) * stats["lu"] + stats["penalty"]
+    assert loss.item() == pytest.approx(plain + 0.02 * stats["l_rec"], rel=1e-5)
+    off = _engine(tmp_path, masking=False)
+    _, _, batch = _batch(off)
+    assert len(batch.labeled) == 4 and "recon_input" not in batch.extras and batch.feature_maps_x is None
+
+
+def test_two_view_engine_masks_the_first_view(tmp_path) -> None:
+    engine = _engine(tmp_path, views=2)
+    assert engine.mix_views == (0, 1) and engine.guess_views == (0, 1)
+
+
+def _cli(tmp_path, name: str, *extra: str) -> list[str]:
+    return [
+        "--output_dir",
+        str(tmp_path / name),
+        "--data.synthetic_train_size",
+        "200",
+        "--data.synthetic_test_size",
+        "50",
+        "--dividemix.epochs",
+        "3",
+        "--dividemix.warmup_epochs",
+        "1",
+        "--dividemix.batch_size",
+        "16",
+        "--dividemix.warmup_batch_size",
+        "32",
+        "--model.width",
+        "8",
+        "--tensorboard",
+        "false",
+        *extra,
+    ]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path) -> None:
+    from anm.train import main, parse_args
+    from shared.checkpoint import load_checkpoint
+    from shared.testing import assert_same_tensors
+
+    full = main(parse_args(_cli(tmp_path, "full")))
+    main(parse_args(_cli(tmp_path, "part", "--dividemix.epochs", "1")))
+    resumed = main(parse_args(_cli(tmp_path, "part", "--resume", str(tmp_path / "part" / "last.pt"))))
+    assert resumed["test_acc_last"] == full["test_acc_last"]
+    a = load_checkpoint(tmp_path / "full" / "last.pt", package="anm")
+    b = load_checkpoint(tmp_path / "part" / "last.pt", package="anm")
+    assert_same_tensors(a["net1"], b["net1"])
+    assert_same_tensors(a["net2"], b["net2"])
+    assert torch.equal(a["mask_generator"], b["mask_generator"])
+    # the mechanism engages: masks of the paper's size are drawn and the decoder loss is computed
+    assert 0.02 <= full["last_epoch_mask_ratio"] <= 0.10 and full["last_epoch_mask_pixels"] > 1
+    assert full["last_epoch_l_rec"] > 0 and full["last_epoch_labeled"] > 0
+
+
+def test_eval_recomputes_the_checkpoint_accuracy(tmp_path) -> None:
+    from anm.eval import main as eval_main
+    from anm.eval import parse_args as eval_args
+    from anm.train import main, parse_args
+
+    metrics = main(parse_args(_cli(tmp_path, "run", "--dividemix.epochs", "1")))
+    result = eval_main(eval_args(["--checkpoint", str(tmp_path / "run" / "last.pt")]))
+    assert result["test_acc"] == pytest.approx(metrics["test_acc_last"])
+    assert (tmp_path / "run" / "eval" / "metrics.json").is_file()
+
+
+def test_masker_config_reaches_the_engine(tmp_path) -> None:
+    engine = _engine(tmp_path, masker=MaskerConfig(ratio_low=0.1, ratio_high=0.1, quality_coef=0.0))
+    _, _, batch = _batch(engine)
+    assert batch.extras["mask_ratio"] == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_masker_costs_at_most_15_percent_of_a_dividemix_step() -> None:
+    from anm.bench import parse_args as bench_args
+    from anm.bench import run
+
+    results = run(bench_args(["--steps", "2", "--batch", "32"]))
+    assert results["masker_overhead_pct"] <= 15.0
+    assert results["sanm"] > results["dividemix"]  # the 8-group batch and L_rec cost a real extra pass

@@ -1,0 +1,380 @@
+"""The CREMA training loop (README, Method): one network by default, two co-divided networks as an option.
+
+Each epoch, for every network k:
+  1. credibility pass: softmax of every (epoch-sampled) training input without augmentation, in eval mode;
+     c_i = credibility(p_i, given y_i) and argmax_i go into net k's ring-buffer memory;
+  2. warm-up epochs: CE on the given labels;
+  3. after warm-up: coarse split by a GMM on the credibility of the dividing network (k itself, or the other network
+     when co-divided); memory-based weights omega for the clean set; selective label update of the noisy set with
+     reversion; one epoch of :func:`crema.losses.crema_loss` over the clean set, the updated samples and (switch)
+     the other noisy samples;
+then the clean test split is evaluated (sum of both networks' logits with two networks).
+
+Runs in one process or under torchrun (DDP; every rank computes the same credibility pass and split, the training
+batches are sharded by a DistributedSampler). The full state (networks, optimizers, memories, updated labels, RNG
+states, tracker) is checkpointed, and a resumed run ends bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from crema.config import PACKAGE, Config
+from crema.credibility import CredibilityMemory, coarse_split, credibility, modulation_weights, selective_label_update
+from crema.data import NoisyTask
+from crema.losses import CLEAN, REST, UPDATED, crema_loss, warmup_loss
+from shared.checkpoint import restore_training_state, save_checkpoint, training_state
+from shared.distributed import DistContext, all_reduce_mean
+from shared.logger import RunLogger
+from shared.noisy.data import ViewDataset, balanced_subset
+from shared.noisy.metrics import AccuracyTracker, label_accuracy, label_precision_recall
+from shared.noisy.supervised import evaluate_accuracy
+from shared.training import make_grad_scaler, optimizer_step
+
+__all__ = ["LOG_KEYS", "CremaTrainer"]
+
+#: Per-epoch log columns (every epoch writes all of them; NaN where an entry does not apply, e.g. in warm-up).
+LOG_KEYS = (
+    "lr",
+    "loss",
+    "clean_n",
+    "clean_precision",
+    "clean_recall",
+    "weight_mean_correct",
+    "weight_mean_wrong",
+    "updated_n",
+    "updated_changed",
+    "updated_label_acc",
+    "reversions",
+    "test_acc",
+    "epoch_time_s",
+)
+
+
+class CremaTrainer:
+    """CREMA on one task.
+
+    Args:
+        nets: one or two networks on ``ctx.device``.
+        task: data, labels and transforms (:func:`crema.data.build_task`).
+        cfg: the run config (``optim`` and ``method`` sections are read).
+        ctx: process context.
+        logger: run logger (rank 0 writes).
+        histograms: optional TensorBoard ``SummaryWriter`` for the weight histogram (rank 0).
+    """
+
+    def __init__(
+        self,
+        nets: list[nn.Module],
+        task: NoisyTask,
+        cfg: Config,
+        ctx: DistContext,
+        logger: RunLogger,
+        histograms: Any | None = None,
+    ):
+        self.nets, self.task, self.cfg, self.ctx, self.logger = nets, task, cfg, ctx, logger
+        self.histograms = histograms
+        self.device = ctx.device
+        self.method, self.optim = cfg.method, cfg.optim
+        n = len(task.noisy_labels)
+        self.given = task.noisy_labels.long().to(self.device)
+        self.clean = None if task.clean_labels is None else task.clean_labels.long().to(self.device)
+        self.optimizers = [self._optimizer(net) for net in nets]
+        self.memories = [CredibilityMemory(n, self.method.memory_length, self.device) for _ in nets]
+        self.updates = [torch.full((n,), -1, dtype=torch.int64, device=self.device) for _ in nets]
+        self.train_nets = [self._wrap(net) for net in nets]
+        self.scaler = make_grad_scaler(self.device, "off")  # fp32: a disabled scaler is a plain, checked step
+        self.tracker = AccuracyTracker()
+        self.epoch, self.step = -1, 0
+
+    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        o = self.optim
+        if o.optimizer == "adam":
+            return torch.optim.Adam(net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        if not self.ctx.distributed:
+            return net
+        device_ids = [self.ctx.local_rank] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+
+    # ------------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        parts: dict[str, Any] = {}
+        for k, (net, opt) in enumerate(zip(self.nets, self.optimizers, strict=True)):
+            parts[f"net{k + 1}"], parts[f"opt{k + 1}"] = net, opt
+        state = training_state(PACKAGE, self.cfg, **parts)
+        state.update(
+            memories=[m.state_dict() for m in self.memories],
+            updates=[u.cpu() for u in self.updates],
+            tracker=self.tracker.state_dict(),
+            epoch=self.epoch,
+            step=self.step,
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        parts: dict[str, Any] = {}
+        for k, (net, opt) in enumerate(zip(self.nets, self.optimizers, strict=True)):
+            parts[f"net{k + 1}"], parts[f"opt{k + 1}"] = net, opt
+        if len(state["memories"]) != len(self.nets):
+            raise ValueError(f"checkpoint holds {len(state['memories'])} network(s), the config {len(self.nets)}")
+        for memory, saved in zip(self.memories, state["memories"], strict=True):
+            memory.load_state_dict(saved)
+        self.updates = [u.to(self.device) for u in state["updates"]]
+        self.tracker.load_state_dict(state["tracker"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        restore_training_state(state, **parts)
+
+    # ------------------------------------------------------------------------------------------------ pieces
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """All training samples, or (``data.epoch_samples``) DivideMix's class-balanced Clothing1M epoch sample."""
+        n = len(self.given)
+        if self.cfg.data.epoch_samples is None:
+            return torch.arange(n)
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        subset = balanced_subset(self.given.cpu().numpy(), self.cfg.data.epoch_samples, self.task.num_classes, rng)
+        return torch.from_numpy(subset)
+
+    @torch.no_grad()
+    def predict(self, k: int, indices: torch.Tensor, transform: Callable) -> torch.Tensor:
+        """Softmax of network k on the samples ``indices`` (eval mode), ``len(indices) x C`` on the device."""
+        net, source, batch = self.nets[k], self.task.train_source, self.optim.eval_batch_size
+        was_training = net.training
+        net.eval()
+        out = []
+        if isinstance(source, torch.Tensor) and transform is self.task.eval_transform:
+            for s in range(0, len(indices), batch):
+                images = transform(source[indices[s : s + batch]]).to(self.device)
+                out.append(F.softmax(net(images), 1))
+        else:
+            loader = DataLoader(
+                ViewDataset(source, transform, 1, indices.numpy()),
+                batch_size=batch,
+                num_workers=self.cfg.data.num_workers,
+            )
+            out = [F.softmax(net(images.to(self.device)), 1) for images, _ in loader]
+        net.train(was_training)
+        return torch.cat(out)
+
+    def credibility_pass(self, k: int, indices: torch.Tensor) -> torch.Tensor:
+        """Step 1: credibility of the given labels under network k, pushed into its memory; returns the softmax."""
+        probs = self.predict(k, indices, self.task.eval_transform)
+        view = None
+        if self.method.credibility == "agreement":
+            view = self.predict(k, indices, self.task.train_transform)
+        if not torch.isfinite(probs).all():
+            raise FloatingPointError(
+                f"network {k + 1} predicts non-finite probabilities after step {self.step}: the run diverged "
+                "(lower optim.lr); the last good checkpoint is kept"
+            )
+        given = self.given[indices.to(self.device)]
+        scores = credibility(probs, given, self.method.credibility, view)
+        self.memories[k].push(indices, scores, probs.argmax(1))
+        return probs
+
+    def _loader(self, indices: torch.Tensor, batch_size: int, epoch: int, k: int) -> DataLoader:
+        dataset = ViewDataset(self.task.train_source, self.task.train_transform, 1, indices.numpy())
+        seed = self.cfg.seed * 1000 + k
+        if self.ctx.distributed:
+            sampler = DistributedSampler(
+                dataset, self.ctx.world_size, self.ctx.rank, shuffle=True, seed=seed, drop_last=True
+            )
+            sampler.set_epoch(epoch)
+            return DataLoader(dataset, batch_size, sampler=sampler, num_workers=self.cfg.data.num_workers)
+        generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+        return DataLoader(
+            dataset,
+            batch_size,
+            shuffle=True,
+            generator=generator,
+            drop_last=True,
+            num_workers=self.cfg.data.num_workers,
+        )
+
+    def _optimise(self, k: int, loss: torch.Tensor, what: str) -> None:
+        optimizer_step(loss, self.optimizers[k], self.scaler, self.step, what=what)
+        self.step += 1
+
+    def warmup_epoch(self, k: int, epoch: int, indices: torch.Tensor) -> float:
+        """Step 2: CE on the given labels for network k."""
+        net = self.train_nets[k]
+        net.train()
+        total, count = 0.0, 0
+        batch_size = min(self.optim.batch_size, len(indices))
+        for images, index in self.logger.progress(self._loader(indices, batch_size, epoch, k), f"warm-up {epoch}"):
+            logits = net(images.to(self.device))
+            loss = warmup_loss(logits, self.given[index.to(self.device)], self.method.warmup_penalty)
+            self._optimise(k, loss, "CREMA warm-up loss")
+            total, count = total + loss.item() * len(index), count + len(index)
+        return all_reduce_mean(total / max(count, 1))
+
+    def plan(self, k: int, indices: torch.Tensor, probs: list[torch.Tensor]) -> dict[str, Any]:
+        """Step 3 for network k: split, weights and label update over the epoch's samples ``indices``."""
+        m, n_nets = self.method, len(self.nets)
+        divider = 1 - k if n_nets == 2 else k
+        idx = indices.to(self.device)
+        memory = self.memories[divider]
+        if m.split == "none":
+            clean = torch.ones(len(idx), dtype=torch.bool, device=self.device)
+        else:
+            scores = memory.mean()[idx] if m.split_on == "memory_mean" else memory.last()[idx]
+            _, clean = coarse_split(
+                scores, m.p_threshold, m.gmm_max_iter, m.gmm_tol, m.gmm_reg_covar, seed=self.cfg.seed
+            )
+        weights = modulation_weights(memory, m.modulation, m.weight_min)[idx]
+        roles = torch.where(clean, CLEAN, REST)
+        labels = self.given[idx].clone()
+        update = None
+        if m.label_update:
+            candidates = torch.zeros(len(self.given), dtype=torch.bool, device=self.device)
+            candidates[idx] = ~clean
+            full_probs = torch.zeros(len(self.given), probs[k].shape[1], device=self.device)
+            full_probs[idx] = probs[k]
+            other = None
+            if n_nets == 2 and m.update_agreement:
+                other = torch.full((len(self.given),), -2, dtype=torch.int64, device=self.device)
+                other[idx] = probs[1 - k].argmax(1)
+            stable = self.memories[k].stable() if m.update_stable else None
+            update = selective_label_update(
+                full_probs, self.given, candidates, self.updates[k], m.update_threshold, stable, other
+            )
+            self.updates[k] = update.labels
+            new = update.labels[idx]
+            roles = torch.where(new >= 0, UPDATED, roles)
+            labels = torch.where(new >= 0, new, labels)
+        return {"clean": clean, "weights": weights, "roles": roles, "labels": labels, "update": update}
+
+    def train_epoch(
+        self, k: int, epoch: int, indices: torch.Tensor, plan: dict[str, Any], probs: torch.Tensor
+    ) -> float:
+        """Step 5: one epoch of the CREMA loss for network k over the planned samples."""
+        m = self.method
+        keep = plan["roles"] != REST
+        if m.noisy_rest == "consistency":
+            keep = torch.ones_like(keep)
+        position = torch.full((len(self.given),), -1, dtype=torch.int64, device=self.device)
+        position[indices.to(self.device)] = torch.arange(len(indices), device=self.device)
+        chosen = indices[keep.cpu()]
+        batch_size = min(self.optim.batch_size, len(chosen))
+        if batch_size < 2:
+            self.logger.info(f"net{k + 1}: {len(chosen)} samples selected; epoch {epoch} skipped")
+            return math.nan
+        net = self.train_nets[k]
+        net.train()
+        total, count = 0.0, 0
+        for images, index in self.logger.progress(self._loader(chosen, batch_size, epoch, k), f"epoch {epoch}"):
+            pos = position[index.to(self.device)]
+            logits = net(images.to(self.device))
+            loss, _ = crema_loss(
+                logits,
+                plan["labels"][pos],
+                plan["roles"][pos],
+                plan["weights"][pos],
+                probs[pos],
+                m.consistency_weight,
+                m.sharpen_temperature,
+                m.prior_weight,
+            )
+            self._optimise(k, loss, "CREMA loss")
+            total, count = total + loss.item() * len(index), count + len(index)
+        return all_reduce_mean(total / max(count, 1))
+
+    def set_lr(self, epoch: int) -> float:
+        lr = self.optim.lr * self.optim.gamma ** sum(epoch >= mile for mile in self.optim.milestones)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def test(self) -> float:
+        """Accuracy on the clean test split (sum of the networks' logits)."""
+        return evaluate_accuracy(
+            self.nets,
+            self.task.test_source,
+            self.task.test_labels,
+            self.task.eval_transform,
+            self.device,
+            self.optim.eval_batch_size,
+            self.cfg.data.num_workers,
+        )
+
+    # ---------------------------------------------------------------------------------------------- logging
+    def _plan_stats(self, epoch: int, indices: torch.Tensor, plan: dict[str, Any]) -> dict[str, float]:
+        """Clean-set precision/recall, weights of correct vs wrong clean-set labels, label-update quality."""
+        clean, weights, update = plan["clean"], plan["weights"], plan["update"]
+        row = {"clean_n": float(clean.sum())}
+        if self.histograms is not None and clean.any():
+            self.histograms.add_histogram("clean_set_weight", weights[clean].cpu(), epoch)
+        if update is not None:
+            row.update(updated_n=float(update.updated), updated_changed=float(update.changed))
+            row["reversions"] = float(update.reverted)
+        if self.clean is not None:
+            idx = indices.to(self.device)
+            correct = self.given[idx] == self.clean[idx]
+            quality = label_precision_recall(clean.cpu(), self.given[idx].cpu(), self.clean[idx].cpu())
+            row.update(clean_precision=quality["precision"], clean_recall=quality["recall"])
+            row["weight_mean_correct"] = float(weights[clean & correct].mean()) if (clean & correct).any() else math.nan
+            row["weight_mean_wrong"] = float(weights[clean & ~correct].mean()) if (clean & ~correct).any() else math.nan
+            if update is not None and update.updated:
+                mask = update.labels >= 0
+                row["updated_label_acc"] = label_accuracy(update.labels[mask].cpu(), self.clean[mask].cpu())
+        return row
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of every network; returns the log row of network 1 (two networks: also ``loss2``)."""
+        t0 = time.perf_counter()
+        row: dict[str, Any] = dict.fromkeys(LOG_KEYS, math.nan)
+        row.update(dict.fromkeys([f"loss{k + 1}" for k in range(1, len(self.nets))], math.nan))
+        row["lr"] = self.set_lr(epoch)
+        indices = self.epoch_indices(epoch)
+        probs = [self.credibility_pass(k, indices) for k in range(len(self.nets))]
+        for k in range(len(self.nets)):
+            suffix = "" if k == 0 else str(k + 1)
+            if epoch < self.method.warmup_epochs:
+                row["loss" + suffix] = self.warmup_epoch(k, epoch, indices)
+                continue
+            plan = self.plan(k, indices, probs)
+            if k == 0:
+                row.update(self._plan_stats(epoch, indices, plan))
+            row["loss" + suffix] = self.train_epoch(k, epoch, indices, plan, probs[k])
+        last = epoch == self.optim.epochs - 1
+        interval = self.cfg.eval_interval
+        if last or (interval and (epoch + 1) % interval == 0):
+            row["test_acc"] = self.test()
+            self.tracker.update(row["test_acc"], epoch)
+        row["epoch_time_s"] = time.perf_counter() - t0
+        return row
+
+    def fit(
+        self,
+        checkpoint_path: str | Path | None = None,
+        resume_state: dict[str, Any] | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run (or continue) the schedule; returns best / last test accuracy."""
+        if resume_state is not None:
+            self.load_state_dict(resume_state)
+        for epoch in range(self.epoch + 1, self.optim.epochs):
+            row = self.run_epoch(epoch)
+            self.epoch = epoch
+            interval = self.cfg.checkpoint_interval
+            due = epoch == self.optim.epochs - 1 or (interval and (epoch + 1) % interval == 0)
+            if checkpoint_path is not None and self.ctx.is_main and due:
+                save_checkpoint(self.state_dict(), checkpoint_path)
+            self.logger.log_epoch(epoch, row)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+        best = self.tracker.best if math.isfinite(self.tracker.best) else math.nan
+        return {"best": best, "best_epoch": self.tracker.best_epoch, "last": self.tracker.last}

@@ -1,0 +1,92 @@
+"""Evaluate a CREMA checkpoint on the clean test split.
+
+    python -m crema.eval --checkpoint PATH [--output_dir DIR] [--key value ...]
+
+The config comes from the checkpoint (``parse_eval_config``); ``--data.root`` etc. may be overridden. Prints the
+test accuracy (two networks: each one and the ensemble of summed logits) and writes ``metrics.json`` to
+``--output_dir`` (default: ``<checkpoint folder>/eval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crema.config import PACKAGE, Config, check_config
+from crema.data import build_task
+from crema.train import build_nets
+from shared.checkpoint import load_checkpoint
+from shared.config import parse_config, parse_eval_config
+from shared.logger import write_json
+from shared.noisy.supervised import evaluate_accuracy
+
+__all__ = ["Evaluation", "evaluate", "main", "parse_args"]
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation reads: the checkpoint (path and content), the run's config, and where metrics go."""
+
+    checkpoint: Path
+    state: dict[str, Any]
+    config: Config
+    output_dir: Path
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
+    """``--checkpoint`` and ``--output_dir``; the run's config is the one stored in the checkpoint, overridden by
+    ``-c FILE`` / ``--key value`` (:func:`shared.config.parse_eval_config`)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("--checkpoint", required=True, help="last.pt or best.pt of a crema run")
+    parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):  # the two flags above, then every config key that may be overridden
+        parser.print_help()
+        parse_config(Config, ["--help"], description="config keys (override the checkpoint's stored config)")
+    args, rest = parser.parse_known_args(argv)
+    checkpoint = Path(args.checkpoint)
+    state = load_checkpoint(checkpoint, package=PACKAGE, required=("config", "net1"))
+    cfg = parse_eval_config(Config, state["config"], rest, description=__doc__.splitlines()[0])
+    out = Path(args.output_dir) if args.output_dir else checkpoint.parent / "eval"
+    return Evaluation(checkpoint=checkpoint, state=state, config=cfg, output_dir=out)
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """Test accuracy of each network of the checkpoint ``state`` and of their ensemble."""
+    check_config(cfg)
+    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    task = build_task(cfg.data, checkpoint.parent)
+    nets = build_nets(cfg, task, device)
+    for k, net in enumerate(nets):
+        key = f"net{k + 1}"
+        if key not in state:
+            raise ValueError(f"{checkpoint} holds no '{key}' but the config has {len(nets)} network(s)")
+        net.load_state_dict(state[key])
+    tf, bs = task.eval_transform, cfg.optim.eval_batch_size
+    metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "epoch": state.get("epoch")}
+    if len(nets) > 1:
+        for k, net in enumerate(nets):
+            metrics[f"test_acc_net{k + 1}"] = evaluate_accuracy(net, task.test_source, task.test_labels, tf, device, bs)
+    metrics["test_acc"] = evaluate_accuracy(nets, task.test_source, task.test_labels, tf, device, bs)
+    return metrics
+
+
+def main(ev: Evaluation) -> dict[str, Any]:
+    """Evaluate the checkpoint; writes the metrics JSON and returns the metrics."""
+    if ev.config.threads:
+        torch.set_num_threads(ev.config.threads)
+    metrics = evaluate(ev.config, ev.state, ev.checkpoint)
+    write_json(metrics, ev.output_dir / "metrics.json")
+    print(f"test accuracy {metrics['test_acc']:.2f} ({ev.checkpoint}); wrote {ev.output_dir / 'metrics.json'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,3 @@
+"""crema test fixtures: one intra-op thread per test (see shared/testing.py for why)."""
+
+from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)
