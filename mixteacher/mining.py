@@ -17,7 +17,36 @@ from __future__ import annotations
 import torch
 from torchvision.ops import box_iou
 
-__all__ = ["score_promotion"]
+__all__ = ["match_low_confidence", "promoted_by_score", "score_promotion"]
+
+
+def match_low_confidence(
+    ref_boxes: torch.Tensor,
+    low_boxes: torch.Tensor,
+    iou_thr: float = 0.5,
+    owner: torch.Tensor | None = None,
+    low_owner: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Max-IoU match of candidate boxes (N, 4) to low-confidence pseudo boxes (M, 4): the matched box index (N,),
+    -1 where the best IoU is below ``iou_thr`` (no low-quality match). With ``owner`` (N,) and ``low_owner`` (M,)
+    image indices, a batch of images is matched at once, each candidate only to boxes of its own image."""
+    n = ref_boxes.shape[0]
+    if n == 0 or low_boxes.numel() == 0:
+        return torch.full((n,), -1, dtype=torch.int64, device=ref_boxes.device)
+    iou = box_iou(ref_boxes, low_boxes)
+    if owner is not None and low_owner is not None:
+        iou = iou * (owner[:, None] == low_owner[None, :])
+    best_iou, best = iou.max(dim=1)
+    return torch.where(best_iou >= iou_thr, best, torch.full_like(best, -1))
+
+
+def promoted_by_score(
+    ref_probs: torch.Tensor, tgt_probs: torch.Tensor, classes: torch.Tensor, diff_thr: float
+) -> torch.Tensor:
+    """The score-promotion rule: ``p_mixed(c) - p_regular(c) > diff_thr`` for each row's class ``c`` in 1..K."""
+    rows = torch.arange(ref_probs.shape[0], device=ref_probs.device)
+    classes = classes.long()
+    return tgt_probs[rows, classes] - ref_probs[rows, classes] > diff_thr
 
 
 def score_promotion(
@@ -29,7 +58,8 @@ def score_promotion(
     diff_thr: float,
     iou_thr: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which candidates are promoted to positives.
+    """Which candidates of one image are promoted to positives (:func:`match_low_confidence`, then
+    :func:`promoted_by_score`).
 
     Args:
         ref_probs: (N, K+1) class probabilities of the candidates at the regular scale (background at 0).
@@ -43,16 +73,11 @@ def score_promotion(
     Returns:
         (promoted (N,) bool, matched low-confidence box index (N,) int64, -1 where unmatched).
     """
-    n = ref_probs.shape[0]
-    if n == 0 or low_boxes.numel() == 0:
-        return (
-            torch.zeros(n, dtype=torch.bool, device=ref_probs.device),
-            torch.full((n,), -1, dtype=torch.int64, device=ref_probs.device),
+    match = match_low_confidence(ref_boxes, low_boxes, iou_thr)
+    matched = match >= 0
+    promoted = torch.zeros_like(matched)
+    if matched.any():
+        promoted[matched] = promoted_by_score(
+            ref_probs[matched], tgt_probs[matched], low_labels[match[matched]], diff_thr
         )
-    best_iou, best = box_iou(ref_boxes, low_boxes).max(dim=1)
-    matched = best_iou >= iou_thr
-    cls = low_labels[best].long()
-    rows = torch.arange(n, device=ref_probs.device)
-    delta = tgt_probs[rows, cls] - ref_probs[rows, cls]
-    promoted = matched & (delta > diff_thr)
-    return promoted, torch.where(matched, best, torch.full_like(best, -1))
+    return promoted, match

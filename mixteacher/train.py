@@ -92,16 +92,19 @@ def step_schedule(
 
 
 def _supervised_config(cfg: TrainConfig, out_dir: Path) -> TrainConfig:
-    """The supervised-only comparison of a MixTeacher run: the same iterations and the same expected number of
-    labeled images per batch, labeled data only, in ``<run>/supervised/``."""
-    labeled_per_batch = cfg.data.batch_size * cfg.data.sample_ratio[0] / sum(cfg.data.sample_ratio)
+    """The supervised-only comparison of a MixTeacher run: the same iterations, the same expected number of
+    labeled images per batch and the same learning rate (the released baseline and MixTeacher configs both train
+    at lr 0.01 although their batches differ), labeled data only, in ``<run>/supervised/``."""
+    labeled_per_batch = max(1, round(cfg.data.batch_size * cfg.data.sample_ratio[0] / sum(cfg.data.sample_ratio)))
     return replace(
         cfg,
         method="supervised",
         compare_supervised=False,
         resume=None,
         output_dir=str(out_dir / "supervised"),
-        data=replace(cfg.data, batch_size=max(1, round(labeled_per_batch)), sample_ratio=(1.0, 0.0)),
+        # build_optimizer scales lr by batch / lr_base_batch: give the smaller batch the MixTeacher run's lr
+        lr=cfg.lr * cfg.data.batch_size / labeled_per_batch,
+        data=replace(cfg.data, batch_size=labeled_per_batch, sample_ratio=(1.0, 0.0)),
     )
 
 
@@ -109,9 +112,9 @@ def _check_backbone(cfg: TrainConfig, compare: bool) -> None:
     # a resumed run takes its weights from the checkpoint, the supervised comparison always starts from the backbone
     if (not cfg.resume or compare) and cfg.pretrained_backbone is None and not cfg.allow_random_backbone:
         raise ValueError(
-            "the recipes fine-tune an ImageNet-pretrained ResNet: pass --pretrained_backbone PATH "
-            "(mmdetection's detectron2 resnet50_caffe, resnet50_msra-5891d200.pth), or set "
-            "allow_random_backbone: true to train from random initialisation"
+            "the recipes fine-tune an ImageNet-pretrained backbone: pass --pretrained_backbone PATH "
+            "(mmdetection's detectron2 resnet50_caffe, resnet50_msra-5891d200.pth; 'imagenet' for "
+            "detector.backbone mobilenet_v2), or set allow_random_backbone: true to train from random initialisation"
         )
 
 
@@ -199,6 +202,7 @@ def train_steps(
     """``num_steps`` iterations (one logging/checkpoint period); returns (mean logged values, global step)."""
     model.train()
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}  # values logged only by some steps (pseudo-label statistics after the burn-in)
     t0, images = time.perf_counter(), 0
     bar = logger.progress(range(num_steps), desc=f"iter {step}", total=num_steps)
     for _ in bar:
@@ -215,6 +219,7 @@ def train_steps(
         logs["loss"] = float(loss.detach())
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + 1
         if cfg.log_interval and step % cfg.log_interval == 0:
             lr = optimizer.param_groups[0]["lr"]
             logger.scalars({**logs, "lr": lr}, step, prefix="train/")
@@ -225,7 +230,7 @@ def train_steps(
                     img_s=f"{images * ctx.world_size / (time.perf_counter() - t0):.1f}",
                 )
     elapsed = time.perf_counter() - t0
-    row = {k: all_reduce_mean(v / num_steps) for k, v in sorted(sums.items())}
+    row = {k: all_reduce_mean(v / counts[k]) for k, v in sorted(sums.items())}
     row.update(
         {
             "lr": optimizer.param_groups[0]["lr"],

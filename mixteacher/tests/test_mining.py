@@ -37,7 +37,11 @@ def test_mined_proposals_become_positives_before_sampling(tiny_detector_cfg):
     gt_boxes, gt_labels = torch.tensor([[60.0, 60.0, 90.0, 90.0]]), torch.tensor([3])
     mined_box = torch.tensor([[31.0, 30.0, 41.0, 40.0]])
     sampled = model.sample_rois(
-        [proposals], [gt_boxes], [gt_labels], mined=[(torch.tensor([1]), torch.tensor([2]), mined_box)]
+        [proposals],
+        [gt_boxes],
+        [gt_labels],
+        mined=[(torch.tensor([1]), torch.tensor([2]), mined_box)],
+        mined_as_proposals=False,
     )
     boxes = sampled.boxes[0]
     row = int(torch.where((boxes == proposals[1]).all(1))[0][0])

@@ -19,7 +19,7 @@ def _batch():
     }
 
 
-def _fake_detect(images, features):
+def _fake_detect(images, features, proposal_mode="training"):
     """Teacher detections: one confident (0.95), two low-confidence (0.7, 0.6) boxes per image."""
     boxes = torch.tensor([[10.0, 10.0, 60.0, 50.0], [30.0, 40.0, 80.0, 90.0], [5.0, 50.0, 40.0, 90.0]])
     return [
@@ -37,6 +37,7 @@ def test_unsupervised_step_with_pseudo_labels(tiny_detector_cfg, monkeypatch, mi
         mining_diff_thr=-1.0,
         mine_score_thr=0.5,
         mining_iou_thr=0.0,
+        mining_candidate_iou=0.0,
         reg_uncertainty_thr=1e9,
         mining_features=mining_features,
     )
@@ -55,14 +56,23 @@ def test_unsupervised_step_with_pseudo_labels(tiny_detector_cfg, monkeypatch, mi
     assert all(p.grad is None for p in method.teacher.parameters())
 
 
-def test_burn_in_gives_zero_unsupervised_weight(tiny_detector_cfg, monkeypatch):
+def test_burn_in_skips_the_unlabeled_branch(tiny_detector_cfg, monkeypatch):
+    """Unsupervised weight 0: no teacher detection, no student pass on unlabeled images (released code)."""
     method = MixTeacher(MixedScaleFasterRCNN(3, tiny_detector_cfg), MixTeacherSettings(unsup_start=100)).train()
-    monkeypatch.setattr(method.teacher, "detect", _fake_detect)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the unlabeled branch ran during the burn-in")
+
+    monkeypatch.setattr(method, "unsupervised_loss", refuse)
     loss, logs = method(_batch(), step=50)
-    assert logs["unsup_weight"] == 0.0
+    assert not any(k.startswith("unsup_") or k in ("pseudo_boxes", "mined") for k in logs)
     torch.testing.assert_close(
         loss.detach(), torch.tensor(sum(v for k, v in logs.items() if k.startswith("sup_"))), rtol=1e-5, atol=1e-5
     )
+    monkeypatch.undo()
+    monkeypatch.setattr(method.teacher, "detect", _fake_detect)
+    _, logs = method(_batch(), step=101)  # after the burn-in the branch runs
+    assert logs["unsup_weight"] > 0 and "pseudo_boxes" in logs
 
 
 def test_supervised_method_trains_the_regular_scale_only(tiny_detector_cfg):

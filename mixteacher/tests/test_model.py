@@ -178,7 +178,7 @@ def test_variants_are_the_detectors_of_the_recipes_and_the_embedded_default():
     from mixteacher.model import VARIANTS
     from mixteacher.train import parse_args
 
-    assert parse_args([]).detector == VARIANTS["r10_w16"]  # configs/default.yaml
+    assert parse_args([]).detector == VARIANTS["mnv2_fpn"]  # configs/default.yaml
     recipe = Path(__file__).parents[1] / "configs" / "coco_partial_10.yaml"
     assert parse_args(["-c", str(recipe)]).detector == VARIANTS["r50_fpn"]
     model = create_model("tiny", num_classes=3, min_size=64)

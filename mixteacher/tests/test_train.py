@@ -155,7 +155,16 @@ def test_unknown_key_and_missing_dataset_are_clear_errors(tmp_path):
             ]
         )
     with pytest.raises(ValueError, match="pretrained_backbone"):
-        train_run(["--output_dir", str(tmp_path), "--no-allow_random_backbone", "--no-tensorboard"])
+        train_run(
+            [
+                "--output_dir",
+                str(tmp_path),
+                "--pretrained_backbone",
+                "null",
+                "--no-allow_random_backbone",
+                "--no-tensorboard",
+            ]
+        )
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):

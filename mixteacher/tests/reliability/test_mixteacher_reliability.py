@@ -84,7 +84,7 @@ def _detections_for(images_with: tuple[int, ...]):
     """Teacher detections (one confident, two low-confidence boxes) for the images ``images_with`` only."""
     boxes = torch.tensor([[10.0, 10.0, 60.0, 50.0], [30.0, 40.0, 80.0, 90.0], [5.0, 50.0, 40.0, 90.0]])
 
-    def detect(images, features):
+    def detect(images, features, proposal_mode="training"):
         n = [3 if i in images_with else 0 for i in range(len(images.image_sizes))]
         return [
             {

@@ -1,0 +1,32 @@
+"""Slow: one evidence seed again (``python -m mixteacher.evidence --seeds 3``: the four rows, 220 iterations each,
+shared burn-ins; about 4-5 minutes of one CPU core). It must reproduce the committed column of ``EVIDENCE.json``
+exactly, keep pseudo boxes after the burn-in, and show the claim on this seed: MixTeacher's teacher at least
+``MARGIN`` AP above supervised-only and above the single-scale mean teacher (README, Evidence)."""
+
+import json
+
+import pytest
+
+from mixteacher.evidence import COMMITTED, ROWS, STATS, run_seed
+
+SEED = 3
+#: the committed seed-3 differences are +3.48 (supervised) and +6.96 (mean teacher) AP; over the three seeds MixTeacher
+#: leads the mean teacher by 3.45 to 18.08 and supervised-only in 2 of 3 (seed 1: -3.24), so 1 AP on seed 3 is what
+#: the seeds support, not a blanket per-seed guarantee
+MARGIN = 1.0
+
+
+@pytest.mark.slow
+def test_evidence_seed_reproduces_the_committed_column_and_the_claim(tmp_path):
+    if not COMMITTED.is_file():
+        pytest.fail(f"{COMMITTED} is missing: run `python -m mixteacher.evidence` and commit its evidence.json")
+    committed = json.loads(COMMITTED.read_text())
+    j = committed["seeds"].index(SEED)
+    results = run_seed(SEED, tmp_path, parallel_rows=True)
+    for row in ROWS:
+        assert results[row]["AP"] == committed["rows"][row][j], row
+        for key in ("student_AP", *STATS):
+            assert results[row][key] == committed["rows"][f"{row}/{key}"][j], f"{row}/{key}"
+    assert results["mixteacher"]["pseudo_boxes"] > 0 and results["mean_teacher"]["pseudo_boxes"] > 0
+    for baseline in committed["baselines"]:
+        assert results["mixteacher"]["AP"] - results[baseline]["AP"] >= MARGIN, baseline
