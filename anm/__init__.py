@@ -23,7 +23,14 @@ from anm.model import (
 )
 from anm.sanm import SANM, CEBaseline, sanm_groups
 
+DEMO_INFO = {
+    "task": "learning with noisy labels (SANM on the DivideMix engine)",
+    "dataset": "synthetic CIFAR-10-format set (2 000 train / 500 test, 16 px), 50 % symmetric noise",
+    "metrics": ["test_acc"],
+}
+
 __all__ = [
+    "DEMO_INFO",
     "SANM",
     "VARIANTS",
     "CEBaseline",
