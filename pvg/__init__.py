@@ -3,7 +3,8 @@
 Importing this package registers ``pvig_ti``, ``pvig_s``, ``pvig_m``, ``pvig_b`` (the official Pyramid ViG,
 state_dict-compatible with the released files), ``pvg_ti``, ``pvg_s``, ``pvg_m``, ``pvg_b`` (PVG: PSGC, MaxE,
 GraphLU) and the tiny ``pvig_test``/``pvg_test`` with timm. Scripts: ``train.py``/``eval.py`` (ImageNet
-classification), ``export_onnx.py``, ``bench.py``, ``evidence.py``.
+classification), ``train_det.py``/``eval_det.py`` (COCO Mask R-CNN, ``pvg.detection``), ``export_onnx.py``,
+``bench.py``, ``evidence.py``.
 """
 
 from pvg.graph import knn_dense, knn_fast, knn_graph, relative_position_bias, spatial_neighbours

@@ -1,5 +1,5 @@
-"""The configs of the PVG scripts: ImageNet classification (``train.py``/``eval.py``) and how an evaluation resolves
-its config from a checkpoint.
+"""The configs of the PVG scripts: ImageNet classification (``train.py``/``eval.py``), COCO Mask R-CNN
+(``train_det.py``/``eval_det.py``) and how an evaluation resolves its config from a checkpoint.
 
 Every training config inherits :class:`shared.config.RunConfig` (``output_dir``, ``name``, ``resume``, ``seed``,
 ``device``, ``amp``, ``threads``, ``log_interval``, ``eval_interval``, ``checkpoint_interval``, ``tensorboard``); the
@@ -18,13 +18,24 @@ from typing import TypeVar
 
 from shared.checkpoint import load_checkpoint
 from shared.classification import ClassificationConfig, DataConfig
-from shared.config import parse_config, parse_eval_config
+from shared.config import RunConfig, parse_config, parse_eval_config
 
-__all__ = ['CONFIG_DIR', 'DEFAULT_CONFIG', 'PACKAGE', 'PVGTrainConfig', 'ViGDataConfig', 'parse_checkpoint_config']
+__all__ = [
+    'CONFIG_DIR',
+    'DEFAULT_CONFIG',
+    'DEFAULT_DET_CONFIG',
+    'PACKAGE',
+    'MaskRCNNConfig',
+    'MaskRCNNDataConfig',
+    'PVGTrainConfig',
+    'ViGDataConfig',
+    'parse_checkpoint_config',
+]
 
 PACKAGE = 'pvg'
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 DEFAULT_CONFIG = CONFIG_DIR / 'default.yaml'
+DEFAULT_DET_CONFIG = CONFIG_DIR / 'maskrcnn_default.yaml'
 
 T = TypeVar('T')
 
@@ -59,6 +70,79 @@ class PVGTrainConfig(ClassificationConfig):
     mixup: float = 0.8
     cutmix: float = 1.0
     ema_decay: float | None = field(default=0.99996, metadata={'help': 'per-step EMA decay; null disables EMA'})
+
+
+@dataclass
+class MaskRCNNDataConfig:
+    """Where the COCO data is, and mmdet's Mask R-CNN 1x pipeline (keep-ratio resize to 1333 x 800, flip 0.5)."""
+
+    root: str = field(default='', metadata={'help': 'COCO root holding train2017/, val2017/, annotations/'})
+    train_images: str = 'train2017'
+    train_annotations: str = 'annotations/instances_train2017.json'
+    val_images: str = 'val2017'
+    val_annotations: str = 'annotations/instances_val2017.json'
+    synthetic: bool = field(default=False, metadata={'help': 'write/use the embedded synthetic COCO-format set'})
+    synthetic_train: int = 48
+    synthetic_val: int = 16
+    synthetic_image_size: int = 192
+    synthetic_categories: int = 6
+    min_size: int = field(default=800, metadata={'help': 'shorter side after resizing (mmdet img_scale 1333x800)'})
+    max_size: int = field(default=1333, metadata={'help': 'longer side limit after resizing'})
+    hflip: float = 0.5
+    batch_size: int = field(default=2, metadata={'help': 'images per process (mmdet 1x: 2 per GPU x 8)'})
+    eval_batch_size: int = field(default=1, metadata={'help': 'images per process at evaluation (mmdet: 1)'})
+    workers: int = 2
+
+
+@dataclass
+class MaskRCNNConfig(RunConfig):
+    """Mask R-CNN with a Pyramid ViG / PVG + FPN backbone on COCO (defaults: the 1x recipe of README, Detection:
+    8 GPUs x 2 images, AdamW 1e-4, wd 0.05, 12 epochs with steps at 8 and 11).
+
+    ``eval_interval`` and ``checkpoint_interval`` count epochs."""
+
+    model: str = field(default='pvg_s', metadata={'help': 'backbone (pvig_ti/s/m/b, pvg_ti/s/m/b, *_test)'})
+    pretrained_backbone: str | None = field(
+        default=None,
+        metadata={'help': 'ImageNet checkpoint of the backbone: an official pvig_*.pth or a pvg.train checkpoint'},
+    )
+    allow_random_backbone: bool = field(
+        default=False,
+        metadata={'help': 'train without pretrained_backbone (random init); the paper recipes need a pretrained one'},
+    )
+    num_classes: int | None = field(default=None, metadata={'help': 'default: categories of the train annotations'})
+    drop_path: float = field(default=0.1, metadata={'help': 'backbone stochastic depth (official value unknown)'})
+    graph_mode: str = field(default='fast', metadata={'help': "kNN graph path: 'fast' (chunked) or 'dense'"})
+    frozen_stages: int = field(default=-1, metadata={'help': 'freeze stem + stages 1..N (-1: none)'})
+    norm_eval: bool = field(default=True, metadata={'help': 'keep every BatchNorm of the backbone in eval mode'})
+    fpn_channels: int = 256
+    image_mean: tuple[float, float, float] = field(
+        default=(0.485, 0.456, 0.406), metadata={'help': "input normalisation (mmdet's ImageNet statistics)"}
+    )
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    roi_sampling_ratio: int = field(default=0, metadata={'help': 'RoIAlign sampling ratio (mmdet 0: adaptive)'})
+    rpn_post_nms_top_n_train: int = field(default=1000, metadata={'help': 'proposals kept per image in training'})
+    roi_batch_size_per_image: int = field(default=512, metadata={'help': 'RoIs sampled per image for the heads'})
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    mask_threshold: float = field(default=0.5, metadata={'help': 'mask probability binarisation (mmdet mask_thr)'})
+    epochs: int = 12
+    lr: float = 1e-4
+    lr_base_batch: int = field(default=16, metadata={'help': 'lr is given for this global batch; scaled linearly'})
+    weight_decay: float = 0.05
+    no_decay_norm: bool = field(default=True, metadata={'help': 'no weight decay on BatchNorm weights and biases'})
+    no_decay_keys: list[str] = field(
+        default_factory=lambda: ['pos_embed'], metadata={'help': 'no weight decay on parameters whose name has one'}
+    )
+    opt_betas: tuple[float, float] = (0.9, 0.999)
+    opt_eps: float = 1e-8
+    warmup_iters: int = 500
+    warmup_ratio: float = 1e-3
+    lr_steps: list[int] = field(default_factory=lambda: [8, 11], metadata={'help': 'epochs where lr *= lr_gamma'})
+    lr_gamma: float = 0.1
+    clip_grad: float | None = None
+    data: MaskRCNNDataConfig = field(default_factory=MaskRCNNDataConfig)
 
 
 _NOT_INHERITED = ('output_dir', 'resume')

@@ -1,12 +1,14 @@
 """COCO-format detection data and evaluation shared by the detection packages (emo's RetinaNet, mixteacher's Faster
-R-CNN; calibrated_teacher and pvg next).
+R-CNN, calibrated_teacher, pvg's Mask R-CNN).
 
-* :class:`CocoDetection`: images and boxes of one ``instances_*.json`` (mmdet's ``CocoDataset`` filtering).
+* :class:`CocoDetection`: images and boxes (and, with ``with_masks``, instance masks) of one ``instances_*.json``
+  (mmdet's ``CocoDataset`` filtering).
 * :class:`CocoImages`: only the images of a json (an unlabeled pool).
 * :class:`GroupedDistributedSampler`: mmdet's aspect-ratio grouped sampler.
 * :func:`sharded_loader`: every evaluation image once over the ranks.
-* :func:`coco_detections` + :func:`evaluate_detections`: model outputs -> COCO results, gathered from every rank
-  and scored once with pycocotools; :func:`coco_summary`: the paper-style one-line summary.
+* :func:`coco_detections` + :func:`evaluate_detections`: model outputs -> COCO results (boxes, and RLE masks with
+  ``masks=True``), gathered from every rank and scored once with pycocotools (bbox, and segm with ``segm=True``);
+  :func:`coco_summary`: the paper-style one-line summary.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.transforms.functional import pil_to_tensor
@@ -38,6 +42,7 @@ __all__ = [
     "coco_detections",
     "coco_summary",
     "detection_collate",
+    "encode_masks",
     "evaluate_detections",
     "load_coco",
     "read_image",
@@ -100,9 +105,11 @@ class CocoDetection(Dataset):
             ``_parse_ann_info``); boxes under 1 px wide or high and crowd/ignore boxes are always dropped.
         hflip: probability of a horizontal flip in ``__getitem__`` (training; mmdet ``RandomFlip``).
         layout: the expected layout, named in missing-file errors.
+        with_masks: also give each kept box its instance mask (pycocotools ``annToMask`` of the annotation's
+            polygons or RLE), flipped with the image.
 
     Items are ``(image, target)``: a float (3, H, W) tensor in [0, 1] and ``{"boxes": (n, 4) xyxy float32,
-    "labels": (n,) int64, "image_id": int}``.
+    "labels": (n,) int64, "image_id": int}``, plus ``"masks": (n, H, W) uint8`` in {0, 1} with ``with_masks``.
     """
 
     def __init__(
@@ -116,9 +123,11 @@ class CocoDetection(Dataset):
         drop_outside: bool = False,
         hflip: float = 0.0,
         layout: str = COCO_LAYOUT,
+        with_masks: bool = False,
     ):
         self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
         self.coco = load_coco(self.annotation_file, layout)
+        self.with_masks = with_masks
         if not self.image_dir.is_dir():
             raise _missing(self.image_dir, "COCO image folder", layout)
         self.cat_ids = list(categories) if categories is not None else sorted(self.coco.getCatIds())
@@ -145,6 +154,23 @@ class CocoDetection(Dataset):
 
     def boxes(self, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The usable boxes (xyxy float32) and labels of an image."""
+        boxes, labels, _ = self._usable(image_id)
+        return boxes, labels
+
+    def masks(self, image_id: int) -> torch.Tensor:
+        """The instance masks (n, H, W) uint8 of the usable boxes of an image, in the order of :meth:`boxes`; an
+        annotation without ``segmentation`` is an error naming it."""
+        anns = self._usable(image_id)[2]
+        info = self.coco.imgs[image_id]
+        for ann in anns:
+            if not ann.get("segmentation"):
+                raise ValueError(f"{self.annotation_file}: annotation {ann.get('id')} has no 'segmentation'")
+        if not anns:
+            return torch.zeros(0, info["height"], info["width"], dtype=torch.uint8)
+        return torch.from_numpy(np.stack([self.coco.annToMask(ann) for ann in anns]).astype(np.uint8))
+
+    def _usable(self, image_id: int) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+        """Boxes, labels and annotation dicts of the usable annotations of an image."""
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and not a.get("ignore")]
         for ann in anns:
             if ann["category_id"] not in self.label_of:
@@ -162,7 +188,7 @@ class CocoDetection(Dataset):
             inside_h = boxes[:, 3].clamp(max=info["height"]) - boxes[:, 1].clamp(min=0)
             area = torch.tensor([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=torch.float64)
             keep &= (inside_w.clamp(min=0) * inside_h.clamp(min=0) > 0) & (area > 0)
-        return boxes[keep], labels[keep]
+        return boxes[keep], labels[keep], [ann for ann, k in zip(anns, keep.tolist()) if k]
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """(image, boxes, labels, image id) without augmentation."""
@@ -173,11 +199,16 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image, boxes, labels, image_id = self.load(index)
+        target: dict[str, Any] = {"boxes": boxes, "labels": labels, "image_id": image_id}
+        if self.with_masks:
+            target["masks"] = self.masks(image_id)
         if self.train and self.hflip > 0 and torch.rand(()).item() < self.hflip:
             width = image.shape[-1]
             image = image.flip(-1)
-            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-        return image, {"boxes": boxes, "labels": labels, "image_id": image_id}
+            target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+            if self.with_masks:
+                target["masks"] = target["masks"].flip(-1)
+        return image, target
 
 
 class CocoImages(Dataset):
@@ -276,34 +307,67 @@ def sharded_loader(dataset: Dataset, batch_size: int, ctx: DistContext, workers:
     )
 
 
+def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """COCO RLEs (``{"size": [H, W], "counts": str}``) of (n, H, W) or (n, 1, H, W) masks: probabilities are
+    binarised at ``threshold`` (mmdet's ``mask_thr_binary``: ``>= threshold``), uint8/bool masks taken as they are."""
+    if masks.dim() == 4:
+        masks = masks[:, 0]
+    if masks.dim() != 3:
+        raise ValueError(f"encode_masks: expected (n, H, W) or (n, 1, H, W) masks, got shape {tuple(masks.shape)}")
+    if masks.shape[0] == 0:
+        return []
+    binary = masks >= threshold if masks.is_floating_point() else masks.bool()
+    rles = mask_utils.encode(np.asfortranarray(binary.permute(1, 2, 0).cpu().numpy().astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
 def coco_detections(
     outputs: Sequence[dict[str, torch.Tensor]],
     targets: Sequence[dict[str, Any]],
     cat_ids: Sequence[int],
     label_offset: int = 0,
+    masks: bool = False,
+    mask_threshold: float = 0.5,
 ) -> list[dict[str, Any]]:
     """COCO results (xywh boxes, COCO category ids) of a batch of torchvision-style outputs (xyxy boxes, labels
-    counted from ``label_offset``)."""
+    counted from ``label_offset``). With ``masks``, each result also holds ``"segmentation"``: the RLE of the
+    output's ``"masks"`` (Mask R-CNN's pasted (n, 1, H, W) probabilities, binarised at ``mask_threshold``)."""
     detections = []
     for output, target in zip(outputs, targets):
         boxes = output["boxes"].float().cpu()
         boxes[:, 2:] -= boxes[:, :2]
         cats = [cat_ids[int(label) - label_offset] for label in output["labels"].cpu()]
-        detections += [
+        results = [
             {"image_id": target["image_id"], "category_id": c, "bbox": b, "score": s}
             for b, s, c in zip(boxes.tolist(), output["scores"].float().cpu().tolist(), cats)
         ]
+        if masks:
+            if "masks" not in output:
+                raise ValueError("coco_detections(masks=True): the model output has no 'masks'")
+            for result, rle in zip(results, encode_masks(output["masks"], mask_threshold), strict=True):
+                result["segmentation"] = rle
+        detections += results
     return detections
 
 
-def evaluate_detections(detections: list[dict[str, Any]], coco: COCO, ctx: DistContext) -> dict[str, Any]:
+def evaluate_detections(
+    detections: list[dict[str, Any]], coco: COCO, ctx: DistContext, segm: bool = False
+) -> dict[str, Any]:
     """Gather every rank's detections, score them once with pycocotools on rank 0 and give every rank the result
-    (fractions, as :func:`shared.metrics.coco_evaluate`, plus ``num_detections``)."""
+    (bbox metrics as fractions, as :func:`shared.metrics.coco_evaluate`, plus ``num_detections``). With ``segm``
+    (detections from ``coco_detections(..., masks=True)``), ``"segm"`` holds the mask metrics in the same form;
+    the ground truth is copied for them, so ``coco`` is left unchanged."""
     if ctx.distributed:
         gathered: list[Any] = [None] * ctx.world_size
         dist.all_gather_object(gathered, detections)
         detections = [d for part in gathered for d in part]
-    result: list[Any] = [coco_evaluate(coco, detections) if ctx.is_main else None]
+    result: list[Any] = [None]
+    if ctx.is_main:
+        result[0] = coco_evaluate(coco, detections)
+        if segm:
+            result[0]["segm"] = coco_evaluate(coco.dataset, detections, iou_type="segm")
     if ctx.distributed:
         dist.broadcast_object_list(result, src=0)
     metrics = result[0]
