@@ -1,0 +1,74 @@
+"""Focal IoU Weight (FIoU), the classification-loss weight of negative anchors of Calibrated Teacher (README,
+Method; released ``RetinaHead_adaptivenegweight2_focaliou.loss``).
+
+For a negative anchor (assigned to background, not ignored) whose *predicted* box has maximum IoU u with the image's
+training targets (sparse GT and merged pseudo boxes), the focal-loss weight 1 becomes
+
+    w(u) = b + k (1 - b) [ -alpha u^gamma log(1.00001 - u) ],   b = 0.5, k = 3, alpha = 0.25, gamma = 2,
+
+so isolated negatives (likely unannotated objects) get half weight and negatives regressing onto a known object keep
+or exceed weight 1. u is not detached by default: the classification loss reaches the regression branch through the
+decoded boxes. Positives and ignored anchors are unchanged; normalisation is torchvision's (per image by its number
+of positives, then averaged over images; mmdet divides by the batch's positives: README, Fidelity notes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import box_iou, sigmoid_focal_loss
+
+__all__ = ["FIoUParams", "focal_iou_weight", "retinanet_fiou_losses"]
+
+
+@dataclass(frozen=True)
+class FIoUParams:
+    """The released constants (``ioufocalbias``, ``ioufocalk``, ``ioufocala``, ``ioufocalgamma``, ``ioudetach``)."""
+
+    bias: float = 0.5
+    k: float = 3.0
+    alpha: float = 0.25
+    gamma: float = 2.0
+    detach: bool = False
+
+
+def focal_iou_weight(u: torch.Tensor, params: FIoUParams = FIoUParams()) -> torch.Tensor:
+    """w(u) = b + k (1 - b) (-alpha u^gamma log(1.00001 - u)) for IoUs ``u`` in [0, 1]."""
+    focal = -params.alpha * u.pow(params.gamma) * torch.log(1.00001 - u)
+    return params.bias + params.k * (1.0 - params.bias) * focal
+
+
+def retinanet_fiou_losses(
+    targets: list[dict[str, torch.Tensor]],
+    head_outputs: dict[str, torch.Tensor],
+    anchors: list[torch.Tensor],
+    matched_idxs: list[torch.Tensor],
+    box_coder: BoxCoder,
+    fiou: FIoUParams | None,
+) -> torch.Tensor:
+    """RetinaNet's sigmoid focal classification loss (alpha 0.25, gamma 2) with FIoU on negatives when ``fiou`` is
+    given (``fiou=None``: torchvision's loss exactly). ``matched_idxs``: -1 background, -2 ignored, else the target."""
+    losses = []
+    for target, logits, regression, anchors_i, matched in zip(
+        targets, head_outputs["cls_logits"], head_outputs["bbox_regression"], anchors, matched_idxs
+    ):
+        foreground = matched >= 0
+        num_foreground = int(foreground.sum())
+        gt = torch.zeros_like(logits)
+        gt[foreground, target["labels"][matched[foreground]]] = 1.0
+        per_anchor = sigmoid_focal_loss(logits, gt, reduction="none").sum(-1)
+        valid = matched != -2
+        if fiou is not None:
+            negative = matched == -1
+            if target["boxes"].numel():
+                predicted = box_coder.decode_single(regression, anchors_i)
+                u = box_iou(predicted, target["boxes"].to(predicted.dtype)).amax(dim=1)
+            else:
+                u = regression.new_zeros(len(regression))
+            if fiou.detach:
+                u = u.detach()
+            per_anchor = per_anchor * torch.where(negative, focal_iou_weight(u, fiou), torch.ones_like(u))
+        losses.append(per_anchor[valid].sum() / max(1, num_foreground))
+    return sum(losses) / len(targets)
