@@ -93,6 +93,12 @@ def main(args: EvalConfig) -> dict[str, Any]:
             cfg.teacher.calib_tp_iou,
         )
         metrics["calibration"] = {k: v for k, v in quality.items() if not isinstance(v, torch.Tensor)}
+        metrics.update(  # flat headline keys (make demo's table reads top-level keys)
+            student_AP=metrics["student"]["AP"],
+            teacher_AP=metrics["teacher"]["AP"],
+            ece_raw=quality["ece_raw"],
+            ece_calibrated=quality["ece_calibrated"],
+        )
         print(
             f"teacher ECE (20 bins, correct = same class and IoU > {cfg.teacher.calib_tp_iou}): raw "
             f"{quality['ece_raw']:.4f} -> calibrated {quality['ece_calibrated']:.4f} ({quality['num']} detections)"
@@ -101,7 +107,7 @@ def main(args: EvalConfig) -> dict[str, Any]:
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             reliability_diagram(quality, out_dir / "reliability_eval.png")
-            write_json(metrics, out_dir / "eval_metrics.json")
+            write_json(metrics, out_dir / "metrics.json")
         return metrics
     finally:
         cleanup_distributed()

@@ -50,7 +50,7 @@ def test_fiou_weights_only_negatives_by_their_predicted_iou():
     per = sigmoid_focal_loss(outputs["cls_logits"][0], gt, reduction="none").sum(-1)
     # zero deltas: predicted boxes are the anchors; IoU with the target: anchor 1 -> 0, anchor 3 -> 0
     expected = per[0] + 0.5 * per[1] + 0.5 * per[3]  # anchor 2 ignored
-    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
 
 
 def test_fiou_gradient_reaches_the_regression_branch_unless_detached():
