@@ -21,21 +21,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
-from shared.label_noise import NoisyLabels, save_noisy_labels
+from shared.label_noise import NoisyLabels
 from shared.noisy.data import (
     CIFAR_MEAN,
     CIFAR_STD,
     CifarTrainTransform,
-    Clothing1M,
+    NoisyTaskBase,
     Normalize,
+    cifar_noise,
+    cifar_task_fields,
+    clothing1m_splits,
+    clothing1m_task_fields,
     clothing1m_transforms,
     load_cifar,
-    noisy_labels_for,
+    noise_path,
+    save_noise,
+    synthetic_cifar_root,
     write_digits_cifar,
 )
 
@@ -76,15 +81,9 @@ class DataConfig:
 
 
 @dataclass
-class NoisyTask:
+class NoisyTask(NoisyTaskBase):
     """What the trainer needs: images, labels and the transforms."""
 
-    train_source: Any
-    test_source: Any
-    test_labels: torch.Tensor
-    noisy_labels: torch.Tensor
-    clean_labels: torch.Tensor | None
-    num_classes: int
     train_transform: Callable
     eval_transform: Callable
     views: dict[str, list[Callable]]
@@ -219,43 +218,11 @@ def sanm_views(num_classes: int, size: int, kind: str, hflip: bool = True) -> di
 
 
 # ----------------------------------------------------------------------------------------------- datasets
-def _synthetic_root(cfg: DataConfig) -> Path:
-    from shared.synthetic import synthetic_root, write_cifar
-
-    classes = 10 if cfg.dataset == "cifar10" else 100
-    root = synthetic_root() / f"anm_{cfg.dataset}_n{cfg.synthetic_train_size}_t{cfg.synthetic_test_size}"
-    return write_cifar(root, classes, train_size=cfg.synthetic_train_size, test_size=cfg.synthetic_test_size, seed=0)
-
-
-def noise_path(cfg: DataConfig, run_dir: Path | None) -> Path | None:
-    """The noise file: ``data.noise_file``, else ``<run folder>/noisy_labels.json`` (None: no run folder yet)."""
-    if cfg.noise_file:
-        return Path(cfg.noise_file)
-    return run_dir / "noisy_labels.json" if run_dir is not None else None
-
-
-def save_noise(cfg: DataConfig, task: NoisyTask, run_dir: Path) -> None:
-    """Persist the noise draw of ``task`` when its noise file does not exist yet (after the folder check)."""
-    path = noise_path(cfg, run_dir)
-    if task.noise is not None and path is not None and not path.is_file():
-        save_noisy_labels(path, task.noise)
-
-
 def _clothing1m_task(cfg: DataConfig) -> NoisyTask:
-    if cfg.root is None:
-        raise ValueError(
-            "Clothing1M has no embedded synthetic set: pass --data.root "
-            "(see `python -m shared.datasets info clothing1m`)"
-        )
-    train, val, test = (Clothing1M(cfg.root, split) for split in ("train", "val", "test"))
+    train, val, test = clothing1m_splits(cfg.root, ("train", "val", "test"))
     train_tf = clothing1m_transforms(train=True)
     return NoisyTask(
-        train_source=train,
-        test_source=test,
-        test_labels=test.labels,
-        noisy_labels=train.labels,
-        clean_labels=None,
-        num_classes=14,
+        **clothing1m_task_fields(train, test),
         train_transform=train_tf,
         eval_transform=clothing1m_transforms(train=False),
         views={"warmup": [train_tf], "labeled": [train_tf, train_tf], "unlabeled": [train_tf, train_tf]},
@@ -275,7 +242,7 @@ def _cifar_layout_root(cfg: DataConfig) -> tuple[Path, int]:
             cfg.root or synthetic_root() / "anm_digits", test_size=DIGITS_TEST_SIZE, upsample="bilinear"
         ), 10
     classes = 10 if cfg.dataset == "cifar10" else 100
-    return (Path(cfg.root) if cfg.root is not None else _synthetic_root(cfg)), classes
+    return (Path(cfg.root) if cfg.root is not None else synthetic_cifar_root("anm", cfg)), classes
 
 
 def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) -> NoisyTask:
@@ -289,23 +256,10 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
     root, classes = _cifar_layout_root(cfg)
     train = load_cifar(root, classes, True, cfg.image_size)
     test = load_cifar(root, classes, False, cfg.image_size)
-    path = noise_path(cfg, run_dir)
-    noise = noisy_labels_for(
-        train.labels,
-        cfg.noise_type,
-        cfg.noise_rate,
-        classes,
-        cfg.noise_seed,
-        path if path is not None and (write_noise or path.is_file()) else None,
-    )
+    noise = cifar_noise(train.labels, cfg, classes, run_dir, write_noise)
     views = sanm_views(classes, cfg.image_size, cfg.views, cfg.hflip)
     return NoisyTask(
-        train_source=train.images,
-        test_source=test.images,
-        test_labels=test.labels,
-        noisy_labels=torch.from_numpy(np.array(noise.noisy)),
-        clean_labels=train.labels,
-        num_classes=classes,
+        **cifar_task_fields(train, test, noise),
         train_transform=views["warmup"][0],
         eval_transform=Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes]),
         views=views,

@@ -10,10 +10,8 @@ Rebuilds the test split from the config stored in the checkpoint (``--key value`
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,8 @@ import torch
 from anm.config import PACKAGE, Config
 from anm.data import build_task
 from anm.engine import build_models
-from shared.checkpoint import load_checkpoint
-from shared.config import parse_config, parse_eval_config
 from shared.logger import write_json
+from shared.noisy.cli import Evaluation, parse_checkpoint_args
 from shared.noisy.supervised import evaluate_accuracy
 
 
@@ -47,32 +44,16 @@ def evaluate(state: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str, Any
     }
 
 
-@dataclass
-class Evaluation:
-    """What one evaluation reads: the checkpoint (path and content), the run's config, and where metrics go."""
-
-    checkpoint: Path
-    state: dict[str, Any]
-    config: Config
-    output_dir: Path
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
-    """``--checkpoint`` and ``--output_dir``; the run's config is the one stored in the checkpoint, overridden by
-    ``-c FILE`` / ``--key value`` (:func:`shared.config.parse_eval_config`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--checkpoint", required=True, help="last.pt or best.pt of an anm run")
-    parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):
-        parser.print_help()
-        parse_config(Config, ["--help"], description="config keys (override the checkpoint's stored config)")
-    args, rest = parser.parse_known_args(argv)
-    checkpoint = Path(args.checkpoint)
-    state = load_checkpoint(checkpoint, package=PACKAGE, required=("net1", "net2", "config", "epoch"))
-    cfg = parse_eval_config(Config, state["config"], rest, description=__doc__.splitlines()[0])
-    out = Path(args.output_dir) if args.output_dir else checkpoint.parent / "eval"
-    return Evaluation(checkpoint=checkpoint, state=state, config=cfg, output_dir=out)
+    """``--checkpoint`` (an anm last.pt or best.pt), ``--output_dir`` and ``--key value`` overrides of its config."""
+    return parse_checkpoint_args(
+        Config,
+        argv,
+        __doc__,
+        PACKAGE,
+        required=("net1", "net2", "config", "epoch"),
+        checkpoint_help="last.pt or best.pt of an anm run",
+    )
 
 
 def main(ev: Evaluation) -> dict[str, Any]:

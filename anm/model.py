@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.noisy.models import PreActResNet18
+from shared.noisy.models import FeatureClassifier, PreActResNet18
 
 __all__ = [
     "VARIANTS",
@@ -180,7 +180,26 @@ class C2DResNet(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-class SupCEResNet(nn.Module):
+class _DecoderClassifier(FeatureClassifier):
+    """A feature map (``forward_feature_map``) pooled by ``adaptive_avg_pool2d`` into the features, a head
+    (``forward_head``) and SANM's reconstruction decoder ``recon_module`` (``reconstruct``)."""
+
+    recon_module: nn.Module
+
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_feature_map(x))
+
+    def reconstruct(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.recon_module(fmap)
+
+
+class SupCEResNet(_DecoderClassifier):
     """C2D's SupCE ResNet with SANM's decoder: ``encoder`` + ``fc`` + ``recon_module``.
 
     Args:
@@ -209,23 +228,9 @@ class SupCEResNet(nn.Module):
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
-    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(fmap, 1).flatten(1)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_feature_map(x))
-
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         score = self.fc(features)
         return F.softmax(score, dim=-1) if self.double_softmax else score
-
-    def reconstruct(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.recon_module(fmap)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
-        return (logits, features) if return_features else logits
 
 
 # ------------------------------------------------------------------------------------------------ other backbones
@@ -240,7 +245,7 @@ class PreActResNet18SANM(PreActResNet18):
         return self.recon_module(fmap)
 
 
-class DigitsCNN(nn.Module):
+class DigitsCNN(_DecoderClassifier):
     """Three-convolution CNN for 16 x 16 inputs (the CPU evidence): 4 x 4 x ``4 width`` feature map, linear head.
 
     Args:
@@ -267,22 +272,8 @@ class DigitsCNN(nn.Module):
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
-    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(fmap, 1).flatten(1)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_feature_map(x))
-
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features)
-
-    def reconstruct(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.recon_module(fmap)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
-        return (logits, features) if return_features else logits
 
 
 # ------------------------------------------------------------------------------------------------ registry

@@ -28,13 +28,20 @@ from anm.sanm import SANM
 from anm.visualize import attention_grid
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import config_to_dict, parse_config, save_config
-from shared.distributed import cleanup_distributed, init_distributed, seed_everything
+from shared.distributed import DistContext, cleanup_distributed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
+from shared.noisy.cli import start_run
 from shared.noisy.supervised import evaluate_accuracy
 
 
-def prepare_run(cfg: Config) -> tuple[Path, NoisyTask, dict[str, Any] | None]:
-    """Read and check the --resume file and the data, then claim the run folder (nothing is written before)."""
+def prepare_run(cfg: Config, ctx: DistContext) -> tuple[Path, NoisyTask, dict[str, Any] | None]:
+    """Refuse torchrun, read and check the --resume file and the data, then claim the run folder (nothing is
+    written before)."""
+    if ctx.world_size > 1:
+        raise ValueError(
+            "anm trains DivideMix's two networks in one process (its GMM co-divide needs the whole training "
+            "set); start it without torchrun"
+        )
     resume_state = None
     if cfg.resume:
         resume_state = load_checkpoint(cfg.resume, package=PACKAGE, required=("net1", "net2", "config", "epoch"))
@@ -81,19 +88,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 def main(cfg: Config) -> dict[str, Any]:
     """Train in ``cfg``'s run folder; returns the metrics (also written to metrics.json)."""
     check_run_settings(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        if ctx.world_size > 1:
-            raise ValueError(
-                "anm trains DivideMix's two networks in one process (its GMM co-divide needs the whole training "
-                "set); start it without torchrun"
-            )
-        out_dir, task, resume_state = prepare_run(cfg)
-    except BaseException:
-        cleanup_distributed()
-        raise
+    ctx, (out_dir, task, resume_state) = start_run(cfg, lambda ctx: prepare_run(cfg, ctx))
     logger = RunLogger(out_dir, tensorboard=cfg.tensorboard)
     wall0 = time.perf_counter()
     try:

@@ -38,7 +38,7 @@ from shared.distributed import DistContext, all_reduce_mean
 from shared.logger import RunLogger
 from shared.noisy.data import ViewDataset, balanced_subset
 from shared.noisy.metrics import AccuracyTracker, label_accuracy, label_precision_recall
-from shared.noisy.supervised import evaluate_accuracy
+from shared.noisy.supervised import evaluate_accuracy, set_learning_rate
 from shared.training import make_grad_scaler, optimizer_step
 
 __all__ = ["LOG_KEYS", "CremaTrainer"]
@@ -293,10 +293,7 @@ class CremaTrainer:
 
     def set_lr(self, epoch: int) -> float:
         lr = self.optim.lr * self.optim.gamma ** sum(epoch >= mile for mile in self.optim.milestones)
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr
-        return lr
+        return set_learning_rate(self.optimizers, lr)
 
     def test(self) -> float:
         """Accuracy on the clean test split (sum of the networks' logits)."""

@@ -14,22 +14,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from crema.config import DataConfig
-from shared.label_noise import NoisyLabels, asymmetric_noise, load_noisy_labels, save_noisy_labels, symmetric_noise
+from shared.label_noise import NoisyLabels, asymmetric_noise, load_noisy_labels, symmetric_noise
 from shared.noisy.data import (
     CIFAR_MEAN,
     CIFAR_STD,
     CifarTrainTransform,
-    Clothing1M,
+    NoisyTaskBase,
     Normalize,
+    cifar_task_fields,
+    clothing1m_splits,
+    clothing1m_task_fields,
     clothing1m_transforms,
     load_cifar,
+    noise_path,
     noisy_labels_for,
+    save_noise,
+    synthetic_cifar_root,
     write_digits_cifar,
 )
 
@@ -47,15 +52,9 @@ DIGITS_ASYMMETRIC_MAP = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
 
 
 @dataclass
-class NoisyTask:
+class NoisyTask(NoisyTaskBase):
     """What the trainer needs: sources (tensors or indexable datasets), labels, transforms."""
 
-    train_source: Any
-    test_source: Any
-    test_labels: torch.Tensor
-    noisy_labels: torch.Tensor
-    clean_labels: torch.Tensor | None
-    num_classes: int
     train_transform: Callable
     eval_transform: Callable
     noise: NoisyLabels | None = None
@@ -64,13 +63,6 @@ class NoisyTask:
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-def noise_path(cfg: DataConfig, run_dir: Path | None) -> Path | None:
-    """The noise file: ``data.noise_file``, else ``<run folder>/noisy_labels.json`` (None: no run folder yet)."""
-    if cfg.noise_file:
-        return Path(cfg.noise_file)
-    return run_dir / "noisy_labels.json" if run_dir is not None else None
 
 
 def _mapped_noise(clean: np.ndarray, cfg: DataConfig, mapping: dict[int, int], path: Path | None) -> NoisyLabels:
@@ -111,24 +103,15 @@ def draw_noise(clean: torch.Tensor, cfg: DataConfig, num_classes: int, path: Pat
     return noisy_labels_for(array, cfg.noise_type, cfg.noise_rate, num_classes, cfg.noise_seed, readable)
 
 
-def save_noise(cfg: DataConfig, task: NoisyTask, run_dir: Path) -> None:
-    """Persist the noise draw of ``task`` when its noise file does not exist yet (rank 0, after the folder check)."""
-    path = noise_path(cfg, run_dir)
-    if task.noise is not None and path is not None and not path.is_file():
-        save_noisy_labels(path, task.noise)
-
-
 def _cifar_root(cfg: DataConfig) -> Path:
-    from shared.synthetic import synthetic_root, write_cifar
+    from shared.synthetic import synthetic_root
 
     if cfg.root is not None:
         return Path(cfg.root)
     if cfg.dataset == "digits":
         root = synthetic_root() / f"crema_digits_t{cfg.digits_test_size}_s{cfg.digits_split_seed}"
         return write_digits_cifar(root, cfg.digits_test_size, cfg.digits_split_seed)
-    classes = 10 if cfg.dataset == "cifar10" else 100
-    root = synthetic_root() / f"crema_{cfg.dataset}_n{cfg.synthetic_train_size}_t{cfg.synthetic_test_size}"
-    return write_cifar(root, classes, train_size=cfg.synthetic_train_size, test_size=cfg.synthetic_test_size, seed=0)
+    return synthetic_cifar_root("crema", cfg)
 
 
 def _text_task(cfg: DataConfig, run_dir: Path | None) -> NoisyTask:
@@ -160,16 +143,9 @@ def build_task(cfg: DataConfig, run_dir: Path | None) -> NoisyTask:
     """Load the dataset and its noisy labels. An existing noise file is read and must match the dataset and the
     noise recipe (type, rate, seed); nothing is written here (:func:`save_noise` persists a new draw)."""
     if cfg.dataset == "clothing1m":
-        if cfg.root is None:
-            raise ValueError("Clothing1M has no embedded set: pass --data.root")
-        train, test = Clothing1M(cfg.root, "train"), Clothing1M(cfg.root, "test")
+        train, test = clothing1m_splits(cfg.root, ("train", "test"))
         return NoisyTask(
-            train_source=train,
-            test_source=test,
-            test_labels=test.labels,
-            noisy_labels=train.labels,
-            clean_labels=None,
-            num_classes=14,
+            **clothing1m_task_fields(train, test),
             train_transform=clothing1m_transforms(train=True),
             eval_transform=clothing1m_transforms(train=False),
         )
@@ -184,12 +160,7 @@ def build_task(cfg: DataConfig, run_dir: Path | None) -> NoisyTask:
     if padding is None:
         padding = 4 if cfg.image_size >= 32 else max(1, cfg.image_size // 8)
     return NoisyTask(
-        train_source=train.images,
-        test_source=test.images,
-        test_labels=test.labels,
-        noisy_labels=torch.from_numpy(np.array(noise.noisy)),
-        clean_labels=train.labels,
-        num_classes=classes,
+        **cifar_task_fields(train, test, noise),
         train_transform=CifarTrainTransform(classes, padding=padding, hflip=cfg.hflip),
         eval_transform=Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes]),
         noise=noise,

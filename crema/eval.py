@@ -9,10 +9,7 @@ test accuracy (two networks: each one and the ensemble of summed logits) and wri
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,40 +18,18 @@ import torch
 from crema.config import PACKAGE, Config, check_config
 from crema.data import build_task
 from crema.train import build_nets
-from shared.checkpoint import load_checkpoint
-from shared.config import parse_config, parse_eval_config
 from shared.logger import write_json
+from shared.noisy.cli import Evaluation, parse_checkpoint_args
 from shared.noisy.supervised import evaluate_accuracy
 
 __all__ = ["Evaluation", "evaluate", "main", "parse_args"]
 
 
-@dataclass
-class Evaluation:
-    """What one evaluation reads: the checkpoint (path and content), the run's config, and where metrics go."""
-
-    checkpoint: Path
-    state: dict[str, Any]
-    config: Config
-    output_dir: Path
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
-    """``--checkpoint`` and ``--output_dir``; the run's config is the one stored in the checkpoint, overridden by
-    ``-c FILE`` / ``--key value`` (:func:`shared.config.parse_eval_config`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--checkpoint", required=True, help="last.pt or best.pt of a crema run")
-    parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):  # the two flags above, then every config key that may be overridden
-        parser.print_help()
-        parse_config(Config, ["--help"], description="config keys (override the checkpoint's stored config)")
-    args, rest = parser.parse_known_args(argv)
-    checkpoint = Path(args.checkpoint)
-    state = load_checkpoint(checkpoint, package=PACKAGE, required=("config", "net1"))
-    cfg = parse_eval_config(Config, state["config"], rest, description=__doc__.splitlines()[0])
-    out = Path(args.output_dir) if args.output_dir else checkpoint.parent / "eval"
-    return Evaluation(checkpoint=checkpoint, state=state, config=cfg, output_dir=out)
+    """``--checkpoint`` (a crema last.pt or best.pt), ``--output_dir``, ``--key value`` overrides of its config."""
+    return parse_checkpoint_args(
+        Config, argv, __doc__, PACKAGE, required=("config", "net1"), checkpoint_help="last.pt or best.pt of a crema run"
+    )
 
 
 @torch.no_grad()

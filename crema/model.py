@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.noisy.models import preact_resnet18, resnet50_noisy
+from shared.noisy.models import FeatureClassifier, preact_resnet18, resnet50_noisy
 
 __all__ = ["VARIANTS", "DigitsMLP", "create_model"]
 
 
-class DigitsMLP(nn.Module):
+class DigitsMLP(FeatureClassifier):
     """Two hidden ReLU layers on the flattened image (the fact sheet's "tiny MLP on the 64 pixels")."""
 
     def __init__(self, num_classes: int = 10, in_features: int = 3 * 8 * 8, hidden: int = 256):
@@ -42,14 +42,6 @@ class DigitsMLP(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
-        return (logits, features) if return_features else logits
 
 
 def _preact(num_classes: int, width: int = 64, **_: Any) -> nn.Module:

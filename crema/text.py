@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from shared.noisy.models import FeatureClassifier
+
 __all__ = [
     "TextBiLSTM",
     "TextCNN",
@@ -282,7 +284,7 @@ def write_synthetic_acl_imdb(root: str | Path, train_size: int = 2000, test_size
 
 
 # ------------------------------------------------------------------------------------------------- models
-class TextBiLSTM(nn.Module):
+class TextBiLSTM(FeatureClassifier):
     """Embedding + one-layer bidirectional LSTM; features = the final hidden states of both directions (2 x hidden).
 
     Padding (id 0) is skipped with packed sequences, so a review's features do not depend on its padding.
@@ -305,13 +307,8 @@ class TextBiLSTM(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(features))
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
-        return (logits, features) if return_features else logits
 
-
-class TextCNN(nn.Module):
+class TextCNN(FeatureClassifier):
     """Embedding + 1-d convolutions (kernel sizes 3, 4, 5) with ReLU and max-over-time pooling (Kim, 2014)."""
 
     def __init__(
@@ -336,8 +333,3 @@ class TextCNN(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(features))
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
-        return (logits, features) if return_features else logits

@@ -28,8 +28,9 @@ from crema.data import NoisyTask, build_task, save_noise
 from crema.model import create_model
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import config_to_dict, parse_config, save_config
-from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
+from shared.distributed import DistContext, cleanup_distributed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
+from shared.noisy.cli import start_run
 from shared.noisy.metrics import label_accuracy
 
 __all__ = ["build_nets", "main", "parse_args"]
@@ -88,14 +89,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 def main(cfg: Config) -> dict[str, Any]:
     """Train ``cfg`` in its run folder; returns the metrics (also written to metrics.json)."""
     check_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        out_dir, task, state = _prepare(cfg, ctx)
-    except BaseException:
-        cleanup_distributed()
-        raise
+    ctx, (out_dir, task, state) = start_run(cfg, lambda ctx: _prepare(cfg, ctx))
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
     histograms = None
     try:

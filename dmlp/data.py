@@ -11,20 +11,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from dmlp.purifier import meta_split
-from shared.label_noise import NoisyLabels, save_noisy_labels
+from shared.label_noise import NoisyLabels
 from shared.noisy.data import (
     CIFAR_MEAN,
     CIFAR_STD,
     CifarTrainTransform,
-    Clothing1M,
+    NoisyTaskBase,
     Normalize,
+    cifar_noise,
+    cifar_task_fields,
+    clothing1m_splits,
+    clothing1m_task_fields,
     clothing1m_transforms,
     load_cifar,
-    noisy_labels_for,
+    noise_path,
+    save_noise,
+    synthetic_cifar_root,
 )
 
 __all__ = ["DataConfig", "NoisyTask", "build_task", "meta_size_for", "noise_path", "save_noise"]
@@ -56,15 +61,9 @@ class DataConfig:
 
 
 @dataclass
-class NoisyTask:
+class NoisyTask(NoisyTaskBase):
     """What the stages need: images, labels, the meta split and the transforms."""
 
-    train_source: Any
-    test_source: Any
-    test_labels: torch.Tensor
-    noisy_labels: torch.Tensor
-    clean_labels: torch.Tensor | None
-    num_classes: int
     meta_source: Any
     meta_labels: torch.Tensor
     meta_indices: torch.Tensor | None  # CIFAR: rows of the training set used as meta set (with clean labels)
@@ -79,33 +78,11 @@ class NoisyTask:
         return isinstance(self.train_source, torch.Tensor)
 
 
-def _synthetic_root(cfg: DataConfig) -> Path:
-    from shared.synthetic import synthetic_root, write_cifar
-
-    classes = 10 if cfg.dataset == "cifar10" else 100
-    root = synthetic_root() / f"dmlp_{cfg.dataset}_n{cfg.synthetic_train_size}_t{cfg.synthetic_test_size}"
-    return write_cifar(root, classes, train_size=cfg.synthetic_train_size, test_size=cfg.synthetic_test_size, seed=0)
-
-
 def meta_size_for(cfg: DataConfig, num_train: int) -> int:
     """round(meta_fraction x N) clean meta samples (at least 1); an out-of-range fraction is an error."""
     if not 0 < cfg.meta_fraction < 1:
         raise ValueError(f"data.meta_fraction must lie in (0, 1), got {cfg.meta_fraction}")
     return max(1, round(cfg.meta_fraction * num_train))
-
-
-def noise_path(cfg: DataConfig, run_dir: Path | None) -> Path | None:
-    """The noise file: ``data.noise_file``, else ``<run folder>/noisy_labels.json`` (None: no run folder yet)."""
-    if cfg.noise_file:
-        return Path(cfg.noise_file)
-    return run_dir / "noisy_labels.json" if run_dir is not None else None
-
-
-def save_noise(cfg: DataConfig, task: NoisyTask, run_dir: Path) -> None:
-    """Persist the noise draw of ``task`` when its noise file does not exist yet (rank 0, after the folder check)."""
-    path = noise_path(cfg, run_dir)
-    if task.noise is not None and path is not None and not path.is_file():
-        save_noisy_labels(path, task.noise)
 
 
 def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) -> NoisyTask:
@@ -116,20 +93,10 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
     file is drawn in memory; :func:`save_noise` persists it).
     """
     if cfg.dataset == "clothing1m":
-        if cfg.root is None:
-            raise ValueError(
-                "Clothing1M has no embedded synthetic set: pass --data.root (see "
-                "`python -m shared.datasets info clothing1m`)"
-            )
-        train, val, test = (Clothing1M(cfg.root, split) for split in ("train", "val", "test"))
+        train, val, test = clothing1m_splits(cfg.root, ("train", "val", "test"))
         eval_tf = clothing1m_transforms(train=False)
         return NoisyTask(
-            train_source=train,
-            test_source=test,
-            test_labels=test.labels,
-            noisy_labels=train.labels,
-            clean_labels=None,
-            num_classes=14,
+            **clothing1m_task_fields(train, test),
             meta_source=val,
             meta_labels=val.labels,
             meta_indices=None,
@@ -139,29 +106,16 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
             batch_transform=None,
         )
     classes = 10 if cfg.dataset == "cifar10" else 100
-    root = Path(cfg.root) if cfg.root is not None else _synthetic_root(cfg)
+    root = Path(cfg.root) if cfg.root is not None else synthetic_cifar_root("dmlp", cfg)
     size = cfg.image_size
     train = load_cifar(root, classes, True, size)
     test = load_cifar(root, classes, False, size)
-    path = noise_path(cfg, run_dir)
-    noise = noisy_labels_for(
-        train.labels,
-        cfg.noise_type,
-        cfg.noise_rate,
-        classes,
-        cfg.noise_seed,
-        path if path is not None and (write_noise or path.is_file()) else None,
-    )
+    noise = cifar_noise(train.labels, cfg, classes, run_dir, write_noise)
     meta_idx, rest_idx = meta_split(len(train), meta_size_for(cfg, len(train)), cfg.meta_seed)
     normalize = Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes])
     train_tf = CifarTrainTransform(classes, padding=max(1, size // 8))
     return NoisyTask(
-        train_source=train.images,
-        test_source=test.images,
-        test_labels=test.labels,
-        noisy_labels=torch.from_numpy(np.array(noise.noisy)),
-        clean_labels=train.labels,
-        num_classes=classes,
+        **cifar_task_fields(train, test, noise),
         meta_source=train.images[meta_idx],
         meta_labels=train.labels[meta_idx],
         meta_indices=meta_idx,

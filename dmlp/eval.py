@@ -10,10 +10,7 @@ value`` overrides it, e.g. ``--data.root``), so the numbers are recomputed, not 
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +20,8 @@ from dmlp.config import Config, upgrade_stored_config
 from dmlp.data import NoisyTask, build_task
 from dmlp.provenance import PACKAGE
 from dmlp.stages import summary
-from shared.checkpoint import load_checkpoint
-from shared.config import parse_config, parse_eval_config
 from shared.logger import write_json
+from shared.noisy.cli import Evaluation, parse_checkpoint_args
 from shared.noisy.metrics import label_accuracy
 from shared.noisy.models import build_backbone
 from shared.noisy.supervised import evaluate_accuracy
@@ -81,32 +77,17 @@ def evaluate_run(state: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str,
     return {**label_accuracies(state), **evaluate(models, cfg, task, device)}
 
 
-@dataclass
-class Evaluation:
-    """What one evaluation reads: the checkpoint (path and content), the run's config, and where metrics go."""
-
-    checkpoint: Path
-    state: dict[str, Any]
-    config: Config
-    output_dir: Path
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
-    """``--checkpoint`` and ``--output_dir``; the run's config is the one stored in the checkpoint, overridden by
-    ``-c FILE`` / ``--key value`` (:func:`shared.config.parse_eval_config`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--checkpoint", required=True, help="last.pt of a dmlp run")
-    parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):  # the two flags above, then every config key that may be overridden
-        parser.print_help()
-        parse_config(Config, ["--help"], description="config keys (override the checkpoint's stored config)")
-    args, rest = parser.parse_known_args(argv)
-    checkpoint = Path(args.checkpoint)
-    state = load_checkpoint(checkpoint, package=PACKAGE, required=("models", "config"))  # pass the run's last.pt
-    cfg = parse_eval_config(Config, upgrade_stored_config(state["config"]), rest, description=__doc__.splitlines()[0])
-    out = Path(args.output_dir) if args.output_dir else checkpoint.parent / "eval"
-    return Evaluation(checkpoint=checkpoint, state=state, config=cfg, output_dir=out)
+    """``--checkpoint`` (a dmlp last.pt), ``--output_dir`` and ``--key value`` overrides of the stored config."""
+    return parse_checkpoint_args(
+        Config,
+        argv,
+        __doc__,
+        PACKAGE,
+        required=("models", "config"),
+        checkpoint_help="last.pt of a dmlp run",
+        upgrade=upgrade_stored_config,
+    )
 
 
 def main(ev: Evaluation) -> dict[str, Any]:

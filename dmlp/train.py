@@ -34,8 +34,9 @@ from dmlp.provenance import PACKAGE, verify_resume_file
 from dmlp.stages import features_of, run_purify, run_retrain, run_ssl, stage_guard, summary
 from shared.checkpoint import save_checkpoint
 from shared.config import config_to_dict, parse_config, save_config
-from shared.distributed import DistContext, barrier, cleanup_distributed, init_distributed, seed_everything
+from shared.distributed import DistContext, barrier, cleanup_distributed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
+from shared.noisy.cli import start_run
 from shared.noisy.data import load_label_file
 from shared.noisy.metrics import label_accuracy
 
@@ -129,14 +130,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 def main(cfg: Config) -> dict[str, Any]:
     """Run the selected stages of ``cfg`` in its run folder; returns the metrics (also in metrics.json)."""
     check_run_settings(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        out_dir, task = prepare_run(cfg, ctx)
-    except BaseException:
-        cleanup_distributed()
-        raise
+    ctx, (out_dir, task) = start_run(cfg, lambda ctx: prepare_run(cfg, ctx))
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
     wall0 = time.perf_counter()
     try:

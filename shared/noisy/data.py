@@ -46,14 +46,22 @@ __all__ = [
     "CifarTrainTransform",
     "Clothing1M",
     "LabelFile",
+    "NoisyTaskBase",
     "Normalize",
     "ViewDataset",
     "balanced_subset",
+    "cifar_noise",
+    "cifar_task_fields",
+    "clothing1m_splits",
+    "clothing1m_task_fields",
     "clothing1m_transforms",
     "load_cifar",
     "load_label_file",
+    "noise_path",
     "noisy_labels_for",
     "save_label_file",
+    "save_noise",
+    "synthetic_cifar_root",
     "write_digits_cifar",
 ]
 
@@ -512,3 +520,92 @@ def write_digits_cifar(
         params["upsample"] = upsample
     write_cached(Path(root) / "cifar-10-batches-py", params, write)
     return Path(root)
+
+
+# ----------------------------------------------------------------------------------------------- task building
+@dataclass
+class NoisyTaskBase:
+    """The part every package's task shares: the image (or token) sources, the labels and the class count.
+
+    dmlp, anm and crema subclass it with their own fields (meta split, views, vocabulary, transforms)."""
+
+    train_source: Any
+    test_source: Any
+    test_labels: torch.Tensor
+    noisy_labels: torch.Tensor
+    clean_labels: torch.Tensor | None
+    num_classes: int
+
+
+def cifar_task_fields(train: CifarSplit, test: CifarSplit, noise: NoisyLabels) -> dict[str, Any]:
+    """The :class:`NoisyTaskBase` fields of a CIFAR-layout task: in-memory images, the noise draw's labels."""
+    return {
+        "train_source": train.images,
+        "test_source": test.images,
+        "test_labels": test.labels,
+        "noisy_labels": torch.from_numpy(np.array(noise.noisy)),
+        "clean_labels": train.labels,
+        "num_classes": train.num_classes,
+    }
+
+
+def clothing1m_task_fields(train: Clothing1M, test: Clothing1M) -> dict[str, Any]:
+    """The :class:`NoisyTaskBase` fields of a Clothing1M task: the web labels are the noisy ones (no clean labels)."""
+    return {
+        "train_source": train,
+        "test_source": test,
+        "test_labels": test.labels,
+        "noisy_labels": train.labels,
+        "clean_labels": None,
+        "num_classes": 14,
+    }
+
+
+def noise_path(cfg: Any, run_dir: Path | None) -> Path | None:
+    """The noise file: ``cfg.noise_file``, else ``<run folder>/noisy_labels.json`` (None: no run folder yet)."""
+    if cfg.noise_file:
+        return Path(cfg.noise_file)
+    return run_dir / "noisy_labels.json" if run_dir is not None else None
+
+
+def save_noise(cfg: Any, task: Any, run_dir: Path) -> None:
+    """Persist the noise draw of ``task`` when its noise file does not exist yet (rank 0, after the folder check)."""
+    path = noise_path(cfg, run_dir)
+    if task.noise is not None and path is not None and not path.is_file():
+        save_noisy_labels(path, task.noise)
+
+
+def synthetic_cifar_root(prefix: str, cfg: Any) -> Path:
+    """The embedded synthetic CIFAR-10/100 set of ``cfg.dataset`` (written once, cached) under
+    ``synthetic_root()/<prefix>_<dataset>_n<train>_t<test>``."""
+    from shared.synthetic import synthetic_root, write_cifar
+
+    classes = 10 if cfg.dataset == "cifar10" else 100
+    root = synthetic_root() / f"{prefix}_{cfg.dataset}_n{cfg.synthetic_train_size}_t{cfg.synthetic_test_size}"
+    return write_cifar(root, classes, train_size=cfg.synthetic_train_size, test_size=cfg.synthetic_test_size, seed=0)
+
+
+def clothing1m_splits(root: str | Path | None, splits: Sequence[str]) -> tuple[Clothing1M, ...]:
+    """The Clothing1M ``splits`` under ``root``; no root is an error (there is no embedded Clothing1M set)."""
+    if root is None:
+        raise ValueError(
+            "Clothing1M has no embedded synthetic set: pass --data.root (see "
+            "`python -m shared.datasets info clothing1m`)"
+        )
+    return tuple(Clothing1M(root, split) for split in splits)
+
+
+def cifar_noise(
+    clean: torch.Tensor, cfg: Any, num_classes: int, run_dir: Path | None, write_noise: bool = True
+) -> NoisyLabels:
+    """:func:`noisy_labels_for` with ``cfg``'s recipe (``noise_type``, ``noise_rate``, ``noise_seed``) and noise
+    file (:func:`noise_path`). With ``write_noise=False`` a missing file is drawn in memory, not written."""
+    path = noise_path(cfg, run_dir)
+    return noisy_labels_for(
+        clean,
+        cfg.noise_type,
+        cfg.noise_rate,
+        num_classes,
+        cfg.noise_seed,
+        path if path is not None and (write_noise or path.is_file()) else None,
+    )

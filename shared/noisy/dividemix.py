@@ -46,7 +46,7 @@ from shared.checkpoint import capture_rng_state, restore_rng_state, save_checkpo
 from shared.logger import RunLogger
 from shared.noisy.data import ViewDataset, balanced_subset
 from shared.noisy.metrics import AccuracyTracker, label_precision_recall
-from shared.noisy.supervised import evaluate_accuracy
+from shared.noisy.supervised import evaluate_accuracy, set_learning_rate
 from shared.training import check_finite
 
 __all__ = [
@@ -676,11 +676,7 @@ class DivideMix:
         return result
 
     def adjust_lr(self, epoch: int) -> float:
-        lr = self.cfg.lr * (0.1 if epoch >= self.cfg.lr_decay_epoch else 1.0)
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr
-        return lr
+        return set_learning_rate(self.optimizers, self.cfg.lr * (0.1 if epoch >= self.cfg.lr_decay_epoch else 1.0))
 
     def test(self) -> float:
         """Accuracy of the two-network ensemble (sum of logits) on the clean test split."""

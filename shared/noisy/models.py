@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "FeatureClassifier",
     "PreActBlock",
     "PreActResNet18",
     "ResNet50Noisy",
@@ -61,11 +62,27 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class _FeatureClassifier(nn.Module):
-    """A backbone (``forward_feature_map`` -> last feature map) with global pooling and a linear head ``linear``."""
+class FeatureClassifier(nn.Module):
+    """A feature extractor (``forward_features`` -> ``B x num_features``) with a linear head ``linear``; the
+    interface the noisy-label trainers use (``forward(x, return_features=True)`` gives logits and features)."""
 
     linear: nn.Module
     num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        features = self.forward_features(x)
+        logits = self.forward_head(features)
+        return (logits, features) if return_features else logits
+
+
+class _FeatureClassifier(FeatureClassifier):
+    """A backbone (``forward_feature_map`` -> last feature map) with global pooling and a linear head ``linear``."""
 
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map ``B x num_features x h x w``, right before global pooling."""
@@ -78,14 +95,6 @@ class _FeatureClassifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``B x num_features``."""
         return self.pool(self.forward_feature_map(x))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
-        return (logits, features) if return_features else logits
 
 
 class PreActResNet18(_FeatureClassifier):

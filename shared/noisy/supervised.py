@@ -9,7 +9,7 @@ one process or under ``torchrun`` (DDP, gloo on CPU), writes a full-state checkp
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from shared.noisy.data import ViewDataset, balanced_subset
 from shared.noisy.metrics import AccuracyTracker
 from shared.training import check_finite, unwrap_model
 
-__all__ = ["SupervisedConfig", "evaluate_accuracy", "train_supervised"]
+__all__ = ["SupervisedConfig", "evaluate_accuracy", "set_learning_rate", "train_supervised"]
 
 
 @dataclass
@@ -53,6 +53,14 @@ class SupervisedConfig:
 
 
 @torch.no_grad()
+def set_learning_rate(optimizers: Sequence[torch.optim.Optimizer], lr: float) -> float:
+    """Set the learning rate of every parameter group of ``optimizers`` to ``lr``; returns ``lr``."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+    return lr
+
+
 def evaluate_accuracy(
     models: nn.Module | list[nn.Module],
     source: Any,
