@@ -10,17 +10,16 @@ iterations.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.checkpoint import load_checkpoint
 from shared.classification import ClassificationConfig
-from shared.config import RunConfig, parse_config, parse_eval_config
+from shared.config import RunConfig
+from shared.detection import CocoDataConfig as SharedCocoDataConfig
+from shared.entrypoints import parse_checkpoint_config as parse_entry_checkpoint_config
 
 __all__ = [
     'DEFAULT_CONFIG',
@@ -82,23 +81,8 @@ def resolve_drop_path(cfg: EMOTrainConfig) -> EMOTrainConfig:
 
 
 @dataclass
-class CocoDataConfig:
+class CocoDataConfig(SharedCocoDataConfig):
     """Where the COCO-format data is and how it is batched (shared by RetinaNet and SSDLite)."""
-
-    root: str = field(default='', metadata={'help': 'COCO root holding train2017/, val2017/, annotations/'})
-    train_images: str = 'train2017'
-    train_annotations: str = 'annotations/instances_train2017.json'
-    val_images: str = 'val2017'
-    val_annotations: str = 'annotations/instances_val2017.json'
-    synthetic: bool = field(default=False, metadata={'help': 'write/use the embedded synthetic COCO-format set'})
-    synthetic_train: int = 24
-    synthetic_val: int = 8
-    synthetic_image_size: int = 192
-    synthetic_categories: int = 6
-    hflip: float = 0.5
-    batch_size: int = field(default=4, metadata={'help': 'images per process'})
-    eval_batch_size: int = field(default=1, metadata={'help': 'images per process at evaluation (mmdet: 1)'})
-    workers: int = 4
 
 
 @dataclass
@@ -299,16 +283,6 @@ def _upgrade(stored: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _preparse(argv: Sequence[str]) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument('--checkpoint', default=None)
-    pre.add_argument('--output_dir', default=None)
-    args = pre.parse_known_args(list(argv))[0]
-    if not args.checkpoint and not {'-h', '--help'} & set(argv):
-        pre.error('--checkpoint PATH is required')
-    return args
-
-
 def parse_checkpoint_config(schema: type[T], argv: Sequence[str] | None, default_config: Path, description: str) -> T:
     """The config of an evaluation script: ``-c FILE`` if given, else the config stored in ``--checkpoint`` (the
     training run's own, without its ``output_dir``/``resume``), else ``default_config`` (a checkpoint without a
@@ -319,11 +293,6 @@ def parse_checkpoint_config(schema: type[T], argv: Sequence[str] | None, default
     :class:`shared.checkpoint.CheckpointError` before anything is written. A missing ``--checkpoint`` is a usage
     error (exit status 2).
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    pre = _preparse(argv)
-    stored = load_checkpoint(pre.checkpoint, package=PACKAGE).get('config') if pre.checkpoint else None
-    if isinstance(stored, Mapping):
-        cfg = parse_eval_config(schema, _upgrade(stored), argv, description, ignore=_NOT_INHERITED)
-    else:
-        cfg = parse_config(schema, argv, description, default_config=default_config)
-    return cfg if pre.output_dir is not None else dataclasses.replace(cfg, output_dir=None)
+    return parse_entry_checkpoint_config(
+        schema, argv, default_config, description, PACKAGE, upgrade=_upgrade, not_inherited=_NOT_INHERITED
+    )

@@ -82,33 +82,13 @@ def coco_split(
     )
 
 
-def _coco_root(cfg: CocoDataConfig) -> Path:
-    """The COCO root of ``cfg`` (the synthetic set is written first when ``cfg.synthetic``)."""
-    if cfg.synthetic:
-        from shared.synthetic import synthetic_root, write_coco_detection
-
-        root = synthetic_root() / (
-            f'coco_n{cfg.synthetic_train}_v{cfg.synthetic_val}_s{cfg.synthetic_image_size}_c{cfg.synthetic_categories}'
-        )
-        write_coco_detection(
-            root,
-            num_train=cfg.synthetic_train,
-            num_val=cfg.synthetic_val,
-            image_size=cfg.synthetic_image_size,
-            num_categories=cfg.synthetic_categories,
-            seed=0,
-        )
-        return root
-    return Path(cfg.root)
-
-
 def build_detection_datasets(
     cfg: CocoDataConfig, label_offset: int = 0, hflip: bool = True
 ) -> tuple[CocoDetection, CocoDetection]:
     """Train and val sets in the COCO layout (the synthetic set is written first when ``cfg.synthetic``).
 
     ``hflip=False`` leaves the flip to a later augmentation (:class:`SSDAugmentedCoco`)."""
-    root = _coco_root(cfg)
+    root = cfg.coco_root()
     train = coco_split(
         root / cfg.train_images,
         root / cfg.train_annotations,

@@ -25,7 +25,6 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -35,7 +34,7 @@ import emo.model  # noqa: F401  (registers the EMO models with timm)
 from emo.config import DetectionConfig
 from emo.model import EMO
 from emo.weights import load_official_checkpoint
-from shared.detection import CocoDetection, coco_detections, evaluate_detections
+from shared.detection import CocoDetection, coco_detections, evaluate_detections, freeze_modules, init_fpn_mmdet
 from shared.distributed import DistContext
 from shared.training import AmpDtype, autocast
 
@@ -58,15 +57,7 @@ def apply_frozen_stages(body: EMO, frozen_stages: int, norm_eval: bool) -> None:
     with ``requires_grad=False`` (-1: none), and with ``norm_eval`` every BatchNorm of ``body`` in eval mode."""
     if not -1 <= frozen_stages <= 4:
         raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
-    for i in range(frozen_stages + 1):
-        stage = getattr(body, f'stage{i}')
-        stage.eval()
-        for param in stage.parameters():
-            param.requires_grad = False
-    if norm_eval:
-        for m in body.modules():
-            if isinstance(m, _BatchNorm):
-                m.eval()
+    freeze_modules([getattr(body, f'stage{i}') for i in range(frozen_stages + 1)], body if norm_eval else None)
 
 
 class LastLevelP6P7FromC5(ExtraFPNBlock):
@@ -115,11 +106,7 @@ class EMOFPNBackbone(nn.Module):
         self.fpn = FeaturePyramidNetwork(
             in_channels, out_channels, extra_blocks=LastLevelP6P7FromC5(in_channels[-1], out_channels)
         )
-        # mmdet's FPN init (Xavier uniform, zero bias) rather than torchvision's kaiming_uniform(a=1)
-        for m in self.fpn.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_fpn_mmdet(self.fpn)
         self.out_channels = out_channels
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval

@@ -14,19 +14,15 @@ before anything is written. torchrun-ready: the val images are split over the ra
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from emo.config import DEFAULT_SEG_CONFIG, PACKAGE, SegConfig, parse_checkpoint_config
 from emo.data import build_segmentation_datasets
 from emo.train_seg import build_model, evaluate
-from shared.checkpoint import load_checkpoint
-from shared.distributed import cleanup_distributed, init_distributed
-from shared.logger import RunLogger
+from shared.distributed import DistContext
+from shared.entrypoints import finish_run, load_strict, load_trained_checkpoint, open_eval_logger, run_distributed
 
 __all__ = ['SegEvalConfig', 'main', 'parse_args']
 
@@ -49,43 +45,30 @@ def main(cfg: SegEvalConfig) -> dict[str, Any]:
     """Evaluate the segmentor of ``cfg.checkpoint`` on the val split; writes and returns the metrics."""
     if not cfg.checkpoint:
         raise ValueError('--checkpoint PATH is required')
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        checkpoint = load_checkpoint(cfg.checkpoint, package=PACKAGE, required=('model',))
-        if not isinstance(checkpoint['model'], Mapping):
-            raise ValueError(f"{cfg.checkpoint} is not a train_seg.py checkpoint (no 'model' state_dict)")
-        _, val_set = build_segmentation_datasets(cfg.data)
-        model = build_model(cfg, load_pretrained=False).to(ctx.device)
-        try:
-            model.load_state_dict(checkpoint['model'], strict=True)
-        except RuntimeError as e:
-            raise ValueError(
-                f'{cfg.checkpoint} does not fit {cfg.head}-{cfg.model} with {cfg.num_classes} classes: {e}'
-            ) from e
-        out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / 'eval'
-        logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name='eval')
-        result = evaluate(model, val_set, ctx, cfg)
-        metrics = {
-            'model': f'{cfg.head}_{cfg.model}',
-            'checkpoint': str(cfg.checkpoint),
-            'images': len(val_set),
-            'scales': list(cfg.eval_scales),
-            'flip': cfg.eval_flip,
-            **result,
-        }
-        logger.write_metrics(metrics)
-        logger.info(
-            f"{cfg.head}-{cfg.model} ({'multi-scale' if len(cfg.eval_scales) > 1 else 'single-scale'}"
-            f"{' + flip' if cfg.eval_flip else ''}, {len(val_set)} images): mIoU {100 * result['mIoU']:.2f}  "
-            f"mAcc {100 * result['mAcc']:.2f}  aAcc {100 * result['aAcc']:.2f}"
-        )
-        logger.info(f"metrics written to {out_dir / 'metrics.json'}")
-        logger.close()
-        return metrics
-    finally:
-        cleanup_distributed()
+    return run_distributed(cfg, lambda ctx: _evaluate(cfg, ctx))
+
+
+def _evaluate(cfg: SegEvalConfig, ctx: DistContext) -> dict[str, Any]:
+    checkpoint = load_trained_checkpoint(cfg.checkpoint, PACKAGE, 'train_seg.py')
+    _, val_set = build_segmentation_datasets(cfg.data)
+    model = build_model(cfg, load_pretrained=False).to(ctx.device)
+    load_strict(model, checkpoint['model'], cfg.checkpoint, f'{cfg.head}-{cfg.model} with {cfg.num_classes} classes')
+    out_dir, logger = open_eval_logger(cfg, ctx)
+    result = evaluate(model, val_set, ctx, cfg)
+    metrics = {
+        'model': f'{cfg.head}_{cfg.model}',
+        'checkpoint': str(cfg.checkpoint),
+        'images': len(val_set),
+        'scales': list(cfg.eval_scales),
+        'flip': cfg.eval_flip,
+        **result,
+    }
+    summary = (
+        f"{cfg.head}-{cfg.model} ({'multi-scale' if len(cfg.eval_scales) > 1 else 'single-scale'}"
+        f"{' + flip' if cfg.eval_flip else ''}, {len(val_set)} images): mIoU {100 * result['mIoU']:.2f}  "
+        f"mAcc {100 * result['mAcc']:.2f}  aAcc {100 * result['aAcc']:.2f}"
+    )
+    return finish_run(logger, metrics, summary, metrics_dir=out_dir)
 
 
 if __name__ == '__main__':

@@ -11,11 +11,11 @@ printed.
 import argparse
 from pathlib import Path
 
-import timm
 import torch
 
 import emo.model  # noqa: F401  (registers the EMO models with timm)
 from emo.weights import load_official_checkpoint
+from shared.export import export_classifier_onnx, export_timm_model, onnxruntime_and_torch_outputs
 
 
 def export_onnx(
@@ -26,35 +26,14 @@ def export_onnx(
     opset: int | None = None,
 ) -> Path:
     """Export ``model`` (eval mode) for a fixed (batch_size, 3, img_size, img_size) input, weights embedded."""
-    model.eval()
-    example = torch.randn(batch_size, 3, img_size, img_size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (example,),
-            str(out),
-            dynamo=True,
-            opset_version=opset,
-            external_data=False,
-            input_names=['input'],
-            output_names=['logits'],
-        )
-    return out
+    return export_classifier_onnx(model, out, img_size, batch_size, opset)
 
 
 def max_abs_diff_onnxruntime(
     model: torch.nn.Module, onnx_path: Path, img_size: int = 224, batch_size: int = 1, seed: int = 0
 ) -> float:
     """Run ``onnx_path`` with onnxruntime (CPU) and PyTorch on the same random input; return the max abs diff."""
-    import onnxruntime as ort
-
-    x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        expected = model.eval()(x).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
-    (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    actual, expected = onnxruntime_and_torch_outputs(model, onnx_path, img_size, batch_size, seed)
     return float(abs(actual - expected).max())
 
 
@@ -74,13 +53,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> float | None:
     args = get_args_parser().parse_args(argv)
-    model = timm.create_model(args.model)
-    if args.checkpoint:
-        load_official_checkpoint(model, args.checkpoint)
-    else:
-        print(f'no --checkpoint: exporting a randomly initialised {args.model}')
-    out = export_onnx(model, args.out, args.img_size, args.batch_size, args.opset)
-    print(f'wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)')
+    model, out = export_timm_model(
+        args.model,
+        args.checkpoint,
+        load_official_checkpoint,
+        lambda m: export_onnx(m, args.out, args.img_size, args.batch_size, args.opset),
+    )
     if args.no_verify:
         return None
     try:

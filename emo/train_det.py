@@ -24,6 +24,7 @@ from the config's type).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from emo.config import DEFAULT_DET_CONFIG, PACKAGE, DetectionConfig, DetectorCon
 from emo.data import build_detection_datasets, build_ssdlite_datasets
 from emo.detection import build_detector, evaluate
 from emo.ssdlite import build_ssdlite_detector
-from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
+from shared.checkpoint import load_checkpoint, restore_training_state, training_state
 from shared.config import config_to_dict, parse_config, save_config
 from shared.detection import (
     COCO_METRIC_KEYS,
@@ -48,15 +49,15 @@ from shared.detection import (
     coco_summary,
     detection_collate,
     sharded_loader,
+    targets_to_device,
 )
 from shared.distributed import (
     DistContext,
     all_reduce_mean,
-    cleanup_distributed,
-    init_distributed,
     seed_everything,
     seed_worker,
 )
+from shared.entrypoints import end_epoch, finish_run, run_distributed, wrap_ddp
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, make_grad_scaler, optimizer_step
 
@@ -207,15 +208,6 @@ def _build_training(cfg: DetectorConfig, ctx: DistContext, logger: RunLogger, pr
     )
 
 
-def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device):
-    images = [im.to(device, non_blocking=True) for im in images]
-    targets = [
-        {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-        for t in targets
-    ]
-    return images, targets
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -234,7 +226,7 @@ def train_one_epoch(
     t0 = time.perf_counter()
     bar = logger.progress(loader, desc=f'epoch {epoch}', total=len(loader))
     for images, targets in bar:
-        images, targets = _to_device(images, targets, ctx.device)
+        images, targets = targets_to_device(images, targets, ctx.device)
         with autocast(ctx.device, cfg.amp):
             losses = model(images, targets)
         loss = losses['classification'] + losses['bbox_regression']
@@ -324,11 +316,7 @@ def _train(cfg: DetectorConfig, ctx: DistContext, on_epoch_end: EpochHook | None
         start_epoch, step, best = resume_state['epoch'] + 1, resume_state['step'], resume_state['best']
         logger.info(f'resumed from {cfg.resume} at epoch {start_epoch}, step {step}')
 
-    train_model: nn.Module = t.model
-    if ctx.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            t.model, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None
-        )
+    train_model = wrap_ddp(t.model, ctx)
 
     coco: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -345,13 +333,8 @@ def _train(cfg: DetectorConfig, ctx: DistContext, on_epoch_end: EpochHook | None
             if is_best:
                 best = {'AP': coco['AP'], 'epoch': epoch}
             logger.info(f'epoch {epoch} COCO bbox (x100): {coco_summary(coco)}')
-        if ctx.is_main and (
-            last or is_best or (cfg.checkpoint_interval and (epoch + 1) % cfg.checkpoint_interval == 0)
-        ):
-            save_last_and_best(_checkpoint(cfg, t, epoch, step, best), out_dir, is_best)
-        logger.log_epoch(epoch, row)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+        state = functools.partial(_checkpoint, cfg, t, epoch, step, best)
+        end_epoch(cfg, ctx, logger, out_dir, epoch, row, last, is_best, state, on_epoch_end)
 
     metrics = {
         'model': f'{detector_parts(cfg).name}_{cfg.model}',
@@ -362,10 +345,7 @@ def _train(cfg: DetectorConfig, ctx: DistContext, on_epoch_end: EpochHook | None
         'best_epoch': best['epoch'],
         'run_dir': str(out_dir),
     }
-    logger.write_metrics(metrics)
-    logger.info(f"done: best AP {100 * best['AP']:.1f} at epoch {best['epoch']}")
-    logger.close()
-    return metrics
+    return finish_run(logger, metrics, f"done: best AP {100 * best['AP']:.1f} at epoch {best['epoch']}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DetectionConfig:
@@ -385,13 +365,7 @@ def main(cfg: DetectorConfig, on_epoch_end: EpochHook | None = None) -> dict[str
         cfg: the resolved config (its ``name`` names the run folder ``runs/emo/<name>/<time>``).
         on_epoch_end: called as ``hook(epoch, row)`` after each epoch's checkpoint is on disk.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        return _train(cfg, ctx, on_epoch_end)
-    finally:
-        cleanup_distributed()
+    return run_distributed(cfg, lambda ctx: _train(cfg, ctx, on_epoch_end))
 
 
 if __name__ == '__main__':

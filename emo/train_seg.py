@@ -37,7 +37,8 @@ from emo.segmentation import EMOSegmentor, build_segmentor, predict_probabilitie
 from emo.train_det import detection_param_groups
 from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
 from shared.config import config_to_dict, parse_config, save_config
-from shared.distributed import DistContext, all_reduce_mean, cleanup_distributed, init_distributed, seed_everything
+from shared.distributed import DistContext, all_reduce_mean, seed_everything
+from shared.entrypoints import finish_run, run_distributed, wrap_ddp
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.metrics import confusion_matrix, segmentation_metrics
 from shared.training import autocast, make_grad_scaler, optimizer_step
@@ -156,11 +157,7 @@ def _train(cfg: SegConfig, ctx: DistContext, on_eval: IterHook | None) -> dict[s
         f'{cfg.num_classes} classes, {len(train_set)} train / {len(val_set)} val images, global batch {global_batch}, '
         f'lr {lr:.3g}, {cfg.iters} iterations'
     )
-    train_model: nn.Module = model
-    if ctx.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None
-        )
+    train_model = wrap_ddp(model, ctx)
     sampler = IterationSampler(len(train_set), cfg.data.batch_size, cfg.iters, step, cfg.seed, ctx.rank, ctx.world_size)
     loader = DataLoader(
         train_set,
@@ -219,10 +216,7 @@ def _train(cfg: SegConfig, ctx: DistContext, on_eval: IterHook | None) -> dict[s
         'best_step': best['step'],
         'run_dir': str(out_dir),
     }
-    logger.write_metrics(metrics)
-    logger.info(f"done: best mIoU {100 * best['mIoU']:.2f} at iteration {best['step']}")
-    logger.close()
-    return metrics
+    return finish_run(logger, metrics, f"done: best mIoU {100 * best['mIoU']:.2f} at iteration {best['step']}")
 
 
 def _checkpoint(cfg, model, optimizer, scheduler, scaler, step: int, best: dict[str, Any]) -> dict[str, Any]:
@@ -248,13 +242,7 @@ def main(cfg: SegConfig, on_eval: IterHook | None = None) -> dict[str, Any]:
         cfg: the resolved config (its ``name`` names the run folder ``runs/emo/<name>/<time>``).
         on_eval: called as ``hook(step, row)`` after each evaluation's checkpoint is on disk.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        return _train(cfg, ctx, on_eval)
-    finally:
-        cleanup_distributed()
+    return run_distributed(cfg, lambda ctx: _train(cfg, ctx, on_eval))
 
 
 if __name__ == '__main__':

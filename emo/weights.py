@@ -30,6 +30,8 @@ import torch
 import torch.hub
 import torch.nn as nn
 
+from shared.weights import pick_wrapped_state_dict, strip_wrapper_prefixes
+
 __all__ = [
     'OFFICIAL_CHECKPOINTS',
     'OFFICIAL_CHECKPOINT_GIT_SHA1',
@@ -56,36 +58,18 @@ OFFICIAL_CHECKPOINT_GIT_SHA1 = {
     'emo_6m': '10a248725247cf18b51e449dbd1a220354457c99',
 }
 
-_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 # (EMA key, raw key) of the trainer layouts: the official trainer, timm's train.py, timm-style 'model_ema', and
 # this repository's training checkpoints (shared.classification, emo.train_det)
 _WRAPPER_LAYOUTS = (('net_E', 'net'), ('state_dict_ema', 'state_dict'), ('model_ema', 'model'), ('ema', 'model'))
 
 
-def _strip_prefixes(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix) :], True
-    return key
-
-
 def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = True) -> dict[str, torch.Tensor]:
     """Return the model state_dict held by ``checkpoint`` (see the module docstring for the layouts)."""
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a dict checkpoint, got {type(checkpoint).__name__}')
-    # a layout is recognised by its EMA key first (``{'model', 'ema'}`` and ``{'model', 'model_ema'}`` share 'model')
-    layout = next((pair for pair in _WRAPPER_LAYOUTS if pair[0] in checkpoint), None)
-    layout = layout or next((pair for pair in _WRAPPER_LAYOUTS if pair[1] in checkpoint), None)
-    if layout is not None:
+    checkpoint, layout = pick_wrapped_state_dict(checkpoint, _WRAPPER_LAYOUTS, use_ema)
+    if checkpoint is None:
         ema_key, key = layout
-        picked = checkpoint.get(ema_key) if use_ema else None
-        checkpoint = picked if picked is not None else checkpoint.get(key)
-        if checkpoint is None:
-            raise KeyError(f'checkpoint has {ema_key!r} but neither a usable {ema_key!r} nor {key!r}')
-    return {_strip_prefixes(k): v for k, v in checkpoint.items()}
+        raise KeyError(f'checkpoint has {ema_key!r} but neither a usable {ema_key!r} nor {key!r}')
+    return {strip_wrapper_prefixes(k): v for k, v in checkpoint.items()}
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,17 +8,15 @@ intervals count epochs.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from shared.checkpoint import load_checkpoint
 from shared.classification import ClassificationConfig, DataConfig
-from shared.config import RunConfig, parse_config, parse_eval_config
+from shared.config import RunConfig
+from shared.detection import CocoDataConfig
+from shared.entrypoints import parse_checkpoint_config as parse_entry_checkpoint_config
 
 __all__ = [
     'CONFIG_DIR',
@@ -73,24 +71,14 @@ class PVGTrainConfig(ClassificationConfig):
 
 
 @dataclass
-class MaskRCNNDataConfig:
+class MaskRCNNDataConfig(CocoDataConfig):
     """Where the COCO data is, and mmdet's Mask R-CNN 1x pipeline (keep-ratio resize to 1333 x 800, flip 0.5)."""
 
-    root: str = field(default='', metadata={'help': 'COCO root holding train2017/, val2017/, annotations/'})
-    train_images: str = 'train2017'
-    train_annotations: str = 'annotations/instances_train2017.json'
-    val_images: str = 'val2017'
-    val_annotations: str = 'annotations/instances_val2017.json'
-    synthetic: bool = field(default=False, metadata={'help': 'write/use the embedded synthetic COCO-format set'})
     synthetic_train: int = 48
     synthetic_val: int = 16
-    synthetic_image_size: int = 192
-    synthetic_categories: int = 6
     min_size: int = field(default=800, metadata={'help': 'shorter side after resizing (mmdet img_scale 1333x800)'})
     max_size: int = field(default=1333, metadata={'help': 'longer side limit after resizing'})
-    hflip: float = 0.5
     batch_size: int = field(default=2, metadata={'help': 'images per process (mmdet 1x: 2 per GPU x 8)'})
-    eval_batch_size: int = field(default=1, metadata={'help': 'images per process at evaluation (mmdet: 1)'})
     workers: int = 2
 
 
@@ -148,25 +136,10 @@ class MaskRCNNConfig(RunConfig):
 _NOT_INHERITED = ('output_dir', 'resume')
 
 
-def _preparse(argv: Sequence[str]) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument('--checkpoint', default=None)
-    pre.add_argument('--output_dir', default=None)
-    args = pre.parse_known_args(list(argv))[0]
-    if not args.checkpoint and not {'-h', '--help'} & set(argv):
-        pre.error('--checkpoint PATH is required')
-    return args
-
-
 def parse_checkpoint_config(schema: type[T], argv: Sequence[str] | None, default_config: Path, description: str) -> T:
     """An evaluation's config: the config stored in ``--checkpoint`` (without its ``output_dir``/``resume``; ``-c``
     and flags override it), else ``default_config`` (a file without a config, e.g. an official release);
     flags override it. A foreign, missing or unreadable checkpoint is an error before anything is written."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    pre = _preparse(argv)
-    stored = load_checkpoint(pre.checkpoint, package=PACKAGE).get('config') if pre.checkpoint else None
-    if isinstance(stored, dict):
-        cfg = parse_eval_config(schema, stored, argv, description, ignore=_NOT_INHERITED)
-    else:
-        cfg = parse_config(schema, argv, description, default_config=default_config)
-    return cfg if pre.output_dir is not None else dataclasses.replace(cfg, output_dir=None)
+    return parse_entry_checkpoint_config(
+        schema, argv, default_config, description, PACKAGE, not_inherited=_NOT_INHERITED
+    )

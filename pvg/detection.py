@@ -29,7 +29,6 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -40,7 +39,7 @@ import pvg.model  # noqa: F401  (registers the Pyramid ViG / PVG models with tim
 from pvg.config import MaskRCNNConfig, MaskRCNNDataConfig
 from pvg.model import PyramidViG
 from pvg.weights import load_official_checkpoint
-from shared.detection import CocoDetection, coco_detections, evaluate_detections
+from shared.detection import CocoDetection, coco_detections, evaluate_detections, freeze_modules, init_fpn_mmdet
 from shared.distributed import DistContext
 from shared.training import AmpDtype, autocast
 
@@ -61,19 +60,13 @@ def apply_frozen_stages(body: PyramidViG, frozen_stages: int, norm_eval: bool) -
     with ``requires_grad=False`` (-1: none); with ``norm_eval`` every BatchNorm of ``body`` in eval mode."""
     if not -1 <= frozen_stages <= 4:
         raise ValueError(f'frozen_stages must be in [-1, 4], got {frozen_stages}')
+    frozen: list[nn.Module] = []
     if frozen_stages >= 0:
-        frozen: list[nn.Module] = [body.stem]
+        frozen.append(body.stem)
         body.pos_embed.requires_grad = False
         last = body.stage_ends[frozen_stages - 1] if frozen_stages > 0 else -1
         frozen += list(body.backbone[: last + 1])
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-    if norm_eval:
-        for m in body.modules():
-            if isinstance(m, _BatchNorm):
-                m.eval()
+    freeze_modules(frozen, body if norm_eval else None)
 
 
 class PyramidViGFPN(nn.Module):
@@ -92,11 +85,7 @@ class PyramidViGFPN(nn.Module):
         self.body = body
         in_channels = [body.feature_info[i]['num_chs'] for i in self.in_indices]
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
-        # mmdet's FPN init (Xavier uniform, zero bias) rather than torchvision's kaiming_uniform(a=1)
-        for m in self.fpn.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_fpn_mmdet(self.fpn)
         self.out_channels = out_channels
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -190,29 +179,10 @@ def build_detector(cfg: MaskRCNNConfig, num_classes: int, load_pretrained: bool 
     )
 
 
-def _coco_root(cfg: MaskRCNNDataConfig) -> Path:
-    """The COCO root of ``cfg`` (the synthetic set is written first when ``cfg.synthetic``)."""
-    if not cfg.synthetic:
-        return Path(cfg.root)
-    from shared.synthetic import synthetic_root, write_coco_detection
-
-    root = synthetic_root() / (
-        f'coco_n{cfg.synthetic_train}_v{cfg.synthetic_val}_s{cfg.synthetic_image_size}_c{cfg.synthetic_categories}'
-    )
-    return write_coco_detection(
-        root,
-        num_train=cfg.synthetic_train,
-        num_val=cfg.synthetic_val,
-        image_size=cfg.synthetic_image_size,
-        num_categories=cfg.synthetic_categories,
-        seed=0,
-    )
-
-
 def build_coco_datasets(cfg: MaskRCNNDataConfig) -> tuple[CocoDetection, CocoDetection]:
     """Train and val splits with instance masks, labels from 1, read as mmdet's ``CocoDataset`` (train: images
     with a usable box, at least 32 px, boxes outside the image dropped; val: every image)."""
-    root = _coco_root(cfg)
+    root = cfg.coco_root()
     common = dict(label_offset=1, drop_outside=True, with_masks=True)
     train = CocoDetection(
         root / cfg.train_images, root / cfg.train_annotations, train=True, min_size=32, hflip=cfg.hflip, **common

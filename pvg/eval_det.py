@@ -13,19 +13,15 @@ over the ranks and the detections gathered.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from pvg.config import DEFAULT_DET_CONFIG, PACKAGE, MaskRCNNConfig, parse_checkpoint_config
 from pvg.detection import build_coco_datasets, build_detector, evaluate
-from shared.checkpoint import load_checkpoint
-from shared.detection import coco_summary, sharded_loader
-from shared.distributed import cleanup_distributed, init_distributed
-from shared.logger import RunLogger
+from shared.detection import check_checkpoint_categories, coco_summary, sharded_loader
+from shared.distributed import DistContext
+from shared.entrypoints import finish_run, load_strict, load_trained_checkpoint, open_eval_logger, run_distributed
 
 __all__ = ['MaskRCNNEvalConfig', 'main', 'parse_args']
 
@@ -48,42 +44,28 @@ def main(cfg: MaskRCNNEvalConfig) -> dict[str, Any]:
     """Evaluate the detector of ``cfg.checkpoint`` on the val split; writes and returns the metrics."""
     if not cfg.checkpoint:
         raise ValueError('--checkpoint PATH is required')
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        checkpoint = load_checkpoint(cfg.checkpoint, package=PACKAGE, required=('model',))
-        if not isinstance(checkpoint['model'], Mapping):
-            raise ValueError(f"{cfg.checkpoint} is not a train_det.py checkpoint (no 'model' state_dict)")
-        _, val_set = build_coco_datasets(cfg.data)
-        stored_ids = checkpoint.get('categories', {}).get('ids')
-        if stored_ids is not None and list(stored_ids) != val_set.cat_ids:
-            raise ValueError(
-                f'{cfg.checkpoint} was trained on category ids {stored_ids}, but {val_set.annotation_file} has '
-                f'{val_set.cat_ids}'
-            )
-        num_classes = cfg.num_classes or val_set.num_classes
-        model = build_detector(cfg, num_classes, load_pretrained=False).to(ctx.device)
-        try:
-            model.load_state_dict(checkpoint['model'], strict=True)
-        except RuntimeError as e:
-            raise ValueError(f'{cfg.checkpoint} does not fit mask_rcnn-{cfg.model} ({num_classes} classes): {e}') from e
-        out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / 'eval'
-        logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name='eval')
-        eval_loader = sharded_loader(val_set, cfg.data.eval_batch_size, ctx, workers=cfg.data.workers)
-        coco = evaluate(model, eval_loader, val_set, ctx, cfg.amp, cfg.mask_threshold)
-        metrics = {'model': f'mask_rcnn_{cfg.model}', 'checkpoint': str(cfg.checkpoint), 'images': len(val_set), **coco}
-        logger.write_metrics(metrics)
-        logger.info(f'mask_rcnn-{cfg.model} COCO bbox (x100): {coco_summary(coco)}')
-        logger.info(
-            f"mask_rcnn-{cfg.model} COCO segm (x100): {coco_summary(coco['segm'])}  "
-            f"[{len(val_set)} images, {coco['num_detections']} detections]"
-        )
-        logger.info(f"metrics written to {out_dir / 'metrics.json'}")
-        logger.close()
-        return metrics
-    finally:
-        cleanup_distributed()
+    return run_distributed(cfg, lambda ctx: _evaluate(cfg, ctx))
+
+
+def _evaluate(cfg: MaskRCNNEvalConfig, ctx: DistContext) -> dict[str, Any]:
+    checkpoint = load_trained_checkpoint(cfg.checkpoint, PACKAGE, 'train_det.py')
+    _, val_set = build_coco_datasets(cfg.data)
+    check_checkpoint_categories(checkpoint, cfg.checkpoint, val_set)
+    num_classes = cfg.num_classes or val_set.num_classes
+    model = build_detector(cfg, num_classes, load_pretrained=False).to(ctx.device)
+    load_strict(model, checkpoint['model'], cfg.checkpoint, f'mask_rcnn-{cfg.model} ({num_classes} classes)')
+    out_dir, logger = open_eval_logger(cfg, ctx)
+    eval_loader = sharded_loader(val_set, cfg.data.eval_batch_size, ctx, workers=cfg.data.workers)
+    coco = evaluate(model, eval_loader, val_set, ctx, cfg.amp, cfg.mask_threshold)
+    metrics = {'model': f'mask_rcnn_{cfg.model}', 'checkpoint': str(cfg.checkpoint), 'images': len(val_set), **coco}
+    return finish_run(
+        logger,
+        metrics,
+        f'mask_rcnn-{cfg.model} COCO bbox (x100): {coco_summary(coco)}',
+        f"mask_rcnn-{cfg.model} COCO segm (x100): {coco_summary(coco['segm'])}  "
+        f"[{len(val_set)} images, {coco['num_detections']} detections]",
+        metrics_dir=out_dir,
+    )
 
 
 if __name__ == '__main__':

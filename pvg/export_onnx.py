@@ -12,32 +12,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import timm
 import torch
 
 import pvg.model  # noqa: F401  (registers the models with timm)
 from pvg.weights import load_official_checkpoint
+from shared.export import export_classifier_onnx, export_timm_model, onnxruntime_and_torch_outputs
 
 __all__ = ['export_onnx', 'main', 'onnxruntime_diff']
 
 
 def export_onnx(model: torch.nn.Module, out: Path, img_size: int = 224, batch_size: int = 1) -> Path:
     """Export ``model`` (eval mode) for a fixed (batch_size, 3, img_size, img_size) input, weights embedded."""
-    model.eval()
-    example = torch.randn(batch_size, 3, img_size, img_size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (example,),
-            str(out),
-            dynamo=True,
-            external_data=False,
-            input_names=['input'],
-            output_names=['logits'],
-        )
-    return out
+    return export_classifier_onnx(model, out, img_size, batch_size)
 
 
 def onnxruntime_diff(
@@ -46,13 +32,7 @@ def onnxruntime_diff(
     """Run ``onnx_path`` with onnxruntime (CPU) and PyTorch on the same random input: the max abs difference, and
     that difference relative to the largest PyTorch output (randomly initialised models give logits in the
     thousands, so the relative one is the meaningful check)."""
-    import onnxruntime as ort
-
-    x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        expected = model.eval()(x).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
-    (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    actual, expected = onnxruntime_and_torch_outputs(model, onnx_path, img_size, batch_size, seed)
     diff = float(abs(actual - expected).max())
     return diff, diff / max(float(abs(expected).max()), 1e-12)
 
@@ -69,13 +49,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> tuple[float, float]:
     args = get_args_parser().parse_args(argv)
-    model = timm.create_model(args.model)
-    if args.checkpoint:
-        load_official_checkpoint(model, args.checkpoint)
-    else:
-        print(f'no --checkpoint: exporting a randomly initialised {args.model}')
-    out = export_onnx(model, args.out, args.img_size, args.batch_size)
-    print(f'wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)')
+    model, out = export_timm_model(
+        args.model,
+        args.checkpoint,
+        load_official_checkpoint,
+        lambda m: export_onnx(m, args.out, args.img_size, args.batch_size),
+    )
     diff, rel = onnxruntime_diff(model, out, args.img_size, args.batch_size)
     print(f'onnxruntime vs PyTorch: max abs diff {diff:.3e} ({rel:.2e} of the largest output)')
     return diff, rel

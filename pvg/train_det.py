@@ -19,6 +19,7 @@ anything is written). A non-finite loss stops the run naming the step (the last 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from pvg.config import DEFAULT_DET_CONFIG, PACKAGE, MaskRCNNConfig
 from pvg.detection import build_coco_datasets, build_detector, evaluate
-from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
+from shared.checkpoint import load_checkpoint, restore_training_state, training_state
 from shared.config import config_to_dict, parse_config, save_config
 from shared.detection import (
     COCO_METRIC_KEYS,
@@ -42,15 +43,15 @@ from shared.detection import (
     coco_summary,
     detection_collate,
     sharded_loader,
+    targets_to_device,
 )
 from shared.distributed import (
     DistContext,
     all_reduce_mean,
-    cleanup_distributed,
-    init_distributed,
     seed_everything,
     seed_worker,
 )
+from shared.entrypoints import end_epoch, finish_run, run_distributed, wrap_ddp
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, check_finite, make_grad_scaler, optimizer_step
 
@@ -150,12 +151,6 @@ def _build_training(cfg: MaskRCNNConfig, ctx: DistContext, logger: RunLogger, pr
     return _Training(train_set, val_set, model, sampler, train_loader, eval_loader, optimizer, scheduler, scaler)
 
 
-def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device):
-    images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-    return images, targets
-
-
 def train_one_epoch(
     model: nn.Module, t: _Training, ctx: DistContext, epoch: int, step: int, cfg: MaskRCNNConfig, logger: RunLogger
 ) -> tuple[dict[str, float], int]:
@@ -165,7 +160,7 @@ def train_one_epoch(
     t0 = time.perf_counter()
     bar = logger.progress(t.train_loader, desc=f'epoch {epoch}', total=len(t.train_loader))
     for images, targets in bar:
-        images, targets = _to_device(images, targets, ctx.device)
+        images, targets = targets_to_device(images, targets, ctx.device)
         with autocast(ctx.device, cfg.amp):
             losses = model(images, targets)
         loss = sum(losses[name] for name in LOSS_NAMES)
@@ -241,11 +236,7 @@ def _train(cfg: MaskRCNNConfig, ctx: DistContext, on_epoch_end: EpochHook | None
         )
         start_epoch, step, best = resume_state['epoch'] + 1, resume_state['step'], resume_state['best']
         logger.info(f'resumed from {cfg.resume} at epoch {start_epoch}, step {step}')
-    train_model: nn.Module = t.model
-    if ctx.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            t.model, device_ids=[ctx.local_rank] if ctx.device.type == 'cuda' else None
-        )
+    train_model = wrap_ddp(t.model, ctx)
     coco: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         t.sampler.set_epoch(epoch)
@@ -259,13 +250,8 @@ def _train(cfg: MaskRCNNConfig, ctx: DistContext, on_epoch_end: EpochHook | None
             is_best = coco['AP'] > best['AP']
             if is_best:
                 best = {'AP': coco['AP'], 'segm_AP': coco['segm']['AP'], 'epoch': epoch}
-        if ctx.is_main and (
-            last or is_best or (cfg.checkpoint_interval and (epoch + 1) % cfg.checkpoint_interval == 0)
-        ):
-            save_last_and_best(_checkpoint(cfg, t, epoch, step, best), out_dir, is_best)
-        logger.log_epoch(epoch, row)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+        state = functools.partial(_checkpoint, cfg, t, epoch, step, best)
+        end_epoch(cfg, ctx, logger, out_dir, epoch, row, last, is_best, state, on_epoch_end)
     metrics = {
         'model': f'mask_rcnn_{cfg.model}',
         'epochs': cfg.epochs,
@@ -275,10 +261,7 @@ def _train(cfg: MaskRCNNConfig, ctx: DistContext, on_epoch_end: EpochHook | None
         'best': best,
         'run_dir': str(out_dir),
     }
-    logger.write_metrics(metrics)
-    logger.info(f"done: best box AP {100 * best['AP']:.1f} at epoch {best['epoch']}")
-    logger.close()
-    return metrics
+    return finish_run(logger, metrics, f"done: best box AP {100 * best['AP']:.1f} at epoch {best['epoch']}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> MaskRCNNConfig:
@@ -298,13 +281,7 @@ def main(cfg: MaskRCNNConfig, on_epoch_end: EpochHook | None = None) -> dict[str
         cfg: the resolved config (its ``name`` names the run folder ``runs/pvg/<name>/<time>``).
         on_epoch_end: called as ``hook(epoch, row)`` after each epoch's checkpoint is on disk.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
-    try:
-        return _train(cfg, ctx, on_epoch_end)
-    finally:
-        cleanup_distributed()
+    return run_distributed(cfg, lambda ctx: _train(cfg, ctx, on_epoch_end))
 
 
 if __name__ == '__main__':

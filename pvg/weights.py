@@ -21,39 +21,23 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from shared.weights import check_state_dict_fits, pick_wrapped_state_dict, strip_wrapper_prefixes
+
 __all__ = ['OFFICIAL_RELEASE', 'checkpoint_filter_fn', 'load_official_checkpoint', 'unwrap_state_dict']
 
 #: Where the official Pyramid ViG weights are published (one file name is confirmed: ``pvig_s_82.1.pth.tar``).
 OFFICIAL_RELEASE = 'https://github.com/huawei-noah/Efficient-AI-Backbones/releases/tag/pyramid-vig'
 
-_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 # (EMA key, raw key) of trainer layouts: timm's train.py, timm-style 'model_ema', this repository's checkpoints
 _WRAPPER_LAYOUTS = (('state_dict_ema', 'state_dict'), ('model_ema', 'model'), ('ema', 'model'))
 
 
-def _strip_prefixes(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
-
-
 def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = True) -> dict[str, torch.Tensor]:
     """The model state_dict held by ``checkpoint`` (see the module docstring for the layouts)."""
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a dict checkpoint, got {type(checkpoint).__name__}')
-    layout = next((pair for pair in _WRAPPER_LAYOUTS if pair[0] in checkpoint), None)
-    layout = layout or next((pair for pair in _WRAPPER_LAYOUTS if pair[1] in checkpoint), None)
-    if layout is not None:
-        ema_key, key = layout
-        picked = checkpoint.get(ema_key) if use_ema else None
-        checkpoint = picked if picked is not None else checkpoint.get(key)
-        if not isinstance(checkpoint, Mapping):
-            raise KeyError(f'checkpoint has {ema_key!r}/{key!r} but no state_dict under them')
-    state = {_strip_prefixes(k): v for k, v in checkpoint.items()}
+    checkpoint, layout = pick_wrapped_state_dict(checkpoint, _WRAPPER_LAYOUTS, use_ema)
+    if layout is not None and not isinstance(checkpoint, Mapping):
+        raise KeyError(f'checkpoint has {layout[0]!r}/{layout[1]!r} but no state_dict under them')
+    state = {strip_wrapper_prefixes(k): v for k, v in checkpoint.items()}
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise TypeError(f'not a state_dict: entries {bad[:5]} are not tensors')
@@ -85,17 +69,5 @@ def load_official_checkpoint(model: nn.Module, path: str | Path, use_ema: bool =
         )
     checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     state_dict = checkpoint_filter_fn(checkpoint, model)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [
-        f'{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-        for k, v in state_dict.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        raise RuntimeError(
-            f'{path} does not fit {type(model).__name__}: missing {missing[:8]} ({len(missing)}), '
-            f'unexpected {unexpected[:8]} ({len(unexpected)}), shape mismatches {shapes[:8]} ({len(shapes)})'
-        )
+    check_state_dict_fits(model, state_dict, str(path))
     model.load_state_dict(state_dict, strict=True)

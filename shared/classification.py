@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ __all__ = [
     "build_loaders",
     "evaluate",
     "evaluate_checkpoint",
+    "evaluate_weight_sets",
     "run_classification",
     "train_one_epoch",
 ]
@@ -648,6 +649,60 @@ def evaluate_checkpoint(
         logger.info(
             f"{cfg.model} [{which}] top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  loss {result['loss']:.4f}"
         )
+        logger.close()
+        return metrics
+    finally:
+        cleanup_distributed()
+
+
+_WEIGHT_SET_PREFIX = {"ema": "ema_", "raw": "", "weights": ""}
+
+
+def evaluate_weight_sets(
+    cfg: ClassificationConfig,
+    package: str,
+    weight_sets_of: Callable[[Mapping[str, Any]], dict[str, dict[str, torch.Tensor]]],
+) -> dict[str, Any]:
+    """The body of a package's ``eval.py``: evaluate every weight set of ``cfg.checkpoint`` on the validation split.
+
+    ``weight_sets_of`` maps the loaded checkpoint (refused unless it is ``package``'s or a plain state_dict) to
+    ``{'ema': ..., 'raw': ...}`` or ``{'weights': ...}``. Keys of the result: ``top1``, ``top5``, ``loss`` (raw
+    weights or the single state_dict) and ``ema_top1``, ``ema_top5``, ``ema_loss``, in percent / nats, plus
+    ``model``, ``checkpoint`` and ``weights`` (the sets found); written to ``metrics.json`` in ``cfg.output_dir``
+    (default ``<checkpoint folder>/eval/``). ``cfg`` needs a ``checkpoint`` field.
+    """
+    checkpoint = getattr(cfg, "checkpoint", "")
+    if not checkpoint:
+        raise ValueError("--checkpoint PATH is required")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ctx = init_distributed(cfg.device)
+    try:
+        weight_sets = weight_sets_of(load_checkpoint(checkpoint, package=package))
+        # only the validation split is needed: build the loaders with it as the training split too
+        data = dataclasses.replace(cfg.data, train_split=cfg.data.val_split, batch_size=1)
+        _, val_loader, found_classes = build_loaders(data, ctx, cfg.seed)
+        num_classes = cfg.num_classes or found_classes
+        model = build_classification_model(dataclasses.replace(cfg, pretrained=None, drop_path=0.0), num_classes)
+        model = model.to(ctx.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(checkpoint).parent / "eval"
+        logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=False, name="eval")
+        metrics: dict[str, Any] = {"model": cfg.model, "checkpoint": str(checkpoint), "weights": sorted(weight_sets)}
+        for name, state_dict in weight_sets.items():
+            try:
+                model.load_state_dict(state_dict, strict=True)
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"{checkpoint} ({name} weights) does not fit {cfg.model} with {num_classes} classes: {err}"
+                ) from err
+            result = evaluate(model, val_loader, ctx, cfg.amp, cfg.channels_last)
+            metrics.update({_WEIGHT_SET_PREFIX[name] + k: v for k, v in result.items()})
+            top1, top5, loss = result["top1"], result["top5"], result["loss"]
+            logger.info(f"{cfg.model} [{name}] top-1 {top1:.2f}  top-5 {top5:.2f}  loss {loss:.4f}")
+        logger.write_metrics(metrics)
+        logger.info(f"metrics written to {out_dir / 'metrics.json'}")
         logger.close()
         return metrics
     finally:

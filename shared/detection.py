@@ -4,11 +4,15 @@ R-CNN, calibrated_teacher, pvg's Mask R-CNN).
 * :class:`CocoDetection`: images and boxes (and, with ``with_masks``, instance masks) of one ``instances_*.json``
   (mmdet's ``CocoDataset`` filtering).
 * :class:`CocoImages`: only the images of a json (an unlabeled pool).
+* :class:`CocoDataConfig`: the config block naming the COCO files, the embedded synthetic set and the batching.
 * :class:`GroupedDistributedSampler`: mmdet's aspect-ratio grouped sampler.
 * :func:`sharded_loader`: every evaluation image once over the ranks.
 * :func:`coco_detections` + :func:`evaluate_detections`: model outputs -> COCO results (boxes, and RLE masks with
   ``masks=True``), gathered from every rank and scored once with pycocotools (bbox, and segm with ``segm=True``);
   :func:`coco_summary`: the paper-style one-line summary.
+* Loop pieces: :func:`targets_to_device`, :func:`init_fpn_mmdet` (mmdet's FPN initialisation), :func:`freeze_modules` (a
+  backbone's ``frozen_stages`` / ``norm_eval``) and
+  :func:`check_checkpoint_categories` (a checkpoint's category ids against the evaluation annotations).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import contextlib
 import io
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,8 @@ import torch.distributed as dist
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -36,17 +43,22 @@ from shared.metrics import coco_evaluate
 __all__ = [
     "COCO_LAYOUT",
     "COCO_METRIC_KEYS",
+    "CocoDataConfig",
     "CocoDetection",
     "CocoImages",
     "GroupedDistributedSampler",
+    "check_checkpoint_categories",
     "coco_detections",
     "coco_summary",
     "detection_collate",
     "encode_masks",
     "evaluate_detections",
+    "freeze_modules",
+    "init_fpn_mmdet",
     "load_coco",
     "read_image",
     "sharded_loader",
+    "targets_to_device",
 ]
 
 COCO_LAYOUT = (
@@ -54,6 +66,43 @@ COCO_LAYOUT = (
     "<root>/annotations/instances_val2017.json"
 )
 COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@dataclass
+class CocoDataConfig:
+    """Where the COCO-format data is and how it is batched (a package's detection configs subclass it and set their
+    own defaults)."""
+
+    root: str = field(default="", metadata={"help": "COCO root holding train2017/, val2017/, annotations/"})
+    train_images: str = "train2017"
+    train_annotations: str = "annotations/instances_train2017.json"
+    val_images: str = "val2017"
+    val_annotations: str = "annotations/instances_val2017.json"
+    synthetic: bool = field(default=False, metadata={"help": "write/use the embedded synthetic COCO-format set"})
+    synthetic_train: int = 24
+    synthetic_val: int = 8
+    synthetic_image_size: int = 192
+    synthetic_categories: int = 6
+    hflip: float = 0.5
+    batch_size: int = field(default=4, metadata={"help": "images per process"})
+    eval_batch_size: int = field(default=1, metadata={"help": "images per process at evaluation (mmdet: 1)"})
+    workers: int = 4
+
+    def coco_root(self) -> Path:
+        """The COCO root (with ``synthetic``, the embedded synthetic set, written first if it is not there yet)."""
+        if not self.synthetic:
+            return Path(self.root)
+        from shared.synthetic import synthetic_root, write_coco_detection
+
+        name = f"coco_n{self.synthetic_train}_v{self.synthetic_val}_s{self.synthetic_image_size}"
+        return write_coco_detection(
+            synthetic_root() / f"{name}_c{self.synthetic_categories}",
+            num_train=self.synthetic_train,
+            num_val=self.synthetic_val,
+            image_size=self.synthetic_image_size,
+            num_categories=self.synthetic_categories,
+            seed=0,
+        )
 
 
 def _missing(path: Path, what: str, layout: str) -> FileNotFoundError:
@@ -378,3 +427,45 @@ def evaluate_detections(
 def coco_summary(metrics: dict[str, Any], keys: Sequence[str] = COCO_METRIC_KEYS) -> str:
     """``AP 34.4  AP50 54.2 ...`` in percent, as the papers' tables (``n/a`` for a NaN entry)."""
     return "  ".join(f"{k} {100 * metrics[k]:.1f}" if metrics[k] == metrics[k] else f"{k} n/a" for k in keys)
+
+
+def targets_to_device(
+    images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """A detection batch (as :func:`detection_collate` gives it) on ``device``: the images and every tensor of the
+    targets."""
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def init_fpn_mmdet(fpn: nn.Module) -> None:
+    """mmdet's FPN initialisation (Xavier uniform weights, zero biases of every conv) rather than torchvision's
+    ``kaiming_uniform_(a=1)``."""
+    for m in fpn.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def freeze_modules(modules: Sequence[nn.Module], norm_eval_in: nn.Module | None = None) -> None:
+    """mmdet's ``frozen_stages``: each of ``modules`` in eval mode with ``requires_grad=False``; then, with
+    ``norm_eval_in`` (mmdet's ``norm_eval``), every BatchNorm inside it in eval mode."""
+    for module in modules:
+        module.eval()
+        for param in module.parameters():
+            param.requires_grad = False
+    if norm_eval_in is not None:
+        for m in norm_eval_in.modules():
+            if isinstance(m, _BatchNorm):
+                m.eval()
+
+
+def check_checkpoint_categories(checkpoint: Mapping[str, Any], path: str | Path, val_set: CocoDetection) -> None:
+    """The checkpoint's category ids (``checkpoint['categories']['ids']``, in label order) must be the evaluation
+    annotations' ones; a checkpoint without them is not checked."""
+    stored_ids = checkpoint.get("categories", {}).get("ids")
+    if stored_ids is not None and list(stored_ids) != val_set.cat_ids:
+        raise ValueError(
+            f"{path} was trained on category ids {stored_ids}, but {val_set.annotation_file} has {val_set.cat_ids}"
+        )
