@@ -31,6 +31,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from torch import nn
@@ -100,6 +101,13 @@ class DataConfig:
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     re_prob: float = 0.0
     batch_size: int = field(default=256, metadata={"help": "images per process"})
+    repeated_aug: bool = field(
+        default=False,
+        metadata={
+            "help": "DeiT/timm repeated augmentation: every image 3 times per epoch, the copies spread over the "
+            "ranks, each rank drawing len(train)/world_size of them (timm RepeatAugSampler, seeded by seed + epoch)"
+        },
+    )
     eval_batch_size: int = 256
     workers: int = 8
 
@@ -115,7 +123,10 @@ class ClassificationConfig(RunConfig):
     num_classes: int | None = field(default=None, metadata={"help": "default: number of class folders"})
     drop_path: float = 0.0
     data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = 300
+    epochs: int = field(default=300, metadata={"help": "epochs of the warm-up + cosine schedule"})
+    cooldown_epochs: int = field(
+        default=0, metadata={"help": "epochs at min_lr after the cosine (timm); the run lasts epochs + cooldown_epochs"}
+    )
     warmup_epochs: int = 20
     opt: str = "adamw"
     lr: float = 6e-3
@@ -192,6 +203,17 @@ class _NamedErrorImageFolder(ImageFolder):
             raise OSError(f"cannot read image {self.samples[index][0]}: {err}") from err
 
 
+class _SeededRepeatAugSampler(RepeatAugSampler):
+    """timm's RepeatAugSampler with the order a function of (seed, epoch), as DistributedSampler's."""
+
+    def __init__(self, dataset: Any, seed: int, **kwargs: Any):
+        super().__init__(dataset, **kwargs)
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(self.seed + epoch)
+
+
 def build_loaders(cfg: DataConfig, ctx: DistContext, seed: int) -> tuple[DataLoader, DataLoader, int]:
     """Train and val loaders sharded over the ranks; returns (train, val, number of classes)."""
     root = Path(_ensure_synthetic(cfg) if cfg.synthetic else cfg.root)
@@ -222,9 +244,12 @@ def build_loaders(cfg: DataConfig, ctx: DistContext, seed: int) -> tuple[DataLoa
         raise ValueError(f"class folders differ between {root / cfg.train_split} and {root / cfg.val_split}")
     # An explicit DistributedSampler (also with one process) makes the order a function of (seed, epoch) only,
     # which is what an exact resume needs.
-    train_sampler = DistributedSampler(
-        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
-    )
+    if cfg.repeated_aug:
+        train_sampler = _SeededRepeatAugSampler(train_set, seed, num_replicas=ctx.world_size, rank=ctx.rank)
+    else:
+        train_sampler = DistributedSampler(
+            train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+        )
     val_sampler = DistributedSampler(val_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
     common = dict(
         num_workers=cfg.workers,
@@ -560,7 +585,8 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, on_epoch_end
         train_model = torch.compile(train_model)
 
     row: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    total_epochs = cfg.epochs + cfg.cooldown_epochs  # the schedule stays at min_lr after cfg.epochs
+    for epoch in range(start_epoch, total_epochs):
         train_loader.sampler.set_epoch(epoch)
         train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # worker seeds: a function of the epoch
         stats, step = train_one_epoch(
@@ -578,7 +604,7 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, on_epoch_end
             t.ema,
             t.mixup,
         )
-        last = epoch == cfg.epochs - 1
+        last = epoch == total_epochs - 1
         is_best = False
         row = dict(stats)
         if last or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0):
@@ -609,7 +635,7 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, on_epoch_end
 
     metrics = {
         "model": cfg.model,
-        "epochs": cfg.epochs,
+        "epochs": total_epochs,
         "last": {k: v for k, v in row.items() if "top" in k or "loss" in k},
         "best_top1": best["top1"],
         "best_epoch": best["epoch"],

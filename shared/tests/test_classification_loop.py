@@ -169,3 +169,33 @@ def test_ddp_two_processes_gloo(tiny_folder, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["last"]["top1"] <= 100
     assert len((out / "log.csv").read_text().splitlines()) == 3  # written once (rank 0), header + 2 epochs
+
+
+def test_cooldown_epochs_run_at_min_lr_after_the_cosine(tiny_folder, tmp_path):
+    cfg = tiny_cfg(tiny_folder, tmp_path, epochs=2, cooldown_epochs=1, min_lr=1e-5)
+    metrics = run_classification(cfg, package="shared")
+    assert metrics["epochs"] == 3
+    with open(Path(metrics["run_dir"]) / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert float(rows[2]["lr"]) == pytest.approx(1e-5)  # the whole third epoch at min_lr
+    assert float(rows[0]["lr"]) > 1e-5
+
+
+def test_repeated_augmentation_sampler_repeats_each_image_and_follows_seed_and_epoch():
+    from shared.classification import _SeededRepeatAugSampler
+
+    data = list(range(12))
+    orders = {}
+    for seed in (0, 1):
+        for epoch in (0, 1):
+            sampler = _SeededRepeatAugSampler(data, seed, num_replicas=1, rank=0)
+            sampler.set_epoch(epoch)
+            orders[seed, epoch] = list(sampler)
+    first = orders[0, 0]
+    assert len(first) == len(data)  # one process draws len(train) samples per epoch
+    assert all(first[i] == first[i + 1] == first[i + 2] for i in range(0, 12, 3))  # each image thrice in a row
+    assert orders[0, 1] != first and orders[1, 0] != first
+    # two ranks see different copies of the same images
+    ranks = [list(_SeededRepeatAugSampler(data, 0, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert set(ranks[0]) & set(ranks[1])
