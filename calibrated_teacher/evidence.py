@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from calibrated_teacher.config import PACKAGE
 from calibrated_teacher.train import build_run, checkpoint_state, final_metrics, run_until
 from calibrated_teacher.train import parse_args as train_args
 from shared.distributed import init_distributed, seed_everything
+from shared.evidence import mean_sd
 from shared.logger import RunLogger, make_run_dir, write_json
 
 DEFAULT_SEEDS = (1, 2, 3)
@@ -87,11 +87,6 @@ def run_seed(
     return results
 
 
-def _mean_sd(values: Sequence[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
-
-
 def table(record: dict[str, Any]) -> str:
     """The README table: AP (x100) per row, mean ± sd, paired difference to the method, wins of the method."""
     rows, method = record["rows"], record["method"]
@@ -100,8 +95,8 @@ def table(record: dict[str, Any]) -> str:
     for name, values in rows.items():
         v = [100 * x for x in values]
         diff = [100 * (a - b) for a, b in zip(rows[method], values)]
-        paired = "" if name == method else f"{_mean_sd(diff)} ({sum(d > 0 for d in diff)}/{len(diff)} seeds > 0)"
-        lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in v) + f" | {_mean_sd(v)} | {paired} |")
+        paired = "" if name == method else f"{mean_sd(diff)} ({sum(d > 0 for d in diff)}/{len(diff)} seeds > 0)"
+        lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in v) + f" | {mean_sd(v)} | {paired} |")
     return "\n".join(lines)
 
 

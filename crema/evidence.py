@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from crema import train
+from shared.evidence import committed_mismatches
 from shared.logger import make_run_dir, write_json
 
 PACKAGE = "crema"
@@ -159,18 +160,12 @@ def paired(record: dict[str, Any], setting: str, a: str, b: str) -> str:
 
 def compare_with_committed(record: dict[str, Any], committed: dict[str, Any], log=print) -> bool:
     """True when every seed of ``record`` reproduces the committed column exactly."""
-    same = True
-    for seed in record["seeds"]:
-        if seed not in committed["seeds"]:
-            log(f"seed {seed} is not in the committed record")
-            continue
-        col = committed["seeds"].index(seed)
-        for name, vals in record["rows"].items():
-            old = committed["rows"].get(name, [None] * len(committed["seeds"]))[col]
-            new = vals[record["seeds"].index(seed)]
-            if old != new:
-                same = False
-                log(f"seed {seed} {name}: committed {old}, now {new}")
+    for seed in sorted(set(record["seeds"]) - set(committed["seeds"])):
+        log(f"seed {seed} is not in the committed record")
+    mismatches = committed_mismatches(record, committed)
+    for line in mismatches:
+        log(line)
+    same = not mismatches
     if "text" in record and "text" in committed and record["text"]["rows"] != committed["text"]["rows"]:
         same = False
         log(f"text run: committed {committed['text']['rows']}, now {record['text']['rows']}")

@@ -54,6 +54,7 @@ from sklearn.linear_model import LogisticRegression
 
 from dmlp.purifier import DMLPPurifier, PurifierConfig, meta_split
 from shared.distributed import DistContext
+from shared.evidence import committed_mismatches
 from shared.logger import RunLogger, make_run_dir
 from shared.noisy.data import (
     CIFAR_MEAN,
@@ -384,18 +385,12 @@ def merge_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def compare_with_committed(record: dict[str, Any], committed: dict[str, Any], log=print) -> bool:
     """True when every value of every seed run now equals the committed file's value for that seed."""
-    same = True
-    for seed in record["seeds"]:
-        if seed not in committed.get("seeds", []):
-            log(f"seed {seed} is not in the committed file")
-            continue
-        column = committed["seeds"].index(seed)
-        for name, values in record["rows"].items():
-            ours = values[record["seeds"].index(seed)]
-            theirs = committed["rows"].get(name, [None] * (column + 1))[column]
-            if ours != theirs:
-                same = False
-                log(f"differs: seed {seed} {name}: now {ours}, committed {theirs}")
+    for seed in sorted(set(record["seeds"]) - set(committed.get("seeds", []))):
+        log(f"seed {seed} is not in the committed file")
+    mismatches = committed_mismatches(record, committed)
+    for line in mismatches:
+        log(f"differs: {line}")
+    same = not mismatches
     log("reproduces the committed values exactly" if same else "DOES NOT reproduce the committed values")
     return same
 

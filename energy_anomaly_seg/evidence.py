@@ -37,13 +37,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from energy_anomaly_seg import train
+from shared.evidence import committed_mismatches as compare_with_committed
+from shared.evidence import mean_sd
 from shared.logger import make_run_dir
 
 PACKAGE = "energy_anomaly_seg"
@@ -178,11 +179,6 @@ def build_record(
     }
 
 
-def _mean_sd(values: Sequence[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
-
-
 def format_table(record: dict) -> str:
     """Markdown: mean ± sd over the seeds per row and metric, and SLEEG's paired differences (wins / seeds)."""
     rows, seeds = record["rows"], record["seeds"]
@@ -193,28 +189,15 @@ def format_table(record: dict) -> str:
     ]
     sleeg_ap = rows[f"{record['method']}/AP"]
     for name in names:
-        cells = [_mean_sd(rows[f"{name}/{m}"]) for m in METRICS]
+        cells = [mean_sd(rows[f"{name}/{m}"]) for m in METRICS]
         if name == record["method"]:
             diff, wins = "", ""
         else:
             deltas = [a - b for a, b in zip(sleeg_ap, rows[f"{name}/AP"])]
-            diff = _mean_sd(deltas)
+            diff = mean_sd(deltas)
             wins = f"{sum(d > 0 for d in deltas)} / {len(seeds)}"
         lines.append(f"| {name} | {' | '.join(cells)} | {diff} | {wins} |")
     return "\n".join(lines)
-
-
-def compare_with_committed(record: dict, committed: dict) -> list[str]:
-    """Names of (row, seed) cells that differ from the committed record (only seeds present in both)."""
-    mismatches = []
-    for seed in record["seeds"]:
-        if seed not in committed["seeds"]:
-            continue
-        j, i = committed["seeds"].index(seed), record["seeds"].index(seed)
-        for name, values in record["rows"].items():
-            if name in committed["rows"] and committed["rows"][name][j] != values[i]:
-                mismatches.append(f"{name} seed {seed}: {values[i]} (committed {committed['rows'][name][j]})")
-    return mismatches
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +35,8 @@ from pathlib import Path
 
 from lsfa import train
 from lsfa.point_pretrain import ensure_pretrained_point_encoder
+from shared.evidence import committed_mismatches as compare_with_committed
+from shared.evidence import mean_sd
 from shared.logger import make_run_dir
 from shared.synthetic import synthetic_root
 
@@ -163,9 +164,8 @@ def build_record(seeds: Sequence[int], per_seed: dict, validation: dict, command
     }
 
 
-def _mean_sd(values: Sequence[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+def _mean_sd3(values: Sequence[float]) -> str:
+    return mean_sd(values, digits=3)
 
 
 def format_table(record: dict) -> str:
@@ -179,23 +179,10 @@ def format_table(record: dict) -> str:
         a, b = rows[f"lsfa/{k}"], rows[f"m3dm/{k}"]
         deltas = [x - y for x, y in zip(a, b)]
         lines.append(
-            f"| {k} | {_mean_sd(a)} | {_mean_sd(b)} | {_mean_sd(deltas)} | "
+            f"| {k} | {_mean_sd3(a)} | {_mean_sd3(b)} | {_mean_sd3(deltas)} | "
             f"{sum(d > 0 for d in deltas)} / {len(seeds)} |"
         )
     return "\n".join(lines)
-
-
-def compare_with_committed(record: dict, committed: dict) -> list[str]:
-    """(row, seed) cells that differ from the committed record (seeds present in both)."""
-    mismatches = []
-    for seed in record["seeds"]:
-        if seed not in committed["seeds"]:
-            continue
-        j, i = committed["seeds"].index(seed), record["seeds"].index(seed)
-        for name, values in record["rows"].items():
-            if name in committed["rows"] and committed["rows"][name][j] != values[i]:
-                mismatches.append(f"{name} seed {seed}: {values[i]} (committed {committed['rows'][name][j]})")
-    return mismatches
 
 
 def main(argv: list[str] | None = None) -> dict:

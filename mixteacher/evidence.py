@@ -52,6 +52,7 @@ from mixteacher import train
 from mixteacher.data import build_datasets, val_loader
 from mixteacher.engine import evaluate
 from shared.distributed import init_distributed, seed_everything
+from shared.evidence import mean_sd
 from shared.logger import RunLogger
 
 PACKAGE = "mixteacher"
@@ -191,11 +192,6 @@ def summarise(per_seed: dict[int, dict[str, dict[str, float]]], seeds: Sequence[
         for key in ("student_AP", *STATS):
             rows[f"{row}/{key}"] = [per_seed[s][row][key] for s in seeds]
     return rows
-
-
-def mean_sd(values: Sequence[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
 
 
 NAMES = {
