@@ -32,7 +32,11 @@ Rows (``<dataset>/<noise>/<metric>/<row>``, one value per seed):
 =======================  ============================================================================================
 
 Every CE row trains the same network (PreAct ResNet-18, width 8) from the same initialisation for the same number
-of iterations; both DivideMix rows use the same two initialisations and schedule. Test accuracy is the last
+of iterations (40 epochs); both DivideMix rows use the same two initialisations and schedule (40 epochs, 5 warm-up).
+The training views are not augmented, so every network can fit every training label within the schedule, as the
+papers' networks do on CIFAR over 200-300 epochs (their CE baselines are last-epoch numbers after memorisation).
+With the earlier protocol (12 epochs, crop views) CE stopped short of fitting the noise and CE + meta reached
+92.7 % at 50 % noise (README, "Results"): an early-stopped baseline, not the papers' CE. Test accuracy is the last
 epoch's. Runs are deterministic on CPU, so ``--seeds S`` reproduces seed S's column of the committed file exactly.
 """
 
@@ -79,8 +83,11 @@ NOISES = {"sym50": ("sym", 0.5), "sym80": ("sym", 0.8), "asym40": ("asym", 0.4)}
 META_FRACTION = 0.02
 FEATURE_DIM = 12
 WIDTH = 8
-CE_EPOCHS = 12
-DM_EPOCHS = 12
+CE_EPOCHS = 40
+DM_EPOCHS = 40
+DM_WARMUP = 5
+#: crop padding of the training views (0 = no augmentation, the evidence protocol; see the module docstring)
+CROP_PADDING = 0
 PURIFIER = {"epochs": 100, "ipc_batch": 490, "lr": 0.05, "eac_batch": 100}
 PURIFIER_ROWS = {
     "ipc": {"eac": False},
@@ -142,8 +149,8 @@ def make_split(dataset: str, noise: str, seed: int) -> Split:
         meta,
         rest,
         pca_features(train.images, FEATURE_DIM),
-        # digits are not mirror-symmetric: crop only
-        CifarTrainTransform(10, padding=max(1, size // 8), hflip=dataset != "digits"),
+        # no augmentation (CROP_PADDING 0, no flip): the networks can fit every training label, as in the papers
+        CifarTrainTransform(10, padding=CROP_PADDING, hflip=False),
         Normalize(CIFAR_MEAN[10], CIFAR_STD[10]),
     )
 
@@ -205,13 +212,13 @@ def train_dividemix(split: Split, labels: torch.Tensor, noise: str, seed: int, o
     base = cifar_defaults(10, kind, rate)
     cfg = DivideMixConfig(
         epochs=DM_EPOCHS,
-        warmup_epochs=DM_EPOCHS // 3,
+        warmup_epochs=DM_WARMUP,
         batch_size=32,
         warmup_batch_size=64,
         lr=0.05,
         lr_decay_epoch=int(0.8 * DM_EPOCHS),
         lambda_u=base.lambda_u,
-        rampup_length=max(1, DM_EPOCHS // 3),
+        rampup_length=8,
         asym_penalty=base.asym_penalty,
     )
     torch.manual_seed(seed)
@@ -292,8 +299,9 @@ def build_record(
         "noises": list(noises),
         "rows": {name: [results[s][name] for s in seeds] for name in names},
         "budget": (
-            f"same iterations: every CE row {CE_EPOCHS} epochs (batch 64, SGD 0.05, /10 at 80 %), every DivideMix row "
-            f"{DM_EPOCHS} epochs ({DM_EPOCHS // 3} warm-up), PreAct ResNet-18 width {WIDTH} from the seed's "
+            f"same iterations and views (no augmentation): every CE row {CE_EPOCHS} epochs (batch 64, SGD 0.05, /10 at "
+            f"80 %), every DivideMix row "
+            f"{DM_EPOCHS} epochs ({DM_WARMUP} warm-up), PreAct ResNet-18 width {WIDTH} from the seed's "
             f"initialisation; purifier {PURIFIER}, {FEATURE_DIM}-d PCA features, meta {META_FRACTION:.0%}; "
             f"wall clock {wall:.0f}s on 1 CPU thread ({platform.processor() or platform.machine()})"
         ),

@@ -13,6 +13,7 @@ from shared.noisy.data import load_cifar
 def tiny(monkeypatch):
     monkeypatch.setattr(evidence, "CE_EPOCHS", 1)
     monkeypatch.setattr(evidence, "DM_EPOCHS", 3)
+    monkeypatch.setattr(evidence, "DM_WARMUP", 1)
     monkeypatch.setattr(evidence, "PURIFIER", {**evidence.PURIFIER, "epochs": 20})
 
 
