@@ -23,6 +23,8 @@ printed. The steps are interleaved (one of each per round) and the median of
 ``iters`` rounds is reported, in wall-clock and in this process's CPU seconds (robust to other jobs on a shared
 machine at 1 thread). Acceptance ratios: MixTeacher seconds per trained image / supervised seconds per labeled
 image (<= 2.5), burn-in / supervised on the same labeled image (<= 1.1) and burn-in / MixTeacher labeled-only.
+Then one more full step is taken apart (:func:`stage_seconds`, CPU seconds): the teacher's pseudo-labelling, the
+labeled forward, the unlabeled forward (teacher + student), backward.
 """
 
 from __future__ import annotations
@@ -121,6 +123,37 @@ def _detector(name: str, quick: bool) -> tuple[MixedScaleFasterRCNN, int, int]:
     return model, h, w
 
 
+def stage_seconds(method: MixTeacher, batch: dict, step: int, device: torch.device) -> dict[str, float]:
+    """CPU seconds of the parts of one full MixTeacher step, called one by one: the teacher's pseudo-labelling (no
+    gradient), the labeled loss (three scales), the unlabeled student forward (its unsupervised loss minus the
+    teacher's part, which it recomputes), backward of both."""
+    out = {}
+
+    def clock(name, fn):
+        synchronize(device)
+        t = time.process_time()
+        value = fn()
+        synchronize(device)
+        out[name] = time.process_time() - t
+        return value
+
+    clock(
+        "stage: teacher pseudo-labelling (mixed scale, detection, jitter)",
+        lambda: method.pseudo_label(batch["weak_images"]),
+    )
+    sup = clock(
+        "stage: labeled loss, forward (three scales)",
+        lambda: method.supervised_loss(batch["labeled_images"], batch["labeled_targets"]),
+    )
+    unsup, _ = clock(
+        "stage: unlabeled loss, forward (teacher + three-scale student)",
+        lambda: method.unsupervised_loss(batch["weak_images"], batch["strong_images"], batch["weak_to_strong"]),
+    )
+    clock("stage: backward", lambda: (sum(sup.values()) + sum(unsup.values())).backward())
+    method.student.zero_grad(set_to_none=True)
+    return out
+
+
 def run(cfg: BenchConfig, device: torch.device) -> dict[str, float]:
     """Median seconds (wall and CPU) per step kind, per-image ratios, pseudo-label counts, inference images/s."""
     torch.manual_seed(0)
@@ -180,6 +213,7 @@ def run(cfg: BenchConfig, device: torch.device) -> dict[str, float]:
         )
     for key in ("pseudo_boxes", "reg_boxes", "mined"):
         result[f"{key} per unlabeled image"] = logs.get(key, float("nan"))
+    result.update(stage_seconds(methods["mixteacher"], batch, UNSUP_START, device))
     result["peak memory MiB"] = peak_memory_mb(device)
     teacher = methods["mixteacher"].teacher.eval()
     for scale in ("regular", "mixed"):

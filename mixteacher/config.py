@@ -21,8 +21,16 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 @dataclass
 class DetectorConfig:
-    """Detector settings (defaults: the paper's Faster R-CNN R50-caffe FPN, mmdetection 2.x values)."""
+    """Detector settings (defaults: the paper's Faster R-CNN R50-caffe FPN, mmdetection 2.x values).
 
+    ``architecture: fcos`` selects MixTeacher-FCOS (torchvision's FCOS on P3-P7): ``anchor_sizes`` are then the five
+    level strides that set FCOS's scale ranges (4x-8x the stride), ``box_score_thresh`` / ``box_nms_thresh`` /
+    ``box_detections_per_img`` its test settings, and the ``rpn_*`` / ``roi_*`` / ``box_*`` sampling fields are
+    unused (README, MixTeacher-FCOS)."""
+
+    architecture: Literal["faster_rcnn", "fcos"] = field(
+        default="faster_rcnn", metadata={"help": "faster_rcnn (the released code) or fcos (the paper's FCOS variant)"}
+    )
     backbone: Literal["resnet", "mobilenet_v2"] = field(
         default="resnet",
         metadata={"help": "resnet (the paper: depth/base_width/norm/caffe_style apply) or torchvision's mobilenet_v2"},
@@ -59,6 +67,16 @@ class DetectorConfig:
     box_loss_beta: float = 0.0
     min_size: int = 800
     max_size: int = 1333
+    fcos_num_convs: int = field(default=4, metadata={"help": "FCOS: conv + GroupNorm(32) + ReLU layers per branch"})
+    fcos_center_sampling_radius: float = field(default=1.5, metadata={"help": "FCOS: centre sampling, in strides"})
+    fcos_topk_candidates: int = field(default=1000, metadata={"help": "FCOS: candidates per level before NMS"})
+    fcos_regress_ranges: tuple[float, ...] = field(
+        default=(64.0, 128.0, 256.0, 512.0),
+        metadata={
+            "help": "FCOS: object-size boundaries P3|P4|P5|P6|P7 on max(l, t, r, b) (mmdetection's regress_ranges; "
+            "the default is torchvision's 4x-8x the stride)"
+        },
+    )
 
 
 @dataclass

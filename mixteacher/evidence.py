@@ -18,7 +18,13 @@ chosen and which is not reported). Rows:
                             pseudo-labelling at the regular scale, same thresholds (0.9 / 0.9 / 0.02) and lambda_u
 ``mixteacher_no_mining``    MixTeacher: mixed-scale teacher, three-scale student, no mining (the released configs)
 ``mixteacher``              MixTeacher with promising label mining (score promotion)
+``fcos_supervised``         FCOS supervised-only (configs/fcos_default.yaml's detector: FCOS P3-P7 on the same
+                            ImageNet MobileNetV2), labeled images only, regular scale
+``fcos_mixteacher``         MixTeacher-FCOS (mixed-scale teacher, three-scale FCOS student, box-level mining)
 ==========================  ==========================================================================================
+
+``--fcos_only`` (``--families fcos_regular fcos_mixed``) computes the two FCOS rows alone; with ``--merge`` the
+evidence.json written is the committed EVIDENCE.json with those rows replaced (the other rows are copied).
 
 Compute is shared where the runs are identical: the burn-in (``BURN_IN`` iterations with the unsupervised weight
 at 0, where the unlabeled branch is skipped) of ``supervised`` and ``mean_teacher`` is one run (both are regular-
@@ -61,20 +67,27 @@ DEFAULT_SEEDS = (1, 2, 3)
 ITERS = 220
 BURN_IN = 130
 PERIOD = 30
-ROWS = ("supervised", "mean_teacher", "mixteacher_no_mining", "mixteacher")
+FASTER_RCNN_ROWS = ("supervised", "mean_teacher", "mixteacher_no_mining", "mixteacher")
+FCOS_ROWS = ("fcos_supervised", "fcos_mixteacher")
+ROWS = (*FASTER_RCNN_ROWS, *FCOS_ROWS)
 FAMILIES = {  # burn-in shared by these rows: (settings of the burn-in run, rows continuing from it)
     "regular": (["regular"], ("supervised", "mean_teacher")),
     "mixed": (["regular", "down", "mixed"], ("mixteacher_no_mining", "mixteacher")),
+    "fcos_regular": (["regular"], ("fcos_supervised",)),
+    "fcos_mixed": (["regular", "down", "mixed"], ("fcos_mixteacher",)),
 }
+FCOS_CONFIG = Path(__file__).resolve().parent / "configs" / "fcos_default.yaml"
 STATS = ("pseudo_boxes", "reg_boxes", "mined")
 EXTRA_KEYS = ("AP50", "APs", "APm", "APl")
 
 
-def base_config(seed: int, out: Path) -> train.TrainConfig:
-    """The embedded default with the evidence's length, seed and split."""
+def base_config(seed: int, out: Path, family: str = "regular") -> train.TrainConfig:
+    """The embedded default (``fcos_*`` families: its FCOS version, configs/fcos_default.yaml) with the evidence's
+    length, seed and split."""
+    recipe = ["-c", str(FCOS_CONFIG)] if family.startswith("fcos") else []
     return train.parse_args(
         [
-            "--seed", str(seed), "--data.fold", str(seed + 1), "--max_iters", str(ITERS),
+            *recipe, "--seed", str(seed), "--data.fold", str(seed + 1), "--max_iters", str(ITERS),
             "--mixteacher.unsup_start", str(BURN_IN), "--compare_supervised", "false", "--test_scales", "[regular]",
             "--device", "cpu", "--threads", "1", "--tensorboard", "false", "--output_dir", str(out),
         ]
@@ -84,10 +97,10 @@ def base_config(seed: int, out: Path) -> train.TrainConfig:
 def row_settings(cfg: train.TrainConfig, row: str) -> tuple[str, Any]:
     """(method, MixTeacherSettings) of ``row``."""
     mt = cfg.mixteacher
-    if row in ("supervised", "mean_teacher"):
+    if row in ("supervised", "mean_teacher", "fcos_supervised"):
         single = replace(mt, train_scales=["regular"], teacher_scale="regular", mining=False)
-        return ("supervised" if row == "supervised" else "mixteacher"), single
-    return "mixteacher", replace(mt, mining=row == "mixteacher")
+        return ("mixteacher" if row == "mean_teacher" else "supervised"), single
+    return "mixteacher", replace(mt, mining=row in ("mixteacher", "fcos_mixteacher"))
 
 
 def _state(method, optimizer, scheduler) -> dict[str, Any]:
@@ -148,7 +161,7 @@ def _continue_row(row: str) -> dict[str, float]:
 def run_family(seed: int, family: str, out: Path, parallel_rows: bool = False) -> dict[str, dict[str, float]]:
     """The shared burn-in of ``family`` and its rows (in forked processes when ``parallel_rows``); the results are
     also written to ``out/<family>.json``."""
-    cfg = base_config(seed, out)
+    cfg = base_config(seed, out, family)
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
     train_set, val_set = build_datasets(cfg.data)
@@ -187,11 +200,22 @@ def run_seed(seed: int, out: Path, families: Sequence[str] = tuple(FAMILIES), pa
 
 
 def summarise(per_seed: dict[int, dict[str, dict[str, float]]], seeds: Sequence[int]) -> dict[str, Any]:
-    rows: dict[str, list[float]] = {row: [per_seed[s][row]["AP"] for s in seeds] for row in ROWS}
-    for row in ROWS:
+    """``rows`` of evidence.json for the rows computed (every seed has the same rows)."""
+    present = [row for row in ROWS if row in per_seed[seeds[0]]]
+    rows: dict[str, list[float]] = {row: [per_seed[s][row]["AP"] for s in seeds] for row in present}
+    for row in present:
         for key in ("student_AP", *STATS):
             rows[f"{row}/{key}"] = [per_seed[s][row][key] for s in seeds]
     return rows
+
+
+def merge_into_committed(rows: dict[str, list[float]], seeds: Sequence[int]) -> dict[str, list[float]]:
+    """The committed EVIDENCE.json's rows with ``rows`` (e.g. only the FCOS ones) replaced or added; the seeds
+    must be the committed ones, in the same order."""
+    committed = json.loads(COMMITTED.read_text())
+    if list(committed["seeds"]) != list(seeds):
+        raise ValueError(f"--merge needs the committed seeds {committed['seeds']}, got {list(seeds)}")
+    return {**committed["rows"], **rows}
 
 
 NAMES = {
@@ -199,6 +223,12 @@ NAMES = {
     "mean_teacher": "single-scale mean teacher (SoftTeacher losses, same thresholds)",
     "mixteacher_no_mining": "MixTeacher without mining (the released configs)",
     "mixteacher": "**MixTeacher** (mixed-scale teacher, three scales, mining)",
+    "fcos_supervised": "FCOS, supervised only (the labeled images of the same batches)",
+    "fcos_mixteacher": "**MixTeacher-FCOS** (mixed-scale teacher, three scales, box-level mining)",
+}
+COMPARISONS = {  # (method row, the rows it is compared with)
+    "mixteacher": ("supervised", "mean_teacher", "mixteacher_no_mining"),
+    "fcos_mixteacher": ("fcos_supervised",),
 }
 
 
@@ -210,11 +240,11 @@ def report(evidence: dict[str, Any]) -> str:
         "| pseudo boxes / mined per unlabeled image after the burn-in, mean (per seed) |",
         "|---|---|" + "---|" * len(seeds) + "---|---|",
     ]
-    for row in ROWS:
+    for row in (r for r in ROWS if r in rows):
         boxes, mined = rows[f"{row}/pseudo_boxes"], rows[f"{row}/mined"]
         stats = (
             "-"
-            if row == "supervised"
+            if row in ("supervised", "fcos_supervised")
             else (
                 f"{statistics.fmean(boxes):.2f} ({', '.join(f'{x:.2f}' for x in boxes)}) / "
                 f"{statistics.fmean(mined):.2f}"
@@ -226,13 +256,32 @@ def report(evidence: dict[str, Any]) -> str:
             + f" | {statistics.fmean(rows[row + '/student_AP']):.2f} | {stats} |"
         )
     lines.append("")
-    for base in ("supervised", "mean_teacher", "mixteacher_no_mining"):
-        diff = [a - b for a, b in zip(rows["mixteacher"], rows[base])]
-        lines.append(
-            f"- MixTeacher - {base}: {mean_sd(diff)} AP (per seed {', '.join(f'{d:+.2f}' for d in diff)}; "
-            f"MixTeacher ahead in {sum(d > 0 for d in diff)}/{len(diff)} seeds)"
-        )
+    for method, bases in COMPARISONS.items():
+        for base in (b for b in bases if method in rows and b in rows):
+            diff = [a - b for a, b in zip(rows[method], rows[base])]
+            lines.append(
+                f"- {method} - {base}: {mean_sd(diff)} AP (per seed {', '.join(f'{d:+.2f}' for d in diff)}; "
+                f"{method} ahead in {sum(d > 0 for d in diff)}/{len(diff)} seeds)"
+            )
     return "\n".join(lines)  # fmt: skip
+
+
+def _budget(args: argparse.Namespace, seconds: float) -> str:
+    """evidence.json's budget: the shared settings and how this run computed its rows (with ``--merge``: the
+    committed file's account of the other rows, then this run's for the merged ones)."""
+    how = (
+        "rows computed per family and seed in parallel processes (--families, --parallel_rows) and collected"
+        if args.collect
+        else f"this run took {seconds:.0f} s on {platform.processor() or platform.machine()}"
+    )
+    if args.merge:
+        kept = json.loads(COMMITTED.read_text())["budget"].split("; rows of ")[0]
+        return f"{kept}; rows of {', '.join(args.families)}: {how}, merged into the committed file (--merge)"
+    return (
+        f"{ITERS} iterations per row (burn-in {BURN_IN}, unsupervised weight ramp 10), batch 4 (1 + Binomial(2, 1/2) "
+        "labeled, the rest unlabeled), SGD lr 0.02 (x0.1 at 190), gradient norm clipped at 10, EMA 0.96, CPU, "
+        f"1 thread per process; {how}"
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -247,16 +296,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--collect", action="store_true", help="only build evidence.json from the <family>.json files of the seeds"
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="evidence.json = the committed EVIDENCE.json with the rows of --families replaced (e.g. --families "
+        "fcos_regular fcos_mixed --merge: only the FCOS rows are computed)",
+    )
+    parser.add_argument("--fcos_only", action="store_true", help="shorthand for --families fcos_regular fcos_mixed")
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.fcos_only:
+        args.families = ["fcos_regular", "fcos_mixed"]
     t0 = time.perf_counter()
     if args.collect:
+        families = args.families if args.merge else list(FAMILIES)
         per_seed = {
-            s: {k: v for f in FAMILIES for k, v in json.loads((out / f"seed{s}" / f"{f}.json").read_text()).items()}
+            s: {k: v for f in families for k, v in json.loads((out / f"seed{s}" / f"{f}.json").read_text()).items()}
             for s in args.seeds
         }
     elif args.jobs > 1:
@@ -268,9 +327,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             per_seed = {s: f.result() for s, f in futures.items()}
     else:
         per_seed = {s: run_seed(s, out / f"seed{s}", args.families, args.parallel_rows) for s in args.seeds}
-    if set(args.families) != set(FAMILIES) and not args.collect:
+    if set(args.families) != set(FAMILIES) and not args.collect and not args.merge:
         print(f"rows of {args.families} written to {out}/seed*/; --collect builds evidence.json when all are there")
         return {"per_seed": per_seed}
+    rows = summarise(per_seed, args.seeds)
+    if args.merge:
+        rows = merge_into_committed(rows, args.seeds)
     evidence = {
         "package": PACKAGE,
         "claim": "On a synthetic COCO-format set whose objects vary strongly in scale (10 % labeled), MixTeacher's "
@@ -282,19 +344,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "method": "mixteacher",
         "baselines": ["supervised", "mean_teacher"],
         "ablations": ["mixteacher_no_mining"],
+        "fcos": {
+            "claim": "The same comparison for MixTeacher-FCOS (torchvision FCOS P3-P7 on the same ImageNet "
+            "MobileNetV2, configs/fcos_default.yaml): its EMA teacher against FCOS supervised-only training from the "
+            "same initialisation, batches, schedule and iterations",
+            "method": "fcos_mixteacher",
+            "baselines": ["fcos_supervised"],
+        },
         "rows_format": "'<row>': teacher AP x 100 per seed (order of 'seeds'), 2 decimals; '<row>/<key>': the "
         "student's AP, and the means over the post-burn-in iterations (of 30-iteration period means, as logged) of "
-        "pseudo boxes kept (score >= 0.9), regression boxes (uncertainty < 0.02) and mined boxes per unlabeled image",
+        "pseudo boxes kept (score >= 0.9; fcos_*: score >= cls_score_thr of configs/fcos_default.yaml), regression "
+        "boxes (uncertainty < 0.02; fcos_*: the kept pseudo boxes) and mined boxes per unlabeled image",
         "seeds": list(args.seeds),
-        "rows": summarise(per_seed, args.seeds),
-        "budget": f"{ITERS} iterations per row (burn-in {BURN_IN}, unsupervised weight ramp 10), batch 4 "
-        "(1 + Binomial(2, 1/2) labeled, the rest unlabeled), SGD lr 0.02 (x0.1 at 190), gradient norm clipped at 10, "
-        "EMA 0.96, CPU, 1 thread per process; "
-        + (
-            "rows computed per family and seed in parallel processes (--families, --parallel_rows) and collected"
-            if args.collect
-            else f"this run took {time.perf_counter() - t0:.0f} s on {platform.processor() or platform.machine()}"
-        ),
+        "rows": rows,
+        "budget": _budget(args, time.perf_counter() - t0),
         "command": "python -m mixteacher.evidence" + ("" if list(args.seeds) == list(DEFAULT_SEEDS) else
                                                        " --seeds " + " ".join(map(str, args.seeds))),
         "torch": torch.__version__,

@@ -10,6 +10,12 @@ matched to a pseudo box of class c, the score promotion is
 
 and candidates with ``delta > diff_thr`` become positives of class c with the pseudo box as target. They enter only
 the regular-scale R-CNN classification loss.
+
+MixTeacher-FCOS (the paper's FCOS variant; no released code) has no proposals, so :func:`dense_score_promotion`
+promotes whole low-confidence boxes: the points FCOS assigns to a box g of class c (:func:`mixteacher.fcos.fcos_match`)
+give delta_g = mean over those points of (p_mixed(c) - p_regular(c)), the sigmoid class probabilities of the
+teacher's FCOS head on the mixed and on the regular pyramid, and g is promoted when delta_g > ``diff_thr``; a
+promoted box becomes a classification-only target of the regular-scale FCOS loss (README, MixTeacher-FCOS).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import torch
 from torchvision.ops import box_iou
 
-__all__ = ["match_low_confidence", "promoted_by_score", "score_promotion"]
+from mixteacher.fcos import REGRESS_RANGES, DenseOutputs, fcos_match
+
+__all__ = ["dense_score_promotion", "match_low_confidence", "promoted_by_score", "score_promotion"]
 
 
 def match_low_confidence(
@@ -81,3 +89,42 @@ def score_promotion(
             ref_probs[matched], tgt_probs[matched], low_labels[match[matched]], diff_thr
         )
     return promoted, match
+
+
+def dense_score_promotion(
+    ref: DenseOutputs,
+    tgt: DenseOutputs,
+    low_boxes: list[torch.Tensor],
+    low_labels: list[torch.Tensor],
+    diff_thr: float,
+    center_sampling_radius: float = 1.5,
+    regress_ranges: tuple[float, ...] = REGRESS_RANGES,
+) -> list[torch.Tensor]:
+    """Which low-confidence boxes of each image are promoted (MixTeacher-FCOS): a bool tensor per image.
+
+    Args:
+        ref: the FCOS head outputs on the regular pyramid (N images).
+        tgt: the FCOS head outputs on the mixed pyramid (same points).
+        low_boxes: per image (M_i, 4) low-confidence pseudo boxes in the coordinates of those pyramids' image.
+        low_labels: per image (M_i,) their classes in 1..K.
+        diff_thr: promotion threshold on delta_g.
+        center_sampling_radius: FCOS's centre sampling radius of the assignment (in strides).
+        regress_ranges: FCOS's level boundaries of the assignment (:func:`mixteacher.fcos.fcos_match`).
+
+    Returns:
+        per image (M_i,) bool: mean over the points assigned to the box of p_mixed(c) - p_regular(c) > ``diff_thr``
+        (a box no point is assigned to is not promoted).
+    """
+    counts = [len(b) for b in low_boxes]
+    if sum(counts) == 0:
+        return [torch.zeros(c, dtype=torch.bool, device=ref.anchors.device) for c in counts]
+    matched = fcos_match(ref.anchors, ref.points_per_level, low_boxes, center_sampling_radius, regress_ranges)
+    offsets = torch.tensor([0, *counts[:-1]], device=matched.device).cumsum(0)
+    image, point = torch.where(matched >= 0)
+    box = offsets[image] + matched[image, point]  # index into the boxes of all images
+    cls = torch.cat(low_labels).long()[box] - 1
+    delta = tgt.cls_logits[image, point, cls].sigmoid() - ref.cls_logits[image, point, cls].sigmoid()
+    total = delta.new_zeros(sum(counts)).index_add_(0, box, delta.float())
+    hits = torch.bincount(box, minlength=sum(counts))
+    promoted = (hits > 0) & (total > diff_thr * hits)
+    return list(promoted.split(counts))

@@ -13,6 +13,12 @@ One training step (:meth:`MixTeacher.forward`):
    loss on boxes with uncertainty < 0.02; averaged over the scales and weighted by the burn-in ramp.
 
 ``method="supervised"`` gives the supervised-only baseline with the same detector (labeled data, regular scale).
+
+MixTeacher-FCOS (the student a :class:`~mixteacher.model.MixedScaleFCOS`, ``detector.architecture: fcos``) keeps
+steps 0-2 (the teacher's mixed-scale detections are FCOS's, without box jitter) and replaces step 3 by the FCOS
+losses of each scale against the pseudo boxes with score >= ``cls_score_thr``, plus the promoted low-confidence boxes
+as classification-only targets at the regular scale (:meth:`MixTeacher._dense_unsupervised_loss`; README,
+MixTeacher-FCOS).
 """
 
 from __future__ import annotations
@@ -27,13 +33,23 @@ from torchvision.ops import box_iou
 
 from mixteacher.config import MixTeacherSettings
 from mixteacher.losses import soft_teacher_weights
-from mixteacher.mining import match_low_confidence, promoted_by_score
-from mixteacher.model import SCALES, MixedScaleFasterRCNN, scale_factors
+from mixteacher.mining import dense_score_promotion, match_low_confidence, promoted_by_score
+from mixteacher.model import SCALES, MixedScaleDetector, MixedScaleFCOS, scale_factors
 from mixteacher.teacher import PseudoLabels, box_jitter_uncertainty, ema_update, map_boxes, unsup_weight
 
 __all__ = ["LOSS_KEYS", "MixTeacher", "MixTeacherSettings"]
 
 LOSS_KEYS = ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
+
+
+def _pseudo_label_stats(cls_set: list[PseudoLabels], reg_set: list[PseudoLabels], mined: int) -> dict[str, float]:
+    """What the logs record per unlabeled image: classification pseudo boxes, regression boxes, mined boxes."""
+    n = max(len(cls_set), 1)
+    return {
+        "pseudo_boxes": sum(len(p) for p in cls_set) / n,
+        "reg_boxes": sum(len(p) for p in reg_set) / n,
+        "mined": mined / n,
+    }
 
 
 class MixTeacher(nn.Module):
@@ -46,7 +62,7 @@ class MixTeacher(nn.Module):
     """
 
     def __init__(
-        self, student: MixedScaleFasterRCNN, settings: MixTeacherSettings | None = None, method: str = "mixteacher"
+        self, student: MixedScaleDetector, settings: MixTeacherSettings | None = None, method: str = "mixteacher"
     ):
         super().__init__()
         if method not in ("mixteacher", "supervised"):
@@ -62,6 +78,11 @@ class MixTeacher(nn.Module):
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+
+    @property
+    def dense(self) -> bool:
+        """Whether the detector is MixTeacher-FCOS (dense head, no proposals) rather than Faster R-CNN."""
+        return isinstance(self.student, MixedScaleFCOS)
 
     def train(self, mode: bool = True) -> MixTeacher:
         super().train(mode)
@@ -128,7 +149,10 @@ class MixTeacher(nn.Module):
             out[order] = decoded
             return out
 
-        uncertainty = box_jitter_uncertainty(torch.cat(boxes), labels, regress, s.jitter_times, s.jitter_scale)
+        if self.dense:  # no R-CNN head to refine jittered boxes: the uncertainty filter does not apply (README)
+            uncertainty = torch.zeros(len(labels), device=labels.device)
+        else:
+            uncertainty = box_jitter_uncertainty(torch.cat(boxes), labels, regress, s.jitter_times, s.jitter_scale)
         pseudo = [
             PseudoLabels(b / factors[i], labels[owner == i], det["scores"][k], uncertainty[owner == i])
             for i, (b, det, k) in enumerate(zip(boxes, detections, kept))
@@ -230,6 +254,8 @@ class MixTeacher(nn.Module):
         visible = [((p.boxes[:, 2:] - p.boxes[:, :2]) > 0).all(dim=1) for p in pseudo]
         pseudo = [p.select(v) for p, v in zip(pseudo, visible)]
         pseudo_weak = [p.select(v) for p, v in zip(pseudo_weak, visible)]
+        if self.dense:
+            return self._dense_unsupervised_loss(pseudo, pseudo_weak, strong, weak, teacher_feats)
         rpn_set = [p.select(p.scores >= s.rpn_score_thr) for p in pseudo]
         cls_set = [p.select(p.scores >= s.cls_score_thr) for p in pseudo]
         reg_set = [p.select(p.uncertainty < s.reg_uncertainty_thr) for p in pseudo]
@@ -263,7 +289,7 @@ class MixTeacher(nn.Module):
                     map_boxes(b / to_scale[i], to_weak[i], weak.image_sizes[i]) * t_factors[i]
                     for i, b in enumerate(sampled.boxes)
                 ]
-                bg = self.teacher.roi_predict(t_features, teacher_boxes, t_scaled.image_sizes)[0][:, 0]
+                bg = self.teacher.roi_class_probs(t_features, teacher_boxes, t_scaled.image_sizes)[:, 0]
             losses["rcnn_cls"] = student.rcnn_loss(
                 features, scaled.image_sizes, sampled, soft_teacher_weights(sampled.labels, bg)
             )["rcnn_cls"]
@@ -273,12 +299,82 @@ class MixTeacher(nn.Module):
             losses["rcnn_box"] = student.rcnn_loss(features, scaled.image_sizes, reg_sampled, box_only=True)["rcnn_box"]
             for k, v in losses.items():
                 total[k] = total.get(k, 0.0) + v / len(s.train_scales)
-        stats = {
-            "pseudo_boxes": sum(len(p) for p in cls_set) / max(len(pseudo), 1),
-            "reg_boxes": sum(len(p) for p in reg_set) / max(len(pseudo), 1),
-            "mined": mined_count / max(len(pseudo), 1),
-        }
-        return total, stats
+        return total, _pseudo_label_stats(cls_set, reg_set, mined_count)
+
+    def _mine_dense(
+        self,
+        low: list[PseudoLabels],
+        low_weak_boxes: list[torch.Tensor],
+        strong: ImageList,
+        student_feats: dict,
+        teacher_feats: dict,
+        weak: ImageList,
+    ) -> tuple[list[torch.Tensor], int]:
+        """Promising label mining for FCOS (:func:`~mixteacher.mining.dense_score_promotion`): which low-confidence
+        pseudo boxes of each image are promoted, by the teacher's FCOS head on the regular and the mixed pyramid of
+        the teacher's weak view (``mining_features: teacher``, the paper figure) or of the student's strong view
+        (``student``, the released Faster R-CNN code's choice)."""
+        s, teacher = self.settings, self.teacher
+        use_teacher = s.mining_features == "teacher"
+        source = teacher_feats if use_teacher else student_feats
+        images = weak if use_teacher else strong
+        boxes = low_weak_boxes if use_teacher else [p.boxes for p in low]
+        with torch.no_grad():
+            ref = teacher.head_outputs(images, source["regular"][1])
+            tgt = teacher.head_outputs(images, source["mixed"][1])
+            cfg = teacher.cfg
+            promoted = dense_score_promotion(
+                ref,
+                tgt,
+                boxes,
+                [p.labels for p in low],
+                s.mining_diff_thr,
+                cfg.fcos_center_sampling_radius,
+                tuple(cfg.fcos_regress_ranges),
+            )
+        return promoted, int(sum(int(p.sum()) for p in promoted))
+
+    def _dense_unsupervised_loss(
+        self,
+        pseudo: list[PseudoLabels],
+        pseudo_weak: list[PseudoLabels],
+        strong: ImageList,
+        weak: ImageList,
+        teacher_feats: dict,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """MixTeacher-FCOS's unsupervised losses: per training scale, the FCOS losses of the strong view against the
+        pseudo boxes with score >= ``cls_score_thr`` (classification, box and centerness), plus, at the regular
+        scale, the promoted low-confidence boxes as classification-only targets; averaged over the scales
+        (README, MixTeacher-FCOS)."""
+        s, student = self.settings, self.student
+        cls_set = [p.select(p.scores >= s.cls_score_thr) for p in pseudo]
+        mining = s.mining and {"regular", "mixed"} <= set(s.train_scales)
+        feats = student.extract_features(strong, s.train_scales)
+        mined, mined_count = None, 0
+        if mining:
+            low_keep = [(p.scores > s.mine_score_thr) & (p.scores < s.cls_score_thr) for p in pseudo]
+            low = [p.select(k) for p, k in zip(pseudo, low_keep)]
+            promoted, mined_count = self._mine_dense(
+                low, [p.boxes[k] for p, k in zip(pseudo_weak, low_keep)], strong, feats, teacher_feats, weak
+            )
+            mined = [p.select(k) for p, k in zip(low, promoted)]
+        total: dict[str, torch.Tensor] = {}
+        for scale in s.train_scales:
+            scaled, features = feats[scale]
+            to_scale = scale_factors(strong, scaled)
+            boxes = [p.boxes * to_scale[i] for i, p in enumerate(cls_set)]
+            extra = mined if scale == "regular" else None
+            losses = student.supervised_losses(
+                scaled,
+                features,
+                boxes,
+                [p.labels for p in cls_set],
+                None if extra is None else [p.boxes for p in extra],
+                None if extra is None else [p.labels for p in extra],
+            )
+            for k, v in losses.items():
+                total[k] = total.get(k, 0.0) + v / len(s.train_scales)
+        return total, _pseudo_label_stats(cls_set, cls_set, mined_count)
 
     # ---------------------------------------------------------------------------------------------- step
 

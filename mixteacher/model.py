@@ -14,6 +14,10 @@ torchvision's Faster R-CNN components (ResNet + FPN P2-P6, RPN, RoI heads), conf
   boxes on arbitrary boxes (``roi_predict``), per-RoI classification weights in the R-CNN loss, detection at the
   regular or mixed test scale.
 
+* :class:`MixedScaleFCOS`: MixTeacher-FCOS (the paper's FCOS variant, not in the released code): torchvision's
+  ``FCOSHead`` on P3-P7 (``LastLevelP6P7``), the same gate and :func:`mix_pyramids` on the five levels (P3x = P3+,
+  Pix = fuse(Pi+, P(i-1)-), i = 4..7), key-compatible with torchvision's ``fcos_resnet50_fpn``.
+
 Labels follow torchvision: 0 is background, 1..K the foreground classes (mmdetection puts background at index K).
 """
 
@@ -28,18 +32,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection._utils import BoxLinearCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, box_iou
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from mixteacher.config import DetectorConfig
+from mixteacher.fcos import DenseOutputs, fcos_losses
 from mixteacher.losses import fast_rcnn_loss
 
 __all__ = [
@@ -47,10 +54,14 @@ __all__ = [
     "SCALES",
     "VARIANTS",
     "DetectorConfig",
+    "FrozenBN",
+    "MixedScaleDetector",
+    "MixedScaleFCOS",
     "MixedScaleFasterRCNN",
     "ResNetBody",
     "SampledRoIs",
     "ScaleGate",
+    "backbone_with_fpn",
     "build_detector",
     "create_model",
     "crop_to",
@@ -72,9 +83,21 @@ _STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4
 # --------------------------------------------------------------------------------------------------- backbone
 
 
+class FrozenBN(FrozenBatchNorm2d):
+    """torchvision's ``FrozenBatchNorm2d`` (same buffers, same state-dict keys, bitwise the same output and input
+    gradient) with the shift added in place: ``x * scale + shift`` allocates two activation-sized tensors, this one.
+    With MobileNetV2's 6x expanded activations at 800 x 1216 the frozen BNs were ~1/8 of a training step's time
+    (README, Performance)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
+        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        return (x * scale).add_(shift)
+
+
 def _norm_layer(kind: str):
     if kind == "frozen_bn":
-        return FrozenBatchNorm2d
+        return FrozenBN
     if kind == "bn":
         return nn.BatchNorm2d
     if kind == "gn":
@@ -189,7 +212,7 @@ def mobilenet_v2_body(frozen_stages: int = 1) -> nn.Sequential:
 
     if not -1 <= frozen_stages <= 4:
         raise ValueError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
-    body = mobilenet_v2(norm_layer=FrozenBatchNorm2d).features[: MOBILENET_V2_LEVELS[-1] + 1]
+    body = mobilenet_v2(norm_layer=FrozenBN).features[: MOBILENET_V2_LEVELS[-1] + 1]
     body.out_channels = [body[i].out_channels for i in MOBILENET_V2_LEVELS]
     last = -1 if frozen_stages < 0 else (0 if frozen_stages == 0 else MOBILENET_V2_LEVELS[frozen_stages - 1])
     for layer in body[: last + 1]:
@@ -208,7 +231,7 @@ def load_mobilenet_v2_weights(body: nn.Module, path: str | Path) -> None:
     state = torch.load(file, map_location="cpu", weights_only=True)
     kept = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     kept = {k: v for k, v in kept.items() if int(k.split(".")[0]) < len(body)}
-    # FrozenBatchNorm2d has no num_batches_tracked buffer
+    # FrozenBN has no num_batches_tracked buffer
     kept = {k: v for k, v in kept.items() if not k.endswith("num_batches_tracked")}
     missing, unexpected = body.load_state_dict(kept, strict=False)
     if missing or unexpected:
@@ -348,67 +371,42 @@ class SampledRoIs:
     mined: torch.Tensor
 
 
-class MixedScaleFasterRCNN(nn.Module):
-    """Faster R-CNN (ResNet-FPN P2-P6) running at the regular, down-scaled (0.5x) and mixed scale.
+def backbone_with_fpn(cfg: DetectorConfig) -> BackboneWithFPN:
+    """The body (ResNet or MobileNetV2) with its FPN: P2-P6 (P6 = max-pool of P5, mmdetection's Faster R-CNN) for
+    ``architecture: faster_rcnn``; P3-P7 (P6, P7 = stride-2 convs on P5, torchvision's ``LastLevelP6P7``) for
+    ``fcos``. The FPN convs get mmdetection's init (xavier uniform, zero bias)."""
+    first = 1 if cfg.architecture == "fcos" else 0  # FCOS starts at C3
+    if cfg.backbone == "resnet":
+        body = ResNetBody(cfg.depth, cfg.base_width, cfg.norm, cfg.caffe_style, cfg.frozen_stages)
+        return_layers = {f"layer{i + 1}": str(i - first) for i in range(first, 4)}
+    elif cfg.backbone == "mobilenet_v2":
+        body = mobilenet_v2_body(cfg.frozen_stages)
+        return_layers = {str(index): str(i - first) for i, index in enumerate(MOBILENET_V2_LEVELS) if i >= first}
+    else:
+        raise ValueError(f"detector.backbone must be 'resnet' or 'mobilenet_v2', got {cfg.backbone!r}")
+    if cfg.architecture == "fcos":
+        extra = LastLevelP6P7(cfg.fpn_channels, cfg.fpn_channels)
+    else:
+        extra = LastLevelMaxPool()
+    backbone = BackboneWithFPN(body, return_layers, body.out_channels[first:], cfg.fpn_channels, extra_blocks=extra)
+    for m in backbone.fpn.modules():  # mmdetection's FPN init
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return backbone
 
-    ``forward(images)`` in eval mode returns torchvision-style detections in original image coordinates at
-    ``self.test_scale`` (``"regular"`` or ``"mixed"``); training code uses the component methods.
-    """
 
-    def __init__(self, num_classes: int, cfg: DetectorConfig | None = None, test_scale: str = "regular"):
-        super().__init__()
-        cfg = cfg or DetectorConfig()
-        self.cfg = cfg
-        self.num_classes = num_classes
-        if cfg.backbone == "resnet":
-            body = ResNetBody(cfg.depth, cfg.base_width, cfg.norm, cfg.caffe_style, cfg.frozen_stages)
-            return_layers = {f"layer{i}": str(i - 1) for i in range(1, 5)}
-        elif cfg.backbone == "mobilenet_v2":
-            body = mobilenet_v2_body(cfg.frozen_stages)
-            return_layers = {str(index): str(level) for level, index in enumerate(MOBILENET_V2_LEVELS)}
-        else:
-            raise ValueError(f"detector.backbone must be 'resnet' or 'mobilenet_v2', got {cfg.backbone!r}")
-        self.backbone = BackboneWithFPN(
-            body, return_layers, body.out_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool()
-        )
-        for m in self.backbone.fpn.modules():  # mmdetection's FPN init
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        anchors = AnchorGenerator(
-            tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.anchor_ratios),) * len(cfg.anchor_sizes)
-        )
-        self.rpn = RPN(
-            anchors,
-            RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
-            cfg.rpn_fg_iou_thresh,
-            cfg.rpn_bg_iou_thresh,
-            cfg.rpn_batch_size_per_image,
-            cfg.rpn_positive_fraction,
-            {"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_pre_nms_top_n_test},
-            {"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
-            cfg.rpn_nms_thresh,
-            score_thresh=0.0,
-        )
-        self.rpn.box_loss_beta = cfg.box_loss_beta
-        pool = MultiScaleRoIAlign(["0", "1", "2", "3"], cfg.roi_output_size, cfg.roi_sampling_ratio)
-        head = TwoMLPHead(cfg.fpn_channels * cfg.roi_output_size**2, cfg.representation_size)
-        self.roi_heads = RoIHeads(
-            pool,
-            head,
-            FastRCNNPredictor(cfg.representation_size, num_classes + 1),
-            cfg.box_fg_iou_thresh,
-            cfg.box_bg_iou_thresh,
-            cfg.box_batch_size_per_image,
-            cfg.box_positive_fraction,
-            None,
-            cfg.box_score_thresh,
-            cfg.box_nms_thresh,
-            cfg.box_detections_per_img,
-        )
-        self.gate = ScaleGate(cfg.fpn_channels, cfg.gate_reduction)
-        self.transform = DetectionTransform(cfg.min_size, cfg.max_size, cfg.pixel_style)
-        self.test_scale = test_scale
+class MixedScaleDetector(nn.Module):
+    """What the Faster R-CNN and the FCOS MixTeacher detectors share: the pixel transform, the regular / "-" / "x"
+    feature pyramids (``extract_features``) and detection at a test scale (``predict``); subclasses build
+    ``backbone``, ``gate``, ``transform`` and implement ``detect`` and ``supervised_losses``."""
+
+    cfg: DetectorConfig
+    num_classes: int
+    test_scale: str
+    backbone: nn.Module
+    gate: ScaleGate
+    transform: DetectionTransform
 
     # ---- inputs and features
 
@@ -452,6 +450,76 @@ class MixedScaleFasterRCNN(nn.Module):
             out["regular"] = (images, regular)
         return out
 
+    # ---- inference
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[torch.Tensor], scale: str | None = None) -> list[dict[str, torch.Tensor]]:
+        """Detections in original image coordinates at the regular or mixed test scale."""
+        scale = scale or self.test_scale
+        if scale not in ("regular", "mixed", "down"):
+            raise ValueError(f"test scale must be 'regular', 'mixed' or 'down', got {scale!r}")
+        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        image_list, _ = self.preprocess(images, resize=True)
+        scaled, features = self.extract_features(image_list, (scale,))[scale]
+        detections = self.detect(scaled, features)
+        return self.transform.postprocess(detections, scaled.image_sizes, original)
+
+    def forward(self, images: Sequence[torch.Tensor], scale: str | None = None) -> list[dict[str, torch.Tensor]]:
+        return self.predict(images, scale)
+
+
+class MixedScaleFasterRCNN(MixedScaleDetector):
+    """Faster R-CNN (ResNet-FPN P2-P6) running at the regular, down-scaled (0.5x) and mixed scale.
+
+    ``forward(images)`` in eval mode returns torchvision-style detections in original image coordinates at
+    ``self.test_scale`` (``"regular"`` or ``"mixed"``); training code uses the component methods.
+    """
+
+    def __init__(self, num_classes: int, cfg: DetectorConfig | None = None, test_scale: str = "regular"):
+        super().__init__()
+        cfg = cfg or DetectorConfig()
+        if cfg.architecture != "faster_rcnn":
+            raise ValueError(
+                f"MixedScaleFasterRCNN needs detector.architecture 'faster_rcnn', got {cfg.architecture!r}"
+            )
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.backbone = backbone_with_fpn(cfg)
+        anchors = AnchorGenerator(
+            tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.anchor_ratios),) * len(cfg.anchor_sizes)
+        )
+        self.rpn = RPN(
+            anchors,
+            RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
+            cfg.rpn_fg_iou_thresh,
+            cfg.rpn_bg_iou_thresh,
+            cfg.rpn_batch_size_per_image,
+            cfg.rpn_positive_fraction,
+            {"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_pre_nms_top_n_test},
+            {"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
+            cfg.rpn_nms_thresh,
+            score_thresh=0.0,
+        )
+        self.rpn.box_loss_beta = cfg.box_loss_beta
+        pool = MultiScaleRoIAlign(["0", "1", "2", "3"], cfg.roi_output_size, cfg.roi_sampling_ratio)
+        head = TwoMLPHead(cfg.fpn_channels * cfg.roi_output_size**2, cfg.representation_size)
+        self.roi_heads = RoIHeads(
+            pool,
+            head,
+            FastRCNNPredictor(cfg.representation_size, num_classes + 1),
+            cfg.box_fg_iou_thresh,
+            cfg.box_bg_iou_thresh,
+            cfg.box_batch_size_per_image,
+            cfg.box_positive_fraction,
+            None,
+            cfg.box_score_thresh,
+            cfg.box_nms_thresh,
+            cfg.box_detections_per_img,
+        )
+        self.gate = ScaleGate(cfg.fpn_channels, cfg.gate_reduction)
+        self.transform = DetectionTransform(cfg.min_size, cfg.max_size, cfg.pixel_style)
+        self.test_scale = test_scale
+
     # ---- heads
 
     def roi_forward(
@@ -472,6 +540,13 @@ class MixedScaleFasterRCNN(nn.Module):
         # decoded in float32: fp16 cannot hold pixel coordinates of 1333-px images to sub-pixel precision
         decoded = self.roi_heads.box_coder.decode(deltas.float(), [b.float() for b in boxes])
         return logits.float().softmax(-1), decoded.reshape(logits.shape[0], logits.shape[1], 4)
+
+    def roi_class_probs(
+        self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor], image_sizes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """:meth:`roi_predict`'s class probabilities (N, K+1) alone, without decoding K+1 boxes per RoI (the
+        SoftTeacher background weights of thousands of RoIs per scale need only column 0)."""
+        return self.roi_forward(features, boxes, image_sizes)[0].float().softmax(-1)
 
     def detect(
         self, images: ImageList, features: OrderedDict[str, torch.Tensor], proposal_mode: str = "testing"
@@ -610,22 +685,106 @@ class MixedScaleFasterRCNN(nn.Module):
         losses.update(self.rcnn_loss(features, images.image_sizes, sampled))
         return losses
 
-    # ---- inference
 
-    @torch.no_grad()
-    def predict(self, images: Sequence[torch.Tensor], scale: str | None = None) -> list[dict[str, torch.Tensor]]:
-        """Detections in original image coordinates at the regular or mixed test scale."""
-        scale = scale or self.test_scale
-        if scale not in ("regular", "mixed", "down"):
-            raise ValueError(f"test scale must be 'regular', 'mixed' or 'down', got {scale!r}")
-        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        image_list, _ = self.preprocess(images, resize=True)
-        scaled, features = self.extract_features(image_list, (scale,))[scale]
-        detections = self.detect(scaled, features)
-        return self.transform.postprocess(detections, scaled.image_sizes, original)
+class MixedScaleFCOS(MixedScaleDetector):
+    """FCOS (ResNet or MobileNetV2 + FPN P3-P7) running at the regular, down-scaled (0.5x) and mixed scale.
 
-    def forward(self, images: Sequence[torch.Tensor], scale: str | None = None) -> list[dict[str, torch.Tensor]]:
-        return self.predict(images, scale)
+    ``forward(images)`` in eval mode returns torchvision-style detections (labels 1..K) in original image
+    coordinates at ``self.test_scale``; training code uses ``extract_features``, ``head_outputs``,
+    ``supervised_losses`` and ``detect``.
+    """
+
+    def __init__(self, num_classes: int, cfg: DetectorConfig | None = None, test_scale: str = "regular"):
+        super().__init__()
+        cfg = cfg or DetectorConfig(architecture="fcos")
+        if cfg.architecture != "fcos":
+            raise ValueError(f"MixedScaleFCOS needs detector.architecture 'fcos', got {cfg.architecture!r}")
+        if len(cfg.anchor_sizes) != 5:
+            raise ValueError(f"FCOS has five levels (P3-P7): anchor_sizes must be five strides, got {cfg.anchor_sizes}")
+        if len(cfg.fcos_regress_ranges) != 4:
+            raise ValueError(f"FCOS needs four level boundaries in fcos_regress_ranges, got {cfg.fcos_regress_ranges}")
+        if cfg.fpn_channels % 32:
+            raise ValueError(
+                f"the FCOS head uses GroupNorm(32): fpn_channels must divide by 32, got {cfg.fpn_channels}"
+            )
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.backbone = backbone_with_fpn(cfg)
+        self.anchor_generator = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((1.0,),) * 5)
+        self.head = FCOSHead(cfg.fpn_channels, 1, num_classes, cfg.fcos_num_convs)
+        self.box_coder = BoxLinearCoder(normalize_by_size=True)
+        self.gate = ScaleGate(cfg.fpn_channels, cfg.gate_reduction)
+        self.transform = DetectionTransform(cfg.min_size, cfg.max_size, cfg.pixel_style)
+        self.test_scale = test_scale
+
+    def head_outputs(self, images: ImageList, features: OrderedDict[str, torch.Tensor]) -> DenseOutputs:
+        """The FCOS head on one pyramid and the points of ``images`` (the image list of that pyramid's scale)."""
+        levels = list(features.values())
+        out = self.head(levels)
+        anchors = self.anchor_generator(images, levels)[0]  # the same points for every image of the batch
+        return DenseOutputs(
+            out["cls_logits"],
+            out["bbox_regression"],
+            out["bbox_ctrness"].squeeze(-1),
+            anchors,
+            [f.shape[-2] * f.shape[-1] for f in levels],
+        )
+
+    def supervised_losses(
+        self,
+        images: ImageList,
+        features: OrderedDict[str, torch.Tensor],
+        gt_boxes: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+        cls_only_boxes: list[torch.Tensor] | None = None,
+        cls_only_labels: list[torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The three FCOS losses of one scale (labels 1..K), optional classification-only targets
+        (:func:`~mixteacher.fcos.fcos_losses`)."""
+        outputs = self.head_outputs(images, features)
+        cfg = self.cfg
+        return fcos_losses(
+            outputs,
+            gt_boxes,
+            gt_labels,
+            cfg.fcos_center_sampling_radius,
+            cls_only_boxes,
+            cls_only_labels,
+            tuple(cfg.fcos_regress_ranges),
+        )
+
+    def postprocess(self, outputs: DenseOutputs, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """Detections per image: per level the ``fcos_topk_candidates`` best (point, class) pairs above
+        ``box_score_thresh``, decoded and clipped, then class-wise NMS at ``box_nms_thresh``, at most
+        ``box_detections_per_img`` (torchvision's ``FCOS.postprocess_detections``)."""
+        cfg, k = self.cfg, self.num_classes
+        scores = outputs.scores()
+        detections = []
+        for i, size in enumerate(image_sizes):
+            picked = []
+            starts = itertools.accumulate([0, *outputs.points_per_level[:-1]])
+            for s, start in zip(scores[i].split(outputs.points_per_level), starts):
+                flat = s.flatten()
+                index = torch.where(flat > cfg.box_score_thresh)[0]
+                top = flat[index].topk(min(len(index), cfg.fcos_topk_candidates))
+                picked.append((top.values, index[top.indices] + start * k))
+            values = torch.cat([v for v, _ in picked])
+            flat_index = torch.cat([j for _, j in picked])
+            points, labels = flat_index // k, flat_index % k
+            boxes = self.box_coder.decode(outputs.bbox_regression[i, points].float(), outputs.anchors[points])
+            boxes = clip_boxes_to_image(boxes, size)
+            keep = batched_nms(boxes, values, labels, cfg.box_nms_thresh)[: cfg.box_detections_per_img]
+            detections.append({"boxes": boxes[keep], "scores": values[keep], "labels": labels[keep] + 1})
+        return detections
+
+    def detect(
+        self, images: ImageList, features: OrderedDict[str, torch.Tensor], proposal_mode: str = "testing"
+    ) -> list[dict[str, torch.Tensor]]:
+        """FCOS head + per-class NMS; boxes in ``images`` coordinates, labels 1..K. ``proposal_mode`` is accepted
+        for the Faster R-CNN interface and has no effect (FCOS has no proposals)."""
+        if proposal_mode not in ("training", "testing"):
+            raise ValueError(f"proposal_mode must be 'training' or 'testing', got {proposal_mode!r}")
+        return self.postprocess(self.head_outputs(images, features), images.image_sizes)
 
 
 def build_detector(
@@ -633,9 +792,12 @@ def build_detector(
     cfg: DetectorConfig | None = None,
     pretrained_backbone: str | None = None,
     test_scale: str = "regular",
-) -> MixedScaleFasterRCNN:
-    """The detector, with the backbone loaded from ``pretrained_backbone`` when given."""
-    model = MixedScaleFasterRCNN(num_classes, cfg, test_scale)
+) -> MixedScaleDetector:
+    """The detector of ``cfg.architecture`` (:class:`MixedScaleFasterRCNN` or :class:`MixedScaleFCOS`), with the
+    backbone loaded from ``pretrained_backbone`` when given."""
+    cfg = cfg or DetectorConfig()
+    detector = MixedScaleFCOS if cfg.architecture == "fcos" else MixedScaleFasterRCNN
+    model = detector(num_classes, cfg, test_scale)
     if pretrained_backbone and model.cfg.backbone == "mobilenet_v2":
         load_mobilenet_v2_weights(model.backbone.body, pretrained_backbone)
     elif pretrained_backbone:
@@ -646,7 +808,9 @@ def build_detector(
 #: The detectors this package offers (``create_model(name, num_classes=..., **DetectorConfig overrides)``):
 #: ``r50_fpn`` the paper's Faster R-CNN R50-caffe FPN (every recipe's ``detector`` section), ``mnv2_fpn`` the
 #: embedded default's and the evidence's ImageNet MobileNetV2-FPN (configs/default.yaml; ``pretrained_backbone:
-#: imagenet``), ``r10_w16`` a ResNet-10 of width 16 for training from scratch, ``tiny`` the unit tests' detector.
+#: imagenet``), ``r10_w16`` a ResNet-10 of width 16 for training from scratch, ``tiny`` the unit tests' detector;
+#: MixTeacher-FCOS (``architecture: fcos``, P3-P7): ``fcos_r50`` (the paper's), ``fcos_mobilenet_v2`` (the FCOS
+#: evidence's), ``fcos_tiny`` (tests).
 VARIANTS: dict[str, DetectorConfig] = {
     "r50_fpn": DetectorConfig(),
     "r10_w16": DetectorConfig(
@@ -706,6 +870,21 @@ VARIANTS: dict[str, DetectorConfig] = {
 }
 
 
+_FCOS = {  # mmdetection's FCOS test settings (score 0.05, NMS 0.5, 100 per image, 1000 candidates per level)
+    "architecture": "fcos",
+    "anchor_sizes": (8, 16, 32, 64, 128),
+    "box_score_thresh": 0.05,
+    "box_nms_thresh": 0.5,
+}
+VARIANTS.update(
+    {
+        "fcos_r50": DetectorConfig(**_FCOS),
+        "fcos_mobilenet_v2": replace(VARIANTS["mnv2_fpn"], **_FCOS),
+        "fcos_tiny": replace(VARIANTS["tiny"], fpn_channels=64, fcos_num_convs=2, **_FCOS),
+    }
+)
+
+
 def detector_config(name: str, **overrides) -> DetectorConfig:
     """The :class:`DetectorConfig` of variant ``name`` with ``overrides`` (DetectorConfig fields) applied."""
     if name not in VARIANTS:
@@ -718,7 +897,7 @@ def detector_config(name: str, **overrides) -> DetectorConfig:
 
 def create_model(
     name: str, num_classes: int = 80, pretrained_backbone: str | None = None, test_scale: str = "regular", **overrides
-) -> MixedScaleFasterRCNN:
+) -> MixedScaleDetector:
     """``create_model("r50_fpn", num_classes=80, pretrained_backbone="resnet50_msra-5891d200.pth")``: a
     :data:`VARIANTS` detector, ``overrides`` (DetectorConfig fields, e.g. ``min_size=600``) applied."""
     return build_detector(num_classes, detector_config(name, **overrides), pretrained_backbone, test_scale)

@@ -13,6 +13,7 @@ from mixteacher.mining import score_promotion
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
 from mixteacher.model import MixedScaleFasterRCNN, create_model
 from mixteacher.teacher import PseudoLabels
+from mixteacher.tests.helpers import toy_batch
 from shared.distributed import DistContext
 
 
@@ -29,17 +30,6 @@ def _confident(model: MixedScaleFasterRCNN, label: int = 1, logit: float = 8.0) 
     return model
 
 
-def _batch(n_unlabeled: int = 2):
-    g = torch.Generator().manual_seed(0)
-    return {
-        "labeled_images": [torch.rand(3, 96, 128, generator=g)],
-        "labeled_targets": [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([2])}],
-        "weak_images": [torch.rand(3, 96, 128, generator=g) for _ in range(n_unlabeled)],
-        "strong_images": [torch.rand(3, 96, 128, generator=g) for _ in range(n_unlabeled)],
-        "weak_to_strong": torch.eye(3, dtype=torch.float64).expand(n_unlabeled, 3, 3).clone(),
-    }
-
-
 def test_a_confident_teacher_keeps_pseudo_boxes_after_the_burn_in(tiny_detector_cfg, monkeypatch):
     torch.manual_seed(0)
     settings = MixTeacherSettings(unsup_start=5, unsup_warmup=0, unsup_weight=2.0)
@@ -47,9 +37,9 @@ def test_a_confident_teacher_keeps_pseudo_boxes_after_the_burn_in(tiny_detector_
     calls = []
     detect = method.teacher.detect
     monkeypatch.setattr(method.teacher, "detect", lambda *a: calls.append(a[2]) or detect(*a))
-    _, logs = method(_batch(), step=4)  # burn-in: nothing computed on the unlabeled images
+    _, logs = method(toy_batch(), step=4)  # burn-in: nothing computed on the unlabeled images
     assert calls == [] and "pseudo_boxes" not in logs
-    loss, logs = method(_batch(), step=5)
+    loss, logs = method(toy_batch(), step=5)
     assert calls == ["training"]  # the released teacher's RPN numbers (2000/1000 in the paper detector)
     assert logs["pseudo_boxes"] > 0  # real RPN + R-CNN + NMS detections above 0.9 kept per unlabeled image
     assert logs["unsup_weight"] == 2.0 and torch.isfinite(loss)
@@ -95,7 +85,7 @@ def test_batched_mining_equals_the_per_image_rule(tiny_detector_cfg):
     torch.manual_seed(0)
     settings = MixTeacherSettings(mining_diff_thr=-0.01, mining_iou_thr=0.3, mining_candidate_iou=0.0)
     method = MixTeacher(MixedScaleFasterRCNN(3, tiny_detector_cfg), settings)
-    batch = _batch(2)
+    batch = toy_batch(2)
     strong = method.student.preprocess(batch["strong_images"])[0]
     feats = method.student.extract_features(strong, ["regular", "mixed"])
     g = torch.Generator().manual_seed(1)

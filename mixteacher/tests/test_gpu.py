@@ -22,3 +22,5 @@ def test_bench_cpu_rows():
     assert result["pseudo_boxes per unlabeled image"] > 0  # real detections above 0.9 reach the losses
     assert result["ratio per image, mixteacher / supervised (cpu s)"] > 0
     assert result["teacher inference regular scale images/s"] > 0
+    stages = [k for k in result if k.startswith("stage: ")]
+    assert len(stages) == 4 and all(result[k] > 0 for k in stages)
