@@ -77,6 +77,9 @@ class DataConfig:
         metadata={"help": "released: SANM's 6 CIFAR views (AutoAugment/RandAugment); weak: 2 crop+flip"},
     )
     hflip: bool = field(default=True, metadata={"help": "horizontal flips in the weak views (off for digits)"})
+    crop_padding: int | None = field(
+        default=None, metadata={"help": "weak views' crop padding (null: image_size // 8; 0: no crop)"}
+    )
     num_workers: int = 0
 
 
@@ -191,12 +194,15 @@ class _CropFlip:
         return self.normalize(image)
 
 
-def sanm_views(num_classes: int, size: int, kind: str, hflip: bool = True) -> dict[str, list[Callable]]:
+def sanm_views(
+    num_classes: int, size: int, kind: str, hflip: bool = True, padding: int | None = None
+) -> dict[str, list[Callable]]:
     """The per-item views of each loader role (``warmup``, ``labeled``, ``unlabeled``) for CIFAR-layout data.
 
     ``released``: ``[xp, xp2, xs1, xs2, x, x2]`` for labeled and unlabeled items (mixed: 0-3; guessing: 4, 5);
-    ``weak``: two crop + flip views (mixed and guessing: 0, 1)."""
-    weak = CifarTrainTransform(num_classes, padding=max(1, size // 8), hflip=hflip)
+    ``weak``: two crop + flip views (mixed and guessing: 0, 1) with crop ``padding`` (None: ``size // 8``, at
+    least 1, DivideMix's 4 at 32 px; 0 and ``hflip=False``: no augmentation)."""
+    weak = CifarTrainTransform(num_classes, padding=max(1, size // 8) if padding is None else padding, hflip=hflip)
     if kind == "weak":
         return {"warmup": [weak], "labeled": [weak, weak], "unlabeled": [weak, weak]}
     if kind != "released":
@@ -257,7 +263,7 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
     train = load_cifar(root, classes, True, cfg.image_size)
     test = load_cifar(root, classes, False, cfg.image_size)
     noise = cifar_noise(train.labels, cfg, classes, run_dir, write_noise)
-    views = sanm_views(classes, cfg.image_size, cfg.views, cfg.hflip)
+    views = sanm_views(classes, cfg.image_size, cfg.views, cfg.hflip, cfg.crop_padding)
     return NoisyTask(
         **cifar_task_fields(train, test, noise),
         train_transform=views["warmup"][0],

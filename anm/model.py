@@ -252,10 +252,15 @@ class DigitsCNN(_DecoderClassifier):
         num_classes: classifier outputs.
         width: channels of the first convolution (then x2, x4).
         in_chans: input channels.
+        pool: ``"avg"``: global average pooling into the head (``4 width`` features); ``"flatten"``: the whole
+            4 x 4 map (``64 width`` features, 16 px inputs only), a head that can memorise noisy labels the way a
+            ResNet-18 does on CIFAR (README, "Evidence").
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 32, in_chans: int = 3):
+    def __init__(self, num_classes: int = 10, width: int = 32, in_chans: int = 3, pool: str = "avg"):
         super().__init__()
+        if pool not in ("avg", "flatten"):
+            raise ValueError(f"pool must be 'avg' or 'flatten', got {pool!r}")
         chans = [in_chans, width, 2 * width, 4 * width]
         layers = []
         for i in range(3):
@@ -265,12 +270,20 @@ class DigitsCNN(_DecoderClassifier):
                 nn.ReLU(inplace=True),
             ]
         self.features = nn.Sequential(*layers)
-        self.num_features = chans[-1]
+        self.pool_mode = pool
+        self.num_features = chans[-1] * (16 if pool == "flatten" else 1)
         self.fc = nn.Linear(self.num_features, num_classes)
-        self.recon_module = ReconstructionDecoder(self.num_features, "digits")
+        self.recon_module = ReconstructionDecoder(chans[-1], "digits")
 
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        if self.pool_mode == "avg":
+            return super().pool(fmap)
+        if fmap.shape[-2:] != (4, 4):
+            raise ValueError(f"DigitsCNN(pool='flatten') needs 16 x 16 inputs (a 4 x 4 map), got {tuple(fmap.shape)}")
+        return fmap.flatten(1)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features)
@@ -293,14 +306,19 @@ def _digits(num_classes: int, **kw) -> nn.Module:
     return DigitsCNN(num_classes, **kw)
 
 
+def _digits_flat(num_classes: int, **kw) -> nn.Module:
+    return DigitsCNN(num_classes, pool="flatten", **kw)
+
+
 #: name -> (builder, default keyword arguments). ``supce_resnet18`` = the released CIFAR network,
-#: ``supce_resnet50`` = Clothing1M, ``preact_resnet18`` = SANM + DivideMix, ``digits_cnn`` = the CPU evidence,
-#: ``*_tiny`` = test variants.
+#: ``supce_resnet50`` = Clothing1M, ``preact_resnet18`` = SANM + DivideMix, ``digits_cnn`` = the embedded default,
+#: ``digits_cnn_flat`` = the CPU evidence (a flattened 4 x 4 map into the head), ``*_tiny`` = test variants.
 VARIANTS: dict[str, tuple[Callable[..., nn.Module], dict]] = {
     "supce_resnet18": (_supce18, {}),
     "supce_resnet50": (_supce50, {}),
     "preact_resnet18": (_preact18, {}),
     "digits_cnn": (_digits, {"width": 32}),
+    "digits_cnn_flat": (_digits_flat, {"width": 32}),
     "supce_resnet18_tiny": (_supce18, {"width": 8}),
     "supce_resnet50_tiny": (_supce50, {"width": 8}),
     "preact_resnet18_tiny": (_preact18, {"width": 8}),

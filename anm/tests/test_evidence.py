@@ -56,3 +56,31 @@ def test_a_committed_seed_reproduces_exactly(tmp_path) -> None:
     fresh = main(parse_args(["--seeds", str(seed), "--settings", setting, "--out", str(tmp_path / "e.json")]))
     for arm in ARMS:
         assert fresh["rows"][f"{setting}/{arm}"][0] == record["rows"][f"{setting}/{arm}"][0]
+
+
+def _record(rows: dict[str, list[float]], seeds: list[int]) -> dict:
+    details = {k: [{"last_epoch_labeled": 1.0}] * len(v) for k, v in rows.items()}
+    return {"seeds": seeds, "settings": ["digits_sym50"], "rows": rows, "details": details, "wall_time_s": 1.0}
+
+
+def test_merge_joins_runs_of_disjoint_arms_and_seeds(tmp_path) -> None:
+    from anm.evidence import merge
+
+    parts = [
+        _record({"digits_sym50/dividemix_sanm": [91.0]}, [3]),
+        _record({"digits_sym50/ce": [60.0, 61.0, 62.0], "digits_sym50/dividemix": [90.0, 95.0, 93.0]}, [1, 2, 3]),
+        _record({"digits_sym50/dividemix_sanm": [92.0, 96.0]}, [1, 2]),
+    ]
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    merged = merge([str(p) for p in paths])
+    assert merged["seeds"] == [1, 2, 3]
+    assert list(merged["rows"]) == ["digits_sym50/ce", "digits_sym50/dividemix", "digits_sym50/dividemix_sanm"]
+    assert merged["rows"]["digits_sym50/dividemix_sanm"] == [92.0, 96.0, 91.0]
+    assert merged["summary"]["digits_sym50"]["dividemix_sanm_minus_dividemix"]["per_seed"] == [2.0, 1.0, -2.0]
+    with pytest.raises(ValueError, match="seed 3 is also in another file"):
+        merge([str(paths[0]), str(paths[0])])
+    with pytest.raises(ValueError, match=r"no run for seeds \[3\]"):
+        merge([str(paths[1]), str(paths[2])])

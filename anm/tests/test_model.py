@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anm.model import ReconstructionDecoder, SupCEResNet, create_model, load_c2d_checkpoint
+from anm.model import DigitsCNN, ReconstructionDecoder, SupCEResNet, create_model, load_c2d_checkpoint
 
 # The state-dict keys of the released SANM networks, written from resnetc2d.py (SupCEResNet("resnet18") with its
 # recon_module) and PreResNet.py (DivideMix's PreAct ResNet-18 + recon_module), in their registration order.
@@ -297,6 +297,23 @@ def test_feature_map_and_decoder_shapes(name: str, size: int, fmap: int) -> None
         assert feature_map.shape == (2, model.num_features, fmap, fmap)
         assert model.reconstruct(feature_map).shape == x.shape
         torch.testing.assert_close(model.forward_head(model.pool(feature_map)), model(x))
+
+
+def test_flattened_digits_cnn_head_sees_the_whole_map() -> None:
+    """``digits_cnn_flat`` (the CPU evidence's network): the 4 x 4 map flattened into the head, the decoder on the map;
+    another input size is refused with a message."""
+    model = create_model("digits_cnn_flat", num_classes=10, width=8).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        fmap = model.forward_feature_map(x)
+        assert fmap.shape == (2, 32, 4, 4) and model.num_features == 32 * 16
+        assert model.forward_features(x).shape == (2, 512)
+        assert model.reconstruct(fmap).shape == x.shape
+        torch.testing.assert_close(model(x), model.fc(fmap.flatten(1)))
+        with pytest.raises(ValueError, match="16 x 16"):
+            model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="pool"):
+        DigitsCNN(pool="max")
 
 
 def test_released_decoder_sizes() -> None:
