@@ -45,6 +45,13 @@ class DetectorConfig:
         default="none", metadata={"help": "RetinaNet/FCOS head convs: none (released RetinaNet) or GroupNorm(16)"}
     )
     p6p7_from_c5: bool = field(default=True, metadata={"help": "P6 from C5 (mmdet add_extra_convs='on_input')"})
+    mobilenet_levels: tuple[int, ...] = field(
+        default=(6, 13, 18),
+        metadata={
+            "help": "MobileNetV2 feature indices feeding the FPN (3: stride 4, 6: 8, 13: 16, 17: 32 (320 ch), 18: 32 "
+            "(1280 ch)); P6/P7 follow the last one, so anchor_sizes needs len + 2 entries"
+        },
+    )
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.4

@@ -6,7 +6,8 @@ Calibrated Teacher for Sparsely Annotated Object Detection, AAAI 2023 (arXiv 230
 * ResNet-50/101 caffe style (stride on the first 1x1 conv of a block, BGR 0-255 input minus the caffe mean
   [103.53, 116.28, 123.675], std 1) with frozen BN and the stem + stage 1 frozen, FPN P3-P5 plus P6/P7 from C5
   (mmdet ``add_extra_convs='on_input'``), as the released ``retinanet_r101_fpn`` config.
-* MobileNetV2-FPN (ImageNet weights that ship offline) for the evidence runs, torchvision input normalisation.
+* MobileNetV2-FPN (ImageNet weights that ship offline) for the evidence runs, torchvision input normalisation; the
+  FPN inputs are ``DetectorConfig.mobilenet_levels`` (the evidence: features 3/6/13/17 -> P2-P5, + P6/P7).
 * :class:`SparseRetinaNet`: RetinaNet whose loss receives the anchors and the decoded predicted boxes, so that the
   classification loss of negative anchors can be weighted by FIoU (:func:`calibrated_teacher.losses.
   retinanet_fiou_losses`); targets may hold any number of extra hard (pseudo) boxes.
@@ -62,7 +63,12 @@ VARIANTS: dict[str, DetectorConfig] = {
     "fcos_r50_fpn": DetectorConfig(arch="fcos", backbone="resnet50"),
     "faster_rcnn_r50_fpn": DetectorConfig(arch="faster_rcnn", backbone="resnet50"),
     "retinanet_mnv2_fpn": DetectorConfig(
-        **_MNV2, head_norm="gn", anchor_sizes=(16, 32, 64, 128, 256), min_size=192, max_size=240
+        **_MNV2,
+        head_norm="gn",
+        mobilenet_levels=(3, 6, 13, 17),
+        anchor_sizes=(8, 16, 32, 64, 128, 256),
+        min_size=192,
+        max_size=240,
     ),
     "retinanet_tiny": DetectorConfig(**_TINY, anchor_sizes=(16, 32, 64, 128, 256), min_size=128, max_size=160),
     "fcos_tiny": DetectorConfig(arch="fcos", **_TINY, anchor_sizes=(8, 16, 32, 64, 128), min_size=128, max_size=160),
@@ -182,12 +188,15 @@ def _mobilenet_backbone(cfg: DetectorConfig, pretrained: str | None) -> Backbone
     features = _freeze_batch_norm(net.features) if cfg.frozen_bn else net.features
     for p in features[0].parameters():  # the stem stays frozen, as ResNet's (mmdet frozen_stages=1)
         p.requires_grad_(False)
-    stages = ("6", "13", "18")  # ends of the stride 8 / 16 / 32 stages
-    in_channels = [features[int(i)].out_channels for i in stages]
+    levels = list(cfg.mobilenet_levels)
+    if not levels or levels != sorted(set(levels)) or not all(1 <= i < len(features) for i in levels):
+        raise ValueError(f"mobilenet_levels must be increasing indices in [1, {len(features) - 1}], got {levels}")
+    in_channels = [features[i].out_channels for i in levels]
     if in_channels[-1] == cfg.fpn_channels and cfg.p6p7_from_c5:
         raise ValueError("p6p7_from_c5 needs fpn_channels different from the last stage's channels")
     extra = LastLevelP6P7(in_channels[-1] if cfg.p6p7_from_c5 else cfg.fpn_channels, cfg.fpn_channels)
-    return BackboneWithFPN(features, {s: str(i) for i, s in enumerate(stages)}, in_channels, cfg.fpn_channels, extra)
+    return_layers = {str(s): str(i) for i, s in enumerate(levels)}
+    return BackboneWithFPN(features, return_layers, in_channels, cfg.fpn_channels, extra)
 
 
 def _anchors(cfg: DetectorConfig, scales: tuple[float, ...], ratios: tuple[float, ...]) -> AnchorGenerator:
@@ -199,6 +208,12 @@ def build_detector(num_classes: int, cfg: DetectorConfig, pretrained_backbone: s
     """A detector for ``num_classes`` categories (Faster R-CNN adds its background class) with the
     :class:`DetectionTransform` of ``cfg``; ``pretrained_backbone``: a local ImageNet file (``'imagenet'`` for the
     offline MobileNetV2), or None for random initialisation."""
+    num_levels = len(cfg.mobilenet_levels) + 2 if cfg.backbone == "mobilenet_v2" else 5
+    if len(cfg.anchor_sizes) != num_levels:
+        raise ValueError(
+            f"anchor_sizes {tuple(cfg.anchor_sizes)} needs one size per feature level ({num_levels}: the backbone's "
+            "FPN levels + P6/P7)"
+        )
     backbone = (_mobilenet_backbone if cfg.backbone == "mobilenet_v2" else _resnet_backbone)(cfg, pretrained_backbone)
     common: dict[str, Any] = {"min_size": cfg.min_size, "max_size": cfg.max_size}
     norm = functools.partial(nn.GroupNorm, 16) if cfg.head_norm == "gn" else None

@@ -14,6 +14,7 @@ TINY = [
     "--allow_random_backbone", "true", "--pretrained_backbone", "null",
     "--detector.backbone", "mobilenet_v2", "--detector.width_mult", "0.25", "--detector.fpn_channels", "32",
     "--detector.min_size", "96", "--detector.max_size", "120", "--detector.anchor_sizes", "[16, 32, 64, 128, 256]",
+    "--detector.mobilenet_levels", "[6, 13, 17]",
     "--data.synthetic_train", "12", "--data.synthetic_val", "4", "--data.short_range", "[80, 96]",
     "--data.max_size", "120", "--data.batch_size", "2", "--data.workers", "0",
     "--teacher.merge_start", "2", "--teacher.refit_interval", "2", "--teacher.calibration_window", "2",
@@ -116,5 +117,5 @@ def test_embedded_default_runs_within_a_few_minutes(tmp_path):
     t0 = time.perf_counter()
     metrics = main(parse_args(["--output_dir", str(tmp_path / "default"), "--tensorboard", "false"]))
     assert time.perf_counter() - t0 < 600
-    assert metrics["iterations"] == 200 and abs(metrics["kept_ratio"] - 0.5) < 0.02
+    assert metrics["iterations"] == 900 and abs(metrics["kept_ratio"] - 0.5) < 0.02
     assert 0.0 <= metrics["AP"] <= 1.0 and (tmp_path / "default" / "metrics.json").is_file()
