@@ -48,6 +48,7 @@ def test_committed_evidence_has_the_schema() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several CPU-minutes; longer on a loaded machine
 def test_a_committed_seed_reproduces_exactly(tmp_path) -> None:
     from anm.evidence import main, parse_args
 

@@ -17,6 +17,7 @@ MARGIN = 1.0
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several CPU-minutes; longer on a loaded machine
 def test_evidence_seed_reproduces_the_committed_column_and_the_claim(tmp_path):
     if not COMMITTED.is_file():
         pytest.fail(f"{COMMITTED} is missing: run `python -m mixteacher.evidence` and commit its evidence.json")
@@ -33,6 +34,7 @@ def test_evidence_seed_reproduces_the_committed_column_and_the_claim(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several CPU-minutes; longer on a loaded machine
 def test_fcos_evidence_seed_reproduces_the_committed_column(tmp_path):
     """MixTeacher-FCOS's seed again (``--fcos_only --seeds 3``, about 5 CPU-minutes): the committed column exactly,
     and the teacher keeps pseudo boxes after the burn-in. The claim is *not* asserted: on the committed seeds
