@@ -28,7 +28,7 @@ import dataclasses
 import re
 import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -47,6 +47,7 @@ __all__ = [
     "parse_config",
     "parse_eval_config",
     "save_config",
+    "script_parser",
 ]
 
 T = TypeVar("T")
@@ -495,6 +496,25 @@ def parse_config(
     except ConfigError as err:
         parser.error(str(err))
     raise AssertionError("unreachable")  # parser.error exits
+
+
+def script_parser(
+    schema: type[T], description: str, default_config: str | Path | None = None
+) -> Callable[[Sequence[str] | None], T]:
+    """The ``parse_args(argv=None) -> config`` of an entry script, so that every script declares it in one line::
+
+        parse_args = script_parser(TrainConfig, "Train X on Y.", CONFIG_DIR / "default.yaml")
+
+    The function resolves dataclass defaults < YAML (``-c``, else ``default_config``) < command line, as
+    :func:`parse_config`.
+    """
+
+    def parse_args(argv: Sequence[str] | None = None) -> T:
+        return parse_config(schema, argv, description=description, default_config=default_config)
+
+    where = f"``-c``, else {Path(default_config).name}" if default_config is not None else "``-c``"
+    parse_args.__doc__ = f"{description} Config: dataclass defaults < YAML ({where}) < command line."
+    return parse_args
 
 
 def parse_eval_config(

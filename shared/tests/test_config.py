@@ -14,6 +14,7 @@ from shared.config import (
     parse_config,
     parse_eval_config,
     save_config,
+    script_parser,
 )
 
 
@@ -67,6 +68,17 @@ def test_default_config_file_is_used_without_c(tmp_path):
     path = write(tmp_path, {"epochs": 3})
     assert parse_config(Cfg, [], default_config=path).epochs == 3
     assert parse_config(Cfg, ["--epochs", "4"], default_config=path).epochs == 4
+
+
+def test_script_parser_is_parse_config_with_the_script_defaults(tmp_path, capsys):
+    path = write(tmp_path, {"epochs": 3})
+    parse_args = script_parser(Cfg, "Train a test model.", path)
+    assert parse_args([]) == parse_config(Cfg, [], default_config=path)
+    assert parse_args(["--epochs", "5"]).epochs == 5
+    assert "Train a test model." in parse_args.__doc__ and path.name in parse_args.__doc__
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "Train a test model." in capsys.readouterr().out
 
 
 def test_optional_values_and_null(tmp_path):
