@@ -1,5 +1,6 @@
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,7 +76,7 @@ def test_script_parser_is_parse_config_with_the_script_defaults(tmp_path, capsys
     parse_args = script_parser(Cfg, "Train a test model.", path)
     assert parse_args([]) == parse_config(Cfg, [], default_config=path)
     assert parse_args(["--epochs", "5"]).epochs == 5
-    assert "Train a test model." in parse_args.__doc__ and path.name in parse_args.__doc__
+    assert "Train a test model." in parse_args.__doc__ and Path(path).name in parse_args.__doc__
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     assert "Train a test model." in capsys.readouterr().out
