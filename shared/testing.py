@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,14 @@ import pytest
 import torch
 from PIL import Image
 
-__all__ = ["assert_same_tensors", "run_torchrun", "single_torch_thread", "torch_threads", "write_tiny_imagefolder"]
+__all__ = [
+    "assert_same_tensors",
+    "run_module",
+    "run_torchrun",
+    "single_torch_thread",
+    "torch_threads",
+    "write_tiny_imagefolder",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,11 +86,25 @@ def write_tiny_imagefolder(
     return root
 
 
+def run_module(
+    module: str,
+    args: Sequence[str] = (),
+    *,
+    python_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``python [python_args] -m module args`` in a fresh process from the repository root, its output captured as
+    text; the caller checks the exit status."""
+    cmd = [sys.executable, *python_args, "-m", module, *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+
+
 def run_torchrun(module: str, args: Sequence[str], nproc: int = 2, timeout: float = 600) -> str:
     """Run ``torchrun --standalone --nproc_per_node=nproc -m module args`` on CPU (gloo, one thread per process)
     from the repository root; fail the test with the tail of its output unless it exits 0. Returns stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
-    proc = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    torchrun_args = ["--standalone", f"--nproc_per_node={nproc}", "-m", module, *args]
+    proc = run_module("torch.distributed.run", torchrun_args, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from shared.datasets.coco_partial import (
     partial_split_paths,
     write_partial_splits,
 )
+from shared.testing import run_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,25 +126,7 @@ def test_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
 def test_module_runs_without_preimport_warning(tmp_path: Path) -> None:
     ann = tmp_path / "instances_train2017.json"
     ann.write_text(json.dumps(_fake_coco(50)))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-W",
-            "error::RuntimeWarning",
-            "-m",
-            "shared.datasets.coco_partial",
-            "--ann",
-            str(ann),
-            "--percent",
-            "10",
-            "--folds",
-            "1",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    args = ["--ann", str(ann), "--percent", "10", "--folds", "1"]
+    result = run_module("shared.datasets.coco_partial", args, python_args=["-W", "error::RuntimeWarning"])
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "instances_train2017.1@10-unlabeled.json").is_file()

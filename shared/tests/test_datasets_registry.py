@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ import pytest
 from shared.datasets import REGISTRY, get_dataset, list_datasets, require_dataset
 from shared.datasets.__main__ import format_info, main
 from shared.datasets.registry import RemoteFile
+from shared.testing import run_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {
@@ -152,22 +151,8 @@ def test_cli_verify_exit_codes(capsys: pytest.CaptureFixture, tmp_path: Path) ->
 
 
 def test_module_entry_point_runs() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.datasets", "info", "mvtec3d"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_module("shared.datasets", ["info", "mvtec3d"])
     assert result.returncode == 0, result.stderr
     assert "Manual download steps:" in result.stdout and "Expected layout:" in result.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "shared.datasets", "info", "nope"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    bad = run_module("shared.datasets", ["info", "nope"])
     assert bad.returncode == 2 and "Valid names" in bad.stderr

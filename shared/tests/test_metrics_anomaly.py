@@ -3,8 +3,6 @@
 import bisect
 import json
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from scipy import ndimage
 from sklearn import metrics as skm
 
 from shared.metrics import anomaly
+from shared.testing import run_module
 
 aupro, auroc, average_precision = anomaly.aupro, anomaly.auroc, anomaly.average_precision
 fpr_at_tpr, precision_recall_curve, ranking_metrics, roc_curve = (
@@ -412,14 +411,8 @@ def test_aupro_speed_100_maps_224():
 def test_1e8_scores_time_and_memory(metric):
     # A fresh process builds 10^8 float32 scores (normal, shifted by the label; about half of them distinct) and bool
     # labels, 0.5 GB, and times one metric. The all-distinct worst case is measured by shared.bench_metrics.
-    out = subprocess.run(
-        [sys.executable, "-m", "shared.bench_metrics", "--worker", metric, "--n", "100000000", "--scores", "randn"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
+    out = run_module("shared.bench_metrics", ["--worker", metric, "--n", "100000000", "--scores", "randn"], timeout=600)
+    assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     peak_children_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     assert result["seconds"] < 30, result
