@@ -12,6 +12,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -273,22 +274,18 @@ def _make_release(tmp_path: Path) -> tuple[Path, str]:
     return archive, "sha256:" + file_digest(archive)
 
 
+def _register(monkeypatch: pytest.MonkeyPatch, name: str, file: RemoteFile, **fields: Any) -> None:
+    """Put a one-file dataset ``name`` into the registry for this test (text fields empty, ``toy/train`` required)."""
+    texts = dict.fromkeys(("title", "homepage", "citation", "size", "license", "layout"), "")
+    values = {"used_by": (), "required_paths": ("toy/train",), **texts, **fields}
+    monkeypatch.setitem(REGISTRY, name, DatasetInfo(name=name, files=(file,), **values))
+
+
 @pytest.fixture()
 def toy_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
     archive, checksum = _make_release(tmp_path)
-    info = DatasetInfo(
-        name="toy",
-        title="Toy",
-        homepage="",
-        citation="",
-        used_by=(),
-        size="1 KB",
-        license="",
-        files=(RemoteFile("toy.tar.gz", archive.as_uri(), checksum),),
-        layout="<root>/toy/...",
-        required_paths=("toy/train", "toy/val"),
-    )
-    monkeypatch.setitem(REGISTRY, "toy", info)
+    file = RemoteFile("toy.tar.gz", archive.as_uri(), checksum)
+    _register(monkeypatch, "toy", file, required_paths=("toy/train", "toy/val"))
     return "toy", archive
 
 
@@ -327,20 +324,7 @@ def test_manual_archive_placed_by_user_is_verified_and_extracted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     archive, checksum = _make_release(tmp_path)
-    info = DatasetInfo(
-        name="walled",
-        title="Walled",
-        homepage="",
-        citation="",
-        used_by=(),
-        size="",
-        license="",
-        files=(RemoteFile("toy.tar.gz", None, checksum),),
-        layout="",
-        manual=("ask nicely",),
-        required_paths=("toy/train",),
-    )
-    monkeypatch.setitem(REGISTRY, "walled", info)
+    _register(monkeypatch, "walled", RemoteFile("toy.tar.gz", None, checksum), manual=("ask nicely",))
     root = tmp_path / "root"
     with pytest.raises(dl.ManualDownloadRequired, match="ask nicely"):
         download_dataset("walled", root, log=lambda _: None)
