@@ -156,3 +156,25 @@ def test_module_entry_point_runs() -> None:
     assert "Manual download steps:" in result.stdout and "Expected layout:" in result.stdout
     bad = run_module("shared.datasets", ["info", "nope"])
     assert bad.returncode == 2 and "Valid names" in bad.stderr
+
+
+def test_registry_yaml_lists_a_folder_per_anomaly_class() -> None:
+    # registry.yaml spells the per-class paths out; the class tuples the loaders import must agree with it.
+    from shared.datasets.registry import EYECANDIES_CLASSES, MVTEC3D_CLASSES
+
+    mvtec = {path.split("/")[0] for path in REGISTRY["mvtec3d"].required_paths}
+    eyecandies = {path.split("/")[0] for path in REGISTRY["eyecandies"].required_paths}
+    assert mvtec == set(MVTEC3D_CLASSES) and eyecandies == set(EYECANDIES_CLASSES)
+
+
+def test_a_wrong_key_in_registry_yaml_is_named(tmp_path, monkeypatch) -> None:
+    from shared.datasets import registry
+
+    broken = tmp_path / "registry.yaml"
+    broken.write_text(
+        "datasets:\n  toy:\n    title: T\n    homepage: ''\n    citation: ''\n    used_by: []\n    size: ''\n"
+        "    license: ''\n    files: []\n    layout: ''\n    required_paths: [x]\n    manual: [m]\n    licence: typo\n"
+    )
+    monkeypatch.setattr(registry, "_REGISTRY_FILE", broken)
+    with pytest.raises(TypeError, match=r"registry.yaml: dataset 'toy'.*licence"):
+        registry._registry()
