@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from shared.config import RunConfig
 
 __all__ = [
+    "CONFIG_DIR",
+    "PACKAGE",
     "AnomalyConfig",
     "DataConfig",
     "EvalConfig",
@@ -29,6 +32,10 @@ __all__ = [
     "TrainConfig",
     "upgrade_stored_config",
 ]
+
+PACKAGE = "energy_anomaly_seg"
+#: The recipes (README, Recipes): ``default.yaml`` is train.py's embedded default.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from energy_anomaly_seg.config import TrainConfig, upgrade_stored_config
+from energy_anomaly_seg.config import CONFIG_DIR, PACKAGE, TrainConfig, upgrade_stored_config
 from energy_anomaly_seg.evaluation import evaluate_datasets
 from energy_anomaly_seg.mmseg_checkpoint import load_mmseg_checkpoint, unwrap_state_dict
 from energy_anomaly_seg.model import SLEEG, create_model
@@ -33,8 +33,6 @@ from shared.logger import RunLogger
 
 __all__ = ["Evaluation", "evaluate", "main", "parse_args"]
 
-PACKAGE = "energy_anomaly_seg"
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DESCRIPTION = __doc__.splitlines()[0]
 
 

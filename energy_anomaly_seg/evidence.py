@@ -34,7 +34,6 @@ column of the committed ``EVIDENCE.json`` exactly (it is checked at the end of s
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -43,11 +42,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from energy_anomaly_seg import train
+from energy_anomaly_seg.config import PACKAGE
+from shared import evidence_tools
 from shared.evidence import committed_mismatches as compare_with_committed
 from shared.evidence import mean_sd
-from shared.logger import make_run_dir
 
-PACKAGE = "energy_anomaly_seg"
 COMMITTED = Path(__file__).resolve().parent / "EVIDENCE.json"
 DEFAULT_SEEDS = (1, 2, 3, 4, 5)
 VALIDATION_SEED = 0
@@ -151,7 +150,6 @@ def select_lr(seed: int, out_dir: Path, grid: Sequence[float], base_args: Sequen
 def build_record(
     seeds: Sequence[int], per_seed: dict[int, dict[str, float]], validation: dict, command: str, seconds: float
 ) -> dict:
-    names = list(per_seed[seeds[0]])
     ablations = [name for name in ABLATIONS if f"{name}/AP" in per_seed[seeds[0]]]
     return {
         "package": PACKAGE,
@@ -169,13 +167,7 @@ def build_record(
             "FPR95": "percent, lower is better",
             "AUROC": "percent, higher is better",
         },
-        "rows_format": "'<row>/<metric>': one value per seed, in the order of 'seeds'",
-        "seeds": list(seeds),
-        "rows": {name: [per_seed[s][name] for s in seeds] for name in names},
-        "validation": validation,
-        "budget": BUDGET,
-        "seconds": round(seconds, 1),
-        "command": command,
+        **evidence_tools.seed_rows(seeds, per_seed, validation, BUDGET, seconds, command),
     }
 
 
@@ -202,15 +194,12 @@ def format_table(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        help=f"reported seeds (default {list(DEFAULT_SEEDS)}, which also writes {COMMITTED.name})",
+    parser = evidence_tools.evidence_parser(
+        __doc__.splitlines()[0],
+        DEFAULT_SEEDS,
+        VALIDATION_SEED,
+        seeds_help=f"reported seeds (default {list(DEFAULT_SEEDS)}, which also writes {COMMITTED.name})",
     )
-    parser.add_argument("--validation-seed", type=int, default=VALIDATION_SEED)
     parser.add_argument("--lr-grid", type=float, nargs="+", default=list(LR_GRID))
     parser.add_argument(
         "--lr",
@@ -219,19 +208,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="skip the validation draw and use this head lr (default with --seeds: the committed record's choice)",
     )
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--output_dir", default=None, help="default runs/energy_anomaly_seg/evidence/<time>/")
-    parser.add_argument("--table", metavar="EVIDENCE_JSON", help="print the README table of a record and exit")
-    parser.add_argument("train_args", nargs="*", help="extra train.py flags after '--' (tests: a tiny setting)")
-    args = parser.parse_args(argv)
+    args = evidence_tools.parse_evidence_args(parser, argv, PACKAGE)
     if args.table:
-        table = format_table(json.loads(Path(args.table).read_text()))
-        print(table)
-        return {"table": table}
+        return evidence_tools.print_table(args.table, format_table)
     full = args.seeds is None and args.lr is None and args.rows == list(ROWS) and not args.train_args
-    seeds = list(DEFAULT_SEEDS if args.seeds is None else args.seeds)
-    if args.validation_seed in seeds:
-        parser.error(f"the validation seed {args.validation_seed} must not be a reported seed")
-    out = Path(args.output_dir) if args.output_dir else make_run_dir(PACKAGE, "evidence")
+    seeds = evidence_tools.reported_seeds(parser, args, DEFAULT_SEEDS)
+    out = evidence_tools.evidence_dir(args.output_dir, PACKAGE)
     t0 = time.perf_counter()
     if args.lr is not None:
         validation = {"optim.lr": {"chosen": args.lr}, "selected_by": "--lr (given)"}

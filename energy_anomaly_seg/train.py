@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from energy_anomaly_seg import train_segmentor
-from energy_anomaly_seg.config import AnomalyConfig, TrainConfig
+from energy_anomaly_seg.config import CONFIG_DIR, PACKAGE, AnomalyConfig, TrainConfig
 from energy_anomaly_seg.data import CityscapesSegmentation, build_train_loader, resolve_cityscapes_root
 from energy_anomaly_seg.evaluation import check_eval_datasets, evaluate_datasets
 from energy_anomaly_seg.mmseg_checkpoint import load_backbone_pretrained, load_mmseg_checkpoint
@@ -37,7 +37,7 @@ from energy_anomaly_seg.model import SLEEG, count_parameters, create_model
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool
 from energy_anomaly_seg.sleeg import SLEEGSettings, sleeg_losses
 from shared.checkpoint import CheckpointError, restore_training_state, save_checkpoint, training_state
-from shared.config import config_to_dict, parse_config, save_config
+from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, check_finite_parameters, make_grad_scaler, optimizer_step
@@ -54,8 +54,7 @@ __all__ = [
     "train_steps",
 ]
 
-PACKAGE = "energy_anomaly_seg"
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 #: What an ood_head-phase checkpoint holds besides the segmentor phase's keys.
 OOD_HEAD_KEYS = ("pool", "generator")
 
@@ -357,9 +356,7 @@ def evaluate(run: Run, write_outputs: bool = True) -> dict[str, Any]:
 
 
 # command line --------------------------------------------------------------------------------------------------------
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """The config: ``configs/default.yaml`` (or ``-c FILE``), then ``--key value`` flags."""
-    return parse_config(TrainConfig, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
+parse_args = script_parser(TrainConfig, __doc__.splitlines()[0], DEFAULT_CONFIG)
 
 
 def main(cfg: TrainConfig) -> dict[str, Any]:

@@ -16,7 +16,6 @@ The resulting ``last.pt`` loads into SLEEG with ``--segmentor.checkpoint PATH`` 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energy_anomaly_seg.config import SegmentorTrainConfig, SegOptimConfig
+from energy_anomaly_seg.config import CONFIG_DIR, PACKAGE, SegmentorTrainConfig, SegOptimConfig
 from energy_anomaly_seg.data import (
     IGNORE_INDEX,
     CityscapesSegmentation,
@@ -38,7 +37,7 @@ from energy_anomaly_seg.losses import segmentation_loss
 from energy_anomaly_seg.mmseg_checkpoint import load_backbone_pretrained
 from energy_anomaly_seg.model import DeepLabV3, create_deeplabv3
 from shared.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
-from shared.config import RunConfig, config_name, config_to_dict, parse_config, save_config
+from shared.config import RunConfig, config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, check_finite_parameters, make_grad_scaler, optimizer_step, unwrap_model
@@ -55,8 +54,7 @@ __all__ = [
     "train_steps",
 ]
 
-PACKAGE = "energy_anomaly_seg"
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "segmentor_r101_40k.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "segmentor_r101_40k.yaml"
 #: What a resumable segmentor-phase checkpoint holds (train.py's ood_head phase adds "pool" and "generator").
 RESUME_KEYS = ("phase", "iteration", "model", "optimizer", "scaler", "rng")
 
@@ -187,12 +185,8 @@ def evaluate(
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> SegmentorTrainConfig:
-    """The config: ``configs/segmentor_r101_40k.yaml`` (or ``-c FILE``), then ``--key value`` flags."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if config_name(argv, default="") == "":  # name the run after the recipe it runs, not 'default'
-        argv = ["-c", str(DEFAULT_CONFIG), *argv]
-    return parse_config(SegmentorTrainConfig, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
+# DEFAULT_CONFIG sets ``name: segmentor_r101_40k``: a run without -c is named after the recipe it runs, not 'default'
+parse_args = script_parser(SegmentorTrainConfig, __doc__.splitlines()[0], DEFAULT_CONFIG)
 
 
 def _initialise_backbone(model: DeepLabV3, cfg: SegmentorTrainConfig, logger: RunLogger) -> None:

@@ -14,7 +14,6 @@ at initialisation, `model.stop_gradient true` removes the second gradient altoge
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,7 @@ from frih.config import DEFAULT_CONFIG, Config
 from frih.loaders import build_train_loader, resolve_data_root
 from frih.losses import FRIHLoss
 from frih.model import build_model, normalize_image
-from shared.config import parse_config
+from shared.config import script_parser
 from shared.distributed import DistContext, seed_everything
 
 __all__ = ["DiagnoseConfig", "gradient_split", "main", "parse_args"]
@@ -66,9 +65,7 @@ def gradient_split(
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> DiagnoseConfig:
-    """Same keys as train.py (`configs/default.yaml` unless `-c`) plus `--diag_batches`."""
-    return parse_config(DiagnoseConfig, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
+parse_args = script_parser(DiagnoseConfig, __doc__.splitlines()[0], DEFAULT_CONFIG)
 
 
 def main(cfg: DiagnoseConfig) -> dict[str, Any]:

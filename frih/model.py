@@ -311,6 +311,24 @@ class UNetEncoder(nn.Module):
         return outputs[::-1]
 
 
+def _add_fusion_head(owner: nn.Module, channels: int, attention: bool = True) -> None:
+    """iSSAM's image-fusion head as attributes of `owner`, under saic-vul's key names: `conv_attention` (conv1x1 to
+    1 channel, only with `attention`) and `to_rgb` (conv1x1 to 3 channels). Applied by :func:`_fuse_image`."""
+    if attention:
+        owner.conv_attention = nn.Conv2d(channels, 1, kernel_size=1)
+    owner.to_rgb = nn.Conv2d(channels, 3, kernel_size=1)
+
+
+def _fuse_image(owner: nn.Module, x: torch.Tensor, image: torch.Tensor, attention: bool = True) -> torch.Tensor:
+    """Image fusion: A = sigmoid(3 conv_attention(x)), out = A * image + (1 - A) * to_rgb(x) (normalised space);
+    without `attention`, to_rgb(x) alone."""
+    rgb = owner.to_rgb(x)
+    if not attention:
+        return rgb
+    gate = torch.sigmoid(3.0 * owner.conv_attention(x))
+    return gate * image + (1.0 - gate) * rgb
+
+
 class UNetDecoder(nn.Module):
     """(depth - 1) up blocks with SSAM from up block `attend_from` on, then the image-fusion head.
 
@@ -337,9 +355,7 @@ class UNetDecoder(nn.Module):
             self.level_channels.append(out_ch)
             in_ch = out_ch
         self.image_fusion = image_fusion
-        if image_fusion:
-            self.conv_attention = nn.Conv2d(in_ch, 1, kernel_size=1)
-        self.to_rgb = nn.Conv2d(in_ch, 3, kernel_size=1)
+        _add_fusion_head(self, in_ch, image_fusion)
 
     def forward_features(self, encoder_outputs: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of every up block, coarsest first (the last one feeds the head)."""
@@ -351,11 +367,7 @@ class UNetDecoder(nn.Module):
         return feats
 
     def forward_head(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        rgb = self.to_rgb(x)
-        if not self.image_fusion:
-            return rgb
-        attention = torch.sigmoid(3.0 * self.conv_attention(x))
-        return attention * image + (1.0 - attention) * rgb
+        return _fuse_image(self, x, image, self.image_fusion)
 
 
 def _check_size(x: torch.Tensor, divisor: int, name: str) -> None:
@@ -493,9 +505,7 @@ class DIHHarmonizer(nn.Module):
             self.level_channels.append(out_ch)
             in_ch = out_ch
         self.image_fusion = image_fusion
-        if image_fusion:
-            dec.conv_attention = nn.Conv2d(in_ch, 1, kernel_size=1)
-        dec.to_rgb = nn.Conv2d(in_ch, 3, kernel_size=1)
+        _add_fusion_head(dec, in_ch, image_fusion)
         self.decoder = dec
 
     def forward_features(self, image: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
@@ -516,12 +526,7 @@ class DIHHarmonizer(nn.Module):
         return feats
 
     def forward_head(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
-        x = features[-1]
-        rgb = self.decoder.to_rgb(x)
-        if not self.image_fusion:
-            return rgb
-        attention = torch.sigmoid(3.0 * self.decoder.conv_attention(x))
-        return attention * image + (1.0 - attention) * rgb
+        return _fuse_image(self.decoder, features[-1], image, self.image_fusion)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         feats = self.forward_features(image, mask)
@@ -548,8 +553,7 @@ class FusionPredictionModule(nn.Module):
         self.proj_bias = nn.Parameter(torch.zeros(channels))
         self.proj_norm = nn.BatchNorm2d(channels)
         self.fuse = ConvBlock(channels, channels, 3, 1, 1, norm=True, activation=_relu)
-        self.conv_attention = nn.Conv2d(channels, 1, kernel_size=1)
-        self.to_rgb = nn.Conv2d(channels, 3, kernel_size=1)
+        _add_fusion_head(self, channels)
 
     def forward(self, module_features: list[list[torch.Tensor]], blend_image: torch.Tensor) -> torch.Tensor:
         size = blend_image.shape[-2:]
@@ -561,8 +565,7 @@ class FusionPredictionModule(nn.Module):
             x = y if x is None else x + y
         x = F.relu(self.proj_norm(x + self.proj_bias[None, :, None, None]), inplace=True)
         x = self.fuse(x)
-        attention = torch.sigmoid(3.0 * self.conv_attention(x))
-        return attention * blend_image + (1.0 - attention) * self.to_rgb(x)
+        return _fuse_image(self, x, blend_image)
 
 
 @dataclass

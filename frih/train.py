@@ -13,7 +13,6 @@ per_image.csv and before_after.png into the run folder runs/frih/<name>/<time>/ 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from frih.loaders import build_eval_loader, build_train_loader, resolve_data_roo
 from frih.losses import FRIHLoss
 from frih.model import build_model, count_parameters, normalize_image
 from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
-from shared.config import config_to_dict, parse_config, save_config
+from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, barrier, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, make_grad_scaler, optimizer_step, unwrap_model
@@ -251,9 +250,7 @@ def train_and_evaluate(
     return metrics
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Config:
-    """The config: dataclass defaults < configs/default.yaml or the `-c` recipe < `--key value` flags."""
-    return parse_config(Config, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
+parse_args = script_parser(Config, __doc__.splitlines()[0], DEFAULT_CONFIG)
 
 
 def main(cfg: Config) -> dict[str, Any]:

@@ -33,7 +33,16 @@ from shared.checkpoint import load_checkpoint
 from shared.config import parse_config, parse_eval_config
 from shared.logger import RunLogger
 
-__all__ = ["METHODS", "CheckpointEvalConfig", "evaluate", "evaluate_classes", "format_table", "main", "parse_args"]
+__all__ = [
+    "METHODS",
+    "CheckpointEvalConfig",
+    "evaluate",
+    "evaluate_classes",
+    "format_table",
+    "main",
+    "parse_args",
+    "score_run",
+]
 
 PACKAGE = "lsfa"
 DESCRIPTION = __doc__.splitlines()[0]
@@ -149,6 +158,41 @@ def evaluate_classes(
     return metrics
 
 
+def score_run(
+    cfg: TrainConfig,
+    extractor: FeatureExtractor,
+    adaptors: LSFAAdaptors | None,
+    root: Path,
+    classes: list[str],
+    device: torch.device,
+    out: Path,
+    logger: RunLogger,
+    uff: UnsupervisedFeatureFusion | None = None,
+    train_cache: dict[str, SplitFeatures] | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate_classes` with the scoring, data and eval settings of a run's config (``train.py`` after the
+    last epoch, ``eval.py`` on a checkpoint); overlays and ROC plots go to ``out``."""
+    return evaluate_classes(
+        extractor,
+        adaptors,
+        root,
+        classes,
+        cfg.scoring,
+        cfg.eval.methods,
+        device,
+        batch_size=cfg.data.batch_size,
+        image_size=cfg.data.image_size,
+        max_train_samples=cfg.data.max_train_samples,
+        train_cache=train_cache,
+        output_dir=out,
+        logger=logger,
+        vis_images=cfg.eval.vis_images,
+        uff=uff,
+        rgb_resize=cfg.data.rgb_resize,
+        aupro_method=cfg.eval.aupro,
+    )
+
+
 def evaluate(
     cfg: CheckpointEvalConfig, state: dict, device: torch.device, out: Path, logger: RunLogger
 ) -> dict[str, float]:
@@ -162,24 +206,7 @@ def evaluate(
         if "m3dm_triple" in cfg.eval.methods
         else None
     )
-    return evaluate_classes(
-        extractor,
-        adaptors,
-        root,
-        classes,
-        cfg.scoring,
-        cfg.eval.methods,
-        device,
-        batch_size=cfg.data.batch_size,
-        image_size=cfg.data.image_size,
-        max_train_samples=cfg.data.max_train_samples,
-        output_dir=out,
-        logger=logger,
-        vis_images=cfg.eval.vis_images,
-        uff=uff,
-        rgb_resize=cfg.data.rgb_resize,
-        aupro_method=cfg.eval.aupro,
-    )
+    return score_run(cfg, extractor, adaptors, root, classes, device, out, logger, uff=uff)
 
 
 def _load(path: str) -> dict:

@@ -24,7 +24,6 @@ metric), ``aupro`` (AUPRO@0.3, M3DM's ``au_pro_util``, the papers' number), ``au
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -35,9 +34,9 @@ from pathlib import Path
 
 from lsfa import train
 from lsfa.point_pretrain import ensure_pretrained_point_encoder
+from shared import evidence_tools
 from shared.evidence import committed_mismatches as compare_with_committed
 from shared.evidence import mean_sd
-from shared.logger import make_run_dir
 from shared.synthetic import synthetic_root
 
 PACKAGE = "lsfa"
@@ -138,7 +137,6 @@ def select_init(
 
 
 def build_record(seeds: Sequence[int], per_seed: dict, validation: dict, command: str, seconds: float) -> dict:
-    names = list(per_seed[seeds[0]])
     return {
         "package": PACKAGE,
         "claim": "LSFA's self-supervised adaptation of pretrained features (ImageNet MobileNetV2 standing in for DINO, "
@@ -154,13 +152,7 @@ def build_record(seeds: Sequence[int], per_seed: dict, validation: dict, command
             "aupro_exact": "AUPRO@0.3 (exact curve), class mean",
             "p_auroc": "pixel AUROC, class mean",
         },
-        "rows_format": "'<row>/<metric>': one value per seed, in the order of 'seeds'",
-        "seeds": list(seeds),
-        "rows": {name: [per_seed[s][name] for s in seeds] for name in names},
-        "validation": validation,
-        "budget": BUDGET,
-        "seconds": round(seconds, 1),
-        "command": command,
+        **evidence_tools.seed_rows(seeds, per_seed, validation, BUDGET, seconds, command),
     }
 
 
@@ -187,25 +179,16 @@ def format_table(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default {list(DEFAULT_SEEDS)}")
-    parser.add_argument("--validation-seed", type=int, default=VALIDATION_SEED)
+    parser = evidence_tools.evidence_parser(__doc__.splitlines()[0], DEFAULT_SEEDS, VALIDATION_SEED)
     parser.add_argument("--init", choices=INIT_GRID, default=None, help="skip the validation draw, use this init")
     parser.add_argument("--point-variant", default="point_mae_tiny", help="the pre-trained point encoder's variant")
     parser.add_argument("--pretrain-steps", type=int, default=300, help="masked pre-training steps (cached)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1 thread each)")
-    parser.add_argument("--output_dir", default=None, help="default runs/lsfa/evidence/<time>/")
-    parser.add_argument("--table", metavar="EVIDENCE_JSON", help="print the README table of a record and exit")
-    parser.add_argument("train_args", nargs="*", help="extra train.py flags after '--' (tests: a tiny setting)")
-    args = parser.parse_args(argv)
+    args = evidence_tools.parse_evidence_args(parser, argv, PACKAGE)
     if args.table:
-        table = format_table(json.loads(Path(args.table).read_text()))
-        print(table)
-        return {"table": table}
-    seeds = list(DEFAULT_SEEDS if args.seeds is None else args.seeds)
-    if args.validation_seed in seeds:
-        parser.error(f"the validation seed {args.validation_seed} must not be a reported seed")
-    out = Path(args.output_dir) if args.output_dir else make_run_dir(PACKAGE, "evidence")
+        return evidence_tools.print_table(args.table, format_table)
+    seeds = evidence_tools.reported_seeds(parser, args, DEFAULT_SEEDS)
+    out = evidence_tools.evidence_dir(args.output_dir, PACKAGE)
     t0 = time.perf_counter()
     point_checkpoint = ensure_pretrained_point_encoder(args.point_variant, args.pretrain_steps)
     print(f"pre-trained point encoder: {point_checkpoint} ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsfa.point_ops import group_points, three_nn_interpolate
+from shared.weights import check_state_dict_fits
 
 __all__ = [
     "BUILTIN_PRETRAINED_RGB",
@@ -358,21 +359,11 @@ def _read_state(path: str | Path) -> dict:
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` that names every missing, unexpected or mis-shaped key in its error."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        raise KeyError(
-            f"{source}: checkpoint does not match {type(model).__name__}: missing keys {missing[:20]}"
-            f"{' ...' if len(missing) > 20 else ''}; unexpected keys {unexpected[:20]}"
-            f"{' ...' if len(unexpected) > 20 else ''}; shape mismatches {shapes[:10]}"
-        )
+    """``load_state_dict`` that names every missing, unexpected or mis-shaped key in its error (a ``KeyError``)."""
+    try:
+        check_state_dict_fits(model, state, source)
+    except RuntimeError as err:
+        raise KeyError(str(err)) from err
     model.load_state_dict(state, strict=True)
 
 

@@ -14,7 +14,6 @@ backbones too when they are randomly initialised), ``metrics.json`` and the plot
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +24,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from lsfa.adaptation import AdaptationQueues, lr_at, lsfa_loss
 from lsfa.config import DEFAULT_CONFIG, TrainConfig
 from lsfa.data import MVTec3DDataset, patch_rotation, resolve_classes
-from lsfa.eval import evaluate_classes
+from lsfa.eval import score_run
 from lsfa.model import FeatureExtractor, LSFAAdaptors
 from lsfa.pipeline import build_adaptors, build_extractor, build_uff, resolve_root
 from lsfa.scoring import SplitFeatures, extract_features
 from shared.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
-from shared.config import config_to_dict, parse_config, save_config
+from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import (
     DistContext,
     all_reduce_gradients,
@@ -104,16 +103,22 @@ class AdaptorTraining:
     epoch: int = 0
     iteration: int = 0
 
+    def _components(self) -> dict:
+        """The objects whose state ``last.pt`` stores and a resumed run restores (besides the counters)."""
+        return {
+            "adaptors": self.core,
+            "optimizer": self.optimizer,
+            "scaler": self.scaler,
+            "queues": self.queues,
+            "generator": self.generator,
+            "loader_generator": self.loader_generator,
+        }
+
     def state(self, cfg: TrainConfig) -> dict:
         return training_state(
             PACKAGE,
             cfg,
-            adaptors=self.core,
-            optimizer=self.optimizer,
-            scaler=self.scaler,
-            queues=self.queues,
-            generator=self.generator,
-            loader_generator=self.loader_generator,
+            **self._components(),
             epoch=self.epoch,
             iteration=self.iteration,
             backbones=self.backbones,
@@ -121,15 +126,7 @@ class AdaptorTraining:
         )
 
     def resume(self, state: dict) -> None:
-        restore_training_state(
-            state,
-            adaptors=self.core,
-            optimizer=self.optimizer,
-            scaler=self.scaler,
-            queues=self.queues,
-            generator=self.generator,
-            loader_generator=self.loader_generator,
-        )
+        restore_training_state(state, **self._components())
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
 
 
@@ -329,7 +326,7 @@ def evaluate(
     out: Path,
     train_cache: dict[str, SplitFeatures] | None,
 ) -> dict[str, float]:
-    """Memory banks and scores of every class (:func:`lsfa.eval.evaluate_classes`). For ``m3dm_triple`` the UFF is
+    """Memory banks and scores of every class (:func:`lsfa.eval.score_run`). For ``m3dm_triple`` the UFF is
     loaded, or pre-trained here and then kept in ``last.pt``."""
     uff = None
     if "m3dm_triple" in cfg.eval.methods:
@@ -339,25 +336,7 @@ def evaluate(
         if not cfg.backbone.uff_checkpoint and t.uff is None:  # trained here: keep it with the run
             t.uff = uff.state_dict()
             save_checkpoint(t.state(cfg), out / "last.pt")
-    return evaluate_classes(
-        extractor,
-        t.core,
-        root,
-        classes,
-        cfg.scoring,
-        cfg.eval.methods,
-        ctx.device,
-        batch_size=cfg.data.batch_size,
-        image_size=cfg.data.image_size,
-        max_train_samples=cfg.data.max_train_samples,
-        train_cache=train_cache,
-        output_dir=out,
-        logger=logger,
-        vis_images=cfg.eval.vis_images,
-        uff=uff,
-        rgb_resize=cfg.data.rgb_resize,
-        aupro_method=cfg.eval.aupro,
-    )
+    return score_run(cfg, extractor, t.core, root, classes, ctx.device, out, logger, uff=uff, train_cache=train_cache)
 
 
 def _open_run(cfg: TrainConfig, ctx: DistContext) -> tuple[Path, RunLogger, dict | None]:
@@ -421,17 +400,12 @@ def _run(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     return metrics
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """The training config: ``configs/default.yaml`` (or ``-c FILE``), then ``--key value`` overrides."""
-    return parse_config(
-        TrainConfig,
-        argv,
-        default_config=DEFAULT_CONFIG,
-        description=(
-            f"{__doc__.splitlines()[0]} checkpoint_interval counts epochs; eval_interval must stay 0 (the banks are "
-            "built and scored once, after the last epoch)."
-        ),
-    )
+parse_args = script_parser(
+    TrainConfig,
+    f"{__doc__.splitlines()[0]} checkpoint_interval counts epochs; eval_interval must stay 0 (the banks are built and "
+    "scored once, after the last epoch).",
+    DEFAULT_CONFIG,
+)
 
 
 def main(cfg: TrainConfig) -> dict[str, float]:

@@ -24,8 +24,14 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def _harmonize(argv):
-    return harmonize.main(harmonize.parse_args(argv))
+def _harmonize(checkpoint, *argv):
+    """harmonize.py with ``checkpoint`` on the CPU."""
+    return harmonize.main(harmonize.parse_args(["--checkpoint", str(checkpoint), *argv, "--device", "cpu"]))
+
+
+def _harmonize_image(checkpoint, comp, mask, out, *argv):
+    """harmonize.py on one composite + mask, written to ``out``."""
+    return _harmonize(checkpoint, "--composite", str(comp), "--mask", str(mask), "--out", str(out), *argv)
 
 
 def _write_pair(folder, w, h, comp_name="comp.jpg", mask_name="mask.png"):
@@ -43,24 +49,7 @@ def _write_pair(folder, w, h, comp_name="comp.jpg", mask_name="mask.png"):
 def test_odd_size_output_keeps_the_input_size(tmp_path, checkpoint, mode):
     comp, mask = _write_pair(tmp_path, 1001, 777)
     out = tmp_path / f"out_{mode}.png"
-    _harmonize(
-        [
-            "--checkpoint",
-            str(checkpoint),
-            "--composite",
-            str(comp),
-            "--mask",
-            str(mask),
-            "--out",
-            str(out),
-            "--mode",
-            mode,
-            "--lowres_size",
-            "64",
-            "--device",
-            "cpu",
-        ]
-    )
+    _harmonize_image(checkpoint, comp, mask, out, "--mode", mode, "--lowres_size", "64")
     result = Image.open(out)
     assert result.size == (1001, 777) and result.mode == "RGB"
     if mode == "lowres":  # the change is applied inside the mask only: the background is the composite's
@@ -74,18 +63,7 @@ def test_folder_mode_with_iharmony4_names(tmp_path, checkpoint):
     (tmp_path / "set" / "masks").mkdir()
     comp.rename(tmp_path / "set" / "composite_images" / "c1_22_1.jpg")
     mask.rename(tmp_path / "set" / "masks" / "c1_22.png")  # found by the iHarmony4 rule
-    written = _harmonize(
-        [
-            "--checkpoint",
-            str(checkpoint),
-            "--input_dir",
-            str(tmp_path / "set"),
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-        ]
-    )
+    written = _harmonize(checkpoint, "--input_dir", str(tmp_path / "set"), "--output_dir", str(tmp_path / "out"))
     assert [p.name for p in written] == ["c1_22_1.png"]
     assert Image.open(written[0]).size == (45, 37)
 
@@ -108,20 +86,7 @@ def test_mismatched_mask_is_a_clear_error(tmp_path, checkpoint):
     comp, _ = _write_pair(tmp_path, 40, 30)
     _, mask = _write_pair(tmp_path / "other", 30, 40)
     with pytest.raises(ValueError, match="mask .* is 30x40 but composite"):
-        _harmonize(
-            [
-                "--checkpoint",
-                str(checkpoint),
-                "--composite",
-                str(comp),
-                "--mask",
-                str(mask),
-                "--out",
-                str(tmp_path / "o.png"),
-                "--device",
-                "cpu",
-            ]
-        )
+        _harmonize_image(checkpoint, comp, mask, tmp_path / "o.png")
 
 
 def test_pad_unpad_roundtrip_and_full_mode_matches_an_unpadded_run():

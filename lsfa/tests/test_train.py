@@ -10,13 +10,10 @@ from lsfa import train as lsfa_train
 from lsfa.config import DEFAULT_CONFIG, upgrade_stored_config
 from shared.testing import run_torchrun
 
+#: One synthetic class on the CPU: the part of every test run's flags that any recipe takes.
+SYNTHETIC_COOKIE = ["--device", "cpu", "--data.dataset", "synthetic", "--data.classes", "cookie"]
 TINY = [
-    "--device",
-    "cpu",
-    "--data.dataset",
-    "synthetic",
-    "--data.classes",
-    "cookie",
+    *SYNTHETIC_COOKIE,
     "--data.batch_size",
     "2",
     "--synthetic.num_train",
@@ -99,12 +96,7 @@ def test_paper_recipe_refuses_random_backbones(synthetic_root):
                 [
                     "-c",
                     str(DEFAULT_CONFIG.parent / "mvtec3d_lsfa.yaml"),
-                    "--device",
-                    "cpu",
-                    "--data.dataset",
-                    "synthetic",
-                    "--data.classes",
-                    "cookie",
+                    *SYNTHETIC_COOKIE,
                     "--backbone.point_checkpoint",
                     "null",
                     "--backbone.rgb_checkpoint",

@@ -32,24 +32,18 @@ XYZ, RGB = 6, 4
 def _official_state(xyz: int = XYZ, rgb: int = RGB, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights under the key names and shapes of M3DM's FeatureFusionBlock(xyz, rgb, mlp_ratio=4)."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {
-        "xyz_norm.weight": (xyz,),
-        "xyz_norm.bias": (xyz,),
-        "xyz_mlp.fc1.weight": (4 * xyz, xyz),
-        "xyz_mlp.fc1.bias": (4 * xyz,),
-        "xyz_mlp.fc2.weight": (xyz, 4 * xyz),
-        "xyz_mlp.fc2.bias": (xyz,),
-        "rgb_norm.weight": (rgb,),
-        "rgb_norm.bias": (rgb,),
-        "rgb_mlp.fc1.weight": (4 * rgb, rgb),
-        "rgb_mlp.fc1.bias": (4 * rgb,),
-        "rgb_mlp.fc2.weight": (rgb, 4 * rgb),
-        "rgb_mlp.fc2.bias": (rgb,),
-        "rgb_head.weight": (256, rgb),
-        "rgb_head.bias": (256,),
-        "xyz_head.weight": (256, xyz),
-        "xyz_head.bias": (256,),
-    }
+    shapes: dict[str, tuple[int, ...]] = {}
+    for side, d in (("xyz", xyz), ("rgb", rgb)):  # per modality: LayerNorm(d), then Mlp(d, 4 d)
+        shapes |= {
+            f"{side}_norm.weight": (d,),
+            f"{side}_norm.bias": (d,),
+            f"{side}_mlp.fc1.weight": (4 * d, d),
+            f"{side}_mlp.fc1.bias": (4 * d,),
+            f"{side}_mlp.fc2.weight": (d, 4 * d),
+            f"{side}_mlp.fc2.bias": (d,),
+        }
+    for side, d in (("rgb", rgb), ("xyz", xyz)):  # the 256-d projection heads, in the release's key order
+        shapes |= {f"{side}_head.weight": (256, d), f"{side}_head.bias": (256,)}
     return {k: torch.randn(*s, generator=g) for k, s in shapes.items()}
 
 

@@ -120,22 +120,13 @@ def _record_saves(monkeypatch) -> list[tuple[Path, bytes]]:
     return saves
 
 
-def _assert_last_good_checkpoint_kept(saves: list[tuple[Path, bytes]], out: Path, error: Exception) -> None:
-    path, written = saves[-1]
-    assert path == out / "last.pt" and path.read_bytes() == written
-    state = load_checkpoint(path, package="energy_anomaly_seg")
-    assert not find_nonfinite(state)
-    assert state["phase"] == "ood_head"
-    assert f"step {state['iteration']}" in str(error)  # the failing step is the one after the last checkpoint
-
-
-def test_diverging_head_lr_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_args, monkeypatch):
-    """The reviewer's case replayed: at lr 1e6 the head's weights stay finite but its BatchNorm running variance
-    overflows at step 2; that state was once written to last.pt. Now the run stops naming the step, and last.pt
-    is the one written after step 1."""
+def _assert_stops_and_keeps_the_last_good_checkpoint(
+    monkeypatch, tiny_args: list[str], out: Path, match: str, iters: int, *extra: str
+) -> None:
+    """train.py with a last.pt every iteration stops with a NonFiniteLossError matching ``match``; the last.pt on
+    disk is the last one written, byte for byte, finite, and the error names the step after it."""
     saves = _record_saves(monkeypatch)
-    out = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match=r"OoD head .* after step 2") as err:
+    with pytest.raises(NonFiniteLossError, match=match) as err:
         _train(
             [
                 *tiny_args,
@@ -144,17 +135,29 @@ def test_diverging_head_lr_stops_with_the_step_and_keeps_the_last_good_checkpoin
                 "--checkpoint_interval",
                 "1",
                 "--optim.iters",
-                "6",
-                "--optim.lr",
-                "1e6",
+                str(iters),
+                *extra,
                 "--eval.datasets",
             ]
         )
-    _assert_last_good_checkpoint_kept(saves, out, err.value)
+    path, written = saves[-1]
+    assert path == out / "last.pt" and path.read_bytes() == written
+    state = load_checkpoint(path, package="energy_anomaly_seg")
+    assert not find_nonfinite(state)
+    assert state["phase"] == "ood_head"
+    assert f"step {state['iteration']}" in str(err.value)  # the failing step is the one after the last checkpoint
+
+
+def test_diverging_head_lr_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_args, monkeypatch):
+    """The reviewer's case replayed: at lr 1e6 the head's weights stay finite but its BatchNorm running variance
+    overflows at step 2; that state was once written to last.pt. Now the run stops naming the step, and last.pt
+    is the one written after step 1."""
+    _assert_stops_and_keeps_the_last_good_checkpoint(
+        monkeypatch, tiny_args, tmp_path / "run", r"OoD head .* after step 2", 6, "--optim.lr", "1e6"
+    )
 
 
 def test_nan_injected_in_the_ood_head_stops_the_run_before_it_is_checkpointed(tmp_path, tiny_args, monkeypatch):
-    saves = _record_saves(monkeypatch)
     losses = train_module.sleeg_losses
 
     def poisoned(model, *args, **kwargs):
@@ -163,18 +166,6 @@ def test_nan_injected_in_the_ood_head_stops_the_run_before_it_is_checkpointed(tm
         return losses(model, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "sleeg_losses", poisoned)
-    out = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match="SLEEG loss .* at step 2") as err:
-        _train(
-            [
-                *tiny_args,
-                "--output_dir",
-                str(out),
-                "--checkpoint_interval",
-                "1",
-                "--optim.iters",
-                "4",
-                "--eval.datasets",
-            ]
-        )
-    _assert_last_good_checkpoint_kept(saves, out, err.value)
+    _assert_stops_and_keeps_the_last_good_checkpoint(
+        monkeypatch, tiny_args, tmp_path / "run", "SLEEG loss .* at step 2", 4
+    )
