@@ -43,7 +43,7 @@ from pathlib import Path
 
 from energy_anomaly_seg import train
 from energy_anomaly_seg.config import PACKAGE
-from shared import evidence_tools
+from shared import evidence
 from shared.evidence import committed_mismatches as compare_with_committed
 from shared.evidence import mean_sd
 
@@ -167,7 +167,7 @@ def build_record(
             "FPR95": "percent, lower is better",
             "AUROC": "percent, higher is better",
         },
-        **evidence_tools.seed_rows(seeds, per_seed, validation, BUDGET, seconds, command),
+        **evidence.seed_rows(seeds, per_seed, validation, BUDGET, seconds, command),
     }
 
 
@@ -194,7 +194,7 @@ def format_table(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    parser = evidence_tools.evidence_parser(
+    parser = evidence.evidence_parser(
         __doc__.splitlines()[0],
         DEFAULT_SEEDS,
         VALIDATION_SEED,
@@ -208,12 +208,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="skip the validation draw and use this head lr (default with --seeds: the committed record's choice)",
     )
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    args = evidence_tools.parse_evidence_args(parser, argv, PACKAGE)
+    args = evidence.parse_evidence_args(parser, argv, PACKAGE)
     if args.table:
-        return evidence_tools.print_table(args.table, format_table)
+        return evidence.print_table(args.table, format_table)
     full = args.seeds is None and args.lr is None and args.rows == list(ROWS) and not args.train_args
-    seeds = evidence_tools.reported_seeds(parser, args, DEFAULT_SEEDS)
-    out = evidence_tools.evidence_dir(args.output_dir, PACKAGE)
+    seeds = evidence.reported_seeds(parser, args, DEFAULT_SEEDS)
+    out = evidence.evidence_dir(args.output_dir, PACKAGE)
     t0 = time.perf_counter()
     if args.lr is not None:
         validation = {"optim.lr": {"chosen": args.lr}, "selected_by": "--lr (given)"}

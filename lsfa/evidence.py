@@ -34,7 +34,7 @@ from pathlib import Path
 
 from lsfa import train
 from lsfa.point_pretrain import ensure_pretrained_point_encoder
-from shared import evidence_tools
+from shared import evidence
 from shared.evidence import committed_mismatches as compare_with_committed
 from shared.evidence import mean_sd
 from shared.synthetic import synthetic_root
@@ -152,7 +152,7 @@ def build_record(seeds: Sequence[int], per_seed: dict, validation: dict, command
             "aupro_exact": "AUPRO@0.3 (exact curve), class mean",
             "p_auroc": "pixel AUROC, class mean",
         },
-        **evidence_tools.seed_rows(seeds, per_seed, validation, BUDGET, seconds, command),
+        **evidence.seed_rows(seeds, per_seed, validation, BUDGET, seconds, command),
     }
 
 
@@ -179,16 +179,16 @@ def format_table(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    parser = evidence_tools.evidence_parser(__doc__.splitlines()[0], DEFAULT_SEEDS, VALIDATION_SEED)
+    parser = evidence.evidence_parser(__doc__.splitlines()[0], DEFAULT_SEEDS, VALIDATION_SEED)
     parser.add_argument("--init", choices=INIT_GRID, default=None, help="skip the validation draw, use this init")
     parser.add_argument("--point-variant", default="point_mae_tiny", help="the pre-trained point encoder's variant")
     parser.add_argument("--pretrain-steps", type=int, default=300, help="masked pre-training steps (cached)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (1 thread each)")
-    args = evidence_tools.parse_evidence_args(parser, argv, PACKAGE)
+    args = evidence.parse_evidence_args(parser, argv, PACKAGE)
     if args.table:
-        return evidence_tools.print_table(args.table, format_table)
-    seeds = evidence_tools.reported_seeds(parser, args, DEFAULT_SEEDS)
-    out = evidence_tools.evidence_dir(args.output_dir, PACKAGE)
+        return evidence.print_table(args.table, format_table)
+    seeds = evidence.reported_seeds(parser, args, DEFAULT_SEEDS)
+    out = evidence.evidence_dir(args.output_dir, PACKAGE)
     t0 = time.perf_counter()
     point_checkpoint = ensure_pretrained_point_encoder(args.point_variant, args.pretrain_steps)
     print(f"pre-trained point encoder: {point_checkpoint} ({time.perf_counter() - t0:.0f} s)", flush=True)
