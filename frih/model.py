@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from frih.submasks import kmeans_submasks
+from shared.classification import IMAGENET_MEAN, IMAGENET_STD  # timm's constants, the torchvision values
 
 __all__ = [
     "FRIH",
@@ -58,9 +58,6 @@ __all__ = [
     "normalize_image",
     "xavier_gluon_init_",
 ]
-
-IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN  # timm's constants, the torchvision values
-IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,6 +61,8 @@ from shared.training import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ClassificationConfig",
     "DataConfig",
     "EpochHook",
