@@ -11,8 +11,7 @@ sparse boxes each.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -21,6 +20,7 @@ from calibrated_teacher.calibration import ScoreCalibrator
 from calibrated_teacher.config import CalibratedTeacherSettings
 from calibrated_teacher.model import VARIANTS, build_detector
 from calibrated_teacher.teacher_student import CalibratedTeacher
+from shared.benchmark import seconds_per_call
 from shared.training import autocast
 
 __all__ = ["main", "parse_args"]
@@ -41,18 +41,6 @@ def _batch(n: int, size: int, device: torch.device) -> dict:
         "strong_target": [target] * n,
         "dropped": [empty] * n,
     }
-
-
-def _time(fn: Callable[[], None], iters: int, device: torch.device) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -78,7 +66,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        seconds = _time(step, args.iters, device)
+        seconds = seconds_per_call(step, device, iters=args.iters)
         memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         rows.append({"what": name, "ms": 1000 * seconds, "img_s": args.batch / seconds, "peak_MiB": memory})
     method.teacher.eval()
@@ -88,12 +76,12 @@ def main(args: argparse.Namespace) -> list[dict]:
         with autocast(device, args.amp):
             method.teacher(batch["weak"])
 
-    seconds = _time(infer, args.iters, device)
+    seconds = seconds_per_call(infer, device, iters=args.iters)
     rows.append({"what": "inference", "ms": 1000 * seconds, "img_s": args.batch / seconds, "peak_MiB": float("nan")})
     g = torch.Generator().manual_seed(0)
     scores = torch.rand(args.calib_pairs, generator=g)
     labels = torch.rand(args.calib_pairs, generator=g) < scores
-    seconds = _time(lambda: ScoreCalibrator().fit(scores, labels), 3, torch.device("cpu"))
+    seconds = seconds_per_call(lambda: ScoreCalibrator().fit(scores, labels), torch.device("cpu"), iters=3)
     rows.append(
         {
             "what": f"Platt fit, {args.calib_pairs} pairs",

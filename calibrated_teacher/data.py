@@ -24,11 +24,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from calibrated_teacher.config import DataConfig
+from calibrated_teacher.config import PACKAGE, DataConfig
 from calibrated_teacher.sparse import kept_ratio, write_sparse_split
 from calibrated_teacher.views import make_view, transform_boxes, view_to_view
 from shared.detection import COCO_LAYOUT, CocoDetection, sharded_loader
 from shared.distributed import DistContext
+from shared.teacher_student import synthetic_coco_root
 
 __all__ = [
     "IterationSampler",
@@ -121,22 +122,7 @@ class IterationSampler(Sampler[list[tuple[int, int]]]):
 def dataset_root(data: DataConfig, is_main: bool = True) -> Path:
     """The dataset root; the synthetic set is written first (rank 0) when ``data.synthetic``."""
     if data.synthetic:
-        from shared.synthetic import synthetic_root, write_coco_detection
-
-        root = synthetic_root() / (
-            f"calibrated_teacher_coco_n{data.synthetic_train}_v{data.synthetic_val}_s{data.synthetic_image_size}"
-            f"_c{data.synthetic_categories}"
-        )
-        if is_main:
-            write_coco_detection(
-                root,
-                num_train=data.synthetic_train,
-                num_val=data.synthetic_val,
-                image_size=data.synthetic_image_size,
-                num_categories=data.synthetic_categories,
-                seed=0,
-            )
-        return root
+        return synthetic_coco_root(PACKAGE, data, is_main)
     root = Path(data.root)
     if not data.root or not root.is_dir():
         raise FileNotFoundError(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +42,15 @@ from calibrated_teacher.engine import (
 )
 from calibrated_teacher.model import build_detector, label_offset
 from calibrated_teacher.teacher_student import CalibratedTeacher
+from shared import teacher_student as ts
 from shared.checkpoint import restore_training_state, save_last_and_best, training_state
-from shared.config import config_to_dict, parse_config, save_config
+from shared.config import script_parser
 from shared.detection import CocoDetection, coco_summary
-from shared.distributed import DistContext, all_reduce_mean, cleanup_distributed, init_distributed, seed_everything
-from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
-from shared.training import autocast, check_finite_parameters, make_grad_scaler, optimizer_step
+from shared.distributed import DistContext, all_reduce_mean
+from shared.entrypoints import finish_run, run_distributed
+from shared.logger import RunLogger
+from shared.teacher_student import step_schedule
+from shared.training import make_grad_scaler
 
 __all__ = [
     "Run",
@@ -64,18 +66,7 @@ __all__ = [
 ]
 
 
-def step_schedule(
-    optimizer: torch.optim.Optimizer, steps: Sequence[int], gamma: float, warmup_iters: int, warmup_ratio: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """mmcv step schedule with linear warm-up, per iteration."""
-
-    def factor(i: int) -> float:
-        f = gamma ** sum(i >= s for s in steps)
-        if i < warmup_iters:
-            f *= 1 - (1 - i / warmup_iters) * (1 - warmup_ratio)
-        return f
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+# step_schedule (mmcv's step decay with linear warm-up) is shared.teacher_student's, re-exported here
 
 
 def build_optimizer(cfg: TrainConfig, student: nn.Module, world_size: int) -> torch.optim.SGD:
@@ -135,14 +126,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, logger: RunLogger, resume: dic
     run = Run(cfg, ctx, method, optimizer, scheduler, make_grad_scaler(ctx.device, cfg.amp), train_set, val_set, ratio)
     run.best = {"AP": -math.inf, "step": -1}
     if resume is not None:
-        restore_training_state(
-            resume,
-            student=method.student,
-            teacher=method.teacher,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=run.scaler,
-        )
+        restore_training_state(resume, **ts.loop_components(method, optimizer, scheduler, run.scaler))
         state = resume["method_state"]
         if len(state["buffers"]) != ctx.world_size:
             raise ValueError(f"{cfg.resume} was written by {len(state['buffers'])} process(es), not {ctx.world_size}")
@@ -161,16 +145,11 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
     return training_state(
         PACKAGE,
         run.cfg,
-        student=run.method.student,
-        teacher=run.method.teacher,
-        optimizer=run.optimizer,
-        scheduler=run.scheduler,
-        scaler=run.scaler,
+        **ts.loop_components(run.method, run.optimizer, run.scheduler, run.scaler),
         step=run.step,
         best=run.best,
         method_state={"calibrator": state["calibrator"], "buffers": buffers},
-        num_classes=run.train_set.sparse.num_classes,
-        categories={"ids": list(run.train_set.sparse.cat_ids), "names": list(run.train_set.sparse.category_names)},
+        **ts.category_record(run.train_set.sparse),
     )
 
 
@@ -179,14 +158,7 @@ def _loader(run: Run) -> DataLoader:
     sampler = IterationSampler(
         len(run.train_set), cfg.data.batch_size, cfg.max_iters, ctx.world_size, ctx.rank, cfg.seed, run.step
     )
-    return DataLoader(
-        run.train_set,
-        batch_sampler=sampler,
-        num_workers=cfg.data.workers,
-        collate_fn=sparse_collate,
-        pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    return ts.iteration_loader(run.train_set, sampler, sparse_collate, cfg.data.workers, ctx, cfg.seed)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -206,12 +178,9 @@ def train_steps(run: Run, model: nn.Module, batches, num_steps: int, logger: Run
     t0 = time.perf_counter()
     for _ in logger.progress(range(num_steps), desc=f"iter {run.step}", total=num_steps):
         batch = _to_device(next(batches), ctx.device)
-        with autocast(ctx.device, cfg.amp):
-            loss, logs = model(batch, run.step)
-        optimizer_step(loss, run.optimizer, run.scaler, run.step, cfg.clip_grad, method.student.parameters())
-        run.scheduler.step()
-        method.update_teacher(run.step)
-        check_finite_parameters(method.teacher, run.step, "EMA teacher")
+        loss, logs = ts.teacher_student_step(
+            model, method, batch, run.step, run.optimizer, run.scheduler, run.scaler, ctx.device, cfg
+        )
         if method.maybe_refit(run.step):
             logs.update({"calib_a": method.calibrator.a, "calib_b": method.calibrator.b})
             logger.info(
@@ -233,24 +202,15 @@ def run_until(run: Run, until: int, logger: RunLogger, out_dir: Path | None = No
     """Train to iteration ``until`` with periodic evaluation and checkpoints (when ``out_dir`` is given); returns
     the last evaluation (empty if none happened)."""
     cfg, ctx = run.cfg, run.ctx
-    model: nn.Module = run.method
-    if ctx.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            run.method,
-            device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters,
-        )
+    model = ts.wrap_method(run.method, ctx, cfg.find_unused_parameters)
     batches = iter(_loader(run))
     offset = label_offset(cfg.detector)
     loader = val_loader(run.val_set, cfg.data, ctx)
     result: dict[str, Any] = {}
-    while run.step < until:
-        period = until - run.step
-        if cfg.checkpoint_interval:
-            period = min(cfg.checkpoint_interval - run.step % cfg.checkpoint_interval, period)
+    for period in ts.checkpoint_periods(run.step, until, cfg.checkpoint_interval):
         row = train_steps(run, model, batches, period, logger)
         is_best = False
-        if run.step == cfg.max_iters or (cfg.eval_interval and run.step % cfg.eval_interval == 0):
+        if ts.evaluation_due(run.step, cfg.max_iters, cfg.eval_interval):
             result = evaluate(run.method.student, loader, run.val_set, ctx, offset)
             row["student_AP"] = result["AP"]
             logger.info(f"iter {run.step} student COCO bbox (x100): {coco_summary(result)}")
@@ -297,50 +257,39 @@ def final_metrics(run: Run, out_dir: Path | None, student_result: dict[str, Any]
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """dataclass defaults < YAML (``-c``, else configs/default.yaml) < command line; ``name`` is the -c file's stem."""
-    return parse_config(
-        TrainConfig,
-        argv,
-        description="Train Calibrated Teacher (AAAI 2023) on sparse COCO / the synthetic sparse COCO set.",
-        default_config=DEFAULT_CONFIG,
+parse_args = script_parser(
+    TrainConfig, "Train Calibrated Teacher (AAAI 2023) on sparse COCO / the synthetic sparse COCO set.", DEFAULT_CONFIG
+)
+
+
+def _run(cfg: TrainConfig, ctx: DistContext, resume: dict[str, Any] | None) -> dict[str, Any]:
+    """The run inside the process group: run folder, training, final metrics."""
+    out_dir = ts.claim_training_dir(PACKAGE, cfg, ctx, resumed=resume is not None)
+    logger = ts.open_training_logger(cfg, ctx, out_dir)
+    run = build_run(cfg, ctx, logger, resume)
+    logger.info(
+        f"{cfg.method} | {ctx.world_size} process(es) on {ctx.device} | {len(run.train_set)} sparse train images "
+        f"(kept ratio {run.kept_ratio:.3f}), {len(run.val_set)} val images | {cfg.max_iters} iterations"
+    )
+    result = run_until(run, cfg.max_iters, logger, out_dir)
+    metrics = final_metrics(run, out_dir, result or None)
+    metrics["run_dir"] = str(out_dir)
+    cal = metrics["calibration"]
+    return finish_run(
+        logger,
+        metrics,
+        f"done: student AP {100 * metrics['AP']:.1f}, teacher AP {100 * metrics['teacher']['AP']:.1f}, "
+        f"ECE raw {cal['ece_raw']:.3f} -> calibrated {cal['ece_calibrated']:.3f}, "
+        f"pseudo boxes kept {metrics['pseudo_boxes']['kept']:.0f}",
     )
 
 
 def main(cfg: TrainConfig) -> dict[str, Any]:
     """Train and evaluate; returns the metrics written to ``metrics.json``. Nothing is written before the
     ``--resume`` checkpoint is read and the run folder is claimed."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     _check_backbone(cfg)
     resume = read_checkpoint(cfg.resume) if cfg.resume else None
-    ctx = init_distributed(cfg.device)
-    try:
-        out_dir = resolve_run_dir(PACKAGE, cfg.name or "default", cfg.output_dir, cfg.resume)
-        claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
-        seed_everything(cfg.seed, ctx.rank)
-        logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
-        if ctx.is_main:
-            save_config(cfg, out_dir / "config.yaml")
-        run = build_run(cfg, ctx, logger, resume)
-        logger.info(
-            f"{cfg.method} | {ctx.world_size} process(es) on {ctx.device} | {len(run.train_set)} sparse train images "
-            f"(kept ratio {run.kept_ratio:.3f}), {len(run.val_set)} val images | {cfg.max_iters} iterations"
-        )
-        result = run_until(run, cfg.max_iters, logger, out_dir)
-        metrics = final_metrics(run, out_dir, result or None)
-        metrics["run_dir"] = str(out_dir)
-        logger.write_metrics(metrics)
-        cal = metrics["calibration"]
-        logger.info(
-            f"done: student AP {100 * metrics['AP']:.1f}, teacher AP {100 * metrics['teacher']['AP']:.1f}, "
-            f"ECE raw {cal['ece_raw']:.3f} -> calibrated {cal['ece_calibrated']:.3f}, "
-            f"pseudo boxes kept {metrics['pseudo_boxes']['kept']:.0f}"
-        )
-        logger.close()
-        return metrics
-    finally:
-        cleanup_distributed()
+    return run_distributed(cfg, lambda ctx: _run(cfg, ctx, resume))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +41,7 @@ from mixteacher.config import MixTeacherSettings
 from mixteacher.mix_teacher import MixTeacher
 from mixteacher.model import MixedScaleFasterRCNN, create_model
 from shared.benchmark import peak_memory_mb, seconds_per_call, synchronize
-from shared.config import AmpMode, DeviceName, parse_config
+from shared.config import AmpMode, DeviceName, script_parser
 from shared.training import autocast
 
 __all__ = ["BenchConfig", "main", "parse_args", "run"]
@@ -227,12 +226,9 @@ def run(cfg: BenchConfig, device: torch.device) -> dict[str, float]:
     return result
 
 
-def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
-    return parse_config(
-        BenchConfig,
-        argv,
-        description="MixTeacher benchmark (MobileNetV2-FPN or R50-FPN at 800 x 1216; --quick: 192 x 240)",
-    )
+parse_args = script_parser(
+    BenchConfig, "MixTeacher benchmark (MobileNetV2-FPN or R50-FPN at 800 x 1216; --quick: 192 x 240)"
+)
 
 
 def main(cfg: BenchConfig) -> dict[str, float]:

@@ -33,9 +33,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mixteacher.augment import ViewConfig, box_transform, make_view, transform_boxes
-from mixteacher.config import DataConfig
+from mixteacher.config import PACKAGE, DataConfig
 from shared.detection import CocoDetection, CocoImages, sharded_loader
 from shared.distributed import DistContext
+from shared.teacher_student import synthetic_coco_root
 
 __all__ = [
     "COCO_LAYOUT",
@@ -262,23 +263,7 @@ def _views(data: DataConfig) -> tuple[ViewConfig, ViewConfig, ViewConfig]:
 def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervisedDataset, CocoDetection]:
     """(train set with its labeled and unlabeled parts, val set)."""
     if data.synthetic:
-        from shared.synthetic import synthetic_root, write_coco_detection
-
-        root = synthetic_root() / (
-            f"mixteacher_coco_n{data.synthetic_train}_v{data.synthetic_val}_u"
-            f"{data.synthetic_unlabeled}_s{data.synthetic_image_size}_c"
-            f"{data.synthetic_categories}"
-        )
-        if is_main:
-            write_coco_detection(
-                root,
-                num_train=data.synthetic_train,
-                num_val=data.synthetic_val,
-                image_size=data.synthetic_image_size,
-                num_categories=data.synthetic_categories,
-                num_unlabeled=data.synthetic_unlabeled,
-                seed=0,
-            )
+        root = synthetic_coco_root(PACKAGE, data, is_main, num_unlabeled=data.synthetic_unlabeled)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
     else:

@@ -36,6 +36,7 @@ __all__ = [
     "load_models",
     "read_checkpoint",
     "result_metrics",
+    "upgrade_config",
 ]
 
 #: what evaluation and visualisation read from a checkpoint
@@ -64,10 +65,16 @@ def config_from_checkpoint(
 
     Checkpoints of the earlier schema are read too: ``torch_threads`` becomes ``threads``, ``device: null``
     ``auto``."""
-    stored = {_RENAMED_KEYS.get(k, k): v for k, v in state["config"].items()}
-    if stored.get("device") is None:
-        stored["device"] = "auto"
-    return parse_eval_config(TrainConfig, stored, list(argv), description)
+    return parse_eval_config(TrainConfig, upgrade_config(state["config"]), list(argv), description)
+
+
+def upgrade_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored training config in the current schema: ``torch_threads`` becomes ``threads``, ``device: null``
+    ``auto`` (checkpoints written before the run-level settings were unified)."""
+    config = {_RENAMED_KEYS.get(k, k): v for k, v in stored.items()}
+    if config.get("device") is None:
+        config["device"] = "auto"
+    return config
 
 
 def load_models(state: Mapping[str, Any], cfg: TrainConfig) -> dict[str, MixedScaleFasterRCNN]:

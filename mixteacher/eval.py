@@ -16,9 +16,7 @@ is written.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,22 +24,22 @@ from typing import Any
 
 import torch
 
-from mixteacher.config import TrainConfig
+from mixteacher.config import PACKAGE, TrainConfig
 from mixteacher.data import build_datasets, val_loader
 from mixteacher.engine import (
     MODEL_KEYS,
     add_supervised,
     comparison_table,
-    config_from_checkpoint,
     evaluate,
     load_models,
     read_checkpoint,
     result_metrics,
+    upgrade_config,
 )
-from shared.config import parse_config
 from shared.detection import coco_summary
 from shared.distributed import cleanup_distributed, init_distributed
 from shared.logger import write_json
+from shared.noisy.cli import parse_checkpoint_args
 
 __all__ = ["EvalConfig", "main", "parse_args"]
 
@@ -62,18 +60,16 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
 
     The checkpoint is read and checked here: a file that is not a MixTeacher checkpoint is refused before any
     output exists."""
-    parser = argparse.ArgumentParser(description=DESCRIPTION, add_help=False)
-    parser.add_argument("--checkpoint", required=True, help="last.pt or best.pt of a run")
-    parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):  # the two flags above, then every config key that may be overridden
-        parser.print_help()
-        parse_config(TrainConfig, ["--help"], description="config keys (override the checkpoint's stored config)")
-    args, rest = parser.parse_known_args(argv)
-    state = read_checkpoint(args.checkpoint, MODEL_KEYS)
-    cfg = config_from_checkpoint(state, rest, DESCRIPTION)
-    output_dir = args.output_dir or str(Path(args.checkpoint).parent / "eval")
-    return EvalConfig(checkpoint=args.checkpoint, output_dir=output_dir, train=cfg)
+    ev = parse_checkpoint_args(
+        TrainConfig,
+        argv,
+        DESCRIPTION,
+        PACKAGE,
+        required=MODEL_KEYS,
+        checkpoint_help="last.pt or best.pt of a run",
+        upgrade=upgrade_config,
+    )
+    return EvalConfig(checkpoint=str(ev.checkpoint), output_dir=str(ev.output_dir), train=ev.config)
 
 
 def _supervised_metrics(checkpoint: Path) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ from mixteacher.mining import dense_score_promotion, match_low_confidence, promo
 from mixteacher.model import SCALES, MixedScaleDetector, MixedScaleFCOS, scale_factors
 from mixteacher.teacher import PseudoLabels, box_jitter_uncertainty, ema_update, map_boxes, unsup_weight
 
-__all__ = ["LOSS_KEYS", "MixTeacher", "MixTeacherSettings"]
+__all__ = ["LOSS_KEYS", "MiningInputs", "MixTeacher", "MixTeacherSettings"]
 
 LOSS_KEYS = ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
 
@@ -50,6 +51,49 @@ def _pseudo_label_stats(cls_set: list[PseudoLabels], reg_set: list[PseudoLabels]
         "reg_boxes": sum(len(p) for p in reg_set) / n,
         "mined": mined / n,
     }
+
+
+@dataclass
+class MiningInputs:
+    """What promising label mining reads: the low-confidence pseudo boxes (``mine_score_thr < score <
+    cls_score_thr``) in the student's strong view and the same boxes in the teacher's weak view, both views and their
+    multi-scale features (``extract_features`` of the student on the strong view, of the teacher on the weak one)."""
+
+    low: list[PseudoLabels]
+    low_weak_boxes: list[torch.Tensor]
+    strong: ImageList
+    weak: ImageList
+    student_feats: dict
+    teacher_feats: dict
+
+    @classmethod
+    def select(
+        cls,
+        settings: MixTeacherSettings,
+        pseudo: list[PseudoLabels],
+        pseudo_weak: list[PseudoLabels],
+        strong: ImageList,
+        weak: ImageList,
+        student_feats: dict,
+        teacher_feats: dict,
+    ) -> MiningInputs:
+        """The low-confidence boxes of ``pseudo`` (strong view) and ``pseudo_weak`` (the same boxes, weak view)."""
+        keep = [(p.scores > settings.mine_score_thr) & (p.scores < settings.cls_score_thr) for p in pseudo]
+        return cls(
+            [p.select(k) for p, k in zip(pseudo, keep)],
+            [p.boxes[k] for p, k in zip(pseudo_weak, keep)],
+            strong,
+            weak,
+            student_feats,
+            teacher_feats,
+        )
+
+    def view(self, mining_features: str) -> tuple[dict, ImageList, list[torch.Tensor]]:
+        """(features, images, low-confidence boxes) of the view the teacher's head mines on: the teacher's own weak
+        view (``mining_features: teacher``, the paper figure) or the student's strong view (``student``, released)."""
+        if mining_features == "teacher":
+            return self.teacher_feats, self.weak, self.low_weak_boxes
+        return self.student_feats, self.strong, [p.boxes for p in self.low]
 
 
 class MixTeacher(nn.Module):
@@ -173,12 +217,7 @@ class MixTeacher(nn.Module):
         proposals: list[torch.Tensor],
         cls_boxes: list[torch.Tensor],
         cls_labels: list[torch.Tensor],
-        low: list[PseudoLabels],
-        low_weak_boxes: list[torch.Tensor],
-        strong: ImageList,
-        student_feats: dict,
-        teacher_feats: dict,
-        weak: ImageList,
+        inputs: MiningInputs,
         to_weak: torch.Tensor,
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], int]:
         """Promising label mining on the regular-scale proposals; returns per-image (index, labels, boxes).
@@ -188,7 +227,7 @@ class MixTeacher(nn.Module):
         notes). The teacher's R-CNN head then runs twice for the whole batch: on the regular-scale features of all
         candidates (their regressed boxes are matched to the low-confidence boxes), and on the mixed-scale
         features of the matched ones only (the score promotion of :func:`score_promotion`)."""
-        s, teacher = self.settings, self.teacher
+        s, teacher, low = self.settings, self.teacher, inputs.low
         device = proposals[0].device if proposals else to_weak.device
         empty = [
             (torch.zeros(0, dtype=torch.int64, device=device), lab[:0], p[:0]) for p, lab in zip(proposals, cls_labels)
@@ -196,13 +235,13 @@ class MixTeacher(nn.Module):
         if sum(len(p) for p in low) == 0:
             return empty, 0
         use_teacher = s.mining_features == "teacher"
-        source = teacher_feats if use_teacher else student_feats
-        sizes = weak.image_sizes if use_teacher else strong.image_sizes
+        source, images, view_boxes = inputs.view(s.mining_features)
+        sizes = images.image_sizes
         cand_index, cand_boxes, low_boxes = [], [], []
         for i, props in enumerate(proposals):
             assigned, _ = self.student.assign(props, cls_boxes[i], cls_labels[i])
-            boxes = props if not use_teacher else map_boxes(props, to_weak[i], weak.image_sizes[i])
-            targets = low_weak_boxes[i] if use_teacher else low[i].boxes
+            boxes = props if not use_teacher else map_boxes(props, to_weak[i], inputs.weak.image_sizes[i])
+            targets = view_boxes[i]
             keep = (assigned == 0) & (len(targets) > 0)
             if len(targets) and len(boxes) and s.mining_candidate_iou > 0:
                 keep &= box_iou(boxes, targets).amax(dim=1) >= s.mining_candidate_iou
@@ -260,13 +299,11 @@ class MixTeacher(nn.Module):
         cls_set = [p.select(p.scores >= s.cls_score_thr) for p in pseudo]
         reg_set = [p.select(p.uncertainty < s.reg_uncertainty_thr) for p in pseudo]
         mining = s.mining and {"regular", "mixed"} <= set(s.train_scales)
-        low_keep = [(p.scores > s.mine_score_thr) & (p.scores < s.cls_score_thr) for p in pseudo]
-        low = [p.select(k) for p, k in zip(pseudo, low_keep)]
-        low_weak = [p.boxes[k] for p, k in zip(pseudo_weak, low_keep)]
         t_scaled, t_features = teacher_feats[s.teacher_scale]
         t_factors = scale_factors(weak, t_scaled)
 
         feats = student.extract_features(strong, s.train_scales)
+        inputs = MiningInputs.select(s, pseudo, pseudo_weak, strong, weak, feats, teacher_feats)
         total: dict[str, torch.Tensor] = {}
         mined_count = 0
         for scale in s.train_scales:
@@ -279,9 +316,7 @@ class MixTeacher(nn.Module):
             cls_labels = [p.labels for p in cls_set]
             mined = None
             if mining and scale == "regular":
-                mined, mined_count = self._mine(
-                    proposals, cls_boxes, cls_labels, low, low_weak, strong, feats, teacher_feats, weak, to_weak
-                )
+                mined, mined_count = self._mine(proposals, cls_boxes, cls_labels, inputs, to_weak)
             sampled = student.sample_rois(proposals, cls_boxes, cls_labels, mined, s.mined_as_proposals)
             # the teacher's background probability of each sampled RoI, mapped into the teacher's view
             with torch.no_grad():
@@ -301,24 +336,13 @@ class MixTeacher(nn.Module):
                 total[k] = total.get(k, 0.0) + v / len(s.train_scales)
         return total, _pseudo_label_stats(cls_set, reg_set, mined_count)
 
-    def _mine_dense(
-        self,
-        low: list[PseudoLabels],
-        low_weak_boxes: list[torch.Tensor],
-        strong: ImageList,
-        student_feats: dict,
-        teacher_feats: dict,
-        weak: ImageList,
-    ) -> tuple[list[torch.Tensor], int]:
+    def _mine_dense(self, inputs: MiningInputs) -> tuple[list[torch.Tensor], int]:
         """Promising label mining for FCOS (:func:`~mixteacher.mining.dense_score_promotion`): which low-confidence
         pseudo boxes of each image are promoted, by the teacher's FCOS head on the regular and the mixed pyramid of
         the teacher's weak view (``mining_features: teacher``, the paper figure) or of the student's strong view
         (``student``, the released Faster R-CNN code's choice)."""
         s, teacher = self.settings, self.teacher
-        use_teacher = s.mining_features == "teacher"
-        source = teacher_feats if use_teacher else student_feats
-        images = weak if use_teacher else strong
-        boxes = low_weak_boxes if use_teacher else [p.boxes for p in low]
+        source, images, boxes = inputs.view(s.mining_features)
         with torch.no_grad():
             ref = teacher.head_outputs(images, source["regular"][1])
             tgt = teacher.head_outputs(images, source["mixed"][1])
@@ -327,7 +351,7 @@ class MixTeacher(nn.Module):
                 ref,
                 tgt,
                 boxes,
-                [p.labels for p in low],
+                [p.labels for p in inputs.low],
                 s.mining_diff_thr,
                 cfg.fcos_center_sampling_radius,
                 tuple(cfg.fcos_regress_ranges),
@@ -352,12 +376,9 @@ class MixTeacher(nn.Module):
         feats = student.extract_features(strong, s.train_scales)
         mined, mined_count = None, 0
         if mining:
-            low_keep = [(p.scores > s.mine_score_thr) & (p.scores < s.cls_score_thr) for p in pseudo]
-            low = [p.select(k) for p, k in zip(pseudo, low_keep)]
-            promoted, mined_count = self._mine_dense(
-                low, [p.boxes[k] for p, k in zip(pseudo_weak, low_keep)], strong, feats, teacher_feats, weak
-            )
-            mined = [p.select(k) for p, k in zip(low, promoted)]
+            inputs = MiningInputs.select(s, pseudo, pseudo_weak, strong, weak, feats, teacher_feats)
+            promoted, mined_count = self._mine_dense(inputs)
+            mined = [p.select(k) for p, k in zip(inputs.low, promoted)]
         total: dict[str, torch.Tensor] = {}
         for scale in s.train_scales:
             scaled, features = feats[scale]

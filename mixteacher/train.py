@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,12 +52,15 @@ from mixteacher.engine import (
 )
 from mixteacher.mix_teacher import MixTeacher
 from mixteacher.model import build_detector
+from shared import teacher_student as ts
 from shared.checkpoint import restore_training_state, save_last_and_best, training_state
-from shared.config import config_to_dict, parse_config, save_config
+from shared.config import config_to_dict, script_parser
 from shared.detection import coco_summary
-from shared.distributed import DistContext, all_reduce_mean, cleanup_distributed, init_distributed, seed_everything
-from shared.logger import RunLogger, claim_run_dir, resolve_run_dir, write_json
-from shared.training import autocast, check_finite_parameters, make_grad_scaler, optimizer_step
+from shared.distributed import DistContext, all_reduce_mean
+from shared.entrypoints import finish_run, run_distributed
+from shared.logger import RunLogger, claim_run_dir, write_json
+from shared.teacher_student import step_schedule
+from shared.training import make_grad_scaler
 
 __all__ = [
     "TrainConfig",
@@ -74,21 +76,7 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------ builders
-
-
-def step_schedule(
-    optimizer: torch.optim.Optimizer, steps: Sequence[int], gamma: float, warmup_iters: int, warmup_ratio: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """mmcv ``StepLrUpdaterHook`` with linear warm-up (per iteration): lr x gamma^(#steps passed), during warm-up
-    multiplied by ``1 - (1 - i / warmup_iters) (1 - warmup_ratio)``."""
-
-    def factor(i: int) -> float:
-        f = gamma ** sum(i >= s for s in steps)
-        if i < warmup_iters:
-            f *= 1 - (1 - i / warmup_iters) * (1 - warmup_ratio)
-        return f
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+# step_schedule (mmcv's step decay with linear warm-up) is shared.teacher_student's, re-exported here
 
 
 def _supervised_config(cfg: TrainConfig, out_dir: Path) -> TrainConfig:
@@ -162,14 +150,7 @@ def build_train_loader(
         cfg.seed,
         start_iter=start_iter,
     )
-    return DataLoader(
-        train_set,
-        batch_sampler=sampler,
-        num_workers=cfg.data.workers,
-        collate_fn=semi_collate,
-        pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    return ts.iteration_loader(train_set, sampler, semi_collate, cfg.data.workers, ctx, cfg.seed)
 
 
 # -------------------------------------------------------------------------------------------------- loop
@@ -207,13 +188,7 @@ def train_steps(
     bar = logger.progress(range(num_steps), desc=f"iter {step}", total=num_steps)
     for _ in bar:
         batch = _to_device(next(batches), ctx.device)
-        with autocast(ctx.device, cfg.amp):
-            loss, logs = model(batch, step)
-        optimizer_step(loss, optimizer, scaler, step, cfg.clip_grad, method.student.parameters())
-        scheduler.step()
-        method.update_teacher(step)
-        # the student is checked by optimizer_step; the EMA teacher makes the pseudo labels and is checkpointed
-        check_finite_parameters(method.teacher, step, "EMA teacher")
+        loss, logs = ts.teacher_student_step(model, method, batch, step, optimizer, scheduler, scaler, ctx.device, cfg)
         step += 1
         images += len(batch["labeled_images"]) + len(batch["weak_images"])
         logs["loss"] = float(loss.detach())
@@ -295,58 +270,30 @@ def _evaluate_period(
 
 def _train(cfg: TrainConfig, ctx: DistContext, out_dir: Path, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """One training run (MixTeacher or supervised) in ``out_dir``; returns its metrics."""
-    seed_everything(cfg.seed, ctx.rank)
-    logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
-    if ctx.is_main:
-        save_config(cfg, out_dir / "config.yaml")
+    logger = ts.open_training_logger(cfg, ctx, out_dir)
     logger.info(f"run folder {out_dir} | {cfg.method} | {ctx.world_size} process(es) on {ctx.device}")
     train_set, val_set = build_datasets(cfg.data, ctx.is_main)
     method = build_method(cfg, train_set.labeled.num_classes, ctx, resume, logger)
     optimizer, scheduler, scaler = build_optimizer(cfg, method, ctx)
     step, best = 0, {"AP": -math.inf, "step": -1}
+    components = ts.loop_components(method, optimizer, scheduler, scaler)
     if resume is not None:
-        restore_training_state(
-            resume,
-            student=method.student,
-            teacher=method.teacher,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-        )
+        restore_training_state(resume, **components)
         step, best = resume["step"], resume["best"]
         logger.info(f"resumed from {cfg.resume} at step {step}")
     batches = iter(build_train_loader(cfg, train_set, ctx, step))
     eval_loader = val_loader(val_set, cfg.data, ctx)
     logger.info(_describe(cfg, method, optimizer, train_set, val_set, ctx))
-    model: nn.Module = method
-    if ctx.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            method,
-            device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters,
-        )
+    model = ts.wrap_method(method, ctx, cfg.find_unused_parameters)
     results: dict[str, dict[str, Any]] = {}
-    while step < cfg.max_iters:
-        period = cfg.max_iters - step
-        if cfg.checkpoint_interval:
-            period = min(cfg.checkpoint_interval - step % cfg.checkpoint_interval, period)
+    for period in ts.checkpoint_periods(step, cfg.max_iters, cfg.checkpoint_interval):
         row, step = train_steps(model, method, batches, optimizer, scheduler, scaler, ctx, step, period, cfg, logger)
         is_best = False
-        if step == cfg.max_iters or (cfg.eval_interval and step % cfg.eval_interval == 0):
+        if ts.evaluation_due(step, cfg.max_iters, cfg.eval_interval):
             results, best, is_best = _evaluate_period(method, eval_loader, val_set, ctx, cfg, step, row, best, logger)
         if ctx.is_main:  # refused (NonFiniteStateError) if any tensor is NaN/inf: last.pt stays the last good one
             state = training_state(
-                PACKAGE,
-                cfg,
-                student=method.student,
-                teacher=method.teacher,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                step=step,
-                best=best,
-                num_classes=train_set.labeled.num_classes,
-                categories={"ids": list(train_set.labeled.cat_ids), "names": list(train_set.labeled.category_names)},
+                PACKAGE, cfg, **components, step=step, best=best, **ts.category_record(train_set.labeled)
             )
             save_last_and_best(state, out_dir, is_best)
         logger.log_epoch(step, row)
@@ -354,49 +301,37 @@ def _train(cfg: TrainConfig, ctx: DistContext, out_dir: Path, resume: dict[str, 
         results = evaluate(_models(method, cfg), eval_loader, val_set, ctx, cfg)
     metrics = result_metrics(results, cfg, method=cfg.method, iterations=cfg.max_iters)
     metrics.update({"best_AP": best["AP"], "best_step": best["step"], "run_dir": str(out_dir)})
-    logger.write_metrics(metrics)
-    logger.info(f"done: {metrics['headline']} {coco_summary(headline(results, cfg)[1])}")
-    logger.close()
+    return finish_run(logger, metrics, f"done: {metrics['headline']} {coco_summary(headline(results, cfg)[1])}")
+
+
+parse_args = script_parser(TrainConfig, "Train MixTeacher (CVPR 2023) on COCO/VOC/synthetic COCO.", DEFAULT_CONFIG)
+
+
+def _run(cfg: TrainConfig, ctx: DistContext, resume: dict[str, Any] | None, compare: bool) -> dict[str, Any]:
+    """The run (then the supervised comparison when ``compare``) inside the process group."""
+    out_dir = ts.claim_training_dir(PACKAGE, cfg, ctx, resumed=resume is not None)
+    sup_cfg = _supervised_config(cfg, out_dir) if compare else None
+    if sup_cfg is not None:  # the comparison is redone from scratch; a resumed run may redo it with new values
+        claim_run_dir(
+            out_dir / "supervised", PACKAGE, config_to_dict(sup_cfg), resume=resume is not None, is_main=ctx.is_main
+        )
+    metrics = _train(cfg, ctx, out_dir, resume)
+    if sup_cfg is not None:
+        add_supervised(metrics, _train(sup_cfg, ctx, out_dir / "supervised")["last"])
+        if ctx.is_main:
+            write_json(metrics, out_dir / "metrics.json")
+            print("\n" + comparison_table(metrics), flush=True)
     return metrics
-
-
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """dataclass defaults < YAML (``-c``, else configs/default.yaml) < command line; ``name`` is the -c file's stem."""
-    return parse_config(
-        TrainConfig,
-        argv,
-        description="Train MixTeacher (CVPR 2023) on COCO/VOC/synthetic COCO.",
-        default_config=DEFAULT_CONFIG,
-    )
 
 
 def main(cfg: TrainConfig) -> dict[str, Any]:
     """Train and evaluate (then the supervised comparison when asked); returns the metrics of ``metrics.json``.
 
     Nothing is written before the ``--resume`` checkpoint is read and the run folder is claimed."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     compare = cfg.compare_supervised and cfg.method == "mixteacher"
     _check_backbone(cfg, compare)
     resume = read_checkpoint(cfg.resume) if cfg.resume else None
-    ctx = init_distributed(cfg.device)
-    try:
-        out_dir = resolve_run_dir(PACKAGE, cfg.name or "default", cfg.output_dir, cfg.resume)
-        sup_cfg = _supervised_config(cfg, out_dir) if compare else None
-        claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
-        if sup_cfg is not None:  # the comparison is redone from scratch; a resumed run may redo it with new values
-            claim_run_dir(
-                out_dir / "supervised", PACKAGE, config_to_dict(sup_cfg), resume=resume is not None, is_main=ctx.is_main
-            )
-        metrics = _train(cfg, ctx, out_dir, resume)
-        if sup_cfg is not None:
-            add_supervised(metrics, _train(sup_cfg, ctx, out_dir / "supervised")["last"])
-            if ctx.is_main:
-                write_json(metrics, out_dir / "metrics.json")
-                print("\n" + comparison_table(metrics), flush=True)
-        return metrics
-    finally:
-        cleanup_distributed()
+    return run_distributed(cfg, lambda ctx: _run(cfg, ctx, resume, compare))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from torch import nn
 
 from mixteacher import train as mt_train
 from mixteacher.mining import score_promotion
-from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
+from mixteacher.mix_teacher import MiningInputs, MixTeacher, MixTeacherSettings
 from mixteacher.model import MixedScaleFasterRCNN, create_model
 from mixteacher.teacher import PseudoLabels
 from mixteacher.tests.helpers import toy_batch
@@ -97,9 +97,8 @@ def test_batched_mining_equals_the_per_image_rule(tiny_detector_cfg):
     ]
     cls_boxes = [torch.tensor([[60.0, 60.0, 90.0, 90.0]]), torch.zeros(0, 4)]
     cls_labels = [torch.tensor([1]), torch.zeros(0, dtype=torch.int64)]
-    mined, count = method._mine(
-        proposals, cls_boxes, cls_labels, low, [p.boxes for p in low], strong, feats, {}, strong, torch.eye(3)[None]
-    )
+    inputs = MiningInputs(low, [p.boxes for p in low], strong, strong, feats, {})
+    mined, count = method._mine(proposals, cls_boxes, cls_labels, inputs, torch.eye(3)[None])
     expected = 0
     for i, props in enumerate(proposals):
         assigned, _ = method.student.assign(props, cls_boxes[i], cls_labels[i])

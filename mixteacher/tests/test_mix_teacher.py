@@ -5,6 +5,7 @@ import torch
 
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
 from mixteacher.model import MixedScaleFasterRCNN
+from mixteacher.tests.helpers import mining_settings
 
 
 def _batch():
@@ -31,16 +32,7 @@ def _fake_detect(images, features, proposal_mode="training"):
 @pytest.mark.parametrize("mining_features", ["student", "teacher"])
 def test_unsupervised_step_with_pseudo_labels(tiny_detector_cfg, monkeypatch, mining_features):
     torch.manual_seed(0)
-    settings = MixTeacherSettings(
-        unsup_start=0,
-        unsup_warmup=0,
-        mining_diff_thr=-1.0,
-        mine_score_thr=0.5,
-        mining_iou_thr=0.0,
-        mining_candidate_iou=0.0,
-        reg_uncertainty_thr=1e9,
-        mining_features=mining_features,
-    )
+    settings = mining_settings(mining_features, mine_score_thr=0.5, mining_candidate_iou=0.0)
     method = MixTeacher(MixedScaleFasterRCNN(3, tiny_detector_cfg), settings).train()
     monkeypatch.setattr(method.teacher, "detect", _fake_detect)
     loss, logs = method(_batch(), step=10)

@@ -4,7 +4,10 @@ pycocotools; config errors; the two-process gloo DDP smoke run and exact resume 
 import contextlib
 import io
 import json
+from functools import partial
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -63,16 +66,14 @@ TINY = [
 ]
 
 
-def train_run(argv: list[str]) -> dict:
-    return mt_train.main(mt_train.parse_args(argv))
+def _run_script(script: ModuleType, argv: list[str]) -> Any:
+    """``python -m mixteacher.<script> ARGV`` in this process: ``script.main(script.parse_args(argv))``."""
+    return script.main(script.parse_args(argv))
 
 
-def eval_run(argv: list[str]) -> dict:
-    return mt_eval.main(mt_eval.parse_args(argv))
-
-
-def visualize_run(argv: list[str]) -> list[Path]:
-    return mt_visualize.main(mt_visualize.parse_args(argv))
+train_run = partial(_run_script, mt_train)  # -> metrics dict
+eval_run = partial(_run_script, mt_eval)  # -> metrics dict
+visualize_run = partial(_run_script, mt_visualize)  # -> written image paths
 
 
 def _pycocotools_ap(model, val_set) -> float:

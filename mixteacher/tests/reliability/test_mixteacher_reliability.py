@@ -13,6 +13,7 @@ from mixteacher.data import build_datasets, partial_split_files
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
 from mixteacher.model import MixedScaleFasterRCNN
 from mixteacher.teacher import box_jitter_uncertainty
+from mixteacher.tests.helpers import mining_settings
 from mixteacher.tests.test_train import TINY, eval_run, train_run, visualize_run
 from shared.checkpoint import CheckpointError, find_nonfinite, load_checkpoint
 from shared.datasets.coco_partial import RECIPE_KEY, labeled_image_indices
@@ -107,14 +108,7 @@ def test_student_losses_and_mining_with_zero_proposals_and_pseudo_boxes(
     uncertainty, mining, the teacher's background weighting and the student's losses still run, with finite
     losses and gradients."""
     torch.manual_seed(0)
-    settings = MixTeacherSettings(
-        unsup_start=0,
-        unsup_warmup=0,
-        mining_diff_thr=-1.0,
-        mining_iou_thr=0.0,
-        reg_uncertainty_thr=1e9,
-        mining_features=mining_features,
-    )
+    settings = mining_settings(mining_features)
     method = MixTeacher(MixedScaleFasterRCNN(NUM_CLASSES, tiny_detector_cfg), settings).train()
     _without_proposals(method.student, empty)
     monkeypatch.setattr(method.teacher, "detect", _detections_for(tuple(i for i in (0, 1) if i not in empty)))
