@@ -47,7 +47,7 @@ from shared.checkpoint import restore_training_state, save_last_and_best, traini
 from shared.config import script_parser
 from shared.detection import CocoDetection, coco_summary
 from shared.distributed import DistContext, all_reduce_mean
-from shared.entrypoints import finish_run, run_distributed
+from shared.entrypoints import finish_run, run_distributed, wrap_ddp
 from shared.logger import RunLogger
 from shared.teacher_student import step_schedule
 from shared.training import make_grad_scaler
@@ -202,7 +202,7 @@ def run_until(run: Run, until: int, logger: RunLogger, out_dir: Path | None = No
     """Train to iteration ``until`` with periodic evaluation and checkpoints (when ``out_dir`` is given); returns
     the last evaluation (empty if none happened)."""
     cfg, ctx = run.cfg, run.ctx
-    model = ts.wrap_method(run.method, ctx, cfg.find_unused_parameters)
+    model = wrap_ddp(run.method, ctx, cfg.find_unused_parameters)
     batches = iter(_loader(run))
     offset = label_offset(cfg.detector)
     loader = val_loader(run.val_set, cfg.data, ctx)

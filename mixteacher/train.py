@@ -57,7 +57,7 @@ from shared.checkpoint import restore_training_state, save_last_and_best, traini
 from shared.config import config_to_dict, script_parser
 from shared.detection import coco_summary
 from shared.distributed import DistContext, all_reduce_mean
-from shared.entrypoints import finish_run, run_distributed
+from shared.entrypoints import finish_run, run_distributed, wrap_ddp
 from shared.logger import RunLogger, claim_run_dir, write_json
 from shared.teacher_student import step_schedule
 from shared.training import make_grad_scaler
@@ -284,7 +284,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, out_dir: Path, resume: dict[str, 
     batches = iter(build_train_loader(cfg, train_set, ctx, step))
     eval_loader = val_loader(val_set, cfg.data, ctx)
     logger.info(_describe(cfg, method, optimizer, train_set, val_set, ctx))
-    model = ts.wrap_method(method, ctx, cfg.find_unused_parameters)
+    model = wrap_ddp(method, ctx, cfg.find_unused_parameters)
     results: dict[str, dict[str, Any]] = {}
     for period in ts.checkpoint_periods(step, cfg.max_iters, cfg.checkpoint_interval):
         row, step = train_steps(model, method, batches, optimizer, scheduler, scaler, ctx, step, period, cfg, logger)

@@ -111,12 +111,14 @@ def end_epoch(
         hook(epoch, row)
 
 
-def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:
     """``model`` in DistributedDataParallel (on the local GPU under CUDA) when ``ctx`` is distributed, else itself."""
     if not ctx.distributed:
         return model
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
+        model,
+        device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
     )
 
 

@@ -10,7 +10,6 @@ end. What the method does inside an iteration stays in the package; this module 
 * :func:`iteration_loader`: one batch per iteration from a batch sampler (seeded worker generator);
 * :func:`teacher_student_step`: one iteration (student step, schedule step, EMA teacher update, teacher check);
 * :func:`checkpoint_periods` and :func:`evaluation_due`: the iterations between checkpoints, and when to evaluate;
-* :func:`wrap_method`: the method in DistributedDataParallel when the run has several processes;
 * :func:`loop_components` and :func:`category_record`: the checkpoint entries of the loop (student, teacher,
   optimizer, schedule, scaler) and of the training set's categories, for ``shared.checkpoint.training_state`` and
   ``restore_training_state``;
@@ -47,7 +46,6 @@ __all__ = [
     "step_schedule",
     "synthetic_coco_root",
     "teacher_student_step",
-    "wrap_method",
 ]
 
 
@@ -155,17 +153,6 @@ def checkpoint_periods(start: int, until: int, interval: int) -> Iterator[int]:
 def evaluation_due(step: int, max_iters: int, eval_interval: int) -> bool:
     """Whether the loop evaluates after iteration ``step``: at the end of training and every ``eval_interval``."""
     return step == max_iters or bool(eval_interval and step % eval_interval == 0)
-
-
-def wrap_method(method: nn.Module, ctx: DistContext, find_unused_parameters: bool) -> nn.Module:
-    """``method`` in DistributedDataParallel (on the local GPU under CUDA) when the run has several processes."""
-    if not ctx.distributed:
-        return method
-    return nn.parallel.DistributedDataParallel(
-        method,
-        device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-        find_unused_parameters=find_unused_parameters,
-    )
 
 
 def loop_components(

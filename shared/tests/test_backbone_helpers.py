@@ -83,6 +83,7 @@ def test_run_distributed_sets_threads_and_returns(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         run_distributed(SimpleNamespace(threads=0, device="cpu"), lambda ctx: 1 / 0)
     assert wrap_ddp(nn.Linear(1, 1), CPU).__class__ is nn.Linear
+    assert wrap_ddp(nn.Linear(1, 1), CPU, find_unused_parameters=True).__class__ is nn.Linear
 
 
 def test_trained_checkpoint_and_strict_load_refusals(tmp_path):

@@ -23,7 +23,6 @@ from shared.teacher_student import (
     step_schedule,
     synthetic_coco_root,
     teacher_student_step,
-    wrap_method,
 )
 from shared.training import NonFiniteLossError
 
@@ -153,11 +152,6 @@ def test_iteration_loader_serves_the_batch_sampler_in_order():
     loader = iteration_loader(data, [[0, 1], [4, 5]], torch.stack, 0, CPU, seed=0)
     assert [b.tolist() for b in loader] == [[0.0, 1.0], [4.0, 5.0]]
     assert not loader.pin_memory and loader.generator.initial_seed() == 0
-
-
-def test_a_single_process_method_is_not_wrapped():
-    method = ToyMethod()
-    assert wrap_method(method, CPU, find_unused_parameters=True) is method
 
 
 def test_synthetic_coco_root_is_named_after_the_package_and_sizes(tmp_path, monkeypatch):
