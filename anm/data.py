@@ -27,20 +27,16 @@ import torchvision.transforms.v2.functional as TF
 
 from shared.label_noise import NoisyLabels
 from shared.noisy.data import (
-    CIFAR_MEAN,
-    CIFAR_STD,
     CifarTrainTransform,
+    NoisyDataConfig,
     NoisyTaskBase,
-    Normalize,
     cifar_noise,
-    cifar_task_fields,
+    cifar_normalize,
     clothing1m_splits,
     clothing1m_task_fields,
-    clothing1m_transforms,
-    load_cifar,
+    load_cifar_task,
     noise_path,
     save_noise,
-    synthetic_cifar_root,
     write_digits_cifar,
 )
 
@@ -56,21 +52,12 @@ __all__ = [
 
 
 @dataclass
-class DataConfig:
-    """Dataset, noise and views."""
+class DataConfig(NoisyDataConfig):
+    """Dataset, noise (:class:`shared.noisy.data.NoisyDataConfig`) and views."""
 
     dataset: Literal["cifar10", "cifar100", "clothing1m", "digits"] = "cifar10"
     root: str | None = field(
         default=None, metadata={"help": "dataset root; null = the embedded synthetic CIFAR set (digits: generated)"}
-    )
-    synthetic_train_size: int = 5000
-    synthetic_test_size: int = 1000
-    image_size: int = field(default=32, metadata={"help": "CIFAR-layout images are resized once to this side"})
-    noise_type: Literal["sym", "asym"] = "sym"
-    noise_rate: float = 0.5
-    noise_seed: int = 0
-    noise_file: str | None = field(
-        default=None, metadata={"help": "noisy-label file (created if missing); null: <run folder>/noisy_labels.json"}
     )
     views: Literal["released", "weak"] = field(
         default="released",
@@ -87,8 +74,6 @@ class DataConfig:
 class NoisyTask(NoisyTaskBase):
     """What the trainer needs: images, labels and the transforms."""
 
-    train_transform: Callable
-    eval_transform: Callable
     views: dict[str, list[Callable]]
     val_source: Any = None
     val_labels: torch.Tensor | None = None
@@ -180,7 +165,7 @@ class _CropFlip:
         self.pad = max(1, size // 8)
         self.hflip = hflip
         self.op = op
-        self.normalize = Normalize(CIFAR_MEAN[num_classes], CIFAR_STD[num_classes])
+        self.normalize = cifar_normalize(num_classes)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
@@ -226,11 +211,10 @@ def sanm_views(
 # ----------------------------------------------------------------------------------------------- datasets
 def _clothing1m_task(cfg: DataConfig) -> NoisyTask:
     train, val, test = clothing1m_splits(cfg.root, ("train", "val", "test"))
-    train_tf = clothing1m_transforms(train=True)
+    fields = clothing1m_task_fields(train, test)
+    train_tf = fields["train_transform"]
     return NoisyTask(
-        **clothing1m_task_fields(train, test),
-        train_transform=train_tf,
-        eval_transform=clothing1m_transforms(train=False),
+        **fields,
         views={"warmup": [train_tf], "labeled": [train_tf, train_tf], "unlabeled": [train_tf, train_tf]},
         val_source=val,
         val_labels=val.labels,
@@ -240,15 +224,13 @@ def _clothing1m_task(cfg: DataConfig) -> NoisyTask:
 DIGITS_TEST_SIZE = 600  # the README's split of scikit-learn's 1 797 digits: 1 197 train / 600 test
 
 
-def _cifar_layout_root(cfg: DataConfig) -> tuple[Path, int]:
-    if cfg.dataset == "digits":
-        from shared.synthetic import synthetic_root
+def _digits_root(cfg: DataConfig) -> Path:
+    """scikit-learn's digits in the CIFAR-10 layout (bilinear upsampling), under ``cfg.root`` or the synthetic root."""
+    from shared.synthetic import synthetic_root
 
-        return write_digits_cifar(
-            cfg.root or synthetic_root() / "anm_digits", test_size=DIGITS_TEST_SIZE, upsample="bilinear"
-        ), 10
-    classes = 10 if cfg.dataset == "cifar10" else 100
-    return (Path(cfg.root) if cfg.root is not None else synthetic_cifar_root("anm", cfg)), classes
+    return write_digits_cifar(
+        cfg.root or synthetic_root() / "anm_digits", test_size=DIGITS_TEST_SIZE, upsample="bilinear"
+    )
 
 
 def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) -> NoisyTask:
@@ -259,15 +241,10 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
     """
     if cfg.dataset == "clothing1m":
         return _clothing1m_task(cfg)
-    root, classes = _cifar_layout_root(cfg)
-    train = load_cifar(root, classes, True, cfg.image_size)
-    test = load_cifar(root, classes, False, cfg.image_size)
-    noise = cifar_noise(train.labels, cfg, classes, run_dir, write_noise)
-    views = sanm_views(classes, cfg.image_size, cfg.views, cfg.hflip, cfg.crop_padding)
-    return NoisyTask(
-        **cifar_task_fields(train, test, noise),
-        train_transform=views["warmup"][0],
-        eval_transform=Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes]),
-        views=views,
-        noise=noise,
+    classes = 100 if cfg.dataset == "cifar100" else 10
+    root = _digits_root(cfg) if cfg.dataset == "digits" else None
+    fields = load_cifar_task(
+        cfg, "anm", classes, lambda clean: cifar_noise(clean, cfg, classes, run_dir, write_noise), root
     )
+    views = sanm_views(classes, cfg.image_size, cfg.views, cfg.hflip, cfg.crop_padding)
+    return NoisyTask(**fields, train_transform=views["warmup"][0], views=views)

@@ -52,20 +52,12 @@ def build_engine(cfg: Config, task: NoisyTask, nets: list[nn.Module], device: to
     s = cfg.sanm
     engine_cls = _StampedCE if s.method == "ce" else _StampedSANM
     masking = s.method == "sanm" and s.masking
-    engine = engine_cls(
-        nets[0].to(device),
-        nets[1].to(device),
-        task.train_source,
-        task.noisy_labels,
-        task.num_classes,
-        task.train_transform,
-        task.eval_transform,
-        task.test_source,
-        task.test_labels,
+    engine = engine_cls.for_task(
+        task,
+        [net.to(device) for net in nets],
         cfg.dividemix,
         device,
         logger,
-        clean_labels=task.clean_labels,
         seed=cfg.seed,
         views=task.views,
         masker=s.masker,

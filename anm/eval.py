@@ -10,7 +10,6 @@ Rebuilds the test split from the config stored in the checkpoint (``--key value`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ import torch
 from anm.config import PACKAGE, Config
 from anm.data import build_task
 from anm.engine import build_models
-from shared.logger import write_json
-from shared.noisy.cli import Evaluation, parse_checkpoint_args
+from shared.noisy.cli import Evaluation, checkpoint_parser, run_evaluation
 from shared.noisy.supervised import evaluate_accuracy
 
 
@@ -44,30 +42,25 @@ def evaluate(state: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str, Any
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
-    """``--checkpoint`` (an anm last.pt or best.pt), ``--output_dir`` and ``--key value`` overrides of its config."""
-    return parse_checkpoint_args(
-        Config,
-        argv,
-        __doc__,
-        PACKAGE,
-        required=("net1", "net2", "config", "epoch"),
-        checkpoint_help="last.pt or best.pt of an anm run",
+parse_args = checkpoint_parser(
+    Config,
+    __doc__,
+    PACKAGE,
+    required=("net1", "net2", "config", "epoch"),
+    checkpoint_help="last.pt or best.pt of an anm run",
+)
+
+
+def _report(metrics: dict[str, Any], path: Path) -> str:
+    return (
+        f"epoch {metrics['epoch']}: test accuracy {metrics['test_acc']:.2f} (net1 {metrics['test_acc_net1']:.2f}, "
+        f"net2 {metrics['test_acc_net2']:.2f})\nwrote {path}"
     )
 
 
 def main(ev: Evaluation) -> dict[str, Any]:
     """Evaluate the checkpoint; writes <output_dir>/metrics.json and returns the metrics."""
-    if ev.config.threads:
-        torch.set_num_threads(ev.config.threads)
-    metrics = evaluate(ev.state, ev.config, ev.checkpoint.parent)
-    write_json(metrics, ev.output_dir / "metrics.json")
-    print(
-        f"epoch {metrics['epoch']}: test accuracy {metrics['test_acc']:.2f} (net1 {metrics['test_acc_net1']:.2f}, "
-        f"net2 {metrics['test_acc_net2']:.2f})"
-    )
-    print(f"wrote {ev.output_dir / 'metrics.json'}")
-    return metrics
+    return run_evaluation(ev, lambda ev: evaluate(ev.state, ev.config, ev.checkpoint.parent), _report)
 
 
 if __name__ == "__main__":

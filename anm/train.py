@@ -15,7 +15,6 @@ refused (start it without torchrun). A non-finite loss stops the run naming the 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,10 @@ from anm.engine import build_engine, build_models
 from anm.sanm import SANM
 from anm.visualize import attention_grid
 from shared.checkpoint import load_checkpoint, save_checkpoint
-from shared.config import config_to_dict, parse_config, save_config
-from shared.distributed import DistContext, cleanup_distributed, seed_everything
-from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
-from shared.noisy.cli import start_run
+from shared.config import config_to_dict, save_config, script_parser
+from shared.distributed import DistContext, seed_everything
+from shared.logger import claim_run_dir, resolve_run_dir
+from shared.noisy.cli import run_logging, start_run
 from shared.noisy.supervised import evaluate_accuracy
 
 
@@ -80,18 +79,15 @@ class _Validation:
             save_checkpoint(self.engine.state_dict(), self.out_dir / "best.pt")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Config:
-    """The run's config: configs/default.yaml (or ``-c FILE``) and ``--key value`` overrides."""
-    return parse_config(Config, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
+parse_args = script_parser(Config, __doc__.splitlines()[0], DEFAULT_CONFIG)
 
 
 def main(cfg: Config) -> dict[str, Any]:
     """Train in ``cfg``'s run folder; returns the metrics (also written to metrics.json)."""
     check_run_settings(cfg)
     ctx, (out_dir, task, resume_state) = start_run(cfg, lambda ctx: prepare_run(cfg, ctx))
-    logger = RunLogger(out_dir, tensorboard=cfg.tensorboard)
-    wall0 = time.perf_counter()
-    try:
+    with run_logging(cfg, ctx, out_dir) as logger:
+        wall0 = time.perf_counter()
         seed_everything(cfg.seed, 0)
         save_config(cfg, out_dir / "config.yaml")
         save_noise(cfg.data, task, out_dir)
@@ -133,9 +129,6 @@ def main(cfg: Config) -> dict[str, Any]:
             f"test accuracy (2-net ensemble): last {metrics['test_acc_last']:.2f} | best {metrics['test_acc_best']:.2f}"
         )
         return metrics
-    finally:
-        logger.close()
-        cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,10 +32,11 @@ from crema.config import PACKAGE, Config
 from crema.credibility import CredibilityMemory, coarse_split, credibility, modulation_weights, selective_label_update
 from crema.data import NoisyTask
 from crema.losses import CLEAN, REST, UPDATED, crema_loss, warmup_loss
-from shared.checkpoint import restore_training_state, save_checkpoint, training_state
+from shared.checkpoint import restore_training_state, training_state
 from shared.distributed import DistContext, all_reduce_mean
 from shared.logger import RunLogger
 from shared.noisy.data import ViewDataset, balanced_subset
+from shared.noisy.loop import EpochTrainer
 from shared.noisy.metrics import AccuracyTracker, label_accuracy, label_precision_recall
 from shared.noisy.supervised import evaluate_accuracy, set_learning_rate
 from shared.training import make_grad_scaler, optimizer_step
@@ -61,7 +61,7 @@ LOG_KEYS = (
 )
 
 
-class CremaTrainer:
+class CremaTrainer(EpochTrainer):
     """CREMA on one task.
 
     Args:
@@ -329,7 +329,7 @@ class CremaTrainer:
                 row["updated_label_acc"] = label_accuracy(update.labels[mask].cpu(), self.clean[mask].cpu())
         return row
 
-    def run_epoch(self, epoch: int) -> dict[str, Any]:
+    def epoch_row(self, epoch: int) -> dict[str, Any]:
         """One epoch of every network; returns the log row of network 1 (two networks: also ``loss2``)."""
         t0 = time.perf_counter()
         row: dict[str, Any] = dict.fromkeys(LOG_KEYS, math.nan)
@@ -354,24 +354,12 @@ class CremaTrainer:
         row["epoch_time_s"] = time.perf_counter() - t0
         return row
 
-    def fit(
-        self,
-        checkpoint_path: str | Path | None = None,
-        resume_state: dict[str, Any] | None = None,
-        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
-        """Run (or continue) the schedule; returns best / last test accuracy."""
-        if resume_state is not None:
-            self.load_state_dict(resume_state)
-        for epoch in range(self.epoch + 1, self.optim.epochs):
-            row = self.run_epoch(epoch)
-            self.epoch = epoch
-            interval = self.cfg.checkpoint_interval
-            due = epoch == self.optim.epochs - 1 or (interval and (epoch + 1) % interval == 0)
-            if checkpoint_path is not None and self.ctx.is_main and due:
-                save_checkpoint(self.state_dict(), checkpoint_path)
-            self.logger.log_epoch(epoch, row)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
-        best = self.tracker.best if math.isfinite(self.tracker.best) else math.nan
-        return {"best": best, "best_epoch": self.tracker.best_epoch, "last": self.tracker.last}
+    @property
+    def num_epochs(self) -> int:
+        return self.optim.epochs
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        """On the main process, after the last epoch and every ``checkpoint_interval`` epochs."""
+        interval = self.cfg.checkpoint_interval
+        due = epoch == self.optim.epochs - 1 or (interval and (epoch + 1) % interval == 0)
+        return bool(self.ctx.is_main and due)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from shared.config import RunConfig
+from shared.noisy.data import NoisyDataConfig
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -30,8 +31,8 @@ PACKAGE = "crema"
 
 
 @dataclass
-class DataConfig:
-    """Dataset and label noise."""
+class DataConfig(NoisyDataConfig):
+    """Dataset and label noise (:class:`shared.noisy.data.NoisyDataConfig`)."""
 
     dataset: Literal["cifar10", "cifar100", "clothing1m", "digits", "imdb"] = "cifar10"
     root: str | None = field(
@@ -43,19 +44,12 @@ class DataConfig:
     )
     synthetic_train_size: int = field(default=2000, metadata={"help": "synthetic CIFAR / aclImdb training size"})
     synthetic_test_size: int = 500
-    image_size: int = field(default=32, metadata={"help": "CIFAR-layout images are resized once to this side"})
     hflip: bool = field(default=True, metadata={"help": "horizontal flips in the training augmentation"})
     crop_padding: int | None = field(
         default=None, metadata={"help": "random-crop padding in pixels (null: 4 at 32 px, size // 8 below)"}
     )
     digits_test_size: int = field(default=600, metadata={"help": "digits: images held out as the clean test split"})
     digits_split_seed: int = 0
-    noise_type: Literal["sym", "asym"] = "sym"
-    noise_rate: float = 0.5
-    noise_seed: int = 0
-    noise_file: str | None = field(
-        default=None, metadata={"help": "noisy-label file (created if missing); null: <run folder>/noisy_labels.json"}
-    )
     binary_noise: Literal["dividemix", "flip"] = field(
         default="dividemix",
         metadata={

@@ -11,7 +11,6 @@ uses the map 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1 (README, Evidence).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,20 +20,14 @@ import torch
 from crema.config import DataConfig
 from shared.label_noise import NoisyLabels, asymmetric_noise, load_noisy_labels, symmetric_noise
 from shared.noisy.data import (
-    CIFAR_MEAN,
-    CIFAR_STD,
     CifarTrainTransform,
     NoisyTaskBase,
-    Normalize,
-    cifar_task_fields,
     clothing1m_splits,
     clothing1m_task_fields,
-    clothing1m_transforms,
-    load_cifar,
+    load_cifar_task,
     noise_path,
     noisy_labels_for,
     save_noise,
-    synthetic_cifar_root,
     write_digits_cifar,
 )
 
@@ -55,8 +48,6 @@ DIGITS_ASYMMETRIC_MAP = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
 class NoisyTask(NoisyTaskBase):
     """What the trainer needs: sources (tensors or indexable datasets), labels, transforms."""
 
-    train_transform: Callable
-    eval_transform: Callable
     noise: NoisyLabels | None = None
     vocab_size: int | None = None  # text only
 
@@ -103,15 +94,11 @@ def draw_noise(clean: torch.Tensor, cfg: DataConfig, num_classes: int, path: Pat
     return noisy_labels_for(array, cfg.noise_type, cfg.noise_rate, num_classes, cfg.noise_seed, readable)
 
 
-def _cifar_root(cfg: DataConfig) -> Path:
+def _digits_root(cfg: DataConfig) -> Path:
     from shared.synthetic import synthetic_root
 
-    if cfg.root is not None:
-        return Path(cfg.root)
-    if cfg.dataset == "digits":
-        root = synthetic_root() / f"crema_digits_t{cfg.digits_test_size}_s{cfg.digits_split_seed}"
-        return write_digits_cifar(root, cfg.digits_test_size, cfg.digits_split_seed)
-    return synthetic_cifar_root("crema", cfg)
+    root = synthetic_root() / f"crema_digits_t{cfg.digits_test_size}_s{cfg.digits_split_seed}"
+    return write_digits_cifar(root, cfg.digits_test_size, cfg.digits_split_seed)
 
 
 def _text_task(cfg: DataConfig, run_dir: Path | None) -> NoisyTask:
@@ -143,25 +130,15 @@ def build_task(cfg: DataConfig, run_dir: Path | None) -> NoisyTask:
     """Load the dataset and its noisy labels. An existing noise file is read and must match the dataset and the
     noise recipe (type, rate, seed); nothing is written here (:func:`save_noise` persists a new draw)."""
     if cfg.dataset == "clothing1m":
-        train, test = clothing1m_splits(cfg.root, ("train", "test"))
-        return NoisyTask(
-            **clothing1m_task_fields(train, test),
-            train_transform=clothing1m_transforms(train=True),
-            eval_transform=clothing1m_transforms(train=False),
-        )
+        return NoisyTask(**clothing1m_task_fields(*clothing1m_splits(cfg.root, ("train", "test"))))
     if cfg.dataset == "imdb":
         return _text_task(cfg, run_dir)
     classes = 100 if cfg.dataset == "cifar100" else 10
-    root = _cifar_root(cfg)
-    train = load_cifar(root, classes, True, cfg.image_size)
-    test = load_cifar(root, classes, False, cfg.image_size)
-    noise = draw_noise(train.labels, cfg, classes, noise_path(cfg, run_dir))
+    root = _digits_root(cfg) if cfg.dataset == "digits" and cfg.root is None else None
+    fields = load_cifar_task(
+        cfg, "crema", classes, lambda clean: draw_noise(clean, cfg, classes, noise_path(cfg, run_dir)), root
+    )
     padding = cfg.crop_padding
     if padding is None:
         padding = 4 if cfg.image_size >= 32 else max(1, cfg.image_size // 8)
-    return NoisyTask(
-        **cifar_task_fields(train, test, noise),
-        train_transform=CifarTrainTransform(classes, padding=padding, hflip=cfg.hflip),
-        eval_transform=Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes]),
-        noise=noise,
-    )
+    return NoisyTask(**fields, train_transform=CifarTrainTransform(classes, padding=padding, hflip=cfg.hflip))

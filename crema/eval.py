@@ -9,7 +9,6 @@ test accuracy (two networks: each one and the ensemble of summed logits) and wri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,15 @@ import torch
 from crema.config import PACKAGE, Config, check_config
 from crema.data import build_task
 from crema.train import build_nets
-from shared.logger import write_json
-from shared.noisy.cli import Evaluation, parse_checkpoint_args
+from shared.noisy.cli import Evaluation, checkpoint_parser, run_evaluation
 from shared.noisy.supervised import evaluate_accuracy
 
 __all__ = ["Evaluation", "evaluate", "main", "parse_args"]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
-    """``--checkpoint`` (a crema last.pt or best.pt), ``--output_dir``, ``--key value`` overrides of its config."""
-    return parse_checkpoint_args(
-        Config, argv, __doc__, PACKAGE, required=("config", "net1"), checkpoint_help="last.pt or best.pt of a crema run"
-    )
+parse_args = checkpoint_parser(
+    Config, __doc__, PACKAGE, required=("config", "net1"), checkpoint_help="last.pt or best.pt of a crema run"
+)
 
 
 @torch.no_grad()
@@ -55,12 +51,11 @@ def evaluate(cfg: Config, state: dict[str, Any], checkpoint: Path) -> dict[str, 
 
 def main(ev: Evaluation) -> dict[str, Any]:
     """Evaluate the checkpoint; writes the metrics JSON and returns the metrics."""
-    if ev.config.threads:
-        torch.set_num_threads(ev.config.threads)
-    metrics = evaluate(ev.config, ev.state, ev.checkpoint)
-    write_json(metrics, ev.output_dir / "metrics.json")
-    print(f"test accuracy {metrics['test_acc']:.2f} ({ev.checkpoint}); wrote {ev.output_dir / 'metrics.json'}")
-    return metrics
+    return run_evaluation(
+        ev,
+        lambda ev: evaluate(ev.config, ev.state, ev.checkpoint),
+        lambda metrics, path: f"test accuracy {metrics['test_acc']:.2f} ({ev.checkpoint}); wrote {path}",
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,10 @@ from crema.config import DEFAULT_CONFIG, PACKAGE, Config, check_config
 from crema.data import NoisyTask, build_task, save_noise
 from crema.model import create_model
 from shared.checkpoint import load_checkpoint, save_checkpoint
-from shared.config import config_to_dict, parse_config, save_config
-from shared.distributed import DistContext, cleanup_distributed, seed_everything
+from shared.config import config_to_dict, save_config, script_parser
+from shared.distributed import DistContext, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
-from shared.noisy.cli import start_run
+from shared.noisy.cli import run_logging, start_run
 from shared.noisy.metrics import label_accuracy
 
 __all__ = ["build_nets", "main", "parse_args"]
@@ -81,56 +80,66 @@ def _summary(trainer: CremaTrainer, task: NoisyTask, result: dict[str, Any], row
     return metrics
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Config:
-    """The run's config: configs/default.yaml (or ``-c FILE``) and ``--key value`` overrides."""
-    return parse_config(Config, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
+def _train(
+    cfg: Config,
+    ctx: DistContext,
+    task: NoisyTask,
+    nets: list[nn.Module],
+    out_dir: Path,
+    state: dict[str, Any] | None,
+    logger: RunLogger,
+    histograms: Any,
+) -> dict[str, Any]:
+    """The training run proper: the trainer's schedule, best.pt at each new best, metrics.json."""
+    if cfg.model.arch == "resnet50" and cfg.model.pretrained is None:
+        logger.info("ResNet-50 from random initialisation (the Clothing1M recipe needs --model.pretrained)")
+    logger.info(
+        f"run folder {out_dir} | {ctx.world_size} process(es) on {ctx.device} | {len(task.noisy_labels)} samples"
+    )
+    trainer = CremaTrainer(nets, task, cfg, ctx, logger, histograms)
+    rows: list[dict[str, Any]] = []
+
+    def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
+        rows.append(row)
+        if ctx.is_main and trainer.tracker.best_epoch == epoch:
+            save_checkpoint(trainer.state_dict(), out_dir / "best.pt")
+
+    wall0 = time.perf_counter()
+    result = trainer.fit(out_dir / "last.pt", state, on_epoch_end)
+    metrics = _summary(trainer, task, result, rows)
+    metrics["wall_time_s"] = time.perf_counter() - wall0
+    logger.write_metrics(metrics)
+    logger.info(
+        f"test accuracy best {metrics['test_acc_best']:.2f} / last {metrics['test_acc_last']:.2f} "
+        f"({metrics['wall_time_s']:.0f} s); metrics in {out_dir / 'metrics.json'}"
+    )
+    return metrics
+
+
+parse_args = script_parser(Config, __doc__.splitlines()[0], DEFAULT_CONFIG)
 
 
 def main(cfg: Config) -> dict[str, Any]:
     """Train ``cfg`` in its run folder; returns the metrics (also written to metrics.json)."""
     check_config(cfg)
     ctx, (out_dir, task, state) = start_run(cfg, lambda ctx: _prepare(cfg, ctx))
-    logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
-    histograms = None
-    try:
-        seed_everything(cfg.seed, 0)  # same initial weights on every rank
-        nets = build_nets(cfg, task, ctx.device)
-        seed_everything(cfg.seed, ctx.rank)
-        if ctx.is_main:
-            save_config(cfg, out_dir / "config.yaml")
-            save_noise(cfg.data, task, out_dir)
-            if cfg.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+    with run_logging(cfg, ctx, out_dir) as logger:
+        histograms = None
+        try:
+            seed_everything(cfg.seed, 0)  # same initial weights on every rank
+            nets = build_nets(cfg, task, ctx.device)
+            seed_everything(cfg.seed, ctx.rank)
+            if ctx.is_main:
+                save_config(cfg, out_dir / "config.yaml")
+                save_noise(cfg.data, task, out_dir)
+                if cfg.tensorboard:
+                    from torch.utils.tensorboard import SummaryWriter
 
-                histograms = SummaryWriter(log_dir=str(out_dir / "histograms"))
-        if cfg.model.arch == "resnet50" and cfg.model.pretrained is None:
-            logger.info("ResNet-50 from random initialisation (the Clothing1M recipe needs --model.pretrained)")
-        logger.info(
-            f"run folder {out_dir} | {ctx.world_size} process(es) on {ctx.device} | {len(task.noisy_labels)} samples"
-        )
-        trainer = CremaTrainer(nets, task, cfg, ctx, logger, histograms)
-        rows: list[dict[str, Any]] = []
-
-        def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
-            rows.append(row)
-            if ctx.is_main and trainer.tracker.best_epoch == epoch:
-                save_checkpoint(trainer.state_dict(), out_dir / "best.pt")
-
-        wall0 = time.perf_counter()
-        result = trainer.fit(out_dir / "last.pt", state, on_epoch_end)
-        metrics = _summary(trainer, task, result, rows)
-        metrics["wall_time_s"] = time.perf_counter() - wall0
-        logger.write_metrics(metrics)
-        logger.info(
-            f"test accuracy best {metrics['test_acc_best']:.2f} / last {metrics['test_acc_last']:.2f} "
-            f"({metrics['wall_time_s']:.0f} s); metrics in {out_dir / 'metrics.json'}"
-        )
-        return metrics
-    finally:
-        if histograms is not None:
-            histograms.close()
-        logger.close()
-        cleanup_distributed()
+                    histograms = SummaryWriter(log_dir=str(out_dir / "histograms"))
+            return _train(cfg, ctx, task, nets, out_dir, state, logger, histograms)
+        finally:
+            if histograms is not None:
+                histograms.close()
 
 
 if __name__ == "__main__":

@@ -16,40 +16,25 @@ import torch
 from dmlp.purifier import meta_split
 from shared.label_noise import NoisyLabels
 from shared.noisy.data import (
-    CIFAR_MEAN,
-    CIFAR_STD,
     CifarTrainTransform,
+    NoisyDataConfig,
     NoisyTaskBase,
-    Normalize,
     cifar_noise,
-    cifar_task_fields,
     clothing1m_splits,
     clothing1m_task_fields,
-    clothing1m_transforms,
-    load_cifar,
+    load_cifar_task,
     noise_path,
     save_noise,
-    synthetic_cifar_root,
 )
 
 __all__ = ["DataConfig", "NoisyTask", "build_task", "meta_size_for", "noise_path", "save_noise"]
 
 
 @dataclass
-class DataConfig:
-    """Dataset, noise and meta split."""
+class DataConfig(NoisyDataConfig):
+    """Dataset, noise (:class:`shared.noisy.data.NoisyDataConfig`) and meta split."""
 
     dataset: Literal["cifar10", "cifar100", "clothing1m"] = "cifar10"
-    root: str | None = field(default=None, metadata={"help": "dataset root; null = the embedded synthetic CIFAR set"})
-    synthetic_train_size: int = 5000
-    synthetic_test_size: int = 1000
-    image_size: int = field(default=32, metadata={"help": "CIFAR images are resized once to this side"})
-    noise_type: Literal["sym", "asym"] = "sym"
-    noise_rate: float = 0.5
-    noise_seed: int = 0
-    noise_file: str | None = field(
-        default=None, metadata={"help": "noisy-label file (created if missing); null: <run folder>/noisy_labels.json"}
-    )
     meta_fraction: float = field(
         default=0.02,
         metadata={
@@ -68,8 +53,6 @@ class NoisyTask(NoisyTaskBase):
     meta_labels: torch.Tensor
     meta_indices: torch.Tensor | None  # CIFAR: rows of the training set used as meta set (with clean labels)
     train_indices: torch.Tensor  # rows that are purified
-    train_transform: Callable
-    eval_transform: Callable
     batch_transform: Callable | None  # for in-memory tensors (feature extraction)
     noise: NoisyLabels | None = None
 
@@ -94,34 +77,24 @@ def build_task(cfg: DataConfig, run_dir: Path | None, write_noise: bool = True) 
     """
     if cfg.dataset == "clothing1m":
         train, val, test = clothing1m_splits(cfg.root, ("train", "val", "test"))
-        eval_tf = clothing1m_transforms(train=False)
         return NoisyTask(
             **clothing1m_task_fields(train, test),
             meta_source=val,
             meta_labels=val.labels,
             meta_indices=None,
             train_indices=torch.arange(len(train)),
-            train_transform=clothing1m_transforms(train=True),
-            eval_transform=eval_tf,
             batch_transform=None,
         )
     classes = 10 if cfg.dataset == "cifar10" else 100
-    root = Path(cfg.root) if cfg.root is not None else synthetic_cifar_root("dmlp", cfg)
-    size = cfg.image_size
-    train = load_cifar(root, classes, True, size)
-    test = load_cifar(root, classes, False, size)
-    noise = cifar_noise(train.labels, cfg, classes, run_dir, write_noise)
-    meta_idx, rest_idx = meta_split(len(train), meta_size_for(cfg, len(train)), cfg.meta_seed)
-    normalize = Normalize(CIFAR_MEAN[classes], CIFAR_STD[classes])
-    train_tf = CifarTrainTransform(classes, padding=max(1, size // 8))
+    fields = load_cifar_task(cfg, "dmlp", classes, lambda clean: cifar_noise(clean, cfg, classes, run_dir, write_noise))
+    num_train = len(fields["clean_labels"])
+    meta_idx, rest_idx = meta_split(num_train, meta_size_for(cfg, num_train), cfg.meta_seed)
     return NoisyTask(
-        **cifar_task_fields(train, test, noise),
-        meta_source=train.images[meta_idx],
-        meta_labels=train.labels[meta_idx],
+        **fields,
+        meta_source=fields["train_source"][meta_idx],
+        meta_labels=fields["clean_labels"][meta_idx],
         meta_indices=meta_idx,
         train_indices=rest_idx,
-        train_transform=train_tf,
-        eval_transform=normalize,
-        batch_transform=normalize,
-        noise=noise,
+        train_transform=CifarTrainTransform(classes, padding=max(1, cfg.image_size // 8)),
+        batch_transform=fields["eval_transform"],
     )

@@ -10,7 +10,6 @@ value`` overrides it, e.g. ``--data.root``), so the numbers are recomputed, not 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ from dmlp.config import Config, upgrade_stored_config
 from dmlp.data import NoisyTask, build_task
 from dmlp.provenance import PACKAGE
 from dmlp.stages import summary
-from shared.logger import write_json
-from shared.noisy.cli import Evaluation, parse_checkpoint_args
+from shared.noisy.cli import Evaluation, checkpoint_parser, run_evaluation
 from shared.noisy.metrics import label_accuracy
 from shared.noisy.models import build_backbone
 from shared.noisy.supervised import evaluate_accuracy
@@ -77,28 +75,23 @@ def evaluate_run(state: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str,
     return {**label_accuracies(state), **evaluate(models, cfg, task, device)}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
-    """``--checkpoint`` (a dmlp last.pt), ``--output_dir`` and ``--key value`` overrides of the stored config."""
-    return parse_checkpoint_args(
-        Config,
-        argv,
-        __doc__,
-        PACKAGE,
-        required=("models", "config"),
-        checkpoint_help="last.pt of a dmlp run",
-        upgrade=upgrade_stored_config,
-    )
+parse_args = checkpoint_parser(
+    Config,
+    __doc__,
+    PACKAGE,
+    required=("models", "config"),
+    checkpoint_help="last.pt of a dmlp run",
+    upgrade=upgrade_stored_config,
+)
 
 
 def main(ev: Evaluation) -> dict[str, Any]:
     """Evaluate the checkpoint; writes <output_dir>/metrics.json and returns the metrics."""
-    if ev.config.threads:
-        torch.set_num_threads(ev.config.threads)
-    metrics = evaluate_run(ev.state, ev.config, ev.checkpoint.parent)
-    write_json(metrics, ev.output_dir / "metrics.json")
-    print(summary(metrics))
-    print(f"wrote {ev.output_dir / 'metrics.json'}")
-    return metrics
+    return run_evaluation(
+        ev,
+        lambda ev: evaluate_run(ev.state, ev.config, ev.checkpoint.parent),
+        lambda metrics, path: f"{summary(metrics)}\nwrote {path}",
+    )
 
 
 if __name__ == "__main__":

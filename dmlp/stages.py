@@ -453,22 +453,7 @@ def run_retrain(
             torch.manual_seed(cfg.seed + 1)
             nets[1] = _init_model(cfg, task, out_dir, ctx.device)
         sub = RunLogger(out_dir / "dmlp_dividemix", tensorboard=False, name="retrain_dividemix")
-        engine = _StampedDivideMix(
-            nets[0],
-            nets[1],
-            task.train_source,
-            hard,
-            task.num_classes,
-            task.train_transform,
-            task.eval_transform,
-            task.test_source,
-            task.test_labels,
-            r.dividemix,
-            ctx.device,
-            sub,
-            clean_labels=task.clean_labels,
-            seed=cfg.seed,
-        )
+        engine = _StampedDivideMix.for_task(task, nets, r.dividemix, ctx.device, sub, labels=hard, seed=cfg.seed)
         engine.made_from = made_from
         result = engine.fit(path, state)
         sub.close()

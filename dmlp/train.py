@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,10 @@ from dmlp.data import NoisyTask, build_task, save_noise
 from dmlp.provenance import PACKAGE, verify_resume_file
 from dmlp.stages import features_of, run_purify, run_retrain, run_ssl, stage_guard, summary
 from shared.checkpoint import save_checkpoint
-from shared.config import config_to_dict, parse_config, save_config
-from shared.distributed import DistContext, barrier, cleanup_distributed, seed_everything
+from shared.config import config_to_dict, save_config, script_parser
+from shared.distributed import DistContext, barrier, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
-from shared.noisy.cli import start_run
+from shared.noisy.cli import run_logging, start_run
 from shared.noisy.data import load_label_file
 from shared.noisy.metrics import label_accuracy
 
@@ -122,18 +121,15 @@ def save_results(cfg: Config, task: NoisyTask, metrics: dict[str, Any], states: 
     return save_checkpoint(bundle, out_dir / "last.pt")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Config:
-    """The run's config: configs/default.yaml (or ``-c FILE``) and ``--key value`` overrides."""
-    return parse_config(Config, argv, description=__doc__.splitlines()[0], default_config=DEFAULT_CONFIG)
+parse_args = script_parser(Config, __doc__.splitlines()[0], DEFAULT_CONFIG)
 
 
 def main(cfg: Config) -> dict[str, Any]:
     """Run the selected stages of ``cfg`` in its run folder; returns the metrics (also in metrics.json)."""
     check_run_settings(cfg)
     ctx, (out_dir, task) = start_run(cfg, lambda ctx: prepare_run(cfg, ctx))
-    logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
-    wall0 = time.perf_counter()
-    try:
+    with run_logging(cfg, ctx, out_dir) as logger:
+        wall0 = time.perf_counter()
         seed_everything(cfg.seed, 0)
         if ctx.is_main:
             save_config(cfg, out_dir / "config.yaml")
@@ -146,9 +142,6 @@ def main(cfg: Config) -> dict[str, Any]:
             logger.write_metrics(metrics)
             logger.info(summary(metrics))
         return metrics
-    finally:
-        logger.close()
-        cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -38,9 +38,11 @@ __all__ = [
     "asymmetric_noise",
     "cifar100_next_in_group",
     "load_noisy_labels",
+    "read_label_json",
     "realised_noise_rate",
     "save_noisy_labels",
     "symmetric_noise",
+    "write_label_json",
 ]
 
 Selection = Literal["fixed", "bernoulli"]
@@ -394,7 +396,6 @@ def asymmetric_noise(
 
 def save_noisy_labels(path: str | Path, noisy_labels: NoisyLabels) -> Path:
     """Write ``noisy_labels`` to ``path`` as JSON (atomically); :func:`load_noisy_labels` reads it back."""
-    path = Path(path)
     content = {
         "format": _FORMAT,
         "noise_type": noisy_labels.noise_type,
@@ -408,6 +409,27 @@ def save_noisy_labels(path: str | Path, noisy_labels: NoisyLabels) -> Path:
         "noisy": noisy_labels.noisy.tolist(),
         "clean": noisy_labels.clean.tolist(),
     }
+    return write_label_json(path, content)
+
+
+def read_label_json(path: str | Path, what: str) -> Any:
+    """The JSON content of a label file: a missing file is a FileNotFoundError ``"<what> not found: <path>"``, a file
+    that is not JSON a ValueError naming it. Shared by :func:`load_noisy_labels` and
+    :func:`shared.noisy.data.load_label_file`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+
+
+def write_label_json(path: str | Path, content: dict[str, Any]) -> Path:
+    """Write a label file's ``content`` as compact JSON, atomically (hidden temp file, then rename); returns the path.
+
+    Shared by :func:`save_noisy_labels` and :func:`shared.noisy.data.save_label_file`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(content))
@@ -429,12 +451,7 @@ def load_noisy_labels(path: str | Path, expected_length: int | None = None) -> N
             rate that disagrees with the labels.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"noisy-label file not found: {path}")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    content = read_label_json(path, "noisy-label file")
     kind = type(content).__name__
     if kind == "list":
         raise ValueError(

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from anm.model import DigitsCNN, ReconstructionDecoder, SupCEResNet, create_model, load_c2d_checkpoint
 
 # The state-dict keys of the released SANM networks, written from resnetc2d.py (SupCEResNet("resnet18") with its
-# recon_module) and PreResNet.py (DivideMix's PreAct ResNet-18 + recon_module), in their registration order.
+# recon_module) and PreResNet.py (DivideMix's PreAct ResNet-18 + recon_module), in their registration order. Both
+# end with the same decoder, registered last.
+RECON_MODULE_KEYS = [f"recon_module.layer{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")]
 OFFICIAL_SUPCE_RESNET18_KEYS = [
     "encoder.conv1.weight",
     "encoder.bn1.weight",
@@ -133,12 +135,7 @@ OFFICIAL_SUPCE_RESNET18_KEYS = [
     "encoder.layer4.1.bn2.num_batches_tracked",
     "fc.weight",
     "fc.bias",
-    "recon_module.layer1.weight",
-    "recon_module.layer1.bias",
-    "recon_module.layer2.weight",
-    "recon_module.layer2.bias",
-    "recon_module.layer3.weight",
-    "recon_module.layer3.bias",
+    *RECON_MODULE_KEYS,
 ]
 
 OFFICIAL_SANM_PREACT_RESNET18_KEYS = [
@@ -249,12 +246,7 @@ OFFICIAL_SANM_PREACT_RESNET18_KEYS = [
     "layer4.1.conv2.weight",
     "linear.weight",
     "linear.bias",
-    "recon_module.layer1.weight",
-    "recon_module.layer1.bias",
-    "recon_module.layer2.weight",
-    "recon_module.layer2.bias",
-    "recon_module.layer3.weight",
-    "recon_module.layer3.bias",
+    *RECON_MODULE_KEYS,
 ]
 
 
@@ -363,9 +355,7 @@ def test_c2d_checkpoint_loads_encoder_strictly(tmp_path) -> None:
     left = load_c2d_checkpoint(model, path)
     assert torch.equal(model.encoder.conv1.weight, weights["module.encoder.conv1.weight"])
     assert torch.equal(model.fc.weight, fresh)
-    assert set(left) == {"fc.weight", "fc.bias"} | {
-        f"recon_module.layer{i}.{s}" for i in (1, 2, 3) for s in ("weight", "bias")
-    }
+    assert set(left) == {"fc.weight", "fc.bias", *RECON_MODULE_KEYS}
 
 
 def test_c2d_checkpoint_mismatch_is_a_clear_error(tmp_path) -> None:

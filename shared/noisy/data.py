@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -35,7 +34,15 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from shared.datasets import check_content, require_dataset
-from shared.label_noise import NoisyLabels, asymmetric_noise, load_noisy_labels, save_noisy_labels, symmetric_noise
+from shared.label_noise import (
+    NoisyLabels,
+    asymmetric_noise,
+    load_noisy_labels,
+    read_label_json,
+    save_noisy_labels,
+    symmetric_noise,
+    write_label_json,
+)
 
 __all__ = [
     "CIFAR_MEAN",
@@ -46,16 +53,19 @@ __all__ = [
     "CifarTrainTransform",
     "Clothing1M",
     "LabelFile",
+    "NoisyDataConfig",
     "NoisyTaskBase",
     "Normalize",
     "ViewDataset",
     "balanced_subset",
     "cifar_noise",
+    "cifar_normalize",
     "cifar_task_fields",
     "clothing1m_splits",
     "clothing1m_task_fields",
     "clothing1m_transforms",
     "load_cifar",
+    "load_cifar_task",
     "load_label_file",
     "noise_path",
     "noisy_labels_for",
@@ -268,11 +278,7 @@ def save_label_file(
             raise ValueError(f"soft labels must have shape {(len(labels), num_classes)}, got {soft.shape}")
         content["soft"] = np.round(soft, 6).tolist()
     content["source"] = source
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content))
-    os.replace(tmp, path)
-    return path
+    return write_label_json(path, content)
 
 
 def load_label_file(path: str | Path, expected_length: int | None = None) -> LabelFile:
@@ -282,12 +288,7 @@ def load_label_file(path: str | Path, expected_length: int | None = None) -> Lab
     length different from ``expected_length``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    content = read_label_json(path, "label file")
     if not isinstance(content, dict) or content.get("format") != _LABEL_FILE_FORMAT:
         raise ValueError(f"{path}: not a label file (expected 'format': {_LABEL_FILE_FORMAT!r})")
     if content.get("clean") is not None:
@@ -524,10 +525,30 @@ def write_digits_cifar(
 
 # ----------------------------------------------------------------------------------------------- task building
 @dataclass
-class NoisyTaskBase:
-    """The part every package's task shares: the image (or token) sources, the labels and the class count.
+class NoisyDataConfig:
+    """The data keys every noisy-label package shares: the dataset, the embedded synthetic CIFAR set and the noise
+    recipe (DivideMix protocol). A package's ``DataConfig`` subclasses it, declares ``dataset`` (its choices) and
+    ``root`` (its help) again where they differ, and adds its own keys after these."""
 
-    dmlp, anm and crema subclass it with their own fields (meta split, views, vocabulary, transforms)."""
+    dataset: str = "cifar10"
+    root: str | None = field(default=None, metadata={"help": "dataset root; null = the embedded synthetic CIFAR set"})
+    synthetic_train_size: int = 5000
+    synthetic_test_size: int = 1000
+    image_size: int = field(default=32, metadata={"help": "CIFAR-layout images are resized once to this side"})
+    noise_type: Literal["sym", "asym"] = "sym"
+    noise_rate: float = 0.5
+    noise_seed: int = 0
+    noise_file: str | None = field(
+        default=None, metadata={"help": "noisy-label file (created if missing); null: <run folder>/noisy_labels.json"}
+    )
+
+
+@dataclass
+class NoisyTaskBase:
+    """The part every package's task shares: the image (or token) sources, the labels, the class count and the
+    per-item training and evaluation transforms.
+
+    dmlp, anm and crema subclass it with their own fields (meta split, views, vocabulary)."""
 
     train_source: Any
     test_source: Any
@@ -535,10 +556,17 @@ class NoisyTaskBase:
     noisy_labels: torch.Tensor
     clean_labels: torch.Tensor | None
     num_classes: int
+    train_transform: Callable
+    eval_transform: Callable
+
+
+def cifar_normalize(num_classes: int) -> Normalize:
+    """DivideMix's CIFAR-10/100 normalisation (:data:`CIFAR_MEAN`, :data:`CIFAR_STD`)."""
+    return Normalize(CIFAR_MEAN[num_classes], CIFAR_STD[num_classes])
 
 
 def cifar_task_fields(train: CifarSplit, test: CifarSplit, noise: NoisyLabels) -> dict[str, Any]:
-    """The :class:`NoisyTaskBase` fields of a CIFAR-layout task: in-memory images, the noise draw's labels."""
+    """The source and label fields of a CIFAR-layout task: in-memory images, the noise draw's labels."""
     return {
         "train_source": train.images,
         "test_source": test.images,
@@ -549,8 +577,34 @@ def cifar_task_fields(train: CifarSplit, test: CifarSplit, noise: NoisyLabels) -
     }
 
 
+def load_cifar_task(
+    cfg: Any,
+    prefix: str,
+    num_classes: int,
+    draw_noise: Callable[[torch.Tensor], NoisyLabels],
+    root: str | Path | None = None,
+) -> dict[str, Any]:
+    """The task fields a CIFAR-layout set gives every package: :func:`cifar_task_fields`, the CIFAR normalisation as
+    ``eval_transform`` and the ``noise`` draw (the caller adds its training transform and own fields).
+
+    Args:
+        cfg: the package's data config (``root``, ``image_size`` and the synthetic-set sizes are read).
+        prefix: the package, naming its embedded synthetic set (:func:`synthetic_cifar_root`).
+        num_classes: 10 or 100.
+        draw_noise: clean training labels -> the run's noisy labels (read from the noise file when it exists).
+        root: the CIFAR-layout folder; None: ``cfg.root``, else the embedded synthetic set.
+    """
+    if root is None:
+        root = Path(cfg.root) if cfg.root is not None else synthetic_cifar_root(prefix, cfg)
+    train = load_cifar(root, num_classes, True, cfg.image_size)
+    test = load_cifar(root, num_classes, False, cfg.image_size)
+    noise = draw_noise(train.labels)
+    return {**cifar_task_fields(train, test, noise), "eval_transform": cifar_normalize(num_classes), "noise": noise}
+
+
 def clothing1m_task_fields(train: Clothing1M, test: Clothing1M) -> dict[str, Any]:
-    """The :class:`NoisyTaskBase` fields of a Clothing1M task: the web labels are the noisy ones (no clean labels)."""
+    """The :class:`NoisyTaskBase` fields of a Clothing1M task: the web labels are the noisy ones (no clean labels),
+    DivideMix's Clothing1M transforms (:func:`clothing1m_transforms`)."""
     return {
         "train_source": train,
         "test_source": test,
@@ -558,6 +612,8 @@ def clothing1m_task_fields(train: Clothing1M, test: Clothing1M) -> dict[str, Any
         "noisy_labels": train.labels,
         "clean_labels": None,
         "num_classes": 14,
+        "train_transform": clothing1m_transforms(train=True),
+        "eval_transform": clothing1m_transforms(train=False),
     }
 
 

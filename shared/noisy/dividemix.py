@@ -27,11 +27,9 @@ listed in shared/noisy/README.md, "Extending the engine".
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -42,9 +40,10 @@ from sklearn.mixture import GaussianMixture
 from torch import nn
 from torch.utils.data import DataLoader
 
-from shared.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from shared.checkpoint import capture_rng_state, restore_rng_state
 from shared.logger import RunLogger
 from shared.noisy.data import ViewDataset, balanced_subset
+from shared.noisy.loop import EpochTrainer
 from shared.noisy.metrics import AccuracyTracker, label_precision_recall
 from shared.noisy.supervised import evaluate_accuracy, set_learning_rate
 from shared.training import check_finite
@@ -337,8 +336,10 @@ class MixBatch:
         return torch.cat([*self.labeled_targets, *self.unlabeled_targets])
 
 
-class DivideMix:
-    """The two-network DivideMix trainer on one process, built from overridable steps.
+class DivideMix(EpochTrainer):
+    """The two-network DivideMix trainer on one process, built from overridable steps. ``fit`` runs the schedule
+    (:class:`shared.noisy.loop.EpochTrainer`; each epoch is :meth:`epoch_row`); :meth:`for_task` builds the engine
+    from a package's task.
 
     Args:
         net1, net2: the two networks (same architecture, different initialisation), on ``device``; they follow the
@@ -397,6 +398,42 @@ class DivideMix:
         self.loss_history: list[list[torch.Tensor]] = [[], []]
         self.tracker = AccuracyTracker()
         self.epoch, self.step = 0, 0
+
+    @classmethod
+    def for_task(
+        cls,
+        task: Any,
+        nets: Sequence[nn.Module],
+        cfg: DivideMixConfig,
+        device: torch.device,
+        logger: RunLogger,
+        labels: Any | None = None,
+        **kwargs: Any,
+    ) -> DivideMix:
+        """The engine on a package's task (:class:`shared.noisy.data.NoisyTaskBase`: sources, transforms, labels).
+
+        Args:
+            task: the training and test data; its ``clean_labels`` feed the label-quality log.
+            nets: the two networks, on ``device``.
+            labels: the training labels (default: ``task.noisy_labels``; e.g. DMLP's purified labels).
+            **kwargs: ``seed`` and a subclass's own arguments.
+        """
+        return cls(
+            nets[0],
+            nets[1],
+            task.train_source,
+            task.noisy_labels if labels is None else labels,
+            task.num_classes,
+            task.train_transform,
+            task.eval_transform,
+            task.test_source,
+            task.test_labels,
+            cfg,
+            device,
+            logger,
+            clean_labels=task.clean_labels,
+            **kwargs,
+        )
 
     # -- state
     def state_dict(self) -> dict[str, Any]:
@@ -704,29 +741,16 @@ class DivideMix:
             row.update({f"{key}{k + 1}": value for key, value in stats.items()})
         return row
 
-    def fit(
-        self,
-        checkpoint_path: str | Path | None = None,
-        resume_state: dict[str, Any] | None = None,
-        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
-        """Run (or continue) the whole schedule; returns best/last ensemble test accuracy."""
-        start = 0
-        if resume_state is not None:
-            self.load_state_dict(resume_state)
-            start = self.epoch + 1
-        for epoch in range(start, self.cfg.epochs):
-            t0 = time.perf_counter()
-            row: dict[str, Any] = {"lr": self.adjust_lr(epoch)}
-            row.update(self.run_epoch(epoch))
-            acc = self.test()
-            self.tracker.update(acc, epoch)
-            self.epoch = epoch
-            row.update({"test_acc": acc, "epoch_time_s": time.perf_counter() - t0})
-            if checkpoint_path is not None:
-                save_checkpoint(self.state_dict(), checkpoint_path)
-            self.logger.log_epoch(epoch, row)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
-        best = self.tracker.best if math.isfinite(self.tracker.best) else math.nan
-        return {"best": best, "best_epoch": self.tracker.best_epoch, "last": self.tracker.last}
+    @property
+    def num_epochs(self) -> int:
+        return self.cfg.epochs
+
+    def epoch_row(self, epoch: int) -> dict[str, Any]:
+        """The epoch's learning rate, :meth:`run_epoch`, then the ensemble's test accuracy (every epoch)."""
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"lr": self.adjust_lr(epoch)}
+        row.update(self.run_epoch(epoch))
+        acc = self.test()
+        self.tracker.update(acc, epoch)
+        row.update({"test_acc": acc, "epoch_time_s": time.perf_counter() - t0})
+        return row

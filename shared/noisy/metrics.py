@@ -55,6 +55,11 @@ class AccuracyTracker:
             return True
         return False
 
+    def summary(self) -> dict[str, Any]:
+        """``best`` (NaN before any test), ``best_epoch`` and ``last``: what a trainer's ``fit`` returns."""
+        best = self.best if math.isfinite(self.best) else math.nan
+        return {"best": best, "best_epoch": self.best_epoch, "last": self.last}
+
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "last": self.last, "history": list(self.history)}
 

@@ -1,5 +1,7 @@
 """shared.noisy's common parts of the three packages: eval argument parsing, run start, task building, models."""
 
+import json
+import math
 from dataclasses import dataclass, field
 
 import pytest
@@ -8,8 +10,11 @@ from torch import nn
 
 from shared.checkpoint import save_checkpoint
 from shared.config import RunConfig
-from shared.noisy.cli import parse_checkpoint_args, start_run
+from shared.logger import RunLogger
+from shared.noisy.cli import checkpoint_parser, parse_checkpoint_args, run_evaluation, run_logging, start_run
 from shared.noisy.data import cifar_noise, clothing1m_splits, noise_path, save_noise
+from shared.noisy.loop import EpochTrainer
+from shared.noisy.metrics import AccuracyTracker
 from shared.noisy.models import FeatureClassifier
 from shared.noisy.supervised import set_learning_rate
 from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)
@@ -59,6 +64,65 @@ def test_parse_checkpoint_args_help_lists_the_flags_and_the_config_keys(capsys):
         _parse(["--help"])
     out = capsys.readouterr().out
     assert "--checkpoint" in out and "a pkgx last.pt" in out and "--data.noise_rate" in out
+
+
+def test_checkpoint_parser_and_run_evaluation_make_an_eval_script(tmp_path, capsys):
+    path = save_checkpoint({"package": "pkgx", "config": {"lr": 0.3}}, tmp_path / "run" / "last.pt")
+    parse_args = checkpoint_parser(_Config, "Doc line.", "pkgx", required=("config",), checkpoint_help="a pkgx file")
+    ev = parse_args(["--checkpoint", str(path), "--lr", "0.5"])
+    assert ev.config.lr == 0.5 and ev.output_dir == path.parent / "eval" and "a pkgx file" in parse_args.__doc__
+    metrics = run_evaluation(ev, lambda ev: {"lr": ev.config.lr}, lambda m, where: f"lr {m['lr']} -> {where}")
+    assert metrics == {"lr": 0.5} and json.loads((ev.output_dir / "metrics.json").read_text()) == metrics
+    assert capsys.readouterr().out == f"lr 0.5 -> {ev.output_dir / 'metrics.json'}\n"
+
+
+def test_run_logging_closes_the_logger_also_after_an_error(tmp_path):
+    cfg = _Config(device="cpu", tensorboard=False)
+    ctx, _ = start_run(cfg, lambda ctx: None)
+    with pytest.raises(ValueError, match="inside"), run_logging(cfg, ctx, tmp_path) as logger:
+        logger.info("started")
+        raise ValueError("inside")
+    assert "started" in (tmp_path / "train.log").read_text() and not logger.log.handlers
+
+
+class _Counter(EpochTrainer):
+    """Epoch e tests at accuracy ``scores[e]``; the state is the epoch and the tracker."""
+
+    def __init__(self, scores, logger, due=lambda epoch: True):
+        self.scores, self.logger, self.due = scores, logger, due
+        self.epoch, self.tracker, self.ran = -1, AccuracyTracker(), []
+
+    @property
+    def num_epochs(self):
+        return len(self.scores)
+
+    def epoch_row(self, epoch):
+        self.ran.append(epoch)
+        self.tracker.update(self.scores[epoch], epoch)
+        return {"test_acc": self.scores[epoch]}
+
+    def checkpoint_due(self, epoch):
+        return self.due(epoch)
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state):
+        self.epoch = state["epoch"]
+        self.tracker.load_state_dict(state["tracker"])
+
+
+def test_epoch_trainer_fit_checkpoints_when_due_resumes_after_the_saved_epoch_and_summarises(tmp_path):
+    logger, rows = RunLogger(tmp_path, tensorboard=False, name="loop"), []
+    first = _Counter([10.0, 30.0, 20.0], logger, due=lambda epoch: epoch == 1)
+    result = first.fit(tmp_path / "state.pt", on_epoch_end=lambda epoch, row: rows.append((epoch, row["test_acc"])))
+    assert result == {"best": 30.0, "best_epoch": 1, "last": 20.0} and rows == [(0, 10.0), (1, 30.0), (2, 20.0)]
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert saved["epoch"] == 1
+    resumed = _Counter([10.0, 30.0, 20.0], logger)
+    assert resumed.fit(None, saved) == result and resumed.ran == [2]
+    assert math.isnan(_Counter([], logger).fit()["best"])  # no test yet: NaN, not -inf
+    logger.close()
 
 
 def test_start_run_returns_what_prepare_returns_and_propagates_its_error():

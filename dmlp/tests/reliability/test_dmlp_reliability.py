@@ -30,6 +30,13 @@ def _log(folder: Path) -> str:
     return (folder / "train.log").read_text()
 
 
+def _train_process(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m dmlp.train TINY ARGS`` in a fresh process started in ``cwd`` (one thread), output captured."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dmlp.train", *TINY, *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
+
+
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
     """One finished tiny chain (ssl, purify, DMLP-Naive); tests work on copies of its folder."""
@@ -94,15 +101,7 @@ def test_resume_refuses_a_file_that_is_not_a_dmlp_checkpoint_before_writing(kind
 
 def test_resume_of_a_text_file_exits_non_zero(tmp_path):
     (tmp_path / "last.pt").write_text("not a checkpoint\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "dmlp.train", *TINY, "--resume", str(tmp_path / "last.pt")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    proc = _train_process(tmp_path, "--resume", str(tmp_path / "last.pt"))
     assert proc.returncode != 0
     assert "not a dmlp checkpoint" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
@@ -216,28 +215,8 @@ def test_purifier_at_a_huge_lr_stops_naming_its_stage(tmp_path):
 
 
 def test_purifier_at_a_huge_lr_exits_non_zero(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dmlp.train",
-            *TINY,
-            "--purifier.lr",
-            "1e6",
-            "--stages",
-            "ssl",
-            "purify",
-            "--output_dir",
-            str(run),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    proc = _train_process(tmp_path, "--purifier.lr", "1e6", "--stages", "ssl", "purify", "--output_dir", str(run))
     assert proc.returncode != 0
     assert "StageDivergedError: purify stage:" in proc.stderr
     assert not {"purified_labels.json", "last.pt", "metrics.json"} & _outputs(run)
