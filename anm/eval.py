@@ -19,7 +19,7 @@ import torch
 from anm.config import PACKAGE, Config
 from anm.data import build_task
 from anm.engine import build_models
-from shared.noisy.cli import Evaluation, checkpoint_parser, run_evaluation
+from shared.entrypoints import Evaluation, checkpoint_parser, run_evaluation
 from shared.noisy.supervised import evaluate_accuracy
 
 

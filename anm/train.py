@@ -28,8 +28,8 @@ from anm.visualize import attention_grid
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, seed_everything
+from shared.entrypoints import run_logging, start_run
 from shared.logger import claim_run_dir, resolve_run_dir
-from shared.noisy.cli import run_logging, start_run
 from shared.noisy.supervised import evaluate_accuracy
 
 

@@ -17,7 +17,7 @@ import torch
 from crema.config import PACKAGE, Config, check_config
 from crema.data import build_task
 from crema.train import build_nets
-from shared.noisy.cli import Evaluation, checkpoint_parser, run_evaluation
+from shared.entrypoints import Evaluation, checkpoint_parser, run_evaluation
 from shared.noisy.supervised import evaluate_accuracy
 
 __all__ = ["Evaluation", "evaluate", "main", "parse_args"]

@@ -19,7 +19,7 @@ from dmlp.config import Config, upgrade_stored_config
 from dmlp.data import NoisyTask, build_task
 from dmlp.provenance import PACKAGE
 from dmlp.stages import summary
-from shared.noisy.cli import Evaluation, checkpoint_parser, run_evaluation
+from shared.entrypoints import Evaluation, checkpoint_parser, run_evaluation
 from shared.noisy.metrics import label_accuracy
 from shared.noisy.models import build_backbone
 from shared.noisy.supervised import evaluate_accuracy

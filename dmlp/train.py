@@ -34,8 +34,8 @@ from dmlp.stages import features_of, run_purify, run_retrain, run_ssl, stage_gua
 from shared.checkpoint import save_checkpoint
 from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, barrier, seed_everything
+from shared.entrypoints import run_logging, start_run
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
-from shared.noisy.cli import run_logging, start_run
 from shared.noisy.data import load_label_file
 from shared.noisy.metrics import label_accuracy
 

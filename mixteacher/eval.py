@@ -38,8 +38,8 @@ from mixteacher.engine import (
 )
 from shared.detection import coco_summary
 from shared.distributed import cleanup_distributed, init_distributed
+from shared.entrypoints import parse_checkpoint_args
 from shared.logger import write_json
-from shared.noisy.cli import parse_checkpoint_args
 
 __all__ = ["EvalConfig", "main", "parse_args"]
 

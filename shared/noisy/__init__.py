@@ -12,7 +12,6 @@
 * :mod:`shared.noisy.dividemix`: the DivideMix engine with its CIFAR and Clothing1M defaults.
 * :mod:`shared.noisy.metrics`: label accuracy of corrected labels, best/last test accuracy.
 * :mod:`shared.noisy.loop`: the epoch loop (``fit``) of DivideMix and crema's trainer.
-* :mod:`shared.noisy.cli`: the entry scripts' common parts (eval ``--checkpoint`` parsing, training start).
 
 Extending the engine (shared/noisy/README.md, "Extending the engine"). ``DivideMix.train_epoch`` calls, per
 labeled batch, ``train_step`` = ``prepare_batch`` (co-refinement + co-guessing under no_grad, returns a

@@ -1,4 +1,4 @@
-"""shared.noisy's common parts of the three packages: eval argument parsing, run start, task building, models."""
+"""The entry-script helpers the noisy-label packages use (shared.entrypoints), and shared.noisy's data, loop, models."""
 
 import json
 import math
@@ -10,8 +10,8 @@ from torch import nn
 
 from shared.checkpoint import save_checkpoint
 from shared.config import RunConfig
+from shared.entrypoints import checkpoint_parser, parse_checkpoint_args, run_evaluation, run_logging, start_run
 from shared.logger import RunLogger
-from shared.noisy.cli import checkpoint_parser, parse_checkpoint_args, run_evaluation, run_logging, start_run
 from shared.noisy.data import cifar_noise, clothing1m_splits, noise_path, save_noise
 from shared.noisy.loop import EpochTrainer
 from shared.noisy.metrics import AccuracyTracker
