@@ -60,7 +60,7 @@ from shared.distributed import DistContext, all_reduce_mean
 from shared.entrypoints import finish_run, run_distributed, wrap_ddp
 from shared.logger import RunLogger, claim_run_dir, write_json
 from shared.teacher_student import step_schedule
-from shared.training import make_grad_scaler
+from shared.training import make_grad_scaler, show_progress
 
 __all__ = [
     "TrainConfig",
@@ -198,12 +198,7 @@ def train_steps(
         if cfg.log_interval and step % cfg.log_interval == 0:
             lr = optimizer.param_groups[0]["lr"]
             logger.scalars({**logs, "lr": lr}, step, prefix="train/")
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(
-                    loss=f"{logs['loss']:.3f}",
-                    lr=f"{lr:.2e}",
-                    img_s=f"{images * ctx.world_size / (time.perf_counter() - t0):.1f}",
-                )
+            show_progress(bar, logs["loss"], lr, images, ctx.world_size, t0, digits=(3, 1))
     elapsed = time.perf_counter() - t0
     row = {k: all_reduce_mean(v / counts[k]) for k, v in sorted(sums.items())}
     row.update(

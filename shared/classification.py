@@ -57,6 +57,7 @@ from shared.training import (
     autocast,
     make_grad_scaler,
     optimizer_step,
+    show_progress,
     warmup_cosine_schedule,
 )
 
@@ -405,12 +406,7 @@ def train_one_epoch(
         if step % cfg.log_interval == 0:
             lr = optimizer.param_groups[0]["lr"]
             logger.scalars({"loss": loss.item(), "lr": lr}, step, prefix="train/")
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(
-                    loss=f"{loss.item():.4f}",
-                    lr=f"{lr:.2e}",
-                    img_s=f"{seen * ctx.world_size / (time.perf_counter() - t0):.0f}",
-                )
+            show_progress(bar, loss.item(), lr, seen, ctx.world_size, t0)
     elapsed = time.perf_counter() - t0
     stats = {
         "train_loss": all_reduce_mean(loss_sum / max(seen, 1)),

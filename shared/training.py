@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from timm.utils import ModelEmaV3
@@ -22,6 +23,7 @@ __all__ = [
     "lr_noise_factor",
     "make_grad_scaler",
     "optimizer_step",
+    "show_progress",
     "unwrap_model",
     "warmup_cosine_schedule",
 ]
@@ -216,3 +218,13 @@ def warmup_cosine_schedule(
         return f
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(b) for b in bases])
+
+
+def show_progress(
+    bar: Any, loss: float, lr: float, images: int, world_size: int, start: float, digits: tuple[int, int] = (4, 0)
+) -> None:
+    """Loss, learning rate and images per second (over all processes since ``start``, a ``time.perf_counter()``
+    value) on a tqdm bar; nothing for a plain iterable (non-main ranks). ``digits``: decimals of loss and rate."""
+    if hasattr(bar, "set_postfix"):
+        rate = images * world_size / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{loss:.{digits[0]}f}", lr=f"{lr:.2e}", img_s=f"{rate:.{digits[1]}f}")

@@ -1,4 +1,5 @@
 import random
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from shared.checkpoint import (
     save_checkpoint,
     save_last_and_best,
 )
-from shared.training import NonFiniteLossError, check_finite, optimizer_step, warmup_cosine_schedule
+from shared.training import NonFiniteLossError, check_finite, optimizer_step, show_progress, warmup_cosine_schedule
 
 
 def test_rng_state_round_trip_through_safe_loader(tmp_path):
@@ -135,3 +136,17 @@ def test_optimizer_step_clips_and_guards():
     assert torch.allclose(w.detach(), torch.tensor([-3.0, -4.0]))  # no update from the bad loss
     with pytest.raises(ValueError, match="parameters"):
         optimizer_step(w.sum(), opt, scaler, step=1, clip_grad=1.0)
+
+
+def test_show_progress_writes_loss_lr_and_the_rate_of_all_processes():
+    class Bar:
+        postfix = None
+
+        def set_postfix(self, **kw):
+            self.postfix = kw
+
+    bar = Bar()
+    show_progress(bar, 0.123456, 1e-3, images=100, world_size=2, start=time.perf_counter() - 10.0, digits=(3, 1))
+    assert bar.postfix["loss"] == "0.123" and bar.postfix["lr"] == "1.00e-03"
+    assert 19.0 < float(bar.postfix["img_s"]) <= 20.0  # 200 images over a little more than 10 s
+    show_progress(range(3), 1.0, 1e-3, 1, 1, time.perf_counter())  # a plain iterable (non-main rank): nothing
