@@ -25,6 +25,7 @@ caching and the sampling both affect it).
 import argparse
 import concurrent.futures
 import copy
+import functools
 import importlib
 import itertools
 import multiprocessing
@@ -32,8 +33,10 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import psutil
 import timm
@@ -118,6 +121,24 @@ def bench_isolated(threads: int | None, **kwargs) -> dict[str, float]:
         1, mp_context=context, initializer=_set_threads, initargs=(threads,)
     ) as pool:
         return pool.submit(bench_one, **kwargs).result()
+
+
+def _add_row(rows: list[dict], row: dict, label: str, measure: Callable[[], str]) -> None:
+    """Add ``row`` to ``rows`` once ``measure()`` has put its numbers in it, and print ``label`` with the columns
+    ``measure`` returns; a failing configuration is reported in ``row['error']`` and the others go on."""
+    try:
+        result = measure()
+    except Exception as e:  # report the failing configuration and go on with the others
+        row['error'] = f'{type(e).__name__}: {e}'
+        result = f"error: {row['error'][:80]}"
+    rows.append(row)
+    print(f'{label} {result}', flush=True)
+
+
+def _bench_row(row: dict, config: dict[str, Any], isolate: bool, threads: int | None) -> str:
+    """Time one configuration (in a fresh process with ``isolate``) into ``row``; returns its printed columns."""
+    row.update(bench_isolated(threads, **config) if isolate else bench_one(**config))
+    return f"{row['img_s']:>9.1f} {row['ms_step']:>9.1f} {row['peak_mib']:>9.0f}"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -224,14 +245,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             fuse_bn=fuse == 'on',
             task=args.task,
         )
-        try:
-            row.update(bench_isolated(args.threads, **config) if isolate else bench_one(**config))
-            result = f"{row['img_s']:>9.1f} {row['ms_step']:>9.1f} {row['peak_mib']:>9.0f}"
-        except Exception as e:  # report the failing configuration and go on with the others
-            row['error'] = f'{type(e).__name__}: {e}'
-            result = f"error: {row['error'][:80]}"
-        rows.append(row)
-        print(f'{name:<8} {mode:<5} {amp:<4} {cl:<7} {comp:<7} {fuse:<7} {result}', flush=True)
+        measure = functools.partial(_bench_row, row, config, isolate, args.threads)
+        _add_row(rows, row, f'{name:<8} {mode:<5} {amp:<4} {cl:<7} {comp:<7} {fuse:<7}', measure)
         if cuda:
             torch.cuda.empty_cache()
     return rows
@@ -339,6 +354,36 @@ def _make_step(model, mode, x, target, dtype, device, compile_model, loss_fn=Non
     return step
 
 
+def _compare_row(
+    row: dict,
+    models: dict[str, torch.nn.Module],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    rounds: int,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+) -> str:
+    """Time fresh copies of ``models`` (official, ours) in ``row``'s configuration into ``row``: ``warmup``
+    untimed steps each, then ``rounds`` rounds of ``steps`` steps, alternating which goes first; returns the
+    printed columns."""
+    memory_format = torch.channels_last if row['channels_last'] == 'on' else torch.contiguous_format
+    fns = {}
+    for key, model in models.items():
+        model = copy.deepcopy(model).to(memory_format=memory_format)
+        fns[key] = _make_step(model, row['mode'], x, target, AMP_DTYPES[row['amp']], device, row['compile'] == 'on')
+        for _ in range(warmup):
+            fns[key]()
+    times = {'official': [], 'ours': []}
+    for r in range(rounds):
+        for key in ('official', 'ours') if r % 2 == 0 else ('ours', 'official'):
+            times[key].append(seconds_per_call(fns[key], device, warmup=0, iters=steps))
+    for key in times:
+        row[f'{key}_img_s'] = row['batch_size'] / statistics.median(times[key])
+    row['ratio'] = row['ours_img_s'] / row['official_img_s']
+    return f"{row['official_img_s']:>14.1f} {row['ours_img_s']:>10.1f} {row['ratio']:>5.2f}x"
+
+
 def compare_official(args: argparse.Namespace) -> list[dict]:
     """Official vs ours, same weights, every configuration timed interleaved (A B, B A, ...) in this process.
 
@@ -384,27 +429,9 @@ def compare_official(args: argparse.Namespace) -> list[dict]:
             memory_format = torch.channels_last if cl == 'on' else torch.contiguous_format
             x = torch.randn(bs, 3, args.img_size, args.img_size, device=device).to(memory_format=memory_format)
             target = torch.randint(0, 1000, (bs,), device=device)
-            try:
-                fns = {}
-                for key, model in (('official', ref), ('ours', ours)):
-                    model = copy.deepcopy(model).to(memory_format=memory_format)
-                    fns[key] = _make_step(model, mode, x, target, AMP_DTYPES[amp], device, comp == 'on')
-                    for _ in range(warmup):
-                        fns[key]()
-                times = {'official': [], 'ours': []}
-                for r in range(args.rounds):
-                    for key in ('official', 'ours') if r % 2 == 0 else ('ours', 'official'):
-                        times[key].append(seconds_per_call(fns[key], device, warmup=0, iters=steps))
-                for key in times:
-                    row[f'{key}_img_s'] = bs / statistics.median(times[key])
-                row['ratio'] = row['ours_img_s'] / row['official_img_s']
-                result = f"{row['official_img_s']:>14.1f} {row['ours_img_s']:>10.1f} {row['ratio']:>5.2f}x"
-            except Exception as e:  # report the failing configuration and go on with the others
-                row['error'] = f'{type(e).__name__}: {e}'
-                result = f"error: {row['error'][:80]}"
-            rows.append(row)
-            print(f'{name:<7} {mode:<5} {bs:>5} {amp:<4} {cl:<7} {comp:<7} {result}', flush=True)
-            del fns
+            models = {'official': ref, 'ours': ours}
+            measure = functools.partial(_compare_row, row, models, x, target, args.rounds, device, steps, warmup)
+            _add_row(rows, row, f'{name:<7} {mode:<5} {bs:>5} {amp:<4} {cl:<7} {comp:<7}', measure)
             if cuda:
                 torch.cuda.empty_cache()
     return rows

@@ -22,12 +22,14 @@ from shared.detection import CocoDataConfig as SharedCocoDataConfig
 from shared.entrypoints import parse_checkpoint_config as parse_entry_checkpoint_config
 
 __all__ = [
+    'BACKBONE_SOURCES',
     'DEFAULT_CONFIG',
     'DEFAULT_DET_CONFIG',
     'DEFAULT_SEG_CONFIG',
     'DEFAULT_SSDLITE_CONFIG',
     'OFFICIAL_DROP_PATH',
     'PACKAGE',
+    'BackboneFinetuneConfig',
     'CocoDataConfig',
     'DetDataConfig',
     'DetectionConfig',
@@ -47,6 +49,8 @@ DEFAULT_CONFIG = CONFIG_DIR / 'default.yaml'
 DEFAULT_DET_CONFIG = CONFIG_DIR / 'retinanet_default.yaml'
 DEFAULT_SSDLITE_CONFIG = CONFIG_DIR / 'ssdlite_default.yaml'
 DEFAULT_SEG_CONFIG = CONFIG_DIR / 'seg_default.yaml'
+#: Where a fine-tuning recipe's pretrained backbone comes from (named when a run has none).
+BACKBONE_SOURCES = 'the official net.pth, see emo.OFFICIAL_CHECKPOINTS, or an emo.train checkpoint'
 
 # Maximum stochastic-depth rate of the official constructors (README, Fidelity notes); the same values are the
 # defaults of the timm constructors in emo.model. Other models (emo_test, any timm model) default to 0.
@@ -114,10 +118,9 @@ class SSDLiteDataConfig(CocoDataConfig):
 
 
 @dataclass
-class DetectorConfig(RunConfig):
-    """What RetinaNet-EMO and SSDLite-EMO training share (defaults: the RetinaNet 1x recipe for EMO-1M).
-
-    ``eval_interval`` and ``checkpoint_interval`` count epochs."""
+class BackboneFinetuneConfig(RunConfig):
+    """What the dense-prediction recipes on an EMO backbone (detection, segmentation) share: the backbone, the
+    ImageNet checkpoint it starts from, the number of classes, the EW-MHSA window and the drop path."""
 
     model: str = field(default='emo_1m', metadata={'help': 'EMO backbone (emo_1m, emo_2m, emo_5m, emo_6m, emo_test)'})
     pretrained_backbone: str | None = field(
@@ -135,6 +138,14 @@ class DetectorConfig(RunConfig):
         default=None, metadata={'help': 'EW-MHSA window; null: the official one of the variant and detector'}
     )
     drop_path: float | None = field(default=None, metadata={'help': "backbone drop path; null: the variant's official"})
+
+
+@dataclass
+class DetectorConfig(BackboneFinetuneConfig):
+    """What RetinaNet-EMO and SSDLite-EMO training share (defaults: the RetinaNet 1x recipe for EMO-1M).
+
+    ``eval_interval`` and ``checkpoint_interval`` count epochs."""
+
     frozen_stages: int = 1
     norm_eval: bool = True
     epochs: int = 12
@@ -215,29 +226,17 @@ class SegDataConfig:
 
 
 @dataclass
-class SegConfig(RunConfig):
+class SegConfig(BackboneFinetuneConfig):
     """DeepLabv3-/PSPNet-EMO training on ADE20K (defaults: the official DeepLabv3 EMO-1M config, 4 GPUs x 4).
 
     Iteration-based, as mmseg's ``IterBasedRunner``: ``eval_interval`` and ``checkpoint_interval`` count
     iterations."""
 
-    model: str = field(default='emo_1m', metadata={'help': 'EMO backbone (emo_1m, emo_2m, emo_5m, emo_6m, emo_test)'})
     head: str = field(default='deeplabv3', metadata={'help': 'decode head: deeplabv3 (ASPP) or pspnet (PPM)'})
-    pretrained_backbone: str | None = field(
-        default=None,
-        metadata={
-            'help': 'ImageNet checkpoint of the backbone: official net.pth or an emo.train checkpoint (EMA used)'
-        },
-    )
-    allow_random_backbone: bool = field(
-        default=False,
-        metadata={'help': 'train without pretrained_backbone (random init); the paper recipes need a pretrained one'},
-    )
     num_classes: int = field(default=150, metadata={'help': 'classes after reduce-zero-label (150 for ADE20K)'})
     window_size: int | None = field(
         default=None, metadata={'help': 'EW-MHSA window; null: the official one (7 EMO-1M/2M, 16 EMO-5M)'}
     )
-    drop_path: float | None = field(default=None, metadata={'help': "backbone drop path; null: the variant's official"})
     channels: int = field(default=256, metadata={'help': 'decode head width'})
     aux_channels: int = field(default=256, metadata={'help': 'auxiliary FCN head width'})
     aux_weight: float = field(default=0.4, metadata={'help': 'auxiliary loss weight (0: no auxiliary head)'})

@@ -35,6 +35,7 @@ from emo.config import DetectionConfig
 from emo.model import EMO
 from emo.weights import load_official_checkpoint
 from shared.detection import CocoDetection, coco_detections, evaluate_detections, freeze_modules, init_fpn_mmdet
+from shared.detection_training import FrozenStagesBackbone
 from shared.distributed import DistContext
 from shared.training import AmpDtype, autocast
 
@@ -79,7 +80,7 @@ class LastLevelP6P7FromC5(ExtraFPNBlock):
         return [*results, p6, p7], [*names, 'p6', 'p7']
 
 
-class EMOFPNBackbone(nn.Module):
+class EMOFPNBackbone(FrozenStagesBackbone):
     """EMO body + FPN, with the official backbone's ``frozen_stages`` and ``norm_eval`` behaviour.
 
     Args:
@@ -89,6 +90,8 @@ class EMOFPNBackbone(nn.Module):
         frozen_stages: Freeze stage0 ... stage{frozen_stages} (parameters and norm statistics); -1 freezes nothing.
         norm_eval: Keep every BatchNorm of the body in eval mode while training.
     """
+
+    freeze = staticmethod(apply_frozen_stages)
 
     def __init__(
         self,
@@ -108,14 +111,7 @@ class EMOFPNBackbone(nn.Module):
         )
         init_fpn_mmdet(self.fpn)
         self.out_channels = out_channels
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        apply_frozen_stages(self.body, frozen_stages, norm_eval=False)
-
-    def train(self, mode: bool = True) -> 'EMOFPNBackbone':
-        super().train(mode)
-        apply_frozen_stages(self.body, self.frozen_stages, norm_eval=mode and self.norm_eval)
-        return self
+        self.set_frozen_stages(frozen_stages, norm_eval)
 
     def forward(self, x: torch.Tensor) -> 'OrderedDict[str, torch.Tensor]':
         feats = self.body.forward_intermediates(x, indices=self.in_indices, stop_early=True, intermediates_only=True)

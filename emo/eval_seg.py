@@ -14,38 +14,30 @@ before anything is written. torchrun-ready: the val images are split over the ra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from emo.config import DEFAULT_SEG_CONFIG, PACKAGE, SegConfig, parse_checkpoint_config
 from emo.data import build_segmentation_datasets
 from emo.train_seg import build_model, evaluate
+from shared.detection_training import checkpoint_eval_config, eval_script_parser, run_checkpoint_eval
 from shared.distributed import DistContext
-from shared.entrypoints import finish_run, load_strict, load_trained_checkpoint, open_eval_logger, run_distributed
+from shared.entrypoints import finish_run, load_strict, load_trained_checkpoint, open_eval_logger
 
 __all__ = ['SegEvalConfig', 'main', 'parse_args']
 
 
-@dataclass
-class SegEvalConfig(SegConfig):
-    """The segmentation training config plus the checkpoint to evaluate."""
-
-    checkpoint: str = field(default='', metadata={'help': 'train_seg.py checkpoint (last.pt / best.pt)'})
-
-
-def parse_args(argv: Sequence[str] | None = None) -> SegEvalConfig:
-    """Resolve the config (flags > ``-c`` > the checkpoint's own config > the default)."""
-    return parse_checkpoint_config(
-        SegEvalConfig, argv, DEFAULT_SEG_CONFIG, 'Evaluate a DeepLabv3-/PSPNet-EMO checkpoint on the ADE20K val split.'
-    )
+SegEvalConfig = checkpoint_eval_config(SegConfig, 'train_seg.py', 'SegEvalConfig', __name__)
+parse_args = eval_script_parser(
+    parse_checkpoint_config,
+    SegEvalConfig,
+    DEFAULT_SEG_CONFIG,
+    'Evaluate a DeepLabv3-/PSPNet-EMO checkpoint on the ADE20K val split.',
+)
 
 
 def main(cfg: SegEvalConfig) -> dict[str, Any]:
     """Evaluate the segmentor of ``cfg.checkpoint`` on the val split; writes and returns the metrics."""
-    if not cfg.checkpoint:
-        raise ValueError('--checkpoint PATH is required')
-    return run_distributed(cfg, lambda ctx: _evaluate(cfg, ctx))
+    return run_checkpoint_eval(cfg, _evaluate)
 
 
 def _evaluate(cfg: SegEvalConfig, ctx: DistContext) -> dict[str, Any]:

@@ -11,33 +11,22 @@ not an emo checkpoint is refused before anything is written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
-
 from emo import eval_det
 from emo.config import DEFAULT_SSDLITE_CONFIG, SSDLiteConfig, parse_checkpoint_config
+from shared.detection_training import checkpoint_eval_config, eval_script_parser
 
 __all__ = ['SSDLiteEvalConfig', 'main', 'parse_args']
 
 
-@dataclass
-class SSDLiteEvalConfig(SSDLiteConfig):
-    """The SSDLite training config plus the checkpoint to evaluate."""
-
-    checkpoint: str = field(default='', metadata={'help': 'train_ssdlite.py checkpoint (last.pt / best.pt)'})
-
-
-def parse_args(argv: Sequence[str] | None = None) -> SSDLiteEvalConfig:
-    """Resolve the config (flags > ``-c`` > the checkpoint's own config > the default)."""
-    return parse_checkpoint_config(
-        SSDLiteEvalConfig, argv, DEFAULT_SSDLITE_CONFIG, 'Evaluate an SSDLite-EMO checkpoint on the COCO val split.'
-    )
-
-
-def main(cfg: SSDLiteEvalConfig) -> dict[str, Any]:
-    """Evaluate the detector of ``cfg.checkpoint`` on the val split; writes and returns the metrics."""
-    return eval_det.main(cfg)
+SSDLiteEvalConfig = checkpoint_eval_config(SSDLiteConfig, 'train_ssdlite.py', 'SSDLiteEvalConfig', __name__)
+parse_args = eval_script_parser(
+    parse_checkpoint_config,
+    SSDLiteEvalConfig,
+    DEFAULT_SSDLITE_CONFIG,
+    'Evaluate an SSDLite-EMO checkpoint on the COCO val split.',
+)
+#: Evaluate the detector of ``cfg.checkpoint`` on the val split; writes and returns the metrics (``eval_det.py``'s).
+main = eval_det.main
 
 
 if __name__ == '__main__':

@@ -42,6 +42,7 @@ from emo.config import SSDLiteConfig
 from emo.detection import apply_frozen_stages
 from emo.model import EMO
 from emo.weights import load_official_checkpoint
+from shared.detection_training import FrozenStagesBackbone
 
 __all__ = [
     'SSDLITE_WINDOW_SIZES',
@@ -74,7 +75,7 @@ class SSDLiteExtraBlock(nn.Sequential):
         )
 
 
-class EMOSSDLiteBackbone(nn.Module):
+class EMOSSDLiteBackbone(FrozenStagesBackbone):
     """EMO stages 3 and 4 + the SSDLite neck: six maps at strides 16, 32, 64, 128 (107 at 320), 256 and 512.
 
     Args:
@@ -83,6 +84,8 @@ class EMOSSDLiteBackbone(nn.Module):
         frozen_stages: Freeze stage0 ... stage{frozen_stages}; -1 (the SSDLite configs) freezes nothing.
         norm_eval: Keep every BatchNorm of the EMO body in eval mode while training (the neck's are trained).
     """
+
+    freeze = staticmethod(apply_frozen_stages)
 
     def __init__(
         self,
@@ -105,14 +108,7 @@ class EMOSSDLiteBackbone(nn.Module):
         for m in self.extra.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.trunc_normal_(m.weight, std=0.03)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        apply_frozen_stages(self.body, frozen_stages, norm_eval=False)
-
-    def train(self, mode: bool = True) -> EMOSSDLiteBackbone:
-        super().train(mode)
-        apply_frozen_stages(self.body, self.frozen_stages, norm_eval=mode and self.norm_eval)
-        return self
+        self.set_frozen_stages(frozen_stages, norm_eval)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.body.forward_intermediates(x, indices=self.in_indices, stop_early=True, intermediates_only=True)

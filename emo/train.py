@@ -28,7 +28,7 @@ import emo  # noqa: F401  (registers the EMO models with timm)
 from emo.config import DEFAULT_CONFIG, PACKAGE, EMOTrainConfig, resolve_drop_path
 from shared.augment import allow_zero_bit_posterize
 from shared.classification import run_classification
-from shared.config import parse_config
+from shared.config import script_parser
 
 __all__ = ['main', 'parse_args']
 
@@ -43,16 +43,15 @@ def _print_summary(metrics: dict[str, Any]) -> None:
     print(f"{metrics['model']} after {metrics['epochs']} epochs: " + ' | '.join(parts) + f"  ({metrics['run_dir']})")
 
 
+_parse_config = script_parser(
+    EMOTrainConfig, 'Train EMO on ImageNet (or the synthetic ImageFolder set).', DEFAULT_CONFIG
+)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> EMOTrainConfig:
-    """Resolve the training config: dataclass defaults < YAML (``-c``, else configs/default.yaml) < command line;
-    ``drop_path: null`` becomes the variant's official rate."""
-    cfg = parse_config(
-        EMOTrainConfig,
-        argv,
-        description='Train EMO on ImageNet (or the synthetic ImageFolder set).',
-        default_config=DEFAULT_CONFIG,
-    )
-    return resolve_drop_path(cfg)
+    """Resolve the training config (see :func:`shared.config.script_parser`); ``drop_path: null`` becomes the
+    variant's official rate."""
+    return resolve_drop_path(_parse_config(argv))
 
 
 def main(cfg: EMOTrainConfig) -> dict[str, Any]:

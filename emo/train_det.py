@@ -19,47 +19,32 @@ The run folder gets ``config.yaml``, ``train.log``, ``log.csv``, TensorBoard sca
 before anything is written). ``eval_interval`` and ``checkpoint_interval`` count epochs.
 
 ``train_ssdlite.py`` runs this same loop for SSDLite-EMO (:func:`detector_parts` picks the model and data builders
-from the config's type).
+from the config's type). The loop (epochs, resume, evaluation, checkpoints) is ``shared.detection_training``'s, as
+pvg's Mask R-CNN: this script gives it the detector, the parameter groups, the schedule, the loss terms, the
+evaluation and the summary (:func:`recipe`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from emo.config import DEFAULT_DET_CONFIG, PACKAGE, DetectionConfig, DetectorConfig, SSDLiteConfig
+from emo.config import BACKBONE_SOURCES, DEFAULT_DET_CONFIG, PACKAGE, DetectionConfig, DetectorConfig, SSDLiteConfig
 from emo.data import build_detection_datasets, build_ssdlite_datasets
 from emo.detection import build_detector, evaluate
 from emo.ssdlite import build_ssdlite_detector
-from shared.checkpoint import load_checkpoint, restore_training_state, training_state
-from shared.config import config_to_dict, parse_config, save_config
-from shared.detection import (
-    COCO_METRIC_KEYS,
-    CocoDetection,
-    GroupedDistributedSampler,
-    coco_summary,
-    detection_collate,
-    sharded_loader,
-    targets_to_device,
-)
-from shared.distributed import (
-    DistContext,
-    all_reduce_mean,
-    seed_everything,
-    seed_worker,
-)
-from shared.entrypoints import end_epoch, finish_run, run_distributed, wrap_ddp
-from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
-from shared.training import autocast, make_grad_scaler, optimizer_step
+from shared import detection_training
+from shared.config import script_parser
+from shared.detection import COCO_METRIC_KEYS, coco_summary
+from shared.detection_training import DetectionRecipe, DetectionTraining, DetectorParts, EpochHook
+from shared.distributed import DistContext
+from shared.logger import RunLogger
 
 __all__ = [
     'DetectorParts',
@@ -72,9 +57,8 @@ __all__ = [
     'train_one_epoch',
 ]
 
-EpochHook = Callable[[int, dict[str, Any]], None]
-#: What a ``train_det.py`` checkpoint holds (besides ``package``, ``config`` and ``categories``).
-STATE_KEYS = ('model', 'optimizer', 'scheduler', 'scaler', 'epoch', 'step', 'best', 'rng')
+#: The model's losses (torchvision's RetinaNet) and their names in the log.
+LOSS_NAMES = {'classification': 'loss_cls', 'bbox_regression': 'loss_bbox'}
 
 
 def detection_param_groups(model: nn.Module, weight_decay: float, no_decay_keys: Sequence[str]) -> list[dict]:
@@ -118,15 +102,6 @@ def mmdet_cosine_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(b) for b in bases])
 
 
-@dataclass(frozen=True)
-class DetectorParts:
-    """How one detector of this package is built from its config: its name and its model and data builders."""
-
-    name: str
-    build_model: Callable[..., nn.Module]
-    build_datasets: Callable[[Any], tuple[Dataset, CocoDetection]]
-
-
 def detector_parts(cfg: DetectorConfig) -> DetectorParts:
     """RetinaNet for a :class:`DetectionConfig`, SSDLite for an :class:`SSDLiteConfig`."""
     if isinstance(cfg, SSDLiteConfig):
@@ -136,206 +111,33 @@ def detector_parts(cfg: DetectorConfig) -> DetectorParts:
     raise TypeError(f'no detector for a {type(cfg).__name__}')
 
 
-@dataclass
-class _Training:
-    """Everything one detection run reads and updates."""
-
-    train_set: Dataset
-    val_set: CocoDetection
-    model: nn.Module
-    sampler: GroupedDistributedSampler
-    train_loader: DataLoader
-    eval_loader: DataLoader
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-
-
-def _build_training(cfg: DetectorConfig, ctx: DistContext, logger: RunLogger, pretrained: bool) -> _Training:
+def _build_training(cfg: DetectorConfig, ctx: DistContext, logger: RunLogger, pretrained: bool) -> DetectionTraining:
     """Datasets, detector (backbone checkpoint loaded when ``pretrained``), loaders, AdamW and its schedule."""
     parts = detector_parts(cfg)
-    train_set, val_set = parts.build_datasets(cfg.data)
-    num_classes = cfg.num_classes or train_set.num_classes
-    model = parts.build_model(cfg, num_classes, load_pretrained=pretrained).to(ctx.device)
-    if pretrained:
-        logger.info(
-            f'{cfg.model} backbone: '
-            + (
-                f'loaded {cfg.pretrained_backbone}'
-                if cfg.pretrained_backbone
-                else 'random initialisation (no pretrained_backbone given)'
-            )
-        )
-    sampler = GroupedDistributedSampler(
-        train_set.aspect_groups(), cfg.data.batch_size, ctx.world_size, ctx.rank, seed=cfg.seed
-    )
-    train_loader = DataLoader(
-        train_set,
-        batch_size=cfg.data.batch_size,
-        sampler=sampler,
-        num_workers=cfg.data.workers,
-        collate_fn=detection_collate,
-        worker_init_fn=seed_worker,
-        pin_memory=ctx.device.type == 'cuda',
-        generator=torch.Generator(),
-    )
-    eval_loader = sharded_loader(val_set, cfg.data.eval_batch_size, ctx, workers=cfg.data.workers)
-    global_batch = cfg.data.batch_size * ctx.world_size
-    lr = cfg.lr * global_batch / cfg.lr_base_batch
-    optimizer = torch.optim.AdamW(
-        detection_param_groups(model, cfg.weight_decay, cfg.no_decay_keys), lr=lr, betas=cfg.opt_betas, eps=cfg.opt_eps
-    )
-    steps_per_epoch = len(train_loader)
-    scheduler = mmdet_cosine_schedule(
-        optimizer, cfg.epochs, steps_per_epoch, cfg.warmup_iters, cfg.warmup_ratio, cfg.min_lr
-    )
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(
-        f'{parts.name}-{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters '
-        f'({trainable / 1e6:.2f} M trainable), {num_classes} classes, {len(train_set)} train / '
-        f'{len(val_set)} val images, global batch {global_batch}, lr {lr:.3g}, {steps_per_epoch} steps/epoch'
-    )
-    return _Training(
-        train_set,
-        val_set,
-        model,
-        sampler,
-        train_loader,
-        eval_loader,
-        optimizer,
-        scheduler,
-        make_grad_scaler(ctx.device, cfg.amp),
-    )
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ctx: DistContext,
-    epoch: int,
-    step: int,
-    cfg: DetectorConfig,
-    logger: RunLogger,
-    scaler: torch.amp.GradScaler,
-) -> tuple[dict, int]:
-    """One pass over ``loader``; returns (epoch statistics, global step after the epoch)."""
-    model.train()
-    sums = torch.zeros(3, dtype=torch.float64)  # classification, box regression, images
-    t0 = time.perf_counter()
-    bar = logger.progress(loader, desc=f'epoch {epoch}', total=len(loader))
-    for images, targets in bar:
-        images, targets = targets_to_device(images, targets, ctx.device)
-        with autocast(ctx.device, cfg.amp):
-            losses = model(images, targets)
-        loss = losses['classification'] + losses['bbox_regression']
-        optimizer_step(loss, optimizer, scaler, step, cfg.clip_grad, model.parameters())
-        scheduler.step()
-        step += 1
-        n = len(images)
-        sums += torch.tensor(
-            [losses['classification'].item() * n, losses['bbox_regression'].item() * n, n], dtype=torch.float64
-        )
-        if step % cfg.log_interval == 0:
-            lr = optimizer.param_groups[0]['lr']
-            logger.scalars(
-                {
-                    'loss': loss.item(),
-                    'loss_cls': losses['classification'].item(),
-                    'loss_bbox': losses['bbox_regression'].item(),
-                    'lr': lr,
-                },
-                step,
-                prefix='train/',
-            )
-            if hasattr(bar, 'set_postfix'):
-                bar.set_postfix(
-                    loss=f'{loss.item():.4f}',
-                    lr=f'{lr:.2e}',
-                    img_s=f'{sums[2].item() * ctx.world_size / (time.perf_counter() - t0):.1f}',
-                )
-    elapsed = time.perf_counter() - t0
-    seen = max(sums[2].item(), 1.0)
-    loss_cls, loss_bbox = all_reduce_mean(sums[0] / seen), all_reduce_mean(sums[1] / seen)
-    return {
-        'loss': loss_cls + loss_bbox,
-        'loss_cls': loss_cls,
-        'loss_bbox': loss_bbox,
-        'lr': optimizer.param_groups[0]['lr'],
-        'train_img_s': seen * ctx.world_size / elapsed,
-        'epoch_time_s': elapsed,
-    }, step
-
-
-def _open_run(cfg: DetectorConfig, ctx: DistContext) -> tuple[dict[str, Any] | None, Path, RunLogger]:
-    """Read and check the resume checkpoint and the backbone requirement, then claim the run folder: every refusal
-    comes before anything is written."""
-    resume_state = load_checkpoint(cfg.resume, package=PACKAGE, required=STATE_KEYS) if cfg.resume else None
-    if resume_state is None and cfg.pretrained_backbone is None and not cfg.allow_random_backbone:
-        raise ValueError(
-            f'the {detector_parts(cfg).name} recipe fine-tunes an ImageNet-pretrained backbone: pass '
-            '--pretrained_backbone PATH (the official net.pth, see emo.OFFICIAL_CHECKPOINTS, or an emo.train '
-            'checkpoint), or set '
-            'allow_random_backbone: true to train from random initialisation'
-        )
-    default_name = f'{detector_parts(cfg).name}_default'
-    out_dir = resolve_run_dir(PACKAGE, cfg.name or default_name, cfg.output_dir, cfg.resume)
-    claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume_state is not None, is_main=ctx.is_main)
-    logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
-    if ctx.is_main:
-        save_config(cfg, out_dir / 'config.yaml')
-    logger.info(f'run folder {out_dir} | {ctx.world_size} process(es) on {ctx.device}')
-    return resume_state, out_dir, logger
-
-
-def _checkpoint(cfg: DetectorConfig, t: _Training, epoch: int, step: int, best: dict[str, Any]) -> dict[str, Any]:
-    return training_state(
-        PACKAGE,
+    return detection_training.build_detection_training(
         cfg,
-        model=t.model,
-        optimizer=t.optimizer,
-        scheduler=t.scheduler,
-        scaler=t.scaler,
-        epoch=epoch,
-        step=step,
-        best=best,
-        categories={'ids': list(t.train_set.cat_ids), 'names': list(t.train_set.category_names)},
+        ctx,
+        logger,
+        pretrained,
+        parts=parts,
+        param_groups=lambda model: detection_param_groups(model, cfg.weight_decay, cfg.no_decay_keys),
+        schedule=lambda optimizer, steps_per_epoch: mmdet_cosine_schedule(
+            optimizer, cfg.epochs, steps_per_epoch, cfg.warmup_iters, cfg.warmup_ratio, cfg.min_lr
+        ),
     )
 
 
-def _train(cfg: DetectorConfig, ctx: DistContext, on_epoch_end: EpochHook | None) -> dict[str, Any]:
-    seed_everything(cfg.seed, ctx.rank)
-    resume_state, out_dir, logger = _open_run(cfg, ctx)
-    t = _build_training(cfg, ctx, logger, pretrained=resume_state is None)
-    start_epoch, step, best = 0, 0, {'AP': -math.inf, 'epoch': -1}
-    if resume_state is not None:
-        restore_training_state(
-            resume_state, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler
-        )
-        start_epoch, step, best = resume_state['epoch'] + 1, resume_state['step'], resume_state['best']
-        logger.info(f'resumed from {cfg.resume} at epoch {start_epoch}, step {step}')
+#: One pass over the training loader: (epoch statistics, global step after the epoch); log.csv has the total first.
+train_one_epoch = functools.partial(detection_training.train_one_epoch, loss_names=LOSS_NAMES, total_first=True)
 
-    train_model = wrap_ddp(t.model, ctx)
 
-    coco: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        t.sampler.set_epoch(epoch)
-        t.train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # worker seeds: a function of the epoch
-        row, step = train_one_epoch(
-            train_model, t.train_loader, t.optimizer, t.scheduler, ctx, epoch, step, cfg, logger, t.scaler
-        )
-        last, is_best = epoch + 1 == cfg.epochs, False
-        if last or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0):
-            coco = evaluate(t.model, t.eval_loader, t.val_set, ctx, cfg.amp)
-            row.update({k: coco[k] for k in COCO_METRIC_KEYS})
-            is_best = coco['AP'] > best['AP']
-            if is_best:
-                best = {'AP': coco['AP'], 'epoch': epoch}
-            logger.info(f'epoch {epoch} COCO bbox (x100): {coco_summary(coco)}')
-        state = functools.partial(_checkpoint, cfg, t, epoch, step, best)
-        end_epoch(cfg, ctx, logger, out_dir, epoch, row, last, is_best, state, on_epoch_end)
+def _evaluate_epoch(t: DetectionTraining, ctx: DistContext, cfg: DetectorConfig, logger: RunLogger, epoch: int):
+    coco = evaluate(t.model, t.eval_loader, t.val_set, ctx, cfg.amp)
+    logger.info(f'epoch {epoch} COCO bbox (x100): {coco_summary(coco)}')
+    return coco, {k: coco[k] for k in COCO_METRIC_KEYS}, {'AP': coco['AP']}
 
+
+def _summarize(cfg: DetectorConfig, coco: dict[str, Any], best: dict[str, Any], out_dir: Path):
     metrics = {
         'model': f'{detector_parts(cfg).name}_{cfg.model}',
         'epochs': cfg.epochs,
@@ -345,17 +147,25 @@ def _train(cfg: DetectorConfig, ctx: DistContext, on_epoch_end: EpochHook | None
         'best_epoch': best['epoch'],
         'run_dir': str(out_dir),
     }
-    return finish_run(logger, metrics, f"done: best AP {100 * best['AP']:.1f} at epoch {best['epoch']}")
+    return metrics, f"done: best AP {100 * best['AP']:.1f} at epoch {best['epoch']}"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> DetectionConfig:
-    """Resolve the config: dataclass defaults < YAML (``-c``, else configs/retinanet_default.yaml) < command line."""
-    return parse_config(
-        DetectionConfig,
-        argv,
-        description='Train RetinaNet-EMO on COCO (or the synthetic set).',
-        default_config=DEFAULT_DET_CONFIG,
+def recipe(cfg: DetectorConfig) -> DetectionRecipe:
+    """How :func:`shared.detection_training.train_detector` trains the detector of ``cfg``."""
+    name = detector_parts(cfg).name
+    return DetectionRecipe(
+        package=PACKAGE,
+        default_name=f'{name}_default',
+        recipe=name,
+        sources=BACKBONE_SOURCES,
+        build=_build_training,
+        train_one_epoch=train_one_epoch,
+        evaluate=_evaluate_epoch,
+        summarize=_summarize,
     )
+
+
+parse_args = script_parser(DetectionConfig, 'Train RetinaNet-EMO on COCO (or the synthetic set).', DEFAULT_DET_CONFIG)
 
 
 def main(cfg: DetectorConfig, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
@@ -365,7 +175,7 @@ def main(cfg: DetectorConfig, on_epoch_end: EpochHook | None = None) -> dict[str
         cfg: the resolved config (its ``name`` names the run folder ``runs/emo/<name>/<time>``).
         on_epoch_end: called as ``hook(epoch, row)`` after each epoch's checkpoint is on disk.
     """
-    return run_distributed(cfg, lambda ctx: _train(cfg, ctx, on_epoch_end))
+    return detection_training.train_detector(cfg, recipe(cfg), on_epoch_end)
 
 
 if __name__ == '__main__':

@@ -31,15 +31,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from emo.config import DEFAULT_SEG_CONFIG, PACKAGE, SegConfig
+from emo.config import BACKBONE_SOURCES, DEFAULT_SEG_CONFIG, PACKAGE, SegConfig
 from emo.data import ADE20KSegmentation, IterationSampler, build_segmentation_datasets
 from emo.segmentation import EMOSegmentor, build_segmentor, predict_probabilities, segmentation_loss
 from emo.train_det import detection_param_groups
-from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
-from shared.config import config_to_dict, parse_config, save_config
+from shared.checkpoint import restore_training_state, save_last_and_best, training_state
+from shared.config import script_parser
+from shared.detection_training import log_backbone, open_finetune_run
 from shared.distributed import DistContext, all_reduce_mean, seed_everything
 from shared.entrypoints import finish_run, run_distributed, wrap_ddp
-from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.metrics import confusion_matrix, segmentation_metrics
 from shared.training import autocast, make_grad_scaler, optimizer_step
 
@@ -105,23 +105,6 @@ def evaluate(
     return segmentation_metrics(confusion.cpu())
 
 
-def _open_run(cfg: SegConfig, ctx: DistContext):
-    resume_state = load_checkpoint(cfg.resume, package=PACKAGE, required=STATE_KEYS) if cfg.resume else None
-    if resume_state is None and cfg.pretrained_backbone is None and not cfg.allow_random_backbone:
-        raise ValueError(
-            'the segmentation recipe fine-tunes an ImageNet-pretrained backbone: pass --pretrained_backbone PATH (the '
-            'official net.pth, see emo.OFFICIAL_CHECKPOINTS, or an emo.train checkpoint), or set '
-            'allow_random_backbone: true to train from random initialisation'
-        )
-    out_dir = resolve_run_dir(PACKAGE, cfg.name or 'seg_default', cfg.output_dir, cfg.resume)
-    claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume_state is not None, is_main=ctx.is_main)
-    logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
-    if ctx.is_main:
-        save_config(cfg, out_dir / 'config.yaml')
-    logger.info(f'run folder {out_dir} | {ctx.world_size} process(es) on {ctx.device}')
-    return resume_state, out_dir, logger
-
-
 def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: SegConfig) -> dict[str, torch.Tensor]:
     decode, aux = model(images)
     losses = {'decode': segmentation_loss(decode, labels, cfg.loss_avg_non_ignore)}
@@ -132,14 +115,13 @@ def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Seg
 
 def _train(cfg: SegConfig, ctx: DistContext, on_eval: IterHook | None) -> dict[str, Any]:
     seed_everything(cfg.seed, ctx.rank)
-    resume_state, out_dir, logger = _open_run(cfg, ctx)
+    resume_state, out_dir, logger = open_finetune_run(
+        cfg, ctx, PACKAGE, STATE_KEYS, 'seg_default', 'segmentation', BACKBONE_SOURCES
+    )
     train_set, val_set = build_segmentation_datasets(cfg.data)
     model = build_model(cfg, load_pretrained=resume_state is None).to(ctx.device)
     if resume_state is None:
-        logger.info(
-            f'{cfg.model} backbone: '
-            + (f'loaded {cfg.pretrained_backbone}' if cfg.pretrained_backbone else 'random initialisation')
-        )
+        log_backbone(logger, cfg)
     global_batch = cfg.data.batch_size * ctx.world_size
     lr = cfg.lr * global_batch / cfg.lr_base_batch
     optimizer = torch.optim.AdamW(
@@ -225,14 +207,9 @@ def _checkpoint(cfg, model, optimizer, scheduler, scaler, step: int, best: dict[
     )
 
 
-def parse_args(argv: Sequence[str] | None = None) -> SegConfig:
-    """Resolve the config: dataclass defaults < YAML (``-c``, else configs/seg_default.yaml) < command line."""
-    return parse_config(
-        SegConfig,
-        argv,
-        description='Train DeepLabv3-/PSPNet-EMO on ADE20K (or the synthetic set).',
-        default_config=DEFAULT_SEG_CONFIG,
-    )
+parse_args = script_parser(
+    SegConfig, 'Train DeepLabv3-/PSPNet-EMO on ADE20K (or the synthetic set).', DEFAULT_SEG_CONFIG
+)
 
 
 def main(cfg: SegConfig, on_eval: IterHook | None = None) -> dict[str, Any]:

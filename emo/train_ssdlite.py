@@ -21,24 +21,16 @@ The run folder gets ``config.yaml``, ``train.log``, ``log.csv``, TensorBoard sca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from emo import train_det
 from emo.config import DEFAULT_SSDLITE_CONFIG, SSDLiteConfig
-from shared.config import parse_config
+from shared.config import script_parser
 
 __all__ = ['main', 'parse_args']
 
 
-def parse_args(argv: Sequence[str] | None = None) -> SSDLiteConfig:
-    """Resolve the config: dataclass defaults < YAML (``-c``, else configs/ssdlite_default.yaml) < command line."""
-    return parse_config(
-        SSDLiteConfig,
-        argv,
-        description='Train SSDLite-EMO on COCO (or the synthetic set).',
-        default_config=DEFAULT_SSDLITE_CONFIG,
-    )
+parse_args = script_parser(SSDLiteConfig, 'Train SSDLite-EMO on COCO (or the synthetic set).', DEFAULT_SSDLITE_CONFIG)
 
 
 def main(cfg: SSDLiteConfig, on_epoch_end: train_det.EpochHook | None = None) -> dict[str, Any]:

@@ -40,10 +40,12 @@ from pvg.config import MaskRCNNConfig, MaskRCNNDataConfig
 from pvg.model import PyramidViG
 from pvg.weights import load_official_checkpoint
 from shared.detection import CocoDetection, coco_detections, evaluate_detections, freeze_modules, init_fpn_mmdet
+from shared.detection_training import DetectorParts, FrozenStagesBackbone
 from shared.distributed import DistContext
 from shared.training import AmpDtype, autocast
 
 __all__ = [
+    'MASK_RCNN',
     'PyramidViGFPN',
     'apply_frozen_stages',
     'build_coco_datasets',
@@ -69,7 +71,7 @@ def apply_frozen_stages(body: PyramidViG, frozen_stages: int, norm_eval: bool) -
     freeze_modules(frozen, body if norm_eval else None)
 
 
-class PyramidViGFPN(nn.Module):
+class PyramidViGFPN(FrozenStagesBackbone):
     """Pyramid ViG / PVG body + FPN over its four stage outputs (strides 4-32) + a max-pooled P6.
 
     Args:
@@ -77,6 +79,8 @@ class PyramidViGFPN(nn.Module):
         out_channels: FPN channels.
         frozen_stages / norm_eval: See :func:`apply_frozen_stages`; re-applied on every ``train()``.
     """
+
+    freeze = staticmethod(apply_frozen_stages)
 
     def __init__(self, body: PyramidViG, out_channels: int = 256, frozen_stages: int = -1, norm_eval: bool = True):
         super().__init__()
@@ -87,14 +91,7 @@ class PyramidViGFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
         init_fpn_mmdet(self.fpn)
         self.out_channels = out_channels
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        apply_frozen_stages(self.body, frozen_stages, norm_eval=False)
-
-    def train(self, mode: bool = True) -> PyramidViGFPN:
-        super().train(mode)
-        apply_frozen_stages(self.body, self.frozen_stages, norm_eval=mode and self.norm_eval)
-        return self
+        self.set_frozen_stages(frozen_stages, norm_eval)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.body.forward_intermediates(x, indices=self.in_indices, intermediates_only=True)
@@ -193,6 +190,10 @@ def build_coco_datasets(cfg: MaskRCNNDataConfig) -> tuple[CocoDetection, CocoDet
     if len(train) == 0:
         raise ValueError(f'no training image with a usable box in {train.annotation_file}')
     return train, val
+
+
+#: The detector of ``train_det.py`` / ``eval_det.py``: Mask R-CNN (:func:`build_detector`) on its COCO datasets.
+MASK_RCNN = DetectorParts('mask_rcnn', build_detector, build_coco_datasets)
 
 
 @torch.no_grad()

@@ -20,25 +20,19 @@ count epochs. The loop (``train_one_epoch``, ``evaluate``) is ``shared.classific
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import pvg  # noqa: F401  (registers the models with timm)
 from pvg.config import DEFAULT_CONFIG, PACKAGE, PVGTrainConfig
 from shared.classification import run_classification
-from shared.config import parse_config
+from shared.config import script_parser
 
 __all__ = ['main', 'parse_args']
 
 
-def parse_args(argv: Sequence[str] | None = None) -> PVGTrainConfig:
-    """Resolve the training config: dataclass defaults < YAML (``-c``, else configs/default.yaml) < command line."""
-    return parse_config(
-        PVGTrainConfig,
-        argv,
-        description='Train Pyramid ViG / PVG on ImageNet (or the synthetic ImageFolder set).',
-        default_config=DEFAULT_CONFIG,
-    )
+parse_args = script_parser(
+    PVGTrainConfig, 'Train Pyramid ViG / PVG on ImageNet (or the synthetic ImageFolder set).', DEFAULT_CONFIG
+)
 
 
 def main(cfg: PVGTrainConfig) -> dict[str, Any]:

@@ -1,7 +1,11 @@
-"""Fixtures of the emo tests: one intra-op thread per test (``shared.testing``) and a temporary synthetic-data root."""
+"""Fixtures of the emo tests: one intra-op thread per test (``shared.testing``), a temporary synthetic-data root and
+the interrupted-then-resumed run of the resume tests."""
+
+import dataclasses
 
 import pytest
 
+from shared.checkpoint import load_checkpoint
 from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)
 
 
@@ -12,3 +16,30 @@ def synthetic_root(tmp_path_factory):
         root = tmp_path_factory.mktemp('synthetic')
         mp.setenv('SYNTHETIC_DATA_ROOT', str(root))
         yield root
+
+
+class Killed(Exception):
+    """Raised by a run's hook where a resume test cuts the run."""
+
+
+@pytest.fixture
+def cut_and_resume(tmp_path):
+    """``run(main, cfg, hook, at)``: ``main(cfg)`` uninterrupted into ``full/``, then into ``cut/`` stopped by the
+    hook argument ``hook`` (``on_epoch_end``, ``on_eval``) once it is called with ``at``, then resumed from
+    ``cut/last.pt``. Returns the ``last.pt`` states (uninterrupted, at the cut, resumed)."""
+
+    def run(main, cfg, hook, at):
+        main(dataclasses.replace(cfg, output_dir=str(tmp_path / 'full')))
+
+        def kill(index, row):
+            if index == at:
+                raise Killed
+
+        cut = tmp_path / 'cut'
+        with pytest.raises(Killed):
+            main(dataclasses.replace(cfg, output_dir=str(cut)), **{hook: kill})
+        at_cut = load_checkpoint(cut / 'last.pt')
+        main(dataclasses.replace(cfg, output_dir=str(cut), resume=str(cut / 'last.pt')))
+        return load_checkpoint(tmp_path / 'full' / 'last.pt'), at_cut, load_checkpoint(cut / 'last.pt')
+
+    return run

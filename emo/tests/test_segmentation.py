@@ -157,24 +157,9 @@ def test_train_seg_then_eval_seg(synthetic_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_seg_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
+def test_train_seg_resume_equals_uninterrupted_run(synthetic_root, cut_and_resume):
     cfg = train_seg.parse_args([*TINY, '--iters', '4', '--data.workers', '1'])
-    import dataclasses
-
-    train_seg.main(dataclasses.replace(cfg, output_dir=str(tmp_path / 'full')))
-
-    class Killed(Exception):
-        pass
-
-    def kill(step, row):
-        if step == 2:
-            raise Killed
-
-    cut = tmp_path / 'cut'
-    with pytest.raises(Killed):
-        train_seg.main(dataclasses.replace(cfg, output_dir=str(cut)), on_eval=kill)
-    train_seg.main(dataclasses.replace(cfg, output_dir=str(cut), resume=str(cut / 'last.pt')))
-    a, b = load_checkpoint(tmp_path / 'full' / 'last.pt'), load_checkpoint(cut / 'last.pt')
+    a, _, b = cut_and_resume(train_seg.main, cfg, 'on_eval', 2)
     assert a['step'] == b['step'] == 4
     for key, value in a['model'].items():
         assert torch.equal(value, b['model'][key]), key

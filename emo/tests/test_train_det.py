@@ -1,7 +1,6 @@
 """RetinaNet-EMO training/evaluation scripts: a 2-iteration run re-evaluated by eval_det.py, exact resume, the mmdet
 schedule and no-decay rule, the COCO reader and grouped sampler, the COCO conversion, the recipe YAMLs."""
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -66,24 +65,10 @@ def test_train_det_few_iterations_then_eval_det(synthetic_root, tmp_path):
     assert written['model'] == 'retinanet_emo_test' and written['images'] == 2
 
 
-class Killed(Exception):
-    pass
-
-
-def test_train_det_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
+def test_train_det_resume_equals_uninterrupted_run(synthetic_root, cut_and_resume):
     cfg = train_det.parse_args([*TINY, '--epochs', '2'])
-    train_det.main(dataclasses.replace(cfg, output_dir=str(tmp_path / 'full')))
-
-    def kill_after_first_epoch(epoch, row):
-        if epoch == 0:
-            raise Killed
-
-    cut = tmp_path / 'cut'
-    with pytest.raises(Killed):
-        train_det.main(dataclasses.replace(cfg, output_dir=str(cut)), on_epoch_end=kill_after_first_epoch)
-    assert load_checkpoint(cut / 'last.pt')['epoch'] == 0
-    train_det.main(dataclasses.replace(cfg, output_dir=str(cut), resume=str(cut / 'last.pt')))
-    a, b = load_checkpoint(tmp_path / 'full' / 'last.pt'), load_checkpoint(cut / 'last.pt')
+    a, at_cut, b = cut_and_resume(train_det.main, cfg, 'on_epoch_end', 0)
+    assert at_cut['epoch'] == 0
     assert a['step'] == b['step'] > 2 and a['epoch'] == b['epoch'] == 1
     for key, value in a['model'].items():
         assert torch.equal(value, b['model'][key]), key

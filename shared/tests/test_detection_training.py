@@ -1,0 +1,170 @@
+"""shared.detection_training: the epoch's loss bookkeeping against hand values, the log.csv column order, the
+frozen-stages backbone through train(), the refusal without a backbone before anything is written, and the
+evaluation-script config, parser and main."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from shared.config import RunConfig, parse_config
+from shared.detection_training import (
+    DetectionTraining,
+    FrozenStagesBackbone,
+    checkpoint_eval_config,
+    eval_script_parser,
+    open_finetune_run,
+    run_checkpoint_eval,
+    train_one_epoch,
+)
+from shared.distributed import DistContext
+from shared.logger import RunLogger
+
+CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+class _TwoLosses(nn.Module):
+    """Losses a * mean(images) and b * mean(images) (a, b trainable), as a torchvision detector's loss dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(1.0))
+        self.b = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, images, targets):
+        x = torch.stack([image.mean() for image in images]).mean()
+        return {"first": self.a * x, "second": self.b * x, "unused": torch.tensor(100.0)}
+
+
+def _training(batches):
+    model = _TwoLosses()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the losses stay the hand values below
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loader = [(images, [{} for _ in images]) for images in batches]
+    return model, DetectionTraining(
+        train_set=None,
+        val_set=None,
+        model=model,
+        sampler=None,
+        train_loader=loader,
+        eval_loader=None,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+    )
+
+
+@pytest.mark.parametrize("total_first", [False, True])
+def test_train_one_epoch_averages_the_named_losses_over_images(tmp_path, total_first):
+    # batch 1: two images of mean 1 and 3 (batch mean 2); batch 2: one image of mean 4
+    batches = [[torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 3.0)], [torch.full((1, 2, 2), 4.0)]]
+    model, t = _training(batches)
+    cfg = SimpleNamespace(amp="off", clip_grad=None, log_interval=1)
+    logger = RunLogger(tmp_path, tensorboard=False)
+    names = {"first": "loss_a", "second": "loss_b"}
+    row, step = train_one_epoch(model, t, CPU, 0, 5, cfg, logger, names, total_first=total_first)
+    logger.close()
+    assert step == 7
+    # per-image weighting: (2 * 2 + 1 * 4) / 3 for a = 1, twice that for b = 2; "unused" is not summed
+    assert row["loss_a"] == pytest.approx(8 / 3) and row["loss_b"] == pytest.approx(16 / 3)
+    assert row["loss"] == pytest.approx(8.0)
+    terms = ["loss_a", "loss_b"]
+    columns = ["loss", *terms] if total_first else [*terms, "loss"]
+    assert list(row) == [*columns, "lr", "train_img_s", "epoch_time_s"]
+
+
+class _Body(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stage0 = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+        self.stage1 = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+
+
+def _freeze_first(body: _Body, frozen_stages: int, norm_eval: bool) -> None:
+    for i in range(frozen_stages + 1):
+        stage = getattr(body, f"stage{i}")
+        stage.eval()
+        for p in stage.parameters():
+            p.requires_grad = False
+    if norm_eval:
+        for m in body.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+
+
+class _Backbone(FrozenStagesBackbone):
+    freeze = staticmethod(_freeze_first)
+
+    def __init__(self, frozen_stages: int, norm_eval: bool):
+        super().__init__()
+        self.body = _Body()
+        self.set_frozen_stages(frozen_stages, norm_eval)
+
+
+def test_frozen_stages_hold_through_train_and_norm_eval_only_in_training():
+    backbone = _Backbone(frozen_stages=0, norm_eval=True)
+    assert not any(p.requires_grad for p in backbone.body.stage0.parameters())
+    assert all(p.requires_grad for p in backbone.body.stage1.parameters())
+    backbone.train()
+    assert backbone.training and not backbone.body.stage0.training  # frozen stage stays in eval mode
+    assert not backbone.body.stage1[1].training and backbone.body.stage1[0].training  # norm_eval: BN only
+    assert _Backbone(frozen_stages=-1, norm_eval=False).train().body.stage1[1].training
+    backbone.eval()
+    assert not any(m.training for m in backbone.modules())
+
+
+@dataclass
+class _FinetuneConfig(RunConfig):
+    model: str = "tiny"
+    pretrained_backbone: str | None = None
+    allow_random_backbone: bool = False
+    lr: float = field(default=0.1, metadata={"help": "learning rate"})
+
+
+def test_no_backbone_is_refused_before_the_run_folder_exists(tmp_path):
+    cfg = _FinetuneConfig(output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"the Tiny recipe .* --pretrained_backbone PATH \(a tiny.pth\)"):
+        open_finetune_run(cfg, CPU, "pkg", ("model",), "tiny_default", "Tiny", "a tiny.pth")
+    assert not (tmp_path / "run").exists()
+    allowed = dataclasses.replace(cfg, allow_random_backbone=True)
+    resume, out_dir, logger = open_finetune_run(allowed, CPU, "pkg", ("model",), "tiny_default", "Tiny", "a tiny.pth")
+    logger.close()
+    assert resume is None and out_dir == tmp_path / "run" and (out_dir / "config.yaml").is_file()
+
+
+def test_eval_config_adds_the_checkpoint_to_the_training_config():
+    schema = checkpoint_eval_config(_FinetuneConfig, "train_x.py", "XEvalConfig", __name__)
+    assert schema.__name__ == "XEvalConfig" and schema.__module__ == __name__
+    assert issubclass(schema, _FinetuneConfig)
+    names = [f.name for f in dataclasses.fields(schema)]
+    assert names[-1] == "checkpoint" and names[:-1] == [f.name for f in dataclasses.fields(_FinetuneConfig)]
+    help_text = dataclasses.fields(schema)[-1].metadata["help"]
+    assert help_text == "train_x.py checkpoint (last.pt / best.pt)"
+    cfg = parse_config(schema, ["--checkpoint", "last.pt", "--lr", "0.5"])
+    assert (cfg.checkpoint, cfg.lr) == ("last.pt", 0.5)
+
+
+def test_eval_script_parser_and_main():
+    calls = []
+
+    def parse_checkpoint_config(schema, argv, default_config, description):
+        calls.append((schema, argv, default_config, description))
+        return "cfg"
+
+    parse_args = eval_script_parser(parse_checkpoint_config, _FinetuneConfig, Path("configs/x.yaml"), "Evaluate X.")
+    assert parse_args() == "cfg" and parse_args(["--lr", "1"]) == "cfg"
+    assert calls == [
+        (_FinetuneConfig, None, Path("configs/x.yaml"), "Evaluate X."),
+        (_FinetuneConfig, ["--lr", "1"], Path("configs/x.yaml"), "Evaluate X."),
+    ]
+    assert "x.yaml" in parse_args.__doc__
+    with pytest.raises(ValueError, match="--checkpoint PATH is required"):
+        run_checkpoint_eval(SimpleNamespace(checkpoint=""), lambda cfg, ctx: None)
+    cfg = SimpleNamespace(checkpoint="last.pt", threads=None, device="cpu")
+    assert run_checkpoint_eval(cfg, lambda c, ctx: (c.checkpoint, ctx.world_size)) == ("last.pt", 1)
