@@ -45,7 +45,7 @@ from shared.detection import (
 )
 from shared.distributed import DistContext, all_reduce_mean, seed_everything, seed_worker
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
-from shared.training import autocast, make_grad_scaler, optimizer_step
+from shared.training import autocast, make_grad_scaler, optimizer_step, show_progress
 
 __all__ = [
     "STATE_KEYS",
@@ -232,9 +232,7 @@ def train_one_epoch(
         if step % cfg.log_interval == 0:
             lr = t.optimizer.param_groups[0]["lr"]
             logger.scalars({"loss": sum(values), **dict(zip(logged, values)), "lr": lr}, step, prefix="train/")
-            if hasattr(bar, "set_postfix"):
-                rate = sums[-1].item() * ctx.world_size / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{sum(values):.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+            show_progress(bar, sum(values), lr, int(sums[-1].item()), ctx.world_size, t0, digits=(4, 1))
     elapsed = time.perf_counter() - t0
     seen = max(sums[-1].item(), 1.0)
     row = {name: all_reduce_mean(sums[i] / seen) for i, name in enumerate(logged)}

@@ -26,9 +26,11 @@ from PIL import Image
 
 __all__ = [
     "assert_same_tensors",
+    "random_state_dict",
     "run_module",
     "run_torchrun",
     "single_torch_thread",
+    "synthetic_root",
     "torch_threads",
     "write_tiny_imagefolder",
 ]
@@ -69,6 +71,31 @@ def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
             assert_same_tensors(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{a!r} != {b!r} at {where}"
+
+
+def random_state_dict(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors with the given keys and shapes, as a released checkpoint holds them: BatchNorm counters as
+    int64 scalars (``1000 + seed``), running variances positive, every other tensor N(0, 0.1^2)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            sd[key] = torch.tensor(1000 + seed, dtype=torch.long)
+        elif key.endswith("running_var"):
+            sd[key] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            sd[key] = torch.randn(shape, generator=gen) * 0.1
+    return sd
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Synthetic sets of a test module go to a temporary folder (``SYNTHETIC_DATA_ROOT``), not the repository's
+    data/. A package's ``tests/conftest.py`` opts in by importing it."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp("synthetic")
+        mp.setenv("SYNTHETIC_DATA_ROOT", str(root))
+        yield root
 
 
 def write_tiny_imagefolder(

@@ -6,16 +6,7 @@ import dataclasses
 import pytest
 
 from shared.checkpoint import load_checkpoint
-from shared.testing import single_torch_thread  # noqa: F401  (autouse fixture)
-
-
-@pytest.fixture(scope='module')
-def synthetic_root(tmp_path_factory):
-    """Synthetic sets of a test module go to a temporary folder, not the repository's data/."""
-    with pytest.MonkeyPatch.context() as mp:
-        root = tmp_path_factory.mktemp('synthetic')
-        mp.setenv('SYNTHETIC_DATA_ROOT', str(root))
-        yield root
+from shared.testing import single_torch_thread, synthetic_root  # noqa: F401  (autouse; temporary data root)
 
 
 class Killed(Exception):

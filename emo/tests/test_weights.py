@@ -19,6 +19,7 @@ from emo.weights import (
     official_cache_file_name,
     unwrap_state_dict,
 )
+from shared.testing import random_state_dict
 
 OFFICIAL_SHAPES = Path(__file__).resolve().parent / 'data' / 'emo_official_state_dict_shapes.json'
 
@@ -28,18 +29,8 @@ def official_shapes():
     return json.loads(OFFICIAL_SHAPES.read_text())
 
 
-def synthetic_checkpoint(shapes, seed=0):
-    """Random tensors with the official keys and shapes (BN counters as int64 scalars, variances positive)."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in shapes.items():
-        if key.endswith('num_batches_tracked'):
-            sd[key] = torch.tensor(1000 + seed, dtype=torch.long)
-        elif key.endswith('running_var'):
-            sd[key] = torch.rand(shape, generator=gen) + 0.5
-        else:
-            sd[key] = torch.randn(shape, generator=gen) * 0.1
-    return sd
+#: Random tensors with the official keys and shapes (``shared.testing.random_state_dict``).
+synthetic_checkpoint = random_state_dict
 
 
 def assert_loaded(model, sd):

@@ -10,27 +10,14 @@ import torch
 
 import pvg  # noqa: F401  (registers the models)
 from pvg.weights import OFFICIAL_RELEASE, checkpoint_filter_fn, load_official_checkpoint, unwrap_state_dict
+from shared.testing import random_state_dict
 
 MANIFEST = json.loads((Path(__file__).resolve().parent / 'data' / 'pvig_official_state_dict_shapes.json').read_text())
 
 
-def synthetic_release(shapes, seed=0):
-    """Random tensors with the official keys and shapes (BN counters int64 scalars, variances positive)."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in shapes.items():
-        if key.endswith('num_batches_tracked'):
-            sd[key] = torch.tensor(1000 + seed, dtype=torch.long)
-        elif key.endswith('running_var'):
-            sd[key] = torch.rand(shape, generator=gen) + 0.5
-        else:
-            sd[key] = torch.randn(shape, generator=gen) * 0.1
-    return sd
-
-
 @pytest.fixture(scope='module')
 def release_ti(tmp_path_factory):
-    sd = synthetic_release(MANIFEST['pvig_ti_224_gelu'])
+    sd = random_state_dict(MANIFEST['pvig_ti_224_gelu'])
     path = tmp_path_factory.mktemp('release') / 'pvig_ti_78.5.pth.tar'
     torch.save(sd, path)
     return path, sd
