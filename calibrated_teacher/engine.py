@@ -28,6 +28,7 @@ from shared.distributed import DistContext
 from shared.metrics import expected_calibration_error
 
 __all__ = [
+    "CHECKPOINT_KEYS",
     "calibration_quality",
     "evaluate",
     "pseudo_box_precision",
@@ -39,9 +40,13 @@ __all__ = [
 ECE_BINS = 20
 
 
+#: What a calibrated_teacher training checkpoint must hold to be evaluated or drawn.
+CHECKPOINT_KEYS = ("config", "student", "teacher", "step", "method_state")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A calibrated_teacher training checkpoint (``CheckpointError`` for a missing, foreign or incomplete file)."""
-    return load_checkpoint(path, package=PACKAGE, required=("config", "student", "teacher", "step", "method_state"))
+    return load_checkpoint(path, package=PACKAGE, required=CHECKPOINT_KEYS)
 
 
 @torch.no_grad()

@@ -5,70 +5,49 @@ and the ECE of the teacher's scores before/after the checkpoint's calibrator (+ 
     python -m calibrated_teacher.eval --checkpoint last.pt --data.root data/coco --output_dir eval_out
 
 The configuration is the one stored in the checkpoint, then ``-c`` / ``--key value`` overrides. Prints the
-summary and writes ``metrics.json`` next to the checkpoint (or in ``--output_dir``).
+summary and writes ``metrics.json`` and ``reliability_eval.png`` to ``<checkpoint folder>/eval/`` (or
+``--output_dir``), so the training run's own ``metrics.json`` is never replaced.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from calibrated_teacher.config import TrainConfig
+from calibrated_teacher.config import PACKAGE, TrainConfig
 from calibrated_teacher.data import build_datasets, val_loader
 from calibrated_teacher.engine import (
+    CHECKPOINT_KEYS,
     calibration_quality,
     evaluate,
-    read_checkpoint,
     reliability_diagram,
     val_predictions,
 )
 from calibrated_teacher.model import build_detector, label_offset
 from calibrated_teacher.teacher_student import CalibratedTeacher
-from shared.config import parse_eval_config
 from shared.detection import coco_summary
 from shared.distributed import cleanup_distributed, init_distributed
+from shared.entrypoints import Evaluation, checkpoint_parser
 from shared.logger import write_json
 
-__all__ = ["EvalConfig", "main", "parse_args"]
+__all__ = ["main", "parse_args"]
 
 
-@dataclass
-class EvalConfig:
-    """The checkpoint and the training config it stores (with the command line's overrides)."""
-
-    checkpoint: Path
-    train: TrainConfig
-
-
-def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
-    """``--checkpoint PATH`` (required) and overrides of the stored config."""
-    parser = argparse.ArgumentParser(
-        prog="python -m calibrated_teacher.eval",
-        description="Evaluate a Calibrated Teacher checkpoint (COCO AP with full annotations, ECE).",
-        add_help=False,
-    )
-    parser.add_argument("--checkpoint", required=False, help="last.pt / best.pt of a calibrated_teacher run")
-    parser.add_argument("-h", "--help", action="store_true")
-    known, rest = parser.parse_known_args(argv)
-    if known.help or not known.checkpoint:
-        parser.print_help()
-        print("\nAny --key value of the training config (python -m calibrated_teacher.train --help) overrides it.")
-        raise SystemExit(0 if known.help else 2)
-    state = read_checkpoint(known.checkpoint)
-    return EvalConfig(Path(known.checkpoint), parse_eval_config(TrainConfig, state["config"], rest))
+parse_args = checkpoint_parser(
+    TrainConfig,
+    __doc__,
+    PACKAGE,
+    required=CHECKPOINT_KEYS,
+    checkpoint_help="last.pt / best.pt of a calibrated_teacher run",
+)
 
 
-def main(args: EvalConfig) -> dict[str, Any]:
-    """Evaluate; returns and writes the metrics."""
-    path, cfg = args.checkpoint, args.train
+def main(ev: Evaluation) -> dict[str, Any]:
+    """Evaluate; returns and writes the metrics (``<output_dir>/metrics.json`` and ``reliability_eval.png``)."""
+    path, cfg, state = ev.checkpoint, ev.config, ev.state
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    state = read_checkpoint(path)
     ctx = init_distributed(cfg.device)
     try:
         _, val_set, _ = build_datasets(cfg.data, label_offset(cfg.detector), ctx.is_main)
@@ -103,11 +82,10 @@ def main(args: EvalConfig) -> dict[str, Any]:
             f"teacher ECE (20 bins, correct = same class and IoU > {cfg.teacher.calib_tp_iou}): raw "
             f"{quality['ece_raw']:.4f} -> calibrated {quality['ece_calibrated']:.4f} ({quality['num']} detections)"
         )
-        out_dir = Path(cfg.output_dir) if cfg.output_dir else path.parent
         if ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            reliability_diagram(quality, out_dir / "reliability_eval.png")
-            write_json(metrics, out_dir / "metrics.json")
+            ev.output_dir.mkdir(parents=True, exist_ok=True)
+            reliability_diagram(quality, ev.output_dir / "reliability_eval.png")
+            write_json(metrics, ev.output_dir / "metrics.json")
         return metrics
     finally:
         cleanup_distributed()

@@ -3,7 +3,7 @@ pseudo boxes (blue), candidates rejected by the calibrated threshold (orange), w
 
     python -m calibrated_teacher.visualize --checkpoint runs/calibrated_teacher/default/<time>/last.pt --num 8
 
-Writes ``pseudo_boxes_<i>.png`` next to the checkpoint (or in ``--output_dir``).
+Writes ``pseudo_boxes_<i>.png`` to ``<checkpoint folder>/eval/`` (or ``--output_dir``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from calibrated_teacher.data import build_datasets, sparse_collate
-from calibrated_teacher.engine import read_checkpoint
 from calibrated_teacher.eval import parse_args as eval_args
 from calibrated_teacher.model import build_detector, label_offset
 from calibrated_teacher.pseudo_labels import merge_pseudo_boxes
@@ -30,7 +29,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num", type=int, default=8, help="training images to draw")
     known, rest = parser.parse_known_args(argv)
     evaluation = eval_args(rest)
-    known.checkpoint, known.cfg = evaluation.checkpoint, evaluation.train
+    known.checkpoint, known.cfg, known.state = evaluation.checkpoint, evaluation.config, evaluation.state
+    known.output_dir = evaluation.output_dir
     return known
 
 
@@ -50,12 +50,12 @@ def main(args: argparse.Namespace) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cfg, state = args.cfg, read_checkpoint(args.checkpoint)
+    cfg, state = args.cfg, args.state
     train_set, _, _ = build_datasets(cfg.data, label_offset(cfg.detector))
     method = CalibratedTeacher(build_detector(state["num_classes"], cfg.detector), cfg.teacher, cfg.method)
     method.teacher.load_state_dict(state["teacher"])
     method.calibrator.load_state_dict(state["method_state"]["calibrator"])
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(args.checkpoint).parent
+    out_dir = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(min(args.num, len(train_set))):

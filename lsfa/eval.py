@@ -14,12 +14,8 @@ run's checkpoint, or ``uff.train: true``).
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,13 +25,11 @@ from lsfa.data import MVTec3DDataset, resolve_classes
 from lsfa.model import FeatureExtractor, LSFAAdaptors, UnsupervisedFeatureFusion
 from lsfa.pipeline import build_extractor, build_uff, load_adaptors, resolve_root
 from lsfa.scoring import ScoringSettings, SplitFeatures, class_metrics, extract_features, score_class
-from shared.checkpoint import load_checkpoint
-from shared.config import parse_config, parse_eval_config
+from shared.entrypoints import Evaluation, checkpoint_parser
 from shared.logger import RunLogger
 
 __all__ = [
     "METHODS",
-    "CheckpointEvalConfig",
     "evaluate",
     "evaluate_classes",
     "format_table",
@@ -45,14 +39,6 @@ __all__ = [
 ]
 
 PACKAGE = "lsfa"
-DESCRIPTION = __doc__.splitlines()[0]
-
-
-@dataclass
-class CheckpointEvalConfig(TrainConfig):
-    """The training config of the run (from its checkpoint) plus the checkpoint to score."""
-
-    checkpoint: str = field(default="", metadata={"help": "last.pt of a train.py run (required)"})
 
 
 METHODS = {"lsfa": "LSFA", "m3dm": "M3DM (no adaptors)", "m3dm_triple": "M3DM + fusion bank"}
@@ -193,12 +179,11 @@ def score_run(
     )
 
 
-def evaluate(
-    cfg: CheckpointEvalConfig, state: dict, device: torch.device, out: Path, logger: RunLogger
-) -> dict[str, float]:
+def evaluate(ev: Evaluation, device: torch.device, logger: RunLogger) -> dict[str, float]:
     """Rebuild the extractor, the adaptors and (for ``m3dm_triple``) the UFF of a checkpoint and score every class."""
+    cfg, state, out = ev.config, ev.state, ev.output_dir
     extractor = build_extractor(cfg, state.get("backbones"), logger).to(device)
-    adaptors = load_adaptors(cfg, extractor, state["adaptors"], cfg.checkpoint).to(device)
+    adaptors = load_adaptors(cfg, extractor, state["adaptors"], str(ev.checkpoint)).to(device)
     root = resolve_root(cfg)
     classes = resolve_classes(root, cfg.data.classes)
     uff = (
@@ -209,38 +194,28 @@ def evaluate(
     return score_run(cfg, extractor, adaptors, root, classes, device, out, logger, uff=uff)
 
 
-def _load(path: str) -> dict:
-    return load_checkpoint(path, map_location="cpu", package=PACKAGE, required=("config", "adaptors"))
+# The config stored in ``--checkpoint`` (run-level keys of older checkpoints renamed), then ``-c`` and ``--key value``
+# overrides; metrics go to ``--output_dir`` (default ``<checkpoint folder>/eval``).
+parse_args = checkpoint_parser(
+    TrainConfig,
+    __doc__,
+    PACKAGE,
+    required=("config", "adaptors"),
+    checkpoint_help="last.pt of a train.py run",
+    upgrade=upgrade_stored_config,
+)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> CheckpointEvalConfig:
-    """The config stored in ``--checkpoint`` (run-level keys of older checkpoints renamed), then ``-c`` and
-    ``--key value`` overrides; the training run's ``output_dir`` and ``resume`` are not inherited."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):
-        parse_config(CheckpointEvalConfig, argv, description=DESCRIPTION)  # prints the help and exits
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--checkpoint", required=True)
-    checkpoint = pre.parse_known_args(argv)[0].checkpoint
-    stored = upgrade_stored_config(_load(checkpoint)["config"])
-    return parse_eval_config(
-        CheckpointEvalConfig, stored, argv, description=DESCRIPTION, ignore=("output_dir", "resume")
-    )
-
-
-def main(cfg: CheckpointEvalConfig) -> dict[str, float]:
-    """Score the checkpoint ``cfg.checkpoint``; writes and returns the metrics."""
-    if not cfg.checkpoint:
-        raise ValueError("eval.py needs --checkpoint PATH (a last.pt of train.py)")
-    state = _load(cfg.checkpoint)
-    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / "eval"
-    logger = RunLogger(out, tensorboard=False, name="eval")
+def main(ev: Evaluation) -> dict[str, float]:
+    """Score the checkpoint ``ev.checkpoint``; writes and returns the metrics."""
+    cfg = ev.config
+    logger = RunLogger(ev.output_dir, tensorboard=False, name="eval")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    metrics = evaluate(cfg, state, device, out, logger)
+    metrics = evaluate(ev, device, logger)
     logger.write_metrics(metrics)
-    logger.info(f"wrote {out / 'metrics.json'}")
+    logger.info(f"wrote {ev.output_dir / 'metrics.json'}")
     logger.close()
     return metrics
 
