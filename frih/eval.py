@@ -12,11 +12,7 @@ given): output_dir, device (auto), amp (off), eval_batch_size (16) and num_grid_
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -26,8 +22,7 @@ from frih.config import PACKAGE, Config
 from frih.evaluation import evaluate_model, row_names, write_evaluation
 from frih.inference import Harmonizer, load_model_from_checkpoint, resolve_device
 from frih.loaders import build_eval_loader, resolve_data_root
-from shared.checkpoint import load_checkpoint
-from shared.config import parse_eval_config
+from shared.entrypoints import Evaluation, checkpoint_parser
 
 __all__ = ["EvalConfig", "evaluate", "main", "parse_args"]
 
@@ -40,7 +35,6 @@ NOT_INHERITED = ("output_dir", "device", "amp", "eval_batch_size", "num_grid_ima
 class EvalConfig(Config):
     """The training config (from the checkpoint) plus what the evaluation chooses."""
 
-    checkpoint: str = field(default="", metadata={"help": "train.py checkpoint (last.pt / best.pt)"})
     split: str = "test"
     mode: Literal["full", "lowres"] = field(default="full", metadata={"help": "Harmonizer mode (see inference.py)"})
     lowres_size: int = 256
@@ -54,35 +48,31 @@ def evaluate(
     return evaluate_model(harmonizer, loader, arch, num_grid=cfg.num_grid_images)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
-    """The checkpoint's stored training config < `-c` recipe < `--key value` flags (see the module docstring)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--checkpoint", default="")
-    checkpoint = pre.parse_known_args(args)[0].checkpoint
-    stored: dict[str, Any] = {}
-    if checkpoint:
-        stored = load_checkpoint(checkpoint, package=PACKAGE, required=("model", "config"))["config"]
-    elif not {"-h", "--help"} & set(args):  # --help alone lists the keys
-        raise SystemExit("eval.py: --checkpoint PATH is required")
-    return parse_eval_config(EvalConfig, stored, args, description=__doc__.splitlines()[0], ignore=NOT_INHERITED)
+# The checkpoint's stored training config < `-c` recipe < `--key value` flags (see the module docstring).
+parse_args = checkpoint_parser(
+    EvalConfig,
+    __doc__,
+    PACKAGE,
+    required=("model", "config"),
+    checkpoint_help="train.py checkpoint (last.pt / best.pt)",
+    ignore=NOT_INHERITED,
+)
 
 
-def main(cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate `cfg.checkpoint`; writes and returns the metrics."""
-    if not cfg.checkpoint:
-        raise SystemExit("eval.py: --checkpoint PATH is required")
+def main(ev: Evaluation) -> dict[str, Any]:
+    """Evaluate `ev.checkpoint`; writes and returns the metrics."""
+    cfg = ev.config
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    model, train_cfg = load_model_from_checkpoint(cfg.checkpoint, device)
+    model, train_cfg = load_model_from_checkpoint(ev.checkpoint, device)
     root = resolve_data_root(cfg.data)
     loader = build_eval_loader(cfg.data, root, cfg.eval_batch_size, cfg.split)
     arch = train_cfg["model"]["arch"]
     summary, records, grid = evaluate(model, loader, device, cfg, arch)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).resolve().parent / "eval"
+    out_dir = ev.output_dir
     extra = {
-        "checkpoint": str(cfg.checkpoint),
+        "checkpoint": str(ev.checkpoint),
         "split": cfg.split,
         "data_root": str(root),
         "mode": cfg.mode,

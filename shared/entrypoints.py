@@ -195,6 +195,7 @@ def parse_checkpoint_args(
     required: Sequence[str],
     checkpoint_help: str,
     upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    ignore: Sequence[str] = (),
 ) -> Evaluation:
     """``--checkpoint`` and ``--output_dir``; the run's config is the one stored in the checkpoint, overridden by
     ``-c FILE`` / ``--key value`` (:func:`shared.config.parse_eval_config`).
@@ -207,6 +208,7 @@ def parse_checkpoint_args(
         required: keys the checkpoint must hold.
         checkpoint_help: help text of ``--checkpoint``.
         upgrade: maps a stored config of an older version to the current keys (applied before the overrides).
+        ignore: keys of the stored config that the evaluation does not inherit (they keep the schema's defaults).
     """
     description = doc.splitlines()[0]
     parser = argparse.ArgumentParser(description=description, add_help=False)
@@ -220,7 +222,7 @@ def parse_checkpoint_args(
     checkpoint = Path(args.checkpoint)
     state = load_checkpoint(checkpoint, package=package, required=tuple(required))
     stored = state["config"] if upgrade is None else upgrade(state["config"])
-    cfg = parse_eval_config(schema, stored, rest, description=description)
+    cfg = parse_eval_config(schema, stored, rest, description=description, ignore=tuple(ignore))
     out = Path(args.output_dir) if args.output_dir else checkpoint.parent / "eval"
     return Evaluation(checkpoint=checkpoint, state=state, config=cfg, output_dir=out)
 
@@ -233,6 +235,7 @@ def checkpoint_parser(
     required: Sequence[str],
     checkpoint_help: str,
     upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    ignore: Sequence[str] = (),
 ) -> Callable[[Sequence[str] | None], Evaluation]:
     """The ``parse_args(argv=None) -> Evaluation`` of an eval script, declared in one line (as
     :func:`shared.config.script_parser` for a training script)::
@@ -244,7 +247,14 @@ def checkpoint_parser(
 
     def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
         return parse_checkpoint_args(
-            schema, argv, doc, package, required=required, checkpoint_help=checkpoint_help, upgrade=upgrade
+            schema,
+            argv,
+            doc,
+            package,
+            required=required,
+            checkpoint_help=checkpoint_help,
+            upgrade=upgrade,
+            ignore=ignore,
         )
 
     parse_args.__doc__ = (

@@ -124,9 +124,11 @@ def test_eval_reads_a_checkpoint_written_before_the_run_config_names(tmp_path):
     for key in ("checkpoint_interval", "tensorboard"):
         del old[key]
     save_checkpoint({"package": "frih", "model": {}, "config": old}, tmp_path / "old.pt")
-    cfg = frih_eval.parse_args(["--checkpoint", str(tmp_path / "old.pt"), "--data.eval_size", "64"])
-    assert (cfg.checkpoint, cfg.output_dir, cfg.device, cfg.amp, cfg.data.eval_size) == (
-        str(tmp_path / "old.pt"),
+    ev = frih_eval.parse_args(["--checkpoint", str(tmp_path / "old.pt"), "--data.eval_size", "64"])
+    cfg = ev.config
+    assert (ev.checkpoint, ev.output_dir, cfg.output_dir, cfg.device, cfg.amp, cfg.data.eval_size) == (
+        tmp_path / "old.pt",
+        tmp_path / "eval",
         None,
         "auto",
         "off",
