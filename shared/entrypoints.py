@@ -228,37 +228,23 @@ def parse_checkpoint_args(
 
 
 def checkpoint_parser(
-    schema: type,
-    doc: str,
-    package: str,
-    *,
-    required: Sequence[str],
-    checkpoint_help: str,
-    upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
-    ignore: Sequence[str] = (),
+    schema: type, doc: str, package: str, **options: Any
 ) -> Callable[[Sequence[str] | None], Evaluation]:
     """The ``parse_args(argv=None) -> Evaluation`` of an eval script, declared in one line (as
     :func:`shared.config.script_parser` for a training script)::
 
         parse_args = checkpoint_parser(Config, __doc__, PACKAGE, required=(...), checkpoint_help="last.pt of ...")
 
-    The arguments are those of :func:`parse_checkpoint_args`.
+    ``options`` are the keyword arguments of :func:`parse_checkpoint_args` (``required``, ``checkpoint_help``,
+    ``upgrade``, ``ignore``).
     """
 
     def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
-        return parse_checkpoint_args(
-            schema,
-            argv,
-            doc,
-            package,
-            required=required,
-            checkpoint_help=checkpoint_help,
-            upgrade=upgrade,
-            ignore=ignore,
-        )
+        return parse_checkpoint_args(schema, argv, doc, package, **options)
 
     parse_args.__doc__ = (
-        f"``--checkpoint`` ({checkpoint_help}), ``--output_dir``, ``--key value`` overrides of its config."
+        f"``--checkpoint`` ({options.get('checkpoint_help', 'the checkpoint')}), ``--output_dir``, ``--key value`` "
+        "overrides of its config."
     )
     return parse_args
 
