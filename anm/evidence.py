@@ -91,7 +91,7 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(settings: Sequence[str], seeds: Sequence[int], arms: Sequence[str] = tuple(ARMS)) -> dict[str, Any]:
-    """Every (setting, arm, seed) run; the evidence record (CONVENTIONS.md section 12 schema + details)."""
+    """Every (setting, arm, seed) run; the evidence record (the schema of CONTRIBUTING.md section 9, plus details)."""
     rows: dict[str, list[float]] = {}
     details: dict[str, list[dict[str, float]]] = {}
     t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Backbones, checkpoint key layouts (strict), feature alignment shapes, adaptors."""
 
 import pytest
+import safetensors.torch  # a dependency of timm
 import torch
 import torch.nn.functional as F
 
@@ -115,14 +116,13 @@ def test_lsfa_fine_tuned_point_encoder_file_loads_and_converts(tmp_path):
 
 
 def test_safetensors_and_unreadable_files(tmp_path):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
     encoder = official_encoder_tensors(seed=2)
-    safetensors_torch.save_file(
+    safetensors.torch.save_file(
         {f"base_model.MAE_encoder.{k}": v.contiguous() for k, v in encoder.items()}, str(tmp_path / "pm.safetensors")
     )
     _assert_loaded(lsfa_model.create_point_encoder("point_mae", tmp_path / "pm.safetensors"), encoder)
     vit = lsfa_model.create_rgb_backbone("vit_test8")
-    safetensors_torch.save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "v.bin"))
+    safetensors.torch.save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "v.bin"))
     lsfa_model.load_dino_checkpoint(lsfa_model.create_rgb_backbone("vit_test8"), tmp_path / "v.bin")  # by content
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "pm.safetensors").read_bytes()[:5000])
     with pytest.raises(ValueError, match="cut.safetensors"):

@@ -63,8 +63,6 @@ def test_check_state_dict_fits_names_every_problem():
 
 
 def test_export_matches_onnxruntime(tmp_path):
-    pytest.importorskip("onnxscript")
-    pytest.importorskip("onnxruntime")
     from shared.export import export_classifier_onnx, onnxruntime_and_torch_outputs
 
     torch.manual_seed(0)

@@ -130,6 +130,8 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
         run_classification(tiny_cfg(tmp_path / "nowhere", tmp_path / "out"), "test")
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_ddp_two_processes_gloo(tiny_folder, tmp_path):
     """torchrun with two CPU processes: the global batch doubles, so each epoch has half the steps."""
     out = tmp_path / "ddp"

@@ -274,3 +274,15 @@ def test_private_timm_imports_exist_in_the_pinned_timm_range():
     assert Version(timm.__version__) in spec.specifier
     for module, name in private:
         assert hasattr(importlib.import_module(module), name), f"{module}.{name} is gone in timm {timm.__version__}"
+
+
+def test_no_test_skips_on_a_missing_dependency():
+    # Every dependency is installed by `make setup`: a broken install must fail a test, not skip it.
+    found = [
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for package in PACKAGES
+        for path in sorted((REPO / package).rglob("test_*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "importorskip"
+    ]
+    assert found == [], f"pytest.importorskip on an installed dependency: {found}"
