@@ -35,27 +35,40 @@ from shared.training import autocast
 
 __all__ = ["main", "parse_args"]
 
-#: The columns of :data:`SIZES`: rgb variant, point variant, images per batch, points per cloud, bank rows, knn bank
-#: rows, ocsvm images, aupro maps, patches per image, grid, train images of the score_class benchmark.
-SIZE_KEYS = (
-    "rgb",
-    "point",
-    "batch",
-    "points",
-    "bank",
-    "knn_bank",
-    "ocsvm_images",
-    "aupro_maps",
-    "patches",
-    "grid",
-    "score_train",
-)
-_SIZE_ROWS = {
-    "paper": ("dino_vitb8", "point_mae", 8, 30_000, 300_000, 100_000, 200, 150, 3136, 56, 60),
-    "quick": ("vit_tiny8_d2", "point_mae_tiny", 4, 10_000, 20_000, 10_000, 20, 40, 784, 28, 8),
+SIZES = {
+    # name: rgb variant, point variant, images per batch, points per cloud, bank rows, knn bank rows, ocsvm images,
+    # aupro maps, patches per image, grid
+    "paper": dict(
+        rgb="dino_vitb8",
+        point="point_mae",
+        batch=8,
+        points=30_000,
+        bank=300_000,
+        knn_bank=100_000,
+        ocsvm_images=200,
+        aupro_maps=150,
+        patches=3136,
+        grid=56,
+        dim=1152,
+        rgb_dim=768,
+        score_train=60,
+    ),
+    "quick": dict(
+        rgb="vit_tiny8_d2",
+        point="point_mae_tiny",
+        batch=4,
+        points=10_000,
+        bank=20_000,
+        knn_bank=10_000,
+        ocsvm_images=20,
+        aupro_maps=40,
+        patches=784,
+        grid=28,
+        dim=1152,
+        rgb_dim=768,
+        score_train=8,
+    ),
 }
-#: Per setting: the columns above, and the feature widths of both (1152-d xyz bank rows, 768-d rgb tokens).
-SIZES = {name: dict(zip(SIZE_KEYS, row, strict=True), dim=1152, rgb_dim=768) for name, row in _SIZE_ROWS.items()}
 
 
 def _organised_cloud(batch: int, points: int, device: torch.device) -> torch.Tensor:

@@ -811,44 +811,62 @@ def build_detector(
 #: imagenet``), ``r10_w16`` a ResNet-10 of width 16 for training from scratch, ``tiny`` the unit tests' detector;
 #: MixTeacher-FCOS (``architecture: fcos``, P3-P7): ``fcos_r50`` (the paper's), ``fcos_mobilenet_v2`` (the FCOS
 #: evidence's), ``fcos_tiny`` (tests).
-def _small_variant(
-    rpn: tuple[int, int, int, int],
-    fpn_channels: int,
-    box_head: tuple[int, int],
-    test_size: tuple[int, int],
-    **backbone,
-) -> DetectorConfig:
-    """A detector for ~100-250 px images (embedded default, CPU runs, tests): pytorch-style input, anchors 16-256,
-    RoIAlign sampling ratio 2. ``rpn``: RPN boxes kept before / after NMS in training, then in testing;
-    ``box_head``: (representation size, RoIs sampled per image); ``test_size``: (short side, long side limit)."""
-    pre_train, post_train, pre_test, post_test = rpn
-    representation_size, rois_per_image = box_head
-    min_size, max_size = test_size
-    return DetectorConfig(
-        caffe_style=False,
-        pixel_style="pytorch",
-        fpn_channels=fpn_channels,
-        anchor_sizes=(16, 32, 64, 128, 256),
-        rpn_pre_nms_top_n_train=pre_train,
-        rpn_post_nms_top_n_train=post_train,
-        rpn_pre_nms_top_n_test=pre_test,
-        rpn_post_nms_top_n_test=post_test,
-        representation_size=representation_size,
-        roi_sampling_ratio=2,
-        box_batch_size_per_image=rois_per_image,
-        min_size=min_size,
-        max_size=max_size,
-        **backbone,
-    )
-
-
-_RESNET10_FROM_SCRATCH = {"depth": 10, "norm": "gn", "frozen_stages": -1}  # GroupNorm, every stage trained
 VARIANTS: dict[str, DetectorConfig] = {
     "r50_fpn": DetectorConfig(),
-    #                          RPN proposals         FPN  box head   test size
-    "r10_w16": _small_variant((500, 300, 300, 300), 64, (256, 64), (192, 240), base_width=16, **_RESNET10_FROM_SCRATCH),
-    "mnv2_fpn": _small_variant((600, 300, 300, 300), 64, (256, 64), (160, 200), backbone="mobilenet_v2"),
-    "tiny": _small_variant((200, 100, 100, 50), 16, (32, 32), (96, 128), base_width=8, **_RESNET10_FROM_SCRATCH),
+    "r10_w16": DetectorConfig(
+        depth=10,
+        base_width=16,
+        norm="gn",
+        caffe_style=False,
+        pixel_style="pytorch",
+        frozen_stages=-1,
+        fpn_channels=64,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        rpn_pre_nms_top_n_train=500,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=300,
+        representation_size=256,
+        roi_sampling_ratio=2,
+        box_batch_size_per_image=64,
+        min_size=192,
+        max_size=240,
+    ),
+    "mnv2_fpn": DetectorConfig(
+        backbone="mobilenet_v2",
+        caffe_style=False,
+        pixel_style="pytorch",
+        fpn_channels=64,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=300,
+        representation_size=256,
+        roi_sampling_ratio=2,
+        box_batch_size_per_image=64,
+        min_size=160,
+        max_size=200,
+    ),
+    "tiny": DetectorConfig(
+        depth=10,
+        base_width=8,
+        norm="gn",
+        caffe_style=False,
+        pixel_style="pytorch",
+        frozen_stages=-1,
+        fpn_channels=16,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50,
+        representation_size=32,
+        roi_sampling_ratio=2,
+        box_batch_size_per_image=32,
+        min_size=96,
+        max_size=128,
+    ),
 }
 
 
