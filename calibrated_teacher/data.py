@@ -27,9 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from calibrated_teacher.config import PACKAGE, DataConfig
 from calibrated_teacher.sparse import kept_ratio, write_sparse_split
 from calibrated_teacher.views import make_view, transform_boxes, view_to_view
-from shared.detection import COCO_LAYOUT, CocoDetection, sharded_loader
+from shared.detection import COCO_LAYOUT, CocoDetection, sharded_loader, synthetic_coco_root
 from shared.distributed import DistContext
-from shared.teacher_student import synthetic_coco_root
 
 __all__ = [
     "IterationSampler",

@@ -34,9 +34,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mixteacher.augment import ViewConfig, box_transform, make_view, transform_boxes
 from mixteacher.config import PACKAGE, DataConfig
-from shared.detection import CocoDetection, CocoImages, sharded_loader
+from shared.detection import CocoDetection, CocoImages, sharded_loader, synthetic_coco_root
 from shared.distributed import DistContext
-from shared.teacher_student import synthetic_coco_root
 
 __all__ = [
     "COCO_LAYOUT",

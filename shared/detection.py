@@ -58,6 +58,7 @@ __all__ = [
     "load_coco",
     "read_image",
     "sharded_loader",
+    "synthetic_coco_root",
     "targets_to_device",
 ]
 
@@ -90,19 +91,33 @@ class CocoDataConfig:
 
     def coco_root(self) -> Path:
         """The COCO root (with ``synthetic``, the embedded synthetic set, written first if it is not there yet)."""
-        if not self.synthetic:
-            return Path(self.root)
-        from shared.synthetic import synthetic_root, write_coco_detection
+        return synthetic_coco_root("", self) if self.synthetic else Path(self.root)
 
-        name = f"coco_n{self.synthetic_train}_v{self.synthetic_val}_s{self.synthetic_image_size}"
-        return write_coco_detection(
-            synthetic_root() / f"{name}_c{self.synthetic_categories}",
-            num_train=self.synthetic_train,
-            num_val=self.synthetic_val,
-            image_size=self.synthetic_image_size,
-            num_categories=self.synthetic_categories,
+
+def synthetic_coco_root(package: str, data: Any, is_main: bool = True, num_unlabeled: int | None = None) -> Path:
+    """The embedded synthetic COCO-format set (``shared.synthetic.write_coco_detection``, seed 0) of ``data``'s
+    ``synthetic_*`` sizes under the synthetic cache, its folder named after them (prefixed by ``package`` when
+    given; ``_u<num_unlabeled>`` when an unlabeled pool is asked for). The main process writes it when it is not
+    there yet; with several processes the caller synchronises."""
+    from shared.synthetic import synthetic_root, write_coco_detection  # deferred: only synthetic runs need it
+
+    prefix = f"{package}_" if package else ""
+    pool = "" if num_unlabeled is None else f"_u{num_unlabeled}"
+    root = synthetic_root() / (
+        f"{prefix}coco_n{data.synthetic_train}_v{data.synthetic_val}{pool}_s{data.synthetic_image_size}"
+        f"_c{data.synthetic_categories}"
+    )
+    if is_main:
+        write_coco_detection(
+            root,
+            num_train=data.synthetic_train,
+            num_val=data.synthetic_val,
+            image_size=data.synthetic_image_size,
+            num_categories=data.synthetic_categories,
+            num_unlabeled=num_unlabeled or 0,
             seed=0,
         )
+    return root
 
 
 def _missing(path: Path, what: str, layout: str) -> FileNotFoundError:

@@ -6,7 +6,6 @@ and ``last.pt`` every ``checkpoint_interval`` iterations, evaluation every ``eva
 end. What the method does inside an iteration stays in the package; this module holds what their loops share:
 
 * :func:`step_schedule`: mmcv's step learning-rate schedule with linear warm-up, per iteration;
-* :func:`synthetic_coco_root`: the package's embedded synthetic COCO-format set, written on the main process;
 * :func:`iteration_loader`: one batch per iteration from a batch sampler (seeded worker generator);
 * :func:`teacher_student_step`: one iteration (student step, schedule step, EMA teacher update, teacher check);
 * :func:`checkpoint_periods` and :func:`evaluation_due`: the iterations between checkpoints, and when to evaluate;
@@ -44,7 +43,6 @@ __all__ = [
     "loop_components",
     "open_training_logger",
     "step_schedule",
-    "synthetic_coco_root",
     "teacher_student_step",
 ]
 
@@ -71,30 +69,6 @@ def step_schedule(
         return f
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def synthetic_coco_root(package: str, data: Any, is_main: bool = True, num_unlabeled: int | None = None) -> Path:
-    """The package's synthetic COCO-format set (``shared.synthetic.write_coco_detection``, seed 0) under the
-    synthetic cache, named after ``package`` and the ``data.synthetic_*`` sizes (``_u<num_unlabeled>`` when an
-    unlabeled pool is asked for); the main process writes it when it is not there yet, the caller synchronises."""
-    from shared.synthetic import synthetic_root, write_coco_detection  # deferred: only synthetic runs need it
-
-    pool = "" if num_unlabeled is None else f"_u{num_unlabeled}"
-    root = synthetic_root() / (
-        f"{package}_coco_n{data.synthetic_train}_v{data.synthetic_val}{pool}_s{data.synthetic_image_size}"
-        f"_c{data.synthetic_categories}"
-    )
-    if is_main:
-        write_coco_detection(
-            root,
-            num_train=data.synthetic_train,
-            num_val=data.synthetic_val,
-            image_size=data.synthetic_image_size,
-            num_categories=data.synthetic_categories,
-            num_unlabeled=num_unlabeled or 0,
-            seed=0,
-        )
-    return root
 
 
 def iteration_loader(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ from shared.detection import (
     check_checkpoint_categories,
     freeze_modules,
     init_fpn_mmdet,
+    synthetic_coco_root,
     targets_to_device,
 )
 from shared.distributed import DistContext
@@ -155,3 +157,26 @@ def test_parse_checkpoint_config_needs_a_checkpoint(capsys):
     with pytest.raises(SystemExit) as err:
         parse_checkpoint_config(CocoDataConfig, [], Path("unused.yaml"), "eval", "pkg")
     assert err.value.code == 2 and "--checkpoint PATH is required" in capsys.readouterr().err
+
+
+def test_synthetic_coco_root_is_named_after_the_package_and_sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTHETIC_DATA_ROOT", str(tmp_path))
+
+    @dataclass
+    class Data:
+        synthetic_train: int = 2
+        synthetic_val: int = 1
+        synthetic_image_size: int = 192
+        synthetic_categories: int = 5
+
+    assert synthetic_coco_root("pkg", Data(), is_main=False) == tmp_path / "pkg_coco_n2_v1_s192_c5"
+    assert not (tmp_path / "pkg_coco_n2_v1_s192_c5").exists()  # only the main process writes
+    root = synthetic_coco_root("pkg", Data(), num_unlabeled=1)
+    assert root == tmp_path / "pkg_coco_n2_v1_u1_s192_c5"
+    train = json.loads((root / "annotations" / "instances_train2017.json").read_text())
+    assert len(train["images"]) == 2 and len(train["categories"]) == 5
+    assert len(list((root / "unlabeled2017").iterdir())) == 1
+    # CocoDataConfig's embedded set: the same writer, no package prefix
+    assert CocoDataConfig(synthetic=True, synthetic_train=2, synthetic_val=1, synthetic_categories=5).coco_root() == (
+        tmp_path / "coco_n2_v1_s192_c5"
+    )

@@ -21,7 +21,6 @@ from shared.teacher_student import (
     loop_components,
     open_training_logger,
     step_schedule,
-    synthetic_coco_root,
     teacher_student_step,
 )
 from shared.training import NonFiniteLossError
@@ -152,25 +151,6 @@ def test_iteration_loader_serves_the_batch_sampler_in_order():
     loader = iteration_loader(data, [[0, 1], [4, 5]], torch.stack, 0, CPU, seed=0)
     assert [b.tolist() for b in loader] == [[0.0, 1.0], [4.0, 5.0]]
     assert not loader.pin_memory and loader.generator.initial_seed() == 0
-
-
-def test_synthetic_coco_root_is_named_after_the_package_and_sizes(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYNTHETIC_DATA_ROOT", str(tmp_path))
-
-    @dataclass
-    class Data:
-        synthetic_train: int = 2
-        synthetic_val: int = 1
-        synthetic_image_size: int = 192
-        synthetic_categories: int = 5
-
-    assert synthetic_coco_root("pkg", Data(), is_main=False) == tmp_path / "pkg_coco_n2_v1_s192_c5"
-    assert not (tmp_path / "pkg_coco_n2_v1_s192_c5").exists()  # only the main process writes
-    root = synthetic_coco_root("pkg", Data(), num_unlabeled=1)
-    assert root == tmp_path / "pkg_coco_n2_v1_u1_s192_c5"
-    train = json.loads((root / "annotations" / "instances_train2017.json").read_text())
-    assert len(train["images"]) == 2 and len(train["categories"]) == 5
-    assert len(list((root / "unlabeled2017").iterdir())) == 1
 
 
 def test_claim_training_dir_and_logger_write_the_config_and_refuse_another_config(tmp_path):
