@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from frih.config import PACKAGE, Config
 from frih.evaluation import evaluate_model, row_names, write_evaluation
-from frih.inference import Harmonizer, load_model_from_checkpoint, resolve_device
+from frih.inference import Harmonizer, model_from_state, resolve_device
 from frih.loaders import build_eval_loader, resolve_data_root
 from shared.entrypoints import Evaluation, checkpoint_parser
 
@@ -65,7 +65,7 @@ def main(ev: Evaluation) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    model, train_cfg = load_model_from_checkpoint(ev.checkpoint, device)
+    model, train_cfg = model_from_state(ev.state, device), ev.state["config"]
     root = resolve_data_root(cfg.data)
     loader = build_eval_loader(cfg.data, root, cfg.eval_batch_size, cfg.split)
     arch = train_cfg["model"]["arch"]

@@ -32,7 +32,14 @@ from shared.checkpoint import load_checkpoint
 from shared.config import AmpMode, DeviceName, config_from_dict
 from shared.training import autocast
 
-__all__ = ["Harmonizer", "load_model_from_checkpoint", "pad_to_multiple", "resolve_device", "unpad"]
+__all__ = [
+    "Harmonizer",
+    "load_model_from_checkpoint",
+    "model_from_state",
+    "pad_to_multiple",
+    "resolve_device",
+    "unpad",
+]
 
 
 def resolve_device(name: DeviceName) -> torch.device:
@@ -142,7 +149,11 @@ def load_model_from_checkpoint(
     The network is :func:`frih.model.build_model` of the checkpoint's ``config["model"]`` (the architecture it was
     trained with), without the initialisation that its weights replace."""
     state = load_checkpoint(path, map_location="cpu", package=PACKAGE, required=("model", "config"))
-    model_cfg = config_from_dict(FRIHConfig, state["config"]["model"])
-    model = build_model(model_cfg, init=False)
+    return model_from_state(state, device), state["config"]
+
+
+def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    """The network of a checkpoint already read (``model`` and ``config`` entries), in eval mode on ``device``."""
+    model = build_model(config_from_dict(FRIHConfig, state["config"]["model"]), init=False)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), state["config"]
+    return model.to(device).eval()
