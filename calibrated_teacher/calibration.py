@@ -3,7 +3,10 @@ set built from the sparse annotations only, and the rolling window of detections
 
 * :class:`ScoreCalibrator`: s_hat = sigmoid(a * logit(s) + b) (Platt; netcal ``LogisticCalibration(detection=True)``
   on the confidence alone) or s_hat = sigmoid(logit(s) / T) (temperature scaling), fitted by minimising the binary
-  cross-entropy (the negative log-likelihood) with L-BFGS in float64.
+  cross-entropy (the negative log-likelihood) with L-BFGS in float64. ``fit="mle"`` is the released fit on the 0/1
+  labels; ``fit="robust"`` is for windows of a few pairs (README, Fidelity notes): Platt's (1999) smoothed targets
+  (N+ + 1) / (N+ + 2) and 1 / (N- + 2), which keep the maximum-likelihood estimate finite when the pairs are
+  separable, at least ``min_pairs`` pairs, and only an increasing map is accepted (otherwise the previous fit stays).
 * :func:`calibration_set`: a teacher detection enters the set only if it overlaps a sparse annotation (same-class
   IoU > 0.5, any-class IoU > 0.75, or same-class IoF > 0.9 either way), since detections in unannotated regions may
   be missing annotations; it is labelled correct when a same-class annotation has IoU > 0.75.
@@ -36,22 +39,42 @@ class ScoreCalibrator:
     """Platt (``"platt"``) or temperature (``"temperature"``) scaling of detection scores.
 
     Before the first successful :meth:`fit`, ``fitted`` is False (the training loop then uses the raw threshold).
+
+    Args:
+        method: ``"platt"`` or ``"temperature"``.
+        fit: ``"mle"`` (released: maximum likelihood on the 0/1 labels) or ``"robust"`` (Platt's smoothed targets,
+            at least ``min_pairs`` pairs, increasing maps only).
+        min_pairs: with ``fit="robust"``, windows with fewer (score, label) pairs are not fitted.
     """
 
-    def __init__(self, method: Literal["platt", "temperature"] = "platt"):
+    def __init__(
+        self,
+        method: Literal["platt", "temperature"] = "platt",
+        fit: Literal["mle", "robust"] = "mle",
+        min_pairs: int = 20,
+    ):
         if method not in ("platt", "temperature"):
             raise ValueError(f"unknown calibrator {method!r}: platt or temperature")
-        self.method = method
+        if fit not in ("mle", "robust"):
+            raise ValueError(f"unknown calibrator fit {fit!r}: mle or robust")
+        self.method, self.fit_mode, self.min_pairs = method, fit, min_pairs
         self.a, self.b, self.fitted = 1.0, 0.0, False
 
     def fit(self, scores: torch.Tensor, correct: torch.Tensor, max_iter: int = 200) -> bool:
-        """Maximum-likelihood fit on (score, 0/1 label) pairs; skipped (False) unless both labels are present."""
+        """Maximum-likelihood fit on (score, 0/1 label) pairs; skipped (False) unless both labels are present (and,
+        with ``fit="robust"``, unless there are ``min_pairs`` pairs and the fitted map is increasing)."""
         scores = scores.detach().double().flatten().cpu()
         y = correct.detach().double().flatten().cpu()
         if len(scores) != len(y):
             raise ValueError(f"ScoreCalibrator.fit: {len(scores)} scores but {len(y)} labels")
         if len(y) == 0 or bool((y == y[0]).all()):
             return False
+        robust = self.fit_mode == "robust"
+        if robust:
+            if len(y) < self.min_pairs:
+                return False
+            n_pos = float(y.sum())
+            y = torch.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (len(y) - n_pos + 2)).double()
         x = logit(scores)
         params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
         optimizer = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -64,7 +87,7 @@ class ScoreCalibrator:
 
         optimizer.step(nll)
         a, b = params.detach().tolist()
-        if not (torch.isfinite(torch.tensor([a, b])).all()):
+        if not (torch.isfinite(torch.tensor([a, b])).all()) or (robust and a <= 0):
             return False
         self.a, self.b, self.fitted = a, (b if self.method == "platt" else 0.0), True
         return True

@@ -71,6 +71,11 @@ class CalibratedTeacherSettings:
     strict_thr: float = field(default=0.7, metadata={"help": "calibrated score threshold once fitted (strict_thr)"})
     calibrate: bool = field(default=True, metadata={"help": "false: the raw-threshold teacher-student ablation"})
     calibrator: Literal["platt", "temperature"] = "platt"
+    calibrator_fit: Literal["mle", "robust"] = field(
+        default="mle",
+        metadata={"help": "mle (released); robust: Platt's smoothed targets, >= calib_min_pairs, increasing map"},
+    )
+    calib_min_pairs: int = field(default=20, metadata={"help": "robust fit: fewer (score, label) pairs, no refit"})
     merge_start: int = field(default=500, metadata={"help": "no pseudo boxes are merged up to this iteration"})
     refit_interval: int = field(default=500, metadata={"help": "refit the calibrator every N iterations"})
     calibration_window: int = field(default=500, metadata={"help": "fit on the last N iterations' detections"})

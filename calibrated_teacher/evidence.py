@@ -41,7 +41,7 @@ from shared.evidence import mean_sd
 from shared.logger import RunLogger, make_run_dir, write_json
 
 DEFAULT_SEEDS = (1, 2, 3)
-BRANCH_AT, MAX_ITERS = 700, 900
+BRANCH_AT, MAX_ITERS = 700, 2000
 #: row -> command-line overrides of the embedded default.
 ROWS: dict[str, list[str]] = {
     "supervised": ["--method", "supervised", "--teacher.fiou", "false"],

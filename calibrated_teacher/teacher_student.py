@@ -88,7 +88,7 @@ class CalibratedTeacher(nn.Module):
         )
         if settings.fiou and not isinstance(student, SparseRetinaNet):
             raise ValueError("fiou is implemented for the RetinaNet head only (detector.arch: retinanet)")
-        self.calibrator = ScoreCalibrator(settings.calibrator)
+        self.calibrator = ScoreCalibrator(settings.calibrator, settings.calibrator_fit, settings.calib_min_pairs)
         self.buffer = CalibrationBuffer(settings.calibration_window)
         self.pseudo_log = PseudoBoxLog()
 

@@ -54,6 +54,41 @@ def test_fit_is_skipped_without_both_labels():
     assert not cal.fitted and cal(torch.tensor([0.3])).item() == pytest.approx(0.3)
 
 
+def test_robust_fit_stays_finite_on_a_few_separable_pairs_where_mle_diverges():
+    # every correct pair scores above every wrong one: the likelihood has no maximum (a -> infinity)
+    scores = torch.tensor([0.41, 0.43, 0.45, 0.47, 0.49, 0.52, 0.55, 0.58, 0.61, 0.65] * 2)
+    correct = scores > 0.5
+    mle, robust = ScoreCalibrator(), ScoreCalibrator(fit="robust", min_pairs=20)
+    assert mle.fit(scores, correct) and robust.fit(scores, correct)
+    assert mle.a > 50  # the released fit runs away
+    assert 0 < robust.a < 50
+    # Platt's targets bound the calibrated probabilities away from 0 and 1
+    p = robust(torch.tensor([0.41, 0.65]))
+    assert 0.0 < p[0] < 0.2 and 0.8 < p[1] < 1.0
+
+
+def test_robust_fit_needs_min_pairs_and_an_increasing_map():
+    cal = ScoreCalibrator(fit="robust", min_pairs=20)
+    few = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([False, True, True])
+    assert not cal.fit(*few) and not cal.fitted
+    scores, labels = _synthetic(2.0, -1.0, n=400, seed=4)
+    assert cal.fit(scores, labels) and cal.a > 0
+    fitted = cal.state_dict()
+    # higher scores wrong more often: a decreasing map would rank the teacher's boxes backwards; the fit is refused
+    # and the previous calibrator stays
+    assert not cal.fit(scores, ~labels)
+    assert cal.state_dict() == fitted
+    assert ScoreCalibrator().fit(scores, ~labels)  # the released MLE fit accepts it
+
+
+def test_robust_fit_equals_mle_on_a_large_window():
+    scores, labels = _synthetic(2.0, -1.0)
+    mle, robust = ScoreCalibrator(), ScoreCalibrator(fit="robust")
+    mle.fit(scores, labels)
+    robust.fit(scores, labels)
+    assert robust.a == pytest.approx(mle.a, abs=2e-3) and robust.b == pytest.approx(mle.b, abs=2e-3)
+
+
 def test_calibration_set_rule_on_a_constructed_example():
     gt = torch.tensor([[0.0, 0.0, 100.0, 100.0], [200.0, 200.0, 300.0, 300.0]])
     gt_labels = torch.tensor([0, 1])
