@@ -39,7 +39,7 @@ from torch import nn
 
 from mixteacher.config import MixTeacherSettings
 from mixteacher.mix_teacher import MixTeacher
-from mixteacher.model import MixedScaleFasterRCNN, create_model
+from mixteacher.model import FrozenBN, MixedScaleFasterRCNN, create_model
 from shared.benchmark import peak_memory_mb, seconds_per_call, synchronize
 from shared.config import AmpMode, DeviceName, script_parser
 from shared.training import autocast
@@ -122,6 +122,30 @@ def _detector(name: str, quick: bool) -> tuple[MixedScaleFasterRCNN, int, int]:
     return model, h, w
 
 
+@torch.no_grad()
+def calibrate_frozen_bn(model: MixedScaleFasterRCNN, images: list[torch.Tensor]) -> None:
+    """Set every frozen BatchNorm's statistics to those of its input on ``images`` (one forward pass, layer by
+    layer). A randomly initialised R50 with frozen unit statistics on caffe-style 0-255 inputs grows its activations
+    to ~1e4 by ``layer4``, its RPN then proposes degenerate boxes and the teacher keeps no pseudo box, so the
+    "full step" would time a step without pseudo labels; calibrated statistics give the activations of a pretrained
+    backbone's scale (what the paper's R50 has)."""
+
+    def set_stats(module: FrozenBN, args: tuple[torch.Tensor]) -> None:
+        x = args[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)))
+        module.weight.fill_(1.0)
+        module.bias.zero_()
+
+    hooks = [m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, FrozenBN)]
+    try:
+        image_list, _ = model.preprocess(images)
+        model.backbone.body(image_list.tensors)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def stage_seconds(method: MixTeacher, batch: dict, step: int, device: torch.device) -> dict[str, float]:
     """CPU seconds of the parts of one full MixTeacher step, called one by one: the teacher's pseudo-labelling (no
     gradient), the labeled loss (three scales), the unlabeled student forward (its unsupervised loss minus the
@@ -160,6 +184,8 @@ def run(cfg: BenchConfig, device: torch.device) -> dict[str, float]:
     predictor = model.roi_heads.box_predictor
     predictor.cls_score = ScoringHead(predictor.cls_score.in_features, predictor.cls_score.out_features, cfg.score_fg)
     batch = _batch(1, 4, h, w, device)
+    if cfg.detector == "r50_fpn":
+        calibrate_frozen_bn(model.to(device), batch["labeled_images"] + batch["weak_images"])
     labeled_only = {**batch, "weak_images": [], "strong_images": []}
     methods = {
         "supervised": MixTeacher(copy.deepcopy(model), MixTeacherSettings(), "supervised").to(device).train(),
