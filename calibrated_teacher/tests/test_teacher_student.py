@@ -88,3 +88,15 @@ def test_ema_update_and_refit():
     method.buffer.add(0, scores, torch.rand(500, generator=g) < scores * 0.5)
     assert not method.maybe_refit(step=0) and method.maybe_refit(step=1)
     assert method.calibrator.fitted and method.calibrator.a > 0
+
+
+def test_robust_refit_waits_for_min_pairs():
+    settings = replace(SETTINGS, calibrator_fit="robust", calib_min_pairs=50)
+    method = CalibratedTeacher(create_model("retinanet_tiny", 4), settings)
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(40, generator=g)
+    method.buffer.add(0, scores, torch.rand(40, generator=g) < scores)
+    assert not method.maybe_refit(step=1) and not method.calibrator.fitted  # 40 pairs < 50
+    more = torch.rand(40, generator=g)
+    method.buffer.add(1, more, torch.rand(40, generator=g) < more)
+    assert method.maybe_refit(step=1) and method.calibrator.fitted and method.calibrator.a > 0
