@@ -20,7 +20,7 @@ TINY = [
     "--teacher.merge_start", "2", "--teacher.refit_interval", "2", "--teacher.calibration_window", "2",
     "--teacher.ori_thr", "0.005", "--teacher.strict_thr", "0.02", "--detector.score_thresh", "0.001",
     "--teacher.fiou_start", "3",
-    "--teacher.calib_overlap_iou", "0.05", "--teacher.calib_tp_iou", "0.3",
+    "--teacher.calib_overlap_iou", "0.05", "--teacher.calib_tp_iou", "0.3", "--teacher.calibrator_fit", "mle",
     "--warmup_iters", "2", "--lr_steps", "[100]", "--tensorboard", "false", "--log_interval", "1",
 ]  # fmt: skip
 
