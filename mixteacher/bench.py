@@ -24,7 +24,8 @@ printed. The steps are interleaved (one of each per round) and the median of
 machine at 1 thread). Acceptance ratios: MixTeacher seconds per trained image / supervised seconds per labeled
 image (<= 2.5), burn-in / supervised on the same labeled image (<= 1.1) and burn-in / MixTeacher labeled-only.
 Then one more full step is taken apart (:func:`stage_seconds`, CPU seconds): the teacher's pseudo-labelling, the
-labeled forward, the unlabeled forward (teacher + student), backward.
+labeled forward, the unlabeled forward (teacher + student), backward. ``--detector r50_fpn``: the random R50's frozen
+BN statistics are first set from the bench batch (:func:`calibrate_frozen_bn`), else no pseudo box survives.
 """
 
 from __future__ import annotations
