@@ -62,6 +62,7 @@ class BenchConfig:
     amp: AmpMode = "off"
     threads: int | None = 1
     score_fg: float = 3.0
+    msi_train: bool = True
 
 
 def _batch(n_labeled: int, n_unlabeled: int, h: int, w: int, device: torch.device) -> dict:
@@ -190,7 +191,9 @@ def run(cfg: BenchConfig, device: torch.device) -> dict[str, float]:
     labeled_only = {**batch, "weak_images": [], "strong_images": []}
     methods = {
         "supervised": MixTeacher(copy.deepcopy(model), MixTeacherSettings(), "supervised").to(device).train(),
-        "mixteacher": MixTeacher(model, MixTeacherSettings(unsup_start=UNSUP_START, unsup_warmup=0), "mixteacher")
+        "mixteacher": MixTeacher(
+            model, MixTeacherSettings(unsup_start=UNSUP_START, unsup_warmup=0, msi_train=cfg.msi_train), "mixteacher"
+        )
         .to(device)
         .train(),
     }

@@ -88,6 +88,10 @@ class MixTeacherSettings:
         default_factory=lambda: ["regular", "down", "mixed"],
         metadata={"help": "student scales (labeled and unlabeled losses averaged over them)"},
     )
+    msi_train: bool = field(
+        default=True,
+        metadata={"help": "labeled losses at every train scale (released msi_train); false: regular scale only"},
+    )
     teacher_scale: str = field(default="mixed", metadata={"help": "scale of the teacher's pseudo-labelling"})
     ema_momentum: float = 0.999
     unsup_weight: float = field(default=4.0, metadata={"help": "lambda_u (COCO partial 4.0, full and VOC 2.0)"})

@@ -140,10 +140,12 @@ class MixTeacher(nn.Module):
     # ---------------------------------------------------------------------------------------------- labeled
 
     def supervised_loss(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        """Faster R-CNN losses of labeled images, averaged over the student's training scales."""
+        """Faster R-CNN losses of labeled images, averaged over the student's training scales (``msi_train``, as
+        released; otherwise, and for the supervised baseline, the regular scale only)."""
         student = self.student
         image_list, _ = student.preprocess(images)
-        scales = self.settings.train_scales if self.method == "mixteacher" else ["regular"]
+        multi = self.method == "mixteacher" and self.settings.msi_train
+        scales = self.settings.train_scales if multi else ["regular"]
         feats = student.extract_features(image_list, scales)
         boxes = [t["boxes"] for t in targets]
         labels = [t["labels"] for t in targets]

@@ -47,6 +47,27 @@ def test_a_confident_teacher_keeps_pseudo_boxes_after_the_burn_in(tiny_detector_
     assert method.student.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
 
 
+def test_msi_train_off_trains_the_labeled_images_at_the_regular_scale_only(tiny_detector_cfg, monkeypatch):
+    torch.manual_seed(0)
+    model = MixedScaleFasterRCNN(3, tiny_detector_cfg)
+    batch = toy_batch()
+    seen = []
+    for msi_train, method in ((True, "mixteacher"), (False, "mixteacher"), (True, "supervised")):
+        teacher = MixTeacher(model, MixTeacherSettings(unsup_start=5, msi_train=msi_train), method).train()
+        monkeypatch.setattr(
+            model,
+            "extract_features",
+            lambda images, scales, extract=model.extract_features: seen.append(list(scales)) or extract(images, scales),
+        )
+        torch.manual_seed(1)  # the RPN and R-CNN samplers draw the same positives and negatives in each run
+        loss, _ = teacher(batch, step=0)
+        monkeypatch.undo()
+        seen[-1].append(float(loss))
+    assert [s[:-1] for s in seen] == [["regular", "down", "mixed"], ["regular"], ["regular"]]
+    assert seen[1][-1] == seen[2][-1]  # the burn-in step without msi_train is the supervised step
+    assert seen[0][-1] != seen[1][-1]
+
+
 def test_the_teacher_proposal_mode_switches_the_rpn_numbers(tiny_detector_cfg):
     model = MixedScaleFasterRCNN(3, tiny_detector_cfg).eval()
     cfg = tiny_detector_cfg
