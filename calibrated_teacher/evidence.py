@@ -69,7 +69,9 @@ def _config(seed: int, row: str, threads: int, branch_at: int, max_iters: int):
 def run_seed(
     seed: int, out_dir: Path, threads: int, branch_at: int = BRANCH_AT, max_iters: int = MAX_ITERS
 ) -> dict[str, dict[str, Any]]:
-    """Every row of one seed: the shared part to ``branch_at``, then each row to ``max_iters``."""
+    """Every row of one seed: the shared part to ``branch_at``, then each row to ``max_iters`` (``threads`` torch
+    threads in this process)."""
+    torch.set_num_threads(threads)
     ctx = init_distributed("cpu")
     logger = RunLogger(out_dir / f"seed{seed}", tensorboard=False)
     seed_everything(seed)
@@ -97,11 +99,6 @@ def run_seed(
     return results
 
 
-def _seed_process(seed: int, out_dir: Path, threads: int, branch_at: int, max_iters: int) -> dict[str, Any]:
-    torch.set_num_threads(threads)
-    return run_seed(seed, out_dir, threads, branch_at, max_iters)
-
-
 def run_seeds(
     seeds: Sequence[int], out_dir: Path, threads: int, branch_at: int, max_iters: int, jobs: int = 0
 ) -> dict[int, dict[str, dict[str, Any]]]:
@@ -111,7 +108,7 @@ def run_seeds(
         return {s: run_seed(s, out_dir, threads, branch_at, max_iters) for s in seeds}
     workers = len(seeds) if jobs <= 0 else min(jobs, len(seeds))
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {s: pool.submit(_seed_process, s, out_dir, threads, branch_at, max_iters) for s in seeds}
+        futures = {s: pool.submit(run_seed, s, out_dir, threads, branch_at, max_iters) for s in seeds}
         return {s: f.result() for s, f in futures.items()}
 
 
@@ -169,7 +166,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         write_json(record, out / "evidence.json")
         print(table(record))
         return record
-    torch.set_num_threads(args.threads)
     out = Path(args.output_dir) if args.output_dir else make_run_dir(PACKAGE, "evidence")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
