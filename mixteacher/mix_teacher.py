@@ -150,11 +150,12 @@ class MixTeacher(nn.Module):
         boxes = [t["boxes"] for t in targets]
         labels = [t["labels"] for t in targets]
         total: dict[str, torch.Tensor] = {}
-        for scale in scales:
-            scaled, features = feats[scale]
-            scaled_boxes = self._to_scale(boxes, image_list, scaled)
-            for k, v in student.supervised_losses(scaled, features, scaled_boxes, labels).items():
-                total[k] = total.get(k, 0.0) + v / len(scales)
+        with student.reuse_assignments():  # the regular and mixed scale share their anchor assignment
+            for scale in scales:
+                scaled, features = feats[scale]
+                scaled_boxes = self._to_scale(boxes, image_list, scaled)
+                for k, v in student.supervised_losses(scaled, features, scaled_boxes, labels).items():
+                    total[k] = total.get(k, 0.0) + v / len(scales)
         return total
 
     # -------------------------------------------------------------------------------------------- teacher
@@ -308,34 +309,37 @@ class MixTeacher(nn.Module):
         inputs = MiningInputs.select(s, pseudo, pseudo_weak, strong, weak, feats, teacher_feats)
         total: dict[str, torch.Tensor] = {}
         mined_count = 0
-        for scale in s.train_scales:
-            scaled, features = feats[scale]
-            to_scale = scale_factors(strong, scaled)
-            proposals, losses = student.rpn_forward(
-                scaled, features, [p.boxes * to_scale[i] for i, p in enumerate(rpn_set)]
-            )
-            cls_boxes = [p.boxes * to_scale[i] for i, p in enumerate(cls_set)]
-            cls_labels = [p.labels for p in cls_set]
-            mined = None
-            if mining and scale == "regular":
-                mined, mined_count = self._mine(proposals, cls_boxes, cls_labels, inputs, to_weak)
-            sampled = student.sample_rois(proposals, cls_boxes, cls_labels, mined, s.mined_as_proposals)
-            # the teacher's background probability of each sampled RoI, mapped into the teacher's view
-            with torch.no_grad():
-                teacher_boxes = [
-                    map_boxes(b / to_scale[i], to_weak[i], weak.image_sizes[i]) * t_factors[i]
-                    for i, b in enumerate(sampled.boxes)
+        with student.reuse_assignments():  # the regular and mixed scale share their anchor assignment
+            for scale in s.train_scales:
+                scaled, features = feats[scale]
+                to_scale = scale_factors(strong, scaled)
+                proposals, losses = student.rpn_forward(
+                    scaled, features, [p.boxes * to_scale[i] for i, p in enumerate(rpn_set)]
+                )
+                cls_boxes = [p.boxes * to_scale[i] for i, p in enumerate(cls_set)]
+                cls_labels = [p.labels for p in cls_set]
+                mined = None
+                if mining and scale == "regular":
+                    mined, mined_count = self._mine(proposals, cls_boxes, cls_labels, inputs, to_weak)
+                sampled = student.sample_rois(proposals, cls_boxes, cls_labels, mined, s.mined_as_proposals)
+                # the teacher's background probability of each sampled RoI, mapped into the teacher's view
+                with torch.no_grad():
+                    teacher_boxes = [
+                        map_boxes(b / to_scale[i], to_weak[i], weak.image_sizes[i]) * t_factors[i]
+                        for i, b in enumerate(sampled.boxes)
+                    ]
+                    bg = self.teacher.roi_class_probs(t_features, teacher_boxes, t_scaled.image_sizes)[:, 0]
+                losses["rcnn_cls"] = student.rcnn_loss(
+                    features, scaled.image_sizes, sampled, soft_teacher_weights(sampled.labels, bg)
+                )["rcnn_cls"]
+                reg_sampled = student.sample_rois(
+                    proposals, [p.boxes * to_scale[i] for i, p in enumerate(reg_set)], [p.labels for p in reg_set]
+                )
+                losses["rcnn_box"] = student.rcnn_loss(features, scaled.image_sizes, reg_sampled, box_only=True)[
+                    "rcnn_box"
                 ]
-                bg = self.teacher.roi_class_probs(t_features, teacher_boxes, t_scaled.image_sizes)[:, 0]
-            losses["rcnn_cls"] = student.rcnn_loss(
-                features, scaled.image_sizes, sampled, soft_teacher_weights(sampled.labels, bg)
-            )["rcnn_cls"]
-            reg_sampled = student.sample_rois(
-                proposals, [p.boxes * to_scale[i] for i, p in enumerate(reg_set)], [p.labels for p in reg_set]
-            )
-            losses["rcnn_box"] = student.rcnn_loss(features, scaled.image_sizes, reg_sampled, box_only=True)["rcnn_box"]
-            for k, v in losses.items():
-                total[k] = total.get(k, 0.0) + v / len(s.train_scales)
+                for k, v in losses.items():
+                    total[k] = total.get(k, 0.0) + v / len(s.train_scales)
         return total, _pseudo_label_stats(cls_set, reg_set, mined_count)
 
     def _mine_dense(self, inputs: MiningInputs) -> tuple[list[torch.Tensor], int]:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -85,14 +86,20 @@ _STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4
 
 class FrozenBN(FrozenBatchNorm2d):
     """torchvision's ``FrozenBatchNorm2d`` (same buffers, same state-dict keys, bitwise the same output and input
-    gradient) with the shift added in place: ``x * scale + shift`` allocates two activation-sized tensors, this one.
-    With MobileNetV2's 6x expanded activations at 800 x 1216 the frozen BNs were ~1/8 of a training step's time
-    (README, Performance)."""
+    gradient) with the shift added in place: ``x * scale + shift`` allocates two activation-sized tensors, this one;
+    without autograd (the EMA teacher, inference) none: the input is scaled in place. With MobileNetV2's 6x expanded
+    activations at 800 x 1216 the frozen BNs were ~1/8 of a training step's time and the in-place scaling takes
+    ~1/6 off the teacher's pseudo-labelling (README, Performance).
+
+    The input must be a tensor nothing else reads afterwards: in every backbone here it is the output of the
+    convolution before it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
         shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
-        return (x * scale).add_(shift)
+        if torch.is_grad_enabled() or x.dtype != scale.dtype:  # autograd, or autocast's promotion to float32
+            return (x * scale).add_(shift)
+        return x.mul_(scale).add_(shift)
 
 
 def _norm_layer(kind: str):
@@ -346,6 +353,38 @@ class RPN(RegionProposalNetwork):
     def post_nms_top_n(self) -> int:
         return self._post_nms_top_n[self.proposal_mode or ("training" if self.training else "testing")]
 
+    #: per-image (anchors, gt boxes, labels, matched gt boxes) of the calls inside :meth:`reuse_assignments`
+    _assignments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    @contextmanager
+    def reuse_assignments(self) -> Iterator[None]:
+        """Inside this block an image whose anchors and ground-truth boxes equal those of an earlier call reuses
+        that call's anchor assignment (the IoU of every anchor with every box, the matcher) instead of computing
+        it again. The regular and the mixed pyramid of MixTeacher share image sizes, feature sizes and boxes, so
+        their assignments are the same tensors; the fg/bg sampling still draws anew for each call."""
+        self._assignments = []
+        try:
+            yield
+        finally:
+            self._assignments = None
+
+    def assign_targets_to_anchors(
+        self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if self._assignments is None:
+            return super().assign_targets_to_anchors(anchors, targets)
+        labels, matched = [], []
+        for anchors_i, target in zip(anchors, targets):
+            boxes = target["boxes"]
+            hit = next((a for a in self._assignments if _same(a[0], anchors_i) and _same(a[1], boxes)), None)
+            if hit is None:
+                (label_i,), (matched_i,) = super().assign_targets_to_anchors([anchors_i], [target])
+                hit = (anchors_i, boxes, label_i, matched_i)
+                self._assignments.append(hit)
+            labels.append(hit[2])
+            matched.append(hit[3])
+        return labels, matched
+
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
         pos, neg = self.fg_bg_sampler(labels)
         pos = torch.where(torch.cat(pos))[0]
@@ -357,6 +396,10 @@ class RPN(RegionProposalNetwork):
         ) / max(sampled.numel(), 1)
         cls_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
         return cls_loss, box_loss
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
 
 
 @dataclass
@@ -449,6 +492,11 @@ class MixedScaleDetector(nn.Module):
         if "regular" in scales:
             out["regular"] = (images, regular)
         return out
+
+    def reuse_assignments(self) -> AbstractContextManager:
+        """A block in which training losses of several scales reuse equal target assignments (Faster R-CNN: the
+        RPN's anchor assignment, :meth:`RPN.reuse_assignments`; FCOS assigns per call)."""
+        return nullcontext()
 
     # ---- inference
 
@@ -569,6 +617,9 @@ class MixedScaleFasterRCNN(MixedScaleDetector):
         logits, deltas = self.roi_forward(features, proposals, images.image_sizes)
         boxes, scores, labels = self.roi_heads.postprocess_detections(logits, deltas, proposals, images.image_sizes)
         return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(boxes, scores, labels)]
+
+    def reuse_assignments(self) -> AbstractContextManager:
+        return self.rpn.reuse_assignments()
 
     def rpn_forward(
         self, images: ImageList, features: OrderedDict[str, torch.Tensor], gt_boxes: list[torch.Tensor]

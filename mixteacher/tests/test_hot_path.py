@@ -1,9 +1,11 @@
 """The optimised hot path computes what the plain one did: the in-place frozen BatchNorm (``model.FrozenBN``) gives
 bitwise the same pseudo boxes, losses and gradients as torchvision's ``FrozenBatchNorm2d`` in a full MixTeacher step
-(teacher detection, three-scale student, mining), Faster R-CNN and FCOS; the background weights without box decoding
-equal the decoded path's probabilities (README, Performance)."""
+(teacher detection, three-scale student, mining), Faster R-CNN and FCOS; the regular and mixed scale reuse one RPN
+anchor assignment without changing the step; the background weights without box decoding equal the decoded path's
+probabilities (README, Performance)."""
 
 import copy
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
-from mixteacher.model import FrozenBN, create_model
+from mixteacher.model import RPN, FrozenBN, create_model
 from mixteacher.tests.helpers import toy_batch
 
 
@@ -65,3 +67,56 @@ def test_background_weights_skip_the_box_decoding_and_equal_roi_predict():
     probs, decoded = model.roi_predict(features, boxes, images.image_sizes)
     assert decoded.shape == (2, 4, 4)
     assert torch.equal(model.roi_class_probs(features, boxes, images.image_sizes), probs)
+
+
+def test_regular_and_mixed_scale_share_the_rpn_assignment_bitwise(monkeypatch):
+    torch.manual_seed(0)
+    model = create_model("tiny", num_classes=3)
+    settings = MixTeacherSettings(
+        unsup_start=0, unsup_warmup=0, initial_score_thr=0.0, cls_score_thr=0.05, rpn_score_thr=0.05
+    )
+    calls = []
+    similarity = model.rpn.box_similarity
+
+    def counted(boxes, anchors):
+        calls.append(len(boxes))
+        return similarity(boxes, anchors)
+
+    monkeypatch.setattr(model.rpn, "box_similarity", counted)
+    results = []
+    for reuse in (True, False):
+        if not reuse:  # the plain path: every call assigns anew
+            monkeypatch.setattr(RPN, "reuse_assignments", lambda self: nullcontext())
+        calls.clear()
+        torch.manual_seed(0)
+        method = MixTeacher(copy.deepcopy(model), settings).train()
+        loss, logs = method(toy_batch(), step=1)
+        loss.backward()
+        grads = [p.grad.clone() for p in method.student.parameters() if p.grad is not None]
+        assert method.student.rpn._assignments is None  # nothing is kept after the step
+        results.append((loss.detach(), logs, grads, len(calls)))
+    (loss_a, logs_a, grads_a, calls_a), (loss_b, logs_b, grads_b, calls_b) = results
+    assert logs_a["pseudo_boxes"] > 0
+    assert torch.equal(loss_a, loss_b) and logs_a == logs_b
+    assert len(grads_a) == len(grads_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    # three training scales, labeled and unlabeled images: the mixed scale's assignment is the regular one's
+    assert calls_b == 3 * calls_a // 2 and calls_a > 0
+
+
+def test_frozen_bn_without_autograd_scales_in_place_and_matches_torchvision():
+    g = torch.Generator().manual_seed(0)
+    ours, plain = FrozenBN(8), FrozenBatchNorm2d(8)
+    for buf in ("weight", "bias", "running_mean"):
+        getattr(ours, buf).copy_(torch.randn(8, generator=g))
+    ours.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 5, 7, generator=g)
+    expected = plain(x)
+    with torch.no_grad():
+        y = x.clone()
+        out = ours(y)
+    assert out.data_ptr() == y.data_ptr() and torch.equal(out, expected)  # no new activation-sized tensor
+    with torch.no_grad():  # a lower-precision input (autocast) is promoted as torchvision's is, not written over
+        half = x.bfloat16()
+        out = ours(half)
+    assert out.dtype == plain(half).dtype == torch.float32 and torch.equal(half, x.bfloat16())
