@@ -86,18 +86,18 @@ _STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4
 
 class FrozenBN(FrozenBatchNorm2d):
     """torchvision's ``FrozenBatchNorm2d`` (same buffers, same state-dict keys, bitwise the same output and input
-    gradient) with the shift added in place: ``x * scale + shift`` allocates two activation-sized tensors, this one;
-    without autograd (the EMA teacher, inference) none: the input is scaled in place. With MobileNetV2's 6x expanded
-    activations at 800 x 1216 the frozen BNs were ~1/8 of a training step's time and the in-place scaling takes
-    ~1/6 off the teacher's pseudo-labelling (README, Performance).
+    gradient) computed in place: ``x * scale + shift`` allocates two activation-sized tensors, this none. With
+    MobileNetV2's 6x expanded activations at 800 x 1216 the frozen BNs were ~1/8 of a training step's time, and
+    scaling in place takes ~1/6 off the teacher's pseudo-labelling (README, Performance).
 
     The input must be a tensor nothing else reads afterwards: in every backbone here it is the output of the
-    convolution before it."""
+    convolution before it, which the convolution's backward does not need (autograd would refuse the in-place
+    write otherwise)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
         shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
-        if torch.is_grad_enabled() or x.dtype != scale.dtype:  # autograd, or autocast's promotion to float32
+        if x.dtype != scale.dtype:  # autocast: promoted to float32, as torchvision's is
             return (x * scale).add_(shift)
         return x.mul_(scale).add_(shift)
 

@@ -103,7 +103,7 @@ def test_regular_and_mixed_scale_share_the_rpn_assignment_bitwise(monkeypatch):
     assert calls_b == 3 * calls_a // 2 and calls_a > 0
 
 
-def test_frozen_bn_without_autograd_scales_in_place_and_matches_torchvision():
+def test_frozen_bn_scales_in_place_and_matches_torchvision():
     g = torch.Generator().manual_seed(0)
     ours, plain = FrozenBN(8), FrozenBatchNorm2d(8)
     for buf in ("weight", "bias", "running_mean"):
@@ -116,6 +116,14 @@ def test_frozen_bn_without_autograd_scales_in_place_and_matches_torchvision():
         y = x.clone()
         out = ours(y)
     assert out.data_ptr() == y.data_ptr() and torch.equal(out, expected)  # no new activation-sized tensor
+    conv = nn.Conv2d(3, 8, 3)  # with autograd, after a convolution: the same output and gradients
+    inp = torch.randn(2, 3, 7, 9, generator=g)
+    grads = []
+    for bn in (ours, plain):
+        conv.zero_grad()
+        bn(conv(inp)).square().sum().backward()
+        grads.append(conv.weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])
     with torch.no_grad():  # a lower-precision input (autocast) is promoted as torchvision's is, not written over
         half = x.bfloat16()
         out = ours(half)
