@@ -34,11 +34,11 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from calibrated_teacher.config import DetectorConfig
 from calibrated_teacher.losses import FIoUParams, retinanet_fiou_losses
 from shared.checkpoint import load_checkpoint
+from shared.detection import FrozenBN
 from shared.pretrained import imagenet_mobilenet_v2
 
 __all__ = [
@@ -139,10 +139,11 @@ class SparseRetinaNet(RetinaNet):
 
 
 def _freeze_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by a FrozenBatchNorm2d holding its statistics and affine parameters."""
+    """Replace every BatchNorm2d by a frozen one (``shared.detection.FrozenBN``, torchvision's FrozenBatchNorm2d
+    computed in place) holding its statistics and affine parameters."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen = FrozenBN(child.num_features, eps=child.eps)
             frozen.weight.copy_(child.weight.detach())
             frozen.bias.copy_(child.bias.detach())
             frozen.running_mean.copy_(child.running_mean)
@@ -167,7 +168,7 @@ def _load_resnet_weights(resnet: nn.Module, path: str) -> None:
 
 
 def _resnet_backbone(cfg: DetectorConfig, pretrained: str | None) -> BackboneWithFPN:
-    norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
+    norm = FrozenBN if cfg.frozen_bn else nn.BatchNorm2d
     resnet = (resnet101 if cfg.backbone == "resnet101" else resnet50)(norm_layer=norm)
     if cfg.caffe_style:  # caffe/detectron2 ResNet: the stride of a down-sampling block sits on its 1x1 conv
         for layer in (resnet.layer2, resnet.layer3, resnet.layer4):

@@ -40,9 +40,10 @@ from torch import nn
 
 from mixteacher.config import MixTeacherSettings
 from mixteacher.mix_teacher import MixTeacher
-from mixteacher.model import FrozenBN, MixedScaleFasterRCNN, create_model
+from mixteacher.model import MixedScaleFasterRCNN, create_model
 from shared.benchmark import peak_memory_mb, seconds_per_call, synchronize
 from shared.config import AmpMode, DeviceName, script_parser
+from shared.detection import FrozenBN
 from shared.training import autocast
 
 __all__ = ["BenchConfig", "main", "parse_args", "run"]

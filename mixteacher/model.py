@@ -43,19 +43,19 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from mixteacher.config import DetectorConfig
 from mixteacher.fcos import DenseOutputs, fcos_losses
 from mixteacher.losses import fast_rcnn_loss
+from shared.detection import FrozenBN
 
 __all__ = [
     "CAFFE_MEAN_BGR",
     "SCALES",
     "VARIANTS",
     "DetectorConfig",
-    "FrozenBN",
     "MixedScaleDetector",
     "MixedScaleFCOS",
     "MixedScaleFasterRCNN",
@@ -82,24 +82,6 @@ _STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4
 
 
 # --------------------------------------------------------------------------------------------------- backbone
-
-
-class FrozenBN(FrozenBatchNorm2d):
-    """torchvision's ``FrozenBatchNorm2d`` (same buffers, same state-dict keys, bitwise the same output and input
-    gradient) computed in place: ``x * scale + shift`` allocates two activation-sized tensors, this none. With
-    MobileNetV2's 6x expanded activations at 800 x 1216 the frozen BNs were ~1/8 of a training step's time, and
-    scaling in place takes ~1/6 off the teacher's pseudo-labelling (README, Performance).
-
-    The input must be a tensor nothing else reads afterwards: in every backbone here it is the output of the
-    convolution before it, which the convolution's backward does not need (autograd would refuse the in-place
-    write otherwise)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
-        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
-        if x.dtype != scale.dtype:  # autocast: promoted to float32, as torchvision's is
-            return (x * scale).add_(shift)
-        return x.mul_(scale).add_(shift)
 
 
 def _norm_layer(kind: str):

@@ -10,6 +10,7 @@ R-CNN, calibrated_teacher, pvg's Mask R-CNN).
 * :func:`coco_detections` + :func:`evaluate_detections`: model outputs -> COCO results (boxes, and RLE masks with
   ``masks=True``), gathered from every rank and scored once with pycocotools (bbox, and segm with ``segm=True``);
   :func:`coco_summary`: the paper-style one-line summary.
+* :class:`FrozenBN`: torchvision's ``FrozenBatchNorm2d`` computed in place (the detectors' frozen backbones).
 * Loop pieces: :func:`targets_to_device`, :func:`init_fpn_mmdet` (mmdet's FPN initialisation), :func:`freeze_modules` (a
   backbone's ``frozen_stages`` / ``norm_eval``) and
   :func:`check_checkpoint_categories` (a checkpoint's category ids against the evaluation annotations).
@@ -35,6 +36,7 @@ from pycocotools.coco import COCO
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.transforms.functional import pil_to_tensor
 
 from shared.distributed import DistContext
@@ -46,6 +48,7 @@ __all__ = [
     "CocoDataConfig",
     "CocoDetection",
     "CocoImages",
+    "FrozenBN",
     "GroupedDistributedSampler",
     "check_checkpoint_categories",
     "coco_detections",
@@ -461,6 +464,24 @@ def init_fpn_mmdet(fpn: nn.Module) -> None:
         if isinstance(m, nn.Conv2d):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class FrozenBN(FrozenBatchNorm2d):
+    """torchvision's ``FrozenBatchNorm2d`` (same buffers, same state-dict keys, bitwise the same output and input
+    gradient) computed in place: ``x * scale + shift`` allocates two activation-sized tensors, this none. With
+    MobileNetV2's 6x expanded activations at 800 x 1216 the frozen BNs were ~1/8 of a training step's time, and
+    scaling in place takes ~1/6 off the teacher's pseudo-labelling (mixteacher README, Performance).
+
+    The input must be a tensor nothing else reads afterwards: in every backbone here it is the output of the
+    convolution before it, which the convolution's backward does not need (autograd would refuse the in-place
+    write otherwise)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
+        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        if x.dtype != scale.dtype:  # autocast: promoted to float32, as torchvision's is
+            return (x * scale).add_(shift)
+        return x.mul_(scale).add_(shift)
 
 
 def freeze_modules(modules: Sequence[nn.Module], norm_eval_in: nn.Module | None = None) -> None:

@@ -1,8 +1,8 @@
-"""The optimised hot path computes what the plain one did: the in-place frozen BatchNorm (``model.FrozenBN``) gives
-bitwise the same pseudo boxes, losses and gradients as torchvision's ``FrozenBatchNorm2d`` in a full MixTeacher step
-(teacher detection, three-scale student, mining), Faster R-CNN and FCOS; the regular and mixed scale reuse one RPN
-anchor assignment without changing the step; the background weights without box decoding equal the decoded path's
-probabilities (README, Performance)."""
+"""The optimised hot path computes what the plain one did: the in-place frozen BatchNorm
+(``shared.detection.FrozenBN``) gives bitwise the same pseudo boxes, losses and gradients as torchvision's
+``FrozenBatchNorm2d`` in a full MixTeacher step (teacher detection, three-scale student, mining), Faster R-CNN and
+FCOS; the regular and mixed scale reuse one RPN anchor assignment without changing the step; the background weights
+without box decoding equal the decoded path's probabilities (README, Performance)."""
 
 import copy
 from contextlib import nullcontext
@@ -13,8 +13,9 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from mixteacher.mix_teacher import MixTeacher, MixTeacherSettings
-from mixteacher.model import RPN, FrozenBN, create_model
+from mixteacher.model import RPN, create_model
 from mixteacher.tests.helpers import toy_batch
+from shared.detection import FrozenBN
 
 
 def _plain_frozen_bn(model: nn.Module) -> nn.Module:
@@ -101,30 +102,3 @@ def test_regular_and_mixed_scale_share_the_rpn_assignment_bitwise(monkeypatch):
     assert len(grads_a) == len(grads_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
     # three training scales, labeled and unlabeled images: the mixed scale's assignment is the regular one's
     assert calls_b == 3 * calls_a // 2 and calls_a > 0
-
-
-def test_frozen_bn_scales_in_place_and_matches_torchvision():
-    g = torch.Generator().manual_seed(0)
-    ours, plain = FrozenBN(8), FrozenBatchNorm2d(8)
-    for buf in ("weight", "bias", "running_mean"):
-        getattr(ours, buf).copy_(torch.randn(8, generator=g))
-    ours.running_var.copy_(torch.rand(8, generator=g) + 0.5)
-    plain.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 8, 5, 7, generator=g)
-    expected = plain(x)
-    with torch.no_grad():
-        y = x.clone()
-        out = ours(y)
-    assert out.data_ptr() == y.data_ptr() and torch.equal(out, expected)  # no new activation-sized tensor
-    conv = nn.Conv2d(3, 8, 3)  # with autograd, after a convolution: the same output and gradients
-    inp = torch.randn(2, 3, 7, 9, generator=g)
-    grads = []
-    for bn in (ours, plain):
-        conv.zero_grad()
-        bn(conv(inp)).square().sum().backward()
-        grads.append(conv.weight.grad.clone())
-    assert torch.equal(grads[0], grads[1])
-    with torch.no_grad():  # a lower-precision input (autocast) is promoted as torchvision's is, not written over
-        half = x.bfloat16()
-        out = ours(half)
-    assert out.dtype == plain(half).dtype == torch.float32 and torch.equal(half, x.bfloat16())

@@ -10,10 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from shared.checkpoint import save_checkpoint
 from shared.detection import (
     CocoDataConfig,
+    FrozenBN,
     check_checkpoint_categories,
     freeze_modules,
     init_fpn_mmdet,
@@ -180,3 +182,30 @@ def test_synthetic_coco_root_is_named_after_the_package_and_sizes(tmp_path, monk
     assert CocoDataConfig(synthetic=True, synthetic_train=2, synthetic_val=1, synthetic_categories=5).coco_root() == (
         tmp_path / "coco_n2_v1_s192_c5"
     )
+
+
+def test_frozen_bn_scales_in_place_and_matches_torchvision():
+    g = torch.Generator().manual_seed(0)
+    ours, plain = FrozenBN(8), FrozenBatchNorm2d(8)
+    for buf in ("weight", "bias", "running_mean"):
+        getattr(ours, buf).copy_(torch.randn(8, generator=g))
+    ours.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 5, 7, generator=g)
+    expected = plain(x)
+    with torch.no_grad():
+        y = x.clone()
+        out = ours(y)
+    assert out.data_ptr() == y.data_ptr() and torch.equal(out, expected)  # no new activation-sized tensor
+    conv = nn.Conv2d(3, 8, 3)  # with autograd, after a convolution: the same output and gradients
+    inp = torch.randn(2, 3, 7, 9, generator=g)
+    grads = []
+    for bn in (ours, plain):
+        conv.zero_grad()
+        bn(conv(inp)).square().sum().backward()
+        grads.append(conv.weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+    with torch.no_grad():  # a lower-precision input (autocast) is promoted as torchvision's is, not written over
+        half = x.bfloat16()
+        out = ours(half)
+    assert out.dtype == plain(half).dtype == torch.float32 and torch.equal(half, x.bfloat16())
