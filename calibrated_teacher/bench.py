@@ -10,9 +10,7 @@ sparse boxes each.
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -21,9 +19,24 @@ from calibrated_teacher.config import CalibratedTeacherSettings
 from calibrated_teacher.model import VARIANTS, build_detector
 from calibrated_teacher.teacher_student import CalibratedTeacher
 from shared.benchmark import seconds_per_call
+from shared.config import AmpMode, DeviceName, script_parser
 from shared.training import autocast
 
-__all__ = ["main", "parse_args"]
+__all__ = ["BenchConfig", "main", "parse_args"]
+
+
+@dataclass
+class BenchConfig:
+    """Benchmark settings (``--key value``)."""
+
+    variant: str = field(default="retinanet_mnv2_fpn", metadata={"help": "a calibrated_teacher.model.VARIANTS name"})
+    size: int = field(default=192, metadata={"help": "image height (width 1.25x)"})
+    batch: int = 2
+    iters: int = 3
+    device: DeviceName = "auto"
+    amp: AmpMode = "off"
+    threads: int = 1
+    calib_pairs: int = field(default=100_000, metadata={"help": "(score, label) pairs of the Platt fit"})
 
 
 def _batch(n: int, size: int, device: torch.device) -> dict:
@@ -43,10 +56,14 @@ def _batch(n: int, size: int, device: torch.device) -> dict:
     }
 
 
-def main(args: argparse.Namespace) -> list[dict]:
+def main(args: BenchConfig) -> list[dict]:
     """Run the measurements; returns the table rows."""
+    if args.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {args.variant!r}; valid: {sorted(VARIANTS)}")
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     cfg = replace(VARIANTS[args.variant], min_size=args.size, max_size=int(args.size * 1.25))
     settings = replace(CalibratedTeacherSettings(), merge_start=0, fiou=True, ori_thr=0.0, calibration_window=1)
     rows = []
@@ -97,17 +114,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m calibrated_teacher.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--variant", default="retinanet_mnv2_fpn", choices=sorted(VARIANTS))
-    p.add_argument("--size", type=int, default=192, help="image height (width 1.25x)")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--calib_pairs", type=int, default=100_000, help="(score, label) pairs of the Platt fit")
-    return p.parse_args(argv)
+parse_args = script_parser(BenchConfig, "Calibrated Teacher benchmark (step time vs supervised RetinaNet, Platt fit)")
 
 
 if __name__ == "__main__":
