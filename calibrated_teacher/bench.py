@@ -2,7 +2,7 @@
 a supervised RetinaNet step on the same images, inference throughput, and the calibrator's fit time.
 
     python -m calibrated_teacher.bench                                  # CPU, MobileNetV2-FPN at 192 px
-    python -m calibrated_teacher.bench --variant retinanet_r101_fpn --size 800 --device cuda --amp bf16
+    python -m calibrated_teacher.bench --variant retinanet_r101_fpn --img_size 800 --device cuda --amp bf16
 
 Prints a table (README, Performance). Random weights (speed does not depend on them), synthetic images with three
 sparse boxes each.
@@ -30,8 +30,8 @@ class BenchConfig:
     """Benchmark settings (``--key value``)."""
 
     variant: str = field(default="retinanet_mnv2_fpn", metadata={"help": "a calibrated_teacher.model.VARIANTS name"})
-    size: int = field(default=192, metadata={"help": "image height (width 1.25x)"})
-    batch: int = 2
+    img_size: int = field(default=192, metadata={"help": "image height (width 1.25x)"})
+    batch_size: int = 2
     iters: int = 3
     device: DeviceName = "auto"
     amp: AmpMode = "off"
@@ -64,10 +64,10 @@ def main(args: BenchConfig) -> list[dict]:
     device = torch.device(
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
-    cfg = replace(VARIANTS[args.variant], min_size=args.size, max_size=int(args.size * 1.25))
+    cfg = replace(VARIANTS[args.variant], min_size=args.img_size, max_size=int(args.img_size * 1.25))
     settings = replace(CalibratedTeacherSettings(), merge_start=0, fiou=True, ori_thr=0.0, calibration_window=1)
     rows = []
-    batch = _batch(args.batch, args.size, device)
+    batch = _batch(args.batch_size, args.img_size, device)
     for name, method_name in (("supervised step", "supervised"), ("calibrated teacher step", "calibrated_teacher")):
         method = CalibratedTeacher(build_detector(80, cfg), settings, method_name).to(device).train()
         params = [p for p in method.student.parameters() if p.requires_grad]
@@ -85,7 +85,7 @@ def main(args: BenchConfig) -> list[dict]:
             torch.cuda.reset_peak_memory_stats()
         seconds = seconds_per_call(step, device, iters=args.iters)
         memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-        rows.append({"what": name, "ms": 1000 * seconds, "img_s": args.batch / seconds, "peak_MiB": memory})
+        rows.append({"what": name, "ms": 1000 * seconds, "img_s": args.batch_size / seconds, "peak_MiB": memory})
     method.teacher.eval()
 
     @torch.no_grad()
@@ -94,7 +94,9 @@ def main(args: BenchConfig) -> list[dict]:
             method.teacher(batch["weak"])
 
     seconds = seconds_per_call(infer, device, iters=args.iters)
-    rows.append({"what": "inference", "ms": 1000 * seconds, "img_s": args.batch / seconds, "peak_MiB": float("nan")})
+    rows.append(
+        {"what": "inference", "ms": 1000 * seconds, "img_s": args.batch_size / seconds, "peak_MiB": float("nan")}
+    )
     g = torch.Generator().manual_seed(0)
     scores = torch.rand(args.calib_pairs, generator=g)
     labels = torch.rand(args.calib_pairs, generator=g) < scores
@@ -107,7 +109,10 @@ def main(args: BenchConfig) -> list[dict]:
             "peak_MiB": float("nan"),
         }
     )
-    print(f"{args.variant} at {args.size} px, batch {args.batch}, {device}, amp {args.amp}, {args.threads} thread(s)")
+    print(
+        f"{args.variant} at {args.img_size} px, batch {args.batch_size}, {device}, amp {args.amp}, "
+        f"{args.threads} thread(s)"
+    )
     print(f"| {'what':<32} | {'ms':>9} | {'img/s':>8} | {'peak MiB':>8} |")
     for r in rows:
         print(f"| {r['what']:<32} | {r['ms']:9.1f} | {r['img_s']:8.2f} | {r['peak_MiB']:8.0f} |")

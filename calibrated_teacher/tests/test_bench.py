@@ -9,7 +9,9 @@ from calibrated_teacher.bench import BenchConfig, main, parse_args
 def test_bench_runs_every_row_on_the_tiny_detector(capsys):
     threads = torch.get_num_threads()
     try:
-        rows = main(BenchConfig(variant="retinanet_tiny", size=64, batch=1, iters=1, device="cpu", calib_pairs=1000))
+        rows = main(
+            BenchConfig(variant="retinanet_tiny", img_size=64, batch_size=1, iters=1, device="cpu", calib_pairs=1000)
+        )
     finally:
         torch.set_num_threads(threads)  # the bench sets its own
     assert [r["what"] for r in rows] == [
@@ -23,7 +25,7 @@ def test_bench_runs_every_row_on_the_tiny_detector(capsys):
 
 
 def test_bench_arguments_are_checked():
-    assert parse_args(["--size", "800", "--amp", "bf16"]).size == 800
+    assert parse_args(["--img_size", "800", "--amp", "bf16"]).img_size == 800
     with pytest.raises(SystemExit):
         parse_args(["--amp", "fp8"])
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
