@@ -1,7 +1,7 @@
 """Speed of one SANM training step against one DivideMix step, and the masker's share.
 
-    python -m anm.bench                                   # CPU, supce_resnet18 width 16, 32 px, batch 64
-    python -m anm.bench --model supce_resnet18 --width 64 --device cuda --batch 64 --steps 20
+    python -m anm.bench                                   # supce_resnet18 width 16, 32 px, batch 64 (CUDA if any)
+    python -m anm.bench --model supce_resnet18 --width 64 --device cuda --batch_size 64 --iters 20
 
 Measures, on identical inputs (views already on the device, no data loading):
   dividemix   one DivideMix step: co-refinement/co-guessing (6 no-grad forwards), MixMatch over 4 groups,
@@ -15,9 +15,9 @@ step (the acceptance bound: at most 15 % on CPU). Peak CUDA memory is reported o
 
 from __future__ import annotations
 
-import argparse
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,25 +25,41 @@ import torch
 from anm.masking import MaskerConfig, mask_images, modulate_labels
 from anm.model import create_model
 from anm.sanm import SANM
+from shared.config import DeviceName, script_parser
 from shared.logger import RunLogger
 from shared.noisy.dividemix import DivideMixConfig
+from shared.training import resolve_device
 
 
-def _engine(args: argparse.Namespace, device: torch.device, views: int, masking: bool, log_dir: str) -> SANM:
+@dataclass
+class BenchConfig:
+    """Benchmark settings (``--key value``)."""
+
+    model: str = field(default="supce_resnet18", metadata={"help": "an anm.model.VARIANTS name"})
+    width: int = field(default=16, metadata={"help": "first-stage channels (64 = the paper's ResNet-18)"})
+    size: int = field(default=32, metadata={"help": "input side (32 CIFAR)"})
+    classes: int = 10
+    batch_size: int = field(default=64, metadata={"help": "labeled (= unlabeled) batch B"})
+    iters: int = field(default=5, metadata={"help": "timed steps per measurement (after one warm-up step)"})
+    device: DeviceName = "auto"
+    threads: int = 1
+
+
+def _engine(args: BenchConfig, device: torch.device, views: int, masking: bool, log_dir: str) -> SANM:
     torch.manual_seed(0)
     nets = [create_model(args.model, args.classes, width=args.width).to(device) for _ in range(2)]
-    images = torch.zeros(2 * args.batch, 3, args.size, args.size, dtype=torch.uint8)
+    images = torch.zeros(2 * args.batch_size, 3, args.size, args.size, dtype=torch.uint8)
     identity: Callable = lambda image: image.float()  # noqa: E731  (views are given as tensors below)
     return SANM(
         *nets,
         images,
-        torch.randint(0, args.classes, (2 * args.batch,)),
+        torch.randint(0, args.classes, (2 * args.batch_size,)),
         args.classes,
         identity,
         identity,
         images,
         torch.zeros(4, dtype=torch.int64),
-        DivideMixConfig(batch_size=args.batch),
+        DivideMixConfig(batch_size=args.batch_size),
         device,
         RunLogger(log_dir, tensorboard=False),
         views={"warmup": [identity], "labeled": [identity] * views, "unlabeled": [identity] * views},
@@ -63,12 +79,12 @@ def _time(fn: Callable[[], Any], steps: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def run(args: argparse.Namespace) -> dict[str, float]:
+def run(args: BenchConfig) -> dict[str, float]:
     """The four timings (seconds per step) and the masker overhead (%)."""
     import tempfile
 
-    device = torch.device(args.device)
-    b, s = args.batch, args.size
+    device = resolve_device(args.device)
+    b, s = args.batch_size, args.size
     gen = torch.Generator().manual_seed(0)
     views6 = [torch.randn(b, 3, s, s, generator=gen).to(device) for _ in range(6)]
     weights = torch.rand(2 * b, generator=gen)
@@ -79,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             engine = _engine(args, device, views, masking, log_dir)
             vx, vu = views6[:views], [v.flip(0) for v in views6[:views]]
             results[name] = _time(
-                lambda e=engine, vx=vx, vu=vu: e.train_step(0, vx, idx_x, vu, idx_u, weights, 20.0), args.steps, device
+                lambda e=engine, vx=vx, vu=vu: e.train_step(0, vx, idx_x, vu, idx_u, weights, 20.0), args.iters, device
             )
         net = engine.nets[0]
         x = torch.cat([views6[4], views6[4].flip(0)])
@@ -92,33 +108,26 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             masked = mask_images(x, fmap, weights.to(device), cfg, gen)
             modulate_labels(targets, masked.ratio_max)
 
-        results["masker"] = _time(masker, args.steps, device)
+        results["masker"] = _time(masker, args.iters, device)
     results["masker_overhead_pct"] = 100 * results["masker"] / results["dividemix"]
     if device.type == "cuda":
         results["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return results
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="supce_resnet18", help="an anm.model.VARIANTS name")
-    parser.add_argument("--width", type=int, default=16, help="first-stage channels (64 = the paper's ResNet-18)")
-    parser.add_argument("--size", type=int, default=32, help="input side (32 CIFAR)")
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=64, help="labeled (= unlabeled) batch B")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
-    return parser.parse_args(argv)
+parse_args = script_parser(BenchConfig, "SANM vs DivideMix step time and the masker's share of a step")
 
 
-def main(args: argparse.Namespace) -> dict[str, float]:
+def main(args: BenchConfig) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     results = run(args)
-    print(f"{args.model} width {args.width}, {args.size} px, B = {args.batch}, {args.device}, {args.threads} thread(s)")
+    print(
+        f"{args.model} width {args.width}, {args.size} px, B = {args.batch_size}, {resolve_device(args.device)}, "
+        f"{args.threads} thread(s)"
+    )
     print(f"{'step':<14}{'ms/step':>10}{'mixed img/s':>14}")
     for name, groups in (("dividemix", 4), ("sanm", 8), ("sanm_6views", 12), ("masker", 0)):
-        rate = f"{groups * args.batch / results[name]:>14.0f}" if groups else f"{'':>14}"
+        rate = f"{groups * args.batch_size / results[name]:>14.0f}" if groups else f"{'':>14}"
         print(f"{name:<14}{1000 * results[name]:>10.1f}{rate}")
     print(f"masker overhead: {results['masker_overhead_pct']:.1f} % of a DivideMix step")
     if "peak_memory_mib" in results:

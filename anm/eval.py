@@ -14,18 +14,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from anm.config import PACKAGE, Config
 from anm.data import build_task
 from anm.engine import build_models
 from shared.entrypoints import Evaluation, checkpoint_parser, run_evaluation
 from shared.noisy.supervised import evaluate_accuracy
+from shared.training import resolve_device
 
 
 def evaluate(state: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Test accuracy of the checkpoint's networks (ensemble = sum of logits, as DivideMix tests)."""
-    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     task = build_task(cfg.data, run_dir, write_noise=False)
     # the checkpoint's weights replace the SSL initialisation, so the SSL file is not needed here
     nets = build_models(replace(cfg, model=replace(cfg.model, pretrained=None)), task.num_classes)

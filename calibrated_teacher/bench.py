@@ -20,7 +20,7 @@ from calibrated_teacher.model import VARIANTS, build_detector
 from calibrated_teacher.teacher_student import CalibratedTeacher
 from shared.benchmark import seconds_per_call
 from shared.config import AmpMode, DeviceName, script_parser
-from shared.training import autocast
+from shared.training import autocast, resolve_device
 
 __all__ = ["BenchConfig", "main", "parse_args"]
 
@@ -61,9 +61,7 @@ def main(args: BenchConfig) -> list[dict]:
     if args.variant not in VARIANTS:
         raise ValueError(f"unknown variant {args.variant!r}; valid: {sorted(VARIANTS)}")
     torch.set_num_threads(args.threads)
-    device = torch.device(
-        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = resolve_device(args.device)
     cfg = replace(VARIANTS[args.variant], min_size=args.img_size, max_size=int(args.img_size * 1.25))
     settings = replace(CalibratedTeacherSettings(), merge_start=0, fiou=True, ori_thr=0.0, calibration_window=1)
     rows = []

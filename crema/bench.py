@@ -1,19 +1,19 @@
 """Benchmark CREMA's per-epoch overhead: credibility pass, memory / weights / label update, GMM split, train step.
 
-    python -m crema.bench                                  # CPU, small measured batches, extrapolated per epoch
+    python -m crema.bench --device cpu                     # CPU, small measured batches, extrapolated per epoch
     python -m crema.bench --device cuda                    # GPU (also the training step with AMP / channels-last)
+    python -m crema.bench --scales cifar --iters 1         # one scale ([cifar,clothing1m] for both, the default)
 
 At CIFAR scale (50 000 images, PreAct ResNet-18, 32 px) and Clothing1M scale (64 000 sampled images per epoch,
 ResNet-50, 224 px) it measures the images/s of the credibility pass (eval-mode forward + softmax + JS) on
-``--batches`` batches, extrapolates the seconds per epoch, and times the parts that run on the whole training set at
+``--iters`` batches, extrapolates the seconds per epoch, and times the parts that run on the whole training set at
 once: the ring-buffer push, the modulation weights and the selective label update (vectorised, on the device) and
 the GMM split (scikit-learn on the CPU, DivideMix's settings). Also a training step (images/s, peak memory).
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from crema.credibility import CredibilityMemory, coarse_split, credibility, modulation_weights, selective_label_update
 from crema.model import create_model
 from shared.benchmark import peak_memory_mb, seconds_per_call
+from shared.config import DeviceName, script_parser
+from shared.training import resolve_device
 
 SCALES = {
     "cifar": {"arch": "preact_resnet18", "classes": 10, "size": 32, "samples": 50000, "batch": 512, "train_batch": 64},
@@ -28,7 +30,20 @@ SCALES = {
 }
 
 
-def bench_scale(name: str, device: torch.device, batches: int, cpu_batch: int | None) -> dict[str, float]:
+@dataclass
+class BenchConfig:
+    """Benchmark settings (``--key value``)."""
+
+    device: DeviceName = "auto"
+    scales: list[str] = field(
+        default_factory=lambda: list(SCALES), metadata={"help": f"one or more of {', '.join(SCALES)}"}
+    )
+    iters: int = field(default=2, metadata={"help": "timed batches per measurement"})
+    cpu_batch: int = field(default=16, metadata={"help": "batch on CPU (the GPU uses the recipe's eval batch)"})
+    threads: int = 1
+
+
+def bench_scale(name: str, device: torch.device, iters: int, cpu_batch: int | None) -> dict[str, float]:
     """Seconds per epoch of each CREMA part at one scale."""
     s = SCALES[name]
     batch = cpu_batch if device.type == "cpu" and cpu_batch else s["batch"]
@@ -40,7 +55,7 @@ def bench_scale(name: str, device: torch.device, batches: int, cpu_batch: int | 
     def credibility_batch() -> torch.Tensor:
         return credibility(F.softmax(model(images), 1), labels)
 
-    per_batch = seconds_per_call(credibility_batch, device, warmup=1, iters=batches)
+    per_batch = seconds_per_call(credibility_batch, device, warmup=1, iters=iters)
     n = s["samples"]
     memory = CredibilityMemory(n, 5, device)
     idx = torch.arange(n, device=device)
@@ -74,27 +89,20 @@ def bench_scale(name: str, device: torch.device, batches: int, cpu_batch: int | 
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    out["train_img_s"] = train_batch / seconds_per_call(step, device, warmup=1, iters=batches)
+    out["train_img_s"] = train_batch / seconds_per_call(step, device, warmup=1, iters=iters)
     out["peak_mem_mb"] = peak_memory_mb(device)
     return out
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
-    p.add_argument("--batches", type=int, default=2, help="timed batches per measurement")
-    p.add_argument("--cpu_batch", type=int, default=16, help="batch on CPU (the GPU uses the recipe's eval batch)")
-    p.add_argument("--threads", type=int, default=1)
-    return p.parse_args(argv)
+parse_args = script_parser(BenchConfig, "CREMA per-epoch overhead benchmark (CIFAR and Clothing1M scales)")
 
 
-def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def main(args: BenchConfig) -> dict[str, dict[str, float]]:
+    if not args.scales or any(name not in SCALES for name in args.scales):
+        raise ValueError(f"scales must be one or more of {list(SCALES)}, got {args.scales!r}")
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    results = {name: bench_scale(name, device, args.batches, args.cpu_batch) for name in args.scales}
+    device = resolve_device(args.device)
+    results = {name: bench_scale(name, device, args.iters, args.cpu_batch) for name in args.scales}
     keys = list(next(iter(results.values())))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} thread(s)"
     print(f"device {device} ({name})")

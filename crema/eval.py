@@ -19,6 +19,7 @@ from crema.data import build_task
 from crema.train import build_nets
 from shared.entrypoints import Evaluation, checkpoint_parser, run_evaluation
 from shared.noisy.supervised import evaluate_accuracy
+from shared.training import resolve_device
 
 __all__ = ["Evaluation", "evaluate", "main", "parse_args"]
 
@@ -32,7 +33,7 @@ parse_args = checkpoint_parser(
 def evaluate(cfg: Config, state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     """Test accuracy of each network of the checkpoint ``state`` and of their ensemble."""
     check_config(cfg)
-    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     task = build_task(cfg.data, checkpoint.parent)
     nets = build_nets(cfg, task, device)
     for k, net in enumerate(nets):

@@ -9,15 +9,14 @@ meta rows, backward into Y, Adam step; an EAC pass = 14 Adam steps of the linear
 7 IPC steps + 7 EAC passes + EMA feedback. SimCLR: one step on a batch of two augmented views (images/s counts
 source images). DivideMix: one MixMatch step of one network (4 no-grad passes of both networks, one training pass on
 the mixed 4B batch), images/s counts labeled images. Peak memory: torch.cuda.max_memory_allocated on CUDA, the
-process's peak RSS on CPU (cumulative). Prints a Markdown table; --out writes JSON.
+process's peak RSS on CPU (cumulative). Prints a Markdown table; --output_json writes JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,10 +24,23 @@ import torch.nn.functional as F
 
 from dmlp.purifier import DMLPPurifier, PurifierConfig
 from shared.benchmark import peak_memory_mb, seconds_per_call, synchronize
+from shared.config import DeviceName, script_parser
 from shared.noisy.data import CIFAR_MEAN, CIFAR_STD
 from shared.noisy.dividemix import co_guess, co_refine, linear_rampup, mixmatch, mixmatch_losses, uniform_prior_penalty
 from shared.noisy.models import PreActResNet18
 from shared.noisy.simclr import SimCLR, SimCLRAugment, nt_xent_loss
+from shared.training import resolve_device
+
+
+@dataclass
+class BenchConfig:
+    """Benchmark settings (``--key value``): device, sizes, threads, iterations, JSON output."""
+
+    device: DeviceName = "auto"
+    quick: bool = field(default=False, metadata={"help": "small sizes for a CPU smoke run"})
+    threads: int | None = field(default=None, metadata={"help": "torch intra-op CPU threads"})
+    iters: int | None = field(default=None, metadata={"help": "timed iterations (null: 3 with --quick, else 10)"})
+    output_json: str | None = field(default=None, metadata={"help": "also write the rows as JSON"})
 
 
 def bench_purifier(rows: int, dim: int, device: torch.device, warmup: int, iters: int) -> list[dict]:
@@ -102,22 +114,14 @@ def bench_dividemix(width: int, size: int, batch: int, device: torch.device, war
     return _backbone_row("DivideMix MixMatch step", step, width, size, batch, "labeled img/s", device, warmup, iters)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The benchmark's options (device, sizes, threads, iterations, JSON output)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="small sizes for a CPU smoke run")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads")
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--out", default=None, help="also write the rows as JSON")
-    return parser.parse_args(argv)
+parse_args = script_parser(BenchConfig, "DMLP benchmark: purifier steps/s, SimCLR and DivideMix training images/s")
 
 
-def main(args: argparse.Namespace) -> list[dict]:
+def main(args: BenchConfig) -> list[dict]:
     """Run the benchmarks, print the Markdown table, return the rows."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     iters = args.iters or (3 if args.quick else 10)
     rows = 14000 if args.quick else 49000
     width, size, batch = (16, 16, 64) if args.quick else (64, 32, 128 if device.type == "cpu" else 512)
@@ -131,8 +135,10 @@ def main(args: argparse.Namespace) -> list[dict]:
     print("| what | shape | throughput |\n|---|---|---|")
     for r in results:
         print(f"| {r['what']} | {r['shape']} | {r['per_s']:.2f} {r['unit']} |")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"device": str(device), "peak_mb": peak, "rows": results}, indent=1))
+    if args.output_json:
+        Path(args.output_json).write_text(
+            json.dumps({"device": str(device), "peak_mb": peak, "rows": results}, indent=1)
+        )
     return results
 
 

@@ -23,6 +23,7 @@ from shared.entrypoints import Evaluation, checkpoint_parser, run_evaluation
 from shared.noisy.metrics import label_accuracy
 from shared.noisy.models import build_backbone
 from shared.noisy.supervised import evaluate_accuracy
+from shared.training import resolve_device
 
 
 def label_accuracies(state: dict[str, Any]) -> dict[str, float]:
@@ -65,7 +66,7 @@ def evaluate(
 
 def evaluate_run(state: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Metrics of a last.pt bundle (recomputed on the test split that ``cfg`` describes)."""
-    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     task = build_task(cfg.data, run_dir, write_noise=False)
     models = {}
     for tag, weights in state["models"].items():

@@ -1,28 +1,27 @@
 """Throughput and peak memory of the EMO models: inference and one training step (forward, backward, AdamW step).
 
-    python emo/bench.py [--models emo_1m emo_5m] [--device cpu|cuda] [--batch-size 32] [--amp off bf16 fp16]
-                        [--channels-last off on] [--compile off on] [--fuse-bn off on] [--modes infer train]
-                        [--task classification|ssdlite|deeplabv3|pspnet]
+    python emo/bench.py [--models [emo_1m,emo_5m]] [--device auto|cpu|cuda] [--batch_size 32] [--amp [off,bf16,fp16]]
+                        [--channels_last [off,on]] [--compile [off,on]] [--fuse_bn [off,on]] [--modes [infer,train]]
+                        [--task classification|ssdlite|deeplabv3|pspnet] [-c settings.yaml]
 
 ``--task`` times the whole dense model with the EMO backbone instead of the classifier: SSDLite at 320 x 320 (80
 classes; a training step is the SSD loss on one box per image) or DeepLabv3 / PSPNet with the auxiliary head at
 512 x 512 (150 classes; the decode + 0.4 x auxiliary cross entropy on random labels).
 
-Every combination of the --amp / --channels-last / --compile values is run for every model and mode, and printed as
+Every combination of the --amp / --channels_last / --compile values is run for every model and mode, and printed as
 a table. Defaults: CPU runs fp32 eager only, each configuration in a fresh process (--isolate); CUDA runs
 fp32/bf16/fp16 x channels-last off/on x compile off/on x (inference) BatchNorm folding off/on in one process.
 With ``--official PATH`` (a checkout of https://github.com/zhangzjn/EMO, never part of this project) it instead
 compares this package's models with the official code, side by side in one process; see :func:`compare_official`:
 
-    python -m emo.bench --official PATH [--models emo_1m emo_5m] [--batch-sizes 1 16] [--channels-last off on]
-                        [--compile off on] [--amp off bf16] [--modes infer train] [--rounds 7]
+    python -m emo.bench --official PATH [--models [emo_1m,emo_5m]] [--batch_sizes [1,16]] [--channels_last [off,on]]
+                        [--compile [off,on]] [--amp [off,bf16]] [--modes [infer,train]] [--rounds 7]
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and, on CPU, the peak resident-set growth from just
 after model creation over the warm-up and timed steps, sampled every 2 ms (an approximation: the allocator's
 caching and the sampling both affect it).
 """
 
-import argparse
 import concurrent.futures
 import copy
 import functools
@@ -35,8 +34,9 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import psutil
 import timm
@@ -44,10 +44,13 @@ import torch
 import torch.nn.functional as F
 
 from emo.model import fuse_batchnorm  # importing emo.model registers the EMO models with timm
-from shared.benchmark import seconds_per_call
+from shared.benchmark import on_off, seconds_per_call
+from shared.config import AmpMode, DeviceName, script_parser
+from shared.training import resolve_device
 
 AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-TASKS = ('classification', 'ssdlite', 'deeplabv3', 'pspnet')
+TaskName = Literal['classification', 'ssdlite', 'deeplabv3', 'pspnet']
+TASKS = get_args(TaskName)
 DEFAULT_IMG_SIZE = {'classification': 224, 'ssdlite': 320, 'deeplabv3': 512, 'pspnet': 512}
 
 
@@ -141,74 +144,89 @@ def _bench_row(row: dict, config: dict[str, Any], isolate: bool, threads: int | 
     return f"{row['img_s']:>9.1f} {row['ms_step']:>9.1f} {row['peak_mib']:>9.0f}"
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description='EMO throughput / memory benchmark')
-    parser.add_argument('--models', nargs='+', default=['emo_1m', 'emo_2m', 'emo_5m', 'emo_6m'])
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
-    parser.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
-    parser.add_argument('--batch-size', type=int, default=None, help='default: 256 on CUDA, 16 on CPU')
-    parser.add_argument('--img-size', type=int, default=None, help='default: 224, 320 (ssdlite), 512 (segmentation)')
-    parser.add_argument('--task', default='classification', choices=TASKS, help='model around the EMO backbone')
-    parser.add_argument(
-        '--amp', nargs='+', default=None, choices=list(AMP_DTYPES), help='default: off bf16 fp16 on CUDA, off on CPU'
+@dataclass
+class BenchConfig:
+    """Benchmark settings (``--key value``; lists as ``--models [emo_1m,emo_5m]`` or one value ``--models emo_1m``).
+
+    ``None`` picks by device (the CUDA default, else the CPU one). The off/on switches (``amp`` aside) are read
+    as booleans: ``--channels_last [off,on]``.
+    """
+
+    models: list[str] = field(default_factory=lambda: ['emo_1m', 'emo_2m', 'emo_5m', 'emo_6m'])
+    device: DeviceName = field(default='auto', metadata={'help': 'auto: cuda when available'})
+    modes: list[str] = field(default_factory=lambda: ['infer', 'train'], metadata={'help': 'infer and/or train'})
+    batch_size: int | None = field(default=None, metadata={'help': 'default: 256 on CUDA, 16 on CPU'})
+    img_size: int | None = field(default=None, metadata={'help': 'default: 224, 320 (ssdlite), 512 (segmentation)'})
+    task: TaskName = field(default='classification', metadata={'help': 'model around the EMO backbone'})
+    amp: list[AmpMode] | None = field(default=None, metadata={'help': 'default: [off,bf16,fp16] on CUDA, off on CPU'})
+    channels_last: list[bool] | None = field(
+        default=None, metadata={'help': 'off and/or on (default: [off,on] CUDA, off CPU)'}
     )
-    parser.add_argument(
-        '--channels-last', nargs='+', default=None, choices=['off', 'on'], help='default: off on (CUDA), off (CPU)'
+    compile: list[bool] | None = field(
+        default=None, metadata={'help': 'off and/or on (default: [off,on] CUDA, off CPU)'}
     )
-    parser.add_argument(
-        '--compile', nargs='+', default=None, choices=['off', 'on'], help='default: off on (CUDA), off (CPU)'
-    )
-    parser.add_argument(
-        '--fuse-bn',
-        nargs='+',
+    fuse_bn: list[bool] | None = field(
         default=None,
-        choices=['off', 'on'],
-        help='inference with the BatchNorms folded into the convs (default: off on, CUDA; off, CPU)',
+        metadata={'help': 'inference with the BatchNorms folded into the convs (default: [off,on], CUDA; off, CPU)'},
     )
-    parser.add_argument('--steps', type=int, default=None, help='timed steps (default: 50 CUDA, 3 CPU)')
-    parser.add_argument('--warmup', type=int, default=None, help='untimed steps (default: 10 CUDA, 1 CPU)')
-    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
-    parser.add_argument(
-        '--isolate',
-        action=argparse.BooleanOptionalAction,
+    iters: int | None = field(default=None, metadata={'help': 'timed steps (default: 50 CUDA, 3 CPU)'})
+    warmup: int | None = field(default=None, metadata={'help': 'untimed steps (default: 10 CUDA, 1 CPU)'})
+    threads: int | None = field(default=None, metadata={'help': 'torch.set_num_threads (CPU)'})
+    isolate: bool | None = field(
         default=None,
-        help='run each configuration in a fresh process (default: on for CPU, where the peak-RSS '
-        'measure needs it, off for CUDA)',
+        metadata={
+            'help': 'run each configuration in a fresh process (default: on for CPU, where the peak-RSS measure '
+            'needs it, off for CUDA)'
+        },
     )
-    parser.add_argument(
-        '--official',
+    official: str | None = field(
         default=None,
-        metavar='PATH',
-        help='compare with the official code in this checkout of github.com/zhangzjn/EMO (see compare_official)',
+        metadata={
+            'help': 'PATH: compare with the official code in this checkout of github.com/zhangzjn/EMO '
+            '(see compare_official)'
+        },
     )
-    parser.add_argument(
-        '--batch-sizes', type=int, nargs='+', default=None, help='--official: default 1 16 (CPU), 1 16 256 (CUDA)'
+    batch_sizes: list[int] | None = field(
+        default=None, metadata={'help': '--official: default [1,16] (CPU), [1,16,256] (CUDA)'}
     )
-    parser.add_argument('--rounds', type=int, default=7, help='--official: interleaved timing rounds (median)')
-    return parser
+    rounds: int = field(default=7, metadata={'help': '--official: interleaved timing rounds (median)'})
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = get_args_parser().parse_args(argv)
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit('--device cuda requested but CUDA is not available')
-    cuda = args.device == 'cuda'
-    device = torch.device(args.device)
-    _set_threads(args.threads)
-    if args.img_size is None:
-        args.img_size = DEFAULT_IMG_SIZE[args.task]
-    if args.official is not None:
-        if args.models == get_args_parser().get_default('models'):
-            args.models = ['emo_1m', 'emo_5m']
-        return compare_official(args)
-    isolate = args.isolate if args.isolate is not None else not cuda
-    batch_size = args.batch_size if args.batch_size is not None else (256 if cuda else 16)
-    amps = args.amp or (['off', 'bf16', 'fp16'] if cuda else ['off'])
-    cls = args.channels_last or (['off', 'on'] if cuda else ['off'])
-    compiles = args.compile or (['off', 'on'] if cuda else ['off'])
-    fuses = args.fuse_bn or (['off', 'on'] if cuda else ['off'])
-    steps = args.steps if args.steps is not None else (50 if cuda else 3)
-    warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
+parse_args = script_parser(BenchConfig, 'EMO throughput / memory benchmark')
+
+
+def _check(cfg: BenchConfig) -> None:
+    """ValueError on a value outside an option's choices (the list options, which the parser does not restrict)."""
+    for key, values, valid in (('modes', cfg.modes, ('infer', 'train')), ('amp', cfg.amp or [], tuple(AMP_DTYPES))):
+        bad = [v for v in values if v not in valid]
+        if bad:
+            raise ValueError(f'{key}: invalid value(s) {bad}; valid: {", ".join(valid)}')
+    for key in ('channels_last', 'compile', 'fuse_bn'):
+        on_off(getattr(cfg, key), key)
+    if cfg.task not in TASKS:
+        raise ValueError(f'task: invalid value {cfg.task!r}; valid: {", ".join(TASKS)}')
+
+
+def main(cfg: BenchConfig) -> list[dict]:
+    """Time every configuration (or, with ``official``, :func:`compare_official`); returns the table rows."""
+    _check(cfg)
+    device = resolve_device(cfg.device)
+    cuda = device.type == 'cuda'
+    _set_threads(cfg.threads)
+    if cfg.img_size is None:
+        cfg = replace(cfg, img_size=DEFAULT_IMG_SIZE[cfg.task])
+    if cfg.official is not None:
+        if cfg.models == BenchConfig().models:
+            cfg = replace(cfg, models=['emo_1m', 'emo_5m'])
+        return compare_official(cfg)
+    isolate = cfg.isolate if cfg.isolate is not None else not cuda
+    batch_size = cfg.batch_size if cfg.batch_size is not None else (256 if cuda else 16)
+    amps = cfg.amp or (['off', 'bf16', 'fp16'] if cuda else ['off'])
+    cls = on_off(cfg.channels_last, 'channels_last') or (['off', 'on'] if cuda else ['off'])
+    compiles = on_off(cfg.compile, 'compile') or (['off', 'on'] if cuda else ['off'])
+    fuses = on_off(cfg.fuse_bn, 'fuse_bn') or (['off', 'on'] if cuda else ['off'])
+    steps = cfg.iters if cfg.iters is not None else (50 if cuda else 3)
+    warmup = cfg.warmup if cfg.warmup is not None else (10 if cuda else 1)
     if cuda:
         torch.backends.cudnn.benchmark = True
         hardware = torch.cuda.get_device_name(device)
@@ -216,7 +234,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         hardware = f'CPU, {torch.get_num_threads()} threads'
     print(
         f'torch {torch.__version__}, timm {timm.__version__}, {hardware}; batch {batch_size}, '
-        f'{args.img_size}px, {steps} timed steps after {warmup} warm-up'
+        f'{cfg.img_size}px, {steps} timed steps after {warmup} warm-up'
         f'{", one process per configuration" if isolate else ""}'
     )
 
@@ -227,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(header)
     print('-' * len(header))
     rows = []
-    for name, mode, amp, cl, comp, fuse in itertools.product(args.models, args.modes, amps, cls, compiles, fuses):
+    for name, mode, amp, cl, comp, fuse in itertools.product(cfg.models, cfg.modes, amps, cls, compiles, fuses):
         if mode == 'train' and fuse == 'on':
             continue  # folding running statistics is for inference only
         row = dict(model=name, mode=mode, amp=amp, channels_last=cl, compile=comp, fuse_bn=fuse)
@@ -236,16 +254,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             device=device,
             mode=mode,
             batch_size=batch_size,
-            img_size=args.img_size,
+            img_size=cfg.img_size,
             amp=amp,
             channels_last=cl == 'on',
             compile_model=comp == 'on',
             steps=steps,
             warmup=warmup,
             fuse_bn=fuse == 'on',
-            task=args.task,
+            task=cfg.task,
         )
-        measure = functools.partial(_bench_row, row, config, isolate, args.threads)
+        measure = functools.partial(_bench_row, row, config, isolate, cfg.threads)
         _add_row(rows, row, f'{name:<8} {mode:<5} {amp:<4} {cl:<7} {comp:<7} {fuse:<7}', measure)
         if cuda:
             torch.cuda.empty_cache()
@@ -384,7 +402,7 @@ def _compare_row(
     return f"{row['official_img_s']:>14.1f} {row['ours_img_s']:>10.1f} {row['ratio']:>5.2f}x"
 
 
-def compare_official(args: argparse.Namespace) -> list[dict]:
+def compare_official(cfg: BenchConfig) -> list[dict]:
     """Official vs ours, same weights, every configuration timed interleaved (A B, B A, ...) in this process.
 
     For each model both networks are built, the official weights (its random init) are loaded into ours with
@@ -392,45 +410,48 @@ def compare_official(args: argparse.Namespace) -> list[dict]:
     fresh copies of both, ``warmup`` untimed steps each, and ``rounds`` rounds of ``steps`` steps each, alternating
     which model goes first; the reported time is the median round. ratio = our img/s / official img/s.
     """
-    official = load_official(args.official)
-    cuda = args.device == 'cuda'
-    device = torch.device(args.device)
-    batch_sizes = args.batch_sizes or ([1, 16, 256] if cuda else [1, 16])
-    amps = args.amp or (['off', 'bf16', 'fp16'] if cuda else ['off'])
-    cls = args.channels_last or ['off', 'on']
-    compiles = args.compile or (['off', 'on'] if cuda else ['off'])
-    steps = args.steps if args.steps is not None else (20 if cuda else 2)
-    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    _check(cfg)
+    if cfg.img_size is None:
+        cfg = replace(cfg, img_size=DEFAULT_IMG_SIZE[cfg.task])
+    official = load_official(cfg.official)
+    device = resolve_device(cfg.device)
+    cuda = device.type == 'cuda'
+    batch_sizes = cfg.batch_sizes or ([1, 16, 256] if cuda else [1, 16])
+    amps = cfg.amp or (['off', 'bf16', 'fp16'] if cuda else ['off'])
+    cls = on_off(cfg.channels_last, 'channels_last') or ['off', 'on']
+    compiles = on_off(cfg.compile, 'compile') or (['off', 'on'] if cuda else ['off'])
+    steps = cfg.iters if cfg.iters is not None else (20 if cuda else 2)
+    warmup = cfg.warmup if cfg.warmup is not None else (5 if cuda else 1)
     hardware = torch.cuda.get_device_name(device) if cuda else f'CPU, {torch.get_num_threads()} threads'
     print(
-        f'torch {torch.__version__}, timm {timm.__version__}, {hardware}; {args.img_size}px; median of {args.rounds} '
-        f'interleaved rounds of {steps} steps after {warmup} warm-up; official: {args.official}'
+        f'torch {torch.__version__}, timm {timm.__version__}, {hardware}; {cfg.img_size}px; median of {cfg.rounds} '
+        f'interleaved rounds of {steps} steps after {warmup} warm-up; official: {cfg.official}'
     )
     header = (
         f"{'model':<7} {'mode':<5} {'batch':>5} {'amp':<4} {'ch-last':<7} {'compile':<7} "
         f"{'official img/s':>14} {'ours img/s':>10} {'ratio':>6}"
     )
     rows = []
-    for name in args.models:
+    for name in cfg.models:
         torch.manual_seed(0)
         ref = _Logits(getattr(official, name.upper())()).to(device).eval()
         ours = timm.create_model(name).to(device).eval()
         ours.load_state_dict(ref.model.state_dict(), strict=True)
         with torch.inference_mode():
-            x = torch.randn(2, 3, args.img_size, args.img_size, device=device)
+            x = torch.randn(2, 3, cfg.img_size, cfg.img_size, device=device)
             diff = (ref(x) - ours(x)).abs().max().item()
         print(f'{name}: same weights, eval logits max |official - ours| = {diff:.2e}')
         if diff > 1e-3:
             raise SystemExit(f'{name}: outputs differ from the official model ({diff:.2e})')
         print(header)
         print('-' * len(header))
-        for mode, bs, amp, cl, comp in itertools.product(args.modes, batch_sizes, amps, cls, compiles):
+        for mode, bs, amp, cl, comp in itertools.product(cfg.modes, batch_sizes, amps, cls, compiles):
             row = dict(model=name, mode=mode, batch_size=bs, amp=amp, channels_last=cl, compile=comp)
             memory_format = torch.channels_last if cl == 'on' else torch.contiguous_format
-            x = torch.randn(bs, 3, args.img_size, args.img_size, device=device).to(memory_format=memory_format)
+            x = torch.randn(bs, 3, cfg.img_size, cfg.img_size, device=device).to(memory_format=memory_format)
             target = torch.randint(0, 1000, (bs,), device=device)
             models = {'official': ref, 'ours': ours}
-            measure = functools.partial(_compare_row, row, models, x, target, args.rounds, device, steps, warmup)
+            measure = functools.partial(_compare_row, row, models, x, target, cfg.rounds, device, steps, warmup)
             _add_row(rows, row, f'{name:<7} {mode:<5} {bs:>5} {amp:<4} {cl:<7} {comp:<7}', measure)
             if cuda:
                 torch.cuda.empty_cache()
@@ -438,4 +459,4 @@ def compare_official(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == '__main__':
-    main()
+    main(parse_args())

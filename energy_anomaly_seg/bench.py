@@ -1,14 +1,18 @@
 """Throughput of SLEEG: OoD-head training iterations/s, test images/s with and without multi-scale + flip, and the
 time of pixel-level AP + AUROC + FPR95 over 2x10^8 pixels (the size of FS Lost & Found val) via ``shared.metrics``.
 
-    python bench.py                          # CPU: the embedded-default variant at its sizes + the metric timing
+    python bench.py --device cpu             # CPU: the embedded-default variant at its sizes + the metric timing
     python bench.py --device cuda            # CUDA: the paper's R101 at 512x1024 crops / 2048x1024 tests, AMP variants
+    python bench.py --skip_models            # only the metric timing
+    python bench.py --train_size [64,128] --batch_size 4 --iters 3
+
+``--device auto`` (the default) picks CUDA when it is available, else the CPU.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,8 +20,35 @@ from energy_anomaly_seg.model import VARIANTS, create_model
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool
 from energy_anomaly_seg.sleeg import SLEEGSettings, predict_anomaly_maps, sleeg_losses
 from shared.benchmark import peak_memory_mb, synchronize
+from shared.config import DeviceName, script_parser
 from shared.metrics import ranking_metrics
-from shared.training import autocast
+from shared.training import autocast, resolve_device
+
+
+@dataclass
+class BenchConfig:
+    """Benchmark settings (``--key value``); ``None`` sizes, variant and batch are picked by the device."""
+
+    device: DeviceName = field(default="auto", metadata={"help": "auto: cuda when available"})
+    variant: str | None = field(
+        default=None,
+        metadata={
+            "help": "an energy_anomaly_seg.model.VARIANTS name (default: deeplabv3_r18_d8_tiny on CPU, "
+            "deeplabv3_r101_d8 on CUDA)"
+        },
+    )
+    train_size: tuple[int, int] | None = field(
+        default=None, metadata={"help": "crop [H,W] (CPU [64,128], CUDA [512,1024])"}
+    )
+    test_size: tuple[int, int] | None = field(
+        default=None, metadata={"help": "image [H,W] (CPU [128,256], CUDA [1024,2048])"}
+    )
+    batch_size: int | None = field(default=None, metadata={"help": "CPU 8, CUDA 8 (the paper's total batch)"})
+    iters: int = field(default=5, metadata={"help": "timed training steps (after two warm-up steps)"})
+    test_images: int = 3
+    metric_pixels: float = 2e8
+    skip_models: bool = field(default=False, metadata={"help": "only the metric timing"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads for the models (default: torch's)"})
 
 
 def bench_train(
@@ -91,44 +122,34 @@ def bench_metrics(pixels: int, device: torch.device) -> dict[str, float]:
     }  # CPU time of all threads of this process
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--variant",
-        default=None,
-        choices=sorted(VARIANTS),
-        help="default: deeplabv3_r18_d8_tiny on CPU, deeplabv3_r101_d8 on CUDA",
-    )
-    parser.add_argument("--train-size", type=int, nargs=2, default=None, help="crop H W (CPU 64 128, CUDA 512 1024)")
-    parser.add_argument("--test-size", type=int, nargs=2, default=None, help="image H W (CPU 128 256, CUDA 1024 2048)")
-    parser.add_argument("--batch-size", type=int, default=None, help="CPU 8, CUDA 8 (the paper's total batch)")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--test-images", type=int, default=3)
-    parser.add_argument("--metric-pixels", type=float, default=2e8)
-    parser.add_argument("--skip-models", action="store_true", help="only the metric timing")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the models (default: torch's)")
-    args = parser.parse_args(argv)
+parse_args = script_parser(
+    BenchConfig, "SLEEG throughput: OoD-head training it/s, test images/s (1 pass and 4 scales x flip), pixel metrics"
+)
+
+
+def main(cfg: BenchConfig) -> None:
+    if cfg.variant is not None and cfg.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {cfg.variant!r}; valid: {sorted(VARIANTS)}")
     default_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
-    variant = args.variant or ("deeplabv3_r101_d8" if cuda else "deeplabv3_r18_d8_tiny")
-    train_size = tuple(args.train_size or ((512, 1024) if cuda else (64, 128)))
-    test_size = tuple(args.test_size or ((1024, 2048) if cuda else (128, 256)))
-    batch = args.batch_size or 8
+    variant = cfg.variant or ("deeplabv3_r101_d8" if cuda else "deeplabv3_r18_d8_tiny")
+    train_size = tuple(cfg.train_size or ((512, 1024) if cuda else (64, 128)))
+    test_size = tuple(cfg.test_size or ((1024, 2048) if cuda else (128, 256)))
+    batch = cfg.batch_size or 8
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"SLEEG bench on {where}, torch {torch.__version__}, sleeg_{variant}")
     rows = []
-    if not args.skip_models:
+    if not cfg.skip_models:
         modes = [("fp32", "off", False)] + (
             [("bf16", "bf16", False), ("bf16 channels-last", "bf16", True)] if cuda else []
         )
         for label, amp, cl in modes:
-            it_s = bench_train(variant, device, batch, train_size, args.steps, amp, cl)
-            single = bench_test(variant, device, test_size, args.test_images, False, amp)
-            multi = bench_test(variant, device, test_size, args.test_images, True, amp)
+            it_s = bench_train(variant, device, batch, train_size, cfg.iters, amp, cl)
+            single = bench_test(variant, device, test_size, cfg.test_images, False, amp)
+            multi = bench_test(variant, device, test_size, cfg.test_images, True, amp)
             rows.append((label, it_s, it_s * batch, single, multi, peak_memory_mb(device)))
         print(
             f"\ntrain: batch {batch} x {train_size[0]}x{train_size[1]} crops; test: {test_size[0]}x{test_size[1]} "
@@ -141,13 +162,13 @@ def main(argv: list[str] | None = None) -> None:
         for label, it_s, img_s, single, multi, mb in rows:
             print(f"{label:<20}{it_s:>11.3f}{img_s:>12.2f}{single:>11.3f}{multi:>20.3f}{mb:>9.0f}")
     torch.set_num_threads(default_threads)  # the metrics use every core
-    m = bench_metrics(int(args.metric_pixels), device)
+    m = bench_metrics(int(cfg.metric_pixels), device)
     print(
-        f"\nAP + AUROC + FPR95 over {int(args.metric_pixels):.2e} pixels (shared.metrics.ranking_metrics, exact, as "
+        f"\nAP + AUROC + FPR95 over {int(cfg.metric_pixels):.2e} pixels (shared.metrics.ranking_metrics, exact, as "
         f"eval.py calls it): {m['total_s']:.1f} s wall, {m['total_cpu_s']:.1f} s CPU ({torch.get_num_threads()} "
         f"threads)"
     )
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

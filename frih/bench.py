@@ -22,13 +22,13 @@ from typing import Any, Literal
 
 import torch
 
-from frih.inference import Harmonizer, resolve_device
+from frih.inference import Harmonizer
 from frih.losses import FRIHLoss
 from frih.model import count_parameters, create_model, normalize_image
 from frih.submasks import kmeans_submasks
 from shared.benchmark import peak_memory_mb, seconds_per_call
 from shared.config import AmpMode, DeviceName, parse_config
-from shared.training import autocast
+from shared.training import autocast, resolve_device
 
 
 @dataclass

@@ -25,6 +25,7 @@ from frih.losses import FRIHLoss
 from frih.model import build_model, normalize_image
 from shared.config import script_parser
 from shared.distributed import DistContext, seed_everything
+from shared.training import resolve_device
 
 __all__ = ["DiagnoseConfig", "gradient_split", "main", "parse_args"]
 
@@ -74,9 +75,7 @@ def main(cfg: DiagnoseConfig) -> dict[str, Any]:
         raise ValueError("diagnose_gradients needs a two-stage model (model.arch frih)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cpu" if cfg.device == "auto" and not torch.cuda.is_available() else cfg.device)
-    if cfg.device == "auto" and torch.cuda.is_available():
-        device = torch.device("cuda")
+    device = resolve_device(cfg.device)
     seed_everything(cfg.seed, 0)
     root = resolve_data_root(cfg.data)
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)

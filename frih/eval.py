@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 
 from frih.config import PACKAGE, Config
 from frih.evaluation import evaluate_model, row_names, write_evaluation
-from frih.inference import Harmonizer, model_from_state, resolve_device
+from frih.inference import Harmonizer, model_from_state
 from frih.loaders import build_eval_loader, resolve_data_root
 from shared.entrypoints import Evaluation, checkpoint_parser
+from shared.training import resolve_device
 
 __all__ = ["EvalConfig", "evaluate", "main", "parse_args"]
 

@@ -28,8 +28,9 @@ import torch
 from PIL import Image
 
 from frih.data import composite_to_mask_name, read_mask, read_rgb
-from frih.inference import Harmonizer, load_model_from_checkpoint, resolve_device
+from frih.inference import Harmonizer, load_model_from_checkpoint
 from shared.config import AmpMode, DeviceName, parse_config
+from shared.training import resolve_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

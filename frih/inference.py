@@ -29,7 +29,7 @@ from torch import nn
 from frih.config import PACKAGE
 from frih.model import FRIHConfig, build_model, denormalize_image, normalize_image
 from shared.checkpoint import load_checkpoint
-from shared.config import AmpMode, DeviceName, config_from_dict
+from shared.config import AmpMode, config_from_dict
 from shared.training import autocast
 
 __all__ = [
@@ -37,17 +37,8 @@ __all__ = [
     "load_model_from_checkpoint",
     "model_from_state",
     "pad_to_multiple",
-    "resolve_device",
     "unpad",
 ]
-
-
-def resolve_device(name: DeviceName) -> torch.device:
-    """The torch device of a config's `device` setting ("auto": CUDA when available); CUDA that torch cannot see is
-    an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available to torch")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def pad_to_multiple(

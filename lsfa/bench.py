@@ -1,20 +1,20 @@
 """Per-stage cost of the M3DM / LSFA pipeline: feature extraction, FPS + grouping, coreset, kNN scoring, a whole
 ``score_class`` (with its peak GPU memory over the train tokens), one-class SVM fit, AUPRO (exact and M3DM's).
-Prints a table (and writes it as JSON with --output).
+Prints a table (and writes it as JSON with ``--output_json rows.json``).
 
     python bench.py                      # paper sizes (ViT-B/8 + Point-MAE, 300k x 1152 bank): meant for a GPU
     python bench.py --quick              # reduced sizes for a CPU (what the README reports for the 2-core machine)
     python bench.py --device cuda --amp bf16     # --amp off (default), bf16 or fp16
+    python bench.py --quick --threads 1 --output_json rows.json   # --device auto (default): cuda when available
 
 Random weights and random data: the figures are costs, not accuracies.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,10 +30,23 @@ from lsfa.model import FeatureExtractor, create_model, create_point_encoder, cre
 from lsfa.point_ops import group_points
 from lsfa.scoring import ScoringSettings, SplitFeatures, score_class
 from shared.benchmark import peak_memory_mb, seconds_per_call, synchronize
+from shared.config import AmpMode, DeviceName, script_parser
 from shared.metrics import aupro
-from shared.training import autocast
+from shared.training import autocast, resolve_device
 
-__all__ = ["main", "parse_args"]
+__all__ = ["BenchConfig", "main", "parse_args"]
+
+
+@dataclass
+class BenchConfig:
+    """Benchmark settings (``--key value``)."""
+
+    quick: bool = field(default=False, metadata={"help": "reduced sizes for a CPU"})
+    device: DeviceName = field(default="auto", metadata={"help": "auto: cuda when available"})
+    amp: AmpMode = field(default="off", metadata={"help": "mixed precision: off, bf16 or fp16"})
+    threads: int | None = field(default=None, metadata={"help": "torch intra-op CPU threads (default: torch's)"})
+    output_json: str | None = field(default=None, metadata={"help": "write the rows as JSON"})
+
 
 SIZES = {
     # name: rgb variant, point variant, images per batch, points per cloud, bank rows, knn bank rows, ocsvm images,
@@ -123,22 +136,15 @@ def _bench_score_class(s: dict, device: torch.device, add) -> None:
     )
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced sizes for a CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's)")
-    parser.add_argument("--output", default=None, help="write the rows as JSON")
-    return parser.parse_args(argv)
+parse_args = script_parser(BenchConfig, "Per-stage cost of the M3DM / LSFA pipeline (paper sizes; --quick: CPU sizes)")
 
 
-def main(args: argparse.Namespace) -> list[dict]:
+def main(cfg: BenchConfig) -> list[dict]:
     """Time every stage; prints one row per stage and returns the rows."""
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    s = SIZES["quick" if args.quick else "paper"]
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    s = SIZES["quick" if cfg.quick else "paper"]
     torch.manual_seed(0)
     rows: list[dict] = []
 
@@ -158,14 +164,14 @@ def main(args: argparse.Namespace) -> list[dict]:
 
     print(
         f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-        f"{torch.get_num_threads()} threads, amp {args.amp}, sizes {'quick' if args.quick else 'paper'}"
+        f"{torch.get_num_threads()} threads, amp {cfg.amp}, sizes {'quick' if cfg.quick else 'paper'}"
     )
     extractor = FeatureExtractor(create_rgb_backbone(s["rgb"]), create_point_encoder(s["point"]), grid=s["grid"]).to(
         device
     )
     images = torch.randn(s["batch"], 3, 224, 224, device=device)
     xyz = _organised_cloud(s["batch"], s["points"], device)
-    with torch.no_grad(), autocast(device, args.amp):
+    with torch.no_grad(), autocast(device, cfg.amp):
         t = seconds_per_call(lambda: extractor.rgb_features(images), device)
         add("rgb features", f"{s['rgb']}, batch {s['batch']}", t, "img/s", s["batch"] / t)
         t = seconds_per_call(lambda: extractor.xyz_features(xyz), device)
@@ -191,7 +197,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     tokens_r = torch.randn(s["batch"], s["grid"] ** 2, extractor.rgb_dim, device=device)
 
     def adaptor_step() -> None:
-        with autocast(device, args.amp):
+        with autocast(device, cfg.amp):
             x, r = adaptors(tokens_x, tokens_r)
             loss = adaptors.xyz_head(x).mean() + adaptors.rgb_head(r).mean()
         loss.backward()
@@ -247,8 +253,8 @@ def main(args: argparse.Namespace) -> list[dict]:
         t0 = time.perf_counter()
         aupro(maps, masks, 0.3, method=method)
         add(f"AUPRO@0.3 ({method})", f"{m} maps of 224 x 224", time.perf_counter() - t0, "", None)
-    if args.output:
-        Path(args.output).write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
+    if cfg.output_json:
+        Path(cfg.output_json).write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
     return rows
 
 

@@ -27,6 +27,7 @@ from lsfa.pipeline import build_extractor, build_uff, load_adaptors, resolve_roo
 from lsfa.scoring import ScoringSettings, SplitFeatures, class_metrics, extract_features, score_class
 from shared.entrypoints import Evaluation, checkpoint_parser
 from shared.logger import RunLogger
+from shared.training import resolve_device
 
 __all__ = [
     "METHODS",
@@ -212,7 +213,7 @@ def main(ev: Evaluation) -> dict[str, float]:
     logger = RunLogger(ev.output_dir, tensorboard=False, name="eval")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device)
     metrics = evaluate(ev, device, logger)
     logger.write_metrics(metrics)
     logger.info(f"wrote {ev.output_dir / 'metrics.json'}")

@@ -44,7 +44,7 @@ from mixteacher.model import MixedScaleFasterRCNN, create_model
 from shared.benchmark import peak_memory_mb, seconds_per_call, synchronize
 from shared.config import AmpMode, DeviceName, script_parser
 from shared.detection import FrozenBN
-from shared.training import autocast
+from shared.training import autocast, resolve_device
 
 __all__ = ["BenchConfig", "main", "parse_args", "run"]
 
@@ -263,9 +263,7 @@ parse_args = script_parser(
 
 
 def main(cfg: BenchConfig) -> dict[str, float]:
-    device = torch.device(
-        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     result = run(cfg, device)

@@ -1,8 +1,8 @@
 """Throughput and peak memory of Pyramid ViG / PVG with the fast and the dense (official-style) graph path, in one
 run: inference and one training step (forward, backward, AdamW step), plus the graph construction alone.
 
-    python -m pvg.bench [--models pvig_s pvg_s] [--device cpu|cuda] [--batch-size 8] [--img-size 224]
-                        [--amp off bf16 fp16] [--channels-last off on] [--modes infer train graph]
+    python -m pvg.bench [--models [pvig_s,pvg_s]] [--device auto|cpu|cuda] [--batch_size 8] [--img_size 224]
+                        [--amp [off,bf16,fp16]] [--channels_last [off,on]] [--modes [infer,train,graph]] [--iters 3]
 
 Every model runs with ``graph_mode='fast'`` and ``'dense'`` on the same weights and input, so the rows compare like
 with like; the ``speedup`` column is dense time / fast time. ``graph`` times :func:`pvg.graph.knn_graph` alone for
@@ -14,10 +14,10 @@ only grows: read the CPU column as an upper bound).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import timm
@@ -26,11 +26,13 @@ import torch.nn.functional as F
 
 import pvg.model  # noqa: F401  (registers the models with timm)
 from pvg.graph import knn_graph
-from shared.benchmark import peak_memory_mb, seconds_per_call
+from shared.benchmark import on_off, peak_memory_mb, seconds_per_call
+from shared.config import AmpMode, DeviceName, script_parser
 
-__all__ = ['bench_graph', 'bench_model', 'main']
+__all__ = ['BenchConfig', 'bench_graph', 'bench_model', 'main', 'parse_args']
 
 _DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+_MODES = ('infer', 'train', 'graph')
 
 
 def _autocast(device: torch.device, amp: str):
@@ -119,39 +121,58 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
     return '\n'.join(lines)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--models', nargs='+', default=['pvig_s', 'pvg_s'])
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--batch-size', type=int, default=None, help='default: 256 on CUDA, 8 on CPU')
-    parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--amp', nargs='+', default=None, choices=list(_DTYPES), help='default: fp16 CUDA, off CPU')
-    parser.add_argument('--channels-last', nargs='+', default=None, choices=['off', 'on'])
-    parser.add_argument('--modes', nargs='+', default=['infer', 'train', 'graph'], choices=['infer', 'train', 'graph'])
-    parser.add_argument('--iters', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads on CPU')
-    return parser
+@dataclass
+class BenchConfig:
+    """Benchmark settings (``--key value``; lists as ``--models [pvig_s,pvg_s]`` or one value ``--models pvig_s``).
+
+    ``None`` picks by device (the CUDA default, else the CPU one); ``channels_last`` is read as booleans:
+    ``--channels_last [off,on]``.
+    """
+
+    models: list[str] = field(default_factory=lambda: ['pvig_s', 'pvg_s'])
+    device: DeviceName = field(default='auto', metadata={'help': 'auto: cuda when available'})
+    batch_size: int | None = field(default=None, metadata={'help': 'default: 256 on CUDA, 8 on CPU'})
+    img_size: int = 224
+    amp: list[AmpMode] | None = field(default=None, metadata={'help': 'default: fp16 CUDA, off CPU'})
+    channels_last: list[bool] | None = field(
+        default=None, metadata={'help': 'off and/or on (default: on CUDA, off CPU)'}
+    )
+    modes: list[str] = field(
+        default_factory=lambda: ['infer', 'train', 'graph'], metadata={'help': 'any of infer, train, graph'}
+    )
+    iters: int = 3
+    threads: int | None = field(default=None, metadata={'help': 'torch intra-op threads on CPU'})
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    args = get_args_parser().parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+parse_args = script_parser(BenchConfig, __doc__.split('\n\n')[0].replace('\n', ' '))
+
+
+def main(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """Time every model, mode, amp and layout (fast and dense graph path); print and return the table rows."""
+    for key, values, valid in (('modes', cfg.modes, _MODES), ('amp', cfg.amp or [], tuple(_DTYPES))):
+        bad = [v for v in values if v not in valid]
+        if bad:
+            raise ValueError(f'{key}: invalid value(s) {bad}; valid: {", ".join(valid)}')
+    layouts = on_off(cfg.channels_last, 'channels_last')
+    device = torch.device(
+        'cuda' if cfg.device == 'cuda' or (cfg.device == 'auto' and torch.cuda.is_available()) else 'cpu'
+    )
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     cuda = device.type == 'cuda'
-    batch = args.batch_size or (256 if cuda else 8)
-    amps = args.amp or (['fp16'] if cuda else ['off'])
-    layouts = args.channels_last or (['on'] if cuda else ['off'])
+    batch = cfg.batch_size or (256 if cuda else 8)
+    amps = cfg.amp or (['fp16'] if cuda else ['off'])
+    layouts = layouts or (['on'] if cuda else ['off'])
     rows: list[dict[str, Any]] = []
-    for name, mode, amp, cl in itertools.product(args.models, args.modes, amps, layouts):
+    for name, mode, amp, cl in itertools.product(cfg.models, cfg.modes, amps, layouts):
         if mode != 'graph':
-            rows += bench_model(name, device, batch, args.img_size, amp, cl == 'on', mode, args.iters)
-    if 'graph' in args.modes:
-        width = timm.create_model(args.models[0]).stem.convs[6].out_channels
-        rows += bench_graph(device, batch, args.img_size // 4, width, iters=args.iters)
+            rows += bench_model(name, device, batch, cfg.img_size, amp, cl == 'on', mode, cfg.iters)
+    if 'graph' in cfg.modes:
+        width = timm.create_model(cfg.models[0]).stem.convs[6].out_channels
+        rows += bench_graph(device, batch, cfg.img_size // 4, width, iters=cfg.iters)
     print(_table(rows))
     return rows
 
 
 if __name__ == '__main__':
-    main()
+    main(parse_args())

@@ -1,4 +1,5 @@
-"""Small training utilities every package uses: AMP, EMA, the non-finite loss guard, a warm-up + cosine schedule."""
+"""Small training utilities every package uses: the device setting, AMP, EMA, the non-finite loss guard, a warm-up +
+cosine schedule."""
 
 from __future__ import annotations
 
@@ -23,12 +24,23 @@ __all__ = [
     "lr_noise_factor",
     "make_grad_scaler",
     "optimizer_step",
+    "resolve_device",
     "show_progress",
     "unwrap_model",
     "warmup_cosine_schedule",
 ]
 
 AmpDtype = Literal["off", "bf16", "fp16"]  # the values of shared.config.RunConfig.amp
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of a config's ``device`` setting (``shared.config.DeviceName``): "auto" is CUDA when torch
+    sees a GPU, else the CPU; "cuda" that torch cannot see is an error, not a silent CPU run."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available to torch")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -164,6 +164,6 @@ def test_masker_costs_at_most_15_percent_of_a_dividemix_step() -> None:
     from anm.bench import parse_args as bench_args
     from anm.bench import run
 
-    results = run(bench_args(["--steps", "2", "--batch", "32"]))
+    results = run(bench_args(["--iters", "2", "--batch_size", "32"]))
     assert results["masker_overhead_pct"] <= 15.0
     assert results["sanm"] > results["dividemix"]  # the 8-group batch and L_rec cost a real extra pass

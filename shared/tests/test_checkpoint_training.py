@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared.benchmark import on_off
 from shared.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -12,7 +13,14 @@ from shared.checkpoint import (
     save_checkpoint,
     save_last_and_best,
 )
-from shared.training import NonFiniteLossError, check_finite, optimizer_step, show_progress, warmup_cosine_schedule
+from shared.training import (
+    NonFiniteLossError,
+    check_finite,
+    optimizer_step,
+    resolve_device,
+    show_progress,
+    warmup_cosine_schedule,
+)
 
 
 def test_rng_state_round_trip_through_safe_loader(tmp_path):
@@ -150,3 +158,22 @@ def test_show_progress_writes_loss_lr_and_the_rate_of_all_processes():
     assert bar.postfix["loss"] == "0.123" and bar.postfix["lr"] == "1.00e-03"
     assert 19.0 < float(bar.postfix["img_s"]) <= 20.0  # 200 images over a little more than 10 s
     show_progress(range(3), 1.0, 1e-3, 1, 1, time.perf_counter())  # a plain iterable (non-main rank): nothing
+
+
+def test_resolve_device_auto_cpu_cuda(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        resolve_device("cuda")  # not a silent CPU run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda") == resolve_device("cuda")
+    with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
+        resolve_device("tpu")
+
+
+def test_on_off_reads_the_parsers_booleans_back_as_words():
+    assert on_off(None, "compile") is None
+    assert on_off([False, True, "on"], "compile") == ["off", "on", "on"]
+    with pytest.raises(ValueError, match="channels_last: invalid value"):
+        on_off(["yes"], "channels_last")
