@@ -1,21 +1,21 @@
 """Benchmark FRIH: inference latency / images/s at 256, 1024, 2048 px, K-means cost, training-step images/s.
 
-    python bench.py                          # CPU: full-resolution inference at 256, low-res mode at 1024/2048
+    python bench.py --device cpu             # CPU: full-resolution inference at 256, low-res mode at 1024/2048
     python -m frih.bench --device cuda       # CUDA: full resolution at 256/1024/2048, fp32 + fp16/bf16 AMP,
                                              # channels-last; add --compile for torch.compile
     python bench.py --models frih256 issam256 --sizes 256 512 --modes full --iters 5
 
-Prints a Markdown table (and writes it as JSON with --out). Latency is the mean wall time of `--iters` calls after
-`--warmup` calls, with cuda.synchronize; "peak MB" is torch.cuda.max_memory_allocated on CUDA and the process's peak
-RSS on CPU (cumulative over the run, so it only grows). Full-resolution FRIH at 2048 px costs about 64x the 256 px
-cost; the low-res mode runs the network at 256 px and applies the change at full size (frih/inference.py).
+Prints a Markdown table (and writes it as JSON with --output_json). Latency is the mean wall time of `--iters`
+calls after `--warmup` calls, with cuda.synchronize; "peak MB" is torch.cuda.max_memory_allocated on CUDA and the
+process's peak RSS on CPU (cumulative over the run, so it only grows). Full-resolution FRIH at 2048 px costs about
+64x the 256 px cost; the low-res mode runs the network at 256 px and applies the change at full size
+(frih/inference.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,13 +27,15 @@ from frih.losses import FRIHLoss
 from frih.model import count_parameters, create_model, normalize_image
 from frih.submasks import kmeans_submasks
 from shared.benchmark import peak_memory_mb, seconds_per_call
-from shared.config import AmpMode, DeviceName, parse_config
+from shared.config import AmpMode, DeviceName, script_parser
 from shared.training import autocast, resolve_device
 
 
 @dataclass
 class BenchConfig:
-    device: DeviceName = field(default="cpu", metadata={"help": "where to run (auto: cuda when available)"})
+    """Benchmark settings (``--key value``; lists as ``--sizes [256,1024]`` or ``--sizes 256 1024``)."""
+
+    device: DeviceName = field(default="auto", metadata={"help": "where to run (auto: cuda when available)"})
     models: list[str] = field(
         default_factory=lambda: ["frih256", "issam256"], metadata={"help": "names of frih.model.VARIANTS"}
     )
@@ -45,13 +47,13 @@ class BenchConfig:
     amp: list[AmpMode] | None = field(default=None, metadata={"help": "default: off on CPU; off fp16 bf16 on CUDA"})
     channels_last: bool = field(default=False, metadata={"help": "also run channels-last (default on CUDA)"})
     compile: bool = field(default=False, metadata={"help": "also run torch.compile'd (slow first call)"})
-    batch: int = field(default=1, metadata={"help": "inference batch"})
+    batch_size: int = field(default=1, metadata={"help": "inference batch"})
     train_batch: int | None = field(default=None, metadata={"help": "default: 16 on CUDA, 2 on CPU"})
     warmup: int | None = field(default=None, metadata={"help": "default: 3 on CUDA, 1 on CPU"})
     iters: int | None = field(default=None, metadata={"help": "default: 20 on CUDA, 2 on CPU"})
     threads: int | None = field(default=None, metadata={"help": "torch intra-op CPU threads"})
     no_train: bool = field(default=False, metadata={"help": "skip the training-step benchmark"})
-    out: str | None = field(default=None, metadata={"help": "write the rows as JSON"})
+    output_json: str | None = field(default=None, metadata={"help": "write the rows as JSON"})
 
 
 def _inputs(batch: int, size: int, device: torch.device, fg: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,8 +170,7 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
-    return parse_config(BenchConfig, argv, description=__doc__.splitlines()[0])
+parse_args = script_parser(BenchConfig, __doc__.splitlines()[0])
 
 
 def _settings(cfg: BenchConfig, cuda: bool) -> dict[str, Any]:
@@ -197,13 +198,13 @@ def run_inference_benchmarks(cfg: BenchConfig, s: dict[str, Any], device: torch.
         for mode, amp, cl, comp in itertools.product(modes, s["amps"], s["layouts"], s["compiles"]):
             if mode == "lowres" and size <= 256:
                 continue
-            rows.append(bench_inference(m, size, mode, cfg.batch, amp, cl, comp, device, s["warmup"], s["iters"]))
+            rows.append(bench_inference(m, size, mode, cfg.batch_size, amp, cl, comp, device, s["warmup"], s["iters"]))
             _report(rows)
     return rows
 
 
 def main(cfg: BenchConfig) -> list[dict]:
-    """Run the benchmarks, print the table, write it as JSON with --out; returns the rows."""
+    """Run the benchmarks, print the table, write it as JSON with --output_json; returns the rows."""
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -226,8 +227,10 @@ def main(cfg: BenchConfig) -> list[dict]:
             _report(rows)
     print()
     print(format_rows(rows))
-    if cfg.out:
-        Path(cfg.out).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2))
+    if cfg.output_json:
+        Path(cfg.output_json).write_text(
+            json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2)
+        )
     return rows
 
 
