@@ -37,7 +37,7 @@ class BenchConfig:
 
     model: str = field(default="supce_resnet18", metadata={"help": "an anm.model.VARIANTS name"})
     width: int = field(default=16, metadata={"help": "first-stage channels (64 = the paper's ResNet-18)"})
-    size: int = field(default=32, metadata={"help": "input side (32 CIFAR)"})
+    img_size: int = field(default=32, metadata={"help": "input side (32 CIFAR)"})
     classes: int = 10
     batch_size: int = field(default=64, metadata={"help": "labeled (= unlabeled) batch B"})
     iters: int = field(default=5, metadata={"help": "timed steps per measurement (after one warm-up step)"})
@@ -48,7 +48,7 @@ class BenchConfig:
 def _engine(args: BenchConfig, device: torch.device, views: int, masking: bool, log_dir: str) -> SANM:
     torch.manual_seed(0)
     nets = [create_model(args.model, args.classes, width=args.width).to(device) for _ in range(2)]
-    images = torch.zeros(2 * args.batch_size, 3, args.size, args.size, dtype=torch.uint8)
+    images = torch.zeros(2 * args.batch_size, 3, args.img_size, args.img_size, dtype=torch.uint8)
     identity: Callable = lambda image: image.float()  # noqa: E731  (views are given as tensors below)
     return SANM(
         *nets,
@@ -84,7 +84,7 @@ def run(args: BenchConfig) -> dict[str, float]:
     import tempfile
 
     device = resolve_device(args.device)
-    b, s = args.batch_size, args.size
+    b, s = args.batch_size, args.img_size
     gen = torch.Generator().manual_seed(0)
     views6 = [torch.randn(b, 3, s, s, generator=gen).to(device) for _ in range(6)]
     weights = torch.rand(2 * b, generator=gen)
@@ -122,7 +122,7 @@ def main(args: BenchConfig) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     results = run(args)
     print(
-        f"{args.model} width {args.width}, {args.size} px, B = {args.batch_size}, {resolve_device(args.device)}, "
+        f"{args.model} width {args.width}, {args.img_size} px, B = {args.batch_size}, {resolve_device(args.device)}, "
         f"{args.threads} thread(s)"
     )
     print(f"{'step':<14}{'ms/step':>10}{'mixed img/s':>14}")
