@@ -8,7 +8,8 @@ import timm
 import torch
 
 import emo  # noqa: F401  (registers the models)
-from emo.export_onnx import export_onnx, main, max_abs_diff_onnxruntime
+from emo.export_onnx import main, parse_args
+from shared.export import export_classifier_onnx, onnxruntime_diff
 
 
 def test_export_tiny_variant_cli(tmp_path, capsys):
@@ -23,16 +24,24 @@ def test_export_tiny_variant_cli(tmp_path, capsys):
     ckpt = tmp_path / 'net.pth'
     torch.save({'net': {}, 'net_E': model.state_dict()}, ckpt)
     out = tmp_path / 'emo_test.onnx'
-    diff = main(['--model', 'emo_test', '--checkpoint', str(ckpt), '--out', str(out), '--img-size', '80'])
+    diff, _ = main(
+        parse_args(['--model', 'emo_test', '--checkpoint', str(ckpt), '--output_onnx', str(out), '--img_size', '80'])
+    )
     assert out.is_file() and not (tmp_path / 'emo_test.onnx.data').exists()  # weights embedded
     assert diff < 1e-4
     assert 'max abs diff' in capsys.readouterr().out
     # the exported graph holds the checkpoint's weights, not a fresh init
-    assert max_abs_diff_onnxruntime(model.eval(), out, img_size=80, seed=1) < 1e-4
+    assert onnxruntime_diff(model.eval(), out, img_size=80, seed=1)[0] < 1e-4
 
 
 @pytest.mark.slow
 def test_export_emo_1m(tmp_path):
     model = timm.create_model('emo_1m').eval()
-    out = export_onnx(model, tmp_path / 'emo_1m.onnx', img_size=224)
-    assert max_abs_diff_onnxruntime(model, out, img_size=224) < 1e-4
+    out = export_classifier_onnx(model, tmp_path / 'emo_1m.onnx', img_size=224)
+    assert onnxruntime_diff(model, out, img_size=224)[0] < 1e-4
+
+
+def test_export_command_needs_an_output_file():
+    with pytest.raises(ValueError, match='--output_onnx'):
+        main(parse_args([]))
+    assert parse_args(['--output_onnx', 'x.onnx', '--no-verify']).verify is False

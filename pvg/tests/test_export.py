@@ -8,7 +8,8 @@ import timm
 import torch
 
 import pvg  # noqa: F401  (registers the models)
-from pvg.export_onnx import export_onnx, main, onnxruntime_diff
+from pvg.export_onnx import main, parse_args
+from shared.export import export_classifier_onnx, onnxruntime_diff
 
 
 def _perturb_bn(model):
@@ -26,7 +27,9 @@ def test_export_tiny_pvg_cli_with_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / 'pvg_test.pth'
     torch.save({'state_dict': model.state_dict()}, ckpt)
     out = tmp_path / 'pvg_test.onnx'
-    _, rel = main(['--model', 'pvg_test', '--checkpoint', str(ckpt), '--out', str(out), '--img-size', '64'])
+    _, rel = main(
+        parse_args(['--model', 'pvg_test', '--checkpoint', str(ckpt), '--output_onnx', str(out), '--img_size', '64'])
+    )
     assert out.is_file() and rel < 1e-5
     assert 'max abs diff' in capsys.readouterr().out
     # the exported graph holds the checkpoint's weights, not a fresh init
@@ -41,5 +44,5 @@ def test_export_pvg_s_at_224(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model('pvg_s').eval()
     _perturb_bn(model)
-    out = export_onnx(model, tmp_path / 'pvg_s.onnx', img_size=224)
+    out = export_classifier_onnx(model, tmp_path / 'pvg_s.onnx', img_size=224)
     assert onnxruntime_diff(model, out, img_size=224)[1] < 1e-5
