@@ -44,11 +44,12 @@ import torch
 import torch.nn.functional as F
 
 from emo.model import fuse_batchnorm  # importing emo.model registers the EMO models with timm
-from shared.benchmark import on_off, seconds_per_call
-from shared.config import AmpMode, DeviceName, script_parser
+from shared.benchmark import seconds_per_call
+from shared.config import AmpMode, DeviceName, config_from_dict, config_to_dict, script_parser
 from shared.training import resolve_device
 
 AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+OnOff = Literal['off', 'on']
 TaskName = Literal['classification', 'ssdlite', 'deeplabv3', 'pspnet']
 TASKS = get_args(TaskName)
 DEFAULT_IMG_SIZE = {'classification': 224, 'ssdlite': 320, 'deeplabv3': 512, 'pspnet': 512}
@@ -148,24 +149,25 @@ def _bench_row(row: dict, config: dict[str, Any], isolate: bool, threads: int | 
 class BenchConfig:
     """Benchmark settings (``--key value``; lists as ``--models [emo_1m,emo_5m]`` or one value ``--models emo_1m``).
 
-    ``None`` picks by device (the CUDA default, else the CPU one). The off/on switches (``amp`` aside) are read
-    as booleans: ``--channels_last [off,on]``.
+    ``None`` picks by device (the CUDA default, else the CPU one).
     """
 
     models: list[str] = field(default_factory=lambda: ['emo_1m', 'emo_2m', 'emo_5m', 'emo_6m'])
     device: DeviceName = field(default='auto', metadata={'help': 'auto: cuda when available'})
-    modes: list[str] = field(default_factory=lambda: ['infer', 'train'], metadata={'help': 'infer and/or train'})
+    modes: list[Literal['infer', 'train']] = field(
+        default_factory=lambda: ['infer', 'train'], metadata={'help': 'infer and/or train'}
+    )
     batch_size: int | None = field(default=None, metadata={'help': 'default: 256 on CUDA, 16 on CPU'})
     img_size: int | None = field(default=None, metadata={'help': 'default: 224, 320 (ssdlite), 512 (segmentation)'})
     task: TaskName = field(default='classification', metadata={'help': 'model around the EMO backbone'})
     amp: list[AmpMode] | None = field(default=None, metadata={'help': 'default: [off,bf16,fp16] on CUDA, off on CPU'})
-    channels_last: list[bool] | None = field(
+    channels_last: list[OnOff] | None = field(
         default=None, metadata={'help': 'off and/or on (default: [off,on] CUDA, off CPU)'}
     )
-    compile: list[bool] | None = field(
+    compile: list[OnOff] | None = field(
         default=None, metadata={'help': 'off and/or on (default: [off,on] CUDA, off CPU)'}
     )
-    fuse_bn: list[bool] | None = field(
+    fuse_bn: list[OnOff] | None = field(
         default=None,
         metadata={'help': 'inference with the BatchNorms folded into the convs (default: [off,on], CUDA; off, CPU)'},
     )
@@ -196,15 +198,8 @@ parse_args = script_parser(BenchConfig, 'EMO throughput / memory benchmark')
 
 
 def _check(cfg: BenchConfig) -> None:
-    """ValueError on a value outside an option's choices (the list options, which the parser does not restrict)."""
-    for key, values, valid in (('modes', cfg.modes, ('infer', 'train')), ('amp', cfg.amp or [], tuple(AMP_DTYPES))):
-        bad = [v for v in values if v not in valid]
-        if bad:
-            raise ValueError(f'{key}: invalid value(s) {bad}; valid: {", ".join(valid)}')
-    for key in ('channels_last', 'compile', 'fuse_bn'):
-        on_off(getattr(cfg, key), key)
-    if cfg.task not in TASKS:
-        raise ValueError(f'task: invalid value {cfg.task!r}; valid: {", ".join(TASKS)}')
+    """A config built in Python gets the command line's type checks (ConfigError, a ValueError, names the key)."""
+    config_from_dict(BenchConfig, config_to_dict(cfg))
 
 
 def main(cfg: BenchConfig) -> list[dict]:
@@ -222,9 +217,9 @@ def main(cfg: BenchConfig) -> list[dict]:
     isolate = cfg.isolate if cfg.isolate is not None else not cuda
     batch_size = cfg.batch_size if cfg.batch_size is not None else (256 if cuda else 16)
     amps = cfg.amp or (['off', 'bf16', 'fp16'] if cuda else ['off'])
-    cls = on_off(cfg.channels_last, 'channels_last') or (['off', 'on'] if cuda else ['off'])
-    compiles = on_off(cfg.compile, 'compile') or (['off', 'on'] if cuda else ['off'])
-    fuses = on_off(cfg.fuse_bn, 'fuse_bn') or (['off', 'on'] if cuda else ['off'])
+    cls = cfg.channels_last or (['off', 'on'] if cuda else ['off'])
+    compiles = cfg.compile or (['off', 'on'] if cuda else ['off'])
+    fuses = cfg.fuse_bn or (['off', 'on'] if cuda else ['off'])
     steps = cfg.iters if cfg.iters is not None else (50 if cuda else 3)
     warmup = cfg.warmup if cfg.warmup is not None else (10 if cuda else 1)
     if cuda:
@@ -418,8 +413,8 @@ def compare_official(cfg: BenchConfig) -> list[dict]:
     cuda = device.type == 'cuda'
     batch_sizes = cfg.batch_sizes or ([1, 16, 256] if cuda else [1, 16])
     amps = cfg.amp or (['off', 'bf16', 'fp16'] if cuda else ['off'])
-    cls = on_off(cfg.channels_last, 'channels_last') or ['off', 'on']
-    compiles = on_off(cfg.compile, 'compile') or (['off', 'on'] if cuda else ['off'])
+    cls = cfg.channels_last or ['off', 'on']
+    compiles = cfg.compile or (['off', 'on'] if cuda else ['off'])
     steps = cfg.iters if cfg.iters is not None else (20 if cuda else 2)
     warmup = cfg.warmup if cfg.warmup is not None else (5 if cuda else 1)
     hardware = torch.cuda.get_device_name(device) if cuda else f'CPU, {torch.get_num_threads()} threads'

@@ -18,7 +18,7 @@ import itertools
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -26,13 +26,13 @@ import torch.nn.functional as F
 
 import pvg.model  # noqa: F401  (registers the models with timm)
 from pvg.graph import knn_graph
-from shared.benchmark import on_off, peak_memory_mb, seconds_per_call
-from shared.config import AmpMode, DeviceName, script_parser
+from shared.benchmark import peak_memory_mb, seconds_per_call
+from shared.config import AmpMode, DeviceName, config_from_dict, config_to_dict, script_parser
+from shared.training import resolve_device
 
 __all__ = ['BenchConfig', 'bench_graph', 'bench_model', 'main', 'parse_args']
 
 _DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-_MODES = ('infer', 'train', 'graph')
 
 
 def _autocast(device: torch.device, amp: str):
@@ -125,8 +125,7 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
 class BenchConfig:
     """Benchmark settings (``--key value``; lists as ``--models [pvig_s,pvg_s]`` or one value ``--models pvig_s``).
 
-    ``None`` picks by device (the CUDA default, else the CPU one); ``channels_last`` is read as booleans:
-    ``--channels_last [off,on]``.
+    ``None`` picks by device (the CUDA default, else the CPU one).
     """
 
     models: list[str] = field(default_factory=lambda: ['pvig_s', 'pvg_s'])
@@ -134,10 +133,10 @@ class BenchConfig:
     batch_size: int | None = field(default=None, metadata={'help': 'default: 256 on CUDA, 8 on CPU'})
     img_size: int = 224
     amp: list[AmpMode] | None = field(default=None, metadata={'help': 'default: fp16 CUDA, off CPU'})
-    channels_last: list[bool] | None = field(
+    channels_last: list[Literal['off', 'on']] | None = field(
         default=None, metadata={'help': 'off and/or on (default: on CUDA, off CPU)'}
     )
-    modes: list[str] = field(
+    modes: list[Literal['infer', 'train', 'graph']] = field(
         default_factory=lambda: ['infer', 'train', 'graph'], metadata={'help': 'any of infer, train, graph'}
     )
     iters: int = 3
@@ -149,20 +148,14 @@ parse_args = script_parser(BenchConfig, __doc__.split('\n\n')[0].replace('\n', '
 
 def main(cfg: BenchConfig) -> list[dict[str, Any]]:
     """Time every model, mode, amp and layout (fast and dense graph path); print and return the table rows."""
-    for key, values, valid in (('modes', cfg.modes, _MODES), ('amp', cfg.amp or [], tuple(_DTYPES))):
-        bad = [v for v in values if v not in valid]
-        if bad:
-            raise ValueError(f'{key}: invalid value(s) {bad}; valid: {", ".join(valid)}')
-    layouts = on_off(cfg.channels_last, 'channels_last')
-    device = torch.device(
-        'cuda' if cfg.device == 'cuda' or (cfg.device == 'auto' and torch.cuda.is_available()) else 'cpu'
-    )
+    config_from_dict(BenchConfig, config_to_dict(cfg))  # a config built in Python gets the command line's checks
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cuda = device.type == 'cuda'
     batch = cfg.batch_size or (256 if cuda else 8)
     amps = cfg.amp or (['fp16'] if cuda else ['off'])
-    layouts = layouts or (['on'] if cuda else ['off'])
+    layouts = cfg.channels_last or (['on'] if cuda else ['off'])
     rows: list[dict[str, Any]] = []
     for name, mode, amp, cl in itertools.product(cfg.models, cfg.modes, amps, layouts):
         if mode != 'graph':

@@ -8,20 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["on_off", "peak_memory_mb", "seconds_per_call", "synchronize"]
-
-
-def on_off(values: list | None, key: str) -> list[str] | None:
-    """An off/on list option of a bench config as the strings ``'off'`` / ``'on'`` (the shared parser reads ``off``
-    and ``on`` on the command line as YAML booleans); ``None`` stays ``None``, anything else is a ValueError naming
-    ``key``."""
-    if values is None:
-        return None
-    words = {False: "off", True: "on", "off": "off", "on": "on"}
-    bad = [v for v in values if not isinstance(v, (bool, str)) or v not in words]
-    if bad:
-        raise ValueError(f"{key}: invalid value(s) {bad}; valid: off, on")
-    return [words[v] for v in values]
+__all__ = ["peak_memory_mb", "seconds_per_call", "synchronize"]
 
 
 def synchronize(device: torch.device) -> None:

@@ -145,6 +145,8 @@ def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
         return value
     if value is False and "off" in options:
         return "off"  # YAML 1.1 reads a bare `off` as false
+    if value is True and "on" in options:
+        return "on"  # and a bare `on` as true
     raise _wrong(key, _type_name(tp), value)
 
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from shared.benchmark import on_off
 from shared.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -170,10 +169,3 @@ def test_resolve_device_auto_cpu_cuda(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda") == resolve_device("cuda")
     with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
         resolve_device("tpu")
-
-
-def test_on_off_reads_the_parsers_booleans_back_as_words():
-    assert on_off(None, "compile") is None
-    assert on_off([False, True, "on"], "compile") == ["off", "on", "on"]
-    with pytest.raises(ValueError, match="channels_last: invalid value"):
-        on_off(["yes"], "channels_last")

@@ -1,6 +1,7 @@
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import yaml
@@ -211,3 +212,17 @@ def test_an_eval_config_starts_from_the_stored_training_config():
     stored = config_to_dict(parse_config(_Train, ["--epochs", "11", "--optim.lr", "0.3", "--name", "run7"]))
     cfg = parse_eval_config(_Train, stored, ["--optim.momentum", "0.5"])
     assert (cfg.epochs, cfg.optim.lr, cfg.optim.momentum, cfg.name) == (11, 0.3, 0.5, "run7")
+
+
+@dataclass
+class Switches:
+    layouts: list[Literal["off", "on"]] | None = None
+
+
+def test_off_and_on_words_stay_words_where_the_type_says_so():
+    """YAML reads a bare off / on as false / true; a Literal["off", "on"] field gets the words back."""
+    parse = script_parser(Switches, "switches")
+    assert parse(["--layouts", "[off,on]"]).layouts == ["off", "on"]
+    assert parse(["--layouts", "on"]).layouts == ["on"]
+    with pytest.raises(ConfigError, match="layouts"):
+        config_from_dict(Switches, {"layouts": ["maybe"]})
