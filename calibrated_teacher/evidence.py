@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import multiprocessing as mp
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ from calibrated_teacher.config import PACKAGE
 from calibrated_teacher.train import build_run, checkpoint_state, final_metrics, run_until
 from calibrated_teacher.train import parse_args as train_args
 from shared.distributed import init_distributed, seed_everything
-from shared.evidence import mean_sd
+from shared.evidence import map_in_processes, mean_sd
 from shared.logger import RunLogger, make_run_dir, write_json
 
 DEFAULT_SEEDS = (1, 2, 3)
@@ -104,12 +102,9 @@ def run_seeds(
 ) -> dict[int, dict[str, dict[str, Any]]]:
     """:func:`run_seed` for every seed, ``jobs`` at a time in separate processes (0: all at once; 1: in this
     process, one after the other). Each seed's result does not depend on the process it runs in (CPU, seeded)."""
-    if jobs == 1 or len(seeds) == 1:
-        return {s: run_seed(s, out_dir, threads, branch_at, max_iters) for s in seeds}
-    workers = len(seeds) if jobs <= 0 else min(jobs, len(seeds))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {s: pool.submit(run_seed, s, out_dir, threads, branch_at, max_iters) for s in seeds}
-        return {s: f.result() for s, f in futures.items()}
+    workers = len(seeds) if jobs <= 0 else jobs
+    results = map_in_processes(run_seed, [(s, out_dir, threads, branch_at, max_iters) for s in seeds], workers)
+    return dict(zip(seeds, results))
 
 
 def table(record: dict[str, Any]) -> str:

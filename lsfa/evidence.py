@@ -36,7 +36,7 @@ from lsfa import train
 from lsfa.point_pretrain import ensure_pretrained_point_encoder
 from shared import evidence
 from shared.evidence import committed_mismatches as compare_with_committed
-from shared.evidence import mean_sd
+from shared.evidence import map_in_processes, mean_sd
 from shared.synthetic import synthetic_root
 
 PACKAGE = "lsfa"
@@ -104,18 +104,6 @@ def draw_rows(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _run_all(jobs: list[tuple], workers: int) -> list[dict[str, float]]:
-    """``_run(*job)`` for every job, in ``workers`` processes (each run is deterministic on its own, so the result
-    does not depend on the number of workers)."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [_run(*job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_run, *zip(*jobs)))
-
-
 def select_init(
     seed: int, point_checkpoint: Path, out: Path, grid: Sequence[str], extra: Sequence[str], workers: int = 1
 ) -> dict:
@@ -124,7 +112,7 @@ def select_init(
         (seed, init, point_checkpoint, out / f"init_{init}", extra, f"lsfa_evidence_val{seed}_{init}") for init in grid
     ]
     scores, m3dm = {}, None
-    for init, metrics in zip(grid, _run_all(jobs, workers)):
+    for init, metrics in zip(grid, map_in_processes(_run, jobs, workers)):
         rows = draw_rows(metrics)
         scores[init], m3dm = rows["lsfa/i_auroc"], rows["m3dm/i_auroc"]
     chosen = max(grid, key=lambda k: scores[k])
@@ -205,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     init = validation["adaptor.init"]["chosen"]
     jobs = [(s, init, point_checkpoint, out / f"draw{s}", args.train_args, f"lsfa_evidence_draw{s}") for s in seeds]
     per_seed = {}
-    for seed, metrics in zip(seeds, _run_all(jobs, args.jobs)):
+    for seed, metrics in zip(seeds, map_in_processes(_run, jobs, args.jobs)):
         per_seed[seed] = draw_rows(metrics)
         print(f"draw {seed}: {per_seed[seed]}", flush=True)
     command = "python -m lsfa.evidence" + (" " + " ".join(argv) if argv else "")

@@ -47,7 +47,6 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ from mixteacher import train
 from mixteacher.data import build_datasets, val_loader
 from mixteacher.engine import evaluate
 from shared.distributed import init_distributed, seed_everything
-from shared.evidence import mean_sd
+from shared.evidence import map_in_processes, mean_sd
 from shared.logger import RunLogger
 
 PACKAGE = "mixteacher"
@@ -318,15 +317,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             s: {k: v for f in families for k, v in json.loads((out / f"seed{s}" / f"{f}.json").read_text()).items()}
             for s in args.seeds
         }
-    elif args.jobs > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(args.jobs, len(args.seeds)), mp_context=context) as pool:
-            futures = {
-                s: pool.submit(run_seed, s, out / f"seed{s}", args.families, args.parallel_rows) for s in args.seeds
-            }
-            per_seed = {s: f.result() for s, f in futures.items()}
     else:
-        per_seed = {s: run_seed(s, out / f"seed{s}", args.families, args.parallel_rows) for s in args.seeds}
+        jobs = [(s, out / f"seed{s}", args.families, args.parallel_rows) for s in args.seeds]
+        per_seed = dict(zip(args.seeds, map_in_processes(run_seed, jobs, args.jobs)))
     if set(args.families) != set(FAMILIES) and not args.collect and not args.merge:
         print(f"rows of {args.families} written to {out}/seed*/; --collect builds evidence.json when all are there")
         return {"per_seed": per_seed}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared import evidence
-from shared.evidence import committed_mismatches, mean_sd
+from shared.evidence import committed_mismatches, map_in_processes, mean_sd
 
 
 def test_mean_sd_formats_mean_and_sample_sd():
@@ -81,3 +81,9 @@ def test_seed_rows_lists_every_row_per_seed_in_the_order_of_seeds():
         12.3,
         "python -m pkg.evidence",
     )
+
+
+def test_map_in_processes_keeps_job_order_inline_and_spawned():
+    jobs = [(2, 5), (3, 2), (10, 1)]
+    assert map_in_processes(pow, jobs, workers=1) == [32, 9, 10]
+    assert map_in_processes(pow, jobs, workers=2) == [32, 9, 10]  # two spawned processes
