@@ -204,6 +204,16 @@ def write_json(data: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _rewrite_csv(path: Path, fields: list[str], rows: list[Mapping[str, Any]]) -> None:
+    """Write ``rows`` under the header ``fields`` atomically (temp file + rename: a crash keeps the old file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 class RunLogger:
     """Logging for one run, active on rank 0 only.
 
@@ -256,32 +266,37 @@ class RunLogger:
                 self._tb.add_scalar(prefix + k, float(v), step)
 
     def log_epoch(self, epoch: int, values: Mapping[str, Any]) -> None:
-        """Append one row to `log.csv`, mirror it to TensorBoard (`epoch/<key>`) and print it."""
+        """Append one row to `log.csv`, mirror it to TensorBoard (`epoch/<key>`) and print it.
+
+        Rows may differ in their keys (evaluation values only in the epochs that evaluate, a method's losses only
+        after its warm-up): a key first seen in a later row widens the header, earlier rows leaving it empty."""
         if not self.is_main:
             return
-        row = {"epoch": epoch, **{k: _jsonable(v) for k, v in values.items()}}
-        path = self.output_dir / "log.csv"
-        if self._csv_fields is None:
-            if path.exists():  # resumed run: keep the header, drop rows past this epoch
-                with open(path, newline="") as f:
-                    reader = csv.DictReader(f)
-                    self._csv_fields = list(reader.fieldnames or row.keys())
-                    kept = [r for r in reader if int(r["epoch"]) < epoch]
-                with open(path, "w", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=self._csv_fields, extrasaction="ignore")
-                    writer.writeheader()
-                    writer.writerows(kept)
-            else:
-                self._csv_fields = list(row.keys())
-                with open(path, "w", newline="") as f:
-                    csv.DictWriter(f, fieldnames=self._csv_fields).writeheader()
-        with open(path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self._csv_fields, extrasaction="ignore").writerow(row)
+        self._append_csv(epoch, {"epoch": epoch, **{k: _jsonable(v) for k, v in values.items()}})
         self.scalars({k: v for k, v in values.items() if isinstance(v, (int, float))}, epoch, prefix="epoch/")
         self.info(
             f"epoch {epoch}: "
             + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
         )
+
+    def _append_csv(self, epoch: int, row: dict[str, Any]) -> None:
+        path = self.output_dir / "log.csv"
+        if self._csv_fields is None:  # first row of this process: start the file, or keep a resumed run's rows
+            fields, kept = [], []
+            if path.exists():  # resumed run: drop the rows from this epoch on (they are recomputed)
+                with open(path, newline="") as f:
+                    reader = csv.DictReader(f)
+                    fields = list(reader.fieldnames or [])
+                    kept = [r for r in reader if int(r["epoch"]) < epoch]
+            self._csv_fields = fields + [k for k in row if k not in fields]
+            _rewrite_csv(path, self._csv_fields, kept)
+        elif any(k not in self._csv_fields for k in row):
+            with open(path, newline="") as f:
+                kept = list(csv.DictReader(f))
+            self._csv_fields += [k for k in row if k not in self._csv_fields]
+            _rewrite_csv(path, self._csv_fields, kept)
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self._csv_fields).writerow(row)
 
     def write_metrics(self, metrics: Mapping[str, Any], filename: str = "metrics.json") -> Path | None:
         """Write the final metrics (atomically) into the run folder."""

@@ -169,3 +169,33 @@ def test_resolve_device_auto_cpu_cuda(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda") == resolve_device("cuda")
     with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
         resolve_device("tpu")
+
+
+def test_log_csv_widens_its_header_for_keys_that_appear_later(tmp_path):
+    """A key first seen after the first row (evaluation epochs, a method's losses after its warm-up) gets a column;
+    a resumed run keeps the rows before its epoch under the widened header."""
+    import csv
+
+    from shared.logger import RunLogger
+
+    logger = RunLogger(tmp_path, tensorboard=False)
+    logger.log_epoch(0, {"loss": 1.0})
+    logger.log_epoch(1, {"loss": 0.5, "top1": 40.0})
+    logger.log_epoch(2, {"loss": 0.25})
+    logger.close()
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["top1"] for r in rows] == ["", "40.0", ""] and [r["epoch"] for r in rows] == ["0", "1", "2"]
+    resumed = RunLogger(tmp_path, tensorboard=False)
+    resumed.log_epoch(2, {"loss": 0.3, "val": 7})
+    resumed.close()
+    with open(tmp_path / "log.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["epoch", "loss", "top1", "val"]
+        rows = list(reader)
+    assert [(r["epoch"], r["loss"], r["top1"], r["val"]) for r in rows] == [
+        ("0", "1.0", "", ""),
+        ("1", "0.5", "40.0", ""),
+        ("2", "0.3", "", "7"),
+    ]
+    assert not list(tmp_path.glob(".log.csv*"))  # the rewrite's temp file is gone
