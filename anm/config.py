@@ -7,16 +7,25 @@ rebuilds from a checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from anm.data import DataConfig
 from anm.masking import MaskerConfig
 from shared.config import RunConfig
 from shared.noisy.dividemix import DivideMixConfig
 
-__all__ = ["DEFAULT_CONFIG", "PACKAGE", "Config", "ModelConfig", "SANMConfig", "check_run_settings"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "PACKAGE",
+    "Config",
+    "ModelConfig",
+    "SANMConfig",
+    "check_run_settings",
+    "upgrade_stored_config",
+]
 
 PACKAGE = "anm"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -90,3 +99,15 @@ def check_run_settings(cfg: Config) -> None:
         raise ValueError(f"model.pretrained loads C2D checkpoints into SupCE ResNets only, not {cfg.model.name!r}")
     if cfg.model.double_softmax and cfg.model.name not in ("supce_resnet18", "supce_resnet18_tiny"):
         raise ValueError("model.double_softmax reproduces the released SupCE ResNet-18 quirk; it needs supce_resnet18")
+
+
+def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The config stored in a checkpoint written before ``data.num_workers`` was removed (no loader read it; every
+    loader reads ``dividemix.num_workers``), in today's keys: the value moves to ``dividemix.num_workers``."""
+    values = dict(stored)
+    data = dict(values.get("data") or {})
+    if "num_workers" in data:
+        workers = data.pop("num_workers")
+        values["data"] = data
+        values["dividemix"] = {"num_workers": workers, **dict(values.get("dividemix") or {})}
+    return values

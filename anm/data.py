@@ -67,7 +67,6 @@ class DataConfig(NoisyDataConfig):
     crop_padding: int | None = field(
         default=None, metadata={"help": "weak views' crop padding (null: image_size // 8; 0: no crop)"}
     )
-    num_workers: int = 0
 
 
 @dataclass

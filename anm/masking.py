@@ -16,7 +16,8 @@ For every image of the labeled and the unlabeled batch (README, "Method"):
 box at p_min. Their targets are modulated (Eq. 7): ``-rho`` on the argmax class, ``+rho / (C - 1)`` on the others.
 
 Every random draw comes from an explicit ``torch.Generator`` (the trainer owns it and saves it in its checkpoints),
-and nothing loops over images: a batch of B images costs a handful of tensor operations.
+on the generator's own device (a CPU generator also serves CUDA batches: the draws are moved, so a run's masks do
+not depend on the device), and nothing loops over images: a batch of B images costs a handful of tensor operations.
 """
 
 from __future__ import annotations
@@ -95,6 +96,14 @@ def attention_map(fmap: torch.Tensor, size: tuple[int, int], quantize: bool = Tr
     return att.floor() if quantize else att
 
 
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U(0, 1) draws of ``shape`` on ``device``, taken from ``generator`` on its own device (torch refuses a CPU
+    generator for a CUDA tensor)."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
 def peak_positions(att: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row_max, col_max, row_min, col_min) of each map: the first maximum / minimum in raster order."""
     flat = att.flatten(1)
@@ -108,7 +117,7 @@ def masking_ratio(
 ) -> torch.Tensor:
     """rho_i = U(ratio_low, ratio_high) + quality_coef (1 - w_i): larger masks for likely-mislabeled samples."""
     w = clean_prob.detach().float().view(-1)
-    u = torch.rand(w.shape, generator=generator, device=w.device)
+    u = _uniform(tuple(w.shape), generator, w.device)
     return cfg.ratio_low + (cfg.ratio_high - cfg.ratio_low) * u + cfg.quality_coef * (1 - w)
 
 
@@ -124,7 +133,7 @@ def box_sizes(
     always fit, so the cap never binds there)."""
     height, width = size
     area = cfg.area_scale * ratio * height * width
-    u = torch.rand(ratio.shape, generator=generator, device=ratio.device)
+    u = _uniform(tuple(ratio.shape), generator, ratio.device)
     aspect = cfg.aspect_low + (1 / cfg.aspect_low - cfg.aspect_low) * u
     h = torch.sqrt(area * aspect).round().long().clamp(0, height - 1)
     w = torch.sqrt(area / aspect).round().long().clamp(0, width - 1)
@@ -159,7 +168,7 @@ def erase_boxes(
         & (cols >= left.view(b, 1, 1))
         & (cols < (left + w).view(b, 1, 1))
     )
-    fill = torch.rand((b, c), generator=generator, device=images.device).to(images.dtype).view(b, c, 1, 1)
+    fill = _uniform((b, c), generator, images.device).to(images.dtype).view(b, c, 1, 1)
     return torch.where(inside.unsqueeze(1), fill, images)
 
 

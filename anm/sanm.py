@@ -95,14 +95,22 @@ class SANM(DivideMix):
         self.recon_weight = recon_weight
         self.warmup_clip_norm = warmup_clip_norm
         self.mask_generator = torch.Generator().manual_seed(self.seed + 1)
+        #: model selection on a clean validation split (Clothing1M; ``train.py``): best accuracy, the test accuracy
+        #: at that epoch and the epoch; None without one. Saved with the engine, so a resumed run keeps its best.
+        self.model_selection: dict[str, float] | None = None
 
-    # -- state: the masking generator travels with the engine's
+    # -- state: the masking generator (and the model-selection record) travel with the engine's
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "mask_generator": self.mask_generator.get_state()}
+        state = {**super().state_dict(), "mask_generator": self.mask_generator.get_state()}
+        if self.model_selection is not None:
+            state["model_selection"] = dict(self.model_selection)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.mask_generator.set_state(state["mask_generator"])
+        if "model_selection" in state:
+            self.model_selection = dict(state["model_selection"])
 
     # -- hooks
     def view_transforms(self, role: str) -> list[Callable]:

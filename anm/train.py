@@ -56,12 +56,13 @@ MECHANISM_KEYS = ("mask_ratio", "mask_pixels", "l_rec", "labeled", "labeled_prec
 
 
 class _Validation:
-    """Clothing1M model selection: after each epoch, the ensemble's accuracy on the clean validation split; the best
-    epoch is written to best.pt and its test accuracy kept."""
+    """Clothing1M model selection: after each epoch, the ensemble's accuracy on the clean validation split (logged as
+    ``val_acc``); the best epoch is written to best.pt and its test accuracy kept. The record lives in the engine's
+    ``model_selection`` and so in every checkpoint: a resumed run compares against the best before the resume."""
 
     def __init__(self, engine: SANM, task: NoisyTask, out_dir: Path, cfg: Config):
         self.engine, self.task, self.out_dir, self.cfg = engine, task, out_dir, cfg
-        self.best_val, self.test_at_best, self.best_epoch = -1.0, float("nan"), -1
+        engine.model_selection = {"best_val": -1.0, "test_at_best": float("nan"), "best_epoch": -1}
 
     def __call__(self, epoch: int, row: dict[str, Any]) -> None:
         acc = evaluate_accuracy(
@@ -74,9 +75,19 @@ class _Validation:
             self.cfg.dividemix.num_workers,
         )
         row["val_acc"] = acc
-        if acc > self.best_val:
-            self.best_val, self.test_at_best, self.best_epoch = acc, row["test_acc"], epoch
+        record = self.engine.model_selection
+        if acc > record["best_val"]:
+            record.update(best_val=acc, test_at_best=row["test_acc"], best_epoch=epoch)
             save_checkpoint(self.engine.state_dict(), self.out_dir / "best.pt")
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        record = self.engine.model_selection
+        return {
+            "val_acc_best": record["best_val"],
+            "test_acc_at_best_val": record["test_at_best"],
+            "best_val_epoch": record["best_epoch"],
+        }
 
 
 parse_args = script_parser(Config, __doc__.splitlines()[0], DEFAULT_CONFIG)
@@ -115,11 +126,7 @@ def main(cfg: Config) -> dict[str, Any]:
             if values:
                 metrics[f"last_epoch_{key}"] = sum(values) / len(values)
         if validation is not None:
-            metrics.update(
-                val_acc_best=validation.best_val,
-                test_acc_at_best_val=validation.test_at_best,
-                best_val_epoch=validation.best_epoch,
-            )
+            metrics.update(validation.metrics)
         if cfg.sanm.method == "sanm" and isinstance(task.test_source, torch.Tensor):
             rows = range(min(8, len(task.test_source)))
             images = torch.stack([task.eval_transform(task.test_source[i]) for i in rows]).to(ctx.device)

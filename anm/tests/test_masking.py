@@ -172,3 +172,15 @@ def test_reconstruction_loss_refuses_a_wrong_decoder_size() -> None:
     x = torch.randn(2, 3, 16, 16)
     with pytest.raises(ValueError, match="decoder gives"):
         reconstruction_loss(model, x, x, x)
+
+
+@pytest.mark.gpu
+def test_cuda_batches_mask_with_the_runs_cpu_generator() -> None:
+    """The trainer's generator lives on the CPU (it is saved in checkpoints); a CUDA batch draws from it and gets
+    the same masks as the same batch on the CPU."""
+    images, fmap, w = torch.randn(4, 3, 32, 32), torch.rand(4, 16, 4, 4), torch.rand(4)
+    cpu = mask_images(images, fmap, w, MaskerConfig(), torch.Generator().manual_seed(7))
+    cuda = mask_images(images.cuda(), fmap.cuda(), w.cuda(), MaskerConfig(), torch.Generator().manual_seed(7))
+    assert cuda.x_max.is_cuda
+    assert [t.tolist() for t in cuda.box_max] == [t.tolist() for t in cpu.box_max]
+    torch.testing.assert_close(cuda.x_min.cpu(), cpu.x_min)

@@ -55,3 +55,21 @@ def test_clothing1m_recipe() -> None:
     assert d.mix_forward == "labeled" and d.epoch_samples == 125_000 and d.warmup_samples == 250_000
     assert (m.ratio_low, m.ratio_high, m.area_scale, m.independent_min_box) == (0.06, 0.13, 1.0, True)
     assert cfg.sanm.recon_weight == 0.3 and cfg.model.name == "supce_resnet50"
+
+
+def test_recipes_set_the_loader_workers_the_engine_reads() -> None:
+    for name in ("cifar10_sym50.yaml", "clothing1m.yaml"):
+        assert parse_args(["-c", str(CONFIGS / name)]).dividemix.num_workers == 5
+
+
+def test_a_stored_config_with_data_num_workers_is_upgraded() -> None:
+    from anm.config import upgrade_stored_config
+
+    stored = {"data": {"dataset": "cifar10", "num_workers": 5}, "dividemix": {"epochs": 3}, "seed": 1}
+    assert upgrade_stored_config(stored) == {
+        "data": {"dataset": "cifar10"},
+        "dividemix": {"num_workers": 5, "epochs": 3},
+        "seed": 1,
+    }
+    assert stored["data"]["num_workers"] == 5  # the checkpoint's own dict is left as it was
+    assert upgrade_stored_config({"data": {}, "seed": 1}) == {"data": {}, "seed": 1}

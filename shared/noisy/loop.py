@@ -61,7 +61,8 @@ class EpochTrainer:
         Args:
             checkpoint_path: where the trainer's state is written when :meth:`checkpoint_due` (None: nowhere).
             resume_state: a state written by this trainer; the run continues after its epoch.
-            on_epoch_end: called with each epoch and its logged row.
+            on_epoch_end: called with each epoch and its row before the epoch's checkpoint and log line are written
+                (values it adds to the row are logged; state it changes is checkpointed).
         """
         start = 0
         if resume_state is not None:
@@ -70,9 +71,9 @@ class EpochTrainer:
         for epoch in range(start, self.num_epochs):
             row = self.epoch_row(epoch)
             self.epoch = epoch
+            if on_epoch_end is not None:  # before the checkpoint and the log: what it adds is in both
+                on_epoch_end(epoch, row)
             if checkpoint_path is not None and self.checkpoint_due(epoch):
                 save_checkpoint(self.state_dict(), checkpoint_path)
             self.logger.log_epoch(epoch, row)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
         return self.tracker.summary()
