@@ -7,9 +7,10 @@ Two interchangeable paths build the dynamic kNN graph of a Grapher:
   (dilation). Aggregation gathers both the neighbours x_j and the centres x_i as (B, C, N, k) tensors and takes
   ``max_j (x_j - x_i)``, as the official ``MRConv2d`` does.
 * ``fast``: the same distances, computed in query chunks so that no buffer holds more than ``chunk_elements``
-  entries (no N x N or B x N x M matrix for large inputs), and a lighter aggregation: only x_j is gathered from a
-  (B * M, C) row table, and ``max_j (x_j - x_i) = max_j x_j - x_i`` (exact in floating point, because rounding is
-  monotone), so the repeated centre tensor is never built.
+  entries (no N x N or B x N x M distance matrix for large inputs; the relative-position bias it adds is the
+  caller's (N, M) table: at a non-design input size the Grapher's bicubic resize, as official), and a lighter
+  aggregation: only x_j is gathered from a (B * M, C) row table, and ``max_j (x_j - x_i) = max_j x_j - x_i``
+  (exact in floating point, because rounding is monotone), so the repeated centre tensor is never built.
 
 Both run under ``torch.no_grad()`` (no gradient flows through the neighbour choice, as in the official code), keep
 the node itself as a neighbour, and return identical indices up to exact ties of the distance.
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 __all__ = [
     'DEFAULT_CHUNK_ELEMENTS',
+    'cached_spatial_neighbours',
     'gather_neighbours',
     'knn_dense',
     'knn_fast',
@@ -188,16 +190,39 @@ def gather_neighbours(y: torch.Tensor, index: torch.Tensor, mode: str = 'fast') 
     return picked.permute(0, 3, 1, 2) if mode == 'dense' else picked
 
 
+@functools.lru_cache(maxsize=32)
+def cached_spatial_neighbours(height: int, width: int, k: int, device: str) -> torch.Tensor:
+    """:func:`spatial_neighbours` on ``device``, computed once per grid size and shared by every Grapher (a bounded
+    cache: multi-scale training visits a few dozen sizes)."""
+    return spatial_neighbours(height, width, k, torch.device(device))
+
+
 def spatial_neighbours(height: int, width: int, k: int, device: torch.device | None = None) -> torch.Tensor:
     """The k grid positions nearest to each node of an H x W grid (Euclidean, ties by raster index), (N, k).
 
-    The fixed local graph of PSGC: inside the image it is the 3 x 3 window for k = 9; at the border the window
-    shifts inwards, so every node keeps k distinct neighbours (itself first).
+    The fixed local graph of PSGC: inside the image it is the 3 x 3 window for k = 9; near the border the k nearest
+    in-image positions (itself first), so every node keeps k distinct neighbours.
+
+    Each node's candidates are the positions of a (2R + 1)^2 window around it (R from sqrt(k), doubled until the
+    k-th distance of every node is at most R, which puts every position as near as the k-th inside the window), so
+    time and memory grow with N k, not N^2: a 200 x 336 stage-1 grid of an 800 x 1344 COCO image is 67 200 nodes.
     """
     if k > height * width:
         raise ValueError(f'{k} local neighbours requested on a {height} x {width} grid')
     # numpy, so that tracers (torch.export, ONNX) see a constant table
     ys, xs = np.divmod(np.arange(height * width), width)
-    dist = (ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2  # exact integers
-    order = np.argsort(dist, axis=1, kind='stable')[:, :k]  # ties broken by raster index
-    return torch.from_numpy(np.ascontiguousarray(order)).to(device=device, dtype=torch.long)
+    radius = max(1, int(np.ceil(np.sqrt(k))))
+    while True:
+        span = np.arange(-radius, radius + 1)
+        dy, dx = (d.reshape(-1) for d in np.meshgrid(span, span, indexing='ij'))  # raster order of the window
+        cy, cx = ys[:, None] + dy, xs[:, None] + dx
+        inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
+        dist = np.where(inside, dy * dy + dx * dx, np.iinfo(np.int64).max // 4)
+        cand = cy * width + cx  # raster index of each candidate; increasing along the window for a fixed node
+        order = np.argsort(dist, axis=1, kind='stable')[:, :k]  # ties by window order = raster order
+        kth = np.take_along_axis(dist, order[:, -1:], axis=1)
+        if (kth <= radius * radius).all() or 2 * radius + 1 >= 2 * max(height, width):
+            break
+        radius *= 2
+    index = np.take_along_axis(cand, order, axis=1)
+    return torch.from_numpy(np.ascontiguousarray(index)).to(device=device, dtype=torch.long)

@@ -35,10 +35,10 @@ from timm.models._manipulate import checkpoint_seq
 
 from pvg.graph import (
     DEFAULT_CHUNK_ELEMENTS,
+    cached_spatial_neighbours,
     gather_neighbours,
     knn_graph,
     relative_position_bias,
-    spatial_neighbours,
 )
 from pvg.weights import checkpoint_filter_fn
 
@@ -221,13 +221,9 @@ class DynamicGraphConv(nn.Module):
         self.global_channels = global_channels
         self.graph_mode = graph_mode
         self.chunk_elements = chunk_elements
-        self._local_cache: dict[tuple, torch.Tensor] = {}
 
     def _local_index(self, height: int, width: int, batch: int, device: torch.device) -> torch.Tensor:
-        key = (height, width, str(device))
-        if key not in self._local_cache:
-            self._local_cache[key] = spatial_neighbours(height, width, self.k, device)
-        return self._local_cache[key].unsqueeze(0).expand(batch, -1, -1)
+        return cached_spatial_neighbours(height, width, self.k, str(device)).unsqueeze(0).expand(batch, -1, -1)
 
     def effective_dilation(self, num_keys: int) -> int:
         """The block's dilation, lowered to ``num_keys // k`` on inputs too small for k * d keys (README,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -102,7 +102,11 @@ class DataConfig:
     hflip: float = 0.5
     color_jitter: float = 0.4
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    re_prob: float = 0.0
+    re_prob: float = field(default=0.0, metadata={"help": "random erasing probability (timm --reprob)"})
+    re_mode: Literal["const", "rand", "pixel"] = field(
+        default="pixel",
+        metadata={"help": "random erasing fill (timm --remode; the timm/DeiT recipes' 'pixel': per-pixel normal)"},
+    )
     batch_size: int = field(default=256, metadata={"help": "images per process"})
     repeated_aug: bool = field(
         default=False,
@@ -232,6 +236,7 @@ def build_loaders(cfg: DataConfig, ctx: DistContext, seed: int) -> tuple[DataLoa
         mean=cfg.mean,
         std=cfg.std,
         re_prob=cfg.re_prob,
+        re_mode=cfg.re_mode,
     )
     val_tf = create_transform(
         cfg.img_size,

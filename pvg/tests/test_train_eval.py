@@ -106,7 +106,7 @@ def test_recipes_are_the_vig_recipe():
         0.8, 1.0, 0.1, 0.99996, 0.1
     )  # fmt: skip
     data = base['data']
-    assert data['auto_augment'] == 'rand-m9-mstd0.5-inc1' and data['re_prob'] == 0.25
+    assert data['auto_augment'] == 'rand-m9-mstd0.5-inc1' and (data['re_prob'], data['re_mode']) == (0.25, 'pixel')
     assert data['mean'] == data['std'] == [0.5, 0.5, 0.5] and data['crop_pct'] == 0.9
     assert load_yaml(CONFIG_DIR / 'pvig_b_in1k.yaml')['data']['crop_pct'] == 0.95
     assert load_yaml(CONFIG_DIR / 'pvg_s_in1k.yaml')['model'] == 'pvg_s'

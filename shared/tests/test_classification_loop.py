@@ -201,3 +201,19 @@ def test_repeated_augmentation_sampler_repeats_each_image_and_follows_seed_and_e
     # two ranks see different copies of the same images
     ranks = [list(_SeededRepeatAugSampler(data, 0, num_replicas=2, rank=r)) for r in (0, 1)]
     assert set(ranks[0]) & set(ranks[1])
+
+
+def test_random_erasing_fills_with_the_configured_mode(tiny_folder):
+    """``re_mode`` reaches timm's RandomErasing; the default is the timm/DeiT recipes' per-pixel fill."""
+    from timm.data.random_erasing import RandomErasing
+
+    from shared.classification import build_loaders
+    from shared.distributed import DistContext
+
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    for mode in ("pixel", "const"):
+        cfg = dataclasses.replace(tiny_cfg(tiny_folder, tiny_folder).data, re_prob=0.25, re_mode=mode)
+        train, _, _ = build_loaders(cfg, ctx, seed=0)
+        erasing = [t for t in train.dataset.transform.transforms if isinstance(t, RandomErasing)]
+        assert len(erasing) == 1 and erasing[0].mode == mode and erasing[0].probability == 0.25
+    assert DataConfig().re_mode == "pixel"
