@@ -282,19 +282,29 @@ def build_loaders(cfg: DataConfig, ctx: DistContext, seed: int) -> tuple[DataLoa
     return train_loader, val_loader, len(train_set.classes)
 
 
-_WRAPPERS = (("net_E", "net"), ("state_dict_ema", "state_dict"), ("model_ema", "model"), ("ema", "model"))
+#: Where trainer checkpoints keep their weights: the EMA entries first (the official EMO trainer's ``net_E``, timm's
+#: ``state_dict_ema`` / ``model_ema``, this repository's ``ema``), then the raw ones.
+_WRAPPERS = ("net_E", "state_dict_ema", "model_ema", "ema", "net", "state_dict", "model")
 
 
 def _pretrained_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict inside a weights file: a plain state dict or a trainer checkpoint (EMA weights preferred,
-    as timm and the official EMO trainer store them), with ``module.`` prefixes removed."""
+    """The state dict inside a weights file: a plain state dict or a trainer checkpoint (EMA weights preferred
+    whenever the file has them), with ``module.`` prefixes removed."""
     state = load_checkpoint(path)
-    for ema_key, key in _WRAPPERS:
-        picked = state.get(ema_key) if isinstance(state.get(ema_key), dict) else state.get(key)
-        if isinstance(picked, dict):
-            state = picked
+    for key in _WRAPPERS:
+        if isinstance(state.get(key), dict):
+            state = state[key]
             break
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _file_num_classes(model_name: str, state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of the classifier in ``state`` (None when the file has none under the model's name)."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+    classifier = getattr(pretrained_cfg, "classifier", None)
+    head = classifier if isinstance(classifier, str) else (classifier or [None])[0]
+    weight = state.get(f"{head}.weight") if head else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
 
 
 def check_pretrained_loaded(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
@@ -359,7 +369,14 @@ def build_classification_model(
     if cfg.pretrained:
         if not Path(cfg.pretrained).is_file():
             raise FileNotFoundError(f"pretrained checkpoint not found: {cfg.pretrained}")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(cfg.pretrained)))
+        # the weights this file holds (EMA preferred), handed to timm, which applies the model's filter and keeps
+        # the file's classifier when its class count is the run's (the overlay's num_classes is the file's)
+        state = _pretrained_weights(cfg.pretrained)
+        overlay: dict[str, Any] = dict(state_dict=state)
+        file_classes = _file_num_classes(cfg.model, state)
+        if file_classes is not None:
+            overlay["num_classes"] = file_classes
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     model = timm.create_model(cfg.model, **kwargs)
     if cfg.pretrained:
         loaded, replaced = check_pretrained_loaded(model, cfg.pretrained)

@@ -236,6 +236,22 @@ def test_a_wrong_pretrained_file_is_an_error_not_random_weights(tiny_folder, tmp
     assert "classifier left at its initialisation: fc.weight, fc.bias" in lines[0]
 
 
+def test_a_trainer_checkpoint_initialises_from_its_ema_and_keeps_a_same_size_head(tiny_folder, tmp_path):
+    """``--pretrained`` with this repository's own checkpoint (``model`` and ``ema``): the EMA weights, as every
+    loader here prefers them; a file whose classifier has the run's class count (10, not ImageNet's 1000) keeps it."""
+    raw, ema = (timm.create_model("resnet10t", num_classes=10).state_dict() for _ in range(2))
+    path = tmp_path / "last.pt"
+    torch.save({"model": raw, "ema": ema, "epoch": 3}, path)
+    cfg = _tiny_cfg(tiny_folder, tmp_path / "run", pretrained=str(path))
+    lines: list[str] = []
+    model = build_classification_model(cfg, 10, lines.append)
+    assert torch.equal(model.conv1[0].weight, ema["conv1.0.weight"])
+    assert not torch.equal(model.conv1[0].weight, raw["conv1.0.weight"])
+    assert torch.equal(model.fc.weight, ema["fc.weight"]) and "initialisation: none" in lines[0]
+    model = build_classification_model(cfg, 3)  # another class count: the head is replaced, the rest loaded
+    assert model.fc.weight.shape == (3, 512) and torch.equal(model.conv1[0].weight, ema["conv1.0.weight"])
+
+
 # ------------------------------------------------------------------------------------------------ non-finite
 def test_nan_weights_are_never_written_over_the_last_good_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
