@@ -63,6 +63,6 @@ __all__ = [
 # `make demo`: python -m pvg.train (configs/default.yaml), then python -m pvg.eval on its last.pt
 DEMO_INFO = {
     'task': 'image classification (PVG backbone, EMA and raw weights)',
-    'dataset': 'synthetic 10-class ImageFolder set, 64 px (ImageNet train/val layout)',
+    'dataset': 'synthetic 10-class ImageFolder set, 48 px (ImageNet train/val layout)',
     'metrics': ['ema_top1', 'ema_top5', 'top1'],
 }

@@ -63,7 +63,8 @@ def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
 
 
 def relative_position_bias(dim: int, num_nodes: int, reduction: int = 1) -> torch.Tensor:
-    """The frozen relative-position term of a Pyramid ViG Grapher, (1, N, N / r^2), float32 (a new tensor).
+    """The frozen relative-position term of a Pyramid ViG Grapher, (1, N, floor(sqrt(N) / r)^2), float32 (a new
+    tensor; N / r^2 keys when r divides the grid side, as at every stage of a 224-px model).
 
     R = 2 * P P^T / dim for the sin-cos embedding P of the sqrt(N) x sqrt(N) grid, bicubically resized to
     (N, N / r^2) along its flattened axes, stored negated (it is added to the distance before ``topk(-dist)``:
@@ -81,8 +82,8 @@ def _relative_position_bias(dim: int, num_nodes: int, reduction: int) -> torch.T
         pos = sincos_pos_embed_2d(dim, grid)
         rel = (2.0 * pos @ pos.T / pos.shape[1]).float()[None, None]
     rel = F.interpolate(
-        rel, size=(num_nodes, num_nodes // (reduction * reduction)), mode='bicubic', align_corners=False
-    )
+        rel, size=(num_nodes, (grid // reduction) ** 2), mode='bicubic', align_corners=False
+    )  # keys: the r-pooled grid, floor(sqrt(N) / r)^2 (= N / r^2 when r divides the side, as at 224 px)
     return -rel[:, 0]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from shared.checkpoint import CheckpointError, load_checkpoint
 from shared.weights import check_state_dict_fits, pick_wrapped_state_dict, strip_wrapper_prefixes
 
 __all__ = ['OFFICIAL_RELEASE', 'checkpoint_filter_fn', 'load_official_checkpoint', 'unwrap_state_dict']
@@ -60,6 +61,7 @@ def load_official_checkpoint(model: nn.Module, path: str | Path, use_ema: bool =
 
     Raises:
         FileNotFoundError: ``path`` is missing (the message names where the weights are published).
+        shared.checkpoint.CheckpointError: ``path`` is not a checkpoint (text, a foreign pickle, a truncated file).
         RuntimeError: missing, unexpected or mis-shaped keys, each named.
     """
     path = Path(path)
@@ -67,7 +69,10 @@ def load_official_checkpoint(model: nn.Module, path: str | Path, use_ema: bool =
         raise FileNotFoundError(
             f'checkpoint {path} not found; the official Pyramid ViG weights are at {OFFICIAL_RELEASE}'
         )
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    state_dict = checkpoint_filter_fn(checkpoint, model)
+    checkpoint = load_checkpoint(path)  # the safe unpickler; a file that is not a checkpoint is named as such
+    try:
+        state_dict = checkpoint_filter_fn(checkpoint, model)
+    except (KeyError, TypeError, ValueError) as err:  # a dict without weights where they belong
+        raise CheckpointError(f'not a Pyramid ViG / PVG checkpoint: {path}: {err}') from err
     check_state_dict_fits(model, state_dict, str(path))
     model.load_state_dict(state_dict, strict=True)

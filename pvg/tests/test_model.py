@@ -149,6 +149,15 @@ def test_any_input_size(variant, size):
     assert out.shape == (2, 5) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize('variant', ['pvig_test', 'pvg_test'])
+def test_a_design_size_the_reduction_does_not_divide(variant):
+    """img_size 200: stage 1 is 50 x 50 and its r = 4 pooled keys 12 x 12 (not 2500 / 16), as avg-pooling gives."""
+    model = timm.create_model(variant, num_classes=3, img_size=200).eval()
+    assert model.backbone[0][0].relative_pos.shape == (1, 2500, 144)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 200, 200)).shape == (1, 3)
+
+
 def test_smaller_input_lowers_the_dilation_and_too_small_is_an_error():
     model = timm.create_model('pvig_test').eval()
     last = model.backbone[-1][0].graph_conv

@@ -10,6 +10,7 @@ import torch
 
 import pvg  # noqa: F401  (registers the models)
 from pvg.weights import OFFICIAL_RELEASE, checkpoint_filter_fn, load_official_checkpoint, unwrap_state_dict
+from shared.checkpoint import CheckpointError
 from shared.testing import random_state_dict
 
 MANIFEST = json.loads((Path(__file__).resolve().parent / 'data' / 'pvig_official_state_dict_shapes.json').read_text())
@@ -97,6 +98,14 @@ def test_missing_file_names_the_release():
     with pytest.raises(FileNotFoundError, match='releases/tag/pyramid-vig'):
         load_official_checkpoint(timm.create_model('pvig_test'), '/nonexistent/pvig_s_82.1.pth.tar')
     assert 'pyramid-vig' in OFFICIAL_RELEASE
+
+
+@pytest.mark.parametrize('content', ['text', [1, 2, 3], {'model': None}])
+def test_a_file_that_is_not_a_checkpoint_is_named(content, tmp_path):
+    path = tmp_path / 'weights.pth'
+    path.write_text('not a checkpoint') if content == 'text' else torch.save(content, path)
+    with pytest.raises(CheckpointError, match=f'not a .*checkpoint.*{path.name}'):
+        load_official_checkpoint(timm.create_model('pvig_test'), path)
 
 
 def test_unwrap_rejects_non_state_dicts():
