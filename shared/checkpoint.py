@@ -106,6 +106,8 @@ def save_last_and_best(state: dict[str, Any], out_dir: str | Path, is_best: bool
         tmp = best.with_name(f".best.pt.{os.getpid()}.tmp")
         try:
             shutil.copyfile(last, tmp)
+            with open(tmp, "rb") as f:  # on disk before the rename, as last.pt is
+                os.fsync(f.fileno())
             os.replace(tmp, best)
         finally:
             if tmp.exists():
@@ -232,7 +234,8 @@ def restore_training_state(state: dict[str, Any], strict: bool = True, **compone
     """Load ``state`` (from :func:`training_state`) into the given objects, then the global RNG states.
 
     An object given as ``None``, or whose entry is ``None`` (e.g. no EMA), is skipped; plain values (epoch, step)
-    are read by the caller from ``state`` directly. Modules load strictly unless ``strict`` is False.
+    are read by the caller from ``state`` directly. Modules load strictly unless ``strict`` is False. Under
+    torch.distributed, ranks other than 0 re-seed their generators from the restored ones (:func:`_reseed_other_ranks`).
     """
     from shared.training import unwrap_model
 
@@ -247,3 +250,15 @@ def restore_training_state(state: dict[str, Any], strict: bool = True, **compone
             obj.load_state_dict(state[name])
     if "rng" in state:
         restore_rng_state(state["rng"])
+        _reseed_other_ranks()
+
+
+def _reseed_other_ranks() -> None:
+    """The checkpoint holds rank 0's generators (it writes them); every other rank, after restoring them, seeds its
+    own stream from a number drawn from them (deterministic for the checkpoint), so the ranks' random draws (mixup,
+    in-process augmentation) do not all coincide after a resume. Rank 0 continues exactly."""
+    from shared.distributed import get_rank, seed_everything  # local: keeps this module's imports light
+
+    rank = get_rank()
+    if rank > 0:
+        seed_everything(int(torch.randint(0, 2**62, (1,))), rank)

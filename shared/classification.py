@@ -44,8 +44,10 @@ from shared.config import RunConfig, config_to_dict, save_config
 from shared.distributed import (
     DistContext,
     all_reduce_mean,
+    broadcast_module,
     cleanup_distributed,
     init_distributed,
+    loader_seed,
     seed_everything,
     seed_worker,
 )
@@ -548,6 +550,9 @@ def _build_training(
         noise_std=cfg.lr_noise_std,
         noise_seed=cfg.lr_noise_seed,
     )
+    # every rank starts from rank 0's weights before the EMA copies them (DDP would sync the model only later, at
+    # its construction, and the EMA never: the ranks seed differently, so their random initialisations differ)
+    broadcast_module(model)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay is not None else None
     mixup, criterion = _criterion(cfg, num_classes)
     logger.info(
@@ -608,7 +613,8 @@ def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, on_epoch_end
     total_epochs = cfg.epochs + cfg.cooldown_epochs  # the schedule stays at min_lr after cfg.epochs
     for epoch in range(start_epoch, total_epochs):
         train_loader.sampler.set_epoch(epoch)
-        train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # worker seeds: a function of the epoch
+        # worker seeds: a function of the epoch and the rank
+        train_loader.generator.manual_seed(loader_seed(cfg.seed * 100_003 + epoch, ctx.rank))
         stats, step = train_one_epoch(
             train_model,
             train_loader,

@@ -349,10 +349,20 @@ def _leaf_type(tp: Any) -> Any:
     return tp
 
 
+def _str_items(tp: Any) -> bool:
+    """Whether ``tp`` (maybe Optional) is a list or tuple of strings."""
+    leaf = _leaf_type(tp)
+    items = [a for a in get_args(leaf) if a is not Ellipsis]
+    return get_origin(leaf) in (list, tuple) and bool(items) and all(a is str for a in items)
+
+
 def build_parser(schema: type, description: str | None = None, add_help: bool = True) -> argparse.ArgumentParser:
     """An argparse parser with `-c/--config` and one `--key` option per (dotted) config field."""
     parser = argparse.ArgumentParser(
-        description=description, add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=description,
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # a mistyped key (--epoch for --epochs) is an error, not a silent abbreviation
     )
     parser.add_argument(
         "-c",
@@ -435,7 +445,7 @@ def _parse_flow_list(text: str, key: str) -> list[Any]:
 def config_name(argv: Sequence[str] | None = None, default: str = "default") -> str:
     """The stem of the ``-c/--config`` file in ``argv`` (default ``sys.argv[1:]``), else ``default``: the run folder
     is ``runs/<package>/<config name>/<time>``. Accepts ``-c F``, ``-cF``, ``--config F`` and ``--config=F``."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("-c", "--config", default=None)
     config = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))[0].config
     return Path(config).stem if config else default
@@ -484,6 +494,8 @@ def parse_config(
                     value = None  # --key null: an optional list switched off
                 elif isinstance(raw, list) and len(raw) == 1 and raw[0].strip().startswith("["):
                     value = _parse_flow_list(raw[0], key)  # --key "[a, b]", the YAML flow form
+                elif isinstance(raw, list) and _str_items(tp):
+                    value = list(raw)  # list[str]: class names such as 001 or on stay text
                 elif isinstance(raw, list):
                     value = [_parse_cli_value(v) for v in raw]
                 elif isinstance(raw, str) and (_leaf_type(tp) is not str or raw in ("null", "None")):

@@ -43,7 +43,7 @@ from shared.detection import (
     sharded_loader,
     targets_to_device,
 )
-from shared.distributed import DistContext, all_reduce_mean, seed_everything, seed_worker
+from shared.distributed import DistContext, all_reduce_mean, loader_seed, seed_everything, seed_worker
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, make_grad_scaler, optimizer_step, show_progress
 
@@ -289,7 +289,8 @@ def _train(cfg: Any, ctx: DistContext, recipe: DetectionRecipe, on_epoch_end: Ep
     coco: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         t.sampler.set_epoch(epoch)
-        t.train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)  # worker seeds: a function of the epoch
+        # worker seeds: a function of the epoch and the rank
+        t.train_loader.generator.manual_seed(loader_seed(cfg.seed * 100_003 + epoch, ctx.rank))
         row, step = recipe.train_one_epoch(train_model, t, ctx, epoch, step, cfg, logger)
         last, is_best = epoch + 1 == cfg.epochs, False
         if last or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0):

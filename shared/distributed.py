@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "RANK_SEED_STRIDE",
     "DistContext",
     "all_reduce_gradients",
     "all_reduce_mean",
@@ -29,6 +30,7 @@ __all__ = [
     "get_world_size",
     "init_distributed",
     "is_main_process",
+    "loader_seed",
     "seed_everything",
     "seed_worker",
 ]
@@ -137,6 +139,17 @@ def all_reduce_gradients(parameters: Iterable[torch.Tensor]) -> None:
         n = g.numel()
         p.grad = flat[offset : offset + n].view_as(g).clone()
         offset += n
+
+
+#: Offset between the ranks' loader seeds (``loader_seed``): far above any ``seed * 100_003 + epoch``.
+RANK_SEED_STRIDE = 2**40
+
+
+def loader_seed(base: int, rank: int) -> int:
+    """Seed of rank ``rank``'s training-loader generator (the source of its workers' seeds) for a ``base`` seed:
+    ``base`` on rank 0, a distinct stream on every other rank, so that worker k of two ranks does not draw the same
+    augmentations for different images."""
+    return base + rank * RANK_SEED_STRIDE
 
 
 def seed_everything(seed: int, rank: int = 0) -> int:

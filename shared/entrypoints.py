@@ -138,7 +138,7 @@ def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = 
 
 
 def _preparse_checkpoint(argv: Sequence[str]) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--checkpoint", default=None)
     pre.add_argument("--output_dir", default=None)
     args = pre.parse_known_args(list(argv))[0]
@@ -211,7 +211,7 @@ def parse_checkpoint_args(
         ignore: keys of the stored config that the evaluation does not inherit (they keep the schema's defaults).
     """
     description = doc.splitlines()[0]
-    parser = argparse.ArgumentParser(description=description, add_help=False)
+    parser = argparse.ArgumentParser(description=description, add_help=False, allow_abbrev=False)
     parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
     parser.add_argument("--output_dir", default=None, help="default: <checkpoint folder>/eval")
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from shared.config import config_to_dict, save_config
-from shared.distributed import DistContext, seed_everything
+from shared.distributed import DistContext, loader_seed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, check_finite_parameters, optimizer_step
 
@@ -76,14 +76,14 @@ def iteration_loader(
 ) -> DataLoader:
     """The training loader of an iteration-based run: ``batch_sampler`` yields one batch per iteration (a function
     of the seed and the iteration, so that a resumed run sees the same batches); workers draw from a generator
-    seeded with ``seed``."""
+    seeded with ``seed`` (and the rank: :func:`shared.distributed.loader_seed`)."""
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=workers,
         collate_fn=collate_fn,
         pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(loader_seed(seed, ctx.rank)),
     )
 
 

@@ -10,8 +10,9 @@ computed by us from a download. No source of these datasets publishes SHA-256 di
 are the published md5 values (each ``source`` names where it was read); md5 detects corruption and truncation but is
 not collision-resistant. Plain-http URLs remain where the host serves nothing else that we could confirm: COCO's
 ``images.cocodataset.org`` presents the certificate of s3.amazonaws.com over https (a hostname mismatch), and the
-ETH and DHBW hosts of Fishyscapes / Lost and Found could not be checked from here; every one of them has a checksum,
-and ``download_file`` refuses a plain-http file without one.
+ETH and DHBW hosts of Fishyscapes / Lost and Found could not be checked from here; those have a checksum.
+``download_file`` refuses a plain-http file without one: ADE20K's zip (plain http, nothing published) is placed by
+hand, as its manual steps say, and ``download`` then extracts it.
 """
 
 from __future__ import annotations

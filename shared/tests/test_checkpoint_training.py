@@ -199,3 +199,32 @@ def test_log_csv_widens_its_header_for_keys_that_appear_later(tmp_path):
         ("2", "0.3", "", "7"),
     ]
     assert not list(tmp_path.glob(".log.csv*"))  # the rewrite's temp file is gone
+
+
+def test_after_a_resume_other_ranks_draw_their_own_random_numbers(monkeypatch):
+    """A checkpoint holds rank 0's generators; rank 0 continues them exactly, another rank re-seeds from them
+    (deterministically), so the ranks' draws do not coincide after a resume."""
+    import shared.distributed as distributed
+    from shared.checkpoint import restore_training_state, training_state
+
+    torch.manual_seed(5)
+    state = training_state("pkg", None, epoch=0)
+    expected = torch.rand(3)
+
+    def draws(rank: int) -> torch.Tensor:
+        monkeypatch.setattr(distributed, "get_rank", lambda: rank)
+        restore_training_state(state)
+        return torch.rand(3)
+
+    assert torch.equal(draws(0), expected)
+    other = draws(1)
+    assert not torch.equal(other, expected) and torch.equal(draws(1), other)
+
+
+def test_loader_seeds_are_the_base_on_rank_0_and_distinct_elsewhere():
+    from shared.distributed import loader_seed
+
+    base = 3 * 100_003 + 7
+    assert loader_seed(base, 0) == base
+    assert len({loader_seed(base, r) for r in range(8)}) == 8
+    assert loader_seed(base, 1) != loader_seed(base + 1, 0)

@@ -108,6 +108,14 @@ def test_unknown_cli_key_is_an_error_listing_keys(capsys):
     assert "--epohcs" in err and "--epochs" in err and "--optim.lr" in err
 
 
+@pytest.mark.parametrize("argv", [["--epoch", "3"], ["--optim.l", "0.5"]])
+def test_a_prefix_of_a_key_is_not_taken_for_the_key(argv, capsys):
+    """argparse would read --epoch as --epochs: a mistyped key must be an error, not a silent abbreviation."""
+    with pytest.raises(SystemExit) as exc:
+        parse_config(Cfg, argv)
+    assert exc.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
 def test_wrong_type_names_the_key(capsys):
     with pytest.raises(ConfigError, match="config key 'epochs': expected an integer"):
         config_from_dict(Cfg, {"epochs": "ten"})
@@ -226,3 +234,15 @@ def test_off_and_on_words_stay_words_where_the_type_says_so():
     assert parse(["--layouts", "on"]).layouts == ["on"]
     with pytest.raises(ConfigError, match="layouts"):
         config_from_dict(Switches, {"layouts": ["maybe"]})
+
+
+@dataclasses.dataclass
+class _Classes:
+    classes: list[str] = dataclasses.field(default_factory=lambda: ["bagel"])
+    sizes: list[int] = dataclasses.field(default_factory=lambda: [1])
+
+
+def test_a_list_of_strings_keeps_its_items_as_text():
+    """``--classes 001 on bagel`` are names, not YAML numbers or booleans; a list of ints still parses."""
+    cfg = parse_config(_Classes, ["--classes", "001", "on", "bagel", "--sizes", "2", "3"])
+    assert cfg.classes == ["001", "on", "bagel"] and cfg.sizes == [2, 3]
