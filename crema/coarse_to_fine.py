@@ -10,9 +10,13 @@ Each epoch, for every network k:
      the other noisy samples;
 then the clean test split is evaluated (sum of both networks' logits with two networks).
 
-Runs in one process or under torchrun (DDP; every rank computes the same credibility pass and split, the training
-batches are sharded by a DistributedSampler). The full state (networks, optimizers, memories, updated labels, RNG
-states, tracker) is checkpointed, and a resumed run ends bit-identical on CPU.
+Runs in one process or under torchrun (DDP; the training batches are sharded by a DistributedSampler). DDP
+broadcasts the buffers only at the start of a training forward, so after an epoch each rank holds the BatchNorm
+running statistics of its own last batch; the credibility pass and the test therefore first copy rank 0's parameters
+and buffers to every rank (``broadcast_module``), and the pass's predictions are rank 0's (broadcast), so every rank
+makes the same split, label update and selection and runs the same number of batches. The full state (networks,
+optimizers, memories, updated labels, RNG states, tracker) is checkpointed, and a resumed run ends bit-identical on
+CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
@@ -33,7 +38,7 @@ from crema.credibility import CredibilityMemory, coarse_split, credibility, modu
 from crema.data import NoisyTask
 from crema.losses import CLEAN, REST, UPDATED, crema_loss, warmup_loss
 from shared.checkpoint import restore_training_state, training_state
-from shared.distributed import DistContext, all_reduce_mean
+from shared.distributed import DistContext, all_reduce_mean, broadcast_module
 from shared.logger import RunLogger
 from shared.noisy.data import ViewDataset, balanced_subset
 from shared.noisy.loop import EpochTrainer
@@ -139,13 +144,25 @@ class CremaTrainer(EpochTrainer):
 
     # ------------------------------------------------------------------------------------------------ pieces
     def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """All training samples, or (``data.epoch_samples``) DivideMix's class-balanced Clothing1M epoch sample."""
-        n = len(self.given)
-        if self.cfg.data.epoch_samples is None:
+        """All training samples, or DivideMix's class-balanced Clothing1M epoch sample: ``data.epoch_samples``
+        images, in warm-up epochs ``data.warmup_epoch_samples`` when set."""
+        n, d = len(self.given), self.cfg.data
+        size = d.epoch_samples
+        if epoch < self.method.warmup_epochs and d.warmup_epoch_samples is not None:
+            size = d.warmup_epoch_samples
+        if size is None:
             return torch.arange(n)
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        subset = balanced_subset(self.given.cpu().numpy(), self.cfg.data.epoch_samples, self.task.num_classes, rng)
+        subset = balanced_subset(self.given.cpu().numpy(), size, self.task.num_classes, rng)
         return torch.from_numpy(subset)
+
+    def sync_nets(self, ks: list[int] | None = None) -> None:
+        """Under torchrun: rank 0's parameters and buffers (BatchNorm running statistics) on every rank. DDP
+        broadcasts buffers only when a training forward starts, so after an epoch the ranks' buffers differ and the
+        eval-mode predictions would too. Nothing happens in one process."""
+        if self.ctx.distributed:
+            for k in range(len(self.nets)) if ks is None else ks:
+                broadcast_module(self.nets[k])
 
     @torch.no_grad()
     def predict(self, k: int, indices: torch.Tensor, transform: Callable) -> torch.Tensor:
@@ -169,11 +186,19 @@ class CremaTrainer(EpochTrainer):
         return torch.cat(out)
 
     def credibility_pass(self, k: int, indices: torch.Tensor) -> torch.Tensor:
-        """Step 1: credibility of the given labels under network k, pushed into its memory; returns the softmax."""
+        """Step 1: credibility of the given labels under network k, pushed into its memory; returns the softmax.
+
+        Under torchrun every rank predicts with rank 0's weights and buffers and then takes rank 0's predictions
+        (the augmented view of ``agreement`` is drawn per rank), so the memories, splits and selections agree."""
+        self.sync_nets([k])
         probs = self.predict(k, indices, self.task.eval_transform)
         view = None
         if self.method.credibility == "agreement":
             view = self.predict(k, indices, self.task.train_transform)
+        if self.ctx.distributed:
+            for tensor in (probs, view):
+                if tensor is not None:
+                    dist.broadcast(tensor, 0)
         if not torch.isfinite(probs).all():
             raise FloatingPointError(
                 f"network {k + 1} predicts non-finite probabilities after step {self.step}: the run diverged "
@@ -212,7 +237,7 @@ class CremaTrainer(EpochTrainer):
         net = self.train_nets[k]
         net.train()
         total, count = 0.0, 0
-        batch_size = min(self.optim.batch_size, len(indices))
+        batch_size = min(self.optim.warmup_batch_size or self.optim.batch_size, len(indices))
         for images, index in self.logger.progress(self._loader(indices, batch_size, epoch, k), f"warm-up {epoch}"):
             logits = net(images.to(self.device))
             loss = warmup_loss(logits, self.given[index.to(self.device)], self.method.warmup_penalty)
@@ -238,20 +263,17 @@ class CremaTrainer(EpochTrainer):
         labels = self.given[idx].clone()
         update = None
         if m.label_update:
-            candidates = torch.zeros(len(self.given), dtype=torch.bool, device=self.device)
-            candidates[idx] = ~clean
-            full_probs = torch.zeros(len(self.given), probs[k].shape[1], device=self.device)
-            full_probs[idx] = probs[k]
-            other = None
-            if n_nets == 2 and m.update_agreement:
-                other = torch.full((len(self.given),), -2, dtype=torch.int64, device=self.device)
-                other[idx] = probs[1 - k].argmax(1)
-            stable = self.memories[k].stable() if m.update_stable else None
+            # the rule is tested on this epoch's samples only: with data.epoch_samples, a sample outside the draw
+            # keeps its updated label (it is re-tested when it is drawn again) and is not counted as reverted
+            other = probs[1 - k].argmax(1) if n_nets == 2 and m.update_agreement else None
+            stable = self.memories[k].stable()[idx] if m.update_stable else None
             update = selective_label_update(
-                full_probs, self.given, candidates, self.updates[k], m.update_threshold, stable, other
+                probs[k], self.given[idx], ~clean, self.updates[k][idx], m.update_threshold, stable, other
             )
-            self.updates[k] = update.labels
-            new = update.labels[idx]
+            updates = self.updates[k].clone()
+            updates[idx] = update.labels
+            self.updates[k] = updates
+            new = update.labels
             roles = torch.where(new >= 0, UPDATED, roles)
             labels = torch.where(new >= 0, new, labels)
         return {"clean": clean, "weights": weights, "roles": roles, "labels": labels, "update": update}
@@ -296,7 +318,8 @@ class CremaTrainer(EpochTrainer):
         return set_learning_rate(self.optimizers, lr)
 
     def test(self) -> float:
-        """Accuracy on the clean test split (sum of the networks' logits)."""
+        """Accuracy on the clean test split (sum of the networks' logits; under torchrun rank 0's networks)."""
+        self.sync_nets()
         return evaluate_accuracy(
             self.nets,
             self.task.test_source,
@@ -324,9 +347,9 @@ class CremaTrainer(EpochTrainer):
             row.update(clean_precision=quality["precision"], clean_recall=quality["recall"])
             row["weight_mean_correct"] = float(weights[clean & correct].mean()) if (clean & correct).any() else math.nan
             row["weight_mean_wrong"] = float(weights[clean & ~correct].mean()) if (clean & ~correct).any() else math.nan
-            if update is not None and update.updated:
+            if update is not None and update.updated:  # update.labels: the epoch's samples, in order of indices
                 mask = update.labels >= 0
-                row["updated_label_acc"] = label_accuracy(update.labels[mask].cpu(), self.clean[mask].cpu())
+                row["updated_label_acc"] = label_accuracy(update.labels[mask].cpu(), self.clean[idx][mask].cpu())
         return row
 
     def epoch_row(self, epoch: int) -> dict[str, Any]:

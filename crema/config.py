@@ -60,6 +60,10 @@ class DataConfig(NoisyDataConfig):
     epoch_samples: int | None = field(
         default=None, metadata={"help": "Clothing1M: class-balanced sample of this size per epoch (null: all)"}
     )
+    warmup_epoch_samples: int | None = field(
+        default=None,
+        metadata={"help": "Clothing1M: class-balanced sample per warm-up epoch (null: as epoch_samples)"},
+    )
     max_len: int = field(default=200, metadata={"help": "imdb: tokens per review (truncated / padded)"})
     vocab_size: int = field(default=20000, metadata={"help": "imdb: most frequent training tokens kept"})
     min_freq: int = 2
@@ -89,6 +93,9 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [150], metadata={"help": "lr x gamma at these epochs"})
     gamma: float = 0.1
     eval_batch_size: int = 512
+    warmup_batch_size: int | None = field(
+        default=None, metadata={"help": "batch of the warm-up epochs (null: batch_size; DivideMix's Clothing1M: 64)"}
+    )
 
 
 @dataclass
@@ -96,7 +103,9 @@ class MethodConfig:
     """CREMA's switches (README, Method and Fidelity notes)."""
 
     warmup_epochs: int = field(default=10, metadata={"help": "plain CE epochs before the first split"})
-    warmup_penalty: bool = field(default=False, metadata={"help": "negative-entropy penalty in warm-up (asym)"})
+    warmup_penalty: bool = field(
+        default=False, metadata={"help": "negative-entropy penalty in warm-up (asym, Clothing1M)"}
+    )
     credibility: Literal["js", "prob", "loss", "agreement"] = field(
         default="js",
         metadata={"help": "js: 1 - JS(p, onehot(y))/ln2; prob: p[y]; loss: 1 - min-max CE; agreement: two views"},
@@ -138,8 +147,9 @@ class Config(RunConfig):
     method: MethodConfig = field(default_factory=MethodConfig)
 
 
-def check_config(cfg: Config) -> None:
-    """Refuse settings that cannot work, naming the key."""
+def check_config(cfg: Config, training: bool = True) -> None:
+    """Refuse settings that cannot work, naming the key. ``training=False`` (evaluation of a checkpoint, whose
+    weights replace any initialisation) does not ask for the ImageNet file of the Clothing1M recipe."""
     m, o, d = cfg.method, cfg.optim, cfg.data
     if cfg.amp != "off":
         raise ValueError(f"amp={cfg.amp!r} is not supported by crema (fp32 only, as DivideMix); use --amp off")
@@ -155,6 +165,11 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"data.noise_rate must lie in [0, 1], got {d.noise_rate}")
     if o.epochs < 1 or o.batch_size < 1:
         raise ValueError(f"optim.epochs and optim.batch_size must be >= 1, got {o.epochs}, {o.batch_size}")
+    if o.warmup_batch_size is not None and o.warmup_batch_size < 1:
+        raise ValueError(f"optim.warmup_batch_size must be >= 1 (or null), got {o.warmup_batch_size}")
+    for key, value in (("epoch_samples", d.epoch_samples), ("warmup_epoch_samples", d.warmup_epoch_samples)):
+        if value is not None and value < 1:
+            raise ValueError(f"data.{key} must be >= 1 (or null), got {value}")
     if m.warmup_epochs < 0:
         raise ValueError(f"method.warmup_epochs must be >= 0, got {m.warmup_epochs}")
     if d.dataset == "clothing1m" and d.root is None:
@@ -162,9 +177,14 @@ def check_config(cfg: Config) -> None:
             "Clothing1M has no embedded synthetic set: pass --data.root (see `python -m shared.datasets info "
             "clothing1m`)"
         )
-    if d.dataset == "clothing1m" and cfg.model.arch == "resnet50" and cfg.model.pretrained is None:
+    if training and d.dataset == "clothing1m" and cfg.model.arch == "resnet50" and cfg.model.pretrained is None:
         raise ValueError(
             "the Clothing1M recipe starts from ImageNet weights: pass --model.pretrained PATH (a torchvision "
             "resnet50 state dict, e.g. resnet50-0676ba61.pth from download.pytorch.org/models); random weights are "
             "never used silently"
+        )
+    if training and cfg.model.pretrained is not None and not Path(cfg.model.pretrained).is_file():
+        raise FileNotFoundError(
+            f"model.pretrained: {cfg.model.pretrained} is not a file (the ImageNet resnet50 state dict, e.g. "
+            "resnet50-0676ba61.pth from download.pytorch.org/models)"
         )

@@ -4,11 +4,13 @@
 
 The config comes from the checkpoint (``parse_eval_config``); ``--data.root`` etc. may be overridden. Prints the
 test accuracy (two networks: each one and the ensemble of summed logits) and writes ``metrics.json`` to
-``--output_dir`` (default: ``<checkpoint folder>/eval``).
+``--output_dir`` (default: ``<checkpoint folder>/eval``). The networks are built without ``model.pretrained``
+(the checkpoint's weights replace the ImageNet initialisation), so a Clothing1M run is evaluated without that file.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,11 @@ parse_args = checkpoint_parser(
 @torch.no_grad()
 def evaluate(cfg: Config, state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     """Test accuracy of each network of the checkpoint ``state`` and of their ensemble."""
-    check_config(cfg)
+    check_config(cfg, training=False)
     device = resolve_device(cfg.device)
     task = build_task(cfg.data, checkpoint.parent)
-    nets = build_nets(cfg, task, device)
+    # the checkpoint's weights replace the ImageNet initialisation, so the pretrained file is not needed here
+    nets = build_nets(replace(cfg, model=replace(cfg.model, pretrained=None)), task, device)
     for k, net in enumerate(nets):
         key = f"net{k + 1}"
         if key not in state:

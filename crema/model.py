@@ -17,6 +17,7 @@ name                   what                                                     
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,15 @@ def _preact(num_classes: int, width: int = 64, **_: Any) -> nn.Module:
 
 
 def _resnet50(num_classes: int, pretrained: str | Path | None = None, **_: Any) -> nn.Module:
-    return resnet50_noisy(num_classes=num_classes, pretrained=pretrained)
+    try:
+        return resnet50_noisy(num_classes=num_classes, pretrained=pretrained)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # torch.load of a corrupt or foreign file
+        if pretrained is None:
+            raise
+        raise ValueError(
+            f"model.pretrained {pretrained}: cannot be loaded as the ImageNet weights (expected a torchvision resnet50 "
+            f"state dict such as resnet50-0676ba61.pth; {type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err
 
 
 def _digits_mlp(num_classes: int, in_features: int = 192, hidden: int = 256, **_: Any) -> nn.Module:

@@ -12,6 +12,7 @@ from crema.config import Config, DataConfig, ModelConfig, check_config
 from crema.credibility import CredibilityMemory
 from crema.data import build_task
 from crema.eval import parse_args as eval_args
+from crema.model import create_model
 from crema.train import main, parse_args
 from shared.checkpoint import CheckpointError
 
@@ -33,6 +34,20 @@ def test_wrong_values_are_refused_with_their_key():
         check_config(Config(amp="bf16"))
     with pytest.raises(ValueError, match="model.pretrained"):
         check_config(Config(data=DataConfig(dataset="clothing1m", root="x"), model=ModelConfig(arch="resnet50")))
+
+
+def test_a_missing_or_corrupt_pretrained_file_is_named(tmp_path):
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(FileNotFoundError, match="missing.pth is not a file"):
+        check_config(Config(model=ModelConfig(arch="resnet50", pretrained=str(missing))))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_text("not a checkpoint")
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"w": torch.zeros(8)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    for path in (corrupt, truncated):
+        with pytest.raises(ValueError, match=f"{path.name}: cannot be loaded as the ImageNet weights"):
+            create_model("resnet50", 14, pretrained=str(path))
 
 
 def test_missing_dataset_names_the_expected_path(tmp_path):
