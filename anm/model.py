@@ -25,6 +25,7 @@ default.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -342,7 +343,8 @@ def load_c2d_checkpoint(model: SupCEResNet, path: str | Path) -> list[str]:
     ``module.encoder.conv1.weight`` and the SimCLR projection ``module.head.*``. After stripping ``module.`` every
     ``encoder.*`` weight of ``model`` must be present with its shape and no other ``encoder.*`` key may be left
     (strict on the encoder); the projection head is dropped, and ``fc`` and ``recon_module`` keep their fresh
-    initialisation. Read with ``weights_only=True``.
+    initialisation. Read with ``weights_only=True`` (SupContrast's ``{"opt": Namespace, "model", "optimizer",
+    "epoch"}`` layout included).
 
     Returns:
         the names of the parameters left at initialisation (``fc.*``, ``recon_module.*``).
@@ -359,7 +361,10 @@ def load_c2d_checkpoint(model: SupCEResNet, path: str | Path) -> list[str]:
             "ckpt_cifar10_resnet18.pth / ckpt_cifar100_resnet18.pth / ckpt_clothing_resnet50.pth (README, Recipes)."
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # SupContrast's save_model (which trained C2D's files) stores its argparse options beside the weights: a
+        # Namespace of plain values, allowed by name; any other object is still refused by the safe unpickler
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # text, truncated or pickled-object file
         raise ValueError(f"{path}: not a readable C2D checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):

@@ -358,6 +358,23 @@ def test_c2d_checkpoint_loads_encoder_strictly(tmp_path) -> None:
     assert set(left) == {"fc.weight", "fc.bias", *RECON_MODULE_KEYS}
 
 
+def test_c2d_checkpoint_in_supcontrast_save_format_loads(tmp_path) -> None:
+    """SupContrast's save_model stores {'opt': argparse.Namespace, 'model', 'optimizer', 'epoch'}; the Namespace of
+    plain values is allowed, any other pickled object still refused."""
+    import argparse
+    import datetime
+
+    model = create_model("supce_resnet18_tiny")
+    path, weights = _c2d_file(tmp_path, create_model("supce_resnet18_tiny"))
+    opt = argparse.Namespace(model="resnet18", learning_rate=0.5, lr_decay_epochs=[700, 800, 900], cosine=True)
+    torch.save({"opt": opt, "model": weights, "optimizer": {"state": {}, "param_groups": []}, "epoch": 1000}, path)
+    load_c2d_checkpoint(model, path)
+    assert torch.equal(model.encoder.conv1.weight, weights["module.encoder.conv1.weight"])
+    torch.save({"opt": opt, "when": datetime.timedelta(days=1), "model": weights}, path)
+    with pytest.raises(ValueError, match="not a readable C2D checkpoint"):
+        load_c2d_checkpoint(model, path)
+
+
 def test_c2d_checkpoint_mismatch_is_a_clear_error(tmp_path) -> None:
     model = create_model("supce_resnet18_tiny")
     path, _ = _c2d_file(tmp_path, create_model("supce_resnet18_tiny"), drop="encoder.layer2.0.shortcut.0.weight")
