@@ -34,6 +34,7 @@ __all__ = [
     "IterationSampler",
     "SparseTrainSet",
     "build_datasets",
+    "build_val_set",
     "dataset_root",
     "sparse_collate",
     "val_loader",
@@ -139,6 +140,16 @@ def sparse_file(data: DataConfig, root: Path) -> Path:
     return root / "annotations" / "sparse" / f"instances_train2017.{tag}.seed{data.sparse_seed}.json"
 
 
+def _val_set(root: Path, data: DataConfig, label_offset: int, categories: Sequence[int] | None) -> CocoDetection:
+    return CocoDetection(
+        root / data.val_images,
+        root / data.val_annotations,
+        label_offset=label_offset,
+        categories=categories,
+        layout=COCO_LAYOUT,
+    )
+
+
 def build_datasets(
     data: DataConfig, label_offset: int, is_main: bool = True
 ) -> tuple[SparseTrainSet, CocoDetection, float]:
@@ -154,14 +165,18 @@ def build_datasets(
     full = CocoDetection(
         root / data.train_images, full_file, label_offset=label_offset, categories=train.cat_ids, layout=COCO_LAYOUT
     )
-    val = CocoDetection(
-        root / data.val_images,
-        root / data.val_annotations,
-        label_offset=label_offset,
-        categories=train.cat_ids,
-        layout=COCO_LAYOUT,
-    )
+    val = _val_set(root, data, label_offset, train.cat_ids)
     return SparseTrainSet(train, full, data), val, ratio
+
+
+def build_val_set(data: DataConfig, label_offset: int, is_main: bool = True) -> CocoDetection:
+    """The full-annotation val set alone (evaluation needs neither the train images nor the train jsons), its
+    categories those of the val json in sorted id order: check them against the checkpoint's
+    (``shared.detection.check_checkpoint_categories``)."""
+    root = dataset_root(data, is_main)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # the synthetic set is written by rank 0
+    return _val_set(root, data, label_offset, None)
 
 
 def val_loader(dataset: CocoDetection, data: DataConfig, ctx: DistContext) -> DataLoader:

@@ -4,9 +4,11 @@ and the ECE of the teacher's scores before/after the checkpoint's calibrator (+ 
     python -m calibrated_teacher.eval --checkpoint runs/calibrated_teacher/default/<time>/last.pt
     python -m calibrated_teacher.eval --checkpoint last.pt --data.root data/coco --output_dir eval_out
 
-The configuration is the one stored in the checkpoint, then ``-c`` / ``--key value`` overrides. Prints the
-summary and writes ``metrics.json`` and ``reliability_eval.png`` to ``<checkpoint folder>/eval/`` (or
-``--output_dir``), so the training run's own ``metrics.json`` is never replaced.
+The configuration is the one stored in the checkpoint, then ``-c`` / ``--key value`` overrides. Only the val split
+is read (``data.val_images`` and ``data.val_annotations`` under ``data.root``; no train images or jsons), and the
+checkpoint's category ids must be the val json's. Prints the summary and writes ``metrics.json`` and
+``reliability_eval.png`` to ``<checkpoint folder>/eval/`` (or ``--output_dir``), so the training run's own
+``metrics.json`` is never replaced.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 
 from calibrated_teacher.config import PACKAGE, TrainConfig
-from calibrated_teacher.data import build_datasets, val_loader
+from calibrated_teacher.data import build_val_set, val_loader
 from calibrated_teacher.engine import (
     CHECKPOINT_KEYS,
     calibration_quality,
@@ -26,7 +28,7 @@ from calibrated_teacher.engine import (
 )
 from calibrated_teacher.model import build_detector, label_offset
 from calibrated_teacher.teacher_student import CalibratedTeacher
-from shared.detection import coco_summary
+from shared.detection import check_checkpoint_categories, coco_summary
 from shared.distributed import cleanup_distributed, init_distributed
 from shared.entrypoints import Evaluation, checkpoint_parser
 from shared.logger import write_json
@@ -50,7 +52,8 @@ def main(ev: Evaluation) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     ctx = init_distributed(cfg.device)
     try:
-        _, val_set, _ = build_datasets(cfg.data, label_offset(cfg.detector), ctx.is_main)
+        val_set = build_val_set(cfg.data, label_offset(cfg.detector), ctx.is_main)  # no train split needed
+        check_checkpoint_categories(state, path, val_set)  # the same ids, so the same labels as in training
         if state["num_classes"] != val_set.num_classes:
             raise ValueError(f"{path} has {state['num_classes']} classes, the val set {val_set.num_classes}")
         method = CalibratedTeacher(build_detector(state["num_classes"], cfg.detector), cfg.teacher, cfg.method)

@@ -13,8 +13,15 @@ Every image is sparsely annotated. Per iteration:
    ``calibration_window`` iterations' buffer of every rank.
 
 ``method: supervised`` trains the student on the sparse annotations only (the teacher is still updated, unused).
-The teacher is skipped in iterations whose detections can never be used (before ``merge_start -
-calibration_window``): its inference draws no random numbers, so this changes no result.
+The teacher is skipped before ``merge_start - calibration_window`` (``merge_start`` in the ``calibrate: false``
+ablation). Its inference draws no random numbers and only feeds the calibration buffer, so the student's updates are
+those of an always-on teacher up to ``merge_start``. What can differ is the calibrator: the refits after iterations
+before ``merge_start - 1`` see an empty or partial window where an always-on teacher's might have succeeded, and a
+refit that fails (or, with the robust fit, is refused) keeps the previous calibrator. The two runs are identical
+when their calibrators entering ``merge_start`` agree, e.g. when the refit after iteration ``merge_start - 1`` (the
+first with a full window; scheduled when ``merge_start`` is a multiple of ``refit_interval``, as in every config)
+succeeds. When it fails, this run merges with the raw threshold (or an older partial-window fit) where an always-on
+teacher could use an earlier fit, and the runs diverge.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchvision.ops import box_iou
 
@@ -56,12 +64,44 @@ class PseudoBoxLog:
         """(N, 5) float: step, raw, calibrated, correct, kept."""
         return torch.cat(self.rows) if self.rows else torch.zeros(0, 5)
 
+    def gathered_table(self) -> torch.Tensor:
+        """Every rank's :meth:`table`, concatenated in rank order (call on every rank); this rank's table in one
+        process."""
+        table = self.table()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, table)
+            return torch.cat(parts)
+        return table
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``table``: :meth:`table` with 0 for the NaN calibrated scores (checkpoints refuse non-finite values);
+        ``scored``: which candidates a fitted calibrator scored."""
+        table = self.table().clone()
+        scored = ~torch.isnan(table[:, 2])
+        table[~scored, 2] = 0.0
+        return {"table": table, "scored": scored}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        table, scored = state["table"].float().cpu().clone(), state["scored"].bool().cpu()
+        if table.ndim != 2 or table.shape[1] != 5 or scored.shape != (len(table),):
+            raise ValueError(
+                f"pseudo-box log state must be an (N, 5) table and N flags, got {tuple(table.shape)} and "
+                f"{tuple(scored.shape)}"
+            )
+        table[~scored, 2] = float("nan")
+        self.rows = [table] if len(table) else []
+
 
 def _matches(
     boxes: torch.Tensor, labels: torch.Tensor, ref_boxes: torch.Tensor, ref_labels: torch.Tensor
 ) -> torch.Tensor:
+    """(N,) bool on ``boxes``' device: a same-class reference box with IoU >= 0.5. The references (the dropped
+    annotations) may arrive on another device: the training loop leaves them on the CPU, but DistributedDataParallel
+    moves every tensor of the forward inputs to the GPU."""
     if len(ref_boxes) == 0 or len(boxes) == 0:
-        return torch.zeros(len(boxes), dtype=torch.bool)
+        return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    ref_boxes, ref_labels = ref_boxes.to(boxes.device), ref_labels.to(labels.device)
     return ((box_iou(boxes, ref_boxes) >= 0.5) & (labels[:, None] == ref_labels[None])).any(1)
 
 
@@ -180,8 +220,18 @@ class CalibratedTeacher(nn.Module):
         return self.calibrator.fit(scores, correct)
 
     def method_state(self) -> dict[str, Any]:
-        return {"calibrator": self.calibrator.state_dict(), "buffer": self.buffer.state_dict()}
+        """This rank's method state: the calibrator (the same on every rank), the calibration buffer and the
+        pseudo-box log (both per rank)."""
+        return {
+            "calibrator": self.calibrator.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "pseudo_log": self.pseudo_log.state_dict(),
+        }
 
     def load_method_state(self, state: dict[str, Any]) -> None:
+        """The inverse of :meth:`method_state`; a state without ``pseudo_log`` (a checkpoint written before it was
+        saved) leaves the log empty."""
         self.calibrator.load_state_dict(state["calibrator"])
         self.buffer.load_state_dict(state["buffer"])
+        if state.get("pseudo_log") is not None:
+            self.pseudo_log.load_state_dict(state["pseudo_log"])

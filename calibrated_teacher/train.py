@@ -12,9 +12,9 @@ step decay, the EMA teacher updated every iteration, the calibrator refitted eve
 The run folder gets ``config.yaml``, ``train.log``, ``log.csv`` (one row per ``checkpoint_interval``
 iterations), TensorBoard scalars, ``last.pt`` / ``best.pt``, ``metrics.json`` (student and teacher COCO AP with full
 annotations, ECE before/after calibration, precision of kept pseudo boxes) and ``reliability.png``. ``--resume
-last.pt`` continues exactly (calibrator and calibration buffer included). A ``--resume`` file is read and checked and
-the run folder claimed before anything is written; a non-finite loss, gradient or parameter stops the run naming the
-step (README, Quick start).
+last.pt`` continues exactly (calibrator, calibration buffer and pseudo-box log of every rank included). A ``--resume``
+file is read and checked and the run folder claimed before anything is written; a non-finite loss, gradient or
+parameter stops the run naming the step (README, Quick start).
 """
 
 from __future__ import annotations
@@ -130,25 +130,38 @@ def build_run(cfg: TrainConfig, ctx: DistContext, logger: RunLogger, resume: dic
         state = resume["method_state"]
         if len(state["buffers"]) != ctx.world_size:
             raise ValueError(f"{cfg.resume} was written by {len(state['buffers'])} process(es), not {ctx.world_size}")
-        method.load_method_state({"calibrator": state["calibrator"], "buffer": state["buffers"][ctx.rank]})
+        logs = state.get("pseudo_logs")
+        if logs is None:  # a checkpoint written before the pseudo-box log was saved
+            logger.info(f"{cfg.resume} holds no pseudo-box log: metrics.json's pseudo_boxes cover this part only")
+        method.load_method_state(
+            {
+                "calibrator": state["calibrator"],
+                "buffer": state["buffers"][ctx.rank],
+                "pseudo_log": None if logs is None else logs[ctx.rank],
+            }
+        )
         run.step, run.best = resume["step"], resume["best"]
     return run
 
 
 def checkpoint_state(run: Run) -> dict[str, Any]:
-    """The full training state (every rank's calibration buffer gathered: call on every rank)."""
+    """The full training state (every rank's calibration buffer and pseudo-box log gathered: call on every rank)."""
     state = run.method.method_state()
-    buffers: list[Any] = [state["buffer"]]
+    per_rank: list[Any] = [(state["buffer"], state["pseudo_log"])]
     if run.ctx.distributed:
-        buffers = [None] * run.ctx.world_size
-        dist.all_gather_object(buffers, state["buffer"])
+        per_rank = [None] * run.ctx.world_size
+        dist.all_gather_object(per_rank, (state["buffer"], state["pseudo_log"]))
     return training_state(
         PACKAGE,
         run.cfg,
         **ts.loop_components(run.method, run.optimizer, run.scheduler, run.scaler),
         step=run.step,
         best=run.best,
-        method_state={"calibrator": state["calibrator"], "buffers": buffers},
+        method_state={
+            "calibrator": state["calibrator"],
+            "buffers": [buffer for buffer, _ in per_rank],
+            "pseudo_logs": [log for _, log in per_rank],
+        },
         **ts.category_record(run.train_set.sparse),
     )
 
@@ -171,18 +184,21 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def train_steps(run: Run, model: nn.Module, batches, num_steps: int, logger: RunLogger) -> dict[str, float]:
-    """``num_steps`` iterations; returns the period's mean logged values."""
+    """``num_steps`` iterations; returns the period's mean logged values, plus ``calib_a`` / ``calib_b`` of the
+    period's last successful refit (when one happened; every rank fits the same calibrator)."""
     method, cfg, ctx = run.method, run.cfg, run.ctx
     model.train()
     sums: dict[str, float] = {}
+    fitted: dict[str, float] = {}
     t0 = time.perf_counter()
     for _ in logger.progress(range(num_steps), desc=f"iter {run.step}", total=num_steps):
         batch = _to_device(next(batches), ctx.device)
         loss, logs = ts.teacher_student_step(
             model, method, batch, run.step, run.optimizer, run.scheduler, run.scaler, ctx.device, cfg
         )
-        if method.maybe_refit(run.step):
-            logs.update({"calib_a": method.calibrator.a, "calib_b": method.calibrator.b})
+        refit = method.maybe_refit(run.step)
+        if refit:
+            fitted = {"calib_a": method.calibrator.a, "calib_b": method.calibrator.b}
             logger.info(
                 f"iter {run.step + 1}: calibrator refitted, a={method.calibrator.a:.3f} b={method.calibrator.b:.3f}"
             )
@@ -191,9 +207,11 @@ def train_steps(run: Run, model: nn.Module, batches, num_steps: int, logger: Run
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v
         if cfg.log_interval and run.step % cfg.log_interval == 0:
-            logger.scalars({**logs, "lr": run.optimizer.param_groups[0]["lr"]}, run.step, prefix="train/")
+            scalars = {**logs, **(fitted if refit else {}), "lr": run.optimizer.param_groups[0]["lr"]}
+            logger.scalars(scalars, run.step, prefix="train/")
     elapsed = time.perf_counter() - t0
     row = {k: all_reduce_mean(v / num_steps) for k, v in sorted(sums.items())}
+    row.update(fitted)  # the last fit of the period, not a mean over its iterations
     row.update({"lr": run.optimizer.param_groups[0]["lr"], "s_per_iter": elapsed / num_steps})
     return row
 
@@ -227,7 +245,8 @@ def run_until(run: Run, until: int, logger: RunLogger, out_dir: Path | None = No
 
 def final_metrics(run: Run, out_dir: Path | None, student_result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Student and teacher COCO AP (full annotations), ECE before/after calibration of the teacher's val detections
-    (+ reliability.png), precision of kept pseudo boxes."""
+    (+ reliability.png), precision of kept pseudo boxes (every rank's, over the whole run: the log is checkpointed
+    and restored by ``--resume``). Call on every rank."""
     cfg, ctx = run.cfg, run.ctx
     offset = label_offset(cfg.detector)
     loader = val_loader(run.val_set, cfg.data, ctx)
@@ -241,7 +260,7 @@ def final_metrics(run: Run, out_dir: Path | None, student_result: dict[str, Any]
     )
     if out_dir is not None and ctx.is_main:
         reliability_diagram(quality, out_dir / "reliability.png")
-    pseudo = pseudo_box_precision(run.method.pseudo_log.table())
+    pseudo = pseudo_box_precision(run.method.pseudo_log.gathered_table())  # every rank's candidates
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     return {
         "method": cfg.method,

@@ -61,3 +61,29 @@ def test_a_sparse_file_of_another_dataset_is_refused(tmp_path):
     bad.write_text(json.dumps(other))
     with pytest.raises(ValueError, match="not in"):
         kept_ratio(bad, full)
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ({"id": 7, "image_id": 0, "category_id": 1}, r"annotation 3 \(id 7\) has no 'bbox'"),
+        ({"id": 7, "image_id": 0, "category_id": 1, "bbox": None}, r"annotation 3 \(id 7\) has bbox None"),
+        ({"id": 7, "image_id": 0, "category_id": 1, "bbox": [1, 2, 3]}, r"annotation 3 \(id 7\) has bbox \[1, 2, 3\]"),
+        ({"id": 7, "image_id": 0, "category_id": 1, "bbox": [1, 2, "3", 4]}, r"annotation 3 \(id 7\) has bbox"),
+        ({"id": 7, "image_id": 0, "bbox": [1, 2, 3, 4]}, r"annotation 3 \(id 7\) has no 'category_id'"),
+        ({"id": 7, "image_id": None, "category_id": 1, "bbox": [1, 2, 3, 4]}, r"annotation 3 \(id 7\) has image_id"),
+        ([0, 1, 2], r"annotation 3 \(no id\) is a list, not an object"),
+        ("annotation", r"annotation 3 \(no id\) is a str, not an object"),
+    ],
+)
+@pytest.mark.parametrize("which", ["sparse", "full"])
+def test_a_corrupt_annotation_is_an_error_naming_file_and_annotation(tmp_path, broken, message, which):
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps(_coco()))
+    sparse = write_sparse_split(full, tmp_path / "sparse.json", 0.5, False, 0)
+    target = full if which == "full" else sparse
+    coco = json.loads(target.read_text())
+    coco["annotations"].insert(3, broken)
+    target.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=f"{target.name}: {message}"):
+        kept_ratio(sparse, full)

@@ -100,3 +100,66 @@ def test_robust_refit_waits_for_min_pairs():
     more = torch.rand(40, generator=g)
     method.buffer.add(1, more, torch.rand(40, generator=g) < more)
     assert method.maybe_refit(step=1) and method.calibrator.fitted and method.calibrator.a > 0
+
+
+def _batch_with_dropped(offset: int) -> dict:
+    batch = _batch(offset)
+    batch["dropped"] = [{"boxes": torch.tensor([[5.0, 30.0, 45.0, 90.0]]), "labels": torch.tensor([offset])}]
+    return batch
+
+
+def test_matches_puts_its_result_on_the_candidates_device():
+    from calibrated_teacher.teacher_student import _matches
+
+    boxes, labels = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]), torch.tensor([1, 2])
+    hit = _matches(boxes, labels, torch.tensor([[1.0, 0.0, 11.0, 10.0]]), torch.tensor([1]))
+    assert hit.tolist() == [True, False]
+    assert _matches(boxes, labels, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)).tolist() == [False, False]
+
+
+@pytest.mark.gpu
+def test_matches_takes_reference_boxes_on_another_device():
+    from calibrated_teacher.teacher_student import _matches
+
+    boxes, labels = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]), torch.tensor([1, 2])
+    ref_boxes, ref_labels = torch.tensor([[1.0, 0.0, 11.0, 10.0]]), torch.tensor([1])
+    # DDP case: the candidates are moved to the CPU, the dropped annotations arrive on the GPU
+    assert _matches(boxes, labels, ref_boxes.cuda(), ref_labels.cuda()).tolist() == [True, False]
+    # and the other way round
+    hit = _matches(boxes.cuda(), labels.cuda(), ref_boxes, ref_labels)
+    assert hit.device.type == "cuda" and hit.tolist() == [True, False]
+
+
+@pytest.mark.gpu
+def test_method_takes_a_batch_moved_to_the_gpu_by_ddp():
+    """DistributedDataParallel(device_ids=[rank]) moves every tensor of the forward inputs to the GPU, the dropped
+    annotations (left on the CPU by train._to_device) included: the pseudo-box log must still be written."""
+    from torch.distributed.utils import _to_kwargs
+
+    torch.manual_seed(0)
+    method = CalibratedTeacher(create_model("retinanet_tiny", 4, score_thresh=0.0), SETTINGS).cuda().train()
+    inputs, _ = _to_kwargs((_batch_with_dropped(0), 1), {}, torch.device("cuda", 0), False)
+    batch, step = inputs[0]
+    assert batch["dropped"][0]["boxes"].is_cuda
+    loss, _ = method(batch, step)
+    table = method.pseudo_log.table()
+    assert torch.isfinite(loss) and len(table) > 0 and table.device.type == "cpu"
+
+
+def test_pseudo_box_log_travels_in_the_method_state():
+    torch.manual_seed(0)
+    method = CalibratedTeacher(create_model("retinanet_tiny", 4, score_thresh=0.0), SETTINGS).train()
+    method(_batch_with_dropped(0), step=1)
+    table = method.pseudo_log.table()
+    assert len(table) > 0
+    other = CalibratedTeacher(create_model("retinanet_tiny", 4, score_thresh=0.0), SETTINGS)
+    other.load_method_state(method.method_state())
+    same = lambda a, b: torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)  # noqa: E731
+    same(other.pseudo_log.table(), table)  # the calibrated column is NaN before the first fit
+    same(other.pseudo_log.gathered_table(), table)  # one process: this rank's table
+    state = method.method_state()["pseudo_log"]
+    assert torch.isfinite(state["table"]).all() and not state["scored"].all()  # checkpoints refuse NaN
+    legacy = {k: v for k, v in method.method_state().items() if k != "pseudo_log"}  # an older checkpoint
+    fresh = CalibratedTeacher(create_model("retinanet_tiny", 4, score_thresh=0.0), SETTINGS)
+    fresh.load_method_state(legacy)
+    assert len(fresh.pseudo_log.table()) == 0

@@ -1,10 +1,13 @@
-"""The training loop on the synthetic sparse set with the tiny detectors: exact resume, the mechanism engaging,
-the FCOS and Faster R-CNN pseudo-label paths, the teacher skipped only where it cannot matter."""
+"""The training loop on the synthetic sparse set with the tiny detectors: exact resume (pseudo-box statistics
+included), the mechanism engaging, the FCOS and Faster R-CNN pseudo-label paths, the teacher skipped before merging
+without changing the student, the calibrator's fitted values in log.csv, evaluation from the val split alone."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from calibrated_teacher.train import main, parse_args
 from shared.checkpoint import load_checkpoint
@@ -44,10 +47,14 @@ def test_resumed_run_ends_bit_identical(tmp_path):
     )  # fmt: skip
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
-    for key in ("student", "teacher", "optimizer", "method_state"):
+    for key in ("student", "teacher", "optimizer", "method_state"):  # method_state: the pseudo-box log included
         assert_same_tensors(a[key], b[key], key)
+    assert len(a["method_state"]["pseudo_logs"]) == 1 and len(a["method_state"]["pseudo_logs"][0]["table"]) > 0
     assert a["method_state"]["calibrator"]["fitted"]  # the refit and the buffer were exercised
     assert resumed["AP"] == full["AP"]
+    # metrics.json's pseudo-box statistics cover the whole run, the iterations before the resume included
+    assert first["pseudo_boxes"]["merged_total"] > 0 and full["pseudo_boxes"]["merged_total"] > 0
+    assert json.dumps(resumed["pseudo_boxes"], sort_keys=True) == json.dumps(full["pseudo_boxes"], sort_keys=True)
 
 
 @pytest.mark.slow
@@ -106,8 +113,11 @@ def test_two_process_gloo_run_gathers_the_calibration_window(tmp_path):
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 4 and len(state["method_state"]["buffers"]) == 2  # one buffer per rank
     assert state["method_state"]["calibrator"]["fitted"]
-    metrics = __import__("json").loads((out / "metrics.json").read_text())
-    assert metrics["pseudo_boxes"]["merged_total"] > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    logs = state["method_state"]["pseudo_logs"]  # one pseudo-box log per rank, gathered into metrics.json
+    assert len(logs) == 2 and all(len(log["table"]) > 0 for log in logs)
+    assert metrics["pseudo_boxes"]["merged_total"] == sum(float(log["table"][:, 4].sum()) for log in logs) > 0
+    assert metrics["pseudo_boxes"]["candidates"] == sum(int(log["scored"].sum()) for log in logs)
 
 
 @pytest.mark.slow
@@ -119,3 +129,94 @@ def test_embedded_default_runs_within_a_few_minutes(tmp_path):
     assert time.perf_counter() - t0 < 600
     assert metrics["iterations"] == 900 and abs(metrics["kept_ratio"] - 0.5) < 0.02
     assert 0.0 <= metrics["AP"] <= 1.0 and (tmp_path / "default" / "metrics.json").is_file()
+
+
+class _FixedFits(nn.Module):
+    """A stand-in method whose calibrator is "refitted" to given (a, b) after given iterations."""
+
+    def __init__(self, fits: dict[int, tuple[float, float]]):
+        super().__init__()
+        self.student, self.teacher = nn.Linear(1, 1), nn.Linear(1, 1)
+        self.calibrator = type("Calibrator", (), {"a": 1.0, "b": 0.0})()
+        self.fits = fits
+
+    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.student(torch.ones(1, 1)).square().sum(), {"pseudo_per_image": 1.0}
+
+    def update_teacher(self, step: int) -> None:
+        pass
+
+    def maybe_refit(self, step: int) -> bool:
+        if step not in self.fits:
+            return False
+        self.calibrator.a, self.calibrator.b = self.fits[step]
+        return True
+
+
+def test_log_csv_holds_the_last_fitted_calibrator_of_a_period(tmp_path):
+    import csv
+
+    from calibrated_teacher.train import Run, train_steps
+    from shared.distributed import DistContext
+    from shared.logger import RunLogger
+    from shared.training import make_grad_scaler
+
+    cfg = parse_args(["--tensorboard", "false"])
+    method = _FixedFits({0: (1.5, -0.5), 2: (2.5, 1.0)})
+    optimizer = torch.optim.SGD(method.student.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    run = Run(cfg, ctx, method, optimizer, scheduler, make_grad_scaler(ctx.device, "off"), None, None, 0.5)
+    empty = {"weak": [], "strong": [], "weak_target": [], "strong_target": []}
+    batches = iter([empty] * 8)
+    logger = RunLogger(tmp_path, tensorboard=False)
+    first = train_steps(run, method, batches, 4, logger)  # refits after iterations 0 and 2
+    logger.log_epoch(run.step, first)
+    second = train_steps(run, method, batches, 4, logger)  # no refit
+    logger.log_epoch(run.step, second)
+    logger.close()
+    assert first["calib_a"] == 2.5 and first["calib_b"] == 1.0  # the last fit, not (1.5 + 2.5) / 4
+    assert first["pseudo_per_image"] == 1.0 and "calib_a" not in second
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [r["calib_a"] for r in rows] == ["2.5", ""] and [r["calib_b"] for r in rows] == ["1.0", ""]
+
+
+def test_eval_needs_only_the_val_split_and_checks_the_category_ids(tmp_path):
+    import shutil
+
+    from calibrated_teacher import eval as evaluate_script
+    from calibrated_teacher.config import PACKAGE
+    from calibrated_teacher.data import dataset_root
+    from calibrated_teacher.model import build_detector
+    from calibrated_teacher.teacher_student import CalibratedTeacher
+    from shared.checkpoint import save_checkpoint, training_state
+    from shared.detection import CocoDetection
+
+    cfg = parse_args(TINY)
+    source = dataset_root(cfg.data)  # the synthetic set; only its val split is copied
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").symlink_to(source / "val2017")
+    shutil.copy(source / "annotations" / "instances_val2017.json", root / "annotations")
+    val = CocoDetection(root / "val2017", root / "annotations" / "instances_val2017.json")
+    torch.manual_seed(0)
+    method = CalibratedTeacher(build_detector(val.num_classes, cfg.detector), cfg.teacher, cfg.method)
+
+    def checkpoint(name: str, ids: list[int]) -> str:
+        state = training_state(
+            PACKAGE, cfg, student=method.student, teacher=method.teacher, step=3, best={"AP": 0.0, "step": 3},
+            method_state={"calibrator": method.calibrator.state_dict(), "buffers": [method.buffer.state_dict()]},
+            num_classes=val.num_classes, categories={"ids": ids, "names": val.category_names},
+        )  # fmt: skip
+        return str(save_checkpoint(state, tmp_path / name))
+
+    def evaluate(path: str) -> dict:
+        argv = ["--checkpoint", path, "--output_dir", str(tmp_path / "eval"), "--data.synthetic", "false"]
+        return evaluate_script.main(evaluate_script.parse_args([*argv, "--data.root", str(root)]))
+
+    assert not (root / "train2017").exists() and not (root / "annotations" / "instances_train2017.json").exists()
+    metrics = evaluate(checkpoint("good.pt", val.cat_ids))
+    assert metrics["step"] == 3 and set(metrics["student"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    with pytest.raises(ValueError, match="was trained on category ids"):
+        evaluate(checkpoint("other_ids.pt", [c + 1000 for c in val.cat_ids]))
