@@ -142,6 +142,10 @@ def load_coco(annotation_file: str | Path, layout: str = COCO_LAYOUT) -> COCO:
             raise ValueError(f"{annotation_file} is not a COCO instances file: {err!r}") from err
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_image(path: Path, info: dict[str, Any]) -> torch.Tensor:
     """An RGB image as float (3, H, W) in [0, 1]; an unreadable file or a size other than the json's is an error."""
     try:
@@ -240,10 +244,15 @@ class CocoDetection(Dataset):
         """Boxes, labels and annotation dicts of the usable annotations of an image."""
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and not a.get("ignore")]
         for ann in anns:
-            if ann["category_id"] not in self.label_of:
+            box = ann.get("bbox")
+            if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+                raise ValueError(
+                    f"{self.annotation_file}: annotation {ann.get('id')} has bbox {box!r}, not [x, y, w, h] numbers"
+                )
+            if ann.get("category_id") not in self.label_of:
                 raise ValueError(
                     f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
-                    f"{ann['category_id']}, which is not in 'categories'"
+                    f"{ann.get('category_id')}, which is not in 'categories'"
                 )
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)

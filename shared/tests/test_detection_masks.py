@@ -157,3 +157,23 @@ def test_box_only_outputs_unchanged_and_masks_required_when_asked() -> None:
     assert det == {"image_id": 4, "category_id": 9, "bbox": [1.0, 2.0, 4.0, 6.0], "score": 0.5}
     with pytest.raises(ValueError, match="no 'masks'"):
         coco_detections([output], [{"image_id": 4}], cat_ids=[9, 11], label_offset=1, masks=True)
+
+
+@pytest.mark.parametrize("bbox", [None, [1, 2, 3], ["1", 2, 3, 4], [1, 2, float("nan"), 4]])
+def test_a_malformed_box_is_named(coco_root: Path, tmp_path: Path, bbox) -> None:
+    """An annotation whose bbox is missing or not 4 finite numbers: an error naming the file and the annotation."""
+    import json
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(coco_root, root)
+    path = root / "annotations/instances_train2017.json"
+    data = json.loads(path.read_text())
+    bad = data["annotations"][0]
+    if bbox is None:
+        del bad["bbox"]
+    else:
+        bad["bbox"] = bbox
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"instances_train2017.json: annotation {bad['id']} has bbox"):
+        _split(root, train=True)
