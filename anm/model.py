@@ -25,7 +25,6 @@ default.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.checkpoint import load_weights_file
 from shared.noisy.models import FeatureClassifier, PreActResNet18
 
 __all__ = [
@@ -360,13 +360,7 @@ def load_c2d_checkpoint(model: SupCEResNet, path: str | Path) -> list[str]:
             f"C2D SSL checkpoint not found: {path}. The released SANM code expects C2D's "
             "ckpt_cifar10_resnet18.pth / ckpt_cifar100_resnet18.pth / ckpt_clothing_resnet50.pth (README, Recipes)."
         )
-    try:
-        # SupContrast's save_model (which trained C2D's files) stores its argparse options beside the weights: a
-        # Namespace of plain values, allowed by name; any other object is still refused by the safe unpickler
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # text, truncated or pickled-object file
-        raise ValueError(f"{path}: not a readable C2D checkpoint ({type(error).__name__}: {error})") from error
+    state = load_weights_file(path, "C2D checkpoint")  # SupContrast's layout (options beside the weights) included
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise ValueError(f"{path}: not a C2D checkpoint (expected a dict with a 'model' state dict)")
     weights = {k.replace("module.", "", 1): v for k, v in state["model"].items() if isinstance(v, torch.Tensor)}

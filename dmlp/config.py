@@ -102,6 +102,13 @@ class Config(RunConfig):
         default=1, metadata={"help": "evaluate every N epochs of each stage; dmlp supports 1 only"}
     )
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    collective_timeout_min: float = field(
+        default=24 * 60,
+        metadata={
+            "help": "torchrun: minutes the other ranks wait for rank 0's SSL and purification stages (NCCL's default "
+            "10 would abort the job while SimCLR trains)"
+        },
+    )
     data: DataConfig = field(default_factory=DataConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     purifier: PurifierConfig = field(default_factory=PurifierConfig)

@@ -49,6 +49,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from mixteacher.config import DetectorConfig
 from mixteacher.fcos import DenseOutputs, fcos_losses
 from mixteacher.losses import fast_rcnn_loss
+from shared.checkpoint import load_weights_file
 from shared.detection import FrozenBN
 
 __all__ = [
@@ -174,7 +175,7 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
             "resnet50_caffe (https://download.openmmlab.com/pretrain/third_party/resnet50_msra-5891d200.pth); "
             "torchvision's resnet50-0676ba61.pth works with caffe_style: false and pixel_style: pytorch"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_file(path, "backbone checkpoint")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -6,6 +6,7 @@ lists (not numpy objects or tuples of unknown types) so the safe unpickler accep
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import shutil
@@ -19,9 +20,12 @@ import torch
 __all__ = [
     "CheckpointError",
     "NonFiniteStateError",
+    "WeightsFileError",
     "capture_rng_state",
     "find_nonfinite",
     "load_checkpoint",
+    "load_weights_file",
+    "reseed_other_ranks",
     "restore_rng_state",
     "restore_training_state",
     "save_checkpoint",
@@ -179,6 +183,36 @@ def load_checkpoint(
     return state
 
 
+class WeightsFileError(CheckpointError, ValueError):
+    """A downloaded weights file that cannot be read safely or holds no dict of weights."""
+
+
+def load_weights_file(path: str | Path, description: str = "weights file") -> dict[str, Any]:
+    """A weights file from elsewhere (ImageNet, SimCLR / C2D / MoCo, a release) read with the safe unpickler.
+
+    Besides tensors and containers, ``argparse.Namespace`` is allowed by name: SupContrast's ``save_model`` (which
+    wrote C2D's files) and other research code store their options beside the weights. Any other pickled object is
+    refused.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        WeightsFileError: (a ``ValueError``) ``<path>: not a readable <description> (<why>)``, or a top level that is
+            not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{description} not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError (text, foreign objects), RuntimeError (a truncated zip), EOFError
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise WeightsFileError(f"{path}: not a readable {description} ({type(err).__name__}: {first})") from err
+    if not isinstance(state, dict):
+        raise WeightsFileError(f"{path}: not a {description}: it holds a {type(state).__name__}, not a dict")
+    return state
+
+
 def capture_rng_state() -> dict[str, Any]:
     """The state of python's, numpy's and torch's (CPU and every CUDA device's) global generators."""
     py_version, py_state, py_gauss = random.getstate()
@@ -235,7 +269,7 @@ def restore_training_state(state: dict[str, Any], strict: bool = True, **compone
 
     An object given as ``None``, or whose entry is ``None`` (e.g. no EMA), is skipped; plain values (epoch, step)
     are read by the caller from ``state`` directly. Modules load strictly unless ``strict`` is False. Under
-    torch.distributed, ranks other than 0 re-seed their generators from the restored ones (:func:`_reseed_other_ranks`).
+    torch.distributed, ranks other than 0 re-seed their generators from the restored ones (:func:`reseed_other_ranks`).
     """
     from shared.training import unwrap_model
 
@@ -250,13 +284,14 @@ def restore_training_state(state: dict[str, Any], strict: bool = True, **compone
             obj.load_state_dict(state[name])
     if "rng" in state:
         restore_rng_state(state["rng"])
-        _reseed_other_ranks()
+        reseed_other_ranks()
 
 
-def _reseed_other_ranks() -> None:
-    """The checkpoint holds rank 0's generators (it writes them); every other rank, after restoring them, seeds its
-    own stream from a number drawn from them (deterministic for the checkpoint), so the ranks' random draws (mixup,
-    in-process augmentation) do not all coincide after a resume. Rank 0 continues exactly."""
+def reseed_other_ranks() -> None:
+    """Call after restoring a checkpoint's global generators on every rank. The checkpoint holds rank 0's
+    generators (it writes them); every other rank seeds its own stream from a number drawn from them (deterministic
+    for the checkpoint), so the ranks' random draws (mixup, in-process augmentation) do not all coincide after a
+    resume. Rank 0 continues exactly."""
     from shared.distributed import get_rank, seed_everything  # local: keeps this module's imports light
 
     rank = get_rank()

@@ -9,6 +9,7 @@ plain single-process context, so one script runs both ways::
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 from collections.abc import Iterable
@@ -54,12 +55,16 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed(device: str | None = None, backend: str | None = None) -> DistContext:
+def init_distributed(
+    device: str | None = None, backend: str | None = None, timeout_min: float | None = None
+) -> DistContext:
     """Initialise the default process group when launched by torchrun, else return a single-process context.
 
     Args:
         device: "cuda", "cpu", or "auto" / None (CUDA when available).
         backend: process-group backend; default nccl on CUDA, gloo on CPU.
+        timeout_min: how long a collective may wait, in minutes (default: torch's, 10 min for NCCL): longer for
+            runs in which the other ranks wait while rank 0 alone runs a stage.
     """
     want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
     if want_cuda and not torch.cuda.is_available():
@@ -73,8 +78,9 @@ def init_distributed(device: str | None = None, backend: str | None = None) -> D
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
+        extra = {} if timeout_min is None else {"timeout": datetime.timedelta(minutes=timeout_min)}
         dist.init_process_group(
-            backend=backend or ("nccl" if want_cuda else "gloo"), device_id=dev if want_cuda else None
+            backend=backend or ("nccl" if want_cuda else "gloo"), device_id=dev if want_cuda else None, **extra
         )
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 

@@ -264,11 +264,13 @@ def run_evaluation(
 
 def start_run(cfg: Any, prepare: Callable[[DistContext], R]) -> tuple[DistContext, R]:
     """The start of a training script's ``main``: ``cfg.threads`` torch threads, the process group of
-    ``cfg.device``, then ``prepare(ctx)`` (checks, data, run folder); if ``prepare`` fails the group is torn down
-    before the error propagates. Returns the context and what ``prepare`` returned."""
+    ``cfg.device`` (its collectives wait ``cfg.collective_timeout_min`` minutes where a config has that key), then
+    ``prepare(ctx)`` (checks, data, run folder); if ``prepare`` fails the group is torn down before the error
+    propagates. Returns the context and what ``prepare`` returned."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    ctx = init_distributed(cfg.device)
+    # a package whose other ranks wait for a stage that rank 0 runs alone sets a longer collective timeout
+    ctx = init_distributed(cfg.device, timeout_min=getattr(cfg, "collective_timeout_min", None))
     try:
         return ctx, prepare(ctx)
     except BaseException:

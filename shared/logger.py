@@ -46,6 +46,7 @@ RUN_LEVEL_KEYS = frozenset(
         "print_freq",
         "num_workers",
         "workers",
+        "collective_timeout_min",
         # names these settings had before shared.config.RunConfig, so older folders still resume
         "eval_every",
         "log_every",

@@ -187,3 +187,10 @@ def test_variants_are_the_detectors_of_the_recipes_and_the_embedded_default():
         create_model("r200")
     with pytest.raises(ValueError, match="unknown DetectorConfig field"):
         create_model("tiny", widht=3)
+
+
+def test_an_unreadable_backbone_file_is_named(tmp_path):
+    path = tmp_path / "resnet50_msra.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="resnet50_msra.pth: not a readable backbone checkpoint"):
+        create_model("tiny", num_classes=3, pretrained_backbone=str(path))

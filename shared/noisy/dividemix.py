@@ -40,7 +40,7 @@ from sklearn.mixture import GaussianMixture
 from torch import nn
 from torch.utils.data import DataLoader
 
-from shared.checkpoint import capture_rng_state, restore_rng_state
+from shared.checkpoint import capture_rng_state, reseed_other_ranks, restore_rng_state
 from shared.logger import RunLogger
 from shared.noisy.data import ViewDataset, balanced_subset
 from shared.noisy.loop import EpochTrainer
@@ -459,6 +459,7 @@ class DivideMix(EpochTrainer):
         self.tracker.load_state_dict(state["tracker"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         restore_rng_state(state["rng"])
+        reseed_other_ranks()  # under torch.distributed, ranks other than 0 draw their own streams again
         if "mix_generator" in state:
             self.generator.set_state(state["mix_generator"])
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.checkpoint import load_weights_file
 from shared.training import check_finite
 
 __all__ = ["SimCLR", "SimCLRAugment", "load_ssl_checkpoint", "nt_xent_loss", "train_simclr_epoch"]
@@ -194,7 +195,7 @@ def load_ssl_checkpoint(model: nn.Module, path: str | Path, strict_backbone: boo
             f"SSL checkpoint not found: {path}. For CIFAR train one with the SimCLR stage "
             "(dmlp: --stages ssl ...), or pass the SimCLR/C2D/MoCo file you downloaded."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_file(path, "SSL checkpoint")  # C2D's SupContrast files (options beside weights) included
     for key in ("state_dict", "model", "encoder"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

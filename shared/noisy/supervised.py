@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from shared.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from shared.checkpoint import capture_rng_state, reseed_other_ranks, restore_rng_state, save_checkpoint
 from shared.distributed import DistContext, all_reduce_mean
 from shared.logger import RunLogger
 from shared.noisy.data import ViewDataset, balanced_subset
@@ -170,6 +170,7 @@ def train_supervised(
         tracker.load_state_dict(resume_state["tracker"])
         start_epoch, step = resume_state["epoch"] + 1, resume_state["step"]
         restore_rng_state(resume_state["rng"])
+        reseed_other_ranks()  # the ranks drew apart before the checkpoint; they do again
         logger.info(f"{tag}: resumed at epoch {start_epoch}")
     train_model = model
     if ctx.distributed:

@@ -228,3 +228,49 @@ def test_loader_seeds_are_the_base_on_rank_0_and_distinct_elsewhere():
     assert loader_seed(base, 0) == base
     assert len({loader_seed(base, r) for r in range(8)}) == 8
     assert loader_seed(base, 1) != loader_seed(base + 1, 0)
+
+
+def test_a_config_may_lengthen_the_collective_timeout(monkeypatch):
+    """start_run passes cfg.collective_timeout_min (where a config has it) to init_process_group as a timedelta."""
+    import datetime
+    import types
+
+    import torch.distributed as dist
+
+    from shared.entrypoints import start_run
+
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: seen.update(kw))
+    cfg = types.SimpleNamespace(threads=None, device="cpu", collective_timeout_min=90)
+    ctx, prepared = start_run(cfg, lambda ctx: "ready")
+    assert prepared == "ready" and ctx.world_size == 2 and seen["timeout"] == datetime.timedelta(minutes=90)
+    seen.clear()
+    start_run(types.SimpleNamespace(threads=None, device="cpu"), lambda ctx: None)
+    assert "timeout" not in seen  # torch's default otherwise
+
+
+def test_weights_files_from_elsewhere_are_read_safely_and_named(tmp_path):
+    """load_weights_file: SupContrast's {'opt': Namespace, 'model': ...} loads; text, a list or another pickled
+    object is an error naming the file (also for the SSL loader built on it)."""
+    import argparse
+    import datetime
+
+    from shared.checkpoint import WeightsFileError, load_weights_file
+    from shared.noisy.models import PreActResNet18
+    from shared.noisy.simclr import load_ssl_checkpoint
+
+    good = tmp_path / "ckpt.pth"
+    torch.save({"opt": argparse.Namespace(lr=0.5, model="resnet18"), "model": {"w": torch.ones(2)}}, good)
+    assert torch.equal(load_weights_file(good)["model"]["w"], torch.ones(2))
+    cases = {"text.pth": None, "list.pth": [1, 2], "foreign.pth": {"when": datetime.timedelta(days=1)}}
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_text("not weights") if content is None else torch.save(content, path)
+        with pytest.raises(WeightsFileError, match=f"{name}: not a"):
+            load_weights_file(path, "SSL checkpoint")
+        with pytest.raises(ValueError, match=f"{name}: not a"):
+            load_ssl_checkpoint(PreActResNet18(10), path)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_weights_file(tmp_path / "missing.pth")
