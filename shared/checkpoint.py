@@ -269,7 +269,8 @@ def restore_training_state(state: dict[str, Any], strict: bool = True, **compone
 
     An object given as ``None``, or whose entry is ``None`` (e.g. no EMA), is skipped; plain values (epoch, step)
     are read by the caller from ``state`` directly. Modules load strictly unless ``strict`` is False. Under
-    torch.distributed, ranks other than 0 re-seed their generators from the restored ones (:func:`reseed_other_ranks`).
+    torch.distributed, ranks other than 0 re-seed the global generators and every restored ``torch.Generator`` from
+    the restored states (:func:`reseed_other_ranks`): the checkpoint holds rank 0's.
     """
     from shared.training import unwrap_model
 
@@ -278,6 +279,7 @@ def restore_training_state(state: dict[str, Any], strict: bool = True, **compone
             continue
         if isinstance(obj, torch.Generator):
             obj.set_state(state[name])
+            _reseed_generator_of_other_rank(obj)
         elif isinstance(obj, torch.nn.Module):
             unwrap_model(obj).load_state_dict(state[name], strict=strict)
         else:
@@ -285,6 +287,16 @@ def restore_training_state(state: dict[str, Any], strict: bool = True, **compone
     if "rng" in state:
         restore_rng_state(state["rng"])
         reseed_other_ranks()
+
+
+def _reseed_generator_of_other_rank(generator: torch.Generator) -> None:
+    """A run's own generator restored from rank 0's state: on another rank, a stream of its own again (seeded from a
+    draw of the restored state plus the rank; deterministic for the checkpoint). Rank 0's continues exactly."""
+    from shared.distributed import get_rank  # local: keeps this module's imports light
+
+    rank = get_rank()
+    if rank > 0:
+        generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)) + rank)
 
 
 def reseed_other_ranks() -> None:

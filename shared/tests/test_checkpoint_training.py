@@ -219,6 +219,20 @@ def test_after_a_resume_other_ranks_draw_their_own_random_numbers(monkeypatch):
     assert torch.equal(draws(0), expected)
     other = draws(1)
     assert not torch.equal(other, expected) and torch.equal(draws(1), other)
+    # a run's own generator (a component), restored from rank 0's state: the same rule
+    own = torch.Generator().manual_seed(11)
+    state = training_state("pkg", None, gen=own)
+    expected = torch.rand(3, generator=own)
+
+    def own_draws(rank: int) -> torch.Tensor:
+        monkeypatch.setattr(distributed, "get_rank", lambda: rank)
+        g = torch.Generator()
+        restore_training_state(state, gen=g)
+        return torch.rand(3, generator=g)
+
+    assert torch.equal(own_draws(0), expected)
+    other = own_draws(1)
+    assert not torch.equal(other, expected) and torch.equal(own_draws(1), other)
 
 
 def test_loader_seeds_are_the_base_on_rank_0_and_distinct_elsewhere():
