@@ -225,7 +225,7 @@ def run_until(run: Run, until: int, logger: RunLogger, out_dir: Path | None = No
     offset = label_offset(cfg.detector)
     loader = val_loader(run.val_set, cfg.data, ctx)
     result: dict[str, Any] = {}
-    for period in ts.checkpoint_periods(run.step, until, cfg.checkpoint_interval):
+    for period in ts.checkpoint_periods(run.step, until, cfg.checkpoint_interval, cfg.eval_interval):
         row = train_steps(run, model, batches, period, logger)
         is_best = False
         if ts.evaluation_due(run.step, cfg.max_iters, cfg.eval_interval):

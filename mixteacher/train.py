@@ -281,7 +281,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, out_dir: Path, resume: dict[str, 
     logger.info(_describe(cfg, method, optimizer, train_set, val_set, ctx))
     model = wrap_ddp(method, ctx, cfg.find_unused_parameters)
     results: dict[str, dict[str, Any]] = {}
-    for period in ts.checkpoint_periods(step, cfg.max_iters, cfg.checkpoint_interval):
+    for period in ts.checkpoint_periods(step, cfg.max_iters, cfg.checkpoint_interval, cfg.eval_interval):
         row, step = train_steps(model, method, batches, optimizer, scheduler, scaler, ctx, step, period, cfg, logger)
         is_best = False
         if ts.evaluation_due(step, cfg.max_iters, cfg.eval_interval):

@@ -302,10 +302,14 @@ class CocoImages(Dataset):
             raise _missing(self.annotation_file, "image list json", layout)
         if not self.image_dir.is_dir():
             raise _missing(self.image_dir, "image folder", layout)
-        with open(self.annotation_file) as f:
-            images = json.load(f).get("images")
-        if not isinstance(images, list):
-            raise ValueError(f"{self.annotation_file} has no 'images' list")
+        try:
+            with open(self.annotation_file) as f:
+                data = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{self.annotation_file} is not a COCO image list (unreadable JSON: {err})") from err
+        images = data.get("images") if isinstance(data, dict) else None
+        if not isinstance(images, list) or not all(isinstance(im, dict) and "id" in im for im in images):
+            raise ValueError(f"{self.annotation_file} is not a COCO image list (no 'images' list of dicts with an id)")
         self.images = [im for im in images if not exclude_ids or im["id"] not in exclude_ids]
 
     def __len__(self) -> int:

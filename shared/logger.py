@@ -17,13 +17,21 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["RunDirError", "RunLogger", "claim_run_dir", "make_run_dir", "resolve_run_dir", "write_json"]
+__all__ = [
+    "RunDirError",
+    "RunLogger",
+    "check_resume_config",
+    "claim_run_dir",
+    "make_run_dir",
+    "resolve_run_dir",
+    "write_json",
+]
 
 T = TypeVar("T")
 
@@ -123,6 +131,31 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
                 out.extend(_differences(old[key], new[key], name + "."))
         return out
     return [] if old == new else [prefix.rstrip(".")]
+
+
+def check_resume_config(
+    resume: str | Path, stored: Mapping[str, Any] | None, config: Mapping[str, Any], sections: Sequence[str]
+) -> None:
+    """Refuse a ``--resume`` whose config differs from the checkpoint's stored one in ``sections`` (the top-level
+    keys that define what is trained: the model, the method, the data), before anything is written; the differing
+    keys are named. Other keys (more epochs, another log interval) may change on resume.
+
+    Raises:
+        RunDirError: naming the checkpoint and the differing keys.
+    """
+    stored = json.loads(json.dumps(_jsonable(dict(stored or {}))))
+    config = json.loads(json.dumps(_jsonable(dict(config))))
+    changed = [
+        key
+        for section in sections
+        for key in _differences({section: stored.get(section)}, {section: config.get(section)})
+    ]
+    if changed:
+        raise RunDirError(
+            f"--resume {resume} was trained with other settings ({', '.join(changed[:8])}"
+            f"{' ...' if len(changed) > 8 else ''}); resume with its config (-c <run folder>/config.yaml) or start a "
+            "new run"
+        )
 
 
 #: What a run leaves in its folder before it has produced anything worth protecting.

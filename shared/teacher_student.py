@@ -112,14 +112,17 @@ def teacher_student_step(
     return loss, logs
 
 
-def checkpoint_periods(start: int, until: int, interval: int) -> Iterator[int]:
+def checkpoint_periods(start: int, until: int, interval: int, eval_interval: int = 0) -> Iterator[int]:
     """The lengths of the training periods from iteration ``start`` to ``until``: each ends at the next multiple of
-    ``interval`` (0: one period to ``until``), where the loop writes its checkpoint and log row."""
+    ``interval`` (0: one period to ``until``), where the loop writes its checkpoint and log row, or earlier at the
+    next multiple of ``eval_interval``, where it evaluates (so an evaluation interval that is not a multiple of the
+    checkpoint interval still evaluates on time)."""
     step = start
     while step < until:
         period = until - step
-        if interval:
-            period = min(interval - step % interval, period)
+        for every in (interval, eval_interval):
+            if every:
+                period = min(every - step % every, period)
         yield period
         step += period
 

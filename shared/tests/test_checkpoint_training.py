@@ -288,3 +288,14 @@ def test_weights_files_from_elsewhere_are_read_safely_and_named(tmp_path):
             load_ssl_checkpoint(PreActResNet18(10), path)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_weights_file(tmp_path / "missing.pth")
+
+
+def test_a_resume_with_another_model_is_refused_naming_the_keys(tmp_path):
+    from shared.logger import RunDirError, check_resume_config
+
+    stored = {"model": {"arch": "issam", "depth": 4}, "data": {"root": "a"}, "epochs": 10, "threads": 2}
+    check_resume_config("last.pt", stored, {**stored, "epochs": 20, "threads": 4}, ["model", "data"])
+    with pytest.raises(RunDirError, match=r"--resume last.pt was trained with other settings \(model.arch\)"):
+        check_resume_config("last.pt", stored, {**stored, "model": {"arch": "frih", "depth": 4}}, ["model", "data"])
+    with pytest.raises(RunDirError, match="data.root"):
+        check_resume_config("last.pt", stored, {**stored, "data": {"root": "b"}}, ["model", "data"])

@@ -177,3 +177,13 @@ def test_a_malformed_box_is_named(coco_root: Path, tmp_path: Path, bbox) -> None
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=rf"instances_train2017.json: annotation {bad['id']} has bbox"):
         _split(root, train=True)
+
+
+@pytest.mark.parametrize("content", ['{"images": [{"id"', "[1, 2]", '{"images": [3]}'])
+def test_an_unreadable_image_list_is_named(coco_root: Path, tmp_path: Path, content: str) -> None:
+    from shared.detection import CocoImages
+
+    path = tmp_path / "image_info_unlabeled2017.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="image_info_unlabeled2017.json is not a COCO image list"):
+        CocoImages(coco_root / "train2017", path)

@@ -1,6 +1,7 @@
 """shared.teacher_student: the loop pieces of the EMA teacher-student detectors (mixteacher, calibrated_teacher)."""
 
 import copy
+import itertools
 import json
 from dataclasses import dataclass
 
@@ -83,6 +84,14 @@ def test_step_schedule_warms_up_linearly_then_decays_at_each_step():
 )
 def test_checkpoint_periods_end_at_multiples_of_the_interval(start, until, interval, expected):
     assert list(checkpoint_periods(start, until, interval)) == expected
+
+
+def test_periods_also_end_where_an_evaluation_is_due():
+    """An eval interval that is not a multiple of the checkpoint interval: every evaluation still happens."""
+    ends = list(itertools.accumulate(checkpoint_periods(0, 12000, 4000, 3000)))
+    assert ends == [3000, 4000, 6000, 8000, 9000, 12000]
+    assert [e for e in ends if evaluation_due(e, 12000, 3000)] == [3000, 6000, 9000, 12000]
+    assert list(checkpoint_periods(0, 220, 50, 220)) == [50, 50, 50, 50, 20]  # aligned: unchanged
 
 
 def test_evaluation_is_due_at_the_end_and_every_interval():
