@@ -75,7 +75,13 @@ class RetrainConfig:
         },
     )
     pretrained: str | None = None
-    include_meta: bool = field(default=True, metadata={"help": "meta samples rejoin training with clean labels"})
+    include_meta: bool = field(
+        default=True,
+        metadata={
+            "help": "CIFAR: meta samples rejoin training with clean labels (false: naive mode only; Clothing1M: its "
+            "meta set is the validation split, never trained on)"
+        },
+    )
     soft_labels: bool = field(default=False, metadata={"help": "DMLP-Naive with the soft purified labels"})
     label_file: str | None = field(
         default=None,
@@ -83,7 +89,10 @@ class RetrainConfig:
     )
     baselines: list[str] = field(
         default_factory=list,
-        metadata={"help": "also train: ce_noisy (CE on the noisy labels), meta_only (CE on the clean meta set)"},
+        metadata={
+            "help": "also train: ce_noisy (CE on the noisy labels + the meta rows' true labels, on DMLP-Naive's rows), "
+            "meta_only (CE on the clean meta set)"
+        },
     )
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     dividemix: DivideMixConfig = field(default_factory=DivideMixConfig)
@@ -136,6 +145,13 @@ def check_run_settings(cfg: Config) -> None:
                 f"{key}={getattr(cfg, key)} is not supported by dmlp: every stage tests and writes its "
                 f"checkpoint after each of its epochs; use --{key} 1"
             )
+    if cfg.retrain.mode == "dividemix" and not cfg.retrain.include_meta and cfg.data.dataset != "clothing1m":
+        raise ValueError(
+            "retrain.include_meta false is not supported with retrain.mode dividemix: DivideMix co-divides the whole "
+            "training set, the meta rows (with their true labels) included; use --retrain.include_meta true, or "
+            "--retrain.mode naive to retrain without the meta rows (on Clothing1M the meta set is the separate "
+            "validation split, never in the training set, so the setting has no effect there)"
+        )
 
 
 def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:

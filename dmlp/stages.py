@@ -3,7 +3,7 @@
   ssl      SimCLR on the training images (CIFAR) or an external checkpoint (``ssl.checkpoint``) -> ssl.pt
   purify   frozen features -> IPC + EAC -> purified_labels.json (hard + soft, noise-file format), purifier.pt
   retrain  DMLP-Naive (CE on the purified labels) or DMLP-DivideMix, plus the baselines ``retrain.baselines``
-           (CE on the noisy labels, CE on the meta set only) -> retrain_<tag>.pt
+           (CE on the noisy labels + the meta rows' true labels, CE on the meta set only) -> retrain_<tag>.pt
 
 A stage whose file exists is reused when the file records the same config fragment and data digests as this run
 would write, otherwise it is rebuilt (:mod:`dmlp.provenance`). A non-finite or diverged stage stops with
@@ -424,8 +424,10 @@ def run_retrain(
     if not r.include_meta and meta_idx is not None:
         all_idx = np.setdiff1d(all_idx, meta_idx.numpy())
     for baseline in r.baselines:
-        if baseline == "ce_noisy":
-            labels, idx = task.noisy_labels.numpy(), np.arange(len(task.noisy_labels))
+        if baseline == "ce_noisy":  # the noisy labels + the meta rows' true labels, on DMLP-Naive's rows
+            labels, idx = task.noisy_labels.numpy().copy(), all_idx
+            if meta_idx is not None:
+                labels[meta_idx.numpy()] = task.meta_labels.numpy()
         elif baseline == "meta_only":
             if meta_idx is None:
                 raise ValueError("meta_only needs a meta split of the training set (CIFAR)")
@@ -468,7 +470,7 @@ def summary(metrics: dict[str, Any]) -> str:
     names = [
         ("label_acc_noisy", "label accuracy, noisy labels"),
         ("label_acc_purified", "label accuracy, purified"),
-        ("test_acc_ce_noisy", "test accuracy, CE on noisy labels"),
+        ("test_acc_ce_noisy", "test accuracy, CE on noisy labels + meta"),
         ("test_acc_meta_only", "test accuracy, CE on the meta set only"),
         ("test_acc_dmlp_naive", "test accuracy, DMLP-Naive"),
         ("test_acc_dmlp_dividemix", "test accuracy, DMLP-DivideMix"),

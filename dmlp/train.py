@@ -10,7 +10,7 @@ the same config fragment and data digests as this run would write, otherwise it 
   ssl      SimCLR on the training images (CIFAR) or an external checkpoint (``--ssl.checkpoint``) -> ssl.pt
   purify   frozen features -> IPC + EAC -> purified_labels.json (hard + soft, noise-file format), purifier.pt
   retrain  DMLP-Naive (CE on the purified labels) or DMLP-DivideMix, plus the baselines ``retrain.baselines``
-           (CE on the noisy labels, CE on the meta set only) -> last.pt, metrics.json
+           (CE on the noisy labels + the meta rows' true labels, CE on the meta set only) -> last.pt, metrics.json
 Under torchrun the ssl and purify stages run on rank 0 (the others wait); the CE retraining runs DDP.
 ``--resume PATH`` must name a dmlp checkpoint of the run (its last.pt or a stage file); anything else is refused
 before the run writes anything. A non-finite (or diverged) stage stops with an error naming the stage.

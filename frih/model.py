@@ -658,12 +658,32 @@ class FRIH(nn.Module):
             rgb, mask, self.cfg.num_clusters, self.cfg.kmeans_iters, self.cfg.mask_threshold
         ).submasks.to(image.dtype)
 
-    @property
-    def has_unused_parameters(self) -> bool:
-        """True when the last module's image head feeds nothing (its output is neither cascaded into the FPM blend
-        nor supervised): parallel modules, or an FPM blending with the coarse output / the composite. DDP then needs
-        find_unused_parameters=True unless the per-module loss is on."""
-        return self.cfg.use_fpm and not (self.cfg.cascade == "cascaded" and self.cfg.fpm_blend == "last")
+    def has_unused_parameters(self, coarse_weight: float, module_weight: float) -> bool:
+        """True when some parameter gets no gradient from a loss on the full forward (DDP then needs
+        find_unused_parameters=True), given which outputs enter the loss: the final output always (FRIHLoss computes
+        it at any weight), the coarse output iff `coarse_weight` and every module output iff `module_weight` are
+        non-zero (the :class:`frih.losses.FRIHLoss` weights). Derived from what each output depends on:
+
+        - stage 1 feeds the final output unless `stop_gradient` detaches it, so it is unused iff `stop_gradient` and
+          no coarse term;
+        - module k's features feed the FPM (when there is one); its image feeds the per-module term, module k+1's
+          input (cascaded, k < K-1), the final output (no FPM, k = K-1) and the FPM blend ("last", k = K-1). A module
+          whose image feeds nothing leaves its image head unused, and also its feature path without an FPM;
+        - with `share_weights` one refiner runs every module, unused only where no module image is used.
+        """
+        cfg, k_last = self.cfg, self.cfg.num_clusters - 1
+        if cfg.stop_gradient and not coarse_weight:
+            return True
+        if module_weight:
+            return False  # every module image enters the loss; the FPM (if any) feeds the final output
+
+        def image_used(k: int) -> bool:
+            if cfg.cascade == "cascaded" and k < k_last:
+                return True  # the next module's input, whose outputs are used (below, by induction)
+            return k == k_last and (self.fpm is None or cfg.fpm_blend == "last")
+
+        used = [image_used(k) for k in range(cfg.num_clusters)]
+        return not any(used) if cfg.share_weights else not all(used)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, stage1_only: bool = False) -> dict[str, Any]:
         """`stage1_only`: run stage 1 alone and return {"images": coarse} (the in-run warm start of train.py)."""

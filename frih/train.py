@@ -28,7 +28,7 @@ from frih.model import build_model, count_parameters, normalize_image
 from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
 from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, barrier, cleanup_distributed, init_distributed, seed_everything
-from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
+from shared.logger import RunLogger, check_resume_config, claim_run_dir, resolve_run_dir
 from shared.training import autocast, make_grad_scaler, optimizer_step, unwrap_model
 
 __all__ = [
@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 _STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "best_mse", "rng")
+#: The config keys that define what is trained (network, loss, stage-1 schedule): a --resume that changes any of them is
+#: refused before anything is written (other values, e.g. more epochs or another data root, may change on resume).
+RESUME_SECTIONS = ("model", "loss", "stage1_epochs")
 
 
 def load_stage1_weights(model: torch.nn.Module, path: str) -> None:
@@ -99,8 +102,11 @@ def wrap_for_training(model: torch.nn.Module, cfg: Config, ctx: DistContext) -> 
     """torch.compile and/or DDP around `model` (the unwrapped model is what is evaluated and saved)."""
     train_model = torch.compile(model) if cfg.compile else model
     if ctx.distributed:
-        unused = getattr(model, "has_unused_parameters", False) and not cfg.loss.module_weight
-        unused = unused or (cfg.stage1_epochs > 0 and cfg.model.arch == "frih")
+        # parameters without a gradient: FRIH's, given the loss terms (frih.model.FRIH.has_unused_parameters), and
+        # stage 2 during the stage-1-only epochs; iSSAM / iDIH alone use every parameter
+        unused = cfg.model.arch == "frih" and (
+            model.has_unused_parameters(cfg.loss.coarse_weight, cfg.loss.module_weight) or cfg.stage1_epochs > 0
+        )
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model,
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
@@ -259,6 +265,8 @@ def main(cfg: Config) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     ctx = init_distributed(cfg.device)
     resume = load_checkpoint(cfg.resume, package=PACKAGE, required=_STATE_KEYS) if cfg.resume else None
+    if resume is not None:  # before anything is written (RUN.json, config.yaml)
+        check_resume_config(cfg.resume, resume.get("config"), config_to_dict(cfg), RESUME_SECTIONS)
     out_dir = resolve_run_dir(PACKAGE, cfg.name or "default", cfg.output_dir, cfg.resume)
     claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)

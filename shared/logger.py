@@ -133,23 +133,28 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def _stored_differences(old: Any, new: Any, name: str) -> list[str]:
+    """The keys under ``name`` whose value in ``new`` differs from ``old``'s, keys absent from ``old`` skipped."""
+    old, new = old.get(name), new.get(name) if isinstance(new, Mapping) else None
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return [f"{name}.{key}" for k in old for key in _stored_differences(old, new, k)]
+    return [] if old == new else [name]
+
+
 def check_resume_config(
     resume: str | Path, stored: Mapping[str, Any] | None, config: Mapping[str, Any], sections: Sequence[str]
 ) -> None:
     """Refuse a ``--resume`` whose config differs from the checkpoint's stored one in ``sections`` (the top-level
-    keys that define what is trained: the model, the method, the data), before anything is written; the differing
-    keys are named. Other keys (more epochs, another log interval) may change on resume.
+    keys that define what is trained: the model, the method), before anything is written; the differing keys are
+    named. Other keys (more epochs, another log interval) may change on resume, and so may keys the checkpoint does
+    not hold (settings added to the package after it was written).
 
     Raises:
         RunDirError: naming the checkpoint and the differing keys.
     """
     stored = json.loads(json.dumps(_jsonable(dict(stored or {}))))
     config = json.loads(json.dumps(_jsonable(dict(config))))
-    changed = [
-        key
-        for section in sections
-        for key in _differences({section: stored.get(section)}, {section: config.get(section)})
-    ]
+    changed = [key for section in sections if section in stored for key in _stored_differences(stored, config, section)]
     if changed:
         raise RunDirError(
             f"--resume {resume} was trained with other settings ({', '.join(changed[:8])}"

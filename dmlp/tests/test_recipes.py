@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import dmlp.train as dmlp_train
+from dmlp.config import check_run_settings
 from shared.noisy.dividemix import DivideMixConfig, clothing1m_defaults
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -43,3 +44,16 @@ def test_protocol_defaults_meta_two_percent_and_no_feedback(name):
 def test_mix_forward_labeled_needs_lambda_u_zero():
     with pytest.raises(ValueError, match="lambda_u must be 0"):
         DivideMixConfig(mix_forward="labeled", lambda_u=25.0)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_recipe_passes_the_config_check(name):
+    """clothing1m_dividemix.yaml inherits include_meta false: allowed there (the meta set is the validation split,
+    never in the training set); on CIFAR, DivideMix retraining with include_meta false is refused (it would train on
+    the whole set regardless)."""
+    cfg = dmlp_train.parse_args(["-c", str(CONFIGS / name)])
+    check_run_settings(cfg)
+    if cfg.data.dataset != "clothing1m" and cfg.retrain.mode == "dividemix":
+        cfg.retrain.include_meta = False
+        with pytest.raises(ValueError, match="include_meta false is not supported with retrain.mode dividemix"):
+            check_run_settings(cfg)

@@ -1,5 +1,6 @@
 """Architecture facts: parameter counts, shapes, image fusion, FPM equivalence, stage-2 switches."""
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -128,14 +129,58 @@ def test_frih_forward_outputs_and_gradients():
     for part in (model.stage1, model.refiners, model.fpm):  # with the per-module term every weight is trained
         assert all(p.grad is not None for p in part.parameters())
     # without it the last module's image head feeds nothing (the FPM blends with the composite)
-    assert model.has_unused_parameters
+    assert model.has_unused_parameters(coarse_weight=1.0, module_weight=0.0)
+    assert not model.has_unused_parameters(coarse_weight=1.0, module_weight=1.0)
     model.zero_grad(set_to_none=True)
     out = model(image, mask)
     FRIHLoss(module_weight=0.0)(out, torch.zeros_like(image), mask)[0].backward()
     assert model.refiners[2].decoder.to_rgb.weight.grad is None
     assert model.refiners[1].decoder.to_rgb.weight.grad is not None
     last = create_model("frih_tiny", fpm_blend="last", **TINY)
-    assert not last.has_unused_parameters
+    assert not last.has_unused_parameters(coarse_weight=1.0, module_weight=0.0)
+
+
+def test_has_unused_parameters_matches_the_gradients_of_every_switch_combination():
+    """For each combination of the stage-2 switches and of the loss terms, a CPU backward leaves some parameter
+    without a gradient iff has_unused_parameters says so (DDP's find_unused_parameters; e.g. no FPM + parallel
+    modules + no per-module term: modules 0..K-2 feed nothing; stop-gradient + no coarse term: stage 1)."""
+    image, mask = _inputs(h=32, w=32)
+    target = torch.zeros_like(image)
+    seen = set()
+    for use_fpm, blend, cascade, share, stop, coarse_w, module_w, k in itertools.product(
+        (True, False),
+        ("composite", "coarse", "last"),
+        ("cascaded", "parallel"),
+        (False, True),
+        (False, True),
+        (0.0, 1.0),
+        (0.0, 1.0),
+        (1, 3),
+    ):
+        if (not use_fpm and blend != "last") or (k == 1 and (cascade == "parallel" or share)):
+            continue  # fpm_blend only matters with the FPM; one module is neither parallel nor shared
+        torch.manual_seed(0)
+        model = create_model(
+            "frih_tiny",
+            use_fpm=use_fpm,
+            fpm_blend=blend,
+            cascade=cascade,
+            share_weights=share,
+            stop_gradient=stop,
+            num_clusters=k,
+            **TINY,
+        )
+        loss, _ = FRIHLoss(final_weight=1.0, coarse_weight=coarse_w, module_weight=module_w)(
+            model(image, mask), target, mask
+        )
+        loss.backward()
+        without_grad = [name for name, p in model.named_parameters() if p.grad is None]
+        predicted = model.has_unused_parameters(coarse_weight=coarse_w, module_weight=module_w)
+        case = dict(use_fpm=use_fpm, fpm_blend=blend, cascade=cascade, share_weights=share, stop_gradient=stop)
+        case.update(coarse_weight=coarse_w, module_weight=module_w, num_clusters=k)
+        assert bool(without_grad) == predicted, (case, without_grad[:4])
+        seen.add(predicted)
+    assert seen == {True, False}
 
 
 def _module_inputs(model, image, mask):
@@ -157,7 +202,8 @@ def test_cascaded_vs_parallel_inputs():
     parallel = create_model("frih_tiny", cascade="parallel", **TINY).eval()
     seen, out = _module_inputs(parallel, image, mask)
     assert all(torch.equal(s, out["coarse"]) for s in seen)
-    assert parallel.has_unused_parameters  # heads of modules 1..K-1 feed nothing without the per-module loss
+    # the heads of modules 0..K-2 (and K-1: the FPM blends with the composite) feed nothing without the per-module loss
+    assert parallel.has_unused_parameters(coarse_weight=1.0, module_weight=0.0)
 
 
 def test_weight_sharing_compose_and_clustering_switches():

@@ -114,6 +114,29 @@ def test_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path):
         assert_same_tensors(a[key], b[key], key)
 
 
+def test_resume_with_another_model_config_is_refused_before_anything_is_written(tmp_path):
+    """Resuming an iSSAM run with a FRIH model config names the differing key and leaves config.yaml / RUN.json
+    untouched (it used to overwrite both, then die in load_state_dict)."""
+    from shared.logger import RunDirError
+
+    out = tmp_path / "run"
+    _train(_argv(out, tmp_path / "data", epochs=1, extra=("--model.arch", "issam")))
+    before = {name: (out / name).read_bytes() for name in ("config.yaml", "RUN.json")}
+    with pytest.raises(RunDirError, match=r"model\.arch"):
+        _train(_argv(out, tmp_path / "data", epochs=2, extra=("--resume", str(out / "last.pt"))))
+    assert {name: (out / name).read_bytes() for name in before} == before
+    with pytest.raises(RunDirError, match=r"loss\.module_weight"):  # the loss is part of what is trained, too
+        _train(
+            _argv(
+                out,
+                tmp_path / "data",
+                epochs=2,
+                extra=("--model.arch", "issam", "--loss.module_weight", "0", "--resume", str(out / "last.pt")),
+            )
+        )
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
 def test_eval_reads_a_checkpoint_written_before_the_run_config_names(tmp_path):
     """Checkpoints store their config; one written with eval_every / log_every / amp "none" / device null still
     evaluates, with the evaluation's own output_dir, device and amp."""
