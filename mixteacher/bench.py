@@ -6,7 +6,9 @@ Performance).
     python -m mixteacher.bench --detector r50_fpn --device cuda --amp bf16   # the paper detector on a GPU
     python -m mixteacher.bench --quick                  # 192 x 240 images (the embedded default's size)
 
-Batch: 1 labeled + 4 unlabeled images (the COCO-partial recipe's mean per GPU), 80 classes. Steps timed:
+Batch: 1 labeled + 4 unlabeled images (a fixed batch, not drawn by the sampler: the COCO-partial recipe's most
+frequent composition per GPU, 74 % of its batches under the released sampler rule; 1.33 labeled on average),
+80 classes. Steps timed:
 
 * ``supervised``: Faster R-CNN losses of the labeled image at the regular scale, backward, SGD (the baseline);
 * ``mixteacher labeled only``: MixTeacher's three-scale labeled losses of the same image (no unlabeled images);

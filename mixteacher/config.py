@@ -11,12 +11,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from shared.config import RunConfig
+from shared.config import ConfigError, RunConfig
 
-__all__ = ["DEFAULT_CONFIG", "PACKAGE", "DataConfig", "DetectorConfig", "MixTeacherSettings", "TrainConfig"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "PACKAGE",
+    "SCALES",
+    "DataConfig",
+    "DetectorConfig",
+    "MixTeacherSettings",
+    "TrainConfig",
+]
 
 PACKAGE = "mixteacher"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+#: the detector's scales: the regular image, its 0.5x copy, the mixed-scale pyramid (``model.SCALES``)
+SCALES = ("regular", "down", "mixed")
+
+
+def _check_scale(key: str, value: str) -> None:
+    if value not in SCALES:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(SCALES)}, got {value!r}")
 
 
 @dataclass
@@ -131,6 +146,13 @@ class MixTeacherSettings:
         },
     )
 
+    def __post_init__(self) -> None:  # a bad scale fails here, not at the end of the burn-in
+        _check_scale("mixteacher.teacher_scale", self.teacher_scale)
+        for scale in self.train_scales:
+            _check_scale("mixteacher.train_scales", scale)
+        if not self.train_scales:
+            raise ConfigError(f"config key 'mixteacher.train_scales' must name at least one of {', '.join(SCALES)}")
+
 
 @dataclass
 class DataConfig:
@@ -145,7 +167,13 @@ class DataConfig:
     )
     fold: int = field(default=1, metadata={"help": "partial-protocol fold (seed), 1..5"})
     seed_offset: int = 0
-    sampling: Literal["softteacher", "stac"] = "softteacher"
+    sampling: Literal["softteacher", "stac"] = field(
+        default="softteacher",
+        metadata={
+            "help": "partial-split draw: softteacher (without replacement, MixTeacher's script) or stac (with "
+            "replacement, STAC's; its files are named ...@{percent}+stac.json)"
+        },
+    )
     split_dir: str = "annotations/semi_supervised"
     unlabeled_images: list[str] = field(
         default_factory=list,
@@ -170,6 +198,14 @@ class DataConfig:
     hflip: float = 0.5
     batch_size: int = field(default=5, metadata={"help": "images per GPU (labeled + unlabeled)"})
     sample_ratio: tuple[float, float] = field(default=(1.0, 4.0), metadata={"help": "labeled : unlabeled"})
+    batch_counts: Literal["released", "inner_binomial"] = field(
+        default="released",
+        metadata={
+            "help": "labeled count per batch: released = clamp(Binomial(batch, p), 1, batch - 1) (SoftTeacher's "
+            "by_prob sampler); inner_binomial = 1 + Binomial(batch - 2, p) (this package's earlier rule, which the "
+            "evidence keeps)"
+        },
+    )
     eval_batch_size: int = 1
     workers: int = 4
 
@@ -218,3 +254,15 @@ class TrainConfig(RunConfig):
         metadata={"help": "after training, run the supervised-only baseline of the same length and print both"},
     )
     find_unused_parameters: bool = True
+
+    def __post_init__(self) -> None:  # a bad test or report scale fails at parse time, not at the first evaluation
+        super().__post_init__()
+        if not self.test_scales:
+            raise ConfigError(f"config key 'test_scales' must name at least one of {', '.join(SCALES)}")
+        for scale in self.test_scales:
+            _check_scale("test_scales", scale)
+        if self.report_scale not in self.test_scales:
+            raise ConfigError(
+                f"config key 'report_scale' must be one of test_scales {list(self.test_scales)}, got "
+                f"{self.report_scale!r}"
+            )

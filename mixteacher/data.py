@@ -38,6 +38,7 @@ from shared.detection import CocoDetection, CocoImages, sharded_loader, syntheti
 from shared.distributed import DistContext
 
 __all__ = [
+    "BATCH_COUNTS",
     "COCO_LAYOUT",
     "VOC_CLASSES",
     "CocoDetection",
@@ -45,7 +46,9 @@ __all__ = [
     "SemiBatchSampler",
     "SemiSupervisedDataset",
     "build_datasets",
+    "build_val_set",
     "partial_split_files",
+    "released_labeled_count",
     "semi_collate",
     "val_loader",
     "voc_to_coco",
@@ -156,13 +159,35 @@ def semi_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: the rules of :class:`SemiBatchSampler` for the labeled count of a batch (``data.batch_counts``)
+BATCH_COUNTS = ("released", "inner_binomial")
+
+
+def released_labeled_count(drawn_labeled: int, batch_size: int) -> int:
+    """The labeled count of a batch of ``batch_size`` in which ``drawn_labeled`` of the drawn kind indicators are
+    labeled, as SoftTeacher's ``DistributedGroupSemiBalanceSampler(by_prob=True)`` computes it: no labeled item ->
+    one, no unlabeled item -> one fewer labeled, then ``int(ratio * samples_per_gpu)`` of the normalised ratio."""
+    counts = [drawn_labeled, batch_size - drawn_labeled]
+    if counts[0] == 0:
+        counts = [1, counts[1] - 1]
+    elif counts[1] == 0:
+        counts = [counts[0] - 1, 1]
+    return int(counts[0] / sum(counts) * batch_size)  # float as released (sum(counts) == batch_size)
+
+
 class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
-    """Per-GPU batches mixing labeled and unlabeled images (SoftTeacher's ``SemiBalanceSampler``, ``by_prob``).
+    """Per-GPU batches mixing labeled and unlabeled images (SoftTeacher's ``DistributedGroupSemiBalanceSampler``,
+    ``by_prob=True``).
 
     Each iteration draws the labeled count of this rank's batch from the ``sample_ratio`` probabilities with at
-    least one item of each kind (``1 + Binomial(batch - 2, p_labeled)``); with no unlabeled pool (or ratio 0) the
-    batch is all labeled. Each kind is an endless stream of per-epoch permutations sharded over the ranks. Everything
-    is a function of (``seed``, rank, iteration), so ``start_iter`` resumes exactly.
+    least one item of each kind. ``counts="released"`` (default) is the released rule: ``batch`` kind indicators
+    drawn with probability ``p_labeled``, then a batch without a labeled (unlabeled) item gets one from the other
+    kind, i.e. ``clamp(Binomial(batch, p_labeled), 1, batch - 1)``, including the released code's float step
+    ``int(n / batch * batch)``, which truncates some counts of batches of 22 and more by one.
+    ``counts="inner_binomial"`` is this package's earlier rule, ``1 + Binomial(batch - 2, p_labeled)`` (same mean
+    for ``p = 1/2``, higher otherwise; the evidence keeps it, README Fidelity note 6). With no unlabeled pool (or
+    ratio 0) the batch is all labeled. Each kind is an endless stream of per-epoch permutations sharded over the
+    ranks. Everything is a function of (``seed``, rank, iteration), so ``start_iter`` resumes exactly.
 
     Yields lists of ``(kind, index, augmentation seed)``, ``kind`` 0 = labeled, 1 = unlabeled.
     """
@@ -178,9 +203,13 @@ class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
         rank: int = 0,
         seed: int = 0,
         start_iter: int = 0,
+        counts: str = "released",
     ):
         if num_labeled == 0:
             raise ValueError("no labeled image to train on")
+        if counts not in BATCH_COUNTS:
+            raise ValueError(f"counts must be one of {BATCH_COUNTS}, got {counts!r}")
+        self.counts = counts
         self.sizes = (num_labeled, num_unlabeled)
         self.batch_size, self.num_iters, self.start_iter = batch_size, num_iters, start_iter
         self.world_size, self.rank, self.seed = world_size, rank, seed
@@ -195,7 +224,12 @@ class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
     def _counts(self, g: torch.Generator) -> tuple[int, int]:
         if not self.semi:
             return self.batch_size, 0
-        n_labeled = 1 + int((torch.rand(self.batch_size - 2, generator=g) < self.p_labeled).sum())
+        if self.counts == "inner_binomial":
+            n_labeled = 1 + int((torch.rand(self.batch_size - 2, generator=g) < self.p_labeled).sum())
+        else:
+            n_labeled = released_labeled_count(
+                int((torch.rand(self.batch_size, generator=g) < self.p_labeled).sum()), self.batch_size
+            )
         return n_labeled, self.batch_size - n_labeled
 
     def _stream_index(self, kind: int, position: int) -> int:
@@ -232,20 +266,28 @@ class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
 
 def partial_split_files(
-    train_annotations: Path, percent: float, fold: int, seed_offset: int, split_dir: Path, is_main: bool = True
+    train_annotations: Path,
+    percent: float,
+    fold: int,
+    seed_offset: int,
+    split_dir: Path,
+    is_main: bool = True,
+    sampling: str = "softteacher",
 ) -> tuple[Path, Path]:
     """The (labeled, unlabeled) jsons of a partial split, written by ``shared.datasets.coco_partial`` unless files
-    made from the same recipe (percent, fold, seed offset, and the source file's size and SHA-256) exist."""
+    made from the same recipe (percent, fold, seed offset, sampling rule, and the source file's size and SHA-256)
+    exist. ``sampling="stac"`` (with replacement) has its own files (``...@{percent}+stac.json``), so neither rule's
+    split is read or overwritten as the other's."""
     from shared.datasets.coco_partial import ensure_partial_split, partial_split_paths
 
     if not is_main:
-        labeled, unlabeled = partial_split_paths(train_annotations, percent, fold, split_dir, seed_offset)
+        labeled, unlabeled = partial_split_paths(train_annotations, percent, fold, split_dir, seed_offset, sampling)
         if not (labeled.is_file() and unlabeled.is_file()):
             raise FileNotFoundError(f"{labeled} missing: rank 0 writes it, start the run again")
         return labeled, unlabeled
     if not train_annotations.is_file():
         raise _missing(train_annotations, "train annotation file")
-    return ensure_partial_split(train_annotations, percent, fold, seed_offset, split_dir)
+    return ensure_partial_split(train_annotations, percent, fold, seed_offset, split_dir, sampling)
 
 
 def _views(data: DataConfig) -> tuple[ViewConfig, ViewConfig, ViewConfig]:
@@ -259,29 +301,49 @@ def _views(data: DataConfig) -> tuple[ViewConfig, ViewConfig, ViewConfig]:
     )
 
 
-def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervisedDataset, CocoDetection]:
-    """(train set with its labeled and unlabeled parts, val set)."""
+def _dataset_root(data: DataConfig, is_main: bool = True) -> Path:
+    """The dataset root: ``data.root``, or the embedded synthetic set's folder (written by rank 0 when missing)."""
     if data.synthetic:
         root = synthetic_coco_root(PACKAGE, data, is_main, num_unlabeled=data.synthetic_unlabeled)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
-    else:
-        root = Path(data.root)
-        if not data.root or not root.is_dir():
-            raise FileNotFoundError(
-                f"dataset root {root!s} not found (data.root={data.root!r}). Expected the COCO 2017 layout: "
-                "<root>/train2017/, val2017/, annotations/instances_{train,val}2017.json (VOC: VOCdevkit/ + "
-                "annotations_json/); see `python -m shared.datasets info coco2017`."
-            )
+        return root
+    root = Path(data.root)
+    if not data.root or not root.is_dir():
+        raise FileNotFoundError(
+            f"dataset root {root!s} not found (data.root={data.root!r}). Expected the COCO 2017 layout: "
+            "<root>/train2017/, val2017/, annotations/instances_{train,val}2017.json (VOC: VOCdevkit/ + "
+            "annotations_json/); see `python -m shared.datasets info coco2017`."
+        )
+    return root
+
+
+def _val_set(root: Path, data: DataConfig, categories: Sequence[int] | None) -> CocoDetection:
+    return CocoDetection(
+        root / data.val_images, root / data.val_annotations, label_offset=1, categories=categories, layout=COCO_LAYOUT
+    )
+
+
+def build_val_set(data: DataConfig, is_main: bool = True) -> CocoDetection:
+    """The val set alone, as training reads it (labels 1..K), for evaluation: neither the train images, the train
+    json, the partial split files nor an unlabeled pool are needed. Its categories are the val json's ids in sorted
+    order; check them against the checkpoint's (``shared.detection.check_checkpoint_categories``): when they agree,
+    this is the val set of :func:`build_datasets` (whose categories are the labeled split's)."""
+    return _val_set(_dataset_root(data, is_main), data, None)
+
+
+def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervisedDataset, CocoDetection]:
+    """(train set with its labeled and unlabeled parts, val set)."""
+    root = _dataset_root(data, is_main)
     train_ann = root / data.train_annotations
     unlabeled: list[CocoImages] = []
     if data.percent is not None:
         split = (train_ann, data.percent, data.fold, data.seed_offset, root / data.split_dir)
         if is_main:  # rank 0 writes the split files when missing, the others wait and read them
-            partial_split_files(*split, is_main=True)
+            partial_split_files(*split, is_main=True, sampling=data.sampling)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
-        labeled_file, unlabeled_file = partial_split_files(*split, is_main=False)
+        labeled_file, unlabeled_file = partial_split_files(*split, is_main=False, sampling=data.sampling)
         unlabeled.append(CocoImages(root / data.train_images, unlabeled_file))
     else:
         labeled_file = train_ann
@@ -293,13 +355,7 @@ def build_datasets(data: DataConfig, is_main: bool = True) -> tuple[SemiSupervis
         )
     for image_dir, image_list in zip(data.unlabeled_images, data.unlabeled_annotations):
         unlabeled.append(CocoImages(root / image_dir, root / image_list))
-    val = CocoDetection(
-        root / data.val_images,
-        root / data.val_annotations,
-        label_offset=1,
-        categories=labeled.cat_ids,
-        layout=COCO_LAYOUT,
-    )
+    val = _val_set(root, data, labeled.cat_ids)
     if len(labeled) == 0:
         raise ValueError(f"no labeled image with a usable box in {labeled_file}")
     return SemiSupervisedDataset(labeled, unlabeled, *_views(data)), val

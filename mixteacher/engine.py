@@ -70,10 +70,13 @@ def config_from_checkpoint(
 
 def upgrade_config(stored: Mapping[str, Any]) -> dict[str, Any]:
     """A stored training config in the current schema: ``torch_threads`` becomes ``threads``, ``device: null``
-    ``auto`` (checkpoints written before the run-level settings were unified)."""
+    ``auto`` (checkpoints written before the run-level settings were unified), and a ``data`` section without
+    ``batch_counts`` gets ``inner_binomial``, the only rule before the key existed (README, Fidelity note 6)."""
     config = {_RENAMED_KEYS.get(k, k): v for k, v in stored.items()}
     if config.get("device") is None:
         config["device"] = "auto"
+    if isinstance(config.get("data"), Mapping) and "batch_counts" not in config["data"]:
+        config["data"] = {**config["data"], "batch_counts": "inner_binomial"}
     return config
 
 
@@ -124,8 +127,8 @@ def evaluate(
 def headline(results: dict[str, dict[str, Any]], cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
     """The model/scale whose numbers head metrics.json: the teacher at ``report_scale`` (student if supervised)."""
     name = f"{'student' if cfg.method == 'supervised' else 'teacher'}_{cfg.report_scale}"
-    if name not in results:
-        name = next(iter(results))
+    if name not in results:  # report_scale is checked against test_scales when the config is read (TrainConfig)
+        raise ValueError(f"report_scale {cfg.report_scale!r} was not evaluated (results: {', '.join(results)})")
     return name, results[name]
 
 

@@ -6,7 +6,9 @@ being the VOC number, as in the released code).
     python -m mixteacher.eval --checkpoint last.pt --data.root data/coco --test_scales regular mixed
 
 The config stored in the checkpoint is used; ``-c`` / ``--key value`` flags override it (e.g. another
-``data.root``); from Python: ``main(parse_args(["--checkpoint", "last.pt"]))``.
+``data.root``); from Python: ``main(parse_args(["--checkpoint", "last.pt"]))``. Only the val split is read
+(``data.val_images`` / ``data.val_annotations`` under ``data.root``): the train json, the partial split files and
+the unlabeled pools need not exist; its category ids must be the checkpoint's (the labels the model was trained on).
 Writes ``metrics.json`` (headline keys ``AP``, ``AP50``, ... for the teacher at ``report_scale``, one block per
 model and scale, and the supervised baseline's numbers when the run folder has them) into ``output_dir``
 (default ``<checkpoint folder>/eval``). A file that is not a MixTeacher checkpoint (missing, not written by
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 from mixteacher.config import PACKAGE, TrainConfig
-from mixteacher.data import build_datasets, val_loader
+from mixteacher.data import build_val_set, val_loader
 from mixteacher.engine import (
     MODEL_KEYS,
     add_supervised,
@@ -36,7 +38,7 @@ from mixteacher.engine import (
     result_metrics,
     upgrade_config,
 )
-from shared.detection import coco_summary
+from shared.detection import check_checkpoint_categories, coco_summary
 from shared.distributed import cleanup_distributed, init_distributed
 from shared.entrypoints import parse_checkpoint_args
 from shared.logger import write_json
@@ -86,11 +88,8 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         torch.set_num_threads(train_cfg.threads)
     ctx = init_distributed(train_cfg.device)
     try:
-        _, val_set = build_datasets(train_cfg.data, ctx.is_main)
-        if list(val_set.cat_ids) != list(state["categories"]["ids"]):
-            raise ValueError(
-                f"the checkpoint's categories {state['categories']['ids']} differ from the val set's {val_set.cat_ids}"
-            )
+        val_set = build_val_set(train_cfg.data, ctx.is_main)  # no train json, split files or unlabeled pool needed
+        check_checkpoint_categories(state, checkpoint, val_set)  # the same ids, so the same labels as in training
         models = {name: model.to(ctx.device) for name, model in load_models(state, train_cfg).items()}
         results = evaluate(models, val_loader(val_set, train_cfg.data, ctx), val_set, ctx, train_cfg)
         if ctx.is_main:

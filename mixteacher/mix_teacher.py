@@ -115,6 +115,8 @@ class MixTeacher(nn.Module):
         unknown = set(self.settings.train_scales) - set(SCALES)
         if unknown or not self.settings.train_scales:
             raise ValueError(f"train_scales must be a non-empty subset of {SCALES}, got {self.settings.train_scales}")
+        if self.settings.teacher_scale not in SCALES:
+            raise ValueError(f"teacher_scale must be one of {SCALES}, got {self.settings.teacher_scale!r}")
         if self.settings.mining_features not in ("student", "teacher"):
             raise ValueError(f"mining_features must be 'student' or 'teacher', got {self.settings.mining_features!r}")
         self.method = method

@@ -46,7 +46,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from mixteacher.config import DetectorConfig
+from mixteacher.config import SCALES, DetectorConfig
 from mixteacher.fcos import DenseOutputs, fcos_losses
 from mixteacher.losses import fast_rcnn_loss
 from shared.checkpoint import load_weights_file
@@ -75,7 +75,6 @@ __all__ = [
     "mobilenet_v2_body",
 ]
 
-SCALES = ("regular", "down", "mixed")
 CAFFE_MEAN_BGR = (103.530, 116.280, 123.675)  # detectron2 caffe ResNet-50, BGR 0-255, std 1
 TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)

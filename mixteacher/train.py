@@ -15,7 +15,9 @@ updated every iteration, evaluation of the teacher and the student at the regula
 same length follows in ``<run>/supervised/`` and both are printed side by side.
 
 Before anything is written, a ``--resume`` file is read and checked (``engine.read_checkpoint``: a missing,
-unreadable, foreign or incomplete file is a ``CheckpointError``), and the run folder (and its ``supervised/``
+unreadable, foreign or incomplete file is a ``CheckpointError``), its stored config is compared with this one in
+:data:`RESUME_SECTIONS` (another detector, method or training data is a ``RunDirError`` naming the keys), and the run
+folder (and its ``supervised/``
 sub-folder) is claimed with ``shared.logger.claim_run_dir`` (``RUN.json``: a folder of another package or of a
 different config is refused). A non-finite loss, gradient, parameter or EMA-teacher value stops the run with an
 error naming the step; the last checkpoint on disk stays as it was (README, Quick start).
@@ -49,6 +51,7 @@ from mixteacher.engine import (
     headline,
     read_checkpoint,
     result_metrics,
+    upgrade_config,
 )
 from mixteacher.mix_teacher import MixTeacher
 from mixteacher.model import build_detector
@@ -58,11 +61,12 @@ from shared.config import config_to_dict, script_parser
 from shared.detection import coco_summary
 from shared.distributed import DistContext, all_reduce_mean
 from shared.entrypoints import finish_run, run_distributed, wrap_ddp
-from shared.logger import RunLogger, claim_run_dir, write_json
+from shared.logger import RunLogger, check_resume_config, claim_run_dir, write_json
 from shared.teacher_student import step_schedule
 from shared.training import make_grad_scaler, show_progress
 
 __all__ = [
+    "RESUME_SECTIONS",
     "TrainConfig",
     "build_method",
     "build_optimizer",
@@ -73,6 +77,43 @@ __all__ = [
     "step_schedule",
     "train_steps",
 ]
+
+
+#: The config sections that define what is trained: a ``--resume`` whose config differs from the checkpoint's in any
+#: of them is refused before anything is written (``shared.logger.check_resume_config``). Other keys (more
+#: iterations, intervals, lr schedule, device, test scales) may change on resume.
+RESUME_SECTIONS = ("method", "detector", "mixteacher", "data")
+#: ``data`` keys that only say where the files are or how they are loaded: free to change on resume (a moved
+#: dataset); every other ``data`` key (split, sampling, batch, views, synthetic set) is compared
+RESUME_FREE_DATA_KEYS = frozenset(
+    {
+        "root",
+        "train_images",
+        "train_annotations",
+        "split_dir",
+        "unlabeled_images",
+        "unlabeled_annotations",
+        "val_images",
+        "val_annotations",
+        "synthetic_val",
+        "eval_batch_size",
+        "workers",
+    }
+)
+
+
+def check_resume(cfg: TrainConfig, resume: dict[str, Any]) -> None:
+    """Refuse a ``--resume`` with another detector, method, method settings or training data than the checkpoint's
+    stored config (``shared.logger.RunDirError`` naming the keys), e.g. one started without its ``-c`` recipe."""
+
+    def trained(config: dict[str, Any]) -> dict[str, Any]:
+        data = config.get("data")
+        if isinstance(data, dict):
+            config = {**config, "data": {k: v for k, v in data.items() if k not in RESUME_FREE_DATA_KEYS}}
+        return config
+
+    stored = trained(upgrade_config(resume.get("config") or {}))
+    check_resume_config(cfg.resume, stored, trained(config_to_dict(cfg)), RESUME_SECTIONS)
 
 
 # ------------------------------------------------------------------------------------------------ builders
@@ -149,6 +190,7 @@ def build_train_loader(
         ctx.rank,
         cfg.seed,
         start_iter=start_iter,
+        counts=cfg.data.batch_counts,
     )
     return ts.iteration_loader(train_set, sampler, semi_collate, cfg.data.workers, ctx, cfg.seed)
 
@@ -326,6 +368,8 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     compare = cfg.compare_supervised and cfg.method == "mixteacher"
     _check_backbone(cfg, compare)
     resume = read_checkpoint(cfg.resume) if cfg.resume else None
+    if resume is not None:  # before the run folder is claimed or anything is written
+        check_resume(cfg, resume)
     return run_distributed(cfg, lambda ctx: _run(cfg, ctx, resume, compare))
 
 

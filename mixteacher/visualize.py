@@ -2,6 +2,7 @@
 
     python -m mixteacher.visualize --checkpoint runs/mixteacher/default/<time>/last.pt [--num_images 6]
         [--model teacher|student] [--scale regular|mixed] [--score_thr 0.3] [--output_dir DIR]
+        [--data.root DIR ...]   # any other --key value / -c FILE overrides the checkpoint's stored config
 
 Writes ``predictions_<i>.png`` (detections above ``score_thr``, ground truth dashed in white) and
 ``pseudo_labels_<i>.png`` (weak view with the teacher's pseudo boxes: solid >= cls threshold, dashed the
@@ -11,8 +12,10 @@ into ``output_dir`` (default ``<checkpoint folder>/visualize``).
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -91,13 +94,35 @@ class VisualizeConfig:
     model: Literal["teacher", "student"] = "teacher"
     scale: Literal["regular", "mixed"] = "regular"
     score_thr: float = 0.3
+    #: the other command-line arguments: ``-c FILE`` / ``--key value`` overrides of the checkpoint's stored training
+    #: config (e.g. ``--data.root``), applied in :func:`main` once the checkpoint is read
+    overrides: list[str] = field(default_factory=list, init=False)
+
+
+_NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(this script's own flags with their values, everything else: the training-config overrides)."""
+    own_keys = {f"--{f.name}" for f in fields(VisualizeConfig) if f.init} | {"-h", "--help"}
+    own: list[str] = []
+    rest: list[str] = []
+    target = rest
+    for token in argv:
+        if token.startswith("-") and not _NUMBER.match(token):  # a flag (a negative number is a value)
+            target = own if token.split("=", 1)[0] in own_keys else rest
+        target.append(token)
+    return own, rest
 
 
 def parse_args(argv: Sequence[str] | None = None) -> VisualizeConfig:
-    """The drawing settings; ``--checkpoint`` is required."""
-    cfg = parse_config(VisualizeConfig, argv, description="Draw MixTeacher predictions and pseudo labels.")
+    """The drawing settings (``--checkpoint`` is required); the other flags override the checkpoint's stored
+    training config (checked when :func:`main` reads the checkpoint, before anything is written)."""
+    own, rest = _split_argv(list(sys.argv[1:] if argv is None else argv))
+    cfg = parse_config(VisualizeConfig, own, description="Draw MixTeacher predictions and pseudo labels.")
     if not cfg.checkpoint:
         raise SystemExit("visualize: --checkpoint PATH is required")
+    cfg.overrides = rest
     return cfg
 
 
@@ -150,10 +175,10 @@ def _draw_pseudo_labels(
 def main(cfg: VisualizeConfig) -> list[Path]:
     """Draw and write the PNGs; returns their paths."""
     state = read_checkpoint(cfg.checkpoint, MODEL_KEYS)  # a foreign or incomplete file is refused before any output
-    train_cfg = config_from_checkpoint(state)
+    train_cfg = config_from_checkpoint(state, cfg.overrides, "visualize: overrides of the stored training config")
+    train_set, val_set = build_datasets(train_cfg.data)  # a missing dataset is an error before any output
     out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / "visualize"
     out.mkdir(parents=True, exist_ok=True)
-    train_set, val_set = build_datasets(train_cfg.data)
     model_name = cfg.model if train_cfg.method == "mixteacher" else "student"
     model = build_detector(state["num_classes"], train_cfg.detector)
     model.load_state_dict(state[model_name])

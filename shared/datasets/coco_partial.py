@@ -15,7 +15,8 @@ Sampling, exactly as the reference scripts do it [SRC, read in the repositories 
   ``tools/dataset/semi_coco.py``, the script MixTeacher uses. Exactly ``labeled_tot`` images are labelled.
 * ``sampling="stac"``: ``choice(N, labeled_tot)`` *with* replacement — google-research/ssl_detection
   ``prepare_datasets/prepare_coco_data.py`` (STAC). Duplicates collapse, so slightly fewer than ``labeled_tot``
-  images end up labelled; this reproduces STAC's own folds.
+  images end up labelled; this reproduces STAC's own folds. Its files are named ``<stem>.{f}@{p}+stac.json`` (and
+  ``...+stac-unlabeled.json``), so that a split of one rule is never read or overwritten as the other's.
 * Folds are the seeds 1..5 with ``seed_offset = 0``. MixTeacher's ``prepare_coco_data.sh`` passes
   ``--seed-offset $RANDOM``, so its folds differ per user; use ``seed_offset=0`` for the published protocol.
 
@@ -111,15 +112,22 @@ def partial_split(
 
 
 def partial_split_paths(
-    ann_path: str | Path, percent: float, fold: int, out_dir: str | Path | None = None, seed_offset: int = 0
+    ann_path: str | Path,
+    percent: float,
+    fold: int,
+    out_dir: str | Path | None = None,
+    seed_offset: int = 0,
+    sampling: str = "softteacher",
 ) -> tuple[Path, Path]:
     """Return the (labelled, unlabelled) output paths for ``ann_path``, e.g. ``instances_train2017.1@10.json``.
 
-    A non-zero ``seed_offset`` is part of the name (``instances_train2017.1@10+s7.json``), so splits drawn with
-    different offsets never share a file; offset 0 keeps the published names."""
+    A non-zero ``seed_offset`` is part of the name (``instances_train2017.1@10+s7.json``), and so is a sampling other
+    than ``softteacher`` (``instances_train2017.1@10+stac.json``, ``...@10+s7+stac.json``), so splits drawn with
+    different offsets or rules never share a file; offset 0 with ``softteacher`` keeps the published names."""
     ann_path = Path(ann_path)
     folder = Path(out_dir) if out_dir is not None else ann_path.parent
     stem = f"{ann_path.stem}.{fold}@{_format_percent(percent)}" + (f"+s{seed_offset}" if seed_offset else "")
+    stem += "" if sampling == "softteacher" else f"+{sampling}"
     return folder / f"{stem}.json", folder / f"{stem}-unlabeled.json"
 
 
@@ -176,7 +184,7 @@ def ensure_partial_split(
     ann_path = Path(ann_path)
     if not ann_path.is_file():
         raise FileNotFoundError(f"annotation file not found: {ann_path}")
-    labeled, unlabeled = partial_split_paths(ann_path, percent, fold, out_dir, seed_offset)
+    labeled, unlabeled = partial_split_paths(ann_path, percent, fold, out_dir, seed_offset, sampling)
     if labeled.is_file() and unlabeled.is_file():
         stored = _stored_recipe(labeled)
         if stored is not None and stored.get("source_size") == ann_path.stat().st_size:
@@ -231,7 +239,7 @@ def write_partial_splits(
                 **source,
             }
             labeled[RECIPE_KEY] = unlabeled[RECIPE_KEY] = recipe
-            labeled_path, unlabeled_path = partial_split_paths(ann_path, percent, fold, out_dir, seed_offset)
+            labeled_path, unlabeled_path = partial_split_paths(ann_path, percent, fold, out_dir, seed_offset, sampling)
             _write_json(labeled_path, labeled)
             _write_json(unlabeled_path, unlabeled)
             print(

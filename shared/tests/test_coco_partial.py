@@ -93,6 +93,32 @@ def test_paths_follow_the_stac_naming(tmp_path: Path) -> None:
         tmp_path / "instances_train2017.1@10-unlabeled.json",
     )
     assert partial_split_paths(ann, 0.5, 2, out_dir=tmp_path / "semi")[0].name == "instances_train2017.2@0.5.json"
+    # another sampling rule (or seed offset) never shares a file with the published softteacher split
+    assert partial_split_paths(ann, 10, 1, sampling="stac") == (
+        tmp_path / "instances_train2017.1@10+stac.json",
+        tmp_path / "instances_train2017.1@10+stac-unlabeled.json",
+    )
+    offset = partial_split_paths(ann, 10, 1, seed_offset=7, sampling="stac")[0]
+    assert offset.name == "instances_train2017.1@10+s7+stac.json"
+
+
+def test_ensure_partial_split_keeps_the_rules_apart(tmp_path: Path) -> None:
+    from shared.datasets.coco_partial import RECIPE_KEY, ensure_partial_split
+
+    ann = tmp_path / "instances_train2017.json"
+    ann.write_text(json.dumps(_fake_coco(200)))
+    soft, _ = ensure_partial_split(ann, 10, 1)
+    first = soft.read_bytes()
+    stac, stac_unlabeled = ensure_partial_split(ann, 10, 1, sampling="stac")
+    assert stac.name == "instances_train2017.1@10+stac.json" and soft.read_bytes() == first  # not overwritten
+    recipe = json.loads(stac.read_text())[RECIPE_KEY]
+    assert recipe["sampling"] == "stac" and json.loads(soft.read_text())[RECIPE_KEY]["sampling"] == "softteacher"
+    ids = [image["id"] for image in _fake_coco(200)["images"]]
+    chosen = labeled_image_indices(200, 10, 1, sampling="stac")
+    assert sorted(im["id"] for im in json.loads(stac.read_text())["images"]) == sorted(ids[i] for i in chosen)
+    inode = stac.stat().st_ino
+    assert ensure_partial_split(ann, 10, 1, sampling="stac") == (stac, stac_unlabeled)
+    assert stac.stat().st_ino == inode  # reused, not written again (writes go through os.replace)
 
 
 def test_cli_writes_every_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -353,3 +353,124 @@ def test_embedded_synthetic_set_gets_its_split_with_a_recipe():
         "source_sha256": file_digest(train, "sha256"),
     }
     assert len(train_set.labeled) + train_set.num_unlabeled == 20
+
+
+# --------------------------------------------------------------------------------- 5. resume config, scales, eval
+
+
+def test_resume_with_another_detector_or_without_its_recipe_is_refused_before_writing(finished_run, tmp_path):
+    """``--resume`` compares the command line's config with the checkpoint's (train.RESUME_SECTIONS): another
+    detector, or a resume that forgot its ``-c`` recipe, is refused naming the key, and the run folder is untouched."""
+    last = finished_run / "last.pt"
+    before = _snapshot(finished_run)
+    with pytest.raises(RunDirError, match=r"detector\.fpn_channels"):
+        train_run(["--resume", str(last), "--max_iters", "2", *TINY, "--detector.fpn_channels", "8"])
+    with pytest.raises(RunDirError, match=r"detector\.base_width"):  # no TINY: the embedded default's detector
+        train_run(["--resume", str(last), "--max_iters", "2", "--no-tensorboard"])
+    with pytest.raises(RunDirError, match=r"data\.fold"):  # another labeled split
+        train_run(["--resume", str(last), "--max_iters", "2", *TINY, "--data.fold", "2"])
+    assert _snapshot(finished_run) == before
+
+
+def test_resume_check_allows_run_level_and_path_changes():
+    from dataclasses import replace
+
+    from mixteacher import train
+    from shared.config import config_to_dict
+
+    cfg = train.parse_args(TINY)
+    stored = {"config": config_to_dict(cfg)}
+    moved = replace(cfg, resume="last.pt", max_iters=9, threads=2, data=replace(cfg.data, root="/elsewhere", workers=3))
+    train.check_resume(moved, stored)  # more iterations, threads, another data root: allowed
+    with pytest.raises(RunDirError, match=r"mixteacher\.mining"):
+        train.check_resume(replace(moved, mixteacher=replace(cfg.mixteacher, mining=False)), stored)
+    with pytest.raises(RunDirError, match=r"^--resume last.pt .*\bmethod\b"):
+        train.check_resume(replace(moved, method="supervised"), stored)
+    # a checkpoint from before data.batch_counts was trained with the inner-binomial rule
+    old = {
+        "config": {
+            **stored["config"],
+            "data": {k: v for k, v in stored["config"]["data"].items() if k != "batch_counts"},
+        }
+    }
+    with pytest.raises(RunDirError, match=r"data\.batch_counts"):
+        train.check_resume(moved, old)
+    train.check_resume(replace(moved, data=replace(moved.data, batch_counts="inner_binomial")), old)
+
+
+@pytest.mark.parametrize(
+    "flags,key",
+    [
+        (["--mixteacher.teacher_scale", "mix"], "mixteacher.teacher_scale"),
+        (["--mixteacher.train_scales", "regular", "half"], "mixteacher.train_scales"),
+        (["--test_scales", "regular", "mixd"], "test_scales"),
+        (["--test_scales", "[]"], "test_scales"),
+        (["--report_scale", "mixd"], "report_scale"),
+        (["--test_scales", "[regular]", "--report_scale", "mixed"], "report_scale"),
+    ],
+)
+def test_bad_scales_are_refused_when_the_config_is_read(flags, key, capsys):
+    from mixteacher import train
+    from mixteacher.config import MixTeacherSettings
+    from shared.config import ConfigError
+
+    with pytest.raises(SystemExit):
+        train.parse_args([*TINY, *flags])
+    assert f"'{key}'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="teacher_scale"):
+        MixTeacherSettings(teacher_scale="mix")
+    cfg = train.parse_args([*TINY, "--test_scales", "[mixed, down]", "--report_scale", "down"])  # valid: accepted
+    assert cfg.test_scales == ["mixed", "down"] and cfg.report_scale == "down"
+
+
+def _val_only_root(finished_run: Path, tmp_path: Path, categories_offset: int = 0) -> Path:
+    """A dataset root holding only the val split of the run's synthetic set (no train json, splits or images)."""
+    import shutil
+
+    from mixteacher.config import PACKAGE
+    from mixteacher.engine import config_from_checkpoint
+    from shared.detection import synthetic_coco_root
+
+    data = config_from_checkpoint(load_checkpoint(finished_run / "last.pt")).data
+    source = synthetic_coco_root(PACKAGE, data, num_unlabeled=data.synthetic_unlabeled)
+    root = tmp_path / "val_only"
+    shutil.copytree(source / "val2017", root / "val2017")
+    coco = json.loads((source / "annotations" / "instances_val2017.json").read_text())
+    if categories_offset:
+        for item in coco["categories"]:
+            item["id"] += categories_offset
+        for ann in coco["annotations"]:
+            ann["category_id"] += categories_offset
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_eval_needs_only_the_val_split(finished_run, tmp_path):
+    root = _val_only_root(finished_run, tmp_path)
+    flags = ["--no-data.synthetic", "--data.root", str(root)]
+    metrics = eval_run(["--checkpoint", str(finished_run / "last.pt"), "--output_dir", str(tmp_path / "eval"), *flags])
+    trained = json.loads((finished_run / "metrics.json").read_text())
+    assert metrics["AP"] == pytest.approx(trained["AP"], abs=1e-9, nan_ok=True)  # the same val set as in training
+    assert sorted(p.name for p in root.iterdir()) == ["annotations", "val2017"]  # no split file written
+    assert sorted(p.name for p in (root / "annotations").iterdir()) == ["instances_val2017.json"]
+    other = _val_only_root(finished_run, tmp_path / "other", categories_offset=100)
+    with pytest.raises(ValueError, match="category ids"):  # another dataset's classes: refused, not mislabeled
+        eval_run(["--checkpoint", str(finished_run / "last.pt"), "--no-data.synthetic", "--data.root", str(other)])
+
+
+def test_visualize_takes_overrides_of_the_stored_config(finished_run, tmp_path):
+    out = tmp_path / "vis"
+    with pytest.raises(FileNotFoundError, match="nowhere"):  # --data.root reaches the data
+        visualize_run(
+            ["--checkpoint", str(finished_run / "last.pt"), "--output_dir", str(out), "--no-data.synthetic",
+             "--data.root", str(tmp_path / "nowhere")]
+        )  # fmt: skip
+    with pytest.raises(SystemExit):  # a mistyped key is an error, not ignored
+        visualize_run(["--checkpoint", str(finished_run / "last.pt"), "--output_dir", str(out), "--data.rot", "x"])
+    assert not out.exists()
+    drawn = visualize_run(
+        ["--checkpoint", str(finished_run / "last.pt"), "--output_dir", str(out), "--num_images", "1",
+         "--score_thr", "0", "--mixteacher.cls_score_thr", "-0.5"]
+    )  # fmt: skip
+    assert [p.name for p in drawn] == ["predictions_0.png", "pseudo_labels_0.png"]
