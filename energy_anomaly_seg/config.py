@@ -86,7 +86,9 @@ class SegOptimConfig:
     power: float = 0.9
     min_lr: float = 1e-4
     aux_weight: float = 0.4
-    ce_average: str = field(default="all", metadata={"help": "'all' (mmseg 0.27) or 'valid' pixels"})
+    ce_average: Literal["all", "valid"] = field(
+        default="all", metadata={"help": "'all' (mmseg 0.27) or 'valid' pixels"}
+    )
 
 
 @dataclass
@@ -135,7 +137,7 @@ class AnomalyConfig:
     aspect_range: tuple[float, float] = (0.8, 1.2)
     pastes_per_image: int = 10
     noise_ratio: float = 0.1
-    polygon: str = field(
+    polygon: Literal["convex_hull", "harris", "square"] = field(
         default="convex_hull",
         metadata={
             "help": "'convex_hull' of 15 random points (released code), 'harris' corners (paper), 'square' (ablation)"
@@ -177,7 +179,9 @@ class ObjectiveConfig:
     margin: float = field(default=15.0, metadata={"help": "TORE margin gamma (paper 15, code 20)"})
     tae_weight: float = 1.0
     tore_weight: float = 0.05
-    ce_average: str = field(default="all", metadata={"help": "'all' pixels (mmseg 0.27) or 'valid' pixels"})
+    ce_average: Literal["all", "valid"] = field(
+        default="all", metadata={"help": "'all' pixels (mmseg 0.27) or 'valid' pixels"}
+    )
     input_grad_nudge: bool = field(default=False, metadata={"help": "released code's input-gradient step"})
 
 
@@ -203,7 +207,9 @@ class EvalConfig:
     img_scale: tuple[int, int] = field(default=(2048, 1024), metadata={"help": "(W, H) test scale, keep ratio"})
     scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.25, 1.5])
     flip: bool = True
-    score_formula: str = field(default="paper", metadata={"help": "'paper' (eq. 9) or 'code' (released)"})
+    score_formula: Literal["paper", "code"] = field(
+        default="paper", metadata={"help": "'paper' (eq. 9) or 'code' (released)"}
+    )
     score_weight: float = field(default=0.5, metadata={"help": "lambda (paper 0.5; code 0.3 static / 0.0 LAF)"})
     vis_images: int = field(default=8, metadata={"help": "per-image PNG panels written per dataset"})
     curve_pixels: int = field(default=2_000_000, metadata={"help": "random valid pixels drawn for the curve plots"})

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from energy_anomaly_seg import train_segmentor
@@ -45,8 +46,10 @@ from shared.training import autocast, check_finite_parameters, make_grad_scaler,
 __all__ = [
     "TrainConfig",
     "evaluate",
+    "gather_pool_states",
     "main",
     "make_pool",
+    "own_rank_pool",
     "parse_args",
     "read_resume_state",
     "run_phases",
@@ -79,6 +82,26 @@ def make_pool(cfg: AnomalyConfig) -> AnomalyPatchPool:
         hull_points=cfg.hull_points,
         harris_k=cfg.harris_k,
     )
+
+
+def gather_pool_states(pool: AnomalyPatchPool, ctx: DistContext) -> list[dict] | None:
+    """Every process's crop-pool state (``AnomalyPatchPool.state_dict``, CPU tensors) on rank 0, in rank order;
+    ``None`` on the other ranks; a list of one in one process. Collective under torchrun: every rank calls it."""
+    state = pool.state_dict()
+    if not ctx.distributed:
+        return [state]
+    gathered: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(state, gathered, dst=0)
+    return gathered
+
+
+def own_rank_pool(saved: list[dict] | dict, rank: int) -> dict:
+    """This process's pool state from a checkpoint's ``pool`` entry: entry ``rank`` of the per-rank list. A
+    checkpoint written before the per-rank layout holds one pool (rank 0's): every rank restores it, as before; one
+    written by fewer processes gives the extra ranks rank 0's pool."""
+    if isinstance(saved, dict):
+        return saved
+    return saved[rank] if rank < len(saved) else saved[0]
 
 
 def read_resume_state(path: str | Path) -> dict[str, Any]:
@@ -176,6 +199,9 @@ def prepare_segmentor(run: Run, state: dict[str, Any] | None) -> None:
     if state is None:
         _initialise_backbone(run)
     model.set_segmentor_trainable(True)
+    # the OoD head takes no part in this phase: under torchrun, DDP (which wraps the whole model here) would
+    # otherwise wait for gradients of its parameters that never come
+    model.patch_head.requires_grad_(False)
     optimizer = train_segmentor.make_segmentor_optimizer(model, seg_cfg)
     scaler = make_grad_scaler(ctx.device, cfg.amp)
     start = int(state["iteration"]) if state is not None else 0
@@ -201,6 +227,7 @@ def prepare_segmentor(run: Run, state: dict[str, Any] | None) -> None:
         save=save,
     )
     model.set_segmentor_trainable(False)
+    model.patch_head.requires_grad_(True)
     if ctx.is_main:
         val = CityscapesSegmentation(resolve_cityscapes_root(cfg.data, cfg.synthetic), cfg.data.val_split)
         seg_metrics = train_segmentor.evaluate(model, val, ctx.device, cfg.model.num_classes)
@@ -229,15 +256,19 @@ class HeadTraining:
     generator: torch.Generator
     settings: SLEEGSettings
 
-    def checkpoint(self, run: Run, iteration: int, name: str = "last.pt") -> None:
+    def checkpoint(self, run: Run, iteration: int, name: str = "last.pt", pools: list[dict] | None = None) -> None:
+        """Write ``name`` (rank 0) with every process's crop pool (``pool``: one state per rank, each process
+        pastes from its own). Collective (gathers the pools) unless ``pools``, gathered already, is given."""
         check_finite_parameters(run.model.patch_head, iteration - 1, "OoD head")  # BN statistics included
+        if pools is None:
+            pools = gather_pool_states(self.pool, run.ctx)
         run.save(
             name,
             phase="ood_head",
             iteration=iteration,
             optimizer=self.optimizer,
             scaler=self.scaler,
-            pool=self.pool,
+            pool=pools,
             generator=self.generator,
         )
 
@@ -276,19 +307,21 @@ def train_steps(run: Run, training: HeadTraining, batches: Iterator[dict], start
             )
         if train_segmentor.is_due(done, cfg.checkpoint_interval, iters):
             training.checkpoint(run, done)
-        if cfg.eval_interval and done % cfg.eval_interval == 0 and done < iters and ctx.is_main:
-            _keep_best(run, training, done)
-            model.train()
+        if cfg.eval_interval and done % cfg.eval_interval == 0 and done < iters:
+            pools = gather_pool_states(training.pool, ctx)  # every rank: best.pt is written by rank 0 alone
+            if ctx.is_main:
+                _keep_best(run, training, done, pools)
+                model.train()
     run.metrics["ood_head_seconds"] = time.perf_counter() - t0
 
 
-def _keep_best(run: Run, training: HeadTraining, done: int) -> None:
+def _keep_best(run: Run, training: HeadTraining, done: int, pools: list[dict] | None) -> None:
     result = evaluate(run, write_outputs=False)
     run.logger.info(f"iteration {done}: SLEEG AP {result['sleeg_AP']:.2f} on {result['dataset']}")
     if result["sleeg_AP"] > run.metrics.get("best_sleeg_AP", -1.0):
         run.metrics["best_sleeg_AP"] = result["sleeg_AP"]
         run.metrics["best_iteration"] = done
-        training.checkpoint(run, done, "best.pt")
+        training.checkpoint(run, done, "best.pt", pools)
 
 
 def train_ood_head(run: Run, state: dict[str, Any] | None) -> None:
@@ -313,7 +346,13 @@ def train_ood_head(run: Run, state: dict[str, Any] | None) -> None:
     start = int(state["iteration"]) if state is not None else 0
     batches = build_train_loader(cfg.data, cfg.synthetic, ctx, cfg.seed + 1, start)  # before the RNG restore
     if state is not None:
-        training.pool.load_state_dict(state["pool"], ctx.device)
+        training.pool.load_state_dict(own_rank_pool(state["pool"], ctx.rank), ctx.device)
+        saved_pools = 1 if isinstance(state["pool"], dict) else len(state["pool"])
+        if saved_pools < ctx.world_size:
+            run.logger.info(
+                f"{cfg.resume} holds the crop pools of {saved_pools} process(es): ranks "
+                f"{saved_pools}..{ctx.world_size - 1} start from rank 0's"
+            )
         restore_training_state(
             state, optimizer=training.optimizer, scaler=training.scaler, generator=training.generator
         )

@@ -10,6 +10,11 @@ Per batch of normal training images (all classes mixed, each with its class inde
 5. the per-class queues receive the detached adapted features (rgb: all tokens, xyz: NZ tokens, plus one global
    mean per modality) after the loss is computed.
 
+Under torchrun each process holds ``data.batch_size / world_size`` images: the projections of the three InfoNCE
+terms are gathered over the processes (:func:`gather_batch`, gradients flowing back to each process's own rows), so
+their negatives are the whole global batch, as in one process; the IFC term and the queues stay per process. In one
+process nothing is gathered.
+
 Released-code behaviours that differ from the intended semantics are switches of :class:`AdaptationSettings`.
 """
 
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from lsfa.losses import (
@@ -34,6 +40,7 @@ from lsfa.model import LSFAAdaptors
 __all__ = [
     "AdaptationQueues",
     "AdaptationSettings",
+    "gather_batch",
     "lr_at",
     "lsfa_loss",
     "pool_to_grid",
@@ -119,6 +126,36 @@ def released_rgb_token_layout(feature_map: torch.Tensor) -> torch.Tensor:
     return stacked.reshape(b, c, h * w + 1).transpose(1, 2)[:, 1:]
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_batch(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (B, ...) of every process concatenated along dim 0 in rank order (W*B, ...), differentiable:
+    ``torch.distributed.nn.functional.all_gather`` sends the gradient of every process's copy back to the process
+    that owns the rows (summed over the processes); ``t`` itself in one process.
+
+    Every process computes the same global loss from the gathered rows, so each receives W times its rows' share of
+    the gradient, and the average of :func:`shared.distributed.all_reduce_gradients` makes it the gradient of the
+    global-batch loss exactly. Same B on every process (``data.batch_size`` divisible by the process count,
+    ``drop_last``)."""
+    if _world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t.contiguous()), 0)
+
+
+def _gather_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean (B, ...) mask of every process, concatenated in rank order (no gradient); ``mask`` in one process."""
+    if _world_size() == 1:
+        return mask
+    as_bytes = mask.to(torch.uint8).contiguous()
+    parts = [torch.empty_like(as_bytes) for _ in range(_world_size())]
+    dist.all_gather(parts, as_bytes)
+    return torch.cat(parts, 0).bool()
+
+
 def _rgb_tokens(feature_map: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "aligned":
         return tokens(feature_map)
@@ -141,6 +178,12 @@ def lsfa_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The LSFA objective on one batch; pushes the batch into the queues afterwards.
 
+    Under torchrun (an initialised process group) the batch is this process's part of the global batch: the
+    cross-modal patch, rotation and cross-modal global InfoNCE terms are computed over the projections of every
+    process (:func:`gather_batch`; the rotation subset is drawn with this process's ``generator`` among the global
+    batch's patches), the IFC term over this process's samples and queues. Every process calls it once per
+    iteration, with the same batch size.
+
     Args:
         xyz: (B, C_x, g, g) frozen point features; rgb / rgb_rotated: (B, C_r, g, g) frozen rgb features of the
             image and of its patch-rotated copy (same grid as xyz); valid: (B, g, g) token holds a point;
@@ -161,10 +204,12 @@ def lsfa_loss(
     )
     q, k, q_rot = adaptors.rgb_head(r), adaptors.xyz_head(x), adaptors.rgb_head(r_rot)
     nz = valid.flatten(1)  # (B, N)
-    flat_nz = torch.nonzero(nz.reshape(-1)).squeeze(1)
+    # the InfoNCE terms run over the global batch (every process's rows; the same tensors in one process)
+    q_all, k_all, q_rot_all = gather_batch(q), gather_batch(k), gather_batch(q_rot)
+    flat_nz = torch.nonzero(_gather_mask(nz).reshape(-1)).squeeze(1)
     if flat_nz.numel() < 2:
         raise ValueError("lsfa_loss: fewer than 2 tokens with points in the batch; check the xyz inputs")
-    q_flat, k_flat, q_rot_flat = (t.reshape(-1, t.shape[-1]) for t in (q, k, q_rot))
+    q_flat, k_flat, q_rot_flat = (t.reshape(-1, t.shape[-1]) for t in (q_all, k_all, q_rot_all))
 
     loss_patch = cross_modal_patch_loss(q_flat[flat_nz], k_flat[flat_nz], s.temperature)
     if s.rotation_indexing == "nonzero":
@@ -180,8 +225,10 @@ def lsfa_loss(
     g_rgb = (r * weights[..., None]).sum(1) / counts  # mean over non-empty tokens
     g_xyz = (x * weights[..., None]).sum(1) / counts
     loss_global = (
-        cross_modal_global_loss(adaptors.rgb_head(g_rgb), adaptors.xyz_head(g_xyz), s.temperature)
-        if b > 1
+        cross_modal_global_loss(
+            gather_batch(adaptors.rgb_head(g_rgb)), gather_batch(adaptors.xyz_head(g_xyz)), s.temperature
+        )
+        if b * _world_size() > 1
         else x.new_zeros(())
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lsfa.adaptation import AdaptationSettings
 from lsfa.scoring import ScoringSettings
@@ -41,6 +41,13 @@ class DataConfig:
     image_size: int = 224
     rgb_resize: str = field(
         default="pil", metadata={"help": "pil (M3DM: PIL bicubic) | torch (bicubic without antialiasing)"}
+    )
+    mask_resize: Literal["pil", "torch"] = field(
+        default="pil",
+        metadata={
+            "help": "gt masks: pil (M3DM: PIL nearest, pixel centres) | torch (torch mode='nearest', floor(i*scale): "
+            "the earlier rule, kept by the evidence run)"
+        },
     )
     batch_size: int = 8
     num_workers: int = 0
@@ -124,11 +131,18 @@ class OptimConfig:
     )
 
 
+#: The scoring methods of ``eval.methods`` (lsfa.eval.METHODS).
+Method = Literal["lsfa", "m3dm", "m3dm_triple"]
+
+
 @dataclass
 class EvalConfig:
-    methods: list[str] = field(default_factory=lambda: ["lsfa", "m3dm"])
+    methods: list[Method] = field(
+        default_factory=lambda: ["lsfa", "m3dm"],
+        metadata={"help": "lsfa (adapted banks), m3dm (frozen double bank), m3dm_triple (+ M3DM's fusion bank)"},
+    )
     vis_images: int = 4
-    aupro: str = field(
+    aupro: Literal["exact", "m3dm"] = field(
         default="exact",
         metadata={
             "help": "AUPRO@0.3 of the table: exact (the full curve) | m3dm (M3DM's 100 rank thresholds, the papers'); "
@@ -155,12 +169,17 @@ class TrainConfig(RunConfig):
 
 
 def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The config stored in a checkpoint written before the run-level keys were renamed, in today's names:
-    ``num_threads`` (0 = torch's default) becomes ``threads`` (null), ``amp: none`` becomes ``amp: off``."""
+    """The config stored in a checkpoint written by an earlier version, in today's terms: ``num_threads`` (0 =
+    torch's default) becomes ``threads`` (null), ``amp: none`` becomes ``amp: off``, and a ``data`` section without
+    ``mask_resize`` (written before the key existed) gets ``mask_resize: torch``, the gt-mask rule that run was
+    scored with, so that ``eval.py`` re-scores it as it was (``--data.mask_resize pil`` for M3DM's rule)."""
     values = dict(stored)
     if "num_threads" in values:
         threads = values.pop("num_threads")
         values.setdefault("threads", threads or None)
     if values.get("amp") == "none":
         values["amp"] = "off"
+    data = values.get("data")
+    if isinstance(data, Mapping) and "mask_resize" not in data:
+        values["data"] = {**data, "mask_resize": "torch"}
     return values

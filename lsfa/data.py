@@ -9,7 +9,9 @@ tree (``python -m lsfa.preprocess --dataset eyecandies``), are read by one :clas
 * rgb: RGB png, resized to 224 with PIL's bicubic filter on the 8-bit image (what M3DM's torchvision ``Resize`` does
   to a PIL image), ImageNet mean / std; ``rgb_resize="torch"`` selects torch's bicubic without antialiasing instead;
 * xyz: organised point cloud, H x W x 3 float tiff (0, 0, 0 = no point), resized to 224 with nearest interpolation;
-* gt: png mask, nearest-resized to 224 and binarised at 0.5 (all zero for good test images).
+* gt: png mask, resized to 224 with PIL's nearest filter (M3DM's torchvision ``Resize(NEAREST)`` on the PIL mask:
+  source pixel floor((i + 0.5) * in / out)) and binarised at 0.5 (all zero for good test images);
+  ``mask_resize="torch"`` selects torch's ``mode="nearest"`` (floor(i * in / out)), this package's earlier rule.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ __all__ = [
     "MVTec3DDataset",
     "denormalize",
     "patch_rotation",
+    "read_mask",
     "read_rgb",
     "read_xyz",
+    "resize_mask",
     "resize_rgb",
     "resolve_classes",
 ]
@@ -69,7 +73,34 @@ def read_xyz(path: str | Path) -> np.ndarray:
     return np.nan_to_num(xyz.astype(np.float32), nan=0.0)
 
 
+def read_mask(path: str | Path) -> np.ndarray:
+    """A ground-truth png as uint8 (H, W) grey levels; an unreadable file is an error naming it."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L"))
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot read ground-truth mask {path}: {err}") from err
+
+
 RGB_RESIZE_MODES = ("pil", "torch")
+MASK_RESIZE_MODES = ("pil", "torch")
+
+
+def resize_mask(mask: np.ndarray, size: int, mode: str = "pil") -> torch.Tensor:
+    """uint8 (H, W) grey levels -> float (size, size) 0/1: nearest-resized, then / 255 and binarised at 0.5.
+
+    ``pil`` (default, M3DM: ``transforms.Resize(NEAREST)`` on the PIL mask, then ``ToTensor`` and ``> 0.5``): PIL's
+    nearest filter, which samples the source pixel under each output pixel's centre, floor((i + 0.5) * in / out)
+    (torch's ``nearest-exact``); ``torch``: ``F.interpolate(mode="nearest")``, floor(i * in / out), this package's
+    earlier rule (README Fidelity notes; the evidence run keeps it).
+    """
+    if mode == "pil":
+        resized = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST), dtype=np.float32)
+        return (torch.from_numpy(resized / 255.0) > 0.5).float()
+    if mode == "torch":
+        gt = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)
+        return (F.interpolate(gt[None, None], size=(size, size), mode="nearest")[0, 0] > 0.5).float()
+    raise ValueError(f"mask_resize must be one of {MASK_RESIZE_MODES}, got {mode!r}")
 
 
 def resize_rgb(rgb: np.ndarray, size: int, mode: str = "pil") -> torch.Tensor:
@@ -140,10 +171,13 @@ class MVTec3DDataset(Dataset):
         image_size: int = 224,
         max_samples: int | None = None,
         rgb_resize: str = "pil",
+        mask_resize: str = "pil",
     ):
         if rgb_resize not in RGB_RESIZE_MODES:
             raise ValueError(f"rgb_resize must be one of {RGB_RESIZE_MODES}, got {rgb_resize!r}")
-        self.rgb_resize = rgb_resize
+        if mask_resize not in MASK_RESIZE_MODES:
+            raise ValueError(f"mask_resize must be one of {MASK_RESIZE_MODES}, got {mask_resize!r}")
+        self.rgb_resize, self.mask_resize = rgb_resize, mask_resize
         if split not in ("train", "test", "validation"):
             raise ValueError(f"split must be train, validation or test, got {split!r}")
         self.root, self.class_name, self.split, self.image_size = Path(root), class_name, split, image_size
@@ -182,8 +216,7 @@ class MVTec3DDataset(Dataset):
         xyz = torch.from_numpy(read_xyz(xyz_path)).permute(2, 0, 1)[None]
         xyz = F.interpolate(xyz, size=(s, s), mode="nearest")[0]
         if gt_path is not None:
-            gt = torch.from_numpy(np.asarray(Image.open(gt_path).convert("L"), dtype=np.float32) / 255.0)
-            mask = (F.interpolate(gt[None, None], size=(s, s), mode="nearest")[0, 0] > 0.5).float()
+            mask = resize_mask(read_mask(gt_path), s, self.mask_resize)
         else:
             mask = torch.zeros(s, s)
         return {

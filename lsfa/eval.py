@@ -86,6 +86,7 @@ def evaluate_classes(
     uff: UnsupervisedFeatureFusion | None = None,
     rgb_resize: str = "pil",
     aupro_method: str = "exact",
+    mask_resize: str = "pil",
 ) -> dict[str, float]:
     """Score every class with every method; returns flat metrics (``<method>/<class>/<metric>`` and means)."""
     unknown = [m for m in methods if m not in METHODS]
@@ -111,7 +112,9 @@ def evaluate_classes(
             batch_size,
             device,
         )
-        test_set = MVTec3DDataset(root, c, "test", image_size=image_size, rgb_resize=rgb_resize)
+        test_set = MVTec3DDataset(
+            root, c, "test", image_size=image_size, rgb_resize=rgb_resize, mask_resize=mask_resize
+        )
         test = extract_features(extractor, test_set, batch_size, device)
         for m in methods:
             out = score_class(
@@ -177,6 +180,7 @@ def score_run(
         uff=uff,
         rgb_resize=cfg.data.rgb_resize,
         aupro_method=cfg.eval.aupro,
+        mask_resize=cfg.data.mask_resize,
     )
 
 

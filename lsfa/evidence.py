@@ -19,7 +19,8 @@ release's late fusion. The adaptor initialisation (``adaptor.init``) is chosen o
 ``<method>/<metric>`` per reported draw, the metric averaged over the three classes: ``i_auroc`` (the claim's
 metric), ``aupro`` (AUPRO@0.3, M3DM's ``au_pro_util``, the papers' number), ``aupro_exact`` (the exact curve),
 ``p_auroc``; and the adaptation's logged losses (``lsfa/loss_*``, last epoch). Deterministic on the CPU:
-``--seeds S`` reproduces the committed column.
+``--seeds S`` reproduces the committed column. The runs resize the gt masks with torch's ``mode="nearest"``
+(``--data.mask_resize torch``, the rule of the committed record), not with M3DM's PIL nearest filter, the default.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def _run(seed: int, init: str, point_checkpoint: Path, out: Path, extra: Sequenc
                     str(point_checkpoint),
                     "--eval.vis_images",
                     "0",
+                    # the gt-mask rule of the committed record: torch's floor(i * scale) nearest, not M3DM's PIL
+                    # nearest (data.mask_resize pil, the default since); kept so that EVIDENCE.json reproduces
+                    "--data.mask_resize",
+                    "torch",
                     "--output_dir",
                     str(out),
                     *extra,

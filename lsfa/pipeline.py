@@ -28,7 +28,12 @@ from lsfa.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_mvtec3d
 from lsfa.uff import load_uff_checkpoint, save_uff_checkpoint, train_uff, uff_token_pairs
 from shared.logger import RunLogger
 
-__all__ = ["build_adaptors", "build_extractor", "build_uff", "load_adaptors", "resolve_root"]
+__all__ = ["build_adaptors", "build_extractor", "build_uff", "check_uff_source", "load_adaptors", "resolve_root"]
+
+_NO_UFF = (
+    "method m3dm_triple needs UFF weights: set backbone.uff_checkpoint (M3DM's uff_pretrained.pth) or pass "
+    "--uff.train to pre-train one on the training images of all classes"
+)
 
 
 def resolve_root(cfg: TrainConfig) -> Path:
@@ -160,6 +165,23 @@ def _uff_token_source(
     return extracted, len(images)
 
 
+def check_uff_source(cfg: TrainConfig, saved: dict | None = None) -> None:
+    """Before any training: method ``m3dm_triple`` has UFF weights to score with after the last epoch, i.e. an
+    existing ``backbone.uff_checkpoint``, a UFF saved in the checkpoint resumed (``saved``) or ``uff.train``
+    (:func:`build_uff` would otherwise stop only after the adaptor training). ``FileNotFoundError`` naming the key."""
+    if "m3dm_triple" not in cfg.eval.methods:
+        return
+    path = cfg.backbone.uff_checkpoint
+    if path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"backbone.uff_checkpoint {path} does not exist (method m3dm_triple loads M3DM's fusion checkpoint "
+                "from it); fix the path, or pass --backbone.uff_checkpoint null --uff.train to pre-train a UFF"
+            )
+    elif saved is None and not cfg.uff.train:
+        raise FileNotFoundError(_NO_UFF)
+
+
 def build_uff(
     cfg: TrainConfig,
     extractor: FeatureExtractor,
@@ -188,11 +210,7 @@ def build_uff(
         load_state_dict_strict(module, saved, "checkpoint['uff']")
         return module.to(device).eval()
     if not u.train:
-        raise FileNotFoundError(
-            "method m3dm_triple needs UFF weights: set backbone.uff_checkpoint (M3DM's "
-            "uff_pretrained.pth) or pass --uff.train to pre-train one on the training images "
-            "of all classes"
-        )
+        raise FileNotFoundError(_NO_UFF)
     source, num_images = _uff_token_source(cfg, extractor, root, classes, device, train_cache)
     t0 = time.perf_counter()
     say(

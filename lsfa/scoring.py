@@ -24,6 +24,7 @@ and as M3DM's ``au_pro_util`` (100 thresholds at evenly spaced ranks of the anom
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -44,7 +45,7 @@ class ScoringSettings:
     coreset_ratio: float = 0.1
     rgb_coreset_rule: str = "released"  # "released": 10 % of the reduced xyz bank | "ratio": 10 % of the rgb bank
     normalization: str = "released"  # "released": mean(xyz bank), std(rgb bank) for both | "per_modality"
-    blur: str = "pil_uint8"  # "pil_uint8" (release) | "gaussian"
+    blur: Literal["pil_uint8", "gaussian"] = "pil_uint8"  # "pil_uint8" (release) | "gaussian"
     blur_sigma: float = 4.0
     fusion: str = "ocsvm"  # "ocsvm" (decision-layer fusion) | "xyz" | "rgb" (single bank) | "sum"
     xyz_weight: float = 1.0

@@ -7,8 +7,9 @@
 
 One adaptor pair is trained jointly on the normal training images of all classes (class-conditional IFC queues),
 then every class gets its memory banks. Writes ``config.yaml``, ``train.log``, ``log.csv``, TensorBoard scalars,
-``last.pt`` every ``checkpoint_interval`` epochs and at the end (adaptors, optimizer, scaler, queues, RNG; the frozen
-backbones too when they are randomly initialised), ``metrics.json`` and the plots of ``eval.py``.
+``last.pt`` every ``checkpoint_interval`` epochs and at the end (adaptors, optimizer, scaler, every process's IFC
+queues, RNG; the frozen backbones too when they are randomly initialised), ``metrics.json`` and the plots of
+``eval.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
@@ -26,7 +28,7 @@ from lsfa.config import DEFAULT_CONFIG, TrainConfig
 from lsfa.data import MVTec3DDataset, patch_rotation, resolve_classes
 from lsfa.eval import score_run
 from lsfa.model import FeatureExtractor, LSFAAdaptors
-from lsfa.pipeline import build_adaptors, build_extractor, build_uff, resolve_root
+from lsfa.pipeline import build_adaptors, build_extractor, build_uff, check_uff_source, resolve_root
 from lsfa.scoring import SplitFeatures, extract_features
 from shared.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from shared.config import config_to_dict, save_config, script_parser
@@ -47,8 +49,11 @@ __all__ = [
     "build_training",
     "build_training_set",
     "cache_training_features",
+    "check_batch_split",
     "evaluate",
+    "gather_rank_states",
     "main",
+    "own_rank_entry",
     "parse_args",
     "train_one_epoch",
 ]
@@ -69,6 +74,65 @@ STATE_KEYS = (
 )
 
 FeatureCache = dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def check_batch_split(batch_size: int, world_size: int) -> None:
+    """``data.batch_size`` is the total batch: every process takes ``batch_size / world_size`` images, so the
+    contrastive terms (gathered over the processes) see the same global batch for any process count."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"data.batch_size {batch_size} is the total batch over the {world_size} torchrun processes and must be "
+            f"divisible by their number (each process takes batch_size / {world_size} images); pass e.g. "
+            f"--data.batch_size {max(1, batch_size // world_size) * world_size}"
+        )
+
+
+def _tensor_leaves(state: dict, prefix: tuple = ()) -> list[tuple[tuple, torch.Tensor]]:
+    out = []
+    for key, value in state.items():
+        if isinstance(value, dict):
+            out.extend(_tensor_leaves(value, (*prefix, key)))
+        elif isinstance(value, torch.Tensor):
+            out.append(((*prefix, key), value))
+        else:
+            raise TypeError(f"gather_rank_states: {'.'.join(map(str, (*prefix, key)))} is not a tensor")
+    return out
+
+
+def gather_rank_states(state: dict, ctx: DistContext) -> list[dict] | None:
+    """Every process's ``state`` (a nested dict of tensors of the same keys, shapes and dtypes on every rank, e.g.
+    the IFC queues) on rank 0, in rank order; ``None`` on the other ranks; ``[state]`` in one process. Collective:
+    every rank calls it. Rank 0's entry is its own state; the others arrive one tensor at a time by point-to-point
+    messages (as CPU copies), so rank 0 never holds more than one foreign tensor on its device."""
+    if not ctx.distributed:
+        return [state]
+    leaves = _tensor_leaves(state)
+    wire = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    gathered: list[dict] | None = [state] if ctx.is_main else None
+    for src in range(1, ctx.world_size):
+        if ctx.rank == src:
+            for _, tensor in leaves:
+                dist.send(tensor.detach().to(wire).contiguous(), dst=0)
+        elif ctx.is_main:
+            received: dict = {}
+            for path, tensor in leaves:
+                buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device=wire)
+                dist.recv(buffer, src=src)
+                node = received
+                for key in path[:-1]:
+                    node = node.setdefault(key, {})
+                node[path[-1]] = buffer.cpu()
+            gathered.append(received)
+    return gathered
+
+
+def own_rank_entry(entries: list | dict, rank: int) -> dict:
+    """This process's part of a per-rank checkpoint entry (:func:`gather_rank_states`): entry ``rank``. A checkpoint
+    written before the per-rank layout holds one state (rank 0's): every rank restores it, as before; a checkpoint
+    written by fewer processes than now resume it gives the extra ranks rank 0's entry."""
+    if isinstance(entries, dict):
+        return entries
+    return entries[rank] if rank < len(entries) else entries[0]
 
 
 class _ClassLabelled(Dataset):
@@ -102,31 +166,50 @@ class AdaptorTraining:
     uff: dict | None = None  # a UFF trained by this run (not one read from a file)
     epoch: int = 0
     iteration: int = 0
+    #: every process's queue state at the last :meth:`save` (rank 0; ``None`` elsewhere and before any save)
+    rank_queues: list[dict] | None = None
 
     def _components(self) -> dict:
-        """The objects whose state ``last.pt`` stores and a resumed run restores (besides the counters)."""
+        """The objects whose state ``last.pt`` stores and a resumed run restores (besides the counters and the
+        per-rank queues)."""
         return {
             "adaptors": self.core,
             "optimizer": self.optimizer,
             "scaler": self.scaler,
-            "queues": self.queues,
             "generator": self.generator,
             "loader_generator": self.loader_generator,
         }
 
     def state(self, cfg: TrainConfig) -> dict:
+        """``last.pt``'s content (rank 0). ``queues`` is a list with one queue state per process (each process fills
+        its own queues from its own images), as gathered by the last :meth:`save`; ``[this process's]`` before."""
+        components = self._components()
+        queues = self.rank_queues if self.rank_queues is not None else [self.queues.state_dict()]
         return training_state(
             PACKAGE,
             cfg,
-            **self._components(),
+            adaptors=components["adaptors"],
+            optimizer=components["optimizer"],
+            scaler=components["scaler"],
+            queues=queues,
+            generator=components["generator"],
+            loader_generator=components["loader_generator"],
             epoch=self.epoch,
             iteration=self.iteration,
             backbones=self.backbones,
             uff=self.uff,
         )
 
-    def resume(self, state: dict) -> None:
+    def save(self, cfg: TrainConfig, ctx: DistContext, path: Path) -> None:
+        """Write ``path`` (rank 0) with every process's queues. Collective: every rank calls it."""
+        self.rank_queues = gather_rank_states(self.queues.state_dict(), ctx)
+        if ctx.is_main:
+            save_checkpoint(self.state(cfg), path)
+
+    def resume(self, state: dict, rank: int = 0) -> None:
+        """Restore ``state``; this process takes its own entry of the per-rank queues (:func:`own_rank_entry`)."""
         restore_training_state(state, **self._components())
+        self.queues.load_state_dict(own_rank_entry(state["queues"], rank))
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
 
 
@@ -175,6 +258,7 @@ def build_loader(
     cfg: TrainConfig, train_set: Dataset, ctx: DistContext
 ) -> tuple[DataLoader, DistributedSampler | None, torch.Generator]:
     """Shuffled batches (``data.batch_size`` in total over the processes, last partial batch dropped)."""
+    check_batch_split(cfg.data.batch_size, ctx.world_size)
     sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True) if ctx.distributed else None
     loader_generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
@@ -303,16 +387,16 @@ def fit(
 ) -> None:
     """The epochs from ``t.epoch`` to ``optim.epochs``; ``last.pt`` every ``checkpoint_interval`` epochs and after
     the last one (also when there is nothing left to train: the M3DM baseline recipes train 0 epochs)."""
-    if t.epoch >= cfg.optim.epochs and ctx.is_main:
-        save_checkpoint(t.state(cfg), out / "last.pt")
+    if t.epoch >= cfg.optim.epochs:
+        t.save(cfg, ctx, out / "last.pt")
     for epoch in range(t.epoch, cfg.optim.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_one_epoch(t, extractor, loader, cfg, ctx, logger, epoch, cache)
         t.epoch = epoch + 1
         due = t.epoch == cfg.optim.epochs or (cfg.checkpoint_interval and t.epoch % cfg.checkpoint_interval == 0)
-        if ctx.is_main and due:
-            save_checkpoint(t.state(cfg), out / "last.pt")
+        if due:
+            t.save(cfg, ctx, out / "last.pt")
 
 
 def evaluate(
@@ -335,7 +419,7 @@ def evaluate(
         )
         if not cfg.backbone.uff_checkpoint and t.uff is None:  # trained here: keep it with the run
             t.uff = uff.state_dict()
-            save_checkpoint(t.state(cfg), out / "last.pt")
+            save_checkpoint(t.state(cfg), out / "last.pt")  # rank 0 only: the queues gathered by fit's last save
     return score_run(cfg, extractor, t.core, root, classes, ctx.device, out, logger, uff=uff, train_cache=train_cache)
 
 
@@ -344,6 +428,7 @@ def _open_run(cfg: TrainConfig, ctx: DistContext) -> tuple[Path, RunLogger, dict
     resume = (
         load_checkpoint(cfg.resume, map_location="cpu", package=PACKAGE, required=STATE_KEYS) if cfg.resume else None
     )
+    check_uff_source(cfg, resume.get("uff") if resume else None)  # m3dm_triple scores after training: check now
     out = resolve_run_dir(PACKAGE, cfg.name or "default", cfg.output_dir, cfg.resume)
     claim_run_dir(out, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
     logger = RunLogger(out, is_main=ctx.is_main, tensorboard=cfg.tensorboard)
@@ -381,8 +466,14 @@ def _run(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     loader, sampler, loader_generator = build_loader(cfg, ConcatDataset(parts), ctx)
     t = build_training(cfg, ctx, core, extractor, len(classes), loader_generator, backbones)
     if resume is not None:
-        t.resume(resume)
+        t.resume(resume, ctx.rank)
         logger.info(f"resumed {cfg.resume} at epoch {t.epoch}")
+        entries = 1 if isinstance(resume["queues"], dict) else len(resume["queues"])
+        if entries < ctx.world_size:
+            logger.info(
+                f"{cfg.resume} holds the IFC queues of {entries} process(es): ranks {entries}..{ctx.world_size - 1} "
+                "start from rank 0's"
+            )
         t.uff = resume.get("uff")
     t_train = time.perf_counter()
     fit(t, extractor, loader, sampler, cache, cfg, ctx, logger, out)
@@ -419,6 +510,7 @@ def main(cfg: TrainConfig) -> dict[str, float]:
         torch.set_num_threads(cfg.threads)
     ctx = init_distributed(None if cfg.device == "auto" else cfg.device)
     try:
+        check_batch_split(cfg.data.batch_size, ctx.world_size)  # before the run folder is claimed
         return _run(cfg, ctx)
     finally:
         cleanup_distributed()

@@ -110,12 +110,70 @@ def test_train_writes_run_folder_and_eval_reproduces_metrics(tmp_path, tiny_args
 def test_resumed_runs_end_where_an_uninterrupted_run_does(tmp_path, tiny_args, keep_every_checkpoint):
     full = tmp_path / "full"
     train([*tiny_args, "--output_dir", str(full), "--eval.datasets"])
-    final = torch.load(full / "last.pt", weights_only=True)["model"]
-    for checkpoint in ("ood_head_2.pt", "segmentor_2.pt"):
+    final = torch.load(full / "last.pt", weights_only=True)
+    assert isinstance(final["pool"], list) and len(final["pool"]) == 1  # one crop pool per process
+    # an ood_head checkpoint written before the per-rank pools (one pool state, not a list) resumes the same way
+    middle = torch.load(full / "ood_head_2.pt", weights_only=True)
+    torch.save({**middle, "pool": middle["pool"][0]}, full / "ood_head_2_old_layout.pt")
+    for checkpoint in ("ood_head_2.pt", "segmentor_2.pt", "ood_head_2_old_layout.pt"):
         resumed = tmp_path / checkpoint
         train([*tiny_args, "--output_dir", str(resumed), "--eval.datasets", "--resume", str(full / checkpoint)])
-        again = torch.load(resumed / "last.pt", weights_only=True)["model"]
-        assert_same_tensors(final, again, checkpoint)
+        again = torch.load(resumed / "last.pt", weights_only=True)
+        assert_same_tensors(final["model"], again["model"], checkpoint)
+        assert_same_tensors(final["pool"], again["pool"], checkpoint)
+
+
+def test_pools_are_saved_per_process_and_each_restores_its_own():
+    from shared.distributed import DistContext
+
+    pool = train_module.make_pool(train_module.parse_args([]).anomalies)
+    one = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    gathered = train_module.gather_pool_states(pool, one)
+    assert isinstance(gathered, list) and len(gathered) == 1 and gathered[0]["count"] == 0
+    pools = [{"count": r} for r in range(3)]
+    assert [train_module.own_rank_pool(pools, r)["count"] for r in range(3)] == [0, 1, 2]
+    assert train_module.own_rank_pool(pools[:1], 2)["count"] == 0  # written by fewer processes: rank 0's
+    old = {"count": 5}  # the layout before per-rank pools: rank 0's pool, restored by every rank
+    assert train_module.own_rank_pool(old, 1) is old
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_torchrun_processes_keep_and_resume_their_own_crop_pools(tmp_path):
+    """Two gloo processes (the segmentor phase too: its DDP wrapper must not wait for the OoD head's gradients):
+    last.pt holds both processes' crop pools, and after a resume each process continues from its own (the crops
+    saved stay in their FIFO slots; the next iteration fills the slots after them)."""
+    from shared.testing import run_torchrun
+
+    args = [*TINY, "--synthetic.root", str(tmp_path / "synthetic"), "--data.batch_size", "4", "--eval.datasets"]
+    args += ["--threads", "1"]
+    run_torchrun("energy_anomaly_seg.train", [*args, "--optim.iters", "2", "--output_dir", str(tmp_path / "a")])
+    first = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["pool"]
+    assert len(first) == 2 and [p["count"] for p in first] == [8, 8]  # 2 iterations x 2 images x 2 crops
+    assert not torch.equal(first[0]["patches"], first[1]["patches"])
+    resume = ["--resume", str(tmp_path / "a" / "last.pt")]
+    run_torchrun(
+        "energy_anomaly_seg.train", [*args, "--optim.iters", "3", *resume, "--output_dir", str(tmp_path / "b")]
+    )
+    again = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["pool"]
+    assert [p["count"] for p in again] == [12, 12]
+    for rank in range(2):
+        assert torch.equal(again[rank]["patches"][:8], first[rank]["patches"][:8]), rank
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--eval.score_formula", "released"),
+        ("--anomalies.polygon", "convex"),
+        ("--objective.ce_average", "mean"),
+        ("--segmentor.train.ce_average", "none"),
+    ],
+)
+def test_option_values_are_checked_when_the_config_is_parsed(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        train_module.parse_args([*TINY, flag, value])
+    assert flag.removeprefix("--") in capsys.readouterr().err
 
 
 def test_train_segmentor_checkpoint_feeds_sleeg(tmp_path):

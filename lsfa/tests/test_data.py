@@ -7,7 +7,7 @@ import torch
 import yaml
 from PIL import Image
 
-from lsfa.data import MVTec3DDataset, patch_rotation, resolve_classes
+from lsfa.data import MVTec3DDataset, patch_rotation, resize_mask, resolve_classes
 from lsfa.preprocess import (
     convert_eyecandies,
     depth_to_pointcloud,
@@ -47,6 +47,53 @@ def test_loader_reads_the_synthetic_tree(tiny_tree):
     xyz = tifffile.imread(done / "cookie" / "train" / "good" / "xyz" / "000.tiff")
     assert xyz.shape == (200, 200, 3)
     assert (np.abs(xyz).sum(-1) == 0).mean() > 0.3
+
+
+@pytest.mark.parametrize("side", [200, 800, 97])
+def test_default_mask_resize_is_m3dm_pil_nearest(side):
+    """M3DM resizes the PIL gt mask with transforms.Resize(224, NEAREST) (PIL's pixel-centre rule), then ToTensor and
+    > 0.5; ``mask_resize="torch"`` keeps the earlier torch ``mode="nearest"`` rule (the evidence run's)."""
+    rng = np.random.default_rng(side)
+    mask = (rng.random((side, side)) > 0.5).astype(np.uint8) * 255
+    mask[rng.random((side, side)) > 0.9] = 128  # grey levels on both sides of 0.5 x 255
+    mask[rng.random((side, side)) > 0.9] = 127
+    pil = np.asarray(Image.fromarray(mask).resize((224, 224), Image.Resampling.NEAREST), dtype=np.float32) / 255.0
+    default = resize_mask(mask, 224)
+    assert default.dtype == torch.float32 and torch.equal(default, torch.from_numpy((pil > 0.5).astype(np.float32)))
+    gt = torch.from_numpy(mask.astype(np.float32) / 255.0)[None, None]
+    exact = torch.nn.functional.interpolate(gt, size=(224, 224), mode="nearest-exact")[0, 0] > 0.5
+    assert torch.equal(default.bool(), exact)  # PIL's nearest is torch's nearest-exact
+    old = torch.nn.functional.interpolate(gt, size=(224, 224), mode="nearest")[0, 0] > 0.5
+    assert torch.equal(resize_mask(mask, 224, "torch").bool(), old)
+    assert not torch.equal(old, exact)  # the two rules differ on these sizes
+    with pytest.raises(ValueError, match="mask_resize"):
+        resize_mask(mask, 224, "bilinear")
+
+
+def test_loader_resizes_masks_by_the_configured_rule(tiny_tree):
+    _raw, done = tiny_tree
+    i = next(i for i, sample in enumerate(MVTec3DDataset(done, "cookie", "test").samples) if sample[2] is not None)
+    gt = np.asarray(Image.open(MVTec3DDataset(done, "cookie", "test").samples[i][2]).convert("L"))
+    for rule in ("pil", "torch"):
+        item = MVTec3DDataset(done, "cookie", "test", mask_resize=rule)[i]
+        assert torch.equal(item["mask"], resize_mask(gt, 224, rule)), rule
+    with pytest.raises(ValueError, match="mask_resize"):
+        MVTec3DDataset(done, "cookie", "test", mask_resize="nearest")
+
+
+def test_corrupt_gt_mask_is_named(tmp_path, tiny_tree):
+    import re
+    import shutil
+
+    _raw, done = tiny_tree
+    tree = tmp_path / "tree"
+    shutil.copytree(done / "cookie", tree / "cookie")
+    test = MVTec3DDataset(tree, "cookie", "test")
+    i = next(i for i, sample in enumerate(test.samples) if sample[2] is not None)
+    gt_path = test.samples[i][2]
+    gt_path.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(OSError, match=re.escape(f"cannot read ground-truth mask {gt_path}")):
+        test[i]
 
 
 def test_missing_dataset_errors_name_the_layout(tmp_path):

@@ -38,3 +38,24 @@ def test_resumed_training_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     for key in [*(k for k in lsfa_train.STATE_KEYS if k not in ("epoch", "config")), "backbones"]:
         assert_same_tensors(straight[key], resumed[key], key)
     assert straight["optimizer"]["state"], "the optimizer state was saved"
+    assert isinstance(first["queues"], list) and len(first["queues"]) == 1  # one process: its own queues
+
+    # a last.pt written before the per-rank layout (one queue state, not a list) still resumes, to the same end
+    old = {**first, "queues": first["queues"][0]}
+    torch.save(old, tmp_path / "old_layout.pt")
+    lsfa_train.main(
+        lsfa_train.parse_args(
+            [
+                *args,
+                "--optim.epochs",
+                "2",
+                "--resume",
+                str(tmp_path / "old_layout.pt"),
+                "--output_dir",
+                str(tmp_path / "resumed_old"),
+            ]
+        )
+    )
+    resumed_old = torch.load(tmp_path / "resumed_old" / "last.pt", map_location="cpu", weights_only=True)
+    for key in ("adaptors", "optimizer", "queues", "generator", "rng"):
+        assert_same_tensors(straight[key], resumed_old[key], key)

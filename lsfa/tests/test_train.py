@@ -7,7 +7,8 @@ import torch
 
 from lsfa import eval as lsfa_eval
 from lsfa import train as lsfa_train
-from lsfa.config import DEFAULT_CONFIG, upgrade_stored_config
+from lsfa.config import DEFAULT_CONFIG, TrainConfig, upgrade_stored_config
+from shared.config import config_from_dict, config_to_dict
 from shared.testing import run_torchrun
 
 #: One synthetic class on the CPU: the part of every test run's flags that any recipe takes.
@@ -153,6 +154,40 @@ def test_configs_stored_by_older_checkpoints_take_todays_names():
     old = {"num_threads": 0, "amp": "none", "seed": 3}
     assert upgrade_stored_config(old) == {"threads": None, "amp": "off", "seed": 3}
     assert upgrade_stored_config({"num_threads": 2, "amp": "bf16"}) == {"threads": 2, "amp": "bf16"}
+    # a config stored before data.mask_resize existed loads (the option types included) and keeps the gt-mask rule
+    # its run was scored with; a current one keeps its own
+    stored = config_to_dict(lsfa_train.parse_args([*TINY, "--eval.methods", "m3dm", "--eval.aupro", "m3dm"]))
+    assert stored["data"].pop("mask_resize") == "pil"
+    cfg = config_from_dict(TrainConfig, upgrade_stored_config(stored))
+    assert cfg.data.mask_resize == "torch" and cfg.eval.methods == ["m3dm"] and cfg.eval.aupro == "m3dm"
+    stored["data"]["mask_resize"] = "pil"
+    assert config_from_dict(TrainConfig, upgrade_stored_config(stored)).data.mask_resize == "pil"
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--eval.aupro", "m3dm_util"),
+        ("--scoring.blur", "gauss"),
+        ("--eval.methods", "m3dm_double"),
+        ("--data.mask_resize", "nearest"),
+    ],
+)
+def test_option_values_are_checked_when_the_config_is_parsed(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        lsfa_train.parse_args([*TINY, flag, value])
+    assert flag.removeprefix("--") in capsys.readouterr().err
+
+
+def test_fusion_bank_without_uff_weights_stops_before_training(synthetic_root):
+    out = synthetic_root / "run"
+    triple = [*TINY, "--eval.methods", "m3dm_triple", "--output_dir", str(out)]
+    missing = synthetic_root / "nope" / "uff_pretrained.pth"
+    with pytest.raises(FileNotFoundError, match=f"backbone.uff_checkpoint {missing} does not exist"):
+        lsfa_train.main(lsfa_train.parse_args([*triple, "--backbone.uff_checkpoint", str(missing)]))
+    with pytest.raises(FileNotFoundError, match="needs UFF weights"):
+        lsfa_train.main(lsfa_train.parse_args(triple))
+    assert not out.exists()  # checked before the run folder is claimed, long before any training
 
 
 @pytest.fixture(scope="module")
