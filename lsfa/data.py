@@ -53,13 +53,17 @@ LAYOUT = (
 )
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An RGB png as uint8 (H, W, 3); an unreadable file is an error naming it."""
+def _read_png(path: str | Path, mode: str, what: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(im.convert(mode))
     except (OSError, ValueError) as err:
-        raise OSError(f"cannot read RGB image {path}: {err}") from err
+        raise OSError(f"cannot read {what} {path}: {err}") from err
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An RGB png as uint8 (H, W, 3); an unreadable file is an error naming it."""
+    return _read_png(path, "RGB", "RGB image")
 
 
 def read_xyz(path: str | Path) -> np.ndarray:
@@ -75,11 +79,7 @@ def read_xyz(path: str | Path) -> np.ndarray:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A ground-truth png as uint8 (H, W) grey levels; an unreadable file is an error naming it."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L"))
-    except (OSError, ValueError) as err:
-        raise OSError(f"cannot read ground-truth mask {path}: {err}") from err
+    return _read_png(path, "L", "ground-truth mask")
 
 
 RGB_RESIZE_MODES = ("pil", "torch")
