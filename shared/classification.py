@@ -381,6 +381,9 @@ def build_classification_model(
         kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     model = timm.create_model(cfg.model, **kwargs)
     if cfg.pretrained:
+        # timm keeps the overlay in model.pretrained_cfg: drop the weights, or every copy of the model (the EMA)
+        # would carry a second set of them
+        getattr(model, "pretrained_cfg", {}).pop("state_dict", None)
         loaded, replaced = check_pretrained_loaded(model, cfg.pretrained)
         if log is not None:
             log(

@@ -248,6 +248,7 @@ def test_a_trainer_checkpoint_initialises_from_its_ema_and_keeps_a_same_size_hea
     assert torch.equal(model.conv1[0].weight, ema["conv1.0.weight"])
     assert not torch.equal(model.conv1[0].weight, raw["conv1.0.weight"])
     assert torch.equal(model.fc.weight, ema["fc.weight"]) and "initialisation: none" in lines[0]
+    assert "state_dict" not in model.pretrained_cfg  # no second copy of the weights rides along with the model
     model = build_classification_model(cfg, 3)  # another class count: the head is replaced, the rest loaded
     assert model.fc.weight.shape == (3, 512) and torch.equal(model.conv1[0].weight, ema["conv1.0.weight"])
 
