@@ -18,6 +18,7 @@ the node itself as a neighbour, and return identical indices up to exact ties of
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 
@@ -191,11 +192,24 @@ def gather_neighbours(y: torch.Tensor, index: torch.Tensor, mode: str = 'fast') 
     return picked.permute(0, 3, 1, 2) if mode == 'dense' else picked
 
 
-@functools.lru_cache(maxsize=32)
+_NEIGHBOURS: collections.OrderedDict[tuple[int, int, int, str], torch.Tensor] = collections.OrderedDict()
+
+
 def cached_spatial_neighbours(height: int, width: int, k: int, device: str) -> torch.Tensor:
-    """:func:`spatial_neighbours` on ``device``, computed once per grid size and shared by every Grapher (a bounded
-    cache: multi-scale training visits a few dozen sizes)."""
-    return spatial_neighbours(height, width, k, torch.device(device))
+    """:func:`spatial_neighbours` on ``device``, computed once per grid size and shared by every Grapher (the 32 most
+    recent sizes: multi-scale training visits a few dozen). A table built while tracing (ONNX / torch.export, where
+    it is a fake tensor) is not kept: it must not outlive its trace."""
+    key = (height, width, k, device)
+    index = _NEIGHBOURS.get(key)
+    if index is not None:
+        _NEIGHBOURS.move_to_end(key)
+        return index
+    index = spatial_neighbours(height, width, k, torch.device(device))
+    if type(index) is torch.Tensor and not torch.compiler.is_compiling():
+        _NEIGHBOURS[key] = index
+        if len(_NEIGHBOURS) > 32:
+            _NEIGHBOURS.popitem(last=False)
+    return index
 
 
 def spatial_neighbours(height: int, width: int, k: int, device: torch.device | None = None) -> torch.Tensor:

@@ -170,3 +170,18 @@ def test_bad_neighbour_requests_are_errors():
         knn_graph(x, x, 5, 3)
     with pytest.raises(ValueError, match='graph mode'):
         knn_graph(x, x, 3, 1, mode='sparse')
+
+
+def test_a_neighbour_table_built_while_tracing_is_not_kept():
+    """Under an exporter's fake-tensor mode the table is a fake tensor: it must not be served to later eager calls
+    (it was, after an ONNX export: '.numpy() is not supported for tensor subclasses')."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pvg.graph import cached_spatial_neighbours
+
+    with FakeTensorMode():
+        traced = cached_spatial_neighbours(13, 11, 9, 'cpu')
+    assert type(traced) is not torch.Tensor
+    eager = cached_spatial_neighbours(13, 11, 9, 'cpu')
+    assert type(eager) is torch.Tensor and torch.equal(eager, spatial_neighbours(13, 11, 9))
+    assert cached_spatial_neighbours(13, 11, 9, 'cpu') is eager  # kept once built eagerly
