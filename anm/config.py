@@ -102,8 +102,9 @@ def check_run_settings(cfg: Config) -> None:
 
 
 def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The config stored in a checkpoint written before ``data.num_workers`` was removed (no loader read it; every
-    loader reads ``dividemix.num_workers``), in today's keys: the value moves to ``dividemix.num_workers``."""
+    """The config stored in a checkpoint written before ``data.num_workers`` was removed, in today's keys. No loader
+    read that key (every loader reads ``dividemix.num_workers``), so it is dropped; it becomes
+    ``dividemix.num_workers`` only in a config without one (what ran is what the engine read)."""
     values = dict(stored)
     data = dict(values.get("data") or {})
     if "num_workers" in data:

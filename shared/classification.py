@@ -39,7 +39,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.datasets import ImageFolder
 
 from shared.augment import allow_zero_bit_posterize
-from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
+from shared.checkpoint import (
+    load_checkpoint,
+    load_weights_file,
+    restore_training_state,
+    save_last_and_best,
+    training_state,
+)
 from shared.config import RunConfig, config_to_dict, save_config
 from shared.distributed import (
     DistContext,
@@ -62,6 +68,7 @@ from shared.training import (
     show_progress,
     warmup_cosine_schedule,
 )
+from shared.weights import strip_wrapper_prefixes
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -291,13 +298,13 @@ _WRAPPERS = ("net_E", "state_dict_ema", "model_ema", "ema", "net", "state_dict",
 
 def _pretrained_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict inside a weights file: a plain state dict or a trainer checkpoint (EMA weights preferred
-    whenever the file has them), with ``module.`` prefixes removed."""
-    state = load_checkpoint(path)
+    whenever the file has them), with ``module.`` / ``_orig_mod.`` prefixes removed."""
+    state = load_weights_file(path, "pretrained weights file")  # timm's train.py stores its argparse options too
     for key in _WRAPPERS:
         if isinstance(state.get(key), dict):
             state = state[key]
             break
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {strip_wrapper_prefixes(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def _file_num_classes(model_name: str, state: dict[str, torch.Tensor]) -> int | None:

@@ -431,14 +431,17 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _parse_flow_list(text: str, key: str) -> list[Any]:
-    """A list given on the command line in YAML flow form, e.g. ``"[ssl, purify]"`` or ``"[0.42, 0.9]"``."""
+def _parse_flow_list(text: str, key: str, as_text: bool = False) -> list[Any]:
+    """A list given on the command line in YAML flow form, e.g. ``"[ssl, purify]"`` or ``"[0.42, 0.9]"``;
+    ``as_text`` (a list of strings): every item stays text (``[001, on]`` are names, not 1 and True)."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=yaml.BaseLoader) if as_text else yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"config key '{key}': cannot read {text!r} as a list: {err}") from err
     if not isinstance(value, list):
         raise ConfigError(f"config key '{key}': expected a list such as [a, b], got {text!r}")
+    if as_text:
+        return value
     return [_parse_cli_value(v) if isinstance(v, str) else v for v in value]
 
 
@@ -493,7 +496,7 @@ def parse_config(
                 if isinstance(raw, list) and len(raw) == 1 and raw[0].strip() in ("null", "None"):
                     value = None  # --key null: an optional list switched off
                 elif isinstance(raw, list) and len(raw) == 1 and raw[0].strip().startswith("["):
-                    value = _parse_flow_list(raw[0], key)  # --key "[a, b]", the YAML flow form
+                    value = _parse_flow_list(raw[0], key, _str_items(tp))  # --key "[a, b]", the YAML flow form
                 elif isinstance(raw, list) and _str_items(tp):
                     value = list(raw)  # list[str]: class names such as 001 or on stay text
                 elif isinstance(raw, list):

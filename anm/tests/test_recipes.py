@@ -73,3 +73,6 @@ def test_a_stored_config_with_data_num_workers_is_upgraded() -> None:
     }
     assert stored["data"]["num_workers"] == 5  # the checkpoint's own dict is left as it was
     assert upgrade_stored_config({"data": {}, "seed": 1}) == {"data": {}, "seed": 1}
+    # a real checkpoint also holds dividemix.num_workers (0: what its loaders used), which stays
+    real = {"data": {"num_workers": 5}, "dividemix": {"num_workers": 0, "epochs": 3}}
+    assert upgrade_stored_config(real) == {"data": {}, "dividemix": {"num_workers": 0, "epochs": 3}}

@@ -217,3 +217,18 @@ def test_clothing1m_validation_is_logged_and_survives_a_resume(tmp_path) -> None
     with open(tmp_path / "full" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(row["val_acc"] != "" for row in rows)
+
+
+def test_visualize_reads_a_checkpoint_written_before_data_num_workers_was_removed(tmp_path) -> None:
+    """Older checkpoints store data.num_workers; visualize (like eval) upgrades the stored config."""
+    from anm.train import main, parse_args
+    from anm.visualize import main as visualize
+    from anm.visualize import parse_args as visualize_args
+    from shared.checkpoint import load_checkpoint, save_checkpoint
+
+    main(parse_args(_cli(tmp_path, "run", "--dividemix.epochs", "1")))
+    state = load_checkpoint(tmp_path / "run" / "last.pt", package="anm")
+    state["config"]["data"]["num_workers"] = 5
+    save_checkpoint(state, tmp_path / "run" / "old.pt")
+    out = visualize(visualize_args(["--checkpoint", str(tmp_path / "run" / "old.pt"), "--num", "2"]))
+    assert out.is_file() and out.stat().st_size > 0

@@ -246,3 +246,5 @@ def test_a_list_of_strings_keeps_its_items_as_text():
     """``--classes 001 on bagel`` are names, not YAML numbers or booleans; a list of ints still parses."""
     cfg = parse_config(_Classes, ["--classes", "001", "on", "bagel", "--sizes", "2", "3"])
     assert cfg.classes == ["001", "on", "bagel"] and cfg.sizes == [2, 3]
+    cfg = parse_config(_Classes, ["--classes", "[001, on, bagel]", "--sizes", "[2, 3]"])  # the flow form too
+    assert cfg.classes == ["001", "on", "bagel"] and cfg.sizes == [2, 3]

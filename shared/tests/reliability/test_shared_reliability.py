@@ -253,6 +253,24 @@ def test_a_trainer_checkpoint_initialises_from_its_ema_and_keeps_a_same_size_hea
     assert model.fc.weight.shape == (3, 512) and torch.equal(model.conv1[0].weight, ema["conv1.0.weight"])
 
 
+def test_a_timm_training_checkpoint_initialises_a_run(tiny_folder, tmp_path):
+    """timm's train.py saves {'state_dict', 'state_dict_ema', 'args': Namespace}; torch.compile adds _orig_mod."""
+    import argparse
+
+    ema = timm.create_model("resnet10t", num_classes=10).state_dict()
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(
+        {
+            "state_dict": timm.create_model("resnet10t", num_classes=10).state_dict(),
+            "state_dict_ema": {f"_orig_mod.{k}": v for k, v in ema.items()},
+            "args": argparse.Namespace(model="resnet10t", lr=0.1),
+        },
+        path,
+    )
+    model = build_classification_model(_tiny_cfg(tiny_folder, tmp_path / "run", pretrained=str(path)), 10)
+    assert torch.equal(model.conv1[0].weight, ema["conv1.0.weight"]) and torch.equal(model.fc.weight, ema["fc.weight"])
+
+
 # ------------------------------------------------------------------------------------------------ non-finite
 def test_nan_weights_are_never_written_over_the_last_good_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
