@@ -185,9 +185,10 @@ class SemiBatchSampler(Sampler[list[tuple[int, int, int]]]):
     kind, i.e. ``clamp(Binomial(batch, p_labeled), 1, batch - 1)``, including the released code's float step
     ``int(n / batch * batch)``, which truncates some counts of batches of 22 and more by one.
     ``counts="inner_binomial"`` is this package's earlier rule, ``1 + Binomial(batch - 2, p_labeled)`` (same mean
-    for ``p = 1/2``, higher otherwise; the evidence keeps it, README Fidelity note 6). With no unlabeled pool (or
-    ratio 0) the batch is all labeled. Each kind is an endless stream of per-epoch permutations sharded over the
-    ranks. Everything is a function of (``seed``, rank, iteration), so ``start_iter`` resumes exactly.
+    for ``p = 1/2``, higher for ``p < 1/2``, lower for ``p > 1/2``; the evidence keeps it, README Fidelity note 6).
+    With no unlabeled pool (or ratio 0) the batch is all labeled. Each kind is an endless stream of per-epoch
+    permutations sharded over the ranks. Everything is a function of (``seed``, rank, iteration), so
+    ``start_iter`` resumes exactly.
 
     Yields lists of ``(kind, index, augmentation seed)``, ``kind`` 0 = labeled, 1 = unlabeled.
     """

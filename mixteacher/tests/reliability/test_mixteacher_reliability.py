@@ -474,3 +474,20 @@ def test_visualize_takes_overrides_of_the_stored_config(finished_run, tmp_path):
          "--score_thr", "0", "--mixteacher.cls_score_thr", "-0.5"]
     )  # fmt: skip
     assert [p.name for p in drawn] == ["predictions_0.png", "pseudo_labels_0.png"]
+
+
+def test_an_old_stac_run_resumes_only_on_the_split_it_read():
+    """Before data.batch_counts existed, --data.sampling stac did not reach the split files: such a run read the
+    SoftTeacher split, and its resume must keep it."""
+    from dataclasses import replace
+
+    from mixteacher import train
+    from shared.config import config_to_dict
+
+    cfg = train.parse_args([*TINY, "--data.sampling", "stac"])
+    data = {k: v for k, v in config_to_dict(cfg)["data"].items() if k != "batch_counts"}
+    old = {"config": {**config_to_dict(cfg), "data": data}}
+    resume = replace(cfg, resume="last.pt", data=replace(cfg.data, batch_counts="inner_binomial"))
+    with pytest.raises(RunDirError, match=r"data\.sampling"):
+        train.check_resume(resume, old)
+    train.check_resume(replace(resume, data=replace(resume.data, sampling="softteacher")), old)
