@@ -20,11 +20,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 from calibrated_teacher.pseudo_labels import overlaps_annotation
+from shared.distributed import all_gather_objects
 
 __all__ = ["CalibrationBuffer", "ScoreCalibrator", "calibration_set", "logit"]
 
@@ -152,12 +152,10 @@ class CalibrationBuffer:
         """Every rank's pairs of iterations ``step - window < t <= step`` (older ones are dropped here)."""
         keep = self.steps > step - self.window
         self.steps, self.scores, self.correct = self.steps[keep], self.scores[keep], self.correct[keep]
-        local = (self.scores, self.correct)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, local)
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return local
+        parts = all_gather_objects((self.scores, self.correct))
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def __len__(self) -> int:
         return len(self.scores)

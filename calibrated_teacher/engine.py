@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
@@ -24,7 +23,7 @@ from calibrated_teacher.calibration import ScoreCalibrator
 from calibrated_teacher.config import PACKAGE
 from shared.checkpoint import load_checkpoint
 from shared.detection import CocoDetection, coco_detections, evaluate_detections
-from shared.distributed import DistContext
+from shared.distributed import DistContext, all_gather_objects
 from shared.metrics import expected_calibration_error
 
 __all__ = [
@@ -89,9 +88,8 @@ def calibration_quality(
         torch.cat(scores) if scores else torch.zeros(0),
         torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool),
     )
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, local)
+    parts = all_gather_objects(local)
+    if len(parts) > 1:
         local = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
     raw, hit = local
     if len(raw) == 0:

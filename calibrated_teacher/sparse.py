@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from shared.detection import is_xywh_box
 
 __all__ = ["SPARSE_SETTINGS", "drop_annotations", "keep_one_per_category", "kept_ratio", "write_sparse_split"]
 
@@ -61,10 +62,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _annotation_problem(ann: Any) -> str:
     """What makes ``ann`` unusable here (empty when it is fine): it must be a dict with an ``image_id`` and a
     ``category_id`` (integers or strings) and a ``bbox`` of 4 finite numbers."""
@@ -77,7 +74,7 @@ def _annotation_problem(ann: Any) -> str:
         if not isinstance(ann[key], (int, str)) or isinstance(ann[key], bool):
             return f"has {key} {ann[key]!r}, not an integer or a string"
     box = ann["bbox"]
-    if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+    if not is_xywh_box(box):
         return f"has bbox {box!r}, not 4 finite numbers [x, y, w, h]"
     return ""
 

@@ -30,7 +30,6 @@ import copy
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torchvision.ops import box_iou
 
@@ -40,6 +39,7 @@ from calibrated_teacher.losses import FIoUParams
 from calibrated_teacher.model import SparseRetinaNet, keep_input_size
 from calibrated_teacher.pseudo_labels import MergeRules, merge_pseudo_boxes
 from calibrated_teacher.views import transform_boxes
+from shared.distributed import all_gather_objects
 
 __all__ = ["CalibratedTeacher", "PseudoBoxLog"]
 
@@ -67,12 +67,8 @@ class PseudoBoxLog:
     def gathered_table(self) -> torch.Tensor:
         """Every rank's :meth:`table`, concatenated in rank order (call on every rank); this rank's table in one
         process."""
-        table = self.table()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, table)
-            return torch.cat(parts)
-        return table
+        parts = all_gather_objects(self.table())
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``table``: :meth:`table` with 0 for the NaN calibrated scores (checkpoints refuse non-finite values);

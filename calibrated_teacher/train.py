@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -46,7 +45,7 @@ from shared import teacher_student as ts
 from shared.checkpoint import restore_training_state, save_last_and_best, training_state
 from shared.config import script_parser
 from shared.detection import CocoDetection, coco_summary
-from shared.distributed import DistContext, all_reduce_mean
+from shared.distributed import DistContext, all_gather_objects, all_reduce_mean
 from shared.entrypoints import finish_run, run_distributed, wrap_ddp
 from shared.logger import RunLogger
 from shared.teacher_student import step_schedule
@@ -147,10 +146,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext, logger: RunLogger, resume: dic
 def checkpoint_state(run: Run) -> dict[str, Any]:
     """The full training state (every rank's calibration buffer and pseudo-box log gathered: call on every rank)."""
     state = run.method.method_state()
-    per_rank: list[Any] = [(state["buffer"], state["pseudo_log"])]
-    if run.ctx.distributed:
-        per_rank = [None] * run.ctx.world_size
-        dist.all_gather_object(per_rank, (state["buffer"], state["pseudo_log"]))
+    per_rank = all_gather_objects((state["buffer"], state["pseudo_log"]))
     return training_state(
         PACKAGE,
         run.cfg,

@@ -36,6 +36,7 @@ from lsfa.losses import (
     rotation_consistency_loss,
 )
 from lsfa.model import LSFAAdaptors
+from shared.distributed import get_world_size
 
 __all__ = [
     "AdaptationQueues",
@@ -126,10 +127,6 @@ def released_rgb_token_layout(feature_map: torch.Tensor) -> torch.Tensor:
     return stacked.reshape(b, c, h * w + 1).transpose(1, 2)[:, 1:]
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def gather_batch(t: torch.Tensor) -> torch.Tensor:
     """``t`` (B, ...) of every process concatenated along dim 0 in rank order (W*B, ...), differentiable:
     ``torch.distributed.nn.functional.all_gather`` sends the gradient of every process's copy back to the process
@@ -139,7 +136,7 @@ def gather_batch(t: torch.Tensor) -> torch.Tensor:
     the gradient, and the average of :func:`shared.distributed.all_reduce_gradients` makes it the gradient of the
     global-batch loss exactly. Same B on every process (``data.batch_size`` divisible by the process count,
     ``drop_last``)."""
-    if _world_size() == 1:
+    if get_world_size() == 1:
         return t
     from torch.distributed.nn.functional import all_gather
 
@@ -148,10 +145,10 @@ def gather_batch(t: torch.Tensor) -> torch.Tensor:
 
 def _gather_mask(mask: torch.Tensor) -> torch.Tensor:
     """A boolean (B, ...) mask of every process, concatenated in rank order (no gradient); ``mask`` in one process."""
-    if _world_size() == 1:
+    if get_world_size() == 1:
         return mask
     as_bytes = mask.to(torch.uint8).contiguous()
-    parts = [torch.empty_like(as_bytes) for _ in range(_world_size())]
+    parts = [torch.empty_like(as_bytes) for _ in range(get_world_size())]
     dist.all_gather(parts, as_bytes)
     return torch.cat(parts, 0).bool()
 
@@ -228,7 +225,7 @@ def lsfa_loss(
         cross_modal_global_loss(
             gather_batch(adaptors.rgb_head(g_rgb)), gather_batch(adaptors.xyz_head(g_xyz)), s.temperature
         )
-        if b * _world_size() > 1
+        if b * get_world_size() > 1
         else x.new_zeros(())
     )
 

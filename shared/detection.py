@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.transforms.functional import pil_to_tensor
 
-from shared.distributed import DistContext
+from shared.distributed import DistContext, all_gather_objects
 from shared.metrics import coco_evaluate
 
 __all__ = [
@@ -142,8 +142,13 @@ def load_coco(annotation_file: str | Path, layout: str = COCO_LAYOUT) -> COCO:
             raise ValueError(f"{annotation_file} is not a COCO instances file: {err!r}") from err
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def is_xywh_box(box: Any) -> bool:
+    """Whether ``box`` is a COCO ``bbox``: a list (or tuple) of 4 finite numbers [x, y, w, h]."""
+    return (
+        isinstance(box, (list, tuple))
+        and len(box) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+    )
 
 
 def read_image(path: Path, info: dict[str, Any]) -> torch.Tensor:
@@ -245,7 +250,7 @@ class CocoDetection(Dataset):
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and not a.get("ignore")]
         for ann in anns:
             box = ann.get("bbox")
-            if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+            if not is_xywh_box(box):
                 raise ValueError(
                     f"{self.annotation_file}: annotation {ann.get('id')} has bbox {box!r}, not [x, y, w, h] numbers"
                 )
@@ -440,9 +445,7 @@ def evaluate_detections(
     (detections from ``coco_detections(..., masks=True)``), ``"segm"`` holds the mask metrics in the same form;
     the ground truth is copied for them, so ``coco`` is left unchanged."""
     if ctx.distributed:
-        gathered: list[Any] = [None] * ctx.world_size
-        dist.all_gather_object(gathered, detections)
-        detections = [d for part in gathered for d in part]
+        detections = [d for part in all_gather_objects(detections) for d in part]
     result: list[Any] = [None]
     if ctx.is_main:
         result[0] = coco_evaluate(coco, detections)

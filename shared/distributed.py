@@ -14,6 +14,7 @@ import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch.distributed as dist
 __all__ = [
     "RANK_SEED_STRIDE",
     "DistContext",
+    "all_gather_objects",
     "all_reduce_gradients",
     "all_reduce_mean",
     "barrier",
@@ -101,6 +103,16 @@ def get_world_size() -> int:
 
 def is_main_process() -> bool:
     return get_rank() == 0
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process. Collective: every rank calls it."""
+    world = get_world_size()
+    if world == 1:
+        return [obj]
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def barrier() -> None:

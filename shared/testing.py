@@ -12,6 +12,7 @@ run). The previous thread count is restored after each test, so other packages' 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from PIL import Image
 
 __all__ = [
     "assert_same_tensors",
+    "free_port",
     "random_state_dict",
     "run_module",
     "run_torchrun",
@@ -125,6 +127,13 @@ def run_module(
     text; the caller checks the exit status."""
     cmd = [sys.executable, *python_args, "-m", module, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_torchrun(module: str, args: Sequence[str], nproc: int = 2, timeout: float = 600) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from crema.credibility import CredibilityMemory, credibility, modulation_weights
 from crema.data import build_task
 from crema.train import main, parse_args
 from shared.distributed import DistContext
-from shared.testing import run_torchrun
+from shared.testing import free_port, run_torchrun
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "configs" / "digits_sym50.yaml")
 
@@ -39,12 +38,6 @@ def test_torchrun_two_processes(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["clean_n"] > 0 and metrics["clean_precision"] > metrics["noisy_label_acc"] + 30
     assert metrics["test_acc_last"] > 80
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bn_rank_worker(rank: int, port: int, results) -> None:
@@ -73,7 +66,7 @@ def _bn_rank_worker(rank: int, port: int, results) -> None:
 def test_ranks_with_diverged_batchnorm_buffers_make_the_same_credibility_pass():
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_bn_rank_worker, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_bn_rank_worker, args=(free_port(), results), nprocs=2, join=True)
     (p0, c0, a0, t0), (p1, c1, a1, t1) = results[0], results[1]
     assert torch.equal(p0, p1) and torch.equal(c0, c1) and torch.equal(a0, a1) and t0 == t1
     # and they are rank 0's: the unperturbed network's predictions

@@ -1,20 +1,13 @@
 """shared.distributed.broadcast_module / all_reduce_gradients on two gloo processes: after them every rank holds
 rank 0's weights and the mean of the ranks' gradients (what DDP does), for loops whose loss bypasses a DDP forward."""
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from shared.distributed import all_reduce_gradients, broadcast_module
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from shared.testing import free_port
 
 
 def _worker(rank: int, port: int, results) -> None:
@@ -37,7 +30,7 @@ def _worker(rank: int, port: int, results) -> None:
 def test_two_ranks_hold_rank_0s_weights_and_the_mean_gradient():
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), results), nprocs=2, join=True)
     (w0, gw0, gb0), (w1, gw1, gb1) = results[0], results[1]
     torch.manual_seed(100)
     assert torch.equal(w0, torch.nn.Linear(3, 2).weight.detach()) and torch.equal(w0, w1)
