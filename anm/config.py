@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from anm.data import DataConfig
 from anm.masking import MaskerConfig
@@ -72,6 +72,13 @@ class SANMConfig:
 class Config(RunConfig):
     """An anm run. Units of ``eval_interval`` / ``checkpoint_interval``: epochs; the test ensemble is evaluated and
     last.pt written after every epoch (both must be 1); ``amp`` must be ``off`` (fp32 as released)."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the networks and the method
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("model", "dividemix", "sanm")
+    #: the run's length (a longer run continues a shorter one), loading, and the initial weights' file
+    RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"dividemix.epochs", "dividemix.num_workers", "dividemix.eval_batch_size", "model.pretrained"}
+    )
 
     eval_interval: int = field(default=1, metadata={"help": "evaluate every N epochs; anm supports 1 only"})
     data: DataConfig = field(default_factory=DataConfig)

@@ -25,7 +25,7 @@ from anm.data import NoisyTask, build_task, save_noise
 from anm.engine import build_engine, build_models
 from anm.sanm import SANM
 from anm.visualize import attention_grid
-from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.checkpoint import load_resume_state, save_checkpoint
 from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, seed_everything
 from shared.entrypoints import run_logging, start_run
@@ -41,9 +41,7 @@ def prepare_run(cfg: Config, ctx: DistContext) -> tuple[Path, NoisyTask, dict[st
             "anm trains DivideMix's two networks in one process (its GMM co-divide needs the whole training "
             "set); start it without torchrun"
         )
-    resume_state = None
-    if cfg.resume:
-        resume_state = load_checkpoint(cfg.resume, package=PACKAGE, required=("net1", "net2", "config", "epoch"))
+    resume_state = load_resume_state(cfg, PACKAGE, required=("net1", "net2", "config", "epoch"))
     known_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.resume).parent if cfg.resume else None
     task = build_task(cfg.data, known_dir, write_noise=False)
     out_dir = resolve_run_dir(PACKAGE, cfg.name, cfg.output_dir, cfg.resume)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from shared.config import RunConfig
 
@@ -135,6 +135,11 @@ class DataConfig:
 class TrainConfig(RunConfig):
     """Calibrated Teacher training (defaults: the released stage-1 recipe, 8 GPUs x 2 images, 152k iterations;
     ``eval_interval`` and ``checkpoint_interval`` count iterations)."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector and the method
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("method", "detector", "teacher")
+    #: the two-stage recipes (``*_fiou.yaml``) switch FIoU on when they resume a stage-1 run
+    RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset({"teacher.fiou", "teacher.fiou_start"})
 
     method: Literal["calibrated_teacher", "supervised"] = "calibrated_teacher"
     detector: DetectorConfig = field(default_factory=DetectorConfig)

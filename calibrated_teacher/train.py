@@ -32,17 +32,17 @@ from torch.utils.data import DataLoader
 from calibrated_teacher.config import DEFAULT_CONFIG, PACKAGE, TrainConfig
 from calibrated_teacher.data import IterationSampler, SparseTrainSet, build_datasets, sparse_collate, val_loader
 from calibrated_teacher.engine import (
+    CHECKPOINT_KEYS,
     calibration_quality,
     evaluate,
     pseudo_box_precision,
-    read_checkpoint,
     reliability_diagram,
     val_predictions,
 )
 from calibrated_teacher.model import build_detector, label_offset
 from calibrated_teacher.teacher_student import CalibratedTeacher
 from shared import teacher_student as ts
-from shared.checkpoint import restore_training_state, save_last_and_best, training_state
+from shared.checkpoint import load_resume_state, restore_training_state, save_last_and_best, training_state
 from shared.config import script_parser
 from shared.detection import CocoDetection, coco_summary
 from shared.distributed import DistContext, all_gather_objects, all_reduce_mean
@@ -303,7 +303,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     """Train and evaluate; returns the metrics written to ``metrics.json``. Nothing is written before the
     ``--resume`` checkpoint is read and the run folder is claimed."""
     _check_backbone(cfg)
-    resume = read_checkpoint(cfg.resume) if cfg.resume else None
+    resume = load_resume_state(cfg, PACKAGE, required=CHECKPOINT_KEYS)
     return run_distributed(cfg, lambda ctx: _run(cfg, ctx, resume))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from shared.config import RunConfig
 from shared.noisy.data import NoisyDataConfig
@@ -139,6 +139,11 @@ class MethodConfig:
 @dataclass
 class Config(RunConfig):
     """A CREMA run. ``eval_interval`` / ``checkpoint_interval`` count epochs (0: at the end only)."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the network and the method
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("model", "method")
+    #: the initial weights' file
+    RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset({"model.pretrained"})
 
     eval_interval: int = field(default=1, metadata={"help": "test every N epochs (0: at the end)"})
     data: DataConfig = field(default_factory=DataConfig)

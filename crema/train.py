@@ -25,7 +25,7 @@ from crema.coarse_to_fine import CremaTrainer
 from crema.config import DEFAULT_CONFIG, PACKAGE, Config, check_config
 from crema.data import NoisyTask, build_task, save_noise
 from crema.model import create_model
-from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.checkpoint import load_resume_state, save_checkpoint
 from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, seed_everything
 from shared.entrypoints import run_logging, start_run
@@ -56,9 +56,7 @@ def build_nets(cfg: Config, task: NoisyTask, device: torch.device) -> list[nn.Mo
 
 def _prepare(cfg: Config, ctx: DistContext) -> tuple[Path, NoisyTask, dict[str, Any] | None]:
     """Read and check everything (resume file, data, noise file, run folder) before anything is written."""
-    state = None
-    if cfg.resume:
-        state = load_checkpoint(cfg.resume, package=PACKAGE, required=RESUME_KEYS)
+    state = load_resume_state(cfg, PACKAGE, required=RESUME_KEYS)
     out_dir = resolve_run_dir(PACKAGE, cfg.name or "default", cfg.output_dir, cfg.resume)
     task = build_task(cfg.data, out_dir)
     claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=bool(cfg.resume), is_main=ctx.is_main)

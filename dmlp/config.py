@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from dmlp.data import DataConfig
 from dmlp.purifier import PurifierConfig
@@ -106,6 +106,10 @@ class Config(RunConfig):
     Every stage evaluates and writes its checkpoint once per epoch of its own loop (SimCLR, purifier, CE or
     DivideMix epochs), so ``eval_interval`` and ``checkpoint_interval`` (unit: epochs) must be 1; ``log_interval``
     is not used (one log line per epoch); ``amp`` must be ``off`` (see README, Fidelity notes)."""
+
+    #: none: a ``--resume`` may change any key, and each stage whose recorded inputs differ from this run's is
+    #: rebuilt (README, "Cache fingerprints and the rebuild rule"), so nothing of another config is mixed in
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ()
 
     eval_interval: int = field(
         default=1, metadata={"help": "evaluate every N epochs of each stage; dmlp supports 1 only"}

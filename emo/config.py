@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from shared.classification import ClassificationConfig
 from shared.config import RunConfig
@@ -122,6 +122,9 @@ class BackboneFinetuneConfig(RunConfig):
     """What the dense-prediction recipes on an EMO backbone (detection, segmentation) share: the backbone, the
     ImageNet checkpoint it starts from, the number of classes, the EW-MHSA window and the drop path."""
 
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the backbone and its classes
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ('model', 'num_classes', 'window_size', 'drop_path')
+
     model: str = field(default='emo_1m', metadata={'help': 'EMO backbone (emo_1m, emo_2m, emo_5m, emo_6m, emo_test)'})
     pretrained_backbone: str | None = field(
         default=None,
@@ -145,6 +148,9 @@ class DetectorConfig(BackboneFinetuneConfig):
     """What RetinaNet-EMO and SSDLite-EMO training share (defaults: the RetinaNet 1x recipe for EMO-1M).
 
     ``eval_interval`` and ``checkpoint_interval`` count epochs."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the backbone, its classes and what is frozen
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = (*BackboneFinetuneConfig.RESUME_SECTIONS, 'frozen_stages', 'norm_eval')
 
     frozen_stages: int = 1
     norm_eval: bool = True
@@ -173,6 +179,9 @@ class DetectorConfig(BackboneFinetuneConfig):
 class DetectionConfig(DetectorConfig):
     """RetinaNet-EMO training (defaults: the paper's RetinaNet 1x recipe for EMO-1M, 8 GPUs x 4 images)."""
 
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = (*DetectorConfig.RESUME_SECTIONS, 'fpn_channels')
+
     fpn_channels: int = 256
     data: DetDataConfig = field(default_factory=DetDataConfig)
 
@@ -182,6 +191,9 @@ class SSDLiteConfig(DetectorConfig):
     """SSDLite-EMO training (defaults: the official ``ssdlite_emo_1M_pretrain_coco.py``, 8 GPUs x 24 images).
 
     ``epochs`` count passes over the repeated dataset (``data.repeat_times``), as mmdet's ``RepeatDataset``."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = (*DetectorConfig.RESUME_SECTIONS, 'extra_channels')
 
     frozen_stages: int = -1
     norm_eval: bool = True
@@ -231,6 +243,17 @@ class SegConfig(BackboneFinetuneConfig):
 
     Iteration-based, as mmseg's ``IterBasedRunner``: ``eval_interval`` and ``checkpoint_interval`` count
     iterations."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the segmentor
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = (
+        *BackboneFinetuneConfig.RESUME_SECTIONS,
+        'head',
+        'channels',
+        'aux_channels',
+        'dropout',
+        'dilations',
+        'pool_scales',
+    )
 
     head: str = field(default='deeplabv3', metadata={'help': 'decode head: deeplabv3 (ASPP) or pspnet (PPM)'})
     num_classes: int = field(default=150, metadata={'help': 'classes after reduce-zero-label (150 for ADE20K)'})

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from shared.config import RunConfig
 
@@ -94,6 +94,9 @@ class SegOptimConfig:
 @dataclass
 class SegmentorTrainConfig(RunConfig):
     """``train_segmentor.py``: the DeepLabv3 segmentor alone (mmseg's 40k-iteration Cityscapes recipe)."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the segmentor
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("model",)
 
     checkpoint_interval: int = field(
         default=4000, metadata={"help": "write last.pt every N iterations (0: only at the end)"}
@@ -220,6 +223,10 @@ class TrainConfig(RunConfig):
     """``train.py``: SLEEG's two phases (segmentor, then the OoD head) and the final evaluation.
 
     ``eval_interval`` N > 0 evaluates every N OoD-head iterations and keeps ``best.pt`` by SLEEG AP."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the network, the anomalies and the objective
+    #: (``segmentor`` only says where the segmentor comes from: ``last.pt`` holds its weights)
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("model", "anomalies", "objective")
 
     checkpoint_interval: int = field(
         default=4000,

@@ -37,7 +37,13 @@ from energy_anomaly_seg.mmseg_checkpoint import load_backbone_pretrained, load_m
 from energy_anomaly_seg.model import SLEEG, count_parameters, create_model
 from energy_anomaly_seg.self_generated_anomalies import AnomalyPatchPool
 from energy_anomaly_seg.sleeg import SLEEGSettings, sleeg_losses
-from shared.checkpoint import CheckpointError, restore_training_state, save_checkpoint, training_state
+from shared.checkpoint import (
+    CheckpointError,
+    check_resume_state,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
@@ -102,6 +108,14 @@ def own_rank_pool(saved: list[dict] | dict, rank: int) -> dict:
     if isinstance(saved, dict):
         return saved
     return saved[rank] if rank < len(saved) else saved[0]
+
+
+def _checked_resume_state(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.resume`` read (:func:`read_resume_state`) and compared with ``cfg``: an OoD-head checkpoint in
+    ``TrainConfig.RESUME_SECTIONS``; a segmentor-phase one in ``model`` only, since no OoD head has been trained from
+    it yet (the evidence rows branch there, each with its own anomalies and objective)."""
+    state = read_resume_state(cfg.resume)
+    return check_resume_state(cfg, state, None if state["phase"] == "ood_head" else ("model",))
 
 
 def read_resume_state(path: str | Path) -> dict[str, Any]:
@@ -400,7 +414,7 @@ parse_args = script_parser(TrainConfig, __doc__.splitlines()[0], DEFAULT_CONFIG)
 
 def main(cfg: TrainConfig) -> dict[str, Any]:
     """Both phases and the final evaluation; returns (and writes to metrics.json) the metrics."""
-    state = read_resume_state(cfg.resume) if cfg.resume else None  # checked before anything is written
+    state = _checked_resume_state(cfg) if cfg.resume else None  # before anything is written
     check_eval_datasets(cfg.eval)  # a wrong name or path must stop the run before hours of training, not after
     ctx = init_distributed(cfg.device)
     if cfg.threads:

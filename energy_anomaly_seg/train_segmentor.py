@@ -36,7 +36,13 @@ from energy_anomaly_seg.data import (
 from energy_anomaly_seg.losses import segmentation_loss
 from energy_anomaly_seg.mmseg_checkpoint import load_backbone_pretrained
 from energy_anomaly_seg.model import DeepLabV3, create_deeplabv3
-from shared.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from shared.checkpoint import (
+    check_resume_state,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from shared.config import RunConfig, config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
@@ -215,7 +221,7 @@ def main(cfg: SegmentorTrainConfig) -> dict[str, float]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        state = read_resume_state(cfg.resume, map_location=ctx.device) if cfg.resume else None
+        state = check_resume_state(cfg, read_resume_state(cfg.resume, map_location=ctx.device)) if cfg.resume else None
         return _run(cfg, ctx, state)
     finally:
         cleanup_distributed()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from frih.data import SUBSETS
 from frih.model import FRIHConfig
@@ -72,6 +72,9 @@ class LossConfig:
 @dataclass
 class Config(RunConfig):
     """train.py's config. ``eval_interval`` and ``checkpoint_interval`` count epochs."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the network, the loss, the stage-1 schedule
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("model", "loss", "stage1_epochs")
 
     model: FRIHConfig = field(default_factory=FRIHConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -25,10 +25,16 @@ from frih.inference import Harmonizer
 from frih.loaders import build_eval_loader, build_train_loader, resolve_data_root
 from frih.losses import FRIHLoss
 from frih.model import build_model, count_parameters, normalize_image
-from shared.checkpoint import load_checkpoint, restore_training_state, save_last_and_best, training_state
+from shared.checkpoint import (
+    load_checkpoint,
+    load_resume_state,
+    restore_training_state,
+    save_last_and_best,
+    training_state,
+)
 from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import DistContext, barrier, cleanup_distributed, init_distributed, seed_everything
-from shared.logger import RunLogger, check_resume_config, claim_run_dir, resolve_run_dir
+from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, make_grad_scaler, optimizer_step, unwrap_model
 
 __all__ = [
@@ -44,9 +50,6 @@ __all__ = [
 ]
 
 _STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "best_mse", "rng")
-#: The config keys that define what is trained (network, loss, stage-1 schedule): a --resume that changes any of them is
-#: refused before anything is written (other values, e.g. more epochs or another data root, may change on resume).
-RESUME_SECTIONS = ("model", "loss", "stage1_epochs")
 
 
 def load_stage1_weights(model: torch.nn.Module, path: str) -> None:
@@ -264,9 +267,7 @@ def main(cfg: Config) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ctx = init_distributed(cfg.device)
-    resume = load_checkpoint(cfg.resume, package=PACKAGE, required=_STATE_KEYS) if cfg.resume else None
-    if resume is not None:  # before anything is written (RUN.json, config.yaml)
-        check_resume_config(cfg.resume, resume.get("config"), config_to_dict(cfg), RESUME_SECTIONS)
+    resume = load_resume_state(cfg, PACKAGE, required=_STATE_KEYS)  # before anything is written
     out_dir = resolve_run_dir(PACKAGE, cfg.name or "default", cfg.output_dir, cfg.resume)
     claim_run_dir(out_dir, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)

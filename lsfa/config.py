@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from lsfa.adaptation import AdaptationSettings
 from lsfa.scoring import ScoringSettings
@@ -155,6 +155,18 @@ class EvalConfig:
 class TrainConfig(RunConfig):
     """Everything ``train.py`` reads. ``checkpoint_interval`` counts epochs (``last.pt`` every N epochs and at the
     end); the memory banks are built and scored once, after the last epoch (``eval_interval`` must stay 0)."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the backbones, the adaptors, their losses
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("backbone", "adaptor", "loss")
+    #: the backbones' weight files (``last.pt`` holds the weights it trained with)
+    RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "backbone.rgb_checkpoint",
+            "backbone.point_checkpoint",
+            "backbone.uff_checkpoint",
+            "backbone.allow_random_init",
+        }
+    )
 
     log_interval: int = field(default=20, metadata={"help": "TensorBoard train/ scalars every N iterations"})
     data: DataConfig = field(default_factory=DataConfig)

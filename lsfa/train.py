@@ -30,7 +30,12 @@ from lsfa.eval import score_run
 from lsfa.model import FeatureExtractor, LSFAAdaptors
 from lsfa.pipeline import build_adaptors, build_extractor, build_uff, check_uff_source, resolve_root
 from lsfa.scoring import SplitFeatures, extract_features
-from shared.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from shared.checkpoint import (
+    load_resume_state,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from shared.config import config_to_dict, save_config, script_parser
 from shared.distributed import (
     DistContext,
@@ -425,9 +430,7 @@ def evaluate(
 
 def _open_run(cfg: TrainConfig, ctx: DistContext) -> tuple[Path, RunLogger, dict | None]:
     """The checkpoint to resume (checked before anything is written), the claimed run folder and its logger."""
-    resume = (
-        load_checkpoint(cfg.resume, map_location="cpu", package=PACKAGE, required=STATE_KEYS) if cfg.resume else None
-    )
+    resume = load_resume_state(cfg, PACKAGE, required=STATE_KEYS)
     check_uff_source(cfg, resume.get("uff") if resume else None)  # m3dm_triple scores after training: check now
     out = resolve_run_dir(PACKAGE, cfg.name or "default", cfg.output_dir, cfg.resume)
     claim_run_dir(out, PACKAGE, config_to_dict(cfg), resume=resume is not None, is_main=ctx.is_main)

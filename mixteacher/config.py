@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from shared.config import ConfigError, RunConfig
 
@@ -215,6 +215,28 @@ class TrainConfig(RunConfig):
     """MixTeacher training (defaults: the COCO 10 % recipe, 8 GPUs x 5 images). The run-level settings (output_dir,
     name, resume, seed, device, amp, threads, log_interval, tensorboard ...) come from ``shared.config.RunConfig``;
     ``eval_interval`` and ``checkpoint_interval`` count iterations."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector, the method and the training
+    #: data (paths and loading excepted)
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("method", "detector", "mixteacher", "data")
+    #: ``data`` keys that only say where the files are or how they are loaded (a moved dataset); every other ``data``
+    #: key (split, sampling, batch, views, synthetic set) is compared
+    RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        f"data.{key}"
+        for key in (
+            "root",
+            "train_images",
+            "train_annotations",
+            "split_dir",
+            "unlabeled_images",
+            "unlabeled_annotations",
+            "val_images",
+            "val_annotations",
+            "synthetic_val",
+            "eval_batch_size",
+            "workers",
+        )
+    )
 
     method: Literal["mixteacher", "supervised"] = "mixteacher"
     detector: DetectorConfig = field(default_factory=DetectorConfig)

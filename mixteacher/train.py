@@ -16,11 +16,11 @@ same length follows in ``<run>/supervised/`` and both are printed side by side.
 
 Before anything is written, a ``--resume`` file is read and checked (``engine.read_checkpoint``: a missing,
 unreadable, foreign or incomplete file is a ``CheckpointError``), its stored config is compared with this one in
-:data:`RESUME_SECTIONS` (another detector, method or training data is a ``RunDirError`` naming the keys), and the run
-folder (and its ``supervised/``
-sub-folder) is claimed with ``shared.logger.claim_run_dir`` (``RUN.json``: a folder of another package or of a
-different config is refused). A non-finite loss, gradient, parameter or EMA-teacher value stops the run with an
-error naming the step; the last checkpoint on disk stays as it was (README, Quick start).
+``TrainConfig.RESUME_SECTIONS`` (another detector, method or training data is a ``RunDirError`` naming the keys),
+and the run folder (and its ``supervised/`` sub-folder) is claimed with ``shared.logger.claim_run_dir``
+(``RUN.json``: a folder of another package or of a different config is refused). A non-finite loss, gradient,
+parameter or EMA-teacher value stops the run with an error naming the step; the last checkpoint on disk stays as it
+was (README, Quick start).
 """
 
 from __future__ import annotations
@@ -56,17 +56,16 @@ from mixteacher.engine import (
 from mixteacher.mix_teacher import MixTeacher
 from mixteacher.model import build_detector
 from shared import teacher_student as ts
-from shared.checkpoint import restore_training_state, save_last_and_best, training_state
+from shared.checkpoint import check_resume_state, restore_training_state, save_last_and_best, training_state
 from shared.config import config_to_dict, script_parser
 from shared.detection import coco_summary
 from shared.distributed import DistContext, all_reduce_mean
 from shared.entrypoints import finish_run, run_distributed, wrap_ddp
-from shared.logger import RunLogger, check_resume_config, claim_run_dir, write_json
+from shared.logger import RunLogger, claim_run_dir, write_json
 from shared.teacher_student import step_schedule
 from shared.training import make_grad_scaler, show_progress
 
 __all__ = [
-    "RESUME_SECTIONS",
     "TrainConfig",
     "build_method",
     "build_optimizer",
@@ -79,41 +78,11 @@ __all__ = [
 ]
 
 
-#: The config sections that define what is trained: a ``--resume`` whose config differs from the checkpoint's in any
-#: of them is refused before anything is written (``shared.logger.check_resume_config``). Other keys (more
-#: iterations, intervals, lr schedule, device, test scales) may change on resume.
-RESUME_SECTIONS = ("method", "detector", "mixteacher", "data")
-#: ``data`` keys that only say where the files are or how they are loaded: free to change on resume (a moved
-#: dataset); every other ``data`` key (split, sampling, batch, views, synthetic set) is compared
-RESUME_FREE_DATA_KEYS = frozenset(
-    {
-        "root",
-        "train_images",
-        "train_annotations",
-        "split_dir",
-        "unlabeled_images",
-        "unlabeled_annotations",
-        "val_images",
-        "val_annotations",
-        "synthetic_val",
-        "eval_batch_size",
-        "workers",
-    }
-)
-
-
 def check_resume(cfg: TrainConfig, resume: dict[str, Any]) -> None:
     """Refuse a ``--resume`` with another detector, method, method settings or training data than the checkpoint's
-    stored config (``shared.logger.RunDirError`` naming the keys), e.g. one started without its ``-c`` recipe."""
-
-    def trained(config: dict[str, Any]) -> dict[str, Any]:
-        data = config.get("data")
-        if isinstance(data, dict):
-            config = {**config, "data": {k: v for k, v in data.items() if k not in RESUME_FREE_DATA_KEYS}}
-        return config
-
-    stored = trained(upgrade_config(resume.get("config") or {}))
-    check_resume_config(cfg.resume, stored, trained(config_to_dict(cfg)), RESUME_SECTIONS)
+    stored config, upgraded to today's keys (``shared.logger.RunDirError`` naming the keys), e.g. one started
+    without its ``-c`` recipe (``TrainConfig.RESUME_SECTIONS``; paths and loading: ``TrainConfig.RESUME_FREE_KEYS``)."""
+    check_resume_state(cfg, {**resume, "config": upgrade_config(resume.get("config") or {})})
 
 
 # ------------------------------------------------------------------------------------------------ builders

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from shared.classification import ClassificationConfig, DataConfig
 from shared.config import RunConfig
@@ -88,6 +88,17 @@ class MaskRCNNConfig(RunConfig):
     8 GPUs x 2 images, AdamW 1e-4, wd 0.05, 12 epochs with steps at 8 and 11).
 
     ``eval_interval`` and ``checkpoint_interval`` count epochs."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = (
+        "model",
+        "num_classes",
+        "drop_path",
+        "graph_mode",
+        "frozen_stages",
+        "norm_eval",
+        "fpn_channels",
+    )
 
     model: str = field(default='pvg_s', metadata={'help': 'backbone (pvig_ti/s/m/b, pvg_ti/s/m/b, *_test)'})
     pretrained_backbone: str | None = field(

@@ -10,7 +10,7 @@ import argparse
 import os
 import random
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ __all__ = [
     "NonFiniteStateError",
     "WeightsFileError",
     "capture_rng_state",
+    "check_resume_state",
     "find_nonfinite",
     "load_checkpoint",
+    "load_resume_state",
     "load_weights_file",
     "reseed_other_ranks",
     "restore_rng_state",
@@ -117,6 +119,42 @@ def save_last_and_best(state: dict[str, Any], out_dir: str | Path, is_best: bool
             if tmp.exists():
                 tmp.unlink()
     return last
+
+
+def load_resume_state(
+    cfg: Any, package: str, required: Iterable[str] = (), map_location: str | torch.device = "cpu"
+) -> dict[str, Any] | None:
+    """The checkpoint ``cfg.resume`` names (None without ``--resume``), read and checked before anything is written:
+    :func:`load_checkpoint`'s checks (missing, unreadable, foreign or incomplete file), then
+    :func:`check_resume_state`'s."""
+    if not cfg.resume:
+        return None
+    state = load_checkpoint(cfg.resume, map_location, package=package, required=required)
+    return check_resume_state(cfg, state)
+
+
+def check_resume_state(cfg: Any, state: dict[str, Any], sections: Sequence[str] | None = None) -> dict[str, Any]:
+    """``state`` (the checkpoint ``cfg.resume`` names) when its stored config equals ``cfg`` in ``sections``
+    (default: those ``type(cfg).RESUME_SECTIONS`` names, ``shared.config.RunConfig``); a resume with another model or
+    method is a ``shared.logger.RunDirError`` naming the differing keys. Keys the checkpoint does not store, and the
+    dotted keys of ``type(cfg).RESUME_FREE_KEYS``, are not compared."""
+    from shared.config import config_to_dict  # local: keeps this module's imports light
+    from shared.logger import check_resume_config
+
+    free = type(cfg).RESUME_FREE_KEYS
+    stored, current = (_without_keys(c, free) for c in (state.get("config") or {}, config_to_dict(cfg)))
+    check_resume_config(cfg.resume, stored, current, type(cfg).RESUME_SECTIONS if sections is None else sections)
+    return state
+
+
+def _without_keys(config: dict[str, Any], dotted: Iterable[str], prefix: str = "") -> dict[str, Any]:
+    """``config`` without the entries the ``dotted`` names (``data.root``) point to."""
+    dotted = set(dotted)
+    return {
+        k: _without_keys(v, dotted, f"{prefix}{k}.") if isinstance(v, dict) else v
+        for k, v in config.items()
+        if f"{prefix}{k}" not in dotted
+    }
 
 
 def _unreadable_reason(err: Exception) -> str:

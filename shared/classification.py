@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import timm
 import torch
@@ -41,6 +41,7 @@ from torchvision.datasets import ImageFolder
 from shared.augment import allow_zero_bit_posterize
 from shared.checkpoint import (
     load_checkpoint,
+    load_resume_state,
     load_weights_file,
     restore_training_state,
     save_last_and_best,
@@ -133,6 +134,9 @@ class ClassificationConfig(RunConfig):
     """The recipe of a supervised classification run (defaults: the timm/EMO-style ImageNet recipe); the run-level
     settings (``output_dir``, ``resume``, ``seed``, ``device``, ``amp``, ``threads``, intervals in epochs) come
     from :class:`shared.config.RunConfig`."""
+
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the network
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("model", "num_classes", "drop_path")
 
     model: str = field(default="", metadata={"help": "timm model name"})
     pretrained: str | None = field(default=None, metadata={"help": "local checkpoint file to initialise from"})
@@ -585,7 +589,7 @@ def _evaluate_row(
 
 def _run(cfg: ClassificationConfig, ctx: DistContext, package: str, on_epoch_end: EpochHook | None) -> dict[str, Any]:
     seed_everything(cfg.seed, ctx.rank)
-    resume_state = load_checkpoint(cfg.resume, package=package, required=_STATE_KEYS) if cfg.resume else None
+    resume_state = load_resume_state(cfg, package, required=_STATE_KEYS)
     out_dir = resolve_run_dir(package, cfg.name or "default", cfg.output_dir, cfg.resume)
     claim_run_dir(out_dir, package, config_to_dict(cfg), resume=resume_state is not None, is_main=ctx.is_main)
     logger = RunLogger(out_dir, is_main=ctx.is_main, tensorboard=cfg.tensorboard)

@@ -30,7 +30,7 @@ import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -97,6 +97,15 @@ class RunConfig:
         default=1, metadata={"help": "write last.pt every N epochs/iterations (and at the end)"}
     )
     tensorboard: bool = True
+
+    #: The top-level keys that define what a run trains (its model, its method). A ``--resume`` whose config differs
+    #: from the checkpoint's stored one in any of them is refused before anything is written
+    #: (``shared.checkpoint.load_resume_state``); other keys (more epochs, intervals, paths) may change on resume.
+    #: Every training config names its own (``shared/tests/test_conventions.py``).
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ()
+    #: Dotted keys inside those sections that may change on resume all the same: where files are (a moved dataset,
+    #: a weights path the checkpoint already holds), how they are loaded, how long the run is.
+    RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         for name in ("log_interval", "eval_interval", "checkpoint_interval"):

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from shared import entrypoints
-from shared.checkpoint import load_checkpoint, restore_training_state, training_state
+from shared.checkpoint import load_resume_state, restore_training_state, training_state
 from shared.config import config_to_dict, save_config
 from shared.detection import (
     CocoDetection,
@@ -80,7 +80,7 @@ def open_finetune_run(
 
     Returns (the resume state or None, the run folder, its logger).
     """
-    resume_state = load_checkpoint(cfg.resume, package=package, required=tuple(state_keys)) if cfg.resume else None
+    resume_state = load_resume_state(cfg, package, required=tuple(state_keys))
     if resume_state is None and cfg.pretrained_backbone is None and not cfg.allow_random_backbone:
         raise ValueError(
             f"the {recipe} recipe fine-tunes an ImageNet-pretrained backbone: pass --pretrained_backbone PATH "

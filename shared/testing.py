@@ -15,7 +15,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 __all__ = [
+    "assert_resume_refused",
     "assert_same_tensors",
     "free_port",
     "random_state_dict",
@@ -73,6 +74,21 @@ def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
             assert_same_tensors(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{a!r} != {b!r} at {where}"
+
+
+def assert_resume_refused(run: Callable[[], Any], run_dir: str | Path, changed_key: str) -> None:
+    """``run()`` (a ``--resume`` of a checkpoint in ``run_dir`` with ``changed_key`` set otherwise than the
+    checkpoint's config) must be refused with ``shared.logger.RunDirError`` naming the key, and every file of
+    ``run_dir`` (``RUN.json``, ``config.yaml``, logs, checkpoints) must stay byte for byte as it was."""
+    from shared.logger import RunDirError
+
+    run_dir = Path(run_dir)
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    assert before, f"{run_dir} holds no files"
+    with pytest.raises(RunDirError, match=r"trained with other settings \(.*" + changed_key.replace(".", r"\.")):
+        run()
+    after = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    assert after.keys() == before.keys() and all(after[p] == before[p] for p in before), f"{run_dir} changed"
 
 
 def random_state_dict(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, torch.Tensor]:

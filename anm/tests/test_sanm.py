@@ -126,7 +126,7 @@ def _cli(tmp_path, name: str, *extra: str) -> list[str]:
 def test_resumed_run_equals_uninterrupted_run(tmp_path) -> None:
     from anm.train import main, parse_args
     from shared.checkpoint import load_checkpoint
-    from shared.testing import assert_same_tensors
+    from shared.testing import assert_resume_refused, assert_same_tensors
 
     full = main(parse_args(_cli(tmp_path, "full")))
     main(parse_args(_cli(tmp_path, "part", "--dividemix.epochs", "1")))
@@ -140,6 +140,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path) -> None:
     # the mechanism engages: masks of the paper's size are drawn and the decoder loss is computed
     assert 0.02 <= full["last_epoch_mask_ratio"] <= 0.10 and full["last_epoch_mask_pixels"] > 1
     assert full["last_epoch_l_rec"] > 0 and full["last_epoch_labeled"] > 0
+    # a resume with another method setting is refused before the run folder is touched
+    other = _cli(tmp_path, "part", "--resume", str(tmp_path / "part" / "last.pt"), "--sanm.recon_weight", "0.5")
+    assert_resume_refused(lambda: main(parse_args(other)), tmp_path / "part", "sanm.recon_weight")
 
 
 def test_eval_recomputes_the_checkpoint_accuracy(tmp_path) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from calibrated_teacher.train import main, parse_args
 from shared.checkpoint import load_checkpoint
-from shared.testing import assert_same_tensors
+from shared.testing import assert_resume_refused, assert_same_tensors
 
 TINY = [
     "--allow_random_backbone", "true", "--pretrained_backbone", "null",
@@ -55,6 +55,9 @@ def test_resumed_run_ends_bit_identical(tmp_path):
     # metrics.json's pseudo-box statistics cover the whole run, the iterations before the resume included
     assert first["pseudo_boxes"]["merged_total"] > 0 and full["pseudo_boxes"]["merged_total"] > 0
     assert json.dumps(resumed["pseudo_boxes"], sort_keys=True) == json.dumps(full["pseudo_boxes"], sort_keys=True)
+    # a resume with another calibrator is refused before the run folder is touched
+    other = [*TINY, "--max_iters", "6", "--resume", str(tmp_path / "part" / "last.pt"), "--teacher.strict_thr", "0.5"]
+    assert_resume_refused(lambda: main(parse_args(other)), tmp_path / "part", "teacher.strict_thr")
 
 
 @pytest.mark.slow

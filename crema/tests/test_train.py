@@ -20,7 +20,7 @@ from crema.model import create_model
 from crema.train import build_nets, main, parse_args
 from shared.checkpoint import load_checkpoint
 from shared.distributed import DistContext
-from shared.testing import assert_same_tensors
+from shared.testing import assert_resume_refused, assert_same_tensors
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIGITS = str(CONFIGS / "digits_sym50.yaml")
@@ -84,6 +84,10 @@ def test_resumed_run_ends_bit_identical(tmp_path):
     assert full["epoch"] == resumed["epoch"] == 6
     for key in ("net1", "opt1", "memories", "updates", "tracker", "step"):
         assert_same_tensors(full[key], resumed[key], key)
+    # a resume with another method setting is refused before the run folder is touched
+    last = str(tmp_path / "part" / "last.pt")
+    other = ("--tensorboard", "false", "--resume", last, "--method.p_threshold", "0.7")
+    assert_resume_refused(lambda: _run(tmp_path / "part", *other), tmp_path / "part", "method.p_threshold")
 
 
 def test_two_co_divided_networks(tmp_path):

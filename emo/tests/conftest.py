@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from shared.checkpoint import load_checkpoint
-from shared.testing import single_torch_thread, synthetic_root  # noqa: F401  (autouse; temporary data root)
+from shared.testing import assert_resume_refused, single_torch_thread, synthetic_root  # noqa: F401  (autouse; temporary data root)
 
 
 class Killed(Exception):
@@ -31,6 +31,8 @@ def cut_and_resume(tmp_path):
             main(dataclasses.replace(cfg, output_dir=str(cut)), **{hook: kill})
         at_cut = load_checkpoint(cut / 'last.pt')
         main(dataclasses.replace(cfg, output_dir=str(cut), resume=str(cut / 'last.pt')))
+        other = dataclasses.replace(cfg, output_dir=str(cut), resume=str(cut / 'last.pt'), window_size=3)
+        assert_resume_refused(lambda: main(other), cut, 'window_size')  # another backbone setting
         return load_checkpoint(tmp_path / 'full' / 'last.pt'), at_cut, load_checkpoint(cut / 'last.pt')
 
     return run

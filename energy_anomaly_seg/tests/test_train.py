@@ -10,7 +10,7 @@ import torch
 from energy_anomaly_seg import eval as eval_module
 from energy_anomaly_seg import train as train_module
 from energy_anomaly_seg import train_segmentor
-from shared.testing import assert_same_tensors
+from shared.testing import assert_resume_refused, assert_same_tensors
 
 TINY = [
     "--model.variant",
@@ -121,6 +121,13 @@ def test_resumed_runs_end_where_an_uninterrupted_run_does(tmp_path, tiny_args, k
         again = torch.load(resumed / "last.pt", weights_only=True)
         assert_same_tensors(final["model"], again["model"], checkpoint)
         assert_same_tensors(final["pool"], again["pool"], checkpoint)
+    # a resume with another objective is refused before the run folder is touched
+    other = [*tiny_args, "--eval.datasets", "--resume", str(full / "ood_head_2.pt"), "--objective.margin", "3"]
+    assert_resume_refused(lambda: train(other), full, "objective.margin")
+    # ... but not from the segmentor phase, where no OoD head has been trained yet (the evidence rows branch there)
+    other[other.index("--resume") + 1] = str(full / "segmentor_2.pt")
+    train([*other, "--output_dir", str(tmp_path / "branch")])
+    assert (tmp_path / "branch" / "last.pt").is_file()
 
 
 def test_pools_are_saved_per_process_and_each_restores_its_own():

@@ -5,7 +5,7 @@ import torch
 
 from lsfa import train as lsfa_train
 from lsfa.tests.test_train import TINY
-from shared.testing import assert_same_tensors
+from shared.testing import assert_resume_refused, assert_same_tensors
 
 
 def test_resumed_training_equals_an_uninterrupted_one(tmp_path, monkeypatch):
@@ -39,6 +39,9 @@ def test_resumed_training_equals_an_uninterrupted_one(tmp_path, monkeypatch):
         assert_same_tensors(straight[key], resumed[key], key)
     assert straight["optimizer"]["state"], "the optimizer state was saved"
     assert isinstance(first["queues"], list) and len(first["queues"]) == 1  # one process: its own queues
+    # a resume with another loss is refused before the run folder is touched
+    other = [*args, "--resume", str(tmp_path / "first" / "last.pt"), "--loss.temperature", "0.5"]
+    assert_resume_refused(lambda: lsfa_train.main(lsfa_train.parse_args(other)), tmp_path / "first", "loss.temperature")
 
     # a last.pt written before the per-rank layout (one queue state, not a list) still resumes, to the same end
     old = {**first, "queues": first["queues"][0]}

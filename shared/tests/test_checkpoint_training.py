@@ -299,3 +299,31 @@ def test_a_resume_with_another_model_is_refused_naming_the_keys(tmp_path):
         check_resume_config("last.pt", stored, {**stored, "model": {"arch": "frih", "depth": 4}}, ["model", "data"])
     with pytest.raises(RunDirError, match="data.root"):
         check_resume_config("last.pt", stored, {**stored, "data": {"root": "b"}}, ["model", "data"])
+
+
+def test_load_resume_state_compares_the_sections_the_config_names(tmp_path):
+    import dataclasses
+    from typing import ClassVar
+
+    from shared.checkpoint import CheckpointError, load_resume_state, save_checkpoint, training_state
+    from shared.config import RunConfig
+    from shared.logger import RunDirError
+
+    @dataclasses.dataclass
+    class Cfg(RunConfig):
+        RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("model",)
+        RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset({"model.weights"})
+        model: dict = dataclasses.field(default_factory=lambda: {"arch": "a", "weights": "w.pt"})
+        epochs: int = 1
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(training_state("pkg", Cfg(), step=3), path)
+    assert load_resume_state(Cfg(), "pkg") is None  # no --resume
+    state = load_resume_state(Cfg(resume=str(path), epochs=5, threads=2, seed=1), "pkg", required=("step",))
+    assert state["step"] == 3  # more epochs and run-level keys may change
+    moved = Cfg(resume=str(path), model={"arch": "a", "weights": "/elsewhere/w.pt"})
+    assert load_resume_state(moved, "pkg")["step"] == 3  # and so may a free key
+    with pytest.raises(RunDirError, match=r"last.pt was trained with other settings \(model.arch\)"):
+        load_resume_state(Cfg(resume=str(path), model={"arch": "b", "weights": "w.pt"}), "pkg")
+    with pytest.raises(CheckpointError, match="not a other checkpoint"):
+        load_resume_state(Cfg(resume=str(path)), "other")

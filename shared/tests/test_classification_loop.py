@@ -11,7 +11,7 @@ from timm.models import register_model
 
 from shared.checkpoint import load_checkpoint
 from shared.classification import ClassificationConfig, DataConfig, run_classification
-from shared.testing import assert_same_tensors, run_torchrun, write_tiny_imagefolder
+from shared.testing import assert_resume_refused, assert_same_tensors, run_torchrun, write_tiny_imagefolder
 from shared.training import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,6 +84,14 @@ def test_resume_after_kill_is_bit_identical(tiny_folder, tmp_path):
     metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert metrics["evaluated"] == "ema" and 0 <= metrics["best_top1"] <= 100
     assert (tmp_path / "full" / "config.yaml").is_file() and (tmp_path / "full" / "best.pt").is_file()
+
+    # a resume with another network is refused before anything of the run is touched
+    last = str(tmp_path / "cut" / "last.pt")
+    assert_resume_refused(
+        lambda: run_classification(tiny_cfg(tiny_folder, tmp_path / "cut", resume=last, drop_path=0.2), "test"),
+        tmp_path / "cut",
+        "drop_path",
+    )
 
 
 POISON = {"on": False}

@@ -192,6 +192,21 @@ def test_every_training_script_parses_to_a_run_config(package):
 
 
 @pytest.mark.parametrize("package", PAPER_PACKAGES)
+def test_every_training_config_names_what_a_resume_may_not_change(package):
+    """Each training script's config declares its own ``RESUME_SECTIONS`` (RunConfig's empty default is not
+    inherited by accident), and every section it names is one of its fields."""
+    for path in sorted((REPO / package).glob("train*.py")):
+        cfg = importlib.import_module(_module_name(path, REPO)).parse_args([])
+        declared_below_run_config = any(
+            "RESUME_SECTIONS" in vars(c) for c in type(cfg).__mro__[: type(cfg).__mro__.index(RunConfig)]
+        )
+        assert declared_below_run_config, f"{path.relative_to(REPO)}: {type(cfg).__name__} declares no RESUME_SECTIONS"
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        unknown = [s for s in type(cfg).RESUME_SECTIONS if s not in fields]
+        assert unknown == [], f"{type(cfg).__name__}.RESUME_SECTIONS names no field: {unknown}"
+
+
+@pytest.mark.parametrize("package", PAPER_PACKAGES)
 def test_every_training_script_prints_its_help(package, capsys):
     for path in sorted((REPO / package).glob("train*.py")):
         module = importlib.import_module(_module_name(path, REPO))

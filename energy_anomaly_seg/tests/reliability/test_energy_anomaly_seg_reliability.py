@@ -14,6 +14,7 @@ from energy_anomaly_seg import train_segmentor
 from energy_anomaly_seg.tests.test_train import TINY
 from shared.checkpoint import CheckpointError, find_nonfinite, load_checkpoint
 from shared.logger import RunDirError
+from shared.testing import assert_resume_refused
 from shared.training import NonFiniteLossError
 
 PACKAGE_ERROR = "not a (energy_anomaly_seg|train.py) checkpoint"
@@ -68,7 +69,24 @@ def test_resume_and_eval_refuse_what_is_not_a_checkpoint_before_anything_is_writ
 def segmentor_checkpoint(tmp_path_factory) -> Path:
     """train_segmentor.py's last.pt (a segmentor without OoD head) and train.py's segmentor-phase last.pt."""
     root = tmp_path_factory.mktemp("eas_reliability")
-    seg_args = [
+    train_segmentor.main(
+        train_segmentor.parse_args(
+            [
+                *_segmentor_args(root),
+                "--output_dir",
+                str(root / "segmentor"),
+                "--optim.iters",
+                "1",
+                "--allow_random_init",
+            ]
+        )
+    )
+    return root / "segmentor" / "last.pt"
+
+
+def _segmentor_args(root: Path) -> list[str]:
+    """train_segmentor.py's tiny settings on the synthetic scenes under ``root``."""
+    return [
         *TINY[: TINY.index("--segmentor.train.iters")],
         "--synthetic.root",
         str(root / "synthetic"),
@@ -77,12 +95,12 @@ def segmentor_checkpoint(tmp_path_factory) -> Path:
         "--data.num_workers",
         "0",
     ]
-    train_segmentor.main(
-        train_segmentor.parse_args(
-            [*seg_args, "--output_dir", str(root / "segmentor"), "--optim.iters", "1", "--allow_random_init"]
-        )
-    )
-    return root / "segmentor" / "last.pt"
+
+
+def test_a_segmentor_resume_with_another_network_is_refused_before_writing(segmentor_checkpoint):
+    args = [*_segmentor_args(segmentor_checkpoint.parents[1]), "--resume", str(segmentor_checkpoint), "--optim.iters"]
+    other = train_segmentor.parse_args([*args, "2", "--allow_random_init", "--model.segmentor_dropout_in_train"])
+    assert_resume_refused(lambda: train_segmentor.main(other), segmentor_checkpoint.parent, "model")
 
 
 def test_a_segmentor_file_is_refused_as_a_sleeg_resume_and_evaluation(tmp_path, tiny_args, segmentor_checkpoint):

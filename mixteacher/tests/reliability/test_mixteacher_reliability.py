@@ -359,7 +359,7 @@ def test_embedded_synthetic_set_gets_its_split_with_a_recipe():
 
 
 def test_resume_with_another_detector_or_without_its_recipe_is_refused_before_writing(finished_run, tmp_path):
-    """``--resume`` compares the command line's config with the checkpoint's (train.RESUME_SECTIONS): another
+    """``--resume`` compares the command line's config with the checkpoint's (TrainConfig.RESUME_SECTIONS): another
     detector, or a resume that forgot its ``-c`` recipe, is refused naming the key, and the run folder is untouched."""
     last = finished_run / "last.pt"
     before = _snapshot(finished_run)
