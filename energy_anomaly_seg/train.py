@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from energy_anomaly_seg import train_segmentor
@@ -45,17 +44,22 @@ from shared.checkpoint import (
     training_state,
 )
 from shared.config import config_to_dict, save_config, script_parser
-from shared.distributed import DistContext, cleanup_distributed, init_distributed, seed_everything
+from shared.distributed import (
+    DistContext,
+    cleanup_distributed,
+    gather_rank_states,
+    init_distributed,
+    own_rank_entry,
+    seed_everything,
+)
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
 from shared.training import autocast, check_finite_parameters, make_grad_scaler, optimizer_step
 
 __all__ = [
     "TrainConfig",
     "evaluate",
-    "gather_pool_states",
     "main",
     "make_pool",
-    "own_rank_pool",
     "parse_args",
     "read_resume_state",
     "run_phases",
@@ -88,26 +92,6 @@ def make_pool(cfg: AnomalyConfig) -> AnomalyPatchPool:
         hull_points=cfg.hull_points,
         harris_k=cfg.harris_k,
     )
-
-
-def gather_pool_states(pool: AnomalyPatchPool, ctx: DistContext) -> list[dict] | None:
-    """Every process's crop-pool state (``AnomalyPatchPool.state_dict``, CPU tensors) on rank 0, in rank order;
-    ``None`` on the other ranks; a list of one in one process. Collective under torchrun: every rank calls it."""
-    state = pool.state_dict()
-    if not ctx.distributed:
-        return [state]
-    gathered: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
-    dist.gather_object(state, gathered, dst=0)
-    return gathered
-
-
-def own_rank_pool(saved: list[dict] | dict, rank: int) -> dict:
-    """This process's pool state from a checkpoint's ``pool`` entry: entry ``rank`` of the per-rank list. A
-    checkpoint written before the per-rank layout holds one pool (rank 0's): every rank restores it, as before; one
-    written by fewer processes gives the extra ranks rank 0's pool."""
-    if isinstance(saved, dict):
-        return saved
-    return saved[rank] if rank < len(saved) else saved[0]
 
 
 def _checked_resume_state(cfg: TrainConfig) -> dict[str, Any]:
@@ -275,7 +259,7 @@ class HeadTraining:
         pastes from its own). Collective (gathers the pools) unless ``pools``, gathered already, is given."""
         check_finite_parameters(run.model.patch_head, iteration - 1, "OoD head")  # BN statistics included
         if pools is None:
-            pools = gather_pool_states(self.pool, run.ctx)
+            pools = gather_rank_states(self.pool.state_dict(), run.ctx)
         run.save(
             name,
             phase="ood_head",
@@ -322,7 +306,9 @@ def train_steps(run: Run, training: HeadTraining, batches: Iterator[dict], start
         if train_segmentor.is_due(done, cfg.checkpoint_interval, iters):
             training.checkpoint(run, done)
         if cfg.eval_interval and done % cfg.eval_interval == 0 and done < iters:
-            pools = gather_pool_states(training.pool, ctx)  # every rank: best.pt is written by rank 0 alone
+            pools = gather_rank_states(
+                training.pool.state_dict(), ctx
+            )  # every rank: best.pt is written by rank 0 alone
             if ctx.is_main:
                 _keep_best(run, training, done, pools)
                 model.train()
@@ -360,7 +346,7 @@ def train_ood_head(run: Run, state: dict[str, Any] | None) -> None:
     start = int(state["iteration"]) if state is not None else 0
     batches = build_train_loader(cfg.data, cfg.synthetic, ctx, cfg.seed + 1, start)  # before the RNG restore
     if state is not None:
-        training.pool.load_state_dict(own_rank_pool(state["pool"], ctx.rank), ctx.device)
+        training.pool.load_state_dict(own_rank_entry(state["pool"], ctx.rank), ctx.device)
         saved_pools = 1 if isinstance(state["pool"], dict) else len(state["pool"])
         if saved_pools < ctx.world_size:
             run.logger.info(

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
@@ -42,7 +41,9 @@ from shared.distributed import (
     all_reduce_gradients,
     broadcast_module,
     cleanup_distributed,
+    gather_rank_states,
     init_distributed,
+    own_rank_entry,
     seed_everything,
 )
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
@@ -56,9 +57,7 @@ __all__ = [
     "cache_training_features",
     "check_batch_split",
     "evaluate",
-    "gather_rank_states",
     "main",
-    "own_rank_entry",
     "parse_args",
     "train_one_epoch",
 ]
@@ -90,54 +89,6 @@ def check_batch_split(batch_size: int, world_size: int) -> None:
             f"divisible by their number (each process takes batch_size / {world_size} images); pass e.g. "
             f"--data.batch_size {max(1, batch_size // world_size) * world_size}"
         )
-
-
-def _tensor_leaves(state: dict, prefix: tuple = ()) -> list[tuple[tuple, torch.Tensor]]:
-    out = []
-    for key, value in state.items():
-        if isinstance(value, dict):
-            out.extend(_tensor_leaves(value, (*prefix, key)))
-        elif isinstance(value, torch.Tensor):
-            out.append(((*prefix, key), value))
-        else:
-            raise TypeError(f"gather_rank_states: {'.'.join(map(str, (*prefix, key)))} is not a tensor")
-    return out
-
-
-def gather_rank_states(state: dict, ctx: DistContext) -> list[dict] | None:
-    """Every process's ``state`` (a nested dict of tensors of the same keys, shapes and dtypes on every rank, e.g.
-    the IFC queues) on rank 0, in rank order; ``None`` on the other ranks; ``[state]`` in one process. Collective:
-    every rank calls it. Rank 0's entry is its own state; the others arrive one tensor at a time by point-to-point
-    messages (as CPU copies), so rank 0 never holds more than one foreign tensor on its device."""
-    if not ctx.distributed:
-        return [state]
-    leaves = _tensor_leaves(state)
-    wire = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    gathered: list[dict] | None = [state] if ctx.is_main else None
-    for src in range(1, ctx.world_size):
-        if ctx.rank == src:
-            for _, tensor in leaves:
-                dist.send(tensor.detach().to(wire).contiguous(), dst=0)
-        elif ctx.is_main:
-            received: dict = {}
-            for path, tensor in leaves:
-                buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device=wire)
-                dist.recv(buffer, src=src)
-                node = received
-                for key in path[:-1]:
-                    node = node.setdefault(key, {})
-                node[path[-1]] = buffer.cpu()
-            gathered.append(received)
-    return gathered
-
-
-def own_rank_entry(entries: list | dict, rank: int) -> dict:
-    """This process's part of a per-rank checkpoint entry (:func:`gather_rank_states`): entry ``rank``. A checkpoint
-    written before the per-rank layout holds one state (rank 0's): every rank restores it, as before; a checkpoint
-    written by fewer processes than now resume it gives the extra ranks rank 0's entry."""
-    if isinstance(entries, dict):
-        return entries
-    return entries[rank] if rank < len(entries) else entries[0]
 
 
 class _ClassLabelled(Dataset):
@@ -212,7 +163,7 @@ class AdaptorTraining:
             save_checkpoint(self.state(cfg), path)
 
     def resume(self, state: dict, rank: int = 0) -> None:
-        """Restore ``state``; this process takes its own entry of the per-rank queues (:func:`own_rank_entry`)."""
+        """Restore ``state``; this process takes its own entry of the per-rank queues (``own_rank_entry``)."""
         restore_training_state(state, **self._components())
         self.queues.load_state_dict(own_rank_entry(state["queues"], rank))
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])

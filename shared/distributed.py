@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +29,13 @@ __all__ = [
     "barrier",
     "broadcast_module",
     "cleanup_distributed",
+    "gather_rank_states",
     "get_rank",
     "get_world_size",
     "init_distributed",
     "is_main_process",
     "loader_seed",
+    "own_rank_entry",
     "seed_everything",
     "seed_worker",
 ]
@@ -113,6 +115,78 @@ def all_gather_objects(obj: Any) -> list[Any]:
     parts: list[Any] = [None] * world
     dist.all_gather_object(parts, obj)
     return parts
+
+
+@dataclass(frozen=True)
+class _TensorSlot:
+    """Where a tensor stood in a state sent by :func:`gather_rank_states` (its shape and dtype; the data follows)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _split_tensors(obj: Any, tensors: list[torch.Tensor]) -> Any:
+    """``obj`` with every tensor replaced by a :class:`_TensorSlot`; the tensors go to ``tensors``, in order."""
+    if isinstance(obj, torch.Tensor):
+        tensors.append(obj)
+        return _TensorSlot(tuple(obj.shape), obj.dtype)
+    if isinstance(obj, dict):
+        return {k: _split_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_split_tensors(v, tensors) for v in obj)
+    return obj
+
+
+def _fill_slots(obj: Any, make: Callable[[_TensorSlot], torch.Tensor]) -> Any:
+    """The inverse of :func:`_split_tensors`: each slot of ``obj`` replaced by ``make(slot)``, in the same order."""
+    if isinstance(obj, _TensorSlot):
+        return make(obj)
+    if isinstance(obj, dict):
+        return {k: _fill_slots(v, make) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_fill_slots(v, make) for v in obj)
+    return obj
+
+
+def gather_rank_states(state: Any, ctx: DistContext) -> list[Any] | None:
+    """Every process's ``state`` (nested dicts, lists and tuples of tensors and plain values, e.g. a feature queue or
+    a crop pool) on rank 0, in rank order; ``None`` on the other ranks; ``[state]`` in one process. Collective: every
+    rank calls it.
+
+    Rank 0's entry is its own state. Of the others, the structure, the plain values and each tensor's shape and dtype
+    travel as one small object (``gather_object``); the tensors follow one at a time by point-to-point messages and
+    arrive as CPU tensors, so a GB-sized state is never pickled and rank 0 holds at most one foreign tensor on its
+    device. Shapes may differ between ranks."""
+    if not ctx.distributed:
+        return [state]
+    tensors: list[torch.Tensor] = []
+    skeleton = _split_tensors(state, tensors)
+    skeletons: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(skeleton, skeletons, dst=0)
+    wire = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    gathered: list[Any] | None = [state] if ctx.is_main else None
+    for src in range(1, ctx.world_size):
+        if ctx.rank == src:
+            for tensor in tensors:
+                dist.send(tensor.detach().to(wire).contiguous(), dst=0)
+        elif ctx.is_main:
+
+            def receive(slot: _TensorSlot, src: int = src) -> torch.Tensor:
+                buffer = torch.empty(slot.shape, dtype=slot.dtype, device=wire)
+                dist.recv(buffer, src=src)
+                return buffer.cpu()
+
+            gathered.append(_fill_slots(skeletons[src], receive))
+    return gathered
+
+
+def own_rank_entry(entries: list[Any] | Any, rank: int) -> Any:
+    """This process's part of a per-rank checkpoint entry (a :func:`gather_rank_states` list): entry ``rank``. An
+    entry that is not a list (written before the per-rank layout: rank 0's state alone) is every rank's, as it was
+    then; a list written by fewer processes than now resume it gives the extra ranks rank 0's entry."""
+    if not isinstance(entries, list):
+        return entries
+    return entries[rank] if rank < len(entries) else entries[0]
 
 
 def barrier() -> None:

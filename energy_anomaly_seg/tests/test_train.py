@@ -131,17 +131,17 @@ def test_resumed_runs_end_where_an_uninterrupted_run_does(tmp_path, tiny_args, k
 
 
 def test_pools_are_saved_per_process_and_each_restores_its_own():
-    from shared.distributed import DistContext
+    from shared.distributed import DistContext, gather_rank_states, own_rank_entry
 
     pool = train_module.make_pool(train_module.parse_args([]).anomalies)
     one = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    gathered = train_module.gather_pool_states(pool, one)
+    gathered = gather_rank_states(pool.state_dict(), one)
     assert isinstance(gathered, list) and len(gathered) == 1 and gathered[0]["count"] == 0
     pools = [{"count": r} for r in range(3)]
-    assert [train_module.own_rank_pool(pools, r)["count"] for r in range(3)] == [0, 1, 2]
-    assert train_module.own_rank_pool(pools[:1], 2)["count"] == 0  # written by fewer processes: rank 0's
+    assert [own_rank_entry(pools, r)["count"] for r in range(3)] == [0, 1, 2]
+    assert own_rank_entry(pools[:1], 2)["count"] == 0  # written by fewer processes: rank 0's
     old = {"count": 5}  # the layout before per-rank pools: rank 0's pool, restored by every rank
-    assert train_module.own_rank_pool(old, 1) is old
+    assert own_rank_entry(old, 1) is old
 
 
 @pytest.mark.slow

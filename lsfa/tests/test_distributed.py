@@ -7,7 +7,7 @@ import torch
 from lsfa import train as lsfa_train
 from lsfa.adaptation import AdaptationQueues
 from lsfa.tests import ddp_loss_worker
-from shared.distributed import DistContext
+from shared.distributed import DistContext, gather_rank_states, own_rank_entry
 from shared.testing import assert_same_tensors, run_torchrun
 
 
@@ -29,12 +29,12 @@ def test_queues_are_saved_per_process_and_each_restores_its_own():
     queues = AdaptationQueues(2, 4, 3, patch_capacity=5, global_capacity=2)
     queues.rgb.push(1, torch.ones(2, 3))
     state = queues.state_dict()
-    assert lsfa_train.gather_rank_states(state, _ctx(1)) == [state]  # one process: a list of one
+    assert gather_rank_states(state, _ctx(1)) == [state]  # one process: a list of one
     entries = [{"rank": torch.tensor(r)} for r in range(3)]
-    assert [int(lsfa_train.own_rank_entry(entries, r)["rank"]) for r in range(3)] == [0, 1, 2]
-    assert int(lsfa_train.own_rank_entry(entries[:1], 2)["rank"]) == 0  # fewer entries than ranks: rank 0's
+    assert [int(own_rank_entry(entries, r)["rank"]) for r in range(3)] == [0, 1, 2]
+    assert int(own_rank_entry(entries[:1], 2)["rank"]) == 0  # fewer entries than ranks: rank 0's
     old = {"rank": torch.tensor(0)}  # the layout before per-rank queues: one state (rank 0's) for every rank
-    assert lsfa_train.own_rank_entry(old, 1) is old
+    assert own_rank_entry(old, 1) is old
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""shared.distributed.broadcast_module / all_reduce_gradients on two gloo processes: after them every rank holds
-rank 0's weights and the mean of the ranks' gradients (what DDP does), for loops whose loss bypasses a DDP forward."""
+"""shared.distributed on two gloo processes: after broadcast_module / all_reduce_gradients every rank holds
+rank 0's weights and the mean of the ranks' gradients (what DDP does), for loops whose loss bypasses a DDP forward;
+gather_rank_states brings every rank's state (shapes differing by rank) to rank 0."""
 
 import pytest
 import torch
@@ -37,3 +38,43 @@ def test_two_ranks_hold_rank_0s_weights_and_the_mean_gradient():
     # d sum / d W = sum over the 4 rows of x: rank 0 rows of 1s -> 4, rank 1 rows of 2s -> 8; the mean is 6
     assert torch.equal(gw0, torch.full((2, 3), 6.0)) and torch.equal(gw0, gw1)
     assert torch.equal(gb0, torch.full((2,), 2.0)) and torch.equal(gb0, gb1)  # (4 + 0) / 2
+
+
+def _rank_state(rank: int) -> dict:
+    """A per-rank state with nested dicts, lists, tuples, plain values and tensors whose shapes differ by rank."""
+    return {
+        "queue": {"features": torch.arange(6 * (rank + 1), dtype=torch.float16).view(-1, 3), "ptr": rank},
+        "pool": [torch.full((rank + 1,), rank, dtype=torch.int64), (torch.empty(0), "tag")],
+        "count": 10 + rank,
+    }
+
+
+def _gather_worker(rank: int, port: int, results) -> None:
+    from shared.distributed import DistContext, gather_rank_states
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        ctx = DistContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
+        results[rank] = gather_rank_states(_rank_state(rank), ctx)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_gather_rank_states_brings_every_ranks_state_to_rank_0():
+    from shared.testing import assert_same_tensors
+
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_gather_worker, args=(free_port(), results), nprocs=2, join=True)
+    assert results[1] is None  # only rank 0 receives
+    gathered = results[0]
+    assert len(gathered) == 2
+    for rank in range(2):
+        expected = _rank_state(rank)
+        assert_same_tensors(gathered[rank]["queue"]["features"], expected["queue"]["features"], f"rank {rank}")
+        assert gathered[rank]["queue"]["ptr"] == rank and gathered[rank]["count"] == 10 + rank
+        assert_same_tensors(gathered[rank]["pool"][0], expected["pool"][0], f"rank {rank}")
+        assert isinstance(gathered[rank]["pool"][1], tuple) and gathered[rank]["pool"][1][1] == "tag"
+        assert gathered[rank]["pool"][1][0].shape == (0,)
