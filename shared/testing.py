@@ -29,6 +29,7 @@ __all__ = [
     "assert_resume_refused",
     "assert_same_tensors",
     "free_port",
+    "on_gloo_ranks",
     "random_state_dict",
     "run_module",
     "run_torchrun",
@@ -150,6 +151,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _gloo_rank(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, results: Any) -> None:
+    import torch.distributed as dist
+
+    from shared.distributed import DistContext
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        results[rank] = fn(DistContext(rank, world_size, rank, torch.device("cpu")), *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_gloo_ranks(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[Any]:
+    """``fn(ctx, *args)`` in ``world_size`` spawned processes joined by a gloo process group (``ctx``: the rank's CPU
+    :class:`shared.distributed.DistContext`); returns each rank's (picklable) result, in rank order. ``fn`` must be
+    a module-level function (spawn pickles it)."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_gloo_rank, args=(world_size, free_port(), fn, args, results), nprocs=world_size, join=True)
+        return [results[rank] for rank in range(world_size)]
 
 
 def run_torchrun(module: str, args: Sequence[str], nproc: int = 2, timeout: float = 600) -> str:

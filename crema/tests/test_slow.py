@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from crema.coarse_to_fine import CremaTrainer
@@ -16,7 +14,7 @@ from crema.credibility import CredibilityMemory, credibility, modulation_weights
 from crema.data import build_task
 from crema.train import main, parse_args
 from shared.distributed import DistContext
-from shared.testing import free_port, run_torchrun
+from shared.testing import on_gloo_ranks, run_torchrun
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "configs" / "digits_sym50.yaml")
 
@@ -40,34 +38,27 @@ def test_torchrun_two_processes(tmp_path):
     assert metrics["test_acc_last"] > 80
 
 
-def _bn_rank_worker(rank: int, port: int, results) -> None:
+def _bn_rank(ctx: DistContext) -> tuple:
     """One gloo rank: a network with BatchNorm whose running statistics differ per rank, as after a DDP epoch
     (DDP broadcasts buffers only when a training forward starts), then the credibility pass and the test."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
-        cfg = parse_args(["-c", DIGITS, "--method.credibility", "agreement"])
-        task = build_task(cfg.data, None)
-        trainer = CremaTrainer([net], task, cfg, DistContext(rank, 2, rank, torch.device("cpu")), None)
-        with torch.no_grad():  # after trainer construction (DDP's constructor broadcasts once)
-            net[2].running_mean.add_(rank)
-            net[2].running_var.mul_(1 + 3 * rank)
-        indices = torch.arange(len(task.noisy_labels))
-        probs = trainer.credibility_pass(0, indices)
-        memory = trainer.memories[0]
-        results[rank] = (probs, memory.last().clone(), memory.predictions.clone(), trainer.test())
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    cfg = parse_args(["-c", DIGITS, "--method.credibility", "agreement"])
+    task = build_task(cfg.data, None)
+    trainer = CremaTrainer([net], task, cfg, ctx, None)
+    with torch.no_grad():  # after trainer construction (DDP's constructor broadcasts once)
+        net[2].running_mean.add_(ctx.rank)
+        net[2].running_var.mul_(1 + 3 * ctx.rank)
+    indices = torch.arange(len(task.noisy_labels))
+    probs = trainer.credibility_pass(0, indices)
+    memory = trainer.memories[0]
+    return probs, memory.last().clone(), memory.predictions.clone(), trainer.test()
 
 
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_ranks_with_diverged_batchnorm_buffers_make_the_same_credibility_pass():
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_bn_rank_worker, args=(free_port(), results), nprocs=2, join=True)
-    (p0, c0, a0, t0), (p1, c1, a1, t1) = results[0], results[1]
+    (p0, c0, a0, t0), (p1, c1, a1, t1) = on_gloo_ranks(_bn_rank)
     assert torch.equal(p0, p1) and torch.equal(c0, c1) and torch.equal(a0, a1) and t0 == t1
     # and they are rank 0's: the unperturbed network's predictions
     torch.manual_seed(0)

@@ -190,31 +190,24 @@ def test_frih_stage1_starts_from_the_base_networks_initialisation(stage1):
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in frih.stage1.state_dict().items())
 
 
-def _ddp_worker(rank: int, port: int, overrides: dict, results) -> None:
+def _ddp_steps(ctx, overrides: dict) -> str:
     """Two training steps of a tiny FRIH under DDP as train.py wraps it (gloo, CPU); records whether they ran."""
-    import torch.distributed as dist
-
     from frih.config import Config
     from frih.train import build_criterion, wrap_for_training
     from shared.config import config_from_dict
-    from shared.distributed import DistContext
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         cfg = config_from_dict(Config, overrides)
         torch.manual_seed(0)
         model = build_model(cfg.model)
-        ctx = DistContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
         wrapped, criterion = wrap_for_training(model, cfg, ctx), build_criterion(cfg.loss)
-        image, _, mask = _batch(seed=rank)
+        image, _, mask = _batch(seed=ctx.rank)
         for _ in range(2):  # DDP's reduction check fires at the second forward
             criterion(wrapped(image, mask), image.flip(-1), mask)[0].backward()
-        results[rank] = "ok"
+        return "ok"
     except RuntimeError as err:
-        results[rank] = str(err)[:300]
-    finally:
-        dist.destroy_process_group()
+        return str(err)[:300]
 
 
 @pytest.mark.slow
@@ -222,17 +215,10 @@ def _ddp_worker(rank: int, port: int, overrides: dict, results) -> None:
 def test_ddp_trains_the_no_fpm_parallel_ablation_without_the_per_module_loss():
     """--model.use_fpm false --model.cascade parallel --loss.module_weight 0: modules 0..K-2 get no gradient, so
     train.py must wrap with find_unused_parameters=True (it used to pass False and DDP failed its reduction check)."""
-    import socket
+    from shared.testing import on_gloo_ranks
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
     overrides = {
         "model": {"stage1_ch": 4, "module_ch": 4, "fpm_ch": 8, "use_fpm": False, "cascade": "parallel"},
         "loss": {"module_weight": 0.0},
     }
-    mp.spawn(_ddp_worker, args=(port, overrides, results), nprocs=2, join=True)
-    assert dict(results) == {0: "ok", 1: "ok"}
+    assert on_gloo_ranks(_ddp_steps, overrides) == ["ok", "ok"]

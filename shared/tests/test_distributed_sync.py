@@ -4,35 +4,26 @@ gather_rank_states brings every rank's state (shapes differing by rank) to rank 
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from shared.distributed import all_reduce_gradients, broadcast_module
-from shared.testing import free_port
+from shared.distributed import DistContext, all_reduce_gradients, broadcast_module, gather_rank_states
+from shared.testing import assert_same_tensors, on_gloo_ranks
 
 
-def _worker(rank: int, port: int, results) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(100 + rank)  # different initialisation on each rank, as seed_everything(seed, rank) gives
-        layer = torch.nn.Linear(3, 2)
-        broadcast_module(layer)
-        x = torch.full((4, 3), float(rank + 1))  # different data per rank
-        layer(x).sum().backward()
-        layer.bias.grad = None if rank == 1 else layer.bias.grad  # a parameter without a gradient counts as zero
-        all_reduce_gradients(layer.parameters())
-        results[rank] = (layer.weight.detach().clone(), layer.weight.grad.clone(), layer.bias.grad.clone())
-    finally:
-        dist.destroy_process_group()
+def _sync_rank(ctx: DistContext) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(100 + ctx.rank)  # different initialisation on each rank, as seed_everything(seed, rank) gives
+    layer = torch.nn.Linear(3, 2)
+    broadcast_module(layer)
+    x = torch.full((4, 3), float(ctx.rank + 1))  # different data per rank
+    layer(x).sum().backward()
+    layer.bias.grad = None if ctx.rank == 1 else layer.bias.grad  # a parameter without a gradient counts as zero
+    all_reduce_gradients(layer.parameters())
+    return layer.weight.detach().clone(), layer.weight.grad.clone(), layer.bias.grad.clone()
 
 
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_two_ranks_hold_rank_0s_weights_and_the_mean_gradient():
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_worker, args=(free_port(), results), nprocs=2, join=True)
-    (w0, gw0, gb0), (w1, gw1, gb1) = results[0], results[1]
+    (w0, gw0, gb0), (w1, gw1, gb1) = on_gloo_ranks(_sync_rank)
     torch.manual_seed(100)
     assert torch.equal(w0, torch.nn.Linear(3, 2).weight.detach()) and torch.equal(w0, w1)
     # d sum / d W = sum over the 4 rows of x: rank 0 rows of 1s -> 4, rank 1 rows of 2s -> 8; the mean is 6
@@ -49,28 +40,15 @@ def _rank_state(rank: int) -> dict:
     }
 
 
-def _gather_worker(rank: int, port: int, results) -> None:
-    from shared.distributed import DistContext, gather_rank_states
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        ctx = DistContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
-        results[rank] = gather_rank_states(_rank_state(rank), ctx)
-    finally:
-        dist.destroy_process_group()
+def _gather_rank(ctx: DistContext) -> list | None:
+    return gather_rank_states(_rank_state(ctx.rank), ctx)
 
 
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_gather_rank_states_brings_every_ranks_state_to_rank_0():
-    from shared.testing import assert_same_tensors
-
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_gather_worker, args=(free_port(), results), nprocs=2, join=True)
-    assert results[1] is None  # only rank 0 receives
-    gathered = results[0]
-    assert len(gathered) == 2
+    gathered, on_rank_1 = on_gloo_ranks(_gather_rank)
+    assert on_rank_1 is None and len(gathered) == 2  # only rank 0 receives
     for rank in range(2):
         expected = _rank_state(rank)
         assert_same_tensors(gathered[rank]["queue"]["features"], expected["queue"]["features"], f"rank {rank}")
