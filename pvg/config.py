@@ -89,12 +89,12 @@ class MaskRCNNConfig(RunConfig):
 
     ``eval_interval`` and ``checkpoint_interval`` count epochs."""
 
-    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector (``graph_mode`` may: both
+    #: paths compute the same graph)
     RESUME_SECTIONS: ClassVar[tuple[str, ...]] = (
         "model",
         "num_classes",
         "drop_path",
-        "graph_mode",
         "frozen_stages",
         "norm_eval",
         "fpn_channels",

@@ -207,5 +207,5 @@ def test_train_det_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
     a = torch.load(tmp_path / 'full' / 'last.pt', weights_only=True)['model']
     b = torch.load(tmp_path / 'cut' / 'last.pt', weights_only=True)['model']
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    other = [*args, '--resume', str(tmp_path / 'cut' / 'last.pt'), '--graph_mode', 'dense']
-    assert_resume_refused(lambda: train_det.main(train_det.parse_args(other)), tmp_path / 'cut', 'graph_mode')
+    other = [*args, '--resume', str(tmp_path / 'cut' / 'last.pt'), '--frozen_stages', '2']
+    assert_resume_refused(lambda: train_det.main(train_det.parse_args(other)), tmp_path / 'cut', 'frozen_stages')
