@@ -136,10 +136,31 @@ class TrainConfig(RunConfig):
     """Calibrated Teacher training (defaults: the released stage-1 recipe, 8 GPUs x 2 images, 152k iterations;
     ``eval_interval`` and ``checkpoint_interval`` count iterations)."""
 
-    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector and the method
-    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("method", "detector", "teacher")
-    #: the two-stage recipes (``*_fiou.yaml``) switch FIoU on when they resume a stage-1 run
-    RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset({"teacher.fiou", "teacher.fiou_start"})
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector, the method and the training
+    #: data (its sparse split, views and batch)
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("method", "detector", "teacher", "data")
+    #: the two-stage recipes (``*_fiou.yaml``) switch FIoU on when they resume a stage-1 run; the data's location,
+    #: the evaluation files and the loaders may change too
+    RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "teacher.fiou",
+            "teacher.fiou_start",
+            *(
+                f"data.{key}"
+                for key in (
+                    "root",
+                    "train_images",
+                    "full_annotations",
+                    "expected_kept_ratio",
+                    "val_images",
+                    "val_annotations",
+                    "synthetic_val",
+                    "eval_batch_size",
+                    "workers",
+                )
+            ),
+        }
+    )
 
     method: Literal["calibrated_teacher", "supervised"] = "calibrated_teacher"
     detector: DetectorConfig = field(default_factory=DetectorConfig)

@@ -13,7 +13,8 @@ The run folder gets ``config.yaml``, ``train.log``, ``log.csv`` (one row per ``c
 iterations), TensorBoard scalars, ``last.pt`` / ``best.pt``, ``metrics.json`` (student and teacher COCO AP with full
 annotations, ECE before/after calibration, precision of kept pseudo boxes) and ``reliability.png``. ``--resume
 last.pt`` continues exactly (calibrator, calibration buffer and pseudo-box log of every rank included). A ``--resume``
-file is read and checked and the run folder claimed before anything is written; a non-finite loss, gradient or
+file is read and checked (another detector, method or split is refused: ``TrainConfig.RESUME_SECTIONS``) and the run
+folder claimed before anything is written; a non-finite loss, gradient or
 parameter stops the run naming the step (README, Quick start).
 """
 

@@ -223,3 +223,20 @@ def test_eval_needs_only_the_val_split_and_checks_the_category_ids(tmp_path):
     assert (tmp_path / "eval" / "metrics.json").is_file()
     with pytest.raises(ValueError, match="was trained on category ids"):
         evaluate(checkpoint("other_ids.pt", [c + 1000 for c in val.cat_ids]))
+
+
+@pytest.mark.parametrize("setting", ["miss50p", "easy", "hard", "extreme", "keep1"])
+def test_the_fiou_stage_may_resume_its_stage_1_run_and_another_setting_may_not(setting):
+    """The two-stage recipes: ``-c <setting>_fiou.yaml --resume <stage-1 run>/last.pt`` switches FIoU on and runs
+    longer, which the resume check allows; resuming another setting's run is refused (its sparse split differs)."""
+    from shared.checkpoint import check_resume_state
+    from shared.config import config_to_dict
+    from shared.logger import RunDirError
+
+    configs = "calibrated_teacher/configs"
+    stage1 = {"config": config_to_dict(parse_args(["-c", f"{configs}/{setting}.yaml"]))}
+    stage2 = parse_args(["-c", f"{configs}/{setting}_fiou.yaml", "--resume", "stage1/last.pt"])
+    assert check_resume_state(stage2, stage1) is stage1
+    other = "keep1" if setting != "keep1" else "easy"
+    with pytest.raises(RunDirError, match="trained with other settings"):
+        check_resume_state(stage2, {"config": config_to_dict(parse_args(["-c", f"{configs}/{other}.yaml"]))})
