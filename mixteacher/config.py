@@ -71,6 +71,9 @@ class DetectorConfig:
     rpn_positive_fraction: float = 0.5
     roi_output_size: int = 7
     roi_sampling_ratio: int = 0
+    roi_aligned: bool = field(
+        default=True, metadata={"help": "RoIAlign's half-pixel alignment, as mmdetection (mmcv); false: torchvision's"}
+    )
     representation_size: int = 1024
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5

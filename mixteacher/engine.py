@@ -70,12 +70,16 @@ def config_from_checkpoint(
 
 def upgrade_config(stored: Mapping[str, Any]) -> dict[str, Any]:
     """A stored training config in the current schema: ``torch_threads`` becomes ``threads``, ``device: null``
-    ``auto`` (checkpoints written before the run-level settings were unified), and a ``data`` section without
+    ``auto`` (checkpoints written before the run-level settings were unified), a ``detector`` without
+    ``roi_aligned`` gets ``false`` (torchvision's unaligned RoIAlign, the only one before the key existed), and a
+    ``data`` section without
     ``batch_counts`` gets ``inner_binomial``, the only rule before the key existed, and ``sampling: softteacher``,
     the split such a run read whatever its ``data.sampling`` said (README, Fidelity note 6)."""
     config = {_RENAMED_KEYS.get(k, k): v for k, v in stored.items()}
     if config.get("device") is None:
         config["device"] = "auto"
+    if isinstance(config.get("detector"), Mapping) and "roi_aligned" not in config["detector"]:
+        config["detector"] = {**config["detector"], "roi_aligned": False}  # torchvision's RoIAlign, the only one then
     if isinstance(config.get("data"), Mapping) and "batch_counts" not in config["data"]:
         # before the key existed: the earlier count rule, and the SoftTeacher split whatever data.sampling said
         # (the setting did not reach the split files then)

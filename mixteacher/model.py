@@ -43,14 +43,14 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from mixteacher.config import SCALES, DetectorConfig
 from mixteacher.fcos import DenseOutputs, fcos_losses
 from mixteacher.losses import fast_rcnn_loss
 from shared.checkpoint import load_weights_file
-from shared.detection import FrozenBN
+from shared.detection import FrozenBN, PyramidRoIAlign
 
 __all__ = [
     "CAFFE_MEAN_BGR",
@@ -531,7 +531,7 @@ class MixedScaleFasterRCNN(MixedScaleDetector):
             score_thresh=0.0,
         )
         self.rpn.box_loss_beta = cfg.box_loss_beta
-        pool = MultiScaleRoIAlign(["0", "1", "2", "3"], cfg.roi_output_size, cfg.roi_sampling_ratio)
+        pool = PyramidRoIAlign(["0", "1", "2", "3"], cfg.roi_output_size, cfg.roi_sampling_ratio, cfg.roi_aligned)
         head = TwoMLPHead(cfg.fpn_channels * cfg.roi_output_size**2, cfg.representation_size)
         self.roi_heads = RoIHeads(
             pool,
@@ -844,9 +844,15 @@ def build_detector(
 #: imagenet``), ``r10_w16`` a ResNet-10 of width 16 for training from scratch, ``tiny`` the unit tests' detector;
 #: MixTeacher-FCOS (``architecture: fcos``, P3-P7): ``fcos_r50`` (the paper's), ``fcos_mobilenet_v2`` (the FCOS
 #: evidence's), ``fcos_tiny`` (tests).
-#: What the small detectors share: pytorch-style input, anchors from 16 px (small synthetic objects), RoIAlign with 2
-#: samples per bin.
-_SMALL = dict(caffe_style=False, pixel_style="pytorch", anchor_sizes=(16, 32, 64, 128, 256), roi_sampling_ratio=2)
+#: What the small detectors share: pytorch-style input, anchors from 16 px (small synthetic objects), torchvision's
+#: RoIAlign (2 samples per bin, unaligned).
+_SMALL = dict(
+    caffe_style=False,
+    pixel_style="pytorch",
+    anchor_sizes=(16, 32, 64, 128, 256),
+    roi_sampling_ratio=2,
+    roi_aligned=False,
+)
 _R10_W16 = DetectorConfig(
     depth=10,
     base_width=16,

@@ -8,10 +8,10 @@ intervals count epochs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from shared.classification import ClassificationConfig, DataConfig
 from shared.config import RunConfig
@@ -98,7 +98,13 @@ class MaskRCNNConfig(RunConfig):
         "frozen_stages",
         "norm_eval",
         "fpn_channels",
+        "roi_aligned",
     )
+
+    @classmethod
+    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """A checkpoint written before ``roi_aligned`` existed pooled with torchvision's unaligned RoIAlign."""
+        return {"roi_aligned": False, **stored}
 
     model: str = field(default='pvg_s', metadata={'help': 'backbone (pvig_ti/s/m/b, pvg_ti/s/m/b, *_test)'})
     pretrained_backbone: str | None = field(
@@ -120,6 +126,9 @@ class MaskRCNNConfig(RunConfig):
     )
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     roi_sampling_ratio: int = field(default=0, metadata={'help': 'RoIAlign sampling ratio (mmdet 0: adaptive)'})
+    roi_aligned: bool = field(
+        default=True, metadata={'help': "RoIAlign's half-pixel alignment, as mmdet (mmcv); false: torchvision's"}
+    )
     rpn_post_nms_top_n_train: int = field(default=1000, metadata={'help': 'proposals kept per image in training'})
     roi_batch_size_per_image: int = field(default=512, metadata={'help': 'RoIs sampled per image for the heads'})
     box_score_thresh: float = 0.05

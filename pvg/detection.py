@@ -8,7 +8,8 @@ settings as mmdetection official" (#233). So, as mmdet's ``mask_rcnn_r50_fpn_1x_
 * FPN ``out_channels=256``, ``num_outs=5``: P6 is a stride-2 max pool of P5 (torchvision's ``LastLevelMaxPool``);
 * RPN anchors of size 8 x stride (32-512), ratios 0.5/1/2; 2000 pre-NMS / 1000 post-NMS proposals in training and
   1000 / 1000 in testing, NMS 0.7; RoIAlign 7 x 7 (boxes) and 14 x 14 (masks) with adaptive sampling
-  (``sampling_ratio=0``); 2-fc box head (1024), 4-conv mask head (256) + deconv, 28 x 28 masks;
+  (``sampling_ratio=0``) and mmcv's half-pixel alignment (``aligned=True``; ``roi_aligned: false`` gives
+  torchvision's); 2-fc box head (1024), 4-conv mask head (256) + deconv, 28 x 28 masks;
 * RoI sampling 512 per image with 25 % positives at IoU 0.5; test: score > 0.05, NMS 0.5, 100 per image, masks
   binarised at 0.5;
 * images resized to (1333, 800) keep-ratio, normalised with ImageNet mean/std (mmdet's ``img_norm_cfg``), padded to
@@ -32,14 +33,20 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 import pvg.model  # noqa: F401  (registers the Pyramid ViG / PVG models with timm)
 from pvg.config import MaskRCNNConfig, MaskRCNNDataConfig
 from pvg.model import PyramidViG
 from pvg.weights import load_official_checkpoint
-from shared.detection import CocoDetection, coco_detections, evaluate_detections, freeze_modules, init_fpn_mmdet
+from shared.detection import (
+    CocoDetection,
+    PyramidRoIAlign,
+    coco_detections,
+    evaluate_detections,
+    freeze_modules,
+    init_fpn_mmdet,
+)
 from shared.detection_training import DetectorParts, FrozenStagesBackbone
 from shared.distributed import DistContext
 from shared.training import AmpDtype, autocast
@@ -110,6 +117,7 @@ def build_mask_rcnn(
     image_mean: Sequence[float] = (0.485, 0.456, 0.406),
     image_std: Sequence[float] = (0.229, 0.224, 0.225),
     roi_sampling_ratio: int = 0,
+    roi_aligned: bool = True,
     **kwargs: Any,
 ) -> MaskRCNN:
     """torchvision's Mask R-CNN with a Pyramid ViG / PVG + FPN backbone, configured as mmdet's Mask R-CNN 1x.
@@ -125,6 +133,8 @@ def build_mask_rcnn(
         min_size / max_size: Resize of ``GeneralizedRCNNTransform`` (mmdet's ``img_scale=(1333, 800)``).
         image_mean / image_std: Input normalisation (images in [0, 1]).
         roi_sampling_ratio: RoIAlign sampling points per bin (0: adaptive, as mmdet; torchvision's default is 2).
+        roi_aligned: RoIAlign's half-pixel alignment of mmcv (mmdet's default); False: torchvision's unaligned one
+            (``shared.detection.PyramidRoIAlign``).
         kwargs: Passed to :class:`torchvision.models.detection.MaskRCNN` (e.g. ``box_score_thresh``) or, when they
             start with ``backbone_``, to ``timm.create_model`` (e.g. ``backbone_drop_path_rate``).
     """
@@ -144,8 +154,8 @@ def build_mask_rcnn(
         image_mean=list(image_mean),
         image_std=list(image_std),
         rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(list(FPN_LEVELS), 7, roi_sampling_ratio),
-        mask_roi_pool=MultiScaleRoIAlign(list(FPN_LEVELS), 14, roi_sampling_ratio),
+        box_roi_pool=PyramidRoIAlign(list(FPN_LEVELS), 7, roi_sampling_ratio, aligned=roi_aligned),
+        mask_roi_pool=PyramidRoIAlign(list(FPN_LEVELS), 14, roi_sampling_ratio, aligned=roi_aligned),
         **kwargs,
     )
 
@@ -166,6 +176,7 @@ def build_detector(cfg: MaskRCNNConfig, num_classes: int, load_pretrained: bool 
         image_mean=cfg.image_mean,
         image_std=cfg.image_std,
         roi_sampling_ratio=cfg.roi_sampling_ratio,
+        roi_aligned=cfg.roi_aligned,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         box_batch_size_per_image=cfg.roi_batch_size_per_image,
         box_score_thresh=cfg.box_score_thresh,

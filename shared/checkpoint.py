@@ -136,13 +136,15 @@ def load_resume_state(
 def check_resume_state(cfg: Any, state: dict[str, Any], sections: Sequence[str] | None = None) -> dict[str, Any]:
     """``state`` (the checkpoint ``cfg.resume`` names) when its stored config equals ``cfg`` in ``sections``
     (default: those ``type(cfg).RESUME_SECTIONS`` names, ``shared.config.RunConfig``); a resume with another model or
-    method is a ``shared.logger.RunDirError`` naming the differing keys. Keys the checkpoint does not store, and the
-    dotted keys of ``type(cfg).RESUME_FREE_KEYS``, are not compared."""
+    method is a ``shared.logger.RunDirError`` naming the differing keys. The stored config is read in today's keys
+    (``type(cfg).upgrade_stored``); keys it still lacks, and the dotted keys of ``type(cfg).RESUME_FREE_KEYS``, are not
+    compared."""
     from shared.config import config_to_dict  # local: keeps this module's imports light
     from shared.logger import check_resume_config
 
     free = type(cfg).RESUME_FREE_KEYS
-    stored, current = (_without_keys(c, free) for c in (state.get("config") or {}, config_to_dict(cfg)))
+    stored = type(cfg).upgrade_stored(state.get("config") or {})
+    stored, current = (_without_keys(c, free) for c in (stored, config_to_dict(cfg)))
     check_resume_config(cfg.resume, stored, current, type(cfg).RESUME_SECTIONS if sections is None else sections)
     return state
 

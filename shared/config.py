@@ -107,6 +107,13 @@ class RunConfig:
     #: a weights path the checkpoint already holds), how they are loaded, how long the run is.
     RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset()
 
+    @classmethod
+    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """A config stored in a checkpoint by an older version of the package, in today's keys and meanings (what a
+        key added since must be for that run to be rebuilt as it was trained). Read by resume checks and evaluation
+        scripts (``shared.entrypoints.parse_checkpoint_config``); a package overrides it where its schema grew."""
+        return dict(stored)
+
     def __post_init__(self) -> None:
         for name in ("log_interval", "eval_interval", "checkpoint_interval"):
             if getattr(self, name) < 0:

@@ -36,7 +36,7 @@ from pycocotools.coco import COCO
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
 from torchvision.transforms.functional import pil_to_tensor
 
 from shared.distributed import DistContext, all_gather_objects
@@ -50,6 +50,7 @@ __all__ = [
     "CocoImages",
     "FrozenBN",
     "GroupedDistributedSampler",
+    "PyramidRoIAlign",
     "check_checkpoint_categories",
     "coco_detections",
     "coco_summary",
@@ -480,6 +481,46 @@ def init_fpn_mmdet(fpn: nn.Module) -> None:
         if isinstance(m, nn.Conv2d):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class PyramidRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` with RoIAlign's ``aligned`` switch.
+
+    ``aligned=True`` is mmcv's ``RoIAlign`` default, hence mmdetection 2.x's (the released detectors of MixTeacher
+    and PVG): a box's corners are shifted by half a pixel before sampling (Detectron2's pixel model), and no minimum
+    RoI size of one feature pixel is imposed. ``aligned=False`` is torchvision's, and then this module is torchvision's
+    own. A RoI goes to level floor(4 + log2(sqrt(area) / 224) + 1e-6), clamped to the pyramid (torchvision's
+    ``LevelMapper``; the same rule as mmdetection's ``finest_scale`` 56 for P2-P5); each level's scale is inferred
+    from its size relative to the largest image of the batch, as torchvision does."""
+
+    def __init__(
+        self, featmap_names: list[str], output_size: int | tuple[int, int], sampling_ratio: int, aligned: bool = True
+    ):
+        super().__init__(featmap_names, output_size, sampling_ratio)
+        self.aligned = aligned
+
+    def forward(
+        self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        if not self.aligned:
+            return super().forward(x, boxes, image_shapes)
+        features = [v for k, v in x.items() if k in self.featmap_names]
+        largest = max(h for h, _ in image_shapes)
+        scales = [2.0 ** round(math.log2(f.shape[-2] / largest)) for f in features]
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
+        if len(features) == 1:
+            levels = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
+        else:
+            k_min, k_max = -math.log2(scales[0]), -math.log2(scales[-1])
+            size = torch.sqrt(torch.cat([(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in boxes]))
+            k = torch.floor(self.canonical_level + torch.log2(size / self.canonical_scale) + 1e-6)
+            levels = k.clamp(min=k_min, max=k_max).to(torch.int64) - int(k_min)
+        out = rois.new_zeros((len(rois), features[0].shape[1], *self.output_size), dtype=features[0].dtype)
+        for level, (feature, scale) in enumerate(zip(features, scales)):
+            index = torch.where(levels == level)[0]
+            pooled = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=True)
+            out.index_put_((index,), pooled.to(out.dtype))
+        return out
 
 
 class FrozenBN(FrozenBatchNorm2d):

@@ -157,8 +157,9 @@ def parse_checkpoint_config(
     not_inherited: Sequence[str] = ("output_dir", "resume"),
 ) -> T:
     """The config of an evaluation script: the config stored in ``--checkpoint`` (without its ``not_inherited``
-    keys; ``-c`` and flags override it; ``upgrade`` maps an older stored config to the current keys), else
-    ``default_config`` (a checkpoint without a config, e.g. a released file); command-line flags override it.
+    keys; ``-c`` and flags override it; ``upgrade`` (default: the schema's ``upgrade_stored``) maps an older stored
+    config to the current keys), else ``default_config`` (a checkpoint without a config, e.g. a released file);
+    command-line flags override it.
     ``output_dir`` comes from the command line only (else None: the caller writes next to the checkpoint).
 
     The checkpoint is read and checked first: another package's checkpoint, a missing or an unreadable file is a
@@ -169,6 +170,7 @@ def parse_checkpoint_config(
     pre = _preparse_checkpoint(argv)
     stored = load_checkpoint(pre.checkpoint, package=package).get("config") if pre.checkpoint else None
     if isinstance(stored, Mapping):
+        upgrade = upgrade or getattr(schema, "upgrade_stored", None)
         stored = upgrade(stored) if upgrade is not None else stored
         cfg = parse_eval_config(schema, stored, argv, description, ignore=tuple(not_inherited))
     else:

@@ -194,3 +194,23 @@ def test_an_unreadable_backbone_file_is_named(tmp_path):
     path.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="resnet50_msra.pth: not a readable backbone checkpoint"):
         create_model("tiny", num_classes=3, pretrained_backbone=str(path))
+
+
+def test_roi_align_is_mmdets_aligned_one_in_the_paper_detector_only():
+    from mixteacher.config import DetectorConfig
+    from mixteacher.engine import upgrade_config
+    from mixteacher.train import parse_args
+    from shared.config import config_to_dict
+    from shared.detection import PyramidRoIAlign
+
+    assert DetectorConfig().roi_aligned  # the paper's Faster R-CNN (mmdetection's RoIAlign is aligned)
+    pool = create_model("tiny", 3).roi_heads.box_roi_pool
+    assert isinstance(pool, PyramidRoIAlign) and not pool.aligned  # the small torchvision-native detectors
+    assert not parse_args([]).detector.roi_aligned  # the embedded default (and the evidence) keep torchvision's
+    recipe = parse_args(["-c", "mixteacher/configs/coco_partial_10.yaml"])
+    assert recipe.detector.roi_aligned
+    # a checkpoint written before the key existed was pooled unaligned: its evaluation and resume read it so
+    old = config_to_dict(recipe)
+    del old["detector"]["roi_aligned"]
+    assert upgrade_config(old)["detector"]["roi_aligned"] is False
+    assert upgrade_config(config_to_dict(recipe))["detector"]["roi_aligned"] is True

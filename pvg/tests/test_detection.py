@@ -209,3 +209,24 @@ def test_train_det_resume_equals_uninterrupted_run(synthetic_root, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     other = [*args, '--resume', str(tmp_path / 'cut' / 'last.pt'), '--frozen_stages', '2']
     assert_resume_refused(lambda: train_det.main(train_det.parse_args(other)), tmp_path / 'cut', 'frozen_stages')
+
+
+def test_roi_align_is_mmdets_aligned_one_and_old_checkpoints_keep_torchvisions(tmp_path):
+    from shared.checkpoint import save_checkpoint, training_state
+    from shared.config import config_to_dict
+    from shared.detection import PyramidRoIAlign
+
+    cfg = train_det.parse_args(TINY)
+    assert cfg.roi_aligned
+    model = build_mask_rcnn('pvg_test', num_classes=2, fpn_channels=16)
+    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        assert isinstance(pool, PyramidRoIAlign) and pool.aligned
+    assert not build_mask_rcnn(
+        'pvg_test', num_classes=2, fpn_channels=16, roi_aligned=False
+    ).roi_heads.box_roi_pool.aligned
+    # a checkpoint written before the switch existed was pooled unaligned: its evaluation and resume read it so
+    old = {k: v for k, v in config_to_dict(cfg).items() if k != 'roi_aligned'}
+    save_checkpoint(training_state('pvg', old, model=model), tmp_path / 'old.pt')
+    assert not eval_det.parse_args(['--checkpoint', str(tmp_path / 'old.pt')]).roi_aligned
+    save_checkpoint(training_state('pvg', config_to_dict(cfg), model=model), tmp_path / 'new.pt')
+    assert eval_det.parse_args(['--checkpoint', str(tmp_path / 'new.pt')]).roi_aligned

@@ -168,3 +168,29 @@ def test_eval_script_parser_and_main():
         run_checkpoint_eval(SimpleNamespace(checkpoint=""), lambda cfg, ctx: None)
     cfg = SimpleNamespace(checkpoint="last.pt", threads=None, device="cpu")
     assert run_checkpoint_eval(cfg, lambda c, ctx: (c.checkpoint, ctx.world_size)) == ("last.pt", 1)
+
+
+def test_pyramid_roi_align_is_torchvision_unaligned_and_mmcv_aligned():
+    """aligned=False is torchvision's MultiScaleRoIAlign; aligned=True samples every box half a feature pixel up
+    and left of it (mmcv's RoIAlign), which torchvision's unaligned pooling of the shifted box reproduces, each box on
+    its pyramid level (the sizes below go to P2, P3, P4 and P5)."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from shared.detection import PyramidRoIAlign
+
+    gen = torch.Generator().manual_seed(0)
+    image_shapes = [(512, 640), (480, 600)]
+    x = {str(i): torch.randn(2, 3, 512 // 2 ** (i + 2), 640 // 2 ** (i + 2), generator=gen) for i in range(4)}
+    sides = torch.tensor([20.0, 150.0, 300.0, 450.0])
+    corners = torch.rand(2, 4, 2, generator=gen) * 20 + 4
+    boxes = [torch.cat([c, c + sides[:, None]], 1) for c in corners]
+    names = ["0", "1", "2", "3"]
+    for ratio in (0, 2):
+        reference = MultiScaleRoIAlign(names, 7, ratio)
+        assert torch.equal(PyramidRoIAlign(names, 7, ratio, aligned=False)(x, boxes, image_shapes),
+                           reference(x, boxes, image_shapes))  # fmt: skip
+        aligned = PyramidRoIAlign(names, 7, ratio)(x, boxes, image_shapes)
+        shift = 0.5 * torch.tensor([4.0, 8.0, 16.0, 32.0])[:, None]  # half a pixel of each box's level, in pixels
+        shifted = reference(x, [b - shift for b in boxes], image_shapes)
+        torch.testing.assert_close(aligned, shifted, rtol=0, atol=1e-6)
+        assert not torch.allclose(aligned, reference(x, boxes, image_shapes))  # the shift matters
