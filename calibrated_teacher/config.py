@@ -9,9 +9,10 @@ configs/default.yaml) < --key value flags`` (README, Recipes). Defaults are the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from shared.config import RunConfig
 
@@ -55,6 +56,12 @@ class DetectorConfig:
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.4
+    loss_normalization: Literal["batch", "image"] = field(
+        default="batch",
+        metadata={
+            "help": "RetinaNet losses over the positives: batch (mmdetection's, the released) or image (torchvision's)"
+        },
+    )
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -161,6 +168,14 @@ class TrainConfig(RunConfig):
             ),
         }
     )
+
+    @classmethod
+    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """A checkpoint written before ``detector.loss_normalization`` existed normalised per image."""
+        detector = stored.get("detector")
+        if isinstance(detector, Mapping) and "loss_normalization" not in detector:
+            return {**stored, "detector": {**detector, "loss_normalization": "image"}}
+        return dict(stored)
 
     method: Literal["calibrated_teacher", "supervised"] = "calibrated_teacher"
     detector: DetectorConfig = field(default_factory=DetectorConfig)

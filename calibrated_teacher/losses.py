@@ -8,8 +8,9 @@ training targets (sparse GT and merged pseudo boxes), the focal-loss weight 1 be
 
 so isolated negatives (likely unannotated objects) get half weight and negatives regressing onto a known object keep
 or exceed weight 1. u is not detached by default: the classification loss reaches the regression branch through the
-decoded boxes. Positives and ignored anchors are unchanged; normalisation is torchvision's (per image by its number
-of positives, then averaged over images; mmdet divides by the batch's positives: README, Fidelity notes).
+decoded boxes. Positives and ignored anchors are unchanged. The losses are normalised as mmdetection does (the
+process's summed losses over its summed positives, ``detector.loss_normalization: batch``, the released one) or as
+torchvision does (per image, then averaged: ``image``, the embedded default's).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 
 import torch
 from torchvision.models.detection._utils import BoxCoder
-from torchvision.ops import box_iou, sigmoid_focal_loss
+from torchvision.ops import box_iou
 
-__all__ = ["FIoUParams", "focal_iou_weight", "retinanet_fiou_losses"]
+from shared.detection import normalize_loss, retinanet_class_loss_sums
+
+__all__ = ["FIoUParams", "fiou_anchor_weights", "focal_iou_weight", "retinanet_fiou_losses"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,33 @@ def focal_iou_weight(u: torch.Tensor, params: FIoUParams = FIoUParams()) -> torc
     return params.bias + params.k * (1.0 - params.bias) * focal
 
 
+def fiou_anchor_weights(
+    targets: list[dict[str, torch.Tensor]],
+    head_outputs: dict[str, torch.Tensor],
+    anchors: list[torch.Tensor],
+    matched_idxs: list[torch.Tensor],
+    box_coder: BoxCoder,
+    fiou: FIoUParams | None,
+) -> list[torch.Tensor]:
+    """Per image, each anchor's classification-loss weight: w(u) on the negatives (``matched_idxs`` -1) with u the
+    IoU of the anchor's decoded predicted box with the nearest target, 1 elsewhere (every anchor when ``fiou`` is
+    None)."""
+    weights = []
+    for target, regression, anchors_i, matched in zip(targets, head_outputs["bbox_regression"], anchors, matched_idxs):
+        if fiou is None:
+            weights.append(regression.new_ones(len(regression)))
+            continue
+        if target["boxes"].numel():
+            predicted = box_coder.decode_single(regression, anchors_i)
+            u = box_iou(predicted, target["boxes"].to(predicted.dtype)).amax(dim=1)
+        else:
+            u = regression.new_zeros(len(regression))
+        if fiou.detach:
+            u = u.detach()
+        weights.append(torch.where(matched == -1, focal_iou_weight(u, fiou), torch.ones_like(u)))
+    return weights
+
+
 def retinanet_fiou_losses(
     targets: list[dict[str, torch.Tensor]],
     head_outputs: dict[str, torch.Tensor],
@@ -47,28 +77,11 @@ def retinanet_fiou_losses(
     matched_idxs: list[torch.Tensor],
     box_coder: BoxCoder,
     fiou: FIoUParams | None,
+    normalization: str = "image",
 ) -> torch.Tensor:
     """RetinaNet's sigmoid focal classification loss (alpha 0.25, gamma 2) with FIoU on negatives when ``fiou`` is
-    given (``fiou=None``: torchvision's loss exactly). ``matched_idxs``: -1 background, -2 ignored, else the target."""
-    losses = []
-    for target, logits, regression, anchors_i, matched in zip(
-        targets, head_outputs["cls_logits"], head_outputs["bbox_regression"], anchors, matched_idxs
-    ):
-        foreground = matched >= 0
-        num_foreground = int(foreground.sum())
-        gt = torch.zeros_like(logits)
-        gt[foreground, target["labels"][matched[foreground]]] = 1.0
-        per_anchor = sigmoid_focal_loss(logits, gt, reduction="none").sum(-1)
-        valid = matched != -2
-        if fiou is not None:
-            negative = matched == -1
-            if target["boxes"].numel():
-                predicted = box_coder.decode_single(regression, anchors_i)
-                u = box_iou(predicted, target["boxes"].to(predicted.dtype)).amax(dim=1)
-            else:
-                u = regression.new_zeros(len(regression))
-            if fiou.detach:
-                u = u.detach()
-            per_anchor = per_anchor * torch.where(negative, focal_iou_weight(u, fiou), torch.ones_like(u))
-        losses.append(per_anchor[valid].sum() / max(1, num_foreground))
-    return sum(losses) / len(targets)
+    given (``fiou=None``: torchvision's loss), normalised per ``image`` (torchvision) or per ``batch`` (mmdetection,
+    ``shared.detection.normalize_loss``). ``matched_idxs``: -1 background, -2 ignored, else the target."""
+    weights = fiou_anchor_weights(targets, head_outputs, anchors, matched_idxs, box_coder, fiou)
+    sums, counts = retinanet_class_loss_sums(targets, head_outputs["cls_logits"], matched_idxs, weights)
+    return normalize_loss(sums, counts, normalization)

@@ -10,7 +10,8 @@ Calibrated Teacher for Sparsely Annotated Object Detection, AAAI 2023 (arXiv 230
   FPN inputs are ``DetectorConfig.mobilenet_levels`` (the evidence: features 3/6/13/17 -> P2-P5, + P6/P7).
 * :class:`SparseRetinaNet`: RetinaNet whose loss receives the anchors and the decoded predicted boxes, so that the
   classification loss of negative anchors can be weighted by FIoU (:func:`calibrated_teacher.losses.
-  retinanet_fiou_losses`); targets may hold any number of extra hard (pseudo) boxes.
+  fiou_anchor_weights`), its losses normalised per batch as mmdetection or per image as torchvision
+  (``detector.loss_normalization``); targets may hold any number of extra hard (pseudo) boxes.
 
 ``create_model(name, num_classes)`` builds one of :data:`VARIANTS`; ``build_detector(num_classes, cfg)`` any
 :class:`DetectorConfig`.
@@ -27,18 +28,17 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models import mobilenet_v2, resnet50, resnet101
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from calibrated_teacher.config import DetectorConfig
-from calibrated_teacher.losses import FIoUParams, retinanet_fiou_losses
+from calibrated_teacher.losses import FIoUParams, fiou_anchor_weights
 from shared.checkpoint import load_checkpoint
-from shared.detection import FrozenBN
+from shared.detection import FrozenBN, RetinaNetLossNorm
 from shared.pretrained import imagenet_mobilenet_v2
 
 __all__ = [
@@ -54,8 +54,15 @@ __all__ = [
 CAFFE_MEAN = (103.53, 116.28, 123.675)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-_TINY = {"backbone": "mobilenet_v2", "width_mult": 0.25, "caffe_style": False, "fpn_channels": 32}
-_MNV2 = {"backbone": "mobilenet_v2", "caffe_style": False, "fpn_channels": 64}
+#: the small torchvision-native detectors (evidence, tests) keep torchvision's per-image loss normalisation
+_TINY = {
+    "backbone": "mobilenet_v2",
+    "width_mult": 0.25,
+    "caffe_style": False,
+    "fpn_channels": 32,
+    "loss_normalization": "image",
+}
+_MNV2 = {"backbone": "mobilenet_v2", "caffe_style": False, "fpn_channels": 64, "loss_normalization": "image"}
 #: name -> DetectorConfig. ``*_tiny`` are the test variants (random init is allowed for them only).
 VARIANTS: dict[str, DetectorConfig] = {
     "retinanet_r101_fpn": DetectorConfig(),
@@ -116,26 +123,17 @@ def keep_input_size(model: nn.Module) -> Iterator[None]:
         transform.keep_size = previous
 
 
-class SparseRetinaNet(RetinaNet):
-    """RetinaNet whose classification loss can weight negative anchors by the Focal IoU Weight.
+class SparseRetinaNet(RetinaNetLossNorm):
+    """RetinaNet whose classification loss can weight negative anchors by the Focal IoU Weight, its losses normalised
+    as ``loss_normalization`` says (``shared.detection.RetinaNetLossNorm``).
 
     ``self.fiou`` (a :class:`FIoUParams` or None) is set by the training loop for the iterations where FIoU is on.
     """
 
     fiou: FIoUParams | None = None
 
-    def compute_loss(self, targets, head_outputs, anchors):
-        matched_idxs = []
-        for anchors_per_image, targets_per_image in zip(anchors, targets):
-            if targets_per_image["boxes"].numel() == 0:
-                matched_idxs.append(torch.full((anchors_per_image.size(0),), -1, dtype=torch.int64))
-                continue
-            quality = box_ops.box_iou(targets_per_image["boxes"], anchors_per_image)
-            matched_idxs.append(self.proposal_matcher(quality))
-        matched_idxs = [m.to(a.device) for m, a in zip(matched_idxs, anchors)]
-        cls_loss = retinanet_fiou_losses(targets, head_outputs, anchors, matched_idxs, self.box_coder, self.fiou)
-        box_loss = self.head.regression_head.compute_loss(targets, head_outputs, anchors, matched_idxs)
-        return {"classification": cls_loss, "bbox_regression": box_loss}
+    def anchor_weights(self, targets, head_outputs, anchors, matched):
+        return fiou_anchor_weights(targets, head_outputs, anchors, matched, self.box_coder, self.fiou)
 
 
 def _freeze_batch_norm(module: nn.Module) -> nn.Module:
@@ -231,6 +229,7 @@ def build_detector(num_classes: int, cfg: DetectorConfig, pretrained_backbone: s
             score_thresh=cfg.score_thresh,
             nms_thresh=cfg.nms_thresh,
             detections_per_img=cfg.detections_per_img,
+            loss_normalization=cfg.loss_normalization,
             **common,
         )
     elif cfg.arch == "fcos":

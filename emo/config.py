@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from shared.classification import ClassificationConfig
 from shared.config import RunConfig
@@ -179,11 +179,24 @@ class DetectorConfig(BackboneFinetuneConfig):
 class DetectionConfig(DetectorConfig):
     """RetinaNet-EMO training (defaults: the paper's RetinaNet 1x recipe for EMO-1M, 8 GPUs x 4 images)."""
 
-    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector
-    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = (*DetectorConfig.RESUME_SECTIONS, 'fpn_channels')
+    #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector and its loss
+    RESUME_SECTIONS: ClassVar[tuple[str, ...]] = (
+        *DetectorConfig.RESUME_SECTIONS,
+        'fpn_channels',
+        'loss_normalization',
+    )
 
     fpn_channels: int = 256
+    loss_normalization: Literal['batch', 'image'] = field(
+        default='batch',
+        metadata={'help': "losses over the positives: batch (mmdetection's, the paper's) or image (torchvision's)"},
+    )
     data: DetDataConfig = field(default_factory=DetDataConfig)
+
+    @classmethod
+    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """A checkpoint written before ``loss_normalization`` existed normalised per image (torchvision's)."""
+        return {'loss_normalization': 'image', **stored}
 
 
 @dataclass

@@ -34,7 +34,14 @@ import emo.model  # noqa: F401  (registers the EMO models with timm)
 from emo.config import DetectionConfig
 from emo.model import EMO
 from emo.weights import load_official_checkpoint
-from shared.detection import CocoDetection, coco_detections, evaluate_detections, freeze_modules, init_fpn_mmdet
+from shared.detection import (
+    CocoDetection,
+    RetinaNetLossNorm,
+    coco_detections,
+    evaluate_detections,
+    freeze_modules,
+    init_fpn_mmdet,
+)
 from shared.detection_training import FrozenStagesBackbone
 from shared.distributed import DistContext
 from shared.training import AmpDtype, autocast
@@ -143,6 +150,7 @@ def build_retinanet(
     min_size: int = 800,
     max_size: int = 1333,
     detections_per_img: int = 100,
+    loss_normalization: str = 'batch',
     **kwargs,
 ) -> RetinaNet:
     """Build torchvision's RetinaNet with an EMO + FPN backbone as in the official RetinaNet 1x configs.
@@ -158,6 +166,9 @@ def build_retinanet(
         fpn_channels: FPN and head channels.
         min_size / max_size: Resize of ``GeneralizedRCNNTransform`` (mmdet's ``img_scale=(1333, 800)``).
         detections_per_img: Detections kept per image after NMS (mmdet ``max_per_img``).
+        loss_normalization: ``batch``: the focal and L1 losses of the process's images summed over their summed
+            positives, as mmdet; ``image``: torchvision's per-image normalisation
+            (``shared.detection.RetinaNetLossNorm``).
         kwargs: Passed to :class:`torchvision.models.detection.RetinaNet` (e.g. ``score_thresh``) or, when they
             start with ``backbone_``, to ``timm.create_model`` for the EMO body (e.g. ``backbone_drop_path_rate``).
     """
@@ -172,9 +183,10 @@ def build_retinanet(
     if pretrained_backbone is not None:
         load_official_checkpoint(backbone.body, pretrained_backbone, strict=True)
     # torchvision's defaults already match the config (score 0.05, NMS 0.5, IoU 0.5/0.4, 1000 per level)
-    return RetinaNet(
+    return RetinaNetLossNorm(
         backbone,
         num_classes,
+        loss_normalization=loss_normalization,
         min_size=min_size,
         max_size=max_size,
         anchor_generator=retinanet_anchor_generator(),
@@ -192,6 +204,7 @@ def build_detector(cfg: DetectionConfig, num_classes: int, load_pretrained: bool
     return build_retinanet(
         cfg.model,
         num_classes=num_classes,
+        loss_normalization=cfg.loss_normalization,
         pretrained_backbone=pretrained,
         window_size=cfg.window_size,
         frozen_stages=cfg.frozen_stages,

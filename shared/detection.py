@@ -36,7 +36,8 @@ from pycocotools.coco import COCO
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
+from torchvision.models.detection import RetinaNet
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, box_iou, roi_align, sigmoid_focal_loss
 from torchvision.transforms.functional import pil_to_tensor
 
 from shared.distributed import DistContext, all_gather_objects
@@ -51,6 +52,7 @@ __all__ = [
     "FrozenBN",
     "GroupedDistributedSampler",
     "PyramidRoIAlign",
+    "RetinaNetLossNorm",
     "check_checkpoint_categories",
     "coco_detections",
     "coco_summary",
@@ -60,7 +62,11 @@ __all__ = [
     "freeze_modules",
     "init_fpn_mmdet",
     "load_coco",
+    "normalize_loss",
     "read_image",
+    "retinanet_box_loss_sums",
+    "retinanet_class_loss_sums",
+    "retinanet_matches",
     "sharded_loader",
     "synthetic_coco_root",
     "targets_to_device",
@@ -521,6 +527,101 @@ class PyramidRoIAlign(MultiScaleRoIAlign):
             pooled = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=True)
             out.index_put_((index,), pooled.to(out.dtype))
         return out
+
+
+def retinanet_matches(
+    matcher: Any, targets: list[dict[str, torch.Tensor]], anchors: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """torchvision RetinaNet's anchor assignment: per image, each anchor's target index, -1 for background, -2 between
+    the thresholds (ignored); every anchor is background in an image without boxes."""
+    matched = []
+    for anchors_i, target in zip(anchors, targets):
+        if target["boxes"].numel() == 0:
+            matched.append(torch.full((len(anchors_i),), -1, dtype=torch.int64, device=anchors_i.device))
+        else:
+            matched.append(matcher(box_iou(target["boxes"], anchors_i)))
+    return matched
+
+
+def retinanet_class_loss_sums(
+    targets: list[dict[str, torch.Tensor]],
+    cls_logits: torch.Tensor,
+    matched_idxs: list[torch.Tensor],
+    anchor_weights: list[torch.Tensor] | None = None,
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Per image, the sigmoid focal loss (alpha 0.25, gamma 2) summed over the anchors that are not ignored, each
+    anchor's loss times its ``anchor_weights`` entry when given, and the number of positives."""
+    sums, counts = [], []
+    for i, (target, logits, matched) in enumerate(zip(targets, cls_logits, matched_idxs)):
+        foreground = matched >= 0
+        goal = torch.zeros_like(logits)
+        goal[foreground, target["labels"][matched[foreground]]] = 1.0
+        valid = matched != -2
+        if anchor_weights is None:
+            sums.append(sigmoid_focal_loss(logits[valid], goal[valid], reduction="sum"))
+        else:
+            per_anchor = sigmoid_focal_loss(logits, goal, reduction="none").sum(-1) * anchor_weights[i]
+            sums.append(per_anchor[valid].sum())
+        counts.append(int(foreground.sum()))
+    return sums, counts
+
+
+def retinanet_box_loss_sums(
+    targets: list[dict[str, torch.Tensor]],
+    regression: torch.Tensor,
+    anchors: list[torch.Tensor],
+    matched_idxs: list[torch.Tensor],
+    box_coder: Any,
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Per image, the L1 loss summed over the positive anchors' encoded box deltas (RetinaNet's ``L1Loss`` in
+    mmdetection, torchvision's default), and the number of positives."""
+    sums, counts = [], []
+    for target, regression_i, anchors_i, matched in zip(targets, regression, anchors, matched_idxs):
+        foreground = torch.where(matched >= 0)[0]
+        goal = box_coder.encode_single(target["boxes"][matched[foreground]], anchors_i[foreground])
+        sums.append(nn.functional.l1_loss(regression_i[foreground], goal, reduction="sum"))
+        counts.append(foreground.numel())
+    return sums, counts
+
+
+def normalize_loss(sums: Sequence[torch.Tensor], counts: Sequence[int], normalization: str) -> torch.Tensor:
+    """Per-image loss sums normalised by the positives: ``image`` (torchvision's RetinaNet) averages sum_i / max(1,
+    n_i) over the images; ``batch`` (mmdetection's ``avg_factor``, per process) is sum_i sum_i / sum_i max(1, n_i)."""
+    if normalization == "image":
+        return sum(s / max(1, n) for s, n in zip(sums, counts)) / len(sums)
+    if normalization == "batch":
+        return sum(sums) / sum(max(1, n) for n in counts)
+    raise ValueError(f"loss normalization must be 'image' or 'batch', got {normalization!r}")
+
+
+class RetinaNetLossNorm(RetinaNet):
+    """torchvision's RetinaNet (sigmoid focal classification, L1 box regression) with the normalisation of its losses
+    chosen by ``loss_normalization``: ``image`` is torchvision's own (bitwise), ``batch`` mmdetection's (the summed
+    losses of the process's images over their summed positives, each image counting at least one). A subclass may
+    weight each anchor's classification loss (:meth:`anchor_weights`)."""
+
+    def __init__(self, *args: Any, loss_normalization: str = "image", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if loss_normalization not in ("image", "batch"):
+            raise ValueError(f"loss_normalization must be 'image' or 'batch', got {loss_normalization!r}")
+        self.loss_normalization = loss_normalization
+
+    def anchor_weights(
+        self, targets: list[dict], head_outputs: dict[str, torch.Tensor], anchors: list[torch.Tensor], matched: list
+    ) -> list[torch.Tensor] | None:
+        """Per image, a weight per anchor on its classification loss (None: torchvision's unweighted loss)."""
+        return None
+
+    def compute_loss(self, targets, head_outputs, anchors):
+        matched = retinanet_matches(self.proposal_matcher, targets, anchors)
+        weights = self.anchor_weights(targets, head_outputs, anchors, matched)
+        cls_sums, counts = retinanet_class_loss_sums(targets, head_outputs["cls_logits"], matched, weights)
+        box_coder = self.head.regression_head.box_coder
+        box_sums, _ = retinanet_box_loss_sums(targets, head_outputs["bbox_regression"], anchors, matched, box_coder)
+        return {
+            "classification": normalize_loss(cls_sums, counts, self.loss_normalization),
+            "bbox_regression": normalize_loss(box_sums, counts, self.loss_normalization),
+        }
 
 
 class FrozenBN(FrozenBatchNorm2d):

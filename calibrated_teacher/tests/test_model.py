@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from torchvision.models.detection._utils import BoxCoder
 
 from calibrated_teacher.model import create_model
 
@@ -55,3 +56,43 @@ def test_default_detector_fits_one_batch_at_the_default_lr(tmp_path):
         run.optimizer.step()  # the package's optimizer at the default lr (biases x2), no warm-up
         losses.append(float(loss["classification"]))
     assert losses[-1] < 0.25 * losses[0], losses
+
+
+def test_loss_normalization_is_mmdets_in_the_recipes_and_torchvisions_in_the_small_detectors():
+    from calibrated_teacher.config import DetectorConfig, TrainConfig
+    from calibrated_teacher.train import parse_args
+    from shared.config import config_to_dict
+
+    assert DetectorConfig().loss_normalization == "batch"  # the released mmdetection RetinaNet
+    assert parse_args(["-c", "calibrated_teacher/configs/miss50p.yaml"]).detector.loss_normalization == "batch"
+    assert parse_args([]).detector.loss_normalization == "image"  # the embedded default and the evidence
+    for name in ("retinanet_mnv2_fpn", "retinanet_tiny"):
+        assert create_model(name, 3).loss_normalization == "image"
+    assert create_model("retinanet_tiny", 3, loss_normalization="batch").loss_normalization == "batch"
+    # a checkpoint written before the key existed normalised per image: a resume reads its config so
+    stored = config_to_dict(parse_args(["-c", "calibrated_teacher/configs/miss50p.yaml"]))
+    del stored["detector"]["loss_normalization"]
+    assert TrainConfig.upgrade_stored(stored)["detector"]["loss_normalization"] == "image"
+
+
+def test_fiou_weights_under_batch_normalization():
+    """The FIoU-weighted focal loss normalised per batch is the per-image sums over the summed positives."""
+    from calibrated_teacher.losses import FIoUParams, fiou_anchor_weights, retinanet_fiou_losses
+    from shared.detection import retinanet_class_loss_sums
+
+    gen = torch.Generator().manual_seed(0)
+    anchors = [torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40], [5, 5, 15, 15]])] * 2
+    outputs = {
+        "cls_logits": torch.randn(2, 3, 2, generator=gen),
+        "bbox_regression": torch.randn(2, 3, 4, generator=gen),
+    }
+    targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}] * 2
+    matched = [torch.tensor([0, -1, -2]), torch.tensor([0, 0, -1])]
+    coder = BoxCoder((1.0,) * 4)
+    weights = fiou_anchor_weights(targets, outputs, anchors, matched, coder, FIoUParams())
+    sums, counts = retinanet_class_loss_sums(targets, outputs["cls_logits"], matched, weights)
+    assert counts == [1, 2]
+    batch = retinanet_fiou_losses(targets, outputs, anchors, matched, coder, FIoUParams(), normalization="batch")
+    torch.testing.assert_close(batch, (sums[0] + sums[1]) / 3)
+    image = retinanet_fiou_losses(targets, outputs, anchors, matched, coder, FIoUParams())
+    torch.testing.assert_close(image, (sums[0] / 1 + sums[1] / 2) / 2)

@@ -252,3 +252,17 @@ def test_unknown_detection_config_key_is_an_error(capsys):
     with pytest.raises(SystemExit):
         train_det.parse_args(['--data.image_size', '64'])
     assert 'unknown argument' in capsys.readouterr().err
+
+
+def test_retinanet_losses_are_normalised_per_batch_as_mmdet_and_old_runs_per_image():
+    from shared.config import config_to_dict
+    from shared.detection import RetinaNetLossNorm
+
+    cfg = train_det.parse_args(TINY)
+    assert cfg.loss_normalization == 'batch'
+    model = build_retinanet('emo_test', num_classes=3, loss_normalization=cfg.loss_normalization)
+    assert isinstance(model, RetinaNetLossNorm) and model.loss_normalization == 'batch'
+    # a checkpoint written before the key existed trained with torchvision's per-image normalisation
+    old = {k: v for k, v in config_to_dict(cfg).items() if k != 'loss_normalization'}
+    assert type(cfg).upgrade_stored(old)['loss_normalization'] == 'image'
+    assert type(cfg).upgrade_stored(config_to_dict(cfg))['loss_normalization'] == 'batch'

@@ -194,3 +194,56 @@ def test_pyramid_roi_align_is_torchvision_unaligned_and_mmcv_aligned():
         shifted = reference(x, [b - shift for b in boxes], image_shapes)
         torch.testing.assert_close(aligned, shifted, rtol=0, atol=1e-6)
         assert not torch.allclose(aligned, reference(x, boxes, image_shapes))  # the shift matters
+
+
+def _retinanet_batch(seed: int = 0):
+    """A tiny RetinaNet's head outputs, anchors and targets for two images (one without boxes)."""
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    gen = torch.Generator().manual_seed(seed)
+    head = RetinaNetHead(8, 9, 3)
+    anchors = [torch.rand(40, 2, generator=gen) * 60 for _ in range(2)]
+    anchors = [torch.cat([a, a + 10 + torch.rand(40, 2, generator=gen) * 30], 1) for a in anchors]
+    outputs = {
+        "cls_logits": torch.randn(2, 40, 3, generator=gen),
+        "bbox_regression": torch.randn(2, 40, 4, generator=gen),
+    }
+    boxes = anchors[0][[3, 7, 11]] + torch.rand(3, 4, generator=gen) * 4
+    targets = [
+        {"boxes": boxes, "labels": torch.tensor([0, 2, 1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    return head, outputs, anchors, targets
+
+
+def test_retinanet_losses_are_torchvisions_per_image_and_mmdets_per_batch():
+    from torchvision.models.detection import RetinaNet
+    from torchvision.ops import box_iou
+
+    from shared.detection import RetinaNetLossNorm, normalize_loss
+
+    head, outputs, anchors, targets = _retinanet_batch()
+    backbone = torch.nn.Conv2d(3, 8, 1)
+    backbone.out_channels = 8
+    torchvision_model = RetinaNet(backbone, 3, head=head)
+    ours = {norm: RetinaNetLossNorm(backbone, 3, head=head, loss_normalization=norm) for norm in ("image", "batch")}
+    reference = torchvision_model.compute_loss(targets, outputs, anchors)
+    image = ours["image"].compute_loss(targets, outputs, anchors)
+    assert all(torch.equal(image[k], reference[k]) for k in reference)  # bitwise torchvision's
+    # per batch: the images' summed losses over their summed positives (an image without boxes counts one); each
+    # image's sum is torchvision's loss of that image alone times its positives
+    positives = [int((torchvision_model.proposal_matcher(box_iou(targets[0]["boxes"], anchors[0])) >= 0).sum()), 0]
+    assert positives[0] > 1
+    alone = [
+        torchvision_model.compute_loss([targets[i]], {k: v[i : i + 1] for k, v in outputs.items()}, [anchors[i]])
+        for i in range(2)
+    ]
+    batch = ours["batch"].compute_loss(targets, outputs, anchors)
+    for key in reference:
+        sums = [alone[i][key] * max(1, positives[i]) for i in range(2)]
+        torch.testing.assert_close(batch[key], (sums[0] + sums[1]) / (positives[0] + 1))
+        assert not torch.allclose(batch[key], reference[key])
+    with pytest.raises(ValueError, match="loss normalization must be 'image' or 'batch'"):
+        normalize_loss([torch.ones(())], [1], "level")
+    with pytest.raises(ValueError, match="loss_normalization must be"):
+        RetinaNetLossNorm(backbone, 3, head=head, loss_normalization="level")
