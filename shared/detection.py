@@ -604,6 +604,9 @@ class RetinaNetLossNorm(RetinaNet):
         super().__init__(*args, **kwargs)
         if loss_normalization not in ("image", "batch"):
             raise ValueError(f"loss_normalization must be 'image' or 'batch', got {loss_normalization!r}")
+        loss_type = getattr(self.head.regression_head, "_loss_type", "l1")
+        if loss_type != "l1":
+            raise ValueError(f"RetinaNetLossNorm computes the L1 box loss; the regression head asks for {loss_type!r}")
         self.loss_normalization = loss_normalization
 
     def anchor_weights(

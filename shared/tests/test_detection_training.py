@@ -247,3 +247,6 @@ def test_retinanet_losses_are_torchvisions_per_image_and_mmdets_per_batch():
         normalize_loss([torch.ones(())], [1], "level")
     with pytest.raises(ValueError, match="loss_normalization must be"):
         RetinaNetLossNorm(backbone, 3, head=head, loss_normalization="level")
+    head.regression_head._loss_type = "giou"
+    with pytest.raises(ValueError, match="L1 box loss; the regression head asks for 'giou'"):
+        RetinaNetLossNorm(backbone, 3, head=head)
