@@ -4,7 +4,7 @@ stage and for every detector, and the Focal IoU Weight (FIoU) on negative anchor
 
 from calibrated_teacher.calibration import CalibrationBuffer, ScoreCalibrator, calibration_set
 from calibrated_teacher.config import CalibratedTeacherSettings, DataConfig, DetectorConfig, TrainConfig
-from calibrated_teacher.losses import FIoUParams, focal_iou_weight, retinanet_fiou_losses
+from calibrated_teacher.losses import FIoUParams, fiou_anchor_weights, focal_iou_weight, retinanet_fiou_losses
 from calibrated_teacher.model import VARIANTS, SparseRetinaNet, build_detector, create_model
 from calibrated_teacher.pseudo_labels import MergeRules, box_iof, merge_pseudo_boxes, overlaps_annotation
 from calibrated_teacher.sparse import drop_annotations, keep_one_per_category, kept_ratio, write_sparse_split
@@ -34,6 +34,7 @@ __all__ = [
     "calibration_set",
     "create_model",
     "drop_annotations",
+    "fiou_anchor_weights",
     "focal_iou_weight",
     "keep_one_per_category",
     "kept_ratio",
