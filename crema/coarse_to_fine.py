@@ -13,10 +13,10 @@ then the clean test split is evaluated (sum of both networks' logits with two ne
 Runs in one process or under torchrun (DDP; the training batches are sharded by a DistributedSampler). DDP
 broadcasts the buffers only at the start of a training forward, so after an epoch each rank holds the BatchNorm
 running statistics of its own last batch; the credibility pass and the test therefore first copy rank 0's parameters
-and buffers to every rank (``broadcast_module``), and the pass's predictions are rank 0's (broadcast), so every rank
-makes the same split, label update and selection and runs the same number of batches. The full state (networks,
-optimizers, memories, updated labels, RNG states, tracker) is checkpointed, and a resumed run ends bit-identical on
-CPU.
+and buffers to every rank (``broadcast_module``); each rank predicts its share of the pass and the shares are
+gathered, so every rank makes the same split, label update and selection and runs the same number of batches. The
+full state (networks, optimizers, memories, updated labels, RNG states, tracker) is checkpointed, and a resumed run
+ends bit-identical on CPU.
 """
 
 from __future__ import annotations
@@ -185,20 +185,31 @@ class CremaTrainer(EpochTrainer):
         net.train(was_training)
         return torch.cat(out)
 
+    def _predict_shared(self, k: int, indices: torch.Tensor, transform: Callable) -> torch.Tensor:
+        """:meth:`predict` on all of ``indices``: under torchrun each rank predicts one contiguous share and the shares
+        are gathered (padded to the longest for ``all_gather``), so every rank holds all the predictions."""
+        if not self.ctx.distributed:
+            return self.predict(k, indices, transform)
+        shares = indices.tensor_split(self.ctx.world_size)
+        mine = shares[self.ctx.rank]
+        longest = max(len(share) for share in shares)
+        padded = torch.zeros(longest, self.task.num_classes, device=self.device)
+        if len(mine):
+            padded[: len(mine)] = self.predict(k, mine, transform)
+        parts = [torch.empty_like(padded) for _ in shares]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[: len(share)] for part, share in zip(parts, shares)])
+
     def credibility_pass(self, k: int, indices: torch.Tensor) -> torch.Tensor:
         """Step 1: credibility of the given labels under network k, pushed into its memory; returns the softmax.
 
-        Under torchrun every rank predicts with rank 0's weights and buffers and then takes rank 0's predictions
-        (the augmented view of ``agreement`` is drawn per rank), so the memories, splits and selections agree."""
+        Under torchrun every rank predicts its share of ``indices`` with rank 0's weights and buffers, and the shares
+        are gathered, so every rank holds the same predictions and the memories, splits and selections agree."""
         self.sync_nets([k])
-        probs = self.predict(k, indices, self.task.eval_transform)
+        probs = self._predict_shared(k, indices, self.task.eval_transform)
         view = None
         if self.method.credibility == "agreement":
-            view = self.predict(k, indices, self.task.train_transform)
-        if self.ctx.distributed:
-            for tensor in (probs, view):
-                if tensor is not None:
-                    dist.broadcast(tensor, 0)
+            view = self._predict_shared(k, indices, self.task.train_transform)
         if not torch.isfinite(probs).all():
             raise FloatingPointError(
                 f"network {k + 1} predicts non-finite probabilities after step {self.step}: the run diverged "
