@@ -139,17 +139,12 @@ class AdaptorTraining:
     def state(self, cfg: TrainConfig) -> dict:
         """``last.pt``'s content (rank 0). ``queues`` is a list with one queue state per process (each process fills
         its own queues from its own images), as gathered by the last :meth:`save`; ``[this process's]`` before."""
-        components = self._components()
         queues = self.rank_queues if self.rank_queues is not None else [self.queues.state_dict()]
         return training_state(
             PACKAGE,
             cfg,
-            adaptors=components["adaptors"],
-            optimizer=components["optimizer"],
-            scaler=components["scaler"],
+            **self._components(),
             queues=queues,
-            generator=components["generator"],
-            loader_generator=components["loader_generator"],
             epoch=self.epoch,
             iteration=self.iteration,
             backbones=self.backbones,
