@@ -14,8 +14,8 @@ iterations), TensorBoard scalars, ``last.pt`` / ``best.pt``, ``metrics.json`` (s
 annotations, ECE before/after calibration, precision of kept pseudo boxes) and ``reliability.png``. ``--resume
 last.pt`` continues exactly (calibrator, calibration buffer and pseudo-box log of every rank included). A ``--resume``
 file is read and checked (another detector, method or split is refused: ``TrainConfig.RESUME_SECTIONS``) and the run
-folder claimed before anything is written; a non-finite loss, gradient or
-parameter stops the run naming the step (README, Quick start).
+folder claimed before anything is written; a non-finite loss, gradient or parameter stops the run naming the step
+(README, Quick start).
 """
 
 from __future__ import annotations

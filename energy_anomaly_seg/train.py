@@ -50,6 +50,7 @@ from shared.distributed import (
     gather_rank_states,
     init_distributed,
     own_rank_entry,
+    rank_entry_count,
     seed_everything,
 )
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
@@ -306,9 +307,8 @@ def train_steps(run: Run, training: HeadTraining, batches: Iterator[dict], start
         if train_segmentor.is_due(done, cfg.checkpoint_interval, iters):
             training.checkpoint(run, done)
         if cfg.eval_interval and done % cfg.eval_interval == 0 and done < iters:
-            pools = gather_rank_states(
-                training.pool.state_dict(), ctx
-            )  # every rank: best.pt is written by rank 0 alone
+            # every rank gathers (a collective), though only rank 0 decides on and writes best.pt
+            pools = gather_rank_states(training.pool.state_dict(), ctx)
             if ctx.is_main:
                 _keep_best(run, training, done, pools)
                 model.train()
@@ -347,7 +347,7 @@ def train_ood_head(run: Run, state: dict[str, Any] | None) -> None:
     batches = build_train_loader(cfg.data, cfg.synthetic, ctx, cfg.seed + 1, start)  # before the RNG restore
     if state is not None:
         training.pool.load_state_dict(own_rank_entry(state["pool"], ctx.rank), ctx.device)
-        saved_pools = 1 if isinstance(state["pool"], dict) else len(state["pool"])
+        saved_pools = rank_entry_count(state["pool"])
         if saved_pools < ctx.world_size:
             run.logger.info(
                 f"{cfg.resume} holds the crop pools of {saved_pools} process(es): ranks "

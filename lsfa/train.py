@@ -44,6 +44,7 @@ from shared.distributed import (
     gather_rank_states,
     init_distributed,
     own_rank_entry,
+    rank_entry_count,
     seed_everything,
 )
 from shared.logger import RunLogger, claim_run_dir, resolve_run_dir
@@ -417,7 +418,7 @@ def _run(cfg: TrainConfig, ctx: DistContext) -> dict[str, float]:
     if resume is not None:
         t.resume(resume, ctx.rank)
         logger.info(f"resumed {cfg.resume} at epoch {t.epoch}")
-        entries = 1 if isinstance(resume["queues"], dict) else len(resume["queues"])
+        entries = rank_entry_count(resume["queues"])
         if entries < ctx.world_size:
             logger.info(
                 f"{cfg.resume} holds the IFC queues of {entries} process(es): ranks {entries}..{ctx.world_size - 1} "

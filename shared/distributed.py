@@ -36,6 +36,7 @@ __all__ = [
     "is_main_process",
     "loader_seed",
     "own_rank_entry",
+    "rank_entry_count",
     "seed_everything",
     "seed_worker",
 ]
@@ -231,6 +232,11 @@ def all_reduce_gradients(parameters: Iterable[torch.Tensor]) -> None:
         n = g.numel()
         p.grad = flat[offset : offset + n].view_as(g).clone()
         offset += n
+
+
+def rank_entry_count(entries: list[Any] | Any) -> int:
+    """How many processes wrote a per-rank checkpoint entry (1 for the layout before per-rank entries)."""
+    return len(entries) if isinstance(entries, list) else 1
 
 
 #: Offset between the ranks' loader seeds (``loader_seed``): far above any ``seed * 100_003 + epoch``.

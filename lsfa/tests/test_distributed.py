@@ -7,7 +7,7 @@ import torch
 from lsfa import train as lsfa_train
 from lsfa.adaptation import AdaptationQueues
 from lsfa.tests import ddp_loss_worker
-from shared.distributed import DistContext, gather_rank_states, own_rank_entry
+from shared.distributed import DistContext, gather_rank_states, own_rank_entry, rank_entry_count
 from shared.testing import assert_same_tensors, run_torchrun
 
 
@@ -35,6 +35,7 @@ def test_queues_are_saved_per_process_and_each_restores_its_own():
     assert int(own_rank_entry(entries[:1], 2)["rank"]) == 0  # fewer entries than ranks: rank 0's
     old = {"rank": torch.tensor(0)}  # the layout before per-rank queues: one state (rank 0's) for every rank
     assert own_rank_entry(old, 1) is old
+    assert rank_entry_count(entries) == 3 and rank_entry_count(old) == 1
 
 
 @pytest.mark.slow
