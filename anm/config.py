@@ -24,7 +24,6 @@ __all__ = [
     "ModelConfig",
     "SANMConfig",
     "check_run_settings",
-    "upgrade_stored_config",
 ]
 
 PACKAGE = "anm"
@@ -86,6 +85,19 @@ class Config(RunConfig):
     dividemix: DivideMixConfig = field(default_factory=DivideMixConfig)
     sanm: SANMConfig = field(default_factory=SANMConfig)
 
+    @classmethod
+    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """Besides the run-level names (``RunConfig.upgrade_stored``): ``data.num_workers``, removed, is dropped. No
+        loader read it (every loader reads ``dividemix.num_workers``); it becomes ``dividemix.num_workers`` only in a
+        config without one (what ran is what the engine read)."""
+        values = super().upgrade_stored(stored)
+        data = dict(values.get("data") or {})
+        if "num_workers" in data:
+            workers = data.pop("num_workers")
+            values["data"] = data
+            values["dividemix"] = {"num_workers": workers, **dict(values.get("dividemix") or {})}
+        return values
+
 
 def check_run_settings(cfg: Config) -> None:
     """Refuse settings anm does not support, with the reason."""
@@ -106,16 +118,3 @@ def check_run_settings(cfg: Config) -> None:
         raise ValueError(f"model.pretrained loads C2D checkpoints into SupCE ResNets only, not {cfg.model.name!r}")
     if cfg.model.double_softmax and cfg.model.name not in ("supce_resnet18", "supce_resnet18_tiny"):
         raise ValueError("model.double_softmax reproduces the released SupCE ResNet-18 quirk; it needs supce_resnet18")
-
-
-def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The config stored in a checkpoint written before ``data.num_workers`` was removed, in today's keys. No loader
-    read that key (every loader reads ``dividemix.num_workers``), so it is dropped; it becomes
-    ``dividemix.num_workers`` only in a config without one (what ran is what the engine read)."""
-    values = dict(stored)
-    data = dict(values.get("data") or {})
-    if "num_workers" in data:
-        workers = data.pop("num_workers")
-        values["data"] = data
-        values["dividemix"] = {"num_workers": workers, **dict(values.get("dividemix") or {})}
-    return values

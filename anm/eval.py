@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from anm.config import PACKAGE, Config, upgrade_stored_config
+from anm.config import PACKAGE, Config
 from anm.data import build_task
 from anm.engine import build_models
 from shared.entrypoints import Evaluation, checkpoint_parser, run_evaluation
@@ -47,7 +47,6 @@ parse_args = checkpoint_parser(
     PACKAGE,
     required=("net1", "net2", "config", "epoch"),
     checkpoint_help="last.pt or best.pt of an anm run",
-    upgrade=upgrade_stored_config,
 )
 
 

@@ -83,7 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> Path:
     from dataclasses import replace
 
-    from anm.config import PACKAGE, Config, upgrade_stored_config
+    from anm.config import PACKAGE, Config
     from anm.data import build_task
     from anm.engine import build_models
     from shared.checkpoint import load_checkpoint
@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> Path:
 
     checkpoint = Path(args.checkpoint)
     state = load_checkpoint(checkpoint, package=PACKAGE, required=("net1", "config"))
-    cfg = parse_eval_config(Config, upgrade_stored_config(state["config"]), [])
+    cfg = parse_eval_config(Config, Config.upgrade_stored(state["config"]), [])
     task = build_task(cfg.data, checkpoint.parent, write_noise=False)
     net = build_models(replace(cfg, model=replace(cfg.model, pretrained=None)), task.num_classes)[0]
     net.load_state_dict(state["net1"])

@@ -172,10 +172,11 @@ class TrainConfig(RunConfig):
     @classmethod
     def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
         """A checkpoint written before ``detector.loss_normalization`` existed normalised per image."""
-        detector = stored.get("detector")
+        values = super().upgrade_stored(stored)
+        detector = values.get("detector")
         if isinstance(detector, Mapping) and "loss_normalization" not in detector:
-            return {**stored, "detector": {**detector, "loss_normalization": "image"}}
-        return dict(stored)
+            values["detector"] = {**detector, "loss_normalization": "image"}
+        return values
 
     method: Literal["calibrated_teacher", "supervised"] = "calibrated_teacher"
     detector: DetectorConfig = field(default_factory=DetectorConfig)

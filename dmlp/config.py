@@ -26,7 +26,6 @@ __all__ = [
     "RetrainConfig",
     "SSLConfig",
     "check_run_settings",
-    "upgrade_stored_config",
 ]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -127,6 +126,21 @@ class Config(RunConfig):
     purifier: PurifierConfig = field(default_factory=PurifierConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
+    @classmethod
+    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """Besides the run-level names (``RunConfig.upgrade_stored``): ``data.meta_size`` (a count in earlier
+        versions) becomes ``data.meta_fraction``."""
+        values = super().upgrade_stored(stored)
+        data = values.get("data")
+        if isinstance(data, dict) and "meta_size" in data:
+            data = dict(data)
+            size = data.pop("meta_size")
+            train_size = data.get("synthetic_train_size") if data.get("root") is None else 50000
+            if data.get("dataset") != "clothing1m" and train_size:
+                data["meta_fraction"] = size / train_size
+            values["data"] = data
+        return values
+
 
 #: RunConfig keys with one supported value in dmlp; they say nothing about what a run folder holds, so the folder's
 #: RUN.json leaves them out (and a folder claimed before they existed can still be resumed).
@@ -156,22 +170,3 @@ def check_run_settings(cfg: Config) -> None:
             "--retrain.mode naive to retrain without the meta rows (on Clothing1M the meta set is the separate "
             "validation split, never in the training set, so the setting has no effect there)"
         )
-
-
-def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The config stored in a checkpoint of an older dmlp, in today's names (device null -> auto, amp none -> off,
-    data.meta_size -> data.meta_fraction)."""
-    values = dict(stored)
-    data = values.get("data")
-    if isinstance(data, dict) and "meta_size" in data:  # before issue 16 the meta set was a count
-        data = dict(data)
-        size = data.pop("meta_size")
-        train_size = data.get("synthetic_train_size") if data.get("root") is None else 50000
-        if data.get("dataset") != "clothing1m" and train_size:
-            data["meta_fraction"] = size / train_size
-        values["data"] = data
-    if values.get("device", "auto") is None:
-        values["device"] = "auto"
-    if values.get("amp") == "none":
-        values["amp"] = "off"
-    return values

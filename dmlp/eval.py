@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dmlp.config import Config, upgrade_stored_config
+from dmlp.config import Config
 from dmlp.data import NoisyTask, build_task
 from dmlp.provenance import PACKAGE
 from dmlp.stages import summary
@@ -82,7 +82,6 @@ parse_args = checkpoint_parser(
     PACKAGE,
     required=("models", "config"),
     checkpoint_help="last.pt of a dmlp run",
-    upgrade=upgrade_stored_config,
 )
 
 

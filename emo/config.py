@@ -196,7 +196,7 @@ class DetectionConfig(DetectorConfig):
     @classmethod
     def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
         """A checkpoint written before ``loss_normalization`` existed normalised per image (torchvision's)."""
-        return {'loss_normalization': 'image', **stored}
+        return {'loss_normalization': 'image', **super().upgrade_stored(stored)}
 
 
 @dataclass
@@ -304,20 +304,6 @@ class SegConfig(BackboneFinetuneConfig):
     data: SegDataConfig = field(default_factory=SegDataConfig)
 
 
-#: Keys of a stored training config that an evaluation never takes over (where the run wrote, what it resumed).
-_NOT_INHERITED = ('output_dir', 'resume')
-
-
-def _upgrade(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """A config stored before the run-level settings got RunConfig's names (``torch_threads``, ``device: null``)."""
-    values = dict(stored)
-    if 'torch_threads' in values:
-        values.setdefault('threads', values.pop('torch_threads'))
-    if 'device' in values and values['device'] is None:
-        values['device'] = 'auto'
-    return values
-
-
 def parse_checkpoint_config(schema: type[T], argv: Sequence[str] | None, default_config: Path, description: str) -> T:
     """The config of an evaluation script: ``-c FILE`` if given, else the config stored in ``--checkpoint`` (the
     training run's own, without its ``output_dir``/``resume``), else ``default_config`` (a checkpoint without a
@@ -328,6 +314,4 @@ def parse_checkpoint_config(schema: type[T], argv: Sequence[str] | None, default
     :class:`shared.checkpoint.CheckpointError` before anything is written. A missing ``--checkpoint`` is a usage
     error (exit status 2).
     """
-    return parse_entry_checkpoint_config(
-        schema, argv, default_config, description, PACKAGE, upgrade=_upgrade, not_inherited=_NOT_INHERITED
-    )
+    return parse_entry_checkpoint_config(schema, argv, default_config, description, PACKAGE)

@@ -9,10 +9,9 @@ in iterations. The sections below are shared by the scripts; the values of the r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from shared.config import RunConfig
 
@@ -30,7 +29,6 @@ __all__ = [
     "SegmentorTrainConfig",
     "SyntheticConfig",
     "TrainConfig",
-    "upgrade_stored_config",
 ]
 
 PACKAGE = "energy_anomaly_seg"
@@ -240,19 +238,3 @@ class TrainConfig(RunConfig):
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-#: Run-level keys renamed when the configs moved onto RunConfig (old name -> new name).
-_RENAMED = {"num_threads": "threads", "ckpt_interval": "checkpoint_interval"}
-
-
-def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """A config stored in a checkpoint written before the RunConfig names, in today's names: ``num_threads``
-    (0 = torch's default) -> ``threads`` (None), ``ckpt_interval`` -> ``checkpoint_interval``, amp 'none' -> 'off'.
-    A current config is returned unchanged."""
-    values = {_RENAMED.get(key, key): value for key, value in stored.items()}
-    if values.get("threads") == 0:
-        values["threads"] = None
-    if values.get("amp") == "none":
-        values["amp"] = "off"
-    return values

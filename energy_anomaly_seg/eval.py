@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from energy_anomaly_seg.config import CONFIG_DIR, PACKAGE, TrainConfig, upgrade_stored_config
+from energy_anomaly_seg.config import CONFIG_DIR, PACKAGE, TrainConfig
 from energy_anomaly_seg.evaluation import evaluate_datasets
 from energy_anomaly_seg.mmseg_checkpoint import load_mmseg_checkpoint, unwrap_state_dict
 from energy_anomaly_seg.model import SLEEG, create_model
@@ -97,7 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Evaluation:
     checkpoint = Path(known.checkpoint)
     state, trained_here = read_evaluation_checkpoint(checkpoint)
     if trained_here:
-        cfg = parse_eval_config(TrainConfig, upgrade_stored_config(state["config"]), rest, description=DESCRIPTION)
+        cfg = parse_eval_config(TrainConfig, TrainConfig.upgrade_stored(state["config"]), rest, description=DESCRIPTION)
     else:
         cfg = parse_config(
             TrainConfig, rest, description=DESCRIPTION, default_config=CONFIG_DIR / "cityscapes_r101.yaml"

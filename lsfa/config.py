@@ -27,7 +27,6 @@ __all__ = [
     "OptimConfig",
     "SyntheticConfig",
     "TrainConfig",
-    "upgrade_stored_config",
 ]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -179,19 +178,13 @@ class TrainConfig(RunConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)
     uff: UFFSettings = field(default_factory=UFFSettings)
 
-
-def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The config stored in a checkpoint written by an earlier version, in today's terms: ``num_threads`` (0 =
-    torch's default) becomes ``threads`` (null), ``amp: none`` becomes ``amp: off``, and a ``data`` section without
-    ``mask_resize`` (written before the key existed) gets ``mask_resize: torch``, the gt-mask rule that run was
-    scored with, so that ``eval.py`` re-scores it as it was (``--data.mask_resize pil`` for M3DM's rule)."""
-    values = dict(stored)
-    if "num_threads" in values:
-        threads = values.pop("num_threads")
-        values.setdefault("threads", threads or None)
-    if values.get("amp") == "none":
-        values["amp"] = "off"
-    data = values.get("data")
-    if isinstance(data, Mapping) and "mask_resize" not in data:
-        values["data"] = {**data, "mask_resize": "torch"}
-    return values
+    @classmethod
+    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """Besides the run-level names (``RunConfig.upgrade_stored``): a ``data`` section without ``mask_resize``
+        (written before the key existed) gets ``mask_resize: torch``, the gt-mask rule that run was scored with, so
+        that ``eval.py`` re-scores it as it was (``--data.mask_resize pil`` for M3DM's rule)."""
+        values = super().upgrade_stored(stored)
+        data = values.get("data")
+        if isinstance(data, Mapping) and "mask_resize" not in data:
+            values["data"] = {**data, "mask_resize": "torch"}
+        return values

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lsfa.config import TrainConfig, upgrade_stored_config
+from lsfa.config import TrainConfig
 from lsfa.data import MVTec3DDataset, resolve_classes
 from lsfa.model import FeatureExtractor, LSFAAdaptors, UnsupervisedFeatureFusion
 from lsfa.pipeline import build_extractor, build_uff, load_adaptors, resolve_root
@@ -199,15 +199,14 @@ def evaluate(ev: Evaluation, device: torch.device, logger: RunLogger) -> dict[st
     return score_run(cfg, extractor, adaptors, root, classes, device, out, logger, uff=uff)
 
 
-# The config stored in ``--checkpoint`` (run-level keys of older checkpoints renamed), then ``-c`` and ``--key value``
-# overrides; metrics go to ``--output_dir`` (default ``<checkpoint folder>/eval``).
+# The config stored in ``--checkpoint`` (in today's keys: ``TrainConfig.upgrade_stored``), then ``-c`` and
+# ``--key value`` overrides; metrics go to ``--output_dir`` (default ``<checkpoint folder>/eval``).
 parse_args = checkpoint_parser(
     TrainConfig,
     __doc__,
     PACKAGE,
     required=("config", "adaptors"),
     checkpoint_help="last.pt of a train.py run",
-    upgrade=upgrade_stored_config,
 )
 
 

@@ -7,9 +7,10 @@ engine -> train / eval / visualize / bench``); ``train.parse_args`` resolves the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from shared.config import ConfigError, RunConfig
 
@@ -279,6 +280,20 @@ class TrainConfig(RunConfig):
         metadata={"help": "after training, run the supervised-only baseline of the same length and print both"},
     )
     find_unused_parameters: bool = True
+
+    @classmethod
+    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """Besides the run-level names (``RunConfig.upgrade_stored``): a ``detector`` without ``roi_aligned`` gets
+        ``false`` (torchvision's unaligned RoIAlign, the only one before the key existed), and a ``data`` section
+        without ``batch_counts`` gets ``inner_binomial``, the only rule before the key existed, and
+        ``sampling: softteacher``, the split such a run read whatever its ``data.sampling`` said (the setting did not
+        reach the split files then; README, Fidelity note 6)."""
+        values = super().upgrade_stored(stored)
+        if isinstance(values.get("detector"), Mapping) and "roi_aligned" not in values["detector"]:
+            values["detector"] = {**values["detector"], "roi_aligned": False}
+        if isinstance(values.get("data"), Mapping) and "batch_counts" not in values["data"]:
+            values["data"] = {**values["data"], "batch_counts": "inner_binomial", "sampling": "softteacher"}
+        return values
 
     def __post_init__(self) -> None:  # a bad test or report scale fails at parse time, not at the first evaluation
         super().__post_init__()

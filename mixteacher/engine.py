@@ -36,15 +36,12 @@ __all__ = [
     "load_models",
     "read_checkpoint",
     "result_metrics",
-    "upgrade_config",
 ]
 
 #: what evaluation and visualisation read from a checkpoint
 MODEL_KEYS = ("student", "teacher", "config", "num_classes", "categories", "step")
 #: what ``--resume`` reads
 RESUME_KEYS = (*MODEL_KEYS, "optimizer", "scheduler", "scaler", "best", "rng")
-#: config keys of checkpoints written before the run-level settings were renamed (shared.config.RunConfig)
-_RENAMED_KEYS = {"torch_threads": "threads"}
 
 
 def read_checkpoint(path: str | Path, required: Sequence[str] = RESUME_KEYS) -> dict[str, Any]:
@@ -61,30 +58,9 @@ def read_checkpoint(path: str | Path, required: Sequence[str] = RESUME_KEYS) -> 
 def config_from_checkpoint(
     state: Mapping[str, Any], argv: Sequence[str] = (), description: str | None = None
 ) -> TrainConfig:
-    """The training config stored in a checkpoint, ``-c`` / ``--key value`` overrides in ``argv`` on top.
-
-    Checkpoints of the earlier schema are read too: ``torch_threads`` becomes ``threads``, ``device: null``
-    ``auto``."""
-    return parse_eval_config(TrainConfig, upgrade_config(state["config"]), list(argv), description)
-
-
-def upgrade_config(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored training config in the current schema: ``torch_threads`` becomes ``threads``, ``device: null``
-    ``auto`` (checkpoints written before the run-level settings were unified), a ``detector`` without
-    ``roi_aligned`` gets ``false`` (torchvision's unaligned RoIAlign, the only one before the key existed), and a
-    ``data`` section without
-    ``batch_counts`` gets ``inner_binomial``, the only rule before the key existed, and ``sampling: softteacher``,
-    the split such a run read whatever its ``data.sampling`` said (README, Fidelity note 6)."""
-    config = {_RENAMED_KEYS.get(k, k): v for k, v in stored.items()}
-    if config.get("device") is None:
-        config["device"] = "auto"
-    if isinstance(config.get("detector"), Mapping) and "roi_aligned" not in config["detector"]:
-        config["detector"] = {**config["detector"], "roi_aligned": False}  # torchvision's RoIAlign, the only one then
-    if isinstance(config.get("data"), Mapping) and "batch_counts" not in config["data"]:
-        # before the key existed: the earlier count rule, and the SoftTeacher split whatever data.sampling said
-        # (the setting did not reach the split files then)
-        config["data"] = {**config["data"], "batch_counts": "inner_binomial", "sampling": "softteacher"}
-    return config
+    """The training config stored in a checkpoint (in today's keys: ``TrainConfig.upgrade_stored``), ``-c`` /
+    ``--key value`` overrides in ``argv`` on top."""
+    return parse_eval_config(TrainConfig, TrainConfig.upgrade_stored(state["config"]), list(argv), description)
 
 
 def load_models(state: Mapping[str, Any], cfg: TrainConfig) -> dict[str, MixedScaleFasterRCNN]:

@@ -36,7 +36,6 @@ from mixteacher.engine import (
     load_models,
     read_checkpoint,
     result_metrics,
-    upgrade_config,
 )
 from shared.detection import check_checkpoint_categories, coco_summary
 from shared.distributed import cleanup_distributed, init_distributed
@@ -69,7 +68,6 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
         PACKAGE,
         required=MODEL_KEYS,
         checkpoint_help="last.pt or best.pt of a run",
-        upgrade=upgrade_config,
     )
     return EvalConfig(checkpoint=str(ev.checkpoint), output_dir=str(ev.output_dir), train=ev.config)
 

@@ -51,7 +51,6 @@ from mixteacher.engine import (
     headline,
     read_checkpoint,
     result_metrics,
-    upgrade_config,
 )
 from mixteacher.mix_teacher import MixTeacher
 from mixteacher.model import build_detector
@@ -82,7 +81,7 @@ def check_resume(cfg: TrainConfig, resume: dict[str, Any]) -> None:
     """Refuse a ``--resume`` with another detector, method, method settings or training data than the checkpoint's
     stored config, upgraded to today's keys (``shared.logger.RunDirError`` naming the keys), e.g. one started
     without its ``-c`` recipe (``TrainConfig.RESUME_SECTIONS``; paths and loading: ``TrainConfig.RESUME_FREE_KEYS``)."""
-    check_resume_state(cfg, {**resume, "config": upgrade_config(resume.get("config") or {})})
+    check_resume_state(cfg, resume)
 
 
 # ------------------------------------------------------------------------------------------------ builders

@@ -104,7 +104,7 @@ class MaskRCNNConfig(RunConfig):
     @classmethod
     def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
         """A checkpoint written before ``roi_aligned`` existed pooled with torchvision's unaligned RoIAlign."""
-        return {"roi_aligned": False, **stored}
+        return {"roi_aligned": False, **super().upgrade_stored(stored)}
 
     model: str = field(default='pvg_s', metadata={'help': 'backbone (pvig_ti/s/m/b, pvg_ti/s/m/b, *_test)'})
     pretrained_backbone: str | None = field(
@@ -153,13 +153,8 @@ class MaskRCNNConfig(RunConfig):
     data: MaskRCNNDataConfig = field(default_factory=MaskRCNNDataConfig)
 
 
-_NOT_INHERITED = ('output_dir', 'resume')
-
-
 def parse_checkpoint_config(schema: type[T], argv: Sequence[str] | None, default_config: Path, description: str) -> T:
     """An evaluation's config: the config stored in ``--checkpoint`` (without its ``output_dir``/``resume``; ``-c``
     and flags override it), else ``default_config`` (a file without a config, e.g. an official release);
     flags override it. A foreign, missing or unreadable checkpoint is an error before anything is written."""
-    return parse_entry_checkpoint_config(
-        schema, argv, default_config, description, PACKAGE, not_inherited=_NOT_INHERITED
-    )
+    return parse_entry_checkpoint_config(schema, argv, default_config, description, PACKAGE)

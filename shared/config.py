@@ -61,6 +61,8 @@ class ConfigError(ValueError):
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 AmpMode = Literal["off", "bf16", "fp16"]
+#: Run-level keys as packages named them before ``RunConfig`` (old name -> today's), read by ``upgrade_stored``.
+_RENAMED_RUN_KEYS = {"num_threads": "threads", "torch_threads": "threads", "ckpt_interval": "checkpoint_interval"}
 
 
 @dataclasses.dataclass
@@ -111,8 +113,23 @@ class RunConfig:
     def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
         """A config stored in a checkpoint by an older version of the package, in today's keys and meanings (what a
         key added since must be for that run to be rebuilt as it was trained). Read by resume checks and evaluation
-        scripts (``shared.entrypoints.parse_checkpoint_config``); a package overrides it where its schema grew."""
-        return dict(stored)
+        scripts (``shared.entrypoints``); a package overrides it where its schema grew, starting from this one's.
+
+        Here: the run-level settings as they were before they moved onto this class (``num_threads`` /
+        ``torch_threads`` -> ``threads``, 0 meaning torch's default -> null; ``ckpt_interval`` ->
+        ``checkpoint_interval``; ``device: null`` -> ``auto``; ``amp: none`` -> ``off``). Each old value is one that
+        today's config refuses, so a current config passes unchanged."""
+        values = dict(stored)
+        for old, new in _RENAMED_RUN_KEYS.items():
+            if old in values:
+                values.setdefault(new, values.pop(old))
+        if "threads" in values and values["threads"] == 0:
+            values["threads"] = None
+        if "device" in values and values["device"] is None:
+            values["device"] = "auto"
+        if values.get("amp") == "none":
+            values["amp"] = "off"
+        return values
 
     def __post_init__(self) -> None:
         for name in ("log_interval", "eval_interval", "checkpoint_interval"):

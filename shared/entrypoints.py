@@ -147,19 +147,24 @@ def _preparse_checkpoint(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _upgraded(schema: type, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """``stored`` (a checkpoint's config) in today's keys: ``schema.upgrade_stored``
+    (:meth:`shared.config.RunConfig.upgrade_stored`), or unchanged for a schema without one."""
+    upgrade = getattr(schema, "upgrade_stored", None)
+    return upgrade(stored) if upgrade is not None else dict(stored)
+
+
 def parse_checkpoint_config(
     schema: type[T],
     argv: Sequence[str] | None,
     default_config: Path,
     description: str,
     package: str,
-    upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     not_inherited: Sequence[str] = ("output_dir", "resume"),
 ) -> T:
     """The config of an evaluation script: the config stored in ``--checkpoint`` (without its ``not_inherited``
-    keys; ``-c`` and flags override it; ``upgrade`` (default: the schema's ``upgrade_stored``) maps an older stored
-    config to the current keys), else ``default_config`` (a checkpoint without a config, e.g. a released file);
-    command-line flags override it.
+    keys, read in today's keys by the schema's ``upgrade_stored``; ``-c`` and flags override it), else
+    ``default_config`` (a checkpoint without a config, e.g. a released file); command-line flags override it.
     ``output_dir`` comes from the command line only (else None: the caller writes next to the checkpoint).
 
     The checkpoint is read and checked first: another package's checkpoint, a missing or an unreadable file is a
@@ -170,9 +175,7 @@ def parse_checkpoint_config(
     pre = _preparse_checkpoint(argv)
     stored = load_checkpoint(pre.checkpoint, package=package).get("config") if pre.checkpoint else None
     if isinstance(stored, Mapping):
-        upgrade = upgrade or getattr(schema, "upgrade_stored", None)
-        stored = upgrade(stored) if upgrade is not None else stored
-        cfg = parse_eval_config(schema, stored, argv, description, ignore=tuple(not_inherited))
+        cfg = parse_eval_config(schema, _upgraded(schema, stored), argv, description, ignore=tuple(not_inherited))
     else:
         cfg = parse_config(schema, argv, description, default_config=default_config)
     return cfg if pre.output_dir is not None else dataclasses.replace(cfg, output_dir=None)
@@ -196,7 +199,6 @@ def parse_checkpoint_args(
     *,
     required: Sequence[str],
     checkpoint_help: str,
-    upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     ignore: Sequence[str] = (),
 ) -> Evaluation:
     """``--checkpoint`` and ``--output_dir``; the run's config is the one stored in the checkpoint, overridden by
@@ -209,7 +211,6 @@ def parse_checkpoint_args(
         package: the package a checkpoint must come from (:func:`shared.checkpoint.load_checkpoint`).
         required: keys the checkpoint must hold.
         checkpoint_help: help text of ``--checkpoint``.
-        upgrade: maps a stored config of an older version to the current keys (applied before the overrides).
         ignore: keys of the stored config that the evaluation does not inherit (they keep the schema's defaults).
     """
     description = doc.splitlines()[0]
@@ -223,8 +224,9 @@ def parse_checkpoint_args(
     args, rest = parser.parse_known_args(argv)
     checkpoint = Path(args.checkpoint)
     state = load_checkpoint(checkpoint, package=package, required=tuple(required))
-    stored = state["config"] if upgrade is None else upgrade(state["config"])
-    cfg = parse_eval_config(schema, stored, rest, description=description, ignore=tuple(ignore))
+    cfg = parse_eval_config(
+        schema, _upgraded(schema, state["config"]), rest, description=description, ignore=tuple(ignore)
+    )
     out = Path(args.output_dir) if args.output_dir else checkpoint.parent / "eval"
     return Evaluation(checkpoint=checkpoint, state=state, config=cfg, output_dir=out)
 
@@ -238,7 +240,7 @@ def checkpoint_parser(
         parse_args = checkpoint_parser(Config, __doc__, PACKAGE, required=(...), checkpoint_help="last.pt of ...")
 
     ``options`` are the keyword arguments of :func:`parse_checkpoint_args` (``required``, ``checkpoint_help``,
-    ``upgrade``, ``ignore``).
+    ``ignore``).
     """
 
     def parse_args(argv: Sequence[str] | None = None) -> Evaluation:

@@ -63,16 +63,16 @@ def test_recipes_set_the_loader_workers_the_engine_reads() -> None:
 
 
 def test_a_stored_config_with_data_num_workers_is_upgraded() -> None:
-    from anm.config import upgrade_stored_config
+    from anm.config import Config
 
     stored = {"data": {"dataset": "cifar10", "num_workers": 5}, "dividemix": {"epochs": 3}, "seed": 1}
-    assert upgrade_stored_config(stored) == {
+    assert Config.upgrade_stored(stored) == {
         "data": {"dataset": "cifar10"},
         "dividemix": {"num_workers": 5, "epochs": 3},
         "seed": 1,
     }
     assert stored["data"]["num_workers"] == 5  # the checkpoint's own dict is left as it was
-    assert upgrade_stored_config({"data": {}, "seed": 1}) == {"data": {}, "seed": 1}
+    assert Config.upgrade_stored({"data": {}, "seed": 1}) == {"data": {}, "seed": 1}
     # a real checkpoint also holds dividemix.num_workers (0: what its loaders used), which stays
     real = {"data": {"num_workers": 5}, "dividemix": {"num_workers": 0, "epochs": 3}}
-    assert upgrade_stored_config(real) == {"data": {}, "dividemix": {"num_workers": 0, "epochs": 3}}
+    assert Config.upgrade_stored(real) == {"data": {}, "dividemix": {"num_workers": 0, "epochs": 3}}

@@ -7,7 +7,7 @@ import torch
 
 from lsfa import eval as lsfa_eval
 from lsfa import train as lsfa_train
-from lsfa.config import DEFAULT_CONFIG, TrainConfig, upgrade_stored_config
+from lsfa.config import DEFAULT_CONFIG, TrainConfig
 from shared.config import config_from_dict, config_to_dict
 from shared.testing import run_torchrun
 
@@ -152,16 +152,16 @@ def test_unsupported_run_settings_are_refused():
 
 def test_configs_stored_by_older_checkpoints_take_todays_names():
     old = {"num_threads": 0, "amp": "none", "seed": 3}
-    assert upgrade_stored_config(old) == {"threads": None, "amp": "off", "seed": 3}
-    assert upgrade_stored_config({"num_threads": 2, "amp": "bf16"}) == {"threads": 2, "amp": "bf16"}
+    assert TrainConfig.upgrade_stored(old) == {"threads": None, "amp": "off", "seed": 3}
+    assert TrainConfig.upgrade_stored({"num_threads": 2, "amp": "bf16"}) == {"threads": 2, "amp": "bf16"}
     # a config stored before data.mask_resize existed loads (the option types included) and keeps the gt-mask rule
     # its run was scored with; a current one keeps its own
     stored = config_to_dict(lsfa_train.parse_args([*TINY, "--eval.methods", "m3dm", "--eval.aupro", "m3dm"]))
     assert stored["data"].pop("mask_resize") == "pil"
-    cfg = config_from_dict(TrainConfig, upgrade_stored_config(stored))
+    cfg = config_from_dict(TrainConfig, TrainConfig.upgrade_stored(stored))
     assert cfg.data.mask_resize == "torch" and cfg.eval.methods == ["m3dm"] and cfg.eval.aupro == "m3dm"
     stored["data"]["mask_resize"] = "pil"
-    assert config_from_dict(TrainConfig, upgrade_stored_config(stored)).data.mask_resize == "pil"
+    assert config_from_dict(TrainConfig, TrainConfig.upgrade_stored(stored)).data.mask_resize == "pil"
 
 
 @pytest.mark.parametrize(

@@ -197,8 +197,7 @@ def test_an_unreadable_backbone_file_is_named(tmp_path):
 
 
 def test_roi_align_is_mmdets_aligned_one_in_the_paper_detector_only():
-    from mixteacher.config import DetectorConfig
-    from mixteacher.engine import upgrade_config
+    from mixteacher.config import DetectorConfig, TrainConfig
     from mixteacher.train import parse_args
     from shared.config import config_to_dict
     from shared.detection import PyramidRoIAlign
@@ -212,5 +211,5 @@ def test_roi_align_is_mmdets_aligned_one_in_the_paper_detector_only():
     # a checkpoint written before the key existed was pooled unaligned: its evaluation and resume read it so
     old = config_to_dict(recipe)
     del old["detector"]["roi_aligned"]
-    assert upgrade_config(old)["detector"]["roi_aligned"] is False
-    assert upgrade_config(config_to_dict(recipe))["detector"]["roi_aligned"] is True
+    assert TrainConfig.upgrade_stored(old)["detector"]["roi_aligned"] is False
+    assert TrainConfig.upgrade_stored(config_to_dict(recipe))["detector"]["roi_aligned"] is True

@@ -216,6 +216,15 @@ def test_run_config_values_are_validated_and_yaml_off_is_amp_off(tmp_path):
     assert parse_config(_Train, []).name == "default"
 
 
+def test_a_config_stored_before_run_config_is_read_in_todays_keys():
+    old = {"num_threads": 0, "ckpt_interval": 3, "device": None, "amp": "none", "epochs": 4}
+    cfg = config_from_dict(_Train, _Train.upgrade_stored(old))
+    assert (cfg.threads, cfg.checkpoint_interval, cfg.device, cfg.amp, cfg.epochs) == (None, 3, "auto", "off", 4)
+    assert _Train.upgrade_stored({"torch_threads": 2})["threads"] == 2
+    current = config_to_dict(parse_config(_Train, ["--threads", "2", "--amp", "bf16"]))
+    assert _Train.upgrade_stored(current) == current
+
+
 def test_an_eval_config_starts_from_the_stored_training_config():
     stored = config_to_dict(parse_config(_Train, ["--epochs", "11", "--optim.lr", "0.3", "--name", "run7"]))
     cfg = parse_eval_config(_Train, stored, ["--optim.momentum", "0.5"])

@@ -34,9 +34,16 @@ class _Config(RunConfig):
     lr: float = 0.1
 
 
-def _parse(argv, required=("config",), upgrade=None):
+@dataclass
+class _GrownConfig(_Config):
+    @classmethod
+    def upgrade_stored(cls, stored):
+        return {**super().upgrade_stored(stored), "lr": 0.7}
+
+
+def _parse(argv, required=("config",), schema=_Config):
     return parse_checkpoint_args(
-        _Config, argv, "Doc line.\nmore", "pkgx", required=required, checkpoint_help="a pkgx last.pt", upgrade=upgrade
+        schema, argv, "Doc line.\nmore", "pkgx", required=required, checkpoint_help="a pkgx last.pt"
     )
 
 
@@ -46,8 +53,8 @@ def test_parse_checkpoint_args_reads_the_stored_config_and_applies_overrides(tmp
     ev = _parse(["--checkpoint", str(path), "--lr", "0.5"])
     assert (ev.config.lr, ev.config.data.noise_rate) == (0.5, 0.2)
     assert ev.output_dir == path.parent / "eval" and ev.checkpoint == path and "net1" in ev.state
-    up = _parse(["--checkpoint", str(path), "--output_dir", str(tmp_path / "o")], upgrade=lambda c: {**c, "lr": 0.7})
-    assert up.config.lr == 0.7 and up.output_dir == tmp_path / "o"
+    up = _parse(["--checkpoint", str(path), "--output_dir", str(tmp_path / "o")], schema=_GrownConfig)
+    assert up.config.lr == 0.7 and up.output_dir == tmp_path / "o"  # the schema's upgrade_stored reads the config
 
 
 def test_parse_checkpoint_args_refuses_a_foreign_or_incomplete_checkpoint(tmp_path):
