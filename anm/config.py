@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from anm.data import DataConfig
 from anm.masking import MaskerConfig
-from shared.config import RunConfig
+from shared.config import RunConfig, pop_stored_key
 from shared.noisy.dividemix import DivideMixConfig
 
 __all__ = [
@@ -91,10 +91,8 @@ class Config(RunConfig):
         loader read it (every loader reads ``dividemix.num_workers``); it becomes ``dividemix.num_workers`` only in a
         config without one (what ran is what the engine read)."""
         values = super().upgrade_stored(stored)
-        data = dict(values.get("data") or {})
-        if "num_workers" in data:
-            workers = data.pop("num_workers")
-            values["data"] = data
+        workers = pop_stored_key(values, "data.num_workers")
+        if workers is not None:
             values["dividemix"] = {"num_workers": workers, **dict(values.get("dividemix") or {})}
         return values
 

@@ -169,14 +169,8 @@ class TrainConfig(RunConfig):
         }
     )
 
-    @classmethod
-    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
-        """A checkpoint written before ``detector.loss_normalization`` existed normalised per image."""
-        values = super().upgrade_stored(stored)
-        detector = values.get("detector")
-        if isinstance(detector, Mapping) and "loss_normalization" not in detector:
-            values["detector"] = {**detector, "loss_normalization": "image"}
-        return values
+    #: a checkpoint written before ``detector.loss_normalization`` existed normalised per image
+    LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {"detector.loss_normalization": "image"}
 
     method: Literal["calibrated_teacher", "supervised"] = "calibrated_teacher"
     detector: DetectorConfig = field(default_factory=DetectorConfig)

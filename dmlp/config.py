@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from dmlp.data import DataConfig
 from dmlp.purifier import PurifierConfig
-from shared.config import RunConfig
+from shared.config import RunConfig, pop_stored_key
 from shared.noisy.dividemix import DivideMixConfig
 from shared.noisy.supervised import SupervisedConfig
 
@@ -131,14 +131,12 @@ class Config(RunConfig):
         """Besides the run-level names (``RunConfig.upgrade_stored``): ``data.meta_size`` (a count in earlier
         versions) becomes ``data.meta_fraction``."""
         values = super().upgrade_stored(stored)
-        data = values.get("data")
-        if isinstance(data, dict) and "meta_size" in data:
-            data = dict(data)
-            size = data.pop("meta_size")
+        size = pop_stored_key(values, "data.meta_size")
+        if size is not None:
+            data = values["data"]
             train_size = data.get("synthetic_train_size") if data.get("root") is None else 50000
             if data.get("dataset") != "clothing1m" and train_size:
                 data["meta_fraction"] = size / train_size
-            values["data"] = data
         return values
 
 

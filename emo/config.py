@@ -193,10 +193,8 @@ class DetectionConfig(DetectorConfig):
     )
     data: DetDataConfig = field(default_factory=DetDataConfig)
 
-    @classmethod
-    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
-        """A checkpoint written before ``loss_normalization`` existed normalised per image (torchvision's)."""
-        return {'loss_normalization': 'image', **super().upgrade_stored(stored)}
+    #: a checkpoint written before ``loss_normalization`` existed normalised per image (torchvision's)
+    LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {'loss_normalization': 'image'}
 
 
 @dataclass

@@ -158,6 +158,9 @@ class TrainConfig(RunConfig):
     #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the backbones, the adaptors, their losses
     RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("backbone", "adaptor", "loss")
     #: the backbones' weight files (``last.pt`` holds the weights it trained with)
+    #: a config stored before ``data.mask_resize`` existed was scored with the ``torch`` gt-mask rule, so that
+    #: ``eval.py`` re-scores it as it was (``--data.mask_resize pil`` for M3DM's rule)
+    LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {"data.mask_resize": "torch"}
     RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset(
         {
             "backbone.rgb_checkpoint",
@@ -177,14 +180,3 @@ class TrainConfig(RunConfig):
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     eval: EvalConfig = field(default_factory=EvalConfig)
     uff: UFFSettings = field(default_factory=UFFSettings)
-
-    @classmethod
-    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
-        """Besides the run-level names (``RunConfig.upgrade_stored``): a ``data`` section without ``mask_resize``
-        (written before the key existed) gets ``mask_resize: torch``, the gt-mask rule that run was scored with, so
-        that ``eval.py`` re-scores it as it was (``--data.mask_resize pil`` for M3DM's rule)."""
-        values = super().upgrade_stored(stored)
-        data = values.get("data")
-        if isinstance(data, Mapping) and "mask_resize" not in data:
-            values["data"] = {**data, "mask_resize": "torch"}
-        return values

@@ -223,6 +223,9 @@ class TrainConfig(RunConfig):
     #: what a ``--resume`` may not change (``RunConfig.RESUME_SECTIONS``): the detector, the method and the training
     #: data (paths and loading excepted)
     RESUME_SECTIONS: ClassVar[tuple[str, ...]] = ("method", "detector", "mixteacher", "data")
+    #: keys added later, with what runs stored before had: torchvision's unaligned RoIAlign, the earlier batch-count
+    #: rule
+    LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {"detector.roi_aligned": False, "data.batch_counts": "inner_binomial"}
     #: ``data`` keys that only say where the files are or how they are loaded (a moved dataset); every other ``data``
     #: key (split, sampling, batch, views, synthetic set) is compared
     RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset(
@@ -283,16 +286,12 @@ class TrainConfig(RunConfig):
 
     @classmethod
     def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
-        """Besides the run-level names (``RunConfig.upgrade_stored``): a ``detector`` without ``roi_aligned`` gets
-        ``false`` (torchvision's unaligned RoIAlign, the only one before the key existed), and a ``data`` section
-        without ``batch_counts`` gets ``inner_binomial``, the only rule before the key existed, and
-        ``sampling: softteacher``, the split such a run read whatever its ``data.sampling`` said (the setting did not
-        reach the split files then; README, Fidelity note 6)."""
+        """Besides :attr:`LEGACY_VALUES`: a run stored before ``data.batch_counts`` existed read the SoftTeacher
+        split whatever its ``data.sampling`` said (the setting did not reach the split files then; README, Fidelity
+        note 6), so its ``sampling`` becomes ``softteacher``."""
         values = super().upgrade_stored(stored)
-        if isinstance(values.get("detector"), Mapping) and "roi_aligned" not in values["detector"]:
-            values["detector"] = {**values["detector"], "roi_aligned": False}
-        if isinstance(values.get("data"), Mapping) and "batch_counts" not in values["data"]:
-            values["data"] = {**values["data"], "batch_counts": "inner_binomial", "sampling": "softteacher"}
+        if isinstance(stored.get("data"), Mapping) and "batch_counts" not in stored["data"]:
+            values["data"]["sampling"] = "softteacher"
         return values
 
     def __post_init__(self) -> None:  # a bad test or report scale fails at parse time, not at the first evaluation

@@ -101,10 +101,8 @@ class MaskRCNNConfig(RunConfig):
         "roi_aligned",
     )
 
-    @classmethod
-    def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
-        """A checkpoint written before ``roi_aligned`` existed pooled with torchvision's unaligned RoIAlign."""
-        return {"roi_aligned": False, **super().upgrade_stored(stored)}
+    #: a checkpoint written before ``roi_aligned`` existed pooled with torchvision's unaligned RoIAlign
+    LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {"roi_aligned": False}
 
     model: str = field(default='pvg_s', metadata={'help': 'backbone (pvig_ti/s/m/b, pvg_ti/s/m/b, *_test)'})
     pretrained_backbone: str | None = field(

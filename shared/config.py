@@ -46,6 +46,7 @@ __all__ = [
     "load_yaml",
     "parse_config",
     "parse_eval_config",
+    "pop_stored_key",
     "save_config",
     "script_parser",
 ]
@@ -63,6 +64,37 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 AmpMode = Literal["off", "bf16", "fp16"]
 #: Run-level keys as packages named them before ``RunConfig`` (old name -> today's), read by ``upgrade_stored``.
 _RENAMED_RUN_KEYS = {"num_threads": "threads", "torch_threads": "threads", "ckpt_interval": "checkpoint_interval"}
+
+
+def _stored_section(values: dict[str, Any], path: Sequence[str]) -> dict[str, Any] | None:
+    """The section of ``values`` that ``path`` names, each dict on the way replaced by a copy (the checkpoint's own
+    dicts stay as they were); None where one is missing."""
+    section = values
+    for name in path:
+        if not isinstance(section.get(name), Mapping):
+            return None
+        section[name] = dict(section[name])
+        section = section[name]
+    return section
+
+
+def pop_stored_key(values: dict[str, Any], dotted: str) -> Any:
+    """Remove the ``dotted`` key from ``values``, a stored config being upgraded (``RunConfig.upgrade_stored``), and
+    return its value (None where it is absent): what a renamed or moved key held."""
+    *path, key = dotted.split(".")
+    section = _stored_section(values, path)
+    return None if section is None else section.pop(key, None)
+
+
+def _with_legacy_values(stored: Mapping[str, Any], legacy: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``stored`` with each dotted key of ``legacy`` it lacks set to its value, where its section exists."""
+    values = dict(stored)
+    for dotted, value in legacy.items():
+        *path, key = dotted.split(".")
+        section = _stored_section(values, path)
+        if section is not None:
+            section.setdefault(key, value)
+    return values
 
 
 @dataclasses.dataclass
@@ -108,18 +140,22 @@ class RunConfig:
     #: Dotted keys inside those sections that may change on resume all the same: where files are (a moved dataset,
     #: a weights path the checkpoint already holds), how they are loaded, how long the run is.
     RESUME_FREE_KEYS: ClassVar[frozenset[str]] = frozenset()
+    #: Dotted keys added after runs were stored, each with the value such a run had (what it was trained and scored
+    #: with), filled in by :meth:`upgrade_stored` where a stored config lacks the key but holds its section.
+    LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
     def upgrade_stored(cls, stored: Mapping[str, Any]) -> dict[str, Any]:
         """A config stored in a checkpoint by an older version of the package, in today's keys and meanings (what a
         key added since must be for that run to be rebuilt as it was trained). Read by resume checks and evaluation
-        scripts (``shared.entrypoints``); a package overrides it where its schema grew, starting from this one's.
+        scripts (``shared.entrypoints``). A key added later is declared in :attr:`LEGACY_VALUES`; a package overrides
+        this method only for a key renamed or moved, starting from this one's result.
 
         Here: the run-level settings as they were before they moved onto this class (``num_threads`` /
         ``torch_threads`` -> ``threads``, 0 meaning torch's default -> null; ``ckpt_interval`` ->
-        ``checkpoint_interval``; ``device: null`` -> ``auto``; ``amp: none`` -> ``off``). Each old value is one that
-        today's config refuses, so a current config passes unchanged."""
-        values = dict(stored)
+        ``checkpoint_interval``; ``device: null`` -> ``auto``; ``amp: none`` -> ``off``), each an old value that
+        today's config refuses; then the :attr:`LEGACY_VALUES`. A current config passes unchanged."""
+        values = _with_legacy_values(stored, cls.LEGACY_VALUES)
         for old, new in _RENAMED_RUN_KEYS.items():
             if old in values:
                 values.setdefault(new, values.pop(old))

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 import dmlp.train as dmlp_train
-from dmlp.config import check_run_settings
+from dmlp.config import Config, check_run_settings
+from shared.config import config_from_dict, config_to_dict
 from shared.noisy.dividemix import DivideMixConfig, clothing1m_defaults
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -57,3 +58,15 @@ def test_every_recipe_passes_the_config_check(name):
         cfg.retrain.include_meta = False
         with pytest.raises(ValueError, match="include_meta false is not supported with retrain.mode dividemix"):
             check_run_settings(cfg)
+
+
+def test_a_config_stored_with_a_meta_count_reads_as_a_fraction():
+    stored = config_to_dict(dmlp_train.parse_args([]))
+    data = stored["data"]
+    data["meta_size"] = data.pop("meta_fraction") * data["synthetic_train_size"] // 2
+    stored["device"], stored["amp"] = None, "none"  # the run-level values of that time
+    cfg = config_from_dict(Config, Config.upgrade_stored(stored))
+    assert cfg.data.meta_fraction == pytest.approx(data["meta_size"] / data["synthetic_train_size"])
+    assert (cfg.device, cfg.amp) == ("auto", "off") and "meta_size" in stored["data"]  # the stored dict as it was
+    clothing = {"data": {"dataset": "clothing1m", "root": "c1m", "meta_size": 14313}}
+    assert Config.upgrade_stored(clothing) == {"data": {"dataset": "clothing1m", "root": "c1m"}}

@@ -62,7 +62,7 @@ def test_msi_train_off_trains_the_labeled_images_at_the_regular_scale_only(tiny_
         torch.manual_seed(1)  # the RPN and R-CNN samplers draw the same positives and negatives in each run
         loss, _ = teacher(batch, step=0)
         monkeypatch.undo()
-        seen[-1].append(float(loss))
+        seen[-1].append(float(loss.detach()))
     assert [s[:-1] for s in seen] == [["regular", "down", "mixed"], ["regular"], ["regular"]]
     assert seen[1][-1] == seen[2][-1]  # the burn-in step without msi_train is the supervised step
     assert seen[0][-1] != seen[1][-1]

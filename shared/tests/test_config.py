@@ -1,7 +1,8 @@
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import pytest
 import yaml
@@ -223,6 +224,20 @@ def test_a_config_stored_before_run_config_is_read_in_todays_keys():
     assert _Train.upgrade_stored({"torch_threads": 2})["threads"] == 2
     current = config_to_dict(parse_config(_Train, ["--threads", "2", "--amp", "bf16"]))
     assert _Train.upgrade_stored(current) == current
+
+
+@dataclasses.dataclass
+class _Grown(_Train):
+    LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {"optim.momentum": 0.0, "epochs": 1}
+
+
+def test_a_key_added_later_gets_the_value_older_runs_had():
+    stored = {"optim": {"lr": 0.2}}
+    upgraded = _Grown.upgrade_stored(stored)
+    assert upgraded == {"optim": {"lr": 0.2, "momentum": 0.0}, "epochs": 1}
+    assert stored == {"optim": {"lr": 0.2}}  # the checkpoint's own dict is left as it was
+    assert _Grown.upgrade_stored({"optim": {"momentum": 0.5}, "epochs": 4}) == {"optim": {"momentum": 0.5}, "epochs": 4}
+    assert _Grown.upgrade_stored({"epochs": 2}) == {"epochs": 2}  # no section: its keys take today's defaults
 
 
 def test_an_eval_config_starts_from_the_stored_training_config():

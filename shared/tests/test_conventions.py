@@ -206,6 +206,31 @@ def test_every_training_config_names_what_a_resume_may_not_change(package):
         assert unknown == [], f"{type(cfg).__name__}.RESUME_SECTIONS names no field: {unknown}"
 
 
+def _has_dotted_field(cfg: object, dotted: str) -> bool:
+    for name in dotted.split("."):
+        if not (dataclasses.is_dataclass(cfg) and name in {f.name for f in dataclasses.fields(cfg)}):
+            return False
+        cfg = getattr(cfg, name)
+    return True
+
+
+@pytest.mark.parametrize("package", PAPER_PACKAGES)
+def test_every_key_a_stored_config_is_upgraded_with_exists(package):
+    """``LEGACY_VALUES`` (the value a key added later had in older runs) and ``RESUME_FREE_KEYS`` name real dotted
+    keys of the training config: a misspelt one would silently do nothing."""
+    for path in sorted((REPO / package).glob("train*.py")):
+        cfg = importlib.import_module(_module_name(path, REPO)).parse_args([])
+        for attribute in ("LEGACY_VALUES", "RESUME_FREE_KEYS"):
+            unknown = [key for key in getattr(type(cfg), attribute) if not _has_dotted_field(cfg, key)]
+            assert unknown == [], f"{type(cfg).__name__}.{attribute} names no config key: {unknown}"
+
+
+def test_the_dotted_key_check_sees_a_misspelt_key():
+    cfg = importlib.import_module("lsfa.train").parse_args([])
+    assert _has_dotted_field(cfg, "data.mask_resize") and _has_dotted_field(cfg, "threads")
+    assert not _has_dotted_field(cfg, "data.mask_resise") and not _has_dotted_field(cfg, "data.mask_resize.x")
+
+
 @pytest.mark.parametrize("package", PAPER_PACKAGES)
 def test_every_training_script_prints_its_help(package, capsys):
     for path in sorted((REPO / package).glob("train*.py")):

@@ -34,7 +34,7 @@ def test_pickled_object_in_a_c2d_file_is_not_executed(tmp_path) -> None:
             return (print, ("pwned",))
 
     path = tmp_path / "ckpt.pth"
-    path.write_bytes(pickle.dumps({"model": Evil()}))
+    path.write_bytes(pickle.dumps({"model": Evil()}, protocol=2))
     with pytest.raises(ValueError, match="not a readable C2D checkpoint"):
         load_c2d_checkpoint(create_model("supce_resnet18_tiny"), path)
 
