@@ -1,6 +1,7 @@
-"""Evaluate a MixTeacher checkpoint: the teacher and the student at the regular and mixed test scales (COCO AP via
-pycocotools, ``shared.detection.evaluate_detections``; VOC is evaluated the same way on ``voc07_test.json``, AP50
-being the VOC number, as in the released code).
+"""Evaluate a MixTeacher checkpoint: the teacher and the student at the regular and mixed test scales.
+
+COCO AP via pycocotools (``shared.detection.evaluate_detections``); VOC is evaluated the same way on
+``voc07_test.json``, AP50 being the VOC number, as in the released code.
 
     python -m mixteacher.eval --checkpoint runs/mixteacher/default/<time>/last.pt [--output_dir DIR]
     python -m mixteacher.eval --checkpoint last.pt --data.root data/coco --test_scales regular mixed
@@ -19,8 +20,6 @@ is written.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,42 +33,20 @@ from mixteacher.engine import (
     comparison_table,
     evaluate,
     load_models,
-    read_checkpoint,
     result_metrics,
 )
 from shared.detection import check_checkpoint_categories, coco_summary
 from shared.distributed import cleanup_distributed, init_distributed
-from shared.entrypoints import parse_checkpoint_args
+from shared.entrypoints import Evaluation, checkpoint_parser
 from shared.logger import write_json
 
-__all__ = ["EvalConfig", "main", "parse_args"]
+__all__ = ["main", "parse_args"]
 
-DESCRIPTION = "Evaluate a MixTeacher checkpoint (teacher/student, regular/mixed)."
-
-
-@dataclass
-class EvalConfig:
-    """What to evaluate: the checkpoint, where ``metrics.json`` goes, and the (overridden) training config."""
-
-    checkpoint: str
-    output_dir: str
-    train: TrainConfig
-
-
-def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
-    """``--checkpoint`` and ``--output_dir``; the other flags override the checkpoint's stored training config.
-
-    The checkpoint is read and checked here: a file that is not a MixTeacher checkpoint is refused before any
-    output exists."""
-    ev = parse_checkpoint_args(
-        TrainConfig,
-        argv,
-        DESCRIPTION,
-        PACKAGE,
-        required=MODEL_KEYS,
-        checkpoint_help="last.pt or best.pt of a run",
-    )
-    return EvalConfig(checkpoint=str(ev.checkpoint), output_dir=str(ev.output_dir), train=ev.config)
+# The config stored in ``--checkpoint`` (in today's keys: ``TrainConfig.upgrade_stored``), then ``-c`` and
+# ``--key value`` overrides; the checkpoint is read and checked here, before any output exists.
+parse_args = checkpoint_parser(
+    TrainConfig, __doc__, PACKAGE, required=MODEL_KEYS, checkpoint_help="last.pt or best.pt of a run"
+)
 
 
 def _supervised_metrics(checkpoint: Path) -> dict[str, Any] | None:
@@ -78,10 +55,9 @@ def _supervised_metrics(checkpoint: Path) -> dict[str, Any] | None:
     return json.loads(supervised.read_text())["last"] if supervised.is_file() else None
 
 
-def main(cfg: EvalConfig) -> dict[str, Any]:
+def main(ev: Evaluation) -> dict[str, Any]:
     """Evaluate the checkpoint and write ``metrics.json``; returns the metrics."""
-    checkpoint, train_cfg = Path(cfg.checkpoint), cfg.train
-    state = read_checkpoint(checkpoint, MODEL_KEYS)
+    checkpoint, state, train_cfg = ev.checkpoint, ev.state, ev.config
     if train_cfg.threads is not None:
         torch.set_num_threads(train_cfg.threads)
     ctx = init_distributed(train_cfg.device)
@@ -99,9 +75,9 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         if supervised is not None:
             add_supervised(metrics, supervised)
         if ctx.is_main:
-            write_json(metrics, Path(cfg.output_dir) / "metrics.json")
+            write_json(metrics, ev.output_dir / "metrics.json")
             print(comparison_table(metrics), flush=True)
-            print(f"wrote {Path(cfg.output_dir) / 'metrics.json'}", flush=True)
+            print(f"wrote {ev.output_dir / 'metrics.json'}", flush=True)
         return metrics
     finally:
         cleanup_distributed()

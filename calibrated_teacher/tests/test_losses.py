@@ -75,4 +75,4 @@ def test_image_without_targets_halves_every_negative():
     coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
     plain = retinanet_fiou_losses(targets, outputs, anchors, matched, coder, None)
     weighted = retinanet_fiou_losses(targets, outputs, anchors, matched, coder, FIoUParams())
-    assert float(weighted) == pytest.approx(0.5 * float(plain), rel=1e-6)
+    assert weighted.item() == pytest.approx(0.5 * plain.item(), rel=1e-6)
