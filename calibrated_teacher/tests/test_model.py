@@ -54,7 +54,7 @@ def test_default_detector_fits_one_batch_at_the_default_lr(tmp_path):
         run.optimizer.zero_grad()
         sum(loss.values()).backward()
         run.optimizer.step()  # the package's optimizer at the default lr (biases x2), no warm-up
-        losses.append(float(loss["classification"]))
+        losses.append(loss["classification"].item())
     assert losses[-1] < 0.25 * losses[0], losses
 
 
