@@ -64,7 +64,9 @@ def prepare_run(cfg: Config, ctx: DistContext) -> tuple[Path, NoisyTask]:
     known_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.resume).parent if cfg.resume else None
     task = build_task(cfg.data, known_dir, write_noise=False)
     out_dir = resolve_run_dir(PACKAGE, cfg.name, cfg.output_dir, cfg.resume)
-    claim_run_dir(out_dir, PACKAGE, claimed_config(cfg), resume=bool(cfg.resume), is_main=ctx.is_main)
+    claim_run_dir(
+        out_dir, PACKAGE, claimed_config(cfg), resume=bool(cfg.resume), is_main=ctx.is_main, reuse_results=True
+    )
     return out_dir, task
 
 

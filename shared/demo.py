@@ -3,7 +3,7 @@
 For each package: `python -m <pkg>.train --output_dir runs/demo/<pkg>` (its configs/default.yaml), then
 `python -m <pkg>.eval --checkpoint runs/demo/<pkg>/last.pt --output_dir runs/demo/<pkg>/eval`, and the metrics its
 `DEMO_INFO["metrics"]` names are read from `eval/metrics.json`. A failing package does not stop the others; the
-exit code is non-zero when any failed.
+exit code is non-zero when any failed. A second `make demo` replaces the first one's `runs/demo/<pkg>` folders.
 
 Each package's `__init__.py` declares::
 
@@ -16,6 +16,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +58,8 @@ def run_package(package: str, out_root: Path) -> DemoResult:
     """Train then evaluate one package with its default config."""
     info = getattr(importlib.import_module(package), "DEMO_INFO", {})
     out = out_root / package
+    if (out / "demo.log").is_file():  # an earlier demo's folder: start afresh (a train.py run would refuse it)
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "demo.log"
     log_path.write_text("")

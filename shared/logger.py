@@ -173,15 +173,22 @@ def _holds_results(out_dir: Path) -> bool:
 
 
 def claim_run_dir(
-    out_dir: str | Path, package: str, config: Mapping[str, Any], resume: bool = False, is_main: bool = True
+    out_dir: str | Path,
+    package: str,
+    config: Mapping[str, Any],
+    resume: bool = False,
+    is_main: bool = True,
+    reuse_results: bool = False,
 ) -> Path:
     """Check that `out_dir` may hold this run, then record the owner in ``out_dir/RUN.json``.
 
     Refused with :class:`RunDirError` before anything is written: a folder recorded for another package, a folder
     whose recorded config has other keys (another package's or another script's), and, for a new run (not
-    `resume`), a folder recorded with a different config (its checkpoints and cached stages would be mixed with
-    this run's) unless the folder holds only the set-up files of a run that stopped before producing anything
-    (e.g. a wrong data root). Run-level keys (:data:`RUN_LEVEL_KEYS`) may differ. A resumed run may change other
+    `resume`), a folder that already holds results (more than the set-up files of a run that stopped before
+    producing anything, e.g. after a wrong data root): with a different config, its checkpoints and cached stages
+    would be mixed with this run's; with the same one, the new run would write over them (a finished run's
+    ``best.pt`` included). A package whose new runs reuse the results of the same config (dmlp's stage files)
+    passes ``reuse_results``. Run-level keys (:data:`RUN_LEVEL_KEYS`) may differ. A resumed run may change other
     values (e.g. more epochs); the folder's record is then updated.
     """
     out_dir = Path(out_dir)
@@ -210,6 +217,12 @@ def claim_run_dir(
                 f"{out_dir} already holds a {package} run with a different config ({', '.join(changed[:8])}); its "
                 "checkpoints and cached stages would be mixed with this run's. Choose another --output_dir, resume "
                 "it with --resume, or delete the folder."
+            )
+        if not changed and not resume and not reuse_results and _holds_results(out_dir):
+            raise RunDirError(
+                f"{out_dir} already holds this {package} run's results; a new run would write over its checkpoints "
+                "and metrics. Continue it with --resume (its last.pt), choose another --output_dir, or delete the "
+                "folder."
             )
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from PIL import Image
 
 __all__ = [
     "assert_resume_refused",
+    "assert_run_refused",
     "assert_same_tensors",
     "free_port",
     "on_gloo_ranks",
@@ -77,19 +78,25 @@ def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
         assert a == b, f"{a!r} != {b!r} at {where}"
 
 
-def assert_resume_refused(run: Callable[[], Any], run_dir: str | Path, changed_key: str) -> None:
-    """``run()`` (a ``--resume`` of a checkpoint in ``run_dir`` with ``changed_key`` set otherwise than the
-    checkpoint's config) must be refused with ``shared.logger.RunDirError`` naming the key, and every file of
+def assert_run_refused(run: Callable[[], Any], run_dir: str | Path, match: str) -> None:
+    """``run()`` must be refused with a ``shared.logger.RunDirError`` matching ``match``, and every file of
     ``run_dir`` (``RUN.json``, ``config.yaml``, logs, checkpoints) must stay byte for byte as it was."""
     from shared.logger import RunDirError
 
     run_dir = Path(run_dir)
     before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
     assert before, f"{run_dir} holds no files"
-    with pytest.raises(RunDirError, match=r"trained with other settings \(.*" + changed_key.replace(".", r"\.")):
+    with pytest.raises(RunDirError, match=match):
         run()
     after = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
     assert after.keys() == before.keys() and all(after[p] == before[p] for p in before), f"{run_dir} changed"
+
+
+def assert_resume_refused(run: Callable[[], Any], run_dir: str | Path, changed_key: str) -> None:
+    """``run()`` (a ``--resume`` of a checkpoint in ``run_dir`` with ``changed_key`` set otherwise than the
+    checkpoint's config) must be refused naming the key, with ``run_dir`` left as it was
+    (:func:`assert_run_refused`)."""
+    assert_run_refused(run, run_dir, r"trained with other settings \(.*" + changed_key.replace(".", r"\."))
 
 
 def random_state_dict(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, torch.Tensor]:

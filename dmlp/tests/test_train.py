@@ -247,6 +247,20 @@ def test_simclr_resumes_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
         assert_same_tensors(load_checkpoint(tmp_path / "full" / name), load_checkpoint(tmp_path / "cut" / name), name)
 
 
+def test_the_same_config_run_again_into_its_folder_reuses_every_stage(chain_run, tmp_path):
+    """A new dmlp run (not --resume) into a folder holding this config's stages reuses them (claim_run_dir's
+    ``reuse_results``), where other packages refuse to write over a run's results."""
+    out, metrics = chain_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    stage_files = ("ssl.pt", "features.pt", "purifier.pt", "retrain_dmlp_naive.pt")
+    before = {name: (run / name).read_bytes() for name in stage_files}
+    again = run_train([*TINY, "--retrain.baselines", "ce_noisy", "meta_only", "--output_dir", str(run)])
+    assert {name: (run / name).read_bytes() for name in stage_files} == before
+    assert again["test_acc_dmlp_naive"] == pytest.approx(metrics["test_acc_dmlp_naive"], abs=1e-6)
+    assert "reused" in (run / "train.log").read_text()
+
+
 def test_bad_input_is_a_clear_error(chain_run, tmp_path):
     out, _ = chain_run
     (tmp_path / "run").mkdir()

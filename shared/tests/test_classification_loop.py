@@ -11,7 +11,13 @@ from timm.models import register_model
 
 from shared.checkpoint import load_checkpoint
 from shared.classification import ClassificationConfig, DataConfig, run_classification
-from shared.testing import assert_resume_refused, assert_same_tensors, run_torchrun, write_tiny_imagefolder
+from shared.testing import (
+    assert_resume_refused,
+    assert_run_refused,
+    assert_same_tensors,
+    run_torchrun,
+    write_tiny_imagefolder,
+)
 from shared.training import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +97,12 @@ def test_resume_after_kill_is_bit_identical(tiny_folder, tmp_path):
         lambda: run_classification(tiny_cfg(tiny_folder, tmp_path / "cut", resume=last, drop_path=0.2), "test"),
         tmp_path / "cut",
         "drop_path",
+    )
+    # the same run started again (not resumed) would write over the finished one: refused, nothing touched
+    assert_run_refused(
+        lambda: run_classification(tiny_cfg(tiny_folder, tmp_path / "full"), "test"),
+        tmp_path / "full",
+        "already holds this test run's results",
     )
 
 

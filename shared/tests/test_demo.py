@@ -41,3 +41,23 @@ def test_demo_reports_every_package_and_fails_if_one_fails(tmp_path, monkeypatch
     assert "[demo_good_pkg] trained" in out
     assert "boom" in (tmp_path / "runs" / "demo_bad_pkg" / "demo.log").read_text()
     assert sys.modules["demo_good_pkg"].DEMO_INFO["metrics"] == ["acc"]
+
+
+def test_a_second_demo_starts_from_an_empty_package_folder(tmp_path, monkeypatch, capsys):
+    """A package's train.py refuses a new run into a folder with its results, so the demo replaces its own folder,
+    and only that: a folder without the demo's log is left to the training script."""
+    once = TRAIN.replace('print("trained")', 'assert not (out / "old.txt").exists(); print("trained")')
+    code_root = tmp_path / "code"
+    code_root.mkdir()
+    make_package(code_root, "demo_twice_pkg", once, EVAL)
+    monkeypatch.setenv("PYTHONPATH", str(code_root))
+    monkeypatch.syspath_prepend(str(code_root))
+    runs = tmp_path / "runs"
+    assert main(["demo_twice_pkg", "--out", str(runs)]) == 0
+    (runs / "demo_twice_pkg" / "old.txt").write_text("from the first demo")
+    assert main(["demo_twice_pkg", "--out", str(runs)]) == 0
+    assert not (runs / "demo_twice_pkg" / "old.txt").exists()
+    (runs / "demo_twice_pkg" / "demo.log").unlink()
+    (runs / "demo_twice_pkg" / "old.txt").write_text("not the demo's")
+    assert main(["demo_twice_pkg", "--out", str(runs)]) == 1  # kept: the toy train.py stops on it
+    assert (runs / "demo_twice_pkg" / "old.txt").read_text() == "not the demo's"

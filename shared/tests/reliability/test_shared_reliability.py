@@ -192,7 +192,11 @@ def test_a_run_folder_of_another_package_or_config_is_refused(tmp_path):
     (run / "config.yaml").write_text("lr: 0.2\n")
     claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 2})  # nothing produced yet: a corrected rerun
     (run / "last.pt").write_bytes(b"results")
-    claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 1})  # run-level keys may change
+    with pytest.raises(RunDirError, match="already holds this emo run's results; a new run would write over"):
+        claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 1})  # the same run again, run-level keys aside
+    claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 1}, reuse_results=True)  # dmlp's stage reuse
+    claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 1}, resume=True)  # run-level keys may change
+    assert (run / "last.pt").read_bytes() == b"results"
     with pytest.raises(RunDirError, match="package 'emo', not dmlp"):
         claim_run_dir(run, "dmlp", {"epochs": 3, "lr": 0.1, "threads": 2})
     with pytest.raises(RunDirError, match="different config \\(lr\\)"):
