@@ -183,13 +183,14 @@ def claim_run_dir(
     """Check that `out_dir` may hold this run, then record the owner in ``out_dir/RUN.json``.
 
     Refused with :class:`RunDirError` before anything is written: a folder recorded for another package, a folder
-    whose recorded config has other keys (another package's or another script's), and, for a new run (not
-    `resume`), a folder that already holds results (more than the set-up files of a run that stopped before
-    producing anything, e.g. after a wrong data root): with a different config, its checkpoints and cached stages
-    would be mixed with this run's; with the same one, the new run would write over them (a finished run's
-    ``best.pt`` included). A package whose new runs reuse the results of the same config (dmlp's stage files)
-    passes ``reuse_results``. Run-level keys (:data:`RUN_LEVEL_KEYS`) may differ. A resumed run may change other
-    values (e.g. more epochs); the folder's record is then updated.
+    whose recorded config has other keys (another package's or another script's), and, for a new run (not `resume`),
+    a folder that already holds results (more than the set-up files of a run that stopped before producing anything,
+    e.g. after a wrong data root): with a different config, its checkpoints and cached stages would be mixed with
+    this run's; with the same one, the new run would write over them (a finished run's ``best.pt`` included; decided
+    by the main process, which looks before this run has written anything). A package whose new runs reuse the
+    results of the same config (dmlp's stage files) passes ``reuse_results``. Run-level keys
+    (:data:`RUN_LEVEL_KEYS`) may differ. A resumed run may change other values (e.g. more epochs); the folder's
+    record is then updated.
     """
     out_dir = Path(out_dir)
     marker = out_dir / RUN_MARKER
@@ -218,7 +219,8 @@ def claim_run_dir(
                 "checkpoints and cached stages would be mixed with this run's. Choose another --output_dir, resume "
                 "it with --resume, or delete the folder."
             )
-        if not changed and not resume and not reuse_results and _holds_results(out_dir):
+        # rank 0's view decides: a later rank may already see what rank 0 wrote after claiming the folder
+        if not changed and not resume and not reuse_results and is_main and _holds_results(out_dir):
             raise RunDirError(
                 f"{out_dir} already holds this {package} run's results; a new run would write over its checkpoints "
                 "and metrics. Continue it with --resume (its last.pt), choose another --output_dir, or delete the "

@@ -195,6 +195,7 @@ def test_a_run_folder_of_another_package_or_config_is_refused(tmp_path):
     with pytest.raises(RunDirError, match="already holds this emo run's results; a new run would write over"):
         claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 1})  # the same run again, run-level keys aside
     claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 1}, reuse_results=True)  # dmlp's stage reuse
+    claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 1}, is_main=False)  # rank 0 decides (and writes)
     claim_run_dir(run, "emo", {"epochs": 3, "lr": 0.1, "threads": 1}, resume=True)  # run-level keys may change
     assert (run / "last.pt").read_bytes() == b"results"
     with pytest.raises(RunDirError, match="package 'emo', not dmlp"):
