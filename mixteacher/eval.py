@@ -23,8 +23,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mixteacher.config import PACKAGE, TrainConfig
 from mixteacher.data import build_val_set, val_loader
 from mixteacher.engine import (
@@ -36,8 +34,8 @@ from mixteacher.engine import (
     result_metrics,
 )
 from shared.detection import check_checkpoint_categories, coco_summary
-from shared.distributed import cleanup_distributed, init_distributed
-from shared.entrypoints import Evaluation, checkpoint_parser
+from shared.distributed import DistContext
+from shared.entrypoints import Evaluation, checkpoint_parser, run_distributed
 from shared.logger import write_json
 
 __all__ = ["main", "parse_args"]
@@ -57,30 +55,28 @@ def _supervised_metrics(checkpoint: Path) -> dict[str, Any] | None:
 
 def main(ev: Evaluation) -> dict[str, Any]:
     """Evaluate the checkpoint and write ``metrics.json``; returns the metrics."""
+    return run_distributed(ev.config, lambda ctx: _evaluate(ev, ctx))
+
+
+def _evaluate(ev: Evaluation, ctx: DistContext) -> dict[str, Any]:
     checkpoint, state, train_cfg = ev.checkpoint, ev.state, ev.config
-    if train_cfg.threads is not None:
-        torch.set_num_threads(train_cfg.threads)
-    ctx = init_distributed(train_cfg.device)
-    try:
-        val_set = build_val_set(train_cfg.data, ctx.is_main)  # no train json, split files or unlabeled pool needed
-        check_checkpoint_categories(state, checkpoint, val_set)  # the same ids, so the same labels as in training
-        models = {name: model.to(ctx.device) for name, model in load_models(state, train_cfg).items()}
-        results = evaluate(models, val_loader(val_set, train_cfg.data, ctx), val_set, ctx, train_cfg)
-        if ctx.is_main:
-            for key, result in results.items():
-                name, scale = key.rsplit("_", 1)
-                print(f"{name} @ {scale}: {coco_summary(result)}", flush=True)
-        metrics = result_metrics(results, train_cfg, checkpoint=str(checkpoint), step=state["step"])
-        supervised = _supervised_metrics(checkpoint)
-        if supervised is not None:
-            add_supervised(metrics, supervised)
-        if ctx.is_main:
-            write_json(metrics, ev.output_dir / "metrics.json")
-            print(comparison_table(metrics), flush=True)
-            print(f"wrote {ev.output_dir / 'metrics.json'}", flush=True)
-        return metrics
-    finally:
-        cleanup_distributed()
+    val_set = build_val_set(train_cfg.data, ctx.is_main)  # no train json, split files or unlabeled pool needed
+    check_checkpoint_categories(state, checkpoint, val_set)  # the same ids, so the same labels as in training
+    models = {name: model.to(ctx.device) for name, model in load_models(state, train_cfg).items()}
+    results = evaluate(models, val_loader(val_set, train_cfg.data, ctx), val_set, ctx, train_cfg)
+    if ctx.is_main:
+        for key, result in results.items():
+            name, scale = key.rsplit("_", 1)
+            print(f"{name} @ {scale}: {coco_summary(result)}", flush=True)
+    metrics = result_metrics(results, train_cfg, checkpoint=str(checkpoint), step=state["step"])
+    supervised = _supervised_metrics(checkpoint)
+    if supervised is not None:
+        add_supervised(metrics, supervised)
+    if ctx.is_main:
+        write_json(metrics, ev.output_dir / "metrics.json")
+        print(comparison_table(metrics), flush=True)
+        print(f"wrote {ev.output_dir / 'metrics.json'}", flush=True)
+    return metrics
 
 
 if __name__ == "__main__":
